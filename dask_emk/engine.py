@@ -1,0 +1,158 @@
+"""Dask orchestration: one pass over the data = blockwise kernel + tree sum.
+
+A *block function* maps one block of rows (and its sample weights) to a flat
+float64 row of statistics (:class:`dask_emk.stats.StatsLayout`). A pass
+applies it to every block with ``dask.array.blockwise`` and adds the rows with
+a tree reduction (``Array.sum(split_every=...)``), then computes once. Only
+the summed vector comes back to the client; responsibilities never leave the
+block that made them.
+
+Parameters go into the graph as one ``dask.delayed`` object, so a large one
+(full precisions, K·d·d) is a single key shipped once per worker rather than
+a copy embedded in every task.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import dask
+import dask.array as da
+import numpy as np
+
+#: Rows per block when the input is an in-memory numpy array.
+NUMPY_BLOCK_BYTES = 8 * 2**20
+
+
+def numpy_block_rows(n_features: int) -> int:
+    """Rows per block for in-memory input: about 8 MiB of float64 per block."""
+    return max(256, NUMPY_BLOCK_BYTES // (8 * max(n_features, 1)))
+
+
+def block_stats_array(
+    X: da.Array,
+    weight: da.Array | None,
+    block_fn: Callable[..., np.ndarray],
+    size: int,
+    *args: Any,
+) -> da.Array:
+    """Lazy (n_blocks, size) array: ``block_fn(x_block, w_block, *args)`` per block.
+
+    ``args`` are wrapped in one ``dask.delayed`` so they enter the graph once.
+    """
+    packed_args = dask.delayed(args, pure=True, traverse=False)
+    w_arg = (None, None) if weight is None else (weight, "i")
+    return da.blockwise(
+        _call_block,
+        "ij",
+        X,
+        "ij",
+        *w_arg,
+        block_fn,
+        None,
+        packed_args,
+        None,
+        adjust_chunks={"i": 1, "j": size},
+        dtype=np.float64,
+        meta=np.empty((0, 0), dtype=np.float64),
+        concatenate=True,
+    )
+
+
+def _call_block(x, w, block_fn, args):
+    return block_fn(x, w, *args)
+
+
+def reduce_pass(
+    X: np.ndarray | da.Array,
+    weight: np.ndarray | da.Array | None,
+    block_fn: Callable[..., np.ndarray],
+    size: int,
+    *args: Any,
+    split_every: int | None = None,
+) -> np.ndarray:
+    """One pass over the data: sum of ``block_fn`` over all blocks, shape (size,).
+
+    Exactly one ``compute`` for dask input; in-memory numpy input is walked
+    block by block in this process with the same kernel.
+
+    Parameters
+    ----------
+    X : ndarray or dask array of shape (n, d), rows chunked only
+    weight : ndarray or dask array of shape (n,), or None
+    block_fn : callable ``(x, w, *args) -> ndarray (1, size)``
+    size : int
+        Length of the statistics vector.
+    *args
+        Extra arguments for ``block_fn`` (parameters).
+    split_every : int, optional
+        Fan-in of the tree reduction (dask's default when None).
+    """
+    if isinstance(X, da.Array):
+        blocks = block_stats_array(X, weight, block_fn, size, *args)
+        (total,) = dask.compute(blocks.sum(axis=0, split_every=split_every))
+        return total
+    total = np.zeros(size)
+    step = numpy_block_rows(X.shape[1])
+    for start in range(0, max(X.shape[0], 1), step):
+        w = None if weight is None else weight[start : start + step]
+        total += block_fn(X[start : start + step], w, *args)[0]
+    return total
+
+
+def map_rows(
+    X: np.ndarray | da.Array,
+    row_fn: Callable[..., np.ndarray],
+    *args: Any,
+    n_out: int | None = None,
+    dtype=np.float64,
+) -> np.ndarray | da.Array:
+    """Apply ``row_fn(x_block, *args)`` per block of rows; lazy for dask input.
+
+    Parameters
+    ----------
+    row_fn : callable returning (n_block,) if ``n_out`` is None else (n_block, n_out)
+    n_out : int, optional
+        Width of the per-row output; None for one value per row.
+    """
+    if isinstance(X, da.Array):
+        packed_args = dask.delayed(args, pure=True, traverse=False)
+        if n_out is None:
+            return da.blockwise(
+                _call_rows,
+                "i",
+                X,
+                "ij",
+                row_fn,
+                None,
+                packed_args,
+                None,
+                dtype=dtype,
+                meta=np.empty((0,), dtype=dtype),
+                concatenate=True,
+            )
+        return da.blockwise(
+            _call_rows,
+            "ij",
+            X,
+            "ij",
+            row_fn,
+            None,
+            packed_args,
+            None,
+            adjust_chunks={"j": n_out},
+            dtype=dtype,
+            meta=np.empty((0, 0), dtype=dtype),
+            concatenate=True,
+        )
+    step = numpy_block_rows(X.shape[1])
+    parts = [row_fn(X[s : s + step], *args) for s in range(0, X.shape[0], step)]
+    if not parts:
+        shape = (0,) if n_out is None else (0, n_out)
+        return np.empty(shape, dtype=dtype)
+    return np.concatenate(parts, axis=0).astype(dtype, copy=False)
+
+
+def _call_rows(x, row_fn, args):
+    return row_fn(x, *args)

@@ -1,0 +1,81 @@
+"""Fitted models as labelled ``xarray.Dataset``s (written with to_zarr/to_netcdf)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import xarray as xr
+
+from ._version import __version__
+
+
+def fit_attributes(estimator) -> dict:
+    """Every constructor parameter as a netCDF/zarr-safe attribute.
+
+    Scalars stay scalars; arrays and other objects are stored as JSON text so
+    the attributes survive both to_zarr and to_netcdf.
+    """
+    attrs = {"dask_emk_version": __version__, "model": type(estimator).__name__}
+    for name, value in estimator.get_params(deep=False).items():
+        if value is None:
+            attrs[name] = "None"
+        elif isinstance(value, (bool, np.bool_)):
+            attrs[name] = str(bool(value))
+        elif isinstance(value, (int, float, str, np.integer, np.floating)):
+            attrs[name] = value.item() if isinstance(value, np.generic) else value
+        elif isinstance(value, np.ndarray):
+            attrs[name] = json.dumps(value.tolist())
+        else:
+            attrs[name] = repr(value)
+    return attrs
+
+
+def feature_coords(estimator) -> np.ndarray:
+    """Feature labels seen in fit (xarray input) or 0..d-1."""
+    names = getattr(estimator, "feature_names_in_", None)
+    return (
+        np.asarray(names, dtype=str) if names is not None else np.arange(estimator.n_features_in_)
+    )
+
+
+def mixture_dataset(gm) -> xr.Dataset:
+    """Dataset of a fitted GaussianMixture.
+
+    Variables: ``weights(component)``, ``means(component, feature)``,
+    ``covariances`` with dims by covariance type (``feature_row`` and
+    ``feature_col`` for matrices), ``lower_bound(iteration)``; attributes hold
+    every fit parameter, the package version and convergence flags.
+    """
+    ct = gm.covariance_type
+    features = feature_coords(gm)
+    cov_dims = {
+        "full": ("component", "feature_row", "feature_col"),
+        "tied": ("feature_row", "feature_col"),
+        "diag": ("component", "feature"),
+        "spherical": ("component",),
+        "shared": (),
+    }[ct]
+    coords = {
+        "component": np.arange(gm.n_components),
+        "feature": features,
+        "iteration": np.arange(1, len(gm.lower_bounds_) + 1),
+    }
+    if ct in ("full", "tied"):
+        coords.update(feature_row=features, feature_col=features)
+    ds = xr.Dataset(
+        {
+            "weights": (("component",), gm.weights_),
+            "means": (("component", "feature"), gm.means_),
+            "covariances": (cov_dims, gm.covariances_),
+            "lower_bound": (("iteration",), np.asarray(gm.lower_bounds_, dtype=np.float64)),
+        },
+        coords=coords,
+    )
+    ds.attrs.update(fit_attributes(gm))
+    ds.attrs.update(
+        converged=str(bool(gm.converged_)),
+        n_iter=int(gm.n_iter_),
+        final_lower_bound=float(gm.lower_bound_),
+    )
+    return ds

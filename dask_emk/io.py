@@ -1,0 +1,227 @@
+"""Input checks and conversion: numpy, dask, xarray and zarr to one form.
+
+Every estimator turns its input into an :class:`InputData`: a 2-D float
+array (numpy or dask, chunked along rows only) plus what is needed to give
+results back in the caller's kind (numpy in → numpy out, dask or xarray in →
+lazy out of the same kind). Checks here are cheap metadata checks; NaN/inf
+in lazy data is reported by the E-step of the first pass (no extra pass).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import dask.array as da
+import numpy as np
+import xarray as xr
+import zarr
+
+
+@dataclass
+class InputData:
+    """A validated 2-D input and how to return per-sample results.
+
+    Attributes
+    ----------
+    array : ndarray or dask.array.Array of shape (n_samples, n_features)
+        float32 or float64; a dask array is chunked along rows only.
+    kind : {'numpy', 'dask', 'xarray'}
+    sample_dim, feature_dim : str
+        Dimension names (xarray input; defaults otherwise).
+    sample_coords : dict
+        Coordinates along the sample dimension, carried to per-sample output.
+    feature_labels : ndarray or None
+        Labels along the feature dimension, carried to the fitted parameters.
+    """
+
+    array: np.ndarray | da.Array
+    kind: str
+    sample_dim: str = "sample"
+    feature_dim: str = "feature"
+    sample_coords: dict = field(default_factory=dict)
+    feature_labels: np.ndarray | None = None
+
+    @property
+    def n_samples(self) -> int:
+        return int(self.array.shape[0])
+
+    @property
+    def n_features(self) -> int:
+        return int(self.array.shape[1])
+
+    @property
+    def is_lazy(self) -> bool:
+        return isinstance(self.array, da.Array)
+
+    def wrap_rows(self, values, extra_dim: str | None = None):
+        """Give per-sample results back in the input's kind.
+
+        Parameters
+        ----------
+        values : ndarray or dask array of shape (n,) or (n, m)
+        extra_dim : str, optional
+            Name of the second dimension for xarray output.
+        """
+        if self.kind != "xarray":
+            return values
+        dims = (self.sample_dim,) if values.ndim == 1 else (self.sample_dim, extra_dim)
+        return xr.DataArray(values, dims=dims, coords=self.sample_coords)
+
+
+def open_zarr_array(path: str | os.PathLike) -> zarr.Array:
+    """Open a zarr array from a store path (``store.zarr`` or ``store.zarr/name``).
+
+    A group holding exactly one array resolves to it.
+
+    Raises
+    ------
+    ValueError
+        If the path does not exist, holds no array, or a group holds several.
+    """
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise ValueError(f"zarr store {path!r} does not exist; check the path.")
+    try:
+        node = zarr.open(store=zarr.storage.LocalStore(path, read_only=True), mode="r")
+    except Exception as exc:  # zarr raises several types for a non-store folder
+        raise ValueError(f"{path!r} is not a readable zarr store: {exc}") from None
+    if isinstance(node, zarr.Array):
+        return node
+    names = sorted(name for name, _ in node.arrays())
+    if len(names) != 1:
+        raise ValueError(
+            f"zarr group {path!r} holds arrays {names}; name the one to use as "
+            f"'{path}/<array name>'."
+        )
+    return node[names[0]]
+
+
+def as_input(X, *, name: str = "X") -> InputData:
+    """Validate X and convert it to :class:`InputData`.
+
+    Accepts numpy arrays (and array-likes), dask arrays, xarray DataArrays
+    (dims sample × feature), zarr arrays and zarr store paths.
+
+    Raises
+    ------
+    ValueError
+        1-D or 3-D input, no rows or no features, non-numeric or complex dtype,
+        NaN/inf in in-memory input.
+    """
+    if isinstance(X, (str, os.PathLike)):
+        X = open_zarr_array(X)
+    if isinstance(X, zarr.Array):
+        _check_shape_dtype(X.shape, np.dtype(X.dtype), name)
+        X = da.from_zarr(X)
+    if isinstance(X, xr.DataArray):
+        return _from_xarray(X, name)
+    if isinstance(X, da.Array):
+        return InputData(_as_float_dask(X, name), "dask")
+    return InputData(_as_float_numpy(X, name), "numpy")
+
+
+def _from_xarray(X, name: str) -> InputData:
+    if X.ndim != 2:
+        _check_shape_dtype(X.shape, X.dtype, name)
+    sample_dim, feature_dim = X.dims
+    data = X.data
+    array = (
+        _as_float_dask(data, name) if isinstance(data, da.Array) else _as_float_numpy(data, name)
+    )
+    if not isinstance(array, da.Array):
+        array = da.from_array(array, chunks=(-1, -1))
+    coords = {k: v for k, v in X.coords.items() if v.dims == (sample_dim,)}
+    labels = X[feature_dim].values if feature_dim in X.coords else None
+    return InputData(array, "xarray", str(sample_dim), str(feature_dim), coords, labels)
+
+
+def _check_shape_dtype(shape, dtype: np.dtype, name: str) -> None:
+    if len(shape) != 2:
+        hint = " Reshape with X.reshape(-1, 1) for one feature." if len(shape) == 1 else ""
+        raise ValueError(
+            f"{name} must be 2-D (n_samples, n_features), got {len(shape)}-D "
+            f"with shape {tuple(shape)}.{hint}"
+        )
+    if shape[0] == 0 or shape[1] == 0:
+        raise ValueError(
+            f"{name} is empty: shape {tuple(shape)}; at least one sample and one "
+            "feature are required."
+        )
+    if dtype.kind == "c":
+        raise ValueError(f"{name} has complex dtype {dtype}; pass real-valued data.")
+    if dtype.kind not in "biuf":
+        raise ValueError(
+            f"{name} has non-numeric dtype {dtype}; pass numbers (convert with X.astype(float))."
+        )
+
+
+def float_dtype(dtype: np.dtype) -> np.dtype:
+    """float32 stays float32, everything else computes as float64."""
+    return np.dtype(np.float32) if dtype == np.float32 else np.dtype(np.float64)
+
+
+def _as_float_dask(X: da.Array, name: str) -> da.Array:
+    _check_shape_dtype(X.shape, np.dtype(X.dtype), name)
+    if any(np.isnan(c) for c in X.chunks[0]):
+        raise ValueError(f"{name} has unknown chunk sizes; call X.compute_chunk_sizes() first.")
+    X = X.astype(float_dtype(X.dtype))
+    if len(X.chunks[1]) > 1:
+        # The kernels need whole rows; features are few, so one chunk of them is cheap.
+        X = X.rechunk({1: -1})
+    return X
+
+
+def _as_float_numpy(X, name: str) -> np.ndarray:
+    X = np.asarray(X)
+    _check_shape_dtype(X.shape, X.dtype, name)
+    X = X.astype(float_dtype(X.dtype), copy=False)
+    if not np.isfinite(X).all():
+        raise ValueError(
+            f"{name} contains NaN or infinity; remove or impute those rows "
+            "(e.g. X[np.isfinite(X).all(axis=1)])."
+        )
+    return X
+
+
+def as_sample_weight(sample_weight, data: InputData):
+    """Validate sample weights against the data; None stays None.
+
+    Returns an ndarray (numpy input) or a dask array chunked like the rows.
+
+    Raises
+    ------
+    ValueError
+        Wrong shape, negative or non-finite values, or all zero (in-memory).
+    """
+    if sample_weight is None:
+        return None
+    if isinstance(sample_weight, xr.DataArray):
+        sample_weight = sample_weight.data
+    n = data.n_samples
+    if isinstance(sample_weight, da.Array) or data.is_lazy:
+        w = da.asarray(sample_weight)
+        if w.shape != (n,):
+            raise ValueError(f"sample_weight must have shape ({n},), got {w.shape}.")
+        w = w.astype(np.float64).rechunk((data.array.chunks[0],))
+        # Weights are 1/d of the data: one small compute up front beats a bad fit.
+        w_min, w_sum, finite = da.compute(w.min(), w.sum(), da.isfinite(w).all())
+        check_weight_values(w_min, w_sum, finite)
+        return w
+    w = np.asarray(sample_weight, dtype=np.float64)
+    if w.ndim == 0:
+        w = np.full(n, float(w))
+    if w.shape != (n,):
+        raise ValueError(f"sample_weight must have shape ({n},), got {w.shape}.")
+    check_weight_values(w.min(), w.sum(), np.isfinite(w).all())
+    return w
+
+
+def check_weight_values(w_min: float, w_sum: float, all_finite: bool) -> None:
+    """Raise a clear ValueError for unusable sample weights."""
+    if not all_finite:
+        raise ValueError("sample_weight contains NaN or infinity; pass finite weights.")
+    if w_min < 0:
+        raise ValueError("sample_weight has negative values; weights must be >= 0.")
+    if w_sum <= 0:
+        raise ValueError("sample_weight sums to zero; at least one weight must be positive.")
