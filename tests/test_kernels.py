@@ -1,0 +1,229 @@
+"""Block kernels against a plain numpy reference that builds the full n×K
+responsibilities explicitly (scipy densities + logsumexp)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy.special import logsumexp
+from scipy.stats import multivariate_normal
+
+from dask_emk import kernels
+from dask_emk.stats import precision_cholesky
+
+TYPES = ("full", "tied", "diag", "spherical", "shared")
+
+
+def make_params(ct, K, d, rng, *, offset=0.0, scale=1.0):
+    """Random parameters; returns the kernel params and dense (K, d, d) covariances."""
+    means = offset + scale * rng.normal(size=(K, d)) * 3
+    weights = rng.dirichlet(np.ones(K) * 3)
+    if ct == "full":
+        A = rng.normal(size=(K, d, d))
+        cov = scale**2 * (A @ A.transpose(0, 2, 1) / d + 0.5 * np.eye(d))
+        dense = cov
+    elif ct == "tied":
+        A = rng.normal(size=(d, d))
+        cov = scale**2 * (A @ A.T / d + 0.5 * np.eye(d))
+        dense = np.broadcast_to(cov, (K, d, d))
+    elif ct == "diag":
+        cov = scale**2 * rng.uniform(0.3, 2.0, size=(K, d))
+        dense = np.stack([np.diag(c) for c in cov])
+    elif ct == "spherical":
+        cov = scale**2 * rng.uniform(0.3, 2.0, size=K)
+        dense = cov[:, None, None] * np.eye(d)
+    else:
+        cov = np.asarray(scale**2 * 1.3)
+        dense = np.broadcast_to(cov * np.eye(d), (K, d, d))
+    chol = precision_cholesky(cov, ct)
+    if ct == "shared":
+        chol = np.full(K, float(chol))
+    params = kernels.MixtureParams(
+        means=means,
+        log_weights=np.log(weights),
+        precisions_cholesky=chol,
+        covariance_type=ct,
+        center=weights @ means,
+    )
+    return params, np.asarray(dense), weights
+
+
+def reference_stats(X, weight, means, weights, dense_cov, ct):
+    """Plain numpy: full (n, K) responsibilities, then the sums of DESIGN.md §2."""
+    X = np.asarray(X, dtype=np.float64)
+    n, d = X.shape
+    K = means.shape[0]
+    w = np.ones(n) if weight is None else np.asarray(weight, dtype=np.float64)
+    logp = np.column_stack(
+        [
+            np.log(weights[k]) + multivariate_normal(means[k], dense_cov[k]).logpdf(X).reshape(n)
+            for k in range(K)
+        ]
+    )
+    lpn = logsumexp(logp, axis=1)
+    resp = np.exp(logp - lpn[:, None])
+    wr = resp * w[:, None]
+    D = X[:, None, :] - means[None, :, :]  # (n, K, d)
+    out = {
+        "n": w.sum(),
+        "loglik": (w * lpn).sum(),
+        "N": wr.sum(axis=0),
+        "S": np.einsum("nk,nkd->kd", wr, D),
+    }
+    if ct == "full":
+        out["Q"] = np.einsum("nk,nki,nkj->kij", wr, D, D)
+    elif ct == "tied":
+        out["Q"] = np.einsum("nk,nki,nkj->ij", wr, D, D)
+    elif ct == "diag":
+        out["Q"] = np.einsum("nk,nkd->kd", wr, D**2)
+    else:
+        out["Q"] = np.einsum("nk,nkd->k", wr, D**2)
+    return out, resp
+
+
+def assert_stats_close(got, want, rtol=1e-9, atol_scale=1e-9):
+    for name in ("n", "loglik", "N", "S", "Q"):
+        g, w = np.asarray(got[name]), np.asarray(want[name])
+        assert g.shape == w.shape, name
+        atol = atol_scale * max(1.0, float(np.abs(w).max(initial=0.0)))
+        np.testing.assert_allclose(g, w, rtol=rtol, atol=atol, err_msg=name)
+
+
+def sample_block(rng, n, d, params, dense_cov, weights):
+    comp = rng.choice(len(weights), size=n, p=weights)
+    X = np.empty((n, d))
+    for k in range(len(weights)):
+        idx = comp == k
+        X[idx] = rng.multivariate_normal(params.means[k], dense_cov[k], idx.sum())
+    return X
+
+
+@pytest.mark.parametrize("ct", TYPES)
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_estep_stats_matches_reference(ct, weighted, dtype):
+    rng = np.random.default_rng(hash((ct, weighted, str(dtype))) % 2**32)
+    K, d, n = 3, 4, 400
+    params, dense, weights = make_params(ct, K, d, rng)
+    X = sample_block(rng, n, d, params, dense, weights).astype(dtype)
+    w = rng.uniform(0, 3, size=n) if weighted else None
+    got = kernels.estep_stats(X, w, params)
+    want, _ = reference_stats(X, w, params.means, weights, dense, ct)
+    assert_stats_close(got, want)
+    assert got["nonfinite"] == 0
+    for name in ("N", "S", "Q", "loglik"):
+        assert np.asarray(got[name]).dtype == np.float64
+
+
+@pytest.mark.parametrize("ct", TYPES)
+def test_estep_stats_independent_of_center(ct):
+    rng = np.random.default_rng(1)
+    params, dense, weights = make_params(ct, 3, 3, rng)
+    X = sample_block(rng, 200, 3, params, dense, weights)
+    a = kernels.estep_stats(X, None, params)
+    moved = kernels.MixtureParams(
+        params.means, params.log_weights, params.precisions_cholesky, ct, params.center + 7.5
+    )
+    b = kernels.estep_stats(X, None, moved)
+    assert_stats_close(b, a)
+
+
+def test_integer_weights_equal_repeated_rows():
+    rng = np.random.default_rng(2)
+    params, dense, weights = make_params("full", 3, 3, rng)
+    X = sample_block(rng, 150, 3, params, dense, weights)
+    reps = rng.integers(0, 4, size=150)
+    a = kernels.estep_stats(X, reps.astype(float), params)
+    b = kernels.estep_stats(np.repeat(X, reps, axis=0), None, params)
+    assert_stats_close(a, b)
+
+
+@pytest.mark.parametrize("ct", TYPES)
+def test_large_offset_float32_keeps_precision(ct):
+    rng = np.random.default_rng(3)
+    K, d = 2, 3
+    params, dense, weights = make_params(ct, K, d, rng, offset=1e4)
+    X = sample_block(rng, 500, d, params, dense, weights).astype(np.float32)
+    got = kernels.estep_stats(X, None, params)
+    # Reference in float64 on the exact float32 values, with the offset removed first
+    # (exact in float64), so the reference itself loses nothing.
+    want, _ = reference_stats(
+        X.astype(np.float64) - 1e4, None, params.means - 1e4, weights, dense, ct
+    )
+    assert_stats_close(got, want, rtol=1e-8, atol_scale=1e-8)
+
+
+def test_tiny_shared_variance_gives_hard_finite_responsibilities():
+    rng = np.random.default_rng(4)
+    K, d, n = 4, 3, 600
+    scale = 50.0
+    X = rng.normal(scale=scale, size=(n, d))
+    means = X[rng.choice(n, K, replace=False)]
+    sigma2 = 1e-12 * scale**2
+    params = kernels.MixtureParams(
+        means=means,
+        log_weights=np.log(np.full(K, 1.0 / K)),
+        precisions_cholesky=np.full(K, 1.0 / np.sqrt(sigma2)),
+        covariance_type="shared",
+        center=means.mean(axis=0),
+    )
+    got = kernels.estep_stats(X, None, params)
+    for name in ("loglik", "N", "S", "Q"):
+        assert np.all(np.isfinite(got[name])), name
+    dist = ((X[:, None, :] - means[None]) ** 2).sum(axis=2)
+    labels = dist.argmin(axis=1)
+    resp = np.eye(K)[labels]
+    np.testing.assert_array_equal(got["N"], np.bincount(labels, minlength=K))
+    D = X[:, None, :] - means[None]
+    np.testing.assert_allclose(got["S"], np.einsum("nk,nkd->kd", resp, D), rtol=1e-9, atol=1e-6)
+    np.testing.assert_allclose(got["Q"], np.einsum("nk,nkd->k", resp, D**2), rtol=1e-9)
+    # loglik is the hard-assignment Gaussian log-density (log-sum-exp is dominated by one term)
+    dmin = dist.min(axis=1)
+    ref_ll = np.sum(np.log(1.0 / K) - 0.5 * d * np.log(2 * np.pi * sigma2) - 0.5 * dmin / sigma2)
+    np.testing.assert_allclose(got["loglik"], ref_ll, rtol=1e-9)
+
+
+@pytest.mark.parametrize("ct", TYPES)
+@pytest.mark.parametrize("weighted", [False, True])
+def test_nonfinite_rows_counted_and_excluded(ct, weighted):
+    rng = np.random.default_rng(5)
+    params, dense, weights = make_params(ct, 3, 3, rng)
+    X = sample_block(rng, 200, 3, params, dense, weights)
+    w = rng.uniform(0.5, 2, size=200) if weighted else None
+    bad = np.array([3, 17, 150, 199])
+    Xbad = X.copy()
+    Xbad[3, 0] = np.nan
+    Xbad[17, 2] = np.inf
+    Xbad[150, 1] = -np.inf
+    Xbad[199, :] = np.nan
+    got = kernels.estep_stats(Xbad, w, params)
+    assert got["nonfinite"] == 4
+    keep = np.setdiff1d(np.arange(200), bad)
+    want, _ = reference_stats(
+        X[keep], None if w is None else w[keep], params.means, weights, dense, ct
+    )
+    assert_stats_close(got, want)
+
+
+@pytest.mark.parametrize("ct", TYPES)
+def test_empty_block(ct):
+    rng = np.random.default_rng(6)
+    K, d = 3, 2
+    params, _, _ = make_params(ct, K, d, rng)
+    for w in (None, np.empty(0)):
+        got = kernels.estep_stats(np.empty((0, d), dtype=np.float32), w, params)
+        assert got["n"] == 0 and got["loglik"] == 0 and got["nonfinite"] == 0
+        np.testing.assert_array_equal(got["N"], np.zeros(K))
+        np.testing.assert_array_equal(got["S"], np.zeros((K, d)))
+        q_shape = {"full": (K, d, d), "tied": (d, d), "diag": (K, d)}.get(ct, (K,))
+        np.testing.assert_array_equal(got["Q"], np.zeros(q_shape))
+
+
+@pytest.mark.parametrize("ct", TYPES)
+def test_log_resp_matches_reference(ct):
+    rng = np.random.default_rng(7)
+    params, dense, weights = make_params(ct, 3, 4, rng)
+    X = sample_block(rng, 100, 4, params, dense, weights)
+    lpn, lresp, _ = kernels.log_resp(kernels.shift_block(X, params.center), params)
+    _, resp = reference_stats(X, None, params.means, weights, dense, ct)
+    np.testing.assert_allclose(np.exp(lresp), resp, rtol=1e-9, atol=1e-12)
