@@ -220,7 +220,9 @@ def estep_stats(X: np.ndarray, weight: np.ndarray | None, params: MixtureParams)
     in :func:`moment_stats` about the current means.
     """
     Y = shift_block(X, params.center)
-    log_prob_norm, lresp, Y2 = log_resp(Y, params)
+    # NaN/inf rows turn into NaN here by design: counted and dropped just below.
+    with np.errstate(invalid="ignore", over="ignore"):
+        log_prob_norm, lresp, Y2 = log_resp(Y, params)
     finite = np.isfinite(log_prob_norm)
     nonfinite = Y.shape[0] - int(finite.sum())
     if nonfinite:
