@@ -55,17 +55,18 @@ def resp_block(X, weight, rule: tuple, center, covariance_type, layout: StatsLay
 
 def log_prob_rows(X, params: kernels.MixtureParams) -> np.ndarray:
     """log p(x) per row, shape (n,)."""
-    return kernels.log_resp(kernels.shift_block(X, params.center), params)[0]
+    return kernels.responsibilities(kernels.shift_block(X, params.center), params)[0]
 
 
 def resp_rows(X, params: kernels.MixtureParams) -> np.ndarray:
     """Responsibilities per row, shape (n, K)."""
-    return np.exp(kernels.log_resp(kernels.shift_block(X, params.center), params)[1])
+    return kernels.responsibilities(kernels.shift_block(X, params.center), params)[1].T
 
 
 def label_rows(X, params: kernels.MixtureParams) -> np.ndarray:
     """Most probable component per row, shape (n,)."""
-    return kernels.log_resp(kernels.shift_block(X, params.center), params)[1].argmax(axis=1)
+    weighted, _ = kernels.weighted_log_prob(kernels.shift_block(X, params.center), params)
+    return weighted.argmax(axis=0)
 
 
 class GaussianMixture(DensityMixin, BaseEstimator):

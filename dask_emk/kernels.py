@@ -23,7 +23,9 @@ All arithmetic is float64 whatever the block dtype.
 from __future__ import annotations
 
 import math
+import zlib
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -50,9 +52,14 @@ class MixtureParams:
     covariance_type: str
     center: np.ndarray
 
-    @property
+    @cached_property
     def shifted_means(self) -> np.ndarray:
         return self.means - self.center
+
+    @cached_property
+    def coefficients(self) -> tuple[np.ndarray, np.ndarray]:
+        """:func:`quadratic_coefficients`, computed once per parameter set."""
+        return quadratic_coefficients(self)
 
 
 def shift_block(X: np.ndarray, center: np.ndarray) -> np.ndarray:
@@ -87,63 +94,117 @@ def squared_distances(Y: np.ndarray, M: np.ndarray) -> np.ndarray:
     return dist
 
 
-def mahalanobis(Y: np.ndarray, params: MixtureParams) -> tuple[np.ndarray, np.ndarray | None]:
-    """Squared Mahalanobis distances (n, K) of shifted rows Y to each component.
+def n_quadratic(d: int, covariance_type: str) -> int:
+    """Number of quadratic columns q in :func:`quadratic_features` (tied: d, for Y U)."""
+    return {"spherical": 1, "shared": 1, "diag": d, "tied": d, "full": d * (d + 1) // 2}[
+        covariance_type
+    ]
+
+
+def quadratic_features(Y: np.ndarray, covariance_type: str) -> np.ndarray:
+    """Φ(y) = [quadratic terms of y, y], shape (n, q + d).
+
+    The quadratic terms are ‖y‖² (spherical, shared; q = 1), y² (diag; q = d)
+    or the upper triangle of y yᵀ in ``np.triu_indices`` order (full;
+    q = d(d+1)/2). Every Mahalanobis distance is then one GEMM Φ C and every
+    second moment one GEMM Rᵀ Φ, which halves the work of the full case
+    against K separate d×d products and keeps the data in cache.
+    """
+    n, d = Y.shape
+    q = n_quadratic(d, covariance_type)
+    phi = np.empty((n, q + d))
+    phi[:, q:] = Y
+    if covariance_type == "diag":
+        np.multiply(Y, Y, out=phi[:, :d])
+    elif covariance_type == "full":
+        start = 0
+        for i in range(d):
+            np.multiply(Y[:, i : i + 1], Y[:, i:], out=phi[:, start : start + d - i])
+            start += d - i
+    else:
+        phi[:, 0] = np.einsum("ij,ij->i", Y, Y)
+    return phi
+
+
+def quadratic_coefficients(params: MixtureParams) -> tuple[np.ndarray, np.ndarray]:
+    """Coefficients with maha_k(y) = Φ(y) · C[:, k] + const[k].
 
     Returns
     -------
-    maha : ndarray of shape (n, K)
-    Y2 : ndarray of shape (n, d) or None
-        ``Y**2`` when it was formed (diag), so the M-step statistics reuse it.
+    C : ndarray of shape (q + d, K)
+    const : ndarray of shape (K,)
     """
-    M = params.shifted_means
-    U = params.precisions_cholesky
-    ct = params.covariance_type
-    if ct in ("spherical", "shared"):
-        return squared_distances(Y, M) * (U**2)[None, :], None
-    if ct == "diag":
-        P = U**2
-        Y2 = Y * Y
-        # One GEMM over [Y², Y] against [P; −2 M P]: Σ_j P_kj (y_j − m_kj)².
-        coef = np.concatenate([P.T, -2.0 * (M * P).T], axis=0)
-        maha = np.concatenate([Y2, Y], axis=1) @ coef
-        maha += (M * M * P).sum(axis=1)[None, :]
-        np.maximum(maha, 0.0, out=maha)
-        return maha, Y2
-    if ct == "tied":
-        YU = Y @ U
-        return squared_distances(YU, M @ U), None
-    # full: one GEMM against all K factors stacked side by side, (d, K*d).
-    K, d = M.shape
-    stacked = np.ascontiguousarray(U.transpose(1, 0, 2).reshape(d, K * d))
-    Z = (Y @ stacked).reshape(Y.shape[0], K, d)
-    Z -= np.einsum("kd,kde->ke", M, U)[None, :, :]
-    return np.einsum("nkd,nkd->nk", Z, Z), None
+    M, U, ct = params.shifted_means, params.precisions_cholesky, params.covariance_type
+    if ct == "full":
+        d = M.shape[1]
+        precision = np.einsum("kij,klj->kil", U, U)
+        rows, cols = np.triu_indices(d)
+        quad = precision[:, rows, cols] * np.where(rows == cols, 1.0, 2.0)
+        prec_m = np.einsum("kij,kj->ki", precision, M)
+        const = np.einsum("ki,ki->k", M, prec_m)
+    else:
+        prec = U**2 if ct == "diag" else (U**2)[:, None]
+        prec_m = M * prec
+        quad = prec
+        const = (M * prec_m).sum(axis=1)
+    return np.concatenate([quad, -2.0 * prec_m], axis=1).T, const
 
 
-def log_resp(
+def mahalanobis(Y: np.ndarray, params: MixtureParams) -> tuple[np.ndarray, np.ndarray | None]:
+    """Squared Mahalanobis distances (K, n) of shifted rows Y to each component.
+
+    Returns
+    -------
+    maha : ndarray of shape (K, n)
+        Component-major, so reductions over components run along contiguous rows.
+    phi : ndarray of shape (n, q + d) or None
+        The features of :func:`quadratic_features` (None for tied), reused by
+        the M-step statistics.
+    """
+    if params.covariance_type == "tied":
+        U = params.precisions_cholesky
+        return squared_distances(Y @ U, params.shifted_means @ U).T, None
+    phi = quadratic_features(Y, params.covariance_type)
+    C, const = params.coefficients
+    maha = C.T @ phi.T
+    maha += const[:, None]
+    np.maximum(maha, 0.0, out=maha)
+    return maha, phi
+
+
+def weighted_log_prob(Y: np.ndarray, params: MixtureParams) -> tuple[np.ndarray, np.ndarray | None]:
+    """log π_k + log N(y | μ_k, Σ_k), shape (K, n), and the features used."""
+    d = Y.shape[1]
+    maha, phi = mahalanobis(Y, params)
+    log_det = log_det_cholesky(params.precisions_cholesky, params.covariance_type, d)
+    offset = -0.5 * d * math.log(2.0 * math.pi) + log_det + params.log_weights
+    maha *= -0.5
+    maha += np.broadcast_to(offset, params.log_weights.shape)[:, None]
+    return maha, phi
+
+
+def responsibilities(
     Y: np.ndarray, params: MixtureParams
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """Log-likelihood per row and log responsibilities, in log space throughout.
+    """log p(y) and responsibilities, in log space throughout (logsumexp).
 
     Returns
     -------
     log_prob_norm : ndarray of shape (n,)
-        log p(x_i); non-finite where the row is not finite.
-    log_resp : ndarray of shape (n, K)
-    Y2 : ndarray of shape (n, d) or None
+        log p(x_i); not finite where the row is not finite.
+    resp : ndarray of shape (K, n)
+        Responsibilities, component-major.
+    phi : ndarray of shape (n, q + d) or None
         See :func:`mahalanobis`.
     """
-    d = Y.shape[1]
-    maha, Y2 = mahalanobis(Y, params)
-    log_det = log_det_cholesky(params.precisions_cholesky, params.covariance_type, d)
-    weighted = -0.5 * (d * math.log(2.0 * math.pi) + maha) + log_det + params.log_weights
-    top = weighted.max(axis=1)
+    weighted, phi = weighted_log_prob(Y, params)
+    top = weighted.max(axis=0)
     with np.errstate(invalid="ignore"):
-        weighted -= top[:, None]
-        log_norm = np.log(np.exp(weighted).sum(axis=1))
-        weighted -= log_norm[:, None]
-    return top + log_norm, weighted, Y2
+        weighted -= top
+        np.exp(weighted, out=weighted)
+        total = weighted.sum(axis=0)
+        weighted /= total
+    return top + np.log(total), weighted, phi
 
 
 def moment_stats(
@@ -152,23 +213,23 @@ def moment_stats(
     weight: np.ndarray | None,
     M: np.ndarray,
     covariance_type: str,
-    Y2: np.ndarray | None = None,
+    phi: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
-    """Responsibility-weighted moments of one block about each component mean.
+    """Responsibility-weighted moments of one block about each component's c_k.
 
     Parameters
     ----------
     Y : ndarray of shape (n, d)
         Rows shifted by the reference center.
-    resp : ndarray of shape (n, K)
-        Responsibilities (rows sum to one).
+    resp : ndarray of shape (K, n)
+        Responsibilities (columns sum to one).
     weight : ndarray of shape (n,) or None
         Sample weights; None means all ones.
     M : ndarray of shape (K, d)
         Component reference points c_k shifted by the center.
     covariance_type : str
-    Y2 : ndarray of shape (n, d), optional
-        ``Y**2`` if already computed.
+    phi : ndarray of shape (n, q + d), optional
+        :func:`quadratic_features` of Y if already computed.
 
     Returns
     -------
@@ -176,31 +237,62 @@ def moment_stats(
     (K, d, d) full, (d, d) tied (summed over components), (K, d) diag,
     (K,) spherical/shared.
     """
-    wr = resp if weight is None else resp * weight[:, None]
-    N = wr.sum(axis=0)
-    if covariance_type == "full":
-        S = wr.T @ Y - N[:, None] * M
-        Q = np.empty((M.shape[0], Y.shape[1], Y.shape[1]))
-        for k in range(M.shape[0]):
-            D = Y - M[k]
-            Q[k] = (D * wr[:, k : k + 1]).T @ D
-        return {"N": N, "S": S, "Q": Q}
+    wr = resp if weight is None else resp * weight[None, :]
+    N = wr.sum(axis=1)
     if covariance_type == "tied":
-        SY = wr.T @ Y
+        SY = wr @ Y
         wY = Y if weight is None else Y * weight[:, None]
         # Σ_k Σ_i w r (y−m_k)(y−m_k)ᵀ, using Σ_k r_ik = 1 for a single GEMM.
         cross = M.T @ SY
         Q = wY.T @ Y - cross - cross.T + (M.T * N) @ M
         return {"N": N, "S": SY - N[:, None] * M, "Q": Q}
-    if Y2 is None:
-        Y2 = Y * Y
-    both = wr.T @ np.concatenate([Y, Y2], axis=1)
-    d = Y.shape[1]
-    SY, SY2 = both[:, :d], both[:, d:]
-    Qdiag = SY2 - 2.0 * M * SY + N[:, None] * M * M
-    np.maximum(Qdiag, 0.0, out=Qdiag)
-    Q = Qdiag if covariance_type == "diag" else Qdiag.sum(axis=1)
-    return {"N": N, "S": SY - N[:, None] * M, "Q": Q}
+    if phi is None:
+        phi = quadratic_features(Y, covariance_type)
+    return {"N": N, **central_moments(wr @ phi, N, M, covariance_type)}
+
+
+def central_moments(raw: np.ndarray, N: np.ndarray, M: np.ndarray, covariance_type: str) -> dict:
+    """S and Q about each c_k from raw moments Rᵀ Φ of shape (K, q + d)."""
+    K, d = M.shape
+    q = raw.shape[1] - d
+    SY, A = raw[:, q:], raw[:, :q]
+    S = SY - N[:, None] * M
+    if covariance_type == "full":
+        rows, cols = np.triu_indices(d)
+        second = np.empty((K, d, d))
+        second[:, rows, cols] = A
+        second[:, cols, rows] = A
+        cross = np.einsum("ki,kj->kij", M, SY)
+        Q = (
+            second
+            - cross
+            - cross.transpose(0, 2, 1)
+            + N[:, None, None] * np.einsum("ki,kj->kij", M, M)
+        )
+        return {"S": S, "Q": Q}
+    if covariance_type == "diag":
+        Q = A - 2.0 * M * SY + N[:, None] * M * M
+    else:
+        Q = A[:, 0] - 2.0 * (M * SY).sum(axis=1) + N * (M * M).sum(axis=1)
+    np.maximum(Q, 0.0, out=Q)
+    return {"S": S, "Q": Q}
+
+
+#: Rows per sub-block inside a kernel call: small enough that Φ stays in cache.
+SUB_BLOCK_BYTES = 2**21
+
+
+def sub_blocks(n: int, width: int):
+    """Row slices of about SUB_BLOCK_BYTES of float64 each (at least one slice)."""
+    step = max(64, SUB_BLOCK_BYTES // (8 * width))
+    return [slice(s, s + step) for s in range(0, max(n, 1), step)]
+
+
+def add_stats(total: dict | None, part: dict) -> dict:
+    """Elementwise sum of two statistics dicts (None is the empty sum)."""
+    if total is None:
+        return part
+    return {name: total[name] + part[name] for name in total}
 
 
 def estep_stats(X: np.ndarray, weight: np.ndarray | None, params: MixtureParams) -> dict:
@@ -219,18 +311,25 @@ def estep_stats(X: np.ndarray, weight: np.ndarray | None, params: MixtureParams)
     they are left out of every other statistic), and ``N``, ``S``, ``Q`` as
     in :func:`moment_stats` about the current means.
     """
+    d = X.shape[1]
+    width = n_quadratic(d, params.covariance_type) + d + params.means.shape[0]
+    total = None
+    for rows in sub_blocks(X.shape[0], width):
+        w = None if weight is None else weight[rows]
+        total = add_stats(total, _estep_sub_block(X[rows], w, params))
+    return total
+
+
+def _estep_sub_block(X: np.ndarray, weight: np.ndarray | None, params: MixtureParams) -> dict:
     Y = shift_block(X, params.center)
-    # NaN/inf rows turn into NaN here by design: counted and dropped just below.
-    with np.errstate(invalid="ignore", over="ignore"):
-        log_prob_norm, lresp, Y2 = log_resp(Y, params)
+    log_prob_norm, resp, phi = responsibilities(Y, params)
     finite = np.isfinite(log_prob_norm)
     nonfinite = Y.shape[0] - int(finite.sum())
     if nonfinite:
-        Y, lresp, log_prob_norm = Y[finite], lresp[finite], log_prob_norm[finite]
-        Y2 = None if Y2 is None else Y2[finite]
+        Y, resp, log_prob_norm = Y[finite], resp[:, finite], log_prob_norm[finite]
+        phi = None if phi is None else phi[finite]
         weight = None if weight is None else weight[finite]
-    resp = np.exp(lresp)
-    stats = moment_stats(Y, resp, weight, params.shifted_means, params.covariance_type, Y2)
+    stats = moment_stats(Y, resp, weight, params.shifted_means, params.covariance_type, phi)
     w_total = float(Y.shape[0]) if weight is None else float(weight.sum())
     loglik = log_prob_norm.sum() if weight is None else log_prob_norm @ weight
     stats.update(n=np.float64(w_total), loglik=np.float64(loglik), nonfinite=np.float64(nonfinite))
@@ -279,8 +378,217 @@ def resp_stats(
     """
     Y = shift_block(X, center)
     K = resp.shape[1]
-    stats = moment_stats(Y, resp, weight, np.zeros((K, Y.shape[1])), covariance_type)
+    stats = moment_stats(Y, resp.T, weight, np.zeros((K, Y.shape[1])), covariance_type)
     w_total = float(Y.shape[0]) if weight is None else float(weight.sum())
     nonfinite = Y.shape[0] - int(np.isfinite(Y).all(axis=1).sum())
     stats.update(n=np.float64(w_total), loglik=np.float64(0.0), nonfinite=np.float64(nonfinite))
     return stats
+
+
+# --------------------------------------------------------------------------
+# Hard assignment (k-means) and seeding kernels.
+
+
+def assign_stats(
+    X: np.ndarray,
+    weight: np.ndarray | None,
+    centers: np.ndarray,
+    center: np.ndarray,
+    n_far: int,
+    moments: bool = False,
+) -> dict:
+    """Lloyd statistics of one block: nearest centre and what the update needs.
+
+    Parameters
+    ----------
+    X : ndarray of shape (n, d)
+    weight : ndarray of shape (n,) or None
+    centers : ndarray of shape (K, d)
+        Current centres (float64).
+    center : ndarray of shape (d,)
+        Fixed reference point; rows and centres are shifted by it.
+    n_far : int
+        m, how many rows farthest from their centre to keep (for relocating
+        empty clusters).
+    moments : bool
+        Also return the unweighted ``ysum`` and ``ysq`` (d,) of the shifted
+        rows (the data variance behind scikit-learn's tolerance).
+
+    Returns
+    -------
+    dict with ``nonfinite`` (rows holding NaN/inf, left out of the rest),
+    ``count`` (number of finite rows), ``inertia`` (Σ w ‖x − c‖²), ``N`` (K,)
+    weight per cluster, ``S`` (K, d) Σ w (x − center) per cluster, the
+    farthest rows ``far_dist``, ``far_label``, ``far_weight`` (m,) and
+    ``far_x`` (m, d) (unshifted, float64), sorted by :func:`farthest_order`,
+    padded with ``far_dist = -inf``; with ``moments`` also ``ysum``, ``ysq``.
+    """
+    Y = shift_block(X, center)
+    yy = np.einsum("ij,ij->i", Y, Y)
+    finite = np.isfinite(yy)
+    nonfinite = Y.shape[0] - int(finite.sum())
+    if nonfinite:
+        X, Y, yy = X[finite], Y[finite], yy[finite]
+        weight = None if weight is None else weight[finite]
+    M = centers - center
+    # argmin of ‖m‖² − 2 y·m is the nearest centre; ‖y‖² is added back only
+    # to the chosen distance.
+    dist = Y @ (-2.0 * M.T)
+    dist += np.einsum("ij,ij->i", M, M)[None, :]
+    labels = dist.argmin(axis=1)
+    min_dist = np.maximum(dist[np.arange(Y.shape[0]), labels] + yy, 0.0)
+    w = np.ones(Y.shape[0]) if weight is None else weight
+    K = M.shape[0]
+    onehot = np.zeros((Y.shape[0], K))
+    onehot[np.arange(Y.shape[0]), labels] = w
+    out = {
+        "nonfinite": nonfinite,
+        "count": Y.shape[0],
+        "inertia": float(min_dist @ w),
+        "N": np.bincount(labels, weights=w, minlength=K),
+        "S": onehot.T @ Y,
+    }
+    out.update(_farthest(min_dist, labels, w, X, n_far))
+    if moments:
+        out.update(ysum=Y.sum(axis=0), ysq=np.einsum("ij,ij->j", Y, Y))
+    return out
+
+
+def farthest_order(dist: np.ndarray) -> np.ndarray:
+    """Indices sorting ``dist`` descending, later positions first among ties.
+
+    scikit-learn relocates empty clusters to the farthest points in
+    decreasing distance; ``np.argpartition`` breaks its ties toward later
+    samples, so do we (rows are kept in data order through the reduction).
+    """
+    position = np.arange(dist.shape[0])
+    return np.lexsort((-position, -dist))
+
+
+def _farthest(min_dist, labels, w, X, m: int) -> dict:
+    # Rows are kept unshifted so a relocated centre is exactly a data point.
+    n, d = X.shape
+    if n > m:
+        keep = np.sort(np.argpartition(min_dist, n - m)[n - m :]) if m else np.arange(0)
+    else:
+        keep = np.arange(n)
+    keep = keep[farthest_order(min_dist[keep])]
+    out = {
+        "far_dist": np.full(m, -np.inf),
+        "far_label": np.full(m, -1.0),
+        "far_weight": np.zeros(m),
+        "far_x": np.zeros((m, d)),
+    }
+    k = keep.shape[0]
+    out["far_dist"][:k] = min_dist[keep]
+    out["far_label"][:k] = labels[keep]
+    out["far_weight"][:k] = w[keep]
+    out["far_x"][:k] = X[keep]
+    return out
+
+
+def merge_top(keys: np.ndarray, *values: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Merge top-m lists from several blocks into one.
+
+    Parameters
+    ----------
+    keys : ndarray of shape (r, m)
+        Each row sorted descending (block order along r, earliest first).
+    *values : ndarrays of shape (r, m, ...)
+        Carried along with the keys.
+
+    Returns
+    -------
+    keys (m,) and each value (m, ...): the m largest keys, descending, ties
+    resolved toward later blocks (as within a block).
+    """
+    r, m = keys.shape
+    # Later blocks first, then a stable sort: among equal keys the later
+    # block (and within it the later row) wins, as in farthest_order.
+    flat = keys[::-1].reshape(-1)
+    order = np.argsort(-flat, kind="stable")[:m]
+    return (flat[order],) + tuple(v[::-1].reshape((r * m,) + v.shape[2:])[order] for v in values)
+
+
+def block_uniforms(X: np.ndarray, seed: int, n_streams: int) -> np.ndarray:
+    """Uniform draws in (0, 1], shape (n_streams, n), reproducible per block.
+
+    Blocks do not know their index, so the generator is seeded from ``seed``,
+    the block length and its first and last rows.
+    """
+    n = X.shape[0]
+    ends = np.ascontiguousarray(X[[0, -1]] if n else X[:0])
+    rng = np.random.default_rng([seed, n, zlib.crc32(ends.tobytes())])
+    return 1.0 - rng.random((n_streams, n))
+
+
+def seed_stats(
+    X: np.ndarray,
+    weight: np.ndarray | None,
+    centers: np.ndarray,
+    trials: np.ndarray,
+    center: np.ndarray,
+    n_keep: int,
+    seed: int,
+    scale: float | None = None,
+) -> dict:
+    """One seeding pass over a block: potentials and sampled rows.
+
+    For each stream s (one per row of ``trials``, or one if there are none)
+    the distance of a row is D_s = min(d²(x, centers), d²(x, trials[s]))
+    (D = 1 when there are no centres). Rows are sampled by keys:
+
+    * ``scale is None``: weighted sampling without replacement
+      (Efraimidis–Spirakis), key = log(u) / (w D); the n_keep largest keys
+      are a sample with probability ∝ w D.
+    * ``scale = ℓ``: k-means|| Bernoulli sampling, key = ℓ w D / u; a row is
+      taken iff key > φ (known after the pass), so the largest keys suffice.
+
+    Parameters
+    ----------
+    X : ndarray of shape (n, d)
+    weight : ndarray of shape (n,) or None
+    centers : ndarray of shape (c, d)
+    trials : ndarray of shape (t, d)
+    center : ndarray of shape (d,)
+    n_keep : int
+    seed : int
+    scale : float, optional
+
+    Returns
+    -------
+    dict with ``nonfinite``, ``potential`` (s,) Σ w D_s, ``key`` (s, n_keep)
+    descending (-inf padded) and ``x`` (s, n_keep, d) the sampled rows.
+    """
+    Y = shift_block(X, center)
+    yy = np.einsum("ij,ij->i", Y, Y)
+    finite = np.isfinite(yy)
+    nonfinite = Y.shape[0] - int(finite.sum())
+    u = block_uniforms(X, seed, max(trials.shape[0], 1))
+    if nonfinite:
+        X, Y, yy, u = X[finite], Y[finite], yy[finite], u[:, finite]
+        weight = None if weight is None else weight[finite]
+    w = np.ones(Y.shape[0]) if weight is None else weight
+    D = np.ones(Y.shape[0])
+    if centers.shape[0]:
+        M = centers - center
+        D = np.maximum((Y @ (-2.0 * M.T) + np.einsum("ij,ij->i", M, M)).min(axis=1) + yy, 0.0)
+    if trials.shape[0]:
+        T = trials - center
+        Dt = Y @ (-2.0 * T.T) + np.einsum("ij,ij->i", T, T) + yy[:, None]
+        streams = np.minimum(D[:, None], np.maximum(Dt, 0.0)).T
+    else:
+        streams = D[None, :]
+    mass = streams * w
+    with np.errstate(divide="ignore"):
+        keys = np.log(u) / mass if scale is None else scale * mass / u
+    keys[mass <= 0] = -np.inf
+    n_s, n, d = streams.shape[0], Y.shape[0], Y.shape[1]
+    out_key = np.full((n_s, n_keep), -np.inf)
+    out_x = np.zeros((n_s, n_keep, d))
+    for s in range(n_s):
+        keep = np.argpartition(keys[s], n - n_keep)[n - n_keep :] if n > n_keep else np.arange(n)
+        keep = keep[farthest_order(keys[s, keep])]
+        out_key[s, : keep.shape[0]] = keys[s, keep]
+        out_x[s, : keep.shape[0]] = X[keep]
+    return {"nonfinite": nonfinite, "potential": mass.sum(axis=1), "key": out_key, "x": out_x}

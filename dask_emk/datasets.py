@@ -1,0 +1,130 @@
+"""Synthetic Gaussian-mixture data written to zarr chunk by chunk, with its truth.
+
+A generated store is a zarr group holding ``X`` (n, d) and the true
+``weights`` (K,), ``means`` (K, d), ``covariances`` (K, d, d) and ``labels``
+(n,), so every fit can be checked against ground truth. It is written under a
+temporary name and renamed into place at the end: an interrupted run leaves
+no half-written store.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import zarr
+from zarr.codecs import BloscCodec
+
+
+@dataclass(frozen=True)
+class MixtureTruth:
+    """True parameters of a generated mixture (float64)."""
+
+    weights: np.ndarray
+    means: np.ndarray
+    covariances: np.ndarray
+
+
+def random_mixture(n_features: int, n_components: int, *, separation: float = 6.0, seed: int = 0):
+    """Draw well-separated mixture parameters.
+
+    Parameters
+    ----------
+    n_features, n_components : int
+    separation : float
+        Scale of the spread of the means relative to unit-scale covariances.
+    seed : int
+
+    Returns
+    -------
+    MixtureTruth with weights (K,), means (K, d), covariances (K, d, d).
+    """
+    rng = np.random.default_rng(seed)
+    weights = rng.dirichlet(np.full(n_components, 5.0))
+    means = rng.normal(scale=separation, size=(n_components, n_features))
+    factors = rng.normal(scale=0.5, size=(n_components, n_features, n_features))
+    covariances = factors @ factors.transpose(0, 2, 1) + 0.5 * np.eye(n_features)
+    return MixtureTruth(weights, means, covariances)
+
+
+def sample_block(truth: MixtureTruth, n_rows: int, rng: np.random.Generator):
+    """Draw ``n_rows`` samples and their labels from the mixture (in memory)."""
+    labels = rng.choice(truth.weights.size, size=n_rows, p=truth.weights)
+    chol = np.linalg.cholesky(truth.covariances)
+    noise = rng.standard_normal((n_rows, truth.means.shape[1]))
+    X = truth.means[labels] + np.einsum("nij,nj->ni", chol[labels], noise)
+    return X, labels
+
+
+def write_mixture_zarr(
+    path: str | os.PathLike,
+    n_samples: int,
+    truth: MixtureTruth,
+    *,
+    chunk_rows: int = 100_000,
+    dtype: str = "float32",
+    seed: int = 0,
+    overwrite: bool = False,
+) -> Path:
+    """Write a mixture data set to a zarr store, one chunk in memory at a time.
+
+    Parameters
+    ----------
+    path : path of the store to create
+    n_samples : int
+    truth : MixtureTruth
+    chunk_rows : int
+        Rows per zarr chunk (and per block generated).
+    dtype : {'float32', 'float64'}
+    seed : int
+        Each chunk draws from its own stream spawned from this seed, so the
+        data do not depend on how many chunks are written at once.
+    overwrite : bool
+        Replace an existing store; otherwise an existing path is an error.
+
+    Returns
+    -------
+    Path of the finished store.
+    """
+    final = Path(path)
+    if n_samples < 1 or chunk_rows < 1:
+        raise ValueError(f"n_samples and chunk_rows must be >= 1, got {n_samples}, {chunk_rows}.")
+    if final.exists() and not overwrite:
+        raise ValueError(f"{final} already exists; remove it or pass overwrite=True.")
+    tmp = final.with_name(final.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    group = zarr.create_group(store=zarr.storage.LocalStore(tmp))
+    d = truth.means.shape[1]
+    compressors = [BloscCodec(cname="zstd", clevel=3, shuffle="shuffle")]
+    X = group.create_array(
+        "X", shape=(n_samples, d), chunks=(chunk_rows, d), dtype=dtype, compressors=compressors
+    )
+    labels = group.create_array(
+        "labels", shape=(n_samples,), chunks=(chunk_rows,), dtype="int32", compressors=compressors
+    )
+    streams = np.random.SeedSequence(seed).spawn(-(-n_samples // chunk_rows))
+    for i, stream in enumerate(streams):
+        start, stop = i * chunk_rows, min((i + 1) * chunk_rows, n_samples)
+        block, block_labels = sample_block(truth, stop - start, np.random.default_rng(stream))
+        X[start:stop] = block.astype(dtype)
+        labels[start:stop] = block_labels
+    for name in ("weights", "means", "covariances"):
+        group.create_array(name, data=getattr(truth, name))
+    group.attrs.update(
+        n_samples=n_samples, n_features=d, n_components=truth.weights.size, seed=seed
+    )
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    return final
+
+
+def read_truth(path: str | os.PathLike) -> MixtureTruth:
+    """True parameters stored beside a generated data set."""
+    group = zarr.open_group(store=zarr.storage.LocalStore(path, read_only=True), mode="r")
+    return MixtureTruth(
+        *(np.asarray(group[name][...]) for name in ("weights", "means", "covariances"))
+    )
