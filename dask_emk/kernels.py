@@ -322,7 +322,9 @@ def estep_stats(X: np.ndarray, weight: np.ndarray | None, params: MixtureParams)
 
 def _estep_sub_block(X: np.ndarray, weight: np.ndarray | None, params: MixtureParams) -> dict:
     Y = shift_block(X, params.center)
-    log_prob_norm, resp, phi = responsibilities(Y, params)
+    # NaN/inf rows turn into NaN here by design: counted and dropped just below.
+    with np.errstate(invalid="ignore", over="ignore"):
+        log_prob_norm, resp, phi = responsibilities(Y, params)
     finite = np.isfinite(log_prob_norm)
     nonfinite = Y.shape[0] - int(finite.sum())
     if nonfinite:
@@ -587,7 +589,11 @@ def seed_stats(
     out_key = np.full((n_s, n_keep), -np.inf)
     out_x = np.zeros((n_s, n_keep, d))
     for s in range(n_s):
-        keep = np.argpartition(keys[s], n - n_keep)[n - n_keep :] if n > n_keep else np.arange(n)
+        if n > n_keep:
+            keep = np.argpartition(keys[s], n - n_keep)[n - n_keep :] if n_keep else keys[s, :0]
+        else:
+            keep = np.arange(n)
+        keep = keep.astype(np.intp)
         keep = keep[farthest_order(keys[s, keep])]
         out_key[s, : keep.shape[0]] = keys[s, keep]
         out_x[s, : keep.shape[0]] = X[keep]
