@@ -2,5 +2,6 @@
 
 from ._version import __version__
 from .gmm import GaussianMixture
+from .kmeans import KMeans
 
-__all__ = ["GaussianMixture", "__version__"]
+__all__ = ["GaussianMixture", "KMeans", "__version__"]

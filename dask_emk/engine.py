@@ -15,6 +15,7 @@ a copy embedded in every task.
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import dask
@@ -71,6 +72,7 @@ def reduce_pass(
     size: int,
     *args: Any,
     split_every: int | None = None,
+    combine: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> np.ndarray:
     """One pass over the data: sum of ``block_fn`` over all blocks, shape (size,).
 
@@ -88,17 +90,70 @@ def reduce_pass(
         Extra arguments for ``block_fn`` (parameters).
     split_every : int, optional
         Fan-in of the tree reduction (dask's default when None).
+    combine : callable ``(rows (r, size)) -> (1, size)``, optional
+        How to merge block rows (default: add them). It must be associative
+        and keep meaning when applied to its own outputs; rows arrive in
+        block order.
     """
     if isinstance(X, da.Array):
         blocks = block_stats_array(X, weight, block_fn, size, *args)
-        (total,) = dask.compute(blocks.sum(axis=0, split_every=split_every))
-        return total
+        if combine is None:
+            total = blocks.sum(axis=0, split_every=split_every)
+        else:
+            total = combine_reduction(blocks, combine, split_every)
+        (total,) = dask.compute(total)
+        return np.asarray(total).reshape(size)
+    if combine is not None:
+        return _combine_numpy(X, weight, block_fn, size, args, combine)
     total = np.zeros(size)
     step = numpy_block_rows(X.shape[1])
     for start in range(0, max(X.shape[0], 1), step):
         w = None if weight is None else weight[start : start + step]
         total += block_fn(X[start : start + step], w, *args)[0]
     return total
+
+
+def combine_reduction(
+    blocks: da.Array, combine: Callable[[np.ndarray], np.ndarray], split_every: int | None
+) -> da.Array:
+    """Tree-reduce (n_blocks, size) rows with ``combine`` into a lazy (1, size).
+
+    ``dask.array.reduction`` with ``concatenate=True`` hands each combine
+    step the rows of up to ``split_every`` blocks stacked in block order.
+    """
+    merge = partial(_combine_step, combine)
+    return da.reduction(
+        blocks,
+        chunk=_identity_step,
+        combine=merge,
+        aggregate=merge,
+        axis=0,
+        keepdims=True,
+        concatenate=True,
+        split_every=split_every,
+        dtype=np.float64,
+        meta=np.empty((0, 0), dtype=np.float64),
+    )
+
+
+def _identity_step(x, axis=None, keepdims=True, computing_meta=False):
+    return x
+
+
+def _combine_step(combine, x, axis=None, keepdims=True, computing_meta=False):
+    if computing_meta:
+        return x
+    return combine(x)
+
+
+def _combine_numpy(X, weight, block_fn, size, args, combine) -> np.ndarray:
+    step = numpy_block_rows(X.shape[1])
+    total = None
+    for start in range(0, max(X.shape[0], 1), step):
+        w = None if weight is None else weight[start : start + step]
+        row = block_fn(X[start : start + step], w, *args)
+        total = row if total is None else combine(np.concatenate([total, row]))
+    return combine(total).reshape(size)
 
 
 def map_rows(

@@ -1,0 +1,168 @@
+"""One-pass statistics for k-means and seeding, and how their rows combine.
+
+Most statistics add up; a few are lists of the m largest keys with rows
+attached (the farthest points of a k-means pass, sampled rows of a seeding
+pass). :func:`merge_packed` is the ``combine`` given to
+:func:`dask_emk.engine.reduce_pass`: it adds the additive parts of a stack of
+packed rows and merges their top-m lists with :func:`dask_emk.kernels.merge_top`.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import partial
+
+import numpy as np
+
+from . import engine, kernels
+from .kernels import merge_top
+from .stats import StatsLayout
+
+FAR_LIST = (("far_dist", ("far_label", "far_weight", "far_x")),)
+SAMPLE_LIST = (("key", ("x",)),)
+
+
+def unpack_rows(rows: np.ndarray, layout: StatsLayout) -> dict:
+    """Split stacked packed rows (r, size) into a dict of (r, *shape) arrays."""
+    out, start = {}, 0
+    for name, shape in layout.shapes.items():
+        stop = start + math.prod(shape)
+        out[name] = rows[:, start:stop].reshape((rows.shape[0],) + tuple(shape))
+        start = stop
+    return out
+
+
+def merge_packed(rows: np.ndarray, layout: StatsLayout, tops: tuple) -> np.ndarray:
+    """Combine stacked packed rows (r, size) into one (1, size) row.
+
+    Parameters
+    ----------
+    rows : ndarray of shape (r, layout.size)
+        Block rows in block order.
+    layout : StatsLayout
+    tops : tuple of (key_name, value_names)
+        Each top-m list: keys of shape (m,) or (s, m) for s independent
+        streams, and values with the same leading shape.
+    """
+    parts = unpack_rows(np.asarray(rows, dtype=np.float64), layout)
+    listed = {name for key, values in tops for name in (key, *values)}
+    out = {name: arr.sum(axis=0) for name, arr in parts.items() if name not in listed}
+    for key, values in tops:
+        keys = parts[key]
+        if keys.ndim == 2:
+            merged = merge_top(keys, *(parts[v] for v in values))
+        else:
+            streams = [
+                merge_top(keys[:, s], *(parts[v][:, s] for v in values))
+                for s in range(keys.shape[1])
+            ]
+            merged = [np.stack(col) for col in zip(*streams, strict=True)]
+        out[key] = merged[0]
+        out.update(zip(values, merged[1:], strict=True))
+    return layout.pack(out)
+
+
+def assign_layout(n_clusters: int, n_features: int, n_far: int, moments: bool) -> StatsLayout:
+    """Packed layout of :func:`dask_emk.kernels.assign_stats`."""
+    K, d, m = n_clusters, n_features, n_far
+    shapes = {"nonfinite": (), "count": (), "inertia": (), "N": (K,), "S": (K, d)}
+    if moments:
+        shapes.update(ysum=(d,), ysq=(d,))
+    shapes.update(far_dist=(m,), far_label=(m,), far_weight=(m,), far_x=(m, d))
+    return StatsLayout(shapes)
+
+
+def assign_block(X, weight, centers, center, n_far, moments, layout) -> np.ndarray:
+    """Packed Lloyd statistics of one block (the engine's block function)."""
+    return layout.pack(kernels.assign_stats(X, weight, centers, center, n_far, moments))
+
+
+def assign_pass(X, weight, centers, center, n_far=0, moments=False, split_every=None) -> dict:
+    """One pass: summed Lloyd statistics with merged farthest rows (one compute).
+
+    Parameters
+    ----------
+    X : ndarray or dask array of shape (n, d)
+    weight : ndarray or dask array of shape (n,), or None
+    centers : ndarray of shape (K, d), float64
+    center : ndarray of shape (d,), the fixed reference point
+    n_far : int
+    moments : bool
+
+    Returns
+    -------
+    dict, see :func:`dask_emk.kernels.assign_stats`; raises ValueError when
+    the data holds NaN or infinity.
+    """
+    layout = assign_layout(centers.shape[0], centers.shape[1], n_far, moments)
+    vector = engine.reduce_pass(
+        X,
+        weight,
+        assign_block,
+        layout.size,
+        centers,
+        center,
+        n_far,
+        moments,
+        layout,
+        split_every=split_every,
+        combine=partial(merge_packed, layout=layout, tops=FAR_LIST),
+    )
+    stats = layout.unpack(vector)
+    raise_on_nonfinite(stats["nonfinite"])
+    return stats
+
+
+def raise_on_nonfinite(count: float) -> None:
+    """Raise the error for NaN/inf rows reported by a pass."""
+    if count > 0:
+        raise ValueError(
+            f"Input contains NaN or infinity in {int(count)} row(s); remove or impute "
+            "them, e.g. X[da.isfinite(X).all(axis=1)]."
+        )
+
+
+def seed_block(X, weight, centers, trials, center, n_keep, seed, scale, layout) -> np.ndarray:
+    """Packed seeding statistics of one block (the engine's block function)."""
+    return layout.pack(kernels.seed_stats(X, weight, centers, trials, center, n_keep, seed, scale))
+
+
+def seed_pass(
+    X,
+    weight,
+    centers: np.ndarray,
+    trials: np.ndarray,
+    center: np.ndarray,
+    n_keep: int,
+    seed: int,
+    scale: float | None = None,
+    split_every: int | None = None,
+) -> dict:
+    """One seeding pass (one compute): potentials and sampled rows per stream.
+
+    See :func:`dask_emk.kernels.seed_stats` for the arguments; returns
+    ``potential`` (s,), ``key`` (s, n_keep) descending and ``x`` (s, n_keep, d)
+    merged over all blocks. Raises ValueError when the data holds NaN/inf.
+    """
+    s, d = max(trials.shape[0], 1), X.shape[1]
+    layout = StatsLayout(
+        {"nonfinite": (), "potential": (s,), "key": (s, n_keep), "x": (s, n_keep, d)}
+    )
+    vector = engine.reduce_pass(
+        X,
+        weight,
+        seed_block,
+        layout.size,
+        centers,
+        trials,
+        center,
+        n_keep,
+        seed,
+        scale,
+        layout,
+        split_every=split_every,
+        combine=partial(merge_packed, layout=layout, tops=SAMPLE_LIST),
+    )
+    stats = layout.unpack(vector)
+    raise_on_nonfinite(stats["nonfinite"])
+    return stats
