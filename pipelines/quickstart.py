@@ -75,8 +75,8 @@ def main() -> None:
         )
     worst = report(model, store)
     results = args.out / "quickstart-model.zarr"
-    model.to_xarray().to_zarr(results, mode="w")
-    print(f"model written to {results}: {list(xr.open_zarr(results).data_vars)}")
+    model.to_xarray().to_zarr(results, mode="w", consolidated=False)
+    print(f"model written to {results}: {list(xr.open_zarr(results, consolidated=False).data_vars)}")
     if worst > 0.05:
         raise SystemExit(f"fitted means are off by {worst:.3f} standard deviations")
     print(f"largest mean error {worst:.4f} standard deviations: OK")
