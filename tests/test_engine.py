@@ -1,0 +1,200 @@
+"""Dask orchestration: compute counts, graph shape, rechunking, schedulers."""
+
+from __future__ import annotations
+
+import pickle
+
+import dask
+import dask.array as da
+import numpy as np
+import pytest
+from dask.callbacks import Callback
+from helpers import SK_TYPES, assert_params_close, blobs, fit_quiet, init_params
+from sklearn.mixture import GaussianMixture as SKGM
+
+from dask_emk import GaussianMixture, engine, kernels
+from dask_emk.gmm import mixture_block
+from dask_emk.stats import StatsLayout
+
+K = 3
+
+
+@pytest.fixture(scope="module")
+def X():
+    return blobs(n=1000, d=3, K=K, seed=0)
+
+
+class CountComputes(Callback):
+    """Counts graph executions (one ``start`` per compute)."""
+
+    def __init__(self):
+        super().__init__(start=self._start)
+        self.count = 0
+
+    def _start(self, dsk):
+        self.count += 1
+
+
+def test_one_compute_per_em_iteration(X):
+    dX = da.from_array(X, chunks=(97, -1))
+    gm = GaussianMixture(K, max_iter=5, tol=0.0, **init_params(X, K, "full"))
+    with dask.config.set(scheduler="sync"), CountComputes() as counter:
+        fit_quiet(gm, dX)
+    assert gm.n_iter_ == 5
+    assert counter.count == 5
+
+
+def test_sample_weight_costs_one_validation_compute(X):
+    # Dask sample weights are checked (min, sum, finite) in one small compute up
+    # front, so a bad weight fails before the first EM pass: 1 + max_iter computes.
+    dX = da.from_array(X, chunks=(97, -1))
+    w = da.ones(len(X), chunks=200)
+    gm = GaussianMixture(K, max_iter=5, tol=0.0, **init_params(X, K, "diag"))
+    gm.set_params(covariance_type="diag")
+    with dask.config.set(scheduler="sync"), CountComputes() as counter:
+        fit_quiet(gm, dX, sample_weight=w)
+    assert counter.count == 6
+
+
+def test_predict_is_lazy_until_computed(X):
+    dX = da.from_array(X, chunks=(97, -1))
+    gm = fit_quiet(GaussianMixture(K, max_iter=3, tol=0.0, **init_params(X, K, "full")), dX)
+    with dask.config.set(scheduler="sync"), CountComputes() as counter:
+        outs = [gm.predict(dX), gm.predict_proba(dX), gm.score_samples(dX)]
+        assert counter.count == 0
+        dask.compute(*outs)
+    assert counter.count == 1
+
+
+def test_large_precision_enters_graph_once():
+    rng = np.random.default_rng(0)
+    K_, d, n_blocks = 16, 100, 200
+    Xb = da.from_array(rng.normal(size=(n_blocks * 5, d)), chunks=(5, d))
+    A = rng.normal(size=(K_, d, d)) / d + np.eye(d)
+    params = kernels.MixtureParams(
+        means=rng.normal(size=(K_, d)),
+        log_weights=np.log(np.full(K_, 1.0 / K_)),
+        precisions_cholesky=np.triu(A),
+        covariance_type="full",
+        center=np.zeros(d),
+    )
+    big = params.precisions_cholesky.nbytes
+    assert big > 2**20  # over 1 MB: the case DESIGN.md §3 talks about
+    layout = StatsLayout.mixture(K_, d, "full")
+    arr = engine.block_stats_array(Xb, None, mixture_block, layout.size, params, layout)
+    graph = dict(arr.__dask_graph__())
+    assert len(graph) >= n_blocks
+    sizes = {key: len(pickle.dumps(task)) for key, task in graph.items()}
+    heavy = [key for key, size in sizes.items() if size >= big]
+    assert len(heavy) == 1, f"{len(heavy)} tasks carry the precision"
+    # every block task depends on that one key
+    (param_key,) = heavy
+    deps = arr.__dask_graph__().get_all_dependencies()
+    blocks = [k for k in graph if k[0] == arr.name]
+    assert len(blocks) == n_blocks
+    for key in blocks:
+        assert param_key in deps[key]
+    assert sum(sizes.values()) < 2 * big
+    # and the pass still computes the right numbers
+    total = engine.reduce_pass(Xb[:50], None, mixture_block, layout.size, params, layout)
+    want = layout.pack(kernels.estep_stats(np.asarray(Xb[:50]), None, params))[0]
+    np.testing.assert_allclose(total, want, rtol=1e-10, atol=1e-12 * np.abs(want).max())
+
+
+def test_feature_chunked_input_is_rechunked(X):
+    dX = da.from_array(X, chunks=(97, 1))
+    assert len(dX.chunks[1]) == 3
+    gm = fit_quiet(GaussianMixture(K, max_iter=10, tol=0.0, **init_params(X, K, "full")), dX)
+    ref = fit_quiet(GaussianMixture(K, max_iter=10, tol=0.0, **init_params(X, K, "full")), X)
+    assert_params_close(gm, ref, rtol=1e-10)
+    labels = gm.predict(dX)
+    np.testing.assert_array_equal(labels.compute(), ref.predict(X))
+
+
+@pytest.mark.parametrize("split_every", [2, 4, None])
+def test_reduce_pass_dask_equals_numpy(X, split_every):
+    init = init_params(X, K, "tied")
+    gm = fit_quiet(GaussianMixture(K, covariance_type="tied", max_iter=1, **init), X)
+    params = gm._kernel_params(gm._state_from_attributes())
+    layout = StatsLayout.mixture(K, 3, "tied")
+    w = np.random.default_rng(1).uniform(size=len(X))
+    a = engine.reduce_pass(X, w, mixture_block, layout.size, params, layout)
+    b = engine.reduce_pass(
+        da.from_array(X, chunks=(97, -1)),
+        da.from_array(w, chunks=97),
+        mixture_block,
+        layout.size,
+        params,
+        layout,
+        split_every=split_every,
+    )
+    np.testing.assert_allclose(b, a, rtol=1e-11)
+
+
+# ----------------------------------------------------------------------- schedulers
+def _scheduler_fit(X, ct):
+    init = init_params(X, K, ct)
+    gm = GaussianMixture(K, covariance_type=ct, max_iter=20, tol=0.0, **init)
+    fit_quiet(gm, da.from_array(X, chunks=(97, -1)))
+    sk = fit_quiet(SKGM(K, covariance_type=ct, max_iter=20, tol=0.0, **init), X)
+    assert_params_close(gm, sk, rtol=1e-6)
+    assert gm.n_iter_ == sk.n_iter_
+    np.testing.assert_allclose(gm.lower_bounds_, sk.lower_bounds_, rtol=1e-9)
+    return gm
+
+
+@pytest.fixture(scope="module")
+def reference_fits(X):
+    with dask.config.set(scheduler="sync"):
+        return {ct: _scheduler_fit(X, ct) for ct in SK_TYPES}
+
+
+@pytest.mark.parametrize("scheduler", ["sync", "threads"])
+@pytest.mark.parametrize("ct", SK_TYPES)
+def test_schedulers_agree(X, reference_fits, scheduler, ct):
+    with dask.config.set(scheduler=scheduler):
+        gm = _scheduler_fit(X, ct)
+    assert_params_close(gm, reference_fits[ct], rtol=1e-10)
+
+
+@pytest.fixture(scope="module")
+def process_pool():
+    # Without a pool the processes scheduler spawns (and re-imports everything in)
+    # fresh worker processes on every compute, i.e. every EM iteration.
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
+        yield pool
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("ct", SK_TYPES)
+def test_process_scheduler_agrees(X, reference_fits, process_pool, ct):
+    with dask.config.set(scheduler="processes", pool=process_pool):
+        gm = _scheduler_fit(X, ct)
+    assert_params_close(gm, reference_fits[ct], rtol=1e-10)
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    from distributed import LocalCluster
+
+    with LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+    ) as lc:
+        yield lc
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("ct", SK_TYPES)
+def test_distributed_cluster_agrees(X, reference_fits, cluster, ct):
+    from distributed import Client
+
+    with Client(cluster) as client:
+        gm = _scheduler_fit(X, ct)
+        # the work really ran on the cluster's workers
+        assert len(client.scheduler_info()["workers"]) == 2
+        labels = gm.predict(da.from_array(X, chunks=(97, -1))).compute()
+    assert_params_close(gm, reference_fits[ct], rtol=1e-10)
+    np.testing.assert_array_equal(labels, reference_fits[ct].predict(X))
