@@ -79,3 +79,28 @@ def mixture_dataset(gm) -> xr.Dataset:
         final_lower_bound=float(gm.lower_bound_),
     )
     return ds
+
+
+def kmeans_dataset(km) -> xr.Dataset:
+    """Dataset of a fitted KMeans.
+
+    Variables: ``centers(cluster, feature)``, ``sizes(cluster)`` (weight of
+    each cluster at the final centres), ``inertia(iteration)`` (at the start
+    of every Lloyd iteration); attributes hold every fit parameter, the
+    package version, ``n_iter`` and the final ``inertia``.
+    """
+    ds = xr.Dataset(
+        {
+            "centers": (("cluster", "feature"), km.cluster_centers_),
+            "sizes": (("cluster",), np.asarray(km.cluster_weights_, dtype=np.float64)),
+            "inertia": (("iteration",), np.asarray(km.inertia_history_, dtype=np.float64)),
+        },
+        coords={
+            "cluster": np.arange(km.n_clusters),
+            "feature": feature_coords(km),
+            "iteration": np.arange(1, len(km.inertia_history_) + 1),
+        },
+    )
+    ds.attrs.update(fit_attributes(km))
+    ds.attrs.update(n_iter=int(km.n_iter_), final_inertia=float(km.inertia_))
+    return ds

@@ -56,6 +56,8 @@ def random_rows(X, n: int, random_state, sample_weight=None) -> np.ndarray:
         rows = np.asarray(X[idx[order]].compute(), dtype=np.float64)
         out = np.empty_like(rows)
         out[order] = rows
+        if not np.isfinite(out).all():
+            raise ValueError("Input contains NaN or infinity (in a randomly drawn row).")
         return out
     empty = np.zeros((0, X.shape[1]))
     stats = seed_pass(X, sample_weight, empty, empty, np.zeros(X.shape[1]), n, _seed(rng))

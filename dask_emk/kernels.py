@@ -582,7 +582,7 @@ def seed_stats(
     else:
         streams = D[None, :]
     mass = streams * w
-    with np.errstate(divide="ignore"):
+    with np.errstate(divide="ignore", invalid="ignore"):
         keys = np.log(u) / mass if scale is None else scale * mass / u
     keys[mass <= 0] = -np.inf
     n_s, n, d = streams.shape[0], Y.shape[0], Y.shape[1]

@@ -270,6 +270,9 @@ class KMeans(TransformerMixin, ClusterMixin, BaseEstimator):
         if self.init == "k-means++":
             return kmeans_plusplus(data.array, K, rng, sample_weight=weight)
         if self.init == "random":
+            if weight is None and not data.is_lazy:
+                # scikit-learn always draws with p (uniform): same draws.
+                weight = np.ones(data.n_samples)
             return random_rows(data.array, K, rng, sample_weight=weight)
         return kmeans_parallel(
             data.array,
