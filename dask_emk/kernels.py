@@ -57,9 +57,22 @@ class MixtureParams:
         return self.means - self.center
 
     @cached_property
-    def coefficients(self) -> tuple[np.ndarray, np.ndarray]:
-        """:func:`quadratic_coefficients`, computed once per parameter set."""
-        return quadratic_coefficients(self)
+    def log_peak(self) -> np.ndarray:
+        """log π_k − (d/2) log 2π + log det U_k, shape (K,): each log-density's maximum."""
+        d = self.means.shape[1]
+        log_det = log_det_cholesky(self.precisions_cholesky, self.covariance_type, d)
+        peak = -0.5 * d * math.log(2.0 * math.pi) + log_det + self.log_weights
+        return np.broadcast_to(peak, self.log_weights.shape).copy()
+
+    @cached_property
+    def log_prob_coefficients(self) -> tuple[np.ndarray, np.ndarray]:
+        """(A, b) with log π_k N(y | μ_k, Σ_k) = Φ(y) · A[:, k] + b_k.
+
+        Folds −½ and the normalising constants into :func:`quadratic_coefficients`
+        so the E-step is one GEMM and one add; computed once per parameter set.
+        """
+        C, const = quadratic_coefficients(self)
+        return -0.5 * C, self.log_peak - 0.5 * const
 
 
 def shift_block(X: np.ndarray, center: np.ndarray) -> np.ndarray:
@@ -150,37 +163,31 @@ def quadratic_coefficients(params: MixtureParams) -> tuple[np.ndarray, np.ndarra
     return np.concatenate([quad, -2.0 * prec_m], axis=1).T, const
 
 
-def mahalanobis(Y: np.ndarray, params: MixtureParams) -> tuple[np.ndarray, np.ndarray | None]:
-    """Squared Mahalanobis distances (K, n) of shifted rows Y to each component.
+def weighted_log_prob(Y: np.ndarray, params: MixtureParams) -> tuple[np.ndarray, np.ndarray | None]:
+    """log π_k + log N(y | μ_k, Σ_k) of shifted rows Y, shape (K, n).
 
     Returns
     -------
-    maha : ndarray of shape (K, n)
+    weighted : ndarray of shape (K, n)
         Component-major, so reductions over components run along contiguous rows.
     phi : ndarray of shape (n, q + d) or None
         The features of :func:`quadratic_features` (None for tied), reused by
         the M-step statistics.
     """
+    peak = params.log_peak[:, None]
     if params.covariance_type == "tied":
         U = params.precisions_cholesky
-        return squared_distances(Y @ U, params.shifted_means @ U).T, None
+        weighted = squared_distances(Y @ U, params.shifted_means @ U).T
+        weighted *= -0.5
+        weighted += peak
+        return weighted, None
     phi = quadratic_features(Y, params.covariance_type)
-    C, const = params.coefficients
-    maha = C.T @ phi.T
-    maha += const[:, None]
-    np.maximum(maha, 0.0, out=maha)
-    return maha, phi
-
-
-def weighted_log_prob(Y: np.ndarray, params: MixtureParams) -> tuple[np.ndarray, np.ndarray | None]:
-    """log π_k + log N(y | μ_k, Σ_k), shape (K, n), and the features used."""
-    d = Y.shape[1]
-    maha, phi = mahalanobis(Y, params)
-    log_det = log_det_cholesky(params.precisions_cholesky, params.covariance_type, d)
-    offset = -0.5 * d * math.log(2.0 * math.pi) + log_det + params.log_weights
-    maha *= -0.5
-    maha += np.broadcast_to(offset, params.log_weights.shape)[:, None]
-    return maha, phi
+    A, b = params.log_prob_coefficients
+    weighted = A.T @ phi.T
+    weighted += b[:, None]
+    # Rounding in the expansion can put a row a hair inside distance zero.
+    np.minimum(weighted, peak, out=weighted)
+    return weighted, phi
 
 
 def responsibilities(
@@ -195,7 +202,7 @@ def responsibilities(
     resp : ndarray of shape (K, n)
         Responsibilities, component-major.
     phi : ndarray of shape (n, q + d) or None
-        See :func:`mahalanobis`.
+        See :func:`weighted_log_prob`.
     """
     weighted, phi = weighted_log_prob(Y, params)
     top = weighted.max(axis=0)
@@ -598,3 +605,55 @@ def seed_stats(
         out_key[s, : keep.shape[0]] = keys[s, keep]
         out_x[s, : keep.shape[0]] = X[keep]
     return {"nonfinite": nonfinite, "potential": mass.sum(axis=1), "key": out_key, "x": out_x}
+
+
+# --------------------------------------------------------------------------
+# Annealing: shared-σ² E-step with full per-component second moments.
+
+
+def anneal_stats(X: np.ndarray, weight: np.ndarray | None, params: MixtureParams) -> dict:
+    """Shared-σ² E-step statistics with full-covariance moments of one block.
+
+    The responsibilities are those of ``params`` (covariance_type 'shared');
+    the moments are the 'full' ones of :func:`moment_stats`, so each
+    component's responsibility-weighted covariance (its critical variance is
+    the largest eigenvalue) is one M-step away.
+
+    Parameters
+    ----------
+    X : ndarray of shape (n, d)
+    weight : ndarray of shape (n,) or None
+    params : MixtureParams with covariance_type 'shared'
+
+    Returns
+    -------
+    dict with ``n``, ``loglik``, ``nonfinite`` as :func:`estep_stats`, ``N``
+    (K,), ``S`` (K, d), ``Q`` (K, d, d) about the current means, and
+    ``soft`` = Σ w (1 − max_k r_k), zero once assignments are hard.
+    """
+    total = None
+    width = n_quadratic(X.shape[1], "full") + X.shape[1] + params.means.shape[0]
+    for rows in sub_blocks(X.shape[0], width):
+        w = None if weight is None else weight[rows]
+        total = add_stats(total, _anneal_sub_block(X[rows], w, params))
+    return total
+
+
+def _anneal_sub_block(X: np.ndarray, weight: np.ndarray | None, params: MixtureParams) -> dict:
+    Y = shift_block(X, params.center)
+    with np.errstate(invalid="ignore", over="ignore"):
+        log_prob_norm, resp, _ = responsibilities(Y, params)
+    finite = np.isfinite(log_prob_norm)
+    nonfinite = Y.shape[0] - int(finite.sum())
+    if nonfinite:
+        Y, resp, log_prob_norm = Y[finite], resp[:, finite], log_prob_norm[finite]
+        weight = None if weight is None else weight[finite]
+    w = np.ones(Y.shape[0]) if weight is None else weight
+    stats = moment_stats(Y, resp, weight, params.shifted_means, "full")
+    stats.update(
+        n=np.float64(w.sum()),
+        loglik=np.float64(log_prob_norm @ w),
+        nonfinite=np.float64(nonfinite),
+        soft=np.float64((1.0 - resp.max(axis=0, initial=0.0)) @ w),
+    )
+    return stats
