@@ -134,7 +134,23 @@ def m_step(
                 cov = np.asarray(float(variance))
             else:
                 cov = np.asarray(scatter.sum() / (nk.sum() * d) + reg_covar)
+    learned = covariance_type != "shared" or variance is None
+    if covariance_type in ("diag", "spherical", "shared") and learned:
+        _check_above_roundoff(cov, weights, means, reg_covar)
     return GaussianState(weights, means, cov, precision_cholesky(cov, covariance_type, reg_covar))
+
+
+def _check_above_roundoff(cov, weights, means, reg_covar: float) -> None:
+    """Raise for variances that the E-step's round-off cannot tell from zero.
+
+    The kernels form squared distances about the mixture mean c, so a collapsed
+    component (duplicate points, reg_covar=0) comes back not as 0 but as noise
+    of about eps·‖μ_k − c‖²; scikit-learn's ``<= 0`` test would let it through.
+    """
+    center = weights @ means
+    spread = weights @ ((means - center) ** 2).mean(axis=1)
+    if np.any(cov <= 256 * np.finfo(np.float64).eps * spread):
+        raise ValueError(DEGENERATE_MESSAGE.format(reg=reg_covar))
 
 
 def precision_cholesky(cov: np.ndarray, covariance_type: str, reg_covar: float = 0.0) -> np.ndarray:
