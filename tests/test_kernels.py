@@ -220,10 +220,30 @@ def test_empty_block(ct):
 
 
 @pytest.mark.parametrize("ct", TYPES)
-def test_log_resp_matches_reference(ct):
+def test_responsibilities_match_reference(ct):
     rng = np.random.default_rng(7)
     params, dense, weights = make_params(ct, 3, 4, rng)
     X = sample_block(rng, 100, 4, params, dense, weights)
-    lpn, lresp, _ = kernels.log_resp(kernels.shift_block(X, params.center), params)
-    _, resp = reference_stats(X, None, params.means, weights, dense, ct)
-    np.testing.assert_allclose(np.exp(lresp), resp, rtol=1e-9, atol=1e-12)
+    lpn, resp, _ = kernels.responsibilities(kernels.shift_block(X, params.center), params)
+    want, ref_resp = reference_stats(X, None, params.means, weights, dense, ct)
+    np.testing.assert_allclose(resp.T, ref_resp, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(lpn.sum(), want["loglik"], rtol=1e-12)
+
+
+@pytest.mark.parametrize("ct", TYPES)
+def test_block_larger_than_one_sub_block(ct):
+    # estep_stats walks a big block in cache-sized sub-blocks and adds them up
+    rng = np.random.default_rng(8)
+    K, d = 3, 2
+    params, dense, weights = make_params(ct, K, d, rng)
+    width = kernels.n_quadratic(d, ct) + d + K
+    n = 2 * len(range(*kernels.sub_blocks(10**9, width)[0].indices(10**9))) + 37
+    assert len(kernels.sub_blocks(n, width)) == 3
+    X = sample_block(rng, n, d, params, dense, weights)
+    X[n // 2, 0] = np.nan
+    w = rng.uniform(0, 2, size=n)
+    got = kernels.estep_stats(X, w, params)
+    keep = np.isfinite(X).all(axis=1)
+    want, _ = reference_stats(X[keep], w[keep], params.means, weights, dense, ct)
+    assert got["nonfinite"] == 1
+    assert_stats_close(got, want)
