@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import dask.array as da
 import numpy as np
+import scipy.sparse as sp
 import xarray as xr
 import zarr
 
@@ -138,18 +139,26 @@ def _from_xarray(X, name: str) -> InputData:
 
 def _check_shape_dtype(shape, dtype: np.dtype, name: str) -> None:
     if len(shape) != 2:
-        hint = " Reshape with X.reshape(-1, 1) for one feature." if len(shape) == 1 else ""
+        hint = (
+            " Reshape your data with X.reshape(-1, 1) if it has a single feature."
+            if len(shape) == 1
+            else ""
+        )
         raise ValueError(
             f"{name} must be 2-D (n_samples, n_features), got {len(shape)}-D "
             f"with shape {tuple(shape)}.{hint}"
         )
-    if shape[0] == 0 or shape[1] == 0:
-        raise ValueError(
-            f"{name} is empty: shape {tuple(shape)}; at least one sample and one "
-            "feature are required."
-        )
+    for axis, what in ((0, "sample(s)"), (1, "feature(s)")):
+        if shape[axis] == 0:
+            # Wording as scikit-learn's check_array, which its estimator checks expect.
+            raise ValueError(
+                f"{name} is empty: found array with 0 {what} (shape={tuple(shape)}) "
+                "while a minimum of 1 is required."
+            )
     if dtype.kind == "c":
-        raise ValueError(f"{name} has complex dtype {dtype}; pass real-valued data.")
+        raise ValueError(
+            f"Complex data not supported: {name} has dtype {dtype}; pass real-valued data."
+        )
     if dtype.kind not in "biuf":
         raise ValueError(
             f"{name} has non-numeric dtype {dtype}; pass numbers (convert with X.astype(float))."
@@ -173,7 +182,20 @@ def _as_float_dask(X: da.Array, name: str) -> da.Array:
 
 
 def _as_float_numpy(X, name: str) -> np.ndarray:
+    if sp.issparse(X):
+        raise TypeError(
+            f"Sparse input is not supported: {name} is {type(X).__name__}; densify it "
+            "(X.toarray()) or pass a dask array."
+        )
     X = np.asarray(X)
+    if X.dtype == object:
+        # Object arrays of numbers are numbers (as in scikit-learn); anything else is not.
+        try:
+            X = X.astype(np.float64)
+        except ValueError:
+            raise ValueError(
+                f"{name} has non-numeric values in an object array; pass numbers."
+            ) from None
     _check_shape_dtype(X.shape, X.dtype, name)
     X = X.astype(float_dtype(X.dtype), copy=False)
     if not np.isfinite(X).all():
