@@ -127,13 +127,28 @@ def test_empty_input(X, shape):
 def test_non_numeric_input(X):
     with pytest.raises(ValueError, match="non-numeric dtype"):
         model(X).fit(X.astype(str))
-    with pytest.raises(ValueError, match="non-numeric dtype"):
-        model(X).fit(X.astype(object))
+    with pytest.raises(ValueError, match="non-numeric values in an object array"):
+        model(X).fit(np.where(X > 0, "pos", "neg").astype(object))
 
 
 def test_complex_input(X):
-    with pytest.raises(ValueError, match="complex dtype"):
+    with pytest.raises(ValueError, match="Complex data not supported.*real-valued"):
         model(X).fit(X + 1j)
+    with pytest.raises(ValueError, match="Complex data not supported"):
+        model(X).fit(da.from_array(X + 1j, chunks=100))
+
+
+def test_sparse_input_refused(X):
+    import scipy.sparse as sp
+
+    with pytest.raises(TypeError, match="Sparse input is not supported.*toarray"):
+        model(X).fit(sp.csr_matrix(X))
+
+
+def test_object_array_of_numbers_is_numbers(X):
+    a = fit_quiet(model(X), X.astype(object))
+    b = fit_quiet(model(X), X)
+    np.testing.assert_array_equal(a.means_, b.means_)
 
 
 @pytest.mark.parametrize("ct", ["full", "tied", "diag", "spherical", "shared"])
