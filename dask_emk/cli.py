@@ -1,0 +1,155 @@
+"""The ``dask-emk`` command: generate data, run pipelines, one-off fits, show results.
+
+Every expected failure (bad pipeline, missing store, unreachable scheduler,
+missing matplotlib, bad data) ends as a one-line ``Error: ...`` that says
+what to do, with exit code 1, before anything is written.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import click
+
+from .config import load_pipeline, validate
+from .figures import MissingMatplotlib
+
+SCHEDULER_HELP = (
+    "sync, threads, processes, local, local:N (LocalCluster with N workers) or "
+    "tcp://HOST:PORT (existing cluster). Default: the pipeline's, else a LocalCluster "
+    "sized to the machine."
+)
+
+
+def _fail_cleanly(func):
+    """Turn expected errors into one-line click errors (exit code 1)."""
+    import functools
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except (ValueError, MissingMatplotlib) as exc:
+            raise click.ClickException(" ".join(str(exc).split())) from None
+
+    return wrapper
+
+
+@click.group()
+def main() -> None:
+    """Gaussian mixtures and k-means on out-of-core zarr data with Dask."""
+
+
+@main.command()
+@click.argument("out", type=click.Path(path_type=Path))
+@click.option("--n", "n", type=click.IntRange(min=1), required=True, help="Rows.")
+@click.option("--d", "d", type=click.IntRange(min=1), required=True, help="Features.")
+@click.option("--k", "k", type=click.IntRange(min=1), required=True, help="Components.")
+@click.option("--chunk-rows", type=click.IntRange(min=1), default=100_000, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--dtype", type=click.Choice(["float32", "float64"]), default="float32")
+@click.option("--separation", type=float, default=6.0, show_default=True)
+@click.option("--overwrite", is_flag=True, help="Replace an existing store.")
+@_fail_cleanly
+def generate(out, n, d, k, chunk_rows, seed, dtype, separation, overwrite) -> None:
+    """Write a Gaussian mixture data set to OUT.zarr chunk by chunk, with its truth."""
+    from .datasets import random_mixture, write_mixture_zarr
+
+    truth = random_mixture(d, k, separation=separation, seed=seed)
+    path = write_mixture_zarr(
+        out, n, truth, chunk_rows=chunk_rows, dtype=dtype, seed=seed, overwrite=overwrite
+    )
+    click.echo(f"wrote {n:,} × {d} {dtype} rows ({k} components) to {path}/X")
+
+
+@main.command()
+@click.argument("pipeline", type=click.Path(path_type=Path))
+@click.option("--scheduler", default=None, help=SCHEDULER_HELP)
+@click.option("--resume", is_flag=True, help="Continue from the checkpoint beside the results.")
+@click.option("--quiet", "-q", is_flag=True, help="No per-iteration progress lines.")
+@click.option("--no-plots", is_flag=True, help="Skip the PNG figures.")
+@_fail_cleanly
+def run(pipeline, scheduler, resume, quiet, no_plots) -> None:
+    """Run a PIPELINE.toml (see pipelines/README.md)."""
+    cfg, text = load_pipeline(pipeline)
+    _run(cfg, text, scheduler, resume, quiet, no_plots)
+
+
+@main.command()
+@click.argument("input_path", metavar="INPUT")
+@click.option("--model", type=click.Choice(["gmm", "kmeans", "anneal"]), default="gmm")
+@click.option("--k", "n_components", type=click.IntRange(min=1), required=True)
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="RESULTS.zarr")
+@click.option("--covariance-type", default="full", show_default=True)
+@click.option("--init", default=None, help="Seeding / init (model-specific; 'anneal' too).")
+@click.option("--tol", type=float, default=None)
+@click.option("--max-iter", type=int, default=None)
+@click.option("--random-state", type=int, default=0, show_default=True)
+@click.option("--labels/--no-labels", default=True, show_default=True)
+@click.option("--responsibilities", is_flag=True)
+@click.option("--log-density", is_flag=True)
+@click.option("--scheduler", default=None, help=SCHEDULER_HELP)
+@click.option("--resume", is_flag=True)
+@click.option("--quiet", "-q", is_flag=True)
+@click.option("--no-plots", is_flag=True)
+@_fail_cleanly
+def fit(input_path, model, n_components, out, scheduler, resume, quiet, no_plots, **opts) -> None:
+    """One-off fit of INPUT (store.zarr/ARRAY, store.zarr or a .csv file)."""
+    raw_model = {"type": model, "n_components": n_components}
+    raw_model["random_state"] = opts.pop("random_state")
+    for key in ("init", "tol", "max_iter"):
+        if opts[key] is not None:
+            raw_model[key] = opts[key]
+    if model == "gmm":
+        raw_model["covariance_type"] = opts["covariance_type"]
+    raw = {
+        "input": _input_section(input_path),
+        "model": raw_model,
+        "output": {
+            "results": str(out),
+            "labels": opts["labels"],
+            "responsibilities": opts["responsibilities"],
+            "log_density": opts["log_density"],
+        },
+    }
+    _run(validate(raw, source="dask-emk fit"), None, scheduler, resume, quiet, no_plots)
+
+
+@main.command()
+@click.argument("results", type=click.Path(path_type=Path))
+@_fail_cleanly
+def show(results) -> None:
+    """Print a summary of a RESULTS.zarr store."""
+    from .show import summary
+
+    for line in summary(results):
+        click.echo(line)
+
+
+def _run(cfg, text, scheduler, resume, quiet, no_plots) -> None:
+    from .pipeline import run_pipeline
+
+    if scheduler is not None:
+        cfg["scheduler"]["address"] = scheduler
+    if no_plots:
+        cfg["output"]["plots"] = False
+    run_pipeline(cfg, toml_text=text, resume=resume, echo=click.echo, verbose=not quiet)
+
+
+def _input_section(path: str) -> dict:
+    """[input] for ``dask-emk fit``: a CSV file, a store, or store/array."""
+    if path.endswith(".csv"):
+        return {"csv": path}
+    if os.path.exists(os.path.join(path, "zarr.json")) or not os.path.exists(
+        os.path.dirname(path) or "."
+    ):
+        return {"store": path}
+    parent = os.path.dirname(path)
+    if os.path.exists(os.path.join(parent, "zarr.json")):
+        return {"store": parent, "array": os.path.basename(path)}
+    return {"store": path}
+
+
+if __name__ == "__main__":
+    main()

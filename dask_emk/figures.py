@@ -1,0 +1,156 @@
+"""PNG figures of a pipeline run: convergence, annealing path, 2-D clusters.
+
+matplotlib is optional (``pip install 'dask-emk[plot]'``) and imported only
+here, only when a figure is drawn, with the Agg backend (no display needed).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+#: Points drawn in the 2-D scatter at most.
+SCATTER_POINTS = 20_000
+
+
+class MissingMatplotlib(ImportError):
+    """matplotlib is needed for plots but is not installed."""
+
+
+def require_matplotlib():
+    """Import matplotlib with the Agg backend, or raise a clear MissingMatplotlib."""
+    try:
+        import matplotlib
+    except ImportError:
+        raise MissingMatplotlib(
+            "plots need matplotlib: pip install 'dask-emk[plot]' (or matplotlib), "
+            "or set output.plots = false / pass --no-plots."
+        ) from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def figure_paths(results: str | os.PathLike) -> dict[str, Path]:
+    """PNG paths next to the results store: ``<stem>.<figure>.png``."""
+    results = Path(results)
+    stem = results.name.removesuffix(".zarr")
+    return {
+        name: results.with_name(f"{stem}.{name}.png")
+        for name in ("convergence", "path", "clusters")
+    }
+
+
+def plot_convergence(history, objective: str, path: Path) -> Path:
+    """Objective (lower bound or inertia) against iteration."""
+    plt = require_matplotlib()
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    ax.plot([h.iteration for h in history], [h.value for h in history], "o-", ms=3)
+    ax.set_xlabel("iteration")
+    ax.set_ylabel(objective.replace("_", " "))
+    ax.set_title("convergence")
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def plot_anneal_path(path_ds, path: Path) -> Path:
+    """Means' trajectories against σ² (log scale), one panel per feature.
+
+    Uses :func:`dask_emk.plot.plot_path` when that module exists.
+    """
+    plt = require_matplotlib()
+    try:
+        from .plot import plot_path
+    except ImportError:
+        plot_path = None
+    if plot_path is not None:
+        result = plot_path(path_ds)
+        fig = getattr(result, "figure", None) or _first_figure(result) or plt.gcf()
+        return _save(fig, path)
+    from matplotlib.ticker import NullFormatter
+
+    features = path_ds["means"].sizes["feature"]
+    fig, axes = plt.subplots(1, features, figsize=(4 * features, 3.2), squeeze=False)
+    sigma2 = path_ds["sigma2"].values
+    for j, ax in enumerate(axes[0]):
+        ax.plot(sigma2, path_ds["means"].isel(feature=j).values, ".-", ms=2, lw=1)
+        ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())  # crowded labels within a decade
+        ax.invert_xaxis()
+        ax.set_xlabel("σ²")
+        ax.set_ylabel(f"mean, feature {path_ds['feature'].values[j]}")
+    fig.suptitle("annealing path")
+    return _save(fig, path)
+
+
+def plot_clusters(X2, labels, means, covariances, path: Path, names=("x0", "x1")) -> Path:
+    """2-D scatter coloured by cluster with 1σ and 2σ ellipses of each component.
+
+    Parameters
+    ----------
+    X2 : ndarray (m, 2), a subsample of the data
+    labels : ndarray (m,)
+    means : ndarray (K, 2)
+    covariances : ndarray (K, 2, 2) or None (k-means: centres only)
+    """
+    plt = require_matplotlib()
+    from matplotlib.patches import Ellipse
+
+    fig, ax = plt.subplots(figsize=(5, 4.5))
+    ax.scatter(X2[:, 0], X2[:, 1], c=labels, s=2, cmap="tab10", alpha=0.4, linewidths=0)
+    ax.plot(means[:, 0], means[:, 1], "k+", ms=12, mew=2)
+    for k in range(means.shape[0]) if covariances is not None else ():
+        values, vectors = np.linalg.eigh(covariances[k])
+        angle = np.degrees(np.arctan2(vectors[1, -1], vectors[0, -1]))
+        for scale in (1, 2):
+            width, height = 2 * scale * np.sqrt(values[::-1])
+            ax.add_patch(Ellipse(means[k], width, height, angle=angle, fill=False, color="k", lw=1))
+    ax.set_xlabel(str(names[0]))
+    ax.set_ylabel(str(names[1]))
+    ax.set_title(f"{means.shape[0]} clusters ({X2.shape[0]:,} points shown)")
+    return _save(fig, path)
+
+
+def subsample_rows(X, n_max: int = SCATTER_POINTS) -> np.ndarray:
+    """About ``n_max`` evenly spaced rows of a lazy or in-memory 2-D array."""
+    data = getattr(X, "data", X)
+    step = max(1, -(-data.shape[0] // n_max))
+    return np.asarray(data[::step])
+
+
+def full_covariances(model) -> np.ndarray | None:
+    """(K, d, d) covariances of a fitted GaussianMixture, None for other models."""
+    ct = getattr(model, "covariance_type", None)
+    if ct is None:
+        return None
+    cov = np.asarray(model.covariances_, dtype=np.float64)
+    K, d = model.means_.shape
+    if ct == "full":
+        return cov
+    if ct == "tied":
+        return np.broadcast_to(cov, (K, d, d))
+    if ct == "diag":
+        return np.stack([np.diag(c) for c in cov])
+    variances = cov if ct == "spherical" else np.full(K, float(cov))
+    return variances[:, None, None] * np.eye(d)
+
+
+def _first_figure(result):
+    for item in np.atleast_1d(np.asarray(result, dtype=object)).ravel():
+        if hasattr(item, "figure"):
+            return item.figure
+    return None
+
+
+def _save(fig, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    tmp = path.with_name(path.name + ".tmp.png")
+    fig.tight_layout()
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path

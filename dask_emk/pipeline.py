@@ -1,0 +1,221 @@
+"""Run a validated pipeline: input → (anneal) → model → results store → figures.
+
+Order matters for "a failed run writes nothing": everything that can be
+checked without computing (config, matplotlib, the input store, the
+scheduler spec) is checked first, then the scheduler is started or reached,
+and only then is data generated or results written.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+
+from . import figures
+from ._version import __version__
+from .checkpoint import Checkpoint
+from .compare import truth_table
+from .config import config_key
+from .results import model_dataset, per_sample_dataset, truth_dataset, write_results
+from .scheduler import parse_scheduler, use_scheduler
+from .sources import Source, check_input, open_source
+from .steps import (
+    FitOutcome,
+    anneal_outcome,
+    fit_anneal,
+    fit_gmm,
+    fit_kmeans,
+    format_iteration,
+    gmm_init_from_anneal,
+)
+
+
+def run_pipeline(
+    cfg: dict,
+    *,
+    toml_text: str | None = None,
+    resume: bool = False,
+    echo: Callable[[str], None] = print,
+    verbose: bool = True,
+) -> Path:
+    """Run ``cfg`` (from :func:`dask_emk.config.validate`); return the results path.
+
+    Parameters
+    ----------
+    toml_text : str, optional
+        The pipeline file's text, stored verbatim in the results' attributes.
+    resume : bool
+        Continue from the checkpoint beside the results, if there is one.
+    echo : callable
+        Where progress lines go.
+    verbose : bool
+        Per-iteration lines (``--quiet`` turns them off; ``echo`` still gets
+        the summary).
+    """
+    out = cfg["output"]
+    if out["plots"]:
+        figures.require_matplotlib()
+    check_input(cfg["input"])
+    parse_scheduler(cfg["scheduler"]["address"])
+    results = Path(out["results"])
+    with use_scheduler(cfg["scheduler"]["address"], echo):
+        source = open_source(cfg["input"], echo)
+        echo(f"input: {source.description}")
+        results.parent.mkdir(parents=True, exist_ok=True)
+        checkpoint = Checkpoint(results, config_key(cfg), resume, out["checkpoint"])
+        start = time.perf_counter()
+        outcome, anneal = fit_model(cfg, source, checkpoint, echo if verbose else _silent)
+        fit_seconds = time.perf_counter() - start
+        echo(_summary(outcome, fit_seconds))
+        groups = _groups(anneal, source)
+        root = _root_dataset(cfg, outcome, source, toml_text, fit_seconds)
+        per_sample = per_sample_dataset(outcome.model, source.X, out)
+        write_results(results, root, groups, per_sample)
+        echo(f"results: {results} ({', '.join(['root', *groups])})")
+        if out["plots"]:
+            for path in draw_figures(results, outcome, anneal, source):
+                echo(f"plot: {path}")
+    if source.truth is not None:
+        lines, _ = truth_table(outcome.model, source.truth)
+        echo("fitted vs truth:")
+        for line in lines:
+            echo("  " + line)
+    return results
+
+
+def fit_model(cfg: dict, source: Source, checkpoint: Checkpoint, echo) -> tuple:
+    """The pipeline's fit: optional annealing stage, then the model, resumable.
+
+    Returns
+    -------
+    (FitOutcome of the final model, fitted AnnealedGaussianMixture or None)
+    """
+    model_cfg = cfg["model"]
+    X, kind = source.X, model_cfg["type"]
+
+    def progress(stage, it):
+        echo(format_iteration(stage, "inertia" if stage == "kmeans" else "lower_bound", it))
+
+    anneal = None
+    if cfg["anneal"] is not None:
+        anneal = fit_anneal(X, cfg["anneal"], checkpoint, verbose=echo is not _silent)
+    if kind == "anneal":
+        return anneal_outcome(anneal), anneal
+    common = {"random_state": model_cfg["random_state"]}
+    if kind == "kmeans":
+        init = model_cfg["init"]
+        params = dict(
+            common,
+            n_clusters=model_cfg["n_components"],
+            init=np.asarray(anneal.means_, np.float64) if init == "anneal" else init,
+            oversampling_factor=model_cfg["oversampling_factor"],
+            tol=model_cfg["tol"],
+            max_iter=model_cfg["max_iter"],
+        )
+        return fit_kmeans(X, params, checkpoint, progress), anneal
+    params = dict(
+        common,
+        n_components=model_cfg["n_components"],
+        covariance_type=model_cfg["covariance_type"],
+        tol=model_cfg["tol"],
+        reg_covar=model_cfg["reg_covar"],
+        max_iter=model_cfg["max_iter"],
+    )
+    if model_cfg["init"] == "anneal":
+        n = X.sizes["sample"]
+        params.update(gmm_init_from_anneal(anneal, model_cfg["covariance_type"], n))
+    else:
+        init = model_cfg["init"]
+        params["init_params"] = "k-means||" if init == "kmeans" else init
+    return fit_gmm(X, params, checkpoint, progress), anneal
+
+
+def draw_figures(results: Path, outcome: FitOutcome, anneal, source: Source) -> list[Path]:
+    """Convergence curve, annealing path (if any), 2-D clusters (if d == 2)."""
+    paths = figures.figure_paths(results)
+    drawn = [figures.plot_convergence(outcome.history, outcome.objective, paths["convergence"])]
+    if anneal is not None:
+        drawn.append(figures.plot_anneal_path(anneal.path_, paths["path"]))
+    if source.X.sizes["feature"] == 2:
+        X2 = figures.subsample_rows(source.X)
+        model = outcome.model
+        labels = np.asarray(model.predict(X2))
+        means = getattr(model, "means_", None)
+        means = model.cluster_centers_ if means is None else means
+        names = source.X["feature"].values if "feature" in source.X.coords else ("x0", "x1")
+        drawn.append(
+            figures.plot_clusters(
+                X2,
+                labels,
+                np.asarray(means, np.float64),
+                figures.full_covariances(model),
+                paths["clusters"],
+                names,
+            )  # fmt: skip
+        )
+    return drawn
+
+
+def _root_dataset(cfg, outcome, source, toml_text, fit_seconds) -> xr.Dataset:
+    root = model_dataset(outcome) if cfg["model"]["type"] != "anneal" else _anneal_root(outcome)
+    root.attrs.update(
+        pipeline_json=json.dumps(cfg, sort_keys=True),
+        pipeline_toml=toml_text or "",
+        dask_emk_version=__version__,
+        input=source.description,
+        n_samples=int(source.X.sizes["sample"]),
+        fit_seconds=float(fit_seconds),
+    )
+    return root
+
+
+def _anneal_root(outcome: FitOutcome) -> xr.Dataset:
+    """An annealed model as the root: its own export plus the Lloyd history."""
+    hist = outcome.history
+    ds = anneal_xarray(outcome.model)
+    ds = ds.drop_dims([d for d in ("iteration",) if d in ds.dims])
+    ds["history_inertia"] = ("iteration", np.array([h.value for h in hist]))
+    ds["history_change"] = ("iteration", np.array([h.change for h in hist]))
+    return ds.assign_coords(iteration=np.arange(1, len(hist) + 1))
+
+
+def anneal_xarray(model) -> xr.Dataset:
+    """``model.to_xarray()``, or its centres, weights and σ² if that export is missing."""
+    try:
+        return model.to_xarray()
+    except ImportError:  # export.anneal_dataset not there yet
+        ds = xr.Dataset(
+            {
+                "means": (("component", "feature"), np.asarray(model.means_)),
+                "weights": ("component", np.asarray(model.weights_)),
+                "sigma2": ((), float(model.sigma2_)),
+            }
+        )
+        ds.attrs.update(model="AnnealedGaussianMixture", inertia=float(model.inertia_))
+        return ds
+
+
+def _groups(anneal, source: Source) -> dict[str, xr.Dataset]:
+    groups = {}
+    if anneal is not None:
+        groups["anneal"] = anneal_xarray(anneal)
+        groups["anneal_path"] = anneal.path_
+    if source.truth is not None:
+        groups["truth"] = truth_dataset(source.truth)
+    return groups
+
+
+def _summary(outcome: FitOutcome, seconds: float) -> str:
+    last = outcome.history[-1] if outcome.history else None
+    value = f", {outcome.objective.replace('_', ' ')} {last.value:.8g}" if last else ""
+    state = "converged" if outcome.converged else "NOT converged (raise max_iter or tol)"
+    return f"fit: {len(outcome.history)} iterations in {seconds:.1f} s, {state}{value}"
+
+
+def _silent(line: str) -> None:
+    return None

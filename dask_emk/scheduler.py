@@ -1,0 +1,98 @@
+"""Where a pipeline computes: a local Dask scheduler, a LocalCluster or a remote cluster.
+
+``--scheduler`` values: ``sync``, ``threads``, ``processes``, ``local`` or
+``local:N`` (a ``distributed.LocalCluster`` with N single-threaded workers;
+sized to the machine without N) and ``tcp://HOST:PORT`` (an existing cluster).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import Callable, Iterator
+
+import dask
+
+#: Seconds to wait for a remote scheduler before giving up.
+CONNECT_TIMEOUT = 5
+LOCAL_SCHEDULERS = ("sync", "threads", "processes")
+
+
+class SchedulerError(ValueError):
+    """A scheduler that cannot be parsed or reached; the message says what to do."""
+
+
+def parse_scheduler(spec: str) -> tuple[str, str | int | None]:
+    """Split a scheduler spec into (kind, argument).
+
+    Returns
+    -------
+    ('sync'|'threads'|'processes', None), ('local', n_workers or None) or
+    ('tcp', address).
+    """
+    if spec in LOCAL_SCHEDULERS:
+        return spec, None
+    match = re.fullmatch(r"local(?::(\d+))?", spec)
+    if match:
+        n = int(match.group(1)) if match.group(1) else None
+        if n == 0:
+            raise SchedulerError("local:N needs N >= 1 workers, e.g. --scheduler local:2.")
+        return "local", n
+    if re.fullmatch(r"(tcp|tls)://[^\s:/]+:\d+", spec):
+        return "tcp", spec
+    raise SchedulerError(
+        f"unknown scheduler {spec!r}; use sync, threads, processes, local, local:N "
+        "or tcp://HOST:PORT."
+    )
+
+
+@contextlib.contextmanager
+def use_scheduler(spec: str, echo: Callable[[str], None] = print) -> Iterator[None]:
+    """Run the body with ``spec`` as Dask's scheduler; clusters it starts are closed after.
+
+    Raises
+    ------
+    SchedulerError
+        Unknown spec, or a remote scheduler that does not answer within
+        ``CONNECT_TIMEOUT`` seconds.
+    """
+    kind, arg = parse_scheduler(spec)
+    if kind in LOCAL_SCHEDULERS:
+        with dask.config.set(scheduler=kind):
+            echo(f"scheduler: {kind}")
+            yield
+        return
+    from distributed import Client, LocalCluster
+
+    if kind == "local":
+        # Single-threaded workers: the block kernels call BLAS, and one
+        # thread per core avoids oversubscribing it.
+        cluster_kwargs = {"threads_per_worker": 1} if arg is not None else {}
+        with (
+            LocalCluster(n_workers=arg, dashboard_address=":0", **cluster_kwargs) as cluster,
+            Client(cluster),
+        ):
+            n = len(cluster.scheduler_info["workers"])
+            echo(f"scheduler: LocalCluster, {n} workers, dashboard {cluster.dashboard_link}")
+            yield
+        return
+    client = connect(arg)
+    try:
+        echo(f"scheduler: {arg}, dashboard {client.dashboard_link}")
+        yield
+    finally:
+        client.close()
+
+
+def connect(address: str):
+    """A ``distributed.Client`` for an existing cluster, or a SchedulerError."""
+    from distributed import Client
+
+    try:
+        return Client(address, timeout=f"{CONNECT_TIMEOUT}s")
+    except (OSError, TimeoutError) as exc:
+        raise SchedulerError(
+            f"cannot reach the Dask scheduler at {address} within {CONNECT_TIMEOUT} s "
+            f"({type(exc).__name__}); start it with `dask scheduler`, check the address, "
+            "or use --scheduler local."
+        ) from None

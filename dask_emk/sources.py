@@ -1,0 +1,160 @@
+"""Pipeline inputs: a zarr store array, a small CSV file, or a generated mixture.
+
+Every input becomes a lazy ``xarray.DataArray`` with dims (sample, feature),
+chunked along samples only, plus the generator's true parameters when the
+store holds them. Checks are metadata-only and raise
+:class:`dask_emk.config.PipelineError` naming the fix.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import dask.array as da
+import numpy as np
+import xarray as xr
+import zarr
+
+from .config import PipelineError
+from .datasets import MixtureTruth, random_mixture, read_truth, write_mixture_zarr
+from .io import as_input
+
+TRUTH_ARRAYS = ("weights", "means", "covariances")
+
+
+@dataclass
+class Source:
+    """A pipeline's input data.
+
+    Attributes
+    ----------
+    X : xarray.DataArray (sample, feature), dask-backed
+    truth : MixtureTruth or None
+    description : str
+    """
+
+    X: xr.DataArray
+    truth: MixtureTruth | None
+    description: str
+
+
+def check_input(cfg: dict) -> None:
+    """Fail early (before a scheduler starts or anything is written) on bad input."""
+    if cfg["store"] is not None:
+        open_source(cfg)
+    elif cfg["csv"] is not None:
+        read_csv(cfg["csv"], cfg["columns"])
+
+
+def open_source(cfg: dict, echo=print) -> Source:
+    """The pipeline's input as a :class:`Source`; generates the data if asked to."""
+    if cfg["generate"] is not None:
+        store, array = ensure_generated(cfg["generate"], echo), "X"
+    elif cfg["csv"] is not None:
+        values, names = read_csv(cfg["csv"], cfg["columns"])
+        X = xr.DataArray(da.from_array(values, chunks=(-1, -1)), dims=("sample", "feature"))
+        X = X.assign_coords(feature=np.asarray(names, dtype=str))
+        return Source(X, None, f"{cfg['csv']} ({values.shape[0]} rows, columns {names})")
+    else:
+        store, array = cfg["store"], cfg["array"]
+    arr = open_array(store, array)
+    try:
+        as_input(arr, name=f"input {store}/{arr.basename}")
+    except ValueError as exc:
+        raise PipelineError(str(exc)) from None
+    X = xr.DataArray(da.from_zarr(arr), dims=("sample", "feature"))
+    description = f"{store}/{arr.basename} {arr.shape} {arr.dtype}, chunks {arr.chunks}"
+    return Source(X, store_truth(store), description)
+
+
+def open_array(store: str, array: str | None) -> zarr.Array:
+    """The input array of a zarr store, with errors that name the fix."""
+    if not os.path.exists(store):
+        raise PipelineError(
+            f"input store {store!r} does not exist; check input.store (or create one "
+            f"with `dask-emk generate {store} --n ... --d ... --k ...`)."
+        )
+    try:
+        node = zarr.open(store=zarr.storage.LocalStore(store, read_only=True), mode="r")
+    except Exception as exc:  # zarr raises several types for a folder that is not a store
+        raise PipelineError(f"input {store!r} is not a readable zarr store ({exc}).") from None
+    if isinstance(node, zarr.Array):
+        return node
+    names = sorted(name for name, _ in node.arrays())
+    if array is None:
+        if len(names) == 1:
+            return node[names[0]]
+        raise PipelineError(f"store {store!r} holds arrays {names}; set input.array to one.")
+    if array not in names:
+        raise PipelineError(
+            f"array {array!r} not found in store {store!r}, which holds {names}; "
+            "set input.array to one of them."
+        )
+    return node[array]
+
+
+def store_truth(store: str) -> MixtureTruth | None:
+    """True parameters when the store was made by the generator, else None."""
+    group = zarr.open(store=zarr.storage.LocalStore(store, read_only=True), mode="r")
+    if isinstance(group, zarr.Group) and all(name in group for name in TRUTH_ARRAYS):
+        return read_truth(store)
+    return None
+
+
+def ensure_generated(gen: dict, echo=print) -> str:
+    """Write the generated mixture store unless an identical one exists; its path."""
+    path = gen["path"]
+    if _generated_matches(path, gen):
+        echo(f"input: reusing generated {path}")
+        return path
+    import time
+
+    start = time.perf_counter()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    truth = random_mixture(gen["d"], gen["k"], separation=gen["separation"], seed=gen["seed"])
+    write_mixture_zarr(
+        path, gen["n"], truth, chunk_rows=gen["chunk_rows"], dtype=gen["dtype"],
+        seed=gen["seed"], overwrite=True,
+    )  # fmt: skip
+    echo(f"input: generated {gen['n']:,} rows to {path} in {time.perf_counter() - start:.1f} s")
+    return path
+
+
+def _generated_matches(path: str, gen: dict) -> bool:
+    if not os.path.exists(path):
+        return False
+    try:
+        group = zarr.open_group(store=zarr.storage.LocalStore(path, read_only=True), mode="r")
+        X, attrs = group["X"], dict(group.attrs)
+    except Exception:  # not a generated store: regenerate
+        return False
+    return (
+        attrs.get("n_samples") == gen["n"]
+        and attrs.get("n_features") == gen["d"]
+        and attrs.get("n_components") == gen["k"]
+        and attrs.get("seed") == gen["seed"]
+        and attrs.get("separation", gen["separation"]) == gen["separation"]
+        and X.chunks[0] == gen["chunk_rows"]
+        and str(X.dtype) == gen["dtype"]
+    )
+
+
+def read_csv(path: str, columns: list[str] | None) -> tuple[np.ndarray, list[str]]:
+    """A small numeric CSV file with a header row, in memory: (values, column names)."""
+    if not os.path.exists(path):
+        raise PipelineError(f"input csv {path!r} does not exist; check input.csv.")
+    table = np.genfromtxt(path, delimiter=",", names=True, dtype=np.float64, encoding="utf-8")
+    names = [n.strip('"') for n in table.dtype.names]
+    if columns is not None:
+        missing = [c for c in columns if c not in names]
+        if missing:
+            raise PipelineError(
+                f"columns {missing} not in {path} (it has {names}); fix input.columns."
+            )
+    chosen = columns or names
+    values = np.column_stack([table[table.dtype.names[names.index(c)]] for c in chosen])
+    if not np.isfinite(values).all():
+        raise PipelineError(f"{path} has empty or non-numeric values; clean the file.")
+    return values, chosen
