@@ -41,9 +41,14 @@ def truth_table(model, truth) -> tuple[list[str], float]:
         scale = np.sqrt(np.diag(truth.covariances[k]))
         worst = max(worst, float(np.max(np.abs(means[j] - truth.means[k]) / scale)))
         cov_err = "" if cov is None else f"{np.max(np.abs(cov[j] - truth.covariances[k])):9.4f}"
-        fitted = np.array2string(means[j], precision=2, floatmode="fixed")
-        true = np.array2string(truth.means[k], precision=2, floatmode="fixed")
+        fitted, true = _short(means[j]), _short(truth.means[k])
         weight = f"{weights[j]:9.3f} / {truth.weights[k]:.3f}"
         lines.append(f"{k:>2} {weight}  {fitted:>22} / {true:<23} {cov_err}")
     lines.append(f"largest mean error: {worst:.4f} true standard deviations")
     return lines, worst
+
+
+def _short(vector: np.ndarray, shown: int = 3) -> str:
+    """A mean vector in fixed width: its first ``shown`` entries, then …"""
+    text = " ".join(f"{v:6.2f}" for v in vector[:shown])
+    return f"[{text}{' …' if vector.size > shown else ''}]"

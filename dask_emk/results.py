@@ -96,14 +96,28 @@ def write_results(
     final = Path(path).absolute()
     tmp = partial_path(final)
     shutil.rmtree(tmp, ignore_errors=True)
+    root = portable_strings(root)
     root.to_zarr(tmp, mode="w-", consolidated=False, zarr_format=3)
     for name, ds in groups.items():
-        ds.to_zarr(tmp, group=name, mode="w-", consolidated=False, zarr_format=3)
+        portable_strings(ds).to_zarr(tmp, group=name, mode="w-", consolidated=False, zarr_format=3)
     if per_sample is not None:
+        # Appending rewrites the group's attributes: keep the root's.
+        per_sample = per_sample.assign_attrs(root.attrs)
         encoding = {name: {"compressors": (_compressor(),)} for name in per_sample.data_vars}
         per_sample.to_zarr(tmp, mode="a", consolidated=False, encoding=encoding)
     replace_dir(tmp, final)
     return final
+
+
+def portable_strings(ds: xr.Dataset) -> xr.Dataset:
+    """Fixed-width unicode coordinates as object strings.
+
+    zarr 3 stores numpy ``<U`` arrays with a data type that has no zarr v3
+    specification yet (and warns); object strings become the specified
+    variable-length UTF-8 type.
+    """
+    fixed = {name: c.astype(object) for name, c in ds.coords.items() if c.dtype.kind == "U"}
+    return ds.assign_coords(fixed) if fixed else ds
 
 
 def replace_dir(src: Path, dst: Path) -> None:

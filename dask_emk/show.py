@@ -29,8 +29,9 @@ def summary(results: str | os.PathLike) -> list[str]:
         f"iterations: {attrs.get('n_iter', '?')}, converged: {attrs.get('converged', '?')}, "
         f"fit {attrs.get('fit_seconds', float('nan')):.1f} s",
     ]
-    history = [v for v in ds.data_vars if v.startswith("history_") and v != "history_change"]
-    for name in history[:1]:
+    for name in ("history_lower_bound", "history_inertia"):
+        if name not in ds:
+            continue
         values = ds[name].values
         if values.size:
             lines.append(f"{name[8:]}: first {values[0]:.8g}, last {values[-1]:.8g}")

@@ -1,0 +1,88 @@
+"""Scaled-down copies of the shipped pipelines and a small TOML writer for tests."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+from scipy.optimize import linear_sum_assignment
+
+ROOT = Path(__file__).resolve().parents[1]
+PIPELINES = ROOT / "pipelines"
+
+
+def to_toml(cfg: dict) -> str:
+    """TOML text for a dict of tables holding scalars, lists and sub-tables."""
+    lines = []
+
+    def table(name: str, body: dict) -> None:
+        scalars = {k: v for k, v in body.items() if not isinstance(v, dict)}
+        if name:
+            lines.append(f"[{name}]")
+        for key, value in scalars.items():
+            lines.append(f"{key} = {_value(value)}")
+        for key, value in body.items():
+            if isinstance(value, dict):
+                table(f"{name}.{key}" if name else key, value)
+
+    table("", cfg)
+    return "\n".join(lines) + "\n"
+
+
+def _value(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, list):
+        return "[" + ", ".join(_value(v) for v in value) + "]"
+    return repr(value)
+
+
+def scaled_pipeline(name: str, tmp_path: Path, drop=(), **sections) -> Path:
+    """Copy of pipelines/<name>.toml with outputs under tmp_path and overrides.
+
+    ``sections`` maps a section name ('input.generate', 'model', ...) to the
+    keys to replace in it; ``drop`` names top-level sections to remove.
+    """
+    cfg = tomllib.loads((PIPELINES / f"{name}.toml").read_text())
+    for section in drop:
+        del cfg[section]
+    cfg["output"]["results"] = str(tmp_path / f"{name}.zarr")
+    if "generate" in cfg["input"]:
+        cfg["input"]["generate"]["path"] = str(tmp_path / f"{name}-data.zarr")
+    if "csv" in cfg["input"]:
+        cfg["input"]["csv"] = str(ROOT / cfg["input"]["csv"])
+    for section, changes in sections.items():
+        node = cfg
+        for part in section.split("."):
+            node = node.setdefault(part, {})
+        node.update(changes)
+    path = tmp_path / f"{name}.toml"
+    path.write_text(to_toml(cfg))
+    return path
+
+
+def open_results(path, group=None) -> xr.Dataset:
+    return xr.open_zarr(path, group=group, consolidated=False)
+
+
+def matched_errors(results: Path) -> tuple[float, float, np.ndarray]:
+    """Largest mean error (true sd units) and weight error against the truth group,
+    and the fitted index of each true component."""
+    fit, truth = open_results(results), open_results(results, "truth")
+    means = fit["means"].values if "means" in fit else fit["centers"].values
+    weights = (
+        fit["weights"].values
+        if "weights" in fit
+        else fit["sizes"].values / fit["sizes"].sum().values
+    )
+    true_means = truth["means"].values
+    cost = ((true_means[:, None, :] - means[None]) ** 2).sum(axis=2)
+    _, order = linear_sum_assignment(cost)
+    sd = np.sqrt(np.diagonal(truth["covariances"].values, axis1=1, axis2=2))
+    mean_err = float(np.max(np.abs(means[order] - true_means) / sd))
+    weight_err = float(np.max(np.abs(weights[order] - truth["weights"].values)))
+    return mean_err, weight_err, order

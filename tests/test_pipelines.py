@@ -1,0 +1,226 @@
+"""End to end: `dask-emk run` on the shipped pipelines (scaled down) on real schedulers.
+
+Results are opened with xarray.open_zarr and checked against the generator's
+ground truth (or scikit-learn for the real data set), and runs on other
+schedulers against the synchronous run.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+from click.testing import CliRunner
+from sklearn.mixture import GaussianMixture as SkGaussianMixture
+
+from dask_emk.cli import main
+from pipeline_helpers import ROOT, matched_errors, open_results, scaled_pipeline
+
+VENV_BIN = Path(sys.executable).parent
+QUICK = {"input.generate": {"n": 60_000, "chunk_rows": 10_000}, "anneal": {"sample_size": 5_000}}
+
+
+def run_cli(*args) -> str:
+    result = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def assert_same_parameters(a: Path, b: Path, rtol: float = 1e-10) -> None:
+    """Same fitted parameters and per-sample labels in two results stores."""
+    da_, db = open_results(a), open_results(b)
+    for name in ("weights", "means", "covariances", "history_lower_bound"):
+        np.testing.assert_allclose(da_[name].values, db[name].values, rtol=rtol, atol=0)
+    np.testing.assert_array_equal(da_["labels"].values, db["labels"].values)
+
+
+def test_quickstart_sync_matches_truth(tmp_path):
+    toml = scaled_pipeline("quickstart", tmp_path, **QUICK)
+    out = run_cli("run", toml, "--scheduler", "sync")
+    results = tmp_path / "quickstart.zarr"
+    assert "fitted vs truth" in out and "gmm iter" in out
+    mean_err, weight_err, order = matched_errors(results)
+    assert mean_err < 0.1 and weight_err < 0.02
+    ds = open_results(results)
+    # Per-sample outputs along the input's sample axis, in the input's chunks.
+    n = 60_000
+    assert ds["labels"].shape == (n,) and ds["responsibilities"].shape == (n, 4)
+    assert ds["labels"].encoding["chunks"] == (10_000,)
+    np.testing.assert_allclose(ds["responsibilities"].sum("component").values, 1.0, atol=1e-6)
+    assert np.isfinite(ds["log_density"].values).all()
+    true_labels = zarr.open_array(tmp_path / "quickstart-data.zarr" / "labels", mode="r")[:]
+    agree = np.mean(ds["labels"].values == order[true_labels])
+    assert agree > 0.9
+    # History, config and version travel with the results.
+    assert ds.sizes["iteration"] == ds.attrs["n_iter"] and ds.attrs["converged"] == "True"
+    assert np.all(np.diff(ds["history_lower_bound"].values) > -1e-6)
+    assert "[input.generate]" in ds.attrs["pipeline_toml"]
+    assert ds.attrs["dask_emk_version"]
+    path = open_results(results, "anneal_path")
+    assert np.all(np.diff(path["sigma2"].values) < 0)
+    for fig in ("convergence", "path", "clusters"):
+        assert (tmp_path / f"quickstart.{fig}.png").stat().st_size > 1000
+    assert not (tmp_path / "quickstart.zarr.partial").exists()
+
+
+@pytest.mark.slow
+def test_quickstart_local_cluster_equals_sync(tmp_path):
+    sync_dir, local_dir = tmp_path / "sync", tmp_path / "local"
+    sync_dir.mkdir(), local_dir.mkdir()
+    run_cli("run", scaled_pipeline("quickstart", sync_dir, **QUICK), "-q", "--scheduler", "sync")
+    toml = scaled_pipeline("quickstart", local_dir, **QUICK)
+    out = run_cli("run", toml, "-q", "--no-plots", "--scheduler", "local:2")
+    assert "LocalCluster, 2 workers, dashboard http" in out
+    assert_same_parameters(sync_dir / "quickstart.zarr", local_dir / "quickstart.zarr")
+    assert matched_errors(local_dir / "quickstart.zarr")[0] < 0.1
+
+
+def test_faithful_matches_scikit_learn(tmp_path):
+    run_cli("run", scaled_pipeline("faithful", tmp_path), "-q")
+    ds = open_results(tmp_path / "faithful.zarr")
+    X = np.loadtxt(ROOT / "data" / "faithful.csv", delimiter=",", skiprows=1)
+    sk = SkGaussianMixture(2, tol=1e-10, max_iter=1000, random_state=0).fit(X)
+    order = np.argsort(sk.means_[:, 0])
+    mine = np.argsort(ds["means"].values[:, 0])
+    np.testing.assert_allclose(ds["means"].values[mine], sk.means_[order], rtol=1e-4)
+    np.testing.assert_allclose(ds["weights"].values[mine], sk.weights_[order], rtol=1e-4)
+    assert list(ds["feature"].values) == ["eruptions", "waiting"]
+    # Short eruptions (about 2 min) are a third of the data.
+    assert abs(ds["means"].values[mine[0], 0] - 2.04) < 0.01
+    assert abs(ds["weights"].values[mine[0]] - 0.356) < 0.005
+    assert (tmp_path / "faithful.clusters.png").exists()
+
+
+@pytest.mark.slow
+def test_faithful_local_cluster_equals_sync(tmp_path):
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    run_cli("run", scaled_pipeline("faithful", tmp_path / "a"), "-q", "--no-plots")
+    toml = scaled_pipeline("faithful", tmp_path / "b")
+    run_cli("run", toml, "-q", "--no-plots", "--scheduler", "local:2")
+    assert_same_parameters(tmp_path / "a" / "faithful.zarr", tmp_path / "b" / "faithful.zarr")
+
+
+@pytest.mark.slow
+def test_large_scaled_down_matches_truth(tmp_path):
+    toml = scaled_pipeline(
+        "large",
+        tmp_path,
+        **{"input.generate": {"n": 32_000, "chunk_rows": 4_000}, "anneal": {"sample_size": 8_000}},
+    )
+    run_cli("run", toml, "-q", "--no-plots", "--scheduler", "threads")
+    mean_err, weight_err, _ = matched_errors(tmp_path / "large.zarr")
+    assert mean_err < 0.15 and weight_err < 0.01
+    assert open_results(tmp_path / "large.zarr")["means"].shape == (16, 8)
+
+
+# --------------------------------------------------------------- real cluster
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def dask_cluster(tmp_path):
+    """`dask scheduler` and two single-threaded `dask worker` processes on 127.0.0.1."""
+    port = free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    log = open(tmp_path / "cluster.log", "w")
+    procs = [
+        subprocess.Popen(
+            [VENV_BIN / "dask", "scheduler", "--host", "127.0.0.1", "--port", str(port),
+             "--dashboard-address", ":0"],
+            stdout=log, stderr=subprocess.STDOUT,
+        )
+    ]  # fmt: skip
+    try:
+        from distributed import Client
+
+        for _ in range(2):
+            procs.append(
+                subprocess.Popen(
+                    [VENV_BIN / "dask", "worker", address, "--nthreads", "1",
+                     "--dashboard-address", ":0", "--local-directory", str(tmp_path / "dw")],
+                    stdout=log, stderr=subprocess.STDOUT,
+                )
+            )  # fmt: skip
+        with Client(address, timeout="30s") as client:
+            client.wait_for_workers(2, timeout=60)
+        yield address
+    finally:
+        for proc in reversed(procs):
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        log.close()
+
+
+@pytest.mark.slow
+def test_tcp_cluster_equals_sync(tmp_path, dask_cluster):
+    (tmp_path / "sync").mkdir(), (tmp_path / "tcp").mkdir()
+    run_cli("run", scaled_pipeline("quickstart", tmp_path / "sync", **QUICK), "-q", "--no-plots",
+            "--scheduler", "sync")  # fmt: skip
+    toml = scaled_pipeline("quickstart", tmp_path / "tcp", **QUICK)
+    out = run_cli("run", toml, "-q", "--no-plots", "--scheduler", dask_cluster)
+    assert f"scheduler: {dask_cluster}" in out
+    assert_same_parameters(
+        tmp_path / "sync" / "quickstart.zarr", tmp_path / "tcp" / "quickstart.zarr"
+    )
+
+
+# -------------------------------------------------------------------- resume
+def checkpoint_iteration(path: Path) -> int:
+    try:
+        with open(path, "rb") as f:
+            state = pickle.load(f)["stages"].get("model")
+    except (OSError, EOFError, pickle.UnpicklingError):
+        return 0
+    return len(state.history) if state is not None else 0
+
+
+RESUME = {
+    "input.generate": {"n": 40_000, "chunk_rows": 2_000, "d": 3, "k": 5},
+    "model": {"init": "kmeans", "tol": 0.0, "max_iter": 40},
+    "output": {"plots": False},
+    "scheduler": {"address": "sync"},
+}
+
+
+@pytest.mark.slow
+def test_resume_after_kill_equals_uninterrupted(tmp_path):
+    (tmp_path / "full").mkdir(), (tmp_path / "killed").mkdir()
+    toml = scaled_pipeline("quickstart", tmp_path / "killed", drop=["anneal"], **RESUME)
+    proc = subprocess.Popen(
+        [VENV_BIN / "dask-emk", "run", toml, "-q"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    ckpt = tmp_path / "killed" / "quickstart.zarr.checkpoint"
+    deadline = time.monotonic() + 60
+    while checkpoint_iteration(ckpt) < 3 and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    reached = checkpoint_iteration(ckpt)
+    assert 3 <= reached < 40, "the run was not interrupted mid-fit"
+    assert not (tmp_path / "killed" / "quickstart.zarr").exists()
+    out = run_cli("run", toml, "-q", "--resume")
+    assert "40 iterations" in out
+    full = scaled_pipeline("quickstart", tmp_path / "full", drop=["anneal"], **RESUME)
+    run_cli("run", full, "-q")
+    assert_same_parameters(
+        tmp_path / "full" / "quickstart.zarr", tmp_path / "killed" / "quickstart.zarr", rtol=0
+    )
