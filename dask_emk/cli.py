@@ -138,15 +138,12 @@ def _run(cfg, text, scheduler, resume, quiet, no_plots) -> None:
 
 
 def _input_section(path: str) -> dict:
-    """[input] for ``dask-emk fit``: a CSV file, a store, or store/array."""
+    """[input] for ``dask-emk fit``: a CSV file, store/array, or a store."""
     if path.endswith(".csv"):
         return {"csv": path}
-    if os.path.exists(os.path.join(path, "zarr.json")) or not os.path.exists(
-        os.path.dirname(path) or "."
-    ):
-        return {"store": path}
+    path = path.rstrip("/")
     parent = os.path.dirname(path)
-    if os.path.exists(os.path.join(parent, "zarr.json")):
+    if parent and os.path.exists(os.path.join(parent, "zarr.json")):
         return {"store": parent, "array": os.path.basename(path)}
     return {"store": path}
 

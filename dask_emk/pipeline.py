@@ -63,11 +63,11 @@ def run_pipeline(
     check_input(cfg["input"])
     parse_scheduler(cfg["scheduler"]["address"])
     results = Path(out["results"])
+    checkpoint = Checkpoint(results, config_key(cfg), resume, out["checkpoint"])
     with use_scheduler(cfg["scheduler"]["address"], echo):
         source = open_source(cfg["input"], echo)
         echo(f"input: {source.description}")
         results.parent.mkdir(parents=True, exist_ok=True)
-        checkpoint = Checkpoint(results, config_key(cfg), resume, out["checkpoint"])
         start = time.perf_counter()
         outcome, anneal = fit_model(cfg, source, checkpoint, echo if verbose else _silent)
         fit_seconds = time.perf_counter() - start

@@ -20,10 +20,10 @@ import numpy as np
 import pytest
 import zarr
 from click.testing import CliRunner
+from pipeline_helpers import ROOT, matched_errors, open_results, scaled_pipeline
 from sklearn.mixture import GaussianMixture as SkGaussianMixture
 
 from dask_emk.cli import main
-from pipeline_helpers import ROOT, matched_errors, open_results, scaled_pipeline
 
 VENV_BIN = Path(sys.executable).parent
 QUICK = {"input.generate": {"n": 60_000, "chunk_rows": 10_000}, "anneal": {"sample_size": 5_000}}
