@@ -104,3 +104,32 @@ def kmeans_dataset(km) -> xr.Dataset:
     ds.attrs.update(fit_attributes(km))
     ds.attrs.update(n_iter=int(km.n_iter_), final_inertia=float(km.inertia_))
     return ds
+
+
+def anneal_dataset(model) -> xr.Dataset:
+    """Dataset of a fitted AnnealedGaussianMixture, its annealing path included.
+
+    Variables: the final ``cluster_centers(cluster, feature)`` and
+    ``cluster_weights(cluster)``, and every variable of ``model.path_`` (dims
+    ``step``, ``component``, ``feature``, ``event``); attributes hold every
+    fit parameter, the package version, ``sigma2``, ``inertia``, ``n_iter``,
+    ``n_full_passes`` and ``stop_reason``.
+    """
+    final = xr.Dataset(
+        {
+            "cluster_centers": (("cluster", "feature"), model.cluster_centers_),
+            "cluster_weights": (("cluster",), np.asarray(model.weights_, dtype=np.float64)),
+        },
+        coords={"cluster": np.arange(model.n_components), "feature": feature_coords(model)},
+    )
+    ds = xr.merge([model.path_, final], combine_attrs="drop")
+    ds.attrs.update(fit_attributes(model))
+    ds.attrs.update(
+        sigma2=float(model.sigma2_),
+        inertia=float(model.inertia_),
+        n_iter=int(model.n_iter_),
+        n_full_passes=int(model.n_full_passes_),
+        stop_reason=str(model.stop_reason_),
+        event_kind=model.path_.attrs["event_kind"],
+    )
+    return ds
