@@ -81,7 +81,8 @@ def test_quality_beats_kmeanspp_restarts(grid, fitted):
     assert centroid_index(fitted.cluster_centers_, truth) == 0
     sk10 = SkKMeans(25, n_init=10, random_state=0).fit(X)
     # Measured: 353.66 against 353.47 for the best of 10 k-means++ runs (all
-    # CI 0; one k-means++ run: 353.57): the ×1.0 target is missed by 0.05% here (see benchmarks/RESULTS.md).
+    # CI 0; one k-means++ run: 353.57): the ×1.0 target is missed by 0.05%
+    # here (see benchmarks/RESULTS.md).
     assert fitted.inertia_ <= sk10.inertia_ * 1.001
     # inertia_ is the k-means cost at the returned centres (numpy reference).
     d2 = ((X[:, None] - fitted.cluster_centers_[None]) ** 2).sum(-1)
