@@ -23,6 +23,8 @@ import dask.array as da
 import numpy as np
 from threadpoolctl import threadpool_limits
 
+from .io import storage_errors
+
 #: Rows per block when the input is an in-memory numpy array.
 NUMPY_BLOCK_BYTES = 8 * 2**20
 
@@ -77,8 +79,8 @@ def reduce_pass(
 ) -> np.ndarray:
     """One pass over the data: sum of ``block_fn`` over all blocks, shape (size,).
 
-    Exactly one ``compute`` for dask input; in-memory numpy input is walked
-    block by block in this process with the same kernel.
+    Exactly one ``compute``: with the scheduler in effect for dask input, and
+    with local threads for in-memory numpy input (split into blocks here).
 
     Parameters
     ----------
@@ -96,26 +98,44 @@ def reduce_pass(
         and keep meaning when applied to its own outputs; rows arrive in
         block order.
     """
+    X, weight, scheduler = as_blocks(X, weight)
+    blocks = block_stats_array(X, weight, block_fn, size, *args)
+    if combine is None:
+        total = blocks.sum(axis=0, split_every=split_every)
+    else:
+        total = combine_reduction(blocks, combine, split_every)
+    return np.asarray(compute_one(total, scheduler)).reshape(size)
+
+
+def as_blocks(X, weight) -> tuple[da.Array, da.Array | None, str | None]:
+    """Dask arrays for the data and weights, and the scheduler to use.
+
+    In-memory input becomes blocks of :func:`numpy_block_rows` rows computed
+    with local threads (never shipped to a distributed cluster); dask input
+    keeps its chunks and the scheduler in effect (None).
+    """
     if isinstance(X, da.Array):
-        blocks = block_stats_array(X, weight, block_fn, size, *args)
-        if combine is None:
-            total = blocks.sum(axis=0, split_every=split_every)
-        else:
-            total = combine_reduction(blocks, combine, split_every)
-        # Dask already runs one task per core: BLAS threads inside each task
-        # would oversubscribe the cores (measured 5-30x slower on 2 cores).
-        # Distributed workers get the same limit from their nanny's environment.
-        with threadpool_limits(limits=1, user_api="blas"):
-            (total,) = dask.compute(total)
-        return np.asarray(total).reshape(size)
-    if combine is not None:
-        return _combine_numpy(X, weight, block_fn, size, args, combine)
-    total = np.zeros(size)
+        return X, weight, None
     step = numpy_block_rows(X.shape[1])
-    for start in range(0, max(X.shape[0], 1), step):
-        w = None if weight is None else weight[start : start + step]
-        total += block_fn(X[start : start + step], w, *args)[0]
-    return total
+    # name=False: a random key instead of hashing the whole array every pass.
+    blocks = da.from_array(X, chunks=(step, -1), name=False)
+    if weight is not None:
+        weight = da.from_array(np.asarray(weight), chunks=(step,), name=False)
+    return blocks, weight, "threads"
+
+
+def compute_one(result: da.Array, scheduler: str | None):
+    """``dask.compute`` of one result with one BLAS thread per task.
+
+    Dask already runs one task per core: BLAS threads inside each task would
+    oversubscribe the cores (measured 5-30x slower on 2 cores). Distributed
+    workers get the same limit from their nanny's environment. A failure
+    reading a zarr store becomes a ValueError naming the store
+    (:func:`dask_emk.io.storage_errors`).
+    """
+    with threadpool_limits(limits=1, user_api="blas"), storage_errors(result):
+        (value,) = dask.compute(result, scheduler=scheduler)
+    return value
 
 
 def combine_reduction(
@@ -151,16 +171,6 @@ def _combine_step(combine, x, axis=None, keepdims=True, computing_meta=False):
     return combine(x)
 
 
-def _combine_numpy(X, weight, block_fn, size, args, combine) -> np.ndarray:
-    step = numpy_block_rows(X.shape[1])
-    total = None
-    for start in range(0, max(X.shape[0], 1), step):
-        w = None if weight is None else weight[start : start + step]
-        row = block_fn(X[start : start + step], w, *args)
-        total = row if total is None else combine(np.concatenate([total, row]))
-    return combine(total).reshape(size)
-
-
 def map_rows(
     X: np.ndarray | da.Array,
     row_fn: Callable[..., np.ndarray],
@@ -168,7 +178,10 @@ def map_rows(
     n_out: int | None = None,
     dtype=np.float64,
 ) -> np.ndarray | da.Array:
-    """Apply ``row_fn(x_block, *args)`` per block of rows; lazy for dask input.
+    """Apply ``row_fn(x_block, *args)`` per block of rows.
+
+    Lazy (a dask array) for dask input; computed now, with local threads, for
+    numpy input.
 
     Parameters
     ----------
@@ -176,43 +189,16 @@ def map_rows(
     n_out : int, optional
         Width of the per-row output; None for one value per row.
     """
-    if isinstance(X, da.Array):
-        packed_args = dask.delayed(args, pure=True, traverse=False)
-        if n_out is None:
-            return da.blockwise(
-                _call_rows,
-                "i",
-                X,
-                "ij",
-                row_fn,
-                None,
-                packed_args,
-                None,
-                dtype=dtype,
-                meta=np.empty((0,), dtype=dtype),
-                concatenate=True,
-            )
-        return da.blockwise(
-            _call_rows,
-            "ij",
-            X,
-            "ij",
-            row_fn,
-            None,
-            packed_args,
-            None,
-            adjust_chunks={"j": n_out},
-            dtype=dtype,
-            meta=np.empty((0, 0), dtype=dtype),
-            concatenate=True,
-        )
-    step = numpy_block_rows(X.shape[1])
-    parts = [row_fn(X[s : s + step], *args) for s in range(0, X.shape[0], step)]
-    if not parts:
-        shape = (0,) if n_out is None else (0, n_out)
-        return np.empty(shape, dtype=dtype)
-    return np.concatenate(parts, axis=0).astype(dtype, copy=False)
+    lazy, _, scheduler = as_blocks(X, None)
+    packed_args = dask.delayed(args, pure=True, traverse=False)
+    index, extra = ("i", {}) if n_out is None else ("ij", {"adjust_chunks": {"j": n_out}})
+    out = da.blockwise(
+        _call_rows, index, lazy, "ij", row_fn, None, packed_args, None, dtype, None,
+        dtype=dtype, meta=np.empty((0,) * len(index), dtype=dtype), concatenate=True, **extra,
+    )  # fmt: skip
+    return out if scheduler is None else compute_one(out, scheduler)
 
 
-def _call_rows(x, row_fn, args):
-    return row_fn(x, *args)
+def _call_rows(x, row_fn, args, dtype):
+    # The declared dtype of a dask array is not a cast: make the blocks match it.
+    return np.asarray(row_fn(x, *args)).astype(dtype, copy=False)
