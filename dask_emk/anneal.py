@@ -32,9 +32,10 @@ from sklearn.utils.validation import check_is_fitted
 from . import anneal_rules as rules
 from . import engine, kernels
 from .gmm import resp_rows
-from .io import InputData, as_input, as_sample_weight
+from .io import InputData, as_sample_weight
 from .kmeans import KMeans
 from .stats import StatsLayout
+from .validation import check_int, validate_features
 
 
 # ----------------------------------------------------------------- passes
@@ -427,7 +428,7 @@ class AnnealedGaussianMixture(TransformerMixin, ClusterMixin, BaseEstimator):
     # ------------------------------------------------------------ checks
     def _check_parameters(self, data: InputData) -> None:
         for name in ("n_components", "max_iter_per_step", "sample_size", "n_lloyd_max_iter"):
-            _check_int(name, getattr(self, name), 1)
+            check_int(name, getattr(self, name), 1)
         if not _real(self.cooling) or not 0 < self.cooling < 1:
             raise ValueError(
                 f"cooling must be a number strictly between 0 and 1 (σ² is multiplied by it "
@@ -455,23 +456,6 @@ class AnnealedGaussianMixture(TransformerMixin, ClusterMixin, BaseEstimator):
                 "lower n_components."
             )
 
-    def _validate_input(self, X, reset: bool) -> InputData:
-        data = as_input(X)
-        if reset:
-            self.n_features_in_ = data.n_features
-            if data.feature_labels is not None and data.feature_labels.dtype.kind in "OU":
-                self.feature_names_in_ = np.asarray(data.feature_labels, dtype=object)
-            elif hasattr(self, "feature_names_in_"):
-                del self.feature_names_in_
-        else:
-            check_is_fitted(self, "means_")
-            if data.n_features != self.n_features_in_:
-                raise ValueError(
-                    f"X has {data.n_features} features, but AnnealedGaussianMixture is "
-                    f"expecting {self.n_features_in_} features as input."
-                )
-        return data
-
     # ----------------------------------------------------------- fitting
     def fit(self, X, y=None, sample_weight=None):
         """Anneal on a sample, merge to K, finish with Lloyd on the full data.
@@ -487,7 +471,7 @@ class AnnealedGaussianMixture(TransformerMixin, ClusterMixin, BaseEstimator):
         -------
         self
         """
-        data = self._validate_input(X, reset=True)
+        data = validate_features(self, X, reset=True)
         self._check_parameters(data)
         weight = as_sample_weight(sample_weight, data)
         rng = check_random_state(self.random_state)
@@ -569,17 +553,17 @@ class AnnealedGaussianMixture(TransformerMixin, ClusterMixin, BaseEstimator):
     # -------------------------------------------------------- prediction
     def predict(self, X):
         """Index of the nearest centre, shape (n_samples,); lazy for lazy input."""
-        self._validate_input(X, reset=False)
+        validate_features(self, X, reset=False)
         return self.kmeans_.predict(X)
 
     def transform(self, X):
         """Euclidean distances to the centres, shape (n_samples, n_components)."""
-        self._validate_input(X, reset=False)
+        validate_features(self, X, reset=False)
         return self.kmeans_.transform(X)
 
     def score(self, X, y=None, sample_weight=None) -> float:
         """Opposite of the inertia of X at the centres (one pass)."""
-        self._validate_input(X, reset=False)
+        validate_features(self, X, reset=False)
         return self.kmeans_.score(X, sample_weight=sample_weight)
 
     def fit_predict(self, X, y=None, sample_weight=None):
@@ -602,7 +586,7 @@ class AnnealedGaussianMixture(TransformerMixin, ClusterMixin, BaseEstimator):
         -------
         ndarray of shape (n_samples, n_components); lazy for lazy input.
         """
-        data = self._validate_input(X, reset=False)
+        data = validate_features(self, X, reset=False)
         sigma2 = self.sigma2_ if sigma2 is None else sigma2
         if not _real(sigma2) or not 0 < sigma2 < np.inf:
             raise ValueError(f"sigma2 must be a positive finite number, got {sigma2!r}.")
@@ -627,8 +611,3 @@ class AnnealedGaussianMixture(TransformerMixin, ClusterMixin, BaseEstimator):
 
 def _real(value) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
-
-
-def _check_int(name: str, value, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}.")

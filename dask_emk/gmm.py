@@ -24,6 +24,7 @@ from .stats import (
     precision_cholesky,
     precisions_from_cholesky,
 )
+from .validation import check_int, validate_features
 
 INIT_PARAMS = ("kmeans", "k-means||", "k-means++", "random", "random_from_data")
 
@@ -165,10 +166,10 @@ class GaussianMixture(DensityMixin, BaseEstimator):
 
     # ------------------------------------------------------------------ checks
     def _check_parameters(self, data: InputData) -> None:
-        _check_int("n_components", self.n_components, 1)
-        _check_int("max_iter", self.max_iter, 0)
-        _check_int("n_init", self.n_init, 1)
-        _check_int("verbose_interval", self.verbose_interval, 1)
+        check_int("n_components", self.n_components, 1)
+        check_int("max_iter", self.max_iter, 0)
+        check_int("n_init", self.n_init, 1)
+        check_int("verbose_interval", self.verbose_interval, 1)
         if self.covariance_type not in kernels.COVARIANCE_TYPES:
             raise ValueError(
                 f"covariance_type must be one of {kernels.COVARIANCE_TYPES}, "
@@ -201,23 +202,6 @@ class GaussianMixture(DensityMixin, BaseEstimator):
                 "while a minimum of 2 is required."
             )
 
-    def _validate_input(self, X, reset: bool) -> InputData:
-        data = as_input(X)
-        if reset:
-            self.n_features_in_ = data.n_features
-            if data.feature_labels is not None and data.feature_labels.dtype.kind in "OU":
-                self.feature_names_in_ = np.asarray(data.feature_labels, dtype=object)
-            elif hasattr(self, "feature_names_in_"):
-                del self.feature_names_in_
-            self._feature_dim = data.feature_dim
-        elif data.n_features != self.n_features_in_:
-            raise ValueError(
-                f"X has {data.n_features} features, but {type(self).__name__} is "
-                f"expecting {self.n_features_in_} features as input; pass data with "
-                "the features the model was fitted on."
-            )
-        return data
-
     # --------------------------------------------------------------- fitting
     def fit(self, X, y=None, sample_weight=None):
         """Estimate model parameters with the EM algorithm.
@@ -234,7 +218,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         -------
         self
         """
-        data = self._validate_input(X, reset=True)
+        data = validate_features(self, X, reset=True)
         self._check_parameters(data)
         weight = as_sample_weight(sample_weight, data)
         self._fit(data, weight)
@@ -444,7 +428,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
     # ------------------------------------------------------------ prediction
     def _rows(self, X, row_fn, n_out=None, dtype=np.float64, extra_dim=None):
         check_is_fitted(self)
-        data = self._validate_input(X, reset=False)
+        data = validate_features(self, X, reset=False)
         params = self._kernel_params(self._state_from_attributes())
         out = engine.map_rows(data.array, row_fn, params, n_out=n_out, dtype=dtype)
         return data.wrap_rows(out, extra_dim)
@@ -517,11 +501,6 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         from .export import mixture_dataset
 
         return mixture_dataset(self)
-
-
-def _check_int(name: str, value, minimum: int) -> None:
-    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}.")
 
 
 def _as_init(name: str, value, shape: tuple) -> np.ndarray:

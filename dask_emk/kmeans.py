@@ -15,13 +15,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClusterMixin, TransformerMixin
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 
 from . import engine, kernels
 from .init import kmeans_parallel, kmeans_plusplus, random_rows
-from .io import InputData, as_input, as_sample_weight
+from .io import InputData, as_sample_weight
 from .passes import assign_pass
+from .validation import check_int, validate_features
 
 INIT_METHODS = ("k-means||", "k-means++", "random")
 
@@ -162,12 +164,12 @@ class KMeans(TransformerMixin, ClusterMixin, BaseEstimator):
 
     # ------------------------------------------------------------------ checks
     def _check_parameters(self, data: InputData) -> None:
-        _check_int("n_clusters", self.n_clusters, 1)
-        _check_int("max_iter", self.max_iter, 1)
+        check_int("n_clusters", self.n_clusters, 1)
+        check_int("max_iter", self.max_iter, 1)
         if self.init_max_iter is not None:
-            _check_int("init_max_iter", self.init_max_iter, 1)
+            check_int("init_max_iter", self.init_max_iter, 1)
         if self.n_init != "auto":
-            _check_int("n_init", self.n_init, 1)
+            check_int("n_init", self.n_init, 1)
         for name in ("tol", "oversampling_factor"):
             value = getattr(self, name)
             if not isinstance(value, numbers.Real) or not value >= 0:
@@ -186,7 +188,14 @@ class KMeans(TransformerMixin, ClusterMixin, BaseEstimator):
     def _user_centers(self, d: int) -> np.ndarray | None:
         if isinstance(self.init, str):
             return None
-        centers = np.asarray(self.init, dtype=np.float64)
+        try:
+            centers = np.asarray(self.init, dtype=np.float64)
+        except (TypeError, ValueError):  # strings, ragged lists: numpy's message names neither
+            raise ValueError(
+                f"init must be one of {INIT_METHODS} or a numeric array of shape "
+                f"(n_clusters, n_features) = ({self.n_clusters}, {d}); got "
+                f"{type(self.init).__name__} that is not numbers."
+            ) from None
         if centers.shape != (self.n_clusters, d):
             raise ValueError(
                 f"The shape of the initial centers {centers.shape} does not match "
@@ -210,23 +219,6 @@ class KMeans(TransformerMixin, ClusterMixin, BaseEstimator):
             n_init = 1
         return n_init
 
-    def _validate_input(self, X, reset: bool) -> InputData:
-        data = as_input(X)
-        if reset:
-            self.n_features_in_ = data.n_features
-            if data.feature_labels is not None and data.feature_labels.dtype.kind in "OU":
-                self.feature_names_in_ = np.asarray(data.feature_labels, dtype=object)
-            elif hasattr(self, "feature_names_in_"):
-                del self.feature_names_in_
-        else:
-            check_is_fitted(self, "cluster_centers_")
-            if data.n_features != self.n_features_in_:
-                raise ValueError(
-                    f"X has {data.n_features} features, but KMeans is expecting "
-                    f"{self.n_features_in_} features as input."
-                )
-        return data
-
     # --------------------------------------------------------------- fitting
     def fit(self, X, y=None, sample_weight=None):
         """Compute k-means clustering.
@@ -243,7 +235,7 @@ class KMeans(TransformerMixin, ClusterMixin, BaseEstimator):
         -------
         self
         """
-        data = self._validate_input(X, reset=True)
+        data = validate_features(self, X, reset=True)
         self._check_parameters(data)
         weight = as_sample_weight(sample_weight, data)
         user = self._user_centers(data.n_features)
@@ -254,6 +246,15 @@ class KMeans(TransformerMixin, ClusterMixin, BaseEstimator):
             run, tol_abs = self._lloyd(data, weight, start, tol_abs)
             if best is None or run.inertia < best.inertia:
                 best = run
+        distinct = int(np.count_nonzero(best.weights > 0))
+        if distinct < self.n_clusters:
+            # scikit-learn's warning: duplicate points leave clusters without samples.
+            warnings.warn(
+                f"Number of distinct clusters ({distinct}) found smaller than "
+                f"n_clusters ({self.n_clusters}). Possibly due to duplicate points in X.",
+                ConvergenceWarning,
+                stacklevel=2,
+            )
         dtype = data.array.dtype
         self.cluster_centers_ = best.centers.astype(dtype)
         self.inertia_ = float(best.inertia)
@@ -340,11 +341,11 @@ class KMeans(TransformerMixin, ClusterMixin, BaseEstimator):
 
         numpy for numpy input, lazy (dask or xarray) for lazy input.
         """
-        return self._labels(self._validate_input(X, reset=False))
+        return self._labels(validate_features(self, X, reset=False))
 
     def transform(self, X):
         """Euclidean distance of each sample to each centre, (n_samples, n_clusters)."""
-        data = self._validate_input(X, reset=False)
+        data = validate_features(self, X, reset=False)
         centers, center = self._centers64()
         dist = engine.map_rows(
             data.array,
@@ -358,7 +359,7 @@ class KMeans(TransformerMixin, ClusterMixin, BaseEstimator):
 
     def score(self, X, y=None, sample_weight=None) -> float:
         """Opposite of the inertia of X at the fitted centres (one pass)."""
-        data = self._validate_input(X, reset=False)
+        data = validate_features(self, X, reset=False)
         weight = as_sample_weight(sample_weight, data)
         centers, center = self._centers64()
         return -float(assign_pass(data.array, weight, centers, center)["inertia"])
@@ -377,8 +378,3 @@ class KMeans(TransformerMixin, ClusterMixin, BaseEstimator):
 
         check_is_fitted(self, "cluster_centers_")
         return kmeans_dataset(self)
-
-
-def _check_int(name: str, value, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}.")
