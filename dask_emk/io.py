@@ -9,7 +9,10 @@ in lazy data is reported by the E-step of the first pass (no extra pass).
 
 from __future__ import annotations
 
+import contextlib
 import os
+import traceback
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import dask.array as da
@@ -17,6 +20,10 @@ import numpy as np
 import scipy.sparse as sp
 import xarray as xr
 import zarr
+from dask.highlevelgraph import MaterializedLayer
+
+#: Packages whose frames in a traceback mean "the failure happened reading a store".
+STORAGE_PACKAGES = ("zarr", "numcodecs")
 
 
 @dataclass
@@ -172,6 +179,8 @@ def float_dtype(dtype: np.dtype) -> np.dtype:
 
 def _as_float_dask(X: da.Array, name: str) -> da.Array:
     _check_shape_dtype(X.shape, np.dtype(X.dtype), name)
+    for array in zarr_arrays(X):
+        check_zarr_chunks(array)
     if any(np.isnan(c) for c in X.chunks[0]):
         raise ValueError(f"{name} has unknown chunk sizes; call X.compute_chunk_sizes() first.")
     X = X.astype(float_dtype(X.dtype))
@@ -247,3 +256,95 @@ def check_weight_values(w_min: float, w_sum: float, all_finite: bool) -> None:
         raise ValueError("sample_weight has negative values; weights must be >= 0.")
     if w_sum <= 0:
         raise ValueError("sample_weight sums to zero; at least one weight must be positive.")
+
+
+# ------------------------------------------------------------ zarr-backed input
+def zarr_arrays(collection) -> list[zarr.Array]:
+    """The zarr arrays a dask collection reads (``da.from_zarr`` puts each in its graph).
+
+    Only materialised layers are searched: ``from_zarr`` stores the array
+    there as one key, and the blockwise layers above it hold no arrays.
+    """
+    graph = collection.__dask_graph__()
+    layers = getattr(graph, "layers", {"": graph})
+    found = {}
+    for layer in layers.values():
+        mapping = layer.mapping if isinstance(layer, MaterializedLayer) else layer
+        if not isinstance(mapping, dict):
+            continue
+        for value in mapping.values():
+            if isinstance(value, zarr.Array):
+                found[str(value.store_path)] = value
+    return list(found.values())
+
+
+def zarr_label(array: zarr.Array) -> str:
+    """The store URL and array path, as a user would recognise it."""
+    return str(array.store_path)
+
+
+def check_zarr_chunks(array: zarr.Array) -> None:
+    """Raise if chunk files of ``array`` are missing from its store.
+
+    zarr reads a missing chunk as the array's fill value without complaint,
+    so rows lost from disk would silently enter the fit as rows of zeros.
+    Counting the stored chunks is one listing of the store (metadata only).
+
+    Raises
+    ------
+    ValueError
+        Naming the store, the array and how many chunks are missing.
+    """
+    expected, stored = array.nchunks, array.nchunks_initialized
+    if stored >= expected:
+        return
+    fill = np.asarray(array.fill_value).item()
+    raise ValueError(
+        f"zarr array {zarr_label(array)} is missing {expected - stored} of its "
+        f"{expected} chunk files on disk; zarr would read them as the fill value "
+        f"{fill!r} and fit rows that do not exist. Restore the store "
+        "(rewrite it from its source). If those chunks really hold only the fill "
+        "value (zarr skips writing such chunks), rewrite the array with "
+        "zarr.config.set({'array.write_empty_chunks': True})."
+    )
+
+
+@contextlib.contextmanager
+def storage_errors(collection) -> Iterator[None]:
+    """Turn a failure inside zarr or a codec, while computing ``collection``, into
+    a ValueError that names the zarr array being read.
+
+    A corrupted or unreadable chunk file otherwise surfaces as a RuntimeError
+    (or other error) from deep inside numcodecs, possibly relayed by a
+    distributed worker, that does not say which store is broken.
+    """
+    try:
+        yield
+    except Exception as exc:
+        arrays = zarr_arrays(collection) if _raised_in_storage(exc) else []
+        if not arrays:
+            raise
+        names = ", ".join(zarr_label(a) for a in arrays)
+        message = " ".join(str(exc).split()) or type(exc).__name__
+        raise ValueError(
+            f"reading zarr array {names} failed: a chunk file is corrupted or "
+            f"unreadable ({type(exc).__name__}: {message}). Check the store "
+            "(e.g. zarr.open_array(...)[:] on it) and rewrite it from its source."
+        ) from exc
+
+
+def _raised_in_storage(exc: BaseException) -> bool:
+    """Whether ``exc`` (or an exception it chains to) came through zarr/numcodecs frames.
+
+    distributed re-raises a worker's exception with the worker's traceback,
+    so this also holds for failures on remote workers.
+    """
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        for frame in traceback.extract_tb(exc.__traceback__):
+            parts = frame.filename.replace("\\", "/").split("/")
+            if any(package in parts for package in STORAGE_PACKAGES):
+                return True
+        exc = exc.__cause__ or exc.__context__
+    return False

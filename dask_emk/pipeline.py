@@ -21,7 +21,13 @@ from ._version import __version__
 from .checkpoint import Checkpoint
 from .compare import truth_table
 from .config import config_key
-from .results import model_dataset, per_sample_dataset, truth_dataset, write_results
+from .results import (
+    model_dataset,
+    per_sample_dataset,
+    restore_moved_aside,
+    truth_dataset,
+    write_results,
+)
 from .scheduler import parse_scheduler, use_scheduler
 from .sources import Source, check_input, open_source
 from .steps import (
@@ -68,6 +74,8 @@ def run_pipeline(
         source = open_source(cfg["input"], echo)
         echo(f"input: {source.description}")
         results.parent.mkdir(parents=True, exist_ok=True)
+        if restore_moved_aside(results):
+            echo(f"results: restored {results} that an interrupted run had moved aside")
         start = time.perf_counter()
         outcome, anneal = fit_model(cfg, source, checkpoint, echo if verbose else _silent)
         fit_seconds = time.perf_counter() - start

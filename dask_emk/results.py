@@ -12,7 +12,8 @@ Layout (``xr.open_zarr(path)`` opens the root; groups with ``group=``):
 - ``truth``: the generator's true parameters (generated input only).
 
 The store is written under ``<name>.partial`` and renamed into place last,
-so a failed run leaves no half-written results.
+so a failed run leaves no half-written results: a run killed during export
+leaves the previous results (or none) at the path.
 """
 
 from __future__ import annotations
@@ -124,15 +125,37 @@ def replace_dir(src: Path, dst: Path) -> None:
     """Move directory ``src`` to ``dst``, replacing an existing ``dst``.
 
     The old results are first moved aside, so the new ones appear by one rename.
+    (POSIX cannot rename a directory over a non-empty one; a kill between the
+    two renames leaves the old store at ``<dst>.old``, which
+    :func:`restore_moved_aside` puts back.)
     """
     if dst.exists():
-        old = dst.with_name(dst.name + ".old")
+        old = moved_aside_path(dst)
         shutil.rmtree(old, ignore_errors=True)
         os.replace(dst, old)
         os.replace(src, dst)
         shutil.rmtree(old)
     else:
         os.replace(src, dst)
+
+
+def moved_aside_path(path: str | os.PathLike) -> Path:
+    """Where :func:`replace_dir` moves the previous results while replacing them."""
+    path = Path(path)
+    return path.with_name(path.name + ".old")
+
+
+def restore_moved_aside(path: str | os.PathLike) -> bool:
+    """Put back previous results that a killed run left moved aside; True if it did.
+
+    Only when nothing is at ``path``: a complete ``<path>.old`` with no results
+    means the run died between the two renames of :func:`replace_dir`.
+    """
+    path, old = Path(path), moved_aside_path(path)
+    if path.exists() or not old.is_dir():
+        return False
+    os.replace(old, path)
+    return True
 
 
 def _compressor() -> BloscCodec:

@@ -9,6 +9,7 @@ summed statistics into new parameters (all tiny K×d-sized numpy work).
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,6 +21,10 @@ DEGENERATE_MESSAGE = (
     "Try to decrease the number of components, increase reg_covar (it is {reg}), "
     "or scale the input data."
 )
+
+
+class CollapsedComponentWarning(UserWarning):
+    """A component's covariance is held up by ``reg_covar`` alone (collapsed or empty)."""
 
 
 @dataclass(frozen=True)
@@ -117,27 +122,81 @@ def m_step(
         cov -= np.einsum("ki,kj->kij", delta, S)
         cov += N[:, None, None] * np.einsum("ki,kj->kij", delta, delta)
         cov /= nk[:, None, None]
+        _warn_if_floored(np.linalg.eigvalsh(cov).min(axis=1), weights, reg_covar)
         cov += reg_covar * np.eye(d)
     elif covariance_type == "tied":
         cov = Q - S.T @ delta - delta.T @ S + (delta.T * N) @ delta
         cov /= nk.sum()
+        _warn_if_floored(np.linalg.eigvalsh(cov).min(keepdims=True), None, reg_covar)
         cov += reg_covar * np.eye(d)
     else:
         diag = Q - 2.0 * delta * S + N[:, None] * delta**2 if Q.ndim == 2 else None
         if covariance_type == "diag":
-            cov = diag / nk[:, None] + reg_covar
+            cov = diag / nk[:, None]
+            _warn_if_floored(cov.min(axis=1), weights, reg_covar)
+            cov += reg_covar
         else:
             scatter = Q - 2.0 * (delta * S).sum(axis=1) + N * (delta**2).sum(axis=1)
             if covariance_type == "spherical":
-                cov = scatter / (nk * d) + reg_covar
+                cov = scatter / (nk * d)
+                _warn_if_floored(cov, weights, reg_covar)
+                cov += reg_covar
             elif variance is not None:
                 cov = np.asarray(float(variance))
             else:
-                cov = np.asarray(scatter.sum() / (nk.sum() * d) + reg_covar)
+                cov = np.asarray(scatter.sum() / (nk.sum() * d))
+                _warn_if_floored(cov.reshape(1), None, reg_covar)
+                cov += reg_covar
     learned = covariance_type != "shared" or variance is None
     if covariance_type in ("diag", "spherical", "shared") and learned:
         _check_above_roundoff(cov, weights, means, reg_covar)
     return GaussianState(weights, means, cov, precision_cholesky(cov, covariance_type, reg_covar))
+
+
+def _warn_if_floored(smallest, weights, reg_covar: float) -> None:
+    """Warn when reg_covar is all that keeps a covariance positive definite.
+
+    Parameters
+    ----------
+    smallest : ndarray of shape (K,) or (1,)
+        Smallest variance (eigenvalue, diagonal entry or σ²) of each
+        covariance before ``reg_covar`` is added.
+    weights : ndarray of shape (K,) or None
+        Mixture weights, to report (None for one pooled covariance).
+    reg_covar : float
+        With 0 nothing is floored (a collapse raises in
+        :func:`precision_cholesky` / :func:`_check_above_roundoff` instead).
+
+    Notes
+    -----
+    A component that collapsed onto one point (duplicate rows) or lost its
+    samples has a variance of zero up to round-off; ``reg_covar`` then keeps
+    the fit finite, but the component is no longer a Gaussian of the data,
+    which the user should hear about rather than find out from the numbers.
+    The test is "below reg_covar": then the regulariser is at least half of
+    the covariance in some direction.
+    """
+    if reg_covar <= 0:
+        return
+    floored = np.flatnonzero(smallest < reg_covar)
+    if floored.size == 0:
+        return
+    if weights is None:
+        what = "the pooled covariance has"
+    else:
+        what = (
+            f"component(s) {floored.tolist()} (weights "
+            f"{np.round(weights[floored], 6).tolist()}) have"
+        )
+    warnings.warn(
+        f"{what} a variance below reg_covar={reg_covar:g} in some direction: they "
+        "collapsed onto a single point or a flat set (duplicate rows, a feature that "
+        "is constant within the component) or lost their samples, and reg_covar alone "
+        "keeps the covariance positive definite. Try fewer components, another "
+        "initialisation, or scale the data; raising reg_covar makes the floor explicit.",
+        CollapsedComponentWarning,
+        stacklevel=3,
+    )
 
 
 def _check_above_roundoff(cov, weights, means, reg_covar: float) -> None:

@@ -184,8 +184,12 @@ def mean_variance(X) -> float:
     """Mean of the per-feature variances (one pass over lazy data)."""
     import dask.array as da
 
+    from .io import storage_errors
+
     data = getattr(X, "data", X)  # xarray.DataArray → its dask array
-    return float(da.asarray(data).astype(np.float64).var(axis=0).mean().compute())
+    result = da.asarray(data).astype(np.float64).var(axis=0).mean()
+    with storage_errors(result):
+        return float(result.compute())
 
 
 def without_lazy(model):

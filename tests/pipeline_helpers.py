@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import socket
+import subprocess
+import sys
 import tomllib
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +16,7 @@ from scipy.optimize import linear_sum_assignment
 
 ROOT = Path(__file__).resolve().parents[1]
 PIPELINES = ROOT / "pipelines"
+VENV_BIN = Path(sys.executable).parent
 
 
 def to_toml(cfg: dict) -> str:
@@ -86,3 +92,57 @@ def matched_errors(results: Path) -> tuple[float, float, np.ndarray]:
     mean_err = float(np.max(np.abs(means[order] - true_means) / sd))
     weight_err = float(np.max(np.abs(weights[order] - truth["weights"].values)))
     return mean_err, weight_err, order
+
+
+# --------------------------------------------------------------- real cluster
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def dask_cluster_processes(
+    workdir: Path, n_workers: int = 2, nanny: bool = True
+) -> Iterator[tuple[str, list[subprocess.Popen]]]:
+    """`dask scheduler` and ``n_workers`` single-threaded `dask worker` processes
+    on 127.0.0.1; yields (address, worker processes) and stops them all after.
+
+    With ``nanny=False`` each worker process is the worker itself (kill it and
+    it is gone); with a nanny, the Popen is the nanny and the worker is its child.
+    """
+    port = free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    log = open(workdir / "cluster.log", "a")
+    procs = [
+        subprocess.Popen(
+            [VENV_BIN / "dask", "scheduler", "--host", "127.0.0.1", "--port", str(port),
+             "--dashboard-address", ":0"],
+            stdout=log, stderr=subprocess.STDOUT,
+        )
+    ]  # fmt: skip
+    try:
+        from distributed import Client
+
+        for _ in range(n_workers):
+            procs.append(
+                subprocess.Popen(
+                    [VENV_BIN / "dask", "worker", address, "--nthreads", "1",
+                     "--nanny" if nanny else "--no-nanny",
+                     "--dashboard-address", ":0", "--local-directory", str(workdir / "dw")],
+                    stdout=log, stderr=subprocess.STDOUT,
+                )
+            )  # fmt: skip
+        with Client(address, timeout="30s") as client:
+            client.wait_for_workers(n_workers, timeout=60)
+        yield address, procs[1:]
+    finally:
+        for proc in reversed(procs):
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        log.close()

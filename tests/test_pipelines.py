@@ -10,9 +10,7 @@ from __future__ import annotations
 import os
 import pickle
 import signal
-import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -20,12 +18,18 @@ import numpy as np
 import pytest
 import zarr
 from click.testing import CliRunner
-from pipeline_helpers import ROOT, matched_errors, open_results, scaled_pipeline
+from pipeline_helpers import (
+    ROOT,
+    VENV_BIN,
+    dask_cluster_processes,
+    matched_errors,
+    open_results,
+    scaled_pipeline,
+)
 from sklearn.mixture import GaussianMixture as SkGaussianMixture
 
 from dask_emk.cli import main
 
-VENV_BIN = Path(sys.executable).parent
 QUICK = {"input.generate": {"n": 60_000, "chunk_rows": 10_000}, "anneal": {"sample_size": 5_000}}
 
 
@@ -123,49 +127,11 @@ def test_large_scaled_down_matches_truth(tmp_path):
 
 
 # --------------------------------------------------------------- real cluster
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def dask_cluster(tmp_path):
     """`dask scheduler` and two single-threaded `dask worker` processes on 127.0.0.1."""
-    port = free_port()
-    address = f"tcp://127.0.0.1:{port}"
-    log = open(tmp_path / "cluster.log", "w")
-    procs = [
-        subprocess.Popen(
-            [VENV_BIN / "dask", "scheduler", "--host", "127.0.0.1", "--port", str(port),
-             "--dashboard-address", ":0"],
-            stdout=log, stderr=subprocess.STDOUT,
-        )
-    ]  # fmt: skip
-    try:
-        from distributed import Client
-
-        for _ in range(2):
-            procs.append(
-                subprocess.Popen(
-                    [VENV_BIN / "dask", "worker", address, "--nthreads", "1",
-                     "--dashboard-address", ":0", "--local-directory", str(tmp_path / "dw")],
-                    stdout=log, stderr=subprocess.STDOUT,
-                )
-            )  # fmt: skip
-        with Client(address, timeout="30s") as client:
-            client.wait_for_workers(2, timeout=60)
+    with dask_cluster_processes(tmp_path) as (address, _):
         yield address
-    finally:
-        for proc in reversed(procs):
-            proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        log.close()
 
 
 @pytest.mark.slow
