@@ -110,6 +110,14 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         learning it (annealing and hard k-means limits).
     split_every : int, optional
         Fan-in of the Dask tree reduction (dask's default when None).
+    callback : callable, optional
+        ``callback(model, info)`` after every EM iteration, for progress
+        display and checkpoints. ``model`` then holds that iteration's
+        parameters (``weights_``, ``means_``, ..., ``lower_bound_``,
+        ``n_iter_``, ``converged_``); ``info`` is a dict with ``init``,
+        ``iteration``, ``lower_bound``, ``change`` and ``converged``. A copy of
+        ``model`` saved there and refitted with ``warm_start=True`` continues
+        exactly where it left off (parameters are kept in float64 too).
 
     Attributes
     ----------
@@ -146,6 +154,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         verbose_interval=10,
         variance=None,
         split_every=None,
+        callback=None,
     ):
         self.n_components = n_components
         self.covariance_type = covariance_type
@@ -163,6 +172,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         self.verbose_interval = verbose_interval
         self.variance = variance
         self.split_every = split_every
+        self.callback = callback
 
     # ------------------------------------------------------------------ checks
     def _check_parameters(self, data: InputData) -> None:
@@ -240,7 +250,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         rng = check_random_state(self.random_state)
         layout = StatsLayout.mixture(self.n_components, data.n_features, self.covariance_type)
         best, best_bound, best_bounds, best_n_iter, converged_best = None, -np.inf, [], 0, False
-        for _ in range(n_init):
+        for init in range(n_init):
             state = (
                 self._initial_state(data, weight, rng, eps)
                 if do_init
@@ -261,8 +271,10 @@ class GaussianMixture(DensityMixin, BaseEstimator):
                 )
                 bounds.append(float(bound))
                 self._print_iteration(n_iter, bound - previous)
-                if abs(bound - previous) < self.tol:
-                    converged = True
+                converged = bool(abs(bound - previous) < self.tol)
+                if self.callback is not None:
+                    self._report(init, n_iter, state, dtype, bounds, converged)
+                if converged:
                     break
             if best is None or bound > best_bound:
                 best, best_bound, best_bounds = state, bound, bounds
@@ -279,6 +291,21 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         self.n_iter_ = best_n_iter
         self.lower_bound_ = float(best_bound)
         self.lower_bounds_ = best_bounds
+
+    def _report(self, init: int, n_iter: int, state, dtype, bounds: list, converged: bool):
+        """Publish this iteration's parameters on the model and call the callback."""
+        self._set_state(state, dtype)
+        self.lower_bound_, self.lower_bounds_ = bounds[-1], list(bounds)
+        self.n_iter_, self.converged_ = n_iter, converged
+        previous = bounds[-2] if len(bounds) > 1 else -np.inf
+        info = {
+            "init": init,
+            "iteration": n_iter,
+            "lower_bound": bounds[-1],
+            "change": bounds[-1] - previous,
+            "converged": converged,
+        }
+        self.callback(self, info)
 
     def _em_pass(self, data, weight, state: GaussianState, layout) -> dict:
         params = self._kernel_params(state)
@@ -409,6 +436,9 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         )
 
     def _set_state(self, state: GaussianState, dtype) -> None:
+        # The float64 state behind the (maybe float32) attributes: warm starts
+        # and resumed checkpoints continue from it to the last bit.
+        self._state64 = state
         self.weights_ = state.weights.astype(dtype)
         self.means_ = state.means.astype(dtype)
         self.covariances_ = np.asarray(state.covariances, dtype=dtype)
@@ -418,12 +448,25 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         ).astype(dtype)
 
     def _state_from_attributes(self) -> GaussianState:
+        kept = getattr(self, "_state64", None)
+        if kept is not None and self._attributes_match(kept):
+            return kept
         return GaussianState(
             np.asarray(self.weights_, dtype=np.float64),
             np.asarray(self.means_, dtype=np.float64),
             np.asarray(self.covariances_, dtype=np.float64),
             np.asarray(self.precisions_cholesky_, dtype=np.float64),
         )
+
+    def _attributes_match(self, state: GaussianState) -> bool:
+        """True if the public attributes are still ``state`` cast to their dtype."""
+        pairs = (
+            (state.weights, self.weights_),
+            (state.means, self.means_),
+            (state.covariances, self.covariances_),
+            (state.precisions_cholesky, self.precisions_cholesky_),
+        )
+        return all(np.array_equal(np.asarray(a, dtype=b.dtype), b) for a, b in pairs)
 
     # ------------------------------------------------------------ prediction
     def _rows(self, X, row_fn, n_out=None, dtype=np.float64, extra_dim=None):

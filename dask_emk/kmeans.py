@@ -119,6 +119,13 @@ class KMeans(TransformerMixin, ClusterMixin, BaseEstimator):
     split_every : int, optional
         Fan-in of the Dask tree reduction.
     verbose : int, default=0
+    callback : callable, optional
+        ``callback(model, info)`` after every Lloyd iteration, for progress
+        display and checkpoints; ``info`` is a dict with ``iteration``,
+        ``inertia`` (at the centres the iteration started from), ``centers``
+        (the new centres, float64), ``shift`` (squared centre shift) and
+        ``converged``. Refitting with ``init=info['centers']`` continues the
+        run from there.
 
     Attributes
     ----------
@@ -150,6 +157,7 @@ class KMeans(TransformerMixin, ClusterMixin, BaseEstimator):
         init_max_iter=None,
         split_every=None,
         verbose=0,
+        callback=None,
     ):
         self.n_clusters = n_clusters
         self.init = init
@@ -161,6 +169,7 @@ class KMeans(TransformerMixin, ClusterMixin, BaseEstimator):
         self.init_max_iter = init_max_iter
         self.split_every = split_every
         self.verbose = verbose
+        self.callback = callback
 
     # ------------------------------------------------------------------ checks
     def _check_parameters(self, data: InputData) -> None:
@@ -303,10 +312,17 @@ class KMeans(TransformerMixin, ClusterMixin, BaseEstimator):
             # Unchanged labels give bit-identical sums (same blocks, same
             # reduction order), so a zero shift is scikit-learn's strict
             # convergence, and the pass's inertia already belongs to `centers`.
-            if shift == 0.0:
-                strict = True
-                break
-            if shift <= tol_abs:
+            strict = shift == 0.0
+            if self.callback is not None:
+                info = {
+                    "iteration": i + 1,
+                    "inertia": float(stats["inertia"]),
+                    "centers": centers,
+                    "shift": shift,
+                    "converged": strict or shift <= tol_abs,
+                }
+                self.callback(self, info)
+            if strict or shift <= tol_abs:
                 break
         if strict:
             return LloydRun(centers, stats["inertia"], i + 1, weights, history), tol_abs

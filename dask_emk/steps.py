@@ -1,13 +1,12 @@
-"""Resumable fits: the estimators driven one iteration at a time, checkpointed.
+"""Resumable fits: the estimators' own loops, checkpointed after every iteration.
 
-Each iteration is one public ``fit`` call that continues from the state the
-previous one left (GaussianMixture ``warm_start=True, max_iter=1``; KMeans
-``init=centres, max_iter=1``), so after every iteration the state is a small
-estimator that is checkpointed and reported. A resumed run continues from the
-saved estimator through the same calls as an uninterrupted run, which makes
-the two identical to the last bit (the stepping is also what an uninterrupted
-pipeline run does; it differs from one long ``fit`` only in rounding the
-parameters to the data's dtype between iterations).
+GaussianMixture and KMeans call a ``callback`` after every iteration; here it
+records the iteration, reports it and checkpoints the small state reached
+(the GaussianMixture itself, whose float64 state a ``warm_start`` refit
+continues from exactly; the KMeans centres, which a refit takes as ``init``).
+A resumed run restarts the same estimator from that state with the remaining
+iteration budget, so it converges to the same parameters as an uninterrupted
+run, with one pass over the data per iteration in both.
 """
 
 from __future__ import annotations
@@ -58,72 +57,85 @@ def format_iteration(stage: str, objective: str, it: Iteration) -> str:
 
 
 def fit_gmm(X, params: dict, checkpoint: Checkpoint, progress: Progress) -> FitOutcome:
-    """EM one iteration per ``fit`` call; converged when |Δ lower bound| < tol.
+    """GaussianMixture fitted with a checkpoint after every EM iteration.
 
     Parameters
     ----------
     X : lazy 2-D input (dask array or xarray.DataArray)
     params : dict
-        GaussianMixture parameters, ``max_iter`` meaning total EM iterations.
+        GaussianMixture parameters (``max_iter``: total EM iterations).
     """
     from .gmm import GaussianMixture
 
-    params = dict(params)
-    max_iter = params.pop("max_iter")
-    saved = checkpoint.get("model")
-    if saved is not None:
-        outcome = saved
-    else:
-        outcome = FitOutcome(GaussianMixture(**params, max_iter=1))
-    while not outcome.converged and len(outcome.history) < max_iter:
-        model, history = outcome.model, outcome.history
-        previous = model.lower_bound_ if history else -np.inf
-        start = time.perf_counter()
-        with warnings.catch_warnings():
-            # One iteration per call never "converges" by itself; we judge below.
-            warnings.simplefilter("ignore", ConvergenceWarning)
-            model.set_params(warm_start=bool(history)).fit(X)
-        change = model.lower_bound_ - previous
-        it = Iteration(len(history) + 1, float(model.lower_bound_), float(change), 0.0)
-        it.seconds = time.perf_counter() - start
-        history.append(it)
-        outcome.converged = bool(len(history) > 1 and abs(change) < params["tol"])
-        progress("gmm", it)
-        checkpoint.save("model", outcome)
+    outcome = checkpoint.get("model") or FitOutcome(GaussianMixture(**params))
+    remaining = params["max_iter"] - len(outcome.history)
+    if outcome.converged or remaining <= 0:
+        return outcome
+    record = _recorder("gmm", outcome, checkpoint, progress)
+
+    def on_iteration(model, info):
+        record(info["lower_bound"], info["converged"], checkpointable(model))
+
+    model = outcome.model.set_params(
+        callback=on_iteration, max_iter=remaining, warm_start=bool(outcome.history)
+    )
+    with warnings.catch_warnings():
+        # The pipeline reports convergence itself (summary line and results).
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        model.fit(X)
+    outcome.model = checkpointable(model)
+    checkpoint.save("model", outcome)
     return outcome
 
 
 def fit_kmeans(X, params: dict, checkpoint: Checkpoint, progress: Progress) -> FitOutcome:
-    """Lloyd one iteration per ``fit`` call; converged when the squared centre
-    shift is at most ``tol`` × the mean feature variance (scikit-learn's rule).
+    """KMeans fitted with a checkpoint (the centres) after every Lloyd iteration.
 
-    ``params['init']`` is a seeding name or an array of centres.
+    ``params['init']`` is a seeding name or an array of centres; a resumed
+    run starts from the checkpointed centres instead.
     """
     from .kmeans import KMeans
 
-    params = dict(params)
-    max_iter, tol = params.pop("max_iter"), params.pop("tol")
-    saved = checkpoint.get("model")
-    if saved is not None:
-        outcome, tol_abs = saved
-    else:
-        outcome, tol_abs = FitOutcome(None, objective="inertia"), mean_variance(X) * tol
-    while not outcome.converged and len(outcome.history) < max_iter:
-        old = outcome.model
-        step = dict(params, init=old.cluster_centers_) if old is not None else params
-        start = time.perf_counter()
-        km = KMeans(**step, n_init=1, max_iter=1, tol=0.0).fit(X)
-        previous = old.inertia_ if old is not None else np.inf
-        it = Iteration(len(outcome.history) + 1, float(km.inertia_), 0.0, 0.0)
-        it.change = float(km.inertia_ - previous)
-        it.seconds = time.perf_counter() - start
-        shift = np.inf if old is None else _shift(old.cluster_centers_, km.cluster_centers_)
-        outcome.model = without_lazy(km)
-        outcome.history.append(it)
-        outcome.converged = bool(shift <= tol_abs)
-        progress("kmeans", it)
-        checkpoint.save("model", (outcome, tol_abs))
+    outcome = checkpoint.get("model") or FitOutcome(None, objective="inertia")
+    remaining = params["max_iter"] - len(outcome.history)
+    if outcome.converged or remaining <= 0:
+        return outcome
+    record = _recorder("kmeans", outcome, checkpoint, progress)
+
+    last = {"converged": False}
+
+    def on_iteration(_model, info):
+        # Marked converged only once the fit (and its final pass) is done: a
+        # run killed in between resumes from the centres, a no-op iteration.
+        last.update(info)
+        record(info["inertia"], False, info["centers"])
+
+    start = dict(params, max_iter=remaining, callback=on_iteration)
+    if outcome.history:
+        start.update(init=outcome.model, n_init=1)
+    outcome.model = checkpointable(KMeans(**start).fit(X))
+    outcome.converged = bool(last["converged"])
+    checkpoint.save("model", outcome)
     return outcome
+
+
+def _recorder(stage: str, outcome: FitOutcome, checkpoint, progress):
+    """A function recording one iteration: history, progress line, checkpoint."""
+    clock = [time.perf_counter()]
+
+    def record(value: float, converged: bool, state) -> None:
+        now = time.perf_counter()
+        previous = outcome.history[-1].value if outcome.history else np.nan
+        it = Iteration(
+            len(outcome.history) + 1, float(value), float(value - previous), now - clock[0]
+        )
+        clock[0] = now
+        outcome.history.append(it)
+        outcome.converged, outcome.model = bool(converged), state
+        progress(stage, it)
+        checkpoint.save("model", outcome)
+
+    return record
 
 
 def fit_anneal(X, params: dict, checkpoint: Checkpoint, verbose: bool) -> object:
@@ -140,7 +152,7 @@ def fit_anneal(X, params: dict, checkpoint: Checkpoint, verbose: bool) -> object
 
     params = dict(params)
     params.setdefault("verbose", int(verbose))
-    model = without_lazy(AnnealedGaussianMixture(**params).fit(X))
+    model = checkpointable(AnnealedGaussianMixture(**params).fit(X))
     checkpoint.save("anneal", model)
     return model
 
@@ -180,28 +192,14 @@ def gmm_init_from_anneal(anneal, covariance_type: str, n_samples: int) -> dict:
     }
 
 
-def mean_variance(X) -> float:
-    """Mean of the per-feature variances (one pass over lazy data)."""
-    import dask.array as da
-
-    from .io import storage_errors
-
-    data = getattr(X, "data", X)  # xarray.DataArray → its dask array
-    result = da.asarray(data).astype(np.float64).var(axis=0).mean()
-    with storage_errors(result):
-        return float(result.compute())
-
-
-def without_lazy(model):
-    """A shallow copy without lazy per-sample attributes (``labels_``), also in
-    a nested ``kmeans_``: small to pickle, and nothing refers to the data."""
+def checkpointable(model):
+    """A shallow copy fit to pickle: no callback (a closure), no lazy per-sample
+    attributes (``labels_``, also in a nested ``kmeans_``) that refer to the data."""
     slim = copy.copy(model)
+    if hasattr(slim, "callback"):
+        slim.callback = None
     if hasattr(slim, "labels_"):
         del slim.labels_
     if hasattr(slim, "kmeans_"):
-        slim.kmeans_ = without_lazy(slim.kmeans_)
+        slim.kmeans_ = checkpointable(slim.kmeans_)
     return slim
-
-
-def _shift(old: np.ndarray, new: np.ndarray) -> float:
-    return float(((np.asarray(new, np.float64) - np.asarray(old, np.float64)) ** 2).sum())
