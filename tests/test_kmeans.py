@@ -403,3 +403,16 @@ def test_gaussian_mixture_kmeans_init_uses_this_kmeans(data):
     # one EM step from the k-means responsibilities moves means only a little
     d = np.sqrt(((np.sort(gm.means_, 0) - np.sort(km.cluster_centers_, 0)) ** 2).sum(1))
     assert d.max() < 1.0
+
+
+def test_callback_reports_every_lloyd_iteration_like_sklearn(data):
+    """The callback's centres after iteration i are scikit-learn's after i iterations."""
+    X, init = data
+    seen = []
+    km = KMeans(K, init=init, tol=0.0, max_iter=6, callback=lambda m, info: seen.append(info))
+    km.fit(X)
+    assert [info["iteration"] for info in seen] == list(range(1, km.n_iter_ + 1))
+    assert [info["inertia"] for info in seen] == km.inertia_history_
+    for info in seen:
+        sk = sk_fit(X, init, max_iter=info["iteration"], tol=0.0)
+        np.testing.assert_allclose(info["centers"], sk.cluster_centers_, rtol=1e-12, atol=1e-12)
