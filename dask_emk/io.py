@@ -279,8 +279,14 @@ def zarr_arrays(collection) -> list[zarr.Array]:
 
 
 def zarr_label(array: zarr.Array) -> str:
-    """The store URL and array path, as a user would recognise it."""
-    return str(array.store_path)
+    """The store location and array path, as a user would recognise it.
+
+    A local store gives its directory, an fsspec store (what ``da.from_zarr``
+    on a path opens) its path; anything else its own description.
+    """
+    store = array.store
+    base = getattr(store, "root", None) or getattr(store, "path", None) or store
+    return f"{base}/{array.path}" if array.path else str(base)
 
 
 def check_zarr_chunks(array: zarr.Array) -> None:
