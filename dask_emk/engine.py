@@ -14,7 +14,9 @@ a copy embedded in every task.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
+from contextlib import contextmanager
 from functools import partial
 from typing import Any
 
@@ -133,9 +135,34 @@ def compute_one(result: da.Array, scheduler: str | None):
     reading a zarr store becomes a ValueError naming the store
     (:func:`dask_emk.io.storage_errors`).
     """
-    with threadpool_limits(limits=1, user_api="blas"), storage_errors(result):
+    with single_blas_thread(), storage_errors(result):
         (value,) = dask.compute(result, scheduler=scheduler)
     return value
+
+
+_blas_lock = threading.Lock()
+_blas_state = {"users": 0, "limiter": None}
+
+
+@contextmanager
+def single_blas_thread():
+    """Limit BLAS to one thread while any pass in this process runs.
+
+    threadpoolctl's limits are process-wide, so passes running concurrently
+    in several client threads share one limit: the first in sets it, the last
+    out restores the original (nested save/restore would leave it wrong).
+    """
+    with _blas_lock:
+        if _blas_state["users"] == 0:
+            _blas_state["limiter"] = threadpool_limits(limits=1, user_api="blas")
+        _blas_state["users"] += 1
+    try:
+        yield
+    finally:
+        with _blas_lock:
+            _blas_state["users"] -= 1
+            if _blas_state["users"] == 0:
+                _blas_state["limiter"].restore_original_limits()
 
 
 def combine_reduction(

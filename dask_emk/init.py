@@ -17,6 +17,7 @@ import sklearn.cluster
 from sklearn.utils import check_random_state
 from sklearn.utils.random import sample_without_replacement
 
+from .engine import single_blas_thread
 from .passes import assign_pass, seed_pass
 
 #: Default number of k-means|| rounds; Bahmani et al. (2012) find ~5 enough.
@@ -148,7 +149,11 @@ def reduce_candidates(candidates, weights, n_clusters: int, rng, X, sample_weigh
     km = sklearn.cluster.KMeans(
         n_clusters, init=start, n_init=1, max_iter=CANDIDATE_LLOYD_ITER, algorithm="lloyd"
     )
-    return km.fit(candidates, sample_weight=weights).cluster_centers_.astype(np.float64)
+    # scikit-learn sets and restores a process-wide BLAS limit itself; inside
+    # ours, concurrent fits cannot leave the process at one BLAS thread.
+    with single_blas_thread():
+        km.fit(candidates, sample_weight=weights)
+    return km.cluster_centers_.astype(np.float64)
 
 
 def kmeans_plusplus(X, n_clusters: int, random_state, sample_weight=None) -> np.ndarray:
