@@ -245,25 +245,48 @@ def moment_stats(
     (K, d, d) full, (d, d) tied (summed over components), (K, d) diag,
     (K,) spherical/shared.
     """
+    return central_moments(raw_moments(Y, resp, weight, covariance_type, phi), M, covariance_type)
+
+
+def raw_moments(
+    Y: np.ndarray,
+    resp: np.ndarray,
+    weight: np.ndarray | None,
+    covariance_type: str,
+    phi: np.ndarray | None = None,
+) -> dict[str, np.ndarray]:
+    """Responsibility-weighted moments about the reference center (additive).
+
+    Sub-blocks add these up; :func:`central_moments` turns the total into
+    moments about each c_k once per block, not once per sub-block.
+
+    Returns
+    -------
+    dict with ``N`` (K,) and, for tied, ``SY`` (K, d) = Σ w r y and ``YY``
+    (d, d) = Σ w y yᵀ (Σ_k r = 1 makes one GEMM do for all components);
+    otherwise ``raw`` (K, q + d) = Σ w r Φ(y).
+    """
     wr = resp if weight is None else resp * weight[None, :]
     N = wr.sum(axis=1)
     if covariance_type == "tied":
-        SY = wr @ Y
         wY = Y if weight is None else Y * weight[:, None]
-        # Σ_k Σ_i w r (y−m_k)(y−m_k)ᵀ, using Σ_k r_ik = 1 for a single GEMM.
-        cross = M.T @ SY
-        Q = wY.T @ Y - cross - cross.T + (M.T * N) @ M
-        return {"N": N, "S": SY - N[:, None] * M, "Q": Q}
+        return {"N": N, "SY": wr @ Y, "YY": wY.T @ Y}
     if phi is None:
         phi = quadratic_features(Y, covariance_type)
-    return {"N": N, **central_moments(wr @ phi, N, M, covariance_type)}
+    return {"N": N, "raw": wr @ phi}
 
 
-def central_moments(raw: np.ndarray, N: np.ndarray, M: np.ndarray, covariance_type: str) -> dict:
-    """S and Q about each c_k from raw moments Rᵀ Φ of shape (K, q + d)."""
+def central_moments(raw: dict, M: np.ndarray, covariance_type: str) -> dict:
+    """``N``, ``S`` and ``Q`` about each c_k (rows of M) from :func:`raw_moments`."""
     K, d = M.shape
-    q = raw.shape[1] - d
-    SY, A = raw[:, q:], raw[:, :q]
+    N = raw["N"]
+    if covariance_type == "tied":
+        SY = raw["SY"]
+        cross = M.T @ SY
+        Q = raw["YY"] - cross - cross.T + (M.T * N) @ M
+        return {"N": N, "S": SY - N[:, None] * M, "Q": Q}
+    q = raw["raw"].shape[1] - d
+    SY, A = raw["raw"][:, q:], raw["raw"][:, :q]
     S = SY - N[:, None] * M
     if covariance_type == "full":
         rows, cols = np.triu_indices(d)
@@ -271,19 +294,15 @@ def central_moments(raw: np.ndarray, N: np.ndarray, M: np.ndarray, covariance_ty
         second[:, rows, cols] = A
         second[:, cols, rows] = A
         cross = np.einsum("ki,kj->kij", M, SY)
-        Q = (
-            second
-            - cross
-            - cross.transpose(0, 2, 1)
-            + N[:, None, None] * np.einsum("ki,kj->kij", M, M)
-        )
-        return {"S": S, "Q": Q}
+        outer = np.einsum("ki,kj->kij", M, M)
+        Q = second - cross - cross.transpose(0, 2, 1) + N[:, None, None] * outer
+        return {"N": N, "S": S, "Q": Q}
     if covariance_type == "diag":
         Q = A - 2.0 * M * SY + N[:, None] * M * M
     else:
         Q = A[:, 0] - 2.0 * (M * SY).sum(axis=1) + N * (M * M).sum(axis=1)
     np.maximum(Q, 0.0, out=Q)
-    return {"S": S, "Q": Q}
+    return {"N": N, "S": S, "Q": Q}
 
 
 #: Rows per sub-block inside a kernel call: small enough that Φ stays in cache.
@@ -319,13 +338,14 @@ def estep_stats(X: np.ndarray, weight: np.ndarray | None, params: MixtureParams)
     they are left out of every other statistic), and ``N``, ``S``, ``Q`` as
     in :func:`moment_stats` about the current means.
     """
-    d = X.shape[1]
-    width = n_quadratic(d, params.covariance_type) + d + params.means.shape[0]
+    d, ct = X.shape[1], params.covariance_type
     total = None
-    for rows in sub_blocks(X.shape[0], width):
+    for rows in sub_blocks(X.shape[0], n_quadratic(d, ct) + d + params.means.shape[0]):
         w = None if weight is None else weight[rows]
         total = add_stats(total, _estep_sub_block(X[rows], w, params))
-    return total
+    stats = central_moments(total, params.shifted_means, ct)
+    stats.update((name, total[name]) for name in ("n", "loglik", "nonfinite"))
+    return stats
 
 
 def _estep_sub_block(X: np.ndarray, weight: np.ndarray | None, params: MixtureParams) -> dict:
@@ -339,7 +359,7 @@ def _estep_sub_block(X: np.ndarray, weight: np.ndarray | None, params: MixturePa
         Y, resp, log_prob_norm = Y[finite], resp[:, finite], log_prob_norm[finite]
         phi = None if phi is None else phi[finite]
         weight = None if weight is None else weight[finite]
-    stats = moment_stats(Y, resp, weight, params.shifted_means, params.covariance_type, phi)
+    stats = raw_moments(Y, resp, weight, params.covariance_type, phi)
     w_total = float(Y.shape[0]) if weight is None else float(weight.sum())
     loglik = log_prob_norm.sum() if weight is None else log_prob_norm @ weight
     stats.update(n=np.float64(w_total), loglik=np.float64(loglik), nonfinite=np.float64(nonfinite))
