@@ -12,7 +12,8 @@ K=16 mixture written by dask_emk.datasets chunk by chunk).
 3. Scaling: time per k-means iteration on 1x, 2x, 4x, 8x the rows (prefixes
    of the 1x store, same chunks).
 4. Per-chunk overhead: time per iteration on persisted data in 1,000-row
-   chunks vs 100,000-row chunks, difference per extra chunk.
+   chunks vs 100,000-row chunks, difference per extra chunk; on the
+   distributed cluster (4) and on the local threaded scheduler (5).
 
     python benchmarks/bench_outofcore.py --dir /work/bench-data
 """
@@ -26,6 +27,7 @@ import time
 import warnings
 from pathlib import Path
 
+import dask
 import dask.array as da
 import numpy as np
 import zarr
@@ -248,14 +250,20 @@ def main() -> None:
                 f"({scaling[f] / scaling[1]:.2f}x)"
             )
 
-        print("4. per-chunk overhead (persisted, 1,000,000 rows)")
-        overhead = chunk_overhead(1_000_000, args.repeat)
-        t = overhead["times"]
-        print(
-            f"  10 chunks {t[100_000] * 1e3:.0f} ms/iter, "
-            f"1000 chunks {t[1_000] * 1e3:.0f} ms/iter: "
-            f"{overhead['per_chunk'] * 1e3:.2f} ms per extra chunk per iteration"
-        )
+        print("4. per-chunk overhead (persisted, 1,000,000 rows), distributed")
+        print_overhead(chunk_overhead(1_000_000, args.repeat))
+    print("5. per-chunk overhead (1,000,000 rows in memory), local threaded scheduler")
+    with dask.config.set(scheduler="threads"):
+        print_overhead(chunk_overhead(1_000_000, args.repeat))
+
+
+def print_overhead(overhead: dict) -> None:
+    t = overhead["times"]
+    print(
+        f"  10 chunks {t[100_000] * 1e3:.0f} ms/iter, "
+        f"1000 chunks {t[1_000] * 1e3:.0f} ms/iter: "
+        f"{overhead['per_chunk'] * 1e3:.2f} ms per extra chunk per iteration"
+    )
 
 
 if __name__ == "__main__":
