@@ -35,7 +35,7 @@ from .gmm import resp_rows
 from .io import InputData, as_sample_weight
 from .kmeans import KMeans
 from .stats import StatsLayout
-from .validation import check_int, validate_features
+from .validation import check_int, check_non_negative, validate_features
 
 
 # ----------------------------------------------------------------- passes
@@ -448,8 +448,7 @@ class AnnealedGaussianMixture(TransformerMixin, ClusterMixin, BaseEstimator):
             raise ValueError(
                 f"max_split_factor must be a number >= 1, got {self.max_split_factor!r}."
             )
-        if not _real(self.tol) or not self.tol >= 0:
-            raise ValueError(f"tol must be a non-negative number, got {self.tol!r}.")
+        check_non_negative("tol", self.tol)
         if data.n_samples < self.n_components:
             raise ValueError(
                 f"n_samples={data.n_samples} should be >= n_components={self.n_components}; "

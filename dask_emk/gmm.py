@@ -24,7 +24,7 @@ from .stats import (
     precision_cholesky,
     precisions_from_cholesky,
 )
-from .validation import check_int, validate_features
+from .validation import check_int, check_non_negative, validate_features
 
 INIT_PARAMS = ("kmeans", "k-means||", "k-means++", "random", "random_from_data")
 
@@ -188,9 +188,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         if self.init_params not in INIT_PARAMS:
             raise ValueError(f"init_params must be one of {INIT_PARAMS}, got {self.init_params!r}.")
         for name in ("tol", "reg_covar"):
-            value = getattr(self, name)
-            if not isinstance(value, numbers.Real) or not value >= 0:
-                raise ValueError(f"{name} must be a non-negative number, got {value!r}.")
+            check_non_negative(name, getattr(self, name))
         if self.variance is not None:
             if self.covariance_type != "shared":
                 raise ValueError(

@@ -9,7 +9,6 @@ update and scikit-learn's empty-cluster relocation run on K×d numbers here.
 
 from __future__ import annotations
 
-import numbers
 import warnings
 from dataclasses import dataclass, field
 
@@ -23,7 +22,7 @@ from . import engine, kernels
 from .init import kmeans_parallel, kmeans_plusplus, random_rows
 from .io import InputData, as_sample_weight
 from .passes import assign_pass
-from .validation import check_int, validate_features
+from .validation import check_int, check_non_negative, validate_features
 
 INIT_METHODS = ("k-means||", "k-means++", "random")
 
@@ -180,9 +179,7 @@ class KMeans(TransformerMixin, ClusterMixin, BaseEstimator):
         if self.n_init != "auto":
             check_int("n_init", self.n_init, 1)
         for name in ("tol", "oversampling_factor"):
-            value = getattr(self, name)
-            if not isinstance(value, numbers.Real) or not value >= 0:
-                raise ValueError(f"{name} must be a non-negative number, got {value!r}.")
+            check_non_negative(name, getattr(self, name))
         if isinstance(self.init, str) and self.init not in INIT_METHODS:
             raise ValueError(
                 f"init must be one of {INIT_METHODS} or an array of shape "

@@ -16,6 +16,12 @@ def check_int(name: str, value, minimum: int) -> None:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}.")
 
 
+def check_non_negative(name: str, value) -> None:
+    """Raise a ValueError unless ``value`` is a real number (not a bool) >= 0."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value >= 0:
+        raise ValueError(f"{name} must be a non-negative number, got {value!r}.")
+
+
 def validate_features(estimator, X, *, reset: bool) -> InputData:
     """Convert X (:func:`dask_emk.io.as_input`) and check it against the fit.
 
