@@ -162,7 +162,7 @@ def _warn_if_floored(smallest, weights, reg_covar: float) -> None:
         Smallest variance (eigenvalue, diagonal entry or σ²) of each
         covariance before ``reg_covar`` is added.
     weights : ndarray of shape (K,) or None
-        Mixture weights, to report (None for one pooled covariance).
+        Mixture weights; None for one pooled covariance (the message then says so).
     reg_covar : float
         With 0 nothing is floored (a collapse raises in
         :func:`precision_cholesky` / :func:`_check_above_roundoff` instead).
@@ -184,10 +184,9 @@ def _warn_if_floored(smallest, weights, reg_covar: float) -> None:
     if weights is None:
         what = "the pooled covariance has"
     else:
-        what = (
-            f"component(s) {floored.tolist()} (weights "
-            f"{np.round(weights[floored], 6).tolist()}) have"
-        )
+        # No per-iteration numbers in the text: Python's default filter then
+        # shows the warning once per fit instead of once per EM iteration.
+        what = f"component(s) {floored.tolist()} have"
     warnings.warn(
         f"{what} a variance below reg_covar={reg_covar:g} in some direction: they "
         "collapsed onto a single point or a flat set (duplicate rows, a feature that "
