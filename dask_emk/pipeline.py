@@ -11,10 +11,12 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
 import xarray as xr
+from dask.diagnostics import ProgressBar
 
 from . import figures
 from ._version import __version__
@@ -77,13 +79,15 @@ def run_pipeline(
         if restore_moved_aside(results):
             echo(f"results: restored {results} that an interrupted run had moved aside")
         start = time.perf_counter()
-        outcome, anneal = fit_model(cfg, source, checkpoint, echo if verbose else _silent)
+        with _progress_bar(verbose):
+            outcome, anneal = fit_model(cfg, source, checkpoint, echo if verbose else _silent)
         fit_seconds = time.perf_counter() - start
         echo(_summary(outcome, fit_seconds))
         groups = _groups(anneal, source)
         root = _root_dataset(cfg, outcome, source, toml_text, fit_seconds)
         per_sample = per_sample_dataset(outcome.model, source.X, out)
-        write_results(results, root, groups, per_sample)
+        with _progress_bar(verbose):
+            write_results(results, root, groups, per_sample)
         echo(f"results: {results} ({', '.join(['root', *groups])})")
         if out["plots"]:
             for path in draw_figures(results, outcome, anneal, source):
@@ -94,6 +98,16 @@ def run_pipeline(
         for line in lines:
             echo("  " + line)
     return results
+
+
+#: Dask's progress bar shows only for computes longer than this (a long pass
+#: over out-of-core data or the export), not for every short iteration.
+PROGRESS_MIN_SECONDS = 5.0
+
+
+def _progress_bar(verbose: bool):
+    """Dask's progress bar on the local schedulers (the dashboard serves distributed)."""
+    return ProgressBar(minimum=PROGRESS_MIN_SECONDS) if verbose else nullcontext()
 
 
 def fit_model(cfg: dict, source: Source, checkpoint: Checkpoint, echo) -> tuple:

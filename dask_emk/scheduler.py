@@ -8,8 +8,10 @@ sized to the machine without N) and ``tcp://HOST:PORT`` (an existing cluster).
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
 
 import dask
 
@@ -57,6 +59,16 @@ def use_scheduler(spec: str, echo: Callable[[str], None] = print) -> Iterator[No
         ``CONNECT_TIMEOUT`` seconds.
     """
     kind, arg = parse_scheduler(spec)
+    if kind == "processes":
+        # One pool for the whole run: dask's default makes a new pool per
+        # compute, i.e. new processes every iteration (seconds each).
+        with (
+            ProcessPoolExecutor(os.cpu_count()) as pool,
+            dask.config.set(scheduler=kind, pool=pool),
+        ):
+            echo(f"scheduler: {kind} ({os.cpu_count()} processes)")
+            yield
+        return
     if kind in LOCAL_SCHEDULERS:
         with dask.config.set(scheduler=kind):
             echo(f"scheduler: {kind}")
