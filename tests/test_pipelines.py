@@ -105,11 +105,12 @@ def test_faithful_matches_scikit_learn(tmp_path):
 
 
 @pytest.mark.slow
-def test_faithful_local_cluster_equals_sync(tmp_path):
+@pytest.mark.parametrize("scheduler", ["local:2", "processes"])
+def test_faithful_other_schedulers_equal_sync(tmp_path, scheduler):
     (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
     run_cli("run", scaled_pipeline("faithful", tmp_path / "a"), "-q", "--no-plots")
     toml = scaled_pipeline("faithful", tmp_path / "b")
-    run_cli("run", toml, "-q", "--no-plots", "--scheduler", "local:2")
+    run_cli("run", toml, "-q", "--no-plots", "--scheduler", scheduler)
     assert_same_parameters(tmp_path / "a" / "faithful.zarr", tmp_path / "b" / "faithful.zarr")
 
 
