@@ -82,7 +82,8 @@ def reduce_pass(
     """One pass over the data: sum of ``block_fn`` over all blocks, shape (size,).
 
     Exactly one ``compute``: with the scheduler in effect for dask input, and
-    with local threads for in-memory numpy input (split into blocks here).
+    with local threads for in-memory numpy input (split into blocks here);
+    numpy input that fits one block is computed directly, without Dask.
 
     Parameters
     ----------
@@ -100,6 +101,11 @@ def reduce_pass(
         and keep meaning when applied to its own outputs; rows arrive in
         block order.
     """
+    if fits_one_block(X):
+        with single_blas_thread():
+            row = np.asarray(block_fn(X, weight, *args), dtype=np.float64)
+        # As the reduction's aggregate step would (e.g. sorting a top-m list).
+        return (row if combine is None else combine(row)).reshape(size)
     X, weight, scheduler = as_blocks(X, weight)
     blocks = block_stats_array(X, weight, block_fn, size, *args)
     if combine is None:
@@ -107,6 +113,15 @@ def reduce_pass(
     else:
         total = combine_reduction(blocks, combine, split_every)
     return np.asarray(compute_one(total, scheduler)).reshape(size)
+
+
+def fits_one_block(X) -> bool:
+    """In-memory input of one block: run the kernel here, without a Dask graph.
+
+    Small passes are frequent (the annealing runs thousands on its sample),
+    and a graph and a compute would cost more than the kernel itself.
+    """
+    return not isinstance(X, da.Array) and X.shape[0] <= numpy_block_rows(X.shape[1])
 
 
 def as_blocks(X, weight) -> tuple[da.Array, da.Array | None, str | None]:
@@ -216,6 +231,9 @@ def map_rows(
     n_out : int, optional
         Width of the per-row output; None for one value per row.
     """
+    if fits_one_block(X):
+        with single_blas_thread():
+            return _call_rows(X, row_fn, args, dtype)
     lazy, _, scheduler = as_blocks(X, None)
     packed_args = dask.delayed(args, pure=True, traverse=False)
     index, extra = ("i", {}) if n_out is None else ("ij", {"adjust_chunks": {"j": n_out}})
