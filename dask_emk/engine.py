@@ -17,13 +17,13 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from contextlib import contextmanager
-from functools import partial
+from functools import lru_cache, partial
 from typing import Any
 
 import dask
 import dask.array as da
 import numpy as np
-from threadpoolctl import threadpool_limits
+from threadpoolctl import ThreadpoolController
 
 from .io import storage_errors
 
@@ -155,6 +155,12 @@ def compute_one(result: da.Array, scheduler: str | None):
     return value
 
 
+@lru_cache(maxsize=1)
+def blas_controller() -> ThreadpoolController:
+    """The process's thread pools, inspected once (a fresh scan costs ~2 ms)."""
+    return ThreadpoolController()
+
+
 _blas_lock = threading.Lock()
 _blas_state = {"users": 0, "limiter": None}
 
@@ -169,7 +175,7 @@ def single_blas_thread():
     """
     with _blas_lock:
         if _blas_state["users"] == 0:
-            _blas_state["limiter"] = threadpool_limits(limits=1, user_api="blas")
+            _blas_state["limiter"] = blas_controller().limit(limits=1, user_api="blas")
         _blas_state["users"] += 1
     try:
         yield
