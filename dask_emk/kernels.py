@@ -322,7 +322,13 @@ def add_stats(total: dict | None, part: dict) -> dict:
     return {name: total[name] + part[name] for name in total}
 
 
-def estep_stats(X: np.ndarray, weight: np.ndarray | None, params: MixtureParams) -> dict:
+def estep_stats(
+    X: np.ndarray,
+    weight: np.ndarray | None,
+    params: MixtureParams,
+    moment_type: str | None = None,
+    softness: bool = False,
+) -> dict:
     """E-step statistics of one block (DESIGN.md §2).
 
     Parameters
@@ -330,6 +336,13 @@ def estep_stats(X: np.ndarray, weight: np.ndarray | None, params: MixtureParams)
     X : ndarray of shape (n, d)
     weight : ndarray of shape (n,) or None
     params : MixtureParams
+    moment_type : str, optional
+        Covariance type of the second moments ``Q`` (default: that of
+        ``params``; the annealing asks for 'full' moments of 'shared'
+        responsibilities).
+    softness : bool
+        Also return ``soft`` = Σ w (1 − max_k r_k), zero once assignments
+        are hard.
 
     Returns
     -------
@@ -338,17 +351,18 @@ def estep_stats(X: np.ndarray, weight: np.ndarray | None, params: MixtureParams)
     they are left out of every other statistic), and ``N``, ``S``, ``Q`` as
     in :func:`moment_stats` about the current means.
     """
-    d, ct = X.shape[1], params.covariance_type
+    d, ct = X.shape[1], moment_type or params.covariance_type
     total = None
     for rows in sub_blocks(X.shape[0], n_quadratic(d, ct) + d + params.means.shape[0]):
         w = None if weight is None else weight[rows]
-        total = add_stats(total, _estep_sub_block(X[rows], w, params))
+        total = add_stats(total, _estep_sub_block(X[rows], w, params, ct, softness))
     stats = central_moments(total, params.shifted_means, ct)
-    stats.update((name, total[name]) for name in ("n", "loglik", "nonfinite"))
+    extra = ("n", "loglik", "nonfinite") + (("soft",) if softness else ())
+    stats.update((name, total[name]) for name in extra)
     return stats
 
 
-def _estep_sub_block(X: np.ndarray, weight: np.ndarray | None, params: MixtureParams) -> dict:
+def _estep_sub_block(X, weight, params: MixtureParams, moment_type: str, softness: bool) -> dict:
     Y = shift_block(X, params.center)
     # NaN/inf rows turn into NaN here by design: counted and dropped just below.
     with np.errstate(invalid="ignore", over="ignore"):
@@ -359,10 +373,15 @@ def _estep_sub_block(X: np.ndarray, weight: np.ndarray | None, params: MixturePa
         Y, resp, log_prob_norm = Y[finite], resp[:, finite], log_prob_norm[finite]
         phi = None if phi is None else phi[finite]
         weight = None if weight is None else weight[finite]
-    stats = raw_moments(Y, resp, weight, params.covariance_type, phi)
+    if moment_type != params.covariance_type:
+        phi = None  # features of another covariance type: formed by raw_moments
+    stats = raw_moments(Y, resp, weight, moment_type, phi)
     w_total = float(Y.shape[0]) if weight is None else float(weight.sum())
     loglik = log_prob_norm.sum() if weight is None else log_prob_norm @ weight
     stats.update(n=np.float64(w_total), loglik=np.float64(loglik), nonfinite=np.float64(nonfinite))
+    if softness:
+        hard = resp.max(axis=0, initial=0.0)
+        stats["soft"] = np.float64((1.0 - hard).sum() if weight is None else (1.0 - hard) @ weight)
     return stats
 
 
@@ -675,29 +694,4 @@ def anneal_stats(X: np.ndarray, weight: np.ndarray | None, params: MixtureParams
     (K,), ``S`` (K, d), ``Q`` (K, d, d) about the current means, and
     ``soft`` = Σ w (1 − max_k r_k), zero once assignments are hard.
     """
-    total = None
-    width = n_quadratic(X.shape[1], "full") + X.shape[1] + params.means.shape[0]
-    for rows in sub_blocks(X.shape[0], width):
-        w = None if weight is None else weight[rows]
-        total = add_stats(total, _anneal_sub_block(X[rows], w, params))
-    return total
-
-
-def _anneal_sub_block(X: np.ndarray, weight: np.ndarray | None, params: MixtureParams) -> dict:
-    Y = shift_block(X, params.center)
-    with np.errstate(invalid="ignore", over="ignore"):
-        log_prob_norm, resp, _ = responsibilities(Y, params)
-    finite = np.isfinite(log_prob_norm)
-    nonfinite = Y.shape[0] - int(finite.sum())
-    if nonfinite:
-        Y, resp, log_prob_norm = Y[finite], resp[:, finite], log_prob_norm[finite]
-        weight = None if weight is None else weight[finite]
-    w = np.ones(Y.shape[0]) if weight is None else weight
-    stats = moment_stats(Y, resp, weight, params.shifted_means, "full")
-    stats.update(
-        n=np.float64(w.sum()),
-        loglik=np.float64(log_prob_norm @ w),
-        nonfinite=np.float64(nonfinite),
-        soft=np.float64((1.0 - resp.max(axis=0, initial=0.0)) @ w),
-    )
-    return stats
+    return estep_stats(X, weight, params, moment_type="full", softness=True)
