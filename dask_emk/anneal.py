@@ -32,7 +32,7 @@ from sklearn.utils.validation import check_is_fitted
 from . import anneal_rules as rules
 from . import engine, kernels
 from .gmm import resp_rows
-from .io import InputData, as_sample_weight
+from .io import InputData, as_sample_weight, raise_on_nonfinite
 from .kmeans import KMeans
 from .stats import StatsLayout
 from .validation import check_int, check_non_negative, validate_features
@@ -96,11 +96,7 @@ def draw_sample(data: InputData, weight, size: int, rng, split_every) -> Sample:
             X, weight, moments_block, layout.size, center, layout, split_every=split_every
         )
     stats = layout.unpack(np.asarray(total))
-    if stats["nonfinite"] > 0:
-        raise ValueError(
-            f"Input contains NaN or infinity in {int(stats['nonfinite'])} row(s); remove "
-            "or impute them, e.g. X[da.isfinite(X).all(axis=1)]."
-        )
+    raise_on_nonfinite(stats["nonfinite"])
     mean_shift = stats["S"][0] / stats["n"]
     cov = stats["Q"][0] / stats["n"] - np.outer(mean_shift, mean_shift)
     rows = np.asarray(rows, dtype=np.float64)

@@ -14,7 +14,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 
 from . import engine, kernels
-from .io import InputData, as_input, as_sample_weight
+from .io import InputData, as_input, as_sample_weight, raise_on_nonfinite
 from .stats import (
     GaussianState,
     StatsLayout,
@@ -317,7 +317,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
             split_every=self.split_every,
         )
         stats = layout.unpack(vector)
-        _raise_on_nonfinite(stats)
+        raise_on_nonfinite(stats["nonfinite"])
         if stats["n"] <= 0:
             raise ValueError("sample_weight sums to zero; at least one weight must be positive.")
         return stats
@@ -376,7 +376,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
             split_every=self.split_every,
         )
         stats = layout.unpack(vector)
-        _raise_on_nonfinite(stats)
+        raise_on_nonfinite(stats["nonfinite"])
         centers = np.broadcast_to(center, (K, d))
         return m_step(
             stats, centers, self.covariance_type, self.reg_covar, eps=eps, variance=self.variance
@@ -574,12 +574,3 @@ def _center_guess(data: InputData, rule: tuple) -> np.ndarray:
     if rule[0] == "nearest":
         return rule[1].mean(axis=0)
     return np.zeros(data.n_features)
-
-
-def _raise_on_nonfinite(stats: dict) -> None:
-    if stats["nonfinite"] > 0:
-        raise ValueError(
-            f"Input contains NaN or infinity in {int(stats['nonfinite'])} row(s) "
-            "(or values too large for float64 arithmetic); remove or impute them, "
-            "e.g. X[da.isfinite(X).all(axis=1)]."
-        )

@@ -248,6 +248,20 @@ def as_sample_weight(sample_weight, data: InputData):
     return w
 
 
+def raise_on_nonfinite(count: float) -> None:
+    """Raise the error for NaN/inf rows that a pass over the data counted.
+
+    The kernels count rows whose statistics are not finite in the pass they
+    already make, so lazy input needs no extra pass just to look for NaN.
+    """
+    if count > 0:
+        raise ValueError(
+            f"Input contains NaN or infinity in {int(count)} row(s) (or values too "
+            "large for float64 arithmetic); remove or impute them, e.g. "
+            "X[da.isfinite(X).all(axis=1)]."
+        )
+
+
 def check_weight_values(w_min: float, w_sum: float, all_finite: bool) -> None:
     """Raise a clear ValueError for unusable sample weights."""
     if not all_finite:

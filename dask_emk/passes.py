@@ -15,6 +15,7 @@ from functools import partial
 import numpy as np
 
 from . import engine, kernels
+from .io import raise_on_nonfinite
 from .kernels import merge_top
 from .stats import StatsLayout
 
@@ -111,15 +112,6 @@ def assign_pass(X, weight, centers, center, n_far=0, moments=False, split_every=
     stats = layout.unpack(vector)
     raise_on_nonfinite(stats["nonfinite"])
     return stats
-
-
-def raise_on_nonfinite(count: float) -> None:
-    """Raise the error for NaN/inf rows reported by a pass."""
-    if count > 0:
-        raise ValueError(
-            f"Input contains NaN or infinity in {int(count)} row(s); remove or impute "
-            "them, e.g. X[da.isfinite(X).all(axis=1)]."
-        )
 
 
 def seed_block(X, weight, centers, trials, center, n_keep, seed, scale, layout) -> np.ndarray:
