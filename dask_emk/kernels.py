@@ -1,7 +1,8 @@
 """Per-block numpy kernels: E-step statistics and hard assignments.
 
 Everything here works on one block of whole rows held in memory and imports
-numpy only; the Dask orchestration lives in :mod:`dask_emk.engine`.
+numpy (and the compiled row loops of :mod:`dask_emk.loops`) only; the Dask
+orchestration lives in :mod:`dask_emk.engine`.
 
 Notation (DESIGN.md §2): a block ``X`` of shape (n, d), K components with
 means ``mu`` (K, d), log mixing weights (K,), and the Cholesky factor of the
@@ -17,7 +18,9 @@ precision whose shape depends on the covariance type:
 
 Rows are shifted by one reference point ``center`` (d,) before any product, so
 a large common offset (say 1e4) cancels exactly instead of costing digits.
-All arithmetic is float64 whatever the block dtype.
+All arithmetic is float64 whatever the block dtype, except the k-means
+assignment's distance GEMM, which runs in the data's dtype as scikit-learn's
+does (its sums are float64).
 """
 
 from __future__ import annotations
@@ -28,7 +31,8 @@ from dataclasses import dataclass
 from functools import cached_property
 
 import numpy as np
-from scipy.sparse import csc_matrix
+
+from . import loops
 
 COVARIANCE_TYPES = ("full", "tied", "diag", "spherical", "shared")
 
@@ -472,58 +476,57 @@ def assign_stats(
     ``far_x`` (m, d) (unshifted, float64), sorted by :func:`farthest_order`,
     padded with ``far_dist = -inf``; with ``moments`` also ``ysum``, ``ysq``.
     """
-    n, K = X.shape[0], centers.shape[0]
-    M = centers - center
-    m_norms = np.einsum("ij,ij->i", M, M)
-    labels, min_dist = np.empty(n, dtype=np.intp), np.empty(n)
-    out = {"N": np.zeros(K), "S": np.zeros((K, X.shape[1]))}
+    X, w, labels, min_dist, out = lloyd_assign(X, weight, centers, center)
     if moments:
-        out.update(ysum=np.zeros(X.shape[1]), ysq=np.zeros(X.shape[1]))
-    # Cache-sized sub-blocks: the float64 temporaries stay in cache, which
-    # makes the whole kernel several times faster on large chunks.
-    for sl in sub_blocks(n, X.shape[1]):
-        w = None if weight is None else weight[sl]
-        _assign_sub_block(X[sl], w, M, m_norms, center, labels[sl], min_dist[sl], out)
-    finite = np.isfinite(min_dist)
-    nonfinite = n - int(finite.sum())
-    w = np.ones(n) if weight is None else weight
-    if nonfinite:  # rows holding NaN/inf: counted, then left out of everything
+        out.update(_row_moments(X, center))
+    if out["nonfinite"]:  # rows holding NaN/inf: counted, then left out of the rest
+        finite = np.isfinite(min_dist)
         X, w, labels, min_dist = X[finite], w[finite], labels[finite], min_dist[finite]
-    out.update(nonfinite=nonfinite, count=X.shape[0], inertia=float(min_dist @ w))
+    out.update(count=X.shape[0])
     out.update(_farthest(min_dist, labels, w, X, n_far))
     return out
 
 
-def _assign_sub_block(X, w, M, m_norms, center, labels, min_dist, out) -> None:
-    """Assign one sub-block; writes labels/min_dist in place, adds to ``out``."""
-    n, K = X.shape[0], M.shape[0]
-    Y = np.subtract(X, center, dtype=np.float64)
-    yy = np.einsum("ij,ij->i", Y, Y)
-    finite = np.isfinite(yy)
-    all_finite = bool(finite.all())
-    if not all_finite:
-        Y[~finite] = 0.0  # keeps NaN out of the sums; reported as non-finite
-    dist = Y @ (-2.0 * M.T)
-    dist += m_norms[None, :]
-    lab = dist.argmin(axis=1)
-    labels[:] = lab
-    best = np.take_along_axis(dist, lab[:, None], axis=1)[:, 0]
-    best += yy
-    np.maximum(best, 0.0, out=best)
-    if all_finite:
-        wf = np.ones(n) if w is None else w
-    else:
-        best[~finite] = np.nan
-        wf = finite.astype(np.float64) if w is None else np.where(finite, w, 0.0)
-    min_dist[:] = best
-    # Per-cluster sums as a sparse one-hot (K, n) product: O(n d) instead of
-    # the O(n K d) of a dense one-hot GEMM (4x less time at K=16).
-    onehot = csc_matrix((wf, lab, np.arange(n + 1)), shape=(K, n))
-    out["N"] += np.bincount(lab, weights=wf, minlength=K)
-    out["S"] += onehot @ Y
-    if "ysum" in out:
-        out["ysum"] += Y.sum(axis=0)
-        out["ysq"] += np.einsum("ij,ij->j", Y, Y)
+def lloyd_assign(X: np.ndarray, weight: np.ndarray | None, centers: np.ndarray, center: np.ndarray):
+    """Nearest centre of every row and the per-cluster sums (compiled loop).
+
+    Rows are shifted in the data's dtype by ``center`` rounded to that dtype
+    (so float32 rows stay float32 and their distance GEMM single precision,
+    as scikit-learn's); everything is summed in float64.
+
+    Returns
+    -------
+    X : ndarray of shape (n, d), the block as float32 or float64, C-ordered
+    w : ndarray of shape (n,), float64 weights (ones when ``weight`` is None)
+    labels : ndarray of shape (n,), intp
+    min_dist : ndarray of shape (n,), ‖x − c‖² (NaN on non-finite rows)
+    stats : dict with ``N`` (K,), ``S`` (K, d) about ``center``, ``inertia``
+        and ``nonfinite``
+    """
+    n, K, d = X.shape[0], centers.shape[0], X.shape[1]
+    X = np.ascontiguousarray(X if X.dtype == np.float32 else X.astype(np.float64, copy=False))
+    center_x = center.astype(X.dtype)
+    shift = center_x.astype(np.float64)
+    w = np.ones(n) if weight is None else np.ascontiguousarray(weight, dtype=np.float64)
+    labels, min_dist = np.empty(n, dtype=np.intp), np.empty(n)
+    N, S = np.zeros(K), np.zeros((K, d))
+    sub_rows = max(64, SUB_BLOCK_BYTES // (8 * max(d, K)))
+    inertia, nonfinite = loops.lloyd_rows(
+        X, center_x, centers - shift, w, labels, min_dist, N, S, sub_rows
+    )
+    S += N[:, None] * (shift - center)
+    return X, w, labels, min_dist, {"N": N, "S": S, "inertia": inertia, "nonfinite": nonfinite}
+
+
+def _row_moments(X: np.ndarray, center: np.ndarray) -> dict:
+    """Unweighted Σ y and Σ y² (d,) of the finite rows y = x − center."""
+    ysum, ysq = np.zeros(X.shape[1]), np.zeros(X.shape[1])
+    for sl in sub_blocks(X.shape[0], X.shape[1]):
+        Y = np.subtract(X[sl], center, dtype=np.float64)
+        Y[~np.isfinite(Y).all(axis=1)] = 0.0
+        ysum += Y.sum(axis=0)
+        ysq += np.einsum("ij,ij->j", Y, Y)
+    return {"ysum": ysum, "ysq": ysq}
 
 
 def farthest_order(dist: np.ndarray) -> np.ndarray:

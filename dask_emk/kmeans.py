@@ -78,9 +78,8 @@ class LloydRun:
 
 
 def label_rows(X, centers: np.ndarray, center: np.ndarray) -> np.ndarray:
-    """Nearest centre per row, shape (n,) int32."""
-    Y = kernels.shift_block(X, center)
-    return kernels.nearest(Y, centers - center)[0].astype(np.int32)
+    """Nearest centre per row, shape (n,) int32 (as in the Lloyd passes)."""
+    return kernels.lloyd_assign(X, None, centers, center)[2].astype(np.int32)
 
 
 def distance_rows(X, centers: np.ndarray, center: np.ndarray) -> np.ndarray:

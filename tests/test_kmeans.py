@@ -77,6 +77,37 @@ def test_assign_stats_matches_naive(data):
     np.testing.assert_allclose(st["ysq"], ((X - X.mean(0)) ** 2).sum(0), rtol=1e-12)
 
 
+def test_float32_assignment_is_exact_up_to_single_precision_ties():
+    # float32 rows far from the origin (1e4) and two finite rows whose
+    # single-precision distance GEMM overflows. Every row must go to a centre
+    # within float32 rounding of its nearest (exactly the nearest unless the
+    # float64 gap is a near-tie), the overflowing rows to their exact nearest,
+    # and counts, sums and distances must be float64-exact for those labels.
+    rng = np.random.default_rng(5)
+    centers = 1e4 + rng.uniform(-50, 50, (6, 3))
+    X = (centers[rng.integers(0, 6, 3000)] + rng.standard_normal((3000, 3))).astype(np.float32)
+    X[[7, 2000]] = np.float32([[3e19, -3e19, 1e19], [3.1e19, -2.9e19, 1e19]])
+    centers = np.vstack([centers, [[3e19, -3e19, 1e19]]])
+    center = centers[:6].mean(axis=0)
+    _, _, labels, min_dist, st = kernels.lloyd_assign(X, None, centers, center)
+    X64 = X.astype(np.float64)
+    d2 = ((X64[:, None, :] - centers[None]) ** 2).sum(-1)
+    rows = np.arange(3000)
+    normal = np.setdiff1d(rows, [7, 2000])
+    excess = d2[normal, labels[normal]] - d2[normal].min(1)
+    assert excess.max() < 1e-2  # float32 GEMM of |y|·|m| ≈ 50²: rounding ≈ 1e-3
+    ties = np.sort(d2[normal], axis=1)[:, 1] - d2[normal].min(1) < 1e-2
+    np.testing.assert_array_equal(labels[normal][~ties], d2[normal][~ties].argmin(1))
+    np.testing.assert_array_equal(labels[[7, 2000]], d2[[7, 2000]].argmin(1))
+    np.testing.assert_allclose(min_dist[[7, 2000]], d2[[7, 2000]].min(1), rtol=1e-6)
+    np.testing.assert_allclose(st["inertia"], d2[rows, labels].sum(), rtol=1e-6)
+    np.testing.assert_array_equal(st["N"], np.bincount(labels, minlength=7))
+    expect_S = np.array([(X64[labels == k] - center).sum(0) for k in range(7)])
+    np.testing.assert_allclose(st["S"], expect_S, rtol=1e-12, atol=1e-6)
+    np.testing.assert_allclose(min_dist[normal], d2[normal, labels[normal]], rtol=1e-6, atol=1e-3)
+    assert st["nonfinite"] == 0
+
+
 @pytest.mark.parametrize("chunks", [None, 50, tiny_chunks(600)])
 def test_pass_merges_farthest_rows_like_one_block(data, chunks):
     X, init = data

@@ -1,0 +1,131 @@
+"""Compiled row loops (numba) for the k-means assignment.
+
+Why compiled: after the one GEMM of distances, numpy needs a separate pass
+over the (n, K) distance matrix for every step (add the centre norms, argmin,
+gather the minimum, add ‖y‖²) and another over the rows for the per-cluster
+sums; one fused loop does all of it while the row is in registers, about 3x
+faster than the best numpy sequence (benchmarks/RESULTS.md, k-means section).
+
+Fast-math here is limited to reassociation and FMA contraction (what lets the
+row sums vectorise): without ``nnan``/``ninf`` the NaN/inf checks survive,
+and adding ``nsz`` to ``reassoc`` was seen to fold away the overflow check
+(tests/test_kmeans.py covers it).
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+_SAFE_FAST_MATH = {"reassoc", "contract"}
+
+
+@numba.njit(nogil=True, fastmath=_SAFE_FAST_MATH, cache=True)
+def _assign_rows(G, m_norms, Y, means, w, labels, dist, N, S):  # pragma: no cover - compiled
+    """Nearest centre of each row of Y from G = Y (−2 M)ᵀ; adds to N and S.
+
+    Returns (Σ w ‖y − m‖², number of non-finite rows). A non-finite row gets
+    label 0, distance NaN and adds nothing.
+    """
+    n, K = G.shape
+    d = Y.shape[1]
+    inertia = 0.0
+    nonfinite = 0
+    for i in range(n):
+        yy = 0.0
+        for j in range(d):
+            y = np.float64(Y[i, j])
+            yy += y * y
+        if not np.isfinite(yy):
+            nonfinite += 1
+            labels[i] = 0
+            dist[i] = np.nan
+            continue
+        label = 0
+        best = m_norms[0] + G[i, 0]
+        overflow = not np.isfinite(best)
+        for k in range(1, K):
+            v = m_norms[k] + G[i, k]
+            overflow |= not np.isfinite(v)
+            label = k if v < best else label
+            best = v if v < best else best
+        if overflow:
+            # The GEMM overflowed in the data's precision (|y·m| ≳ 1e38 for
+            # float32) though the row is finite: redo this row in float64.
+            label, squared = _nearest_exact(Y[i], means)
+        else:
+            squared = max(yy + best, 0.0)
+        wi = w[i]
+        for j in range(d):
+            S[label, j] += wi * np.float64(Y[i, j])
+        N[label] += wi
+        labels[i] = label
+        dist[i] = squared
+        inertia += wi * squared
+    return inertia, nonfinite
+
+
+@numba.njit(nogil=True, cache=True)
+def _nearest_exact(y, means):  # pragma: no cover - compiled
+    label = 0
+    best = np.inf
+    for k in range(means.shape[0]):
+        acc = 0.0
+        for j in range(means.shape[1]):
+            diff = np.float64(y[j]) - means[k, j]
+            acc += diff * diff
+        if acc < best:
+            best = acc
+            label = k
+    return label, best
+
+
+@numba.njit(nogil=True, fastmath=_SAFE_FAST_MATH, cache=True)
+def lloyd_rows(X, center, means, w, labels, dist, N, S, sub_rows):  # pragma: no cover - compiled
+    """One Lloyd assignment of a block of rows, in cache-sized sub-blocks.
+
+    Rows are shifted by ``center`` in the data's own dtype (exact when rows
+    lie near the centre: Sterbenz), the distances come from one GEMM in that
+    dtype per sub-block, and everything accumulates in float64.
+
+    Parameters
+    ----------
+    X : ndarray of shape (n, d), float32 or float64, C-contiguous
+    center : ndarray of shape (d,), X's dtype
+        Reference point subtracted from every row.
+    means : ndarray of shape (K, d), float64
+        Centres minus ``center``.
+    w : ndarray of shape (n,), float64
+    labels : ndarray of shape (n,), intp, written
+    dist : ndarray of shape (n,), float64, written: ‖y − m‖² (NaN if non-finite)
+    N : ndarray of shape (K,), float64, added to: Σ w per cluster
+    S : ndarray of shape (K, d), float64, added to: Σ w y per cluster
+    sub_rows : int
+
+    Returns
+    -------
+    inertia : float
+    nonfinite : int
+    """
+    n, d = X.shape
+    neg2_mt = np.ascontiguousarray((-2.0 * means.T).astype(X.dtype))
+    m_norms = np.zeros(means.shape[0])
+    for k in range(means.shape[0]):
+        for j in range(d):
+            m_norms[k] += means[k, j] * means[k, j]
+    buffer = np.empty((max(min(sub_rows, n), 1), d), X.dtype)
+    inertia = 0.0
+    nonfinite = 0
+    for start in range(0, n, sub_rows):
+        stop = min(start + sub_rows, n)
+        Y = buffer[: stop - start]
+        for i in range(stop - start):
+            for j in range(d):
+                Y[i, j] = X[start + i, j] - center[j]
+        G = np.dot(Y, neg2_mt)
+        part, bad = _assign_rows(
+            G, m_norms, Y, means, w[start:stop], labels[start:stop], dist[start:stop], N, S
+        )
+        inertia += part
+        nonfinite += bad
+    return inertia, nonfinite
