@@ -80,11 +80,35 @@ class MixtureParams:
         return -0.5 * C, self.log_peak - 0.5 * const
 
 
-def shift_block(X: np.ndarray, center: np.ndarray) -> np.ndarray:
-    """Return ``X - center`` as a new float64 array of shape (n, d)."""
-    Y = np.asarray(X, dtype=np.float64).copy()
-    Y -= center
-    return Y
+class Scratch:
+    """Reusable float64 work buffers for the sub-blocks of one kernel call.
+
+    Fresh multi-MB temporaries per sub-block are served by ``mmap`` and
+    page-faulted in every time (glibc's default; Dask's nanny even lowers the
+    trim threshold): that tripled the E-step's time. Buffers taken from here
+    are overwritten by the next sub-block, so nothing built on them may be
+    returned.
+    """
+
+    def __init__(self) -> None:
+        self._buffers: dict[str, np.ndarray] = {}
+
+    def get(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
+        """A C-contiguous float64 array of ``shape`` (contents undefined)."""
+        size = math.prod(shape)
+        buffer = self._buffers.get(name)
+        if buffer is None or buffer.size < size:
+            buffer = self._buffers[name] = np.empty(size)
+        return buffer[:size].reshape(shape)
+
+
+def _buffer(scratch: Scratch | None, name: str, shape: tuple[int, ...]) -> np.ndarray:
+    return np.empty(shape) if scratch is None else scratch.get(name, shape)
+
+
+def shift_block(X: np.ndarray, center: np.ndarray, scratch: Scratch | None = None) -> np.ndarray:
+    """Return ``X - center`` as a float64 array of shape (n, d)."""
+    return np.subtract(X, center, out=_buffer(scratch, "Y", X.shape), dtype=np.float64)
 
 
 def log_det_cholesky(prec_chol: np.ndarray, covariance_type: str, d: int) -> np.ndarray:
@@ -119,7 +143,9 @@ def n_quadratic(d: int, covariance_type: str) -> int:
     ]
 
 
-def quadratic_features(Y: np.ndarray, covariance_type: str) -> np.ndarray:
+def quadratic_features(
+    Y: np.ndarray, covariance_type: str, scratch: Scratch | None = None
+) -> np.ndarray:
     """Φ(y) = [quadratic terms of y, y], shape (n, q + d).
 
     The quadratic terms are ‖y‖² (spherical, shared; q = 1), y² (diag; q = d)
@@ -130,18 +156,18 @@ def quadratic_features(Y: np.ndarray, covariance_type: str) -> np.ndarray:
     """
     n, d = Y.shape
     q = n_quadratic(d, covariance_type)
-    phi = np.empty((n, q + d))
-    phi[:, q:] = Y
+    # Built feature-major (q + d, n) and returned as its transpose: each
+    # feature is then one contiguous row, and BLAS takes either orientation.
+    phi_t = _buffer(scratch, "phi", (q + d, n))
+    y_t = phi_t[q:]
+    y_t[...] = Y.T
     if covariance_type == "diag":
-        np.multiply(Y, Y, out=phi[:, :d])
+        np.multiply(y_t, y_t, out=phi_t[:q])
     elif covariance_type == "full":
-        start = 0
-        for i in range(d):
-            np.multiply(Y[:, i : i + 1], Y[:, i:], out=phi[:, start : start + d - i])
-            start += d - i
+        loops.upper_products(y_t, phi_t)
     else:
-        phi[:, 0] = np.einsum("ij,ij->i", Y, Y)
-    return phi
+        np.einsum("ji,ji->i", y_t, y_t, out=phi_t[0])
+    return phi_t.T
 
 
 def quadratic_coefficients(params: MixtureParams) -> tuple[np.ndarray, np.ndarray]:
@@ -168,7 +194,9 @@ def quadratic_coefficients(params: MixtureParams) -> tuple[np.ndarray, np.ndarra
     return np.concatenate([quad, -2.0 * prec_m], axis=1).T, const
 
 
-def weighted_log_prob(Y: np.ndarray, params: MixtureParams) -> tuple[np.ndarray, np.ndarray | None]:
+def weighted_log_prob(
+    Y: np.ndarray, params: MixtureParams, scratch: Scratch | None = None
+) -> tuple[np.ndarray, np.ndarray | None]:
     """log π_k + log N(y | μ_k, Σ_k) of shifted rows Y, shape (K, n).
 
     Returns
@@ -186,9 +214,13 @@ def weighted_log_prob(Y: np.ndarray, params: MixtureParams) -> tuple[np.ndarray,
         weighted *= -0.5
         weighted += peak
         return weighted, None
-    phi = quadratic_features(Y, params.covariance_type)
+    phi = quadratic_features(Y, params.covariance_type, scratch)
     A, b = params.log_prob_coefficients
-    weighted = A.T @ phi.T
+    # (n, K) is BLAS's fast output orientation here (~25% on the full
+    # GEMM); one cheap transposed copy then gives the component-major layout.
+    by_row = np.matmul(phi, A, out=_buffer(scratch, "by_row", (Y.shape[0], A.shape[1])))
+    weighted = _buffer(scratch, "weighted", (A.shape[1], Y.shape[0]))
+    weighted[...] = by_row.T
     weighted += b[:, None]
     # Rounding in the expansion can put a row a hair inside distance zero.
     np.minimum(weighted, peak, out=weighted)
@@ -196,7 +228,7 @@ def weighted_log_prob(Y: np.ndarray, params: MixtureParams) -> tuple[np.ndarray,
 
 
 def responsibilities(
-    Y: np.ndarray, params: MixtureParams
+    Y: np.ndarray, params: MixtureParams, scratch: Scratch | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """log p(y) and responsibilities, in log space throughout (logsumexp).
 
@@ -209,7 +241,7 @@ def responsibilities(
     phi : ndarray of shape (n, q + d) or None
         See :func:`weighted_log_prob`.
     """
-    weighted, phi = weighted_log_prob(Y, params)
+    weighted, phi = weighted_log_prob(Y, params, scratch)
     top = weighted.max(axis=0)
     with np.errstate(invalid="ignore"):
         weighted -= top
@@ -258,6 +290,7 @@ def raw_moments(
     weight: np.ndarray | None,
     covariance_type: str,
     phi: np.ndarray | None = None,
+    scratch: Scratch | None = None,
 ) -> dict[str, np.ndarray]:
     """Responsibility-weighted moments about the reference center (additive).
 
@@ -270,13 +303,15 @@ def raw_moments(
     (d, d) = Σ w y yᵀ (Σ_k r = 1 makes one GEMM do for all components);
     otherwise ``raw`` (K, q + d) = Σ w r Φ(y).
     """
-    wr = resp if weight is None else resp * weight[None, :]
+    wr = resp
+    if weight is not None:
+        wr = np.multiply(resp, weight[None, :], out=_buffer(scratch, "wr", resp.shape))
     N = wr.sum(axis=1)
     if covariance_type == "tied":
         wY = Y if weight is None else Y * weight[:, None]
         return {"N": N, "SY": wr @ Y, "YY": wY.T @ Y}
     if phi is None:
-        phi = quadratic_features(Y, covariance_type)
+        phi = quadratic_features(Y, covariance_type, scratch)
     return {"N": N, "raw": wr @ phi}
 
 
@@ -356,21 +391,21 @@ def estep_stats(
     in :func:`moment_stats` about the current means.
     """
     d, ct = X.shape[1], moment_type or params.covariance_type
-    total = None
+    total, scratch = None, Scratch()
     for rows in sub_blocks(X.shape[0], n_quadratic(d, ct) + d + params.means.shape[0]):
         w = None if weight is None else weight[rows]
-        total = add_stats(total, _estep_sub_block(X[rows], w, params, ct, softness))
+        total = add_stats(total, _estep_sub_block(X[rows], w, params, ct, softness, scratch))
     stats = central_moments(total, params.shifted_means, ct)
     extra = ("n", "loglik", "nonfinite") + (("soft",) if softness else ())
     stats.update((name, total[name]) for name in extra)
     return stats
 
 
-def _estep_sub_block(X, weight, params: MixtureParams, moment_type: str, softness: bool) -> dict:
-    Y = shift_block(X, params.center)
+def _estep_sub_block(X, weight, params, moment_type, softness, scratch: Scratch) -> dict:
+    Y = shift_block(X, params.center, scratch)
     # NaN/inf rows turn into NaN here by design: counted and dropped just below.
     with np.errstate(invalid="ignore", over="ignore"):
-        log_prob_norm, resp, phi = responsibilities(Y, params)
+        log_prob_norm, resp, phi = responsibilities(Y, params, scratch)
     finite = np.isfinite(log_prob_norm)
     nonfinite = Y.shape[0] - int(finite.sum())
     if nonfinite:
@@ -379,7 +414,7 @@ def _estep_sub_block(X, weight, params: MixtureParams, moment_type: str, softnes
         weight = None if weight is None else weight[finite]
     if moment_type != params.covariance_type:
         phi = None  # features of another covariance type: formed by raw_moments
-    stats = raw_moments(Y, resp, weight, moment_type, phi)
+    stats = raw_moments(Y, resp, weight, moment_type, phi, scratch)
     w_total = float(Y.shape[0]) if weight is None else float(weight.sum())
     loglik = log_prob_norm.sum() if weight is None else log_prob_norm @ weight
     stats.update(n=np.float64(w_total), loglik=np.float64(loglik), nonfinite=np.float64(nonfinite))

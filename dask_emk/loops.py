@@ -114,6 +114,7 @@ def lloyd_rows(X, center, means, w, labels, dist, N, S, sub_rows):  # pragma: no
         for j in range(d):
             m_norms[k] += means[k, j] * means[k, j]
     buffer = np.empty((max(min(sub_rows, n), 1), d), X.dtype)
+    products = np.empty((buffer.shape[0], means.shape[0]), X.dtype)
     inertia = 0.0
     nonfinite = 0
     for start in range(0, n, sub_rows):
@@ -122,10 +123,36 @@ def lloyd_rows(X, center, means, w, labels, dist, N, S, sub_rows):  # pragma: no
         for i in range(stop - start):
             for j in range(d):
                 Y[i, j] = X[start + i, j] - center[j]
-        G = np.dot(Y, neg2_mt)
+        G = products[: stop - start]
+        np.dot(Y, neg2_mt, G)  # into a reused buffer: a fresh one is page-faulted in
         part, bad = _assign_rows(
             G, m_norms, Y, means, w[start:stop], labels[start:stop], dist[start:stop], N, S
         )
         inertia += part
         nonfinite += bad
     return inertia, nonfinite
+
+
+@numba.njit(nogil=True, cache=True)
+def upper_products(YT, out):  # pragma: no cover - compiled
+    """out[c] = YT[i] * YT[j] for the pairs i ≤ j in ``np.triu_indices`` order.
+
+    Feature-major, so every product is one contiguous vectorised row; numpy
+    needs a strided write per pair, and building these features cost as
+    much as a GEMM (~4x this loop).
+
+    Parameters
+    ----------
+    YT : ndarray of shape (d, n), float64, the rows transposed
+    out : ndarray of shape (d(d+1)/2 + ..., n), float64; rows 0..q-1 written
+    """
+    d, n = YT.shape
+    col = 0
+    for i in range(d):
+        a = YT[i]
+        for j in range(i, d):
+            b = YT[j]
+            row = out[col]
+            for r in range(n):
+                row[r] = a[r] * b[r]
+            col += 1
