@@ -355,7 +355,7 @@ class AnnealedGaussianMixture(TransformerMixin, ClusterMixin, BaseEstimator):
     n_lloyd_max_iter : int, default=300
         Lloyd iterations at most, for each of the Lloyd runs.
     split_every : int, optional
-        Fan-in of the Dask tree reduction.
+        Fan-in of the Dask tree reduction (32 when None).
     verbose : int, default=0
         Print one line per annealing step.
 

@@ -109,7 +109,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         With ``covariance_type='shared'``: fix σ² to this value instead of
         learning it (annealing and hard k-means limits).
     split_every : int, optional
-        Fan-in of the Dask tree reduction (dask's default when None).
+        Fan-in of the Dask tree reduction (32 when None: one combine per 32 blocks).
     callback : callable, optional
         ``callback(model, info)`` after every EM iteration, for progress
         display and checkpoints. ``model`` then holds that iteration's

@@ -115,7 +115,7 @@ class KMeans(TransformerMixin, ClusterMixin, BaseEstimator):
     init_max_iter : int, optional
         k-means|| rounds (default 5).
     split_every : int, optional
-        Fan-in of the Dask tree reduction.
+        Fan-in of the Dask tree reduction (32 when None).
     verbose : int, default=0
     callback : callable, optional
         ``callback(model, info)`` after every Lloyd iteration, for progress
