@@ -14,6 +14,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+import dask
 import numpy as np
 import zarr
 from zarr.codecs import BloscCodec
@@ -54,8 +55,12 @@ def sample_block(truth: MixtureTruth, n_rows: int, rng: np.random.Generator):
     """Draw ``n_rows`` samples and their labels from the mixture (in memory)."""
     labels = rng.choice(truth.weights.size, size=n_rows, p=truth.weights)
     chol = np.linalg.cholesky(truth.covariances)
-    noise = rng.standard_normal((n_rows, truth.means.shape[1]))
-    X = truth.means[labels] + np.einsum("nij,nj->ni", chol[labels], noise)
+    X = rng.standard_normal((n_rows, truth.means.shape[1]))
+    # One GEMM per component: gathering a d×d factor per row would hold an
+    # (n, d, d) array, 512 MB for a million rows in 8-D.
+    for k in range(truth.weights.size):
+        rows = labels == k
+        X[rows] = X[rows] @ chol[k].T + truth.means[k]
     return X, labels
 
 
@@ -69,7 +74,7 @@ def write_mixture_zarr(
     seed: int = 0,
     overwrite: bool = False,
 ) -> Path:
-    """Write a mixture data set to a zarr store, one chunk in memory at a time.
+    """Write a mixture data set to a zarr store, one Dask task per chunk.
 
     Parameters
     ----------
@@ -88,6 +93,12 @@ def write_mixture_zarr(
     Returns
     -------
     Path of the finished store.
+
+    Notes
+    -----
+    The chunks are written by the Dask scheduler in effect (local threads
+    unless one is set), so with a cluster the store must be on a file system
+    the workers share.
     """
     final = Path(path)
     if n_samples < 1 or chunk_rows < 1:
@@ -106,11 +117,14 @@ def write_mixture_zarr(
         "labels", shape=(n_samples,), chunks=(chunk_rows,), dtype="int32", compressors=compressors
     )
     streams = np.random.SeedSequence(seed).spawn(-(-n_samples // chunk_rows))
-    for i, stream in enumerate(streams):
-        start, stop = i * chunk_rows, min((i + 1) * chunk_rows, n_samples)
-        block, block_labels = sample_block(truth, stop - start, np.random.default_rng(stream))
-        X[start:stop] = block.astype(dtype)
-        labels[start:stop] = block_labels
+    shared_truth = dask.delayed(truth)
+    write = dask.delayed(_write_chunk, pure=False)
+    bounds = [(i * chunk_rows, min((i + 1) * chunk_rows, n_samples)) for i in range(len(streams))]
+    # One task per chunk on the scheduler in effect (local threads by
+    # default, the cluster inside a pipeline): each writes its own chunks.
+    dask.compute(
+        *(write(X, labels, *b, shared_truth, s) for b, s in zip(bounds, streams, strict=True))
+    )
     for name in ("weights", "means", "covariances"):
         group.create_array(name, data=getattr(truth, name))
     group.attrs.update(
@@ -120,6 +134,12 @@ def write_mixture_zarr(
         shutil.rmtree(final)
     os.replace(tmp, final)
     return final
+
+
+def _write_chunk(X, labels, start: int, stop: int, truth: MixtureTruth, stream) -> None:
+    block, block_labels = sample_block(truth, stop - start, np.random.default_rng(stream))
+    X[start:stop] = block.astype(X.dtype)
+    labels[start:stop] = block_labels
 
 
 def read_truth(path: str | os.PathLike) -> MixtureTruth:
