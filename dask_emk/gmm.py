@@ -56,18 +56,17 @@ def resp_block(X, weight, rule: tuple, center, covariance_type, layout: StatsLay
 
 def log_prob_rows(X, params: kernels.MixtureParams) -> np.ndarray:
     """log p(x) per row, shape (n,)."""
-    return kernels.responsibilities(kernels.shift_block(X, params.center), params)[0]
+    return kernels.mixture_rows(X, params, "log_prob")
 
 
 def resp_rows(X, params: kernels.MixtureParams) -> np.ndarray:
     """Responsibilities per row, shape (n, K)."""
-    return kernels.responsibilities(kernels.shift_block(X, params.center), params)[1].T
+    return kernels.mixture_rows(X, params, "resp")
 
 
 def label_rows(X, params: kernels.MixtureParams) -> np.ndarray:
     """Most probable component per row, shape (n,)."""
-    weighted, _ = kernels.weighted_log_prob(kernels.shift_block(X, params.center), params)
-    return weighted.argmax(axis=0)
+    return kernels.mixture_rows(X, params, "label")
 
 
 class GaussianMixture(DensityMixin, BaseEstimator):

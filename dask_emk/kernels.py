@@ -464,13 +464,51 @@ def resp_stats(
     center : ndarray of shape (d,)
     covariance_type : str
     """
-    Y = shift_block(X, center)
+    n, d = X.shape
     K = resp.shape[1]
-    stats = moment_stats(Y, resp.T, weight, np.zeros((K, Y.shape[1])), covariance_type)
-    w_total = float(Y.shape[0]) if weight is None else float(weight.sum())
-    nonfinite = Y.shape[0] - int(np.isfinite(Y).all(axis=1).sum())
+    total, scratch = None, Scratch()
+    for rows in sub_blocks(n, n_quadratic(d, covariance_type) + d + K):
+        Y = shift_block(X[rows], center, scratch)
+        w = None if weight is None else weight[rows]
+        total = add_stats(total, raw_moments(Y, resp[rows].T, w, covariance_type, None, scratch))
+    stats = central_moments(total, np.zeros((K, d)), covariance_type)
+    w_total = float(n) if weight is None else float(weight.sum())
+    nonfinite = n - int(np.isfinite(X).all(axis=1).sum())
     stats.update(n=np.float64(w_total), loglik=np.float64(0.0), nonfinite=np.float64(nonfinite))
     return stats
+
+
+def mixture_rows(X: np.ndarray, params: MixtureParams, kind: str) -> np.ndarray:
+    """Per-row outputs of one block, computed in cache-sized sub-blocks.
+
+    Memory stays a small multiple of the block: the features Φ of a whole
+    block would be (q + d)/d times its size (70x for full covariance, d=32).
+
+    Parameters
+    ----------
+    X : ndarray of shape (n, d)
+    params : MixtureParams
+    kind : {'log_prob', 'resp', 'label'}
+
+    Returns
+    -------
+    log p(x) (n,), responsibilities (n, K) or the most probable component
+    (n,) int64; NaN (label 0) on rows that are not finite.
+    """
+    n, d = X.shape
+    K = params.means.shape[0]
+    shapes = {"log_prob": ((n,), np.float64), "resp": ((n, K), np.float64)}
+    shape, dtype = shapes.get(kind, ((n,), np.int64))
+    out, scratch = np.empty(shape, dtype=dtype), Scratch()
+    for rows in sub_blocks(n, n_quadratic(d, params.covariance_type) + d + K):
+        Y = shift_block(X[rows], params.center, scratch)
+        with np.errstate(invalid="ignore", over="ignore"):
+            if kind == "label":
+                out[rows] = weighted_log_prob(Y, params, scratch)[0].argmax(axis=0)
+            else:
+                log_prob_norm, resp, _ = responsibilities(Y, params, scratch)
+                out[rows] = log_prob_norm if kind == "log_prob" else resp.T
+    return out
 
 
 # --------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.mixture import GaussianMixture as SKGM
 
 import dask_emk
-from dask_emk import GaussianMixture
+from dask_emk import GaussianMixture, kernels
 
 K = 3
 
@@ -42,10 +42,12 @@ def copy_params_to_sklearn(ours, sk):
 
 # ------------------------------------------------------------------ EM vs sklearn
 @pytest.mark.parametrize("ct", SK_TYPES)
-@pytest.mark.parametrize("kind", ["numpy", "dask97"])
-def test_em_matches_sklearn(X, ct, kind):
+@pytest.mark.parametrize("kind", ["numpy", "dask97", "numpy-64-row-sub-blocks"])
+def test_em_matches_sklearn(X, ct, kind, monkeypatch):
+    if kind == "numpy-64-row-sub-blocks":  # statistics added up over many sub-blocks
+        monkeypatch.setattr(kernels, "SUB_BLOCK_BYTES", 64)
     ours, sk = both(ct, X)
-    data = X if kind == "numpy" else da.from_array(X, chunks=(97, -1))
+    data = da.from_array(X, chunks=(97, -1)) if kind == "dask97" else X
     with pytest.warns(ConvergenceWarning):
         ours.fit(data)
     with pytest.warns(ConvergenceWarning):
@@ -140,15 +142,17 @@ def test_fit_predict_equals_fit_then_predict(X, kind):
 
 
 @pytest.mark.parametrize("ct", SK_TYPES)
-@pytest.mark.parametrize("kind", ["numpy", "dask"])
-def test_predictions_match_sklearn_for_same_parameters(X, ct, kind):
+@pytest.mark.parametrize("kind", ["numpy", "dask", "numpy-64-row-sub-blocks"])
+def test_predictions_match_sklearn_for_same_parameters(X, ct, kind, monkeypatch):
+    if kind == "numpy-64-row-sub-blocks":  # per-row outputs assembled from 5 sub-blocks
+        monkeypatch.setattr(kernels, "SUB_BLOCK_BYTES", 64)
     ours, sk = both(ct, X, max_iter=5)
     fit_quiet(ours, X)
     fit_quiet(sk, X)
     copy_params_to_sklearn(ours, sk)
     rng = np.random.default_rng(9)
     Xt = X[rng.choice(len(X), 300)] + 0.3 * rng.normal(size=(300, X.shape[1]))
-    data = Xt if kind == "numpy" else da.from_array(Xt, chunks=(97, -1))
+    data = da.from_array(Xt, chunks=(97, -1)) if kind == "dask" else Xt
     np.testing.assert_array_equal(np.asarray(ours.predict(data)), sk.predict(Xt))
     np.testing.assert_allclose(
         np.asarray(ours.predict_proba(data)), sk.predict_proba(Xt), rtol=1e-9, atol=1e-12

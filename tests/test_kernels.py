@@ -101,7 +101,10 @@ def sample_block(rng, n, d, params, dense_cov, weights):
 @pytest.mark.parametrize("ct", TYPES)
 @pytest.mark.parametrize("weighted", [False, True])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-def test_estep_stats_matches_reference(ct, weighted, dtype):
+@pytest.mark.parametrize("sub_block_bytes", [None, 64])  # 64: sub-blocks of 64 rows
+def test_estep_stats_matches_reference(ct, weighted, dtype, sub_block_bytes, monkeypatch):
+    if sub_block_bytes:
+        monkeypatch.setattr(kernels, "SUB_BLOCK_BYTES", sub_block_bytes)
     rng = np.random.default_rng(hash((ct, weighted, str(dtype))) % 2**32)
     K, d, n = 3, 4, 400
     params, dense, weights = make_params(ct, K, d, rng)
@@ -113,6 +116,32 @@ def test_estep_stats_matches_reference(ct, weighted, dtype):
     assert got["nonfinite"] == 0
     for name in ("N", "S", "Q", "loglik"):
         assert np.asarray(got[name]).dtype == np.float64
+
+
+@pytest.mark.parametrize("ct", TYPES)
+@pytest.mark.parametrize("sub_block_bytes", [None, 64])
+def test_resp_stats_are_moments_about_the_center(ct, sub_block_bytes, monkeypatch):
+    """Initialisation statistics for given responsibilities vs plain numpy."""
+    if sub_block_bytes:
+        monkeypatch.setattr(kernels, "SUB_BLOCK_BYTES", sub_block_bytes)
+    rng = np.random.default_rng(4)
+    X, w = rng.normal(size=(300, 3)) + 5.0, rng.uniform(0, 2, 300)
+    resp = rng.dirichlet(np.ones(4), size=300)
+    center = X[:10].mean(axis=0)
+    got = kernels.resp_stats(X, w, resp, center, ct)
+    Y, wr = X - center, resp * w[:, None]
+    second = np.einsum("nk,ni,nj->kij", wr, Y, Y)
+    Q = {
+        "full": second,
+        "tied": second.sum(axis=0),
+        "diag": np.einsum("kii->ki", second),
+        "spherical": np.einsum("kii->k", second),
+        "shared": np.einsum("kii->k", second),
+    }[ct]
+    np.testing.assert_allclose(got["N"], wr.sum(axis=0), rtol=1e-12)
+    np.testing.assert_allclose(got["S"], wr.T @ Y, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(got["Q"], Q, rtol=1e-12, atol=1e-12)
+    assert got["n"] == pytest.approx(w.sum(), rel=1e-12) and got["nonfinite"] == 0
 
 
 @pytest.mark.parametrize("ct", TYPES)
