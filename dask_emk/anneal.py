@@ -7,8 +7,9 @@ How a fit runs (passes over the FULL data in brackets):
    variance [1; both in one Dask compute for lazy input];
 2. deterministic annealing on the sample, in memory, computing only with the
    distinct means (rules in :mod:`dask_emk.anneal_rules`) [0];
-3. Lloyd on the sample with the surplus means, Ward merges down to K, Lloyd
-   on the sample again [0];
+3. Lloyd on the sample with the surplus means, Ward merges down to K, the
+   K means annealed on until the assignments are hard, Lloyd on the sample
+   again [0];
 4. Lloyd on the full data with :class:`dask_emk.KMeans` from those centres
    [its iterations, plus one final assignment pass unless it converged
    exactly].
@@ -279,6 +280,21 @@ class Annealer:
                 sigma2 = sigma2_next
         return AnnealResult(means, weights, sigma2, n_iter, path, stop)
 
+    def harden(self, means, weights, sigma2, path) -> tuple[np.ndarray, int, int]:
+        """Anneal fixed means (no splits) from ``sigma2`` until the assignments
+        are hard (:func:`rules.is_hard`); returns means, iterations, steps."""
+        n_iter, steps = 0, 0
+        while True:
+            means, weights, stats, it = self.settle(means, weights, sigma2)
+            n_iter, steps = n_iter + it, steps + 1
+            softness = float(stats["soft"] / stats["n"])
+            path.record(sigma2, means, weights, float(stats["loglik"] / stats["n"]), softness, it)
+            if self.verbose:
+                print(f"σ²={sigma2:.4g} means={means.shape[0]} iters={it} softness={softness:.2g}")
+            if rules.is_hard(softness, sigma2, self.sigma2_stop):
+                return means, n_iter, steps
+            sigma2 *= self.cooling
+
     def _coalesce(self, means, weights, stats, sigma2, path):
         pairs = rules.coalesce_pairs(means, sigma2)
         if not pairs:
@@ -366,13 +382,14 @@ class AnnealedGaussianMixture(TransformerMixin, ClusterMixin, BaseEstimator):
     weights_ : ndarray of shape (n_components,)
         Fraction of the (weighted) data nearest to each centre.
     sigma2_ : float
-        σ² of the last annealing step (default for :meth:`predict_proba`).
+        σ² of the last annealing step (default for :meth:`predict_proba`):
+        after a merge, where the K means' assignments became hard.
     labels_ : ndarray (numpy input) or lazy dask array / xarray.DataArray
     inertia_ : float
         Σ w ‖x − c‖² over the full data at the final centres.
     n_iter_ : int
-        Iterations in all: annealing EM on the sample, Lloyd on the sample,
-        Lloyd on the full data.
+        Iterations in all: annealing EM on the sample (before and after the
+        merge), Lloyd on the sample, Lloyd on the full data.
     n_full_passes_ : int
         Reductions over the full data during ``fit`` (``labels_`` excluded:
         lazy for lazy input).
@@ -479,7 +496,7 @@ class AnnealedGaussianMixture(TransformerMixin, ClusterMixin, BaseEstimator):
         annealer = Annealer(sample, budget, self.cooling, stop, self.max_iter_per_step, self.tol,
                             self.split_every, self.verbose)  # fmt: skip
         result = annealer.run(sigma2)
-        centers, n_sample_iter = self._reduce_to_k(sample, result)
+        centers, n_sample_iter = self._reduce_to_k(sample, result, annealer)
         km = _lloyd(X if data.kind != "numpy" else data.array, weight, centers,
                     self.n_lloyd_max_iter, self.tol, self.split_every)  # fmt: skip
         passes = 1 + _lloyd_passes(km)
@@ -488,15 +505,23 @@ class AnnealedGaussianMixture(TransformerMixin, ClusterMixin, BaseEstimator):
         self._set_fitted(km, result, sample, data, n_sample_iter, passes)
         return self
 
-    def _reduce_to_k(self, sample: Sample, result: AnnealResult) -> tuple[np.ndarray, int]:
+    def _reduce_to_k(self, sample: Sample, result: AnnealResult, annealer: Annealer):
         """Lloyd on the sample with the annealed means, Ward merges (or splits)
-        to K, Lloyd again; returns the K centres and the Lloyd iterations."""
+        to K, the merged means annealed until hard, Lloyd again.
+
+        Returns the K centres and the iterations on the sample (Lloyd and the
+        anneal after the merge; its steps are appended to ``result.path``).
+        """
         K = self.n_components
         km = _lloyd(sample.X, sample.weight, result.means, self.n_lloyd_max_iter, self.tol, None)
         centers, mass, n_iter = km.cluster_centers_, km.cluster_weights_, km.n_iter_
         if centers.shape[0] > K:
             centers, mass, merges = rules.ward_merge(centers, mass, K)
             self._record_merges(result.path, merges, result.sigma2)
+            # Anneal on from the next σ² of the schedule (rules.is_hard).
+            centers, it, _ = annealer.harden(centers, mass / mass.sum(),
+                                             self.cooling * result.sigma2, result.path)  # fmt: skip
+            n_iter += it
         while centers.shape[0] < K:  # annealing ended early: split the widest
             centers = self._split_widest(sample, centers, K - centers.shape[0])
         km = _lloyd(sample.X, sample.weight, centers, self.n_lloyd_max_iter, self.tol, None)
@@ -532,7 +557,7 @@ class AnnealedGaussianMixture(TransformerMixin, ClusterMixin, BaseEstimator):
         self.means_ = km.cluster_centers_.astype(dtype)
         self.cluster_centers_ = self.means_
         self.weights_ = np.asarray(km.cluster_weights_ / km.cluster_weights_.sum(), dtype=dtype)
-        self.sigma2_ = float(result.sigma2)
+        self.sigma2_ = float(result.path.steps[-1]["sigma2"])
         self.labels_ = km.labels_
         self.inertia_ = float(km.inertia_)
         self.n_iter_ = int(result.n_iter + n_sample_iter + km.n_iter_)
