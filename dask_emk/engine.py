@@ -10,12 +10,18 @@ block that made them.
 Parameters go into the graph as one ``dask.delayed`` object, so a large one
 (full precisions, K·d·d) is a single key shipped once per worker rather than
 a copy embedded in every task.
+
+In-memory (numpy) input does not go through Dask: its blocks are views
+mapped over a local thread pool. ``dask.array.from_array`` copies the whole
+array on every call (dask 2026), which cost more than a k-means pass.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from functools import lru_cache, partial
 from typing import Any
@@ -50,9 +56,10 @@ def block_stats_array(
 ) -> da.Array:
     """Lazy (n_blocks, size) array: ``block_fn(x_block, w_block, *args)`` per block.
 
-    ``args`` are wrapped in one ``dask.delayed`` so they enter the graph once.
+    ``args`` are wrapped in one ``dask.delayed`` so they enter the graph once,
+    under a random key: hashing them (pure=True) cost ~1.5 ms a pass.
     """
-    packed_args = dask.delayed(args, pure=True, traverse=False)
+    packed_args = dask.delayed(args, pure=False, traverse=False)
     w_arg = (None, None) if weight is None else (weight, "i")
     return da.blockwise(
         _call_block,
@@ -86,9 +93,9 @@ def reduce_pass(
 ) -> np.ndarray:
     """One pass over the data: sum of ``block_fn`` over all blocks, shape (size,).
 
-    Exactly one ``compute``: with the scheduler in effect for dask input, and
-    with local threads for in-memory numpy input (split into blocks here);
-    numpy input that fits one block is computed directly, without Dask.
+    Exactly one ``compute`` with the scheduler in effect for dask input;
+    in-memory numpy input is split into blocks here and run on local threads
+    (:func:`local_map`), without Dask.
 
     Parameters
     ----------
@@ -106,48 +113,44 @@ def reduce_pass(
         and keep meaning when applied to its own outputs; rows arrive in
         block order.
     """
-    if fits_one_block(X):
-        with single_blas_thread():
-            row = np.asarray(block_fn(X, weight, *args), dtype=np.float64)
+    if not isinstance(X, da.Array):
+        w = None if weight is None else np.asarray(weight)
+        rows = local_map(
+            lambda sl: block_fn(X[sl], None if w is None else w[sl], *args), X.shape[0], X.shape[1]
+        )
+        stacked = np.concatenate([np.asarray(r, dtype=np.float64).reshape(1, -1) for r in rows])
         # As the reduction's aggregate step would (e.g. sorting a top-m list).
-        return (row if combine is None else combine(row)).reshape(size)
-    X, weight, scheduler = as_blocks(X, weight)
+        return (stacked.sum(axis=0) if combine is None else combine(stacked)).reshape(size)
     split_every = split_every or DEFAULT_SPLIT_EVERY
     blocks = block_stats_array(X, weight, block_fn, size, *args)
     if combine is None:
         total = blocks.sum(axis=0, split_every=split_every)
     else:
         total = combine_reduction(blocks, combine, split_every)
-    return np.asarray(compute_one(total, scheduler)).reshape(size)
+    return np.asarray(compute_one(total)).reshape(size)
 
 
-def fits_one_block(X) -> bool:
-    """In-memory input of one block: run the kernel here, without a Dask graph.
+def local_map(fn: Callable[[slice], Any], n_rows: int, n_features: int) -> list:
+    """``fn`` over row slices of :func:`numpy_block_rows` rows, in block order.
 
-    Small passes are frequent (the annealing runs thousands on its sample),
-    and a graph and a compute would cost more than the kernel itself.
+    One block runs here; more run on a process-wide pool of one thread per
+    core, with one BLAS thread each. Small inputs are frequent (the annealing
+    runs thousands of passes on its sample) and need no pool at all.
     """
-    return not isinstance(X, da.Array) and X.shape[0] <= numpy_block_rows(X.shape[1])
+    step = numpy_block_rows(n_features)
+    slices = [slice(start, start + step) for start in range(0, max(n_rows, 1), step)]
+    with single_blas_thread():
+        if len(slices) == 1:
+            return [fn(slices[0])]
+        return list(_local_pool().map(fn, slices))
 
 
-def as_blocks(X, weight) -> tuple[da.Array, da.Array | None, str | None]:
-    """Dask arrays for the data and weights, and the scheduler to use.
-
-    In-memory input becomes blocks of :func:`numpy_block_rows` rows computed
-    with local threads (never shipped to a distributed cluster); dask input
-    keeps its chunks and the scheduler in effect (None).
-    """
-    if isinstance(X, da.Array):
-        return X, weight, None
-    step = numpy_block_rows(X.shape[1])
-    # name=False: a random key instead of hashing the whole array every pass.
-    blocks = da.from_array(X, chunks=(step, -1), name=False)
-    if weight is not None:
-        weight = da.from_array(np.asarray(weight), chunks=(step,), name=False)
-    return blocks, weight, "threads"
+@lru_cache(maxsize=1)
+def _local_pool() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(os.cpu_count() or 1, thread_name_prefix="dask-emk")
 
 
-def compute_one(result: da.Array, scheduler: str | None):
+def compute_one(result: da.Array):
     """``dask.compute`` of one result with one BLAS thread per task.
 
     Dask already runs one task per core: BLAS threads inside each task would
@@ -157,7 +160,7 @@ def compute_one(result: da.Array, scheduler: str | None):
     (:func:`dask_emk.io.storage_errors`).
     """
     with single_blas_thread(), storage_errors(result):
-        (value,) = dask.compute(result, scheduler=scheduler)
+        (value,) = dask.compute(result)
     return value
 
 
@@ -243,17 +246,15 @@ def map_rows(
     n_out : int, optional
         Width of the per-row output; None for one value per row.
     """
-    if fits_one_block(X):
-        with single_blas_thread():
-            return _call_rows(X, row_fn, args, dtype)
-    lazy, _, scheduler = as_blocks(X, None)
-    packed_args = dask.delayed(args, pure=True, traverse=False)
+    if not isinstance(X, da.Array):
+        parts = local_map(lambda sl: _call_rows(X[sl], row_fn, args, dtype), *X.shape)
+        return np.concatenate(parts)
+    packed_args = dask.delayed(args, pure=False, traverse=False)
     index, extra = ("i", {}) if n_out is None else ("ij", {"adjust_chunks": {"j": n_out}})
-    out = da.blockwise(
-        _call_rows, index, lazy, "ij", row_fn, None, packed_args, None, dtype, None,
+    return da.blockwise(
+        _call_rows, index, X, "ij", row_fn, None, packed_args, None, dtype, None,
         dtype=dtype, meta=np.empty((0,) * len(index), dtype=dtype), concatenate=True, **extra,
     )  # fmt: skip
-    return out if scheduler is None else compute_one(out, scheduler)
 
 
 def _call_rows(x, row_fn, args, dtype):

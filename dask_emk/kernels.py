@@ -549,9 +549,7 @@ def assign_stats(
     ``far_x`` (m, d) (unshifted, float64), sorted by :func:`farthest_order`,
     padded with ``far_dist = -inf``; with ``moments`` also ``ysum``, ``ysq``.
     """
-    X, w, labels, min_dist, out = lloyd_assign(X, weight, centers, center)
-    if moments:
-        out.update(_row_moments(X, center))
+    X, w, labels, min_dist, out = lloyd_assign(X, weight, centers, center, moments)
     if out["nonfinite"]:  # rows holding NaN/inf: counted, then left out of the rest
         finite = np.isfinite(min_dist)
         X, w, labels, min_dist = X[finite], w[finite], labels[finite], min_dist[finite]
@@ -560,7 +558,13 @@ def assign_stats(
     return out
 
 
-def lloyd_assign(X: np.ndarray, weight: np.ndarray | None, centers: np.ndarray, center: np.ndarray):
+def lloyd_assign(
+    X: np.ndarray,
+    weight: np.ndarray | None,
+    centers: np.ndarray,
+    center: np.ndarray,
+    moments: bool = False,
+):
     """Nearest centre of every row and the per-cluster sums (compiled loop).
 
     Rows are shifted in the data's dtype by ``center`` rounded to that dtype
@@ -574,7 +578,8 @@ def lloyd_assign(X: np.ndarray, weight: np.ndarray | None, centers: np.ndarray, 
     labels : ndarray of shape (n,), intp
     min_dist : ndarray of shape (n,), ‖x − c‖² (NaN on non-finite rows)
     stats : dict with ``N`` (K,), ``S`` (K, d) about ``center``, ``inertia``
-        and ``nonfinite``
+        and ``nonfinite``; with ``moments`` also the finite rows' unweighted
+        ``ysum`` and ``ysq`` (d,) about ``center``
     """
     n, K, d = X.shape[0], centers.shape[0], X.shape[1]
     X = np.ascontiguousarray(X if X.dtype == np.float32 else X.astype(np.float64, copy=False))
@@ -583,23 +588,18 @@ def lloyd_assign(X: np.ndarray, weight: np.ndarray | None, centers: np.ndarray, 
     w = np.ones(n) if weight is None else np.ascontiguousarray(weight, dtype=np.float64)
     labels, min_dist = np.empty(n, dtype=np.intp), np.empty(n)
     N, S = np.zeros(K), np.zeros((K, d))
+    ysum, ysq = np.zeros(d if moments else 0), np.zeros(d if moments else 0)
     sub_rows = max(64, SUB_BLOCK_BYTES // (8 * max(d, K)))
     inertia, nonfinite = loops.lloyd_rows(
-        X, center_x, centers - shift, w, labels, min_dist, N, S, sub_rows
+        X, center_x, centers - shift, w, labels, min_dist, N, S, ysum, ysq, sub_rows
     )
-    S += N[:, None] * (shift - center)
-    return X, w, labels, min_dist, {"N": N, "S": S, "inertia": inertia, "nonfinite": nonfinite}
-
-
-def _row_moments(X: np.ndarray, center: np.ndarray) -> dict:
-    """Unweighted Σ y and Σ y² (d,) of the finite rows y = x − center."""
-    ysum, ysq = np.zeros(X.shape[1]), np.zeros(X.shape[1])
-    for sl in sub_blocks(X.shape[0], X.shape[1]):
-        Y = np.subtract(X[sl], center, dtype=np.float64)
-        Y[~np.isfinite(Y).all(axis=1)] = 0.0
-        ysum += Y.sum(axis=0)
-        ysq += np.einsum("ij,ij->j", Y, Y)
-    return {"ysum": ysum, "ysq": ysq}
+    delta = shift - center  # re-centre the sums from the dtype-rounded reference
+    S += N[:, None] * delta
+    stats = {"N": N, "S": S, "inertia": inertia, "nonfinite": nonfinite}
+    if moments:
+        count = n - nonfinite
+        stats.update(ysum=ysum + count * delta, ysq=ysq + 2 * delta * ysum + count * delta**2)
+    return X, w, labels, min_dist, stats
 
 
 def farthest_order(dist: np.ndarray) -> np.ndarray:

@@ -21,11 +21,12 @@ _SAFE_FAST_MATH = {"reassoc", "contract"}
 
 
 @numba.njit(nogil=True, fastmath=_SAFE_FAST_MATH, cache=True)
-def _assign_rows(G, m_norms, Y, means, w, labels, dist, N, S):  # pragma: no cover - compiled
+def _assign_rows(G, m_norms, Y, means, w, labels, dist, N, S, ysum, ysq):  # pragma: no cover
     """Nearest centre of each row of Y from G = Y (−2 M)ᵀ; adds to N and S.
 
-    Returns (Σ w ‖y − m‖², number of non-finite rows). A non-finite row gets
-    label 0, distance NaN and adds nothing.
+    Also adds the finite rows' Σ y and Σ y² to ``ysum`` and ``ysq`` unless
+    those are empty. Returns (Σ w ‖y − m‖², number of non-finite rows). A
+    non-finite row gets label 0, distance NaN and adds nothing.
     """
     n, K = G.shape
     d = Y.shape[1]
@@ -59,6 +60,10 @@ def _assign_rows(G, m_norms, Y, means, w, labels, dist, N, S):  # pragma: no cov
         for j in range(d):
             S[label, j] += wi * np.float64(Y[i, j])
         N[label] += wi
+        for j in range(ysum.shape[0]):
+            y = np.float64(Y[i, j])
+            ysum[j] += y
+            ysq[j] += y * y
         labels[i] = label
         dist[i] = squared
         inertia += wi * squared
@@ -81,7 +86,7 @@ def _nearest_exact(y, means):  # pragma: no cover - compiled
 
 
 @numba.njit(nogil=True, fastmath=_SAFE_FAST_MATH, cache=True)
-def lloyd_rows(X, center, means, w, labels, dist, N, S, sub_rows):  # pragma: no cover - compiled
+def lloyd_rows(X, center, means, w, labels, dist, N, S, ysum, ysq, sub_rows):  # pragma: no cover
     """One Lloyd assignment of a block of rows, in cache-sized sub-blocks.
 
     Rows are shifted by ``center`` in the data's own dtype (exact when rows
@@ -100,6 +105,8 @@ def lloyd_rows(X, center, means, w, labels, dist, N, S, sub_rows):  # pragma: no
     dist : ndarray of shape (n,), float64, written: ‖y − m‖² (NaN if non-finite)
     N : ndarray of shape (K,), float64, added to: Σ w per cluster
     S : ndarray of shape (K, d), float64, added to: Σ w y per cluster
+    ysum, ysq : ndarray of shape (d,) or (0,), float64, added to: the
+        unweighted Σ y and Σ y² of the finite rows (skipped when empty)
     sub_rows : int
 
     Returns
@@ -126,8 +133,9 @@ def lloyd_rows(X, center, means, w, labels, dist, N, S, sub_rows):  # pragma: no
         G = products[: stop - start]
         np.dot(Y, neg2_mt, G)  # into a reused buffer: a fresh one is page-faulted in
         part, bad = _assign_rows(
-            G, m_norms, Y, means, w[start:stop], labels[start:stop], dist[start:stop], N, S
-        )
+            G, m_norms, Y, means, w[start:stop], labels[start:stop], dist[start:stop], N, S,
+            ysum, ysq,
+        )  # fmt: skip
         inertia += part
         nonfinite += bad
     return inertia, nonfinite
