@@ -31,10 +31,11 @@ import dask
 import dask.array as da
 import numpy as np
 import zarr
+from dask.utils import parse_bytes
 from distributed import Client, LocalCluster
 from sklearn.exceptions import ConvergenceWarning
 
-from dask_emk import GaussianMixture, KMeans
+from dask_emk import GaussianMixture, KMeans, engine
 from dask_emk.datasets import random_mixture, write_mixture_zarr
 
 D, K = 8, 16
@@ -181,17 +182,27 @@ def _gc() -> None:
     gc.collect()
 
 
-def chunk_overhead(n: int, m: int) -> dict:
-    """Per-chunk cost: persisted data in small vs large chunks, same rows."""
+def chunk_overhead(n: int, group: bool) -> dict:
+    """Per-chunk cost: persisted data in small vs large chunks, same rows.
+
+    ``group=False`` turns off the engine's grouping of small chunks into
+    ~4 MiB tasks, which shows the scheduler's own cost per task.
+    """
     rng = np.random.default_rng(0)
     centers = rng.normal(size=(K, D))
     times = {}
-    for rows in (100_000, 1_000):
-        X = da.random.default_rng(1).standard_normal((n, D), chunks=(rows, D))
-        X = X.astype(np.float32).persist()
-        X.sum().compute()  # wait until persisted
-        times[rows] = kmeans_iteration(X, centers, m)
-        del X
+    saved = engine.MIN_TASK_BYTES
+    engine.MIN_TASK_BYTES = saved if group else 0
+    try:
+        for rows in (100_000, 1_000):
+            X = da.random.default_rng(1).standard_normal((n, D), chunks=(rows, D))
+            X = X.astype(np.float32).persist()
+            X.sum().compute()  # wait until persisted
+            # 10 timed iterations: a 1M-row iteration is only tens of ms.
+            times[rows] = min(kmeans_iteration(X, centers, 10) for _ in range(3))
+            del X
+    finally:
+        engine.MIN_TASK_BYTES = saved
     extra = n // 1_000 - n // 100_000
     return dict(times=times, per_chunk=(times[1_000] - times[100_000]) / extra)
 
@@ -199,12 +210,18 @@ def chunk_overhead(n: int, m: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dir", type=Path, default=Path("/work/bench-data"))
-    parser.add_argument("--memory-limit", default="500MiB", help="per worker")
+    # 768 MiB: the workers' baseline (numpy, scipy, scikit-learn, numba...) is
+    # ~330 MiB of unmanaged memory; at 500 MiB distributed's spill threshold
+    # (70% of the limit) sat just above it.
+    parser.add_argument("--memory-limit", default="768MiB", help="per worker")
     parser.add_argument("--chunk-rows", type=int, default=500_000)
     parser.add_argument("--repeat", type=int, default=2, help="extra iterations per timing")
+    parser.add_argument("--overhead-only", action="store_true", help="parts 4 and 5 only")
     args = parser.parse_args()
+    if args.overhead_only:
+        return overhead_parts()
     args.dir.mkdir(parents=True, exist_ok=True)
-    limit = 500 * 2**20 if args.memory_limit == "500MiB" else int(args.memory_limit)
+    limit = parse_bytes(args.memory_limit)
     total = 2 * limit
     n1 = total // ROW_BYTES // args.chunk_rows * args.chunk_rows
     print(
@@ -250,17 +267,31 @@ def main() -> None:
                 f"({scaling[f] / scaling[1]:.2f}x)"
             )
 
+    overhead_parts(limit)
+
+
+def overhead_parts(limit: int = 768 * 2**20) -> None:
+    """Parts 4 and 5: per-chunk overhead, distributed and local threads."""
+    with (
+        LocalCluster(
+            n_workers=2, threads_per_worker=1, memory_limit=limit, dashboard_address=":0"
+        ) as cluster,
+        Client(cluster),
+    ):
         print("4. per-chunk overhead (persisted, 1,000,000 rows), distributed")
-        print_overhead(chunk_overhead(1_000_000, args.repeat))
+        for group in (True, False):
+            print_overhead(chunk_overhead(1_000_000, group), group)
     print("5. per-chunk overhead (1,000,000 rows in memory), local threaded scheduler")
     with dask.config.set(scheduler="threads"):
-        print_overhead(chunk_overhead(1_000_000, args.repeat))
+        for group in (True, False):
+            print_overhead(chunk_overhead(1_000_000, group), group)
 
 
-def print_overhead(overhead: dict) -> None:
+def print_overhead(overhead: dict, group: bool) -> None:
     t = overhead["times"]
     print(
-        f"  10 chunks {t[100_000] * 1e3:.0f} ms/iter, "
+        f"  {'grouped (default)' if group else 'grouping off'}: "
+        f"10 chunks {t[100_000] * 1e3:.0f} ms/iter, "
         f"1000 chunks {t[1_000] * 1e3:.0f} ms/iter: "
         f"{overhead['per_chunk'] * 1e3:.2f} ms per extra chunk per iteration"
     )

@@ -1,4 +1,4 @@
-"""Compiled row loops (numba) for the k-means assignment.
+"""Compiled row loops (numba): the k-means assignment, full-covariance features.
 
 Why compiled: after the one GEMM of distances, numpy needs a separate pass
 over the (n, K) distance matrix for every step (add the centre norms, argmin,

@@ -14,9 +14,14 @@ import numpy as np
 import xarray as xr
 from scipy.optimize import linear_sum_assignment
 
+from dask_emk import engine
+
 ROOT = Path(__file__).resolve().parents[1]
 PIPELINES = ROOT / "pipelines"
 VENV_BIN = Path(sys.executable).parent
+#: The engine's chunk grouping as `dask-emk` subprocesses see it (read at
+#: collection, before conftest turns it off for the in-process tests).
+DEFAULT_MIN_TASK_BYTES = engine.MIN_TASK_BYTES
 
 
 def to_toml(cfg: dict) -> str:

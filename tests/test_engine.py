@@ -131,6 +131,45 @@ def test_reduce_pass_dask_equals_numpy(X, split_every):
     np.testing.assert_allclose(b, a, rtol=1e-11)
 
 
+# ------------------------------------------------------------- grouped small chunks
+def test_group_small_chunks_merges_runs_up_to_the_target(monkeypatch):
+    monkeypatch.setattr(engine, "MIN_TASK_BYTES", 100 * 3 * 8)  # 100 rows of 3 float64
+    X = da.zeros((1000, 3), chunks=((30,) * 33 + (10,), 3))
+    w = da.ones(1000, chunks=((30,) * 33 + (10,),))
+    gX, gw = engine.group_small_chunks(X, w)
+    assert gX.chunks[0] == (120,) * 8 + (40,)  # runs of 4 chunks, the rest last
+    assert gw.chunks == (gX.chunks[0],)
+    big = da.zeros((1000, 3), chunks=(500, 3))
+    assert engine.group_small_chunks(big, None)[0] is big  # large chunks untouched
+
+
+@pytest.mark.parametrize("model", ["gmm-full", "kmeans"])
+def test_grouped_chunks_give_the_ungrouped_result(X, model, monkeypatch):
+    """Default grouping (97-row chunks merged into one task) vs none, with weights."""
+    from dask_emk import KMeans
+
+    dX = da.from_array(X, chunks=(97, -1))
+    w = np.random.default_rng(3).uniform(0.5, 2.0, len(X))
+    dw = da.from_array(w, chunks=97)
+
+    def fit():
+        if model == "kmeans":
+            return KMeans(K, init=X[:K], max_iter=20, tol=0.0).fit(dX, sample_weight=dw)
+        est = GaussianMixture(K, max_iter=10, tol=0.0, **init_params(X, K, "full"))
+        return fit_quiet(est, dX, sample_weight=dw)
+
+    ungrouped = fit()
+    monkeypatch.setattr(engine, "MIN_TASK_BYTES", 4 * 2**20)
+    assert engine.group_small_chunks(dX, dw)[0].numblocks[0] == 1
+    grouped = fit()
+    if model == "kmeans":
+        np.testing.assert_allclose(grouped.cluster_centers_, ungrouped.cluster_centers_, rtol=1e-12)
+        assert grouped.inertia_ == pytest.approx(ungrouped.inertia_, rel=1e-12)
+        assert grouped.n_iter_ == ungrouped.n_iter_
+    else:
+        assert_params_close(grouped, ungrouped, rtol=1e-10)
+
+
 # ----------------------------------------------------------------------- schedulers
 def _scheduler_fit(X, ct):
     init = init_params(X, K, ct)
@@ -198,3 +237,14 @@ def test_distributed_cluster_agrees(X, reference_fits, cluster, ct):
         labels = gm.predict(da.from_array(X, chunks=(97, -1))).compute()
     assert_params_close(gm, reference_fits[ct], rtol=1e-10)
     np.testing.assert_array_equal(labels, reference_fits[ct].predict(X))
+
+
+@pytest.mark.slow
+def test_grouped_chunks_on_distributed_cluster(X, reference_fits, cluster, monkeypatch):
+    from distributed import Client
+
+    monkeypatch.setattr(engine, "MIN_TASK_BYTES", 4096)  # ~170-row tasks of 97-row chunks
+    assert engine.group_small_chunks(da.from_array(X, chunks=(97, -1)), None)[0].numblocks[0] > 1
+    with Client(cluster):
+        gm = _scheduler_fit(X, "full")
+    assert_params_close(gm, reference_fits["full"], rtol=1e-10)

@@ -19,6 +19,7 @@ import pytest
 import zarr
 from click.testing import CliRunner
 from pipeline_helpers import (
+    DEFAULT_MIN_TASK_BYTES,
     ROOT,
     VENV_BIN,
     dask_cluster_processes,
@@ -28,6 +29,7 @@ from pipeline_helpers import (
 )
 from sklearn.mixture import GaussianMixture as SkGaussianMixture
 
+from dask_emk import engine
 from dask_emk.cli import main
 
 QUICK = {"input.generate": {"n": 60_000, "chunk_rows": 10_000}, "anneal": {"sample_size": 5_000}}
@@ -167,7 +169,11 @@ RESUME = {
 
 
 @pytest.mark.slow
-def test_resume_after_kill_equals_uninterrupted(tmp_path):
+def test_resume_after_kill_equals_uninterrupted(tmp_path, monkeypatch):
+    # The killed run is a subprocess with the engine's default chunk grouping
+    # (which shapes k-means|| seeding): the in-process runs must use it too.
+    assert DEFAULT_MIN_TASK_BYTES > 0
+    monkeypatch.setattr(engine, "MIN_TASK_BYTES", DEFAULT_MIN_TASK_BYTES)
     (tmp_path / "full").mkdir(), (tmp_path / "killed").mkdir()
     toml = scaled_pipeline("quickstart", tmp_path / "killed", drop=["anneal"], **RESUME)
     proc = subprocess.Popen(
