@@ -216,11 +216,15 @@ def weighted_log_prob(
         return weighted, None
     phi = quadratic_features(Y, params.covariance_type, scratch)
     A, b = params.log_prob_coefficients
-    # (n, K) is BLAS's fast output orientation here (~25% on the full
-    # GEMM); one cheap transposed copy then gives the component-major layout.
-    by_row = np.matmul(phi, A, out=_buffer(scratch, "by_row", (Y.shape[0], A.shape[1])))
     weighted = _buffer(scratch, "weighted", (A.shape[1], Y.shape[0]))
-    weighted[...] = by_row.T
+    if A.shape[0] >= WIDE_FEATURES:
+        # (n, K) is BLAS's fast output orientation for many features (~25% on
+        # the full GEMM); one transposed copy then gives the component-major
+        # layout. With few features the copy costs more than it saves.
+        by_row = np.matmul(phi, A, out=_buffer(scratch, "by_row", (Y.shape[0], A.shape[1])))
+        weighted[...] = by_row.T
+    else:
+        np.matmul(A.T, phi.T, out=weighted)
     weighted += b[:, None]
     # Rounding in the expansion can put a row a hair inside distance zero.
     np.minimum(weighted, peak, out=weighted)
@@ -343,6 +347,9 @@ def central_moments(raw: dict, M: np.ndarray, covariance_type: str) -> dict:
     np.maximum(Q, 0.0, out=Q)
     return {"N": N, "S": S, "Q": Q}
 
+
+#: Feature count (q + d) from which the E-step GEMM is written row-major.
+WIDE_FEATURES = 64
 
 #: Rows per sub-block inside a kernel call: small enough that Φ stays in cache.
 SUB_BLOCK_BYTES = 2**21

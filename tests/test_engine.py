@@ -134,18 +134,21 @@ def test_reduce_pass_dask_equals_numpy(X, split_every):
 # ------------------------------------------------------------- grouped small chunks
 def test_group_small_chunks_merges_runs_up_to_the_target(monkeypatch):
     monkeypatch.setattr(engine, "MIN_TASK_BYTES", 100 * 3 * 8)  # 100 rows of 3 float64
-    X = da.zeros((1000, 3), chunks=((30,) * 33 + (10,), 3))
-    w = da.ones(1000, chunks=((30,) * 33 + (10,),))
+    X = da.zeros((3210, 3), chunks=((30,) * 107, 3))
+    w = da.ones(3210, chunks=((30,) * 107,))
     gX, gw = engine.group_small_chunks(X, w)
-    assert gX.chunks[0] == (120,) * 8 + (40,)  # runs of 4 chunks, the rest last
+    assert gX.chunks[0] == (120,) * 26 + (90,)  # runs of 4 chunks, the rest last
     assert gw.chunks == (gX.chunks[0],)
+    # Never fewer than MIN_TASKS tasks: 600 rows stay in runs of 2 (60 >= 600 / 16).
+    small = engine.group_small_chunks(da.zeros((600, 3), chunks=(30, 3)), None)[0]
+    assert small.chunks[0] == (60,) * 10
     big = da.zeros((1000, 3), chunks=(500, 3))
     assert engine.group_small_chunks(big, None)[0] is big  # large chunks untouched
 
 
 @pytest.mark.parametrize("model", ["gmm-full", "kmeans"])
 def test_grouped_chunks_give_the_ungrouped_result(X, model, monkeypatch):
-    """Default grouping (97-row chunks merged into one task) vs none, with weights."""
+    """Grouping (97-row chunks merged into two tasks) vs none, with weights."""
     from dask_emk import KMeans
 
     dX = da.from_array(X, chunks=(97, -1))
@@ -160,7 +163,8 @@ def test_grouped_chunks_give_the_ungrouped_result(X, model, monkeypatch):
 
     ungrouped = fit()
     monkeypatch.setattr(engine, "MIN_TASK_BYTES", 4 * 2**20)
-    assert engine.group_small_chunks(dX, dw)[0].numblocks[0] == 1
+    monkeypatch.setattr(engine, "MIN_TASKS", 2)  # 11 chunks of 97 rows -> 2 tasks
+    assert engine.group_small_chunks(dX, dw)[0].numblocks[0] == 2
     grouped = fit()
     if model == "kmeans":
         np.testing.assert_allclose(grouped.cluster_centers_, ungrouped.cluster_centers_, rtol=1e-12)
@@ -244,7 +248,8 @@ def test_grouped_chunks_on_distributed_cluster(X, reference_fits, cluster, monke
     from distributed import Client
 
     monkeypatch.setattr(engine, "MIN_TASK_BYTES", 4096)  # ~170-row tasks of 97-row chunks
-    assert engine.group_small_chunks(da.from_array(X, chunks=(97, -1)), None)[0].numblocks[0] > 1
+    monkeypatch.setattr(engine, "MIN_TASKS", 1)
+    assert engine.group_small_chunks(da.from_array(X, chunks=(97, -1)), None)[0].numblocks[0] == 6
     with Client(cluster):
         gm = _scheduler_fit(X, "full")
     assert_params_close(gm, reference_fits["full"], rtol=1e-10)

@@ -102,9 +102,14 @@ def sample_block(rng, n, d, params, dense_cov, weights):
 @pytest.mark.parametrize("weighted", [False, True])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("sub_block_bytes", [None, 64])  # 64: sub-blocks of 64 rows
-def test_estep_stats_matches_reference(ct, weighted, dtype, sub_block_bytes, monkeypatch):
+@pytest.mark.parametrize("row_major_gemm", [False, True])
+def test_estep_stats_matches_reference(
+    ct, weighted, dtype, sub_block_bytes, row_major_gemm, monkeypatch
+):
     if sub_block_bytes:
         monkeypatch.setattr(kernels, "SUB_BLOCK_BYTES", sub_block_bytes)
+    # Both orientations of the E-step GEMM (chosen by the number of features).
+    monkeypatch.setattr(kernels, "WIDE_FEATURES", 0 if row_major_gemm else 10**9)
     rng = np.random.default_rng(hash((ct, weighted, str(dtype))) % 2**32)
     K, d, n = 3, 4, 400
     params, dense, weights = make_params(ct, K, d, rng)
