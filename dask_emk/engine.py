@@ -67,7 +67,8 @@ def block_stats_array(
     """Lazy (n_blocks, size) array: ``block_fn(x_block, w_block, *args)`` per block.
 
     ``args`` are wrapped in one ``dask.delayed`` so they enter the graph once,
-    under a random key: hashing them (pure=True) cost ~1.5 ms a pass.
+    under a random key: hashing them (pure=True) cost ~1.5 ms a pass. The
+    layer is named from that key, which saves hashing its arguments too.
     """
     packed_args = dask.delayed(args, pure=False, traverse=False)
     w_arg = (None, None) if weight is None else (weight, "i")
@@ -85,6 +86,7 @@ def block_stats_array(
         dtype=np.float64,
         meta=np.empty((0, 0), dtype=np.float64),
         concatenate=True,
+        name=f"block-stats-{packed_args.key}",
     )
 
 
@@ -254,6 +256,7 @@ def combine_reduction(
         split_every=split_every,
         dtype=np.float64,
         meta=np.empty((0, 0), dtype=np.float64),
+        name=f"combine-{blocks.name}",
     )
 
 
