@@ -85,7 +85,8 @@ class Scratch:
 
     Fresh multi-MB temporaries per sub-block are served by ``mmap`` and
     page-faulted in every time (glibc's default; Dask's nanny even lowers the
-    trim threshold): that tripled the E-step's time. Buffers taken from here
+    trim threshold): that tripled the E-step's time in a single-thread
+    measurement (benchmarks/RESULTS.md). Buffers taken from here
     are overwritten by the next sub-block, so nothing built on them may be
     returned.
     """
