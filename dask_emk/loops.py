@@ -20,7 +20,24 @@ import numpy as np
 _SAFE_FAST_MATH = {"reassoc", "contract"}
 
 
-@numba.njit(nogil=True, fastmath=_SAFE_FAST_MATH, cache=True)
+def compiled(**options):
+    """``numba.njit(nogil=True)``, cached on disk where a cache can be written.
+
+    numba raises at import when it finds no writable cache location (a
+    read-only install with no writable $HOME, common in containers); the
+    loops are then compiled once per process instead (about a second).
+    """
+
+    def decorate(function):
+        try:
+            return numba.njit(nogil=True, cache=True, **options)(function)
+        except RuntimeError:
+            return numba.njit(nogil=True, **options)(function)
+
+    return decorate
+
+
+@compiled(fastmath=_SAFE_FAST_MATH)
 def _assign_rows(G, m_norms, Y, means, w, labels, dist, N, S, ysum, ysq):  # pragma: no cover
     """Nearest centre of each row of Y from G = Y (−2 M)ᵀ; adds to N and S.
 
@@ -70,7 +87,7 @@ def _assign_rows(G, m_norms, Y, means, w, labels, dist, N, S, ysum, ysq):  # pra
     return inertia, nonfinite
 
 
-@numba.njit(nogil=True, cache=True)
+@compiled()
 def _nearest_exact(y, means):  # pragma: no cover - compiled
     label = 0
     best = np.inf
@@ -85,7 +102,7 @@ def _nearest_exact(y, means):  # pragma: no cover - compiled
     return label, best
 
 
-@numba.njit(nogil=True, fastmath=_SAFE_FAST_MATH, cache=True)
+@compiled(fastmath=_SAFE_FAST_MATH)
 def lloyd_rows(X, center, means, w, labels, dist, N, S, ysum, ysq, sub_rows):  # pragma: no cover
     """One Lloyd assignment of a block of rows, in cache-sized sub-blocks.
 
@@ -141,7 +158,7 @@ def lloyd_rows(X, center, means, w, labels, dist, N, S, ysum, ysq, sub_rows):  #
     return inertia, nonfinite
 
 
-@numba.njit(nogil=True, cache=True)
+@compiled()
 def upper_products(YT, out):  # pragma: no cover - compiled
     """out[c] = YT[i] * YT[j] for the pairs i ≤ j in ``np.triu_indices`` order.
 

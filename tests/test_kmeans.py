@@ -447,3 +447,27 @@ def test_callback_reports_every_lloyd_iteration_like_sklearn(data):
     for info in seen:
         sk = sk_fit(X, init, max_iter=info["iteration"], tol=0.0)
         np.testing.assert_allclose(info["centers"], sk.cluster_centers_, rtol=1e-12, atol=1e-12)
+
+
+def test_compiled_loops_fall_back_to_no_disk_cache(monkeypatch):
+    """Where numba finds no writable cache location (it raises at import),
+    the loops are compiled without a disk cache instead of failing."""
+    import numba
+
+    from dask_emk import loops
+
+    real_njit = numba.njit
+
+    def njit(**options):
+        if options.get("cache"):
+            raise RuntimeError("cannot cache function: no locator available")
+        return real_njit(**options)
+
+    monkeypatch.setattr(numba, "njit", njit)
+
+    @loops.compiled()
+    def add(a, b):
+        return a + b
+
+    assert add(2.0, 3.5) == 5.5
+    assert add.py_func(2.0, 3.5) == 5.5  # a numba dispatcher, not the plain function
