@@ -138,7 +138,11 @@ def _from_xarray(X, name: str) -> InputData:
         _as_float_dask(data, name) if isinstance(data, da.Array) else _as_float_numpy(data, name)
     )
     if not isinstance(array, da.Array):
-        array = da.from_array(array, chunks=(-1, -1))
+        from .engine import numpy_block_rows  # the engine imports this module
+
+        # Blocks as for numpy input, so the passes run in parallel (one
+        # whole-array chunk ran every pass on a single thread).
+        array = da.from_array(array, chunks=(numpy_block_rows(array.shape[1]), -1))
     coords = {k: v for k, v in X.coords.items() if v.dims == (sample_dim,)}
     labels = X[feature_dim].values if feature_dim in X.coords else None
     return InputData(array, "xarray", str(sample_dim), str(feature_dim), coords, labels)
