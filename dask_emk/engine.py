@@ -147,10 +147,9 @@ def group_small_chunks(X: da.Array, weight: da.Array | None):
     """Merge runs of consecutive row chunks smaller than :data:`MIN_TASK_BYTES`.
 
     Runs stop at that size or at 1/:data:`MIN_TASKS` of the rows, whichever
-    is smaller.
-    Only merges (a pure concatenation, never a split), so data in 1,000-row
-    chunks costs one task per ~4 MiB instead of one per chunk. Results do
-    not depend on it beyond the order of float64 additions.
+    is smaller. Only merges (a pure concatenation, never a split), so data in
+    1,000-row chunks costs one task per ~4 MiB instead of one per chunk.
+    Results do not depend on it beyond the order of float64 additions.
     """
     row_bytes = max(X.shape[1] * X.dtype.itemsize, 1)
     target = max(1, min(MIN_TASK_BYTES // row_bytes, X.shape[0] // MIN_TASKS))
@@ -165,8 +164,6 @@ def group_small_chunks(X: da.Array, weight: da.Array | None):
             run = 0
     if run:
         grouped.append(run)
-    if len(grouped) == len(sizes):
-        return X, weight
     chunks = (tuple(grouped),)
     return X.rechunk(chunks + ((X.shape[1],),)), None if weight is None else weight.rechunk(chunks)
 

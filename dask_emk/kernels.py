@@ -362,6 +362,11 @@ def sub_blocks(n: int, width: int):
     return [slice(s, s + step) for s in range(0, max(n, 1), step)]
 
 
+def mixture_sub_blocks(n: int, d: int, covariance_type: str, n_components: int):
+    """:func:`sub_blocks` sized for one row's features Φ and K log-densities."""
+    return sub_blocks(n, n_quadratic(d, covariance_type) + d + n_components)
+
+
 def add_stats(total: dict | None, part: dict) -> dict:
     """Elementwise sum of two statistics dicts (None is the empty sum)."""
     if total is None:
@@ -400,7 +405,7 @@ def estep_stats(
     """
     d, ct = X.shape[1], moment_type or params.covariance_type
     total, scratch = None, Scratch()
-    for rows in sub_blocks(X.shape[0], n_quadratic(d, ct) + d + params.means.shape[0]):
+    for rows in mixture_sub_blocks(X.shape[0], d, ct, params.means.shape[0]):
         w = None if weight is None else weight[rows]
         total = add_stats(total, _estep_sub_block(X[rows], w, params, ct, softness, scratch))
     stats = central_moments(total, params.shifted_means, ct)
@@ -475,7 +480,7 @@ def resp_stats(
     n, d = X.shape
     K = resp.shape[1]
     total, scratch = None, Scratch()
-    for rows in sub_blocks(n, n_quadratic(d, covariance_type) + d + K):
+    for rows in mixture_sub_blocks(n, d, covariance_type, K):
         Y = shift_block(X[rows], center, scratch)
         w = None if weight is None else weight[rows]
         total = add_stats(total, raw_moments(Y, resp[rows].T, w, covariance_type, None, scratch))
@@ -505,10 +510,10 @@ def mixture_rows(X: np.ndarray, params: MixtureParams, kind: str) -> np.ndarray:
     """
     n, d = X.shape
     K = params.means.shape[0]
-    shapes = {"log_prob": ((n,), np.float64), "resp": ((n, K), np.float64)}
-    shape, dtype = shapes.get(kind, ((n,), np.int64))
-    out, scratch = np.empty(shape, dtype=dtype), Scratch()
-    for rows in sub_blocks(n, n_quadratic(d, params.covariance_type) + d + K):
+    shape = (n, K) if kind == "resp" else (n,)
+    out = np.empty(shape, dtype=np.int64 if kind == "label" else np.float64)
+    scratch = Scratch()
+    for rows in mixture_sub_blocks(n, d, params.covariance_type, K):
         Y = shift_block(X[rows], params.center, scratch)
         with np.errstate(invalid="ignore", over="ignore"):
             if kind == "label":
