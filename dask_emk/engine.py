@@ -2,8 +2,8 @@
 
 A *block function* maps one block of rows (and its sample weights) to a flat
 float64 row of statistics (:class:`dask_emk.stats.StatsLayout`). A pass
-applies it to every block with ``dask.array.blockwise`` and adds the rows with
-a tree reduction (``Array.sum(split_every=...)``), then computes once. Only
+applies it to every block with ``dask.array.blockwise``, adds the rows in a
+tree of delayed combine steps (:func:`combine_tree`), then computes once. Only
 the summed vector comes back to the client; responsibilities never leave the
 block that made them.
 
@@ -23,12 +23,13 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from functools import lru_cache, partial
+from functools import lru_cache
 from typing import Any
 
 import dask
 import dask.array as da
 import numpy as np
+from dask.delayed import Delayed
 from threadpoolctl import ThreadpoolController
 
 from .io import storage_errors
@@ -131,16 +132,16 @@ def reduce_pass(
             lambda sl: block_fn(X[sl], None if w is None else w[sl], *args), X.shape[0], X.shape[1]
         )
         stacked = np.concatenate([np.asarray(r, dtype=np.float64).reshape(1, -1) for r in rows])
-        # As the reduction's aggregate step would (e.g. sorting a top-m list).
-        return (stacked.sum(axis=0) if combine is None else combine(stacked)).reshape(size)
-    split_every = split_every or DEFAULT_SPLIT_EVERY
+        # As the tree's last step would (e.g. sorting a top-m list).
+        return (combine or _add_rows)(stacked).reshape(size)
     X, weight = group_small_chunks(X, weight)
     blocks = block_stats_array(X, weight, block_fn, size, *args)
-    if combine is None:
-        total = blocks.sum(axis=0, split_every=split_every)
-    else:
-        total = combine_reduction(blocks, combine, split_every)
-    return np.asarray(compute_one(total)).reshape(size)
+    total = combine_tree(blocks, combine or _add_rows, split_every or DEFAULT_SPLIT_EVERY)
+    return np.asarray(compute_one(total, source=blocks)).reshape(size)
+
+
+def _add_rows(rows: np.ndarray) -> np.ndarray:
+    return rows.sum(axis=0, keepdims=True)
 
 
 def group_small_chunks(X: da.Array, weight: da.Array | None):
@@ -188,17 +189,17 @@ def _local_pool() -> ThreadPoolExecutor:
     return ThreadPoolExecutor(os.cpu_count() or 1, thread_name_prefix="dask-emk")
 
 
-def compute_one(result: da.Array):
+def compute_one(result, source: da.Array | None = None):
     """``dask.compute`` of one result with one BLAS thread per task.
 
     Dask already runs one task per core: BLAS threads inside each task would
     oversubscribe the cores (measured 5-30x slower on 2 cores). Distributed
     workers get the same limit from their nanny's environment. A failure
-    reading a zarr store becomes a ValueError naming the store
-    (:func:`dask_emk.io.storage_errors`).
+    reading a zarr store of ``source`` (default: ``result``) becomes a
+    ValueError naming the store (:func:`dask_emk.io.storage_errors`).
     """
-    with single_blas_thread(), storage_errors(result):
-        (value,) = dask.compute(result)
+    with single_blas_thread(), storage_errors(result if source is None else source):
+        (value,) = dask.compute(result, optimize_graph=False)
     return value
 
 
@@ -233,38 +234,35 @@ def single_blas_thread():
                 _blas_state["limiter"].restore_original_limits()
 
 
-def combine_reduction(
-    blocks: da.Array, combine: Callable[[np.ndarray], np.ndarray], split_every: int | None
-) -> da.Array:
-    """Tree-reduce (n_blocks, size) rows with ``combine`` into a lazy (1, size).
+def combine_tree(
+    blocks: da.Array, combine: Callable[[np.ndarray], np.ndarray], split_every: int
+) -> Delayed:
+    """Tree-reduce (n_blocks, size) rows with ``combine`` into one delayed (1, size).
 
-    ``dask.array.reduction`` with ``concatenate=True`` hands each combine
-    step the rows of up to ``split_every`` blocks stacked in block order.
+    Each step hands ``combine`` the rows of up to ``split_every`` blocks (or
+    steps) stacked in block order, so the result does not depend on the
+    scheduler. The blocks' graph is optimised here, once, as a compute
+    would (a block's zarr read stays fused with its kernel); the tree is a
+    few delayed calls. ``dask.array.reduction`` in its place cost ~2 ms
+    more per pass in building, hashing and optimising its layers.
     """
-    merge = partial(_combine_step, combine)
-    return da.reduction(
-        blocks,
-        chunk=_identity_step,
-        combine=merge,
-        aggregate=merge,
-        axis=0,
-        keepdims=True,
-        concatenate=True,
-        split_every=split_every,
-        dtype=np.float64,
-        meta=np.empty((0, 0), dtype=np.float64),
-        name=f"combine-{blocks.name}",
-    )
+    parts = blocks.to_delayed(optimize_graph=True).ravel().tolist()
+    level = 0
+    while True:
+        parts = [
+            dask.delayed(_combine_rows, pure=False)(
+                combine, *parts[i : i + split_every],
+                dask_key_name=f"combine-{level}-{i // split_every}-{blocks.name}",
+            )
+            for i in range(0, len(parts), split_every)
+        ]  # fmt: skip
+        if len(parts) == 1:
+            return parts[0]
+        level += 1
 
 
-def _identity_step(x, axis=None, keepdims=True, computing_meta=False):
-    return x
-
-
-def _combine_step(combine, x, axis=None, keepdims=True, computing_meta=False):
-    if computing_meta:
-        return x
-    return combine(x)
+def _combine_rows(combine, *rows):
+    return combine(np.concatenate(rows))
 
 
 def map_rows(
