@@ -38,7 +38,9 @@ def compiled(**options):
 
 
 @compiled(fastmath=_SAFE_FAST_MATH)
-def _assign_rows(G, m_norms, Y, means, w, labels, dist, N, S, ysum, ysq):  # pragma: no cover
+def _assign_rows(  # pragma: no cover - compiled
+    G, m_norms, index_bits, Y, means, w, labels, dist, N, S, ysum, ysq
+):
     """Nearest centre of each row of Y from G = Y (−2 M)ᵀ; adds to N and S.
 
     Also adds the finite rows' Σ y and Σ y² to ``ysum`` and ``ysq`` unless
@@ -47,6 +49,7 @@ def _assign_rows(G, m_norms, Y, means, w, labels, dist, N, S, ysum, ysq):  # pra
     """
     n, K = G.shape
     d = Y.shape[1]
+    low = (np.int64(1) << index_bits) - 1
     inertia = 0.0
     nonfinite = 0
     for i in range(n):
@@ -59,14 +62,22 @@ def _assign_rows(G, m_norms, Y, means, w, labels, dist, N, S, ysum, ysq):  # pra
             labels[i] = 0
             dist[i] = np.nan
             continue
-        label = 0
-        best = m_norms[0] + G[i, 0]
-        overflow = not np.isfinite(best)
-        for k in range(1, K):
-            v = m_norms[k] + G[i, k]
+        # argmin as a min over int64 keys, which vectorises (a compare-and-
+        # select chain over floats does not; 2x faster per row at K = 16):
+        # the float64's bits mapped to a signed integer of the same order,
+        # its lowest ``index_bits`` bits replaced by k, so ties go to the
+        # lowest k. Values within 2^(index_bits − 52) relative count as
+        # ties, far below the GEMM's own rounding.
+        smallest = np.int64(0x7FFFFFFFFFFFFFFF)
+        overflow = False
+        for k in range(K):
+            v = m_norms[k] + np.float64(G[i, k])
             overflow |= not np.isfinite(v)
-            label = k if v < best else label
-            best = v if v < best else best
+            bits = np.float64(v).view(np.int64)
+            bits ^= (bits >> 63) & np.int64(0x7FFFFFFFFFFFFFFF)  # negatives: reverse order
+            smallest = min(smallest, (bits & ~low) | k)
+        label = smallest & low
+        best = m_norms[label] + G[i, label]
         if overflow:
             # The GEMM overflowed in the data's precision (|y·m| ≳ 1e38 for
             # float32) though the row is finite: redo this row in float64.
@@ -137,6 +148,9 @@ def lloyd_rows(X, center, means, w, labels, dist, N, S, ysum, ysq, sub_rows):  #
     for k in range(means.shape[0]):
         for j in range(d):
             m_norms[k] += means[k, j] * means[k, j]
+    index_bits = 0
+    while (1 << index_bits) < means.shape[0]:
+        index_bits += 1
     buffer = np.empty((max(min(sub_rows, n), 1), d), X.dtype)
     products = np.empty((buffer.shape[0], means.shape[0]), X.dtype)
     inertia = 0.0
@@ -150,8 +164,8 @@ def lloyd_rows(X, center, means, w, labels, dist, N, S, ysum, ysq, sub_rows):  #
         G = products[: stop - start]
         np.dot(Y, neg2_mt, G)  # into a reused buffer: a fresh one is page-faulted in
         part, bad = _assign_rows(
-            G, m_norms, Y, means, w[start:stop], labels[start:stop], dist[start:stop], N, S,
-            ysum, ysq,
+            G, m_norms, index_bits, Y, means, w[start:stop], labels[start:stop],
+            dist[start:stop], N, S, ysum, ysq,
         )  # fmt: skip
         inertia += part
         nonfinite += bad

@@ -108,6 +108,23 @@ def test_float32_assignment_is_exact_up_to_single_precision_ties():
     assert st["nonfinite"] == 0
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_assignment_breaks_exact_ties_toward_the_first_centre(dtype):
+    # Integer rows and centres (some duplicated, 37 of them: not a power of
+    # two) make every distance exact, with many exact ties and negative
+    # ‖m‖² − 2 y·m terms: labels must be numpy's argmin (first minimum).
+    rng = np.random.default_rng(11)
+    centers = rng.integers(-5, 6, (37, 3)).astype(np.float64)
+    centers[20:25] = centers[:5]
+    X = rng.integers(-6, 7, (4000, 3)).astype(dtype)
+    _, _, labels, min_dist, st = kernels.lloyd_assign(X, None, centers, np.zeros(3))
+    d2 = ((X.astype(np.float64)[:, None, :] - centers[None]) ** 2).sum(-1)
+    assert (np.sort(d2, axis=1)[:, 1] == d2.min(1)).sum() > 500  # ties are common
+    np.testing.assert_array_equal(labels, d2.argmin(1))
+    np.testing.assert_array_equal(min_dist, d2.min(1))
+    np.testing.assert_array_equal(st["N"], np.bincount(d2.argmin(1), minlength=37))
+
+
 @pytest.mark.parametrize("chunks", [None, 50, tiny_chunks(600)])
 def test_pass_merges_farthest_rows_like_one_block(data, chunks):
     X, init = data
