@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import numbers
 from dataclasses import dataclass, field
+from functools import partial
 
 import dask
 import numpy as np
@@ -35,6 +36,7 @@ from . import engine, kernels
 from .gmm import resp_rows
 from .io import InputData, as_sample_weight, raise_on_nonfinite
 from .kmeans import KMeans
+from .passes import hartigan_pass
 from .stats import StatsLayout
 from .validation import check_int, check_non_negative, validate_features
 
@@ -307,10 +309,12 @@ class Annealer:
 
 
 # -------------------------------------------------------------- estimator
-def _lloyd(X, weight, centers: np.ndarray, max_iter: int, tol: float, split_every) -> KMeans:
+def _lloyd(
+    X, weight, centers: np.ndarray, max_iter: int, tol: float, split_every, callback=None
+) -> KMeans:
     """Lloyd iterations from ``centers`` on the dask_emk KMeans engine."""
     km = KMeans(centers.shape[0], init=centers, n_init=1, max_iter=max_iter, tol=tol,
-                split_every=split_every)  # fmt: skip
+                split_every=split_every, callback=callback)  # fmt: skip
     return km.fit(X, sample_weight=weight)
 
 
@@ -320,6 +324,122 @@ def _lloyd_passes(km: KMeans) -> int:
     iteration's inertia is the final one)."""
     exact = km.inertia_history_ and km.inertia_history_[-1] == km.inertia_
     return km.n_iter_ + (0 if exact else 1)
+
+
+class _NotLower(Exception):
+    """Raised from the KMeans callback to stop a Lloyd run whose first pass
+    (the inertia at its starting centres) is not below ``bound``."""
+
+    def __init__(self, inertia: float):
+        super().__init__(inertia)
+        self.inertia = inertia
+
+
+def _stop_unless_lower(model, info, bound: float) -> None:
+    if info["iteration"] == 1 and not info["inertia"] < bound:
+        raise _NotLower(float(info["inertia"]))
+
+
+def hartigan_polish(X, array, weight, km: KMeans, max_passes: int, max_iter: int, split_every):
+    """Lloyd + batch Hartigan passes from a Lloyd fixed point, on the full data.
+
+    Every pass is one Hartigan pass (:func:`dask_emk.passes.hartigan_pass`)
+    at the current centres: the nearest-centre (Lloyd) sums, the inertia, and
+    the single-row moves that would lower the cost, binned by gain. From its
+    sums alone (no pass) :func:`dask_emk.anneal_rules.hartigan_moves` picks
+    Lloyd's update or Lloyd's update plus the top bins of moves, whichever
+    gives the lowest exact cost; the new centres are that partition's means,
+    and the next pass is both the evaluation of a move and the next round.
+
+    * A move is ACCEPTED only if the next pass's inertia (the true cost at the
+      moved centres, every row to its nearest) is strictly below the inertia
+      of the pass that made it. Otherwise the centres go back to those
+      before the move and the polish stops.
+    * The polish stops when a pass finds no candidate row, or no move that
+      lowers the exact cost at Lloyd's fixed point (no Lloyd shift either),
+      or after ``max_passes`` passes.
+    * It ends with :class:`dask_emk.KMeans` (tol 0) from the last centres, to
+      Lloyd's exact fixed point and for the fitted Lloyd object: usually 2
+      passes (the centres made from the pass's sums differ from the
+      KMeans run's own in the last bit), at most ``max_iter``. After an
+      unevaluated move (the budget ran out) its first pass is the evaluation.
+
+    Why: Lloyd stops where every row is nearest its centre, but moving a
+    boundary row also moves both centres, by w/(N ± w) of its offset, and
+    that can lower the cost although the row is nearer its own centre.
+    Hartigan's fixed points are a subset of Lloyd's (Telgarsky & Vattani
+    2010), so this leaves a Lloyd fixed point only for a strictly lower one.
+
+    Parameters
+    ----------
+    X : the input as given to :class:`dask_emk.KMeans`
+    array : ndarray or dask array of shape (n, d), the same data
+    weight : ndarray, dask array or None
+    km : KMeans, fitted to its exact fixed point
+    max_passes : int
+        Hartigan passes at most (the final Lloyd run not included).
+    max_iter : int
+        Iterations of the final Lloyd run at most.
+    split_every : int or None
+
+    Returns
+    -------
+    km : KMeans, at the polished centres (``km`` itself when nothing moved)
+    passes : int, passes over the data used, the final Lloyd run's included
+    n_iter : int, Hartigan passes plus the final Lloyd run's iterations
+    rounds : list of dict, one per Hartigan pass: ``inertia`` at its centres,
+        ``candidates`` (rows with a lowering move), ``moved`` (rows moved),
+        ``predicted`` (Σ Δ of the moved rows), ``change`` (exact change from
+        ``inertia`` to the cost of the chosen partition at its means),
+        ``accepted`` (for a move: whether the next pass confirmed it).
+    """
+    K, rounds = km.n_clusters, []
+    centers = np.asarray(km.cluster_centers_, dtype=np.float64)
+    mass = np.asarray(km.cluster_weights_, dtype=np.float64)
+    start = kept = centers
+    bound, moved_any = None, False  # bound: inertia before a pending move
+    # One reference point for all passes, as in a KMeans run: an unchanged
+    # partition then gives bit-identical sums and centres, so the fixed point
+    # is seen exactly (a new reference per pass made the centres wander in
+    # the last bit and the loop never stopped).
+    center = centers.mean(axis=0)
+    edges = rules.hartigan_edges(float(km.inertia_), float(mass.sum()), K)
+    while len(rounds) < max_passes:
+        st = hartigan_pass(array, weight, centers, mass, center, edges, split_every)
+        if bound is not None:
+            rounds[-1]["accepted"] = bool(st["inertia"] < bound)
+            if not rounds[-1]["accepted"]:
+                centers, bound = kept, None
+                rounds.append(None)  # counted as a pass, recorded in the move's round
+                break
+        M = centers - center
+        p, change = rules.hartigan_moves(st["N"], st["S"], M, st["dN"], st["dS"], st["moved"])
+        dN, dS = st["dN"][:p].sum(axis=0), st["dS"][:p].sum(axis=0)
+        new = center + rules.moved_centers(st["N"], st["S"], M, dN, dS)
+        rounds.append(dict(inertia=float(st["inertia"]), candidates=int(st["moved"].sum()),
+                           moved=int(st["moved"][:p].sum()),
+                           predicted=float(st["gain"][:p].sum()), change=change))  # fmt: skip
+        if p == 0 and (rounds[-1]["candidates"] == 0 or np.array_equal(new, centers)):
+            # Nothing for Hartigan; what Lloyd has left, the final KMeans does.
+            centers = new
+            break
+        kept, bound = (centers, float(st["inertia"])) if p else (new, None)
+        moved_any |= p > 0
+        centers, mass = new, st["N"] + dN
+    passes, n_iter = len(rounds), len(rounds)
+    rounds = [r for r in rounds if r is not None]
+    if not moved_any or np.array_equal(centers, start):
+        # Only Lloyd steps (rounding at most), or the first move was rejected:
+        # km is still the fit.
+        return km, passes, n_iter, rounds
+    check = None if bound is None else partial(_stop_unless_lower, bound=bound)
+    try:
+        final = _lloyd(X, weight, centers, max_iter, 0.0, split_every, callback=check)
+    except _NotLower:  # the last move, made as the budget ran out, did not help
+        rounds[-1]["accepted"] = False
+        passes += 1
+        final = _lloyd(X, weight, kept, max_iter, 0.0, split_every)
+    return final, passes + _lloyd_passes(final), n_iter + final.n_iter_, rounds
 
 
 def predict_proba_rows(X, params: kernels.MixtureParams) -> np.ndarray:
@@ -422,6 +542,7 @@ class AnnealedGaussianMixture(TransformerMixin, ClusterMixin, BaseEstimator):
         sample_size=20_000,
         random_state=None,
         n_lloyd_max_iter=300,
+        hartigan_max_passes=rules.HARTIGAN_MAX_PASSES,
         split_every=None,
         verbose=0,
     ):
@@ -435,6 +556,7 @@ class AnnealedGaussianMixture(TransformerMixin, ClusterMixin, BaseEstimator):
         self.sample_size = sample_size
         self.random_state = random_state
         self.n_lloyd_max_iter = n_lloyd_max_iter
+        self.hartigan_max_passes = hartigan_max_passes
         self.split_every = split_every
         self.verbose = verbose
 
@@ -462,6 +584,7 @@ class AnnealedGaussianMixture(TransformerMixin, ClusterMixin, BaseEstimator):
                 f"max_split_factor must be a number >= 1, got {self.max_split_factor!r}."
             )
         check_non_negative("tol", self.tol)
+        check_int("hartigan_max_passes", self.hartigan_max_passes, 0)
         if data.n_samples < self.n_components:
             raise ValueError(
                 f"n_samples={data.n_samples} should be >= n_components={self.n_components}; "
@@ -497,12 +620,25 @@ class AnnealedGaussianMixture(TransformerMixin, ClusterMixin, BaseEstimator):
                             self.split_every, self.verbose)  # fmt: skip
         result = annealer.run(sigma2)
         centers, n_sample_iter = self._reduce_to_k(sample, result, annealer)
-        km = _lloyd(X if data.kind != "numpy" else data.array, weight, centers,
-                    self.n_lloyd_max_iter, self.tol, self.split_every)  # fmt: skip
+        X_full = X if data.kind != "numpy" else data.array
+        polish = self.hartigan_max_passes > 0
+        # The polish starts from Lloyd's exact fixed point (tol 0): a Hartigan
+        # pass at unconverged centres would mostly find Lloyd's own moves.
+        km = _lloyd(X_full, weight, centers, self.n_lloyd_max_iter,
+                    0.0 if polish else self.tol, self.split_every)  # fmt: skip
         passes = 1 + _lloyd_passes(km)
+        n_lloyd_iter, rounds = km.n_iter_, []
+        if polish:
+            km, polish_passes, polish_iter, rounds = hartigan_polish(
+                X_full, data.array, weight, km, self.hartigan_max_passes,
+                self.n_lloyd_max_iter, self.split_every,
+            )  # fmt: skip
+            passes += polish_passes
+            n_lloyd_iter += polish_iter
         if sample.is_full:  # every pass over the sample was a pass over the data
             passes += n_sample_iter + result.n_iter + len(result.path.steps)
-        self._set_fitted(km, result, sample, data, n_sample_iter, passes)
+        self.polish_history_ = rounds
+        self._set_fitted(km, result, sample, data, n_sample_iter + n_lloyd_iter, passes)
         return self
 
     def _reduce_to_k(self, sample: Sample, result: AnnealResult, annealer: Annealer):
@@ -551,7 +687,7 @@ class AnnealedGaussianMixture(TransformerMixin, ClusterMixin, BaseEstimator):
             idx = np.arange(min(room, centers.shape[0]))
         return rules.split_means(centers, np.ones(centers.shape[0]), idx, lam, axes)[0]
 
-    def _set_fitted(self, km, result, sample, data, n_sample_iter, passes) -> None:
+    def _set_fitted(self, km, result, sample, data, n_iter, passes) -> None:
         dtype = data.array.dtype
         self.kmeans_ = km
         self.means_ = km.cluster_centers_.astype(dtype)
@@ -560,7 +696,7 @@ class AnnealedGaussianMixture(TransformerMixin, ClusterMixin, BaseEstimator):
         self.sigma2_ = float(result.path.steps[-1]["sigma2"])
         self.labels_ = km.labels_
         self.inertia_ = float(km.inertia_)
-        self.n_iter_ = int(result.n_iter + n_sample_iter + km.n_iter_)
+        self.n_iter_ = int(result.n_iter + n_iter)
         self.n_full_passes_ = int(passes)
         self.stop_reason_ = result.stop
         features = (
