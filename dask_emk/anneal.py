@@ -10,9 +10,16 @@ How a fit runs (passes over the FULL data in brackets):
 3. Lloyd on the sample with the surplus means, Ward merges down to K, the
    K means annealed on until the assignments are hard, Lloyd on the sample
    again [0];
-4. Lloyd on the full data with :class:`dask_emk.KMeans` from those centres
-   [its iterations, plus one final assignment pass unless it converged
-   exactly].
+4. Lloyd on the full data with :class:`dask_emk.KMeans` from those centres,
+   to its exact fixed point (tol 0) [its iterations];
+5. the Hartigan polish (:func:`hartigan_polish`): Lloyd + batch Hartigan
+   passes until no row has a move that lowers the cost, a move is kept only
+   when the next pass shows a strictly lower inertia, then Lloyd again to the
+   exact fixed point [1 pass when nothing moves; else a pass per round,
+   at most ``hartigan_max_passes``, plus usually 2 for the final Lloyd].
+   With ``hartigan_max_passes=0`` there is no polish and step 4 stops at
+   ``tol`` [its iterations, plus one final assignment pass unless it
+   converged exactly].
 
 When the data has no more than ``sample_size`` rows the sample is the data,
 and every annealing iteration is a full pass (counted as such).
@@ -457,7 +464,8 @@ class AnnealedGaussianMixture(TransformerMixin, ClusterMixin, BaseEstimator):
     responsibility-weighted covariance) the mean splits. Means are split up to
     ``max_split_factor × n_components``, hardened by Lloyd, merged down to
     ``n_components`` by Ward's rule and finished with Lloyd iterations on the
-    full data (:class:`dask_emk.KMeans`). The rules are in
+    full data (:class:`dask_emk.KMeans`) to the exact fixed point, polished by
+    batch Hartigan passes (:func:`hartigan_polish`). The rules are in
     :mod:`dask_emk.anneal_rules`; the annealing runs on an in-memory uniform
     sample, so the passes over the full data are few (``n_full_passes_``).
 
@@ -482,7 +490,9 @@ class AnnealedGaussianMixture(TransformerMixin, ClusterMixin, BaseEstimator):
     tol : float, default=1e-4
         A step has settled when the distance the means still have to travel,
         extrapolated from the last two EM shifts, is below √(tol σ²); also
-        the (scikit-learn relative) tolerance of the Lloyd runs.
+        the (scikit-learn relative) tolerance of the Lloyd runs on the
+        sample, and of the one on the full data when
+        ``hartigan_max_passes=0`` (with the polish it runs to tol 0).
     sample_size : int, default=20000
         Rows of the in-memory sample the annealing runs on (all rows when the
         data has fewer).
@@ -490,6 +500,10 @@ class AnnealedGaussianMixture(TransformerMixin, ClusterMixin, BaseEstimator):
         Draws the sample.
     n_lloyd_max_iter : int, default=300
         Lloyd iterations at most, for each of the Lloyd runs.
+    hartigan_max_passes : int, default=20
+        Hartigan passes over the full data at most in the polish after the
+        final Lloyd (:data:`dask_emk.anneal_rules.HARTIGAN_MAX_PASSES` says
+        why 20); 0 turns the polish off.
     split_every : int, optional
         Fan-in of the Dask tree reduction (32 when None).
     verbose : int, default=0
@@ -509,7 +523,8 @@ class AnnealedGaussianMixture(TransformerMixin, ClusterMixin, BaseEstimator):
         Σ w ‖x − c‖² over the full data at the final centres.
     n_iter_ : int
         Iterations in all: annealing EM on the sample (before and after the
-        merge), Lloyd on the sample, Lloyd on the full data.
+        merge), Lloyd on the sample, Lloyd and Hartigan passes on the full
+        data.
     n_full_passes_ : int
         Reductions over the full data during ``fit`` (``labels_`` excluded:
         lazy for lazy input).
@@ -525,7 +540,12 @@ class AnnealedGaussianMixture(TransformerMixin, ClusterMixin, BaseEstimator):
     stop_reason_ : str
         Why annealing ended: 'budget' or 'sigma2_stop'.
     kmeans_ : dask_emk.KMeans
-        The final Lloyd run on the full data.
+        The final Lloyd run on the full data (after the polish's last move,
+        if it moved rows).
+    polish_history_ : list of dict
+        One entry per Hartigan pass (see :func:`hartigan_polish`):
+        ``inertia``, ``candidates``, ``moved``, ``predicted``, ``change`` and,
+        for a pass that moved rows, ``accepted``.
     n_features_in_ : int
     """
 
