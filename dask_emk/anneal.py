@@ -10,9 +10,16 @@ How a fit runs (passes over the FULL data in brackets):
 3. Lloyd on the sample with the surplus means, Ward merges down to K, the
    K means annealed on until the assignments are hard, Lloyd on the sample
    again [0];
-4. Lloyd on the full data with :class:`dask_emk.KMeans` from those centres
-   [its iterations, plus one final assignment pass unless it converged
-   exactly].
+4. Lloyd on the full data with :class:`dask_emk.KMeans` from those centres,
+   to its exact fixed point (tol 0) [its iterations];
+5. the Hartigan polish (:func:`hartigan_polish`): Lloyd + batch Hartigan
+   passes until no row has a move that lowers the cost, a move is kept only
+   when the next pass shows a strictly lower inertia, then Lloyd again to the
+   exact fixed point [1 pass when nothing moves; else a pass per round,
+   at most ``hartigan_max_passes``, plus usually 2 for the final Lloyd].
+   With ``hartigan_max_passes=0`` there is no polish and step 4 stops at
+   ``tol`` [its iterations, plus one final assignment pass unless it
+   converged exactly].
 
 When the data has no more than ``sample_size`` rows the sample is the data,
 and every annealing iteration is a full pass (counted as such).
@@ -22,6 +29,7 @@ from __future__ import annotations
 
 import numbers
 from dataclasses import dataclass, field
+from functools import partial
 
 import dask
 import numpy as np
@@ -35,6 +43,7 @@ from . import engine, kernels
 from .gmm import resp_rows
 from .io import InputData, as_sample_weight, raise_on_nonfinite
 from .kmeans import KMeans
+from .passes import hartigan_pass
 from .stats import StatsLayout
 from .validation import check_int, check_non_negative, validate_features
 
@@ -307,10 +316,12 @@ class Annealer:
 
 
 # -------------------------------------------------------------- estimator
-def _lloyd(X, weight, centers: np.ndarray, max_iter: int, tol: float, split_every) -> KMeans:
+def _lloyd(
+    X, weight, centers: np.ndarray, max_iter: int, tol: float, split_every, callback=None
+) -> KMeans:
     """Lloyd iterations from ``centers`` on the dask_emk KMeans engine."""
     km = KMeans(centers.shape[0], init=centers, n_init=1, max_iter=max_iter, tol=tol,
-                split_every=split_every)  # fmt: skip
+                split_every=split_every, callback=callback)  # fmt: skip
     return km.fit(X, sample_weight=weight)
 
 
@@ -320,6 +331,122 @@ def _lloyd_passes(km: KMeans) -> int:
     iteration's inertia is the final one)."""
     exact = km.inertia_history_ and km.inertia_history_[-1] == km.inertia_
     return km.n_iter_ + (0 if exact else 1)
+
+
+class _NotLower(Exception):
+    """Raised from the KMeans callback to stop a Lloyd run whose first pass
+    (the inertia at its starting centres) is not below ``bound``."""
+
+    def __init__(self, inertia: float):
+        super().__init__(inertia)
+        self.inertia = inertia
+
+
+def _stop_unless_lower(model, info, bound: float) -> None:
+    if info["iteration"] == 1 and not info["inertia"] < bound:
+        raise _NotLower(float(info["inertia"]))
+
+
+def hartigan_polish(X, array, weight, km: KMeans, max_passes: int, max_iter: int, split_every):
+    """Lloyd + batch Hartigan passes from a Lloyd fixed point, on the full data.
+
+    Every pass is one Hartigan pass (:func:`dask_emk.passes.hartigan_pass`)
+    at the current centres: the nearest-centre (Lloyd) sums, the inertia, and
+    the single-row moves that would lower the cost, binned by gain. From its
+    sums alone (no pass) :func:`dask_emk.anneal_rules.hartigan_moves` picks
+    Lloyd's update or Lloyd's update plus the top bins of moves, whichever
+    gives the lowest exact cost; the new centres are that partition's means,
+    and the next pass is both the evaluation of a move and the next round.
+
+    * A move is ACCEPTED only if the next pass's inertia (the true cost at the
+      moved centres, every row to its nearest) is strictly below the inertia
+      of the pass that made it. Otherwise the centres go back to those
+      before the move and the polish stops.
+    * The polish stops when a pass finds no candidate row, or no move that
+      lowers the exact cost at Lloyd's fixed point (no Lloyd shift either),
+      or after ``max_passes`` passes.
+    * It ends with :class:`dask_emk.KMeans` (tol 0) from the last centres, to
+      Lloyd's exact fixed point and for the fitted Lloyd object: usually 2
+      passes (the centres made from the pass's sums differ from the
+      KMeans run's own in the last bit), at most ``max_iter``. After an
+      unevaluated move (the budget ran out) its first pass is the evaluation.
+
+    Why: Lloyd stops where every row is nearest its centre, but moving a
+    boundary row also moves both centres, by w/(N ± w) of its offset, and
+    that can lower the cost although the row is nearer its own centre.
+    Hartigan's fixed points are a subset of Lloyd's (Telgarsky & Vattani
+    2010), so this leaves a Lloyd fixed point only for a strictly lower one.
+
+    Parameters
+    ----------
+    X : the input as given to :class:`dask_emk.KMeans`
+    array : ndarray or dask array of shape (n, d), the same data
+    weight : ndarray, dask array or None
+    km : KMeans, fitted to its exact fixed point
+    max_passes : int
+        Hartigan passes at most (the final Lloyd run not included).
+    max_iter : int
+        Iterations of the final Lloyd run at most.
+    split_every : int or None
+
+    Returns
+    -------
+    km : KMeans, at the polished centres (``km`` itself when nothing moved)
+    passes : int, passes over the data used, the final Lloyd run's included
+    n_iter : int, Hartigan passes plus the final Lloyd run's iterations
+    rounds : list of dict, one per Hartigan pass: ``inertia`` at its centres,
+        ``candidates`` (rows with a lowering move), ``moved`` (rows moved),
+        ``predicted`` (Σ Δ of the moved rows), ``change`` (exact change from
+        ``inertia`` to the cost of the chosen partition at its means),
+        ``accepted`` (for a move: whether the next pass confirmed it).
+    """
+    K, rounds = km.n_clusters, []
+    centers = np.asarray(km.cluster_centers_, dtype=np.float64)
+    mass = np.asarray(km.cluster_weights_, dtype=np.float64)
+    start = kept = centers
+    bound, moved_any = None, False  # bound: inertia before a pending move
+    # One reference point for all passes, as in a KMeans run: an unchanged
+    # partition then gives bit-identical sums and centres, so the fixed point
+    # is seen exactly (a new reference per pass made the centres wander in
+    # the last bit and the loop never stopped).
+    center = centers.mean(axis=0)
+    edges = rules.hartigan_edges(float(km.inertia_), float(mass.sum()), K)
+    while len(rounds) < max_passes:
+        st = hartigan_pass(array, weight, centers, mass, center, edges, split_every)
+        if bound is not None:
+            rounds[-1]["accepted"] = bool(st["inertia"] < bound)
+            if not rounds[-1]["accepted"]:
+                centers, bound = kept, None
+                rounds.append(None)  # counted as a pass, recorded in the move's round
+                break
+        M = centers - center
+        p, change = rules.hartigan_moves(st["N"], st["S"], M, st["dN"], st["dS"], st["moved"])
+        dN, dS = st["dN"][:p].sum(axis=0), st["dS"][:p].sum(axis=0)
+        new = center + rules.moved_centers(st["N"], st["S"], M, dN, dS)
+        rounds.append(dict(inertia=float(st["inertia"]), candidates=int(st["moved"].sum()),
+                           moved=int(st["moved"][:p].sum()),
+                           predicted=float(st["gain"][:p].sum()), change=change))  # fmt: skip
+        if p == 0 and (rounds[-1]["candidates"] == 0 or np.array_equal(new, centers)):
+            # Nothing for Hartigan; what Lloyd has left, the final KMeans does.
+            centers = new
+            break
+        kept, bound = (centers, float(st["inertia"])) if p else (new, None)
+        moved_any |= p > 0
+        centers, mass = new, st["N"] + dN
+    passes, n_iter = len(rounds), len(rounds)
+    rounds = [r for r in rounds if r is not None]
+    if not moved_any or np.array_equal(centers, start):
+        # Only Lloyd steps (rounding at most), or the first move was rejected:
+        # km is still the fit.
+        return km, passes, n_iter, rounds
+    check = None if bound is None else partial(_stop_unless_lower, bound=bound)
+    try:
+        final = _lloyd(X, weight, centers, max_iter, 0.0, split_every, callback=check)
+    except _NotLower:  # the last move, made as the budget ran out, did not help
+        rounds[-1]["accepted"] = False
+        passes += 1
+        final = _lloyd(X, weight, kept, max_iter, 0.0, split_every)
+    return final, passes + _lloyd_passes(final), n_iter + final.n_iter_, rounds
 
 
 def predict_proba_rows(X, params: kernels.MixtureParams) -> np.ndarray:
@@ -337,7 +464,8 @@ class AnnealedGaussianMixture(TransformerMixin, ClusterMixin, BaseEstimator):
     responsibility-weighted covariance) the mean splits. Means are split up to
     ``max_split_factor × n_components``, hardened by Lloyd, merged down to
     ``n_components`` by Ward's rule and finished with Lloyd iterations on the
-    full data (:class:`dask_emk.KMeans`). The rules are in
+    full data (:class:`dask_emk.KMeans`) to the exact fixed point, polished by
+    batch Hartigan passes (:func:`hartigan_polish`). The rules are in
     :mod:`dask_emk.anneal_rules`; the annealing runs on an in-memory uniform
     sample, so the passes over the full data are few (``n_full_passes_``).
 
@@ -362,7 +490,9 @@ class AnnealedGaussianMixture(TransformerMixin, ClusterMixin, BaseEstimator):
     tol : float, default=1e-4
         A step has settled when the distance the means still have to travel,
         extrapolated from the last two EM shifts, is below √(tol σ²); also
-        the (scikit-learn relative) tolerance of the Lloyd runs.
+        the (scikit-learn relative) tolerance of the Lloyd runs on the
+        sample, and of the one on the full data when
+        ``hartigan_max_passes=0`` (with the polish it runs to tol 0).
     sample_size : int, default=20000
         Rows of the in-memory sample the annealing runs on (all rows when the
         data has fewer).
@@ -370,6 +500,10 @@ class AnnealedGaussianMixture(TransformerMixin, ClusterMixin, BaseEstimator):
         Draws the sample.
     n_lloyd_max_iter : int, default=300
         Lloyd iterations at most, for each of the Lloyd runs.
+    hartigan_max_passes : int, default=20
+        Hartigan passes over the full data at most in the polish after the
+        final Lloyd (:data:`dask_emk.anneal_rules.HARTIGAN_MAX_PASSES` says
+        why 20); 0 turns the polish off.
     split_every : int, optional
         Fan-in of the Dask tree reduction (32 when None).
     verbose : int, default=0
@@ -389,7 +523,8 @@ class AnnealedGaussianMixture(TransformerMixin, ClusterMixin, BaseEstimator):
         Σ w ‖x − c‖² over the full data at the final centres.
     n_iter_ : int
         Iterations in all: annealing EM on the sample (before and after the
-        merge), Lloyd on the sample, Lloyd on the full data.
+        merge), Lloyd on the sample, Lloyd and Hartigan passes on the full
+        data.
     n_full_passes_ : int
         Reductions over the full data during ``fit`` (``labels_`` excluded:
         lazy for lazy input).
@@ -405,7 +540,12 @@ class AnnealedGaussianMixture(TransformerMixin, ClusterMixin, BaseEstimator):
     stop_reason_ : str
         Why annealing ended: 'budget' or 'sigma2_stop'.
     kmeans_ : dask_emk.KMeans
-        The final Lloyd run on the full data.
+        The final Lloyd run on the full data (after the polish's last move,
+        if it moved rows).
+    polish_history_ : list of dict
+        One entry per Hartigan pass (see :func:`hartigan_polish`):
+        ``inertia``, ``candidates``, ``moved``, ``predicted``, ``change`` and,
+        for a pass that moved rows, ``accepted``.
     n_features_in_ : int
     """
 
@@ -422,6 +562,7 @@ class AnnealedGaussianMixture(TransformerMixin, ClusterMixin, BaseEstimator):
         sample_size=20_000,
         random_state=None,
         n_lloyd_max_iter=300,
+        hartigan_max_passes=rules.HARTIGAN_MAX_PASSES,
         split_every=None,
         verbose=0,
     ):
@@ -435,6 +576,7 @@ class AnnealedGaussianMixture(TransformerMixin, ClusterMixin, BaseEstimator):
         self.sample_size = sample_size
         self.random_state = random_state
         self.n_lloyd_max_iter = n_lloyd_max_iter
+        self.hartigan_max_passes = hartigan_max_passes
         self.split_every = split_every
         self.verbose = verbose
 
@@ -462,6 +604,7 @@ class AnnealedGaussianMixture(TransformerMixin, ClusterMixin, BaseEstimator):
                 f"max_split_factor must be a number >= 1, got {self.max_split_factor!r}."
             )
         check_non_negative("tol", self.tol)
+        check_int("hartigan_max_passes", self.hartigan_max_passes, 0)
         if data.n_samples < self.n_components:
             raise ValueError(
                 f"n_samples={data.n_samples} should be >= n_components={self.n_components}; "
@@ -497,12 +640,25 @@ class AnnealedGaussianMixture(TransformerMixin, ClusterMixin, BaseEstimator):
                             self.split_every, self.verbose)  # fmt: skip
         result = annealer.run(sigma2)
         centers, n_sample_iter = self._reduce_to_k(sample, result, annealer)
-        km = _lloyd(X if data.kind != "numpy" else data.array, weight, centers,
-                    self.n_lloyd_max_iter, self.tol, self.split_every)  # fmt: skip
+        X_full = X if data.kind != "numpy" else data.array
+        polish = self.hartigan_max_passes > 0
+        # The polish starts from Lloyd's exact fixed point (tol 0): a Hartigan
+        # pass at unconverged centres would mostly find Lloyd's own moves.
+        km = _lloyd(X_full, weight, centers, self.n_lloyd_max_iter,
+                    0.0 if polish else self.tol, self.split_every)  # fmt: skip
         passes = 1 + _lloyd_passes(km)
+        n_lloyd_iter, rounds = km.n_iter_, []
+        if polish:
+            km, polish_passes, polish_iter, rounds = hartigan_polish(
+                X_full, data.array, weight, km, self.hartigan_max_passes,
+                self.n_lloyd_max_iter, self.split_every,
+            )  # fmt: skip
+            passes += polish_passes
+            n_lloyd_iter += polish_iter
         if sample.is_full:  # every pass over the sample was a pass over the data
             passes += n_sample_iter + result.n_iter + len(result.path.steps)
-        self._set_fitted(km, result, sample, data, n_sample_iter, passes)
+        self.polish_history_ = rounds
+        self._set_fitted(km, result, sample, data, n_sample_iter + n_lloyd_iter, passes)
         return self
 
     def _reduce_to_k(self, sample: Sample, result: AnnealResult, annealer: Annealer):
@@ -551,7 +707,7 @@ class AnnealedGaussianMixture(TransformerMixin, ClusterMixin, BaseEstimator):
             idx = np.arange(min(room, centers.shape[0]))
         return rules.split_means(centers, np.ones(centers.shape[0]), idx, lam, axes)[0]
 
-    def _set_fitted(self, km, result, sample, data, n_sample_iter, passes) -> None:
+    def _set_fitted(self, km, result, sample, data, n_iter, passes) -> None:
         dtype = data.array.dtype
         self.kmeans_ = km
         self.means_ = km.cluster_centers_.astype(dtype)
@@ -560,7 +716,7 @@ class AnnealedGaussianMixture(TransformerMixin, ClusterMixin, BaseEstimator):
         self.sigma2_ = float(result.path.steps[-1]["sigma2"])
         self.labels_ = km.labels_
         self.inertia_ = float(km.inertia_)
-        self.n_iter_ = int(result.n_iter + n_sample_iter + km.n_iter_)
+        self.n_iter_ = int(result.n_iter + n_iter)
         self.n_full_passes_ = int(passes)
         self.stop_reason_ = result.stop
         features = (

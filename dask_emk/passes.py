@@ -158,3 +158,34 @@ def seed_pass(
     stats = layout.unpack(vector)
     raise_on_nonfinite(stats["nonfinite"])
     return stats
+
+
+def hartigan_layout(n_clusters: int, n_features: int, n_bins: int) -> StatsLayout:
+    """Packed layout of :func:`dask_emk.kernels.hartigan_stats` (all parts add)."""
+    K, d, B = n_clusters, n_features, n_bins
+    return StatsLayout(
+        {"nonfinite": (), "count": (), "inertia": (), "N": (K,), "S": (K, d), "dN": (B, K),
+         "dS": (B, K, d), "gain": (B,), "moved": (B,)}
+    )  # fmt: skip
+
+
+def hartigan_block(X, weight, centers, mass, center, edges, layout) -> np.ndarray:
+    """Packed Hartigan statistics of one block (the engine's block function)."""
+    return layout.pack(kernels.hartigan_stats(X, weight, centers, mass, center, edges))
+
+
+def hartigan_pass(X, weight, centers, mass, center, edges, split_every=None) -> dict:
+    """One pass (one compute): Lloyd sums at ``centers`` and the binned Hartigan moves.
+
+    See :func:`dask_emk.kernels.hartigan_stats` for the arguments and the
+    returned statistics, summed over all blocks. Raises ValueError when the
+    data holds NaN or infinity.
+    """
+    layout = hartigan_layout(centers.shape[0], centers.shape[1], edges.shape[0] + 1)
+    vector = engine.reduce_pass(
+        X, weight, hartigan_block, layout.size, centers, mass, center, edges, layout,
+        split_every=split_every,
+    )  # fmt: skip
+    stats = layout.unpack(vector)
+    raise_on_nonfinite(stats["nonfinite"])
+    return stats

@@ -281,3 +281,77 @@ def test_block_larger_than_one_sub_block(ct):
     want, _ = reference_stats(X[keep], w[keep], params.means, weights, dense, ct)
     assert got["nonfinite"] == 1
     assert_stats_close(got, want)
+
+
+# ---------------------------------------------------------------- Hartigan
+def hartigan_reference(X, w, C, mass, edges):
+    """Plain numpy: every row's best single move, one row and one cluster at a time."""
+    K, d, B = C.shape[0], C.shape[1], edges.shape[0] + 1
+    center = C.mean(axis=0)
+    out = {"N": np.zeros(K), "S": np.zeros((K, d)), "inertia": 0.0, "dN": np.zeros((B, K)),
+           "dS": np.zeros((B, K, d)), "gain": np.zeros(B), "moved": np.zeros(B)}  # fmt: skip
+    for x, wt in zip(X, w, strict=True):
+        dist = [float(((x - c) ** 2).sum()) for c in C]
+        i = int(np.argmin(dist))
+        out["N"][i] += wt
+        out["S"][i] += wt * (x - center)
+        out["inertia"] += wt * dist[i]
+        if mass[i] - wt <= 0:
+            continue
+        best, to = 0.0, None
+        for j in range(K):
+            if j == i or mass[j] <= 0:
+                continue
+            delta = mass[j] / (mass[j] + wt) * dist[j] - mass[i] / (mass[i] - wt) * dist[i]
+            if delta < best:
+                best, to = delta, j
+        if to is None:
+            continue
+        b = int(np.sum(edges > -best))
+        out["gain"][b] += best
+        out["moved"][b] += 1
+        out["dN"][b, to] += wt
+        out["dN"][b, i] -= wt
+        out["dS"][b, to] += wt * (x - center)
+        out["dS"][b, i] -= wt * (x - center)
+    return out
+
+
+def hartigan_case(seed=0):
+    """Overlapping blobs (many boundary candidates), a row alone in its cluster
+    (never moved), uneven weights; masses those of the nearest-centre clusters."""
+    rng = np.random.default_rng(seed)
+    X = np.concatenate([rng.normal(c, 0.8, size=(40, 2)) for c in ((0, 0), (1.5, 0), (0, 1.5))])
+    X = np.concatenate([X, [[9.0, 9.0]]])
+    w = rng.uniform(0.2, 3.0, size=X.shape[0])
+    C = np.array([[0.0, 0.0], [1.5, 0.0], [0.0, 1.5], [9.0, 9.0]])
+    mass = np.bincount(((X[:, None] - C[None]) ** 2).sum(-1).argmin(axis=1), weights=w)
+    return X, w, C, mass
+
+
+@pytest.mark.parametrize("chunk", [181, 50, 7, 1])
+def test_hartigan_stats_match_numpy(chunk):
+    X, w, C, mass = hartigan_case()
+    edges = 0.05 * 0.25 ** np.arange(5)
+    ref = hartigan_reference(X, w, C, mass, edges)
+    assert ref["moved"].sum() >= 3 and np.count_nonzero(ref["moved"]) >= 2  # several bins used
+    center = C.mean(axis=0)
+    parts = [kernels.hartigan_stats(X[s : s + chunk], w[s : s + chunk], C, mass, center, edges)
+             for s in range(0, X.shape[0], chunk)]  # fmt: skip
+    got = {key: sum(p[key] for p in parts) for key in ref}
+    for key in ref:
+        np.testing.assert_allclose(got[key], ref[key], rtol=1e-10, atol=1e-10, err_msg=key)
+    assert sum(p["count"] for p in parts) == X.shape[0]
+
+
+def test_hartigan_stats_without_weights_and_nonfinite_rows():
+    X, _, C, _ = hartigan_case(seed=5)
+    mass = np.bincount(((X[:, None] - C[None]) ** 2).sum(-1).argmin(axis=1), minlength=4)
+    edges = 0.05 * 0.25 ** np.arange(5)
+    ref = hartigan_reference(X, np.ones(X.shape[0]), C, mass.astype(float), edges)
+    assert ref["moved"].sum() >= 1
+    bad = np.concatenate([X[:5], [[np.nan, 0.0]], X[5:]])
+    got = kernels.hartigan_stats(bad, None, C, mass.astype(float), C.mean(axis=0), edges)
+    assert got["nonfinite"] == 1 and got["count"] == X.shape[0]
+    for key in ("N", "S", "dN", "dS", "gain", "moved"):
+        np.testing.assert_allclose(got[key], ref[key], rtol=1e-10, atol=1e-10, err_msg=key)
