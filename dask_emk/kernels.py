@@ -562,12 +562,15 @@ def assign_stats(
     ``far_x`` (m, d) (unshifted, float64), sorted by :func:`farthest_order`,
     padded with ``far_dist = -inf``; with ``moments`` also ``ysum``, ``ysq``.
     """
-    X, w, labels, min_dist, out = lloyd_assign(X, weight, centers, center, moments)
-    if out["nonfinite"]:  # rows holding NaN/inf: counted, then left out of the rest
-        finite = np.isfinite(min_dist)
-        X, w, labels, min_dist = X[finite], w[finite], labels[finite], min_dist[finite]
-    out.update(count=X.shape[0])
-    out.update(_farthest(min_dist, labels, w, X, n_far))
+    X, _, _, out = lloyd_assign(X, weight, centers, center, moments, n_far=n_far, rows=False)
+    # Rows are kept unshifted so a relocated centre is exactly a data point.
+    far_row = out.pop("far_row")
+    kept = far_row[far_row >= 0]
+    out["far_weight"] = np.zeros(n_far)
+    out["far_weight"][: kept.size] = 1.0 if weight is None else np.asarray(weight)[kept]
+    out["far_x"] = np.zeros((n_far, X.shape[1]))
+    out["far_x"][: kept.size] = X[kept]
+    out.update(count=X.shape[0] - out["nonfinite"])
     return out
 
 
@@ -577,6 +580,8 @@ def lloyd_assign(
     centers: np.ndarray,
     center: np.ndarray,
     moments: bool = False,
+    n_far: int = 0,
+    rows: bool = True,
 ):
     """Nearest centre of every row and the per-cluster sums (compiled loop).
 
@@ -584,27 +589,45 @@ def lloyd_assign(
     (so float32 rows stay float32 and their distance GEMM single precision,
     as scikit-learn's); everything is summed in float64.
 
+    Parameters
+    ----------
+    moments : bool
+        Also sum the finite rows' unweighted ``ysum`` and ``ysq``.
+    n_far : int
+        m, how many finite rows farthest from their centre to keep.
+    rows : bool
+        Return the per-row labels and distances (False skips writing them).
+
     Returns
     -------
     X : ndarray of shape (n, d), the block as float32 or float64, C-ordered
-    w : ndarray of shape (n,), float64 weights (ones when ``weight`` is None)
-    labels : ndarray of shape (n,), intp
-    min_dist : ndarray of shape (n,), ‖x − c‖² (NaN on non-finite rows)
+    labels : ndarray of shape (n,), intp, or None without ``rows``
+    min_dist : ndarray of shape (n,), ‖x − c‖² (NaN on non-finite rows), or None
     stats : dict with ``N`` (K,), ``S`` (K, d) about ``center``, ``inertia``
         and ``nonfinite``; with ``moments`` also the finite rows' unweighted
-        ``ysum`` and ``ysq`` (d,) about ``center``
+        ``ysum`` and ``ysq`` (d,) about ``center``; the ``n_far`` farthest
+        rows' ``far_dist``, ``far_label`` and ``far_row`` (m,)
+        (their index in the block), ordered by :func:`farthest_order`
+        (farthest first, later rows first among ties), padded with
+        ``far_dist = -inf`` and ``far_label = far_row = -1``
     """
     n, K, d = X.shape[0], centers.shape[0], X.shape[1]
     X = np.ascontiguousarray(X if X.dtype == np.float32 else X.astype(np.float64, copy=False))
     center_x = center.astype(X.dtype)
     shift = center_x.astype(np.float64)
-    w = np.ones(n) if weight is None else np.ascontiguousarray(weight, dtype=np.float64)
-    labels, min_dist = np.empty(n, dtype=np.intp), np.empty(n)
+    w = np.empty(0) if weight is None else np.ascontiguousarray(weight, dtype=np.float64)
+    per_row = n if rows else 0
+    labels, min_dist = np.empty(per_row, dtype=np.intp), np.empty(per_row)
     N, S = np.zeros(K), np.zeros((K, d))
     ysum, ysq = np.zeros(d if moments else 0), np.zeros(d if moments else 0)
+    far = (
+        np.full(n_far, -np.inf),
+        np.full(n_far, -1, dtype=np.intp),
+        np.full(n_far, -1, dtype=np.intp),
+    )
     sub_rows = max(64, SUB_BLOCK_BYTES // (8 * max(d, K)))
     inertia, nonfinite = loops.lloyd_rows(
-        X, center_x, centers - shift, w, labels, min_dist, N, S, ysum, ysq, sub_rows
+        X, center_x, centers - shift, w, (labels, min_dist), N, S, (ysum, ysq), far, sub_rows
     )
     delta = shift - center  # re-centre the sums from the dtype-rounded reference
     S += N[:, None] * delta
@@ -612,7 +635,8 @@ def lloyd_assign(
     if moments:
         count = n - nonfinite
         stats.update(ysum=ysum + count * delta, ysq=ysq + 2 * delta * ysum + count * delta**2)
-    return X, w, labels, min_dist, stats
+    stats.update(far_dist=far[0][::-1], far_label=far[1][::-1], far_row=far[2][::-1])
+    return (X, labels, min_dist, stats) if rows else (X, None, None, stats)
 
 
 def farthest_order(dist: np.ndarray) -> np.ndarray:
@@ -624,28 +648,6 @@ def farthest_order(dist: np.ndarray) -> np.ndarray:
     """
     position = np.arange(dist.shape[0])
     return np.lexsort((-position, -dist))
-
-
-def _farthest(min_dist, labels, w, X, m: int) -> dict:
-    # Rows are kept unshifted so a relocated centre is exactly a data point.
-    n, d = X.shape
-    if n > m:
-        keep = np.sort(np.argpartition(min_dist, n - m)[n - m :]) if m else np.arange(0)
-    else:
-        keep = np.arange(n)
-    keep = keep[farthest_order(min_dist[keep])]
-    out = {
-        "far_dist": np.full(m, -np.inf),
-        "far_label": np.full(m, -1.0),
-        "far_weight": np.zeros(m),
-        "far_x": np.zeros((m, d)),
-    }
-    k = keep.shape[0]
-    out["far_dist"][:k] = min_dist[keep]
-    out["far_label"][:k] = labels[keep]
-    out["far_weight"][:k] = w[keep]
-    out["far_x"][:k] = X[keep]
-    return out
 
 
 def merge_top(keys: np.ndarray, *values: np.ndarray) -> tuple[np.ndarray, ...]:
@@ -840,7 +842,8 @@ def hartigan_stats(
     (−) each cluster, ``gain`` (B,) the sum of their Δ (≤ 0) and ``moved``
     (B,) their number.
     """
-    X, w, labels, min_dist, out = lloyd_assign(X, weight, centers, center)
+    X, labels, min_dist, out = lloyd_assign(X, weight, centers, center)
+    w = np.ones(X.shape[0]) if weight is None else np.asarray(weight, dtype=np.float64)
     if out["nonfinite"]:  # rows holding NaN/inf: counted, then left out of the rest
         finite = np.isfinite(min_dist)
         X, w, labels = X[finite], w[finite], labels[finite]

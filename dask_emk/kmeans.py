@@ -79,7 +79,7 @@ class LloydRun:
 
 def label_rows(X, centers: np.ndarray, center: np.ndarray) -> np.ndarray:
     """Nearest centre per row, shape (n,) int32 (as in the Lloyd passes)."""
-    return kernels.lloyd_assign(X, None, centers, center)[2].astype(np.int32)
+    return kernels.lloyd_assign(X, None, centers, center)[1].astype(np.int32)
 
 
 def distance_rows(X, centers: np.ndarray, center: np.ndarray) -> np.ndarray:

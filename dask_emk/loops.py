@@ -38,18 +38,20 @@ def compiled(**options):
 
 
 @compiled(fastmath=_SAFE_FAST_MATH)
-def _assign_rows(  # pragma: no cover - compiled
-    G, m_norms, index_bits, Y, means, w, labels, dist, N, S, ysum, ysq
-):
+def _assign_rows(G, m_norms, index_bits, Y, means, w, start, rows, N, S, moments, far):  # noqa: E501  # pragma: no cover
     """Nearest centre of each row of Y from G = Y (−2 M)ᵀ; adds to N and S.
 
-    Also adds the finite rows' Σ y and Σ y² to ``ysum`` and ``ysq`` unless
-    those are empty. Returns (Σ w ‖y − m‖², number of non-finite rows). A
-    non-finite row gets label 0, distance NaN and adds nothing.
+    Rows are the block's rows ``start`` onwards; ``w``, ``rows``, ``moments``
+    and ``far`` are the block's (see :func:`lloyd_rows`). Returns
+    (Σ w ‖y − m‖², number of non-finite rows). A non-finite row gets label 0,
+    distance NaN and adds nothing.
     """
     n, K = G.shape
     d = Y.shape[1]
     low = (np.int64(1) << index_bits) - 1
+    labels, dist = rows
+    ysum, ysq = moments
+    far_dist, far_label, far_row = far
     inertia = 0.0
     nonfinite = 0
     for i in range(n):
@@ -59,8 +61,9 @@ def _assign_rows(  # pragma: no cover - compiled
             yy += y * y
         if not np.isfinite(yy):
             nonfinite += 1
-            labels[i] = 0
-            dist[i] = np.nan
+            if labels.shape[0]:
+                labels[start + i] = 0
+                dist[start + i] = np.nan
             continue
         # argmin as a min over int64 keys, which vectorises (a compare-and-
         # select chain over floats does not; 2x faster per row at K = 16):
@@ -84,7 +87,7 @@ def _assign_rows(  # pragma: no cover - compiled
             label, squared = _nearest_exact(Y[i], means)
         else:
             squared = max(yy + best, 0.0)
-        wi = w[i]
+        wi = w[start + i] if w.shape[0] else 1.0
         for j in range(d):
             S[label, j] += wi * np.float64(Y[i, j])
         N[label] += wi
@@ -92,10 +95,30 @@ def _assign_rows(  # pragma: no cover - compiled
             y = np.float64(Y[i, j])
             ysum[j] += y
             ysq[j] += y * y
-        labels[i] = label
-        dist[i] = squared
+        if labels.shape[0]:
+            labels[start + i] = label
+            dist[start + i] = squared
+        if far_dist.shape[0] and squared >= far_dist[0]:
+            _keep_far(far_dist, far_label, far_row, squared, label, start + i)
         inertia += wi * squared
     return inertia, nonfinite
+
+
+@compiled()
+def _keep_far(far_dist, far_label, far_row, squared, label, row):  # pragma: no cover
+    """Insert a row into the m farthest, kept ascending by (distance, row).
+
+    Rows arrive in order, so the new row ranks above every kept row of equal
+    distance (later rows first among ties, as :func:`dask_emk.kernels.
+    farthest_order`); it evicts the lowest entry, which the caller checked
+    it does not rank below. One comparison per row instead of an
+    ``argpartition`` over the block's distances.
+    """
+    p = 0
+    while p + 1 < far_dist.shape[0] and far_dist[p + 1] <= squared:
+        far_dist[p], far_label[p], far_row[p] = far_dist[p + 1], far_label[p + 1], far_row[p + 1]
+        p += 1
+    far_dist[p], far_label[p], far_row[p] = squared, label, row
 
 
 @compiled()
@@ -114,12 +137,13 @@ def _nearest_exact(y, means):  # pragma: no cover - compiled
 
 
 @compiled(fastmath=_SAFE_FAST_MATH)
-def lloyd_rows(X, center, means, w, labels, dist, N, S, ysum, ysq, sub_rows):  # pragma: no cover
+def lloyd_rows(X, center, means, w, rows, N, S, moments, far, sub_rows):  # pragma: no cover
     """One Lloyd assignment of a block of rows, in cache-sized sub-blocks.
 
     Rows are shifted by ``center`` in the data's own dtype (exact when rows
     lie near the centre: Sterbenz), the distances come from one GEMM in that
-    dtype per sub-block, and everything accumulates in float64.
+    dtype per sub-block, and everything accumulates in float64. Outputs a
+    caller does not need are passed empty and skipped.
 
     Parameters
     ----------
@@ -128,13 +152,16 @@ def lloyd_rows(X, center, means, w, labels, dist, N, S, ysum, ysq, sub_rows):  #
         Reference point subtracted from every row.
     means : ndarray of shape (K, d), float64
         Centres minus ``center``.
-    w : ndarray of shape (n,), float64
-    labels : ndarray of shape (n,), intp, written
-    dist : ndarray of shape (n,), float64, written: ‖y − m‖² (NaN if non-finite)
+    w : ndarray of shape (n,) float64, or (0,) for unit weights
+    rows : tuple (labels, dist), each of shape (n,) or both (0,), written:
+        labels (intp) and ‖y − m‖² (float64, NaN if non-finite) per row
     N : ndarray of shape (K,), float64, added to: Σ w per cluster
     S : ndarray of shape (K, d), float64, added to: Σ w y per cluster
-    ysum, ysq : ndarray of shape (d,) or (0,), float64, added to: the
-        unweighted Σ y and Σ y² of the finite rows (skipped when empty)
+    moments : tuple (ysum, ysq) of shape (d,) or both (0,), float64, added
+        to: the unweighted Σ y and Σ y² of the finite rows
+    far : tuple (far_dist, far_label, far_row) of shape (m,), float64 /
+        intp / intp, initially -inf / -1 / -1: the m finite rows farthest
+        from their centre, kept ascending by (distance, row); m may be 0
     sub_rows : int
 
     Returns
@@ -163,10 +190,8 @@ def lloyd_rows(X, center, means, w, labels, dist, N, S, ysum, ysq, sub_rows):  #
                 Y[i, j] = X[start + i, j] - center[j]
         G = products[: stop - start]
         np.dot(Y, neg2_mt, G)  # into a reused buffer: a fresh one is page-faulted in
-        part, bad = _assign_rows(
-            G, m_norms, index_bits, Y, means, w[start:stop], labels[start:stop],
-            dist[start:stop], N, S, ysum, ysq,
-        )  # fmt: skip
+        part, bad = _assign_rows(G, m_norms, index_bits, Y, means, w, start, rows, N, S,
+                                 moments, far)  # fmt: skip
         inertia += part
         nonfinite += bad
     return inertia, nonfinite

@@ -89,7 +89,7 @@ def test_float32_assignment_is_exact_up_to_single_precision_ties():
     X[[7, 2000]] = np.float32([[3e19, -3e19, 1e19], [3.1e19, -2.9e19, 1e19]])
     centers = np.vstack([centers, [[3e19, -3e19, 1e19]]])
     center = centers[:6].mean(axis=0)
-    _, _, labels, min_dist, st = kernels.lloyd_assign(X, None, centers, center)
+    _, labels, min_dist, st = kernels.lloyd_assign(X, None, centers, center)
     X64 = X.astype(np.float64)
     d2 = ((X64[:, None, :] - centers[None]) ** 2).sum(-1)
     rows = np.arange(3000)
@@ -117,12 +117,22 @@ def test_assignment_breaks_exact_ties_toward_the_first_centre(dtype):
     centers = rng.integers(-5, 6, (37, 3)).astype(np.float64)
     centers[20:25] = centers[:5]
     X = rng.integers(-6, 7, (4000, 3)).astype(dtype)
-    _, _, labels, min_dist, st = kernels.lloyd_assign(X, None, centers, np.zeros(3))
+    _, labels, min_dist, st = kernels.lloyd_assign(X, None, centers, np.zeros(3))
     d2 = ((X.astype(np.float64)[:, None, :] - centers[None]) ** 2).sum(-1)
     assert (np.sort(d2, axis=1)[:, 1] == d2.min(1)).sum() > 500  # ties are common
     np.testing.assert_array_equal(labels, d2.argmin(1))
     np.testing.assert_array_equal(min_dist, d2.min(1))
     np.testing.assert_array_equal(st["N"], np.bincount(d2.argmin(1), minlength=37))
+    # The farthest rows under the same exact ties: farthest first, later rows
+    # first among equal distances (as scikit-learn's argpartition picks).
+    X[5] = np.nan  # a non-finite row never enters the list
+    far = kernels.assign_stats(X, None, centers, np.zeros(3), n_far=25)
+    finite = np.flatnonzero(np.isfinite(X).all(axis=1))
+    top = finite[np.lexsort((-finite, -d2.min(1)[finite]))[:25]]
+    np.testing.assert_array_equal(far["far_x"], X[top])
+    np.testing.assert_array_equal(far["far_dist"], d2.min(1)[top])
+    np.testing.assert_array_equal(far["far_label"], d2.argmin(1)[top])
+    assert far["count"] == 3999 and far["nonfinite"] == 1
 
 
 @pytest.mark.parametrize("chunks", [None, 50, tiny_chunks(600)])
