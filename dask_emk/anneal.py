@@ -337,14 +337,10 @@ class _NotLower(Exception):
     """Raised from the KMeans callback to stop a Lloyd run whose first pass
     (the inertia at its starting centres) is not below ``bound``."""
 
-    def __init__(self, inertia: float):
-        super().__init__(inertia)
-        self.inertia = inertia
-
 
 def _stop_unless_lower(model, info, bound: float) -> None:
     if info["iteration"] == 1 and not info["inertia"] < bound:
-        raise _NotLower(float(info["inertia"]))
+        raise _NotLower
 
 
 def hartigan_polish(X, array, weight, km: KMeans, max_passes: int, max_iter: int, split_every):

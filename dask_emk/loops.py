@@ -38,7 +38,9 @@ def compiled(**options):
 
 
 @compiled(fastmath=_SAFE_FAST_MATH)
-def _assign_rows(G, m_norms, index_bits, Y, means, w, start, rows, N, S, moments, far):  # noqa: E501  # pragma: no cover
+def _assign_rows(  # pragma: no cover - compiled
+    G, m_norms, index_bits, Y, means, w, start, rows, N, S, moments, far
+):
     """Nearest centre of each row of Y from G = Y (−2 M)ᵀ; adds to N and S.
 
     Rows are the block's rows ``start`` onwards; ``w``, ``rows``, ``moments``

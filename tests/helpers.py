@@ -5,9 +5,21 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
+from dask.callbacks import Callback
 from sklearn.exceptions import ConvergenceWarning
 
 SK_TYPES = ("full", "tied", "diag", "spherical")
+
+
+class CountComputes(Callback):
+    """Counts graph executions (one ``start`` per dask compute)."""
+
+    def __init__(self):
+        super().__init__(start=self._start)
+        self.count = 0
+
+    def _start(self, dsk):
+        self.count += 1
 
 
 def blobs(n=1000, d=3, K=3, seed=0, spread=1.0, offset=0.0):

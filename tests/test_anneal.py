@@ -9,8 +9,7 @@ import dask.array as da
 import numpy as np
 import pytest
 import xarray as xr
-from dask.callbacks import Callback
-from helpers import blobs, fit_quiet
+from helpers import CountComputes, blobs, fit_quiet
 from sklearn.cluster import KMeans as SkKMeans
 
 from dask_emk import AnnealedGaussianMixture, GaussianMixture, KMeans, anneal, engine
@@ -108,15 +107,6 @@ def test_dask_input_matches_numpy(grid, fitted):
     np.testing.assert_array_equal(lazy.labels_.compute(), fitted.labels_)
 
 
-class ComputeCounter(Callback):
-    def __init__(self):
-        super().__init__()
-        self.count = 0
-
-    def _start(self, dsk):
-        self.count += 1
-
-
 def test_sample_keeps_full_passes_few(monkeypatch):
     X, truth = grid_blobs(n_per=200, seed=1)
     calls, reduce_pass = [], engine.reduce_pass
@@ -136,7 +126,7 @@ def test_sample_keeps_full_passes_few(monkeypatch):
     assert centroid_index(model.cluster_centers_, truth) == 0
     # Dask input: one compute per pass, plus the one row read as reference point.
     lazy = AnnealedGaussianMixture(25, sample_size=2000, random_state=0)
-    with ComputeCounter() as counter:
+    with CountComputes() as counter:
         lazy.fit(da.from_array(X, chunks=700))
     assert counter.count == lazy.n_full_passes_ + 1 == model.n_full_passes_ + 1
     np.testing.assert_allclose(lazy.inertia_, model.inertia_, rtol=1e-10)

@@ -8,8 +8,7 @@ import dask
 import dask.array as da
 import numpy as np
 import pytest
-from dask.callbacks import Callback
-from helpers import SK_TYPES, assert_params_close, blobs, fit_quiet, init_params
+from helpers import SK_TYPES, CountComputes, assert_params_close, blobs, fit_quiet, init_params
 from sklearn.mixture import GaussianMixture as SKGM
 
 from dask_emk import GaussianMixture, engine, kernels
@@ -22,17 +21,6 @@ K = 3
 @pytest.fixture(scope="module")
 def X():
     return blobs(n=1000, d=3, K=K, seed=0)
-
-
-class CountComputes(Callback):
-    """Counts graph executions (one ``start`` per compute)."""
-
-    def __init__(self):
-        super().__init__(start=self._start)
-        self.count = 0
-
-    def _start(self, dsk):
-        self.count += 1
 
 
 def test_one_compute_per_em_iteration(X):

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import dask
 import dask.array as da
 import numpy as np
 import pytest
-from helpers import blobs, fit_quiet, init_params
+from helpers import CountComputes, blobs, fit_quiet, init_params
 
 from dask_emk import GaussianMixture
 
@@ -45,15 +44,9 @@ def test_nonfinite_in_late_dask_chunk_raised_at_first_pass(X, bad):
     Xb = X.copy()
     Xb[-3, 0] = bad  # only the last 97-row chunk holds it
     dX = da.from_array(Xb, chunks=(97, -1))
-    computes = []
-
-    class Count(dask.callbacks.Callback):
-        def _start(self, dsk):
-            computes.append(1)
-
-    with Count(), pytest.raises(ValueError, match=r"NaN or infinity in 1 row"):
+    with CountComputes() as computes, pytest.raises(ValueError, match=r"NaN or infinity in 1 row"):
         model(X).fit(dX)
-    assert len(computes) == 1  # no extra pass, and no EM iterations on bad data
+    assert computes.count == 1  # no extra pass, and no EM iterations on bad data
 
 
 def test_nonfinite_predict_input(X):

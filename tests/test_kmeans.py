@@ -7,7 +7,7 @@ import dask.array as da
 import numpy as np
 import pytest
 import xarray as xr
-from dask.callbacks import Callback
+from helpers import CountComputes
 from sklearn.base import clone
 from sklearn.cluster import KMeans as SKKMeans
 from sklearn.datasets import make_blobs
@@ -411,15 +411,6 @@ def test_float32_preserved(data):
         np.testing.assert_array_equal(np.asarray(km.labels_), sk.labels_)
 
 
-class CountComputes(Callback):
-    def __init__(self):
-        super().__init__(start=self._start)
-        self.n = 0
-
-    def _start(self, dsk):
-        self.n += 1
-
-
 def test_one_compute_per_lloyd_iteration(data):
     X, init = data
     arr = da.from_array(X, chunks=(50, -1))
@@ -427,14 +418,14 @@ def test_one_compute_per_lloyd_iteration(data):
         with CountComputes() as strict:
             km = KMeans(K, init=init, tol=0).fit(arr)
         assert km.n_iter_ > 3
-        assert strict.n == km.n_iter_  # the last pass's inertia is final: no extra pass
+        assert strict.count == km.n_iter_  # the last pass's inertia is final: no extra pass
         with CountComputes() as loose:
             km = KMeans(K, init=init, tol=1e-2).fit(arr)
-        assert loose.n == km.n_iter_ + 1  # tolerance from the first pass, final assignment
+        assert loose.count == km.n_iter_ + 1  # tolerance from the first pass, final assignment
         with CountComputes() as seeded:
             km = KMeans(K, random_state=0, init_max_iter=3, tol=0).fit(arr)
         # first row: 1 small read, 3 rounds, 1 weighting pass, then Lloyd
-        assert seeded.n == 1 + 3 + 1 + km.n_iter_
+        assert seeded.count == 1 + 3 + 1 + km.n_iter_
 
 
 def test_to_xarray_round_trip(data, tmp_path):
