@@ -24,6 +24,7 @@ from .storage import (  # noqa: F401
     check_stored_files,
     check_zarr_chunks,
     checked_reads,
+    chunked_if_stored,
     open_zarr_array,
     read_zarr,
     storage_errors,
@@ -103,6 +104,7 @@ def as_input(X, *, name: str = "X") -> InputData:
         _check_shape_dtype(X.shape, np.dtype(X.dtype), name)
         X = read_zarr(X)
     if isinstance(X, xr.DataArray):
+        X = chunked_if_stored(X)
         return _from_xarray(X, name)
     if isinstance(X, da.Array):
         return InputData(_as_float_dask(X, name), "dask")

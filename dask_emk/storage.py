@@ -11,7 +11,8 @@ xarray has decoded the fill value. Which input gets which check:
   ``predict`` and lazy outputs (``labels_``) computed at any later time.
 - A dask array from ``da.from_zarr`` (default ``inline_array=False``) and a
   DataArray from ``xarray.open_zarr`` or ``xarray.open_dataarray(...,
-  engine='zarr')`` (decoded or not): the zarr read in their graph is swapped
+  engine='zarr')`` (decoded or not; chunked in its stored chunks if it is
+  not, :func:`chunked_if_stored`): the zarr read in their graph is swapped
   for a checked one (:func:`checked_reads`), whatever is computed on top.
 - Any other dask collection whose graph holds a zarr array (e.g. an xarray
   variable indexed lazily before it was chunked): the store is listed once,
@@ -34,6 +35,7 @@ from urllib.parse import urlparse
 
 import dask.array as da
 import numpy as np
+import xarray as xr
 import zarr
 from dask.array.utils import meta_from_array
 from dask.highlevelgraph import HighLevelGraph, MaterializedLayer
@@ -176,6 +178,21 @@ def checked_reads(collection: da.Array) -> tuple[da.Array, list[zarr.Array]]:
     new_graph = HighLevelGraph(layers, graph.dependencies)
     meta = meta_from_array(collection)
     return da.Array(new_graph, collection.name, collection.chunks, meta=meta), unchecked
+
+
+def chunked_if_stored(X: xr.DataArray) -> xr.DataArray:
+    """A DataArray read lazily from a store, not chunked, as dask in its stored chunks.
+
+    ``xarray.open_dataarray(..., engine='zarr')`` gives such a variable by
+    default; its ``.data`` would load the whole array through zarr, with no
+    check for missing files. Chunked, it is read block by block through
+    :func:`checked_reads` like ``xarray.open_zarr`` input. Anything else
+    (dask-backed, or with no stored chunking in its encoding) is returned as is.
+    """
+    preferred = X.encoding.get("preferred_chunks")
+    if X.chunks is not None or not preferred:
+        return X
+    return X.chunk({dim: size for dim, size in preferred.items() if dim in X.dims})
 
 
 def zarr_arrays(collection) -> list[zarr.Array]:

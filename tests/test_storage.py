@@ -26,7 +26,7 @@ from sklearn.exceptions import ConvergenceWarning
 
 from dask_emk import GaussianMixture, KMeans
 from dask_emk.io import raise_on_nonfinite
-from dask_emk.storage import MissingChunksError, check_zarr_chunks
+from dask_emk.storage import MissingChunksError, check_zarr_chunks, file_coords
 
 K = 3
 A = blobs(n=1200, d=4, K=K, seed=3)
@@ -46,6 +46,7 @@ KINDS = {
     "zarr": lambda path: zarr.open_group(str(path), mode="r")["X"],
     "dask": lambda path: da.from_zarr(str(path), component="X"),
     "xarray": lambda path: xr.open_zarr(path, consolidated=False)["X"],
+    "dataarray": lambda path: xr.open_dataarray(path, engine="zarr", consolidated=False),
 }
 
 
@@ -127,6 +128,21 @@ def test_selection_without_the_missing_file_fits(tmp_path):
     assert_same_gmm(got, fit(gmm(), A[:600]))
     with raises_missing(missing_pattern("chunks")):
         fit(gmm(), da.from_zarr(str(path), component="X")[500:])
+
+
+@pytest.mark.parametrize(
+    "selection",
+    [(slice(0, 200), slice(0, 4)), (slice(199, 401),), (slice(None, None, -3), 1),
+     (np.array([5, 1150, 610]), slice(2, 3)), (-1, [0, 3]), (slice(1100, 1300, 7), None),
+     (slice(700, 300),)],
+)  # fmt: skip
+def test_file_coords_are_the_files_a_selection_reads(tmp_path, selection):
+    """Against brute force: the files holding the elements numpy indexing picks."""
+    z = zarr.open_group(str(write_store(tmp_path, "shards-features")), mode="r")["X"]
+    rows, cols = np.indices(A.shape)
+    plain = tuple(s for s in selection if s is not None)
+    picked = set(zip(rows[plain].ravel() // 400, cols[plain].ravel() // 2, strict=True))
+    assert set(file_coords(z, selection)) == picked
 
 
 # --------------------------------------------------------------- a file is missing
