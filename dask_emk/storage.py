@@ -285,9 +285,9 @@ def file_coords(array: zarr.Array, selection) -> list[tuple[int, ...]]:
         if sel is Ellipsis:
             sel = slice(None)
         if isinstance(sel, slice):
-            rows = range(*sel.indices(n))
-            first, last = (min(rows[0], rows[-1]), max(rows[0], rows[-1])) if rows else (0, -1)
-            per_axis.append(range(first // size, last // size + 1) if rows else range(0))
+            picked = range(*sel.indices(n))
+            low, high = sorted((picked[0], picked[-1])) if picked else (0, -size)
+            per_axis.append(range(low // size, high // size + 1))
         else:
             index = np.asarray(sel)
             index = np.flatnonzero(index) if index.dtype == bool else index.ravel() % max(n, 1)
@@ -361,8 +361,8 @@ def missing_files_error(
     fill = np.asarray(array.fill_value).item()
     return MissingChunksError(
         f"zarr array {zarr_label(array)} is missing {what} on disk: {named}{more}. "
-        f"zarr reads a missing {kind} as the fill value {fill!r}, so the fit would "
-        "use rows that do not exist. Restore the store (rewrite it from its "
+        f"zarr reads a missing {kind} as the fill value {fill!r}, so a fit or "
+        "prediction would use rows that do not exist. Restore the store (rewrite it from its "
         f"source). If those {kind}s really hold only the fill value (zarr skips "
         "writing such files), rewrite the array with "
         "zarr.config.set({'array.write_empty_chunks': True})."
