@@ -106,7 +106,7 @@ def draw_sample(data: InputData, weight, size: int, rng, split_every) -> Sample:
             X, weight, moments_block, layout.size, center, layout, split_every=split_every
         )
     stats = layout.unpack(np.asarray(total))
-    raise_on_nonfinite(stats["nonfinite"])
+    raise_on_nonfinite(stats["nonfinite"], X)
     mean_shift = stats["S"][0] / stats["n"]
     cov = stats["Q"][0] / stats["n"] - np.outer(mean_shift, mean_shift)
     rows = np.asarray(rows, dtype=np.float64)

@@ -316,7 +316,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
             split_every=self.split_every,
         )
         stats = layout.unpack(vector)
-        raise_on_nonfinite(stats["nonfinite"])
+        raise_on_nonfinite(stats["nonfinite"], data.array)
         if stats["n"] <= 0:
             raise ValueError("sample_weight sums to zero; at least one weight must be positive.")
         return stats
@@ -375,7 +375,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
             split_every=self.split_every,
         )
         stats = layout.unpack(vector)
-        raise_on_nonfinite(stats["nonfinite"])
+        raise_on_nonfinite(stats["nonfinite"], data.array)
         centers = np.broadcast_to(center, (K, d))
         return m_step(
             stats, centers, self.covariance_type, self.reg_covar, eps=eps, variance=self.variance

@@ -19,6 +19,7 @@ from sklearn.utils.random import sample_without_replacement
 
 from .engine import single_blas_thread
 from .passes import assign_pass, seed_pass
+from .storage import check_stored_files
 
 #: Default number of k-means|| rounds; Bahmani et al. (2012) find ~5 enough.
 DEFAULT_ROUNDS = 5
@@ -58,6 +59,7 @@ def random_rows(X, n: int, random_state, sample_weight=None) -> np.ndarray:
         out = np.empty_like(rows)
         out[order] = rows
         if not np.isfinite(out).all():
+            check_stored_files(X)  # missing chunk files read as NaN in some stores
             raise ValueError("Input contains NaN or infinity (in a randomly drawn row).")
         return out
     empty = np.zeros((0, X.shape[1]))

@@ -9,10 +9,7 @@ in lazy data is reported by the E-step of the first pass (no extra pass).
 
 from __future__ import annotations
 
-import contextlib
 import os
-import traceback
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import dask.array as da
@@ -20,10 +17,20 @@ import numpy as np
 import scipy.sparse as sp
 import xarray as xr
 import zarr
-from dask.highlevelgraph import MaterializedLayer
 
-#: Packages whose frames in a traceback mean "the failure happened reading a store".
-STORAGE_PACKAGES = ("zarr", "numcodecs")
+# zarr-backed input lives in .storage; re-exported here, where callers look for it.
+from .storage import (  # noqa: F401
+    STORAGE_PACKAGES,
+    check_stored_files,
+    check_zarr_chunks,
+    checked_reads,
+    chunked_if_stored,
+    open_zarr_array,
+    read_zarr,
+    storage_errors,
+    zarr_arrays,
+    zarr_label,
+)
 
 
 @dataclass
@@ -77,39 +84,13 @@ class InputData:
         return xr.DataArray(values, dims=dims, coords=self.sample_coords)
 
 
-def open_zarr_array(path: str | os.PathLike) -> zarr.Array:
-    """Open a zarr array from a store path (``store.zarr`` or ``store.zarr/name``).
-
-    A group holding exactly one array resolves to it.
-
-    Raises
-    ------
-    ValueError
-        If the path does not exist, holds no array, or a group holds several.
-    """
-    path = os.fspath(path)
-    if not os.path.exists(path):
-        raise ValueError(f"zarr store {path!r} does not exist; check the path.")
-    try:
-        node = zarr.open(store=zarr.storage.LocalStore(path, read_only=True), mode="r")
-    except Exception as exc:  # zarr raises several types for a non-store folder
-        raise ValueError(f"{path!r} is not a readable zarr store: {exc}") from None
-    if isinstance(node, zarr.Array):
-        return node
-    names = sorted(name for name, _ in node.arrays())
-    if len(names) != 1:
-        raise ValueError(
-            f"zarr group {path!r} holds arrays {names}; name the one to use as "
-            f"'{path}/<array name>'."
-        )
-    return node[names[0]]
-
-
 def as_input(X, *, name: str = "X") -> InputData:
     """Validate X and convert it to :class:`InputData`.
 
     Accepts numpy arrays (and array-likes), dask arrays, xarray DataArrays
-    (dims sample × feature), zarr arrays and zarr store paths.
+    (dims sample × feature), zarr arrays and zarr store paths or ``file://``
+    URLs. Reads of zarr-backed input raise when chunk files are missing
+    (:mod:`dask_emk.storage` says how, for each kind of input).
 
     Raises
     ------
@@ -121,8 +102,9 @@ def as_input(X, *, name: str = "X") -> InputData:
         X = open_zarr_array(X)
     if isinstance(X, zarr.Array):
         _check_shape_dtype(X.shape, np.dtype(X.dtype), name)
-        X = da.from_zarr(X)
+        X = read_zarr(X)
     if isinstance(X, xr.DataArray):
+        X = chunked_if_stored(X)
         return _from_xarray(X, name)
     if isinstance(X, da.Array):
         return InputData(_as_float_dask(X, name), "dask")
@@ -183,7 +165,10 @@ def float_dtype(dtype: np.dtype) -> np.dtype:
 
 def _as_float_dask(X: da.Array, name: str) -> da.Array:
     _check_shape_dtype(X.shape, np.dtype(X.dtype), name)
-    for array in zarr_arrays(X):
+    # Reads of zarr arrays in the graph check their chunk files as they go;
+    # arrays whose reads cannot be swapped are listed here, once.
+    X, unchecked = checked_reads(X)
+    for array in unchecked:
         check_zarr_chunks(array)
     if any(np.isnan(c) for c in X.chunks[0]):
         raise ValueError(f"{name} has unknown chunk sizes; call X.compute_chunk_sizes() first.")
@@ -252,13 +237,17 @@ def as_sample_weight(sample_weight, data: InputData):
     return w
 
 
-def raise_on_nonfinite(count: float) -> None:
+def raise_on_nonfinite(count: float, source=None) -> None:
     """Raise the error for NaN/inf rows that a pass over the data counted.
 
     The kernels count rows whose statistics are not finite in the pass they
     already make, so lazy input needs no extra pass just to look for NaN.
+    Missing zarr chunk files read as the fill value (NaN in stores written
+    by xarray), so the zarr arrays of ``source`` (the data passed over) are
+    first checked for missing files, which are reported instead.
     """
     if count > 0:
+        check_stored_files(source)
         raise ValueError(
             f"Input contains NaN or infinity in {int(count)} row(s) (or values too "
             "large for float64 arithmetic); remove or impute them, e.g. "
@@ -274,101 +263,3 @@ def check_weight_values(w_min: float, w_sum: float, all_finite: bool) -> None:
         raise ValueError("sample_weight has negative values; weights must be >= 0.")
     if w_sum <= 0:
         raise ValueError("sample_weight sums to zero; at least one weight must be positive.")
-
-
-# ------------------------------------------------------------ zarr-backed input
-def zarr_arrays(collection) -> list[zarr.Array]:
-    """The zarr arrays a dask collection reads (``da.from_zarr`` puts each in its graph).
-
-    Only materialised layers are searched: ``from_zarr`` stores the array
-    there as one key, and the blockwise layers above it hold no arrays.
-    """
-    graph = collection.__dask_graph__()
-    layers = getattr(graph, "layers", {"": graph})
-    found = {}
-    for layer in layers.values():
-        mapping = layer.mapping if isinstance(layer, MaterializedLayer) else layer
-        if not isinstance(mapping, dict):
-            continue
-        for value in mapping.values():
-            if isinstance(value, zarr.Array):
-                found[str(value.store_path)] = value
-    return list(found.values())
-
-
-def zarr_label(array: zarr.Array) -> str:
-    """The store location and array path, as a user would recognise it.
-
-    A local store gives its directory, an fsspec store (what ``da.from_zarr``
-    on a path opens) its path; anything else its own description.
-    """
-    store = array.store
-    base = getattr(store, "root", None) or getattr(store, "path", None) or store
-    return f"{base}/{array.path}" if array.path else str(base)
-
-
-def check_zarr_chunks(array: zarr.Array) -> None:
-    """Raise if chunk files of ``array`` are missing from its store.
-
-    zarr reads a missing chunk as the array's fill value without complaint,
-    so rows lost from disk would silently enter the fit as rows of zeros.
-    Counting the stored chunks is one listing of the store (metadata only).
-
-    Raises
-    ------
-    ValueError
-        Naming the store, the array and how many chunks are missing.
-    """
-    expected, stored = array.nchunks, array.nchunks_initialized
-    if stored >= expected:
-        return
-    fill = np.asarray(array.fill_value).item()
-    raise ValueError(
-        f"zarr array {zarr_label(array)} is missing {expected - stored} of its "
-        f"{expected} chunk files on disk; zarr would read them as the fill value "
-        f"{fill!r} and fit rows that do not exist. Restore the store "
-        "(rewrite it from its source). If those chunks really hold only the fill "
-        "value (zarr skips writing such chunks), rewrite the array with "
-        "zarr.config.set({'array.write_empty_chunks': True})."
-    )
-
-
-@contextlib.contextmanager
-def storage_errors(collection) -> Iterator[None]:
-    """Turn a failure inside zarr or a codec, while computing ``collection``, into
-    a ValueError that names the zarr array being read.
-
-    A corrupted or unreadable chunk file otherwise surfaces as a RuntimeError
-    (or other error) from deep inside numcodecs, possibly relayed by a
-    distributed worker, that does not say which store is broken.
-    """
-    try:
-        yield
-    except Exception as exc:
-        arrays = zarr_arrays(collection) if _raised_in_storage(exc) else []
-        if not arrays:
-            raise
-        names = ", ".join(zarr_label(a) for a in arrays)
-        message = " ".join(str(exc).split()) or type(exc).__name__
-        raise ValueError(
-            f"reading zarr array {names} failed: a chunk file is corrupted or "
-            f"unreadable ({type(exc).__name__}: {message}). Check the store "
-            "(e.g. zarr.open_array(...)[:] on it) and rewrite it from its source."
-        ) from exc
-
-
-def _raised_in_storage(exc: BaseException) -> bool:
-    """Whether ``exc`` (or an exception it chains to) came through zarr/numcodecs frames.
-
-    distributed re-raises a worker's exception with the worker's traceback,
-    so this also holds for failures on remote workers.
-    """
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        for frame in traceback.extract_tb(exc.__traceback__):
-            parts = frame.filename.replace("\\", "/").split("/")
-            if any(package in parts for package in STORAGE_PACKAGES):
-                return True
-        exc = exc.__cause__ or exc.__context__
-    return False

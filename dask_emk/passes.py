@@ -110,7 +110,7 @@ def assign_pass(X, weight, centers, center, n_far=0, moments=False, split_every=
         combine=partial(merge_packed, layout=layout, tops=FAR_LIST),
     )
     stats = layout.unpack(vector)
-    raise_on_nonfinite(stats["nonfinite"])
+    raise_on_nonfinite(stats["nonfinite"], X)
     return stats
 
 
@@ -156,7 +156,7 @@ def seed_pass(
         combine=partial(merge_packed, layout=layout, tops=SAMPLE_LIST),
     )
     stats = layout.unpack(vector)
-    raise_on_nonfinite(stats["nonfinite"])
+    raise_on_nonfinite(stats["nonfinite"], X)
     return stats
 
 
@@ -187,5 +187,5 @@ def hartigan_pass(X, weight, centers, mass, center, edges, split_every=None) -> 
         split_every=split_every,
     )  # fmt: skip
     stats = layout.unpack(vector)
-    raise_on_nonfinite(stats["nonfinite"])
+    raise_on_nonfinite(stats["nonfinite"], X)
     return stats

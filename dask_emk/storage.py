@@ -1,0 +1,459 @@
+"""Reading zarr input without silent gaps: missing chunk or shard files raise.
+
+zarr reads a chunk file (or, for a sharded array, a shard file) that is
+missing from its store as the array's fill value, without complaint, so
+rows lost from disk would enter a fit as rows of zeros, or as NaN rows once
+xarray has decoded the fill value. Which input gets which check:
+
+- A store path, a ``file://`` URL or a ``zarr.Array``: read through
+  :class:`CheckedZarrRead` (:func:`read_zarr`), so every block read checks
+  that the chunk or shard files it covers exist; this holds for the fit,
+  ``predict`` and lazy outputs (``labels_``) computed at any later time.
+- A dask array from ``da.from_zarr`` (default ``inline_array=False``) and a
+  DataArray from ``xarray.open_zarr`` or ``xarray.open_dataarray(...,
+  engine='zarr')`` (decoded or not; chunked in its stored chunks if it is
+  not, :func:`chunked_if_stored`): the zarr read in their graph is swapped
+  for a checked one (:func:`checked_reads`), whatever is computed on top.
+- Any other dask collection whose graph holds a zarr array (e.g. an xarray
+  variable indexed lazily before it was chunked): the store is listed once,
+  up front (:func:`check_zarr_chunks`). ``da.from_zarr(...,
+  inline_array=True)`` hides its array from the graph and is not checked.
+
+Whatever the input, a fit that finds non-finite rows first lists the stores
+it read for missing files (:func:`check_stored_files`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import os
+import traceback
+from collections.abc import Iterator
+from urllib.parse import urlparse
+
+import dask.array as da
+import numpy as np
+import xarray as xr
+import zarr
+from dask.array.utils import meta_from_array
+from dask.highlevelgraph import HighLevelGraph, MaterializedLayer
+
+#: Packages whose frames in a traceback mean "the failure happened reading a store".
+STORAGE_PACKAGES = ("zarr", "numcodecs")
+
+#: Missing files named in an error message; more are counted.
+NAMED_FILES = 3
+
+
+class MissingChunksError(ValueError):
+    """Chunk or shard files of a zarr array are missing from its store."""
+
+
+def open_zarr_array(path: str | os.PathLike) -> zarr.Array:
+    """Open a zarr array from a local store path or ``file://`` URL.
+
+    The path is ``store.zarr`` or ``store.zarr/name``; a group holding
+    exactly one array resolves to it.
+
+    Raises
+    ------
+    ValueError
+        If the path does not exist, holds no array, or a group holds several.
+    """
+    path = os.fspath(path)
+    if path.startswith("file://"):
+        path = urlparse(path).path
+    if not os.path.exists(path):
+        raise ValueError(f"zarr store {path!r} does not exist; check the path.")
+    try:
+        store = zarr.storage.LocalStore(os.path.abspath(path), read_only=True)
+        node = zarr.open(store=store, mode="r")
+    except Exception as exc:  # zarr raises several types for a non-store folder
+        raise ValueError(f"{path!r} is not a readable zarr store: {exc}") from None
+    if isinstance(node, zarr.Array):
+        return node
+    names = sorted(name for name, _ in node.arrays())
+    if len(names) != 1:
+        raise ValueError(
+            f"zarr group {path!r} holds arrays {names}; name the one to use as "
+            f"'{path}/<array name>'."
+        )
+    return node[names[0]]
+
+
+class CheckedZarrRead:
+    """Array-like read of a zarr array that raises for missing chunk/shard files.
+
+    After each read it asks the store whether the files holding the read
+    selection exist: one ``exists`` per file, against a read of the whole
+    file. Checking after the read also catches a file that vanished before it.
+
+    Parameters
+    ----------
+    array : zarr.Array
+        The stored array; its chunk (or shard) grid names the files.
+    source : array-like, optional
+        What to read from (default ``array``): a wrapper indexed in the
+        array's own coordinates, such as xarray's decoding of it.
+    """
+
+    def __init__(self, array: zarr.Array, source=None):
+        self.array = array
+        self.source = array if source is None else source
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.source.shape)
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(self.source.dtype)
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    def __getitem__(self, selection):
+        block = self.source[selection]
+        missing = missing_files(self.array, file_coords(self.array, selection))
+        if missing:
+            raise missing_files_error(self.array, missing)
+        return block
+
+
+def read_zarr(array: zarr.Array) -> da.Array:
+    """A dask array over ``array`` whose every block read checks its files.
+
+    One task per zarr chunk of rows, each holding whole rows (the kernels
+    need them; features are few), so no rechunk follows.
+    """
+    chunks = (array.chunks[0],) + tuple(array.shape[1:])
+    meta = np.empty((0,) * array.ndim, dtype=array.dtype)
+    return da.from_array(
+        CheckedZarrRead(array), chunks=chunks, asarray=False, fancy=False, meta=meta, name=False
+    )
+
+
+def checked_reads(collection: da.Array) -> tuple[da.Array, list[zarr.Array]]:
+    """Swap the zarr reads in a dask array's graph for :class:`CheckedZarrRead`.
+
+    ``da.from_zarr`` and ``xarray.open_zarr`` keep the object they read
+    from as one value of a materialised layer; the tasks above index it
+    with the block's selection. That value is replaced when it is a zarr
+    array, or an xarray wrapper of one that keeps its coordinates (same
+    shape, no lazy indexing), so the same tasks read through the check.
+
+    Returns
+    -------
+    collection : dask.array.Array
+        The same array (same keys, chunks and values), with checked reads.
+    unchecked : list of zarr.Array
+        Arrays found in the graph whose reads could not be swapped.
+    """
+    graph = collection.__dask_graph__()
+    if not isinstance(graph, HighLevelGraph):
+        return collection, []
+    layers, unchecked = dict(graph.layers), []
+    for name, layer in graph.layers.items():
+        if not isinstance(layer, MaterializedLayer):
+            continue
+        swaps = {}
+        for key, value in layer.mapping.items():
+            array = _zarr_array_of(value)
+            if array is None or isinstance(value, CheckedZarrRead):
+                continue
+            if value is array or _same_coordinates(value, array):
+                swaps[key] = CheckedZarrRead(array, value)
+            else:
+                unchecked.append(array)
+        if swaps:
+            mapping = {**layer.mapping, **swaps}
+            layers[name] = MaterializedLayer(
+                mapping, layer.annotations, layer.collection_annotations
+            )
+    if all(layers[name] is layer for name, layer in graph.layers.items()):
+        return collection, unchecked
+    new_graph = HighLevelGraph(layers, graph.dependencies)
+    meta = meta_from_array(collection)
+    return da.Array(new_graph, collection.name, collection.chunks, meta=meta), unchecked
+
+
+def chunked_if_stored(X: xr.DataArray) -> xr.DataArray:
+    """A DataArray read lazily from a store, not chunked, as dask in its stored chunks.
+
+    ``xarray.open_dataarray(..., engine='zarr')`` gives such a variable by
+    default; its ``.data`` would load the whole array through zarr, with no
+    check for missing files. Chunked, it is read block by block through
+    :func:`checked_reads` like ``xarray.open_zarr`` input. Anything else
+    (dask-backed, or with no stored chunking in its encoding) is returned as is.
+    """
+    preferred = X.encoding.get("preferred_chunks")
+    if X.chunks is not None or not preferred:
+        return X
+    return X.chunk({dim: size for dim, size in preferred.items() if dim in X.dims})
+
+
+def zarr_arrays(collection) -> list[zarr.Array]:
+    """The zarr arrays a dask collection reads, for naming them in errors.
+
+    Only materialised layers are searched: ``from_zarr``, xarray and
+    :func:`read_zarr` store the object read there as one key, and the
+    blockwise layers above it hold no arrays.
+    """
+    graph = collection.__dask_graph__()
+    layers = getattr(graph, "layers", {"": graph})
+    found = {}
+    for layer in layers.values():
+        mapping = layer.mapping if isinstance(layer, MaterializedLayer) else layer
+        if not isinstance(mapping, dict):
+            continue
+        for value in mapping.values():
+            array = _zarr_array_of(value)
+            if array is not None:
+                found[str(array.store_path)] = array
+    return list(found.values())
+
+
+def _zarr_array_of(value) -> zarr.Array | None:
+    """The zarr array that a graph value reads, if any.
+
+    xarray wraps the zarr array of a variable in indexing and decoding
+    adapters, each holding the next as ``.array``; its zarr backend array
+    at the bottom hands the zarr array out with ``get_array()``.
+    """
+    for _ in range(16):  # the wrappers are a few deep; never loop forever
+        if isinstance(value, zarr.Array):
+            return value
+        if isinstance(value, CheckedZarrRead):
+            return value.array
+        get_array = getattr(value, "get_array", None)
+        if callable(get_array) and not hasattr(value, "array"):
+            inner = get_array()
+            return inner if isinstance(inner, zarr.Array) else None
+        value = getattr(value, "array", None)
+        if value is None:
+            return None
+    return None
+
+
+def _same_coordinates(wrapper, array: zarr.Array) -> bool:
+    """Whether every wrapper down to ``array`` indexes in the array's coordinates.
+
+    True for xarray's decoding (element-wise, same shape) and for its lazy
+    indexing with a key that selects everything; false for a lazily sliced
+    or transposed variable, whose selection maps to other chunk files.
+    """
+    value = wrapper
+    while hasattr(value, "array"):
+        if tuple(getattr(value, "shape", ())) != tuple(array.shape):
+            return False
+        key = getattr(value, "key", None)
+        if key is not None and not all(
+            isinstance(k, slice) and k.indices(n) == (0, n, 1)
+            for k, n in zip(getattr(key, "tuple", (None,)), array.shape, strict=False)
+        ):
+            return False
+        value = value.array
+    return True
+
+
+# ----------------------------------------------------------- chunk and shard files
+def file_shape(array: zarr.Array) -> tuple[int, ...]:
+    """Shape of the region one stored file holds: a shard if sharded, else a chunk."""
+    return tuple(array.shards or array.chunks)
+
+
+def file_kind(array: zarr.Array) -> str:
+    return "shard" if array.shards else "chunk"
+
+
+def file_coords(array: zarr.Array, selection) -> list[tuple[int, ...]]:
+    """Grid coordinates of the chunk/shard files that hold ``selection``.
+
+    Slices and integers map exactly (a stepped slice to every file between
+    its ends); an index array maps to the files of its indices. Axes not in
+    ``selection`` are read whole.
+    """
+    if not isinstance(selection, tuple):
+        selection = (selection,)
+    selection = tuple(s for s in selection if s is not None)
+    per_axis = []
+    for axis, (n, size) in enumerate(zip(array.shape, file_shape(array), strict=True)):
+        sel = selection[axis] if axis < len(selection) else slice(None)
+        if sel is Ellipsis:
+            sel = slice(None)
+        if isinstance(sel, slice):
+            picked = range(*sel.indices(n))
+            low, high = sorted((picked[0], picked[-1])) if picked else (0, -size)
+            per_axis.append(range(low // size, high // size + 1))
+        else:
+            index = np.asarray(sel)
+            index = np.flatnonzero(index) if index.dtype == bool else index.ravel() % max(n, 1)
+            per_axis.append(np.unique(index // size).tolist())
+    return list(itertools.product(*per_axis))
+
+
+def file_key(array: zarr.Array, coords: tuple[int, ...]) -> str:
+    """The store key of the chunk/shard file at grid ``coords``."""
+    key = array.metadata.encode_chunk_key(coords)
+    return f"{array.path}/{key}" if array.path else key
+
+
+def missing_files(array: zarr.Array, coords: list[tuple[int, ...]]) -> list[tuple[int, ...]]:
+    """Those of ``coords`` whose file is not in the store (one ``exists`` each)."""
+    if not coords:
+        return []
+    keys = [file_key(array, c) for c in coords]
+    found = _run_in_zarr(_all_exist(array.store, keys))
+    return [c for c, ok in zip(coords, found, strict=True) if not ok]
+
+
+def check_zarr_chunks(array: zarr.Array) -> None:
+    """Raise if chunk (or shard) files of ``array`` are missing from its store.
+
+    One listing of the array's keys (metadata only), compared with the
+    keys its chunk grid needs; shards are counted as the files they are.
+
+    Raises
+    ------
+    MissingChunksError (a ValueError)
+        Naming the store, the array, how many files are missing and which.
+    """
+    grid = [range(-(-n // size)) for n, size in zip(array.shape, file_shape(array), strict=True)]
+    expected = list(itertools.product(*grid))
+    prefix = f"{array.path}/" if array.path else ""
+    stored = set(_run_in_zarr(_list_keys(array.store, prefix)))
+    missing = [c for c in expected if file_key(array, c) not in stored]
+    if missing:
+        raise missing_files_error(array, missing, of=len(expected))
+
+
+def check_stored_files(source) -> None:
+    """:func:`check_zarr_chunks` on every zarr array a dask collection reads.
+
+    For failure paths (non-finite rows found): a missing file may be why.
+    Anything but a dask collection is not read from a store: nothing to do.
+    """
+    if isinstance(source, da.Array):
+        for array in zarr_arrays(source):
+            check_zarr_chunks(array)
+
+
+def missing_files_error(
+    array: zarr.Array, missing: list[tuple[int, ...]], of: int | None = None
+) -> MissingChunksError:
+    """The error for missing files at grid ``missing``; ``of``: the array's file count.
+
+    Without ``of`` (a read found them), only the files that read needed are
+    named, so no total is claimed.
+    """
+    kind = file_kind(array)
+    named = ", ".join(
+        f"{array.metadata.encode_chunk_key(c)} ({_extent(array, c)})" for c in missing[:NAMED_FILES]
+    )
+    more = f" and {len(missing) - NAMED_FILES} more" if len(missing) > NAMED_FILES else ""
+    plural = "s" if len(missing) > 1 else ""
+    what = (
+        f"{len(missing)} of its {of} {kind} files" if of is not None else f"the {kind} file{plural}"
+    )
+    fill = np.asarray(array.fill_value).item()
+    return MissingChunksError(
+        f"zarr array {zarr_label(array)} is missing {what} on disk: {named}{more}. "
+        f"zarr reads a missing {kind} as the fill value {fill!r}, so a fit or "
+        "prediction would use rows that do not exist. Restore the store (rewrite it from its "
+        f"source). If those {kind}s really hold only the fill value (zarr skips "
+        "writing such files), rewrite the array with "
+        "zarr.config.set({'array.write_empty_chunks': True})."
+    )
+
+
+def _extent(array: zarr.Array, coords: tuple[int, ...]) -> str:
+    """'rows a-b' of the file at ``coords``, plus its features if it holds only some."""
+    parts = []
+    for axis, what in ((0, "rows"), (1, "features")):
+        if axis >= array.ndim:
+            break
+        size, n = file_shape(array)[axis], array.shape[axis]
+        if axis == 1 and size >= n:
+            break
+        start = coords[axis] * size
+        parts.append(f"{what} {start}-{min(start + size, n) - 1}")
+    return ", ".join(parts)
+
+
+def _run_in_zarr(coroutine):
+    """Run a store coroutine to completion from synchronous code.
+
+    zarr 3 stores are asynchronous only; zarr's own synchronous ``Array``
+    runs every read through this same helper, on zarr's event-loop thread.
+    It is private to zarr (``zarr.core.sync``), hence used here only.
+    """
+    from zarr.core.sync import sync
+
+    return sync(coroutine)
+
+
+async def _all_exist(store, keys: list[str]) -> list[bool]:
+    return list(await asyncio.gather(*(store.exists(key) for key in keys)))
+
+
+async def _list_keys(store, prefix: str) -> list[str]:
+    return [key async for key in store.list_prefix(prefix)]
+
+
+def zarr_label(array: zarr.Array) -> str:
+    """The store location and array path, as a user would recognise it.
+
+    A local store gives its directory, an fsspec store (what ``da.from_zarr``
+    on a path opens) its path; anything else its own description.
+    """
+    store = array.store
+    base = getattr(store, "root", None) or getattr(store, "path", None) or store
+    return f"{base}/{array.path}" if array.path else str(base)
+
+
+# ------------------------------------------------------------- unreadable chunks
+@contextlib.contextmanager
+def storage_errors(collection) -> Iterator[None]:
+    """Turn a failure inside zarr or a codec, while computing ``collection``, into
+    a ValueError that names the zarr array being read.
+
+    A corrupted or unreadable chunk file otherwise surfaces as a RuntimeError
+    (or other error) from deep inside numcodecs, possibly relayed by a
+    distributed worker, that does not say which store is broken. A
+    :class:`MissingChunksError` already says so and passes unchanged.
+    """
+    try:
+        yield
+    except MissingChunksError:
+        raise
+    except Exception as exc:
+        arrays = zarr_arrays(collection) if _raised_in_storage(exc) else []
+        if not arrays:
+            raise
+        names = ", ".join(zarr_label(a) for a in arrays)
+        message = " ".join(str(exc).split()) or type(exc).__name__
+        raise ValueError(
+            f"reading zarr array {names} failed: a chunk file is corrupted or "
+            f"unreadable ({type(exc).__name__}: {message}). Check the store "
+            "(e.g. zarr.open_array(...)[:] on it) and rewrite it from its source."
+        ) from exc
+
+
+def _raised_in_storage(exc: BaseException) -> bool:
+    """Whether ``exc`` (or an exception it chains to) came through zarr/numcodecs frames.
+
+    distributed re-raises a worker's exception with the worker's traceback,
+    so this also holds for failures on remote workers.
+    """
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        for frame in traceback.extract_tb(exc.__traceback__):
+            parts = frame.filename.replace("\\", "/").split("/")
+            if any(package in parts for package in STORAGE_PACKAGES):
+                return True
+        exc = exc.__cause__ or exc.__context__
+    return False
