@@ -56,6 +56,9 @@ MODEL_FIELDS = {
     },
     "anneal": {},
 }
+#: Smallest allowed value of numeric [model] fields.
+MODEL_MINIMUM = {"n_components": 1, "max_iter": 1, "tol": 0, "reg_covar": 0,
+                 "oversampling_factor": 0}  # fmt: skip
 SCHEDULER_FIELDS = {"address": (STR, "local")}
 OUTPUT_FIELDS = {
     "results": (STR, None),
@@ -87,10 +90,15 @@ def load_pipeline(path: str | Path) -> tuple[dict, str]:
     """
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise PipelineError(
             f"cannot read pipeline {path}: {exc.strerror}; check the path."
+        ) from None
+    except UnicodeDecodeError as exc:  # TOML is UTF-8 by definition
+        raise PipelineError(
+            f"pipeline {path} is not UTF-8 text (byte {exc.object[exc.start]:#04x} at "
+            f"position {exc.start}); save it as UTF-8."
         ) from None
     try:
         raw = tomllib.loads(text)
@@ -169,10 +177,11 @@ def _validate_model(raw: dict, source: str) -> dict:
     fields = COMMON_MODEL | MODEL_FIELDS[kind]
     cfg = _fill(raw, fields, "model", source)
     _require(cfg, "n_components", "model", source)
-    if cfg["n_components"] < 1:
-        raise PipelineError(
-            f"{source}: [model] n_components must be >= 1, got {cfg['n_components']}."
-        )
+    for key, minimum in MODEL_MINIMUM.items():
+        if key in cfg and cfg[key] < minimum:
+            raise PipelineError(
+                f"{source}: [model] {key} must be >= {minimum}, got {cfg[key]}."
+            )
     return cfg
 
 
