@@ -179,9 +179,7 @@ def _validate_model(raw: dict, source: str) -> dict:
     _require(cfg, "n_components", "model", source)
     for key, minimum in MODEL_MINIMUM.items():
         if key in cfg and cfg[key] < minimum:
-            raise PipelineError(
-                f"{source}: [model] {key} must be >= {minimum}, got {cfg[key]}."
-            )
+            raise PipelineError(f"{source}: [model] {key} must be >= {minimum}, got {cfg[key]}.")
     return cfg
 
 

@@ -340,8 +340,7 @@ def _lazy_weights(w: da.Array, data: InputData) -> da.Array:
     _check_numeric(np.dtype(w.dtype), "sample_weight")
     if any(np.isnan(size) for size in w.shape):
         raise ValueError(
-            "sample_weight has unknown chunk sizes; call "
-            "sample_weight.compute_chunk_sizes() first."
+            "sample_weight has unknown chunk sizes; call sample_weight.compute_chunk_sizes() first."
         )
     _check_weight_shape(w.shape, data.n_samples)
     w = w.astype(np.float64).rechunk((data.array.chunks[0],))

@@ -104,9 +104,7 @@ def open_array(store: str, array: str | None) -> zarr.Array:
     if not paths:
         raise PipelineError(f"store {where!r} holds no arrays; pass the store that holds the data.")
     paths = [prefix + p for p in paths]
-    raise PipelineError(
-        f"store {where!r} holds several arrays, {paths}; {_name_one(store, paths)}"
-    )
+    raise PipelineError(f"store {where!r} holds several arrays, {paths}; {_name_one(store, paths)}")
 
 
 def _array_paths(group: zarr.Group) -> list[str]:
