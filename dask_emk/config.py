@@ -96,15 +96,20 @@ def load_pipeline(path: str | Path) -> tuple[dict, str]:
             f"cannot read pipeline {path}: {exc.strerror}; check the path."
         ) from None
     except UnicodeDecodeError as exc:  # TOML is UTF-8 by definition
-        raise PipelineError(
-            f"pipeline {path} is not UTF-8 text (byte {exc.object[exc.start]:#04x} at "
-            f"position {exc.start}); save it as UTF-8."
-        ) from None
+        raise not_utf8(f"pipeline {path}", exc) from None
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise PipelineError(f"{path}: invalid TOML: {exc}; fix the syntax.") from None
     return validate(raw, source=str(path)), text
+
+
+def not_utf8(what: str, exc: UnicodeDecodeError) -> PipelineError:
+    """The error for a text file (``what``) that is not UTF-8."""
+    byte = exc.object[exc.start]
+    return PipelineError(
+        f"{what} is not UTF-8 text (byte {byte:#04x} at position {exc.start}); save it as UTF-8."
+    )
 
 
 def validate(raw: dict, source: str = "pipeline") -> dict:

@@ -17,7 +17,7 @@ import numpy as np
 import xarray as xr
 import zarr
 
-from .config import PipelineError
+from .config import PipelineError, not_utf8
 from .datasets import MixtureTruth, random_mixture, read_truth, write_mixture_zarr
 from .io import as_input
 
@@ -173,7 +173,16 @@ def read_csv(path: str, columns: list[str] | None) -> tuple[np.ndarray, list[str
     """A small numeric CSV file with a header row, in memory: (values, column names)."""
     if not os.path.exists(path):
         raise PipelineError(f"input csv {path!r} does not exist; check input.csv.")
-    table = np.genfromtxt(path, delimiter=",", names=True, dtype=np.float64, encoding="utf-8")
+    if os.path.getsize(path) == 0:
+        raise PipelineError(f"input csv {path} is empty; write a header row and the data.")
+    try:
+        table = np.genfromtxt(path, delimiter=",", names=True, dtype=np.float64, encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise not_utf8(f"input csv {path}", exc) from None
+    except ValueError as exc:  # numpy: rows with a different number of columns
+        raise PipelineError(
+            f"input csv {path} is not a table: {' '.join(str(exc).split())}; fix the file."
+        ) from None
     names = [n.strip('"') for n in table.dtype.names]
     if columns is not None:
         missing = [c for c in columns if c not in names]

@@ -493,6 +493,30 @@ def several_arrays_store(tmp_path: Path, group="") -> Path:
     return path
 
 
+def big_endian_store(tmp_path):
+    """A float32 store written big-endian (by another tool): float32 parameters."""
+    path = tmp_path / "be.zarr"
+    z = zarr.create_array(store=str(path), shape=X.shape, chunks=(CHUNK, 3), dtype=">f4",
+                          serializer=zarr.codecs.BytesCodec(endian="big"))  # fmt: skip
+    z[:] = X
+    got = gmm().fit(str(path))
+    assert got.means_.dtype == np.float32
+    assert_same_gmm(got, gmm().fit(lazy(X.astype(np.float32))), rtol=0)
+    return got
+
+
+def fit_object_dataframe(tmp_path):
+    got = gmm().fit(frame().astype(object))
+    assert_same_gmm(got, gmm().fit(X), rtol=0)
+    return got
+
+
+def csv_file(tmp_path: Path, content: bytes) -> Path:
+    path = tmp_path / "data.csv"
+    path.write_bytes(content)
+    return path
+
+
 def not_utf8_pipeline(tmp_path: Path) -> Path:
     path = pipeline(tmp_path)
     path.write_bytes(path.read_bytes() + "# café\n".encode("latin-1"))
@@ -745,7 +769,9 @@ CASES = [  # fmt: off
         lambda p: kmeans().fit(frame().assign(c=["x"] * 3000)),
         r"non-numeric values in its object columns",
     ),
+    Case("gmm-pandas-object-numbers", fit_object_dataframe),
     # more dtypes and shapes
+    Case("gmm-big-endian-float32-store", big_endian_store),
     Case("gmm-big-endian-float32", fit_big_endian(">f4")),
     Case("gmm-big-endian-float32-dask", fit_big_endian(">f4", lazy_input=True)),
     Case("gmm-big-endian-float64", fit_big_endian(">f8")),
@@ -956,6 +982,21 @@ CASES = [  # fmt: off
         r"Error: .*X\.zarr is a zarr array \(input data\?\), not a results store",
     ),
     Case(
+        "cli-csv-empty",
+        lambda p: cli_fit(p, csv_file(p, b"")),
+        r"Error: input csv .*data\.csv is empty; write a header row",
+    ),
+    Case(
+        "cli-csv-ragged",
+        lambda p: cli_fit(p, csv_file(p, b"a,b\n1,2\n3\n")),
+        r"Error: input csv .*data\.csv is not a table: .*Line #3 \(got 1 columns instead of 2\)",
+    ),
+    Case(
+        "cli-csv-not-utf8",
+        lambda p: cli_fit(p, csv_file(p, "café,b\n1,2\n".encode("latin-1"))),
+        r"Error: input csv .*data\.csv is not UTF-8 text \(byte 0xe9 at position 3\)",
+    ),
+    Case(
         "cli-pipeline-not-utf8",
         lambda p: cli("run", not_utf8_pipeline(p)),
         r"Error: pipeline .*\.toml is not UTF-8 text \(byte 0xe9 at position \d+\); save it",
@@ -964,7 +1005,7 @@ CASES = [  # fmt: off
 
 
 def test_the_table_is_big_enough():
-    assert len(CASES) >= 122 and len({c.id for c in CASES}) == len(CASES)
+    assert len(CASES) >= 127 and len({c.id for c in CASES}) == len(CASES)
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
