@@ -72,7 +72,7 @@ def check_features(estimator, data: InputData, *, reset: bool) -> InputData:
         estimator.n_features_in_ = data.n_features
         labels = data.feature_labels
         estimator._feature_labels = labels
-        if labels is not None and labels.dtype.kind in "OU":
+        if labels is not None and all(isinstance(v, str) for v in labels.tolist()):
             estimator.feature_names_in_ = np.asarray(labels, dtype=object)
         elif hasattr(estimator, "feature_names_in_"):
             del estimator.feature_names_in_

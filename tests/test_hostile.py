@@ -329,7 +329,7 @@ def predict_reordered_labels(make, methods, A=None):
     """Predictions on the features in another order equal those in the fitted order."""
     A = labelled() if A is None else A
     model = make().fit(A)
-    shuffled = A[["c", "a", "b"]] if isinstance(A, pd.DataFrame) else A.isel(feature=[2, 0, 1])
+    shuffled = A.iloc[:, [2, 0, 1]] if isinstance(A, pd.DataFrame) else A.isel(feature=[2, 0, 1])
     for method in methods:
         want = np.asarray(getattr(model, method)(A))
         np.testing.assert_array_equal(np.asarray(getattr(model, method)(shuffled)), want, method)
@@ -432,6 +432,23 @@ def fit_n_components_int64(tmp_path):
     got = GaussianMixture(np.int64(K), tol=0.0, max_iter=25, **START).fit(X)
     assert_same_gmm(got, gmm().fit(X), rtol=0)
     return got
+
+
+def fit_empty_chunks(tmp_path):
+    """Chunks without rows (as filtering a dask array leaves them)."""
+    got = kmeans().fit(lazy(X, chunks=((1000, 0, 1500, 0, 500), 3)))
+    assert_same_kmeans(got, SkKMeans(K, init=CENTERS, n_init=1).fit(X))
+    return got
+
+
+def fit_mixed_column_names(tmp_path):
+    """Column names that are not all strings: labels, but no feature_names_in_."""
+    df = pd.DataFrame(X, columns=[0, "b", 2.5])
+    got = predict_reordered_labels(gmm, ("predict_proba",), df.rename(columns=str))
+    mixed = gmm().fit(df)
+    assert not hasattr(mixed, "feature_names_in_")  # as scikit-learn
+    np.testing.assert_array_equal(mixed.predict(df[[2.5, 0, "b"]]), got.predict(X))
+    return mixed
 
 
 def fit_max_iter_zero(tmp_path):
@@ -776,6 +793,8 @@ CASES = [  # fmt: off
     Case("gmm-big-endian-float32-dask", fit_big_endian(">f4", lazy_input=True)),
     Case("gmm-big-endian-float64", fit_big_endian(">f8")),
     Case("kmeans-list-of-lists", fit_list_of_lists),
+    Case("kmeans-empty-chunks", fit_empty_chunks),
+    Case("gmm-pandas-mixed-column-names", fit_mixed_column_names),
     Case("gmm-memoryview", fit_memoryview),
     Case("kmeans-bool-dataarray", fit_bool_dataarray),
     Case("kmeans-nan-sample-coordinate", fit_nan_sample_coordinate),
@@ -1005,7 +1024,7 @@ CASES = [  # fmt: off
 
 
 def test_the_table_is_big_enough():
-    assert len(CASES) >= 127 and len({c.id for c in CASES}) == len(CASES)
+    assert len(CASES) >= 129 and len({c.id for c in CASES}) == len(CASES)
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
