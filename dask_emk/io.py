@@ -36,12 +36,14 @@ class InputData:
     array : ndarray or dask.array.Array of shape (n_samples, n_features)
         float32 or float64; a dask array is chunked along rows only.
     kind : {'numpy', 'dask', 'xarray'}
+        'numpy' also for pandas input.
     sample_dim, feature_dim : str
         Dimension names (xarray input; defaults otherwise).
     sample_coords : dict
         Coordinates along the sample dimension, carried to per-sample output.
     feature_labels : ndarray or None
-        Labels along the feature dimension, carried to the fitted parameters.
+        Labels along the feature dimension (xarray coordinate, DataFrame
+        columns), unique; carried to the fitted parameters and matched at predict.
     """
 
     array: np.ndarray | da.Array
@@ -134,11 +136,11 @@ def as_input(X, *, name: str = "X") -> InputData:
         return _from_xarray(X, name)
     if isinstance(X, da.Array):
         return InputData(_as_float_dask(X, name), "dask")
+    labels = None
     if isinstance(X, pd.DataFrame):
         labels = _unique_labels(X.columns.to_numpy(), name, "rename the columns")
-        return InputData(_as_float_numpy(_from_pandas(X, name), name), "numpy",
-                         feature_labels=labels)  # fmt: skip
-    return InputData(_as_float_numpy(X, name), "numpy")
+        X = _from_pandas(X, name)
+    return InputData(_as_float_numpy(X, name), "numpy", feature_labels=labels)
 
 
 def _from_xarray(X: xr.DataArray, name: str) -> InputData:
@@ -178,8 +180,8 @@ def _from_xarray(X: xr.DataArray, name: str) -> InputData:
 
 def _unique_labels(labels: np.ndarray | None, name: str, fix: str) -> np.ndarray | None:
     """``labels`` if they name every feature once; predictions match features by them."""
-    if labels is not None and not pd.Index(labels).is_unique:
-        index = pd.Index(labels)
+    index = pd.Index([] if labels is None else labels)
+    if not index.is_unique:
         repeated = index[index.duplicated()].unique().tolist()
         raise ValueError(
             f"{name} has duplicate feature labels {repeated}; give every feature its own "
@@ -193,8 +195,8 @@ def _from_pandas(X: pd.DataFrame, name: str) -> np.ndarray:
 
     float32 columns (numpy or nullable ``Float32``) stay float32, as float32 arrays do.
     """
-    kinds = {col: getattr(dtype, "kind", "O") for col, dtype in X.dtypes.items()}
-    bad = {str(col): str(X.dtypes[col]) for col, kind in kinds.items() if kind not in "biufO"}
+    # Object columns may hold numbers (converted below); dates and the like do not.
+    bad = {str(c): str(t) for c, t in X.dtypes.items() if getattr(t, "kind", "O") not in "biufO"}
     if bad:
         raise ValueError(
             f"{name} has columns that are not numbers: {bad}; convert or drop them "
