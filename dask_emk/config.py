@@ -90,7 +90,7 @@ def load_pipeline(path: str | Path) -> tuple[dict, str]:
     """
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a BOM (Windows editors) is dropped
     except OSError as exc:
         raise PipelineError(
             f"cannot read pipeline {path}: {exc.strerror}; check the path."

@@ -31,7 +31,7 @@ import xarray as xr
 import zarr
 from click.testing import CliRunner
 from helpers import blobs, init_params
-from pipeline_helpers import free_port, scaled_pipeline
+from pipeline_helpers import free_port, open_results, scaled_pipeline
 from sklearn.cluster import KMeans as SkKMeans
 from sklearn.exceptions import ConvergenceWarning, NotFittedError
 from sklearn.mixture import GaussianMixture as SkGaussianMixture
@@ -534,6 +534,24 @@ def csv_file(tmp_path: Path, content: bytes) -> Path:
     return path
 
 
+def bom_pipeline(tmp_path: Path) -> Path:
+    """A pipeline saved with a UTF-8 byte order mark (as Windows editors do)."""
+    path = pipeline(tmp_path)
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    return path
+
+
+def run_bom_pipeline(tmp_path):
+    """The same results as the pipeline without the mark."""
+    (tmp_path / "plain").mkdir()
+    cli("run", bom_pipeline(tmp_path), "-q")
+    cli("run", pipeline(tmp_path / "plain"), "-q")
+    got = open_results(tmp_path / "faithful.zarr")
+    want = open_results(tmp_path / "plain" / "faithful.zarr")
+    np.testing.assert_array_equal(got["means"].values, want["means"].values)
+    return got
+
+
 def not_utf8_pipeline(tmp_path: Path) -> Path:
     path = pipeline(tmp_path)
     path.write_bytes(path.read_bytes() + "# café\n".encode("latin-1"))
@@ -1015,6 +1033,7 @@ CASES = [  # fmt: off
         lambda p: cli_fit(p, csv_file(p, "café,b\n1,2\n".encode("latin-1"))),
         r"Error: input csv .*data\.csv is not UTF-8 text \(byte 0xe9 at position 3\)",
     ),
+    Case("cli-pipeline-utf8-bom", run_bom_pipeline),
     Case(
         "cli-pipeline-not-utf8",
         lambda p: cli("run", not_utf8_pipeline(p)),
@@ -1024,7 +1043,7 @@ CASES = [  # fmt: off
 
 
 def test_the_table_is_big_enough():
-    assert len(CASES) >= 129 and len({c.id for c in CASES}) == len(CASES)
+    assert len(CASES) >= 130 and len({c.id for c in CASES}) == len(CASES)
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
