@@ -45,7 +45,14 @@ from .io import InputData, as_sample_weight, raise_on_nonfinite
 from .kmeans import KMeans
 from .passes import hartigan_pass
 from .stats import StatsLayout
-from .validation import check_int, check_non_negative, validate_features
+from .validation import (
+    NoTrainingDataInPickle,
+    check_int,
+    check_non_negative,
+    check_random_state_param,
+    check_split_every,
+    validate_features,
+)
 
 
 # ----------------------------------------------------------------- passes
@@ -450,7 +457,9 @@ def predict_proba_rows(X, params: kernels.MixtureParams) -> np.ndarray:
     return resp_rows(X, params)
 
 
-class AnnealedGaussianMixture(TransformerMixin, ClusterMixin, BaseEstimator):
+class AnnealedGaussianMixture(
+    NoTrainingDataInPickle, TransformerMixin, ClusterMixin, BaseEstimator
+):
     """Deterministic annealing of a shared-σ² Gaussian mixture down to k-means.
 
     A mixture of spherical Gaussians sharing one variance σ² is fitted by EM
@@ -515,6 +524,8 @@ class AnnealedGaussianMixture(TransformerMixin, ClusterMixin, BaseEstimator):
         σ² of the last annealing step (default for :meth:`predict_proba`):
         after a merge, where the K means' assignments became hard.
     labels_ : ndarray (numpy input) or lazy dask array / xarray.DataArray
+        Lazy labels are left out when the model is pickled or copied (as
+        :class:`dask_emk.KMeans`'s, also in ``kmeans_``).
     inertia_ : float
         Σ w ‖x − c‖² over the full data at the final centres.
     n_iter_ : int
@@ -601,10 +612,19 @@ class AnnealedGaussianMixture(TransformerMixin, ClusterMixin, BaseEstimator):
             )
         check_non_negative("tol", self.tol)
         check_int("hartigan_max_passes", self.hartigan_max_passes, 0)
+        check_random_state_param(self.random_state)
+        check_split_every(self.split_every)
         if data.n_samples < self.n_components:
             raise ValueError(
                 f"n_samples={data.n_samples} should be >= n_components={self.n_components}; "
                 "lower n_components."
+            )
+        if self.sample_size < self.n_components:
+            raise ValueError(
+                f"sample_size={self.sample_size} is below n_components={self.n_components}: "
+                "the annealing runs on a sample of sample_size rows and needs at least one "
+                f"row per component; raise sample_size to >= {self.n_components} (default "
+                "20000)."
             )
 
     # ----------------------------------------------------------- fitting
@@ -725,18 +745,15 @@ class AnnealedGaussianMixture(TransformerMixin, ClusterMixin, BaseEstimator):
     # -------------------------------------------------------- prediction
     def predict(self, X):
         """Index of the nearest centre, shape (n_samples,); lazy for lazy input."""
-        validate_features(self, X, reset=False)
-        return self.kmeans_.predict(X)
+        return self.kmeans_._labels(validate_features(self, X, reset=False))
 
     def transform(self, X):
         """Euclidean distances to the centres, shape (n_samples, n_components)."""
-        validate_features(self, X, reset=False)
-        return self.kmeans_.transform(X)
+        return self.kmeans_._distances(validate_features(self, X, reset=False))
 
     def score(self, X, y=None, sample_weight=None) -> float:
         """Opposite of the inertia of X at the centres (one pass)."""
-        validate_features(self, X, reset=False)
-        return self.kmeans_.score(X, sample_weight=sample_weight)
+        return self.kmeans_._score(validate_features(self, X, reset=False), sample_weight)
 
     def fit_predict(self, X, y=None, sample_weight=None):
         """Fit, then return ``labels_``."""

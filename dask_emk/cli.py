@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from .config import load_pipeline, validate
+from .config import MODEL_FIELDS, load_pipeline, validate
 from .figures import MissingMatplotlib
 
 SCHEDULER_HELP = (
@@ -81,10 +81,15 @@ def run(pipeline, scheduler, resume, quiet, no_plots) -> None:
 @click.option("--model", type=click.Choice(["gmm", "kmeans", "anneal"]), default="gmm")
 @click.option("--k", "n_components", type=click.IntRange(min=1), required=True)
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="RESULTS.zarr")
-@click.option("--covariance-type", default="full", show_default=True)
+@click.option(
+    "--covariance-type",
+    type=click.Choice(MODEL_FIELDS["gmm"]["covariance_type"][0]),
+    default=None,
+    help="gmm only. Default: full.",
+)
 @click.option("--init", default=None, help="Seeding / init (model-specific; 'anneal' too).")
-@click.option("--tol", type=float, default=None)
-@click.option("--max-iter", type=int, default=None)
+@click.option("--tol", type=click.FloatRange(min=0), default=None)
+@click.option("--max-iter", type=click.IntRange(min=1), default=None)
 @click.option("--random-state", type=int, default=0, show_default=True)
 @click.option("--labels/--no-labels", default=True, show_default=True)
 @click.option("--responsibilities", is_flag=True)
@@ -96,16 +101,9 @@ def run(pipeline, scheduler, resume, quiet, no_plots) -> None:
 @_fail_cleanly
 def fit(input_path, model, n_components, out, scheduler, resume, quiet, no_plots, **opts) -> None:
     """One-off fit of INPUT (store.zarr/ARRAY, store.zarr or a .csv file)."""
-    raw_model = {"type": model, "n_components": n_components}
-    raw_model["random_state"] = opts.pop("random_state")
-    for key in ("init", "tol", "max_iter"):
-        if opts[key] is not None:
-            raw_model[key] = opts[key]
-    if model == "gmm":
-        raw_model["covariance_type"] = opts["covariance_type"]
     raw = {
         "input": _input_section(input_path),
-        "model": raw_model,
+        "model": _model_section(model, n_components, opts),
         "output": {
             "results": str(out),
             "labels": opts["labels"],
@@ -137,8 +135,29 @@ def _run(cfg, text, scheduler, resume, quiet, no_plots) -> None:
     run_pipeline(cfg, toml_text=text, resume=resume, echo=click.echo, verbose=not quiet)
 
 
+#: ``dask-emk fit`` options that set a [model] field of the same name.
+MODEL_OPTIONS = ("init", "tol", "max_iter", "covariance_type")
+
+
+def _model_section(model: str, n_components: int, opts: dict) -> dict:
+    """[model] for ``dask-emk fit``; an option the model does not take is an error."""
+    raw = {"type": model, "n_components": n_components, "random_state": opts["random_state"]}
+    for key in MODEL_OPTIONS:
+        if opts[key] is None:
+            continue
+        if key not in MODEL_FIELDS[model]:
+            takes = [f"--{k.replace('_', '-')}" for k in MODEL_OPTIONS if k in MODEL_FIELDS[model]]
+            hint = f"it takes {', '.join(takes)}" if takes else "set it in a pipeline's [anneal]"
+            raise ValueError(
+                f"--{key.replace('_', '-')} does not apply to --model {model} ({hint}); drop it."
+            )
+        raw[key] = opts[key]
+    return raw
+
+
 def _input_section(path: str) -> dict:
-    """[input] for ``dask-emk fit``: a CSV file, store/array, or a store."""
+    """[input] for ``dask-emk fit``: a CSV file, store/array (also
+    store/group/array), or a store."""
     if path.endswith(".csv"):
         return {"csv": path}
     path = path.rstrip("/")

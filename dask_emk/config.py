@@ -56,6 +56,9 @@ MODEL_FIELDS = {
     },
     "anneal": {},
 }
+#: Smallest allowed value of numeric [model] fields.
+MODEL_MINIMUM = {"n_components": 1, "max_iter": 1, "tol": 0, "reg_covar": 0,
+                 "oversampling_factor": 0}  # fmt: skip
 SCHEDULER_FIELDS = {"address": (STR, "local")}
 OUTPUT_FIELDS = {
     "results": (STR, None),
@@ -87,16 +90,26 @@ def load_pipeline(path: str | Path) -> tuple[dict, str]:
     """
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8-sig")  # a BOM (Windows editors) is dropped
     except OSError as exc:
         raise PipelineError(
             f"cannot read pipeline {path}: {exc.strerror}; check the path."
         ) from None
+    except UnicodeDecodeError as exc:  # TOML is UTF-8 by definition
+        raise not_utf8(f"pipeline {path}", exc) from None
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise PipelineError(f"{path}: invalid TOML: {exc}; fix the syntax.") from None
     return validate(raw, source=str(path)), text
+
+
+def not_utf8(what: str, exc: UnicodeDecodeError) -> PipelineError:
+    """The error for a text file (``what``) that is not UTF-8."""
+    byte = exc.object[exc.start]
+    return PipelineError(
+        f"{what} is not UTF-8 text (byte {byte:#04x} at position {exc.start}); save it as UTF-8."
+    )
 
 
 def validate(raw: dict, source: str = "pipeline") -> dict:
@@ -169,10 +182,9 @@ def _validate_model(raw: dict, source: str) -> dict:
     fields = COMMON_MODEL | MODEL_FIELDS[kind]
     cfg = _fill(raw, fields, "model", source)
     _require(cfg, "n_components", "model", source)
-    if cfg["n_components"] < 1:
-        raise PipelineError(
-            f"{source}: [model] n_components must be >= 1, got {cfg['n_components']}."
-        )
+    for key, minimum in MODEL_MINIMUM.items():
+        if key in cfg and cfg[key] < minimum:
+            raise PipelineError(f"{source}: [model] {key} must be >= {minimum}, got {cfg[key]}.")
     return cfg
 
 

@@ -24,7 +24,14 @@ from .stats import (
     precision_cholesky,
     precisions_from_cholesky,
 )
-from .validation import check_int, check_non_negative, validate_features
+from .validation import (
+    check_features,
+    check_int,
+    check_non_negative,
+    check_random_state_param,
+    check_split_every,
+    validate_features,
+)
 
 INIT_PARAMS = ("kmeans", "k-means||", "k-means++", "random", "random_from_data")
 
@@ -188,6 +195,8 @@ class GaussianMixture(DensityMixin, BaseEstimator):
             raise ValueError(f"init_params must be one of {INIT_PARAMS}, got {self.init_params!r}.")
         for name in ("tol", "reg_covar"):
             check_non_negative(name, getattr(self, name))
+        check_random_state_param(self.random_state)
+        check_split_every(self.split_every)
         if self.variance is not None:
             if self.covariance_type != "shared":
                 raise ValueError(
@@ -225,11 +234,37 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         -------
         self
         """
-        data = validate_features(self, X, reset=True)
+        data = as_input(X)
+        warm = self.warm_start and hasattr(self, "converged_")
+        if warm:
+            self._check_warm_start(data)
+        # A warm start continues on the fitted features (put in their order by label).
+        data = check_features(self, data, reset=not warm)
         self._check_parameters(data)
         weight = as_sample_weight(sample_weight, data)
         self._fit(data, weight)
         return self
+
+    def _check_warm_start(self, data: InputData) -> None:
+        """A warm start needs the fitted model's shapes (scikit-learn fails in numpy)."""
+        K, d = self.means_.shape
+        fitted = {
+            "n_components": K,
+            "n_features": d,
+            "covariance_type": getattr(self, "_state_covariance_type", self.covariance_type),
+        }
+        wanted = {
+            "n_components": self.n_components,
+            "n_features": data.n_features,
+            "covariance_type": self.covariance_type,
+        }
+        changed = [f"{key} {fitted[key]!r} -> {wanted[key]!r}" for key in fitted
+                   if fitted[key] != wanted[key]]  # fmt: skip
+        if changed:
+            raise ValueError(
+                "warm_start=True continues the previous fit, but this one differs in "
+                f"{', '.join(changed)}; set warm_start=False to start a new fit."
+            )
 
     def fit_predict(self, X, y=None, sample_weight=None):
         """Fit, then return the most probable component of each sample.
@@ -436,6 +471,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         # The float64 state behind the (maybe float32) attributes: warm starts
         # and resumed checkpoints continue from it to the last bit.
         self._state64 = state
+        self._state_covariance_type = self.covariance_type  # what a warm start needs
         self.weights_ = state.weights.astype(dtype)
         self.means_ = state.means.astype(dtype)
         self.covariances_ = np.asarray(state.covariances, dtype=dtype)
@@ -519,8 +555,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         y : ndarray of shape (n_samples,)
         """
         check_is_fitted(self)
-        if n_samples < 1:
-            raise ValueError(f"n_samples must be >= 1, got {n_samples}.")
+        check_int("n_samples", n_samples, 1)
         rng = check_random_state(self.random_state)
         counts = rng.multinomial(n_samples, self.weights_.astype(np.float64) / self.weights_.sum())
         ct, cov = self.covariance_type, np.asarray(self.covariances_, dtype=np.float64)
@@ -540,6 +575,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         """Parameters, lower bound history and fit settings as an xarray.Dataset."""
         from .export import mixture_dataset
 
+        check_is_fitted(self)
         return mixture_dataset(self)
 
 

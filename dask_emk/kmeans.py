@@ -22,7 +22,14 @@ from . import engine, kernels
 from .init import kmeans_parallel, kmeans_plusplus, random_rows
 from .io import InputData, as_sample_weight
 from .passes import assign_pass
-from .validation import check_int, check_non_negative, validate_features
+from .validation import (
+    NoTrainingDataInPickle,
+    check_int,
+    check_non_negative,
+    check_random_state_param,
+    check_split_every,
+    validate_features,
+)
 
 INIT_METHODS = ("k-means||", "k-means++", "random")
 
@@ -88,7 +95,7 @@ def distance_rows(X, centers: np.ndarray, center: np.ndarray) -> np.ndarray:
     return np.sqrt(kernels.squared_distances(Y, centers - center))
 
 
-class KMeans(TransformerMixin, ClusterMixin, BaseEstimator):
+class KMeans(NoTrainingDataInPickle, TransformerMixin, ClusterMixin, BaseEstimator):
     """K-means clustering by Lloyd iterations over chunked data.
 
     scikit-learn's :class:`sklearn.cluster.KMeans` (``algorithm='lloyd'``)
@@ -130,7 +137,9 @@ class KMeans(TransformerMixin, ClusterMixin, BaseEstimator):
     cluster_centers_ : ndarray of shape (n_clusters, n_features)
         In the data's float dtype.
     labels_ : ndarray (numpy input) or lazy dask array / xarray.DataArray
-        Index of the nearest centre of each training sample.
+        Index of the nearest centre of each training sample. Lazy labels
+        refer to the training data, so they are left out when the model is
+        pickled or copied (call ``predict`` on the data instead).
     inertia_ : float
         Σ w ‖x − c‖² over the training data at ``cluster_centers_``.
     n_iter_ : int
@@ -179,6 +188,8 @@ class KMeans(TransformerMixin, ClusterMixin, BaseEstimator):
             check_int("n_init", self.n_init, 1)
         for name in ("tol", "oversampling_factor"):
             check_non_negative(name, getattr(self, name))
+        check_random_state_param(self.random_state)
+        check_split_every(self.split_every)
         if isinstance(self.init, str) and self.init not in INIT_METHODS:
             raise ValueError(
                 f"init must be one of {INIT_METHODS} or an array of shape "
@@ -357,7 +368,9 @@ class KMeans(TransformerMixin, ClusterMixin, BaseEstimator):
 
     def transform(self, X):
         """Euclidean distance of each sample to each centre, (n_samples, n_clusters)."""
-        data = validate_features(self, X, reset=False)
+        return self._distances(validate_features(self, X, reset=False))
+
+    def _distances(self, data: InputData):
         centers, center = self._centers64()
         dist = engine.map_rows(
             data.array,
@@ -371,7 +384,9 @@ class KMeans(TransformerMixin, ClusterMixin, BaseEstimator):
 
     def score(self, X, y=None, sample_weight=None) -> float:
         """Opposite of the inertia of X at the fitted centres (one pass)."""
-        data = validate_features(self, X, reset=False)
+        return self._score(validate_features(self, X, reset=False), sample_weight)
+
+    def _score(self, data: InputData, sample_weight) -> float:
         weight = as_sample_weight(sample_weight, data)
         centers, center = self._centers64()
         return -float(assign_pass(data.array, weight, centers, center)["inertia"])

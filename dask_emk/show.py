@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import xarray as xr
+import zarr
 
 from .config import PipelineError
 
@@ -17,10 +18,7 @@ GROUPS = ("anneal", "anneal_path", "truth")
 def summary(results: str | os.PathLike) -> list[str]:
     """Lines describing a results store: model, convergence, parameters, outputs."""
     results = Path(results)
-    if not (results / "zarr.json").exists():
-        raise PipelineError(
-            f"{results} is not a dask-emk results store; pass the output.results path of a run."
-        )
+    check_results_store(results)
     ds = xr.open_zarr(results, consolidated=False)
     attrs = ds.attrs
     lines = [
@@ -47,3 +45,19 @@ def summary(results: str | os.PathLike) -> list[str]:
     config = json.loads(attrs.get("pipeline_json", "{}"))
     lines.append(f"model config: {json.dumps(config.get('model', {}), sort_keys=True)}")
     return lines
+
+
+def check_results_store(path: Path) -> None:
+    """Raise unless ``path`` is a results store (a zarr group a run wrote)."""
+    fix = "pass the output.results path of a run (the --out of dask-emk fit)."
+    if not (path / "zarr.json").exists():
+        raise PipelineError(f"{path} is not a dask-emk results store; {fix}")
+    node = zarr.open(store=zarr.storage.LocalStore(path, read_only=True), mode="r")
+    if isinstance(node, zarr.Array):
+        raise PipelineError(f"{path} is a zarr array (input data?), not a results store; {fix}")
+    if "dask_emk_version" not in node.attrs:
+        arrays = sorted(name for name, _ in node.arrays())
+        raise PipelineError(
+            f"{path} is a zarr store (arrays {arrays}) that no dask-emk run wrote, not a "
+            f"results store; {fix}"
+        )

@@ -17,7 +17,7 @@ import numpy as np
 import xarray as xr
 import zarr
 
-from .config import PipelineError
+from .config import PipelineError, not_utf8
 from .datasets import MixtureTruth, random_mixture, read_truth, write_mixture_zarr
 from .io import as_input
 
@@ -61,11 +61,11 @@ def open_source(cfg: dict, echo=print) -> Source:
         store, array = cfg["store"], cfg["array"]
     arr = open_array(store, array)
     try:
-        as_input(arr, name=f"input {store}/{arr.basename}")
+        as_input(arr, name=f"input {store}/{arr.path}")
     except ValueError as exc:
         raise PipelineError(str(exc)) from None
     X = xr.DataArray(da.from_zarr(arr), dims=("sample", "feature"))
-    description = f"{store}/{arr.basename} {arr.shape} {arr.dtype}, chunks {arr.chunks}"
+    description = f"{store}/{arr.path} {arr.shape} {arr.dtype}, chunks {arr.chunks}"
     return Source(X, store_truth(store), description)
 
 
@@ -80,19 +80,47 @@ def open_array(store: str, array: str | None) -> zarr.Array:
         node = zarr.open(store=zarr.storage.LocalStore(store, read_only=True), mode="r")
     except Exception as exc:  # zarr raises several types for a folder that is not a store
         raise PipelineError(f"input {store!r} is not a readable zarr store ({exc}).") from None
+    prefix = ""
+    if array is not None:
+        if isinstance(node, zarr.Array):
+            raise PipelineError(
+                f"store {store!r} is itself an array, with no array {array!r} in it; "
+                f"name the store alone (`dask-emk fit {store}`; in a pipeline: drop input.array)."
+            )
+        found = node.get(array)
+        if found is None:
+            paths = _array_paths(node)
+            raise PipelineError(
+                f"array {array!r} not found in store {store!r}, which holds {paths}; "
+                f"{_name_one(store, paths)}"
+            )
+        node, prefix = found, f"{array}/"
     if isinstance(node, zarr.Array):
         return node
-    names = sorted(name for name, _ in node.arrays())
-    if array is None:
-        if len(names) == 1:
-            return node[names[0]]
-        raise PipelineError(f"store {store!r} holds arrays {names}; set input.array to one.")
-    if array not in names:
-        raise PipelineError(
-            f"array {array!r} not found in store {store!r}, which holds {names}; "
-            "set input.array to one of them."
-        )
-    return node[array]
+    paths = _array_paths(node)
+    if len(paths) == 1:
+        return node[paths[0]]
+    where = f"{store}/{prefix}".rstrip("/")
+    if not paths:
+        raise PipelineError(f"store {where!r} holds no arrays; pass the store that holds the data.")
+    paths = [prefix + p for p in paths]
+    raise PipelineError(f"store {where!r} holds several arrays, {paths}; {_name_one(store, paths)}")
+
+
+def _array_paths(group: zarr.Group) -> list[str]:
+    """Paths of all arrays in a zarr group (nested groups included)."""
+    return sorted(path for path, member in group.members(max_depth=None)
+                  if isinstance(member, zarr.Array))  # fmt: skip
+
+
+def _name_one(store: str, paths: list[str]) -> str:
+    """How to name one of ``paths``, in the CLI's and a pipeline's terms."""
+    if not paths:
+        return "pass the store that holds the data."
+    return (
+        f"name the array to fit, e.g. `dask-emk fit {store}/{paths[0]}` "
+        f"(in a pipeline: input.array = {paths[0]!r})."
+    )
 
 
 def store_truth(store: str) -> MixtureTruth | None:
@@ -145,7 +173,16 @@ def read_csv(path: str, columns: list[str] | None) -> tuple[np.ndarray, list[str
     """A small numeric CSV file with a header row, in memory: (values, column names)."""
     if not os.path.exists(path):
         raise PipelineError(f"input csv {path!r} does not exist; check input.csv.")
-    table = np.genfromtxt(path, delimiter=",", names=True, dtype=np.float64, encoding="utf-8")
+    if os.path.getsize(path) == 0:
+        raise PipelineError(f"input csv {path} is empty; write a header row and the data.")
+    try:
+        table = np.genfromtxt(path, delimiter=",", names=True, dtype=np.float64, encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise not_utf8(f"input csv {path}", exc) from None
+    except ValueError as exc:  # numpy: rows with a different number of columns
+        raise PipelineError(
+            f"input csv {path} is not a table: {' '.join(str(exc).split())}; fix the file."
+        ) from None
     names = [n.strip('"') for n in table.dtype.names]
     if columns is not None:
         missing = [c for c in columns if c not in names]
