@@ -14,6 +14,7 @@ import contextlib
 import functools
 import os
 import signal
+import sys
 import threading
 from pathlib import Path
 
@@ -47,7 +48,12 @@ def _fail_cleanly(func):
                 "continue from the checkpoint): it removes what this run left half-written.",
                 err=True,
             )
-            raise SystemExit(128 + sig) from None
+            sys.stdout.flush()
+            sys.stderr.flush()
+            # Exit at once: the lock and any cluster were released while the
+            # interrupt unwound, and zarr writes still in flight on zarr's own
+            # thread would otherwise fail noisily during interpreter shutdown.
+            os._exit(128 + sig)
 
     return wrapper
 
