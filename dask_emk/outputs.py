@@ -51,6 +51,7 @@ PNG_SOFTWARE = "dask-emk"
 #: First bytes of a lock file.
 LOCK_MAGIC = b'{"dask_emk_lock": 1'
 _LOCK = "lock"
+_MAGIC = {CHECKPOINT: CHECKPOINT_MAGIC, _LOCK: LOCK_MAGIC}
 DESCRIPTIONS = {
     RESULTS: "dask-emk results store",
     GENERATED: "data store written by dask-emk generate",
@@ -117,11 +118,9 @@ def written_by_dask_emk(path: str | os.PathLike, kind: str) -> bool:
     if not os.path.isfile(path):
         return False
     head = _head(path)
-    if kind == CHECKPOINT:
-        return head.startswith(CHECKPOINT_MAGIC)
     if kind == PLOT:
         return png_text(head).get("Software") == PNG_SOFTWARE
-    return head.startswith(LOCK_MAGIC)
+    return head.startswith(_MAGIC[kind])
 
 
 def _is_own_leftover(path: str | os.PathLike, kind: str) -> bool:
@@ -137,8 +136,7 @@ def _is_own_leftover(path: str | os.PathLike, kind: str) -> bool:
     if not os.path.isfile(path):
         return False
     head = _head(path)
-    magic = {CHECKPOINT: CHECKPOINT_MAGIC, _LOCK: LOCK_MAGIC}.get(kind, b"")
-    return not head or magic.startswith(head) or written_by_dask_emk(path, kind)
+    return not head or _MAGIC.get(kind, b"").startswith(head) or written_by_dask_emk(path, kind)
 
 
 def _has_store_marker(path, kind: str) -> bool:

@@ -131,8 +131,9 @@ def test_writer_refuses_user_files(user_files, writer, target):
     message = TARGETS[target][writer == "generate"]
     args = writer_args(writer, target, user_files)
     line = assert_refused_untouched(user_files, args, message)
-    fix = "remove it yourself" if message == NOT_OURS else "choose another"
-    assert fix in line or "give a new name" in line
+    assert (repr(target) if target in ("", ".") else target) in line  # names the path
+    fixes = {NOT_OURS: "remove it yourself", TARGETS["."][0]: "give a new name such as"}
+    assert fixes.get(message, "choose another") in line  # and the fix
 
 
 def user_png(path: Path) -> None:
