@@ -112,12 +112,16 @@ def kill_and_rerun(folder: Path, reference: dict, window: float, seed: int) -> d
                 if path != toml:
                     shutil.rmtree(path) if path.is_dir() else path.unlink()
         resume, span, kills = (), window, 0  # the first run fits afresh, over any results
+        # From nothing, the first kill waits for the generated store to be begun:
+        # generating is too short a phase for random moments to land in often.
+        after = folder / "quickstart-data.zarr.partial" if round_ % 2 == 0 else None
         while kills < KILLS_PER_ROUND:
             had_results = results.exists()
             sig = SIGNALS[sum(tally[s] for s in SIGNALS) % len(SIGNALS)]
             tally["runs"] += 1
-            returncode, err, worked = signalled_run(toml, resume, rng.uniform(0, span), sig)
-            resume = ("--resume",)
+            delay = rng.uniform(0, 0.1 if after else span)
+            returncode, err, worked = signalled_run(toml, resume, delay, sig, after)
+            resume, after = ("--resume",), None
             # Finished before the signal, or SIGINT/SIGTERM hit the interpreter's
             # shutdown (Python restores the default action there: killed, silently).
             handled = sig != signal.SIGKILL
@@ -152,14 +156,19 @@ def phase(folder: Path) -> str:
     return PHASES[left[0]] if left else "fitting"
 
 
-def signalled_run(toml: Path, resume: tuple, delay: float, sig) -> tuple[int, str, float]:
-    """`dask-emk run`, sent ``sig`` ``delay`` s after it locks its results unless it
-    ended before; (return code, stderr, seconds it worked after taking the lock)."""
+def signalled_run(
+    toml: Path, resume: tuple, delay: float, sig, after: Path | None = None
+) -> tuple[int, str, float]:
+    """`dask-emk run`, sent ``sig`` ``delay`` s after it locks its results (and
+    ``after`` appears) unless it ended before; (return code, stderr, seconds it
+    worked after taking the lock)."""
     proc = start(toml, *resume)
     mine = f'"pid": {proc.pid},'
     lock = lock_path(toml.with_suffix(".zarr"))
     wait_for(lambda: mine in _text(lock) or proc.poll() is not None, 120, "the results lock")
     locked = time.monotonic()
+    if after is not None:
+        wait_for(lambda: after.exists() or proc.poll() is not None, 120, after.name)
     try:
         proc.wait(timeout=delay)
     except subprocess.TimeoutExpired:

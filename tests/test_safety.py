@@ -285,6 +285,7 @@ def test_python_api_names_the_keyword(user_files):
 
 # ------------------------------------------------------ real subprocesses
 PR_CAPBSET_DROP, CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH = 24, 1, 2
+DROP_FAILED = 125
 
 
 def permission_bits_bind() -> dict:
@@ -297,7 +298,7 @@ def permission_bits_bind() -> dict:
     def drop_capabilities():
         for cap in (CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH):
             if prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0:
-                os._exit(125)
+                os._exit(DROP_FAILED)
 
     return {"preexec_fn": drop_capabilities}
 
@@ -309,6 +310,7 @@ def dask_emk(*args, **popen) -> subprocess.Popen:
     )  # fmt: skip
 
 
+@pytest.mark.slow
 def test_unwritable_folders_and_the_reported_bug_in_real_processes(user_files):
     """Read-only and no-permission folders as the kernel enforces them, and the
     bug report (`fit data.zarr/X --out data.zarr` deleted X) end to end."""
@@ -323,6 +325,7 @@ def test_unwritable_folders_and_the_reported_bug_in_real_processes(user_files):
             [VENV_BIN / "python", "-c", "open('ro/probe', 'w')"], capture_output=True, text=True,
             **permission_bits_bind(),
         )  # fmt: skip
+        assert probe.returncode != DROP_FAILED, "prctl could not drop CAP_DAC_OVERRIDE"
         assert "PermissionError" in probe.stderr, "the read-only folder is writable"
         cases = {
             ("fit", "data.zarr"): "is the input store data.zarr",
@@ -348,6 +351,7 @@ def test_unwritable_folders_and_the_reported_bug_in_real_processes(user_files):
         os.chmod(user_files / "noperm", 0o755)
 
 
+@pytest.mark.slow
 def test_second_run_on_the_same_results_is_refused(user_files):
     """A run stopped (SIGSTOP) while it holds the results: a second run refuses
     and writes nothing; the first then finishes with its own results."""
