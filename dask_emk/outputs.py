@@ -278,6 +278,19 @@ def _check_writable(target: Path, where: str) -> None:
 
 # ------------------------------------------------------------------ claim
 _held = threading.local()
+#: Lock files this process holds. A forked child (a "processes" scheduler
+#: worker) closes its copies, so an orphan of a killed run holds no lock.
+_lock_fds: set[int] = set()
+
+
+def _close_lock_fds_in_child() -> None:
+    for fd in _lock_fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _lock_fds.clear()
+
+
+os.register_at_fork(after_in_child=_close_lock_fds_in_child)
 
 
 @contextlib.contextmanager
@@ -379,6 +392,7 @@ def _lock(lock: Path, path: Path, where: str) -> tuple[int, list[str]]:
     info["started"] = time.strftime("%Y-%m-%d %H:%M:%S")
     os.ftruncate(fd, 0)
     os.pwrite(fd, json.dumps(info).encode(), 0)
+    _lock_fds.add(fd)
     taken_over = f"took over {lock} left by {_describe(previous)}, no longer running"
     return fd, [taken_over] if previous else []
 
@@ -409,6 +423,7 @@ def _unlock(fd: int, lock: Path) -> None:
         if _same_file(fd, lock):
             os.unlink(lock)
     finally:
+        _lock_fds.discard(fd)
         os.close(fd)
 
 

@@ -38,7 +38,7 @@ from pipeline_helpers import (
 )
 
 from dask_emk.datasets import random_mixture, read_truth, write_mixture_zarr
-from dask_emk.outputs import lock_path
+from dask_emk.outputs import RESULTS, claim, lock_path
 
 matplotlib.use("Agg")
 INPUT = "inputs/data.zarr"
@@ -379,3 +379,32 @@ def _text(path: Path) -> str:
         return path.read_text()
     except OSError:
         return ""
+
+
+HOLDER = """
+import os, sys, time
+from concurrent.futures import ProcessPoolExecutor
+from dask_emk.outputs import RESULTS, claim
+with claim(sys.argv[1], RESULTS, where="--out"):
+    pool = ProcessPoolExecutor(1)  # forked, as the "processes" scheduler's workers
+    print(pool.submit(os.getpid).result(), flush=True)
+    time.sleep(60)
+"""
+
+
+def test_orphaned_workers_of_a_killed_run_hold_no_lock(tmp_path):
+    """A run killed while a forked worker lives on: the worker (orphaned) must
+    not keep the results locked."""
+    results = tmp_path / "r.zarr"
+    holder = subprocess.Popen(
+        [VENV_BIN / "python", "-c", HOLDER, results], stdout=subprocess.PIPE, text=True
+    )
+    worker = int(holder.stdout.readline())
+    holder.kill()
+    holder.wait()
+    try:
+        os.kill(worker, 0)  # still alive, holding a copy of the parent's descriptors
+        with claim(results, RESULTS, where="--out") as notes:
+            assert notes[0].startswith(f"took over {lock_path(results)} left by pid {holder.pid}")
+    finally:
+        os.kill(worker, signal.SIGKILL)
