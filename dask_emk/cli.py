@@ -1,13 +1,21 @@
 """The ``dask-emk`` command: generate data, run pipelines, one-off fits, show results.
 
 Every expected failure (bad pipeline, missing store, unreachable scheduler,
-missing matplotlib, bad data) ends as a one-line ``Error: ...`` that says
-what to do, with exit code 1, before anything is written.
+missing matplotlib, bad data, an output path dask-emk may not write) ends as
+a one-line ``Error: ...`` that says what to do, with exit code 1, before
+anything is written. Ctrl-C (SIGINT) and SIGTERM end a command with one line
+and exit code 128 + the signal number, after releasing its lock; what it was
+writing stays under temporary names that the next run removes.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
+import signal
+import sys
+import threading
 from pathlib import Path
 
 import click
@@ -23,17 +31,49 @@ SCHEDULER_HELP = (
 
 
 def _fail_cleanly(func):
-    """Turn expected errors into one-line click errors (exit code 1)."""
-    import functools
+    """Turn expected errors into one-line click errors (exit code 1), signals into one line."""
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
         try:
-            return func(*args, **kwargs)
+            with _signals_interrupt():
+                return func(*args, **kwargs)
         except (ValueError, MissingMatplotlib) as exc:
             raise click.ClickException(" ".join(str(exc).split())) from None
+        except KeyboardInterrupt as exc:
+            sig = exc.args[0] if exc.args and isinstance(exc.args[0], signal.Signals) else None
+            sig = sig or signal.SIGINT
+            click.echo(
+                f"Error: interrupted by {sig.name}; rerun the command (with --resume to "
+                "continue from the checkpoint): it removes what this run left half-written.",
+                err=True,
+            )
+            sys.stdout.flush()
+            sys.stderr.flush()
+            # Exit at once: the lock and any cluster were released while the
+            # interrupt unwound, and zarr writes still in flight on zarr's own
+            # thread would otherwise fail noisily during interpreter shutdown.
+            os._exit(128 + sig)
 
     return wrapper
+
+
+@contextlib.contextmanager
+def _signals_interrupt():
+    """SIGTERM stops a command the way Ctrl-C does: locks are released on the way out."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(signal.Signals(signum))
+
+    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 @click.group()
@@ -42,7 +82,7 @@ def main() -> None:
 
 
 @main.command()
-@click.argument("out", type=click.Path(path_type=Path))
+@click.argument("out")
 @click.option("--n", "n", type=click.IntRange(min=1), required=True, help="Rows.")
 @click.option("--d", "d", type=click.IntRange(min=1), required=True, help="Features.")
 @click.option("--k", "k", type=click.IntRange(min=1), required=True, help="Components.")
@@ -50,12 +90,16 @@ def main() -> None:
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--dtype", type=click.Choice(["float32", "float64"]), default="float32")
 @click.option("--separation", type=float, default=6.0, show_default=True)
-@click.option("--overwrite", is_flag=True, help="Replace an existing store.")
+@click.option(
+    "--overwrite", is_flag=True, help="Replace an existing store written by dask-emk generate."
+)
 @_fail_cleanly
 def generate(out, n, d, k, chunk_rows, seed, dtype, separation, overwrite) -> None:
     """Write a Gaussian mixture data set to OUT.zarr chunk by chunk, with its truth."""
     from .datasets import random_mixture, write_mixture_zarr
+    from .outputs import GENERATED, check_output
 
+    check_output(out, GENERATED, where="path", replace=overwrite, replace_hint="--overwrite")
     truth = random_mixture(d, k, separation=separation, seed=seed)
     path = write_mixture_zarr(
         out, n, truth, chunk_rows=chunk_rows, dtype=dtype, seed=seed, overwrite=overwrite
@@ -73,14 +117,14 @@ def generate(out, n, d, k, chunk_rows, seed, dtype, separation, overwrite) -> No
 def run(pipeline, scheduler, resume, quiet, no_plots) -> None:
     """Run a PIPELINE.toml (see pipelines/README.md)."""
     cfg, text = load_pipeline(pipeline)
-    _run(cfg, text, scheduler, resume, quiet, no_plots)
+    _run(cfg, text, scheduler, resume, quiet, no_plots, "output.results")
 
 
 @main.command()
 @click.argument("input_path", metavar="INPUT")
 @click.option("--model", type=click.Choice(["gmm", "kmeans", "anneal"]), default="gmm")
 @click.option("--k", "n_components", type=click.IntRange(min=1), required=True)
-@click.option("--out", type=click.Path(path_type=Path), required=True, help="RESULTS.zarr")
+@click.option("--out", required=True, help="RESULTS.zarr (replaced only if dask-emk wrote it)")
 @click.option(
     "--covariance-type",
     type=click.Choice(MODEL_FIELDS["gmm"]["covariance_type"][0]),
@@ -111,7 +155,8 @@ def fit(input_path, model, n_components, out, scheduler, resume, quiet, no_plots
             "log_density": opts["log_density"],
         },
     }
-    _run(validate(raw, source="dask-emk fit"), None, scheduler, resume, quiet, no_plots)
+    cfg = validate(raw, source="dask-emk fit")
+    _run(cfg, None, scheduler, resume, quiet, no_plots, "--out")
 
 
 @main.command()
@@ -125,14 +170,17 @@ def show(results) -> None:
         click.echo(line)
 
 
-def _run(cfg, text, scheduler, resume, quiet, no_plots) -> None:
+def _run(cfg, text, scheduler, resume, quiet, no_plots, results_name) -> None:
     from .pipeline import run_pipeline
 
     if scheduler is not None:
         cfg["scheduler"]["address"] = scheduler
     if no_plots:
         cfg["output"]["plots"] = False
-    run_pipeline(cfg, toml_text=text, resume=resume, echo=click.echo, verbose=not quiet)
+    run_pipeline(
+        cfg, toml_text=text, resume=resume, echo=click.echo, verbose=not quiet,
+        results_name=results_name,
+    )  # fmt: skip
 
 
 #: ``dask-emk fit`` options that set a [model] field of the same name.

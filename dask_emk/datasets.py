@@ -2,22 +2,27 @@
 
 A generated store is a zarr group holding ``X`` (n, d) and the true
 ``weights`` (K,), ``means`` (K, d), ``covariances`` (K, d, d) and ``labels``
-(n,), so every fit can be checked against ground truth. It is written under a
-temporary name and renamed into place at the end: an interrupted run leaves
-no half-written store.
+(n,), so every fit can be checked against ground truth. Its root attribute
+``dask_emk_generated`` marks it as written here: only such a store is ever
+replaced (with ``overwrite=True``; :mod:`dask_emk.outputs` holds the rule). It
+is written under ``<path>.partial`` and renamed into place at the end: an
+interrupted run leaves no half-written store, and the next one removes the
+``.partial``.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import dask
 import numpy as np
 import zarr
 from zarr.codecs import BloscCodec
+
+from .outputs import GENERATED, check_output, claim, new_store, replace_dir
 
 
 @dataclass(frozen=True)
@@ -88,7 +93,8 @@ def write_mixture_zarr(
         Each chunk draws from its own stream spawned from this seed, so the
         data do not depend on how many chunks are written at once.
     overwrite : bool
-        Replace an existing store; otherwise an existing path is an error.
+        Replace an existing store that this function wrote; otherwise an
+        existing path is an error. Any other existing path always is.
 
     Returns
     -------
@@ -100,14 +106,25 @@ def write_mixture_zarr(
     unless one is set), so with a cluster the store must be on a file system
     the workers share.
     """
-    final = Path(path)
     if n_samples < 1 or chunk_rows < 1:
         raise ValueError(f"n_samples and chunk_rows must be >= 1, got {n_samples}, {chunk_rows}.")
-    if final.exists() and not overwrite:
-        raise ValueError(f"{final} already exists; remove it or pass overwrite=True.")
-    tmp = final.with_name(final.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    group = zarr.create_group(store=zarr.storage.LocalStore(tmp))
+    check = partial(check_output, path, GENERATED, where="path", replace=overwrite,
+                    replace_hint="overwrite=True")  # fmt: skip
+    final = check()
+    with claim(final, GENERATED, where="path"):
+        check()  # again: the claim may have put back a store a killed run moved aside
+        tmp = new_store(final, GENERATED)
+        group = zarr.open_group(store=zarr.storage.LocalStore(tmp), mode="r+")
+        _write_mixture(group, n_samples, truth, chunk_rows=chunk_rows, dtype=dtype, seed=seed)
+        replace_dir(tmp, final, GENERATED)
+    return final
+
+
+def _write_mixture(
+    group: zarr.Group, n_samples: int, truth: MixtureTruth, *, chunk_rows: int, dtype: str,
+    seed: int,
+) -> None:  # fmt: skip
+    """Fill an empty group with ``X``, ``labels`` and the truth, one Dask task per chunk."""
     d = truth.means.shape[1]
     compressors = [BloscCodec(cname="zstd", clevel=3, shuffle="shuffle")]
     X = group.create_array(
@@ -130,10 +147,6 @@ def write_mixture_zarr(
     group.attrs.update(
         n_samples=n_samples, n_features=d, n_components=truth.weights.size, seed=seed
     )
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    return final
 
 
 def _write_chunk(X, labels, start: int, stop: int, truth: MixtureTruth, stream) -> None:

@@ -6,10 +6,13 @@ here, only when a figure is drawn, with the Agg backend (no display needed).
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 
 import numpy as np
+
+from .outputs import PLOT, PNG_SOFTWARE, write_file_atomically
 
 #: Points drawn in the 2-D scatter at most.
 SCATTER_POINTS = 20_000
@@ -146,11 +149,15 @@ def _first_figure(result):
 
 
 def _save(fig, path: Path) -> Path:
+    """Write the PNG with the ``Software: dask-emk`` text chunk that marks it as ours.
+
+    Only a PNG carrying that chunk is ever replaced (:mod:`dask_emk.outputs`).
+    """
     import matplotlib.pyplot as plt
 
-    tmp = path.with_name(path.name + ".tmp.png")
     fig.tight_layout()
-    fig.savefig(tmp, dpi=100)
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=100, metadata={"Software": PNG_SOFTWARE})
     plt.close(fig)
-    os.replace(tmp, path)
+    write_file_atomically(path, png.getvalue(), PLOT)
     return path

@@ -2,8 +2,10 @@
 
 Order matters for "a failed run writes nothing": everything that can be
 checked without computing (config, matplotlib, the input store, the
-scheduler spec) is checked first, then the scheduler is started or reached,
-and only then is data generated or results written.
+scheduler spec, every output path against the rule of :mod:`dask_emk.outputs`)
+is checked first; then the results path is locked and the leftovers of an
+interrupted run are cleaned up; then the scheduler is started or reached, and
+only then is data generated or results written.
 """
 
 from __future__ import annotations
@@ -20,16 +22,11 @@ from dask.diagnostics import ProgressBar
 
 from . import figures
 from ._version import __version__
-from .checkpoint import Checkpoint
+from .checkpoint import Checkpoint, checkpoint_path
 from .compare import truth_table
 from .config import config_key
-from .results import (
-    model_dataset,
-    per_sample_dataset,
-    restore_moved_aside,
-    truth_dataset,
-    write_results,
-)
+from .outputs import CHECKPOINT, GENERATED, PLOT, RESULTS, check_output, claim
+from .results import model_dataset, per_sample_dataset, truth_dataset, write_results
 from .scheduler import parse_scheduler, use_scheduler
 from .sources import Source, check_input, open_source
 from .steps import (
@@ -50,6 +47,7 @@ def run_pipeline(
     resume: bool = False,
     echo: Callable[[str], None] = print,
     verbose: bool = True,
+    results_name: str = "output.results",
 ) -> Path:
     """Run ``cfg`` (from :func:`dask_emk.config.validate`); return the results path.
 
@@ -64,20 +62,25 @@ def run_pipeline(
     verbose : bool
         Per-iteration lines (``--quiet`` turns them off; ``echo`` still gets
         the summary).
+    results_name : str
+        How the user named the results path (``--out`` for ``dask-emk fit``),
+        for the messages that refuse it.
     """
     out = cfg["output"]
     if out["plots"]:
         figures.require_matplotlib()
     check_input(cfg["input"])
     parse_scheduler(cfg["scheduler"]["address"])
-    results = Path(out["results"])
+    results, companions = check_outputs(cfg, resume, results_name)
     checkpoint = Checkpoint(results, config_key(cfg), resume, out["checkpoint"])
-    with use_scheduler(cfg["scheduler"]["address"], echo):
+    with (
+        claim(results, RESULTS, where=results_name, companions=companions) as notes,
+        use_scheduler(cfg["scheduler"]["address"], echo),
+    ):
+        for note in notes:
+            echo(f"results: {note}")
         source = open_source(cfg["input"], echo)
         echo(f"input: {source.description}")
-        results.parent.mkdir(parents=True, exist_ok=True)
-        if restore_moved_aside(results):
-            echo(f"results: restored {results} that an interrupted run had moved aside")
         start = time.perf_counter()
         outcome, anneal = fit_model(cfg, source, checkpoint, echo if verbose else _silent)
         fit_seconds = time.perf_counter() - start
@@ -97,6 +100,30 @@ def run_pipeline(
         for line in lines:
             echo("  " + line)
     return results
+
+
+def check_outputs(cfg: dict, resume: bool, results_name: str) -> tuple[Path, list]:
+    """Check every path the run writes against the output rule, before any work.
+
+    Returns
+    -------
+    (results path, [(checkpoint or plot path, kind), ...] written beside it)
+    """
+    inputs = [cfg["input"][key] for key in ("store", "csv") if cfg["input"][key] is not None]
+    gen = cfg["input"]["generate"]
+    if gen is not None:
+        check_output(gen["path"], GENERATED, where="input.generate.path")
+        inputs.append(gen["path"])
+    out = cfg["output"]
+    results = check_output(out["results"], RESULTS, where=results_name, inputs=inputs)
+    companions = []
+    if out["checkpoint"] or resume:
+        companions.append((checkpoint_path(results), CHECKPOINT))
+    if out["plots"]:
+        companions += [(path, PLOT) for path in figures.figure_paths(results).values()]
+    for path, kind in companions:
+        check_output(path, kind, where=results_name, inputs=inputs)
+    return results, companions
 
 
 #: Dask's progress bar shows only for computes longer than this.

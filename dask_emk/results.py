@@ -11,31 +11,29 @@ Layout (``xr.open_zarr(path)`` opens the root; groups with ``group=``):
   ``path_`` (when the pipeline anneals);
 - ``truth``: the generator's true parameters (generated input only).
 
-The store is written under ``<name>.partial`` and renamed into place last,
-so a failed run leaves no half-written results: a run killed during export
-leaves the previous results (or none) at the path.
+The root carries the attribute ``dask_emk_results = {"format": 1, "version": ...}``:
+that marker, not the name, is what lets a later run replace the store
+(:mod:`dask_emk.outputs` holds the rule). The store is built under
+``<name>.partial`` (marked from its first write) and renamed into place last,
+so a run killed at any moment leaves the previous results (or none) at the
+path; the next run removes the ``.partial`` and restores a store left at
+``<name>.old`` by a kill between the two renames of a replace.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 import numpy as np
 import xarray as xr
 from zarr.codecs import BloscCodec
 
+from .outputs import RESULTS, new_store, replace_dir, store_marker
 from .steps import FitOutcome
 
 #: History variables the estimators' own exports hold (replaced by the pipeline's).
 ESTIMATOR_HISTORY = ("lower_bound", "inertia")
-
-
-def partial_path(path: str | os.PathLike) -> Path:
-    """Where a results store is built before it is moved into place."""
-    path = Path(path)
-    return path.with_name(path.name + ".partial")
 
 
 def model_dataset(outcome: FitOutcome) -> xr.Dataset:
@@ -91,14 +89,15 @@ def write_results(
 ) -> Path:
     """Write the results store under a temporary name, then move it into place.
 
-    Per-sample outputs are lazy: ``to_zarr`` computes and writes them chunk by
-    chunk on the active scheduler, never whole in memory.
+    An existing store at ``path`` is replaced only if dask-emk wrote it
+    (:func:`dask_emk.outputs.replace_dir`). Per-sample outputs are lazy:
+    ``to_zarr`` computes and writes them chunk by chunk on the active
+    scheduler, never whole in memory.
     """
     final = Path(path).absolute()
-    tmp = partial_path(final)
-    shutil.rmtree(tmp, ignore_errors=True)
-    root = portable_strings(root)
-    root.to_zarr(tmp, mode="w-", consolidated=False, zarr_format=3)
+    tmp = new_store(final, RESULTS)
+    root = portable_strings(root).assign_attrs(store_marker(RESULTS))
+    root.to_zarr(tmp, mode="a", consolidated=False, zarr_format=3)
     for name, ds in groups.items():
         portable_strings(ds).to_zarr(tmp, group=name, mode="w-", consolidated=False, zarr_format=3)
     if per_sample is not None:
@@ -106,7 +105,7 @@ def write_results(
         per_sample = per_sample.assign_attrs(root.attrs)
         encoding = {name: {"compressors": (_compressor(),)} for name in per_sample.data_vars}
         per_sample.to_zarr(tmp, mode="a", consolidated=False, encoding=encoding)
-    replace_dir(tmp, final)
+    replace_dir(tmp, final, RESULTS)
     return final
 
 
@@ -119,43 +118,6 @@ def portable_strings(ds: xr.Dataset) -> xr.Dataset:
     """
     fixed = {name: c.astype(object) for name, c in ds.coords.items() if c.dtype.kind == "U"}
     return ds.assign_coords(fixed) if fixed else ds
-
-
-def replace_dir(src: Path, dst: Path) -> None:
-    """Move directory ``src`` to ``dst``, replacing an existing ``dst``.
-
-    The old results are first moved aside, so the new ones appear by one rename.
-    (POSIX cannot rename a directory over a non-empty one; a kill between the
-    two renames leaves the old store at ``<dst>.old``, which
-    :func:`restore_moved_aside` puts back.)
-    """
-    if dst.exists():
-        old = moved_aside_path(dst)
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(dst, old)
-        os.replace(src, dst)
-        shutil.rmtree(old)
-    else:
-        os.replace(src, dst)
-
-
-def moved_aside_path(path: str | os.PathLike) -> Path:
-    """Where :func:`replace_dir` moves the previous results while replacing them."""
-    path = Path(path)
-    return path.with_name(path.name + ".old")
-
-
-def restore_moved_aside(path: str | os.PathLike) -> bool:
-    """Put back previous results that a killed run left moved aside; True if it did.
-
-    Only when nothing is at ``path``: a complete ``<path>.old`` with no results
-    means the run died between the two renames of :func:`replace_dir`.
-    """
-    path, old = Path(path), moved_aside_path(path)
-    if path.exists() or not old.is_dir():
-        return False
-    os.replace(old, path)
-    return True
 
 
 def _compressor() -> BloscCodec:

@@ -9,8 +9,8 @@ store holds them. Checks are metadata-only and raise
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import dask.array as da
 import numpy as np
@@ -20,6 +20,7 @@ import zarr
 from .config import PipelineError, not_utf8
 from .datasets import MixtureTruth, random_mixture, read_truth, write_mixture_zarr
 from .io import as_input
+from .outputs import GENERATED, claim, written_by_dask_emk
 
 TRUTH_ARRAYS = ("weights", "means", "covariances")
 
@@ -132,40 +133,50 @@ def store_truth(store: str) -> MixtureTruth | None:
 
 
 def ensure_generated(gen: dict, echo=print) -> str:
-    """Write the generated mixture store unless an identical one exists; its path."""
-    path = gen["path"]
-    if _generated_matches(path, gen):
-        echo(f"input: reusing generated {path}")
-        return path
-    import time
+    """Write the generated mixture store unless an identical one exists; its path.
 
-    start = time.perf_counter()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    truth = random_mixture(gen["d"], gen["k"], separation=gen["separation"], seed=gen["seed"])
-    write_mixture_zarr(
-        path, gen["n"], truth, chunk_rows=gen["chunk_rows"], dtype=gen["dtype"],
-        seed=gen["seed"], overwrite=True,
-    )  # fmt: skip
+    A different store at the path is replaced only if ``generate`` wrote it
+    (:mod:`dask_emk.outputs`); the path is locked while it is checked and written.
+    """
+    path = gen["path"]
+    with claim(path, GENERATED, where="input.generate.path") as notes:
+        for note in notes:
+            echo(f"input: {note}")
+        if _generated_matches(path, gen):
+            echo(f"input: reusing generated {path}")
+            return path
+        start = time.perf_counter()
+        write_mixture_zarr(
+            path, gen["n"], _generated_truth(gen), chunk_rows=gen["chunk_rows"],
+            dtype=gen["dtype"], seed=gen["seed"], overwrite=True,
+        )  # fmt: skip
     echo(f"input: generated {gen['n']:,} rows to {path} in {time.perf_counter() - start:.1f} s")
     return path
 
 
+def _generated_truth(gen: dict) -> MixtureTruth:
+    return random_mixture(gen["d"], gen["k"], separation=gen["separation"], seed=gen["seed"])
+
+
 def _generated_matches(path: str, gen: dict) -> bool:
-    if not os.path.exists(path):
+    """True if ``path`` is a store ``generate`` wrote with exactly these settings."""
+    if not written_by_dask_emk(path, GENERATED):
         return False
     try:
         group = zarr.open_group(store=zarr.storage.LocalStore(path, read_only=True), mode="r")
-        X, attrs = group["X"], dict(group.attrs)
-    except Exception:  # not a generated store: regenerate
+        X, attrs, stored = group["X"], dict(group.attrs), read_truth(path)
+    except Exception:  # arrays missing or unreadable: regenerate
         return False
+    truth = _generated_truth(gen)
     return (
         attrs.get("n_samples") == gen["n"]
-        and attrs.get("n_features") == gen["d"]
-        and attrs.get("n_components") == gen["k"]
         and attrs.get("seed") == gen["seed"]
-        and attrs.get("separation", gen["separation"]) == gen["separation"]
         and X.chunks[0] == gen["chunk_rows"]
         and str(X.dtype) == gen["dtype"]
+        # The truth follows from d, k, separation and seed: compare it, not settings.
+        and all(
+            np.array_equal(getattr(stored, name), getattr(truth, name)) for name in TRUTH_ARRAYS
+        )
     )
 
 

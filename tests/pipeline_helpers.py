@@ -6,15 +6,18 @@ import contextlib
 import socket
 import subprocess
 import sys
+import time
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import xarray as xr
+from click.testing import CliRunner
 from scipy.optimize import linear_sum_assignment
 
 from dask_emk import engine
+from dask_emk.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 PIPELINES = ROOT / "pipelines"
@@ -76,8 +79,37 @@ def scaled_pipeline(name: str, tmp_path: Path, drop=(), **sections) -> Path:
     return path
 
 
+def invoke(*args):
+    """``dask-emk ARGS`` in-process; the click Result."""
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def assert_one_line_error(result, *fragments) -> str:
+    """Exit code 1 and a single `Error: ...` line containing every fragment."""
+    lines = result.output.strip().splitlines()
+    assert result.exit_code == 1, result.output
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    return lines[0]
+
+
 def open_results(path, group=None) -> xr.Dataset:
     return xr.open_zarr(path, group=group, consolidated=False)
+
+
+def snapshot(results: Path) -> dict:
+    """Every variable of the results store, read in full (fails on a broken store)."""
+    ds = open_results(results).load()
+    return {name: ds[name].values.copy() for name in ds.data_vars} | {"attrs": dict(ds.attrs)}
+
+
+def wait_for(condition, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.005)
 
 
 def matched_errors(results: Path) -> tuple[float, float, np.ndarray]:

@@ -9,27 +9,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
-from click.testing import CliRunner
-from pipeline_helpers import matched_errors, open_results, scaled_pipeline
+from pipeline_helpers import (
+    assert_one_line_error,
+    invoke,
+    matched_errors,
+    open_results,
+    scaled_pipeline,
+)
 
-from dask_emk.cli import main
 from dask_emk.datasets import read_truth
-
-VENV_BIN = Path(sys.executable).parent
-
-
-def invoke(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
-
-
-def assert_one_line_error(result, *fragments) -> str:
-    """Exit code 1 and a single `Error: ...` line containing every fragment."""
-    lines = result.output.strip().splitlines()
-    assert result.exit_code == 1, result.output
-    assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
-    return lines[0]
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,6 @@ import os
 import signal
 import subprocess
 import threading
-import time
 import warnings
 from pathlib import Path
 
@@ -25,12 +24,18 @@ import pytest
 import zarr
 from click.testing import CliRunner
 from helpers import blobs
-from pipeline_helpers import VENV_BIN, dask_cluster_processes, open_results, scaled_pipeline
+from pipeline_helpers import (
+    VENV_BIN,
+    dask_cluster_processes,
+    scaled_pipeline,
+    snapshot,
+    wait_for,
+)
 from sklearn.exceptions import ConvergenceWarning
 
 from dask_emk import GaussianMixture
 from dask_emk.cli import main
-from dask_emk.results import moved_aside_path, partial_path, restore_moved_aside
+from dask_emk.outputs import RESULTS, clean_leftovers, moved_aside_path, partial_path
 
 pytestmark = pytest.mark.slow
 
@@ -80,14 +85,6 @@ def fit_in_thread(X) -> tuple[threading.Thread, Progress, dict]:
     thread = threading.Thread(target=target, daemon=True)
     thread.start()
     return thread, progress, out
-
-
-def wait_for(condition, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.005)
 
 
 @pytest.fixture(scope="module")
@@ -168,12 +165,6 @@ def run_killed_in_export(toml: Path, results: Path, *extra: str) -> None:
     assert partial.exists()
 
 
-def snapshot(results: Path) -> dict:
-    """Every variable of the results store, read in full (fails on a broken store)."""
-    ds = open_results(results).load()
-    return {name: ds[name].values.copy() for name in ds.data_vars} | {"attrs": dict(ds.attrs)}
-
-
 def run_cli(*args) -> str:
     result = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
     assert result.exit_code == 0, result.output
@@ -224,7 +215,10 @@ def test_results_moved_aside_by_a_kill_between_renames_are_restored(tmp_path):
     run_cli("run", toml, "-q")
     before = snapshot(results)
     os.replace(results, moved_aside_path(results))  # the state such a kill leaves
-    assert restore_moved_aside(results) and not restore_moved_aside(results)
+    assert clean_leftovers(results, RESULTS) == [
+        f"restored {results} that an interrupted run had moved aside"
+    ]
+    assert clean_leftovers(results, RESULTS) == []
     np.testing.assert_array_equal(snapshot(results)["means"], before["means"])
     os.replace(results, moved_aside_path(results))
     out = run_cli("run", toml, "-q", "--scheduler", "sync")

@@ -30,6 +30,7 @@ from pipeline_helpers import (
 from sklearn.mixture import GaussianMixture as SkGaussianMixture
 
 from dask_emk import engine
+from dask_emk.checkpoint import read_checkpoint
 from dask_emk.cli import main
 
 QUICK = {"input.generate": {"n": 60_000, "chunk_rows": 10_000}, "anneal": {"sample_size": 5_000}}
@@ -153,9 +154,8 @@ def test_tcp_cluster_equals_sync(tmp_path, dask_cluster):
 # -------------------------------------------------------------------- resume
 def checkpoint_iteration(path: Path) -> int:
     try:
-        with open(path, "rb") as f:
-            state = pickle.load(f)["stages"].get("model")
-    except (OSError, EOFError, pickle.UnpicklingError):
+        state = read_checkpoint(path)["stages"].get("model")
+    except (OSError, EOFError, pickle.UnpicklingError, ValueError):
         return 0
     return len(state.history) if state is not None else 0
 
