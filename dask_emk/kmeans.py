@@ -22,6 +22,7 @@ from . import engine, kernels
 from .init import kmeans_parallel, kmeans_plusplus, random_rows
 from .io import InputData, as_sample_weight
 from .passes import assign_pass
+from .stats import weighted_means
 from .validation import check_int, check_non_negative, validate_features
 
 INIT_METHODS = ("k-means||", "k-means++", "random")
@@ -61,7 +62,7 @@ def update_centers(stats: dict, center: np.ndarray) -> tuple[np.ndarray, np.ndar
             N[e] = w
     full = N > 0
     centers = np.empty_like(S)
-    centers[full] = center + S[full] / N[full, None]
+    centers[full] = weighted_means(center, N[full], S[full])[0]
     centers[~full] = centers[np.argmax(N)]
     return centers, N
 

@@ -15,7 +15,6 @@ from functools import partial
 import numpy as np
 
 from . import engine, kernels
-from .io import raise_on_nonfinite
 from .kernels import merge_top
 from .stats import StatsLayout
 
@@ -96,22 +95,10 @@ def assign_pass(X, weight, centers, center, n_far=0, moments=False, split_every=
     the data holds NaN or infinity.
     """
     layout = assign_layout(centers.shape[0], centers.shape[1], n_far, moments)
-    vector = engine.reduce_pass(
-        X,
-        weight,
-        assign_block,
-        layout.size,
-        centers,
-        center,
-        n_far,
-        moments,
-        layout,
-        split_every=split_every,
-        combine=partial(merge_packed, layout=layout, tops=FAR_LIST),
-    )
-    stats = layout.unpack(vector)
-    raise_on_nonfinite(stats["nonfinite"])
-    return stats
+    return engine.run_pass(
+        X, weight, layout, assign_block, centers, center, n_far, moments, layout,
+        split_every=split_every, combine=partial(merge_packed, layout=layout, tops=FAR_LIST),
+    )  # fmt: skip
 
 
 def seed_block(X, weight, centers, trials, center, n_keep, seed, scale, layout) -> np.ndarray:
@@ -140,24 +127,10 @@ def seed_pass(
     layout = StatsLayout(
         {"nonfinite": (), "potential": (s,), "key": (s, n_keep), "x": (s, n_keep, d)}
     )
-    vector = engine.reduce_pass(
-        X,
-        weight,
-        seed_block,
-        layout.size,
-        centers,
-        trials,
-        center,
-        n_keep,
-        seed,
-        scale,
-        layout,
-        split_every=split_every,
-        combine=partial(merge_packed, layout=layout, tops=SAMPLE_LIST),
-    )
-    stats = layout.unpack(vector)
-    raise_on_nonfinite(stats["nonfinite"])
-    return stats
+    return engine.run_pass(
+        X, weight, layout, seed_block, centers, trials, center, n_keep, seed, scale, layout,
+        split_every=split_every, combine=partial(merge_packed, layout=layout, tops=SAMPLE_LIST),
+    )  # fmt: skip
 
 
 def hartigan_layout(n_clusters: int, n_features: int, n_bins: int) -> StatsLayout:
@@ -182,10 +155,7 @@ def hartigan_pass(X, weight, centers, mass, center, edges, split_every=None) -> 
     data holds NaN or infinity.
     """
     layout = hartigan_layout(centers.shape[0], centers.shape[1], edges.shape[0] + 1)
-    vector = engine.reduce_pass(
-        X, weight, hartigan_block, layout.size, centers, mass, center, edges, layout,
+    return engine.run_pass(
+        X, weight, layout, hartigan_block, centers, mass, center, edges, layout,
         split_every=split_every,
     )  # fmt: skip
-    stats = layout.unpack(vector)
-    raise_on_nonfinite(stats["nonfinite"])
-    return stats
