@@ -35,7 +35,8 @@ def update_centers(stats: dict, center: np.ndarray) -> tuple[np.ndarray, np.ndar
     ``_average_centers``): the i-th empty cluster (by index) takes the i-th
     farthest row, which leaves its old cluster; if every row sits on its
     centre nothing moves; a cluster still without weight goes to the centre
-    of the heaviest one.
+    of the heaviest one. The centres are the mixture M-step's weighted means
+    (:func:`dask_emk.stats.weighted_means`) in the σ² → 0 limit.
 
     Returns
     -------

@@ -9,7 +9,6 @@ packed rows and merges their top-m lists with :func:`dask_emk.kernels.merge_top`
 
 from __future__ import annotations
 
-import math
 from functools import partial
 
 import numpy as np
@@ -20,16 +19,6 @@ from .stats import StatsLayout
 
 FAR_LIST = (("far_dist", ("far_label", "far_weight", "far_x")),)
 SAMPLE_LIST = (("key", ("x",)),)
-
-
-def unpack_rows(rows: np.ndarray, layout: StatsLayout) -> dict:
-    """Split stacked packed rows (r, size) into a dict of (r, *shape) arrays."""
-    out, start = {}, 0
-    for name, shape in layout.shapes.items():
-        stop = start + math.prod(shape)
-        out[name] = rows[:, start:stop].reshape((rows.shape[0],) + tuple(shape))
-        start = stop
-    return out
 
 
 def merge_packed(rows: np.ndarray, layout: StatsLayout, tops: tuple) -> np.ndarray:
@@ -44,7 +33,7 @@ def merge_packed(rows: np.ndarray, layout: StatsLayout, tops: tuple) -> np.ndarr
         Each top-m list: keys of shape (m,) or (s, m) for s independent
         streams, and values with the same leading shape.
     """
-    parts = unpack_rows(np.asarray(rows, dtype=np.float64), layout)
+    parts = layout.unpack_rows(rows)
     listed = {name for key, values in tops for name in (key, *values)}
     out = {name: arr.sum(axis=0) for name, arr in parts.items() if name not in listed}
     for key, values in tops:

@@ -56,11 +56,16 @@ class StatsLayout:
 
     def unpack(self, vector: np.ndarray) -> dict:
         """Inverse of :meth:`pack` for a (size,) or (1, size) vector."""
-        flat = np.asarray(vector, dtype=np.float64).ravel()
+        rows = np.reshape(vector, (1, -1))
+        return {name: part[0, ...] for name, part in self.unpack_rows(rows).items()}
+
+    def unpack_rows(self, rows: np.ndarray) -> dict:
+        """Split stacked packed rows (r, size) into a dict of (r, *shape) arrays."""
+        rows = np.asarray(rows, dtype=np.float64)
         out, start = {}, 0
         for name, shape in self.shapes.items():
             stop = start + math.prod(shape)
-            out[name] = flat[start:stop].reshape(shape)
+            out[name] = rows[:, start:stop].reshape((rows.shape[0],) + tuple(shape))
             start = stop
         return out
 
