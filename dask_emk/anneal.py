@@ -31,7 +31,6 @@ import numbers
 from dataclasses import dataclass, field
 from functools import partial
 
-import dask
 import numpy as np
 import xarray as xr
 from sklearn.base import BaseEstimator, ClusterMixin, TransformerMixin
@@ -41,10 +40,10 @@ from sklearn.utils.validation import check_is_fitted
 from . import anneal_rules as rules
 from . import engine, kernels
 from .gmm import resp_rows
-from .io import InputData, as_sample_weight, raise_on_nonfinite
+from .io import InputData, as_sample_weight
 from .kmeans import KMeans
 from .passes import hartigan_pass
-from .stats import StatsLayout
+from .stats import StatsLayout, m_step
 from .validation import (
     NoTrainingDataInPickle,
     check_int,
@@ -90,30 +89,24 @@ def draw_sample(data: InputData, weight, size: int, rng, split_every) -> Sample:
     """Uniform sample of ``size`` rows (weights carried) and the data moments.
 
     One pass over the data: for lazy input the sampled rows and the moment
-    statistics are computed together (one ``dask.compute``, each chunk read
-    once). Row indices are drawn the same way for numpy and dask input, so
-    both give the same sample.
+    statistics are computed together (one compute, each chunk read once).
+    Row indices are drawn the same way for numpy and dask input, so both
+    give the same sample.
     """
     X, n, d = data.array, data.n_samples, data.n_features
     idx = None if size >= n else np.sort(rng.choice(n, size, replace=False))
     # A data row as reference point: moments of far-offset data lose no digits.
     first = X[:1] if idx is None else X[int(idx[0]) : int(idx[0]) + 1]
-    center = np.asarray(first.compute() if data.is_lazy else first, dtype=np.float64)[0]
+    if data.is_lazy:
+        first = engine.compute_one(first, optimize_graph=True)
+    center = np.asarray(first, dtype=np.float64)[0]
     layout = StatsLayout.mixture(1, d, "full")
     rows = X if idx is None else X[idx]
-    w_rows = None if weight is None or idx is None else weight[idx]
-    if weight is not None and idx is None:
-        w_rows = weight
-    if data.is_lazy:
-        blocks = engine.block_stats_array(X, weight, moments_block, layout.size, center, layout)
-        total = blocks.sum(axis=0, split_every=split_every)
-        rows, w_rows, total = dask.compute(rows, w_rows, total)
-    else:
-        total = engine.reduce_pass(
-            X, weight, moments_block, layout.size, center, layout, split_every=split_every
-        )
-    stats = layout.unpack(np.asarray(total))
-    raise_on_nonfinite(stats["nonfinite"], X)
+    w_rows = weight if weight is None or idx is None else weight[idx]
+    stats, (rows, w_rows) = engine.run_pass(
+        X, weight, layout, moments_block, center, layout, split_every=split_every,
+        also=(rows, w_rows),
+    )  # fmt: skip
     mean_shift = stats["S"][0] / stats["n"]
     cov = stats["Q"][0] / stats["n"] - np.outer(mean_shift, mean_shift)
     rows = np.asarray(rows, dtype=np.float64)
@@ -239,16 +232,10 @@ class Annealer:
             self.center,
         )
         layout = anneal_layout(m, d)
-        vector = engine.reduce_pass(
-            self.sample.X,
-            self.sample.weight,
-            anneal_block,
-            layout.size,
-            params,
-            layout,
+        return engine.run_pass(
+            self.sample.X, self.sample.weight, layout, anneal_block, params, layout,
             split_every=self.split_every,
-        )
-        return layout.unpack(vector)
+        )  # fmt: skip
 
     def settle(self, means, weights, sigma2) -> tuple[np.ndarray, np.ndarray, dict, int]:
         """EM with σ² fixed until the means have settled (:func:`rules.has_settled`).
@@ -259,9 +246,9 @@ class Annealer:
         stats = self.stats(means, weights, sigma2)
         shifts = []
         for it in range(1, self.max_iter + 1):
-            nk = stats["N"] + self.eps
-            new = means + stats["S"] / nk[:, None]
-            weights = nk / nk.sum()
+            # The mixture M-step with σ² fixed ('shared' covariance, variance=σ²).
+            state = m_step(stats, means, "shared", 0.0, eps=self.eps, variance=sigma2)
+            new, weights = state.means, state.weights
             shifts.append(float(np.sqrt(((new - means) ** 2).sum(axis=1).max())))
             means = new
             stats = self.stats(means, weights, sigma2)

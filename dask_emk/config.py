@@ -15,6 +15,8 @@ import json
 import tomllib
 from pathlib import Path
 
+from .covariance import COVARIANCE_TYPES
+
 #: What a field may hold: a type name, or a tuple of allowed strings.
 INT, FLOAT, STR, BOOL, STR_LIST, TABLE = "integer", "number", "string", "boolean", "list", "table"
 
@@ -42,7 +44,7 @@ COMMON_MODEL = {
 }
 MODEL_FIELDS = {
     "gmm": {
-        "covariance_type": (("full", "tied", "diag", "spherical", "shared"), "full"),
+        "covariance_type": (tuple(COVARIANCE_TYPES), "full"),
         "init": (("anneal", "kmeans", "k-means||", "k-means++", "random"), "kmeans"),
         "tol": (FLOAT, 1e-3),
         "reg_covar": (FLOAT, 1e-6),

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dask
 import dask.array as da
@@ -32,7 +32,10 @@ import numpy as np
 from dask.delayed import Delayed
 from threadpoolctl import ThreadpoolController
 
-from .io import storage_errors
+from .io import raise_on_nonfinite, storage_errors
+
+if TYPE_CHECKING:
+    from .stats import StatsLayout
 
 #: Fan-in of the tree reduction when the caller gives none. A combine adds a
 #: few K×d vectors, so wide fan-in is free, while dask's default of 4 makes a
@@ -95,6 +98,49 @@ def _call_block(x, w, block_fn, args):
     return block_fn(x, w, *args)
 
 
+def run_pass(
+    X: np.ndarray | da.Array,
+    weight: np.ndarray | da.Array | None,
+    layout: StatsLayout,
+    block_fn: Callable[..., np.ndarray],
+    *args: Any,
+    split_every: int | None = None,
+    combine: Callable[[np.ndarray], np.ndarray] | None = None,
+    also: tuple | None = None,
+):
+    """One pass over the data, unpacked: every pass of the package runs here.
+
+    :func:`reduce_pass` of ``block_fn``, whose packed rows ``layout``
+    describes, then :meth:`StatsLayout.unpack`; the statistics must hold a
+    ``nonfinite`` count (rows holding NaN or infinity), which raises.
+
+    Parameters
+    ----------
+    layout : StatsLayout
+        Layout of ``block_fn``'s row, with a ``nonfinite`` entry.
+    also : tuple, optional
+        Other arrays (numpy, or dask from the same data) computed with the
+        pass, in its one compute, each chunk read once.
+
+    Returns
+    -------
+    dict of the summed statistics by ``layout``; with ``also``, a tuple
+    (that dict, the values of ``also``).
+
+    Raises
+    ------
+    ValueError
+        If the data holds NaN or infinity (:func:`dask_emk.io.raise_on_nonfinite`).
+    """
+    out = reduce_pass(
+        X, weight, block_fn, layout.size, *args, split_every=split_every, combine=combine, also=also
+    )
+    vector, values = out if also is not None else (out, None)
+    stats = layout.unpack(vector)
+    raise_on_nonfinite(stats["nonfinite"], X)
+    return stats if also is None else (stats, values)
+
+
 def reduce_pass(
     X: np.ndarray | da.Array,
     weight: np.ndarray | da.Array | None,
@@ -103,7 +149,8 @@ def reduce_pass(
     *args: Any,
     split_every: int | None = None,
     combine: Callable[[np.ndarray], np.ndarray] | None = None,
-) -> np.ndarray:
+    also: tuple | None = None,
+):
     """One pass over the data: sum of ``block_fn`` over all blocks, shape (size,).
 
     Exactly one ``compute`` with the scheduler in effect for dask input;
@@ -125,6 +172,8 @@ def reduce_pass(
         How to merge block rows (default: add them). It must be associative
         and keep meaning when applied to its own outputs; rows arrive in
         block order.
+    also : tuple, optional
+        See :func:`run_pass`; then returns (the vector, the values of ``also``).
     """
     if not isinstance(X, da.Array):
         w = None if weight is None else np.asarray(weight)
@@ -133,11 +182,20 @@ def reduce_pass(
         )
         stacked = np.concatenate([np.asarray(r, dtype=np.float64).reshape(1, -1) for r in rows])
         # As the tree's last step would (e.g. sorting a top-m list).
-        return (combine or _add_rows)(stacked).reshape(size)
+        vector = (combine or _add_rows)(stacked).reshape(size)
+        return vector if also is None else (vector, also)
     X, weight = group_small_chunks(X, weight)
     blocks = block_stats_array(X, weight, block_fn, size, *args)
-    total = combine_tree(blocks, combine or _add_rows, split_every or DEFAULT_SPLIT_EVERY)
-    return np.asarray(compute_one(total, source=blocks)).reshape(size)
+    # With ``also`` nothing is optimised: the chunk reads stay tasks of their
+    # own, shared by the pass and ``also`` (fused into either they were read twice).
+    fused = also is None
+    total = combine_tree(
+        blocks, combine or _add_rows, split_every or DEFAULT_SPLIT_EVERY, optimize_graph=fused
+    )
+    if fused:
+        return np.asarray(compute_one(total, source=blocks)).reshape(size)
+    total, *values = compute_one((total, *also), source=blocks)
+    return np.asarray(total).reshape(size), tuple(values)
 
 
 def _add_rows(rows: np.ndarray) -> np.ndarray:
@@ -189,17 +247,26 @@ def _local_pool() -> ThreadPoolExecutor:
     return ThreadPoolExecutor(os.cpu_count() or 1, thread_name_prefix="dask-emk")
 
 
-def compute_one(result, source: da.Array | None = None):
+def compute_one(result, source: da.Array | None = None, optimize_graph: bool = False):
     """``dask.compute`` of one result with one BLAS thread per task.
 
-    Dask already runs one task per core: BLAS threads inside each task would
-    oversubscribe the cores (measured 5-30x slower on 2 cores). Distributed
-    workers get the same limit from their nanny's environment. A failure
-    reading a zarr store of ``source`` (default: ``result``) becomes a
-    ValueError naming the store (:func:`dask_emk.io.storage_errors`).
+    Every compute of the package goes through here. Dask already runs one
+    task per core: BLAS threads inside each task would oversubscribe the
+    cores (measured 5-30x slower on 2 cores). Distributed workers get the
+    same limit from their nanny's environment. A failure reading a zarr
+    store of ``source`` (default: ``result``) becomes a ValueError naming
+    the store (:func:`dask_emk.io.storage_errors`).
+
+    Parameters
+    ----------
+    result : dask collection, or a tuple of them (computed together)
+    source : dask array, optional
+    optimize_graph : bool, default False
+        Passes come optimised (:func:`combine_tree`); a plain slice of the
+        data needs optimising, or every chunk of the data would be read.
     """
     with single_blas_thread(), storage_errors(result if source is None else source):
-        (value,) = dask.compute(result, optimize_graph=False)
+        (value,) = dask.compute(result, optimize_graph=optimize_graph)
     return value
 
 
@@ -235,7 +302,10 @@ def single_blas_thread():
 
 
 def combine_tree(
-    blocks: da.Array, combine: Callable[[np.ndarray], np.ndarray], split_every: int
+    blocks: da.Array,
+    combine: Callable[[np.ndarray], np.ndarray],
+    split_every: int,
+    optimize_graph: bool = True,
 ) -> Delayed:
     """Tree-reduce (n_blocks, size) rows with ``combine`` into one delayed (1, size).
 
@@ -246,7 +316,7 @@ def combine_tree(
     few delayed calls. ``dask.array.reduction`` in its place cost ~2 ms
     more per pass in building, hashing and optimising its layers.
     """
-    parts = blocks.to_delayed(optimize_graph=True).ravel().tolist()
+    parts = blocks.to_delayed(optimize_graph=optimize_graph).ravel().tolist()
     level = 0
     while True:
         parts = [

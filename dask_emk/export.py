@@ -8,6 +8,7 @@ import numpy as np
 import xarray as xr
 
 from ._version import __version__
+from .covariance import COVARIANCE_TYPES, MATRIX_DIMS
 
 
 def fit_attributes(estimator) -> dict:
@@ -47,22 +48,14 @@ def mixture_dataset(gm) -> xr.Dataset:
     ``feature_col`` for matrices), ``lower_bound(iteration)``; attributes hold
     every fit parameter, the package version and convergence flags.
     """
-    ct = gm.covariance_type
+    cov_dims = COVARIANCE_TYPES[gm.covariance_type].dims
     features = feature_coords(gm)
-    cov_dims = {
-        "full": ("component", "feature_row", "feature_col"),
-        "tied": ("feature_row", "feature_col"),
-        "diag": ("component", "feature"),
-        "spherical": ("component",),
-        "shared": (),
-    }[ct]
     coords = {
         "component": np.arange(gm.n_components),
         "feature": features,
         "iteration": np.arange(1, len(gm.lower_bounds_) + 1),
     }
-    if ct in ("full", "tied"):
-        coords.update(feature_row=features, feature_col=features)
+    coords.update((dim, features) for dim in cov_dims if dim in MATRIX_DIMS)
     ds = xr.Dataset(
         {
             "weights": (("component",), gm.weights_),

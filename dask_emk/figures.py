@@ -126,19 +126,13 @@ def subsample_rows(X, n_max: int = SCATTER_POINTS) -> np.ndarray:
 
 def full_covariances(model) -> np.ndarray | None:
     """(K, d, d) covariances of a fitted GaussianMixture, None for other models."""
+    from .covariance import COVARIANCE_TYPES
+
     ct = getattr(model, "covariance_type", None)
     if ct is None:
         return None
     cov = np.asarray(model.covariances_, dtype=np.float64)
-    K, d = model.means_.shape
-    if ct == "full":
-        return cov
-    if ct == "tied":
-        return np.broadcast_to(cov, (K, d, d))
-    if ct == "diag":
-        return np.stack([np.diag(c) for c in cov])
-    variances = cov if ct == "spherical" else np.full(K, float(cov))
-    return variances[:, None, None] * np.eye(d)
+    return COVARIANCE_TYPES[ct].to_full(cov, *model.means_.shape)
 
 
 def _first_figure(result):

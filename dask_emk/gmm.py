@@ -14,16 +14,9 @@ from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 
 from . import engine, kernels
-from .io import InputData, as_input, as_sample_weight, raise_on_nonfinite
-from .stats import (
-    GaussianState,
-    StatsLayout,
-    cholesky_from_precisions,
-    covariances_from_precisions,
-    m_step,
-    precision_cholesky,
-    precisions_from_cholesky,
-)
+from .covariance import COVARIANCE_TYPES, check_covariance_type
+from .io import InputData, as_input, as_sample_weight
+from .stats import GaussianState, StatsLayout, m_step, precision_cholesky
 from .validation import (
     check_features,
     check_int,
@@ -186,11 +179,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         check_int("max_iter", self.max_iter, 0)
         check_int("n_init", self.n_init, 1)
         check_int("verbose_interval", self.verbose_interval, 1)
-        if self.covariance_type not in kernels.COVARIANCE_TYPES:
-            raise ValueError(
-                f"covariance_type must be one of {kernels.COVARIANCE_TYPES}, "
-                f"got {self.covariance_type!r}."
-            )
+        ctype = check_covariance_type(self.covariance_type)
         if self.init_params not in INIT_PARAMS:
             raise ValueError(f"init_params must be one of {INIT_PARAMS}, got {self.init_params!r}.")
         for name in ("tol", "reg_covar"):
@@ -198,7 +187,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         check_random_state_param(self.random_state)
         check_split_every(self.split_every)
         if self.variance is not None:
-            if self.covariance_type != "shared":
+            if not ctype.one_variance:
                 raise ValueError(
                     "variance= fixes the shared σ² and needs covariance_type='shared', "
                     f"got covariance_type={self.covariance_type!r}."
@@ -341,17 +330,9 @@ class GaussianMixture(DensityMixin, BaseEstimator):
 
     def _em_pass(self, data, weight, state: GaussianState, layout) -> dict:
         params = self._kernel_params(state)
-        vector = engine.reduce_pass(
-            data.array,
-            weight,
-            mixture_block,
-            layout.size,
-            params,
-            layout,
-            split_every=self.split_every,
+        stats = engine.run_pass(
+            data.array, weight, layout, mixture_block, params, layout, split_every=self.split_every
         )
-        stats = layout.unpack(vector)
-        raise_on_nonfinite(stats["nonfinite"], data.array)
         if stats["n"] <= 0:
             raise ValueError("sample_weight sums to zero; at least one weight must be positive.")
         return stats
@@ -368,7 +349,9 @@ class GaussianMixture(DensityMixin, BaseEstimator):
             return self._state_from_user(user, None)
         if self.init_params in ("k-means++", "random_from_data"):
             centers = self._seed_centers(data, weight, rng)
-            cov = _reg_only_covariances(self.covariance_type, K, d, self.reg_covar, self.variance)
+            # Each component holds one point: reg_covar (or the fixed σ²) only.
+            variance = self.reg_covar if self.variance is None else float(self.variance)
+            cov = COVARIANCE_TYPES[self.covariance_type].isotropic(variance, K, d)
             guess = GaussianState(
                 np.full(K, 1.0 / K),
                 centers,
@@ -398,26 +381,17 @@ class GaussianMixture(DensityMixin, BaseEstimator):
             rule = ("nearest", km.cluster_centers_.astype(np.float64))
         center = _center_guess(data, rule)
         layout = StatsLayout.mixture(K, d, self.covariance_type)
-        vector = engine.reduce_pass(
-            data.array,
-            weight,
-            resp_block,
-            layout.size,
-            rule,
-            center,
-            self.covariance_type,
-            layout,
+        stats = engine.run_pass(
+            data.array, weight, layout, resp_block, rule, center, self.covariance_type, layout,
             split_every=self.split_every,
-        )
-        stats = layout.unpack(vector)
-        raise_on_nonfinite(stats["nonfinite"], data.array)
+        )  # fmt: skip
         centers = np.broadcast_to(center, (K, d))
         return m_step(
             stats, centers, self.covariance_type, self.reg_covar, eps=eps, variance=self.variance
         )
 
     def _user_init(self, d: int) -> dict:
-        K, ct = self.n_components, self.covariance_type
+        K = self.n_components
         out = {"weights": None, "means": None, "precisions": None}
         if self.weights_init is not None:
             w = _as_init("weights_init", self.weights_init, (K,))
@@ -430,23 +404,17 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         if self.means_init is not None:
             out["means"] = _as_init("means_init", self.means_init, (K, d))
         if self.precisions_init is not None:
-            shape = {
-                "full": (K, d, d),
-                "tied": (d, d),
-                "diag": (K, d),
-                "spherical": (K,),
-                "shared": (),
-            }[ct]
+            shape = COVARIANCE_TYPES[self.covariance_type].shape(K, d)
             out["precisions"] = _as_init("precisions_init", self.precisions_init, shape)
         return out
 
     def _state_from_user(self, user: dict, guess: GaussianState | None) -> GaussianState:
-        ct = self.covariance_type
+        ctype = COVARIANCE_TYPES[self.covariance_type]
         weights = user["weights"] if user["weights"] is not None else guess.weights
         means = user["means"] if user["means"] is not None else guess.means
         if user["precisions"] is not None:
-            chol = cholesky_from_precisions(user["precisions"], ct)
-            cov = covariances_from_precisions(user["precisions"], ct)
+            chol = ctype.cholesky_from_precisions(user["precisions"])
+            cov = ctype.covariances_from_precisions(user["precisions"])
         else:
             chol, cov = guess.precisions_cholesky, guess.covariances
         return GaussianState(weights, means, cov, chol)
@@ -454,9 +422,8 @@ class GaussianMixture(DensityMixin, BaseEstimator):
     # ------------------------------------------------------------- state I/O
     def _kernel_params(self, state: GaussianState) -> kernels.MixtureParams:
         ct = self.covariance_type
-        chol = state.precisions_cholesky
-        if ct == "shared":
-            chol = np.full(self.n_components, float(chol))
+        K, d = state.means.shape
+        chol = COVARIANCE_TYPES[ct].to_moment_shape(state.precisions_cholesky, K, d)
         with np.errstate(divide="ignore"):
             log_weights = np.log(state.weights)
         return kernels.MixtureParams(
@@ -476,9 +443,11 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         self.means_ = state.means.astype(dtype)
         self.covariances_ = np.asarray(state.covariances, dtype=dtype)
         self.precisions_cholesky_ = np.asarray(state.precisions_cholesky, dtype=dtype)
-        self.precisions_ = precisions_from_cholesky(
-            np.asarray(state.precisions_cholesky, dtype=np.float64), self.covariance_type
-        ).astype(dtype)
+        self.precisions_ = (
+            COVARIANCE_TYPES[self.covariance_type]
+            .precisions_from_cholesky(np.asarray(state.precisions_cholesky, dtype=np.float64))
+            .astype(dtype)
+        )
 
     def _state_from_attributes(self) -> GaussianState:
         kept = getattr(self, "_state64", None)
@@ -523,17 +492,13 @@ class GaussianMixture(DensityMixin, BaseEstimator):
 
     def score(self, X, y=None):
         """Mean log-likelihood of the samples in X (a float; computes lazy input)."""
-        return float(np.mean(np.asarray(self.score_samples(X))))
+        # Through the engine: one BLAS thread per task, zarr errors named.
+        return float(np.mean(engine.compute_one(self.score_samples(X), optimize_graph=True)))
 
     def _n_parameters(self) -> int:
         K, d = self.means_.shape
-        cov_params = {
-            "full": K * d * (d + 1) / 2.0,
-            "tied": d * (d + 1) / 2.0,
-            "diag": K * d,
-            "spherical": K,
-            "shared": 0 if self.variance is not None else 1,
-        }[self.covariance_type]
+        ctype = COVARIANCE_TYPES[self.covariance_type]
+        cov_params = 0 if self.variance is not None else ctype.n_parameters(K, d)
         return int(cov_params + K * d + K - 1)
 
     def bic(self, X) -> float:
@@ -558,16 +523,12 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         check_int("n_samples", n_samples, 1)
         rng = check_random_state(self.random_state)
         counts = rng.multinomial(n_samples, self.weights_.astype(np.float64) / self.weights_.sum())
-        ct, cov = self.covariance_type, np.asarray(self.covariances_, dtype=np.float64)
-        parts = []
-        for k, (mean, count) in enumerate(zip(self.means_.astype(np.float64), counts, strict=True)):
-            if ct in ("full", "tied"):
-                parts.append(
-                    rng.multivariate_normal(mean, cov[k] if ct == "full" else cov, int(count))
-                )
-            else:
-                scale = np.sqrt(cov[k] if ct in ("diag", "spherical") else cov)
-                parts.append(mean + rng.standard_normal((int(count), mean.size)) * scale)
+        ctype = COVARIANCE_TYPES[self.covariance_type]
+        cov, means = np.asarray(self.covariances_, dtype=np.float64), self.means_.astype(np.float64)
+        parts = [
+            ctype.draw(rng, means[k], ctype.component(cov, k), int(count))
+            for k, count in enumerate(counts)
+        ]
         labels = np.repeat(np.arange(self.n_components), counts)
         return np.vstack(parts), labels
 
@@ -589,19 +550,6 @@ def _as_init(name: str, value, shape: tuple) -> np.ndarray:
     if not np.all(np.isfinite(arr)):
         raise ValueError(f"{name} contains NaN or infinity.")
     return arr
-
-
-def _reg_only_covariances(ct: str, K: int, d: int, reg: float, variance) -> np.ndarray:
-    """Covariances of components that each hold one point: reg_covar only."""
-    if ct == "full":
-        return np.tile(reg * np.eye(d), (K, 1, 1))
-    if ct == "tied":
-        return reg * np.eye(d)
-    if ct == "diag":
-        return np.full((K, d), reg)
-    if ct == "spherical":
-        return np.full(K, reg)
-    return np.asarray(float(variance) if variance is not None else reg)
 
 
 def _center_guess(data: InputData, rule: tuple) -> np.ndarray:

@@ -17,7 +17,7 @@ import sklearn.cluster
 from sklearn.utils import check_random_state
 from sklearn.utils.random import sample_without_replacement
 
-from .engine import single_blas_thread
+from .engine import compute_one, single_blas_thread
 from .passes import assign_pass, seed_pass
 from .storage import check_stored_files
 
@@ -55,7 +55,7 @@ def random_rows(X, n: int, random_state, sample_weight=None) -> np.ndarray:
     if sample_weight is None:
         idx = sample_without_replacement(n_samples, n, random_state=rng)
         order = np.argsort(idx)
-        rows = np.asarray(X[idx[order]].compute(), dtype=np.float64)
+        rows = np.asarray(compute_one(X[idx[order]], optimize_graph=True), dtype=np.float64)
         out = np.empty_like(rows)
         out[order] = rows
         if not np.isfinite(out).all():

@@ -6,15 +6,10 @@ orchestration lives in :mod:`dask_emk.engine`.
 
 Notation (DESIGN.md §2): a block ``X`` of shape (n, d), K components with
 means ``mu`` (K, d), log mixing weights (K,), and the Cholesky factor of the
-precision whose shape depends on the covariance type:
-
-=============  ==================
-``full``       (K, d, d)
-``tied``       (d, d)
-``diag``       (K, d)
-``spherical``  (K,)
-``shared``     (K,) with one value
-=============  ==================
+precision in the covariance type's moment shape
+(:meth:`dask_emk.covariance.CovarianceType.moment_shape`: ``shared`` holds
+one value per component). What differs between covariance types comes from
+their entry in :data:`dask_emk.covariance.COVARIANCE_TYPES`.
 
 Rows are shifted by one reference point ``center`` (d,) before any product, so
 a large common offset (say 1e4) cancels exactly instead of costing digits.
@@ -33,8 +28,7 @@ from functools import cached_property
 import numpy as np
 
 from . import loops
-
-COVARIANCE_TYPES = ("full", "tied", "diag", "spherical", "shared")
+from .covariance import COVARIANCE_TYPES
 
 
 @dataclass(frozen=True)
@@ -45,7 +39,7 @@ class MixtureParams:
     ----------
     means : ndarray of shape (K, d)
     log_weights : ndarray of shape (K,)
-    precisions_cholesky : ndarray, shape by covariance type (module docstring)
+    precisions_cholesky : ndarray, moment shape of the covariance type (module docstring)
     covariance_type : str
     center : ndarray of shape (d,)
         Reference point subtracted from every row before any product.
@@ -65,7 +59,8 @@ class MixtureParams:
     def log_peak(self) -> np.ndarray:
         """log π_k − (d/2) log 2π + log det U_k, shape (K,): each log-density's maximum."""
         d = self.means.shape[1]
-        log_det = log_det_cholesky(self.precisions_cholesky, self.covariance_type, d)
+        ctype = COVARIANCE_TYPES[self.covariance_type]
+        log_det = ctype.log_det_cholesky(self.precisions_cholesky, d)
         peak = -0.5 * d * math.log(2.0 * math.pi) + log_det + self.log_weights
         return np.broadcast_to(peak, self.log_weights.shape).copy()
 
@@ -112,20 +107,6 @@ def shift_block(X: np.ndarray, center: np.ndarray, scratch: Scratch | None = Non
     return np.subtract(X, center, out=_buffer(scratch, "Y", X.shape), dtype=np.float64)
 
 
-def log_det_cholesky(prec_chol: np.ndarray, covariance_type: str, d: int) -> np.ndarray:
-    """Log-determinant of each precision Cholesky factor, shape (K,) or ().
-
-    Equals minus half the log-determinant of the covariance.
-    """
-    if covariance_type == "full":
-        return np.log(np.diagonal(prec_chol, axis1=1, axis2=2)).sum(axis=1)
-    if covariance_type == "tied":
-        return np.log(np.diagonal(prec_chol)).sum()
-    if covariance_type == "diag":
-        return np.log(prec_chol).sum(axis=1)
-    return d * np.log(prec_chol)
-
-
 def squared_distances(Y: np.ndarray, M: np.ndarray) -> np.ndarray:
     """Squared Euclidean distances (n, K) between rows of Y and rows of M.
 
@@ -138,10 +119,9 @@ def squared_distances(Y: np.ndarray, M: np.ndarray) -> np.ndarray:
 
 
 def n_quadratic(d: int, covariance_type: str) -> int:
-    """Number of quadratic columns q in :func:`quadratic_features` (tied: d, for Y U)."""
-    return {"spherical": 1, "shared": 1, "diag": d, "tied": d, "full": d * (d + 1) // 2}[
-        covariance_type
-    ]
+    """Number of quadratic columns q in :func:`quadratic_features` (whitened: d, for Y U)."""
+    ctype = COVARIANCE_TYPES[covariance_type]
+    return d if ctype.whitened else ctype.block_size(d)
 
 
 def quadratic_features(
@@ -149,11 +129,12 @@ def quadratic_features(
 ) -> np.ndarray:
     """Φ(y) = [quadratic terms of y, y], shape (n, q + d).
 
-    The quadratic terms are ‖y‖² (spherical, shared; q = 1), y² (diag; q = d)
-    or the upper triangle of y yᵀ in ``np.triu_indices`` order (full;
-    q = d(d+1)/2). Every Mahalanobis distance is then one GEMM Φ C and every
-    second moment one GEMM Rᵀ Φ, which halves the work of the full case
-    against K separate d×d products and keeps the data in cache.
+    The quadratic terms are ‖y‖² (scalar blocks: spherical, shared; q = 1),
+    y² (diagonal: diag; q = d) or the upper triangle of y yᵀ in
+    ``np.triu_indices`` order (matrix: full; q = d(d+1)/2). Every
+    Mahalanobis distance is then one GEMM Φ C and every second moment one
+    GEMM Rᵀ Φ, which halves the work of the full case against K separate
+    d×d products and keeps the data in cache.
     """
     n, d = Y.shape
     q = n_quadratic(d, covariance_type)
@@ -162,9 +143,10 @@ def quadratic_features(
     phi_t = _buffer(scratch, "phi", (q + d, n))
     y_t = phi_t[q:]
     y_t[...] = Y.T
-    if covariance_type == "diag":
+    block = COVARIANCE_TYPES[covariance_type].block
+    if block == "diagonal":
         np.multiply(y_t, y_t, out=phi_t[:q])
-    elif covariance_type == "full":
+    elif block == "matrix":
         loops.upper_products(y_t, phi_t)
     else:
         np.einsum("ji,ji->i", y_t, y_t, out=phi_t[0])
@@ -179,8 +161,9 @@ def quadratic_coefficients(params: MixtureParams) -> tuple[np.ndarray, np.ndarra
     C : ndarray of shape (q + d, K)
     const : ndarray of shape (K,)
     """
-    M, U, ct = params.shifted_means, params.precisions_cholesky, params.covariance_type
-    if ct == "full":
+    M, U = params.shifted_means, params.precisions_cholesky
+    block = COVARIANCE_TYPES[params.covariance_type].block
+    if block == "matrix":
         d = M.shape[1]
         precision = np.einsum("kij,klj->kil", U, U)
         rows, cols = np.triu_indices(d)
@@ -188,7 +171,7 @@ def quadratic_coefficients(params: MixtureParams) -> tuple[np.ndarray, np.ndarra
         prec_m = np.einsum("kij,kj->ki", precision, M)
         const = np.einsum("ki,ki->k", M, prec_m)
     else:
-        prec = U**2 if ct == "diag" else (U**2)[:, None]
+        prec = U**2 if block == "diagonal" else (U**2)[:, None]
         prec_m = M * prec
         quad = prec
         const = (M * prec_m).sum(axis=1)
@@ -205,11 +188,11 @@ def weighted_log_prob(
     weighted : ndarray of shape (K, n)
         Component-major, so reductions over components run along contiguous rows.
     phi : ndarray of shape (n, q + d) or None
-        The features of :func:`quadratic_features` (None for tied), reused by
-        the M-step statistics.
+        The features of :func:`quadratic_features` (None for whitened types:
+        tied), reused by the M-step statistics.
     """
     peak = params.log_peak[:, None]
-    if params.covariance_type == "tied":
+    if COVARIANCE_TYPES[params.covariance_type].whitened:
         U = params.precisions_cholesky
         weighted = squared_distances(Y @ U, params.shifted_means @ U).T
         weighted *= -0.5
@@ -282,9 +265,9 @@ def moment_stats(
 
     Returns
     -------
-    dict with ``N`` (K,), ``S`` (K, d) = Σ w r (y − m_k), and ``Q``:
-    (K, d, d) full, (d, d) tied (summed over components), (K, d) diag,
-    (K,) spherical/shared.
+    dict with ``N`` (K,), ``S`` (K, d) = Σ w r (y − m_k), and ``Q`` in the
+    moment shape of the covariance type: (K, d, d) full, (d, d) tied (summed
+    over components), (K, d) diag, (K,) spherical and shared.
     """
     return central_moments(raw_moments(Y, resp, weight, covariance_type, phi), M, covariance_type)
 
@@ -304,15 +287,15 @@ def raw_moments(
 
     Returns
     -------
-    dict with ``N`` (K,) and, for tied, ``SY`` (K, d) = Σ w r y and ``YY``
-    (d, d) = Σ w y yᵀ (Σ_k r = 1 makes one GEMM do for all components);
-    otherwise ``raw`` (K, q + d) = Σ w r Φ(y).
+    dict with ``N`` (K,) and, for whitened types (tied), ``SY`` (K, d) = Σ w r y
+    and ``YY`` (d, d) = Σ w y yᵀ (Σ_k r = 1 makes one GEMM do for all
+    components); otherwise ``raw`` (K, q + d) = Σ w r Φ(y).
     """
     wr = resp
     if weight is not None:
         wr = np.multiply(resp, weight[None, :], out=_buffer(scratch, "wr", resp.shape))
     N = wr.sum(axis=1)
-    if covariance_type == "tied":
+    if COVARIANCE_TYPES[covariance_type].whitened:
         wY = Y if weight is None else Y * weight[:, None]
         return {"N": N, "SY": wr @ Y, "YY": wY.T @ Y}
     if phi is None:
@@ -324,7 +307,8 @@ def central_moments(raw: dict, M: np.ndarray, covariance_type: str) -> dict:
     """``N``, ``S`` and ``Q`` about each c_k (rows of M) from :func:`raw_moments`."""
     K, d = M.shape
     N = raw["N"]
-    if covariance_type == "tied":
+    ctype = COVARIANCE_TYPES[covariance_type]
+    if ctype.whitened:
         SY = raw["SY"]
         cross = M.T @ SY
         Q = raw["YY"] - cross - cross.T + (M.T * N) @ M
@@ -332,7 +316,7 @@ def central_moments(raw: dict, M: np.ndarray, covariance_type: str) -> dict:
     q = raw["raw"].shape[1] - d
     SY, A = raw["raw"][:, q:], raw["raw"][:, :q]
     S = SY - N[:, None] * M
-    if covariance_type == "full":
+    if ctype.block == "matrix":
         rows, cols = np.triu_indices(d)
         second = np.empty((K, d, d))
         second[:, rows, cols] = A
@@ -341,7 +325,7 @@ def central_moments(raw: dict, M: np.ndarray, covariance_type: str) -> dict:
         outer = np.einsum("ki,kj->kij", M, M)
         Q = second - cross - cross.transpose(0, 2, 1) + N[:, None, None] * outer
         return {"N": N, "S": S, "Q": Q}
-    if covariance_type == "diag":
+    if ctype.block == "diagonal":
         Q = A - 2.0 * M * SY + N[:, None] * M * M
     else:
         Q = A[:, 0] - 2.0 * (M * SY).sum(axis=1) + N * (M * M).sum(axis=1)

@@ -22,6 +22,7 @@ from . import engine, kernels
 from .init import kmeans_parallel, kmeans_plusplus, random_rows
 from .io import InputData, as_sample_weight
 from .passes import assign_pass
+from .stats import weighted_means
 from .validation import (
     NoTrainingDataInPickle,
     check_int,
@@ -41,7 +42,8 @@ def update_centers(stats: dict, center: np.ndarray) -> tuple[np.ndarray, np.ndar
     ``_average_centers``): the i-th empty cluster (by index) takes the i-th
     farthest row, which leaves its old cluster; if every row sits on its
     centre nothing moves; a cluster still without weight goes to the centre
-    of the heaviest one.
+    of the heaviest one. The centres are the mixture M-step's weighted means
+    (:func:`dask_emk.stats.weighted_means`) in the σ² → 0 limit.
 
     Returns
     -------
@@ -68,7 +70,7 @@ def update_centers(stats: dict, center: np.ndarray) -> tuple[np.ndarray, np.ndar
             N[e] = w
     full = N > 0
     centers = np.empty_like(S)
-    centers[full] = center + S[full] / N[full, None]
+    centers[full] = weighted_means(center, N[full], S[full])[0]
     centers[~full] = centers[np.argmax(N)]
     return centers, N
 

@@ -9,28 +9,16 @@ packed rows and merges their top-m lists with :func:`dask_emk.kernels.merge_top`
 
 from __future__ import annotations
 
-import math
 from functools import partial
 
 import numpy as np
 
 from . import engine, kernels
-from .io import raise_on_nonfinite
 from .kernels import merge_top
 from .stats import StatsLayout
 
 FAR_LIST = (("far_dist", ("far_label", "far_weight", "far_x")),)
 SAMPLE_LIST = (("key", ("x",)),)
-
-
-def unpack_rows(rows: np.ndarray, layout: StatsLayout) -> dict:
-    """Split stacked packed rows (r, size) into a dict of (r, *shape) arrays."""
-    out, start = {}, 0
-    for name, shape in layout.shapes.items():
-        stop = start + math.prod(shape)
-        out[name] = rows[:, start:stop].reshape((rows.shape[0],) + tuple(shape))
-        start = stop
-    return out
 
 
 def merge_packed(rows: np.ndarray, layout: StatsLayout, tops: tuple) -> np.ndarray:
@@ -45,7 +33,7 @@ def merge_packed(rows: np.ndarray, layout: StatsLayout, tops: tuple) -> np.ndarr
         Each top-m list: keys of shape (m,) or (s, m) for s independent
         streams, and values with the same leading shape.
     """
-    parts = unpack_rows(np.asarray(rows, dtype=np.float64), layout)
+    parts = layout.unpack_rows(rows)
     listed = {name for key, values in tops for name in (key, *values)}
     out = {name: arr.sum(axis=0) for name, arr in parts.items() if name not in listed}
     for key, values in tops:
@@ -96,22 +84,10 @@ def assign_pass(X, weight, centers, center, n_far=0, moments=False, split_every=
     the data holds NaN or infinity.
     """
     layout = assign_layout(centers.shape[0], centers.shape[1], n_far, moments)
-    vector = engine.reduce_pass(
-        X,
-        weight,
-        assign_block,
-        layout.size,
-        centers,
-        center,
-        n_far,
-        moments,
-        layout,
-        split_every=split_every,
-        combine=partial(merge_packed, layout=layout, tops=FAR_LIST),
-    )
-    stats = layout.unpack(vector)
-    raise_on_nonfinite(stats["nonfinite"], X)
-    return stats
+    return engine.run_pass(
+        X, weight, layout, assign_block, centers, center, n_far, moments, layout,
+        split_every=split_every, combine=partial(merge_packed, layout=layout, tops=FAR_LIST),
+    )  # fmt: skip
 
 
 def seed_block(X, weight, centers, trials, center, n_keep, seed, scale, layout) -> np.ndarray:
@@ -140,24 +116,10 @@ def seed_pass(
     layout = StatsLayout(
         {"nonfinite": (), "potential": (s,), "key": (s, n_keep), "x": (s, n_keep, d)}
     )
-    vector = engine.reduce_pass(
-        X,
-        weight,
-        seed_block,
-        layout.size,
-        centers,
-        trials,
-        center,
-        n_keep,
-        seed,
-        scale,
-        layout,
-        split_every=split_every,
-        combine=partial(merge_packed, layout=layout, tops=SAMPLE_LIST),
-    )
-    stats = layout.unpack(vector)
-    raise_on_nonfinite(stats["nonfinite"], X)
-    return stats
+    return engine.run_pass(
+        X, weight, layout, seed_block, centers, trials, center, n_keep, seed, scale, layout,
+        split_every=split_every, combine=partial(merge_packed, layout=layout, tops=SAMPLE_LIST),
+    )  # fmt: skip
 
 
 def hartigan_layout(n_clusters: int, n_features: int, n_bins: int) -> StatsLayout:
@@ -182,10 +144,7 @@ def hartigan_pass(X, weight, centers, mass, center, edges, split_every=None) -> 
     data holds NaN or infinity.
     """
     layout = hartigan_layout(centers.shape[0], centers.shape[1], edges.shape[0] + 1)
-    vector = engine.reduce_pass(
-        X, weight, hartigan_block, layout.size, centers, mass, center, edges, layout,
+    return engine.run_pass(
+        X, weight, layout, hartigan_block, centers, mass, center, edges, layout,
         split_every=split_every,
     )  # fmt: skip
-    stats = layout.unpack(vector)
-    raise_on_nonfinite(stats["nonfinite"], X)
-    return stats

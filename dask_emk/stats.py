@@ -13,7 +13,8 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.linalg import solve_triangular
+
+from .covariance import COVARIANCE_TYPES
 
 DEGENERATE_MESSAGE = (
     "Fitting the mixture model failed because some components have ill-defined "
@@ -41,13 +42,7 @@ class StatsLayout:
     @classmethod
     def mixture(cls, n_components: int, n_features: int, covariance_type: str) -> StatsLayout:
         K, d = n_components, n_features
-        q_shape = {
-            "full": (K, d, d),
-            "tied": (d, d),
-            "diag": (K, d),
-            "spherical": (K,),
-            "shared": (K,),
-        }[covariance_type]
+        q_shape = COVARIANCE_TYPES[covariance_type].moment_shape(K, d)
         return cls({"n": (), "loglik": (), "nonfinite": (), "N": (K,), "S": (K, d), "Q": q_shape})
 
     @property
@@ -61,11 +56,16 @@ class StatsLayout:
 
     def unpack(self, vector: np.ndarray) -> dict:
         """Inverse of :meth:`pack` for a (size,) or (1, size) vector."""
-        flat = np.asarray(vector, dtype=np.float64).ravel()
+        rows = np.reshape(vector, (1, -1))
+        return {name: part[0, ...] for name, part in self.unpack_rows(rows).items()}
+
+    def unpack_rows(self, rows: np.ndarray) -> dict:
+        """Split stacked packed rows (r, size) into a dict of (r, *shape) arrays."""
+        rows = np.asarray(rows, dtype=np.float64)
         out, start = {}, 0
         for name, shape in self.shapes.items():
             stop = start + math.prod(shape)
-            out[name] = flat[start:stop].reshape(shape)
+            out[name] = rows[:, start:stop].reshape((rows.shape[0],) + tuple(shape))
             start = stop
         return out
 
@@ -111,46 +111,47 @@ def m_step(
     -------
     GaussianState
     """
-    N, S, Q = stats["N"], stats["S"], stats["Q"]
+    ctype = COVARIANCE_TYPES[covariance_type]
+    N, S = stats["N"], stats["S"]
+    means, delta, nk = weighted_means(centers, N, S, eps)
+    weights = nk / nk.sum()
+    if variance is not None:  # a fixed σ² ('shared'): nothing to estimate or check
+        cov = np.asarray(float(variance))
+    else:
+        cov = ctype.estimate(N, S, stats["Q"], delta, nk)
+        _warn_if_floored(ctype.smallest_variance(cov), None if ctype.pooled else weights, reg_covar)
+        cov += reg_covar * ctype.identity(S.shape[1])
+        if ctype.block != "matrix":
+            _check_above_roundoff(cov, weights, means, reg_covar)
+    return GaussianState(weights, means, cov, precision_cholesky(cov, covariance_type, reg_covar))
+
+
+def weighted_means(centers: np.ndarray, N: np.ndarray, S: np.ndarray, eps: float = 0.0):
+    """Weighted means μ_k = c_k + S_k / (N_k + eps) from moments about c_k.
+
+    The mean update of every M-step: EM's and the annealing's (``eps``
+    floors empty components, as scikit-learn) and k-means' (its σ² → 0
+    limit: the mean of the rows assigned, ``eps`` = 0 on non-empty clusters).
+
+    Parameters
+    ----------
+    centers : ndarray of shape (K, d) or (d,)
+        The reference points c_k.
+    N : ndarray of shape (K,)
+        Σ w r per component.
+    S : ndarray of shape (K, d)
+        Σ w r (x − c_k) per component.
+    eps : float
+
+    Returns
+    -------
+    means : ndarray of shape (K, d)
+    delta : ndarray of shape (K, d), μ_k − c_k
+    nk : ndarray of shape (K,), N + eps
+    """
     nk = N + eps
     delta = S / nk[:, None]
-    means = centers + delta
-    weights = nk / nk.sum()
-    d = S.shape[1]
-    if covariance_type == "full":
-        cov = Q - np.einsum("ki,kj->kij", S, delta)
-        cov -= np.einsum("ki,kj->kij", delta, S)
-        cov += N[:, None, None] * np.einsum("ki,kj->kij", delta, delta)
-        cov /= nk[:, None, None]
-        _warn_if_floored(np.linalg.eigvalsh(cov).min(axis=1), weights, reg_covar)
-        cov += reg_covar * np.eye(d)
-    elif covariance_type == "tied":
-        cov = Q - S.T @ delta - delta.T @ S + (delta.T * N) @ delta
-        cov /= nk.sum()
-        _warn_if_floored(np.linalg.eigvalsh(cov).min(keepdims=True), None, reg_covar)
-        cov += reg_covar * np.eye(d)
-    else:
-        diag = Q - 2.0 * delta * S + N[:, None] * delta**2 if Q.ndim == 2 else None
-        if covariance_type == "diag":
-            cov = diag / nk[:, None]
-            _warn_if_floored(cov.min(axis=1), weights, reg_covar)
-            cov += reg_covar
-        else:
-            scatter = Q - 2.0 * (delta * S).sum(axis=1) + N * (delta**2).sum(axis=1)
-            if covariance_type == "spherical":
-                cov = scatter / (nk * d)
-                _warn_if_floored(cov, weights, reg_covar)
-                cov += reg_covar
-            elif variance is not None:
-                cov = np.asarray(float(variance))
-            else:
-                cov = np.asarray(scatter.sum() / (nk.sum() * d))
-                _warn_if_floored(cov.reshape(1), None, reg_covar)
-                cov += reg_covar
-    learned = covariance_type != "shared" or variance is None
-    if covariance_type in ("diag", "spherical", "shared") and learned:
-        _check_above_roundoff(cov, weights, means, reg_covar)
-    return GaussianState(weights, means, cov, precision_cholesky(cov, covariance_type, reg_covar))
+    return centers + delta, delta, nk
 
 
 def _warn_if_floored(smallest, weights, reg_covar: float) -> None:
@@ -222,68 +223,7 @@ def precision_cholesky(cov: np.ndarray, covariance_type: str, reg_covar: float =
         If a covariance is not positive definite; the message suggests
         raising ``reg_covar``.
     """
-    message = DEGENERATE_MESSAGE.format(reg=reg_covar)
-    if covariance_type in ("full", "tied"):
-        mats = cov if covariance_type == "full" else cov[None]
-        out = np.empty_like(mats)
-        for k, mat in enumerate(mats):
-            try:
-                chol = np.linalg.cholesky(mat)
-            except np.linalg.LinAlgError:
-                raise ValueError(message) from None
-            out[k] = solve_triangular(chol, np.eye(mat.shape[0]), lower=True).T
-        return out if covariance_type == "full" else out[0]
-    if not np.all(np.isfinite(cov)) or np.any(cov <= 0.0):
-        raise ValueError(message)
-    return 1.0 / np.sqrt(cov)
-
-
-def precisions_from_cholesky(prec_chol: np.ndarray, covariance_type: str) -> np.ndarray:
-    """Precision matrices (or vectors) from their Cholesky factors."""
-    if covariance_type == "full":
-        return np.einsum("kij,klj->kil", prec_chol, prec_chol)
-    if covariance_type == "tied":
-        return prec_chol @ prec_chol.T
-    return prec_chol**2
-
-
-def covariances_from_precisions(precisions: np.ndarray, covariance_type: str) -> np.ndarray:
-    """Covariances from precisions (inverse matrices or reciprocals)."""
-    if covariance_type in ("full", "tied"):
-        return np.linalg.inv(precisions)
-    return 1.0 / precisions
-
-
-def cholesky_from_precisions(precisions: np.ndarray, covariance_type: str) -> np.ndarray:
-    """Upper Cholesky factor U with precision = U Uᵀ, as scikit-learn's.
-
-    Raises
-    ------
-    ValueError
-        If a precision matrix is not symmetric positive definite.
-    """
-    if covariance_type not in ("full", "tied"):
-        if np.any(precisions <= 0.0) or not np.all(np.isfinite(precisions)):
-            raise ValueError(
-                f"precisions_init for covariance_type={covariance_type!r} must be "
-                "strictly positive and finite; pass 1 / variance for each component."
-            )
-        return np.sqrt(precisions)
-    mats = precisions if covariance_type == "full" else precisions[None]
-    out = np.empty_like(mats)
-    for k, mat in enumerate(mats):
-        if not np.allclose(mat, mat.T):
-            raise ValueError(
-                f"precisions_init[{k}] is not symmetric; pass symmetric positive-definite "
-                "precision matrices (the inverse of covariance matrices)."
-            )
-        try:
-            lower = np.linalg.cholesky(mat[::-1, ::-1])
-        except np.linalg.LinAlgError:
-            raise ValueError(
-                f"precisions_init[{k}] is not positive definite; pass symmetric "
-                "positive-definite precision matrices (the inverse of covariance "
-                "matrices), e.g. np.linalg.inv(covariances)."
-            ) from None
-        out[k] = lower[::-1, ::-1]
-    return out if covariance_type == "full" else out[0]
+    try:
+        return COVARIANCE_TYPES[covariance_type].precision_cholesky(cov)
+    except np.linalg.LinAlgError:
+        raise ValueError(DEGENERATE_MESSAGE.format(reg=reg_covar)) from None

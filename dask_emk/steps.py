@@ -21,6 +21,7 @@ import numpy as np
 from sklearn.exceptions import ConvergenceWarning
 
 from .checkpoint import Checkpoint
+from .covariance import COVARIANCE_TYPES
 
 
 @dataclass
@@ -178,13 +179,7 @@ def gmm_init_from_anneal(anneal, covariance_type: str, n_samples: int) -> dict:
     weights = np.asarray(anneal.weights_, dtype=np.float64)
     K, d = means.shape
     precision = 1.0 / max(anneal.inertia_ / (n_samples * d), np.finfo(np.float64).tiny)
-    precisions = {
-        "full": np.tile(precision * np.eye(d), (K, 1, 1)),
-        "tied": precision * np.eye(d),
-        "diag": np.full((K, d), precision),
-        "spherical": np.full(K, precision),
-        "shared": np.asarray(precision),
-    }[covariance_type]
+    precisions = COVARIANCE_TYPES[covariance_type].isotropic(precision, K, d)
     return {
         "weights_init": weights / weights.sum(),
         "means_init": means,

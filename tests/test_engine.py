@@ -8,11 +8,15 @@ import dask
 import dask.array as da
 import numpy as np
 import pytest
+import zarr
 from helpers import SK_TYPES, CountComputes, assert_params_close, blobs, fit_quiet, init_params
 from sklearn.mixture import GaussianMixture as SKGM
 
 from dask_emk import GaussianMixture, engine, kernels
+from dask_emk.anneal import draw_sample
 from dask_emk.gmm import mixture_block
+from dask_emk.init import random_rows
+from dask_emk.io import as_input
 from dask_emk.stats import StatsLayout
 
 K = 3
@@ -241,3 +245,26 @@ def test_grouped_chunks_on_distributed_cluster(X, reference_fits, cluster, monke
     with Client(cluster):
         gm = _scheduler_fit(X, "full")
     assert_params_close(gm, reference_fits["full"], rtol=1e-10)
+
+
+def corrupted_store(tmp_path, X):
+    """X in a zarr store of 100-row chunks, rows 300-399 replaced by garbage bytes."""
+    path = tmp_path / "X.zarr"
+    z = zarr.create_array(store=str(path), shape=X.shape, chunks=(100, X.shape[1]), dtype=X.dtype)
+    z[:] = X
+    (path / "c" / "3" / "0").write_bytes(b"\x00garbage" * 40)
+    return path
+
+
+@pytest.mark.parametrize("what", ["anneal-sample", "random-rows", "gmm-score"])
+def test_computes_outside_passes_name_a_broken_store(tmp_path, X, what):
+    # These go through engine.compute_one like the passes, which turns a
+    # failing chunk read into a ValueError naming the store.
+    dX = da.from_zarr(str(corrupted_store(tmp_path, X)))
+    with pytest.raises(ValueError, match=r"reading zarr array .*X\.zarr failed: a chunk file"):
+        if what == "anneal-sample":
+            draw_sample(as_input(dX), None, 500, np.random.RandomState(0), None)
+        elif what == "random-rows":
+            random_rows(dX, X.shape[0], np.random.RandomState(0))  # every row: every chunk
+        else:
+            fit_quiet(GaussianMixture(K, max_iter=2), X).score(dX)
