@@ -2,7 +2,7 @@
 
 All on a distributed LocalCluster of 2 single-threaded workers, each with a
 memory limit, fitting compressed zarr stores on local disk (float32, d=8,
-K=16 mixture written by dask_emk.datasets chunk by chunk).
+K=16 mixture written by dask_emk.pipeline.generate chunk by chunk).
 
 1. Bounded memory: k-means and GMM iterations on a store 1x and 4x the
    workers' total memory limit; peak worker RSS (sampled every 0.1 s) must
@@ -35,8 +35,9 @@ from dask.utils import parse_bytes
 from distributed import Client, LocalCluster
 from sklearn.exceptions import ConvergenceWarning
 
-from dask_emk import GaussianMixture, KMeans, engine
-from dask_emk.datasets import random_mixture, write_mixture_zarr
+from dask_emk import GaussianMixture, KMeans
+from dask_emk.engine import reduction
+from dask_emk.pipeline.generate import random_mixture, write_mixture_zarr
 
 D, K = 8, 16
 ROW_BYTES = 4 * D
@@ -191,8 +192,8 @@ def chunk_overhead(n: int, group: bool) -> dict:
     rng = np.random.default_rng(0)
     centers = rng.normal(size=(K, D))
     times = {}
-    saved = engine.MIN_TASK_BYTES
-    engine.MIN_TASK_BYTES = saved if group else 0
+    saved = reduction.MIN_TASK_BYTES
+    reduction.MIN_TASK_BYTES = saved if group else 0
     try:
         for rows in (100_000, 1_000):
             X = da.random.default_rng(1).standard_normal((n, D), chunks=(rows, D))
@@ -202,7 +203,7 @@ def chunk_overhead(n: int, group: bool) -> dict:
             times[rows] = min(kmeans_iteration(X, centers, 10) for _ in range(3))
             del X
     finally:
-        engine.MIN_TASK_BYTES = saved
+        reduction.MIN_TASK_BYTES = saved
     extra = n // 1_000 - n // 100_000
     return dict(times=times, per_chunk=(times[1_000] - times[100_000]) / extra)
 

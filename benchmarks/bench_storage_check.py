@@ -1,8 +1,8 @@
-"""Cost of the read-path check for missing chunk files (dask_emk.storage).
+"""Cost of the read-path check for missing chunk files (dask_emk.engine.storage).
 
 One k-means pass (``passes.assign_pass``, one compute) over a 1,000,000 × 32
 float32 zarr store in 125,000-row chunks on the local threaded scheduler,
-reading through :class:`dask_emk.storage.CheckedZarrRead` and through the
+reading through :class:`dask_emk.engine.storage.CheckedZarrRead` and through the
 zarr array directly (same ``from_array`` graph otherwise). Runs alternate
 between the two, in one process; medians and best times are reported,
 and the time of one block's check alone.
@@ -21,8 +21,8 @@ import dask.array as da
 import numpy as np
 import zarr
 
-from dask_emk import passes
-from dask_emk.storage import CheckedZarrRead, file_coords, missing_files
+from dask_emk.engine import passes
+from dask_emk.engine.storage import CheckedZarrRead, file_coords, missing_files
 
 N, D, K, CHUNK = 1_000_000, 32, 16, 125_000
 

@@ -1,8 +1,8 @@
 """dask_emk: Gaussian mixtures by EM and k-means on chunked, out-of-core data."""
 
-from ._version import __version__
-from .anneal import AnnealedGaussianMixture
-from .gmm import GaussianMixture
-from .kmeans import KMeans
+from dask_emk._version import __version__
+from dask_emk.models.anneal import AnnealedGaussianMixture
+from dask_emk.models.gmm import GaussianMixture
+from dask_emk.models.kmeans import KMeans
 
 __all__ = ["AnnealedGaussianMixture", "GaussianMixture", "KMeans", "__version__"]

@@ -1,5 +1,5 @@
 """``python -m dask_emk``: the dask-emk command."""
 
-from .cli import main
+from dask_emk.pipeline.cli import main
 
 main(prog_name="dask-emk")

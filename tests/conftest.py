@@ -2,7 +2,7 @@
 
 import pytest
 
-from dask_emk import engine
+from dask_emk.engine import reduction
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -15,5 +15,5 @@ def ungrouped_chunks():
     tests/test_engine.py checks the grouping itself.
     """
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(engine, "MIN_TASK_BYTES", 0)
+        patch.setattr(reduction, "MIN_TASK_BYTES", 0)
         yield

@@ -16,15 +16,15 @@ import xarray as xr
 from click.testing import CliRunner
 from scipy.optimize import linear_sum_assignment
 
-from dask_emk import engine
-from dask_emk.cli import main
+from dask_emk.engine import reduction
+from dask_emk.pipeline.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 PIPELINES = ROOT / "pipelines"
 VENV_BIN = Path(sys.executable).parent
 #: The engine's chunk grouping as `dask-emk` subprocesses see it (read at
 #: collection, before conftest turns it off for the in-process tests).
-DEFAULT_MIN_TASK_BYTES = engine.MIN_TASK_BYTES
+DEFAULT_MIN_TASK_BYTES = reduction.MIN_TASK_BYTES
 
 
 def to_toml(cfg: dict) -> str:

@@ -12,9 +12,11 @@ import xarray as xr
 from helpers import CountComputes, blobs, fit_quiet
 from sklearn.cluster import KMeans as SkKMeans
 
-from dask_emk import AnnealedGaussianMixture, GaussianMixture, KMeans, anneal, engine
-from dask_emk import anneal_rules as rules
-from dask_emk.anneal_rules import HARD_SOFTNESS, ward_merge
+from dask_emk import AnnealedGaussianMixture, GaussianMixture, KMeans
+from dask_emk.core import anneal_rules as rules
+from dask_emk.core.anneal_rules import HARD_SOFTNESS, ward_merge
+from dask_emk.engine import reduction
+from dask_emk.models import anneal
 
 
 def grid_blobs(side=5, n_per=100, spread=0.3, seed=0):
@@ -109,13 +111,13 @@ def test_dask_input_matches_numpy(grid, fitted):
 
 def test_sample_keeps_full_passes_few(monkeypatch):
     X, truth = grid_blobs(n_per=200, seed=1)
-    calls, reduce_pass = [], engine.reduce_pass
+    calls, reduce_pass = [], reduction.reduce_pass
 
     def counting(data, *args, **kwargs):
         calls.append(data.shape[0])
         return reduce_pass(data, *args, **kwargs)
 
-    monkeypatch.setattr(engine, "reduce_pass", counting)
+    monkeypatch.setattr(reduction, "reduce_pass", counting)
     model = AnnealedGaussianMixture(25, sample_size=2000, random_state=0).fit(X)
     # Every pass over the full data is one engine pass (numpy input: no
     # Dask); the annealing's passes are over the 2000-row sample.
@@ -339,7 +341,7 @@ def test_path_and_export_survive_zarr(tmp_path, fitted):
 def test_plot_path_draws_every_component(fitted):
     matplotlib = pytest.importorskip("matplotlib")
     matplotlib.use("Agg")
-    from dask_emk.plot import plot_path
+    from dask_emk.pipeline.figures import plot_path
 
     ax = plot_path(fitted)
     assert len(ax.lines) == fitted.path_.sizes["component"]

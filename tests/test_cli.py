@@ -17,7 +17,7 @@ from pipeline_helpers import (
     scaled_pipeline,
 )
 
-from dask_emk.datasets import read_truth
+from dask_emk.pipeline.generate import read_truth
 
 
 @pytest.fixture(scope="module")

@@ -17,9 +17,9 @@ from sklearn.mixture._gaussian_mixture import (
     _estimate_log_gaussian_prob,
 )
 
-from dask_emk import kernels
-from dask_emk.covariance import COVARIANCE_TYPES, check_covariance_type
-from dask_emk.stats import m_step
+from dask_emk.core import mixture
+from dask_emk.core.covariance import COVARIANCE_TYPES, check_covariance_type
+from dask_emk.core.mstep import m_step
 
 K, D = 3, 4
 
@@ -55,7 +55,7 @@ def test_shapes_and_parameter_count_match_sklearn(sk):
 
 def test_moment_shape_is_that_of_the_kernel_moments(X, resp):
     for name, ctype in COVARIANCE_TYPES.items():
-        moments = kernels.moment_stats(X, resp.T, None, np.zeros((K, D)), name)
+        moments = mixture.moment_stats(X, resp.T, None, np.zeros((K, D)), name)
         assert moments["Q"].shape == ctype.moment_shape(K, D), name
 
 
@@ -98,9 +98,9 @@ def test_to_full_gives_sklearn_log_densities(sk, X):
 def test_estimate_matches_sklearn_m_step(X, resp, sk):
     ct = sk.covariance_type
     eps = 10 * np.finfo(np.float64).eps
-    center = X.mean(axis=0)
-    centers = np.broadcast_to(center, (K, D))
-    moments = kernels.moment_stats(X - center, resp.T, None, np.zeros((K, D)), ct)
+    origin = X.mean(axis=0)
+    centers = np.broadcast_to(origin, (K, D))
+    moments = mixture.moment_stats(X - origin, resp.T, None, np.zeros((K, D)), ct)
     state = m_step(moments, centers, ct, 1e-6, eps=eps)
     nk, means, cov = _estimate_gaussian_parameters(X, resp, 1e-6, ct)
     np.testing.assert_allclose(state.weights, nk / nk.sum(), rtol=1e-13)
@@ -165,9 +165,9 @@ def test_shared_is_spherical_with_one_variance(X):
 
 def test_shared_estimate_is_the_pooled_variance(X, resp):
     eps = 10 * np.finfo(np.float64).eps
-    center = X.mean(axis=0)
-    moments = kernels.moment_stats(X - center, resp.T, None, np.zeros((K, D)), "shared")
-    state = m_step(moments, np.broadcast_to(center, (K, D)), "shared", 0.0, eps=eps)
+    origin = X.mean(axis=0)
+    moments = mixture.moment_stats(X - origin, resp.T, None, np.zeros((K, D)), "shared")
+    state = m_step(moments, np.broadcast_to(origin, (K, D)), "shared", 0.0, eps=eps)
     nk = resp.sum(axis=0) + eps
     means = resp.T @ X / nk[:, None]
     sq = ((X[:, None, :] - means[None]) ** 2).sum(axis=2)

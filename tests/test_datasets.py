@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import zarr
 
-from dask_emk.datasets import random_mixture, read_truth, sample_block, write_mixture_zarr
+from dask_emk.pipeline.generate import random_mixture, read_truth, sample_block, write_mixture_zarr
 
 
 @pytest.fixture(scope="module")

@@ -12,12 +12,14 @@ import zarr
 from helpers import SK_TYPES, CountComputes, assert_params_close, blobs, fit_quiet, init_params
 from sklearn.mixture import GaussianMixture as SKGM
 
-from dask_emk import GaussianMixture, engine, kernels
-from dask_emk.anneal import draw_sample
-from dask_emk.gmm import mixture_block
-from dask_emk.init import random_rows
-from dask_emk.io import as_input
-from dask_emk.stats import StatsLayout
+from dask_emk import GaussianMixture
+from dask_emk.core import mixture
+from dask_emk.core.layout import StatsLayout
+from dask_emk.engine import reduction
+from dask_emk.engine.inputs import as_input
+from dask_emk.models.anneal import draw_sample
+from dask_emk.models.gmm import mixture_block
+from dask_emk.models.seeding import random_rows
 
 K = 3
 
@@ -63,17 +65,17 @@ def test_large_precision_enters_graph_once():
     K_, d, n_blocks = 16, 100, 200
     Xb = da.from_array(rng.normal(size=(n_blocks * 5, d)), chunks=(5, d))
     A = rng.normal(size=(K_, d, d)) / d + np.eye(d)
-    params = kernels.MixtureParams(
+    params = mixture.MixtureParams(
         means=rng.normal(size=(K_, d)),
         log_weights=np.log(np.full(K_, 1.0 / K_)),
         precisions_cholesky=np.triu(A),
         covariance_type="full",
-        center=np.zeros(d),
+        origin=np.zeros(d),
     )
     big = params.precisions_cholesky.nbytes
-    assert big > 2**20  # over 1 MB: the case DESIGN.md §3 talks about
+    assert big > 2**20  # over 1 MB: where one delayed key instead of a copy per task matters
     layout = StatsLayout.mixture(K_, d, "full")
-    arr = engine.block_stats_array(Xb, None, mixture_block, layout.size, params, layout)
+    arr = reduction.block_stats_array(Xb, None, mixture_block, layout.size, params, layout)
     graph = dict(arr.__dask_graph__())
     assert len(graph) >= n_blocks
     sizes = {key: len(pickle.dumps(task)) for key, task in graph.items()}
@@ -88,8 +90,8 @@ def test_large_precision_enters_graph_once():
         assert param_key in deps[key]
     assert sum(sizes.values()) < 2 * big
     # and the pass still computes the right numbers
-    total = engine.reduce_pass(Xb[:50], None, mixture_block, layout.size, params, layout)
-    want = layout.pack(kernels.estep_stats(np.asarray(Xb[:50]), None, params))[0]
+    total = reduction.reduce_pass(Xb[:50], None, mixture_block, layout.size, params, layout)
+    want = layout.pack(mixture.estep_stats(np.asarray(Xb[:50]), None, params))[0]
     np.testing.assert_allclose(total, want, rtol=1e-10, atol=1e-12 * np.abs(want).max())
 
 
@@ -110,8 +112,8 @@ def test_reduce_pass_dask_equals_numpy(X, split_every):
     params = gm._kernel_params(gm._state_from_attributes())
     layout = StatsLayout.mixture(K, 3, "tied")
     w = np.random.default_rng(1).uniform(size=len(X))
-    a = engine.reduce_pass(X, w, mixture_block, layout.size, params, layout)
-    b = engine.reduce_pass(
+    a = reduction.reduce_pass(X, w, mixture_block, layout.size, params, layout)
+    b = reduction.reduce_pass(
         da.from_array(X, chunks=(97, -1)),
         da.from_array(w, chunks=97),
         mixture_block,
@@ -125,17 +127,17 @@ def test_reduce_pass_dask_equals_numpy(X, split_every):
 
 # ------------------------------------------------------------- grouped small chunks
 def test_group_small_chunks_merges_runs_up_to_the_target(monkeypatch):
-    monkeypatch.setattr(engine, "MIN_TASK_BYTES", 100 * 3 * 8)  # 100 rows of 3 float64
+    monkeypatch.setattr(reduction, "MIN_TASK_BYTES", 100 * 3 * 8)  # 100 rows of 3 float64
     X = da.zeros((3210, 3), chunks=((30,) * 107, 3))
     w = da.ones(3210, chunks=((30,) * 107,))
-    gX, gw = engine.group_small_chunks(X, w)
+    gX, gw = reduction.group_small_chunks(X, w)
     assert gX.chunks[0] == (120,) * 26 + (90,)  # runs of 4 chunks, the rest last
     assert gw.chunks == (gX.chunks[0],)
     # Never fewer than MIN_TASKS tasks: 600 rows stay in runs of 2 (60 >= 600 / 16).
-    small = engine.group_small_chunks(da.zeros((600, 3), chunks=(30, 3)), None)[0]
+    small = reduction.group_small_chunks(da.zeros((600, 3), chunks=(30, 3)), None)[0]
     assert small.chunks[0] == (60,) * 10
     big = da.zeros((1000, 3), chunks=(500, 3))
-    assert engine.group_small_chunks(big, None)[0] is big  # large chunks untouched
+    assert reduction.group_small_chunks(big, None)[0] is big  # large chunks untouched
 
 
 @pytest.mark.parametrize("model", ["gmm-full", "kmeans"])
@@ -154,9 +156,9 @@ def test_grouped_chunks_give_the_ungrouped_result(X, model, monkeypatch):
         return fit_quiet(est, dX, sample_weight=dw)
 
     ungrouped = fit()
-    monkeypatch.setattr(engine, "MIN_TASK_BYTES", 4 * 2**20)
-    monkeypatch.setattr(engine, "MIN_TASKS", 2)  # 11 chunks of 97 rows -> 2 tasks
-    assert engine.group_small_chunks(dX, dw)[0].numblocks[0] == 2
+    monkeypatch.setattr(reduction, "MIN_TASK_BYTES", 4 * 2**20)
+    monkeypatch.setattr(reduction, "MIN_TASKS", 2)  # 11 chunks of 97 rows -> 2 tasks
+    assert reduction.group_small_chunks(dX, dw)[0].numblocks[0] == 2
     grouped = fit()
     if model == "kmeans":
         np.testing.assert_allclose(grouped.cluster_centers_, ungrouped.cluster_centers_, rtol=1e-12)
@@ -239,9 +241,10 @@ def test_distributed_cluster_agrees(X, reference_fits, cluster, ct):
 def test_grouped_chunks_on_distributed_cluster(X, reference_fits, cluster, monkeypatch):
     from distributed import Client
 
-    monkeypatch.setattr(engine, "MIN_TASK_BYTES", 4096)  # ~170-row tasks of 97-row chunks
-    monkeypatch.setattr(engine, "MIN_TASKS", 1)
-    assert engine.group_small_chunks(da.from_array(X, chunks=(97, -1)), None)[0].numblocks[0] == 6
+    monkeypatch.setattr(reduction, "MIN_TASK_BYTES", 4096)  # ~170-row tasks of 97-row chunks
+    monkeypatch.setattr(reduction, "MIN_TASKS", 1)
+    grouped = reduction.group_small_chunks(da.from_array(X, chunks=(97, -1)), None)[0]
+    assert grouped.numblocks[0] == 6
     with Client(cluster):
         gm = _scheduler_fit(X, "full")
     assert_params_close(gm, reference_fits["full"], rtol=1e-10)
@@ -258,7 +261,7 @@ def corrupted_store(tmp_path, X):
 
 @pytest.mark.parametrize("what", ["anneal-sample", "random-rows", "gmm-score"])
 def test_computes_outside_passes_name_a_broken_store(tmp_path, X, what):
-    # These go through engine.compute_one like the passes, which turns a
+    # These go through reduction.compute_one like the passes, which turns a
     # failing chunk read into a ValueError naming the store.
     dX = da.from_zarr(str(corrupted_store(tmp_path, X)))
     with pytest.raises(ValueError, match=r"reading zarr array .*X\.zarr failed: a chunk file"):

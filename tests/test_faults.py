@@ -34,8 +34,8 @@ from pipeline_helpers import (
 from sklearn.exceptions import ConvergenceWarning
 
 from dask_emk import GaussianMixture
-from dask_emk.cli import main
-from dask_emk.outputs import RESULTS, clean_leftovers, moved_aside_path, partial_path
+from dask_emk.pipeline.cli import main
+from dask_emk.pipeline.outputs import RESULTS, clean_leftovers, moved_aside_path, partial_path
 
 pytestmark = pytest.mark.slow
 

@@ -15,7 +15,8 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.mixture import GaussianMixture as SKGM
 
 import dask_emk
-from dask_emk import GaussianMixture, kernels
+from dask_emk import GaussianMixture
+from dask_emk.core import blocks
 
 K = 3
 
@@ -45,7 +46,7 @@ def copy_params_to_sklearn(ours, sk):
 @pytest.mark.parametrize("kind", ["numpy", "dask97", "numpy-64-row-sub-blocks"])
 def test_em_matches_sklearn(X, ct, kind, monkeypatch):
     if kind == "numpy-64-row-sub-blocks":  # statistics added up over many sub-blocks
-        monkeypatch.setattr(kernels, "SUB_BLOCK_BYTES", 64)
+        monkeypatch.setattr(blocks, "SUB_BLOCK_BYTES", 64)
     ours, sk = both(ct, X)
     data = da.from_array(X, chunks=(97, -1)) if kind == "dask97" else X
     with pytest.warns(ConvergenceWarning):
@@ -145,7 +146,7 @@ def test_fit_predict_equals_fit_then_predict(X, kind):
 @pytest.mark.parametrize("kind", ["numpy", "dask", "numpy-64-row-sub-blocks"])
 def test_predictions_match_sklearn_for_same_parameters(X, ct, kind, monkeypatch):
     if kind == "numpy-64-row-sub-blocks":  # per-row outputs assembled from 5 sub-blocks
-        monkeypatch.setattr(kernels, "SUB_BLOCK_BYTES", 64)
+        monkeypatch.setattr(blocks, "SUB_BLOCK_BYTES", 64)
     ours, sk = both(ct, X, max_iter=5)
     fit_quiet(ours, X)
     fit_quiet(sk, X)

@@ -37,8 +37,8 @@ from sklearn.exceptions import ConvergenceWarning, NotFittedError
 from sklearn.mixture import GaussianMixture as SkGaussianMixture
 
 from dask_emk import AnnealedGaussianMixture, GaussianMixture, KMeans
-from dask_emk.cli import main
-from dask_emk.stats import CollapsedComponentWarning
+from dask_emk.core.mstep import CollapsedComponentWarning
+from dask_emk.pipeline.cli import main
 
 K = 3
 CHUNK = 500

@@ -8,8 +8,8 @@ import pytest
 from scipy.special import logsumexp
 from scipy.stats import multivariate_normal
 
-from dask_emk import kernels
-from dask_emk.stats import precision_cholesky
+from dask_emk.core import blocks, hartigan, mixture
+from dask_emk.core.mstep import precision_cholesky
 
 TYPES = ("full", "tied", "diag", "spherical", "shared")
 
@@ -38,18 +38,18 @@ def make_params(ct, K, d, rng, *, offset=0.0, scale=1.0):
     chol = precision_cholesky(cov, ct)
     if ct == "shared":
         chol = np.full(K, float(chol))
-    params = kernels.MixtureParams(
+    params = mixture.MixtureParams(
         means=means,
         log_weights=np.log(weights),
         precisions_cholesky=chol,
         covariance_type=ct,
-        center=weights @ means,
+        origin=weights @ means,
     )
     return params, np.asarray(dense), weights
 
 
 def reference_stats(X, weight, means, weights, dense_cov, ct):
-    """Plain numpy: full (n, K) responsibilities, then the sums of DESIGN.md §2."""
+    """Plain numpy: full (n, K) responsibilities, then the sums the E-step kernels accumulate."""
     X = np.asarray(X, dtype=np.float64)
     n, d = X.shape
     K = means.shape[0]
@@ -107,15 +107,15 @@ def test_estep_stats_matches_reference(
     ct, weighted, dtype, sub_block_bytes, row_major_gemm, monkeypatch
 ):
     if sub_block_bytes:
-        monkeypatch.setattr(kernels, "SUB_BLOCK_BYTES", sub_block_bytes)
+        monkeypatch.setattr(blocks, "SUB_BLOCK_BYTES", sub_block_bytes)
     # Both orientations of the E-step GEMM (chosen by the number of features).
-    monkeypatch.setattr(kernels, "WIDE_FEATURES", 0 if row_major_gemm else 10**9)
+    monkeypatch.setattr(mixture, "WIDE_FEATURES", 0 if row_major_gemm else 10**9)
     rng = np.random.default_rng(hash((ct, weighted, str(dtype))) % 2**32)
     K, d, n = 3, 4, 400
     params, dense, weights = make_params(ct, K, d, rng)
     X = sample_block(rng, n, d, params, dense, weights).astype(dtype)
     w = rng.uniform(0, 3, size=n) if weighted else None
-    got = kernels.estep_stats(X, w, params)
+    got = mixture.estep_stats(X, w, params)
     want, _ = reference_stats(X, w, params.means, weights, dense, ct)
     assert_stats_close(got, want)
     assert got["nonfinite"] == 0
@@ -128,13 +128,13 @@ def test_estep_stats_matches_reference(
 def test_resp_stats_are_moments_about_the_center(ct, sub_block_bytes, monkeypatch):
     """Initialisation statistics for given responsibilities vs plain numpy."""
     if sub_block_bytes:
-        monkeypatch.setattr(kernels, "SUB_BLOCK_BYTES", sub_block_bytes)
+        monkeypatch.setattr(blocks, "SUB_BLOCK_BYTES", sub_block_bytes)
     rng = np.random.default_rng(4)
     X, w = rng.normal(size=(300, 3)) + 5.0, rng.uniform(0, 2, 300)
     resp = rng.dirichlet(np.ones(4), size=300)
-    center = X[:10].mean(axis=0)
-    got = kernels.resp_stats(X, w, resp, center, ct)
-    Y, wr = X - center, resp * w[:, None]
+    origin = X[:10].mean(axis=0)
+    got = mixture.resp_stats(X, w, resp, origin, ct)
+    Y, wr = X - origin, resp * w[:, None]
     second = np.einsum("nk,ni,nj->kij", wr, Y, Y)
     Q = {
         "full": second,
@@ -154,11 +154,11 @@ def test_estep_stats_independent_of_center(ct):
     rng = np.random.default_rng(1)
     params, dense, weights = make_params(ct, 3, 3, rng)
     X = sample_block(rng, 200, 3, params, dense, weights)
-    a = kernels.estep_stats(X, None, params)
-    moved = kernels.MixtureParams(
-        params.means, params.log_weights, params.precisions_cholesky, ct, params.center + 7.5
+    a = mixture.estep_stats(X, None, params)
+    moved = mixture.MixtureParams(
+        params.means, params.log_weights, params.precisions_cholesky, ct, params.origin + 7.5
     )
-    b = kernels.estep_stats(X, None, moved)
+    b = mixture.estep_stats(X, None, moved)
     assert_stats_close(b, a)
 
 
@@ -167,8 +167,8 @@ def test_integer_weights_equal_repeated_rows():
     params, dense, weights = make_params("full", 3, 3, rng)
     X = sample_block(rng, 150, 3, params, dense, weights)
     reps = rng.integers(0, 4, size=150)
-    a = kernels.estep_stats(X, reps.astype(float), params)
-    b = kernels.estep_stats(np.repeat(X, reps, axis=0), None, params)
+    a = mixture.estep_stats(X, reps.astype(float), params)
+    b = mixture.estep_stats(np.repeat(X, reps, axis=0), None, params)
     assert_stats_close(a, b)
 
 
@@ -178,7 +178,7 @@ def test_large_offset_float32_keeps_precision(ct):
     K, d = 2, 3
     params, dense, weights = make_params(ct, K, d, rng, offset=1e4)
     X = sample_block(rng, 500, d, params, dense, weights).astype(np.float32)
-    got = kernels.estep_stats(X, None, params)
+    got = mixture.estep_stats(X, None, params)
     # Reference in float64 on the exact float32 values, with the offset removed first
     # (exact in float64), so the reference itself loses nothing.
     want, _ = reference_stats(
@@ -194,14 +194,14 @@ def test_tiny_shared_variance_gives_hard_finite_responsibilities():
     X = rng.normal(scale=scale, size=(n, d))
     means = X[rng.choice(n, K, replace=False)]
     sigma2 = 1e-12 * scale**2
-    params = kernels.MixtureParams(
+    params = mixture.MixtureParams(
         means=means,
         log_weights=np.log(np.full(K, 1.0 / K)),
         precisions_cholesky=np.full(K, 1.0 / np.sqrt(sigma2)),
         covariance_type="shared",
-        center=means.mean(axis=0),
+        origin=means.mean(axis=0),
     )
-    got = kernels.estep_stats(X, None, params)
+    got = mixture.estep_stats(X, None, params)
     for name in ("loglik", "N", "S", "Q"):
         assert np.all(np.isfinite(got[name])), name
     dist = ((X[:, None, :] - means[None]) ** 2).sum(axis=2)
@@ -230,7 +230,7 @@ def test_nonfinite_rows_counted_and_excluded(ct, weighted):
     Xbad[17, 2] = np.inf
     Xbad[150, 1] = -np.inf
     Xbad[199, :] = np.nan
-    got = kernels.estep_stats(Xbad, w, params)
+    got = mixture.estep_stats(Xbad, w, params)
     assert got["nonfinite"] == 4
     keep = np.setdiff1d(np.arange(200), bad)
     want, _ = reference_stats(
@@ -245,7 +245,7 @@ def test_empty_block(ct):
     K, d = 3, 2
     params, _, _ = make_params(ct, K, d, rng)
     for w in (None, np.empty(0)):
-        got = kernels.estep_stats(np.empty((0, d), dtype=np.float32), w, params)
+        got = mixture.estep_stats(np.empty((0, d), dtype=np.float32), w, params)
         assert got["n"] == 0 and got["loglik"] == 0 and got["nonfinite"] == 0
         np.testing.assert_array_equal(got["N"], np.zeros(K))
         np.testing.assert_array_equal(got["S"], np.zeros((K, d)))
@@ -258,7 +258,7 @@ def test_responsibilities_match_reference(ct):
     rng = np.random.default_rng(7)
     params, dense, weights = make_params(ct, 3, 4, rng)
     X = sample_block(rng, 100, 4, params, dense, weights)
-    lpn, resp, _ = kernels.responsibilities(kernels.shift_block(X, params.center), params)
+    lpn, resp, _ = mixture.responsibilities(blocks.shift_block(X, params.origin), params)
     want, ref_resp = reference_stats(X, None, params.means, weights, dense, ct)
     np.testing.assert_allclose(resp.T, ref_resp, rtol=1e-9, atol=1e-12)
     np.testing.assert_allclose(lpn.sum(), want["loglik"], rtol=1e-12)
@@ -270,13 +270,13 @@ def test_block_larger_than_one_sub_block(ct):
     rng = np.random.default_rng(8)
     K, d = 3, 2
     params, dense, weights = make_params(ct, K, d, rng)
-    width = kernels.n_quadratic(d, ct) + d + K
-    n = 2 * len(range(*kernels.sub_blocks(10**9, width)[0].indices(10**9))) + 37
-    assert len(kernels.sub_blocks(n, width)) == 3
+    width = mixture.n_quadratic(d, ct) + d + K
+    n = 2 * len(range(*blocks.sub_blocks(10**9, width)[0].indices(10**9))) + 37
+    assert len(blocks.sub_blocks(n, width)) == 3
     X = sample_block(rng, n, d, params, dense, weights)
     X[n // 2, 0] = np.nan
     w = rng.uniform(0, 2, size=n)
-    got = kernels.estep_stats(X, w, params)
+    got = mixture.estep_stats(X, w, params)
     keep = np.isfinite(X).all(axis=1)
     want, _ = reference_stats(X[keep], w[keep], params.means, weights, dense, ct)
     assert got["nonfinite"] == 1
@@ -287,14 +287,14 @@ def test_block_larger_than_one_sub_block(ct):
 def hartigan_reference(X, w, C, mass, edges):
     """Plain numpy: every row's best single move, one row and one cluster at a time."""
     K, d, B = C.shape[0], C.shape[1], edges.shape[0] + 1
-    center = C.mean(axis=0)
+    origin = C.mean(axis=0)
     out = {"N": np.zeros(K), "S": np.zeros((K, d)), "inertia": 0.0, "dN": np.zeros((B, K)),
            "dS": np.zeros((B, K, d)), "gain": np.zeros(B), "moved": np.zeros(B)}  # fmt: skip
     for x, wt in zip(X, w, strict=True):
         dist = [float(((x - c) ** 2).sum()) for c in C]
         i = int(np.argmin(dist))
         out["N"][i] += wt
-        out["S"][i] += wt * (x - center)
+        out["S"][i] += wt * (x - origin)
         out["inertia"] += wt * dist[i]
         if mass[i] - wt <= 0:
             continue
@@ -312,8 +312,8 @@ def hartigan_reference(X, w, C, mass, edges):
         out["moved"][b] += 1
         out["dN"][b, to] += wt
         out["dN"][b, i] -= wt
-        out["dS"][b, to] += wt * (x - center)
-        out["dS"][b, i] -= wt * (x - center)
+        out["dS"][b, to] += wt * (x - origin)
+        out["dS"][b, i] -= wt * (x - origin)
     return out
 
 
@@ -335,8 +335,8 @@ def test_hartigan_stats_match_numpy(chunk):
     edges = 0.05 * 0.25 ** np.arange(5)
     ref = hartigan_reference(X, w, C, mass, edges)
     assert ref["moved"].sum() >= 3 and np.count_nonzero(ref["moved"]) >= 2  # several bins used
-    center = C.mean(axis=0)
-    parts = [kernels.hartigan_stats(X[s : s + chunk], w[s : s + chunk], C, mass, center, edges)
+    origin = C.mean(axis=0)
+    parts = [hartigan.hartigan_stats(X[s : s + chunk], w[s : s + chunk], C, mass, origin, edges)
              for s in range(0, X.shape[0], chunk)]  # fmt: skip
     got = {key: sum(p[key] for p in parts) for key in ref}
     for key in ref:
@@ -351,7 +351,7 @@ def test_hartigan_stats_without_weights_and_nonfinite_rows():
     ref = hartigan_reference(X, np.ones(X.shape[0]), C, mass.astype(float), edges)
     assert ref["moved"].sum() >= 1
     bad = np.concatenate([X[:5], [[np.nan, 0.0]], X[5:]])
-    got = kernels.hartigan_stats(bad, None, C, mass.astype(float), C.mean(axis=0), edges)
+    got = hartigan.hartigan_stats(bad, None, C, mass.astype(float), C.mean(axis=0), edges)
     assert got["nonfinite"] == 1 and got["count"] == X.shape[0]
     for key in ("N", "S", "dN", "dS", "gain", "moved"):
         np.testing.assert_allclose(got[key], ref[key], rtol=1e-10, atol=1e-10, err_msg=key)

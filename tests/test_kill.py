@@ -27,7 +27,7 @@ import numpy as np
 import pytest
 from pipeline_helpers import VENV_BIN, scaled_pipeline, snapshot, wait_for
 
-from dask_emk.outputs import lock_path, moved_aside_path
+from dask_emk.pipeline.outputs import lock_path, moved_aside_path
 
 pytestmark = pytest.mark.slow
 

@@ -16,10 +16,12 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 import dask_emk
-from dask_emk import KMeans, engine, kernels
-from dask_emk.init import kmeans_parallel, kmeans_plusplus, random_rows
-from dask_emk.kmeans import update_centers
-from dask_emk.passes import assign_pass
+from dask_emk import KMeans
+from dask_emk.core import assign
+from dask_emk.engine import reduction
+from dask_emk.engine.passes import assign_pass
+from dask_emk.models.kmeans import update_centers
+from dask_emk.models.seeding import kmeans_parallel, kmeans_plusplus, random_rows
 
 K = 6
 
@@ -61,7 +63,7 @@ def assert_same_fit(ours, sk, labels=None):
 def test_assign_stats_matches_naive(data):
     X, init = data
     w = np.random.default_rng(1).uniform(0, 2, len(X))
-    st = kernels.assign_stats(X, w, init, X.mean(axis=0), n_far=3, moments=True)
+    st = assign.assign_stats(X, w, init, X.mean(axis=0), n_far=3, moments=True)
     d2 = ((X[:, None, :] - init[None]) ** 2).sum(-1)
     lab = d2.argmin(1)
     dmin = d2.min(1)
@@ -88,8 +90,8 @@ def test_float32_assignment_is_exact_up_to_single_precision_ties():
     X = (centers[rng.integers(0, 6, 3000)] + rng.standard_normal((3000, 3))).astype(np.float32)
     X[[7, 2000]] = np.float32([[3e19, -3e19, 1e19], [3.1e19, -2.9e19, 1e19]])
     centers = np.vstack([centers, [[3e19, -3e19, 1e19]]])
-    center = centers[:6].mean(axis=0)
-    _, labels, min_dist, st = kernels.lloyd_assign(X, None, centers, center)
+    origin = centers[:6].mean(axis=0)
+    _, labels, min_dist, st = assign.lloyd_assign(X, None, centers, origin)
     X64 = X.astype(np.float64)
     d2 = ((X64[:, None, :] - centers[None]) ** 2).sum(-1)
     rows = np.arange(3000)
@@ -102,7 +104,7 @@ def test_float32_assignment_is_exact_up_to_single_precision_ties():
     np.testing.assert_allclose(min_dist[[7, 2000]], d2[[7, 2000]].min(1), rtol=1e-6)
     np.testing.assert_allclose(st["inertia"], d2[rows, labels].sum(), rtol=1e-6)
     np.testing.assert_array_equal(st["N"], np.bincount(labels, minlength=7))
-    expect_S = np.array([(X64[labels == k] - center).sum(0) for k in range(7)])
+    expect_S = np.array([(X64[labels == k] - origin).sum(0) for k in range(7)])
     np.testing.assert_allclose(st["S"], expect_S, rtol=1e-12, atol=1e-6)
     np.testing.assert_allclose(min_dist[normal], d2[normal, labels[normal]], rtol=1e-6, atol=1e-3)
     assert st["nonfinite"] == 0
@@ -117,7 +119,7 @@ def test_assignment_breaks_exact_ties_toward_the_first_centre(dtype):
     centers = rng.integers(-5, 6, (37, 3)).astype(np.float64)
     centers[20:25] = centers[:5]
     X = rng.integers(-6, 7, (4000, 3)).astype(dtype)
-    _, labels, min_dist, st = kernels.lloyd_assign(X, None, centers, np.zeros(3))
+    _, labels, min_dist, st = assign.lloyd_assign(X, None, centers, np.zeros(3))
     d2 = ((X.astype(np.float64)[:, None, :] - centers[None]) ** 2).sum(-1)
     assert (np.sort(d2, axis=1)[:, 1] == d2.min(1)).sum() > 500  # ties are common
     np.testing.assert_array_equal(labels, d2.argmin(1))
@@ -126,7 +128,7 @@ def test_assignment_breaks_exact_ties_toward_the_first_centre(dtype):
     # The farthest rows under the same exact ties: farthest first, later rows
     # first among equal distances (as scikit-learn's argpartition picks).
     X[5] = np.nan  # a non-finite row never enters the list
-    far = kernels.assign_stats(X, None, centers, np.zeros(3), n_far=25)
+    far = assign.assign_stats(X, None, centers, np.zeros(3), n_far=25)
     finite = np.flatnonzero(np.isfinite(X).all(axis=1))
     top = finite[np.lexsort((-finite, -d2.min(1)[finite]))[:25]]
     np.testing.assert_array_equal(far["far_x"], X[top])
@@ -138,7 +140,7 @@ def test_assignment_breaks_exact_ties_toward_the_first_centre(dtype):
 @pytest.mark.parametrize("chunks", [None, 50, tiny_chunks(600)])
 def test_pass_merges_farthest_rows_like_one_block(data, chunks):
     X, init = data
-    ref = kernels.assign_stats(X, None, init, X.mean(0), n_far=K - 1)
+    ref = assign.assign_stats(X, None, init, X.mean(0), n_far=K - 1)
     st = assign_pass(as_kind(X, chunks), None, init, X.mean(0), n_far=K - 1, split_every=3)
     np.testing.assert_array_equal(st["far_x"], ref["far_x"])
     np.testing.assert_array_equal(st["far_label"], ref["far_label"])
@@ -149,7 +151,7 @@ def test_pass_merges_farthest_rows_like_one_block(data, chunks):
 def test_merge_top_breaks_ties_toward_later_rows():
     keys = np.array([[3.0, 1.0], [3.0, 2.0]])
     vals = np.array([[10.0, 11.0], [20.0, 21.0]])
-    merged_keys, merged_vals = kernels.merge_top(keys, vals)
+    merged_keys, merged_vals = assign.merge_top(keys, vals)
     np.testing.assert_array_equal(merged_keys, [3.0, 3.0])
     np.testing.assert_array_equal(merged_vals, [20.0, 10.0])
 
@@ -165,7 +167,7 @@ def test_engine_combine_is_one_reduction(data):
 
     expect = [len(X), X[:, 0].max()]
     for arr in (X, da.from_array(X, chunks=(tiny_chunks(600), -1))):
-        out = engine.reduce_pass(arr, None, block, 2, split_every=4, combine=combine)
+        out = reduction.reduce_pass(arr, None, block, 2, split_every=4, combine=combine)
         np.testing.assert_allclose(out, expect)
 
 
@@ -472,7 +474,7 @@ def test_compiled_loops_fall_back_to_no_disk_cache(monkeypatch):
     the loops are compiled without a disk cache instead of failing."""
     import numba
 
-    from dask_emk import loops
+    from dask_emk.core import loops
 
     real_njit = numba.njit
 

@@ -12,7 +12,7 @@ from sklearn.cluster import KMeans as SkKMeans
 from sklearn.exceptions import ConvergenceWarning
 
 from dask_emk import GaussianMixture
-from dask_emk.stats import CollapsedComponentWarning
+from dask_emk.core.mstep import CollapsedComponentWarning
 
 
 @pytest.fixture(autouse=True)

@@ -29,9 +29,9 @@ from pipeline_helpers import (
 )
 from sklearn.mixture import GaussianMixture as SkGaussianMixture
 
-from dask_emk import engine
-from dask_emk.checkpoint import read_checkpoint
-from dask_emk.cli import main
+from dask_emk.engine import reduction
+from dask_emk.pipeline.checkpoint import read_checkpoint
+from dask_emk.pipeline.cli import main
 
 QUICK = {"input.generate": {"n": 60_000, "chunk_rows": 10_000}, "anneal": {"sample_size": 5_000}}
 
@@ -173,7 +173,7 @@ def test_resume_after_kill_equals_uninterrupted(tmp_path, monkeypatch):
     # The killed run is a subprocess with the engine's default chunk grouping
     # (which shapes k-means|| seeding): the in-process runs must use it too.
     assert DEFAULT_MIN_TASK_BYTES > 0
-    monkeypatch.setattr(engine, "MIN_TASK_BYTES", DEFAULT_MIN_TASK_BYTES)
+    monkeypatch.setattr(reduction, "MIN_TASK_BYTES", DEFAULT_MIN_TASK_BYTES)
     (tmp_path / "full").mkdir(), (tmp_path / "killed").mkdir()
     toml = scaled_pipeline("quickstart", tmp_path / "killed", drop=["anneal"], **RESUME)
     proc = subprocess.Popen(

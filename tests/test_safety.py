@@ -37,8 +37,8 @@ from pipeline_helpers import (
     wait_for,
 )
 
-from dask_emk.datasets import random_mixture, read_truth, write_mixture_zarr
-from dask_emk.outputs import RESULTS, claim, lock_path
+from dask_emk.pipeline.generate import random_mixture, read_truth, write_mixture_zarr
+from dask_emk.pipeline.outputs import RESULTS, claim, lock_path
 
 matplotlib.use("Agg")
 INPUT = "inputs/data.zarr"
@@ -384,7 +384,7 @@ def _text(path: Path) -> str:
 HOLDER = """
 import os, sys, time
 from concurrent.futures import ProcessPoolExecutor
-from dask_emk.outputs import RESULTS, claim
+from dask_emk.pipeline.outputs import RESULTS, claim
 with claim(sys.argv[1], RESULTS, where="--out"):
     pool = ProcessPoolExecutor(1)  # forked, as the "processes" scheduler's workers
     print(pool.submit(os.getpid).result(), flush=True)

@@ -25,8 +25,8 @@ from helpers import blobs, init_params
 from sklearn.exceptions import ConvergenceWarning
 
 from dask_emk import GaussianMixture, KMeans
-from dask_emk.io import raise_on_nonfinite
-from dask_emk.storage import MissingChunksError, check_zarr_chunks, file_coords
+from dask_emk.engine.reduction import raise_on_nonfinite
+from dask_emk.engine.storage import MissingChunksError, check_zarr_chunks, file_coords
 
 K = 3
 A = blobs(n=1200, d=4, K=K, seed=3)

@@ -1,0 +1,174 @@
+"""Hard assignment kernels: nearest centre, Lloyd sums, the farthest rows
+(k-means passes; numpy and the compiled loops only)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from dask_emk.core import blocks, loops
+from dask_emk.core.blocks import squared_distances
+
+
+def nearest(Y: np.ndarray, M: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Index of and squared distance to the nearest row of M for each row of Y.
+
+    Returns
+    -------
+    labels : ndarray of shape (n,), int64
+    min_dist : ndarray of shape (n,)
+    """
+    dist = squared_distances(Y, M)
+    labels = dist.argmin(axis=1)
+    return labels, dist[np.arange(Y.shape[0]), labels]
+
+
+def one_hot(labels: np.ndarray, k: int) -> np.ndarray:
+    """Hard responsibilities (n, k) from integer labels (n,)."""
+    resp = np.zeros((labels.shape[0], k))
+    resp[np.arange(labels.shape[0]), labels] = 1.0
+    return resp
+
+
+def assign_stats(
+    X: np.ndarray,
+    weight: np.ndarray | None,
+    centers: np.ndarray,
+    origin: np.ndarray,
+    n_far: int,
+    moments: bool = False,
+) -> dict:
+    """Lloyd statistics of one block: nearest centre and what the update needs.
+
+    Parameters
+    ----------
+    X : ndarray of shape (n, d)
+    weight : ndarray of shape (n,) or None
+    centers : ndarray of shape (K, d)
+        Current centres (float64).
+    origin : ndarray of shape (d,)
+        Fixed reference point; rows and centres are shifted by it.
+    n_far : int
+        m, how many rows farthest from their centre to keep (for relocating
+        empty clusters).
+    moments : bool
+        Also return the unweighted ``ysum`` and ``ysq`` (d,) of the shifted
+        rows (the data variance behind scikit-learn's tolerance).
+
+    Returns
+    -------
+    dict with ``nonfinite`` (rows holding NaN/inf, left out of the rest),
+    ``count`` (number of finite rows), ``inertia`` (Σ w ‖x − c‖²), ``N`` (K,)
+    weight per cluster, ``S`` (K, d) Σ w (x − origin) per cluster, the
+    farthest rows ``far_dist``, ``far_label``, ``far_weight`` (m,) and
+    ``far_x`` (m, d) (unshifted, float64), sorted by :func:`farthest_order`,
+    padded with ``far_dist = -inf``; with ``moments`` also ``ysum``, ``ysq``.
+    """
+    X, _, _, out = lloyd_assign(X, weight, centers, origin, moments, n_far=n_far, rows=False)
+    # Rows are kept unshifted so a relocated centre is exactly a data point.
+    far_row = out.pop("far_row")
+    kept = far_row[far_row >= 0]
+    out["far_weight"] = np.zeros(n_far)
+    out["far_weight"][: kept.size] = 1.0 if weight is None else np.asarray(weight)[kept]
+    out["far_x"] = np.zeros((n_far, X.shape[1]))
+    out["far_x"][: kept.size] = X[kept]
+    out.update(count=X.shape[0] - out["nonfinite"])
+    return out
+
+
+def lloyd_assign(
+    X: np.ndarray,
+    weight: np.ndarray | None,
+    centers: np.ndarray,
+    origin: np.ndarray,
+    moments: bool = False,
+    n_far: int = 0,
+    rows: bool = True,
+):
+    """Nearest centre of every row and the per-cluster sums (compiled loop).
+
+    Rows are shifted in the data's dtype by ``origin`` rounded to that dtype
+    (so float32 rows stay float32 and their distance GEMM single precision,
+    as scikit-learn's); everything is summed in float64.
+
+    Parameters
+    ----------
+    moments : bool
+        Also sum the finite rows' unweighted ``ysum`` and ``ysq``.
+    n_far : int
+        m, how many finite rows farthest from their centre to keep.
+    rows : bool
+        Return the per-row labels and distances (False skips writing them).
+
+    Returns
+    -------
+    X : ndarray of shape (n, d), the block as float32 or float64, C-ordered
+    labels : ndarray of shape (n,), intp, or None without ``rows``
+    min_dist : ndarray of shape (n,), ‖x − c‖² (NaN on non-finite rows), or None
+    stats : dict with ``N`` (K,), ``S`` (K, d) about ``origin``, ``inertia``
+        and ``nonfinite``; with ``moments`` also the finite rows' unweighted
+        ``ysum`` and ``ysq`` (d,) about ``origin``; the ``n_far`` farthest
+        rows' ``far_dist``, ``far_label`` and ``far_row`` (m,)
+        (their index in the block), ordered by :func:`farthest_order`
+        (farthest first, later rows first among ties), padded with
+        ``far_dist = -inf`` and ``far_label = far_row = -1``
+    """
+    n, K, d = X.shape[0], centers.shape[0], X.shape[1]
+    X = np.ascontiguousarray(X if X.dtype == np.float32 else X.astype(np.float64, copy=False))
+    center_x = origin.astype(X.dtype)
+    shift = center_x.astype(np.float64)
+    w = np.empty(0) if weight is None else np.ascontiguousarray(weight, dtype=np.float64)
+    per_row = n if rows else 0
+    labels, min_dist = np.empty(per_row, dtype=np.intp), np.empty(per_row)
+    N, S = np.zeros(K), np.zeros((K, d))
+    ysum, ysq = np.zeros(d if moments else 0), np.zeros(d if moments else 0)
+    far = (
+        np.full(n_far, -np.inf),
+        np.full(n_far, -1, dtype=np.intp),
+        np.full(n_far, -1, dtype=np.intp),
+    )
+    sub_rows = max(64, blocks.SUB_BLOCK_BYTES // (8 * max(d, K)))
+    inertia, nonfinite = loops.lloyd_rows(
+        X, center_x, centers - shift, w, (labels, min_dist), N, S, (ysum, ysq), far, sub_rows
+    )
+    delta = shift - origin  # re-centre the sums from the dtype-rounded reference
+    S += N[:, None] * delta
+    stats = {"N": N, "S": S, "inertia": inertia, "nonfinite": nonfinite}
+    if moments:
+        count = n - nonfinite
+        stats.update(ysum=ysum + count * delta, ysq=ysq + 2 * delta * ysum + count * delta**2)
+    stats.update(far_dist=far[0][::-1], far_label=far[1][::-1], far_row=far[2][::-1])
+    return (X, labels, min_dist, stats) if rows else (X, None, None, stats)
+
+
+def farthest_order(dist: np.ndarray) -> np.ndarray:
+    """Indices sorting ``dist`` descending, later positions first among ties.
+
+    scikit-learn relocates empty clusters to the farthest points in
+    decreasing distance; ``np.argpartition`` breaks its ties toward later
+    samples, so do we (rows are kept in data order through the reduction).
+    """
+    position = np.arange(dist.shape[0])
+    return np.lexsort((-position, -dist))
+
+
+def merge_top(keys: np.ndarray, *values: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Merge top-m lists from several blocks into one.
+
+    Parameters
+    ----------
+    keys : ndarray of shape (r, m)
+        Each row sorted descending (block order along r, earliest first).
+    *values : ndarrays of shape (r, m, ...)
+        Carried along with the keys.
+
+    Returns
+    -------
+    keys (m,) and each value (m, ...): the m largest keys, descending, ties
+    resolved toward later blocks (as within a block).
+    """
+    r, m = keys.shape
+    # Later blocks first, then a stable sort: among equal keys the later
+    # block (and within it the later row) wins, as in farthest_order.
+    flat = keys[::-1].reshape(-1)
+    order = np.argsort(-flat, kind="stable")[:m]
+    return (flat[order],) + tuple(v[::-1].reshape((r * m,) + v.shape[2:])[order] for v in values)

@@ -1,0 +1,74 @@
+"""Block utilities shared by the kernels: reusable scratch buffers, the shift
+by a reference point, cache-sized sub-blocks, per-block random streams."""
+
+from __future__ import annotations
+
+import math
+import zlib
+
+import numpy as np
+
+
+class Scratch:
+    """Reusable float64 work buffers for the sub-blocks of one kernel call.
+
+    Fresh multi-MB temporaries per sub-block are served by ``mmap`` and
+    page-faulted in every time (glibc's default; Dask's nanny even lowers the
+    trim threshold): that tripled the E-step's time in a single-thread
+    measurement (benchmarks/RESULTS.md). Buffers taken from here
+    are overwritten by the next sub-block, so nothing built on them may be
+    returned.
+    """
+
+    def __init__(self) -> None:
+        self._buffers: dict[str, np.ndarray] = {}
+
+    def get(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
+        """A C-contiguous float64 array of ``shape`` (contents undefined)."""
+        size = math.prod(shape)
+        buffer = self._buffers.get(name)
+        if buffer is None or buffer.size < size:
+            buffer = self._buffers[name] = np.empty(size)
+        return buffer[:size].reshape(shape)
+
+
+def buffer(scratch: Scratch | None, name: str, shape: tuple[int, ...]) -> np.ndarray:
+    return np.empty(shape) if scratch is None else scratch.get(name, shape)
+
+
+def shift_block(X: np.ndarray, origin: np.ndarray, scratch: Scratch | None = None) -> np.ndarray:
+    """Return ``X - origin`` as a float64 array of shape (n, d)."""
+    return np.subtract(X, origin, out=buffer(scratch, "Y", X.shape), dtype=np.float64)
+
+
+def squared_distances(Y: np.ndarray, M: np.ndarray) -> np.ndarray:
+    """Squared Euclidean distances (n, K) between rows of Y and rows of M.
+
+    One GEMM (‖y‖² − 2 y·m + ‖m‖²), clipped at zero against rounding.
+    """
+    dist = np.einsum("ij,ij->i", Y, Y)[:, None] - 2.0 * (Y @ M.T)
+    dist += np.einsum("ij,ij->i", M, M)[None, :]
+    np.maximum(dist, 0.0, out=dist)
+    return dist
+
+
+#: Rows per sub-block inside a kernel call: small enough that Φ stays in cache.
+SUB_BLOCK_BYTES = 2**21
+
+
+def sub_blocks(n: int, width: int):
+    """Row slices of about SUB_BLOCK_BYTES of float64 each (at least one slice)."""
+    step = max(64, SUB_BLOCK_BYTES // (8 * width))
+    return [slice(s, s + step) for s in range(0, max(n, 1), step)]
+
+
+def block_uniforms(X: np.ndarray, seed: int, n_streams: int) -> np.ndarray:
+    """Uniform draws in (0, 1], shape (n_streams, n), reproducible per block.
+
+    Blocks do not know their index, so the generator is seeded from ``seed``,
+    the block length and its first and last rows.
+    """
+    n = X.shape[0]
+    ends = np.ascontiguousarray(X[[0, -1]] if n else X[:0])
+    rng = np.random.default_rng([seed, n, zlib.crc32(ends.tobytes())])
+    return 1.0 - rng.random((n_streams, n))

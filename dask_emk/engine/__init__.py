@@ -1,0 +1,2 @@
+"""Dask orchestration: input conversion, storage reads, and the pass runner
+(blockwise kernels + tree reduction, one compute per pass)."""

@@ -1,0 +1,151 @@
+"""One-pass statistics for k-means and seeding, and how their rows combine.
+
+Most statistics add up; a few are lists of the m largest keys with rows
+attached (the farthest points of a k-means pass, sampled rows of a seeding
+pass). :func:`merge_packed` is the ``combine`` given to
+:func:`dask_emk.engine.reduction.reduce_pass`: it adds the additive parts of a stack of
+packed rows and merges their top-m lists with :func:`dask_emk.kernels.merge_top`.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import numpy as np
+
+from dask_emk.core import assign, hartigan, seeding
+from dask_emk.core.assign import merge_top
+from dask_emk.core.layout import StatsLayout
+from dask_emk.engine import reduction
+
+FAR_LIST = (("far_dist", ("far_label", "far_weight", "far_x")),)
+SAMPLE_LIST = (("key", ("x",)),)
+
+
+def merge_packed(rows: np.ndarray, layout: StatsLayout, tops: tuple) -> np.ndarray:
+    """Combine stacked packed rows (r, size) into one (1, size) row.
+
+    Parameters
+    ----------
+    rows : ndarray of shape (r, layout.size)
+        Block rows in block order.
+    layout : StatsLayout
+    tops : tuple of (key_name, value_names)
+        Each top-m list: keys of shape (m,) or (s, m) for s independent
+        streams, and values with the same leading shape.
+    """
+    parts = layout.unpack_rows(rows)
+    listed = {name for key, values in tops for name in (key, *values)}
+    out = {name: arr.sum(axis=0) for name, arr in parts.items() if name not in listed}
+    for key, values in tops:
+        keys = parts[key]
+        if keys.ndim == 2:
+            merged = merge_top(keys, *(parts[v] for v in values))
+        else:
+            streams = [
+                merge_top(keys[:, s], *(parts[v][:, s] for v in values))
+                for s in range(keys.shape[1])
+            ]
+            merged = [np.stack(col) for col in zip(*streams, strict=True)]
+        out[key] = merged[0]
+        out.update(zip(values, merged[1:], strict=True))
+    return layout.pack(out)
+
+
+def assign_layout(n_clusters: int, n_features: int, n_far: int, moments: bool) -> StatsLayout:
+    """Packed layout of :func:`dask_emk.kernels.assign_stats`."""
+    K, d, m = n_clusters, n_features, n_far
+    shapes = {"nonfinite": (), "count": (), "inertia": (), "N": (K,), "S": (K, d)}
+    if moments:
+        shapes.update(ysum=(d,), ysq=(d,))
+    shapes.update(far_dist=(m,), far_label=(m,), far_weight=(m,), far_x=(m, d))
+    return StatsLayout(shapes)
+
+
+def assign_block(X, weight, centers, origin, n_far, moments, layout) -> np.ndarray:
+    """Packed Lloyd statistics of one block (the engine's block function)."""
+    return layout.pack(assign.assign_stats(X, weight, centers, origin, n_far, moments))
+
+
+def assign_pass(X, weight, centers, origin, n_far=0, moments=False, split_every=None) -> dict:
+    """One pass: summed Lloyd statistics with merged farthest rows (one compute).
+
+    Parameters
+    ----------
+    X : ndarray or dask array of shape (n, d)
+    weight : ndarray or dask array of shape (n,), or None
+    centers : ndarray of shape (K, d), float64
+    origin : ndarray of shape (d,), the fixed reference point
+    n_far : int
+    moments : bool
+
+    Returns
+    -------
+    dict, see :func:`dask_emk.kernels.assign_stats`; raises ValueError when
+    the data holds NaN or infinity.
+    """
+    layout = assign_layout(centers.shape[0], centers.shape[1], n_far, moments)
+    return reduction.run_pass(
+        X, weight, layout, assign_block, centers, origin, n_far, moments, layout,
+        split_every=split_every, combine=partial(merge_packed, layout=layout, tops=FAR_LIST),
+    )  # fmt: skip
+
+
+def seed_block(X, weight, centers, trials, origin, n_keep, seed, scale, layout) -> np.ndarray:
+    """Packed seeding statistics of one block (the engine's block function)."""
+    return layout.pack(seeding.seed_stats(X, weight, centers, trials, origin, n_keep, seed, scale))
+
+
+def seed_pass(
+    X,
+    weight,
+    centers: np.ndarray,
+    trials: np.ndarray,
+    origin: np.ndarray,
+    n_keep: int,
+    seed: int,
+    scale: float | None = None,
+    split_every: int | None = None,
+) -> dict:
+    """One seeding pass (one compute): potentials and sampled rows per stream.
+
+    See :func:`dask_emk.kernels.seed_stats` for the arguments; returns
+    ``potential`` (s,), ``key`` (s, n_keep) descending and ``x`` (s, n_keep, d)
+    merged over all blocks. Raises ValueError when the data holds NaN/inf.
+    """
+    s, d = max(trials.shape[0], 1), X.shape[1]
+    layout = StatsLayout(
+        {"nonfinite": (), "potential": (s,), "key": (s, n_keep), "x": (s, n_keep, d)}
+    )
+    return reduction.run_pass(
+        X, weight, layout, seed_block, centers, trials, origin, n_keep, seed, scale, layout,
+        split_every=split_every, combine=partial(merge_packed, layout=layout, tops=SAMPLE_LIST),
+    )  # fmt: skip
+
+
+def hartigan_layout(n_clusters: int, n_features: int, n_bins: int) -> StatsLayout:
+    """Packed layout of :func:`dask_emk.kernels.hartigan_stats` (all parts add)."""
+    K, d, B = n_clusters, n_features, n_bins
+    return StatsLayout(
+        {"nonfinite": (), "count": (), "inertia": (), "N": (K,), "S": (K, d), "dN": (B, K),
+         "dS": (B, K, d), "gain": (B,), "moved": (B,)}
+    )  # fmt: skip
+
+
+def hartigan_block(X, weight, centers, mass, origin, edges, layout) -> np.ndarray:
+    """Packed Hartigan statistics of one block (the engine's block function)."""
+    return layout.pack(hartigan.hartigan_stats(X, weight, centers, mass, origin, edges))
+
+
+def hartigan_pass(X, weight, centers, mass, origin, edges, split_every=None) -> dict:
+    """One pass (one compute): Lloyd sums at ``centers`` and the binned Hartigan moves.
+
+    See :func:`dask_emk.kernels.hartigan_stats` for the arguments and the
+    returned statistics, summed over all blocks. Raises ValueError when the
+    data holds NaN or infinity.
+    """
+    layout = hartigan_layout(centers.shape[0], centers.shape[1], edges.shape[0] + 1)
+    return reduction.run_pass(
+        X, weight, layout, hartigan_block, centers, mass, origin, edges, layout,
+        split_every=split_every,
+    )  # fmt: skip

@@ -1,0 +1,387 @@
+"""Dask orchestration: one pass over the data = blockwise kernel + tree sum.
+
+A *block function* maps one block of rows (and its sample weights) to a flat
+float64 row of statistics (:class:`dask_emk.stats.StatsLayout`). A pass
+applies it to every block with ``dask.array.blockwise``, adds the rows in a
+tree of delayed combine steps (:func:`combine_tree`), then computes once. Only
+the summed vector comes back to the client; responsibilities never leave the
+block that made them.
+
+Parameters go into the graph as one ``dask.delayed`` object, so a large one
+(full precisions, K·d·d) is a single key shipped once per worker rather than
+a copy embedded in every task.
+
+In-memory (numpy) input does not go through Dask: its blocks are views
+mapped over a local thread pool. ``dask.array.from_array`` copies the whole
+array on every call (dask 2026), which cost more than a k-means pass.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any
+
+import dask
+import dask.array as da
+import numpy as np
+from dask.delayed import Delayed
+from threadpoolctl import ThreadpoolController
+
+from dask_emk.engine.storage import check_stored_files, storage_errors
+
+if TYPE_CHECKING:
+    from dask_emk.core.layout import StatsLayout
+
+#: Fan-in of the tree reduction when the caller gives none. A combine adds a
+#: few K×d vectors, so wide fan-in is free, while dask's default of 4 makes a
+#: third more tasks than blocks (each costs ~1 ms on a distributed cluster).
+DEFAULT_SPLIT_EVERY = 32
+
+#: Smallest input a kernel task should get: runs of smaller row chunks are
+#: grouped up to this. A task costs ~1 ms on a distributed cluster, about
+#: what the k-means kernel takes for 1 MiB of rows; grouping copies the rows,
+#: so chunks this size or larger are left alone.
+MIN_TASK_BYTES = 4 * 2**20
+
+#: Grouping never leaves fewer tasks than this (small data keep their
+#: parallelism: one 400 KB task made a k-means fit 2x slower on 2 threads).
+MIN_TASKS = 16
+
+#: Rows per block when the input is an in-memory numpy array.
+NUMPY_BLOCK_BYTES = 8 * 2**20
+
+
+def numpy_block_rows(n_features: int) -> int:
+    """Rows per block for in-memory input: about 8 MiB of float64 per block."""
+    return max(256, NUMPY_BLOCK_BYTES // (8 * max(n_features, 1)))
+
+
+def block_stats_array(
+    X: da.Array,
+    weight: da.Array | None,
+    block_fn: Callable[..., np.ndarray],
+    size: int,
+    *args: Any,
+) -> da.Array:
+    """Lazy (n_blocks, size) array: ``block_fn(x_block, w_block, *args)`` per block.
+
+    ``args`` are wrapped in one ``dask.delayed`` so they enter the graph once,
+    under a random key: hashing them (pure=True) cost ~1.5 ms a pass. The
+    layer is named from that key, which saves hashing its arguments too.
+    """
+    packed_args = dask.delayed(args, pure=False, traverse=False)
+    w_arg = (None, None) if weight is None else (weight, "i")
+    return da.blockwise(
+        _call_block,
+        "ij",
+        X,
+        "ij",
+        *w_arg,
+        block_fn,
+        None,
+        packed_args,
+        None,
+        adjust_chunks={"i": 1, "j": size},
+        dtype=np.float64,
+        meta=np.empty((0, 0), dtype=np.float64),
+        concatenate=True,
+        name=f"block-stats-{packed_args.key}",
+    )
+
+
+def _call_block(x, w, block_fn, args):
+    return block_fn(x, w, *args)
+
+
+def run_pass(
+    X: np.ndarray | da.Array,
+    weight: np.ndarray | da.Array | None,
+    layout: StatsLayout,
+    block_fn: Callable[..., np.ndarray],
+    *args: Any,
+    split_every: int | None = None,
+    combine: Callable[[np.ndarray], np.ndarray] | None = None,
+    also: tuple | None = None,
+):
+    """One pass over the data, unpacked: every pass of the package runs here.
+
+    :func:`reduce_pass` of ``block_fn``, whose packed rows ``layout``
+    describes, then :meth:`StatsLayout.unpack`; the statistics must hold a
+    ``nonfinite`` count (rows holding NaN or infinity), which raises.
+
+    Parameters
+    ----------
+    layout : StatsLayout
+        Layout of ``block_fn``'s row, with a ``nonfinite`` entry.
+    also : tuple, optional
+        Other arrays (numpy, or dask from the same data) computed with the
+        pass, in its one compute, each chunk read once.
+
+    Returns
+    -------
+    dict of the summed statistics by ``layout``; with ``also``, a tuple
+    (that dict, the values of ``also``).
+
+    Raises
+    ------
+    ValueError
+        If the data holds NaN or infinity (:func:`raise_on_nonfinite`).
+    """
+    out = reduce_pass(
+        X, weight, block_fn, layout.size, *args, split_every=split_every, combine=combine, also=also
+    )
+    vector, values = out if also is not None else (out, None)
+    stats = layout.unpack(vector)
+    raise_on_nonfinite(stats["nonfinite"], X)
+    return stats if also is None else (stats, values)
+
+
+def reduce_pass(
+    X: np.ndarray | da.Array,
+    weight: np.ndarray | da.Array | None,
+    block_fn: Callable[..., np.ndarray],
+    size: int,
+    *args: Any,
+    split_every: int | None = None,
+    combine: Callable[[np.ndarray], np.ndarray] | None = None,
+    also: tuple | None = None,
+):
+    """One pass over the data: sum of ``block_fn`` over all blocks, shape (size,).
+
+    Exactly one ``compute`` with the scheduler in effect for dask input;
+    in-memory numpy input is split into blocks here and run on local threads
+    (:func:`local_map`), without Dask.
+
+    Parameters
+    ----------
+    X : ndarray or dask array of shape (n, d), rows chunked only
+    weight : ndarray or dask array of shape (n,), or None
+    block_fn : callable ``(x, w, *args) -> ndarray (1, size)``
+    size : int
+        Length of the statistics vector.
+    *args
+        Extra arguments for ``block_fn`` (parameters).
+    split_every : int, optional
+        Fan-in of the tree reduction (:data:`DEFAULT_SPLIT_EVERY` when None).
+    combine : callable ``(rows (r, size)) -> (1, size)``, optional
+        How to merge block rows (default: add them). It must be associative
+        and keep meaning when applied to its own outputs; rows arrive in
+        block order.
+    also : tuple, optional
+        See :func:`run_pass`; then returns (the vector, the values of ``also``).
+    """
+    if not isinstance(X, da.Array):
+        w = None if weight is None else np.asarray(weight)
+        rows = local_map(
+            lambda sl: block_fn(X[sl], None if w is None else w[sl], *args), X.shape[0], X.shape[1]
+        )
+        stacked = np.concatenate([np.asarray(r, dtype=np.float64).reshape(1, -1) for r in rows])
+        # As the tree's last step would (e.g. sorting a top-m list).
+        vector = (combine or _add_rows)(stacked).reshape(size)
+        return vector if also is None else (vector, also)
+    X, weight = group_small_chunks(X, weight)
+    blocks = block_stats_array(X, weight, block_fn, size, *args)
+    # With ``also`` nothing is optimised: the chunk reads stay tasks of their
+    # own, shared by the pass and ``also`` (fused into either they were read twice).
+    fused = also is None
+    total = combine_tree(
+        blocks, combine or _add_rows, split_every or DEFAULT_SPLIT_EVERY, optimize_graph=fused
+    )
+    if fused:
+        return np.asarray(compute_one(total, source=blocks)).reshape(size)
+    total, *values = compute_one((total, *also), source=blocks)
+    return np.asarray(total).reshape(size), tuple(values)
+
+
+def _add_rows(rows: np.ndarray) -> np.ndarray:
+    return rows.sum(axis=0, keepdims=True)
+
+
+def group_small_chunks(X: da.Array, weight: da.Array | None):
+    """Merge runs of consecutive row chunks smaller than :data:`MIN_TASK_BYTES`.
+
+    Runs stop at that size or at 1/:data:`MIN_TASKS` of the rows, whichever
+    is smaller. Only merges (a pure concatenation, never a split), so data in
+    1,000-row chunks costs one task per ~4 MiB instead of one per chunk.
+    Results do not depend on it beyond the order of float64 additions.
+    """
+    row_bytes = max(X.shape[1] * X.dtype.itemsize, 1)
+    target = max(1, min(MIN_TASK_BYTES // row_bytes, X.shape[0] // MIN_TASKS))
+    sizes = X.chunks[0]
+    if len(sizes) < 2 or max(sizes) >= target:
+        return X, weight
+    grouped, run = [], 0
+    for size in sizes:
+        run += size
+        if run >= target:
+            grouped.append(run)
+            run = 0
+    if run:
+        grouped.append(run)
+    chunks = (tuple(grouped),)
+    return X.rechunk(chunks + ((X.shape[1],),)), None if weight is None else weight.rechunk(chunks)
+
+
+def local_map(fn: Callable[[slice], Any], n_rows: int, n_features: int) -> list:
+    """``fn`` over row slices of :func:`numpy_block_rows` rows, in block order.
+
+    One block runs here; more run on a process-wide pool of one thread per
+    core, with one BLAS thread each. Small inputs are frequent (the annealing
+    runs thousands of passes on its sample) and need no pool at all.
+    """
+    step = numpy_block_rows(n_features)
+    slices = [slice(start, start + step) for start in range(0, max(n_rows, 1), step)]
+    with single_blas_thread():
+        if len(slices) == 1:
+            return [fn(slices[0])]
+        return list(_local_pool().map(fn, slices))
+
+
+@lru_cache(maxsize=1)
+def _local_pool() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(os.cpu_count() or 1, thread_name_prefix="dask-emk")
+
+
+def compute_one(result, source: da.Array | None = None, optimize_graph: bool = False):
+    """``dask.compute`` of one result with one BLAS thread per task.
+
+    Every compute of the package goes through here. Dask already runs one
+    task per core: BLAS threads inside each task would oversubscribe the
+    cores (measured 5-30x slower on 2 cores). Distributed workers get the
+    same limit from their nanny's environment. A failure reading a zarr
+    store of ``source`` (default: ``result``) becomes a ValueError naming
+    the store (:func:`dask_emk.engine.storage.storage_errors`).
+
+    Parameters
+    ----------
+    result : dask collection, or a tuple of them (computed together)
+    source : dask array, optional
+    optimize_graph : bool, default False
+        Passes come optimised (:func:`combine_tree`); a plain slice of the
+        data needs optimising, or every chunk of the data would be read.
+    """
+    with single_blas_thread(), storage_errors(result if source is None else source):
+        (value,) = dask.compute(result, optimize_graph=optimize_graph)
+    return value
+
+
+@lru_cache(maxsize=1)
+def blas_controller() -> ThreadpoolController:
+    """The process's thread pools, inspected once (a fresh scan costs ~2 ms)."""
+    return ThreadpoolController()
+
+
+_blas_lock = threading.Lock()
+_blas_state = {"users": 0, "limiter": None}
+
+
+@contextmanager
+def single_blas_thread():
+    """Limit BLAS to one thread while any pass in this process runs.
+
+    threadpoolctl's limits are process-wide, so passes running concurrently
+    in several client threads share one limit: the first in sets it, the last
+    out restores the original (nested save/restore would leave it wrong).
+    """
+    with _blas_lock:
+        if _blas_state["users"] == 0:
+            _blas_state["limiter"] = blas_controller().limit(limits=1, user_api="blas")
+        _blas_state["users"] += 1
+    try:
+        yield
+    finally:
+        with _blas_lock:
+            _blas_state["users"] -= 1
+            if _blas_state["users"] == 0:
+                _blas_state["limiter"].restore_original_limits()
+
+
+def combine_tree(
+    blocks: da.Array,
+    combine: Callable[[np.ndarray], np.ndarray],
+    split_every: int,
+    optimize_graph: bool = True,
+) -> Delayed:
+    """Tree-reduce (n_blocks, size) rows with ``combine`` into one delayed (1, size).
+
+    Each step hands ``combine`` the rows of up to ``split_every`` blocks (or
+    steps) stacked in block order, so the result does not depend on the
+    scheduler. The blocks' graph is optimised here, once, as a compute
+    would (a block's zarr read stays fused with its kernel); the tree is a
+    few delayed calls. ``dask.array.reduction`` in its place cost ~2 ms
+    more per pass in building, hashing and optimising its layers.
+    """
+    parts = blocks.to_delayed(optimize_graph=optimize_graph).ravel().tolist()
+    level = 0
+    while True:
+        parts = [
+            dask.delayed(_combine_rows, pure=False)(
+                combine, *parts[i : i + split_every],
+                dask_key_name=f"combine-{level}-{i // split_every}-{blocks.name}",
+            )
+            for i in range(0, len(parts), split_every)
+        ]  # fmt: skip
+        if len(parts) == 1:
+            return parts[0]
+        level += 1
+
+
+def _combine_rows(combine, *rows):
+    return combine(np.concatenate(rows))
+
+
+def map_rows(
+    X: np.ndarray | da.Array,
+    row_fn: Callable[..., np.ndarray],
+    *args: Any,
+    n_out: int | None = None,
+    dtype=np.float64,
+) -> np.ndarray | da.Array:
+    """Apply ``row_fn(x_block, *args)`` per block of rows.
+
+    Lazy (a dask array) for dask input; computed now, with local threads, for
+    numpy input.
+
+    Parameters
+    ----------
+    row_fn : callable returning (n_block,) if ``n_out`` is None else (n_block, n_out)
+    n_out : int, optional
+        Width of the per-row output; None for one value per row.
+    """
+    if not isinstance(X, da.Array):
+        parts = local_map(lambda sl: _call_rows(X[sl], row_fn, args, dtype), *X.shape)
+        return np.concatenate(parts)
+    packed_args = dask.delayed(args, pure=False, traverse=False)
+    index, extra = ("i", {}) if n_out is None else ("ij", {"adjust_chunks": {"j": n_out}})
+    return da.blockwise(
+        _call_rows, index, X, "ij", row_fn, None, packed_args, None, dtype, None,
+        dtype=dtype, meta=np.empty((0,) * len(index), dtype=dtype), concatenate=True, **extra,
+    )  # fmt: skip
+
+
+def _call_rows(x, row_fn, args, dtype):
+    # The declared dtype of a dask array is not a cast: make the blocks match it.
+    return np.asarray(row_fn(x, *args)).astype(dtype, copy=False)
+
+
+def raise_on_nonfinite(count: float, source=None) -> None:
+    """Raise the error for NaN/inf rows that a pass over the data counted.
+
+    The kernels count rows whose statistics are not finite in the pass they
+    already make, so lazy input needs no extra pass just to look for NaN.
+    Missing zarr chunk files read as the fill value (NaN in stores written
+    by xarray), so the zarr arrays of ``source`` (the data passed over) are
+    first checked for missing files, which are reported instead.
+    """
+    if count > 0:
+        check_stored_files(source)
+        raise ValueError(
+            f"Input contains NaN or infinity in {int(count)} row(s) (or values too "
+            "large for float64 arithmetic); remove or impute them, e.g. "
+            "X[da.isfinite(X).all(axis=1)]."
+        )

@@ -1,0 +1,2 @@
+"""The estimators: GaussianMixture, KMeans, AnnealedGaussianMixture, their
+seeding and their xarray export, thin layers over the engine."""

@@ -1,0 +1,791 @@
+"""AnnealedGaussianMixture: shared-σ² EM annealed down to k-means.
+
+How a fit runs (passes over the FULL data in brackets):
+
+1. one pass draws a uniform in-memory sample of ``sample_size`` rows and sums
+   n, Σx, Σxxᵀ for the data covariance and its λ_max, the first critical
+   variance [1; both in one Dask compute for lazy input];
+2. deterministic annealing on the sample, in memory, computing only with the
+   distinct means (rules in :mod:`dask_emk.core.anneal_rules`) [0];
+3. Lloyd on the sample with the surplus means, Ward merges down to K, the
+   K means annealed on until the assignments are hard, Lloyd on the sample
+   again [0];
+4. Lloyd on the full data with :class:`dask_emk.KMeans` from those centres,
+   to its exact fixed point (tol 0) [its iterations];
+5. the Hartigan polish (:func:`hartigan_polish`): Lloyd + batch Hartigan
+   passes until no row has a move that lowers the cost, a move is kept only
+   when the next pass shows a strictly lower inertia, then Lloyd again to the
+   exact fixed point [1 pass when nothing moves; else a pass per round,
+   at most ``hartigan_max_passes``, plus usually 2 for the final Lloyd].
+   With ``hartigan_max_passes=0`` there is no polish and step 4 stops at
+   ``tol`` [its iterations, plus one final assignment pass unless it
+   converged exactly].
+
+When the data has no more than ``sample_size`` rows the sample is the data,
+and every annealing iteration is a full pass (counted as such).
+"""
+
+from __future__ import annotations
+
+import numbers
+from dataclasses import dataclass, field
+from functools import partial
+
+import numpy as np
+import xarray as xr
+from sklearn.base import BaseEstimator, ClusterMixin, TransformerMixin
+from sklearn.utils import check_random_state
+from sklearn.utils.validation import check_is_fitted
+
+from dask_emk.core import anneal_rules as rules
+from dask_emk.core import assign, mixture
+from dask_emk.core.layout import StatsLayout
+from dask_emk.core.mstep import m_step
+from dask_emk.engine import reduction
+from dask_emk.engine.inputs import InputData, as_sample_weight
+from dask_emk.engine.passes import hartigan_pass
+from dask_emk.models.gmm import resp_rows
+from dask_emk.models.kmeans import KMeans
+from dask_emk.models.validation import (
+    NoTrainingDataInPickle,
+    check_int,
+    check_non_negative,
+    check_random_state_param,
+    check_split_every,
+    validate_features,
+)
+
+
+# ----------------------------------------------------------------- passes
+def moments_block(X, weight, origin: np.ndarray, layout: StatsLayout) -> np.ndarray:
+    """Packed n, Σ(x−c), Σ(x−c)(x−c)ᵀ of one block (a K=1 full E-step)."""
+    d = X.shape[1]
+    params = mixture.MixtureParams(origin[None, :], np.zeros(1), np.eye(d)[None], "full", origin)
+    return layout.pack(mixture.estep_stats(X, weight, params))
+
+
+def anneal_block(X, weight, params: mixture.MixtureParams, layout: StatsLayout) -> np.ndarray:
+    """Packed :func:`dask_emk.kernels.anneal_stats` of one block."""
+    return layout.pack(mixture.anneal_stats(X, weight, params))
+
+
+def anneal_layout(m: int, d: int) -> StatsLayout:
+    shapes = dict(StatsLayout.mixture(m, d, "full").shapes)
+    shapes["soft"] = ()
+    return StatsLayout(shapes)
+
+
+@dataclass
+class Sample:
+    """The in-memory sample the annealing runs on, and the data moments."""
+
+    X: np.ndarray
+    weight: np.ndarray | None
+    is_full: bool
+    mean: np.ndarray
+    cov: np.ndarray
+    total_weight: float
+
+
+def draw_sample(data: InputData, weight, size: int, rng, split_every) -> Sample:
+    """Uniform sample of ``size`` rows (weights carried) and the data moments.
+
+    One pass over the data: for lazy input the sampled rows and the moment
+    statistics are computed together (one compute, each chunk read once).
+    Row indices are drawn the same way for numpy and dask input, so both
+    give the same sample.
+    """
+    X, n, d = data.array, data.n_samples, data.n_features
+    idx = None if size >= n else np.sort(rng.choice(n, size, replace=False))
+    # A data row as reference point: moments of far-offset data lose no digits.
+    first = X[:1] if idx is None else X[int(idx[0]) : int(idx[0]) + 1]
+    if data.is_lazy:
+        first = reduction.compute_one(first, optimize_graph=True)
+    origin = np.asarray(first, dtype=np.float64)[0]
+    layout = StatsLayout.mixture(1, d, "full")
+    rows = X if idx is None else X[idx]
+    w_rows = weight if weight is None or idx is None else weight[idx]
+    stats, (rows, w_rows) = reduction.run_pass(
+        X, weight, layout, moments_block, origin, layout, split_every=split_every,
+        also=(rows, w_rows),
+    )  # fmt: skip
+    mean_shift = stats["S"][0] / stats["n"]
+    cov = stats["Q"][0] / stats["n"] - np.outer(mean_shift, mean_shift)
+    rows = np.asarray(rows, dtype=np.float64)
+    w_rows = None if w_rows is None else np.asarray(w_rows, dtype=np.float64)
+    return Sample(rows, w_rows, idx is None, origin + mean_shift, cov, float(stats["n"]))
+
+
+# ------------------------------------------------------------------- path
+@dataclass
+class AnnealPath:
+    """Recorder of the annealing path; components keep stable slot numbers.
+
+    A split keeps the parent's slot for one child and opens a new slot for
+    the other; a merge closes the absorbed slot. ``to_dataset`` lays the
+    path out on (step, component=slot, feature), NaN where a slot is closed.
+    """
+
+    slots: list = field(default_factory=list)
+    n_slots: int = 1
+    steps: list = field(default_factory=list)
+    events: list = field(default_factory=list)
+
+    def record(self, sigma2, means, weights, lower_bound, softness, n_iter) -> None:
+        self.steps.append(
+            dict(
+                sigma2=sigma2,
+                slots=list(self.slots),
+                means=means.copy(),
+                weights=weights.copy(),
+                lower_bound=lower_bound,
+                softness=softness,
+                n_iter=n_iter,
+            )
+        )
+
+    def split(self, idx: np.ndarray, sigma2: float) -> None:
+        """Means ``idx`` split; their children were appended in order."""
+        for k in idx:
+            self.events.append((len(self.steps) - 1, 1, self.slots[k], self.n_slots, sigma2))
+            self.slots.append(self.n_slots)
+            self.n_slots += 1
+
+    def merge(self, a: int, b: int, sigma2: float) -> None:
+        """Mean b (position) merged into mean a; b's slot closes."""
+        self.events.append((len(self.steps) - 1, -1, self.slots[a], self.slots[b], sigma2))
+        del self.slots[b]
+
+    def to_dataset(self, features: np.ndarray, data_mean: np.ndarray) -> xr.Dataset:
+        """The path as an ``xarray.Dataset`` (see AnnealedGaussianMixture.path_)."""
+        S, C, d = len(self.steps), self.n_slots, features.shape[0]
+        means = np.full((S, C, d), np.nan)
+        weights = np.full((S, C), np.nan)
+        for s, step in enumerate(self.steps):
+            means[s, step["slots"]] = step["means"]
+            weights[s, step["slots"]] = step["weights"]
+        scalars = ("sigma2", "lower_bound", "softness", "n_iter")
+        col = {name: np.array([step[name] for step in self.steps]) for name in scalars}
+        ev = np.array(self.events, dtype=np.float64).reshape(-1, 5)
+        return xr.Dataset(
+            {
+                "sigma2": ("step", col["sigma2"].astype(np.float64)),
+                "means": (("step", "component", "feature"), means),
+                "weights": (("step", "component"), weights),
+                "lower_bound": ("step", col["lower_bound"].astype(np.float64)),
+                "n_distinct": ("step", np.array([len(s["slots"]) for s in self.steps])),
+                "softness": ("step", col["softness"].astype(np.float64)),
+                "n_iter": ("step", col["n_iter"].astype(np.int64)),
+                "event_step": ("event", ev[:, 0].astype(np.int64)),
+                "event_kind": ("event", ev[:, 1].astype(np.int64)),
+                "event_component": ("event", ev[:, 2].astype(np.int64)),
+                "event_partner": ("event", ev[:, 3].astype(np.int64)),
+                "event_sigma2": ("event", ev[:, 4]),
+                "data_mean": ("feature", data_mean),
+            },
+            coords={"step": np.arange(S), "component": np.arange(C), "feature": features},
+            attrs={
+                "description": "Deterministic annealing path of a shared-variance mixture",
+                "event_kind": "1 = split (component -> component + partner), "
+                "-1 = merge (partner absorbed into component)",
+            },
+        )
+
+
+# ------------------------------------------------------------ the anneal
+@dataclass
+class AnnealResult:
+    means: np.ndarray
+    weights: np.ndarray
+    sigma2: float
+    n_iter: int
+    path: AnnealPath
+    stop: str
+
+
+class Annealer:
+    """The annealing loop on an in-memory sample (the estimator's engine).
+
+    Parameters
+    ----------
+    sample : Sample
+    budget : int
+        Maximum number of distinct means (``max_split_factor × K``).
+    cooling, sigma2_stop, max_iter_per_step, tol, split_every, verbose
+        As the estimator's parameters.
+    """
+
+    def __init__(self, sample, budget, cooling, sigma2_stop, max_iter_per_step, tol,
+                 split_every=None, verbose=0):  # fmt: skip
+        self.sample, self.budget, self.cooling = sample, budget, cooling
+        self.sigma2_stop, self.max_iter, self.tol = sigma2_stop, max_iter_per_step, tol
+        self.split_every, self.verbose = split_every, verbose
+        self.eps = 10 * np.finfo(np.float64).eps
+        self.origin = sample.mean
+
+    def stats(self, means: np.ndarray, weights: np.ndarray, sigma2: float) -> dict:
+        """One E-step pass over the sample at fixed σ² (full moments)."""
+        m, d = means.shape
+        params = mixture.MixtureParams(
+            means,
+            np.log(np.maximum(weights, 1e-300)),
+            np.full(m, 1.0 / np.sqrt(sigma2)),
+            "shared",
+            self.origin,
+        )
+        layout = anneal_layout(m, d)
+        return reduction.run_pass(
+            self.sample.X, self.sample.weight, layout, anneal_block, params, layout,
+            split_every=self.split_every,
+        )  # fmt: skip
+
+    def settle(self, means, weights, sigma2) -> tuple[np.ndarray, np.ndarray, dict, int]:
+        """EM with σ² fixed until the means have settled (:func:`rules.has_settled`).
+
+        Returns the means and weights, the statistics at them (so the
+        critical variances belong to the returned means) and the iterations.
+        """
+        stats = self.stats(means, weights, sigma2)
+        shifts = []
+        for it in range(1, self.max_iter + 1):
+            # The mixture M-step with σ² fixed ('shared' covariance, variance=σ²).
+            state = m_step(stats, means, "shared", 0.0, eps=self.eps, variance=sigma2)
+            new, weights = state.means, state.weights
+            shifts.append(float(np.sqrt(((new - means) ** 2).sum(axis=1).max())))
+            means = new
+            stats = self.stats(means, weights, sigma2)
+            if rules.has_settled(shifts, sigma2, self.tol):
+                return means, weights, stats, it
+        return means, weights, stats, self.max_iter
+
+    def run(self, sigma2: float) -> AnnealResult:
+        """Anneal from one mean at the data mean, starting at ``sigma2``."""
+        means, weights = self.origin[None, :].copy(), np.ones(1)
+        path = AnnealPath(slots=[0])
+        n_iter, stop = 0, None
+        while stop is None:
+            means, weights, stats, it = self.settle(means, weights, sigma2)
+            n_iter += it
+            softness = float(stats["soft"] / stats["n"])
+            path.record(sigma2, means, weights, float(stats["loglik"] / stats["n"]), softness, it)
+            means, weights, stats = self._coalesce(means, weights, stats, sigma2, path)
+            lam, axes = rules.critical_variances(stats["N"], stats["S"], stats["Q"], self.eps)
+            idx = rules.components_to_split(lam, stats["N"], sigma2, self.budget)
+            if idx.size:
+                means, weights = rules.split_means(means, weights, idx, lam, axes)
+                path.split(idx, sigma2)
+            sigma2_next = rules.next_variance(sigma2, np.delete(lam, idx), idx.size > 0,
+                                              self.cooling)  # fmt: skip
+            stop = rules.stop_reason(
+                means.shape[0], self.budget, idx.size > 0, sigma2_next, self.sigma2_stop
+            )
+            if self.verbose:
+                print(f"σ²={sigma2:.4g} means={len(path.slots)} iters={it} split={idx.size}")
+            if stop is None:
+                sigma2 = sigma2_next
+        return AnnealResult(means, weights, sigma2, n_iter, path, stop)
+
+    def harden(self, means, weights, sigma2, path) -> tuple[np.ndarray, int, int]:
+        """Anneal fixed means (no splits) from ``sigma2`` until the assignments
+        are hard (:func:`rules.is_hard`); returns means, iterations, steps."""
+        n_iter, steps = 0, 0
+        while True:
+            means, weights, stats, it = self.settle(means, weights, sigma2)
+            n_iter, steps = n_iter + it, steps + 1
+            softness = float(stats["soft"] / stats["n"])
+            path.record(sigma2, means, weights, float(stats["loglik"] / stats["n"]), softness, it)
+            if self.verbose:
+                print(f"σ²={sigma2:.4g} means={means.shape[0]} iters={it} softness={softness:.2g}")
+            if rules.is_hard(softness, sigma2, self.sigma2_stop):
+                return means, n_iter, steps
+            sigma2 *= self.cooling
+
+    def _coalesce(self, means, weights, stats, sigma2, path):
+        pairs = rules.coalesce_pairs(means, sigma2)
+        if not pairs:
+            return means, weights, stats
+        for a, b in sorted(pairs, key=lambda p: -p[1]):  # from the back: positions stay valid
+            means, weights = rules.merge_pair(means, weights, a, b)
+            path.merge(a, b, sigma2)
+        # Statistics at the coalesced means, for their critical variances.
+        return means, weights, self.stats(means, weights, sigma2)
+
+
+# -------------------------------------------------------------- estimator
+def _lloyd(
+    X, weight, centers: np.ndarray, max_iter: int, tol: float, split_every, callback=None
+) -> KMeans:
+    """Lloyd iterations from ``centers`` on the dask_emk KMeans engine."""
+    km = KMeans(centers.shape[0], init=centers, n_init=1, max_iter=max_iter, tol=tol,
+                split_every=split_every, callback=callback)  # fmt: skip
+    return km.fit(X, sample_weight=weight)
+
+
+def _lloyd_passes(km: KMeans) -> int:
+    """Full passes of a KMeans fit: its iterations, plus the final assignment
+    pass it runs unless it stopped on an exact fixed point (then the last
+    iteration's inertia is the final one)."""
+    exact = km.inertia_history_ and km.inertia_history_[-1] == km.inertia_
+    return km.n_iter_ + (0 if exact else 1)
+
+
+class _NotLower(Exception):
+    """Raised from the KMeans callback to stop a Lloyd run whose first pass
+    (the inertia at its starting centres) is not below ``bound``."""
+
+
+def _stop_unless_lower(model, info, bound: float) -> None:
+    if info["iteration"] == 1 and not info["inertia"] < bound:
+        raise _NotLower
+
+
+def hartigan_polish(X, array, weight, km: KMeans, max_passes: int, max_iter: int, split_every):
+    """Lloyd + batch Hartigan passes from a Lloyd fixed point, on the full data.
+
+    Every pass is one Hartigan pass (:func:`dask_emk.engine.passes.hartigan_pass`)
+    at the current centres: the nearest-centre (Lloyd) sums, the inertia, and
+    the single-row moves that would lower the cost, binned by gain. From its
+    sums alone (no pass) :func:`dask_emk.core.anneal_rules.hartigan_moves` picks
+    Lloyd's update or Lloyd's update plus the top bins of moves, whichever
+    gives the lowest exact cost; the new centres are that partition's means,
+    and the next pass is both the evaluation of a move and the next round.
+
+    * A move is ACCEPTED only if the next pass's inertia (the true cost at the
+      moved centres, every row to its nearest) is strictly below the inertia
+      of the pass that made it. Otherwise the centres go back to those
+      before the move and the polish stops.
+    * The polish stops when a pass finds no candidate row, or no move that
+      lowers the exact cost at Lloyd's fixed point (no Lloyd shift either),
+      or after ``max_passes`` passes.
+    * It ends with :class:`dask_emk.KMeans` (tol 0) from the last centres, to
+      Lloyd's exact fixed point and for the fitted Lloyd object: usually 2
+      passes (the centres made from the pass's sums differ from the
+      KMeans run's own in the last bit), at most ``max_iter``. After an
+      unevaluated move (the budget ran out) its first pass is the evaluation.
+
+    Why: Lloyd stops where every row is nearest its centre, but moving a
+    boundary row also moves both centres, by w/(N ± w) of its offset, and
+    that can lower the cost although the row is nearer its own centre.
+    Hartigan's fixed points are a subset of Lloyd's (Telgarsky & Vattani
+    2010), so this leaves a Lloyd fixed point only for a strictly lower one.
+
+    Parameters
+    ----------
+    X : the input as given to :class:`dask_emk.KMeans`
+    array : ndarray or dask array of shape (n, d), the same data
+    weight : ndarray, dask array or None
+    km : KMeans, fitted to its exact fixed point
+    max_passes : int
+        Hartigan passes at most (the final Lloyd run not included).
+    max_iter : int
+        Iterations of the final Lloyd run at most.
+    split_every : int or None
+
+    Returns
+    -------
+    km : KMeans, at the polished centres (``km`` itself when nothing moved)
+    passes : int, passes over the data used, the final Lloyd run's included
+    n_iter : int, Hartigan passes plus the final Lloyd run's iterations
+    rounds : list of dict, one per Hartigan pass: ``inertia`` at its centres,
+        ``candidates`` (rows with a lowering move), ``moved`` (rows moved),
+        ``predicted`` (Σ Δ of the moved rows), ``change`` (exact change from
+        ``inertia`` to the cost of the chosen partition at its means),
+        ``accepted`` (for a move: whether the next pass confirmed it).
+    """
+    K, rounds = km.n_clusters, []
+    centers = np.asarray(km.cluster_centers_, dtype=np.float64)
+    mass = np.asarray(km.cluster_weights_, dtype=np.float64)
+    start = kept = centers
+    bound, moved_any = None, False  # bound: inertia before a pending move
+    # One reference point for all passes, as in a KMeans run: an unchanged
+    # partition then gives bit-identical sums and centres, so the fixed point
+    # is seen exactly (a new reference per pass made the centres wander in
+    # the last bit and the loop never stopped).
+    origin = centers.mean(axis=0)
+    edges = rules.hartigan_edges(float(km.inertia_), float(mass.sum()), K)
+    while len(rounds) < max_passes:
+        st = hartigan_pass(array, weight, centers, mass, origin, edges, split_every)
+        if bound is not None:
+            rounds[-1]["accepted"] = bool(st["inertia"] < bound)
+            if not rounds[-1]["accepted"]:
+                centers, bound = kept, None
+                rounds.append(None)  # counted as a pass, recorded in the move's round
+                break
+        M = centers - origin
+        p, change = rules.hartigan_moves(st["N"], st["S"], M, st["dN"], st["dS"], st["moved"])
+        dN, dS = st["dN"][:p].sum(axis=0), st["dS"][:p].sum(axis=0)
+        new = origin + rules.moved_centers(st["N"], st["S"], M, dN, dS)
+        rounds.append(dict(inertia=float(st["inertia"]), candidates=int(st["moved"].sum()),
+                           moved=int(st["moved"][:p].sum()),
+                           predicted=float(st["gain"][:p].sum()), change=change))  # fmt: skip
+        if p == 0 and (rounds[-1]["candidates"] == 0 or np.array_equal(new, centers)):
+            # Nothing for Hartigan; what Lloyd has left, the final KMeans does.
+            centers = new
+            break
+        kept, bound = (centers, float(st["inertia"])) if p else (new, None)
+        moved_any |= p > 0
+        centers, mass = new, st["N"] + dN
+    passes, n_iter = len(rounds), len(rounds)
+    rounds = [r for r in rounds if r is not None]
+    if not moved_any or np.array_equal(centers, start):
+        # Only Lloyd steps (rounding at most), or the first move was rejected:
+        # km is still the fit.
+        return km, passes, n_iter, rounds
+    check = None if bound is None else partial(_stop_unless_lower, bound=bound)
+    try:
+        final = _lloyd(X, weight, centers, max_iter, 0.0, split_every, callback=check)
+    except _NotLower:  # the last move, made as the budget ran out, did not help
+        rounds[-1]["accepted"] = False
+        passes += 1
+        final = _lloyd(X, weight, kept, max_iter, 0.0, split_every)
+    return final, passes + _lloyd_passes(final), n_iter + final.n_iter_, rounds
+
+
+def predict_proba_rows(X, params: mixture.MixtureParams) -> np.ndarray:
+    """Responsibilities (n, K) of a shared-σ² mixture."""
+    return resp_rows(X, params)
+
+
+class AnnealedGaussianMixture(
+    NoTrainingDataInPickle, TransformerMixin, ClusterMixin, BaseEstimator
+):
+    """Deterministic annealing of a shared-σ² Gaussian mixture down to k-means.
+
+    A mixture of spherical Gaussians sharing one variance σ² is fitted by EM
+    at a decreasing sequence of σ² (σ² fixed at each step, means and weights
+    updated). Above the first critical variance λ_max(Cov X) all means sit at
+    the data mean; as σ² falls below a mean's critical variance (λ_max of its
+    responsibility-weighted covariance) the mean splits. Means are split up to
+    ``max_split_factor × n_components``, hardened by Lloyd, merged down to
+    ``n_components`` by Ward's rule and finished with Lloyd iterations on the
+    full data (:class:`dask_emk.KMeans`) to the exact fixed point, polished by
+    batch Hartigan passes (:func:`hartigan_polish`). The rules are in
+    :mod:`dask_emk.core.anneal_rules`; the annealing runs on an in-memory uniform
+    sample, so the passes over the full data are few (``n_full_passes_``).
+
+    Parameters
+    ----------
+    n_components : int
+        Number of clusters K.
+    cooling : float, default=0.8
+        σ² is multiplied by this factor per step (0 < cooling < 1), after
+        jumping to the next critical variance when nothing split.
+    sigma2_start : float, optional
+        First σ²; default 1.05 × λ_max of the weighted data covariance.
+    sigma2_stop : float, optional
+        Annealing stops before σ² falls below this; default
+        1e-6 × λ_max (annealing usually stops earlier, when the split
+        budget is used or assignments are hard).
+    max_split_factor : float, default=2
+        At most ``ceil(max_split_factor × K)`` distinct means during the
+        anneal; 1 disables the merge phase.
+    max_iter_per_step : int, default=100
+        EM iterations per σ² step at most.
+    tol : float, default=1e-4
+        A step has settled when the distance the means still have to travel,
+        extrapolated from the last two EM shifts, is below √(tol σ²); also
+        the (scikit-learn relative) tolerance of the Lloyd runs on the
+        sample, and of the one on the full data when
+        ``hartigan_max_passes=0`` (with the polish it runs to tol 0).
+    sample_size : int, default=20000
+        Rows of the in-memory sample the annealing runs on (all rows when the
+        data has fewer).
+    random_state : int, RandomState or None
+        Draws the sample.
+    n_lloyd_max_iter : int, default=300
+        Lloyd iterations at most, for each of the Lloyd runs.
+    hartigan_max_passes : int, default=20
+        Hartigan passes over the full data at most in the polish after the
+        final Lloyd (:data:`dask_emk.core.anneal_rules.HARTIGAN_MAX_PASSES` says
+        why 20); 0 turns the polish off.
+    split_every : int, optional
+        Fan-in of the Dask tree reduction (32 when None).
+    verbose : int, default=0
+        Print one line per annealing step.
+
+    Attributes
+    ----------
+    means_, cluster_centers_ : ndarray of shape (n_components, n_features)
+        Final centres, in the data's float dtype.
+    weights_ : ndarray of shape (n_components,)
+        Fraction of the (weighted) data nearest to each centre.
+    sigma2_ : float
+        σ² of the last annealing step (default for :meth:`predict_proba`):
+        after a merge, where the K means' assignments became hard.
+    labels_ : ndarray (numpy input) or lazy dask array / xarray.DataArray
+        Lazy labels are left out when the model is pickled or copied (as
+        :class:`dask_emk.KMeans`'s, also in ``kmeans_``).
+    inertia_ : float
+        Σ w ‖x − c‖² over the full data at the final centres.
+    n_iter_ : int
+        Iterations in all: annealing EM on the sample (before and after the
+        merge), Lloyd on the sample, Lloyd and Hartigan passes on the full
+        data.
+    n_full_passes_ : int
+        Reductions over the full data during ``fit`` (``labels_`` excluded:
+        lazy for lazy input).
+    path_ : xarray.Dataset
+        Dims ``step``, ``component`` (a slot per mean ever made), ``feature``,
+        ``event``: ``sigma2(step)`` strictly decreasing, ``means(step,
+        component, feature)`` and ``weights(step, component)`` (NaN for slots
+        not open at a step), ``lower_bound(step)`` (mean log-likelihood on
+        the sample), ``n_distinct(step)``, ``softness(step)`` (mean 1 − max
+        responsibility), ``n_iter(step)``, split/merge events
+        ``event_step, event_kind (1 split, -1 merge), event_component,
+        event_partner, event_sigma2``, and ``data_mean(feature)``.
+    stop_reason_ : str
+        Why annealing ended: 'budget' or 'sigma2_stop'.
+    kmeans_ : dask_emk.KMeans
+        The final Lloyd run on the full data (after the polish's last move,
+        if it moved rows).
+    polish_history_ : list of dict
+        One entry per Hartigan pass (see :func:`hartigan_polish`):
+        ``inertia``, ``candidates``, ``moved``, ``predicted``, ``change`` and,
+        for a pass that moved rows, ``accepted``.
+    n_features_in_ : int
+    """
+
+    def __init__(
+        self,
+        n_components=8,
+        *,
+        cooling=0.8,
+        sigma2_start=None,
+        sigma2_stop=None,
+        max_split_factor=2,
+        max_iter_per_step=100,
+        tol=1e-4,
+        sample_size=20_000,
+        random_state=None,
+        n_lloyd_max_iter=300,
+        hartigan_max_passes=rules.HARTIGAN_MAX_PASSES,
+        split_every=None,
+        verbose=0,
+    ):
+        self.n_components = n_components
+        self.cooling = cooling
+        self.sigma2_start = sigma2_start
+        self.sigma2_stop = sigma2_stop
+        self.max_split_factor = max_split_factor
+        self.max_iter_per_step = max_iter_per_step
+        self.tol = tol
+        self.sample_size = sample_size
+        self.random_state = random_state
+        self.n_lloyd_max_iter = n_lloyd_max_iter
+        self.hartigan_max_passes = hartigan_max_passes
+        self.split_every = split_every
+        self.verbose = verbose
+
+    # ------------------------------------------------------------ checks
+    def _check_parameters(self, data: InputData) -> None:
+        for name in ("n_components", "max_iter_per_step", "sample_size", "n_lloyd_max_iter"):
+            check_int(name, getattr(self, name), 1)
+        if not _real(self.cooling) or not 0 < self.cooling < 1:
+            raise ValueError(
+                f"cooling must be a number strictly between 0 and 1 (σ² is multiplied by it "
+                f"each step), got {self.cooling!r}."
+            )
+        for name in ("sigma2_start", "sigma2_stop"):
+            value = getattr(self, name)
+            if value is not None and (not _real(value) or not 0 < value < np.inf):
+                raise ValueError(f"{name} must be a positive finite number or None, got {value!r}.")
+        if self.sigma2_start is not None and self.sigma2_stop is not None:
+            if self.sigma2_stop >= self.sigma2_start:
+                raise ValueError(
+                    f"sigma2_stop={self.sigma2_stop!r} must be below sigma2_start="
+                    f"{self.sigma2_start!r}: σ² decreases during annealing."
+                )
+        if not _real(self.max_split_factor) or not self.max_split_factor >= 1:
+            raise ValueError(
+                f"max_split_factor must be a number >= 1, got {self.max_split_factor!r}."
+            )
+        check_non_negative("tol", self.tol)
+        check_int("hartigan_max_passes", self.hartigan_max_passes, 0)
+        check_random_state_param(self.random_state)
+        check_split_every(self.split_every)
+        if data.n_samples < self.n_components:
+            raise ValueError(
+                f"n_samples={data.n_samples} should be >= n_components={self.n_components}; "
+                "lower n_components."
+            )
+        if self.sample_size < self.n_components:
+            raise ValueError(
+                f"sample_size={self.sample_size} is below n_components={self.n_components}: "
+                "the annealing runs on a sample of sample_size rows and needs at least one "
+                f"row per component; raise sample_size to >= {self.n_components} (default "
+                "20000)."
+            )
+
+    # ----------------------------------------------------------- fitting
+    def fit(self, X, y=None, sample_weight=None):
+        """Anneal on a sample, merge to K, finish with Lloyd on the full data.
+
+        Parameters
+        ----------
+        X : array-like, dask array, xarray.DataArray, zarr array or store path
+            Shape (n_samples, n_features).
+        y : ignored
+        sample_weight : array-like of shape (n_samples,), optional
+
+        Returns
+        -------
+        self
+        """
+        data = validate_features(self, X, reset=True)
+        self._check_parameters(data)
+        weight = as_sample_weight(sample_weight, data)
+        rng = check_random_state(self.random_state)
+        sample = draw_sample(data, weight, self.sample_size, rng, self.split_every)
+        lam_data = float(np.linalg.eigvalsh(sample.cov)[-1]) if data.n_features else 0.0
+        sigma2 = rules.start_variance(lam_data, self.sigma2_start)
+        stop = self.sigma2_stop if self.sigma2_stop is not None else 1e-6 * sigma2
+        K = self.n_components
+        budget = max(K, int(np.ceil(self.max_split_factor * K)))
+        annealer = Annealer(sample, budget, self.cooling, stop, self.max_iter_per_step, self.tol,
+                            self.split_every, self.verbose)  # fmt: skip
+        result = annealer.run(sigma2)
+        centers, n_sample_iter = self._reduce_to_k(sample, result, annealer)
+        X_full = X if data.kind != "numpy" else data.array
+        polish = self.hartigan_max_passes > 0
+        # The polish starts from Lloyd's exact fixed point (tol 0): a Hartigan
+        # pass at unconverged centres would mostly find Lloyd's own moves.
+        km = _lloyd(X_full, weight, centers, self.n_lloyd_max_iter,
+                    0.0 if polish else self.tol, self.split_every)  # fmt: skip
+        passes = 1 + _lloyd_passes(km)
+        n_lloyd_iter, rounds = km.n_iter_, []
+        if polish:
+            km, polish_passes, polish_iter, rounds = hartigan_polish(
+                X_full, data.array, weight, km, self.hartigan_max_passes,
+                self.n_lloyd_max_iter, self.split_every,
+            )  # fmt: skip
+            passes += polish_passes
+            n_lloyd_iter += polish_iter
+        if sample.is_full:  # every pass over the sample was a pass over the data
+            passes += n_sample_iter + result.n_iter + len(result.path.steps)
+        self.polish_history_ = rounds
+        self._set_fitted(km, result, sample, data, n_sample_iter + n_lloyd_iter, passes)
+        return self
+
+    def _reduce_to_k(self, sample: Sample, result: AnnealResult, annealer: Annealer):
+        """Lloyd on the sample with the annealed means, Ward merges (or splits)
+        to K, the merged means annealed until hard, Lloyd again.
+
+        Returns the K centres and the iterations on the sample (Lloyd and the
+        anneal after the merge; its steps are appended to ``result.path``).
+        """
+        K = self.n_components
+        km = _lloyd(sample.X, sample.weight, result.means, self.n_lloyd_max_iter, self.tol, None)
+        centers, mass, n_iter = km.cluster_centers_, km.cluster_weights_, km.n_iter_
+        if centers.shape[0] > K:
+            centers, mass, merges = rules.ward_merge(centers, mass, K)
+            self._record_merges(result.path, merges, result.sigma2)
+            # Anneal on from the next σ² of the schedule (rules.is_hard).
+            centers, it, _ = annealer.harden(centers, mass / mass.sum(),
+                                             self.cooling * result.sigma2, result.path)  # fmt: skip
+            n_iter += it
+        while centers.shape[0] < K:  # annealing ended early: split the widest
+            centers = self._split_widest(sample, centers, K - centers.shape[0])
+        km = _lloyd(sample.X, sample.weight, centers, self.n_lloyd_max_iter, self.tol, None)
+        return km.cluster_centers_, n_iter + km.n_iter_
+
+    @staticmethod
+    def _record_merges(path: AnnealPath, merges, sigma2: float) -> None:
+        positions = list(range(len(path.slots)))
+        for a, b in merges:
+            path.merge(positions.index(a), positions.index(b), sigma2)
+            positions.remove(b)
+
+    @staticmethod
+    def _hard_moments(sample: Sample, centers: np.ndarray):
+        """Mass, λ_max and principal axis of each hard cluster of the sample."""
+        Y, M = sample.X - sample.mean, centers - sample.mean
+        resp = assign.one_hot(assign.nearest(Y, M)[0], centers.shape[0])
+        st = mixture.moment_stats(Y, resp.T, sample.weight, M, "full")
+        lam, axes = rules.critical_variances(st["N"], st["S"], st["Q"], 1e-12)
+        return st["N"], lam, axes
+
+    def _split_widest(self, sample: Sample, centers: np.ndarray, room: int) -> np.ndarray:
+        """Split up to ``room`` means with the largest mass × λ_max (hard clusters)."""
+        mass, lam, axes = self._hard_moments(sample, centers)
+        idx = rules.components_to_split(lam, mass, 0.0, centers.shape[0] + room)
+        if idx.size == 0:  # no spread anywhere: duplicate rows
+            idx = np.arange(min(room, centers.shape[0]))
+        return rules.split_means(centers, np.ones(centers.shape[0]), idx, lam, axes)[0]
+
+    def _set_fitted(self, km, result, sample, data, n_iter, passes) -> None:
+        dtype = data.array.dtype
+        self.kmeans_ = km
+        self.means_ = km.cluster_centers_.astype(dtype)
+        self.cluster_centers_ = self.means_
+        self.weights_ = np.asarray(km.cluster_weights_ / km.cluster_weights_.sum(), dtype=dtype)
+        self.sigma2_ = float(result.path.steps[-1]["sigma2"])
+        self.labels_ = km.labels_
+        self.inertia_ = float(km.inertia_)
+        self.n_iter_ = int(result.n_iter + n_iter)
+        self.n_full_passes_ = int(passes)
+        self.stop_reason_ = result.stop
+        features = (
+            np.asarray(self.feature_names_in_, dtype=str)
+            if hasattr(self, "feature_names_in_")
+            else np.arange(data.n_features)
+        )
+        self.path_ = result.path.to_dataset(features, sample.mean)
+
+    # -------------------------------------------------------- prediction
+    def predict(self, X):
+        """Index of the nearest centre, shape (n_samples,); lazy for lazy input."""
+        return self.kmeans_._labels(validate_features(self, X, reset=False))
+
+    def transform(self, X):
+        """Euclidean distances to the centres, shape (n_samples, n_components)."""
+        return self.kmeans_._distances(validate_features(self, X, reset=False))
+
+    def score(self, X, y=None, sample_weight=None) -> float:
+        """Opposite of the inertia of X at the centres (one pass)."""
+        return self.kmeans_._score(validate_features(self, X, reset=False), sample_weight)
+
+    def fit_predict(self, X, y=None, sample_weight=None):
+        """Fit, then return ``labels_``."""
+        return self.fit(X, sample_weight=sample_weight).labels_
+
+    def predict_proba(self, X, sigma2: float | None = None):
+        """Responsibilities of the shared-σ² mixture at ``sigma2``.
+
+        r_ik ∝ π_k exp(−‖x_i − μ_k‖² / (2σ²)) with the fitted ``means_`` and
+        ``weights_``.
+
+        Parameters
+        ----------
+        X : array-like or lazy array of shape (n_samples, n_features)
+        sigma2 : float, optional
+            Default ``sigma2_``; small values give near one-hot rows.
+
+        Returns
+        -------
+        ndarray of shape (n_samples, n_components); lazy for lazy input.
+        """
+        data = validate_features(self, X, reset=False)
+        sigma2 = self.sigma2_ if sigma2 is None else sigma2
+        if not _real(sigma2) or not 0 < sigma2 < np.inf:
+            raise ValueError(f"sigma2 must be a positive finite number, got {sigma2!r}.")
+        means = np.asarray(self.means_, dtype=np.float64)
+        weights = np.asarray(self.weights_, dtype=np.float64)
+        with np.errstate(divide="ignore"):
+            log_w = np.log(weights)
+        params = mixture.MixtureParams(
+            means, log_w, np.full(means.shape[0], 1.0 / np.sqrt(sigma2)), "shared",
+            weights @ means,
+        )  # fmt: skip
+        out = reduction.map_rows(data.array, predict_proba_rows, params, n_out=means.shape[0])
+        return data.wrap_rows(out, extra_dim="component")
+
+    def to_xarray(self) -> xr.Dataset:
+        """Final centres, weights, fit settings and the path as one Dataset."""
+        from dask_emk.models.export import anneal_dataset
+
+        check_is_fitted(self, "means_")
+        return anneal_dataset(self)
+
+
+def _real(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)

@@ -1,0 +1,410 @@
+"""KMeans: Lloyd iterations on chunks with scikit-learn's interface and semantics.
+
+Each Lloyd iteration is one pass over the data and one Dask compute: the
+block kernel :func:`dask_emk.kernels.assign_stats` gives per-cluster weights
+and sums, the inertia and the farthest rows; the tree reduction adds the
+first and merges the last (:func:`dask_emk.engine.passes.assign_pass`); the centre
+update and scikit-learn's empty-cluster relocation run on K×d numbers here.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+from sklearn.base import BaseEstimator, ClusterMixin, TransformerMixin
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.utils import check_random_state
+from sklearn.utils.validation import check_is_fitted
+
+from dask_emk.core import assign, blocks
+from dask_emk.core.mstep import weighted_means
+from dask_emk.engine import reduction
+from dask_emk.engine.inputs import InputData, as_sample_weight
+from dask_emk.engine.passes import assign_pass
+from dask_emk.models.seeding import kmeans_parallel, kmeans_plusplus, random_rows
+from dask_emk.models.validation import (
+    NoTrainingDataInPickle,
+    check_int,
+    check_non_negative,
+    check_random_state_param,
+    check_split_every,
+    validate_features,
+)
+
+INIT_METHODS = ("k-means||", "k-means++", "random")
+
+
+def update_centers(stats: dict, origin: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """New centres from summed statistics, relocating empty clusters.
+
+    scikit-learn's rule (``_relocate_empty_clusters_dense`` then
+    ``_average_centers``): the i-th empty cluster (by index) takes the i-th
+    farthest row, which leaves its old cluster; if every row sits on its
+    centre nothing moves; a cluster still without weight goes to the centre
+    of the heaviest one. The centres are the mixture M-step's weighted means
+    (:func:`dask_emk.stats.weighted_means`) in the σ² → 0 limit.
+
+    Returns
+    -------
+    centers : ndarray of shape (K, d)
+    weights : ndarray of shape (K,), weight per cluster after relocation
+    """
+    N, S = stats["N"].copy(), stats["S"].copy()
+    empty = np.flatnonzero(N == 0)
+    if empty.size and stats["far_dist"][0] != 0:
+        for e, dist, old, w, x in zip(
+            empty,
+            stats["far_dist"],
+            stats["far_label"].astype(int),
+            stats["far_weight"],
+            stats["far_x"],
+            strict=False,
+        ):
+            if not np.isfinite(dist):  # padding: fewer rows than empty clusters
+                break
+            moved = (x - origin) * w
+            S[old] -= moved
+            S[e] = moved
+            N[old] -= w
+            N[e] = w
+    full = N > 0
+    centers = np.empty_like(S)
+    centers[full] = weighted_means(origin, N[full], S[full])[0]
+    centers[~full] = centers[np.argmax(N)]
+    return centers, N
+
+
+@dataclass
+class LloydRun:
+    """Outcome of one Lloyd run (float64)."""
+
+    centers: np.ndarray
+    inertia: float
+    n_iter: int
+    weights: np.ndarray
+    history: list = field(default_factory=list)
+
+
+def label_rows(X, centers: np.ndarray, origin: np.ndarray) -> np.ndarray:
+    """Nearest centre per row, shape (n,) int32 (as in the Lloyd passes)."""
+    return assign.lloyd_assign(X, None, centers, origin)[1].astype(np.int32)
+
+
+def distance_rows(X, centers: np.ndarray, origin: np.ndarray) -> np.ndarray:
+    """Euclidean distance of each row to each centre, shape (n, K)."""
+    Y = blocks.shift_block(X, origin)
+    return np.sqrt(blocks.squared_distances(Y, centers - origin))
+
+
+class KMeans(NoTrainingDataInPickle, TransformerMixin, ClusterMixin, BaseEstimator):
+    """K-means clustering by Lloyd iterations over chunked data.
+
+    scikit-learn's :class:`sklearn.cluster.KMeans` (``algorithm='lloyd'``)
+    interface and semantics on numpy, dask, xarray or zarr input. Each
+    iteration is one pass over the data and one Dask compute.
+
+    Parameters
+    ----------
+    n_clusters : int, default=8
+    init : {'k-means||', 'k-means++', 'random'} or array of shape (n_clusters, n_features)
+        Seeding, see :mod:`dask_emk.models.seeding` (passes over the data: k-means||
+        ``init_max_iter + 1``; k-means++ ``n_clusters + 1`` for lazy input;
+        random one, or none for numpy input).
+    n_init : 'auto' or int, default='auto'
+        Number of seedings; the run with the lowest inertia is kept.
+        'auto': 10 for 'random', else 1.
+    max_iter : int, default=300
+    tol : float, default=1e-4
+        Relative tolerance: stop when the squared centre shift is at most
+        ``tol`` times the mean feature variance (taken from the first pass).
+    random_state : int, RandomState or None
+    oversampling_factor : float, default=2
+        k-means||: expected candidates per round, ℓ = factor × n_clusters.
+    init_max_iter : int, optional
+        k-means|| rounds (default 5).
+    split_every : int, optional
+        Fan-in of the Dask tree reduction (32 when None).
+    verbose : int, default=0
+    callback : callable, optional
+        ``callback(model, info)`` after every Lloyd iteration, for progress
+        display and checkpoints; ``info`` is a dict with ``iteration``,
+        ``inertia`` (at the centres the iteration started from), ``centers``
+        (the new centres, float64), ``shift`` (squared centre shift) and
+        ``converged``. Refitting with ``init=info['centers']`` continues the
+        run from there.
+
+    Attributes
+    ----------
+    cluster_centers_ : ndarray of shape (n_clusters, n_features)
+        In the data's float dtype.
+    labels_ : ndarray (numpy input) or lazy dask array / xarray.DataArray
+        Index of the nearest centre of each training sample. Lazy labels
+        refer to the training data, so they are left out when the model is
+        pickled or copied (call ``predict`` on the data instead).
+    inertia_ : float
+        Σ w ‖x − c‖² over the training data at ``cluster_centers_``.
+    n_iter_ : int
+    inertia_history_ : list of float
+        Inertia at the start of every iteration of the kept run.
+    cluster_weights_ : ndarray of shape (n_clusters,)
+        Weight (count without sample weights) of each cluster.
+    n_features_in_ : int
+    feature_names_in_ : ndarray, only for xarray input with feature labels
+    """
+
+    def __init__(
+        self,
+        n_clusters=8,
+        *,
+        init="k-means||",
+        n_init="auto",
+        max_iter=300,
+        tol=1e-4,
+        random_state=None,
+        oversampling_factor=2,
+        init_max_iter=None,
+        split_every=None,
+        verbose=0,
+        callback=None,
+    ):
+        self.n_clusters = n_clusters
+        self.init = init
+        self.n_init = n_init
+        self.max_iter = max_iter
+        self.tol = tol
+        self.random_state = random_state
+        self.oversampling_factor = oversampling_factor
+        self.init_max_iter = init_max_iter
+        self.split_every = split_every
+        self.verbose = verbose
+        self.callback = callback
+
+    # ------------------------------------------------------------------ checks
+    def _check_parameters(self, data: InputData) -> None:
+        check_int("n_clusters", self.n_clusters, 1)
+        check_int("max_iter", self.max_iter, 1)
+        if self.init_max_iter is not None:
+            check_int("init_max_iter", self.init_max_iter, 1)
+        if self.n_init != "auto":
+            check_int("n_init", self.n_init, 1)
+        for name in ("tol", "oversampling_factor"):
+            check_non_negative(name, getattr(self, name))
+        check_random_state_param(self.random_state)
+        check_split_every(self.split_every)
+        if isinstance(self.init, str) and self.init not in INIT_METHODS:
+            raise ValueError(
+                f"init must be one of {INIT_METHODS} or an array of shape "
+                f"(n_clusters, n_features), got {self.init!r}."
+            )
+        if data.n_samples < self.n_clusters:
+            raise ValueError(
+                f"n_samples={data.n_samples} should be >= n_clusters={self.n_clusters}; "
+                "lower n_clusters."
+            )
+
+    def _user_centers(self, d: int) -> np.ndarray | None:
+        if isinstance(self.init, str):
+            return None
+        try:
+            centers = np.asarray(self.init, dtype=np.float64)
+        except (TypeError, ValueError):  # strings, ragged lists: numpy's message names neither
+            raise ValueError(
+                f"init must be one of {INIT_METHODS} or a numeric array of shape "
+                f"(n_clusters, n_features) = ({self.n_clusters}, {d}); got "
+                f"{type(self.init).__name__} that is not numbers."
+            ) from None
+        if centers.shape != (self.n_clusters, d):
+            raise ValueError(
+                f"The shape of the initial centers {centers.shape} does not match "
+                f"(n_clusters, n_features) = ({self.n_clusters}, {d})."
+            )
+        if not np.isfinite(centers).all():
+            raise ValueError("init contains NaN or infinity.")
+        return centers
+
+    def _resolve_n_init(self) -> int:
+        n_init = self.n_init
+        if n_init == "auto":
+            n_init = 10 if isinstance(self.init, str) and self.init == "random" else 1
+        if not isinstance(self.init, str) and n_init != 1:
+            warnings.warn(
+                "Explicit initial center position passed: performing only one init "
+                f"in KMeans instead of n_init={n_init}.",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            n_init = 1
+        return n_init
+
+    # --------------------------------------------------------------- fitting
+    def fit(self, X, y=None, sample_weight=None):
+        """Compute k-means clustering.
+
+        Parameters
+        ----------
+        X : array-like, dask array, xarray.DataArray, zarr array or store path
+            Shape (n_samples, n_features).
+        y : ignored
+        sample_weight : array-like of shape (n_samples,), optional
+            Non-negative weights used in seeding, iterations and inertia.
+
+        Returns
+        -------
+        self
+        """
+        data = validate_features(self, X, reset=True)
+        self._check_parameters(data)
+        weight = as_sample_weight(sample_weight, data)
+        user = self._user_centers(data.n_features)
+        rng = check_random_state(self.random_state)
+        best, tol_abs = None, None
+        for _ in range(self._resolve_n_init()):
+            start = user if user is not None else self._seed(data, weight, rng)
+            run, tol_abs = self._lloyd(data, weight, start, tol_abs)
+            if best is None or run.inertia < best.inertia:
+                best = run
+        distinct = int(np.count_nonzero(best.weights > 0))
+        if distinct < self.n_clusters:
+            # scikit-learn's warning: duplicate points leave clusters without samples.
+            warnings.warn(
+                f"Number of distinct clusters ({distinct}) found smaller than "
+                f"n_clusters ({self.n_clusters}). Possibly due to duplicate points in X.",
+                ConvergenceWarning,
+                stacklevel=2,
+            )
+        dtype = data.array.dtype
+        self.cluster_centers_ = best.centers.astype(dtype)
+        self.inertia_ = float(best.inertia)
+        self.n_iter_ = best.n_iter
+        self.inertia_history_ = [float(v) for v in best.history]
+        self.cluster_weights_ = best.weights
+        self._data_kind = data.kind
+        # Lazy for lazy input: all labels of out-of-core data are not computed here.
+        self.labels_ = self._labels(data)
+        return self
+
+    def _seed(self, data: InputData, weight, rng) -> np.ndarray:
+        K = self.n_clusters
+        if self.init == "k-means++":
+            return kmeans_plusplus(data.array, K, rng, sample_weight=weight)
+        if self.init == "random":
+            if weight is None and not data.is_lazy:
+                # scikit-learn always draws with p (uniform): same draws.
+                weight = np.ones(data.n_samples)
+            return random_rows(data.array, K, rng, sample_weight=weight)
+        return kmeans_parallel(
+            data.array,
+            K,
+            rng,
+            sample_weight=weight,
+            oversampling_factor=self.oversampling_factor,
+            n_rounds=self.init_max_iter,
+        )
+
+    def _lloyd(self, data: InputData, weight, centers: np.ndarray, tol_abs):
+        """One Lloyd run from ``centers``; returns (LloydRun, absolute tol)."""
+        origin = centers.mean(axis=0)  # fixed for the run: sums stay comparable
+        n_far = self.n_clusters - 1
+        history, strict = [], False
+        for i in range(self.max_iter):
+            moments = tol_abs is None and self.tol > 0
+            stats = self._pass(data, weight, centers, origin, n_far, moments)
+            if tol_abs is None:
+                tol_abs = self._tolerance(stats) if moments else 0.0
+            history.append(float(stats["inertia"]))
+            new, weights = update_centers(stats, origin)
+            shift = float(((new - centers) ** 2).sum())
+            if self.verbose:
+                print(f"Iteration {i}, inertia {stats['inertia']}.")
+            centers = new
+            # Unchanged labels give bit-identical sums (same blocks, same
+            # reduction order), so a zero shift is scikit-learn's strict
+            # convergence, and the pass's inertia already belongs to `centers`.
+            strict = shift == 0.0
+            if self.callback is not None:
+                info = {
+                    "iteration": i + 1,
+                    "inertia": float(stats["inertia"]),
+                    "centers": centers,
+                    "shift": shift,
+                    "converged": strict or shift <= tol_abs,
+                }
+                self.callback(self, info)
+            if strict or shift <= tol_abs:
+                break
+        if strict:
+            return LloydRun(centers, stats["inertia"], i + 1, weights, history), tol_abs
+        # Final assignment so that inertia (and labels_) match the centres.
+        final = self._pass(data, weight, centers, origin, 0, False)
+        return LloydRun(centers, final["inertia"], i + 1, final["N"], history), tol_abs
+
+    def _pass(self, data, weight, centers, origin, n_far, moments) -> dict:
+        return assign_pass(
+            data.array, weight, centers, origin, n_far, moments, split_every=self.split_every
+        )
+
+    def _tolerance(self, stats: dict) -> float:
+        """scikit-learn's ``_tolerance``: tol × mean of np.var(X, axis=0)."""
+        n = stats["count"]
+        mean = stats["ysum"] / n
+        variances = np.maximum(stats["ysq"] / n - mean**2, 0.0)
+        return float(variances.mean() * self.tol)
+
+    # ------------------------------------------------------------ prediction
+    def _centers64(self) -> tuple[np.ndarray, np.ndarray]:
+        centers = np.asarray(self.cluster_centers_, dtype=np.float64)
+        return centers, centers.mean(axis=0)
+
+    def _labels(self, data: InputData):
+        centers, origin = self._centers64()
+        labels = reduction.map_rows(data.array, label_rows, centers, origin, dtype=np.int32)
+        return data.wrap_rows(labels)
+
+    def predict(self, X):
+        """Index of the nearest centre of each sample, shape (n_samples,).
+
+        numpy for numpy input, lazy (dask or xarray) for lazy input.
+        """
+        return self._labels(validate_features(self, X, reset=False))
+
+    def transform(self, X):
+        """Euclidean distance of each sample to each centre, (n_samples, n_clusters)."""
+        return self._distances(validate_features(self, X, reset=False))
+
+    def _distances(self, data: InputData):
+        centers, origin = self._centers64()
+        dist = reduction.map_rows(
+            data.array,
+            distance_rows,
+            centers,
+            origin,
+            n_out=self.n_clusters,
+            dtype=data.array.dtype,
+        )
+        return data.wrap_rows(dist, extra_dim="cluster")
+
+    def score(self, X, y=None, sample_weight=None) -> float:
+        """Opposite of the inertia of X at the fitted centres (one pass)."""
+        return self._score(validate_features(self, X, reset=False), sample_weight)
+
+    def _score(self, data: InputData, sample_weight) -> float:
+        weight = as_sample_weight(sample_weight, data)
+        centers, origin = self._centers64()
+        return -float(assign_pass(data.array, weight, centers, origin)["inertia"])
+
+    def fit_predict(self, X, y=None, sample_weight=None):
+        """Fit, then return ``labels_``."""
+        return self.fit(X, sample_weight=sample_weight).labels_
+
+    def fit_transform(self, X, y=None, sample_weight=None):
+        """Fit, then return the distances of X to the centres."""
+        return self.fit(X, sample_weight=sample_weight).transform(X)
+
+    def to_xarray(self):
+        """The fitted model as an ``xarray.Dataset`` (see :func:`export.kmeans_dataset`)."""
+        from dask_emk.models.export import kmeans_dataset
+
+        check_is_fitted(self, "cluster_centers_")
+        return kmeans_dataset(self)

@@ -1,0 +1,207 @@
+"""Seeding for k-means and mixtures: k-means||, k-means++ and random rows.
+
+All functions take a numpy or dask float array X of shape (n, d) and return
+float64 centres (K, d). Work on the full data is done in passes (one Dask
+compute each, see :mod:`dask_emk.engine.passes`); everything on candidates is in
+memory. Randomness inside a pass comes from per-block generators seeded from
+``random_state``, so a seeding is reproducible for a given chunking.
+"""
+
+from __future__ import annotations
+
+import math
+
+import dask.array as da
+import numpy as np
+import sklearn.cluster
+from sklearn.utils import check_random_state
+from sklearn.utils.random import sample_without_replacement
+
+from dask_emk.engine.passes import assign_pass, seed_pass
+from dask_emk.engine.reduction import compute_one, single_blas_thread
+from dask_emk.engine.storage import check_stored_files
+
+#: Default number of k-means|| rounds; Bahmani et al. (2012) find ~5 enough.
+DEFAULT_ROUNDS = 5
+#: Weighted Lloyd iterations on the k-means|| candidates (in memory).
+CANDIDATE_LLOYD_ITER = 30
+
+
+def random_rows(X, n: int, random_state, sample_weight=None) -> np.ndarray:
+    """n distinct rows chosen at random (uniformly, or ∝ ``sample_weight``).
+
+    Passes over the data: none for numpy input; for dask input one read of
+    the chunks holding the chosen rows without weights, one pass with weights
+    (weighted sampling without replacement by Efraimidis–Spirakis keys).
+
+    Parameters
+    ----------
+    X : ndarray or dask array of shape (n_samples, d)
+    n : int
+    random_state : int, RandomState or None
+    sample_weight : ndarray or dask array of shape (n_samples,), optional
+
+    Returns
+    -------
+    ndarray of shape (n, d), float64
+    """
+    rng = check_random_state(random_state)
+    n_samples = X.shape[0]
+    if not isinstance(X, da.Array):
+        # As scikit-learn: KMeans(init='random') draws with p, mixtures without.
+        p = None if sample_weight is None else sample_weight / sample_weight.sum()
+        idx = rng.choice(n_samples, size=n, replace=False, p=p)
+        return np.asarray(X[idx], dtype=np.float64)
+    if sample_weight is None:
+        idx = sample_without_replacement(n_samples, n, random_state=rng)
+        order = np.argsort(idx)
+        rows = np.asarray(compute_one(X[idx[order]], optimize_graph=True), dtype=np.float64)
+        out = np.empty_like(rows)
+        out[order] = rows
+        if not np.isfinite(out).all():
+            check_stored_files(X)  # missing chunk files read as NaN in some stores
+            raise ValueError("Input contains NaN or infinity (in a randomly drawn row).")
+        return out
+    empty = np.zeros((0, X.shape[1]))
+    stats = seed_pass(X, sample_weight, empty, empty, np.zeros(X.shape[1]), n, _seed(rng))
+    return _sampled(stats, 0)
+
+
+def _seed(rng) -> int:
+    return int(rng.randint(2**31 - 1))
+
+
+def _sampled(stats: dict, stream: int) -> np.ndarray:
+    """Rows sampled in a stream (drop -inf padding: rows of zero mass)."""
+    return stats["x"][stream][np.isfinite(stats["key"][stream])]
+
+
+def kmeans_parallel(
+    X,
+    n_clusters: int,
+    random_state,
+    sample_weight=None,
+    oversampling_factor: float = 2,
+    n_rounds: int | None = None,
+) -> np.ndarray:
+    """k-means|| seeding (Bahmani et al. 2012), with sample weights.
+
+    Start from one row drawn ∝ w. Each round samples every row independently
+    with probability min(1, ℓ w D(x) / φ), ℓ = ``oversampling_factor`` ×
+    ``n_clusters``, D the squared distance to the current candidates and φ
+    = Σ w D; φ of the round is summed in the same pass that samples (rows
+    carry keys ℓ w D / u and those above φ are taken). Then every candidate
+    is weighted by the sample weight of the rows nearest to it, and the
+    weighted candidates are reduced to ``n_clusters`` in memory by weighted
+    k-means++ and weighted Lloyd iterations.
+
+    Passes over the data: ``n_rounds + 1`` (plus the one of
+    :func:`random_rows` for the first row with dask input and weights).
+
+    Parameters
+    ----------
+    X : ndarray or dask array of shape (n_samples, d)
+    n_clusters : int
+    random_state : int, RandomState or None
+    sample_weight : ndarray or dask array of shape (n_samples,), optional
+    oversampling_factor : float, default=2
+    n_rounds : int, optional
+        Number of rounds, default 5.
+
+    Returns
+    -------
+    ndarray of shape (n_clusters, d), float64
+    """
+    rng = check_random_state(random_state)
+    n_rounds = DEFAULT_ROUNDS if n_rounds is None else n_rounds
+    candidates = random_rows(X, 1, rng, sample_weight)
+    origin = candidates[0]
+    ell = oversampling_factor * n_clusters
+    # Room for the sample: its size has mean <= ℓ and sd <= sqrt(ℓ).
+    n_keep = int(math.ceil(ell + 6 * math.sqrt(ell) + 10))
+    none = np.zeros((0, X.shape[1]))
+    for _ in range(n_rounds):
+        stats = seed_pass(X, sample_weight, candidates, none, origin, n_keep, _seed(rng), ell)
+        phi = stats["potential"][0]
+        if not phi > 0:  # every row sits on a candidate
+            break
+        chosen = stats["x"][0][stats["key"][0] > phi]
+        candidates = np.concatenate([candidates, chosen])
+    counts = assign_pass(X, sample_weight, candidates, origin)["N"]
+    return reduce_candidates(candidates, counts, n_clusters, rng, X, sample_weight)
+
+
+def reduce_candidates(candidates, weights, n_clusters: int, rng, X, sample_weight) -> np.ndarray:
+    """Weighted k-means++ then weighted Lloyd on the candidates, in memory.
+
+    Candidates that attract no weight are dropped; if fewer than
+    ``n_clusters`` remain (data with few distinct rows) random rows fill in.
+    """
+    keep = weights > 0
+    candidates, weights = candidates[keep], weights[keep]
+    if candidates.shape[0] <= n_clusters:
+        extra = n_clusters - candidates.shape[0]
+        if extra:
+            fill = random_rows(X, extra, rng, sample_weight)
+            candidates = np.concatenate([candidates, fill])
+        return candidates
+    start, _ = sklearn.cluster.kmeans_plusplus(
+        candidates, n_clusters, sample_weight=weights, random_state=rng
+    )
+    km = sklearn.cluster.KMeans(
+        n_clusters, init=start, n_init=1, max_iter=CANDIDATE_LLOYD_ITER, algorithm="lloyd"
+    )
+    # scikit-learn sets and restores a process-wide BLAS limit itself; inside
+    # ours, concurrent fits cannot leave the process at one BLAS thread.
+    with single_blas_thread():
+        km.fit(candidates, sample_weight=weights)
+    return km.cluster_centers_.astype(np.float64)
+
+
+def kmeans_plusplus(X, n_clusters: int, random_state, sample_weight=None) -> np.ndarray:
+    """Greedy k-means++ seeding with 2 + ⌊ln K⌋ local trials, as scikit-learn.
+
+    numpy input calls :func:`sklearn.cluster.kmeans_plusplus` (no pass
+    beyond memory). Dask input runs out of core: the first centre is a row
+    drawn ∝ w; then every pass scores the current trials (potential Σ w
+    min(D, d²(x, trial))) and, for each trial, draws the next trials ∝ w D
+    as if it were chosen (without replacement, Efraimidis–Spirakis keys),
+    so picking a centre and drawing the next trials share one pass.
+
+    Passes over the data (dask): ``n_clusters`` (plus the one of
+    :func:`random_rows` for the first row with weights).
+
+    Parameters
+    ----------
+    X : ndarray or dask array of shape (n_samples, d)
+    n_clusters : int
+    random_state : int, RandomState or None
+    sample_weight : ndarray or dask array of shape (n_samples,), optional
+
+    Returns
+    -------
+    ndarray of shape (n_clusters, d), float64
+    """
+    rng = check_random_state(random_state)
+    if not isinstance(X, da.Array):
+        centers, _ = sklearn.cluster.kmeans_plusplus(
+            np.asarray(X), n_clusters, sample_weight=sample_weight, random_state=rng
+        )
+        return centers.astype(np.float64)
+    n_trials = 2 + int(np.log(n_clusters))
+    centers = random_rows(X, 1, rng, sample_weight)
+    origin = centers[0]
+    none = np.zeros((0, X.shape[1]))
+    stats = seed_pass(X, sample_weight, centers, none, origin, n_trials, _seed(rng))
+    trials = _sampled(stats, 0)
+    while centers.shape[0] < n_clusters:
+        if trials.shape[0] == 0:  # fewer distinct rows than clusters
+            fill = np.repeat(centers[:1], n_clusters - centers.shape[0], axis=0)
+            return np.concatenate([centers, fill])
+        last = centers.shape[0] == n_clusters - 1
+        n_keep = 0 if last else n_trials
+        stats = seed_pass(X, sample_weight, centers, trials, origin, n_keep, _seed(rng))
+        best = int(np.argmin(stats["potential"]))
+        centers = np.concatenate([centers, trials[best : best + 1]])
+        trials = _sampled(stats, best)
+    return centers

@@ -1,0 +1,128 @@
+"""Checks shared by the estimators: scalar parameters, fitted features, pickling."""
+
+from __future__ import annotations
+
+import dataclasses
+import numbers
+
+import numpy as np
+import pandas as pd
+from sklearn.utils import check_random_state
+from sklearn.utils.validation import check_is_fitted
+
+from dask_emk.engine.inputs import InputData, as_input
+
+
+def check_int(name: str, value, minimum: int) -> None:
+    """Raise a ValueError unless ``value`` is an integer (not a bool) >= ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}.")
+
+
+def check_non_negative(name: str, value) -> None:
+    """Raise a ValueError unless ``value`` is a real number (not a bool) >= 0."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value >= 0:
+        raise ValueError(f"{name} must be a non-negative number, got {value!r}.")
+
+
+def check_split_every(value) -> None:
+    """``split_every`` is None or a fan-in >= 2 (1 never reduces: dask loops forever)."""
+    if value is not None:
+        check_int("split_every", value, 2)
+
+
+def check_random_state_param(value) -> None:
+    """Raise a ValueError naming the fix unless scikit-learn accepts ``value`` as a seed."""
+    try:
+        check_random_state(value)
+    except ValueError:
+        hint = (
+            " (a numpy Generator is not accepted, as in scikit-learn: pass an integer "
+            "seed, e.g. int(rng.integers(2**32)))"
+            if isinstance(value, np.random.Generator)
+            else ""
+        )
+        raise ValueError(
+            f"random_state must be None, an integer in [0, 2**32 - 1] or a "
+            f"numpy.random.RandomState, got {value!r}{hint}."
+        ) from None
+
+
+def validate_features(estimator, X, *, reset: bool) -> InputData:
+    """Convert X (:func:`dask_emk.engine.inputs.as_input`) and :func:`check_features`."""
+    return check_features(estimator, as_input(X), reset=reset)
+
+
+def check_features(estimator, data: InputData, *, reset: bool) -> InputData:
+    """Record the features of ``data`` (``reset``, in ``fit``) or check it against them.
+
+    With ``reset`` record ``n_features_in_``, the feature labels of xarray or
+    pandas input and, when they are strings, ``feature_names_in_`` (as
+    scikit-learn). Otherwise the estimator must be fitted and X must have the
+    same number of features; when both the fit and X have feature labels, the
+    columns of X are put in the fitted order by label.
+
+    Raises
+    ------
+    ValueError
+        X has a different number of features, or other feature labels, than
+        the data seen in fit.
+    """
+    if reset:
+        estimator.n_features_in_ = data.n_features
+        labels = data.feature_labels
+        estimator._feature_labels = labels
+        if labels is not None and all(isinstance(v, str) for v in labels.tolist()):
+            estimator.feature_names_in_ = np.asarray(labels, dtype=object)
+        elif hasattr(estimator, "feature_names_in_"):
+            del estimator.feature_names_in_
+        return data
+    check_is_fitted(estimator)
+    if data.n_features != estimator.n_features_in_:
+        raise ValueError(
+            f"X has {data.n_features} features, but {type(estimator).__name__} is "
+            f"expecting {estimator.n_features_in_} features as input; pass data with "
+            "the features the model was fitted on."
+        )
+    fitted = getattr(estimator, "_feature_labels", None)
+    if fitted is None or data.feature_labels is None:
+        return data
+    order = pd.Index(data.feature_labels).get_indexer(fitted)
+    if (order < 0).any():
+        unseen = [v for v in data.feature_labels.tolist() if v not in set(fitted.tolist())]
+        missing = [v for v in fitted.tolist() if v not in set(data.feature_labels.tolist())]
+        raise ValueError(
+            f"X has other feature labels than the data {type(estimator).__name__} was "
+            f"fitted on: {unseen} not seen in fit, {missing} missing; pass the features "
+            "the model was fitted on (in any order)."
+        )
+    if (order == np.arange(order.size)).all():
+        return data
+    return dataclasses.replace(data, array=data.array[:, order], feature_labels=fitted)
+
+
+class NoTrainingDataInPickle:
+    """Mixin: pickling (and copying) leaves out ``labels_`` of lazy training data.
+
+    Lazy ``labels_`` (a dask array, or an xarray.DataArray holding one) is a
+    graph that refers to the training data, and for an in-memory dask array
+    contains it: a pickled model would be as large as its data. The model
+    without them predicts the same; :meth:`predict` on the training data
+    gives the labels again. numpy ``labels_`` (numpy input) are kept.
+    """
+
+    def __getstate__(self):
+        state = super().__getstate__()
+        if not isinstance(state.get("labels_", None), (np.ndarray, type(None))):
+            state = {key: value for key, value in state.items() if key != "labels_"}
+            state["_labels_left_out"] = True
+        return state
+
+    def __getattr__(self, name):
+        # Only reached when normal lookup fails: say why labels_ is missing.
+        if name == "labels_" and self.__dict__.get("_labels_left_out"):
+            raise AttributeError(
+                "labels_ of lazy training data is not pickled or copied with the model "
+                "(it would hold the data); call predict(X) on the training data instead."
+            )
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")

@@ -1,0 +1,2 @@
+"""Pipelines and the dask-emk command: config, inputs, generated data, runs,
+checkpoints, results stores, schedulers, figures."""

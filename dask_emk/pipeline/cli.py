@@ -1,0 +1,219 @@
+"""The ``dask-emk`` command: generate data, run pipelines, one-off fits, show results.
+
+Every expected failure (bad pipeline, missing store, unreachable scheduler,
+missing matplotlib, bad data, an output path dask-emk may not write) ends as
+a one-line ``Error: ...`` that says what to do, with exit code 1, before
+anything is written. Ctrl-C (SIGINT) and SIGTERM end a command with one line
+and exit code 128 + the signal number, after releasing its lock; what it was
+writing stays under temporary names that the next run removes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+
+import click
+
+from dask_emk.pipeline.config import MODEL_FIELDS, load_pipeline, validate
+from dask_emk.pipeline.figures import MissingMatplotlib
+
+SCHEDULER_HELP = (
+    "sync, threads, processes, local, local:N (LocalCluster with N workers) or "
+    "tcp://HOST:PORT (existing cluster). Default: the pipeline's, else a LocalCluster "
+    "sized to the machine."
+)
+
+
+def _fail_cleanly(func):
+    """Turn expected errors into one-line click errors (exit code 1), signals into one line."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            with _signals_interrupt():
+                return func(*args, **kwargs)
+        except (ValueError, MissingMatplotlib) as exc:
+            raise click.ClickException(" ".join(str(exc).split())) from None
+        except KeyboardInterrupt as exc:
+            sig = exc.args[0] if exc.args and isinstance(exc.args[0], signal.Signals) else None
+            sig = sig or signal.SIGINT
+            click.echo(
+                f"Error: interrupted by {sig.name}; rerun the command (with --resume to "
+                "continue from the checkpoint): it removes what this run left half-written.",
+                err=True,
+            )
+            sys.stdout.flush()
+            sys.stderr.flush()
+            # Exit at once: the lock and any cluster were released while the
+            # interrupt unwound, and zarr writes still in flight on zarr's own
+            # thread would otherwise fail noisily during interpreter shutdown.
+            os._exit(128 + sig)
+
+    return wrapper
+
+
+@contextlib.contextmanager
+def _signals_interrupt():
+    """SIGTERM stops a command the way Ctrl-C does: locks are released on the way out."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(signal.Signals(signum))
+
+    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+@click.group()
+def main() -> None:
+    """Gaussian mixtures and k-means on out-of-core zarr data with Dask."""
+
+
+@main.command()
+@click.argument("out")
+@click.option("--n", "n", type=click.IntRange(min=1), required=True, help="Rows.")
+@click.option("--d", "d", type=click.IntRange(min=1), required=True, help="Features.")
+@click.option("--k", "k", type=click.IntRange(min=1), required=True, help="Components.")
+@click.option("--chunk-rows", type=click.IntRange(min=1), default=100_000, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--dtype", type=click.Choice(["float32", "float64"]), default="float32")
+@click.option("--separation", type=float, default=6.0, show_default=True)
+@click.option(
+    "--overwrite", is_flag=True, help="Replace an existing store written by dask-emk generate."
+)
+@_fail_cleanly
+def generate(out, n, d, k, chunk_rows, seed, dtype, separation, overwrite) -> None:
+    """Write a Gaussian mixture data set to OUT.zarr chunk by chunk, with its truth."""
+    from dask_emk.pipeline.generate import random_mixture, write_mixture_zarr
+    from dask_emk.pipeline.outputs import GENERATED, check_output
+
+    check_output(out, GENERATED, where="path", replace=overwrite, replace_hint="--overwrite")
+    truth = random_mixture(d, k, separation=separation, seed=seed)
+    path = write_mixture_zarr(
+        out, n, truth, chunk_rows=chunk_rows, dtype=dtype, seed=seed, overwrite=overwrite
+    )
+    click.echo(f"wrote {n:,} × {d} {dtype} rows ({k} components) to {path}/X")
+
+
+@main.command()
+@click.argument("pipeline", type=click.Path(path_type=Path))
+@click.option("--scheduler", default=None, help=SCHEDULER_HELP)
+@click.option("--resume", is_flag=True, help="Continue from the checkpoint beside the results.")
+@click.option("--quiet", "-q", is_flag=True, help="No per-iteration progress lines.")
+@click.option("--no-plots", is_flag=True, help="Skip the PNG figures.")
+@_fail_cleanly
+def run(pipeline, scheduler, resume, quiet, no_plots) -> None:
+    """Run a PIPELINE.toml (see pipelines/README.md)."""
+    cfg, text = load_pipeline(pipeline)
+    _run(cfg, text, scheduler, resume, quiet, no_plots, "output.results")
+
+
+@main.command()
+@click.argument("input_path", metavar="INPUT")
+@click.option("--model", type=click.Choice(["gmm", "kmeans", "anneal"]), default="gmm")
+@click.option("--k", "n_components", type=click.IntRange(min=1), required=True)
+@click.option("--out", required=True, help="RESULTS.zarr (replaced only if dask-emk wrote it)")
+@click.option(
+    "--covariance-type",
+    type=click.Choice(MODEL_FIELDS["gmm"]["covariance_type"][0]),
+    default=None,
+    help="gmm only. Default: full.",
+)
+@click.option("--init", default=None, help="Seeding / init (model-specific; 'anneal' too).")
+@click.option("--tol", type=click.FloatRange(min=0), default=None)
+@click.option("--max-iter", type=click.IntRange(min=1), default=None)
+@click.option("--random-state", type=int, default=0, show_default=True)
+@click.option("--labels/--no-labels", default=True, show_default=True)
+@click.option("--responsibilities", is_flag=True)
+@click.option("--log-density", is_flag=True)
+@click.option("--scheduler", default=None, help=SCHEDULER_HELP)
+@click.option("--resume", is_flag=True)
+@click.option("--quiet", "-q", is_flag=True)
+@click.option("--no-plots", is_flag=True)
+@_fail_cleanly
+def fit(input_path, model, n_components, out, scheduler, resume, quiet, no_plots, **opts) -> None:
+    """One-off fit of INPUT (store.zarr/ARRAY, store.zarr or a .csv file)."""
+    raw = {
+        "input": _input_section(input_path),
+        "model": _model_section(model, n_components, opts),
+        "output": {
+            "results": str(out),
+            "labels": opts["labels"],
+            "responsibilities": opts["responsibilities"],
+            "log_density": opts["log_density"],
+        },
+    }
+    cfg = validate(raw, source="dask-emk fit")
+    _run(cfg, None, scheduler, resume, quiet, no_plots, "--out")
+
+
+@main.command()
+@click.argument("results", type=click.Path(path_type=Path))
+@_fail_cleanly
+def show(results) -> None:
+    """Print a summary of a RESULTS.zarr store."""
+    from dask_emk.pipeline.show import summary
+
+    for line in summary(results):
+        click.echo(line)
+
+
+def _run(cfg, text, scheduler, resume, quiet, no_plots, results_name) -> None:
+    from dask_emk.pipeline.run import run_pipeline
+
+    if scheduler is not None:
+        cfg["scheduler"]["address"] = scheduler
+    if no_plots:
+        cfg["output"]["plots"] = False
+    run_pipeline(
+        cfg, toml_text=text, resume=resume, echo=click.echo, verbose=not quiet,
+        results_name=results_name,
+    )  # fmt: skip
+
+
+#: ``dask-emk fit`` options that set a [model] field of the same name.
+MODEL_OPTIONS = ("init", "tol", "max_iter", "covariance_type")
+
+
+def _model_section(model: str, n_components: int, opts: dict) -> dict:
+    """[model] for ``dask-emk fit``; an option the model does not take is an error."""
+    raw = {"type": model, "n_components": n_components, "random_state": opts["random_state"]}
+    for key in MODEL_OPTIONS:
+        if opts[key] is None:
+            continue
+        if key not in MODEL_FIELDS[model]:
+            takes = [f"--{k.replace('_', '-')}" for k in MODEL_OPTIONS if k in MODEL_FIELDS[model]]
+            hint = f"it takes {', '.join(takes)}" if takes else "set it in a pipeline's [anneal]"
+            raise ValueError(
+                f"--{key.replace('_', '-')} does not apply to --model {model} ({hint}); drop it."
+            )
+        raw[key] = opts[key]
+    return raw
+
+
+def _input_section(path: str) -> dict:
+    """[input] for ``dask-emk fit``: a CSV file, store/array (also
+    store/group/array), or a store."""
+    if path.endswith(".csv"):
+        return {"csv": path}
+    path = path.rstrip("/")
+    parent = os.path.dirname(path)
+    if parent and os.path.exists(os.path.join(parent, "zarr.json")):
+        return {"store": parent, "array": os.path.basename(path)}
+    return {"store": path}
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,285 @@
+"""Pipeline definitions: read a TOML file, check every key and type, fill defaults.
+
+A pipeline is a plain nested dict with the sections ``input``, ``anneal``
+(optional), ``model``, ``scheduler`` and ``output``; see ``pipelines/README.md``
+for the fields. Validation happens before anything runs or is written, and
+every error names the file, the section and the key, and says what to do.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import hashlib
+import json
+import tomllib
+from pathlib import Path
+
+from dask_emk.core.covariance import COVARIANCE_TYPES
+
+#: What a field may hold: a type name, or a tuple of allowed strings.
+INT, FLOAT, STR, BOOL, STR_LIST, TABLE = "integer", "number", "string", "boolean", "list", "table"
+
+GENERATE_FIELDS = {
+    "path": (STR, None),
+    "n": (INT, None),
+    "d": (INT, None),
+    "k": (INT, None),
+    "chunk_rows": (INT, 100_000),
+    "seed": (INT, 0),
+    "dtype": (("float32", "float64"), "float32"),
+    "separation": (FLOAT, 6.0),
+}
+INPUT_FIELDS = {
+    "store": (STR, None),
+    "array": (STR, None),
+    "csv": (STR, None),
+    "columns": (STR_LIST, None),
+    "generate": (TABLE, None),
+}
+COMMON_MODEL = {
+    "type": (("gmm", "kmeans", "anneal"), "gmm"),
+    "n_components": (INT, None),
+    "random_state": (INT, 0),
+}
+MODEL_FIELDS = {
+    "gmm": {
+        "covariance_type": (tuple(COVARIANCE_TYPES), "full"),
+        "init": (("anneal", "kmeans", "k-means||", "k-means++", "random"), "kmeans"),
+        "tol": (FLOAT, 1e-3),
+        "reg_covar": (FLOAT, 1e-6),
+        "max_iter": (INT, 100),
+    },
+    "kmeans": {
+        "init": (("anneal", "k-means||", "k-means++", "random"), "k-means||"),
+        "tol": (FLOAT, 1e-4),
+        "max_iter": (INT, 300),
+        "oversampling_factor": (FLOAT, 2.0),
+    },
+    "anneal": {},
+}
+#: Smallest allowed value of numeric [model] fields.
+MODEL_MINIMUM = {"n_components": 1, "max_iter": 1, "tol": 0, "reg_covar": 0,
+                 "oversampling_factor": 0}  # fmt: skip
+SCHEDULER_FIELDS = {"address": (STR, "local")}
+OUTPUT_FIELDS = {
+    "results": (STR, None),
+    "labels": (BOOL, True),
+    "responsibilities": (BOOL, False),
+    "log_density": (BOOL, False),
+    "plots": (BOOL, True),
+    "checkpoint": (BOOL, True),
+}
+TOP_FIELDS = {"description": STR, "input": TABLE, "anneal": TABLE, "model": TABLE}
+TOP_FIELDS |= {"scheduler": TABLE, "output": TABLE}
+#: Sections whose content decides the fitted result (the checkpoint key).
+RESULT_SECTIONS = ("input", "anneal", "model")
+
+
+class PipelineError(ValueError):
+    """A pipeline definition that cannot run; the message says what to fix."""
+
+
+def load_pipeline(path: str | Path) -> tuple[dict, str]:
+    """Read and validate a pipeline TOML file.
+
+    Returns
+    -------
+    config : dict
+        Validated, with defaults filled in.
+    text : str
+        The file's text, kept verbatim in the results' attributes.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8-sig")  # a BOM (Windows editors) is dropped
+    except OSError as exc:
+        raise PipelineError(
+            f"cannot read pipeline {path}: {exc.strerror}; check the path."
+        ) from None
+    except UnicodeDecodeError as exc:  # TOML is UTF-8 by definition
+        raise not_utf8(f"pipeline {path}", exc) from None
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise PipelineError(f"{path}: invalid TOML: {exc}; fix the syntax.") from None
+    return validate(raw, source=str(path)), text
+
+
+def not_utf8(what: str, exc: UnicodeDecodeError) -> PipelineError:
+    """The error for a text file (``what``) that is not UTF-8."""
+    byte = exc.object[exc.start]
+    return PipelineError(
+        f"{what} is not UTF-8 text (byte {byte:#04x} at position {exc.start}); save it as UTF-8."
+    )
+
+
+def validate(raw: dict, source: str = "pipeline") -> dict:
+    """Check a pipeline dict and return a copy with defaults filled in.
+
+    Raises
+    ------
+    PipelineError
+        Unknown key, wrong type, missing required field or inconsistent sections.
+    """
+    cfg = {}
+    _check_keys(raw, TOP_FIELDS, "top level", source)
+    for key, kind in TOP_FIELDS.items():
+        if key in raw:
+            _check_value(raw[key], kind, f"{key}", source)
+    for name in ("input", "model", "output"):
+        if name not in raw:
+            raise PipelineError(
+                f"{source}: missing section [{name}]; add it (see pipelines/README.md)."
+            )
+    cfg["description"] = raw.get("description", "")
+    cfg["input"] = _validate_input(raw["input"], source)
+    cfg["model"] = _validate_model(raw["model"], source)
+    cfg["anneal"] = _validate_anneal(raw.get("anneal"), cfg["model"], source)
+    cfg["scheduler"] = _fill(raw.get("scheduler", {}), SCHEDULER_FIELDS, "scheduler", source)
+    cfg["output"] = _fill(raw["output"], OUTPUT_FIELDS, "output", source)
+    _require(cfg["output"], "results", "output", source)
+    unsupported = {"kmeans": ("responsibilities", "log_density"), "anneal": ("log_density",)}
+    for key in unsupported.get(cfg["model"]["type"], ()):
+        if cfg["output"][key]:
+            raise PipelineError(
+                f"{source}: [output] {key} is not available for model.type = "
+                f"{cfg['model']['type']!r}; set {key} = false or model.type = 'gmm'."
+            )
+    return cfg
+
+
+def config_key(cfg: dict) -> str:
+    """Hash of the sections that decide the fitted result (checkpoints match on it)."""
+    decisive = {name: cfg.get(name) for name in RESULT_SECTIONS}
+    return hashlib.sha256(json.dumps(decisive, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _validate_input(raw: dict, source: str) -> dict:
+    cfg = _fill(raw, INPUT_FIELDS, "input", source)
+    given = [key for key in ("store", "csv", "generate") if cfg[key] is not None]
+    if len(given) != 1:
+        raise PipelineError(
+            f"{source}: [input] needs exactly one of store, csv or [input.generate], "
+            f"got {given or 'none'}."
+        )
+    if cfg["generate"] is not None:
+        gen = _fill(cfg["generate"], GENERATE_FIELDS, "input.generate", source)
+        for key in ("path", "n", "d", "k"):
+            _require(gen, key, "input.generate", source)
+        for key in ("n", "d", "k", "chunk_rows"):
+            if gen[key] < 1:
+                raise PipelineError(
+                    f"{source}: [input.generate] {key} must be >= 1, got {gen[key]}."
+                )
+        cfg["generate"] = gen
+    if cfg["columns"] is not None and cfg["csv"] is None:
+        raise PipelineError(f"{source}: [input] columns applies to csv input only; remove it.")
+    return cfg
+
+
+def _validate_model(raw: dict, source: str) -> dict:
+    kind = raw.get("type", "gmm")
+    _check_value(kind, COMMON_MODEL["type"][0], "model.type", source)
+    fields = COMMON_MODEL | MODEL_FIELDS[kind]
+    cfg = _fill(raw, fields, "model", source)
+    _require(cfg, "n_components", "model", source)
+    for key, minimum in MODEL_MINIMUM.items():
+        if key in cfg and cfg[key] < minimum:
+            raise PipelineError(f"{source}: [model] {key} must be >= {minimum}, got {cfg[key]}.")
+    return cfg
+
+
+def _validate_anneal(raw: dict | None, model: dict, source: str) -> dict | None:
+    wanted = model["type"] == "anneal" or model.get("init") == "anneal"
+    if raw is not None and not wanted:
+        raise PipelineError(
+            f"{source}: [anneal] is given but unused; set model.init = 'anneal' "
+            "(or model.type = 'anneal'), or remove [anneal]."
+        )
+    if not wanted:
+        return None
+    fields = anneal_fields()
+    cfg = _fill(raw or {}, fields, "anneal", source)
+    cfg = {key: value for key, value in cfg.items() if key in (raw or {})}
+    for key in ("n_components", "random_state"):
+        if key in fields:
+            cfg.setdefault(key, model[key])
+    return cfg
+
+
+def anneal_fields() -> dict:
+    """Allowed [anneal] keys: AnnealedGaussianMixture's parameters and their kinds."""
+    from dask_emk.models.anneal import AnnealedGaussianMixture
+
+    fields = {}
+    for name, default in AnnealedGaussianMixture().get_params(deep=False).items():
+        if isinstance(default, bool):
+            fields[name] = (BOOL, default)
+        elif isinstance(default, int):
+            fields[name] = (INT, default)
+        elif isinstance(default, float):
+            fields[name] = (FLOAT, default)
+        elif isinstance(default, str):
+            fields[name] = (STR, default)
+        else:  # None or an object default: any scalar TOML value
+            fields[name] = (None, default)
+    return fields
+
+
+def _fill(raw: dict, fields: dict, section: str, source: str) -> dict:
+    """Check keys and types of one section; return it with defaults filled in."""
+    _check_keys(raw, fields, f"[{section}]", source)
+    out = {}
+    for key, (kind, default) in fields.items():
+        if key in raw:
+            _check_value(raw[key], kind, f"{section}.{key}", source)
+            out[key] = float(raw[key]) if kind == FLOAT else copy.deepcopy(raw[key])
+        else:
+            out[key] = copy.deepcopy(default)
+    return out
+
+
+def _check_keys(raw: dict, fields: dict, where: str, source: str) -> None:
+    for key in raw:
+        if key not in fields:
+            close = difflib.get_close_matches(key, list(fields), n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise PipelineError(
+                f"{source}: unknown key {key!r} in {where}; {hint}allowed: {', '.join(fields)}."
+            )
+
+
+def _check_value(value, kind, name: str, source: str) -> None:
+    if kind is None:
+        ok = isinstance(value, (bool, int, float, str))
+        expected = "a string, number or boolean"
+    elif isinstance(kind, tuple):
+        ok = isinstance(value, str) and value in kind
+        expected = "one of " + ", ".join(repr(k) for k in kind)
+    else:
+        ok = {
+            INT: isinstance(value, int) and not isinstance(value, bool),
+            FLOAT: isinstance(value, (int, float)) and not isinstance(value, bool),
+            STR: isinstance(value, str),
+            BOOL: isinstance(value, bool),
+            STR_LIST: isinstance(value, list) and all(isinstance(v, str) for v in value),
+            TABLE: isinstance(value, dict),
+        }[kind]
+        expected = {STR_LIST: "a list of strings", TABLE: "a table"}.get(kind, f"a {kind}")
+    if not ok:
+        raise PipelineError(
+            f"{source}: {name} must be {expected}, got {value!r} ({_toml_type(value)})."
+        )
+
+
+def _require(cfg: dict, key: str, section: str, source: str) -> None:
+    if cfg.get(key) is None:
+        raise PipelineError(f"{source}: [{section}] needs {key}; add it.")
+
+
+def _toml_type(value) -> str:
+    for kind, name in ((bool, "boolean"), (int, "integer"), (float, "float"), (str, "string")):
+        if isinstance(value, kind):
+            return name
+    return {list: "array", dict: "table"}.get(type(value), type(value).__name__)

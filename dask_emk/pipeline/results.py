@@ -1,0 +1,124 @@
+"""The results store of a run: one zarr 3 store written through xarray.
+
+Layout (``xr.open_zarr(path)`` opens the root; groups with ``group=``):
+
+- root: the final model's parameters (named dims), the per-iteration
+  ``history_*`` of the pipeline's fit, per-sample outputs (``labels``,
+  ``responsibilities``, ``log_density`` along ``sample``, chunked like the
+  input) and attributes: the pipeline config (JSON, and the TOML text when it
+  came from a file), the package version, convergence;
+- ``anneal``: the annealed model (``to_xarray()``), ``anneal_path``: its
+  ``path_`` (when the pipeline anneals);
+- ``truth``: the generator's true parameters (generated input only).
+
+The root carries the attribute ``dask_emk_results = {"format": 1, "version": ...}``:
+that marker, not the name, is what lets a later run replace the store
+(:mod:`dask_emk.pipeline.outputs` holds the rule). The store is built under
+``<name>.partial`` (marked from its first write) and renamed into place last,
+so a run killed at any moment leaves the previous results (or none) at the
+path; the next run removes the ``.partial`` and restores a store left at
+``<name>.old`` by a kill between the two renames of a replace.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+from zarr.codecs import BloscCodec
+
+from dask_emk.pipeline.fits import FitOutcome
+from dask_emk.pipeline.outputs import RESULTS, new_store, replace_dir, store_marker
+
+#: History variables the estimators' own exports hold (replaced by the pipeline's).
+ESTIMATOR_HISTORY = ("lower_bound", "inertia")
+
+
+def model_dataset(outcome: FitOutcome) -> xr.Dataset:
+    """The final model's ``to_xarray()`` with the pipeline's full history.
+
+    Stepping fits one iteration per call, so the estimator's own history
+    covers one step; it is replaced by ``history_<objective>``,
+    ``history_change`` and ``history_seconds`` along ``iteration``.
+    """
+    ds = outcome.model.to_xarray()
+    ds = ds.drop_vars([v for v in ESTIMATOR_HISTORY if v in ds.data_vars])
+    ds = ds.drop_dims([d for d in ("iteration",) if d in ds.dims])
+    hist = outcome.history
+    ds[f"history_{outcome.objective}"] = ("iteration", np.array([h.value for h in hist]))
+    ds["history_change"] = ("iteration", np.array([h.change for h in hist]))
+    ds["history_seconds"] = ("iteration", np.array([h.seconds for h in hist]))
+    ds = ds.assign_coords(iteration=np.arange(1, len(hist) + 1))
+    ds.attrs.update(n_iter=len(hist), converged=str(bool(outcome.converged)))
+    return ds
+
+
+def per_sample_dataset(model, X, output: dict) -> xr.Dataset | None:
+    """Lazy per-sample outputs the pipeline asks for (None if none).
+
+    ``X`` is the lazy xarray input, so each output is a dask-backed
+    DataArray chunked like the input's sample axis.
+    """
+    wanted = {
+        "labels": lambda: model.predict(X).astype(np.int32),
+        "responsibilities": lambda: model.predict_proba(X),
+        "log_density": lambda: model.score_samples(X),
+    }
+    out = {name: make() for name, make in wanted.items() if output.get(name)}
+    return xr.Dataset(out) if out else None
+
+
+def truth_dataset(truth) -> xr.Dataset:
+    """The generator's true parameters with named dims."""
+    return xr.Dataset(
+        {
+            "weights": ("component", truth.weights),
+            "means": (("component", "feature"), truth.means),
+            "covariances": (("component", "feature_row", "feature_col"), truth.covariances),
+        }
+    )
+
+
+def write_results(
+    path: str | os.PathLike,
+    root: xr.Dataset,
+    groups: dict[str, xr.Dataset],
+    per_sample: xr.Dataset | None,
+) -> Path:
+    """Write the results store under a temporary name, then move it into place.
+
+    An existing store at ``path`` is replaced only if dask-emk wrote it
+    (:func:`dask_emk.pipeline.outputs.replace_dir`). Per-sample outputs are lazy:
+    ``to_zarr`` computes and writes them chunk by chunk on the active
+    scheduler, never whole in memory.
+    """
+    final = Path(path).absolute()
+    tmp = new_store(final, RESULTS)
+    root = portable_strings(root).assign_attrs(store_marker(RESULTS))
+    root.to_zarr(tmp, mode="a", consolidated=False, zarr_format=3)
+    for name, ds in groups.items():
+        portable_strings(ds).to_zarr(tmp, group=name, mode="w-", consolidated=False, zarr_format=3)
+    if per_sample is not None:
+        # Appending rewrites the group's attributes: keep the root's.
+        per_sample = per_sample.assign_attrs(root.attrs)
+        encoding = {name: {"compressors": (_compressor(),)} for name in per_sample.data_vars}
+        per_sample.to_zarr(tmp, mode="a", consolidated=False, encoding=encoding)
+    replace_dir(tmp, final, RESULTS)
+    return final
+
+
+def portable_strings(ds: xr.Dataset) -> xr.Dataset:
+    """Fixed-width unicode coordinates as object strings.
+
+    zarr 3 stores numpy ``<U`` arrays with a data type that has no zarr v3
+    specification yet (and warns); object strings become the specified
+    variable-length UTF-8 type.
+    """
+    fixed = {name: c.astype(object) for name, c in ds.coords.items() if c.dtype.kind == "U"}
+    return ds.assign_coords(fixed) if fixed else ds
+
+
+def _compressor() -> BloscCodec:
+    return BloscCodec(cname="zstd", clevel=3, shuffle="shuffle")

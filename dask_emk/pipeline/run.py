@@ -1,0 +1,262 @@
+"""Run a validated pipeline: input → (anneal) → model → results store → figures.
+
+Order matters for "a failed run writes nothing": everything that can be
+checked without computing (config, matplotlib, the input store, the
+scheduler spec, every output path against the rule of :mod:`dask_emk.pipeline.outputs`)
+is checked first; then the results path is locked and the leftovers of an
+interrupted run are cleaned up; then the scheduler is started or reached, and
+only then is data generated or results written.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+from dask.diagnostics import ProgressBar
+
+from dask_emk._version import __version__
+from dask_emk.pipeline import figures
+from dask_emk.pipeline.checkpoint import Checkpoint, checkpoint_path
+from dask_emk.pipeline.compare import truth_table
+from dask_emk.pipeline.config import config_key
+from dask_emk.pipeline.fits import (
+    FitOutcome,
+    anneal_outcome,
+    fit_anneal,
+    fit_gmm,
+    fit_kmeans,
+    format_iteration,
+    gmm_init_from_anneal,
+)
+from dask_emk.pipeline.outputs import CHECKPOINT, GENERATED, PLOT, RESULTS, check_output, claim
+from dask_emk.pipeline.results import (
+    model_dataset,
+    per_sample_dataset,
+    truth_dataset,
+    write_results,
+)
+from dask_emk.pipeline.scheduler import parse_scheduler, use_scheduler
+from dask_emk.pipeline.sources import Source, check_input, open_source
+
+
+def run_pipeline(
+    cfg: dict,
+    *,
+    toml_text: str | None = None,
+    resume: bool = False,
+    echo: Callable[[str], None] = print,
+    verbose: bool = True,
+    results_name: str = "output.results",
+) -> Path:
+    """Run ``cfg`` (from :func:`dask_emk.pipeline.config.validate`); return the results path.
+
+    Parameters
+    ----------
+    toml_text : str, optional
+        The pipeline file's text, stored verbatim in the results' attributes.
+    resume : bool
+        Continue from the checkpoint beside the results, if there is one.
+    echo : callable
+        Where progress lines go.
+    verbose : bool
+        Per-iteration lines (``--quiet`` turns them off; ``echo`` still gets
+        the summary).
+    results_name : str
+        How the user named the results path (``--out`` for ``dask-emk fit``),
+        for the messages that refuse it.
+    """
+    out = cfg["output"]
+    if out["plots"]:
+        figures.require_matplotlib()
+    check_input(cfg["input"])
+    parse_scheduler(cfg["scheduler"]["address"])
+    results, companions = check_outputs(cfg, resume, results_name)
+    checkpoint = Checkpoint(results, config_key(cfg), resume, out["checkpoint"])
+    with (
+        claim(results, RESULTS, where=results_name, companions=companions) as notes,
+        use_scheduler(cfg["scheduler"]["address"], echo),
+    ):
+        for note in notes:
+            echo(f"results: {note}")
+        source = open_source(cfg["input"], echo)
+        echo(f"input: {source.description}")
+        start = time.perf_counter()
+        outcome, anneal = fit_model(cfg, source, checkpoint, echo if verbose else _silent)
+        fit_seconds = time.perf_counter() - start
+        echo(_summary(outcome, fit_seconds))
+        groups = _groups(anneal, source)
+        root = _root_dataset(cfg, outcome, source, toml_text, fit_seconds)
+        per_sample = per_sample_dataset(outcome.model, source.X, out)
+        with _progress_bar(verbose):
+            write_results(results, root, groups, per_sample)
+        echo(f"results: {results} ({', '.join(['root', *groups])})")
+        if out["plots"]:
+            for path in draw_figures(results, outcome, anneal, source):
+                echo(f"plot: {path}")
+    if source.truth is not None:
+        lines, _ = truth_table(outcome.model, source.truth)
+        echo("fitted vs truth:")
+        for line in lines:
+            echo("  " + line)
+    return results
+
+
+def check_outputs(cfg: dict, resume: bool, results_name: str) -> tuple[Path, list]:
+    """Check every path the run writes against the output rule, before any work.
+
+    Returns
+    -------
+    (results path, [(checkpoint or plot path, kind), ...] written beside it)
+    """
+    inputs = [cfg["input"][key] for key in ("store", "csv") if cfg["input"][key] is not None]
+    gen = cfg["input"]["generate"]
+    if gen is not None:
+        check_output(gen["path"], GENERATED, where="input.generate.path")
+        inputs.append(gen["path"])
+    out = cfg["output"]
+    results = check_output(out["results"], RESULTS, where=results_name, inputs=inputs)
+    companions = []
+    if out["checkpoint"] or resume:
+        companions.append((checkpoint_path(results), CHECKPOINT))
+    if out["plots"]:
+        companions += [(path, PLOT) for path in figures.figure_paths(results).values()]
+    for path, kind in companions:
+        check_output(path, kind, where=results_name, inputs=inputs)
+    return results, companions
+
+
+#: Dask's progress bar shows only for computes longer than this.
+PROGRESS_MIN_SECONDS = 5.0
+
+
+def _progress_bar(verbose: bool):
+    """Dask's progress bar on the local schedulers (the dashboard serves distributed).
+
+    Used for the export only: every compute under a ProgressBar waits for its
+    timer thread (~0.1 s), which would cost more than a short EM iteration;
+    the fit reports itself with one line per iteration instead.
+    """
+    return ProgressBar(minimum=PROGRESS_MIN_SECONDS) if verbose else nullcontext()
+
+
+def fit_model(cfg: dict, source: Source, checkpoint: Checkpoint, echo) -> tuple:
+    """The pipeline's fit: optional annealing stage, then the model, resumable.
+
+    Returns
+    -------
+    (FitOutcome of the final model, fitted AnnealedGaussianMixture or None)
+    """
+    model_cfg = cfg["model"]
+    X, kind = source.X, model_cfg["type"]
+
+    def progress(stage, it):
+        echo(format_iteration(stage, "inertia" if stage == "kmeans" else "lower_bound", it))
+
+    anneal = None
+    if cfg["anneal"] is not None:
+        anneal = fit_anneal(X, cfg["anneal"], checkpoint, verbose=echo is not _silent)
+    if kind == "anneal":
+        return anneal_outcome(anneal), anneal
+    common = {"random_state": model_cfg["random_state"]}
+    if kind == "kmeans":
+        init = model_cfg["init"]
+        params = dict(
+            common,
+            n_clusters=model_cfg["n_components"],
+            init=np.asarray(anneal.means_, np.float64) if init == "anneal" else init,
+            oversampling_factor=model_cfg["oversampling_factor"],
+            tol=model_cfg["tol"],
+            max_iter=model_cfg["max_iter"],
+        )
+        return fit_kmeans(X, params, checkpoint, progress), anneal
+    params = dict(
+        common,
+        n_components=model_cfg["n_components"],
+        covariance_type=model_cfg["covariance_type"],
+        tol=model_cfg["tol"],
+        reg_covar=model_cfg["reg_covar"],
+        max_iter=model_cfg["max_iter"],
+    )
+    if model_cfg["init"] == "anneal":
+        n = X.sizes["sample"]
+        params.update(gmm_init_from_anneal(anneal, model_cfg["covariance_type"], n))
+    else:
+        init = model_cfg["init"]
+        params["init_params"] = "k-means||" if init == "kmeans" else init
+    return fit_gmm(X, params, checkpoint, progress), anneal
+
+
+def draw_figures(results: Path, outcome: FitOutcome, anneal, source: Source) -> list[Path]:
+    """Convergence curve, annealing path (if any), 2-D clusters (if d == 2)."""
+    paths = figures.figure_paths(results)
+    drawn = [figures.plot_convergence(outcome.history, outcome.objective, paths["convergence"])]
+    if anneal is not None:
+        drawn.append(figures.plot_anneal_path(anneal.path_, paths["path"]))
+    if source.X.sizes["feature"] == 2:
+        X2 = figures.subsample_rows(source.X)
+        model = outcome.model
+        labels = np.asarray(model.predict(X2))
+        means = getattr(model, "means_", None)
+        means = model.cluster_centers_ if means is None else means
+        names = source.X["feature"].values if "feature" in source.X.coords else ("x0", "x1")
+        drawn.append(
+            figures.plot_clusters(
+                X2,
+                labels,
+                np.asarray(means, np.float64),
+                figures.full_covariances(model),
+                paths["clusters"],
+                names,
+            )  # fmt: skip
+        )
+    return drawn
+
+
+def _root_dataset(cfg, outcome, source, toml_text, fit_seconds) -> xr.Dataset:
+    root = model_dataset(outcome) if cfg["model"]["type"] != "anneal" else _anneal_root(outcome)
+    root.attrs.update(
+        pipeline_json=json.dumps(cfg, sort_keys=True),
+        pipeline_toml=toml_text or "",
+        dask_emk_version=__version__,
+        input=source.description,
+        n_samples=int(source.X.sizes["sample"]),
+        fit_seconds=float(fit_seconds),
+    )
+    return root
+
+
+def _anneal_root(outcome: FitOutcome) -> xr.Dataset:
+    """An annealed model as the root: its own export plus the Lloyd history."""
+    hist = outcome.history
+    ds = outcome.model.to_xarray()
+    ds = ds.drop_dims([d for d in ("iteration",) if d in ds.dims])
+    ds["history_inertia"] = ("iteration", np.array([h.value for h in hist]))
+    ds["history_change"] = ("iteration", np.array([h.change for h in hist]))
+    return ds.assign_coords(iteration=np.arange(1, len(hist) + 1))
+
+
+def _groups(anneal, source: Source) -> dict[str, xr.Dataset]:
+    groups = {}
+    if anneal is not None:
+        groups["anneal"] = anneal.to_xarray()
+        groups["anneal_path"] = anneal.path_
+    if source.truth is not None:
+        groups["truth"] = truth_dataset(source.truth)
+    return groups
+
+
+def _summary(outcome: FitOutcome, seconds: float) -> str:
+    last = outcome.history[-1] if outcome.history else None
+    value = f", {outcome.objective.replace('_', ' ')} {last.value:.8g}" if last else ""
+    state = "converged" if outcome.converged else "NOT converged (raise max_iter or tol)"
+    return f"fit: {len(outcome.history)} iterations in {seconds:.1f} s, {state}{value}"
+
+
+def _silent(line: str) -> None:
+    return None

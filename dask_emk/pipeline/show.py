@@ -1,0 +1,63 @@
+"""A printed summary of a results store (``dask-emk show``)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+import zarr
+
+from dask_emk.pipeline.config import PipelineError
+
+GROUPS = ("anneal", "anneal_path", "truth")
+
+
+def summary(results: str | os.PathLike) -> list[str]:
+    """Lines describing a results store: model, convergence, parameters, outputs."""
+    results = Path(results)
+    check_results_store(results)
+    ds = xr.open_zarr(results, consolidated=False)
+    attrs = ds.attrs
+    lines = [
+        f"{results}: {attrs.get('model', '?')} (dask_emk {attrs.get('dask_emk_version', '?')})",
+        f"input: {attrs.get('input', '?')}",
+        f"iterations: {attrs.get('n_iter', '?')}, converged: {attrs.get('converged', '?')}, "
+        f"fit {attrs.get('fit_seconds', float('nan')):.1f} s",
+    ]
+    for name in ("history_lower_bound", "history_inertia"):
+        if name not in ds:
+            continue
+        values = ds[name].values
+        if values.size:
+            lines.append(f"{name[8:]}: first {values[0]:.8g}, last {values[-1]:.8g}")
+    for name in ("weights", "means", "centers", "sizes"):
+        if name in ds:
+            text = np.array2string(ds[name].values, precision=4, suppress_small=True)
+            lines.append(f"{name} {dict(ds[name].sizes)}:")
+            lines.extend("  " + line for line in text.splitlines())
+    per_sample = [v for v in ds.data_vars if "sample" in ds[v].dims]
+    lines.append(f"per-sample outputs: {', '.join(per_sample) or 'none'}")
+    groups = [g for g in GROUPS if (results / g / "zarr.json").exists()]
+    lines.append(f"groups: {', '.join(groups) or 'none'}")
+    config = json.loads(attrs.get("pipeline_json", "{}"))
+    lines.append(f"model config: {json.dumps(config.get('model', {}), sort_keys=True)}")
+    return lines
+
+
+def check_results_store(path: Path) -> None:
+    """Raise unless ``path`` is a results store (a zarr group a run wrote)."""
+    fix = "pass the output.results path of a run (the --out of dask-emk fit)."
+    if not (path / "zarr.json").exists():
+        raise PipelineError(f"{path} is not a dask-emk results store; {fix}")
+    node = zarr.open(store=zarr.storage.LocalStore(path, read_only=True), mode="r")
+    if isinstance(node, zarr.Array):
+        raise PipelineError(f"{path} is a zarr array (input data?), not a results store; {fix}")
+    if "dask_emk_version" not in node.attrs:
+        arrays = sorted(name for name, _ in node.arrays())
+        raise PipelineError(
+            f"{path} is a zarr store (arrays {arrays}) that no dask-emk run wrote, not a "
+            f"results store; {fix}"
+        )
