@@ -111,9 +111,9 @@ def _keep_far(far_dist, far_label, far_row, squared, label, row):  # pragma: no 
     """Insert a row into the m farthest, kept ascending by (distance, row).
 
     Rows arrive in order, so the new row ranks above every kept row of equal
-    distance (later rows first among ties, as :func:`dask_emk.kernels.
-    farthest_order`); it evicts the lowest entry, which the caller checked
-    it does not rank below. One comparison per row instead of an
+    distance (later rows first among ties, as
+    :func:`dask_emk.core.assign.farthest_order`); it evicts the lowest entry,
+    which the caller checked it does not rank below. One comparison per row instead of an
     ``argpartition`` over the block's distances.
     """
     p = 0

@@ -52,7 +52,7 @@ def m_step(
     ----------
     stats : dict
         Summed statistics (``N`` (K,), ``S`` (K, d), ``Q``), see
-        :func:`dask_emk.kernels.moment_stats`.
+        :func:`dask_emk.core.mixture.moment_stats`.
     centers : ndarray of shape (K, d)
         The reference c_k each component's moments were taken about.
     covariance_type : str

@@ -4,7 +4,7 @@ Most statistics add up; a few are lists of the m largest keys with rows
 attached (the farthest points of a k-means pass, sampled rows of a seeding
 pass). :func:`merge_packed` is the ``combine`` given to
 :func:`dask_emk.engine.reduction.reduce_pass`: it adds the additive parts of a stack of
-packed rows and merges their top-m lists with :func:`dask_emk.kernels.merge_top`.
+packed rows and merges their top-m lists with :func:`dask_emk.core.assign.merge_top`.
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ def merge_packed(rows: np.ndarray, layout: StatsLayout, tops: tuple) -> np.ndarr
 
 
 def assign_layout(n_clusters: int, n_features: int, n_far: int, moments: bool) -> StatsLayout:
-    """Packed layout of :func:`dask_emk.kernels.assign_stats`."""
+    """Packed layout of :func:`dask_emk.core.assign.assign_stats`."""
     K, d, m = n_clusters, n_features, n_far
     shapes = {"nonfinite": (), "count": (), "inertia": (), "N": (K,), "S": (K, d)}
     if moments:
@@ -81,7 +81,7 @@ def assign_pass(X, weight, centers, origin, n_far=0, moments=False, split_every=
 
     Returns
     -------
-    dict, see :func:`dask_emk.kernels.assign_stats`; raises ValueError when
+    dict, see :func:`dask_emk.core.assign.assign_stats`; raises ValueError when
     the data holds NaN or infinity.
     """
     layout = assign_layout(centers.shape[0], centers.shape[1], n_far, moments)
@@ -109,7 +109,7 @@ def seed_pass(
 ) -> dict:
     """One seeding pass (one compute): potentials and sampled rows per stream.
 
-    See :func:`dask_emk.kernels.seed_stats` for the arguments; returns
+    See :func:`dask_emk.core.seeding.seed_stats` for the arguments; returns
     ``potential`` (s,), ``key`` (s, n_keep) descending and ``x`` (s, n_keep, d)
     merged over all blocks. Raises ValueError when the data holds NaN/inf.
     """
@@ -124,7 +124,7 @@ def seed_pass(
 
 
 def hartigan_layout(n_clusters: int, n_features: int, n_bins: int) -> StatsLayout:
-    """Packed layout of :func:`dask_emk.kernels.hartigan_stats` (all parts add)."""
+    """Packed layout of :func:`dask_emk.core.hartigan.hartigan_stats` (all parts add)."""
     K, d, B = n_clusters, n_features, n_bins
     return StatsLayout(
         {"nonfinite": (), "count": (), "inertia": (), "N": (K,), "S": (K, d), "dN": (B, K),
@@ -140,7 +140,7 @@ def hartigan_block(X, weight, centers, mass, origin, edges, layout) -> np.ndarra
 def hartigan_pass(X, weight, centers, mass, origin, edges, split_every=None) -> dict:
     """One pass (one compute): Lloyd sums at ``centers`` and the binned Hartigan moves.
 
-    See :func:`dask_emk.kernels.hartigan_stats` for the arguments and the
+    See :func:`dask_emk.core.hartigan.hartigan_stats` for the arguments and the
     returned statistics, summed over all blocks. Raises ValueError when the
     data holds NaN or infinity.
     """

@@ -1,7 +1,7 @@
 """Dask orchestration: one pass over the data = blockwise kernel + tree sum.
 
 A *block function* maps one block of rows (and its sample weights) to a flat
-float64 row of statistics (:class:`dask_emk.stats.StatsLayout`). A pass
+float64 row of statistics (:class:`dask_emk.core.layout.StatsLayout`). A pass
 applies it to every block with ``dask.array.blockwise``, adds the rows in a
 tree of delayed combine steps (:func:`combine_tree`), then computes once. Only
 the summed vector comes back to the client; responsibilities never leave the

@@ -65,7 +65,7 @@ def moments_block(X, weight, origin: np.ndarray, layout: StatsLayout) -> np.ndar
 
 
 def anneal_block(X, weight, params: mixture.MixtureParams, layout: StatsLayout) -> np.ndarray:
-    """Packed :func:`dask_emk.kernels.anneal_stats` of one block."""
+    """Packed :func:`dask_emk.core.mixture.anneal_stats` of one block."""
     return layout.pack(mixture.anneal_stats(X, weight, params))
 
 

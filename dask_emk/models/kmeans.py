@@ -1,7 +1,7 @@
 """KMeans: Lloyd iterations on chunks with scikit-learn's interface and semantics.
 
 Each Lloyd iteration is one pass over the data and one Dask compute: the
-block kernel :func:`dask_emk.kernels.assign_stats` gives per-cluster weights
+block kernel :func:`dask_emk.core.assign.assign_stats` gives per-cluster weights
 and sums, the inertia and the farthest rows; the tree reduction adds the
 first and merges the last (:func:`dask_emk.engine.passes.assign_pass`); the centre
 update and scikit-learn's empty-cluster relocation run on K×d numbers here.
@@ -44,7 +44,7 @@ def update_centers(stats: dict, origin: np.ndarray) -> tuple[np.ndarray, np.ndar
     farthest row, which leaves its old cluster; if every row sits on its
     centre nothing moves; a cluster still without weight goes to the centre
     of the heaviest one. The centres are the mixture M-step's weighted means
-    (:func:`dask_emk.stats.weighted_means`) in the σ² → 0 limit.
+    (:func:`dask_emk.core.mstep.weighted_means`) in the σ² → 0 limit.
 
     Returns
     -------
