@@ -4,6 +4,8 @@ docs/SCHEMA.md is that table."""
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import xarray as xr
@@ -89,6 +91,20 @@ def test_schema_doc_is_the_table():
     text = export.schema_markdown()
     for row in SCHEMA:
         assert f"| `{row.name}` |" in text
+
+
+def test_readmes_name_variables_as_the_table_does():
+    """Every `name(dims)` the READMEs write with a documented dim is a row of the table."""
+    rows = {(row.name, row.dims) for row in SCHEMA if row.kind == VARIABLE}
+    dims = {row.name for row in SCHEMA if row.kind == DIMENSION}
+    found = []
+    for readme in (ROOT / "README.md", ROOT / "pipelines" / "README.md"):
+        for name, inside in re.findall(r"`(\w+)\(([\w,\s]*)\)`", readme.read_text()):
+            named = tuple(part.strip() for part in inside.split(",") if part.strip())
+            if set(named) & dims:
+                found.append(name)
+                assert (name, named) in rows, (str(readme.relative_to(ROOT)), name, named)
+    assert {"weights", "means", "sizes"} <= set(found)
 
 
 def test_undocumented_name_is_refused():
