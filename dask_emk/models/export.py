@@ -45,6 +45,7 @@ PLACES = {
 }
 
 DIMENSION, VARIABLE, ATTRIBUTE = "dimension", "variable", "attribute"
+KIND_TITLES = {DIMENSION: "Dimensions", VARIABLE: "Variables", ATTRIBUTE: "Attributes"}
 #: Dims that depend on the model's settings (``covariances``: on ``covariance_type``).
 BY_COVARIANCE_TYPE = None
 
@@ -379,11 +380,7 @@ def schema_markdown() -> str:
     """docs/SCHEMA.md: the intro, the places and one table per kind of name."""
     lines = [SCHEMA_INTRO]
     lines += [f"- **{label}**: {text}" for label, text in PLACES.values()]
-    for kind, title in (
-        (DIMENSION, "Dimensions"),
-        (VARIABLE, "Variables"),
-        (ATTRIBUTE, "Attributes"),
-    ):
+    for kind, title in KIND_TITLES.items():
         with_dims = kind == VARIABLE
         head = ["name", "dims", "meaning", "in"] if with_dims else ["name", "meaning", "in"]
         lines += ["", f"## {title}", "", _row(head), _row(["---"] * len(head))]
@@ -397,4 +394,3 @@ def schema_markdown() -> str:
 
 def _row(cells: list[str]) -> str:
     return "| " + " | ".join(cells) + " |"
-

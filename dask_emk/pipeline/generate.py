@@ -129,13 +129,21 @@ def _write_mixture(
     d = truth.means.shape[1]
     compressors = [BloscCodec(cname="zstd", clevel=3, shuffle="shuffle")]
     X = group.create_array(
-        "X", shape=(n_samples, d), chunks=(chunk_rows, d), dtype=dtype, compressors=compressors,
+        "X",
+        shape=(n_samples, d),
+        chunks=(chunk_rows, d),
+        dtype=dtype,
+        compressors=compressors,
         dimension_names=export.schema_dims(export.GENERATED, "X"),
-    )  # fmt: skip
+    )
     labels = group.create_array(
-        "labels", shape=(n_samples,), chunks=(chunk_rows,), dtype="int32", compressors=compressors,
+        "labels",
+        shape=(n_samples,),
+        chunks=(chunk_rows,),
+        dtype="int32",
+        compressors=compressors,
         dimension_names=export.schema_dims(export.GENERATED, "labels"),
-    )  # fmt: skip
+    )
     streams = np.random.SeedSequence(seed).spawn(-(-n_samples // chunk_rows))
     shared_truth = dask.delayed(truth)
     write = dask.delayed(_write_chunk, pure=False)
