@@ -116,12 +116,7 @@ def matched_errors(results: Path) -> tuple[float, float, np.ndarray]:
     """Largest mean error (true sd units) and weight error against the truth group,
     and the fitted index of each true component."""
     fit, truth = open_results(results), open_results(results, "truth")
-    means = fit["means"].values if "means" in fit else fit["centers"].values
-    weights = (
-        fit["weights"].values
-        if "weights" in fit
-        else fit["sizes"].values / fit["sizes"].sum().values
-    )
+    means, weights = fit["means"].values, fit["weights"].values
     true_means = truth["means"].values
     cost = ((true_means[:, None, :] - means[None]) ** 2).sum(axis=2)
     _, order = linear_sum_assignment(cost)

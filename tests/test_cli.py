@@ -52,7 +52,7 @@ def test_fit_kmeans_and_show(store, tmp_path):
     ds = open_results(out)
     assert ds["labels"].shape == (30_000,) and ds.attrs["model"] == "KMeans"
     shown = invoke("show", out)
-    assert shown.exit_code == 0 and "KMeans" in shown.output and "centers" in shown.output
+    assert shown.exit_code == 0 and "KMeans" in shown.output and "means" in shown.output
 
 
 def test_fit_gmm_quiet_threads(store, tmp_path):

@@ -436,7 +436,7 @@ def test_to_xarray_round_trip(data, tmp_path):
     ds = km.to_xarray()
     ds.to_zarr(tmp_path / "km.zarr")
     back = xr.open_zarr(tmp_path / "km.zarr").load()
-    np.testing.assert_array_equal(back["centers"].values, km.cluster_centers_)
+    np.testing.assert_array_equal(back["means"].values, km.cluster_centers_)
     np.testing.assert_array_equal(back["sizes"].values, np.bincount(km.labels_, minlength=K))
     assert back["inertia"].sizes["iteration"] == km.n_iter_
     assert back["inertia"].values[-1] == pytest.approx(km.inertia_)

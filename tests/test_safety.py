@@ -370,7 +370,7 @@ def test_second_run_on_the_same_results_is_refused(user_files):
         first.send_signal(signal.SIGCONT)
         out, _ = first.communicate(timeout=120)
     assert first.returncode == 0, out
-    assert open_results(user_files / "r.zarr").sizes["cluster"] == 2
+    assert open_results(user_files / "r.zarr").sizes["component"] == 2
     assert not lock.exists()
 
 

@@ -44,6 +44,7 @@ from dask_emk.core.mstep import m_step
 from dask_emk.engine import reduction
 from dask_emk.engine.inputs import InputData, as_sample_weight
 from dask_emk.engine.passes import hartigan_pass
+from dask_emk.models.export import PATH, anneal_dataset, schema_attrs, schema_dataset
 from dask_emk.models.gmm import resp_rows
 from dask_emk.models.kmeans import KMeans
 from dask_emk.models.validation import (
@@ -167,28 +168,32 @@ class AnnealPath:
         scalars = ("sigma2", "lower_bound", "softness", "n_iter")
         col = {name: np.array([step[name] for step in self.steps]) for name in scalars}
         ev = np.array(self.events, dtype=np.float64).reshape(-1, 5)
-        return xr.Dataset(
+        ds = schema_dataset(
+            PATH,
             {
-                "sigma2": ("step", col["sigma2"].astype(np.float64)),
-                "means": (("step", "component", "feature"), means),
-                "weights": (("step", "component"), weights),
-                "lower_bound": ("step", col["lower_bound"].astype(np.float64)),
-                "n_distinct": ("step", np.array([len(s["slots"]) for s in self.steps])),
-                "softness": ("step", col["softness"].astype(np.float64)),
-                "n_iter": ("step", col["n_iter"].astype(np.int64)),
-                "event_step": ("event", ev[:, 0].astype(np.int64)),
-                "event_kind": ("event", ev[:, 1].astype(np.int64)),
-                "event_component": ("event", ev[:, 2].astype(np.int64)),
-                "event_partner": ("event", ev[:, 3].astype(np.int64)),
-                "event_sigma2": ("event", ev[:, 4]),
-                "data_mean": ("feature", data_mean),
+                "sigma2": col["sigma2"].astype(np.float64),
+                "means": means,
+                "weights": weights,
+                "lower_bound": col["lower_bound"].astype(np.float64),
+                "n_distinct": np.array([len(s["slots"]) for s in self.steps]),
+                "softness": col["softness"].astype(np.float64),
+                "n_iter": col["n_iter"].astype(np.int64),
+                "event_step": ev[:, 0].astype(np.int64),
+                "event_kind": ev[:, 1].astype(np.int64),
+                "event_component": ev[:, 2].astype(np.int64),
+                "event_partner": ev[:, 3].astype(np.int64),
+                "event_sigma2": ev[:, 4],
+                "data_mean": data_mean,
             },
-            coords={"step": np.arange(S), "component": np.arange(C), "feature": features},
-            attrs={
-                "description": "Deterministic annealing path of a shared-variance mixture",
-                "event_kind": "1 = split (component -> component + partner), "
+            {"step": np.arange(S), "component": np.arange(C), "feature": features},
+        )
+        return ds.assign_attrs(
+            schema_attrs(
+                PATH,
+                description="Deterministic annealing path of a shared-variance mixture",
+                event_kind="1 = split (component -> component + partner), "
                 "-1 = merge (partner absorbed into component)",
-            },
+            )
         )
 
 
@@ -532,7 +537,8 @@ class AnnealedGaussianMixture(
         the sample), ``n_distinct(step)``, ``softness(step)`` (mean 1 − max
         responsibility), ``n_iter(step)``, split/merge events
         ``event_step, event_kind (1 split, -1 merge), event_component,
-        event_partner, event_sigma2``, and ``data_mean(feature)``.
+        event_partner, event_sigma2``, and ``data_mean(feature)`` (the
+        ``path`` names of :data:`dask_emk.models.export.SCHEMA`).
     stop_reason_ : str
         Why annealing ended: 'budget' or 'sigma2_stop'.
     kmeans_ : dask_emk.KMeans
@@ -780,9 +786,7 @@ class AnnealedGaussianMixture(
         return data.wrap_rows(out, extra_dim="component")
 
     def to_xarray(self) -> xr.Dataset:
-        """Final centres, weights, fit settings and the path as one Dataset."""
-        from dask_emk.models.export import anneal_dataset
-
+        """Final means, weights, sizes and fit settings (the path is ``path_``)."""
         check_is_fitted(self, "means_")
         return anneal_dataset(self)
 

@@ -1,8 +1,18 @@
-"""Fitted models as labelled ``xarray.Dataset``s (written with to_zarr/to_netcdf)."""
+"""The export schema, and fitted models as labelled ``xarray.Dataset``s.
+
+:data:`SCHEMA` is the one table of every name dask_emk writes: the
+``to_xarray()`` of each model, the annealing path, a pipeline's results store
+and the generator's truth. The export functions take their dims from it and
+refuse a name it does not list; ``docs/SCHEMA.md`` is
+:func:`schema_markdown` and a test checks that the two agree. scikit-learn's
+attribute names stay as they are in Python (``cluster_centers_``,
+``means_``, ...); the table says which one each exported variable holds.
+"""
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 
 import numpy as np
 import xarray as xr
@@ -10,14 +20,233 @@ import xarray as xr
 from dask_emk._version import __version__
 from dask_emk.core.covariance import COVARIANCE_TYPES, MATRIX_DIMS
 
+# ----------------------------------------------------------------- places
+GMM, KMEANS, ANNEAL = "GaussianMixture", "KMeans", "AnnealedGaussianMixture"
+MODELS = (GMM, KMEANS, ANNEAL)
+PATH, RESULTS, TRUTH, GENERATED = "path", "results", "truth", "generated"
 
+#: Where names occur: the short label used in the table, and what it is.
+PLACES = {
+    GMM: ("GM", "`GaussianMixture.to_xarray()`; the results root of a `gmm` run"),
+    KMEANS: ("KM", "`KMeans.to_xarray()`; the results root of a `kmeans` run"),
+    ANNEAL: (
+        "AGM",
+        "`AnnealedGaussianMixture.to_xarray()`; the results group `anneal`, and the "
+        "results root of an `anneal` run",
+    ),
+    PATH: ("path", "`AnnealedGaussianMixture.path_`; the results group `anneal_path`"),
+    RESULTS: (
+        "results",
+        "added to the results root by a pipeline run (the model's own history, "
+        "`lower_bound` or `inertia`, is replaced by `history_*`)",
+    ),
+    TRUTH: ("truth", "the results group `truth` (generated input only)"),
+    GENERATED: ("generated", "a store written by `dask-emk generate` (or `[input.generate]`)"),
+}
+
+DIMENSION, VARIABLE, ATTRIBUTE = "dimension", "variable", "attribute"
+KIND_TITLES = {DIMENSION: "Dimensions", VARIABLE: "Variables", ATTRIBUTE: "Attributes"}
+#: Dims that depend on the model's settings (``covariances``: on ``covariance_type``).
+BY_COVARIANCE_TYPE = None
+
+
+@dataclass(frozen=True)
+class Name:
+    """One exported name: a dimension, a data variable or an attribute."""
+
+    name: str
+    kind: str
+    where: tuple[str, ...]
+    meaning: str
+    dims: tuple[str, ...] | None = ()
+
+
+_COMPONENT_FEATURE = ("component", "feature")
+_FULL_MATRICES = ("component", *MATRIX_DIMS)
+_MODELS_TRUTH = (*MODELS, TRUTH, GENERATED)
+
+
+def _covariance_dims_text() -> str:
+    return "; ".join(
+        f"{name} ({', '.join(ct.dims) or 'no dims'})" for name, ct in COVARIANCE_TYPES.items()
+    )
+
+
+#: Every name dask_emk writes: one row per name and meaning.
+SCHEMA: tuple[Name, ...] = (
+    # dimensions
+    Name("component", DIMENSION, (*MODELS, PATH, RESULTS, TRUTH, GENERATED),
+         "mixture components and k-means clusters alike, 0 … K−1; in `path` a slot per "
+         "mean the anneal ever made (a split opens one, a merge closes one)"),
+    Name("feature", DIMENSION, (*MODELS, PATH, TRUTH, GENERATED),
+         "the input's feature labels (xarray or pandas input), else 0 … d−1"),
+    Name("feature_row", DIMENSION, (GMM, TRUTH, GENERATED),
+         "the feature labels again, for the rows of covariance matrices"),
+    Name("feature_col", DIMENSION, (GMM, TRUTH, GENERATED),
+         "the feature labels again, for the columns of covariance matrices"),
+    Name("iteration", DIMENSION, (GMM, KMEANS, RESULTS), "iterations of the fit, 1 … n_iter"),
+    Name("step", DIMENSION, (PATH,), "annealing steps, σ² decreasing, 0 … n_steps−1"),
+    Name("event", DIMENSION, (PATH,), "split and merge events in order (no coordinate)"),
+    Name("sample", DIMENSION, (RESULTS, GENERATED), "rows of the input, in its chunks"),
+    # model parameters
+    Name("weights", VARIABLE, _MODELS_TRUTH,
+         "mixing weights, summing to 1: `weights_` (GM, AGM); for KM the fraction of the "
+         "(weighted) data in each cluster, `cluster_weights_ / cluster_weights_.sum()`",
+         ("component",)),
+    Name("means", VARIABLE, _MODELS_TRUTH,
+         "component means and cluster centres alike: `means_` (GM, AGM), "
+         "`cluster_centers_` (KM, AGM)", _COMPONENT_FEATURE),
+    Name("sizes", VARIABLE, (KMEANS, ANNEAL),
+         "total sample weight of each cluster (its row count without sample weights): "
+         "`cluster_weights_` (KM), `kmeans_.cluster_weights_` (AGM); not normalised, "
+         "`weights` = `sizes / sizes.sum()`", ("component",)),
+    Name("covariances", VARIABLE, (GMM,),
+         "`covariances_`; dims by `covariance_type`: " + _covariance_dims_text(),
+         BY_COVARIANCE_TYPE),
+    Name("covariances", VARIABLE, (TRUTH, GENERATED), "full covariance of each component",
+         _FULL_MATRICES),
+    Name("lower_bound", VARIABLE, (GMM,),
+         "`lower_bounds_`: mean log-likelihood per sample after each EM iteration",
+         ("iteration",)),
+    Name("inertia", VARIABLE, (KMEANS,),
+         "`inertia_history_`: Σ w‖x − c‖² at the start of each Lloyd iteration",
+         ("iteration",)),
+    # the annealing path
+    Name("sigma2", VARIABLE, (PATH,), "shared variance σ² of each step, strictly decreasing",
+         ("step",)),
+    Name("means", VARIABLE, (PATH,), "means at each step; NaN where a slot is not open",
+         ("step", "component", "feature")),
+    Name("weights", VARIABLE, (PATH,), "mixing weights at each step; NaN where a slot is "
+         "not open", ("step", "component")),
+    Name("lower_bound", VARIABLE, (PATH,), "mean log-likelihood on the sample at each step",
+         ("step",)),
+    Name("n_distinct", VARIABLE, (PATH,), "open slots at each step", ("step",)),
+    Name("softness", VARIABLE, (PATH,), "mean of 1 − max responsibility at each step",
+         ("step",)),
+    Name("n_iter", VARIABLE, (PATH,), "EM iterations of each step", ("step",)),
+    Name("event_step", VARIABLE, (PATH,), "step after which the event happened", ("event",)),
+    Name("event_kind", VARIABLE, (PATH,), "1 split, −1 merge", ("event",)),
+    Name("event_component", VARIABLE, (PATH,),
+         "slot that split, or that absorbed its partner", ("event",)),
+    Name("event_partner", VARIABLE, (PATH,),
+         "slot opened by the split, or absorbed by the merge", ("event",)),
+    Name("event_sigma2", VARIABLE, (PATH,), "σ² of the event", ("event",)),
+    Name("data_mean", VARIABLE, (PATH,), "mean of the annealing sample", ("feature",)),
+    # added by a pipeline run
+    Name("history_lower_bound", VARIABLE, (RESULTS,),
+         "lower bound after each iteration of the run (gmm)", ("iteration",)),
+    Name("history_inertia", VARIABLE, (RESULTS,),
+         "inertia at the start of each Lloyd iteration of the run (kmeans, anneal)",
+         ("iteration",)),
+    Name("history_change", VARIABLE, (RESULTS,),
+         "change of the objective in each iteration", ("iteration",)),
+    Name("history_seconds", VARIABLE, (RESULTS,),
+         "wall time of each iteration (NaN in an anneal run)", ("iteration",)),
+    Name("labels", VARIABLE, (RESULTS,),
+         "`predict`: most probable component, or nearest centre (`output.labels`)",
+         ("sample",)),
+    Name("responsibilities", VARIABLE, (RESULTS,),
+         "`predict_proba` (`output.responsibilities`; gmm, anneal)", ("sample", "component")),
+    Name("log_density", VARIABLE, (RESULTS,),
+         "`score_samples`: log p(x) (`output.log_density`; gmm)", ("sample",)),
+    # the generator
+    Name("X", VARIABLE, (GENERATED,), "the data", ("sample", "feature")),
+    Name("labels", VARIABLE, (GENERATED,), "true component of each row", ("sample",)),
+    # attributes
+    Name("model", ATTRIBUTE, MODELS, "the estimator's class name"),
+    Name("dask_emk_version", ATTRIBUTE, MODELS, "the version that wrote it"),
+    Name("<each constructor parameter>", ATTRIBUTE, MODELS,
+         "`get_params()` under its own name: numbers and strings as they are, None as "
+         "'None', booleans as 'True'/'False', arrays as JSON, other objects as repr"),
+    Name("n_iter", ATTRIBUTE, (*MODELS, RESULTS),
+         "`n_iter_`; in results, the iterations of the run (the size of `iteration`)"),
+    Name("converged", ATTRIBUTE, (GMM, RESULTS), "`converged_`, 'True' or 'False'"),
+    Name("final_lower_bound", ATTRIBUTE, (GMM,), "`lower_bound_`"),
+    Name("final_inertia", ATTRIBUTE, (KMEANS, ANNEAL), "`inertia_`, over the full data"),
+    Name("sigma2", ATTRIBUTE, (ANNEAL,), "`sigma2_`: σ² of the last annealing step"),
+    Name("n_full_passes", ATTRIBUTE, (ANNEAL,), "`n_full_passes_`"),
+    Name("stop_reason", ATTRIBUTE, (ANNEAL,), "`stop_reason_`: 'budget' or 'sigma2_stop'"),
+    Name("description", ATTRIBUTE, (PATH,), "what the dataset is"),
+    Name("event_kind", ATTRIBUTE, (PATH,), "what the values of `event_kind` mean"),
+    Name("pipeline_json", ATTRIBUTE, (RESULTS,), "the validated pipeline config as JSON"),
+    Name("pipeline_toml", ATTRIBUTE, (RESULTS,), "the pipeline file's text ('' without one)"),
+    Name("input", ATTRIBUTE, (RESULTS,), "description of the input"),
+    Name("n_samples", ATTRIBUTE, (RESULTS, GENERATED), "rows of the input"),
+    Name("fit_seconds", ATTRIBUTE, (RESULTS,), "wall time of the fit"),
+    Name("dask_emk_results", ATTRIBUTE, (RESULTS,),
+         "marker {format, version}: the store may be replaced by a later run"),
+    Name("dask_emk_generated", ATTRIBUTE, (GENERATED,),
+         "marker {format, version}: the store may be replaced by a later generate"),
+    Name("n_features", ATTRIBUTE, (GENERATED,), "d"),
+    Name("n_components", ATTRIBUTE, (GENERATED,), "K of the true mixture"),
+    Name("seed", ATTRIBUTE, (GENERATED,), "seed of the data and the truth"),
+)  # fmt: skip
+
+
+def schema_names(place: str, kind: str) -> dict[str, Name]:
+    """The table's names of one kind in ``place``, by name."""
+    return {n.name: n for n in SCHEMA if n.kind == kind and place in n.where}
+
+
+def schema_dims(place: str, name: str) -> tuple[str, ...] | None:
+    """Dims of variable ``name`` in ``place`` (None: they depend on the model's settings)."""
+    return _lookup(place, VARIABLE, name).dims
+
+
+def _lookup(place: str, kind: str, name: str) -> Name:
+    try:
+        return schema_names(place, kind)[name]
+    except KeyError:
+        raise RuntimeError(
+            f"{kind} {name!r} is not in the export schema for {place}: add it to "
+            "dask_emk.models.export.SCHEMA (and regenerate docs/SCHEMA.md)."
+        ) from None
+
+
+def schema_dataset(place: str, variables: dict, coords: dict) -> xr.Dataset:
+    """``variables`` as a Dataset with the dims :data:`SCHEMA` gives them in ``place``.
+
+    Parameters
+    ----------
+    variables : dict
+        ``{name: values}``: arrays, or DataArrays with the table's dims; a
+        name whose dims depend on the model's settings (``covariances``)
+        takes ``(dims, values)``.
+    coords : dict
+        ``{dim: labels}``; coordinates of dims no variable uses are left out.
+
+    Raises
+    ------
+    RuntimeError
+        A name the table does not list in ``place``: nothing is exported
+        undocumented.
+    """
+    data = {}
+    for name, values in variables.items():
+        dims = schema_dims(place, name)
+        if isinstance(values, xr.DataArray) and values.dims != dims:
+            raise RuntimeError(f"{name} has dims {values.dims}; the export schema says {dims}.")
+        data[name] = values if dims is None or isinstance(values, xr.DataArray) else (dims, values)
+    ds = xr.Dataset(data)
+    return ds.assign_coords({dim: c for dim, c in coords.items() if dim in ds.dims})
+
+
+def schema_attrs(place: str, **attrs) -> dict:
+    """``attrs`` after checking that :data:`SCHEMA` lists each in ``place``."""
+    for name in attrs:
+        _lookup(place, ATTRIBUTE, name)
+    return attrs
+
+
+# ---------------------------------------------------------------- exports
 def fit_attributes(estimator) -> dict:
-    """Every constructor parameter as a netCDF/zarr-safe attribute.
+    """``model``, ``dask_emk_version`` and every constructor parameter, netCDF/zarr-safe.
 
     Scalars stay scalars; arrays and other objects are stored as JSON text so
     the attributes survive both to_zarr and to_netcdf.
     """
-    attrs = {"dask_emk_version": __version__, "model": type(estimator).__name__}
+    model = type(estimator).__name__
+    attrs = schema_attrs(model, dask_emk_version=__version__, model=model)
     for name, value in estimator.get_params(deep=False).items():
         if value is None:
             attrs[name] = "None"
@@ -40,89 +269,128 @@ def feature_coords(estimator) -> np.ndarray:
     )
 
 
-def mixture_dataset(gm) -> xr.Dataset:
-    """Dataset of a fitted GaussianMixture.
-
-    Variables: ``weights(component)``, ``means(component, feature)``,
-    ``covariances`` with dims by covariance type (``feature_row`` and
-    ``feature_col`` for matrices), ``lower_bound(iteration)``; attributes hold
-    every fit parameter, the package version and convergence flags.
-    """
-    cov_dims = COVARIANCE_TYPES[gm.covariance_type].dims
-    features = feature_coords(gm)
-    coords = {
-        "component": np.arange(gm.n_components),
+def parameter_coords(n_components: int, features: np.ndarray, n_iterations: int = 0) -> dict:
+    """Coordinates of ``component``, ``feature`` (also as rows and columns) and ``iteration``."""
+    return {
+        "component": np.arange(n_components),
         "feature": features,
-        "iteration": np.arange(1, len(gm.lower_bounds_) + 1),
+        **dict.fromkeys(MATRIX_DIMS, features),
+        "iteration": np.arange(1, n_iterations + 1),
     }
-    coords.update((dim, features) for dim in cov_dims if dim in MATRIX_DIMS)
-    ds = xr.Dataset(
+
+
+def mixture_dataset(gm) -> xr.Dataset:
+    """Dataset of a fitted GaussianMixture (the GM names of :data:`SCHEMA`)."""
+    cov_dims = COVARIANCE_TYPES[gm.covariance_type].dims
+    lower_bounds = np.asarray(gm.lower_bounds_, dtype=np.float64)
+    ds = schema_dataset(
+        GMM,
         {
-            "weights": (("component",), gm.weights_),
-            "means": (("component", "feature"), gm.means_),
+            "weights": gm.weights_,
+            "means": gm.means_,
             "covariances": (cov_dims, gm.covariances_),
-            "lower_bound": (("iteration",), np.asarray(gm.lower_bounds_, dtype=np.float64)),
+            "lower_bound": lower_bounds,
         },
-        coords=coords,
+        parameter_coords(gm.n_components, feature_coords(gm), lower_bounds.size),
     )
     ds.attrs.update(fit_attributes(gm))
     ds.attrs.update(
-        converged=str(bool(gm.converged_)),
-        n_iter=int(gm.n_iter_),
-        final_lower_bound=float(gm.lower_bound_),
+        schema_attrs(
+            GMM,
+            converged=str(bool(gm.converged_)),
+            n_iter=int(gm.n_iter_),
+            final_lower_bound=float(gm.lower_bound_),
+        )
     )
     return ds
 
 
 def kmeans_dataset(km) -> xr.Dataset:
-    """Dataset of a fitted KMeans.
-
-    Variables: ``centers(cluster, feature)``, ``sizes(cluster)`` (weight of
-    each cluster at the final centres), ``inertia(iteration)`` (at the start
-    of every Lloyd iteration); attributes hold every fit parameter, the
-    package version, ``n_iter`` and the final ``inertia``.
-    """
-    ds = xr.Dataset(
+    """Dataset of a fitted KMeans (the KM names of :data:`SCHEMA`)."""
+    sizes = np.asarray(km.cluster_weights_, dtype=np.float64)
+    inertia = np.asarray(km.inertia_history_, dtype=np.float64)
+    ds = schema_dataset(
+        KMEANS,
         {
-            "centers": (("cluster", "feature"), km.cluster_centers_),
-            "sizes": (("cluster",), np.asarray(km.cluster_weights_, dtype=np.float64)),
-            "inertia": (("iteration",), np.asarray(km.inertia_history_, dtype=np.float64)),
+            "weights": sizes / sizes.sum(),
+            "means": km.cluster_centers_,
+            "sizes": sizes,
+            "inertia": inertia,
         },
-        coords={
-            "cluster": np.arange(km.n_clusters),
-            "feature": feature_coords(km),
-            "iteration": np.arange(1, len(km.inertia_history_) + 1),
-        },
+        parameter_coords(km.n_clusters, feature_coords(km), inertia.size),
     )
     ds.attrs.update(fit_attributes(km))
-    ds.attrs.update(n_iter=int(km.n_iter_), final_inertia=float(km.inertia_))
+    ds.attrs.update(schema_attrs(KMEANS, n_iter=int(km.n_iter_), final_inertia=float(km.inertia_)))
     return ds
 
 
 def anneal_dataset(model) -> xr.Dataset:
-    """Dataset of a fitted AnnealedGaussianMixture, its annealing path included.
+    """Dataset of a fitted AnnealedGaussianMixture (the AGM names of :data:`SCHEMA`).
 
-    Variables: the final ``cluster_centers(cluster, feature)`` and
-    ``cluster_weights(cluster)``, and every variable of ``model.path_`` (dims
-    ``step``, ``component``, ``feature``, ``event``); attributes hold every
-    fit parameter, the package version, ``sigma2``, ``inertia``, ``n_iter``,
-    ``n_full_passes`` and ``stop_reason``.
+    The final model only: its annealing path is ``model.path_``, a Dataset of
+    its own (dims ``step``, ``event``; written beside it, e.g. as a group).
     """
-    final = xr.Dataset(
+    ds = schema_dataset(
+        ANNEAL,
         {
-            "cluster_centers": (("cluster", "feature"), model.cluster_centers_),
-            "cluster_weights": (("cluster",), np.asarray(model.weights_, dtype=np.float64)),
+            "weights": np.asarray(model.weights_, dtype=np.float64),
+            "means": model.means_,
+            "sizes": np.asarray(model.kmeans_.cluster_weights_, dtype=np.float64),
         },
-        coords={"cluster": np.arange(model.n_components), "feature": feature_coords(model)},
+        parameter_coords(model.n_components, feature_coords(model)),
     )
-    ds = xr.merge([model.path_, final], combine_attrs="drop")
     ds.attrs.update(fit_attributes(model))
     ds.attrs.update(
-        sigma2=float(model.sigma2_),
-        inertia=float(model.inertia_),
-        n_iter=int(model.n_iter_),
-        n_full_passes=int(model.n_full_passes_),
-        stop_reason=str(model.stop_reason_),
-        event_kind=model.path_.attrs["event_kind"],
+        schema_attrs(
+            ANNEAL,
+            n_iter=int(model.n_iter_),
+            final_inertia=float(model.inertia_),
+            sigma2=float(model.sigma2_),
+            n_full_passes=int(model.n_full_passes_),
+            stop_reason=str(model.stop_reason_),
+        )
     )
     return ds
+
+
+# ---------------------------------------------------------------- the doc
+SCHEMA_INTRO = """\
+# Export schema
+
+<!-- Generated from SCHEMA in dask_emk/models/export.py by
+python -c 'import dask_emk.models.export as e; print(e.schema_markdown(), end="")' >docs/SCHEMA.md
+-->
+
+Every model's `to_xarray()`, the annealing path, a pipeline's results store
+and the generator's truth use the same names for the same things: one dim
+`component` for mixture components and k-means clusters alike, `means` for
+means and centres, `weights` for mixing weights and cluster fractions (both
+sum to 1; `sizes` holds the unnormalised cluster weights where a model has
+them), `feature`, `feature_row`/`feature_col` for covariance matrices,
+`iteration` for histories. scikit-learn's attribute names stay as they are in
+Python (`cluster_centers_`, `means_`, ...); the meanings say which one each
+variable holds. Open a results store with
+`xarray.open_zarr(path, consolidated=False)`, its groups with `group=`.
+
+Where a name occurs (column *in*):
+"""
+
+
+def schema_markdown() -> str:
+    """docs/SCHEMA.md: the intro, the places and one table per kind of name."""
+    lines = [SCHEMA_INTRO]
+    lines += [f"- **{label}**: {text}" for label, text in PLACES.values()]
+    for kind, title in KIND_TITLES.items():
+        with_dims = kind == VARIABLE
+        head = ["name", "dims", "meaning", "in"] if with_dims else ["name", "meaning", "in"]
+        lines += ["", f"## {title}", "", _row(head), _row(["---"] * len(head))]
+        for n in (n for n in SCHEMA if n.kind == kind):
+            cells = [f"`{n.name}`", n.meaning, ", ".join(PLACES[p][0] for p in n.where)]
+            if with_dims:
+                cells.insert(1, "by covariance type" if n.dims is None else ", ".join(n.dims))
+            lines.append(_row(cells))
+    return "\n".join(lines) + "\n"
+
+
+def _row(cells: list[str]) -> str:
+    return "| " + " | ".join(cells) + " |"

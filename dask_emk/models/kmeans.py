@@ -383,7 +383,7 @@ class KMeans(NoTrainingDataInPickle, TransformerMixin, ClusterMixin, BaseEstimat
             n_out=self.n_clusters,
             dtype=data.array.dtype,
         )
-        return data.wrap_rows(dist, extra_dim="cluster")
+        return data.wrap_rows(dist, extra_dim="component")
 
     def score(self, X, y=None, sample_weight=None) -> float:
         """Opposite of the inertia of X at the fitted centres (one pass)."""

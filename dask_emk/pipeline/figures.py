@@ -129,12 +129,13 @@ def _save(fig, path: Path) -> Path:
 
 # ------------------------------------------------------------- annealing path
 def _path_of(model_or_dataset) -> xr.Dataset:
-    if isinstance(model_or_dataset, xr.Dataset):
-        return model_or_dataset
-    path = getattr(model_or_dataset, "path_", None)
-    if path is None:
+    path = model_or_dataset
+    if not isinstance(path, xr.Dataset):
+        path = getattr(model_or_dataset, "path_", None)
+    if path is None or "step" not in path.dims:
         raise ValueError(
-            "plot_path needs a fitted AnnealedGaussianMixture or its path_ / to_xarray() Dataset."
+            "plot_path needs a fitted AnnealedGaussianMixture or its path_ (the results "
+            "group anneal_path), a Dataset along 'step'."
         )
     return path
 
@@ -149,7 +150,7 @@ def plot_path(model_or_dataset, ax=None):
     Parameters
     ----------
     model_or_dataset : AnnealedGaussianMixture or xarray.Dataset
-        A fitted model, its ``path_``, or its ``to_xarray()``.
+        A fitted model or its ``path_`` (the results group ``anneal_path``).
     ax : matplotlib Axes, optional
 
     Returns

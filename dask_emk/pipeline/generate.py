@@ -22,6 +22,7 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec
 
+from dask_emk.models import export
 from dask_emk.pipeline.outputs import GENERATED, check_output, claim, new_store, replace_dir
 
 
@@ -128,10 +129,20 @@ def _write_mixture(
     d = truth.means.shape[1]
     compressors = [BloscCodec(cname="zstd", clevel=3, shuffle="shuffle")]
     X = group.create_array(
-        "X", shape=(n_samples, d), chunks=(chunk_rows, d), dtype=dtype, compressors=compressors
+        "X",
+        shape=(n_samples, d),
+        chunks=(chunk_rows, d),
+        dtype=dtype,
+        compressors=compressors,
+        dimension_names=export.schema_dims(export.GENERATED, "X"),
     )
     labels = group.create_array(
-        "labels", shape=(n_samples,), chunks=(chunk_rows,), dtype="int32", compressors=compressors
+        "labels",
+        shape=(n_samples,),
+        chunks=(chunk_rows,),
+        dtype="int32",
+        compressors=compressors,
+        dimension_names=export.schema_dims(export.GENERATED, "labels"),
     )
     streams = np.random.SeedSequence(seed).spawn(-(-n_samples // chunk_rows))
     shared_truth = dask.delayed(truth)
@@ -143,10 +154,10 @@ def _write_mixture(
         *(write(X, labels, *b, shared_truth, s) for b, s in zip(bounds, streams, strict=True))
     )
     for name in ("weights", "means", "covariances"):
-        group.create_array(name, data=getattr(truth, name))
-    group.attrs.update(
-        n_samples=n_samples, n_features=d, n_components=truth.weights.size, seed=seed
-    )
+        dims = export.schema_dims(export.GENERATED, name)
+        group.create_array(name, data=getattr(truth, name), dimension_names=dims)
+    attrs = dict(n_samples=n_samples, n_features=d, n_components=truth.weights.size, seed=seed)
+    group.attrs.update(export.schema_attrs(export.GENERATED, **attrs))
 
 
 def _write_chunk(X, labels, start: int, stop: int, truth: MixtureTruth, stream) -> None:

@@ -29,6 +29,7 @@ import numpy as np
 import xarray as xr
 from zarr.codecs import BloscCodec
 
+from dask_emk.models import export
 from dask_emk.pipeline.fits import FitOutcome
 from dask_emk.pipeline.outputs import RESULTS, new_store, replace_dir, store_marker
 
@@ -41,17 +42,28 @@ def model_dataset(outcome: FitOutcome) -> xr.Dataset:
 
     Stepping fits one iteration per call, so the estimator's own history
     covers one step; it is replaced by ``history_<objective>``,
-    ``history_change`` and ``history_seconds`` along ``iteration``.
+    ``history_change`` and ``history_seconds`` along ``iteration`` (NaN
+    seconds for an annealed model, whose Lloyd run is not timed per iteration).
     """
     ds = outcome.model.to_xarray()
     ds = ds.drop_vars([v for v in ESTIMATOR_HISTORY if v in ds.data_vars])
     ds = ds.drop_dims([d for d in ("iteration",) if d in ds.dims])
     hist = outcome.history
-    ds[f"history_{outcome.objective}"] = ("iteration", np.array([h.value for h in hist]))
-    ds["history_change"] = ("iteration", np.array([h.change for h in hist]))
-    ds["history_seconds"] = ("iteration", np.array([h.seconds for h in hist]))
-    ds = ds.assign_coords(iteration=np.arange(1, len(hist) + 1))
-    ds.attrs.update(n_iter=len(hist), converged=str(bool(outcome.converged)))
+    history = export.schema_dataset(
+        export.RESULTS,
+        {
+            f"history_{outcome.objective}": np.array([h.value for h in hist]),
+            "history_change": np.array([h.change for h in hist]),
+            "history_seconds": np.array([h.seconds for h in hist]),
+        },
+        {"iteration": np.arange(1, len(hist) + 1)},
+    )
+    ds = ds.merge(history, combine_attrs="override")
+    ds.attrs.update(
+        export.schema_attrs(
+            export.RESULTS, n_iter=len(hist), converged=str(bool(outcome.converged))
+        )
+    )
     return ds
 
 
@@ -67,17 +79,16 @@ def per_sample_dataset(model, X, output: dict) -> xr.Dataset | None:
         "log_density": lambda: model.score_samples(X),
     }
     out = {name: make() for name, make in wanted.items() if output.get(name)}
-    return xr.Dataset(out) if out else None
+    return export.schema_dataset(export.RESULTS, out, {}) if out else None
 
 
 def truth_dataset(truth) -> xr.Dataset:
-    """The generator's true parameters with named dims."""
-    return xr.Dataset(
-        {
-            "weights": ("component", truth.weights),
-            "means": (("component", "feature"), truth.means),
-            "covariances": (("component", "feature_row", "feature_col"), truth.covariances),
-        }
+    """The generator's true parameters, named and labelled as the fitted ones."""
+    K, d = truth.means.shape
+    return export.schema_dataset(
+        export.TRUTH,
+        {name: getattr(truth, name) for name in ("weights", "means", "covariances")},
+        export.parameter_coords(K, np.arange(d)),
     )
 
 

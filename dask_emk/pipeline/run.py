@@ -20,7 +20,7 @@ import numpy as np
 import xarray as xr
 from dask.diagnostics import ProgressBar
 
-from dask_emk._version import __version__
+from dask_emk.models import export
 from dask_emk.pipeline import figures
 from dask_emk.pipeline.checkpoint import Checkpoint, checkpoint_path
 from dask_emk.pipeline.compare import truth_table
@@ -219,26 +219,18 @@ def draw_figures(results: Path, outcome: FitOutcome, anneal, source: Source) -> 
 
 
 def _root_dataset(cfg, outcome, source, toml_text, fit_seconds) -> xr.Dataset:
-    root = model_dataset(outcome) if cfg["model"]["type"] != "anneal" else _anneal_root(outcome)
+    root = model_dataset(outcome)
     root.attrs.update(
-        pipeline_json=json.dumps(cfg, sort_keys=True),
-        pipeline_toml=toml_text or "",
-        dask_emk_version=__version__,
-        input=source.description,
-        n_samples=int(source.X.sizes["sample"]),
-        fit_seconds=float(fit_seconds),
+        export.schema_attrs(
+            export.RESULTS,
+            pipeline_json=json.dumps(cfg, sort_keys=True),
+            pipeline_toml=toml_text or "",
+            input=source.description,
+            n_samples=int(source.X.sizes["sample"]),
+            fit_seconds=float(fit_seconds),
+        )
     )
     return root
-
-
-def _anneal_root(outcome: FitOutcome) -> xr.Dataset:
-    """An annealed model as the root: its own export plus the Lloyd history."""
-    hist = outcome.history
-    ds = outcome.model.to_xarray()
-    ds = ds.drop_dims([d for d in ("iteration",) if d in ds.dims])
-    ds["history_inertia"] = ("iteration", np.array([h.value for h in hist]))
-    ds["history_change"] = ("iteration", np.array([h.change for h in hist]))
-    return ds.assign_coords(iteration=np.arange(1, len(hist) + 1))
 
 
 def _groups(anneal, source: Source) -> dict[str, xr.Dataset]:

@@ -14,6 +14,13 @@ from dask_emk.pipeline.config import PipelineError
 
 GROUPS = ("anneal", "anneal_path", "truth")
 
+#: The parameters shown, each with the names stores written before the common
+#: export schema (dask_emk.models.export.SCHEMA) gave it: KMeans ``centers``
+#: along ``cluster``, AnnealedGaussianMixture ``cluster_centers`` and
+#: ``cluster_weights`` (whose root also held the path's ``means``/``weights``
+#: along ``step``).
+SHOWN = {"weights": ("cluster_weights",), "means": ("centers", "cluster_centers"), "sizes": ()}
+
 
 def summary(results: str | os.PathLike) -> list[str]:
     """Lines describing a results store: model, convergence, parameters, outputs."""
@@ -33,17 +40,33 @@ def summary(results: str | os.PathLike) -> list[str]:
         values = ds[name].values
         if values.size:
             lines.append(f"{name[8:]}: first {values[0]:.8g}, last {values[-1]:.8g}")
-    for name in ("weights", "means", "centers", "sizes"):
-        if name in ds:
-            text = np.array2string(ds[name].values, precision=4, suppress_small=True)
-            lines.append(f"{name} {dict(ds[name].sizes)}:")
-            lines.extend("  " + line for line in text.splitlines())
+    lines.extend(parameter_lines(ds))
     per_sample = [v for v in ds.data_vars if "sample" in ds[v].dims]
     lines.append(f"per-sample outputs: {', '.join(per_sample) or 'none'}")
     groups = [g for g in GROUPS if (results / g / "zarr.json").exists()]
     lines.append(f"groups: {', '.join(groups) or 'none'}")
     config = json.loads(attrs.get("pipeline_json", "{}"))
     lines.append(f"model config: {json.dumps(config.get('model', {}), sort_keys=True)}")
+    return lines
+
+
+def parameter_lines(ds: xr.Dataset) -> list[str]:
+    """The final model's weights, means and sizes, under the names they are stored as."""
+    lines, earlier = [], []
+    for name, old_names in SHOWN.items():
+        stored = next((n for n in (name, *old_names) if n in ds and "step" not in ds[n].dims), None)
+        if stored is None:
+            continue
+        if stored != name:
+            earlier.append(f"{stored} ({name})")
+        text = np.array2string(ds[stored].values, precision=4, suppress_small=True)
+        lines.append(f"{stored} {dict(ds[stored].sizes)}:")
+        lines.extend("  " + line for line in text.splitlines())
+    if earlier:
+        lines.append(
+            f"names of an earlier dask_emk: {', '.join(earlier)}; a new run writes the "
+            "current export schema"
+        )
     return lines
 
 
