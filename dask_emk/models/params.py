@@ -138,7 +138,7 @@ class ArrayLike(Spec):
     allow_none: bool = False
 
     def _accepts(self, value) -> bool:
-        if isinstance(value, (str, bytes, bool, dict)):
+        if isinstance(value, (str, bytes, bool, np.bool_, dict)):
             return False
         return isinstance(value, (numbers.Real, list, tuple)) or hasattr(value, "__array__")
 
