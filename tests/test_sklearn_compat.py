@@ -55,9 +55,16 @@ RANDOM_SEEDING = {
         (AnnealedGaussianMixture(2), NOTHING),
     ],
     ids=[
-        "default", "shared-1", "diag-random", "tied-kmeans++", "spherical-kmeans",
-        "kmeans-default", "kmeans-2", "anneal-default", "anneal-2",
-    ],  # fmt: skip
+        "default",
+        "shared-1",
+        "diag-random",
+        "tied-kmeans++",
+        "spherical-kmeans",
+        "kmeans-default",
+        "kmeans-2",
+        "anneal-default",
+        "anneal-2",
+    ],
 )
 def test_check_estimator(estimator, expected_failed):
     results = check_estimator(

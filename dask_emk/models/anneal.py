@@ -744,4 +744,3 @@ class AnnealedGaussianMixture(
 
         check_is_fitted(self, "means_")
         return anneal_dataset(self)
-

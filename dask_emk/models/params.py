@@ -30,9 +30,7 @@ class Spec:
     allow_none: bool = False
 
     def accepts(self, value) -> bool:
-        return (value is None and self.allow_none) or (
-            value is not None and self._accepts(value)
-        )
+        return (value is None and self.allow_none) or (value is not None and self._accepts(value))
 
     def describe(self) -> str:
         """What is allowed, to follow 'must be', e.g. 'an integer >= 1 or None'."""
