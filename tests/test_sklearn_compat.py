@@ -11,18 +11,26 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.utils.estimator_checks import check_estimator
 
-from dask_emk import GaussianMixture
+from dask_emk import AnnealedGaussianMixture, GaussianMixture, KMeans
 
 # On numpy input every check passes with one component (sparse input is refused with
 # a message naming it; object arrays of numbers are converted as scikit-learn does).
-# check_array_api_input skips itself unless SCIPY_ARRAY_API=1.
 NOTHING: dict[str, str] = {}
+#: The checks that skip themselves, and why.
+SKIPPED = {"check_array_api_input": "skips itself unless SCIPY_ARRAY_API=1"}
 # With several components the initialisation is random (rows, seeds or k-means||
 # draws), and weighted rows vs repeated rows are different draws; EM itself from the
 # same start is weight-equivalent (test_gmm.py::test_integer_weights_equal_repeated_rows).
 RANDOM_INIT = {
     "check_sample_weight_equivalence_on_dense_data": (
         "random initialisation draws differ between weighted and repeated rows"
+    ),
+}
+# k-means|| seeding draws rows with per-block generators: weighted rows and repeated
+# rows are different draws (Lloyd from the same centres is weight-equivalent).
+RANDOM_SEEDING = {
+    "check_sample_weight_equivalence_on_dense_data": (
+        "k-means|| seeding draws differ between weighted and repeated rows"
     ),
 }
 
@@ -41,8 +49,22 @@ RANDOM_INIT = {
             RANDOM_INIT,
         ),
         (GaussianMixture(2, covariance_type="spherical", random_state=0), RANDOM_INIT),
+        (KMeans(), RANDOM_SEEDING),
+        (KMeans(2, random_state=0), RANDOM_SEEDING),
+        (AnnealedGaussianMixture(), NOTHING),
+        (AnnealedGaussianMixture(2), NOTHING),
     ],
-    ids=["default", "shared-1", "diag-random", "tied-kmeans++", "spherical-kmeans"],
+    ids=[
+        "default",
+        "shared-1",
+        "diag-random",
+        "tied-kmeans++",
+        "spherical-kmeans",
+        "kmeans-default",
+        "kmeans-2",
+        "anneal-default",
+        "anneal-2",
+    ],
 )
 def test_check_estimator(estimator, expected_failed):
     results = check_estimator(
@@ -57,6 +79,8 @@ def test_check_estimator(estimator, expected_failed):
     # the expected failures really fail (else drop them from the list)
     for name in expected_failed:
         assert status[name] == "xfail", (name, status[name])
+    skipped = {name for name, s in status.items() if s == "skipped"}
+    assert skipped == set(SKIPPED), skipped
     assert len(results) > 40
 
 

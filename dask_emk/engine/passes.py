@@ -97,15 +97,7 @@ def seed_block(X, weight, centers, trials, origin, n_keep, seed, scale, layout) 
 
 
 def seed_pass(
-    X,
-    weight,
-    centers: np.ndarray,
-    trials: np.ndarray,
-    origin: np.ndarray,
-    n_keep: int,
-    seed: int,
-    scale: float | None = None,
-    split_every: int | None = None,
+    X, weight, centers, trials, origin, n_keep, seed, scale=None, split_every=None
 ) -> dict:
     """One seeding pass (one compute): potentials and sampled rows per stream.
 

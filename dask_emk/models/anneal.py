@@ -27,13 +27,12 @@ and every annealing iteration is a full pass (counted as such).
 
 from __future__ import annotations
 
-import numbers
 from dataclasses import dataclass, field
 from functools import partial
 
 import numpy as np
 import xarray as xr
-from sklearn.base import BaseEstimator, ClusterMixin, TransformerMixin
+from sklearn.base import ClusterMixin, TransformerMixin
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 
@@ -42,19 +41,14 @@ from dask_emk.core import assign, mixture
 from dask_emk.core.layout import StatsLayout
 from dask_emk.core.mstep import m_step
 from dask_emk.engine import reduction
-from dask_emk.engine.inputs import InputData, as_sample_weight
+from dask_emk.engine.inputs import InputData
 from dask_emk.engine.passes import hartigan_pass
+from dask_emk.models.base import ChunkedEstimator
 from dask_emk.models.export import PATH, anneal_dataset, schema_attrs, schema_dataset
 from dask_emk.models.gmm import resp_rows
 from dask_emk.models.kmeans import KMeans
-from dask_emk.models.validation import (
-    NoTrainingDataInPickle,
-    check_int,
-    check_non_negative,
-    check_random_state_param,
-    check_split_every,
-    validate_features,
-)
+from dask_emk.models.params import ANNEALED_GAUSSIAN_MIXTURE, POSITIVE_FINITE
+from dask_emk.models.validation import NoTrainingDataInPickle, validate_features
 
 
 # ----------------------------------------------------------------- passes
@@ -452,7 +446,7 @@ def predict_proba_rows(X, params: mixture.MixtureParams) -> np.ndarray:
 
 
 class AnnealedGaussianMixture(
-    NoTrainingDataInPickle, TransformerMixin, ClusterMixin, BaseEstimator
+    NoTrainingDataInPickle, TransformerMixin, ClusterMixin, ChunkedEstimator
 ):
     """Deterministic annealing of a shared-σ² Gaussian mixture down to k-means.
 
@@ -551,6 +545,8 @@ class AnnealedGaussianMixture(
     n_features_in_ : int
     """
 
+    _parameter_specs = ANNEALED_GAUSSIAN_MIXTURE
+
     def __init__(
         self,
         n_components=8,
@@ -584,36 +580,13 @@ class AnnealedGaussianMixture(
 
     # ------------------------------------------------------------ checks
     def _check_parameters(self, data: InputData) -> None:
-        for name in ("n_components", "max_iter_per_step", "sample_size", "n_lloyd_max_iter"):
-            check_int(name, getattr(self, name), 1)
-        if not _real(self.cooling) or not 0 < self.cooling < 1:
-            raise ValueError(
-                f"cooling must be a number strictly between 0 and 1 (σ² is multiplied by it "
-                f"each step), got {self.cooling!r}."
-            )
-        for name in ("sigma2_start", "sigma2_stop"):
-            value = getattr(self, name)
-            if value is not None and (not _real(value) or not 0 < value < np.inf):
-                raise ValueError(f"{name} must be a positive finite number or None, got {value!r}.")
         if self.sigma2_start is not None and self.sigma2_stop is not None:
             if self.sigma2_stop >= self.sigma2_start:
                 raise ValueError(
                     f"sigma2_stop={self.sigma2_stop!r} must be below sigma2_start="
                     f"{self.sigma2_start!r}: σ² decreases during annealing."
                 )
-        if not _real(self.max_split_factor) or not self.max_split_factor >= 1:
-            raise ValueError(
-                f"max_split_factor must be a number >= 1, got {self.max_split_factor!r}."
-            )
-        check_non_negative("tol", self.tol)
-        check_int("hartigan_max_passes", self.hartigan_max_passes, 0)
-        check_random_state_param(self.random_state)
-        check_split_every(self.split_every)
-        if data.n_samples < self.n_components:
-            raise ValueError(
-                f"n_samples={data.n_samples} should be >= n_components={self.n_components}; "
-                "lower n_components."
-            )
+        self._check_n_samples(data, "n_components")
         if self.sample_size < self.n_components:
             raise ValueError(
                 f"sample_size={self.sample_size} is below n_components={self.n_components}: "
@@ -623,23 +596,8 @@ class AnnealedGaussianMixture(
             )
 
     # ----------------------------------------------------------- fitting
-    def fit(self, X, y=None, sample_weight=None):
-        """Anneal on a sample, merge to K, finish with Lloyd on the full data.
-
-        Parameters
-        ----------
-        X : array-like, dask array, xarray.DataArray, zarr array or store path
-            Shape (n_samples, n_features).
-        y : ignored
-        sample_weight : array-like of shape (n_samples,), optional
-
-        Returns
-        -------
-        self
-        """
-        data = validate_features(self, X, reset=True)
-        self._check_parameters(data)
-        weight = as_sample_weight(sample_weight, data)
+    def _fit(self, X, data: InputData, weight) -> None:
+        """Anneal on a sample, merge to K, finish with Lloyd on the full data."""
         rng = check_random_state(self.random_state)
         sample = draw_sample(data, weight, self.sample_size, rng, self.split_every)
         lam_data = float(np.linalg.eigvalsh(sample.cov)[-1]) if data.n_features else 0.0
@@ -670,7 +628,6 @@ class AnnealedGaussianMixture(
             passes += n_sample_iter + result.n_iter + len(result.path.steps)
         self.polish_history_ = rounds
         self._set_fitted(km, result, sample, data, n_sample_iter + n_lloyd_iter, passes)
-        return self
 
     def _reduce_to_k(self, sample: Sample, result: AnnealResult, annealer: Annealer):
         """Lloyd on the sample with the annealed means, Ward merges (or splits)
@@ -740,15 +697,18 @@ class AnnealedGaussianMixture(
     # -------------------------------------------------------- prediction
     def predict(self, X):
         """Index of the nearest centre, shape (n_samples,); lazy for lazy input."""
-        return self.kmeans_._labels(validate_features(self, X, reset=False))
+        data = validate_features(self, X, reset=False)  # NotFittedError before kmeans_
+        return self.kmeans_._labels(data)
 
     def transform(self, X):
         """Euclidean distances to the centres, shape (n_samples, n_components)."""
-        return self.kmeans_._distances(validate_features(self, X, reset=False))
+        data = validate_features(self, X, reset=False)
+        return self.kmeans_._distances(data)
 
     def score(self, X, y=None, sample_weight=None) -> float:
         """Opposite of the inertia of X at the centres (one pass)."""
-        return self.kmeans_._score(validate_features(self, X, reset=False), sample_weight)
+        data = validate_features(self, X, reset=False)
+        return self.kmeans_._score(data, sample_weight)
 
     def fit_predict(self, X, y=None, sample_weight=None):
         """Fit, then return ``labels_``."""
@@ -772,8 +732,7 @@ class AnnealedGaussianMixture(
         """
         data = validate_features(self, X, reset=False)
         sigma2 = self.sigma2_ if sigma2 is None else sigma2
-        if not _real(sigma2) or not 0 < sigma2 < np.inf:
-            raise ValueError(f"sigma2 must be a positive finite number, got {sigma2!r}.")
+        POSITIVE_FINITE.check("sigma2", sigma2)
         means = np.asarray(self.means_, dtype=np.float64)
         weights = np.asarray(self.weights_, dtype=np.float64)
         with np.errstate(divide="ignore"):
@@ -789,7 +748,3 @@ class AnnealedGaussianMixture(
         """Final means, weights, sizes and fit settings (the path is ``path_``)."""
         check_is_fitted(self, "means_")
         return anneal_dataset(self)
-
-
-def _real(value) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)

@@ -3,32 +3,24 @@
 from __future__ import annotations
 
 import math
-import numbers
 import warnings
 import zlib
 
 import numpy as np
-from sklearn.base import BaseEstimator, DensityMixin
+from sklearn.base import DensityMixin
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 
 from dask_emk.core import assign, blocks, mixture
-from dask_emk.core.covariance import COVARIANCE_TYPES, check_covariance_type
+from dask_emk.core.covariance import COVARIANCE_TYPES
 from dask_emk.core.layout import StatsLayout
 from dask_emk.core.mstep import GaussianState, m_step, precision_cholesky
 from dask_emk.engine import reduction
-from dask_emk.engine.inputs import InputData, as_input, as_sample_weight
-from dask_emk.models.validation import (
-    check_features,
-    check_int,
-    check_non_negative,
-    check_random_state_param,
-    check_split_every,
-    validate_features,
-)
-
-INIT_PARAMS = ("kmeans", "k-means||", "k-means++", "random", "random_from_data")
+from dask_emk.engine.inputs import InputData, as_input
+from dask_emk.models.base import ChunkedEstimator
+from dask_emk.models.params import GAUSSIAN_MIXTURE, Integer
+from dask_emk.models.validation import check_features, validate_features
 
 
 def mixture_block(X, weight, params: mixture.MixtureParams, layout: StatsLayout) -> np.ndarray:
@@ -71,7 +63,7 @@ def label_rows(X, params: mixture.MixtureParams) -> np.ndarray:
     return mixture.mixture_rows(X, params, "label")
 
 
-class GaussianMixture(DensityMixin, BaseEstimator):
+class GaussianMixture(DensityMixin, ChunkedEstimator):
     """Gaussian mixture fitted by EM over chunked data.
 
     scikit-learn's :class:`sklearn.mixture.GaussianMixture` interface and
@@ -136,6 +128,8 @@ class GaussianMixture(DensityMixin, BaseEstimator):
     feature_names_in_ : ndarray, only for xarray input with feature labels
     """
 
+    _parameter_specs = GAUSSIAN_MIXTURE
+
     def __init__(
         self,
         n_components=1,
@@ -177,27 +171,11 @@ class GaussianMixture(DensityMixin, BaseEstimator):
 
     # ------------------------------------------------------------------ checks
     def _check_parameters(self, data: InputData) -> None:
-        check_int("n_components", self.n_components, 1)
-        check_int("max_iter", self.max_iter, 0)
-        check_int("n_init", self.n_init, 1)
-        check_int("verbose_interval", self.verbose_interval, 1)
-        ctype = check_covariance_type(self.covariance_type)
-        if self.init_params not in INIT_PARAMS:
-            raise ValueError(f"init_params must be one of {INIT_PARAMS}, got {self.init_params!r}.")
-        for name in ("tol", "reg_covar"):
-            check_non_negative(name, getattr(self, name))
-        check_random_state_param(self.random_state)
-        check_split_every(self.split_every)
-        if self.variance is not None:
-            if not ctype.one_variance:
-                raise ValueError(
-                    "variance= fixes the shared σ² and needs covariance_type='shared', "
-                    f"got covariance_type={self.covariance_type!r}."
-                )
-            if not isinstance(self.variance, numbers.Real) or not (0 < self.variance < np.inf):
-                raise ValueError(
-                    f"variance must be a positive finite number, got {self.variance!r}."
-                )
+        if self.variance is not None and not COVARIANCE_TYPES[self.covariance_type].one_variance:
+            raise ValueError(
+                "variance= fixes the shared σ² and needs covariance_type='shared', "
+                f"got covariance_type={self.covariance_type!r}."
+            )
         if data.n_samples < self.n_components:
             raise ValueError(
                 f"Expected n_samples >= n_components but got n_components = "
@@ -210,31 +188,13 @@ class GaussianMixture(DensityMixin, BaseEstimator):
             )
 
     # --------------------------------------------------------------- fitting
-    def fit(self, X, y=None, sample_weight=None):
-        """Estimate model parameters with the EM algorithm.
-
-        Parameters
-        ----------
-        X : array-like, dask array, xarray.DataArray, zarr array or store path
-            Shape (n_samples, n_features).
-        y : ignored
-        sample_weight : array-like of shape (n_samples,), optional
-            Non-negative weights used in every statistic.
-
-        Returns
-        -------
-        self
-        """
+    def _fit_input(self, X) -> InputData:
         data = as_input(X)
         warm = self.warm_start and hasattr(self, "converged_")
         if warm:
             self._check_warm_start(data)
         # A warm start continues on the fitted features (put in their order by label).
-        data = check_features(self, data, reset=not warm)
-        self._check_parameters(data)
-        weight = as_sample_weight(sample_weight, data)
-        self._fit(data, weight)
-        return self
+        return check_features(self, data, reset=not warm)
 
     def _check_warm_start(self, data: InputData) -> None:
         """A warm start needs the fitted model's shapes (scikit-learn fails in numpy)."""
@@ -265,7 +225,8 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         self.fit(X, sample_weight=sample_weight)
         return self.predict(X)
 
-    def _fit(self, data: InputData, weight) -> None:
+    def _fit(self, X, data: InputData, weight) -> None:
+        """EM from ``n_init`` initialisations (or the fitted state), keeping the best."""
         dtype = data.array.dtype
         eps = 10 * np.finfo(dtype).eps
         do_init = not (self.warm_start and hasattr(self, "converged_"))
@@ -522,7 +483,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         y : ndarray of shape (n_samples,)
         """
         check_is_fitted(self)
-        check_int("n_samples", n_samples, 1)
+        Integer(1).check("n_samples", n_samples)
         rng = check_random_state(self.random_state)
         counts = rng.multinomial(n_samples, self.weights_.astype(np.float64) / self.weights_.sum())
         ctype = COVARIANCE_TYPES[self.covariance_type]

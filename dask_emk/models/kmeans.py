@@ -13,7 +13,7 @@ import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
-from sklearn.base import BaseEstimator, ClusterMixin, TransformerMixin
+from sklearn.base import ClusterMixin, TransformerMixin
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
@@ -23,17 +23,10 @@ from dask_emk.core.mstep import weighted_means
 from dask_emk.engine import reduction
 from dask_emk.engine.inputs import InputData, as_sample_weight
 from dask_emk.engine.passes import assign_pass
+from dask_emk.models.base import ChunkedEstimator
+from dask_emk.models.params import KMEANS, KMEANS_INITS
 from dask_emk.models.seeding import kmeans_parallel, kmeans_plusplus, random_rows
-from dask_emk.models.validation import (
-    NoTrainingDataInPickle,
-    check_int,
-    check_non_negative,
-    check_random_state_param,
-    check_split_every,
-    validate_features,
-)
-
-INIT_METHODS = ("k-means||", "k-means++", "random")
+from dask_emk.models.validation import NoTrainingDataInPickle, validate_features
 
 
 def update_centers(stats: dict, origin: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -98,7 +91,7 @@ def distance_rows(X, centers: np.ndarray, origin: np.ndarray) -> np.ndarray:
     return np.sqrt(blocks.squared_distances(Y, centers - origin))
 
 
-class KMeans(NoTrainingDataInPickle, TransformerMixin, ClusterMixin, BaseEstimator):
+class KMeans(NoTrainingDataInPickle, TransformerMixin, ClusterMixin, ChunkedEstimator):
     """K-means clustering by Lloyd iterations over chunked data.
 
     scikit-learn's :class:`sklearn.cluster.KMeans` (``algorithm='lloyd'``)
@@ -154,6 +147,8 @@ class KMeans(NoTrainingDataInPickle, TransformerMixin, ClusterMixin, BaseEstimat
     feature_names_in_ : ndarray, only for xarray input with feature labels
     """
 
+    _parameter_specs = KMEANS
+
     def __init__(
         self,
         n_clusters=8,
@@ -183,26 +178,7 @@ class KMeans(NoTrainingDataInPickle, TransformerMixin, ClusterMixin, BaseEstimat
 
     # ------------------------------------------------------------------ checks
     def _check_parameters(self, data: InputData) -> None:
-        check_int("n_clusters", self.n_clusters, 1)
-        check_int("max_iter", self.max_iter, 1)
-        if self.init_max_iter is not None:
-            check_int("init_max_iter", self.init_max_iter, 1)
-        if self.n_init != "auto":
-            check_int("n_init", self.n_init, 1)
-        for name in ("tol", "oversampling_factor"):
-            check_non_negative(name, getattr(self, name))
-        check_random_state_param(self.random_state)
-        check_split_every(self.split_every)
-        if isinstance(self.init, str) and self.init not in INIT_METHODS:
-            raise ValueError(
-                f"init must be one of {INIT_METHODS} or an array of shape "
-                f"(n_clusters, n_features), got {self.init!r}."
-            )
-        if data.n_samples < self.n_clusters:
-            raise ValueError(
-                f"n_samples={data.n_samples} should be >= n_clusters={self.n_clusters}; "
-                "lower n_clusters."
-            )
+        self._check_n_samples(data, "n_clusters")
 
     def _user_centers(self, d: int) -> np.ndarray | None:
         if isinstance(self.init, str):
@@ -211,7 +187,7 @@ class KMeans(NoTrainingDataInPickle, TransformerMixin, ClusterMixin, BaseEstimat
             centers = np.asarray(self.init, dtype=np.float64)
         except (TypeError, ValueError):  # strings, ragged lists: numpy's message names neither
             raise ValueError(
-                f"init must be one of {INIT_METHODS} or a numeric array of shape "
+                f"init must be one of {KMEANS_INITS} or a numeric array of shape "
                 f"(n_clusters, n_features) = ({self.n_clusters}, {d}); got "
                 f"{type(self.init).__name__} that is not numbers."
             ) from None
@@ -233,30 +209,14 @@ class KMeans(NoTrainingDataInPickle, TransformerMixin, ClusterMixin, BaseEstimat
                 "Explicit initial center position passed: performing only one init "
                 f"in KMeans instead of n_init={n_init}.",
                 RuntimeWarning,
-                stacklevel=3,
+                stacklevel=4,
             )
             n_init = 1
         return n_init
 
     # --------------------------------------------------------------- fitting
-    def fit(self, X, y=None, sample_weight=None):
-        """Compute k-means clustering.
-
-        Parameters
-        ----------
-        X : array-like, dask array, xarray.DataArray, zarr array or store path
-            Shape (n_samples, n_features).
-        y : ignored
-        sample_weight : array-like of shape (n_samples,), optional
-            Non-negative weights used in seeding, iterations and inertia.
-
-        Returns
-        -------
-        self
-        """
-        data = validate_features(self, X, reset=True)
-        self._check_parameters(data)
-        weight = as_sample_weight(sample_weight, data)
+    def _fit(self, X, data: InputData, weight) -> None:
+        """Seedings and Lloyd runs; the run with the lowest inertia is kept."""
         user = self._user_centers(data.n_features)
         rng = check_random_state(self.random_state)
         best, tol_abs = None, None
@@ -272,7 +232,7 @@ class KMeans(NoTrainingDataInPickle, TransformerMixin, ClusterMixin, BaseEstimat
                 f"Number of distinct clusters ({distinct}) found smaller than "
                 f"n_clusters ({self.n_clusters}). Possibly due to duplicate points in X.",
                 ConvergenceWarning,
-                stacklevel=2,
+                stacklevel=3,
             )
         dtype = data.array.dtype
         self.cluster_centers_ = best.centers.astype(dtype)
@@ -283,7 +243,6 @@ class KMeans(NoTrainingDataInPickle, TransformerMixin, ClusterMixin, BaseEstimat
         self._data_kind = data.kind
         # Lazy for lazy input: all labels of out-of-core data are not computed here.
         self.labels_ = self._labels(data)
-        return self
 
     def _seed(self, data: InputData, weight, rng) -> np.ndarray:
         K = self.n_clusters

@@ -1,9 +1,18 @@
 """Seeding for k-means and mixtures: k-means||, k-means++ and random rows.
 
-All functions take a numpy or dask float array X of shape (n, d) and return
-float64 centres (K, d). Work on the full data is done in passes (one Dask
-compute each, see :mod:`dask_emk.engine.passes`); everything on candidates is in
-memory. Randomness inside a pass comes from per-block generators seeded from
+The seedings :func:`random_rows`, :func:`kmeans_parallel` and
+:func:`kmeans_plusplus` share their first arguments and their result:
+
+- ``X``: ndarray or dask array of shape (n_samples, d);
+- ``n`` or ``n_clusters``: int, how many rows or centres to return;
+- ``random_state``: int, RandomState or None;
+- ``sample_weight``: ndarray or dask array of shape (n_samples,), optional
+  (rows are drawn ∝ weight);
+- the result: ndarray of shape (n, d), float64.
+
+Work on the full data is done in passes (one Dask compute each, see
+:mod:`dask_emk.engine.passes`); everything on candidates is in memory.
+Randomness inside a pass comes from per-block generators seeded from
 ``random_state``, so a seeding is reproducible for a given chunking.
 """
 
@@ -33,17 +42,7 @@ def random_rows(X, n: int, random_state, sample_weight=None) -> np.ndarray:
     Passes over the data: none for numpy input; for dask input one read of
     the chunks holding the chosen rows without weights, one pass with weights
     (weighted sampling without replacement by Efraimidis–Spirakis keys).
-
-    Parameters
-    ----------
-    X : ndarray or dask array of shape (n_samples, d)
-    n : int
-    random_state : int, RandomState or None
-    sample_weight : ndarray or dask array of shape (n_samples,), optional
-
-    Returns
-    -------
-    ndarray of shape (n, d), float64
+    Arguments and result as said in the module docstring.
     """
     rng = check_random_state(random_state)
     n_samples = X.shape[0]
@@ -100,17 +99,11 @@ def kmeans_parallel(
 
     Parameters
     ----------
-    X : ndarray or dask array of shape (n_samples, d)
-    n_clusters : int
-    random_state : int, RandomState or None
-    sample_weight : ndarray or dask array of shape (n_samples,), optional
+    X, n_clusters, random_state, sample_weight
+        As said in the module docstring.
     oversampling_factor : float, default=2
     n_rounds : int, optional
         Number of rounds, default 5.
-
-    Returns
-    -------
-    ndarray of shape (n_clusters, d), float64
     """
     rng = check_random_state(random_state)
     n_rounds = DEFAULT_ROUNDS if n_rounds is None else n_rounds
@@ -169,18 +162,8 @@ def kmeans_plusplus(X, n_clusters: int, random_state, sample_weight=None) -> np.
     so picking a centre and drawing the next trials share one pass.
 
     Passes over the data (dask): ``n_clusters`` (plus the one of
-    :func:`random_rows` for the first row with weights).
-
-    Parameters
-    ----------
-    X : ndarray or dask array of shape (n_samples, d)
-    n_clusters : int
-    random_state : int, RandomState or None
-    sample_weight : ndarray or dask array of shape (n_samples,), optional
-
-    Returns
-    -------
-    ndarray of shape (n_clusters, d), float64
+    :func:`random_rows` for the first row with weights). Arguments and
+    result as said in the module docstring.
     """
     rng = check_random_state(random_state)
     if not isinstance(X, da.Array):

@@ -1,51 +1,14 @@
-"""Checks shared by the estimators: scalar parameters, fitted features, pickling."""
+"""Checks shared by the estimators: fitted features, pickling (parameters: :mod:`.params`)."""
 
 from __future__ import annotations
 
 import dataclasses
-import numbers
 
 import numpy as np
 import pandas as pd
-from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 
 from dask_emk.engine.inputs import InputData, as_input
-
-
-def check_int(name: str, value, minimum: int) -> None:
-    """Raise a ValueError unless ``value`` is an integer (not a bool) >= ``minimum``."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}.")
-
-
-def check_non_negative(name: str, value) -> None:
-    """Raise a ValueError unless ``value`` is a real number (not a bool) >= 0."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value >= 0:
-        raise ValueError(f"{name} must be a non-negative number, got {value!r}.")
-
-
-def check_split_every(value) -> None:
-    """``split_every`` is None or a fan-in >= 2 (1 never reduces: dask loops forever)."""
-    if value is not None:
-        check_int("split_every", value, 2)
-
-
-def check_random_state_param(value) -> None:
-    """Raise a ValueError naming the fix unless scikit-learn accepts ``value`` as a seed."""
-    try:
-        check_random_state(value)
-    except ValueError:
-        hint = (
-            " (a numpy Generator is not accepted, as in scikit-learn: pass an integer "
-            "seed, e.g. int(rng.integers(2**32)))"
-            if isinstance(value, np.random.Generator)
-            else ""
-        )
-        raise ValueError(
-            f"random_state must be None, an integer in [0, 2**32 - 1] or a "
-            f"numpy.random.RandomState, got {value!r}{hint}."
-        ) from None
 
 
 def validate_features(estimator, X, *, reset: bool) -> InputData:

@@ -15,7 +15,10 @@ import json
 import tomllib
 from pathlib import Path
 
-from dask_emk.core.covariance import COVARIANCE_TYPES
+from dask_emk.models.anneal import AnnealedGaussianMixture
+from dask_emk.models.gmm import GaussianMixture
+from dask_emk.models.kmeans import KMeans
+from dask_emk.models.params import Boolean, Either, Integer, Options, RandomState, Real, Spec
 
 #: What a field may hold: a type name, or a tuple of allowed strings.
 INT, FLOAT, STR, BOOL, STR_LIST, TABLE = "integer", "number", "string", "boolean", "list", "table"
@@ -37,30 +40,88 @@ INPUT_FIELDS = {
     "columns": (STR_LIST, None),
     "generate": (TABLE, None),
 }
+#: The estimator of each model type and the parameter each [model] field sets.
+#: A field's kind, allowed values, range and default are the estimator's
+#: (its parameter table and constructor), see :func:`model_fields`.
+MODELS = {
+    "gmm": (GaussianMixture, {
+        "n_components": "n_components", "random_state": "random_state",
+        "covariance_type": "covariance_type", "init": "init_params", "tol": "tol",
+        "reg_covar": "reg_covar", "max_iter": "max_iter",
+    }),
+    "kmeans": (KMeans, {
+        "n_components": "n_clusters", "random_state": "random_state", "init": "init",
+        "tol": "tol", "max_iter": "max_iter", "oversampling_factor": "oversampling_factor",
+    }),
+    "anneal": (AnnealedGaussianMixture, {
+        "n_components": "n_components", "random_state": "random_state",
+    }),
+}  # fmt: skip
+#: Fields of every model type; a pipeline names n_components and seeds with 0.
 COMMON_MODEL = {
-    "type": (("gmm", "kmeans", "anneal"), "gmm"),
+    "type": (tuple(MODELS), "gmm"),
     "n_components": (INT, None),
     "random_state": (INT, 0),
 }
-MODEL_FIELDS = {
-    "gmm": {
-        "covariance_type": (tuple(COVARIANCE_TYPES), "full"),
-        "init": (("anneal", "kmeans", "k-means||", "k-means++", "random"), "kmeans"),
-        "tol": (FLOAT, 1e-3),
-        "reg_covar": (FLOAT, 1e-6),
-        "max_iter": (INT, 100),
-    },
-    "kmeans": {
-        "init": (("anneal", "k-means||", "k-means++", "random"), "k-means||"),
-        "tol": (FLOAT, 1e-4),
-        "max_iter": (INT, 300),
-        "oversampling_factor": (FLOAT, 2.0),
-    },
-    "anneal": {},
-}
-#: Smallest allowed value of numeric [model] fields.
-MODEL_MINIMUM = {"n_components": 1, "max_iter": 1, "tol": 0, "reg_covar": 0,
-                 "oversampling_factor": 0}  # fmt: skip
+#: The pipeline's own rules on top of the estimators': init from the [anneal]
+#: stage, and at least one iteration (a run's history and checkpoints count them).
+PIPELINE_INIT = "anneal"
+PIPELINE_SPECS = {"max_iter": Integer(1)}
+#: [anneal] takes every AnnealedGaussianMixture parameter, under its own name.
+ANNEAL_PARAMETERS = {name: name for name in AnnealedGaussianMixture._parameter_specs}
+
+
+def anneal_fields() -> dict:
+    """Allowed [anneal] keys: AnnealedGaussianMixture's parameters, kinds and defaults."""
+    return _estimator_fields(AnnealedGaussianMixture, ANNEAL_PARAMETERS)
+
+
+def model_fields(kind: str) -> dict:
+    """[model] fields of a model type beyond :data:`COMMON_MODEL`, from its estimator."""
+    estimator, names = MODELS[kind]
+    fields = _estimator_fields(estimator, names)
+    if "init" in fields:
+        options, default = fields["init"]
+        fields["init"] = ((PIPELINE_INIT, *options), default)
+    return {key: value for key, value in fields.items() if key not in COMMON_MODEL}
+
+
+def field_specs(estimator, names: dict) -> dict[str, Spec]:
+    """What each field may hold: the estimator's spec of its parameter (or the pipeline's)."""
+    return {
+        field: PIPELINE_SPECS.get(field, estimator._parameter_specs[param])
+        for field, param in names.items()
+    }
+
+
+def estimator_params(model: dict) -> dict:
+    """The estimator parameters a validated [model] section sets (init as given)."""
+    return {param: model[field] for field, param in MODELS[model["type"]][1].items()}
+
+
+def _estimator_fields(estimator, names: dict) -> dict:
+    """Fields named after ``names`` (field -> parameter) with the estimator's kinds
+    and defaults (numbers as TOML floats where the parameter is a real number)."""
+    defaults = estimator().get_params(deep=False)
+    fields = {}
+    for field, spec in field_specs(estimator, names).items():
+        kind = _toml_kind(spec)
+        default = defaults[names[field]]
+        fields[field] = (kind, float(default) if kind == FLOAT and default is not None else default)
+    return fields
+
+
+def _toml_kind(spec: Spec):
+    """The TOML kind of a parameter: its named options, integer, number or boolean
+    (None, any scalar, for a parameter TOML cannot spell: the estimator checks it)."""
+    if isinstance(spec, Either):  # e.g. KMeans init: names or an array (not in TOML)
+        spec = next((choice for choice in spec.choices if isinstance(choice, Options)), spec)
+    if isinstance(spec, Options):
+        return spec.values
+    return {Integer: INT, RandomState: INT, Real: FLOAT, Boolean: BOOL}.get(type(spec))
+
+
+MODEL_FIELDS = {kind: model_fields(kind) for kind in MODELS}
 SCHEDULER_FIELDS = {"address": (STR, "local")}
 OUTPUT_FIELDS = {
     "results": (STR, None),
@@ -184,9 +245,7 @@ def _validate_model(raw: dict, source: str) -> dict:
     fields = COMMON_MODEL | MODEL_FIELDS[kind]
     cfg = _fill(raw, fields, "model", source)
     _require(cfg, "n_components", "model", source)
-    for key, minimum in MODEL_MINIMUM.items():
-        if key in cfg and cfg[key] < minimum:
-            raise PipelineError(f"{source}: [model] {key} must be >= {minimum}, got {cfg[key]}.")
+    _check_ranges(cfg, field_specs(*MODELS[kind]), "model", source)
     return cfg
 
 
@@ -202,29 +261,21 @@ def _validate_anneal(raw: dict | None, model: dict, source: str) -> dict | None:
     fields = anneal_fields()
     cfg = _fill(raw or {}, fields, "anneal", source)
     cfg = {key: value for key, value in cfg.items() if key in (raw or {})}
+    _check_ranges(cfg, field_specs(AnnealedGaussianMixture, ANNEAL_PARAMETERS), "anneal", source)
     for key in ("n_components", "random_state"):
         if key in fields:
             cfg.setdefault(key, model[key])
     return cfg
 
 
-def anneal_fields() -> dict:
-    """Allowed [anneal] keys: AnnealedGaussianMixture's parameters and their kinds."""
-    from dask_emk.models.anneal import AnnealedGaussianMixture
-
-    fields = {}
-    for name, default in AnnealedGaussianMixture().get_params(deep=False).items():
-        if isinstance(default, bool):
-            fields[name] = (BOOL, default)
-        elif isinstance(default, int):
-            fields[name] = (INT, default)
-        elif isinstance(default, float):
-            fields[name] = (FLOAT, default)
-        elif isinstance(default, str):
-            fields[name] = (STR, default)
-        else:  # None or an object default: any scalar TOML value
-            fields[name] = (None, default)
-    return fields
+def _check_ranges(cfg: dict, specs: dict[str, Spec], section: str, source: str) -> None:
+    """Numbers inside the estimator's range (named options are checked by kind)."""
+    for key, spec in specs.items():
+        value = cfg.get(key)
+        if value is not None and hasattr(spec, "bounds") and not spec.accepts(value):
+            raise PipelineError(
+                f"{source}: [{section}] {key} must be {spec.bounds()}, got {value}."
+            )
 
 
 def _fill(raw: dict, fields: dict, section: str, source: str) -> dict:

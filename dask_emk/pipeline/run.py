@@ -24,7 +24,7 @@ from dask_emk.models import export
 from dask_emk.pipeline import figures
 from dask_emk.pipeline.checkpoint import Checkpoint, checkpoint_path
 from dask_emk.pipeline.compare import truth_table
-from dask_emk.pipeline.config import config_key
+from dask_emk.pipeline.config import config_key, estimator_params
 from dask_emk.pipeline.fits import (
     FitOutcome,
     anneal_outcome,
@@ -163,31 +163,16 @@ def fit_model(cfg: dict, source: Source, checkpoint: Checkpoint, echo) -> tuple:
         anneal = fit_anneal(X, cfg["anneal"], checkpoint, verbose=echo is not _silent)
     if kind == "anneal":
         return anneal_outcome(anneal), anneal
-    common = {"random_state": model_cfg["random_state"]}
+    params = estimator_params(model_cfg)
     if kind == "kmeans":
-        init = model_cfg["init"]
-        params = dict(
-            common,
-            n_clusters=model_cfg["n_components"],
-            init=np.asarray(anneal.means_, np.float64) if init == "anneal" else init,
-            oversampling_factor=model_cfg["oversampling_factor"],
-            tol=model_cfg["tol"],
-            max_iter=model_cfg["max_iter"],
-        )
+        if params["init"] == "anneal":
+            params["init"] = np.asarray(anneal.means_, np.float64)
         return fit_kmeans(X, params, checkpoint, progress), anneal
-    params = dict(
-        common,
-        n_components=model_cfg["n_components"],
-        covariance_type=model_cfg["covariance_type"],
-        tol=model_cfg["tol"],
-        reg_covar=model_cfg["reg_covar"],
-        max_iter=model_cfg["max_iter"],
-    )
-    if model_cfg["init"] == "anneal":
+    init = params.pop("init_params")
+    if init == "anneal":
         n = X.sizes["sample"]
         params.update(gmm_init_from_anneal(anneal, model_cfg["covariance_type"], n))
     else:
-        init = model_cfg["init"]
         params["init_params"] = "k-means||" if init == "kmeans" else init
     return fit_gmm(X, params, checkpoint, progress), anneal
 
