@@ -20,6 +20,8 @@ from sklearn.mixture import GaussianMixture as SkGaussianMixture
 
 from dask_emk import AnnealedGaussianMixture, GaussianMixture, KMeans
 from dask_emk.engine.inputs import as_input
+from dask_emk.models.anneal import draw_sample
+from dask_emk.models.seeding import kmeans_parallel, kmeans_plusplus, random_rows
 
 K = 3
 DIMS = ("time", "lat", "lon")
@@ -153,6 +155,37 @@ def test_kmeans_equals_sklearn_on_the_valid_rows(make, sk_kmeans):
         distances.values.reshape(-1, K)[VALID], sk_kmeans.transform(ROWS[VALID]), rtol=1e-9
     )
     np.testing.assert_allclose(model.score(X), sk_kmeans.score(ROWS[VALID]), rtol=1e-9)
+
+
+def test_an_empty_cluster_is_refilled_from_a_valid_row():
+    """A centre far from the data empties its cluster; scikit-learn's relocation
+    (the farthest row) must pick among the valid rows only."""
+    init = START["means_init"].copy()
+    init[2] = 1e3
+    model = kmeans(init=init).fit(dataset())
+    ref = SkKMeans(K, init=init, n_init=1).fit(ROWS[VALID])
+    np.testing.assert_allclose(model.cluster_centers_, ref.cluster_centers_, rtol=1e-6)
+    np.testing.assert_allclose(model.inertia_, ref.inertia_, rtol=1e-6)
+
+
+def test_seeding_draws_only_valid_rows():
+    """90% of the rows hold NaN: every draw of every seeding is a valid row."""
+    rows = ROWS.copy()
+    rows[np.random.default_rng(0).random(rows.shape[0]) < 0.9, 1] = np.nan
+    valid = rows[~np.isnan(rows).any(axis=1)]
+    lazy = da.from_array(rows, chunks=(500, -1))
+    for X in (rows, lazy):
+        data = as_input(X, nan_policy="omit")
+        drawn = [
+            random_rows(X, 40, 0, omit_nan=True),
+            kmeans_plusplus(X, 8, 0, omit_nan=True),
+            draw_sample(data, None, 4000, np.random.RandomState(0), None).X,
+        ]
+        for centers in drawn:
+            assert ((centers[:, None, :] == valid[None]).all(axis=2)).any(axis=1).all()
+        share = valid.shape[0] / rows.shape[0]
+        assert drawn[2].shape[0] == pytest.approx(4000 * share, rel=0.2)
+        assert np.isfinite(kmeans_parallel(X, 8, 0, omit_nan=True)).all()
 
 
 def test_weights_on_a_sample_dim_broadcast_over_the_others():

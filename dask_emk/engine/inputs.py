@@ -400,7 +400,7 @@ def _gridded(source, parts: list, samples: tuple, labels, name: str) -> InputDat
         rows = numpy_block_rows(n_features)
         auto = (rows,) if ns == 1 else ("auto",) * ns
         chunks = normalize_chunks(auto, shape, limit=8 * rows, dtype=np.float64)
-    columns = [_feature_columns(part, chunks, ns) for part in parts]
+    columns = [_feature_columns(part, chunks, ns, name) for part in parts]
     values = columns[0] if len(columns) == 1 else da.concatenate(columns, axis=ns)
     values = values.rechunk({ns: -1})  # features are few: one chunk of them is cheap
     coords = {k: c for k, c in source.coords.items() if set(c.dims) <= set(samples)}
@@ -408,10 +408,10 @@ def _gridded(source, parts: list, samples: tuple, labels, name: str) -> InputDat
     return InputData(_as_float_dask(grid.to_rows(values), name), "xarray", labels, grid)
 
 
-def _feature_columns(part, chunks: tuple, ns: int) -> da.Array:
+def _feature_columns(part, chunks: tuple, ns: int, name: str) -> da.Array:
     """(*samples, *levels) values → dask (*samples, f) in ``chunks``, levels in one chunk."""
     if not isinstance(part, da.Array):
-        part = np.asarray(part)
+        part = _asarray(part, name)
         return da.from_array(part.reshape(part.shape[:ns] + (-1,)), chunks=chunks + (-1,))
     if part.ndim == ns:
         part = part[..., None]

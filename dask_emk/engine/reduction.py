@@ -72,10 +72,11 @@ def block_stats_array(
 ) -> da.Array:
     """Lazy (n_blocks, size) array: ``block_fn(x_block, w_block, *args)`` per block.
 
-    With ``omit_nan`` the rows holding NaN are dropped from each block first
-    (:func:`call_block`). ``args`` are wrapped in one ``dask.delayed`` so they enter the graph once,
+    ``args`` are wrapped in one ``dask.delayed`` so they enter the graph once,
     under a random key: hashing them (pure=True) cost ~1.5 ms a pass. The
     layer is named from that key, which saves hashing its arguments too.
+    With ``omit_nan`` each block's rows holding NaN are dropped first
+    (:func:`call_block`).
     """
     packed_args = dask.delayed(args, pure=False, traverse=False)
     w_arg = (None, None) if weight is None else (weight, "i")

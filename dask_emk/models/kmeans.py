@@ -385,7 +385,7 @@ class KMeans(NoTrainingDataInPickle, TransformerMixin, ClusterMixin, BaseEstimat
         return data.wrap_rows(labels)
 
     def predict(self, X):
-        """Index of the nearest centre of each sample, shape (n_samples,).
+        """Index of the nearest centre of each sample, shape (n_samples,) (-1 where omitted).
 
         numpy for numpy input, lazy (dask or xarray) for lazy input.
         """
