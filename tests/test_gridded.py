@@ -155,6 +155,7 @@ def test_kmeans_equals_sklearn_on_the_valid_rows(make, sk_kmeans):
         distances.values.reshape(-1, K)[VALID], sk_kmeans.transform(ROWS[VALID]), rtol=1e-9
     )
     np.testing.assert_allclose(model.score(X), sk_kmeans.score(ROWS[VALID]), rtol=1e-9)
+    np.testing.assert_array_equal(model.fit_predict(X).values, model.labels_.values)
 
 
 def test_an_empty_cluster_is_refilled_from_a_valid_row():
@@ -202,9 +203,9 @@ def test_weights_on_a_sample_dim_broadcast_over_the_others():
 
 def test_annealing_on_the_grid_is_the_fit_of_its_rows():
     """The same fit as on the stacked rows; labels on the grid are each point's nearest centre."""
-    make = lambda: AnnealedGaussianMixture(K, nan_policy="omit", random_state=0, sample_size=3000)  # noqa: E731
-    model = make().fit(dataset())
-    rows = make().fit(as_input(dataset(), nan_policy="omit").array)
+    kw = {"nan_policy": "omit", "random_state": 0, "sample_size": 3000}
+    model = AnnealedGaussianMixture(K, **kw).fit(dataset())
+    rows = AnnealedGaussianMixture(K, **kw).fit(as_input(dataset(), nan_policy="omit").array)
     np.testing.assert_array_equal(model.cluster_centers_, rows.cluster_centers_)
     assert_on_grid(model.labels_)
     assert_omitted(model.labels_.values, -1)
