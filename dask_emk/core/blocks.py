@@ -72,3 +72,37 @@ def block_uniforms(X: np.ndarray, seed: int, n_streams: int) -> np.ndarray:
     ends = np.ascontiguousarray(X[[0, -1]] if n else X[:0])
     rng = np.random.default_rng([seed, n, zlib.crc32(ends.tobytes())])
     return 1.0 - rng.random((n_streams, n))
+
+
+#: Integer per-row outputs (labels) of rows left out by ``nan_policy='omit'``;
+#: float outputs hold NaN there.
+LABEL_FILL = -1
+
+
+def rows_without_nan(X: np.ndarray) -> np.ndarray | None:
+    """Mask of the rows to keep under ``nan_policy='omit'``, or None to keep all.
+
+    A row holding NaN is left out; a row holding ±inf is kept (also with a
+    NaN), so the kernels count it as an error, as without the policy.
+    """
+    # A row's sum is finite unless the row holds NaN or ±inf (or overflows):
+    # one float per row, and the exact test on the few suspect rows only.
+    with np.errstate(invalid="ignore", over="ignore"):
+        suspect = np.flatnonzero(~np.isfinite(X.sum(axis=1)))
+    if suspect.size == 0:
+        return None
+    rows = X[suspect]
+    dropped = suspect[np.isnan(rows).any(axis=1) & ~np.isinf(rows).any(axis=1)]
+    if dropped.size == 0:
+        return None
+    keep = np.ones(X.shape[0], dtype=bool)
+    keep[dropped] = False
+    return keep
+
+
+def without_nan_rows(X: np.ndarray, weight: np.ndarray | None):
+    """``X`` and ``weight`` without the rows :func:`rows_without_nan` leaves out."""
+    keep = rows_without_nan(X)
+    if keep is None:
+        return X, weight
+    return X[keep], None if weight is None else np.asarray(weight)[keep]

@@ -5,12 +5,21 @@ array (numpy or dask, chunked along rows only) plus what is needed to give
 results back in the caller's kind (numpy in → numpy out, dask or xarray in →
 lazy out of the same kind). Checks here are cheap metadata checks; NaN/inf
 in lazy data is reported by the E-step of the first pass (no extra pass).
+
+xarray input is data on a grid of *sample dimensions* (:class:`Grid`): a
+Dataset's data variables, or an N-D DataArray's ``feature_dim``, are the
+features, every other dimension a sample dimension. Its rows are the grid's
+blocks one after the other (:func:`dask.array.reshape_blockwise`), so
+stacking moves no data between chunks; no statistic depends on row order,
+and per-row results go back onto the grid the same way.
 """
 
 from __future__ import annotations
 
+import itertools
+import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import dask.array as da
 import numpy as np
@@ -18,7 +27,9 @@ import pandas as pd
 import scipy.sparse as sp
 import xarray as xr
 import zarr
+from dask.array.core import normalize_chunks
 
+from dask_emk.core.blocks import LABEL_FILL
 from dask_emk.engine.reduction import numpy_block_rows
 from dask_emk.engine.storage import (
     check_zarr_chunks,
@@ -27,6 +38,100 @@ from dask_emk.engine.storage import (
     open_zarr_array,
     read_zarr,
 )
+
+#: Values of the estimators' ``nan_policy`` (after scipy's): 'raise' on NaN,
+#: 'omit' rows holding NaN from every statistic (NaN outputs there);
+#: 'marginalize' is reserved.
+NAN_POLICIES = ("raise", "omit", "marginalize")
+
+
+def check_input_options(nan_policy, feature_dim, sample_dims) -> tuple[str, ...] | None:
+    """Validate the estimators' ``nan_policy``, ``feature_dim`` and ``sample_dims``.
+
+    Returns
+    -------
+    sample_dims as a tuple of names, or None.
+    """
+    if not isinstance(nan_policy, str) or nan_policy not in NAN_POLICIES:
+        raise ValueError(f"nan_policy must be one of {NAN_POLICIES}, got {nan_policy!r}.")
+    if feature_dim is not None and not isinstance(feature_dim, str):
+        raise ValueError(f"feature_dim must be None or a dimension name, got {feature_dim!r}.")
+    if sample_dims is None:
+        return None
+    dims = (sample_dims,) if isinstance(sample_dims, str) else sample_dims
+    try:
+        dims = tuple(dims)
+    except TypeError:
+        dims = ()
+    if not dims or not all(isinstance(d, str) for d in dims) or len(set(dims)) < len(dims):
+        raise ValueError(
+            "sample_dims must be None, a dimension name or a list of distinct dimension "
+            f"names, got {sample_dims!r}."
+        )
+    return dims
+
+
+@dataclass(frozen=True)
+class Grid:
+    """The sample dimensions of xarray input, and how rows map onto them.
+
+    Row i of the 2-D array is a point of the grid: the grid's blocks (its
+    ``chunks``) one after the other in C order of the blocks, each block's
+    points in C order (the layout of :func:`dask.array.reshape_blockwise`).
+
+    Attributes
+    ----------
+    dims : tuple of str
+        Sample dimensions, in the input's order.
+    chunks : tuple of tuple of int
+        Chunks along each sample dimension (their sums are the grid's shape).
+    coords : dict
+        Coordinates of the input on sample dimensions only, for the outputs.
+    """
+
+    dims: tuple
+    chunks: tuple
+    coords: dict
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(int(sum(c)) for c in self.chunks)
+
+    def to_rows(self, array: da.Array) -> da.Array:
+        """(*grid, *rest) → (n_points, *rest), block by block (no data moves between chunks)."""
+        if len(self.dims) == 1:
+            return array
+        return da.reshape_blockwise(array, (math.prod(self.shape), *array.shape[len(self.dims) :]))
+
+    def from_rows(self, values: da.Array, extra_dim: str | None, attrs: dict) -> xr.DataArray:
+        """Per-row values (n,) or (n, m) (row chunks as made by :meth:`to_rows`) on the grid."""
+        shape, chunks, dims = self.shape, self.chunks, self.dims
+        if values.ndim == 2:
+            shape, dims = shape + (values.shape[1],), dims + (extra_dim,)
+            chunks = chunks + ((values.shape[1],),)
+        if len(self.dims) > 1:
+            values = da.reshape_blockwise(values, shape, chunks)
+        return xr.DataArray(values, dims=dims, coords=self.coords, attrs=attrs)
+
+    def weights(self, weight: xr.DataArray) -> da.Array:
+        """Sample weights on (some of) the sample dimensions, as rows (broadcast over the rest)."""
+        sizes = dict(zip(self.dims, self.shape, strict=True))
+        other = [str(d) for d in weight.dims if d not in sizes]
+        wrong = {str(d): n for d, n in weight.sizes.items() if d in sizes and n != sizes[d]}
+        if other or wrong:
+            raise ValueError(
+                f"sample_weight has dims {dict(weight.sizes)}, but X's sample dims are "
+                f"{sizes}; give weights on (some of) these dims with these sizes (they are "
+                "broadcast over the others)."
+            )
+        missing = {d: n for d, n in sizes.items() if d not in weight.dims}
+        weight = chunked_if_stored(weight).expand_dims(missing).transpose(*self.dims)
+        values = weight.data
+        if isinstance(values, da.Array):
+            values = values.rechunk(self.chunks)
+        else:
+            values = da.from_array(np.asarray(values), chunks=self.chunks)
+        return self.to_rows(values)
 
 
 @dataclass
@@ -39,21 +144,21 @@ class InputData:
         float32 or float64; a dask array is chunked along rows only.
     kind : {'numpy', 'dask', 'xarray'}
         'numpy' also for pandas input.
-    sample_dim, feature_dim : str
-        Dimension names (xarray input; defaults otherwise).
-    sample_coords : dict
-        Coordinates along the sample dimension, carried to per-sample output.
     feature_labels : ndarray or None
-        Labels along the feature dimension (xarray coordinate, DataFrame
-        columns), unique; carried to the fitted parameters and matched at predict.
+        Labels of the features (xarray coordinate, names made from a Dataset's
+        variables, DataFrame columns), unique; carried to the fitted
+        parameters and matched at predict.
+    grid : Grid or None
+        For xarray input: where the rows sit.
+    nan_policy : str
+        One of :data:`NAN_POLICIES`.
     """
 
     array: np.ndarray | da.Array
     kind: str
-    sample_dim: str = "sample"
-    feature_dim: str = "feature"
-    sample_coords: dict = field(default_factory=dict)
     feature_labels: np.ndarray | None = None
+    grid: Grid | None = None
+    nan_policy: str = "raise"
 
     @property
     def n_samples(self) -> int:
@@ -67,6 +172,11 @@ class InputData:
     def is_lazy(self) -> bool:
         return isinstance(self.array, da.Array)
 
+    @property
+    def omit_nan(self) -> bool:
+        """Rows holding NaN take no part in any statistic (``nan_policy='omit'``)."""
+        return self.nan_policy == "omit"
+
     def wrap_rows(self, values, extra_dim: str | None = None):
         """Give per-sample results back in the input's kind.
 
@@ -75,82 +185,240 @@ class InputData:
         values : ndarray or dask array of shape (n,) or (n, m)
         extra_dim : str, optional
             Name of the second dimension for xarray output.
+
+        Returns
+        -------
+        ``values`` for numpy and dask input; for xarray input a DataArray on
+        the input's sample dims and coordinates (plus ``extra_dim``). Rows
+        left out by ``nan_policy='omit'`` hold NaN, or :data:`LABEL_FILL` in
+        integer outputs, which xarray output records as ``_FillValue`` (so
+        the labels read back from zarr or netCDF hold NaN there).
         """
-        if self.kind != "xarray":
+        if self.grid is None:
             return values
-        dims = (self.sample_dim,) if values.ndim == 1 else (self.sample_dim, extra_dim)
-        return xr.DataArray(values, dims=dims, coords=self.sample_coords)
+        integer = np.dtype(values.dtype).kind in "iu"
+        attrs = {"_FillValue": LABEL_FILL} if integer and self.omit_nan else {}
+        return self.grid.from_rows(values, extra_dim, attrs)
 
 
-def as_input(X, *, name: str = "X") -> InputData:
+def as_input(
+    X,
+    *,
+    name: str = "X",
+    nan_policy: str = "raise",
+    feature_dim: str | None = None,
+    sample_dims=None,
+) -> InputData:
     """Validate X and convert it to :class:`InputData`.
 
     Accepts numpy arrays (and array-likes), pandas DataFrames, dask arrays,
-    xarray DataArrays (dims (sample, feature), or (feature, sample) when the
-    first is named ``feature``), zarr arrays and zarr store paths or
-    ``file://`` URLs. Reads of zarr-backed input raise when chunk files are
-    missing (:mod:`dask_emk.engine.storage` says how, for each kind of input).
+    xarray Datasets and DataArrays, zarr arrays and zarr store paths or
+    ``file://`` URLs (and :class:`InputData`, returned as it is). Reads of
+    zarr-backed input raise when chunk files are missing
+    (:mod:`dask_emk.engine.storage` says how, for each kind of input).
+
+    xarray input: a Dataset's data variables are the features, the dims that
+    all of them have its sample dims, and a variable with more dims gives one
+    feature per point of those (named like ``temp[depth=10.0]``). An N-D
+    DataArray has its features along ``feature_dim`` (default: a dim named
+    ``feature``, or the second of two dims), every other dim being a sample
+    dim. ``sample_dims`` names the sample dims instead.
+
+    Parameters
+    ----------
+    nan_policy : {'raise', 'omit', 'marginalize'}
+        'raise': NaN is an error; 'omit': rows holding NaN take no part in
+        any statistic (checked in the passes, lazily); ±inf is always an error.
+    feature_dim : str, optional
+    sample_dims : str or sequence of str, optional
 
     Raises
     ------
     ValueError
-        Not 2-D, no rows or no features, non-numeric or complex dtype,
-        NaN/inf or missing values in in-memory input, an xarray.Dataset,
-        duplicate feature labels.
+        Not 2-D (numpy, dask, zarr), no rows or no features, non-numeric or
+        complex dtype, NaN/inf or missing values in in-memory input (inf
+        only, with ``nan_policy='omit'``), xarray dims that do not say which
+        are the samples, duplicate feature labels.
     """
+    if isinstance(X, InputData):
+        return X
+    sample_dims = check_input_options(nan_policy, feature_dim, sample_dims)
+    if nan_policy == "marginalize":
+        raise ValueError(
+            "nan_policy='marginalize' is reserved; not yet implemented. Use "
+            "nan_policy='omit' to leave out the rows that hold NaN."
+        )
+    data = _convert(X, name, nan_policy == "omit", feature_dim, sample_dims)
+    data.nan_policy = nan_policy
+    return data
+
+
+def _convert(X, name: str, allow_nan: bool, feature_dim, sample_dims) -> InputData:
     if isinstance(X, (str, os.PathLike)):
         X = open_zarr_array(X)
     if isinstance(X, zarr.Array):
         _check_shape_dtype(X.shape, np.dtype(X.dtype), name)
         X = read_zarr(X)
     if isinstance(X, xr.Dataset):
-        raise ValueError(
-            f"{name} is an xarray.Dataset; pass a DataArray laid out as (sample, feature), "
-            'e.g. ds.to_dataarray("feature") to make each data variable a feature.'
-        )
+        return _from_dataset(X, name, feature_dim, sample_dims)
     if isinstance(X, xr.DataArray):
-        X = chunked_if_stored(X)
-        return _from_xarray(X, name)
+        return _from_dataarray(chunked_if_stored(X), name, feature_dim, sample_dims)
     if isinstance(X, da.Array):
         return InputData(_as_float_dask(X, name), "dask")
     labels = None
     if isinstance(X, pd.DataFrame):
         labels = _unique_labels(X.columns.to_numpy(), name, "rename the columns")
         X = _from_pandas(X, name)
-    return InputData(_as_float_numpy(X, name), "numpy", feature_labels=labels)
+    return InputData(_as_float_numpy(X, name, allow_nan), "numpy", feature_labels=labels)
 
 
-def _from_xarray(X: xr.DataArray, name: str) -> InputData:
-    if X.ndim > 2:
-        others = [str(d) for d in X.dims if d != "feature"]
-        samples = others if len(others) < X.ndim else others[:-1]
-        feature = "feature" if len(others) < X.ndim else others[-1]
+# ----------------------------------------------------------------- xarray
+def _from_dataarray(X: xr.DataArray, name: str, feature_dim, sample_dims) -> InputData:
+    samples, feature = _dataarray_dims(X, name, feature_dim, sample_dims)
+    labels = X[feature].values if feature in X.coords else None
+    labels = _unique_labels(labels, name, f"X.assign_coords({feature}=...)")
+    values = X.transpose(*samples, *([feature] if feature else [])).data
+    if feature is None:  # every dim a sample dim: one feature
+        values = values[..., None]
+    return _gridded(X, [values], samples, labels, name)
+
+
+def _dataarray_dims(X: xr.DataArray, name: str, feature_dim, sample_dims):
+    """(sample dims in X's order, feature dim or None) of a DataArray."""
+    dims = tuple(str(d) for d in X.dims)
+    twice = [d for d in dims if dims.count(d) > 1]
+    if twice:
         raise ValueError(
-            f"{name} is a {X.ndim}-D DataArray with dims {tuple(map(str, X.dims))}; dask_emk "
-            "fits 2-D (sample, feature) data: stack the other dimensions into one sample "
-            f"dimension, e.g. X.stack(sample={samples}).transpose('sample', '{feature}')."
+            f"{name} has the dimension {twice[0]!r} twice; name its dims (sample, feature)."
         )
-    if X.ndim != 2:
-        _check_shape_dtype(X.shape, X.dtype, name)
-    if X.dims[0] == X.dims[1]:
+    for given in (feature_dim, *(sample_dims or ())):
+        if given is not None and given not in dims:
+            raise ValueError(
+                f"{given!r} (from feature_dim or sample_dims) is not a dimension of {name}, "
+                f"whose dims are {dims}; name one of those."
+            )
+    if sample_dims is not None:
+        rest = [d for d in dims if d not in sample_dims]
+        if len(rest) > 1 or (feature_dim is not None and rest != [feature_dim]):
+            raise ValueError(
+                f"sample_dims={list(sample_dims)} leaves {rest} of {name}'s dims {dims} for "
+                "the features; the features lie along one dimension: name it with "
+                "feature_dim= and every other dimension in sample_dims."
+            )
+        return tuple(d for d in dims if d in sample_dims), (rest[0] if rest else None)
+    if X.ndim < 2:
+        _check_shape_dtype(X.shape, X.dtype, name)  # raises: not 2-D
+    if feature_dim is None and "feature" in dims:
+        feature_dim = "feature"
+    if feature_dim is None and X.ndim > 2:
         raise ValueError(
-            f"{name} has the dimension {X.dims[0]!r} twice; name its dims (sample, feature)."
+            f"{name} is a {X.ndim}-D DataArray with dims {dims} and none is named "
+            f"'feature'; say which dimension holds the features, e.g. "
+            f"feature_dim={dims[-1]!r} (every other dimension then holds samples), or "
+            "name the sample dimensions with sample_dims=[...]."
         )
-    if X.dims[0] == "feature":
-        X = X.transpose()  # a (feature, sample) layout, e.g. from Dataset.to_dataarray
-    sample_dim, feature_dim = X.dims
-    data = X.data
-    array = (
-        _as_float_dask(data, name) if isinstance(data, da.Array) else _as_float_numpy(data, name)
-    )
-    if not isinstance(array, da.Array):
-        # Blocks as for numpy input, so the passes run in parallel (one
-        # whole-array chunk ran every pass on a single thread).
-        array = da.from_array(array, chunks=(numpy_block_rows(array.shape[1]), -1))
-    coords = {k: v for k, v in X.coords.items() if v.dims == (sample_dim,)}
-    labels = X[feature_dim].values if feature_dim in X.coords else None
-    labels = _unique_labels(labels, name, f"X.assign_coords({feature_dim}=...)")
-    return InputData(array, "xarray", str(sample_dim), str(feature_dim), coords, labels)
+    feature_dim = dims[1] if feature_dim is None else feature_dim  # 2-D: (sample, feature)
+    return tuple(d for d in dims if d != feature_dim), feature_dim
+
+
+def _from_dataset(ds: xr.Dataset, name: str, feature_dim, sample_dims) -> InputData:
+    if feature_dim is not None:
+        raise ValueError(
+            f"feature_dim={feature_dim!r} applies to a DataArray, but {name} is an "
+            "xarray.Dataset, whose data variables are the features; leave feature_dim unset."
+        )
+    variables = [chunked_if_stored(ds[v]) for v in ds.data_vars]
+    if not variables:
+        raise ValueError(f"{name} is an xarray.Dataset without data variables; pass some.")
+    for var in variables:
+        _check_numeric(var.dtype, f"{name}[{var.name!r}]")
+    samples = _dataset_sample_dims(variables, name, sample_dims)
+    parts, labels = [], []
+    for var in variables:
+        levels = [d for d in var.dims if d not in samples]
+        parts.append(var.transpose(*samples, *levels).data)
+        labels.extend(_level_names(var, levels))
+    labels = _unique_labels(np.asarray(labels, dtype=object), name, "rename the variables")
+    return _gridded(ds, parts, samples, labels, name)
+
+
+def _dataset_sample_dims(variables: list, name: str, sample_dims) -> tuple[str, ...]:
+    """The sample dims (in the first variable's order): given, or those all variables have."""
+    first = [str(d) for d in variables[0].dims]
+    if sample_dims is None:
+        shared = tuple(d for d in first if all(d in var.dims for var in variables))
+        if not shared:
+            dims = {str(var.name): tuple(map(str, var.dims)) for var in variables}
+            raise ValueError(
+                f"The data variables of {name} share no dimension ({dims}); name the "
+                "dimensions that hold samples with sample_dims=[...]."
+            )
+        return shared
+    lacking = {
+        str(var.name): [d for d in sample_dims if d not in var.dims]
+        for var in variables
+        if not set(sample_dims) <= set(var.dims)
+    }
+    if lacking:
+        raise ValueError(
+            f"Every data variable of {name} needs the sample dims {list(sample_dims)}; "
+            f"{lacking} lack them: drop those variables or broadcast them "
+            "(e.g. ds[name].broadcast_like(ds[other]))."
+        )
+    return tuple(d for d in first if d in sample_dims)
+
+
+def _level_names(var: xr.DataArray, levels: list) -> list[str]:
+    """Feature names of a variable: its name, one per point of its non-sample dims."""
+    if not levels:
+        return [str(var.name)]
+    values = [var[d].values if d in var.coords else np.arange(var.sizes[d]) for d in levels]
+    return [
+        f"{var.name}[" + ", ".join(f"{d}={v}" for d, v in zip(levels, point, strict=True)) + "]"
+        for point in itertools.product(*values)
+    ]
+
+
+def _gridded(source, parts: list, samples: tuple, labels, name: str) -> InputData:
+    """Rows of xarray values: ``parts`` are (*samples, *levels) arrays, one per variable.
+
+    Each part becomes (*samples, f) with its levels whole in one chunk, in
+    the sample chunks of the first dask part (or of about
+    :func:`numpy_block_rows` rows for in-memory values); the parts are
+    joined along features and the grid's blocks laid out as rows.
+    """
+    ns = len(samples)
+    for part in parts:
+        if isinstance(part, da.Array) and any(math.isnan(c) for c in sum(part.chunks, ())):
+            raise ValueError(f"{name} has unknown chunk sizes; call X.compute_chunk_sizes() first.")
+    shape = tuple(int(n) for n in np.shape(parts[0])[:ns])
+    lazy = [part for part in parts if isinstance(part, da.Array)]
+    if lazy:
+        chunks = lazy[0].chunks[:ns]
+    else:
+        n_features = sum(math.prod(np.shape(part)[ns:]) for part in parts)
+        rows = numpy_block_rows(n_features)
+        auto = (rows,) if ns == 1 else ("auto",) * ns
+        chunks = normalize_chunks(auto, shape, limit=8 * rows, dtype=np.float64)
+    columns = [_feature_columns(part, chunks, ns, name) for part in parts]
+    values = columns[0] if len(columns) == 1 else da.concatenate(columns, axis=ns)
+    values = values.rechunk({ns: -1})  # features are few: one chunk of them is cheap
+    coords = {k: c for k, c in source.coords.items() if set(c.dims) <= set(samples)}
+    grid = Grid(samples, chunks, coords)
+    return InputData(_as_float_dask(grid.to_rows(values), name), "xarray", labels, grid)
+
+
+def _feature_columns(part, chunks: tuple, ns: int, name: str) -> da.Array:
+    """(*samples, *levels) values → dask (*samples, f) in ``chunks``, levels in one chunk."""
+    if not isinstance(part, da.Array):
+        part = _asarray(part, name)
+        return da.from_array(part.reshape(part.shape[:ns] + (-1,)), chunks=chunks + (-1,))
+    if part.ndim == ns:
+        part = part[..., None]
+    part = part.rechunk(chunks + (-1,) * (part.ndim - ns))
+    if part.ndim == ns + 1:
+        return part
+    return da.reshape_blockwise(part, part.shape[:ns] + (math.prod(part.shape[ns:]),))
 
 
 def _unique_labels(labels: np.ndarray | None, name: str, fix: str) -> np.ndarray | None:
@@ -241,7 +509,7 @@ def _as_float_dask(X: da.Array, name: str) -> da.Array:
     return X
 
 
-def _as_float_numpy(X, name: str) -> np.ndarray:
+def _as_float_numpy(X, name: str, allow_nan: bool = False) -> np.ndarray:
     if sp.issparse(X):
         raise TypeError(
             f"Sparse input is not supported: {name} is {type(X).__name__}; densify it "
@@ -250,10 +518,17 @@ def _as_float_numpy(X, name: str) -> np.ndarray:
     X = _asarray(X, name)
     _check_shape_dtype(X.shape, X.dtype, name)
     X = X.astype(float_dtype(X.dtype), copy=False)
-    if not np.isfinite(X).all():
+    if np.isfinite(X).all():
+        return X
+    if not allow_nan:
         raise ValueError(
-            f"{name} contains NaN or infinity; remove or impute those rows "
-            "(e.g. X[np.isfinite(X).all(axis=1)])."
+            f"{name} contains NaN or infinity; pass nan_policy='omit' to leave out the rows "
+            "holding NaN, or remove or impute those rows (e.g. X[np.isfinite(X).all(axis=1)])."
+        )
+    if np.isinf(X).any():
+        raise ValueError(
+            f"{name} contains infinity; nan_policy='omit' leaves out rows holding NaN only: "
+            "remove or clip the infinite values."
         )
     return X
 
@@ -286,8 +561,10 @@ def _asarray(values, name: str) -> np.ndarray:
 def as_sample_weight(sample_weight, data: InputData):
     """Validate sample weights against the data; None stays None.
 
-    A scalar weighs every row the same (as in scikit-learn). Returns an
-    ndarray (numpy input) or a dask array chunked like the rows.
+    A scalar weighs every row the same (as in scikit-learn). For xarray
+    input, a DataArray on (some of) the sample dims, broadcast over the
+    others. Returns an ndarray (numpy input) or a dask array chunked like
+    the rows.
 
     Raises
     ------
@@ -297,8 +574,15 @@ def as_sample_weight(sample_weight, data: InputData):
     """
     if sample_weight is None:
         return None
+    grid = data.grid
     if isinstance(sample_weight, xr.DataArray):
-        sample_weight = sample_weight.data
+        sample_weight = sample_weight.data if grid is None else grid.weights(sample_weight)
+    elif grid is not None and len(grid.dims) > 1 and np.ndim(sample_weight) > 0:
+        raise ValueError(
+            f"X is gridded on {grid.dims}: give sample_weight as an xarray.DataArray on "
+            "(some of) these dims, e.g. np.cos(np.deg2rad(ds.lat)) (its rows are laid out "
+            "block by block, so a flat array has no defined order)."
+        )
     if isinstance(sample_weight, pd.Series):
         sample_weight = sample_weight.to_numpy(dtype=np.float64, na_value=np.nan)
     if isinstance(sample_weight, da.Array) and (sample_weight.ndim == 0 or not data.is_lazy):

@@ -67,7 +67,9 @@ def assign_block(X, weight, centers, origin, n_far, moments, layout) -> np.ndarr
     return layout.pack(assign.assign_stats(X, weight, centers, origin, n_far, moments))
 
 
-def assign_pass(X, weight, centers, origin, n_far=0, moments=False, split_every=None) -> dict:
+def assign_pass(
+    X, weight, centers, origin, n_far=0, moments=False, split_every=None, omit_nan=False
+) -> dict:
     """One pass: summed Lloyd statistics with merged farthest rows (one compute).
 
     Parameters
@@ -78,6 +80,8 @@ def assign_pass(X, weight, centers, origin, n_far=0, moments=False, split_every=
     origin : ndarray of shape (d,), the fixed reference point
     n_far : int
     moments : bool
+    omit_nan : bool
+        Leave out rows holding NaN (``nan_policy='omit'``).
 
     Returns
     -------
@@ -88,6 +92,7 @@ def assign_pass(X, weight, centers, origin, n_far=0, moments=False, split_every=
     return reduction.run_pass(
         X, weight, layout, assign_block, centers, origin, n_far, moments, layout,
         split_every=split_every, combine=partial(merge_packed, layout=layout, tops=FAR_LIST),
+        omit_nan=omit_nan,
     )  # fmt: skip
 
 
@@ -97,13 +102,15 @@ def seed_block(X, weight, centers, trials, origin, n_keep, seed, scale, layout) 
 
 
 def seed_pass(
-    X, weight, centers, trials, origin, n_keep, seed, scale=None, split_every=None
+    X, weight, centers, trials, origin, n_keep, seed, scale=None, split_every=None,
+    omit_nan=False,
 ) -> dict:
     """One seeding pass (one compute): potentials and sampled rows per stream.
 
     See :func:`dask_emk.core.seeding.seed_stats` for the arguments; returns
     ``potential`` (s,), ``key`` (s, n_keep) descending and ``x`` (s, n_keep, d)
-    merged over all blocks. Raises ValueError when the data holds NaN/inf.
+    merged over all blocks; rows holding NaN are never drawn with ``omit_nan``.
+    Raises ValueError when the data holds NaN/inf (inf only, with ``omit_nan``).
     """
     s, d = max(trials.shape[0], 1), X.shape[1]
     layout = StatsLayout(
@@ -112,6 +119,7 @@ def seed_pass(
     return reduction.run_pass(
         X, weight, layout, seed_block, centers, trials, origin, n_keep, seed, scale, layout,
         split_every=split_every, combine=partial(merge_packed, layout=layout, tops=SAMPLE_LIST),
+        omit_nan=omit_nan,
     )  # fmt: skip
 
 
@@ -129,7 +137,9 @@ def hartigan_block(X, weight, centers, mass, origin, edges, layout) -> np.ndarra
     return layout.pack(hartigan.hartigan_stats(X, weight, centers, mass, origin, edges))
 
 
-def hartigan_pass(X, weight, centers, mass, origin, edges, split_every=None) -> dict:
+def hartigan_pass(
+    X, weight, centers, mass, origin, edges, split_every=None, omit_nan=False
+) -> dict:
     """One pass (one compute): Lloyd sums at ``centers`` and the binned Hartigan moves.
 
     See :func:`dask_emk.core.hartigan.hartigan_stats` for the arguments and the
@@ -139,5 +149,5 @@ def hartigan_pass(X, weight, centers, mass, origin, edges, split_every=None) -> 
     layout = hartigan_layout(centers.shape[0], centers.shape[1], edges.shape[0] + 1)
     return reduction.run_pass(
         X, weight, layout, hartigan_block, centers, mass, origin, edges, layout,
-        split_every=split_every,
+        split_every=split_every, omit_nan=omit_nan,
     )  # fmt: skip

@@ -32,6 +32,7 @@ import numpy as np
 from dask.delayed import Delayed
 from threadpoolctl import ThreadpoolController
 
+from dask_emk.core.blocks import LABEL_FILL, rows_without_nan, without_nan_rows
 from dask_emk.engine.storage import check_stored_files, storage_errors
 
 if TYPE_CHECKING:
@@ -67,17 +68,20 @@ def block_stats_array(
     block_fn: Callable[..., np.ndarray],
     size: int,
     *args: Any,
+    omit_nan: bool = False,
 ) -> da.Array:
     """Lazy (n_blocks, size) array: ``block_fn(x_block, w_block, *args)`` per block.
 
     ``args`` are wrapped in one ``dask.delayed`` so they enter the graph once,
     under a random key: hashing them (pure=True) cost ~1.5 ms a pass. The
     layer is named from that key, which saves hashing its arguments too.
+    With ``omit_nan`` each block's rows holding NaN are dropped first
+    (:func:`call_block`).
     """
     packed_args = dask.delayed(args, pure=False, traverse=False)
     w_arg = (None, None) if weight is None else (weight, "i")
     return da.blockwise(
-        _call_block,
+        call_block,
         "ij",
         X,
         "ij",
@@ -85,6 +89,8 @@ def block_stats_array(
         block_fn,
         None,
         packed_args,
+        None,
+        omit_nan,
         None,
         adjust_chunks={"i": 1, "j": size},
         dtype=np.float64,
@@ -94,7 +100,15 @@ def block_stats_array(
     )
 
 
-def _call_block(x, w, block_fn, args):
+def call_block(x, w, block_fn, args, omit_nan: bool = False):
+    """``block_fn(x, w, *args)``; with ``omit_nan`` on the rows without NaN only.
+
+    ``nan_policy='omit'`` lives here, in the pass the fit makes anyway: no
+    mask is computed ahead, and the kernels never see a NaN row, so such a
+    row takes no part in any statistic (sums, counts, farthest rows, draws).
+    """
+    if omit_nan:
+        x, w = without_nan_rows(x, w)
     return block_fn(x, w, *args)
 
 
@@ -107,6 +121,7 @@ def run_pass(
     split_every: int | None = None,
     combine: Callable[[np.ndarray], np.ndarray] | None = None,
     also: tuple | None = None,
+    omit_nan: bool = False,
 ):
     """One pass over the data, unpacked: every pass of the package runs here.
 
@@ -121,6 +136,8 @@ def run_pass(
     also : tuple, optional
         Other arrays (numpy, or dask from the same data) computed with the
         pass, in its one compute, each chunk read once.
+    omit_nan : bool
+        Leave out the rows holding NaN (``nan_policy='omit'``, :func:`call_block`).
 
     Returns
     -------
@@ -133,11 +150,12 @@ def run_pass(
         If the data holds NaN or infinity (:func:`raise_on_nonfinite`).
     """
     out = reduce_pass(
-        X, weight, block_fn, layout.size, *args, split_every=split_every, combine=combine, also=also
-    )
+        X, weight, block_fn, layout.size, *args, split_every=split_every, combine=combine,
+        also=also, omit_nan=omit_nan,
+    )  # fmt: skip
     vector, values = out if also is not None else (out, None)
     stats = layout.unpack(vector)
-    raise_on_nonfinite(stats["nonfinite"], X)
+    raise_on_nonfinite(stats["nonfinite"], X, omit_nan)
     return stats if also is None else (stats, values)
 
 
@@ -150,6 +168,7 @@ def reduce_pass(
     split_every: int | None = None,
     combine: Callable[[np.ndarray], np.ndarray] | None = None,
     also: tuple | None = None,
+    omit_nan: bool = False,
 ):
     """One pass over the data: sum of ``block_fn`` over all blocks, shape (size,).
 
@@ -174,18 +193,22 @@ def reduce_pass(
         block order.
     also : tuple, optional
         See :func:`run_pass`; then returns (the vector, the values of ``also``).
+    omit_nan : bool
+        See :func:`run_pass`.
     """
     if not isinstance(X, da.Array):
         w = None if weight is None else np.asarray(weight)
         rows = local_map(
-            lambda sl: block_fn(X[sl], None if w is None else w[sl], *args), X.shape[0], X.shape[1]
+            lambda sl: call_block(X[sl], None if w is None else w[sl], block_fn, args, omit_nan),
+            X.shape[0],
+            X.shape[1],
         )
         stacked = np.concatenate([np.asarray(r, dtype=np.float64).reshape(1, -1) for r in rows])
         # As the tree's last step would (e.g. sorting a top-m list).
         vector = (combine or _add_rows)(stacked).reshape(size)
         return vector if also is None else (vector, also)
     X, weight = group_small_chunks(X, weight)
-    blocks = block_stats_array(X, weight, block_fn, size, *args)
+    blocks = block_stats_array(X, weight, block_fn, size, *args, omit_nan=omit_nan)
     # With ``also`` nothing is optimised: the chunk reads stay tasks of their
     # own, shared by the pass and ``also`` (fused into either they were read twice).
     fused = also is None
@@ -341,6 +364,7 @@ def map_rows(
     *args: Any,
     n_out: int | None = None,
     dtype=np.float64,
+    omit_nan: bool = False,
 ) -> np.ndarray | da.Array:
     """Apply ``row_fn(x_block, *args)`` per block of rows.
 
@@ -352,36 +376,56 @@ def map_rows(
     row_fn : callable returning (n_block,) if ``n_out`` is None else (n_block, n_out)
     n_out : int, optional
         Width of the per-row output; None for one value per row.
+    omit_nan : bool
+        Rows holding NaN are not passed to ``row_fn``; their outputs are NaN
+        (:data:`LABEL_FILL` for integer ``dtype``).
     """
+    options = (dtype, omit_nan, n_out)
     if not isinstance(X, da.Array):
-        parts = local_map(lambda sl: _call_rows(X[sl], row_fn, args, dtype), *X.shape)
+        parts = local_map(lambda sl: _call_rows(X[sl], row_fn, args, *options), *X.shape)
         return np.concatenate(parts)
     packed_args = dask.delayed(args, pure=False, traverse=False)
     index, extra = ("i", {}) if n_out is None else ("ij", {"adjust_chunks": {"j": n_out}})
     return da.blockwise(
-        _call_rows, index, X, "ij", row_fn, None, packed_args, None, dtype, None,
+        _call_rows, index, X, "ij", row_fn, None, packed_args, None,
+        *(part for option in options for part in (option, None)),
         dtype=dtype, meta=np.empty((0,) * len(index), dtype=dtype), concatenate=True, **extra,
     )  # fmt: skip
 
 
-def _call_rows(x, row_fn, args, dtype):
-    # The declared dtype of a dask array is not a cast: make the blocks match it.
-    return np.asarray(row_fn(x, *args)).astype(dtype, copy=False)
+def _call_rows(x, row_fn, args, dtype, omit_nan=False, n_out=None):
+    keep = rows_without_nan(x) if omit_nan else None
+    if keep is None:
+        # The declared dtype of a dask array is not a cast: make the blocks match it.
+        return np.asarray(row_fn(x, *args)).astype(dtype, copy=False)
+    missing = LABEL_FILL if np.dtype(dtype).kind in "iu" else np.nan
+    out = np.full(x.shape[:1] + (() if n_out is None else (n_out,)), missing, dtype=dtype)
+    if keep.any():
+        out[keep] = _call_rows(x[keep], row_fn, args, dtype)
+    return out
 
 
-def raise_on_nonfinite(count: float, source=None) -> None:
+def raise_on_nonfinite(count: float, source=None, omit_nan: bool = False) -> None:
     """Raise the error for NaN/inf rows that a pass over the data counted.
 
     The kernels count rows whose statistics are not finite in the pass they
     already make, so lazy input needs no extra pass just to look for NaN.
     Missing zarr chunk files read as the fill value (NaN in stores written
     by xarray), so the zarr arrays of ``source`` (the data passed over) are
-    first checked for missing files, which are reported instead.
+    first checked for missing files, which are reported instead. With
+    ``omit_nan`` the rows counted hold ±inf (rows with NaN were left out).
     """
-    if count > 0:
-        check_stored_files(source)
+    if count <= 0:
+        return
+    check_stored_files(source)
+    if omit_nan:
         raise ValueError(
-            f"Input contains NaN or infinity in {int(count)} row(s) (or values too "
-            "large for float64 arithmetic); remove or impute them, e.g. "
-            "X[da.isfinite(X).all(axis=1)]."
+            f"Input contains infinity in {int(count)} row(s) (or values too large for "
+            "float64 arithmetic); nan_policy='omit' leaves out rows holding NaN only: "
+            "remove or clip the infinite values."
         )
+    raise ValueError(
+        f"Input contains NaN or infinity in {int(count)} row(s) (or values too "
+        "large for float64 arithmetic); pass nan_policy='omit' to leave out the rows "
+        "holding NaN, or remove or impute them, e.g. X[da.isfinite(X).all(axis=1)]."
+    )

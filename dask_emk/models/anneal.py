@@ -38,6 +38,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from dask_emk.core import anneal_rules as rules
 from dask_emk.core import assign, mixture
+from dask_emk.core.blocks import rows_without_nan, without_nan_rows
 from dask_emk.core.layout import StatsLayout
 from dask_emk.core.mstep import m_step
 from dask_emk.engine import reduction
@@ -88,27 +89,52 @@ def draw_sample(data: InputData, weight, size: int, rng, split_every) -> Sample:
     One pass over the data: for lazy input the sampled rows and the moment
     statistics are computed together (one compute, each chunk read once).
     Row indices are drawn the same way for numpy and dask input, so both
-    give the same sample.
+    give the same sample. With ``nan_policy='omit'`` the drawn rows holding
+    NaN are dropped from the sample (a uniform sample of the rows kept).
     """
     X, n, d = data.array, data.n_samples, data.n_features
     idx = None if size >= n else np.sort(rng.choice(n, size, replace=False))
-    # A data row as reference point: moments of far-offset data lose no digits.
-    first = X[:1] if idx is None else X[int(idx[0]) : int(idx[0]) + 1]
-    if data.is_lazy:
-        first = reduction.compute_one(first, optimize_graph=True)
-    origin = np.asarray(first, dtype=np.float64)[0]
+    origin = reference_row(data, 0 if idx is None else int(idx[0]))
     layout = StatsLayout.mixture(1, d, "full")
     rows = X if idx is None else X[idx]
     w_rows = weight if weight is None or idx is None else weight[idx]
     stats, (rows, w_rows) = reduction.run_pass(
         X, weight, layout, moments_block, origin, layout, split_every=split_every,
-        also=(rows, w_rows),
+        also=(rows, w_rows), omit_nan=data.omit_nan,
     )  # fmt: skip
     mean_shift = stats["S"][0] / stats["n"]
     cov = stats["Q"][0] / stats["n"] - np.outer(mean_shift, mean_shift)
     rows = np.asarray(rows, dtype=np.float64)
     w_rows = None if w_rows is None else np.asarray(w_rows, dtype=np.float64)
+    if data.omit_nan:
+        rows, w_rows = without_nan_rows(rows, w_rows)
     return Sample(rows, w_rows, idx is None, origin + mean_shift, cov, float(stats["n"]))
+
+
+def reference_row(data: InputData, start: int) -> np.ndarray:
+    """A data row as reference point (moments of far-offset data lose no digits).
+
+    Row ``start``; with ``nan_policy='omit'`` a row without NaN, from the
+    row chunk holding ``start`` or the next ones (one read each).
+    """
+    X = data.array
+    sizes = X.chunks[0] if data.is_lazy else (X.shape[0],)
+    bounds = np.cumsum((0,) + tuple(sizes))
+    if not data.omit_nan:
+        bounds = np.array([start, start + 1])
+    first = int(np.searchsorted(bounds, start, side="right")) - 1
+    for i in np.roll(np.arange(len(bounds) - 1), -first):
+        rows = X[bounds[i] : bounds[i + 1]]
+        if data.is_lazy:
+            rows = reduction.compute_one(rows, optimize_graph=True)
+        rows = np.asarray(rows, dtype=np.float64)
+        keep = rows_without_nan(rows) if data.omit_nan else None
+        rows = rows if keep is None else rows[keep]
+        if rows.shape[0]:
+            return rows[0]
+    raise ValueError(
+        "Every row of X holds NaN, and nan_policy='omit' leaves them all out; pass data."
+    )
 
 
 # ------------------------------------------------------------------- path
@@ -338,7 +364,9 @@ def _stop_unless_lower(model, info, bound: float) -> None:
         raise _NotLower
 
 
-def hartigan_polish(X, array, weight, km: KMeans, max_passes: int, max_iter: int, split_every):
+def hartigan_polish(
+    X, array, weight, km: KMeans, max_passes: int, max_iter: int, split_every, omit_nan=False
+):
     """Lloyd + batch Hartigan passes from a Lloyd fixed point, on the full data.
 
     Every pass is one Hartigan pass (:func:`dask_emk.engine.passes.hartigan_pass`)
@@ -370,7 +398,7 @@ def hartigan_polish(X, array, weight, km: KMeans, max_passes: int, max_iter: int
 
     Parameters
     ----------
-    X : the input as given to :class:`dask_emk.KMeans`
+    X : the input as given to :class:`dask_emk.KMeans` (or its InputData)
     array : ndarray or dask array of shape (n, d), the same data
     weight : ndarray, dask array or None
     km : KMeans, fitted to its exact fixed point
@@ -379,6 +407,8 @@ def hartigan_polish(X, array, weight, km: KMeans, max_passes: int, max_iter: int
     max_iter : int
         Iterations of the final Lloyd run at most.
     split_every : int or None
+    omit_nan : bool
+        Leave out rows holding NaN (``nan_policy='omit'``).
 
     Returns
     -------
@@ -403,7 +433,7 @@ def hartigan_polish(X, array, weight, km: KMeans, max_passes: int, max_iter: int
     origin = centers.mean(axis=0)
     edges = rules.hartigan_edges(float(km.inertia_), float(mass.sum()), K)
     while len(rounds) < max_passes:
-        st = hartigan_pass(array, weight, centers, mass, origin, edges, split_every)
+        st = hartigan_pass(array, weight, centers, mass, origin, edges, split_every, omit_nan)
         if bound is not None:
             rounds[-1]["accepted"] = bool(st["inertia"] < bound)
             if not rounds[-1]["accepted"]:
@@ -501,6 +531,16 @@ class AnnealedGaussianMixture(
         Fan-in of the Dask tree reduction (32 when None).
     verbose : int, default=0
         Print one line per annealing step.
+    nan_policy : {'raise', 'omit', 'marginalize'}, default='raise'
+        NaN in X: ``'raise'`` an error; ``'omit'`` leaves every row (grid
+        point) holding a NaN out of the sample and of every pass, and gives it
+        label -1 and NaN distances and probabilities. ±inf is always an
+        error. ``'marginalize'`` is reserved (not yet implemented).
+    feature_dim : str, optional
+        The dimension of an N-D DataArray that holds the features.
+    sample_dims : str or list of str, optional
+        The dimensions of xarray input that hold samples; see
+        :class:`dask_emk.GaussianMixture`.
 
     Attributes
     ----------
@@ -563,6 +603,9 @@ class AnnealedGaussianMixture(
         hartigan_max_passes=rules.HARTIGAN_MAX_PASSES,
         split_every=None,
         verbose=0,
+        nan_policy="raise",
+        feature_dim=None,
+        sample_dims=None,
     ):
         self.n_components = n_components
         self.cooling = cooling
@@ -577,6 +620,9 @@ class AnnealedGaussianMixture(
         self.hartigan_max_passes = hartigan_max_passes
         self.split_every = split_every
         self.verbose = verbose
+        self.nan_policy = nan_policy
+        self.feature_dim = feature_dim
+        self.sample_dims = sample_dims
 
     # ------------------------------------------------------------ checks
     def _check_parameters(self, data: InputData) -> None:
@@ -600,6 +646,12 @@ class AnnealedGaussianMixture(
         """Anneal on a sample, merge to K, finish with Lloyd on the full data."""
         rng = check_random_state(self.random_state)
         sample = draw_sample(data, weight, self.sample_size, rng, self.split_every)
+        if sample.X.shape[0] < self.n_components:
+            raise ValueError(
+                f"The sample holds {sample.X.shape[0]} row(s) without NaN (nan_policy='omit' "
+                f"leaves the others out), fewer than n_components={self.n_components}; "
+                "raise sample_size or lower n_components."
+            )
         lam_data = float(np.linalg.eigvalsh(sample.cov)[-1]) if data.n_features else 0.0
         sigma2 = rules.start_variance(lam_data, self.sigma2_start)
         stop = self.sigma2_stop if self.sigma2_stop is not None else 1e-6 * sigma2
@@ -609,18 +661,17 @@ class AnnealedGaussianMixture(
                             self.split_every, self.verbose)  # fmt: skip
         result = annealer.run(sigma2)
         centers, n_sample_iter = self._reduce_to_k(sample, result, annealer)
-        X_full = X if data.kind != "numpy" else data.array
         polish = self.hartigan_max_passes > 0
         # The polish starts from Lloyd's exact fixed point (tol 0): a Hartigan
         # pass at unconverged centres would mostly find Lloyd's own moves.
-        km = _lloyd(X_full, weight, centers, self.n_lloyd_max_iter,
+        km = _lloyd(data, weight, centers, self.n_lloyd_max_iter,
                     0.0 if polish else self.tol, self.split_every)  # fmt: skip
         passes = 1 + _lloyd_passes(km)
         n_lloyd_iter, rounds = km.n_iter_, []
         if polish:
             km, polish_passes, polish_iter, rounds = hartigan_polish(
-                X_full, data.array, weight, km, self.hartigan_max_passes,
-                self.n_lloyd_max_iter, self.split_every,
+                data, data.array, weight, km, self.hartigan_max_passes,
+                self.n_lloyd_max_iter, self.split_every, data.omit_nan,
             )  # fmt: skip
             passes += polish_passes
             n_lloyd_iter += polish_iter
@@ -741,7 +792,9 @@ class AnnealedGaussianMixture(
             means, log_w, np.full(means.shape[0], 1.0 / np.sqrt(sigma2)), "shared",
             weights @ means,
         )  # fmt: skip
-        out = reduction.map_rows(data.array, predict_proba_rows, params, n_out=means.shape[0])
+        out = reduction.map_rows(
+            data.array, predict_proba_rows, params, n_out=means.shape[0], omit_nan=data.omit_nan
+        )
         return data.wrap_rows(out, extra_dim="component")
 
     def to_xarray(self) -> xr.Dataset:

@@ -29,12 +29,14 @@ class ChunkedEstimator(BaseEstimator):
 
         Parameters
         ----------
-        X : array-like, dask array, xarray.DataArray, zarr array or store path
-            Shape (n_samples, n_features).
+        X : array-like, dask array, xarray Dataset or DataArray, zarr array or store path
+            Shape (n_samples, n_features), or gridded xarray data
+            (:func:`dask_emk.engine.inputs.as_input`).
         y : ignored
         sample_weight : array-like of shape (n_samples,), optional
             Non-negative weights of the samples, used in every pass (seeding,
-            iterations and the objective).
+            iterations and the objective); for gridded X a DataArray on (some
+            of) its sample dims.
 
         Returns
         -------

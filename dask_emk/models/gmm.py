@@ -20,7 +20,7 @@ from dask_emk.engine import reduction
 from dask_emk.engine.inputs import InputData, as_input
 from dask_emk.models.base import ChunkedEstimator
 from dask_emk.models.params import GAUSSIAN_MIXTURE, Integer
-from dask_emk.models.validation import check_features, validate_features
+from dask_emk.models.validation import check_features, input_options, validate_features
 
 
 def mixture_block(X, weight, params: mixture.MixtureParams, layout: StatsLayout) -> np.ndarray:
@@ -111,6 +111,18 @@ class GaussianMixture(DensityMixin, ChunkedEstimator):
         ``iteration``, ``lower_bound``, ``change`` and ``converged``. A copy of
         ``model`` saved there and refitted with ``warm_start=True`` continues
         exactly where it left off (parameters are kept in float64 too).
+    nan_policy : {'raise', 'omit', 'marginalize'}, default='raise'
+        NaN in X: ``'raise'`` an error; ``'omit'`` leaves every row (grid
+        point) holding a NaN out of every statistic, seeding included, and
+        gives it NaN outputs (label -1). ±inf is always an error.
+        ``'marginalize'`` is reserved (not yet implemented).
+    feature_dim : str, optional
+        The dimension of an N-D DataArray that holds the features (default:
+        one named ``feature``; for 2-D input the second dimension).
+    sample_dims : str or list of str, optional
+        The dimensions of xarray input that hold samples (default: every
+        dimension but the feature dimension; for a Dataset those all its
+        data variables have). Outputs come back on them.
 
     Attributes
     ----------
@@ -150,6 +162,9 @@ class GaussianMixture(DensityMixin, ChunkedEstimator):
         variance=None,
         split_every=None,
         callback=None,
+        nan_policy="raise",
+        feature_dim=None,
+        sample_dims=None,
     ):
         self.n_components = n_components
         self.covariance_type = covariance_type
@@ -168,6 +183,9 @@ class GaussianMixture(DensityMixin, ChunkedEstimator):
         self.variance = variance
         self.split_every = split_every
         self.callback = callback
+        self.nan_policy = nan_policy
+        self.feature_dim = feature_dim
+        self.sample_dims = sample_dims
 
     # ------------------------------------------------------------------ checks
     def _check_parameters(self, data: InputData) -> None:
@@ -189,7 +207,7 @@ class GaussianMixture(DensityMixin, ChunkedEstimator):
 
     # --------------------------------------------------------------- fitting
     def _fit_input(self, X) -> InputData:
-        data = as_input(X)
+        data = as_input(X, **input_options(self))
         warm = self.warm_start and hasattr(self, "converged_")
         if warm:
             self._check_warm_start(data)
@@ -294,10 +312,15 @@ class GaussianMixture(DensityMixin, ChunkedEstimator):
     def _em_pass(self, data, weight, state: GaussianState, layout) -> dict:
         params = self._kernel_params(state)
         stats = reduction.run_pass(
-            data.array, weight, layout, mixture_block, params, layout, split_every=self.split_every
-        )
+            data.array, weight, layout, mixture_block, params, layout,
+            split_every=self.split_every, omit_nan=data.omit_nan,
+        )  # fmt: skip
         if stats["n"] <= 0:
-            raise ValueError("sample_weight sums to zero; at least one weight must be positive.")
+            omitted = " or every row holds NaN (nan_policy='omit')" if data.omit_nan else ""
+            raise ValueError(
+                f"sample_weight sums to zero{omitted}; at least one row must have a "
+                "positive weight."
+            )
         return stats
 
     def _print_iteration(self, n_iter: int, change: float) -> None:
@@ -328,9 +351,10 @@ class GaussianMixture(DensityMixin, ChunkedEstimator):
     def _seed_centers(self, data, weight, rng) -> np.ndarray:
         from dask_emk.models.seeding import kmeans_plusplus, random_rows
 
+        omit = data.omit_nan
         if self.init_params == "k-means++":
-            return kmeans_plusplus(data.array, self.n_components, rng, sample_weight=weight)
-        return random_rows(data.array, self.n_components, rng)
+            return kmeans_plusplus(data.array, self.n_components, rng, weight, omit)
+        return random_rows(data.array, self.n_components, rng, omit_nan=omit)
 
     def _state_from_resp(self, data, weight, rng, eps) -> GaussianState:
         K, d = self.n_components, data.n_features
@@ -340,13 +364,13 @@ class GaussianMixture(DensityMixin, ChunkedEstimator):
             from dask_emk.models.kmeans import KMeans
 
             km = KMeans(K, init="k-means||", n_init=1, random_state=rng)
-            km.fit(data.array, sample_weight=weight)
+            km.fit(data, sample_weight=weight)
             rule = ("nearest", km.cluster_centers_.astype(np.float64))
         origin = _origin_guess(data, rule)
         layout = StatsLayout.mixture(K, d, self.covariance_type)
         stats = reduction.run_pass(
             data.array, weight, layout, resp_block, rule, origin, self.covariance_type, layout,
-            split_every=self.split_every,
+            split_every=self.split_every, omit_nan=data.omit_nan,
         )  # fmt: skip
         centers = np.broadcast_to(origin, (K, d))
         return m_step(
@@ -438,15 +462,20 @@ class GaussianMixture(DensityMixin, ChunkedEstimator):
         check_is_fitted(self)
         data = validate_features(self, X, reset=False)
         params = self._kernel_params(self._state_from_attributes())
-        out = reduction.map_rows(data.array, row_fn, params, n_out=n_out, dtype=dtype)
+        out = reduction.map_rows(
+            data.array, row_fn, params, n_out=n_out, dtype=dtype, omit_nan=data.omit_nan
+        )
         return data.wrap_rows(out, extra_dim)
 
     def score_samples(self, X):
-        """Log-likelihood of each sample, shape (n_samples,); lazy for lazy input."""
+        """Log-likelihood of each sample, shape (n_samples,); lazy for lazy input.
+
+        Gridded xarray input gives a DataArray on its sample dims.
+        """
         return self._rows(X, log_prob_rows)
 
     def predict(self, X):
-        """Most probable component of each sample, shape (n_samples,)."""
+        """Most probable component of each sample, shape (n_samples,) (-1 where omitted)."""
         return self._rows(X, label_rows, dtype=np.int64)
 
     def predict_proba(self, X):
@@ -455,8 +484,15 @@ class GaussianMixture(DensityMixin, ChunkedEstimator):
 
     def score(self, X, y=None):
         """Mean log-likelihood of the samples in X (a float; computes lazy input)."""
+        return self._mean_log_likelihood(X)[0]
+
+    def _mean_log_likelihood(self, X) -> tuple[float, int]:
+        """Mean log-likelihood and number of the samples (rows left out not counted)."""
         # Through the engine: one BLAS thread per task, zarr errors named.
-        return float(np.mean(reduction.compute_one(self.score_samples(X), optimize_graph=True)))
+        values = np.asarray(reduction.compute_one(self.score_samples(X), optimize_graph=True))
+        if getattr(self, "nan_policy", "raise") == "omit":
+            values = values[~np.isnan(values)]
+        return float(np.mean(values)), int(values.size)
 
     def _n_parameters(self) -> int:
         K, d = self.means_.shape
@@ -466,13 +502,13 @@ class GaussianMixture(DensityMixin, ChunkedEstimator):
 
     def bic(self, X) -> float:
         """Bayesian information criterion on X (lower is better)."""
-        n = as_input(X).n_samples
-        return -2 * self.score(X) * n + self._n_parameters() * math.log(n)
+        score, n = self._mean_log_likelihood(X)
+        return -2 * score * n + self._n_parameters() * math.log(n)
 
     def aic(self, X) -> float:
         """Akaike information criterion on X (lower is better)."""
-        n = as_input(X).n_samples
-        return -2 * self.score(X) * n + 2 * self._n_parameters()
+        score, n = self._mean_log_likelihood(X)
+        return -2 * score * n + 2 * self._n_parameters()
 
     def sample(self, n_samples=1):
         """Draw samples from the fitted mixture (in memory).

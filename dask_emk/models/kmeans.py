@@ -127,6 +127,17 @@ class KMeans(NoTrainingDataInPickle, TransformerMixin, ClusterMixin, ChunkedEsti
         (the new centres, float64), ``shift`` (squared centre shift) and
         ``converged``. Refitting with ``init=info['centers']`` continues the
         run from there.
+    nan_policy : {'raise', 'omit', 'marginalize'}, default='raise'
+        NaN in X: ``'raise'`` an error; ``'omit'`` leaves every row (grid
+        point) holding a NaN out of every statistic (seeding draws and the
+        farthest rows that refill empty clusters included) and gives it label
+        -1 and NaN distances. ±inf is always an error. ``'marginalize'`` is
+        reserved (not yet implemented).
+    feature_dim : str, optional
+        The dimension of an N-D DataArray that holds the features.
+    sample_dims : str or list of str, optional
+        The dimensions of xarray input that hold samples; see
+        :class:`dask_emk.GaussianMixture`.
 
     Attributes
     ----------
@@ -163,6 +174,9 @@ class KMeans(NoTrainingDataInPickle, TransformerMixin, ClusterMixin, ChunkedEsti
         split_every=None,
         verbose=0,
         callback=None,
+        nan_policy="raise",
+        feature_dim=None,
+        sample_dims=None,
     ):
         self.n_clusters = n_clusters
         self.init = init
@@ -175,6 +189,9 @@ class KMeans(NoTrainingDataInPickle, TransformerMixin, ClusterMixin, ChunkedEsti
         self.split_every = split_every
         self.verbose = verbose
         self.callback = callback
+        self.nan_policy = nan_policy
+        self.feature_dim = feature_dim
+        self.sample_dims = sample_dims
 
     # ------------------------------------------------------------------ checks
     def _check_parameters(self, data: InputData) -> None:
@@ -245,14 +262,14 @@ class KMeans(NoTrainingDataInPickle, TransformerMixin, ClusterMixin, ChunkedEsti
         self.labels_ = self._labels(data)
 
     def _seed(self, data: InputData, weight, rng) -> np.ndarray:
-        K = self.n_clusters
+        K, omit = self.n_clusters, data.omit_nan
         if self.init == "k-means++":
-            return kmeans_plusplus(data.array, K, rng, sample_weight=weight)
+            return kmeans_plusplus(data.array, K, rng, weight, omit)
         if self.init == "random":
             if weight is None and not data.is_lazy:
                 # scikit-learn always draws with p (uniform): same draws.
                 weight = np.ones(data.n_samples)
-            return random_rows(data.array, K, rng, sample_weight=weight)
+            return random_rows(data.array, K, rng, weight, omit)
         return kmeans_parallel(
             data.array,
             K,
@@ -260,6 +277,7 @@ class KMeans(NoTrainingDataInPickle, TransformerMixin, ClusterMixin, ChunkedEsti
             sample_weight=weight,
             oversampling_factor=self.oversampling_factor,
             n_rounds=self.init_max_iter,
+            omit_nan=omit,
         )
 
     def _lloyd(self, data: InputData, weight, centers: np.ndarray, tol_abs):
@@ -301,8 +319,9 @@ class KMeans(NoTrainingDataInPickle, TransformerMixin, ClusterMixin, ChunkedEsti
 
     def _pass(self, data, weight, centers, origin, n_far, moments) -> dict:
         return assign_pass(
-            data.array, weight, centers, origin, n_far, moments, split_every=self.split_every
-        )
+            data.array, weight, centers, origin, n_far, moments, split_every=self.split_every,
+            omit_nan=data.omit_nan,
+        )  # fmt: skip
 
     def _tolerance(self, stats: dict) -> float:
         """scikit-learn's ``_tolerance``: tol × mean of np.var(X, axis=0)."""
@@ -318,11 +337,13 @@ class KMeans(NoTrainingDataInPickle, TransformerMixin, ClusterMixin, ChunkedEsti
 
     def _labels(self, data: InputData):
         centers, origin = self._centers64()
-        labels = reduction.map_rows(data.array, label_rows, centers, origin, dtype=np.int32)
+        labels = reduction.map_rows(
+            data.array, label_rows, centers, origin, dtype=np.int32, omit_nan=data.omit_nan
+        )
         return data.wrap_rows(labels)
 
     def predict(self, X):
-        """Index of the nearest centre of each sample, shape (n_samples,).
+        """Index of the nearest centre of each sample, shape (n_samples,) (-1 where omitted).
 
         numpy for numpy input, lazy (dask or xarray) for lazy input.
         """
@@ -341,6 +362,7 @@ class KMeans(NoTrainingDataInPickle, TransformerMixin, ClusterMixin, ChunkedEsti
             origin,
             n_out=self.n_clusters,
             dtype=data.array.dtype,
+            omit_nan=data.omit_nan,
         )
         return data.wrap_rows(dist, extra_dim="component")
 
@@ -351,7 +373,8 @@ class KMeans(NoTrainingDataInPickle, TransformerMixin, ClusterMixin, ChunkedEsti
     def _score(self, data: InputData, sample_weight) -> float:
         weight = as_sample_weight(sample_weight, data)
         centers, origin = self._centers64()
-        return -float(assign_pass(data.array, weight, centers, origin)["inertia"])
+        stats = assign_pass(data.array, weight, centers, origin, omit_nan=data.omit_nan)
+        return -float(stats["inertia"])
 
     def fit_predict(self, X, y=None, sample_weight=None):
         """Fit, then return ``labels_``."""

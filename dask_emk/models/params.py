@@ -22,6 +22,7 @@ import numpy as np
 from sklearn.utils import check_random_state
 
 from dask_emk.core.covariance import COVARIANCE_TYPES
+from dask_emk.engine.inputs import NAN_POLICIES, check_input_options
 
 
 class Spec:
@@ -208,6 +209,36 @@ class Either(Spec):
         return " or ".join(spec.describe() for spec in self.choices)
 
 
+@dataclass(frozen=True)
+class InputOption(Spec):
+    """``nan_policy``, ``feature_dim`` or ``sample_dims``: how X is read.
+
+    The rule is the input layer's own (:func:`dask_emk.engine.inputs.check_input_options`),
+    written once there; this spec applies it to one parameter.
+    """
+
+    name: str
+
+    def _accepts(self, value) -> bool:
+        try:
+            check_input_options(**{**INPUT_OPTION_DEFAULTS, self.name: value})
+        except ValueError:
+            return False
+        return True
+
+    @property
+    def allow_none(self) -> bool:
+        return INPUT_OPTION_DEFAULTS[self.name] is None
+
+    def check(self, name: str, value) -> None:
+        check_input_options(**{**INPUT_OPTION_DEFAULTS, self.name: value})
+
+    def _text(self) -> str:
+        return {"nan_policy": f"one of {NAN_POLICIES}", "feature_dim": "a dimension name"}.get(
+            self.name, "a dimension name or a list of distinct dimension names"
+        )
+
+
 def validate_params(estimator) -> None:
     """Check every parameter of ``estimator`` against its class's table.
 
@@ -233,6 +264,8 @@ OPTIONAL_POSITIVE_FINITE = Real(gt=0, lt=np.inf, allow_none=True)
 SPLIT_EVERY = Integer(2, allow_none=True)  # 1 never reduces: dask loops forever
 VERBOSE = Integer(0)
 CALLBACK = Function(allow_none=True)
+INPUT_OPTION_DEFAULTS = {"nan_policy": "raise", "feature_dim": None, "sample_dims": None}
+INPUT_OPTIONS = {name: InputOption(name) for name in INPUT_OPTION_DEFAULTS}
 
 GAUSSIAN_MIXTURE: dict[str, Spec] = {
     "n_components": Integer(1),
@@ -252,6 +285,7 @@ GAUSSIAN_MIXTURE: dict[str, Spec] = {
     "variance": OPTIONAL_POSITIVE_FINITE,
     "split_every": SPLIT_EVERY,
     "callback": CALLBACK,
+    **INPUT_OPTIONS,
 }
 
 KMEANS: dict[str, Spec] = {
@@ -266,6 +300,7 @@ KMEANS: dict[str, Spec] = {
     "split_every": SPLIT_EVERY,
     "verbose": VERBOSE,
     "callback": CALLBACK,
+    **INPUT_OPTIONS,
 }
 
 ANNEALED_GAUSSIAN_MIXTURE: dict[str, Spec] = {
@@ -282,4 +317,5 @@ ANNEALED_GAUSSIAN_MIXTURE: dict[str, Spec] = {
     "hartigan_max_passes": Integer(0),
     "split_every": SPLIT_EVERY,
     "verbose": VERBOSE,
+    **INPUT_OPTIONS,
 }

@@ -8,6 +8,8 @@ The seedings :func:`random_rows`, :func:`kmeans_parallel` and
 - ``random_state``: int, RandomState or None;
 - ``sample_weight``: ndarray or dask array of shape (n_samples,), optional
   (rows are drawn ∝ weight);
+- ``omit_nan``: bool (``nan_policy='omit'``): rows holding NaN are never
+  drawn nor weigh in any potential;
 - the result: ndarray of shape (n, d), float64.
 
 Work on the full data is done in passes (one Dask compute each, see
@@ -26,6 +28,7 @@ import sklearn.cluster
 from sklearn.utils import check_random_state
 from sklearn.utils.random import sample_without_replacement
 
+from dask_emk.core.blocks import without_nan_rows
 from dask_emk.engine.passes import assign_pass, seed_pass
 from dask_emk.engine.reduction import compute_one, single_blas_thread
 from dask_emk.engine.storage import check_stored_files
@@ -36,34 +39,53 @@ DEFAULT_ROUNDS = 5
 CANDIDATE_LLOYD_ITER = 30
 
 
-def random_rows(X, n: int, random_state, sample_weight=None) -> np.ndarray:
+def random_rows(X, n: int, random_state, sample_weight=None, omit_nan=False) -> np.ndarray:
     """n distinct rows chosen at random (uniformly, or ∝ ``sample_weight``).
 
     Passes over the data: none for numpy input; for dask input one read of
     the chunks holding the chosen rows without weights, one pass with weights
-    (weighted sampling without replacement by Efraimidis–Spirakis keys).
-    Arguments and result as said in the module docstring.
+    or ``omit_nan`` (weighted sampling without replacement by
+    Efraimidis–Spirakis keys). Arguments and result as said in the module
+    docstring.
     """
     rng = check_random_state(random_state)
-    n_samples = X.shape[0]
     if not isinstance(X, da.Array):
+        if omit_nan:  # in memory: the draws of scikit-learn on the rows kept
+            X, sample_weight = without_nan_rows(X, sample_weight)
+            _check_enough_rows(X.shape[0], n)
+        n_samples = X.shape[0]
         # As scikit-learn: KMeans(init='random') draws with p, mixtures without.
         p = None if sample_weight is None else sample_weight / sample_weight.sum()
         idx = rng.choice(n_samples, size=n, replace=False, p=p)
         return np.asarray(X[idx], dtype=np.float64)
-    if sample_weight is None:
-        idx = sample_without_replacement(n_samples, n, random_state=rng)
+    if sample_weight is None and not omit_nan:
+        idx = sample_without_replacement(X.shape[0], n, random_state=rng)
         order = np.argsort(idx)
         rows = np.asarray(compute_one(X[idx[order]], optimize_graph=True), dtype=np.float64)
         out = np.empty_like(rows)
         out[order] = rows
         if not np.isfinite(out).all():
             check_stored_files(X)  # missing chunk files read as NaN in some stores
-            raise ValueError("Input contains NaN or infinity (in a randomly drawn row).")
+            raise ValueError(
+                "Input contains NaN or infinity (in a randomly drawn row); pass "
+                "nan_policy='omit' to leave out the rows holding NaN, or remove or impute them."
+            )
         return out
     empty = np.zeros((0, X.shape[1]))
-    stats = seed_pass(X, sample_weight, empty, empty, np.zeros(X.shape[1]), n, _seed(rng))
-    return _sampled(stats, 0)
+    stats = seed_pass(X, sample_weight, empty, empty, np.zeros(X.shape[1]), n, _seed(rng),
+                      omit_nan=omit_nan)  # fmt: skip
+    rows = _sampled(stats, 0)
+    if omit_nan:
+        _check_enough_rows(rows.shape[0], n)
+    return rows
+
+
+def _check_enough_rows(n_rows: int, n: int) -> None:
+    if n_rows < n:
+        raise ValueError(
+            f"Only {n_rows} row(s) of X hold no NaN (nan_policy='omit' leaves the others "
+            f"out), fewer than the {n} needed; lower the number of clusters or components."
+        )
 
 
 def _seed(rng) -> int:
@@ -82,6 +104,7 @@ def kmeans_parallel(
     sample_weight=None,
     oversampling_factor: float = 2,
     n_rounds: int | None = None,
+    omit_nan: bool = False,
 ) -> np.ndarray:
     """k-means|| seeding (Bahmani et al. 2012), with sample weights.
 
@@ -107,24 +130,27 @@ def kmeans_parallel(
     """
     rng = check_random_state(random_state)
     n_rounds = DEFAULT_ROUNDS if n_rounds is None else n_rounds
-    candidates = random_rows(X, 1, rng, sample_weight)
+    candidates = random_rows(X, 1, rng, sample_weight, omit_nan)
     origin = candidates[0]
     ell = oversampling_factor * n_clusters
     # Room for the sample: its size has mean <= ℓ and sd <= sqrt(ℓ).
     n_keep = int(math.ceil(ell + 6 * math.sqrt(ell) + 10))
     none = np.zeros((0, X.shape[1]))
     for _ in range(n_rounds):
-        stats = seed_pass(X, sample_weight, candidates, none, origin, n_keep, _seed(rng), ell)
+        stats = seed_pass(X, sample_weight, candidates, none, origin, n_keep, _seed(rng), ell,
+                          omit_nan=omit_nan)  # fmt: skip
         phi = stats["potential"][0]
         if not phi > 0:  # every row sits on a candidate
             break
         chosen = stats["x"][0][stats["key"][0] > phi]
         candidates = np.concatenate([candidates, chosen])
-    counts = assign_pass(X, sample_weight, candidates, origin)["N"]
-    return reduce_candidates(candidates, counts, n_clusters, rng, X, sample_weight)
+    counts = assign_pass(X, sample_weight, candidates, origin, omit_nan=omit_nan)["N"]
+    return reduce_candidates(candidates, counts, n_clusters, rng, X, sample_weight, omit_nan)
 
 
-def reduce_candidates(candidates, weights, n_clusters: int, rng, X, sample_weight) -> np.ndarray:
+def reduce_candidates(
+    candidates, weights, n_clusters: int, rng, X, sample_weight, omit_nan=False
+) -> np.ndarray:
     """Weighted k-means++ then weighted Lloyd on the candidates, in memory.
 
     Candidates that attract no weight are dropped; if fewer than
@@ -135,7 +161,7 @@ def reduce_candidates(candidates, weights, n_clusters: int, rng, X, sample_weigh
     if candidates.shape[0] <= n_clusters:
         extra = n_clusters - candidates.shape[0]
         if extra:
-            fill = random_rows(X, extra, rng, sample_weight)
+            fill = random_rows(X, extra, rng, sample_weight, omit_nan)
             candidates = np.concatenate([candidates, fill])
         return candidates
     start, _ = sklearn.cluster.kmeans_plusplus(
@@ -151,7 +177,9 @@ def reduce_candidates(candidates, weights, n_clusters: int, rng, X, sample_weigh
     return km.cluster_centers_.astype(np.float64)
 
 
-def kmeans_plusplus(X, n_clusters: int, random_state, sample_weight=None) -> np.ndarray:
+def kmeans_plusplus(
+    X, n_clusters: int, random_state, sample_weight=None, omit_nan=False
+) -> np.ndarray:
     """Greedy k-means++ seeding with 2 + ⌊ln K⌋ local trials, as scikit-learn.
 
     numpy input calls :func:`sklearn.cluster.kmeans_plusplus` (no pass
@@ -167,15 +195,19 @@ def kmeans_plusplus(X, n_clusters: int, random_state, sample_weight=None) -> np.
     """
     rng = check_random_state(random_state)
     if not isinstance(X, da.Array):
+        if omit_nan:
+            X, sample_weight = without_nan_rows(X, sample_weight)
+            _check_enough_rows(X.shape[0], n_clusters)
         centers, _ = sklearn.cluster.kmeans_plusplus(
             np.asarray(X), n_clusters, sample_weight=sample_weight, random_state=rng
         )
         return centers.astype(np.float64)
     n_trials = 2 + int(np.log(n_clusters))
-    centers = random_rows(X, 1, rng, sample_weight)
+    centers = random_rows(X, 1, rng, sample_weight, omit_nan)
     origin = centers[0]
     none = np.zeros((0, X.shape[1]))
-    stats = seed_pass(X, sample_weight, centers, none, origin, n_trials, _seed(rng))
+    stats = seed_pass(X, sample_weight, centers, none, origin, n_trials, _seed(rng),
+                      omit_nan=omit_nan)  # fmt: skip
     trials = _sampled(stats, 0)
     while centers.shape[0] < n_clusters:
         if trials.shape[0] == 0:  # fewer distinct rows than clusters
@@ -183,7 +215,8 @@ def kmeans_plusplus(X, n_clusters: int, random_state, sample_weight=None) -> np.
             return np.concatenate([centers, fill])
         last = centers.shape[0] == n_clusters - 1
         n_keep = 0 if last else n_trials
-        stats = seed_pass(X, sample_weight, centers, trials, origin, n_keep, _seed(rng))
+        stats = seed_pass(X, sample_weight, centers, trials, origin, n_keep, _seed(rng),
+                          omit_nan=omit_nan)  # fmt: skip
         best = int(np.argmin(stats["potential"]))
         centers = np.concatenate([centers, trials[best : best + 1]])
         trials = _sampled(stats, best)

@@ -13,7 +13,17 @@ from dask_emk.engine.inputs import InputData, as_input
 
 def validate_features(estimator, X, *, reset: bool) -> InputData:
     """Convert X (:func:`dask_emk.engine.inputs.as_input`) and :func:`check_features`."""
-    return check_features(estimator, as_input(X), reset=reset)
+    return check_features(estimator, as_input(X, **input_options(estimator)), reset=reset)
+
+
+def input_options(estimator) -> dict:
+    """The estimator's ``nan_policy``, ``feature_dim`` and ``sample_dims`` for
+    :func:`dask_emk.engine.inputs.as_input` (which validates them)."""
+    return {
+        "nan_policy": getattr(estimator, "nan_policy", "raise"),
+        "feature_dim": getattr(estimator, "feature_dim", None),
+        "sample_dims": getattr(estimator, "sample_dims", None),
+    }
 
 
 def check_features(estimator, data: InputData, *, reset: bool) -> InputData:
