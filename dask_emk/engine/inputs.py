@@ -30,7 +30,7 @@ import zarr
 from dask.array.core import normalize_chunks
 
 from dask_emk.core.blocks import LABEL_FILL
-from dask_emk.engine.reduction import numpy_block_rows
+from dask_emk.engine.reduction import compute_one, numpy_block_rows
 from dask_emk.engine.storage import (
     check_zarr_chunks,
     checked_reads,
@@ -587,7 +587,7 @@ def as_sample_weight(sample_weight, data: InputData):
         sample_weight = sample_weight.to_numpy(dtype=np.float64, na_value=np.nan)
     if isinstance(sample_weight, da.Array) and (sample_weight.ndim == 0 or not data.is_lazy):
         # Weights of in-memory data fit in memory (they are 1/d of it).
-        sample_weight = sample_weight.compute()
+        sample_weight = compute_one(sample_weight, optimize_graph=True)
     if isinstance(sample_weight, da.Array):
         return _lazy_weights(sample_weight, data)
     w = _asarray(sample_weight, "sample_weight")
@@ -609,7 +609,8 @@ def _lazy_weights(w: da.Array, data: InputData) -> da.Array:
     _check_weight_shape(w.shape, data.n_samples)
     w = w.astype(np.float64).rechunk((data.array.chunks[0],))
     # One small compute up front beats a bad fit.
-    w_min, w_sum, finite = da.compute(w.min(), w.sum(), da.isfinite(w).all())
+    summary = (w.min(), w.sum(), da.isfinite(w).all())
+    w_min, w_sum, finite = compute_one(summary, optimize_graph=True)
     check_weight_values(w_min, w_sum, finite)
     return w
 

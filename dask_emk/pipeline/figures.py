@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
+from dask_emk.engine.reduction import compute_one
 from dask_emk.pipeline.outputs import PLOT, PNG_SOFTWARE, write_file_atomically
 
 #: Points drawn in the 2-D scatter at most.
@@ -98,7 +99,8 @@ def subsample_rows(X, n_max: int = SCATTER_POINTS) -> np.ndarray:
     """About ``n_max`` evenly spaced rows of a lazy or in-memory 2-D array."""
     data = getattr(X, "data", X)
     step = max(1, -(-data.shape[0] // n_max))
-    return np.asarray(data[::step])
+    rows = data[::step]
+    return np.asarray(compute_one(rows, optimize_graph=True) if hasattr(rows, "dask") else rows)
 
 
 def full_covariances(model) -> np.ndarray | None:
