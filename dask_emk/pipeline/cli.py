@@ -160,10 +160,10 @@ def fit(input_path, model, n_components, out, scheduler, resume, quiet, no_plots
 
 
 @main.command()
-@click.argument("results", type=click.Path(path_type=Path))
+@click.argument("results")
 @_fail_cleanly
 def show(results) -> None:
-    """Print a summary of a RESULTS.zarr store."""
+    """Print a summary of a RESULTS.zarr store (a path or an s3:// URL)."""
     from dask_emk.pipeline.show import summary
 
     for line in summary(results):
@@ -205,13 +205,17 @@ def _model_section(model: str, n_components: int, opts: dict) -> dict:
 
 def _input_section(path: str) -> dict:
     """[input] for ``dask-emk fit``: a CSV file, store/array (also
-    store/group/array), or a store."""
+    store/group/array), or a store; a path or a URL."""
+    from dask_emk.engine.storage import check_reachable, is_url, location_exists
+
     if path.endswith(".csv"):
         return {"csv": path}
     path = path.rstrip("/")
-    parent = os.path.dirname(path)
-    if parent and os.path.exists(os.path.join(parent, "zarr.json")):
-        return {"store": parent, "array": os.path.basename(path)}
+    if is_url(path):
+        check_reachable(path)
+    parent, _, name = path.rpartition("/")
+    if parent and not parent.endswith(":/") and location_exists(f"{parent}/zarr.json"):
+        return {"store": parent, "array": name}
     return {"store": path}
 
 

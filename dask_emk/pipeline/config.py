@@ -36,6 +36,7 @@ INPUT_FIELDS = {
     "csv": (STR, None),
     "columns": (STR_LIST, None),
     "generate": (TABLE, None),
+    "storage_options": (TABLE, None),
 }
 COMMON_MODEL = {
     "type": (("gmm", "kmeans", "anneal"), "gmm"),
@@ -69,6 +70,7 @@ OUTPUT_FIELDS = {
     "log_density": (BOOL, False),
     "plots": (BOOL, True),
     "checkpoint": (BOOL, True),
+    "storage_options": (TABLE, None),
 }
 TOP_FIELDS = {"description": STR, "input": TABLE, "anneal": TABLE, "model": TABLE}
 TOP_FIELDS |= {"scheduler": TABLE, "output": TABLE}
