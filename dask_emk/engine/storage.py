@@ -156,7 +156,7 @@ def filesystem(url: str, *, fail_fast: bool = False):
     scheme = url_scheme(url)
     if fail_fast and scheme in FAIL_FAST:
         config = {**options.get("config_kwargs", {}), **FAIL_FAST[scheme]}
-        options = {**options, "config_kwargs": config, "skip_instance_cache": True}
+        options = {**options, "config_kwargs": config}
     try:
         fs, path = fsspec.url_to_fs(url, **options)
     except ImportError:
@@ -184,31 +184,32 @@ def check_reachable(url: str) -> None:
     unreachable endpoint is reported before any work starts.
     """
     fs, _ = filesystem(url, fail_fast=True)
-    target = bucket_of(url) if url_scheme(url) not in READ_ONLY_SCHEMES else url
-    with remote_errors(target):
-        fs.info(target)
+    probed = url if url_scheme(url) in READ_ONLY_SCHEMES else bucket_of(url)
+    with remote_errors(url, probed):
+        fs.info(probed)
 
 
 @contextlib.contextmanager
-def remote_errors(url: str) -> Iterator[None]:
-    """Turn a failure to reach ``url`` into a ValueError that names the fix."""
+def remote_errors(url: str, probed: str | None = None) -> Iterator[None]:
+    """Turn a failure to reach ``url`` (at ``probed``, e.g. its bucket) into a ValueError
+    that names the fix."""
     try:
         yield
     except ValueError:
         raise
     except Exception as exc:
-        raise ValueError(_remote_failure(url, exc)) from None
+        raise ValueError(_remote_failure(url, exc, probed or url)) from None
 
 
-def _remote_failure(url: str, exc: Exception) -> str:
+def _remote_failure(url: str, exc: Exception, probed: str) -> str:
     """What went wrong reaching ``url`` and what to do, from fsspec's (or botocore's) error."""
     name, detail = type(exc).__name__, " ".join(str(exc).split())
     endpoint = os.environ.get("AWS_ENDPOINT_URL") if url_scheme(url) == "s3" else None
     at = f" at {endpoint} (AWS_ENDPOINT_URL)" if endpoint else ""
     if isinstance(exc, FileNotFoundError):
-        what = "bucket" if url == bucket_of(url) and url_scheme(url) != "https" else "path"
-        return (f"{url} does not exist{at} (no such {what}, or these credentials cannot see "
-                "it); check the URL.")  # fmt: skip
+        what = "bucket" if probed == bucket_of(probed) and probed != url else "path"
+        return (f"{probed} does not exist{at} (no such {what}, or these credentials cannot "
+                "see it); check the URL.")  # fmt: skip
     if isinstance(exc, PermissionError):
         return f"access to {url} is denied ({detail}); check the credentials' permissions."
     if "Credentials" in name or "credentials" in detail.lower():
@@ -254,7 +255,7 @@ def open_node(location: str | os.PathLike) -> zarr.Array | zarr.Group:
         if isinstance(exc, FileNotFoundError) and not location_exists(location):
             raise ValueError(f"zarr store {location!r} does not exist; check the path.") from None
         if is_url(location) and not isinstance(exc, zarr.errors.BaseZarrError):
-            raise ValueError(_remote_failure(location, exc)) from None
+            raise ValueError(_remote_failure(location, exc, location)) from None
         raise ValueError(f"{location!r} is not a readable zarr store: {exc}") from None
 
 

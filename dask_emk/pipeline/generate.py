@@ -158,7 +158,11 @@ def _write_chunk(X, labels, start: int, stop: int, truth: MixtureTruth, stream) 
 
 def read_truth(path: str | os.PathLike) -> MixtureTruth:
     """True parameters stored beside a generated data set (local path or URL)."""
-    group = open_node(path)
+    return truth_of(open_node(path))
+
+
+def truth_of(group: zarr.Group) -> MixtureTruth:
+    """True parameters held by the group of a generated data set."""
     return MixtureTruth(
         *(np.asarray(group[name][...]) for name in ("weights", "means", "covariances"))
     )

@@ -21,7 +21,7 @@ import xarray as xr
 from dask.diagnostics import ProgressBar
 
 from dask_emk._version import __version__
-from dask_emk.engine.storage import storage_options
+from dask_emk.engine.storage import bucket_of, is_url, normalize_location, storage_options
 from dask_emk.pipeline import figures
 from dask_emk.pipeline.checkpoint import Checkpoint, checkpoint_path
 from dask_emk.pipeline.compare import truth_table
@@ -80,14 +80,18 @@ def locations_options(cfg: dict) -> dict[str, dict | None]:
     """The ``storage_options`` of [input] and [output], keyed by the locations they serve.
 
     The results' key is their name without ``.zarr``: it prefixes the store,
-    its lock and checkpoint (``r.zarr.*``) and its plots (``r.*.png``).
+    its lock and checkpoint (``r.zarr.*``) and its plots (``r.*.png``). Each
+    table also serves its bucket (checked before writing); the output's, when
+    input and output share one.
     """
-    inputs = cfg["input"]
+    inputs, out = cfg["input"], cfg["output"]
     source = inputs["store"] or (inputs["generate"] or {}).get("path")
-    results = cfg["output"]["results"].rstrip("/").removesuffix(".zarr")
-    options = {results: cfg["output"]["storage_options"]}
-    if source:
-        options[source] = inputs["storage_options"]
+    results = normalize_location(out["results"]).removesuffix(".zarr")
+    places = [(source, inputs["storage_options"]), (results, out["storage_options"])]
+    options = {}
+    for place, table in places:
+        if place and is_url(place):
+            options.update({bucket_of(place): table, place: table})
     return options
 
 

@@ -20,7 +20,13 @@ import zarr
 from dask_emk.engine.inputs import as_input
 from dask_emk.engine.storage import is_url, normalize_location, open_node
 from dask_emk.pipeline.config import PipelineError, not_utf8
-from dask_emk.pipeline.generate import MixtureTruth, random_mixture, read_truth, write_mixture_zarr
+from dask_emk.pipeline.generate import (
+    MixtureTruth,
+    random_mixture,
+    read_truth,
+    truth_of,
+    write_mixture_zarr,
+)
 from dask_emk.pipeline.outputs import GENERATED, claim, written_by_dask_emk
 
 TRUTH_ARRAYS = ("weights", "means", "covariances")
@@ -129,7 +135,7 @@ def store_truth(store: str) -> MixtureTruth | None:
     """True parameters when the store was made by the generator, else None."""
     group = open_node(store)
     if isinstance(group, zarr.Group) and all(name in group for name in TRUTH_ARRAYS):
-        return read_truth(store)
+        return truth_of(group)
     return None
 
 
