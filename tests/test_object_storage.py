@@ -28,11 +28,13 @@ import fsspec
 import numpy as np
 import pytest
 import xarray as xr
+import zarr
 from pipeline_helpers import VENV_BIN, assert_one_line_error, invoke, to_toml
 from s3_helpers import s3_server, write_zarr
 
 from dask_emk import AnnealedGaussianMixture, GaussianMixture, KMeans
 from dask_emk.engine.storage import MissingChunksError
+from dask_emk.pipeline.generate import random_mixture, read_truth
 from dask_emk.pipeline.outputs import RESULTS, UnsafeOutputError, claim, written_by_dask_emk
 
 CHUNK_ROWS = 1_000
@@ -234,6 +236,20 @@ def test_results_on_s3_are_replaced_only_when_dask_emk_wrote_them(data, bucket, 
     assert beside == ["r.convergence.png", "r.zarr.checkpoint"]  # no lock, no .partial left
     show = invoke("show", out)
     assert show.exit_code == 0 and show.output.startswith(f"{out}: "), show.output
+
+
+def test_generate_writes_to_s3_and_replaces_only_its_own_store(bucket, tmp_path):
+    out = f"{bucket}/gen.zarr"
+    args = ("generate", out, "--n", 2_000, "--d", 2, "--k", 2, "--chunk-rows", 500)
+    assert invoke(*args).exit_code == 0
+    assert_one_line_error(invoke(*args), f"{out} already exists", "pass --overwrite")
+    assert invoke(*args, "--seed", 1, "--overwrite").exit_code == 0
+    assert invoke("generate", tmp_path / "gen.zarr", *args[2:], "--seed", 1).exit_code == 0
+    truth = random_mixture(2, 2, seed=1)
+    np.testing.assert_array_equal(read_truth(out).means, truth.means)
+    np.testing.assert_array_equal(zarr.open_array(zarr.storage.FsspecStore.from_url(f"{out}/X"))[:],
+                                  zarr.open_array(tmp_path / "gen.zarr/X")[:])  # fmt: skip
+    assert sorted(objects(bucket)) == sorted(k for k in objects(bucket) if "/gen.zarr/" in k)
 
 
 def test_lock_object_refuses_a_second_run_and_is_taken_over_once_its_holder_died(data, bucket):

@@ -20,7 +20,7 @@ import os
 import pickle
 from pathlib import Path
 
-from dask_emk.engine.storage import location_exists, read_location
+from dask_emk.engine.locations import location_exists, read_location
 from dask_emk.pipeline.outputs import (
     CHECKPOINT,
     CHECKPOINT_MAGIC,

@@ -206,7 +206,7 @@ def _model_section(model: str, n_components: int, opts: dict) -> dict:
 def _input_section(path: str) -> dict:
     """[input] for ``dask-emk fit``: a CSV file, store/array (also
     store/group/array), or a store; a path or a URL."""
-    from dask_emk.engine.storage import check_reachable, is_url, location_exists
+    from dask_emk.engine.locations import check_reachable, is_url, location_exists
 
     if path.endswith(".csv"):
         return {"csv": path}

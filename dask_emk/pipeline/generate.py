@@ -23,7 +23,7 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec
 
-from dask_emk.engine.storage import open_node
+from dask_emk.engine.locations import open_node
 from dask_emk.pipeline.outputs import GENERATED, building_store, check_output, claim
 
 

@@ -65,7 +65,7 @@ from pathlib import Path, PurePosixPath
 import zarr
 
 from dask_emk._version import __version__
-from dask_emk.engine.storage import (
+from dask_emk.engine.locations import (
     READ_ONLY_SCHEMES,
     bucket_of,
     check_reachable,
@@ -143,6 +143,13 @@ def beside(path: str | os.PathLike, name: str) -> Path | str:
     if is_url(path):
         return f"{path.rsplit('/', 1)[0]}/{name}"
     return Path(path).with_name(name)
+
+
+def output_location(path: str | os.PathLike) -> Path | str:
+    """An output as dask-emk handles it: a URL as a string, a local path (or ``file://``
+    URL) as a Path."""
+    path = normalize_location(path)
+    return path if is_url(path) else Path(path)
 
 
 def location_name(path: str | os.PathLike) -> str:
@@ -284,7 +291,7 @@ def check_output(
     UnsafeOutputError
     """
     raw = normalize_location(path)
-    target = raw if is_url(raw) else Path(raw)
+    target = output_location(raw)
     if not raw or location_name(raw) in ("", ".", ".."):
         raise UnsafeOutputError(
             f"{where} {raw!r} is not a path dask-emk can write; give a new name such as "
@@ -422,8 +429,7 @@ def claim(
     in one thread share the outer claim. On an object store the lock is an
     object (see the module's docstring) and there are no folders to create.
     """
-    path = normalize_location(path)
-    path = path if is_url(path) else Path(path)
+    path = output_location(path)
     if not hasattr(_held, "paths"):
         _held.paths = set()
     held, key = _held.paths, path if is_url(path) else path.absolute()
@@ -785,8 +791,7 @@ class RootLastStore(zarr.storage.WrapperStore):
     async def get(self, key, prototype, byte_range=None):
         if key != ROOT_METADATA:
             return await super().get(key, prototype, byte_range)
-        value = self._held.get(key)
-        return value if value is None or byte_range is None else None
+        return self._held.get(key)  # zarr reads metadata whole
 
     async def exists(self, key) -> bool:
         return key in self._held if key == ROOT_METADATA else await super().exists(key)

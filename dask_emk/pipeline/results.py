@@ -40,9 +40,9 @@ import numpy as np
 import xarray as xr
 from zarr.codecs import BloscCodec
 
-from dask_emk.engine.storage import is_url, normalize_location
+from dask_emk.engine.locations import is_url
 from dask_emk.pipeline.fits import FitOutcome
-from dask_emk.pipeline.outputs import RESULTS, building_store, store_marker
+from dask_emk.pipeline.outputs import RESULTS, building_store, output_location, store_marker
 
 #: History variables the estimators' own exports hold (replaced by the pipeline's).
 ESTIMATOR_HISTORY = ("lower_bound", "inertia")
@@ -106,8 +106,8 @@ def write_results(
     ``to_zarr`` computes and writes them chunk by chunk on the active
     scheduler, never whole in memory.
     """
-    final = normalize_location(path)
-    final = final if is_url(final) else Path(final).absolute()
+    final = output_location(path)
+    final = final if is_url(final) else final.absolute()
     with building_store(final, RESULTS) as store:
         root = portable_strings(root).assign_attrs(store_marker(RESULTS))
         root.to_zarr(store, mode="a", consolidated=False, zarr_format=3)

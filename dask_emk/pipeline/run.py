@@ -21,7 +21,7 @@ import xarray as xr
 from dask.diagnostics import ProgressBar
 
 from dask_emk._version import __version__
-from dask_emk.engine.storage import bucket_of, is_url, normalize_location, storage_options
+from dask_emk.engine.locations import bucket_of, is_url, normalize_location, storage_options
 from dask_emk.pipeline import figures
 from dask_emk.pipeline.checkpoint import Checkpoint, checkpoint_path
 from dask_emk.pipeline.compare import truth_table

@@ -9,7 +9,7 @@ import numpy as np
 import xarray as xr
 import zarr
 
-from dask_emk.engine.storage import (
+from dask_emk.engine.locations import (
     check_reachable,
     is_url,
     location_exists,

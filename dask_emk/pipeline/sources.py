@@ -18,7 +18,7 @@ import xarray as xr
 import zarr
 
 from dask_emk.engine.inputs import as_input
-from dask_emk.engine.storage import is_url, normalize_location, open_node
+from dask_emk.engine.locations import is_url, normalize_location, open_node
 from dask_emk.pipeline.config import PipelineError, not_utf8
 from dask_emk.pipeline.generate import (
     MixtureTruth,
