@@ -23,7 +23,6 @@ from dask_emk.pipeline.config import PipelineError, not_utf8
 from dask_emk.pipeline.generate import (
     MixtureTruth,
     random_mixture,
-    read_truth,
     truth_of,
     write_mixture_zarr,
 )
@@ -171,7 +170,7 @@ def _generated_matches(path: str, gen: dict) -> bool:
         return False
     try:
         group = open_node(path)
-        X, attrs, stored = group["X"], dict(group.attrs), read_truth(path)
+        X, attrs, stored = group["X"], dict(group.attrs), truth_of(group)
     except Exception:  # arrays missing or unreadable: regenerate
         return False
     truth = _generated_truth(gen)
