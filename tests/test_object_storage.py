@@ -138,6 +138,9 @@ def test_https_store_is_read_like_local_disk(data, tmp_path):
         assert_one_line_error(result, "http:// URLs are read-only")
     finally:
         server.shutdown()
+        server.server_close()
+    with pytest.raises(ValueError, match=f"cannot reach the storage endpoint of {url}"):
+        KMeans(n_clusters=3).fit(url)  # the server is gone
 
 
 # ------------------------------------------------------------------ errors

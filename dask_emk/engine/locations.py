@@ -121,13 +121,15 @@ def bucket_of(url: str) -> str:
 
 
 def check_reachable(url: str) -> None:
-    """Raise a ValueError naming the fix unless ``url``'s bucket (or host) answers.
+    """Raise a ValueError naming the fix unless ``url``'s bucket answers.
 
     One call, with a short timeout: a wrong bucket, missing credentials or an
     unreachable endpoint is reported before any work starts.
     """
+    if url_scheme(url) in READ_ONLY_SCHEMES:
+        return  # no bucket to ask (a prefix is no object there): the first read reports
     fs, _ = filesystem(url, fail_fast=True)
-    probed = url if url_scheme(url) in READ_ONLY_SCHEMES else bucket_of(url)
+    probed = bucket_of(url)
     with remote_errors(url, probed):
         fs.info(probed)
 

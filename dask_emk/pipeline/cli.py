@@ -124,7 +124,9 @@ def run(pipeline, scheduler, resume, quiet, no_plots) -> None:
 @click.argument("input_path", metavar="INPUT")
 @click.option("--model", type=click.Choice(["gmm", "kmeans", "anneal"]), default="gmm")
 @click.option("--k", "n_components", type=click.IntRange(min=1), required=True)
-@click.option("--out", required=True, help="RESULTS.zarr (replaced only if dask-emk wrote it)")
+@click.option(
+    "--out", required=True, help="RESULTS.zarr, a path or URL (replaced only if dask-emk wrote it)"
+)
 @click.option(
     "--covariance-type",
     type=click.Choice(MODEL_FIELDS["gmm"]["covariance_type"][0]),
@@ -144,7 +146,7 @@ def run(pipeline, scheduler, resume, quiet, no_plots) -> None:
 @click.option("--no-plots", is_flag=True)
 @_fail_cleanly
 def fit(input_path, model, n_components, out, scheduler, resume, quiet, no_plots, **opts) -> None:
-    """One-off fit of INPUT (store.zarr/ARRAY, store.zarr or a .csv file)."""
+    """One-off fit of INPUT (store.zarr/ARRAY, store.zarr or a .csv file; paths or URLs)."""
     raw = {
         "input": _input_section(input_path),
         "model": _model_section(model, n_components, opts),
