@@ -150,7 +150,7 @@ def fresh_s3_clients() -> None:
     s3fs.S3FileSystem.clear_instance_cache()
 
 
-def unreachable_env(s3) -> dict:
+def unreachable_env() -> dict:
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -179,7 +179,7 @@ def test_unusable_store_url_is_one_error_before_any_fit(
     s3, data, bucket, monkeypatch, request, url, env, message
 ):
     url, message = url.format(bucket=bucket), message.format(bucket=bucket)
-    for key, value in (env(s3) if callable(env) else env).items():
+    for key, value in (env() if callable(env) else env).items():
         if value is None:
             monkeypatch.delenv(key)
         else:

@@ -152,7 +152,7 @@ def _remote_failure(url: str, exc: Exception, probed: str) -> str:
     endpoint = os.environ.get("AWS_ENDPOINT_URL") if url_scheme(url) == "s3" else None
     at = f" at {endpoint} (AWS_ENDPOINT_URL)" if endpoint else ""
     if isinstance(exc, FileNotFoundError):
-        what = "bucket" if probed == bucket_of(probed) and probed != url else "path"
+        what = "bucket" if probed != url else "path"
         return (f"{probed} does not exist{at} (no such {what}, or these credentials cannot "
                 "see it); check the URL.")  # fmt: skip
     if isinstance(exc, PermissionError):
