@@ -5,7 +5,8 @@ missing from its store as the array's fill value, without complaint, so
 rows lost from disk would enter a fit as rows of zeros, or as NaN rows once
 xarray has decoded the fill value. Which input gets which check:
 
-- A store path, a ``file://`` URL or a ``zarr.Array``: read through
+- A store path or URL (``file://``, ``s3://``, ... :mod:`dask_emk.engine.locations`)
+  or a ``zarr.Array``: read through
   :class:`CheckedZarrRead` (:func:`read_zarr`), so every block read checks
   that the chunk or shard files it covers exist; this holds for the fit,
   ``predict`` and lazy outputs (``labels_``) computed at any later time.
@@ -31,7 +32,6 @@ import itertools
 import os
 import traceback
 from collections.abc import Iterator
-from urllib.parse import urlparse
 
 import dask.array as da
 import numpy as np
@@ -39,6 +39,8 @@ import xarray as xr
 import zarr
 from dask.array.utils import meta_from_array
 from dask.highlevelgraph import HighLevelGraph, MaterializedLayer
+
+from dask_emk.engine.locations import normalize_location, open_node
 
 #: Packages whose frames in a traceback mean "the failure happened reading a store".
 STORAGE_PACKAGES = ("zarr", "numcodecs")
@@ -52,7 +54,7 @@ class MissingChunksError(ValueError):
 
 
 def open_zarr_array(path: str | os.PathLike) -> zarr.Array:
-    """Open a zarr array from a local store path or ``file://`` URL.
+    """Open a zarr array from a store path or URL (:func:`dask_emk.engine.locations.open_store`).
 
     The path is ``store.zarr`` or ``store.zarr/name``; a group holding
     exactly one array resolves to it.
@@ -60,25 +62,18 @@ def open_zarr_array(path: str | os.PathLike) -> zarr.Array:
     Raises
     ------
     ValueError
-        If the path does not exist, holds no array, or a group holds several.
+        If the path does not exist or cannot be reached, holds no array, or
+        a group holds several.
     """
-    path = os.fspath(path)
-    if path.startswith("file://"):
-        path = urlparse(path).path
-    if not os.path.exists(path):
-        raise ValueError(f"zarr store {path!r} does not exist; check the path.")
-    try:
-        store = zarr.storage.LocalStore(os.path.abspath(path), read_only=True)
-        node = zarr.open(store=store, mode="r")
-    except Exception as exc:  # zarr raises several types for a non-store folder
-        raise ValueError(f"{path!r} is not a readable zarr store: {exc}") from None
+    location = normalize_location(path)
+    node = open_node(location)
     if isinstance(node, zarr.Array):
         return node
     names = sorted(name for name, _ in node.arrays())
     if len(names) != 1:
         raise ValueError(
-            f"zarr group {path!r} holds arrays {names}; name the one to use as "
-            f"'{path}/<array name>'."
+            f"zarr group {location!r} holds arrays {names}; name the one to use as "
+            f"'{location}/<array name>'."
         )
     return node[names[0]]
 
@@ -406,11 +401,15 @@ async def _list_keys(store, prefix: str) -> list[str]:
 def zarr_label(array: zarr.Array) -> str:
     """The store location and array path, as a user would recognise it.
 
-    A local store gives its directory, an fsspec store (what ``da.from_zarr``
-    on a path opens) its path; anything else its own description.
+    A local store gives its directory, an fsspec store its URL (what
+    ``da.from_zarr`` on a local path opens: its path); anything else its own
+    description.
     """
     store = array.store
     base = getattr(store, "root", None) or getattr(store, "path", None) or store
+    fs = getattr(store, "fs", None)
+    if fs is not None and "file" not in fs.protocol:
+        base = fs.unstrip_protocol(str(base))
     return f"{base}/{array.path}" if array.path else str(base)
 
 

@@ -5,8 +5,8 @@ A checkpoint is one file ``<results>.checkpoint``: the header line
 fitted annealing model, the estimator or centres reached so far, the
 iteration history) and the key of the pipeline sections that decide the
 result. It is replaced atomically (written to ``<results>.checkpoint.tmp``,
-then renamed), so a kill at any moment leaves the previous complete
-checkpoint; the next run removes the ``.tmp``.
+then renamed; on an object store: one put, atomic itself), so a kill at any
+moment leaves the previous complete checkpoint; the next run removes the ``.tmp``.
 
 Pickle is used because the states are scikit-learn style estimators, which
 scikit-learn itself persists with pickle. A file without the header is never
@@ -20,9 +20,11 @@ import os
 import pickle
 from pathlib import Path
 
+from dask_emk.engine.locations import location_exists, read_location
 from dask_emk.pipeline.outputs import (
     CHECKPOINT,
     CHECKPOINT_MAGIC,
+    suffixed,
     write_file_atomically,
     written_by_dask_emk,
 )
@@ -30,10 +32,9 @@ from dask_emk.pipeline.outputs import (
 HEADER = CHECKPOINT_MAGIC + b", format 1\n"
 
 
-def checkpoint_path(results: str | os.PathLike) -> Path:
-    """Where the checkpoint of the results store ``results`` is kept."""
-    results = Path(results)
-    return results.with_name(results.name + ".checkpoint")
+def checkpoint_path(results: str | os.PathLike) -> Path | str:
+    """Where the checkpoint of the results store ``results`` (path or URL) is kept."""
+    return suffixed(results, ".checkpoint")
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict:
@@ -49,13 +50,13 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
             f"{path} is not a dask-emk checkpoint, so it is not loaded; remove it yourself "
             "or drop --resume."
         )
-    with open(path, "rb") as f:
-        if f.read(len(HEADER)) != HEADER:
-            raise ValueError(
-                f"checkpoint {path} was written by another version of dask-emk; "
-                "drop --resume to start afresh."
-            )
-        return pickle.load(f)
+    data = read_location(path) or b""
+    if not data.startswith(HEADER):
+        raise ValueError(
+            f"checkpoint {path} was written by another version of dask-emk; "
+            "drop --resume to start afresh."
+        )
+    return pickle.loads(data[len(HEADER) :])
 
 
 class Checkpoint:
@@ -79,7 +80,7 @@ class Checkpoint:
         self.stages: dict = self._load() if resume else {}
 
     def _load(self) -> dict:
-        if not os.path.lexists(self.path):
+        if not location_exists(self.path):
             return {}
         saved = read_checkpoint(self.path)
         if saved.get("key") != self.key:

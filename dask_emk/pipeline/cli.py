@@ -124,7 +124,9 @@ def run(pipeline, scheduler, resume, quiet, no_plots) -> None:
 @click.argument("input_path", metavar="INPUT")
 @click.option("--model", type=click.Choice(["gmm", "kmeans", "anneal"]), default="gmm")
 @click.option("--k", "n_components", type=click.IntRange(min=1), required=True)
-@click.option("--out", required=True, help="RESULTS.zarr (replaced only if dask-emk wrote it)")
+@click.option(
+    "--out", required=True, help="RESULTS.zarr, a path or URL (replaced only if dask-emk wrote it)"
+)
 @click.option(
     "--covariance-type",
     type=click.Choice(MODEL_FIELDS["gmm"]["covariance_type"][0]),
@@ -144,7 +146,7 @@ def run(pipeline, scheduler, resume, quiet, no_plots) -> None:
 @click.option("--no-plots", is_flag=True)
 @_fail_cleanly
 def fit(input_path, model, n_components, out, scheduler, resume, quiet, no_plots, **opts) -> None:
-    """One-off fit of INPUT (store.zarr/ARRAY, store.zarr or a .csv file)."""
+    """One-off fit of INPUT (store.zarr/ARRAY, store.zarr or a .csv file; paths or URLs)."""
     raw = {
         "input": _input_section(input_path),
         "model": _model_section(model, n_components, opts),
@@ -160,10 +162,10 @@ def fit(input_path, model, n_components, out, scheduler, resume, quiet, no_plots
 
 
 @main.command()
-@click.argument("results", type=click.Path(path_type=Path))
+@click.argument("results")
 @_fail_cleanly
 def show(results) -> None:
-    """Print a summary of a RESULTS.zarr store."""
+    """Print a summary of a RESULTS.zarr store (a path or an s3:// URL)."""
     from dask_emk.pipeline.show import summary
 
     for line in summary(results):
@@ -205,13 +207,17 @@ def _model_section(model: str, n_components: int, opts: dict) -> dict:
 
 def _input_section(path: str) -> dict:
     """[input] for ``dask-emk fit``: a CSV file, store/array (also
-    store/group/array), or a store."""
+    store/group/array), or a store; a path or a URL."""
+    from dask_emk.engine.locations import check_reachable, is_url, location_exists
+
     if path.endswith(".csv"):
         return {"csv": path}
     path = path.rstrip("/")
-    parent = os.path.dirname(path)
-    if parent and os.path.exists(os.path.join(parent, "zarr.json")):
-        return {"store": parent, "array": os.path.basename(path)}
+    if is_url(path):
+        check_reachable(path)
+    parent, _, name = path.rpartition("/")
+    if parent and not parent.endswith(":/") and location_exists(f"{parent}/zarr.json"):
+        return {"store": parent, "array": name}
     return {"store": path}
 
 

@@ -39,6 +39,7 @@ INPUT_FIELDS = {
     "csv": (STR, None),
     "columns": (STR_LIST, None),
     "generate": (TABLE, None),
+    "storage_options": (TABLE, None),
 }
 #: The estimator of each model type and the parameter each [model] field sets.
 #: A field's kind, allowed values, range and default are the estimator's
@@ -130,6 +131,7 @@ OUTPUT_FIELDS = {
     "log_density": (BOOL, False),
     "plots": (BOOL, True),
     "checkpoint": (BOOL, True),
+    "storage_options": (TABLE, None),
 }
 TOP_FIELDS = {"description": STR, "input": TABLE, "anneal": TABLE, "model": TABLE}
 TOP_FIELDS |= {"scheduler": TABLE, "output": TABLE}

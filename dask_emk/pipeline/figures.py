@@ -14,7 +14,13 @@ import numpy as np
 import xarray as xr
 
 from dask_emk.engine.reduction import compute_one
-from dask_emk.pipeline.outputs import PLOT, PNG_SOFTWARE, write_file_atomically
+from dask_emk.pipeline.outputs import (
+    PLOT,
+    PNG_SOFTWARE,
+    beside,
+    location_name,
+    write_file_atomically,
+)
 
 #: Points drawn in the 2-D scatter at most.
 SCATTER_POINTS = 20_000
@@ -39,13 +45,11 @@ def require_matplotlib():
     return plt
 
 
-def figure_paths(results: str | os.PathLike) -> dict[str, Path]:
-    """PNG paths next to the results store: ``<stem>.<figure>.png``."""
-    results = Path(results)
-    stem = results.name.removesuffix(".zarr")
+def figure_paths(results: str | os.PathLike) -> dict[str, Path | str]:
+    """PNG paths (or URLs) next to the results store: ``<stem>.<figure>.png``."""
+    stem = location_name(results).removesuffix(".zarr")
     return {
-        name: results.with_name(f"{stem}.{name}.png")
-        for name in ("convergence", "path", "clusters")
+        name: beside(results, f"{stem}.{name}.png") for name in ("convergence", "path", "clusters")
     }
 
 

@@ -5,9 +5,10 @@ A generated store is a zarr group holding ``X`` (n, d) and the true
 (n,), so every fit can be checked against ground truth. Its root attribute
 ``dask_emk_generated`` marks it as written here: only such a store is ever
 replaced (with ``overwrite=True``; :mod:`dask_emk.pipeline.outputs` holds the rule). It
-is written under ``<path>.partial`` and renamed into place at the end: an
-interrupted run leaves no half-written store, and the next one removes the
-``.partial``.
+is published like a results store (:func:`dask_emk.pipeline.outputs.building_store`:
+renamed into place from ``<path>.partial`` on a local disk, root ``zarr.json``
+written last on an object store): an interrupted run leaves no store that
+opens as complete, and the next one removes what it left.
 """
 
 from __future__ import annotations
@@ -22,8 +23,14 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec
 
+from dask_emk.engine.locations import open_node
 from dask_emk.models import export
-from dask_emk.pipeline.outputs import GENERATED, check_output, claim, new_store, replace_dir
+from dask_emk.pipeline.outputs import (
+    GENERATED,
+    building_store,
+    check_output,
+    claim,
+)
 
 
 @dataclass(frozen=True)
@@ -79,12 +86,12 @@ def write_mixture_zarr(
     dtype: str = "float32",
     seed: int = 0,
     overwrite: bool = False,
-) -> Path:
+) -> Path | str:
     """Write a mixture data set to a zarr store, one Dask task per chunk.
 
     Parameters
     ----------
-    path : path of the store to create
+    path : path (or object-store URL) of the store to create
     n_samples : int
     truth : MixtureTruth
     chunk_rows : int
@@ -99,13 +106,13 @@ def write_mixture_zarr(
 
     Returns
     -------
-    Path of the finished store.
+    Path (URL) of the finished store.
 
     Notes
     -----
     The chunks are written by the Dask scheduler in effect (local threads
     unless one is set), so with a cluster the store must be on a file system
-    the workers share.
+    the workers share, or on an object store they reach.
     """
     if n_samples < 1 or chunk_rows < 1:
         raise ValueError(f"n_samples and chunk_rows must be >= 1, got {n_samples}, {chunk_rows}.")
@@ -114,10 +121,9 @@ def write_mixture_zarr(
     final = check()
     with claim(final, GENERATED, where="path"):
         check()  # again: the claim may have put back a store a killed run moved aside
-        tmp = new_store(final, GENERATED)
-        group = zarr.open_group(store=zarr.storage.LocalStore(tmp), mode="r+")
-        _write_mixture(group, n_samples, truth, chunk_rows=chunk_rows, dtype=dtype, seed=seed)
-        replace_dir(tmp, final, GENERATED)
+        with building_store(final, GENERATED) as store:
+            group = zarr.open_group(store=store, mode="r+")
+            _write_mixture(group, n_samples, truth, chunk_rows=chunk_rows, dtype=dtype, seed=seed)
     return final
 
 
@@ -167,8 +173,12 @@ def _write_chunk(X, labels, start: int, stop: int, truth: MixtureTruth, stream) 
 
 
 def read_truth(path: str | os.PathLike) -> MixtureTruth:
-    """True parameters stored beside a generated data set."""
-    group = zarr.open_group(store=zarr.storage.LocalStore(path, read_only=True), mode="r")
+    """True parameters stored beside a generated data set (local path or URL)."""
+    return truth_of(open_node(path))
+
+
+def truth_of(group: zarr.Group) -> MixtureTruth:
+    """True parameters held by the group of a generated data set."""
     return MixtureTruth(
         *(np.asarray(group[name][...]) for name in ("weights", "means", "covariances"))
     )

@@ -20,12 +20,37 @@ checkpoints, PNG plots and generated data stores (``generate``).
   while a run writes ``path``: a second run refuses, a lock left by a dead
   process on this host is taken over (the lock is an ``flock``, which the
   kernel releases when its process dies), and it is removed at exit.
+
+Object stores (``s3://``, ``gs://``; ``https://`` is read-only) follow the
+same rule with what they offer instead of renames and flocks (an object put
+is atomic; a put can be conditional on the object not existing):
+
+- A file (checkpoint, plot) is one put, whole or absent: no ``.tmp``.
+- A store is written in place, its root ``zarr.json`` last
+  (:func:`building_store`): that object is what makes the store open at all
+  (zarr and xarray find no store without it), and it carries the marker.
+  First the object ``<path>.partial`` is put (JSON: "dask-emk is building
+  the store at path"); a store being replaced then loses its root
+  ``zarr.json`` first, then its other objects. So at every moment the path
+  holds the previous complete store, an incomplete one that does not open
+  (no root ``zarr.json``) and that ``<path>.partial`` marks as dask-emk's for
+  the next run to remove, or the new complete store.
+- ``<path>.lock`` is an object (the same JSON as a lock file, plus a token)
+  created by a conditional put (``If-None-Match: *``, honoured by AWS S3,
+  MinIO and moto), so of two runs starting together one refuses. Nothing
+  releases it when a run is killed: a lock left by a process that no longer
+  runs on this host is taken over; one from another host is reported, for
+  the user to remove once no run is active there. The run reads its lock back
+  after creating it and refuses if it holds another run's token; on a store
+  that ignores conditional puts that check is all there is, so two runs
+  starting within the same instant may both proceed.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import json
 import os
 import shutil
@@ -33,12 +58,26 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Iterable, Iterator
-from pathlib import Path
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path, PurePosixPath
 
 import zarr
 
 from dask_emk._version import __version__
+from dask_emk.engine.locations import (
+    READ_ONLY_SCHEMES,
+    bucket_of,
+    check_reachable,
+    filesystem,
+    is_url,
+    location_exists,
+    normalize_location,
+    open_store,
+    read_location,
+    remote_errors,
+    url_scheme,
+)
 
 FORMAT = 1
 RESULTS, GENERATED, CHECKPOINT, PLOT = "results", "generated", "checkpoint", "plot"
@@ -50,14 +89,17 @@ CHECKPOINT_MAGIC = b"dask-emk checkpoint"
 PNG_SOFTWARE = "dask-emk"
 #: First bytes of a lock file.
 LOCK_MAGIC = b'{"dask_emk_lock": 1'
-_LOCK = "lock"
-_MAGIC = {CHECKPOINT: CHECKPOINT_MAGIC, _LOCK: LOCK_MAGIC}
+#: First bytes of the object saying a store is being built at its path (object stores).
+PARTIAL_MAGIC = b'{"dask_emk_partial": 1'
+_LOCK, _PARTIAL = "lock", "partial"
+_MAGIC = {CHECKPOINT: CHECKPOINT_MAGIC, _LOCK: LOCK_MAGIC, _PARTIAL: PARTIAL_MAGIC}
 DESCRIPTIONS = {
     RESULTS: "dask-emk results store",
     GENERATED: "data store written by dask-emk generate",
     CHECKPOINT: "dask-emk checkpoint",
     PLOT: "plot written by dask-emk",
     _LOCK: "dask-emk lock file",
+    _PARTIAL: "dask-emk note of a store being built",
 }
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -67,36 +109,67 @@ class UnsafeOutputError(ValueError):
 
 
 # ------------------------------------------------------------------ names
-def partial_path(path: str | os.PathLike) -> Path:
-    """Where a store is built before it is moved into place."""
-    return _suffixed(path, ".partial")
+def partial_path(path: str | os.PathLike) -> Path | str:
+    """Where a store is built before it is moved into place.
+
+    On an object store: the object saying the store at ``path`` is being built.
+    """
+    return suffixed(path, ".partial")
 
 
-def moved_aside_path(path: str | os.PathLike) -> Path:
+def moved_aside_path(path: str | os.PathLike) -> Path | str:
     """Where :func:`replace_dir` moves the previous store while replacing it."""
-    return _suffixed(path, ".old")
+    return suffixed(path, ".old")
 
 
-def temp_path(path: str | os.PathLike) -> Path:
+def temp_path(path: str | os.PathLike) -> Path | str:
     """Where :func:`write_file_atomically` writes a file before renaming it."""
-    return _suffixed(path, ".tmp")
+    return suffixed(path, ".tmp")
 
 
-def lock_path(path: str | os.PathLike) -> Path:
+def lock_path(path: str | os.PathLike) -> Path | str:
     """The lock file :func:`claim` holds while a run writes ``path``."""
-    return _suffixed(path, ".lock")
+    return suffixed(path, ".lock")
 
 
-def _suffixed(path, suffix: str) -> Path:
-    path = Path(path)
-    return path.with_name(path.name + suffix)
+def suffixed(path: str | os.PathLike, suffix: str) -> Path | str:
+    """``path`` with ``suffix`` added to its name (``r.zarr`` -> ``r.zarr.lock``)."""
+    return beside(path, location_name(path) + suffix)
 
 
-def temporaries(path: str | os.PathLike, kind: str) -> list[Path]:
-    """The temporary names a writer of ``kind`` uses beside ``path``."""
+def beside(path: str | os.PathLike, name: str) -> Path | str:
+    """The path called ``name`` in the folder of ``path`` (for a URL: its prefix)."""
+    path = normalize_location(path)
+    if is_url(path):
+        return f"{path.rsplit('/', 1)[0]}/{name}"
+    return Path(path).with_name(name)
+
+
+def output_location(path: str | os.PathLike) -> Path | str:
+    """An output as dask-emk handles it: a URL as a string, a local path (or ``file://``
+    URL) as a Path."""
+    path = normalize_location(path)
+    return path if is_url(path) else Path(path)
+
+
+def location_name(path: str | os.PathLike) -> str:
+    """The last part of a path or URL: ``r.zarr`` for ``s3://bucket/runs/r.zarr``."""
+    path = normalize_location(path)
+    return path.rsplit("/", 1)[-1] if is_url(path) else Path(path).name
+
+
+def temporaries(path: str | os.PathLike, kind: str) -> list[tuple[Path | str, str]]:
+    """The temporary names a writer of ``kind`` uses beside ``path``, with their kinds.
+
+    Object stores have no ``.old`` (stores are replaced in place) and no
+    ``.tmp`` (a put is atomic).
+    """
     if kind in STORE_MARKERS:
-        return [partial_path(path), moved_aside_path(path), lock_path(path)]
-    return [temp_path(path)]
+        if is_url(path):
+            return [(partial_path(path), _PARTIAL), (lock_path(path), _LOCK)]
+        return [(partial_path(path), kind), (moved_aside_path(path), kind),
+                (lock_path(path), _LOCK)]  # fmt: skip
+    return [] if is_url(path) else [(temp_path(path), kind)]
 
 
 # ------------------------------------------------------------ recognition
@@ -111,13 +184,20 @@ def written_by_dask_emk(path: str | os.PathLike, kind: str) -> bool:
     Stores are recognised by their root attribute, checkpoints by their header
     line (never unpickled to find out), plots by their PNG text chunk.
     """
-    if os.path.islink(path):
+    if is_url(path):
+        if kind in STORE_MARKERS:
+            return _has_store_marker(path, kind)
+        head = read_location(path, 4096)
+        if head is None:
+            return False
+    elif os.path.islink(path):
         return False
-    if kind in STORE_MARKERS:
+    elif kind in STORE_MARKERS:
         return os.path.isdir(path) and _has_store_marker(path, kind)
-    if not os.path.isfile(path):
+    elif not os.path.isfile(path):
         return False
-    head = _head(path)
+    else:
+        head = _head(path)
     if kind == PLOT:
         return png_text(head).get("Software") == PNG_SOFTWARE
     return head.startswith(_MAGIC[kind])
@@ -127,8 +207,12 @@ def _is_own_leftover(path: str | os.PathLike, kind: str) -> bool:
     """True if a temporary of ``kind`` at ``path`` is provably dask-emk's.
 
     Besides complete outputs, an empty folder or file (a writer killed just
-    after creating it) and a file cut short inside its header count.
+    after creating it) and a file cut short inside its header count. (On an
+    object store the temporaries are the lock and ``.partial`` objects, put whole.)
     """
+    if is_url(path):
+        head = read_location(path, 4096)
+        return head is not None and head.startswith(_MAGIC[kind])
     if os.path.islink(path):
         return False
     if kind in STORE_MARKERS:
@@ -141,11 +225,16 @@ def _is_own_leftover(path: str | os.PathLike, kind: str) -> bool:
 
 def _has_store_marker(path, kind: str) -> bool:
     try:
-        store = zarr.storage.LocalStore(path, read_only=True)
-        marker = zarr.open_group(store=store, mode="r").attrs.get(STORE_MARKERS[kind])
+        attrs = zarr.open_group(store=open_store(path), mode="r").attrs
     except Exception:  # not a zarr group (zarr raises several types): not ours
         return False
+    marker = attrs.get(STORE_MARKERS[kind])
     return isinstance(marker, dict) and "format" in marker
+
+
+def _being_built(path, kind: str) -> bool:
+    """True for an object-store path where dask-emk is building (or was building) a store."""
+    return is_url(path) and kind in STORE_MARKERS and _is_own_leftover(partial_path(path), _PARTIAL)
 
 
 def _head(path, size: int = 4096) -> bytes:
@@ -182,12 +271,12 @@ def check_output(
     inputs: Iterable[str | os.PathLike] = (),
     replace: bool = True,
     replace_hint: str = "",
-) -> Path:
-    """Refuse, before any work, a path dask-emk must not write; return it as a Path.
+) -> Path | str:
+    """Refuse, before any work, a path dask-emk must not write; return it as a Path (a URL: str).
 
     Parameters
     ----------
-    path : the output path as the user gave it
+    path : the output path (or object-store URL) as the user gave it
     kind : RESULTS, GENERATED, CHECKPOINT or PLOT
     where : str
         How the user names the path (``--out``, ``output.results``, ...), for
@@ -201,16 +290,18 @@ def check_output(
     ------
     UnsafeOutputError
     """
-    raw = os.fspath(path)
-    target = Path(raw)
-    if not raw or target.name in ("", ".", ".."):
+    raw = normalize_location(path)
+    target = output_location(raw)
+    if not raw or location_name(raw) in ("", ".", ".."):
         raise UnsafeOutputError(
             f"{where} {raw!r} is not a path dask-emk can write; give a new name such as "
             f"{'results' if kind == RESULTS else 'data'}.zarr."
         )
+    if is_url(target):
+        _check_url_writable(target, where)
     _check_not_an_input(target, inputs, where)
     _check_not_in_a_store(target, where)
-    if os.path.lexists(target):
+    if location_exists(target) and not _being_built(target, kind):
         if not written_by_dask_emk(target, kind):
             raise UnsafeOutputError(
                 f"{target} exists and is not a {DESCRIPTIONS[kind]}; choose another {where}, "
@@ -221,42 +312,69 @@ def check_output(
                 f"{target} already exists (a {DESCRIPTIONS[kind]}); pass {replace_hint} to "
                 f"replace it, or choose another {where}."
             )
-    for temp in temporaries(target, kind):
-        temp_kind = _LOCK if temp == lock_path(target) else kind
-        if os.path.lexists(temp) and not _is_own_leftover(temp, temp_kind):
+    for temp, temp_kind in temporaries(target, kind):
+        if location_exists(temp) and not _is_own_leftover(temp, temp_kind):
             raise UnsafeOutputError(
                 f"{temp} exists and was not written by dask-emk; remove it yourself, "
                 f"or choose another {where}."
             )
-    _check_writable(target, where)
+    if not is_url(target):
+        _check_writable(target, where)
     return target
 
 
-def _check_not_an_input(target: Path, inputs, where: str) -> None:
-    resolved = target.resolve()
+def _check_not_an_input(target: Path | str, inputs, where: str) -> None:
     for source in inputs:
-        source_resolved = Path(source).resolve()
-        if resolved == source_resolved:
-            relation = "is"
-        elif source_resolved in resolved.parents:
-            relation = "is inside"
-        elif resolved in source_resolved.parents:
-            relation = "contains"
-        else:
+        relation = _relation(target, normalize_location(source))
+        if relation is None:
             continue
-        what = "input store" if os.path.isdir(source) else "input file"
+        local_file = not is_url(source) and not os.path.isdir(source)
+        what = "input file" if local_file else "input store"
         raise UnsafeOutputError(
             f"{where} {target} {relation} the {what} {source}; choose another {where}."
         )
 
 
-def _check_not_in_a_store(target: Path, where: str) -> None:
+def _relation(target: Path | str, source: str) -> str | None:
+    """How ``target`` lies to ``source``: 'is', 'is inside', 'contains' or None."""
+    if is_url(target) != is_url(source):
+        return None
+    if is_url(target):
+        resolved, source_resolved = PurePosixPath(target), PurePosixPath(source)
+    else:
+        resolved, source_resolved = target.resolve(), Path(source).resolve()
+    if resolved == source_resolved:
+        return "is"
+    if source_resolved in resolved.parents:
+        return "is inside"
+    if resolved in source_resolved.parents:
+        return "contains"
+    return None
+
+
+def _check_not_in_a_store(target: Path | str, where: str) -> None:
     """Refuse a path inside a zarr store: replacing that store later would delete it."""
-    for folder in target.absolute().parents:
-        if any(os.path.exists(folder / name) for name in ("zarr.json", ".zgroup", ".zarray")):
+    if is_url(target):
+        bucket = bucket_of(target)
+        parts = target[len(bucket) :].split("/")[:-1]  # "", then the prefixes
+        folders = ["/".join([bucket, *parts[1:i]]) for i in range(len(parts), 0, -1)]
+    else:
+        folders = list(target.absolute().parents)
+    for folder in folders:
+        if any(location_exists(f"{folder}/{name}") for name in ("zarr.json", ".zgroup", ".zarray")):
             raise UnsafeOutputError(
                 f"{where} {target} is inside the zarr store {folder}; choose another {where}."
             )
+
+
+def _check_url_writable(target: str, where: str) -> None:
+    """An object-store URL: a scheme that can be written, and a bucket that answers."""
+    if url_scheme(target) in READ_ONLY_SCHEMES:
+        raise UnsafeOutputError(
+            f"{where} {target}: {url_scheme(target)}:// URLs are read-only; write to a local "
+            f"path or an object store (s3://, gs://) instead."
+        )
+    check_reachable(target)
 
 
 def _check_writable(target: Path, where: str) -> None:
@@ -308,21 +426,17 @@ def claim(
     an interrupted run had moved aside, and removes the temporaries of ``path``
     and of each ``(companion path, kind)`` that are provably dask-emk's. Yields
     one line per restored store or taken-over lock. Nested claims of one path
-    in one thread share the outer claim.
+    in one thread share the outer claim. On an object store the lock is an
+    object (see the module's docstring) and there are no folders to create.
     """
-    path = Path(path)
+    path = output_location(path)
     if not hasattr(_held, "paths"):
         _held.paths = set()
-    held, key = _held.paths, path.absolute()
+    held, key = _held.paths, path if is_url(path) else path.absolute()
     if key in held:
         yield []
         return
-    created = _make_parents(path, where)
-    try:
-        fd, notes = _lock(lock_path(path), path, where)
-    except BaseException:
-        _remove_empty(created)
-        raise
+    release, notes = _take_lock(path, where)
     held.add(key)
     try:
         for output, output_kind in [(path, kind), *companions]:
@@ -330,8 +444,29 @@ def claim(
         yield notes
     finally:
         held.discard(key)
-        _unlock(fd, lock_path(path))
+        release()
+
+
+def _take_lock(path: Path | str, where: str) -> tuple[Callable[[], None], list[str]]:
+    """Lock ``path`` (a local flock or a lock object); a function releasing it, and notes."""
+    lock = lock_path(path)
+    if is_url(path):
+        token, notes = _lock_object(lock, path, where)
+        return functools.partial(_unlock_object, lock, token), notes
+    created = _make_parents(path, where)
+    try:
+        fd, notes = _lock(lock, path, where)
+    except BaseException:
         _remove_empty(created)
+        raise
+
+    def release() -> None:
+        try:
+            _unlock(fd, lock)
+        finally:
+            _remove_empty(created)
+
+    return release, notes
 
 
 def _make_parents(path: Path, where: str) -> list[Path]:
@@ -388,8 +523,7 @@ def _lock(lock: Path, path: Path, where: str) -> tuple[int, list[str]]:
             f"{lock} was left by a dask-emk run on another host ({_describe(previous)}); "
             "if no run is active there, remove the lock file yourself."
         )
-    info = {"dask_emk_lock": 1, "pid": os.getpid(), "host": socket.gethostname()}
-    info["started"] = time.strftime("%Y-%m-%d %H:%M:%S")
+    info = _lock_info()
     os.ftruncate(fd, 0)
     os.pwrite(fd, json.dumps(info).encode(), 0)
     _lock_fds.add(fd)
@@ -427,23 +561,144 @@ def _unlock(fd: int, lock: Path) -> None:
         os.close(fd)
 
 
+def _lock_info() -> dict:
+    return {"dask_emk_lock": 1, "pid": os.getpid(), "host": socket.gethostname(),
+            "started": time.strftime("%Y-%m-%d %H:%M:%S")}  # fmt: skip
+
+
+def _lock_object(lock: str, path: str, where: str) -> tuple[str, list[str]]:
+    """Create the lock object ``lock`` by a conditional put; its token and notes.
+
+    A lock left by a process that no longer runs on this host is taken over
+    (once: a second failure means another run took it meanwhile).
+    """
+    token = uuid.uuid4().hex
+    data = json.dumps({**_lock_info(), "token": token}).encode()
+    notes = []
+    for _ in range(2):
+        if _create_object(lock, data):
+            break
+        previous = _read_lock_object(lock, where)
+        if not _stale(previous):
+            raise UnsafeOutputError(_held_message(previous, lock, path, where))
+        with remote_errors(lock):
+            fs, key = filesystem(lock)
+            fs.rm_file(key)
+        notes = [f"took over {lock} left by {_describe(previous)}, no longer running"]
+    else:
+        raise UnsafeOutputError(_held_message({}, lock, path, where))
+    holder = _read_lock_object(lock, where)
+    if holder.get("token") != token:  # a store that ignored the condition
+        raise UnsafeOutputError(_held_message(holder, lock, path, where))
+    return token, notes
+
+
+def _create_object(url: str, data: bytes) -> bool:
+    """Put ``data`` at ``url`` unless an object is there (conditional put); whether it did."""
+    fs, key = filesystem(url)
+    with remote_errors(url):
+        try:
+            fs.pipe_file(key, data, mode="create")
+        except FileExistsError:
+            return False
+        except (TypeError, NotImplementedError):  # no conditional put: best effort
+            if fs.exists(key):
+                return False
+            fs.pipe_file(key, data)
+    return True
+
+
+def _read_lock_object(lock: str, where: str) -> dict:
+    """The JSON of a lock object ({} if it vanished); refuses an object that is no lock."""
+    data = read_location(lock, 4096)
+    if data is None:
+        return {}
+    if not data.startswith(LOCK_MAGIC):
+        raise UnsafeOutputError(
+            f"{lock} exists and is not a {DESCRIPTIONS[_LOCK]}; remove it yourself, "
+            f"or choose another {where}."
+        )
+    try:
+        info = json.loads(data)
+    except ValueError:
+        return {}
+    return info if isinstance(info, dict) else {}
+
+
+def _stale(info: dict) -> bool:
+    """Whether a lock's holder is a process of this host that no longer runs."""
+    if info.get("host") != socket.gethostname() or not isinstance(info.get("pid"), int):
+        return False
+    try:
+        os.kill(info["pid"], 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # running, as another user
+        return False
+    return False
+
+
+def _held_message(info: dict, lock: str, path: str, where: str) -> str:
+    if info.get("host", socket.gethostname()) == socket.gethostname():
+        return (f"{path} is being written by another dask-emk run ({_describe(info)}); wait "
+                f"for it to finish, or choose another {where}.")  # fmt: skip
+    return (f"{path} is locked by a dask-emk run on another host ({_describe(info)}); if no "
+            f"run is active there, remove {lock} yourself, or choose another {where}.")  # fmt: skip
+
+
+def _unlock_object(lock: str, token: str) -> None:
+    """Remove the lock object if it is still this run's."""
+    data = read_location(lock, 4096)
+    if data is None or token.encode() not in data:
+        return
+    fs, key = filesystem(lock)
+    with remote_errors(lock):
+        fs.rm_file(key)
+
+
 # ------------------------------------------------------- temporaries, writes
 def clean_leftovers(path: str | os.PathLike, kind: str) -> list[str]:
     """Remove the temporaries an interrupted writer of ``path`` left; notes of what it did.
 
     A store moved aside (``<path>.old``) with nothing at ``path`` is put back:
-    the run died between the two renames of :func:`replace_dir`.
+    the run died between the two renames of :func:`replace_dir`. On an object
+    store, a store that ``<path>.partial`` says was being built is removed
+    unless it was completed (the run died just before removing the note).
     """
+    path = normalize_location(path)
+    if is_url(path):
+        if _being_built(path, kind):
+            if not written_by_dask_emk(path, kind):
+                _delete_objects(path)
+            _delete_objects(partial_path(path))
+        return []
     path, notes = Path(path), []
     if kind in STORE_MARKERS:
         old = moved_aside_path(path)
         if not os.path.lexists(path) and written_by_dask_emk(old, kind):
             os.replace(old, path)
             notes.append(f"restored {path} that an interrupted run had moved aside")
-    for temp in temporaries(path, kind):
-        if temp != lock_path(path) and os.path.lexists(temp):
+    for temp, temp_kind in temporaries(path, kind):
+        if temp_kind != _LOCK and os.path.lexists(temp):
             remove_leftover(temp, kind)
     return notes
+
+
+def _delete_objects(url: str) -> None:
+    """Delete the object at ``url``, or the store under it, root ``zarr.json`` first.
+
+    Without its root ``zarr.json`` a store no longer opens, so a deletion cut
+    short never leaves a store that opens as complete.
+    """
+    fs, key = filesystem(url)
+    with remote_errors(url):
+        if fs.isfile(key):
+            fs.rm_file(key)
+            return
+        if fs.exists(f"{key}/zarr.json"):
+            fs.rm_file(f"{key}/zarr.json")
+        if fs.exists(key):
+            fs.rm(key, recursive=True)
 
 
 def remove_leftover(temp: Path, kind: str) -> None:
@@ -479,6 +734,95 @@ def new_store(path: str | os.PathLike, kind: str) -> Path:
     return tmp
 
 
+@contextlib.contextmanager
+def building_store(path: str | os.PathLike, kind: str) -> Iterator[zarr.abc.store.Store]:
+    """A writable zarr store marked for ``kind``, published at ``path`` when the body ends.
+
+    Locally it is ``<path>.partial``, renamed into place (:func:`replace_dir`).
+    On an object store it is ``path`` itself: the note ``<path>.partial`` is put,
+    a previous store of ours is deleted (root ``zarr.json`` first), everything is
+    written except the root ``zarr.json``, which :class:`RootLastStore` holds
+    back until the body has finished, and the note is removed. If the body
+    raises, what it wrote stays for the next run to remove.
+    """
+    path = normalize_location(path)
+    if not is_url(path):
+        tmp = new_store(path, kind)
+        yield zarr.storage.LocalStore(tmp)
+        replace_dir(tmp, Path(path), kind)
+        return
+    if location_exists(path) and not _being_built(path, kind):
+        _refuse_foreign(path, kind)
+    note = json.dumps({"dask_emk_partial": 1, "kind": kind, "store": path}).encode()
+    write_file_atomically(partial_path(path), note, _PARTIAL)
+    if location_exists(path):
+        _delete_objects(path)
+    store = RootLastStore(open_store(path, read_only=False))
+    zarr.create_group(store=store, attributes=store_marker(kind), zarr_format=3)
+    yield store
+    fs, key = filesystem(path)
+    with remote_errors(path):
+        fs.pipe_file(f"{key}/{ROOT_METADATA}", store.held_root())
+    _delete_objects(partial_path(path))
+
+
+#: The object that makes a zarr 3 store open: its root group's metadata.
+ROOT_METADATA = "zarr.json"
+
+
+class RootLastStore(zarr.storage.WrapperStore):
+    """A zarr store whose root ``zarr.json`` is held in memory, not written.
+
+    Everything else goes to the wrapped store; reads of the root metadata see
+    the held copy, so zarr and xarray write through it as usual. The held
+    bytes are written last (:func:`building_store`), when the store is whole.
+    """
+
+    def __init__(self, store, held: dict | None = None):
+        super().__init__(store)
+        self._held = {} if held is None else held
+
+    def _with_store(self, store):
+        return type(self)(store, self._held)
+
+    def held_root(self) -> bytes:
+        return self._held[ROOT_METADATA].to_bytes()
+
+    async def get(self, key, prototype, byte_range=None):
+        if key != ROOT_METADATA:
+            return await super().get(key, prototype, byte_range)
+        return self._held.get(key)  # zarr reads metadata whole
+
+    async def exists(self, key) -> bool:
+        return key in self._held if key == ROOT_METADATA else await super().exists(key)
+
+    async def set(self, key, value) -> None:
+        if key == ROOT_METADATA:
+            self._held[key] = value
+        else:
+            await super().set(key, value)
+
+    async def set_if_not_exists(self, key, value) -> None:
+        if key == ROOT_METADATA:
+            self._held.setdefault(key, value)
+        else:
+            await super().set_if_not_exists(key, value)
+
+    async def _set_many(self, values) -> None:
+        for key, value in values:
+            await self.set(key, value)
+
+    async def _get_many(self, requests):
+        for key, prototype, byte_range in requests:
+            yield key, await self.get(key, prototype, byte_range)
+
+    async def delete(self, key) -> None:
+        if key == ROOT_METADATA:
+            self._held.pop(key, None)
+        else:
+            await super().delete(key)
+
+
 def replace_dir(src: Path, dst: Path, kind: str) -> None:
     """Move store ``src`` to ``dst``, replacing a ``dst`` of ``kind`` that dask-emk wrote.
 
@@ -502,8 +846,17 @@ def replace_dir(src: Path, dst: Path, kind: str) -> None:
 def write_file_atomically(path: str | os.PathLike, data: bytes, kind: str) -> None:
     """Write ``data`` to ``<path>.tmp``, then rename it over ``path`` (a ``kind`` file of ours).
 
-    A kill at any moment leaves the previous file whole.
+    A kill at any moment leaves the previous file whole. On an object store
+    the file is one put, which is atomic itself.
     """
+    path = normalize_location(path)
+    if is_url(path):
+        if location_exists(path):
+            _refuse_foreign(path, kind)
+        fs, key = filesystem(path)
+        with remote_errors(path):
+            fs.pipe_file(key, data)
+        return
     path = Path(path)
     tmp = temp_path(path)
     if os.path.lexists(tmp):

@@ -13,11 +13,22 @@ Layout (``xr.open_zarr(path)`` opens the root; groups with ``group=``):
 
 The root carries the attribute ``dask_emk_results = {"format": 1, "version": ...}``:
 that marker, not the name, is what lets a later run replace the store
-(:mod:`dask_emk.pipeline.outputs` holds the rule). The store is built under
-``<name>.partial`` (marked from its first write) and renamed into place last,
-so a run killed at any moment leaves the previous results (or none) at the
-path; the next run removes the ``.partial`` and restores a store left at
-``<name>.old`` by a kill between the two renames of a replace.
+(:mod:`dask_emk.pipeline.outputs` holds the rule). How it is published
+(:func:`dask_emk.pipeline.outputs.building_store`):
+
+- on a local disk it is built under ``<name>.partial`` (marked from its first
+  write) and renamed into place last, so a run killed at any moment leaves the
+  previous results (or none) at the path; the next run removes the
+  ``.partial`` and restores a store left at ``<name>.old`` by a kill between
+  the two renames of a replace;
+- on an object store (``s3://``, ``gs://``), which cannot rename, it is
+  written in place with the root ``zarr.json`` (the marker, and what makes
+  the store open at all) written last. A small object ``<name>.partial``
+  is put first and removed last; a previous store is deleted, root
+  ``zarr.json`` first, after that object is put. A run killed at any moment
+  leaves the previous complete results, or a store that does not open (no
+  root ``zarr.json``) and that the next run recognises by ``<name>.partial``
+  and removes, or the new complete results.
 """
 
 from __future__ import annotations
@@ -29,9 +40,10 @@ import numpy as np
 import xarray as xr
 from zarr.codecs import BloscCodec
 
+from dask_emk.engine.locations import is_url
 from dask_emk.models import export
 from dask_emk.pipeline.fits import FitOutcome
-from dask_emk.pipeline.outputs import RESULTS, new_store, replace_dir, store_marker
+from dask_emk.pipeline.outputs import RESULTS, building_store, output_location, store_marker
 
 #: History variables the estimators' own exports hold (replaced by the pipeline's).
 ESTIMATOR_HISTORY = ("lower_bound", "inertia")
@@ -97,26 +109,28 @@ def write_results(
     root: xr.Dataset,
     groups: dict[str, xr.Dataset],
     per_sample: xr.Dataset | None,
-) -> Path:
-    """Write the results store under a temporary name, then move it into place.
+) -> Path | str:
+    """Write the results store so that it appears complete or not at all (see above).
 
-    An existing store at ``path`` is replaced only if dask-emk wrote it
-    (:func:`dask_emk.pipeline.outputs.replace_dir`). Per-sample outputs are lazy:
+    An existing store at ``path`` (a local path or an object-store URL) is
+    replaced only if dask-emk wrote it. Per-sample outputs are lazy:
     ``to_zarr`` computes and writes them chunk by chunk on the active
     scheduler, never whole in memory.
     """
-    final = Path(path).absolute()
-    tmp = new_store(final, RESULTS)
-    root = portable_strings(root).assign_attrs(store_marker(RESULTS))
-    root.to_zarr(tmp, mode="a", consolidated=False, zarr_format=3)
-    for name, ds in groups.items():
-        portable_strings(ds).to_zarr(tmp, group=name, mode="w-", consolidated=False, zarr_format=3)
-    if per_sample is not None:
-        # Appending rewrites the group's attributes: keep the root's.
-        per_sample = per_sample.assign_attrs(root.attrs)
-        encoding = {name: {"compressors": (_compressor(),)} for name in per_sample.data_vars}
-        per_sample.to_zarr(tmp, mode="a", consolidated=False, encoding=encoding)
-    replace_dir(tmp, final, RESULTS)
+    final = output_location(path)
+    final = final if is_url(final) else final.absolute()
+    with building_store(final, RESULTS) as store:
+        root = portable_strings(root).assign_attrs(store_marker(RESULTS))
+        root.to_zarr(store, mode="a", consolidated=False, zarr_format=3)
+        for name, ds in groups.items():
+            portable_strings(ds).to_zarr(
+                store, group=name, mode="w-", consolidated=False, zarr_format=3
+            )
+        if per_sample is not None:
+            # Appending rewrites the group's attributes: keep the root's.
+            per_sample = per_sample.assign_attrs(root.attrs)
+            encoding = {name: {"compressors": (_compressor(),)} for name in per_sample.data_vars}
+            per_sample.to_zarr(store, mode="a", consolidated=False, encoding=encoding)
     return final
 
 

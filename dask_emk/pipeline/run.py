@@ -20,6 +20,7 @@ import numpy as np
 import xarray as xr
 from dask.diagnostics import ProgressBar
 
+from dask_emk.engine.locations import bucket_of, is_url, normalize_location, storage_options
 from dask_emk.models import export
 from dask_emk.pipeline import figures
 from dask_emk.pipeline.checkpoint import Checkpoint, checkpoint_path
@@ -53,7 +54,7 @@ def run_pipeline(
     echo: Callable[[str], None] = print,
     verbose: bool = True,
     results_name: str = "output.results",
-) -> Path:
+) -> Path | str:
     """Run ``cfg`` (from :func:`dask_emk.pipeline.config.validate`); return the results path.
 
     Parameters
@@ -71,6 +72,30 @@ def run_pipeline(
         How the user named the results path (``--out`` for ``dask-emk fit``),
         for the messages that refuse it.
     """
+    with storage_options(locations_options(cfg)):
+        return _run_pipeline(cfg, toml_text, resume, echo, verbose, results_name)
+
+
+def locations_options(cfg: dict) -> dict[str, dict | None]:
+    """The ``storage_options`` of [input] and [output], keyed by the locations they serve.
+
+    The results' key is their name without ``.zarr``: it prefixes the store,
+    its lock and checkpoint (``r.zarr.*``) and its plots (``r.*.png``). Each
+    table also serves its bucket (checked before writing); the output's, when
+    input and output share one.
+    """
+    inputs, out = cfg["input"], cfg["output"]
+    source = inputs["store"] or (inputs["generate"] or {}).get("path")
+    results = normalize_location(out["results"]).removesuffix(".zarr")
+    places = [(source, inputs["storage_options"]), (results, out["storage_options"])]
+    options = {}
+    for place, table in places:
+        if place and is_url(place):
+            options.update({bucket_of(place): table, place: table})
+    return options
+
+
+def _run_pipeline(cfg, toml_text, resume, echo, verbose, results_name) -> Path | str:
     out = cfg["output"]
     if out["plots"]:
         figures.require_matplotlib()
@@ -107,7 +132,7 @@ def run_pipeline(
     return results
 
 
-def check_outputs(cfg: dict, resume: bool, results_name: str) -> tuple[Path, list]:
+def check_outputs(cfg: dict, resume: bool, results_name: str) -> tuple[Path | str, list]:
     """Check every path the run writes against the output rule, before any work.
 
     Returns
@@ -177,7 +202,9 @@ def fit_model(cfg: dict, source: Source, checkpoint: Checkpoint, echo) -> tuple:
     return fit_gmm(X, params, checkpoint, progress), anneal
 
 
-def draw_figures(results: Path, outcome: FitOutcome, anneal, source: Source) -> list[Path]:
+def draw_figures(
+    results: Path | str, outcome: FitOutcome, anneal, source: Source
+) -> list[Path | str]:
     """Convergence curve, annealing path (if any), 2-D clusters (if d == 2)."""
     paths = figures.figure_paths(results)
     drawn = [figures.plot_convergence(outcome.history, outcome.objective, paths["convergence"])]

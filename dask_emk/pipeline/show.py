@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 
 import numpy as np
 import xarray as xr
 import zarr
 
+from dask_emk.engine.locations import (
+    check_reachable,
+    is_url,
+    location_exists,
+    normalize_location,
+    open_node,
+    open_store,
+)
 from dask_emk.pipeline.config import PipelineError
 
 GROUPS = ("anneal", "anneal_path", "truth")
@@ -23,10 +30,10 @@ SHOWN = {"weights": ("cluster_weights",), "means": ("centers", "cluster_centers"
 
 
 def summary(results: str | os.PathLike) -> list[str]:
-    """Lines describing a results store: model, convergence, parameters, outputs."""
-    results = Path(results)
+    """Lines describing a results store (path or URL): model, convergence, parameters, outputs."""
+    results = normalize_location(results)
     check_results_store(results)
-    ds = xr.open_zarr(results, consolidated=False)
+    ds = xr.open_zarr(open_store(results), consolidated=False)
     attrs = ds.attrs
     lines = [
         f"{results}: {attrs.get('model', '?')} (dask_emk {attrs.get('dask_emk_version', '?')})",
@@ -43,7 +50,7 @@ def summary(results: str | os.PathLike) -> list[str]:
     lines.extend(parameter_lines(ds))
     per_sample = [v for v in ds.data_vars if "sample" in ds[v].dims]
     lines.append(f"per-sample outputs: {', '.join(per_sample) or 'none'}")
-    groups = [g for g in GROUPS if (results / g / "zarr.json").exists()]
+    groups = [g for g in GROUPS if location_exists(f"{results}/{g}/zarr.json")]
     lines.append(f"groups: {', '.join(groups) or 'none'}")
     config = json.loads(attrs.get("pipeline_json", "{}"))
     lines.append(f"model config: {json.dumps(config.get('model', {}), sort_keys=True)}")
@@ -70,12 +77,14 @@ def parameter_lines(ds: xr.Dataset) -> list[str]:
     return lines
 
 
-def check_results_store(path: Path) -> None:
+def check_results_store(path: str) -> None:
     """Raise unless ``path`` is a results store (a zarr group a run wrote)."""
     fix = "pass the output.results path of a run (the --out of dask-emk fit)."
-    if not (path / "zarr.json").exists():
+    if is_url(path):
+        check_reachable(path)
+    if not location_exists(f"{path}/zarr.json"):
         raise PipelineError(f"{path} is not a dask-emk results store; {fix}")
-    node = zarr.open(store=zarr.storage.LocalStore(path, read_only=True), mode="r")
+    node = open_node(path)
     if isinstance(node, zarr.Array):
         raise PipelineError(f"{path} is a zarr array (input data?), not a results store; {fix}")
     if "dask_emk_version" not in node.attrs:

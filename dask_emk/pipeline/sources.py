@@ -18,8 +18,14 @@ import xarray as xr
 import zarr
 
 from dask_emk.engine.inputs import as_input
+from dask_emk.engine.locations import is_url, normalize_location, open_node
 from dask_emk.pipeline.config import PipelineError, not_utf8
-from dask_emk.pipeline.generate import MixtureTruth, random_mixture, read_truth, write_mixture_zarr
+from dask_emk.pipeline.generate import (
+    MixtureTruth,
+    random_mixture,
+    truth_of,
+    write_mixture_zarr,
+)
 from dask_emk.pipeline.outputs import GENERATED, claim, written_by_dask_emk
 
 TRUTH_ARRAYS = ("weights", "means", "covariances")
@@ -71,16 +77,16 @@ def open_source(cfg: dict, echo=print) -> Source:
 
 
 def open_array(store: str, array: str | None) -> zarr.Array:
-    """The input array of a zarr store, with errors that name the fix."""
-    if not os.path.exists(store):
+    """The input array of a zarr store (local path or URL), with errors that name the fix."""
+    if not is_url(store) and not os.path.exists(normalize_location(store)):
         raise PipelineError(
             f"input store {store!r} does not exist; check input.store (or create one "
             f"with `dask-emk generate {store} --n ... --d ... --k ...`)."
         )
     try:
-        node = zarr.open(store=zarr.storage.LocalStore(store, read_only=True), mode="r")
-    except Exception as exc:  # zarr raises several types for a folder that is not a store
-        raise PipelineError(f"input {store!r} is not a readable zarr store ({exc}).") from None
+        node = open_node(store)
+    except ValueError as exc:
+        raise PipelineError(f"input: {exc}") from None
     prefix = ""
     if array is not None:
         if isinstance(node, zarr.Array):
@@ -126,9 +132,9 @@ def _name_one(store: str, paths: list[str]) -> str:
 
 def store_truth(store: str) -> MixtureTruth | None:
     """True parameters when the store was made by the generator, else None."""
-    group = zarr.open(store=zarr.storage.LocalStore(store, read_only=True), mode="r")
+    group = open_node(store)
     if isinstance(group, zarr.Group) and all(name in group for name in TRUTH_ARRAYS):
-        return read_truth(store)
+        return truth_of(group)
     return None
 
 
@@ -163,8 +169,8 @@ def _generated_matches(path: str, gen: dict) -> bool:
     if not written_by_dask_emk(path, GENERATED):
         return False
     try:
-        group = zarr.open_group(store=zarr.storage.LocalStore(path, read_only=True), mode="r")
-        X, attrs, stored = group["X"], dict(group.attrs), read_truth(path)
+        group = open_node(path)
+        X, attrs, stored = group["X"], dict(group.attrs), truth_of(group)
     except Exception:  # arrays missing or unreadable: regenerate
         return False
     truth = _generated_truth(gen)
