@@ -24,6 +24,7 @@ import zarr
 from zarr.codecs import BloscCodec
 
 from dask_emk.engine.locations import open_node
+from dask_emk.engine.reduction import compute_one
 from dask_emk.models import export
 from dask_emk.pipeline.outputs import (
     GENERATED,
@@ -156,9 +157,8 @@ def _write_mixture(
     bounds = [(i * chunk_rows, min((i + 1) * chunk_rows, n_samples)) for i in range(len(streams))]
     # One task per chunk on the scheduler in effect (local threads by
     # default, the cluster inside a pipeline): each writes its own chunks.
-    dask.compute(
-        *(write(X, labels, *b, shared_truth, s) for b, s in zip(bounds, streams, strict=True))
-    )
+    writes = [write(X, labels, *b, shared_truth, s) for b, s in zip(bounds, streams, strict=True)]
+    compute_one(writes)
     for name in ("weights", "means", "covariances"):
         dims = export.schema_dims(export.GENERATED, name)
         group.create_array(name, data=getattr(truth, name), dimension_names=dims)
