@@ -31,8 +31,8 @@ def pair_count(monkeypatch):
     seen = {"rows": 0, "pairs": 0}
     real = mixture.sparse_plan
 
-    def counting(Y, params):
-        plan = real(Y, params)
+    def counting(Y, params, *rest):
+        plan = real(Y, params, *rest)
         if plan is not None:
             seen["rows"] += Y.shape[0]
             seen["pairs"] += plan.rows.shape[0]

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from functools import cached_property
 
 import numpy as np
+from scipy.linalg import blas
 
 from dask_emk.core import loops
 from dask_emk.core.blocks import Scratch, buffer, shift_block, squared_distances, sub_blocks
@@ -519,6 +520,9 @@ class SparsePlan:
     Attributes
     ----------
     Y : ndarray of shape (n, d), shifted rows
+    scratch : Scratch
+        Work buffers of the sparse sub-blocks: a plan is used up before the
+        next sub-block's is made.
     offsets : ndarray of shape (K + 1,); component k's pairs are ``offsets[k]:offsets[k + 1]``
     rows : ndarray of shape (n_pairs,), the row of each pair
     log_prob_norm, label, total : ndarray of shape (n,)
@@ -529,6 +533,7 @@ class SparsePlan:
     Y: np.ndarray
     offsets: np.ndarray
     rows: np.ndarray
+    scratch: Scratch
     log_prob_norm: np.ndarray | None = None
     resp: np.ndarray | None = None
     label: np.ndarray | None = None
@@ -540,11 +545,12 @@ class SparsePlan:
     @cached_property
     def gathered(self) -> list[np.ndarray]:
         """Y's rows of each component's pairs, (n_k, d) each: one gather, K views."""
-        Yp = np.take(self.Y, self.rows, axis=0)
+        d = self.Y.shape[1]
+        Yp = np.take(self.Y, self.rows, axis=0, out=self.scratch.get("Yp", (self.rows.size, d)))
         return [Yp[self.pairs(k)] for k in range(self.offsets.shape[0] - 1)]
 
 
-def candidate_pairs(Y: np.ndarray, params: MixtureParams):
+def candidate_pairs(Y: np.ndarray, params: MixtureParams, scratch: Scratch | None = None):
     """(offsets, rows, finite) of :func:`dask_emk.core.loops.candidate_pairs`.
 
     The bound: with λ_lo ≤ eig(P_k) ≤ λ_hi (:attr:`MixtureParams.precision_bounds`)
@@ -565,35 +571,33 @@ def candidate_pairs(Y: np.ndarray, params: MixtureParams):
     margin = PRUNE_NATS + math.log(K) + 1.0
     yy = np.einsum("ij,ij->i", Y, Y)
     mm = np.einsum("ij,ij->i", M, M)
-    return loops.candidate_pairs(Y @ M.T, yy, mm, params.log_peak, low, high, rel_err, margin)
+    G = np.matmul(Y, M.T, out=buffer(scratch, "G", (Y.shape[0], K)))
+    return loops.candidate_pairs(G, yy, mm, params.log_peak, low, high, rel_err, margin)
 
 
-def mahalanobis(Yk: np.ndarray, params: MixtureParams, k: int) -> np.ndarray:
-    """(y − μ_k)ᵀ P_k (y − μ_k) of shifted rows Yk (n_k, d), computed directly."""
-    diff = Yk - params.shifted_means[k]
-    ctype = COVARIANCE_TYPES[params.covariance_type]
-    # Moment shape: one factor per component, except tied's pooled (d, d).
-    U = params.precisions_cholesky if ctype.whitened else params.precisions_cholesky[k]
-    if ctype.block == "matrix":
-        diff = diff @ U
-    elif ctype.block == "diagonal":
-        diff *= U
-    return np.einsum("ij,ij->i", diff, diff) * (U * U if ctype.block == "scalar" else 1.0)
+def mahalanobis(Yk: np.ndarray, params: MixtureParams, k: int, scratch: Scratch) -> np.ndarray:
+    """(y − μ_k)ᵀ P_k (y − μ_k) of shifted rows Yk (n_k, d): ‖(y − μ_k) U_k‖²
+    (matrix blocks only; the others go through :func:`loops.pair_log_densities`)."""
+    diff = np.subtract(Yk, params.shifted_means[k], out=scratch.get("diff", Yk.shape))
+    U = params.precisions_cholesky  # moment shape: per component, except tied's pooled (d, d)
+    U = U if params.covariance_type == "tied" else U[k]
+    z = np.matmul(diff, U, out=scratch.get("z", Yk.shape))
+    return np.einsum("ij,ij->i", z, z)
 
 
-def sparse_plan(Y: np.ndarray, params: MixtureParams) -> SparsePlan | None:
+def sparse_plan(Y: np.ndarray, params: MixtureParams, scratch: Scratch) -> SparsePlan | None:
     """The sparse E-step of shifted rows Y, or None where the dense path pays
     (forced, one component, too many candidates, or non-finite rows)."""
     n, K = Y.shape[0], params.means.shape[0]
     if FORCE_DENSE or K == 1 or n == 0:
         return None
     probe = Y[:PROBE_ROWS]
-    if candidate_pairs(probe, params)[0][-1] > DENSE_FRACTION * probe.shape[0] * K:
+    if candidate_pairs(probe, params, scratch)[0][-1] > DENSE_FRACTION * probe.shape[0] * K:
         return None
-    offsets, rows, finite = candidate_pairs(Y, params)
+    offsets, rows, finite = candidate_pairs(Y, params, scratch)
     if not finite or offsets[-1] > DENSE_FRACTION * n * K:
         return None
-    plan = SparsePlan(Y, offsets, rows)
+    plan = SparsePlan(Y, offsets, rows, scratch)
     log_dens = pair_log_densities(plan, params)
     resp_etc = loops.pair_responsibilities(offsets, rows, log_dens, n)
     plan.log_prob_norm, plan.resp, plan.label, plan.total = resp_etc
@@ -615,7 +619,7 @@ def pair_log_densities(plan: SparsePlan, params: MixtureParams) -> np.ndarray:
                                  params.log_peak, out)  # fmt: skip
         return out
     for k, Yk in enumerate(plan.gathered):
-        out[plan.pairs(k)] = params.log_peak[k] - 0.5 * mahalanobis(Yk, params, k)
+        out[plan.pairs(k)] = params.log_peak[k] - 0.5 * mahalanobis(Yk, params, k, plan.scratch)
     return out
 
 
@@ -628,7 +632,7 @@ def walk_sub_blocks(X: np.ndarray, params: MixtureParams, covariance_type: str):
     scratch = Scratch()
     for outer in sub_blocks(n, d + K, SPARSE_SUB_BLOCK_BYTES):
         Xo = X[outer]
-        plan = sparse_plan(shift_block(Xo, params.origin, scratch), params)
+        plan = sparse_plan(shift_block(Xo, params.origin, scratch), params, scratch)
         if plan is not None:
             yield outer, plan
             continue
@@ -652,8 +656,10 @@ def sparse_raw_moments(plan: SparsePlan, weight: np.ndarray | None, covariance_t
     for k, Yk in enumerate(plan.gathered):
         wr_k = wr[plan.pairs(k)]
         N[k], SY[k] = wr_k.sum(), wr_k @ Yk
-        if not ctype.whitened:
-            second[k] = ((Yk.T * wr_k) @ Yk)[upper]
+        if not ctype.whitened and Yk.shape[0]:
+            # Σ wr y yᵀ = Wᵀ W with W = √wr y: SYRK, half a GEMM's work.
+            W = np.multiply(Yk, np.sqrt(wr_k)[:, None], out=plan.scratch.get("W", Yk.shape))
+            second[k] = blas.dsyrk(1.0, W.T)[upper]
     if ctype.whitened:
         wY = plan.Y if weight is None else plan.Y * weight[:, None]
         return {"N": N, "SY": SY, "YY": wY.T @ plan.Y}
