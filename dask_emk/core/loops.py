@@ -353,3 +353,44 @@ def pair_moments(Y, offsets, rows, wr, N, SY, second):  # pragma: no cover - com
                     second[k, j] += w * y * y
             if second.shape[1] == 1:
                 second[k, 0] += w * acc
+
+
+@compiled(fastmath=_SAFE_FAST_MATH)
+def pair_log_densities_matrix(Y, offsets, rows, M, U, peak, out):  # pragma: no cover
+    """out[p] = peak_k − ½ ‖(y − m_k) U_k‖² over the pairs p of each component
+    k; U is (K, d, d), or (1, d, d) pooled (tied). For small d, where a GEMM
+    per component costs more in calls than in arithmetic."""
+    d = Y.shape[1]
+    diff = np.empty(d)
+    for k in range(offsets.shape[0] - 1):
+        Uk = U[k if U.shape[0] > 1 else 0]
+        for p in range(offsets[k], offsets[k + 1]):
+            i = rows[p]
+            for j in range(d):
+                diff[j] = Y[i, j] - M[k, j]
+            acc = 0.0
+            for c in range(d):
+                z = 0.0
+                for r in range(d):
+                    z += diff[r] * Uk[r, c]
+                acc += z * z
+            out[p] = peak[k] - 0.5 * acc
+
+
+@compiled(fastmath=_SAFE_FAST_MATH)
+def pair_moments_matrix(Y, offsets, rows, wr, N, SY, second):  # pragma: no cover
+    """Add Σ wr, Σ wr y and the upper triangle of Σ wr y yᵀ (``np.triu_indices``
+    order; ``second`` may have no columns) over the pairs of each component."""
+    d = Y.shape[1]
+    for k in range(offsets.shape[0] - 1):
+        for p in range(offsets[k], offsets[k + 1]):
+            i, w = rows[p], wr[p]
+            N[k] += w
+            c = 0
+            for a in range(d):
+                ya = w * Y[i, a]
+                SY[k, a] += ya
+                if second.shape[1]:
+                    for b in range(a, d):
+                        second[k, c] += ya * Y[i, b]
+                        c += 1

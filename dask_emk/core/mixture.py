@@ -509,6 +509,10 @@ DENSE_FRACTION = 0.3
 #: Rows of a sub-block whose candidates are counted before the rest.
 PROBE_ROWS = 256
 
+#: Largest d for which matrix blocks use the compiled pair loops rather than
+#: GEMMs of gathered rows (per-component calls cost more than the arithmetic).
+SMALL_MATRIX = 8
+
 #: Size of a sparse sub-block: no features Φ, so many more rows than dense.
 SPARSE_SUB_BLOCK_BYTES = 2**23
 
@@ -608,15 +612,20 @@ def pair_log_densities(plan: SparsePlan, params: MixtureParams) -> np.ndarray:
     """Exact log π_k N(y | μ_k, Σ_k) of every candidate pair, shape (n_pairs,).
 
     Matrix blocks: one GEMM of each component's gathered rows with its
-    Cholesky factor; diagonal and scalar blocks: one fused compiled loop.
+    Cholesky factor; small matrices (d ≤ SMALL_MATRIX), diagonal and scalar
+    blocks: one fused compiled loop over the pairs.
     """
     ctype = COVARIANCE_TYPES[params.covariance_type]
     out = np.empty(plan.rows.shape[0])
+    args = (plan.Y, plan.offsets, plan.rows, params.shifted_means)
+    if ctype.block == "matrix" and plan.Y.shape[1] <= SMALL_MATRIX:
+        U = params.precisions_cholesky.reshape(-1, *params.precisions_cholesky.shape[-2:])
+        loops.pair_log_densities_matrix(*args, U, params.log_peak, out)
+        return out
     if ctype.block != "matrix":
         prec = params.precisions_cholesky ** 2
         prec = prec.reshape(prec.shape[0], -1)
-        loops.pair_log_densities(plan.Y, plan.offsets, plan.rows, params.shifted_means, prec,
-                                 params.log_peak, out)  # fmt: skip
+        loops.pair_log_densities(*args, prec, params.log_peak, out)
         return out
     for k, Yk in enumerate(plan.gathered):
         out[plan.pairs(k)] = params.log_peak[k] - 0.5 * mahalanobis(Yk, params, k, plan.scratch)
@@ -652,6 +661,10 @@ def sparse_raw_moments(plan: SparsePlan, weight: np.ndarray | None, covariance_t
         loops.pair_moments(plan.Y, plan.offsets, plan.rows, wr, N, SY, second)
         return {"N": N, "raw": np.concatenate([second, SY], axis=1)}
     second = np.zeros((K, 0 if ctype.whitened else n_quadratic(d, covariance_type)))
+    if d <= SMALL_MATRIX:
+        loops.pair_moments_matrix(plan.Y, plan.offsets, plan.rows, wr, N, SY, second)
+        return _with_pooled_moments({"N": N, "raw": np.concatenate([second, SY], axis=1)},
+                                    plan, weight, ctype.whitened)  # fmt: skip
     upper = np.triu_indices(d)
     for k, Yk in enumerate(plan.gathered):
         wr_k = wr[plan.pairs(k)]
@@ -660,10 +673,16 @@ def sparse_raw_moments(plan: SparsePlan, weight: np.ndarray | None, covariance_t
             # Σ wr y yᵀ = Wᵀ W with W = √wr y: SYRK, half a GEMM's work.
             W = np.multiply(Yk, np.sqrt(wr_k)[:, None], out=plan.scratch.get("W", Yk.shape))
             second[k] = blas.dsyrk(1.0, W.T)[upper]
-    if ctype.whitened:
-        wY = plan.Y if weight is None else plan.Y * weight[:, None]
-        return {"N": N, "SY": SY, "YY": wY.T @ plan.Y}
-    return {"N": N, "raw": np.concatenate([second, SY], axis=1)}
+    return _with_pooled_moments({"N": N, "raw": np.concatenate([second, SY], axis=1)},
+                                plan, weight, ctype.whitened)  # fmt: skip
+
+
+def _with_pooled_moments(raw: dict, plan: SparsePlan, weight, whitened: bool) -> dict:
+    """Whitened types (tied): ``SY`` and the pooled ``YY`` = Σ w y yᵀ instead of ``raw``."""
+    if not whitened:
+        return raw
+    wY = plan.Y if weight is None else plan.Y * weight[:, None]
+    return {"N": raw["N"], "SY": raw["raw"], "YY": wY.T @ plan.Y}
 
 
 def _sparse_estep_stats(plan: SparsePlan, weight, moment_type: str, softness: bool) -> dict:
