@@ -16,6 +16,15 @@ a large common offset (say 1e4) cancels exactly instead of costing digits.
 All arithmetic is float64 whatever the block dtype, except the k-means
 assignment's distance GEMM, which runs in the data's dtype as scikit-learn's
 does (its sums are float64).
+
+Two E-step paths give the same statistics (to rounding): the dense one
+evaluates all K log-densities of every row with two GEMMs on quadratic
+features Φ; the sparse one (:func:`sparse_plan`) first proves from one
+Euclidean distance GEMM which components can reach a row's total at float64
+resolution, then evaluates and accumulates only those (row, component)
+pairs. Each sub-block takes the sparse path unless its candidate count says
+the dense one is cheaper (overlapping components); ``FORCE_DENSE`` forces
+the dense path (tests, benchmarks).
 """
 
 from __future__ import annotations
@@ -596,7 +605,8 @@ def sparse_plan(Y: np.ndarray, params: MixtureParams, scratch: Scratch) -> Spars
     if FORCE_DENSE or K == 1 or n == 0:
         return None
     probe = Y[:PROBE_ROWS]
-    if candidate_pairs(probe, params, scratch)[0][-1] > DENSE_FRACTION * probe.shape[0] * K:
+    offsets, _, finite = candidate_pairs(probe, params, scratch)
+    if not finite or offsets[-1] > DENSE_FRACTION * probe.shape[0] * K:
         return None
     offsets, rows, finite = candidate_pairs(Y, params, scratch)
     if not finite or offsets[-1] > DENSE_FRACTION * n * K:
