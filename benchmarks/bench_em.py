@@ -62,10 +62,10 @@ def pair_counter(force_dense: bool):
     seen = {"rows": 0, "pairs": 0}
     real, real_force = mixture.sparse_plan, mixture.FORCE_DENSE
 
-    def counting(Y, params, *rest):
-        plan = real(Y, params, *rest)
-        seen["rows"] += Y.shape[0]
-        seen["pairs"] += params.means.shape[0] * Y.shape[0] if plan is None else plan.rows.size
+    def counting(X, params, *rest):
+        plan = real(X, params, *rest)
+        seen["rows"] += X.shape[0]
+        seen["pairs"] += params.means.shape[0] * X.shape[0] if plan is None else plan.rows.size
         return plan
 
     mixture.sparse_plan, mixture.FORCE_DENSE = counting, force_dense

@@ -511,9 +511,15 @@ FORCE_DENSE = False
 #: skipped ones together stay below e^-37 ≈ 0.4 ε of the row's total.
 PRUNE_NATS = 37.0
 
-#: Sub-blocks with more candidate pairs than this fraction of n K take the
-#: dense path (gathering costs more than the dense GEMMs there).
-DENSE_FRACTION = 0.3
+#: Sub-blocks whose rows have on average more than one candidate plus this
+#: fraction of the other K − 1 components take the dense path (the sparse
+#: path's cost per pair is higher; measured break-even at K = 16: about 4
+#: candidates per row). Tied's dense E-step is already one distance GEMM of
+#: whitened rows, so fewer extra pairs pay there.
+DENSE_FRACTION = {"tied": 0.05}
+
+#: DENSE_FRACTION of the other covariance types.
+DENSE_FRACTION_DEFAULT = 0.15
 
 #: Rows of a sub-block whose candidates are counted before the rest.
 PROBE_ROWS = 256
@@ -598,18 +604,24 @@ def mahalanobis(Yk: np.ndarray, params: MixtureParams, k: int, scratch: Scratch)
     return np.einsum("ij,ij->i", z, z)
 
 
-def sparse_plan(Y: np.ndarray, params: MixtureParams, scratch: Scratch) -> SparsePlan | None:
-    """The sparse E-step of shifted rows Y, or None where the dense path pays
-    (forced, one component, too many candidates, or non-finite rows)."""
-    n, K = Y.shape[0], params.means.shape[0]
+def sparse_plan(X: np.ndarray, params: MixtureParams, scratch: Scratch) -> SparsePlan | None:
+    """The sparse E-step of rows X (n, d), or None where the dense path pays
+    (forced, one component, too many candidates, or non-finite rows).
+
+    The first PROBE_ROWS rows are tried alone first, so a sub-block that goes
+    dense costs a few hundred rows' bounds, not a shift and bounds of all.
+    """
+    n, K = X.shape[0], params.means.shape[0]
     if FORCE_DENSE or K == 1 or n == 0:
         return None
-    probe = Y[:PROBE_ROWS]
-    offsets, _, finite = candidate_pairs(probe, params, scratch)
-    if not finite or offsets[-1] > DENSE_FRACTION * probe.shape[0] * K:
+    most = 1.0 + DENSE_FRACTION.get(params.covariance_type, DENSE_FRACTION_DEFAULT) * (K - 1)
+    probe = np.subtract(X[:PROBE_ROWS], params.origin, dtype=np.float64)
+    offsets, _, finite = candidate_pairs(probe, params)
+    if not finite or offsets[-1] > most * probe.shape[0]:
         return None
+    Y = shift_block(X, params.origin, scratch)
     offsets, rows, finite = candidate_pairs(Y, params, scratch)
-    if not finite or offsets[-1] > DENSE_FRACTION * n * K:
+    if not finite or offsets[-1] > most * n:
         return None
     plan = SparsePlan(Y, offsets, rows, scratch)
     log_dens = pair_log_densities(plan, params)
@@ -651,7 +663,7 @@ def walk_sub_blocks(X: np.ndarray, params: MixtureParams, covariance_type: str):
     scratch = Scratch()
     for outer in sub_blocks(n, d + K, SPARSE_SUB_BLOCK_BYTES):
         Xo = X[outer]
-        plan = sparse_plan(shift_block(Xo, params.origin, scratch), params, scratch)
+        plan = sparse_plan(Xo, params, scratch)
         if plan is not None:
             yield outer, plan
             continue
