@@ -46,14 +46,14 @@ def pair_count(monkeypatch):
     return seen
 
 
-def benchmark_like(rng, n=6000, d=16, k=8):
+def benchmark_like(rng, n=4000, d=16, k=8):
     """Well-separated clusters as benchmarks/bench_em.py (scaled down)."""
     centers = rng.normal(scale=4.0, size=(k, d))
     labels = rng.integers(0, k, n)
     return centers[labels] + rng.standard_normal((n, d)), labels, 1.0
 
 
-def grid(rng, n=6000):
+def grid(rng, n=4000):
     """10 × 10 grid of 2-D Gaussians, spacing 10, std 2; K = 100."""
     centers = 10.0 * np.stack(np.meshgrid(np.arange(10), np.arange(10)), -1).reshape(-1, 2)
     labels = rng.integers(0, 100, n)
