@@ -34,7 +34,6 @@ from dataclasses import dataclass
 from functools import cached_property
 
 import numpy as np
-from scipy.linalg import blas
 
 from dask_emk.core import loops
 from dask_emk.core.blocks import Scratch, buffer, shift_block, squared_distances, sub_blocks
@@ -692,9 +691,11 @@ def sparse_raw_moments(plan: SparsePlan, weight: np.ndarray | None, covariance_t
         wr_k = wr[plan.pairs(k)]
         N[k], SY[k] = wr_k.sum(), wr_k @ Yk
         if not ctype.whitened and Yk.shape[0]:
-            # Σ wr y yᵀ = Wᵀ W with W = √wr y: SYRK, half a GEMM's work.
+            # Σ wr y yᵀ = Wᵀ W with W = √wr y: numpy calls SYRK for Wᵀ W (half
+            # a GEMM). Not scipy's dsyrk: its OpenMP OpenBLAS ignores the
+            # engine's one-BLAS-thread limit in Dask's worker threads (2x slower).
             W = np.multiply(Yk, np.sqrt(wr_k)[:, None], out=plan.scratch.get("W", Yk.shape))
-            second[k] = blas.dsyrk(1.0, W.T)[upper]
+            second[k] = (W.T @ W)[upper]
     return _with_pooled_moments({"N": N, "raw": np.concatenate([second, SY], axis=1)},
                                 plan, weight, ctype.whitened)  # fmt: skip
 
