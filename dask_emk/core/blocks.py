@@ -56,9 +56,9 @@ def squared_distances(Y: np.ndarray, M: np.ndarray) -> np.ndarray:
 SUB_BLOCK_BYTES = 2**21
 
 
-def sub_blocks(n: int, width: int):
-    """Row slices of about SUB_BLOCK_BYTES of float64 each (at least one slice)."""
-    step = max(64, SUB_BLOCK_BYTES // (8 * width))
+def sub_blocks(n: int, width: int, nbytes: int = SUB_BLOCK_BYTES):
+    """Row slices of about ``nbytes`` of float64 each (at least one slice)."""
+    step = max(64, nbytes // (8 * width))
     return [slice(s, s + step) for s in range(0, max(n, 1), step)]
 
 

@@ -222,3 +222,175 @@ def upper_products(YT, out):  # pragma: no cover - compiled
             for r in range(n):
                 row[r] = a[r] * b[r]
             col += 1
+
+
+@compiled(fastmath=_SAFE_FAST_MATH)
+def candidate_pairs(G, yy, mm, peak, low, high, rel_err, margin):  # pragma: no cover
+    """The (row, component) pairs whose log-density can come within ``margin``
+    of the row's best, from the distance GEMM G = Y Mᵀ.
+
+    With D = ‖y − m_k‖² (here ‖y‖² + ‖m_k‖² − 2 G, off by at most
+    e = rel_err (‖y‖² + ‖m_k‖²)) and eigenvalues of the precision within
+    [low_k, high_k], each log-density lies in
+    [peak_k − ½ high_k (D + e), peak_k − ½ low_k max(D − e, 0)]. A pair is
+    kept when its upper bound reaches the row's best lower bound − margin.
+
+    Parameters
+    ----------
+    G : ndarray of shape (n, K)
+    yy : ndarray of shape (n,), ‖y‖²
+    mm, peak, low, high : ndarray of shape (K,)
+    rel_err, margin : float
+
+    Returns
+    -------
+    offsets : ndarray of shape (K + 1,), intp
+        Component k's rows are ``rows[offsets[k]:offsets[k + 1]]``, ascending.
+    rows : ndarray of shape (n_pairs,), intp
+    finite : bool
+        False if some row's best lower bound is not finite (then the pairs
+        are not to be used: NaN/inf rows or overflow).
+    """
+    n, K = G.shape
+    keep = np.zeros((n, K), dtype=np.bool_)
+    counts = np.zeros(K + 1, dtype=np.intp)
+    floor = np.empty(K)
+    for i in range(n):
+        best = -np.inf
+        for k in range(K):
+            dist = yy[i] + mm[k] - 2.0 * G[i, k]
+            err = rel_err * (yy[i] + mm[k])
+            floor[k] = peak[k] - 0.5 * low[k] * max(dist - err, 0.0)
+            best = max(best, peak[k] - 0.5 * high[k] * (dist + err))
+        if not np.isfinite(best):
+            return counts, np.empty(0, dtype=np.intp), False
+        for k in range(K):
+            if floor[k] >= best - margin:
+                keep[i, k] = True
+                counts[k + 1] += 1
+    offsets = np.cumsum(counts)
+    rows = np.empty(offsets[K], dtype=np.intp)
+    fill = offsets[:K].copy()
+    for i in range(n):
+        for k in range(K):
+            if keep[i, k]:
+                rows[fill[k]] = i
+                fill[k] += 1
+    return offsets, rows, True
+
+
+@compiled()
+def pair_responsibilities(offsets, rows, log_dens, n):  # pragma: no cover - compiled
+    """Per-row logsumexp over candidate pairs (component-major, as
+    :func:`candidate_pairs`), as the dense E-step does it over all K.
+
+    Returns
+    -------
+    log_prob_norm : ndarray of shape (n,)
+    resp : ndarray of shape (n_pairs,)
+    label : ndarray of shape (n,), intp: argmax, lowest component on ties
+    total : ndarray of shape (n,): Σ exp(log_dens − top); 1 / total is the
+        largest responsibility of the row
+    """
+    top = np.full(n, -np.inf)
+    label = np.zeros(n, dtype=np.intp)
+    K = offsets.shape[0] - 1
+    for k in range(K):
+        for p in range(offsets[k], offsets[k + 1]):
+            i = rows[p]
+            if log_dens[p] > top[i]:
+                top[i] = log_dens[p]
+                label[i] = k
+    total = np.zeros(n)
+    resp = np.empty(rows.shape[0])
+    for p in range(rows.shape[0]):
+        e = np.exp(log_dens[p] - top[rows[p]])
+        resp[p] = e
+        total[rows[p]] += e
+    for p in range(rows.shape[0]):
+        resp[p] /= total[rows[p]]
+    return top + np.log(total), resp, label, total
+
+
+@compiled(fastmath=_SAFE_FAST_MATH)
+def pair_log_densities(Y, offsets, rows, M, prec, peak, out):  # pragma: no cover
+    """out[p] = peak_k − ½ Σ_j prec[k, j] (y_j − m_kj)² over the pairs p of each
+    component k (layout of :func:`candidate_pairs`); ``prec`` is (K, d), or
+    (K, 1) for one variance per component. Diagonal and scalar blocks only."""
+    d = Y.shape[1]
+    for k in range(offsets.shape[0] - 1):
+        for p in range(offsets[k], offsets[k + 1]):
+            i = rows[p]
+            acc = 0.0
+            if prec.shape[1] == 1:
+                for j in range(d):
+                    diff = Y[i, j] - M[k, j]
+                    acc += diff * diff
+                acc *= prec[k, 0]
+            else:
+                for j in range(d):
+                    diff = Y[i, j] - M[k, j]
+                    acc += prec[k, j] * diff * diff
+            out[p] = peak[k] - 0.5 * acc
+
+
+@compiled(fastmath=_SAFE_FAST_MATH)
+def pair_moments(Y, offsets, rows, wr, N, SY, second):  # pragma: no cover - compiled
+    """Add Σ wr, Σ wr y and Σ wr y² (per feature if ``second`` is (K, d), summed
+    over features if it is (K, 1)) over the pairs of each component."""
+    d = Y.shape[1]
+    for k in range(offsets.shape[0] - 1):
+        for p in range(offsets[k], offsets[k + 1]):
+            i, w = rows[p], wr[p]
+            N[k] += w
+            acc = 0.0
+            for j in range(d):
+                y = Y[i, j]
+                SY[k, j] += w * y
+                if second.shape[1] == 1:
+                    acc += y * y
+                else:
+                    second[k, j] += w * y * y
+            if second.shape[1] == 1:
+                second[k, 0] += w * acc
+
+
+@compiled(fastmath=_SAFE_FAST_MATH)
+def pair_log_densities_matrix(Y, offsets, rows, M, U, peak, out):  # pragma: no cover
+    """out[p] = peak_k − ½ ‖(y − m_k) U_k‖² over the pairs p of each component
+    k; U is (K, d, d), or (1, d, d) pooled (tied). For small d, where a GEMM
+    per component costs more in calls than in arithmetic."""
+    d = Y.shape[1]
+    diff = np.empty(d)
+    for k in range(offsets.shape[0] - 1):
+        Uk = U[k if U.shape[0] > 1 else 0]
+        for p in range(offsets[k], offsets[k + 1]):
+            i = rows[p]
+            for j in range(d):
+                diff[j] = Y[i, j] - M[k, j]
+            acc = 0.0
+            for c in range(d):
+                z = 0.0
+                for r in range(d):
+                    z += diff[r] * Uk[r, c]
+                acc += z * z
+            out[p] = peak[k] - 0.5 * acc
+
+
+@compiled(fastmath=_SAFE_FAST_MATH)
+def pair_moments_matrix(Y, offsets, rows, wr, N, SY, second):  # pragma: no cover
+    """Add Σ wr, Σ wr y and the upper triangle of Σ wr y yᵀ (``np.triu_indices``
+    order; ``second`` may have no columns) over the pairs of each component."""
+    d = Y.shape[1]
+    for k in range(offsets.shape[0] - 1):
+        for p in range(offsets[k], offsets[k + 1]):
+            i, w = rows[p], wr[p]
+            N[k] += w
+            c = 0
+            for a in range(d):
+                ya = w * Y[i, a]
+                SY[k, a] += ya
+                if second.shape[1]:
+                    for b in range(a, d):
+                        second[k, c] += ya * Y[i, b]
+                        c += 1

@@ -16,6 +16,15 @@ a large common offset (say 1e4) cancels exactly instead of costing digits.
 All arithmetic is float64 whatever the block dtype, except the k-means
 assignment's distance GEMM, which runs in the data's dtype as scikit-learn's
 does (its sums are float64).
+
+Two E-step paths give the same statistics (to rounding): the dense one
+evaluates all K log-densities of every row with two GEMMs on quadratic
+features Φ; the sparse one (:func:`sparse_plan`) first proves from one
+Euclidean distance GEMM which components can reach a row's total at float64
+resolution, then evaluates and accumulates only those (row, component)
+pairs. Each sub-block takes the sparse path unless its candidate count says
+the dense one is cheaper (overlapping components); ``FORCE_DENSE`` forces
+the dense path (tests, benchmarks).
 """
 
 from __future__ import annotations
@@ -73,6 +82,28 @@ class MixtureParams:
         """
         C, const = quadratic_coefficients(self)
         return -0.5 * C, self.log_peak - 0.5 * const
+
+    @cached_property
+    def precision_bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        """(low, high), each (K,): bounds on the eigenvalues of each precision U Uᵀ.
+
+        Matrices: ``eigvalsh``, widened by 16 (d + 1) ε λ_max, far more than
+        its backward error and the rounding of U Uᵀ; the lower bound is
+        clipped at zero. Diagonal and scalar blocks: U², widened by 4 ε.
+        """
+        U = self.precisions_cholesky
+        K, d = self.means.shape
+        eps = np.finfo(np.float64).eps
+        if COVARIANCE_TYPES[self.covariance_type].block == "matrix":
+            eig = np.linalg.eigvalsh(U @ np.swapaxes(U, -1, -2))
+            slack = 16 * (d + 1) * eps * eig[..., -1]
+            low, high = np.maximum(eig[..., 0] - slack, 0.0), eig[..., -1] + slack
+        else:
+            prec = U**2
+            low = prec.min(axis=-1) if prec.ndim == 2 else prec
+            high = prec.max(axis=-1) if prec.ndim == 2 else prec
+            low, high = low * (1.0 - 4 * eps), high * (1.0 + 4 * eps)
+        return np.broadcast_to(low, (K,)).copy(), np.broadcast_to(high, (K,)).copy()
 
 
 def n_quadratic(d: int, covariance_type: str) -> int:
@@ -335,11 +366,15 @@ def estep_stats(
     they are left out of every other statistic), and ``N``, ``S``, ``Q`` as
     in :func:`moment_stats` about the current means.
     """
-    d, ct = X.shape[1], moment_type or params.covariance_type
+    ct = moment_type or params.covariance_type
     total, scratch = None, Scratch()
-    for rows in mixture_sub_blocks(X.shape[0], d, ct, params.means.shape[0]):
+    for rows, plan in walk_sub_blocks(X, params, ct):
         w = None if weight is None else weight[rows]
-        total = add_stats(total, _estep_sub_block(X[rows], w, params, ct, softness, scratch))
+        if plan is None:
+            part = _estep_sub_block(X[rows], w, params, ct, softness, scratch)
+        else:
+            part = _sparse_estep_stats(plan, w, ct, softness)
+        total = add_stats(total, part)
     stats = central_moments(total, params.shifted_means, ct)
     extra = ("n", "loglik", "nonfinite") + (("soft",) if softness else ())
     stats.update((name, total[name]) for name in extra)
@@ -425,7 +460,10 @@ def mixture_rows(X: np.ndarray, params: MixtureParams, kind: str) -> np.ndarray:
     shape = (n, K) if kind == "resp" else (n,)
     out = np.empty(shape, dtype=np.int64 if kind == "label" else np.float64)
     scratch = Scratch()
-    for rows in mixture_sub_blocks(n, d, params.covariance_type, K):
+    for rows, plan in walk_sub_blocks(X, params, params.covariance_type):
+        if plan is not None:
+            _sparse_rows_out(plan, kind, out[rows])
+            continue
         Y = shift_block(X[rows], params.origin, scratch)
         with np.errstate(invalid="ignore", over="ignore"):
             if kind == "label":
@@ -457,3 +495,239 @@ def anneal_stats(X: np.ndarray, weight: np.ndarray | None, params: MixtureParams
     ``soft`` = Σ w (1 − max_k r_k), zero once assignments are hard.
     """
     return estep_stats(X, weight, params, moment_type="full", softness=True)
+
+
+# ------------------------------------------------------- sparse E-step
+# Most responsibilities are exactly zero in float64: a component more than
+# ~37 + ln K nats below its row's best adds less than half an ulp to the
+# row's total. The sparse path proves which pairs those are from one
+# Euclidean distance GEMM and evaluates the rest exactly on gathered rows.
+
+#: Private switch: True forces the dense E-step everywhere (tests, benchmarks).
+FORCE_DENSE = False
+
+#: A skipped component is below e^-PRUNE_NATS / K of its row's best, so all
+#: skipped ones together stay below e^-37 ≈ 0.4 ε of the row's total.
+PRUNE_NATS = 37.0
+
+#: Sub-blocks whose rows have on average more than one candidate plus this
+#: fraction of the other K − 1 components take the dense path (the sparse
+#: path's cost per pair is higher; measured break-even at K = 16: about 4
+#: candidates per row). Tied's dense E-step is already one distance GEMM of
+#: whitened rows, so fewer extra pairs pay there.
+DENSE_FRACTION = {"tied": 0.05}
+
+#: DENSE_FRACTION of the other covariance types.
+DENSE_FRACTION_DEFAULT = 0.15
+
+#: Rows of a sub-block whose candidates are counted before the rest.
+PROBE_ROWS = 256
+
+#: Largest d for which matrix blocks use the compiled pair loops rather than
+#: GEMMs of gathered rows (per-component calls cost more than the arithmetic).
+SMALL_MATRIX = 8
+
+#: Size of a sparse sub-block: no features Φ, so many more rows than dense.
+SPARSE_SUB_BLOCK_BYTES = 2**23
+
+
+@dataclass
+class SparsePlan:
+    """Candidate pairs of one sub-block and their responsibilities.
+
+    Attributes
+    ----------
+    Y : ndarray of shape (n, d), shifted rows
+    scratch : Scratch
+        Work buffers of the sparse sub-blocks: a plan is used up before the
+        next sub-block's is made.
+    offsets : ndarray of shape (K + 1,); component k's pairs are ``offsets[k]:offsets[k + 1]``
+    rows : ndarray of shape (n_pairs,), the row of each pair
+    log_prob_norm, label, total : ndarray of shape (n,)
+        log p(y), most probable component, 1 / largest responsibility
+    resp : ndarray of shape (n_pairs,)
+    """
+
+    Y: np.ndarray
+    offsets: np.ndarray
+    rows: np.ndarray
+    scratch: Scratch
+    log_prob_norm: np.ndarray | None = None
+    resp: np.ndarray | None = None
+    label: np.ndarray | None = None
+    total: np.ndarray | None = None
+
+    def pairs(self, k: int) -> slice:
+        return slice(self.offsets[k], self.offsets[k + 1])
+
+    @cached_property
+    def gathered(self) -> list[np.ndarray]:
+        """Y's rows of each component's pairs, (n_k, d) each: one gather, K views."""
+        d = self.Y.shape[1]
+        Yp = np.take(self.Y, self.rows, axis=0, out=self.scratch.get("Yp", (self.rows.size, d)))
+        return [Yp[self.pairs(k)] for k in range(self.offsets.shape[0] - 1)]
+
+
+def candidate_pairs(Y: np.ndarray, params: MixtureParams, scratch: Scratch | None = None):
+    """(offsets, rows, finite) of :func:`dask_emk.core.loops.candidate_pairs`.
+
+    The bound: with λ_lo ≤ eig(P_k) ≤ λ_hi (:attr:`MixtureParams.precision_bounds`)
+    and D = ‖y − μ_k‖², λ_lo D ≤ (y − μ_k)ᵀ P_k (y − μ_k) ≤ λ_hi D, so the
+    log-density ℓ_k = peak_k − ½ (y − μ_k)ᵀ P_k (y − μ_k) lies in
+    [peak_k − ½ λ_hi D, peak_k − ½ λ_lo D]. The row's best is at least the
+    largest lower bound L; a component whose upper bound is below
+    L − PRUNE_NATS − ln K has a responsibility below e^-PRUNE_NATS / K.
+    D comes from the GEMM expansion ‖y‖² + ‖μ‖² − 2 y·μ, whose rounding is
+    at most (d + 3) u (‖y‖ + ‖μ‖)² ≤ (d + 3) ε (‖y‖² + ‖μ‖²) (u = ε/2; any
+    summation order); twice that is added on either side. One more nat of
+    margin covers the rounding of the bounds' own few operations.
+    """
+    K, d = params.means.shape
+    M = params.shifted_means
+    low, high = params.precision_bounds
+    rel_err = 2.0 * (d + 3) * np.finfo(np.float64).eps
+    margin = PRUNE_NATS + math.log(K) + 1.0
+    yy = np.einsum("ij,ij->i", Y, Y)
+    mm = np.einsum("ij,ij->i", M, M)
+    G = np.matmul(Y, M.T, out=buffer(scratch, "G", (Y.shape[0], K)))
+    return loops.candidate_pairs(G, yy, mm, params.log_peak, low, high, rel_err, margin)
+
+
+def mahalanobis(Yk: np.ndarray, params: MixtureParams, k: int, scratch: Scratch) -> np.ndarray:
+    """(y − μ_k)ᵀ P_k (y − μ_k) of shifted rows Yk (n_k, d): ‖(y − μ_k) U_k‖²
+    (matrix blocks only; the others go through :func:`loops.pair_log_densities`)."""
+    diff = np.subtract(Yk, params.shifted_means[k], out=scratch.get("diff", Yk.shape))
+    U = params.precisions_cholesky  # moment shape: per component, except tied's pooled (d, d)
+    U = U if params.covariance_type == "tied" else U[k]
+    z = np.matmul(diff, U, out=scratch.get("z", Yk.shape))
+    return np.einsum("ij,ij->i", z, z)
+
+
+def sparse_plan(X: np.ndarray, params: MixtureParams, scratch: Scratch) -> SparsePlan | None:
+    """The sparse E-step of rows X (n, d), or None where the dense path pays
+    (forced, one component, too many candidates, or non-finite rows).
+
+    The first PROBE_ROWS rows are tried alone first, so a sub-block that goes
+    dense costs a few hundred rows' bounds, not a shift and bounds of all.
+    """
+    n, K = X.shape[0], params.means.shape[0]
+    if FORCE_DENSE or K == 1 or n == 0:
+        return None
+    most = 1.0 + DENSE_FRACTION.get(params.covariance_type, DENSE_FRACTION_DEFAULT) * (K - 1)
+    probe = np.subtract(X[:PROBE_ROWS], params.origin, dtype=np.float64)
+    offsets, _, finite = candidate_pairs(probe, params)
+    if not finite or offsets[-1] > most * probe.shape[0]:
+        return None
+    Y = shift_block(X, params.origin, scratch)
+    offsets, rows, finite = candidate_pairs(Y, params, scratch)
+    if not finite or offsets[-1] > most * n:
+        return None
+    plan = SparsePlan(Y, offsets, rows, scratch)
+    log_dens = pair_log_densities(plan, params)
+    resp_etc = loops.pair_responsibilities(offsets, rows, log_dens, n)
+    plan.log_prob_norm, plan.resp, plan.label, plan.total = resp_etc
+    return plan
+
+
+def pair_log_densities(plan: SparsePlan, params: MixtureParams) -> np.ndarray:
+    """Exact log π_k N(y | μ_k, Σ_k) of every candidate pair, shape (n_pairs,).
+
+    Matrix blocks: one GEMM of each component's gathered rows with its
+    Cholesky factor; small matrices (d ≤ SMALL_MATRIX), diagonal and scalar
+    blocks: one fused compiled loop over the pairs.
+    """
+    ctype = COVARIANCE_TYPES[params.covariance_type]
+    out = np.empty(plan.rows.shape[0])
+    args = (plan.Y, plan.offsets, plan.rows, params.shifted_means)
+    if ctype.block == "matrix" and plan.Y.shape[1] <= SMALL_MATRIX:
+        U = params.precisions_cholesky.reshape(-1, *params.precisions_cholesky.shape[-2:])
+        loops.pair_log_densities_matrix(*args, U, params.log_peak, out)
+        return out
+    if ctype.block != "matrix":
+        prec = params.precisions_cholesky ** 2
+        prec = prec.reshape(prec.shape[0], -1)
+        loops.pair_log_densities(*args, prec, params.log_peak, out)
+        return out
+    for k, Yk in enumerate(plan.gathered):
+        out[plan.pairs(k)] = params.log_peak[k] - 0.5 * mahalanobis(Yk, params, k, plan.scratch)
+    return out
+
+
+def walk_sub_blocks(X: np.ndarray, params: MixtureParams, covariance_type: str):
+    """Yield (rows, plan): a sparse sub-block with its :class:`SparsePlan`, or
+    a dense sub-block (sized by :func:`mixture_sub_blocks` for
+    ``covariance_type``'s features) with None."""
+    n, d = X.shape
+    K = params.means.shape[0]
+    scratch = Scratch()
+    for outer in sub_blocks(n, d + K, SPARSE_SUB_BLOCK_BYTES):
+        Xo = X[outer]
+        plan = sparse_plan(Xo, params, scratch)
+        if plan is not None:
+            yield outer, plan
+            continue
+        for inner in mixture_sub_blocks(Xo.shape[0], d, covariance_type, K):
+            stop = min(inner.stop, Xo.shape[0])
+            yield slice(outer.start + inner.start, outer.start + stop), None
+
+
+def sparse_raw_moments(plan: SparsePlan, weight: np.ndarray | None, covariance_type: str):
+    """:func:`raw_moments` summed over the candidate pairs only."""
+    K, d = plan.offsets.shape[0] - 1, plan.Y.shape[1]
+    ctype = COVARIANCE_TYPES[covariance_type]
+    wr = plan.resp if weight is None else plan.resp * weight[plan.rows]
+    N, SY = np.zeros(K), np.zeros((K, d))
+    if ctype.block != "matrix":
+        second = np.zeros((K, n_quadratic(d, covariance_type)))
+        loops.pair_moments(plan.Y, plan.offsets, plan.rows, wr, N, SY, second)
+        return {"N": N, "raw": np.concatenate([second, SY], axis=1)}
+    second = np.zeros((K, 0 if ctype.whitened else n_quadratic(d, covariance_type)))
+    if d <= SMALL_MATRIX:
+        loops.pair_moments_matrix(plan.Y, plan.offsets, plan.rows, wr, N, SY, second)
+        return _with_pooled_moments({"N": N, "raw": np.concatenate([second, SY], axis=1)},
+                                    plan, weight, ctype.whitened)  # fmt: skip
+    upper = np.triu_indices(d)
+    for k, Yk in enumerate(plan.gathered):
+        wr_k = wr[plan.pairs(k)]
+        N[k], SY[k] = wr_k.sum(), wr_k @ Yk
+        if not ctype.whitened and Yk.shape[0]:
+            # Σ wr y yᵀ = Wᵀ W with W = √wr y: numpy calls SYRK for Wᵀ W (half
+            # a GEMM). Not scipy's dsyrk: its OpenMP OpenBLAS ignores the
+            # engine's one-BLAS-thread limit in Dask's worker threads (2x slower).
+            W = np.multiply(Yk, np.sqrt(wr_k)[:, None], out=plan.scratch.get("W", Yk.shape))
+            second[k] = (W.T @ W)[upper]
+    return _with_pooled_moments({"N": N, "raw": np.concatenate([second, SY], axis=1)},
+                                plan, weight, ctype.whitened)  # fmt: skip
+
+
+def _with_pooled_moments(raw: dict, plan: SparsePlan, weight, whitened: bool) -> dict:
+    """Whitened types (tied): ``SY`` and the pooled ``YY`` = Σ w y yᵀ instead of ``raw``."""
+    if not whitened:
+        return raw
+    wY = plan.Y if weight is None else plan.Y * weight[:, None]
+    return {"N": raw["N"], "SY": raw["raw"], "YY": wY.T @ plan.Y}
+
+
+def _sparse_estep_stats(plan: SparsePlan, weight, moment_type: str, softness: bool) -> dict:
+    stats = sparse_raw_moments(plan, weight, moment_type)
+    n = plan.Y.shape[0]
+    w_total = float(n) if weight is None else float(weight.sum())
+    lpn = plan.log_prob_norm
+    loglik = lpn.sum() if weight is None else lpn @ weight
+    stats.update(n=np.float64(w_total), loglik=np.float64(loglik), nonfinite=np.float64(0.0))
+    if softness:
+        soft = 1.0 - 1.0 / plan.total
+        stats["soft"] = np.float64(soft.sum() if weight is None else soft @ weight)
+    return stats
+
+
+def _sparse_rows_out(plan: SparsePlan, kind: str, out: np.ndarray) -> None:
+    """Write :func:`mixture_rows`'s ``kind`` of one sparse sub-block into ``out``."""
+    if kind == "log_prob":
+        out[...] = plan.log_prob_norm
+    elif kind == "label":
+        out[...] = plan.label
+    else:
+        out[...] = 0.0
+        for k in range(plan.offsets.shape[0] - 1):
+            out[plan.rows[plan.pairs(k)], k] = plan.resp[plan.pairs(k)]

@@ -1,0 +1,197 @@
+"""The sparse E-step (candidate pairs from a proven bound) against the forced
+dense one: same fits to 1e-12 relative, and a cut margin visibly breaks that."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import dask
+import dask.array as da
+import numpy as np
+import pytest
+from sklearn.exceptions import ConvergenceWarning
+
+from dask_emk import GaussianMixture
+from dask_emk.core import mixture
+
+TYPES = ("full", "tied", "diag", "spherical", "shared")
+
+
+@pytest.fixture(autouse=True)
+def sync_scheduler():
+    with dask.config.set(scheduler="sync"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        yield
+
+
+@pytest.fixture
+def pair_count(monkeypatch):
+    """Counts (rows, candidate pairs) of the sub-blocks that took the sparse
+    path, which every sub-block takes that has no NaN (no dense fallback by
+    cost: the comparisons test the sparse arithmetic, not the tuning)."""
+    monkeypatch.setattr(mixture, "DENSE_FRACTION", {})
+    monkeypatch.setattr(mixture, "DENSE_FRACTION_DEFAULT", 1.0)
+    seen = {"rows": 0, "pairs": 0}
+    real = mixture.sparse_plan
+
+    def counting(X, params, *rest):
+        plan = real(X, params, *rest)
+        if plan is not None:
+            seen["rows"] += X.shape[0]
+            seen["pairs"] += plan.rows.shape[0]
+        return plan
+
+    monkeypatch.setattr(mixture, "sparse_plan", counting)
+    return seen
+
+
+def benchmark_like(rng, n=4000, d=16, k=8):
+    """Well-separated clusters as benchmarks/bench_em.py (scaled down)."""
+    centers = rng.normal(scale=4.0, size=(k, d))
+    labels = rng.integers(0, k, n)
+    return centers[labels] + rng.standard_normal((n, d)), labels, 1.0
+
+
+def grid(rng, n=4000):
+    """10 × 10 grid of 2-D Gaussians, spacing 10, std 2; K = 100."""
+    centers = 10.0 * np.stack(np.meshgrid(np.arange(10), np.arange(10)), -1).reshape(-1, 2)
+    labels = rng.integers(0, 100, n)
+    return centers[labels] + 2.0 * rng.standard_normal((n, 2)), labels, 4.0
+
+
+def overlapping(rng, n=4000):
+    """Four heavily overlapping 2-D components."""
+    centers = np.array([[0.0, 0.0], [1.0, 0.5], [-0.5, 1.0], [0.3, -1.0]])
+    labels = rng.integers(0, 4, n)
+    return centers[labels] + rng.standard_normal((n, 2)), labels, 1.0
+
+
+def elongated(rng, n=4000, d=8, k=4):
+    """Rotated components with covariance condition number 1e4."""
+    Q = np.linalg.qr(rng.normal(size=(d, d)))[0]
+    scales = np.logspace(0, 2, d)  # standard deviations 1..100: variances 1..1e4
+    centers = rng.normal(scale=300.0, size=(k, d))
+    Z = rng.standard_normal((n, d)) * scales @ Q.T
+    labels = rng.integers(0, k, n)
+    return centers[labels] + Z, labels, 100.0
+
+
+def offset_float32(rng):
+    X, labels, var = benchmark_like(rng, n=4000, d=8, k=6)
+    return (X + 1e4).astype(np.float32), labels, var
+
+
+def start(ct, X, labels, var, rng):
+    """Same start for both runs: one random row of each cluster as its mean,
+    isotropic precision 1/var."""
+    k, d = labels.max() + 1, X.shape[1]
+    precision = {
+        "full": np.tile(np.eye(d), (k, 1, 1)),
+        "tied": np.eye(d),
+        "diag": np.ones((k, d)),
+        "spherical": np.ones(k),
+        "shared": np.asarray(1.0),
+    }[ct] / var
+    means = np.stack([X[rng.choice(np.flatnonzero(labels == j))] for j in range(k)])
+    means = means.astype(np.float64)
+    return dict(weights_init=np.full(k, 1.0 / k), means_init=means, precisions_init=precision)
+
+
+def fit_both(ct, X, labels, var, weight=None, iters=20, seed=1):
+    init = start(ct, X, labels, var, np.random.default_rng(seed))
+    k = len(init["weights_init"])
+    Xd = da.from_array(X, chunks=(X.shape[0] // 3 + 1, -1))
+    fits = []
+    for dense in (False, True):
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(mixture, "FORCE_DENSE", dense)
+            gm = GaussianMixture(k, covariance_type=ct, max_iter=iters, tol=0.0, **init)
+            fits.append(gm.fit(Xd, sample_weight=weight))
+    return fits
+
+
+def relative_gap(a, b) -> float:
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-300))
+
+
+def fit_gaps(sparse, dense) -> dict:
+    s, t = sparse._state64, dense._state64
+    gaps = {f: relative_gap(getattr(s, f), getattr(t, f)) for f in ("weights", "means")}
+    gaps["covariances"] = relative_gap(s.covariances, t.covariances)
+    gaps["lower_bound"] = relative_gap(sparse.lower_bound_, dense.lower_bound_)
+    return gaps
+
+
+DATASETS = {
+    "benchmark_like": benchmark_like,
+    "grid": grid,
+    "overlapping": overlapping,
+    "elongated": elongated,
+    "offset_float32": offset_float32,
+}
+
+
+@pytest.mark.parametrize("ct", TYPES)
+@pytest.mark.parametrize("name", DATASETS)
+def test_sparse_fit_equals_dense_fit(name, ct, pair_count):
+    X, labels, var = DATASETS[name](np.random.default_rng(0))
+    sparse, dense = fit_both(ct, X, labels, var)
+    assert sparse.n_iter_ == dense.n_iter_ == 20
+    gaps = fit_gaps(sparse, dense)
+    assert max(gaps.values()) < 1e-12, gaps
+    if name in ("benchmark_like", "grid", "offset_float32"):
+        # the sparse path really ran, on few pairs per row
+        assert pair_count["rows"] > 0
+        assert pair_count["pairs"] < 0.5 * (labels.max() + 1) * pair_count["rows"]
+
+
+@pytest.mark.parametrize("ct", ["full", "diag", "shared"])
+def test_sparse_fit_equals_dense_fit_with_sample_weights(ct, pair_count):
+    rng = np.random.default_rng(3)
+    X, labels, var = benchmark_like(rng)
+    weight = rng.uniform(0.0, 3.0, X.shape[0])
+    gaps = fit_gaps(*fit_both(ct, X, labels, var, weight=weight))
+    assert max(gaps.values()) < 1e-12, gaps
+    assert pair_count["rows"] > 0
+
+
+@pytest.mark.parametrize("ct", TYPES)
+def test_per_row_outputs_sparse_equal_dense(ct, monkeypatch, pair_count):
+    X, labels, var = grid(np.random.default_rng(5), n=3000)
+    gm, _ = fit_both(ct, X, labels, var, iters=10)
+    Xd = da.from_array(X, chunks=(1000, -1))
+    sparse = [gm.score_samples(Xd), gm.predict_proba(Xd), gm.predict(Xd)]
+    assert pair_count["rows"] > 0
+    monkeypatch.setattr(mixture, "FORCE_DENSE", True)
+    dense = [gm.score_samples(Xd), gm.predict_proba(Xd), gm.predict(Xd)]
+    assert relative_gap(sparse[0], dense[0]) < 1e-12
+    assert np.max(np.abs(sparse[1] - dense[1])) < 1e-12
+    assert np.mean(sparse[2] == dense[2]) > 0.999  # labels may differ only on rounding ties
+
+
+def test_default_tuning_takes_the_sparse_path_on_separated_data(monkeypatch):
+    rng = np.random.default_rng(0)
+    X, labels, var = benchmark_like(rng)
+    seen = []
+    real = mixture.sparse_plan
+    monkeypatch.setattr(mixture, "sparse_plan", lambda *a: seen.append(real(*a)) or seen[-1])
+
+    def fit(X, labels, var):
+        init = start("full", X, labels, var, np.random.default_rng(1))
+        GaussianMixture(len(init["weights_init"]), max_iter=20, tol=0.0, **init).fit(X)
+
+    fit(X, labels, var)
+    assert seen and all(plan is not None for plan in seen[-3:])  # sparse once separated
+    seen.clear()
+    fit(*overlapping(rng))  # four candidates per row: dense pays
+    assert seen and all(plan is None for plan in seen)
+
+
+def test_a_cut_margin_changes_the_fit(monkeypatch):
+    """With the margin cut to e^-5 the fits differ: the equality tests have teeth."""
+    X, labels, var = grid(np.random.default_rng(0))
+    monkeypatch.setattr(mixture, "PRUNE_NATS", 4.0 - math.log(100))  # margin = 5 nats
+    gaps = fit_gaps(*fit_both("full", X, labels, var))
+    assert max(gaps.values()) > 1e-9, gaps
