@@ -188,13 +188,11 @@ def gmm_init_from_anneal(anneal, covariance_type: str, n_samples: int) -> dict:
 
 
 def checkpointable(model):
-    """A shallow copy fit to pickle: no callback (a closure), no lazy per-sample
-    attributes (``labels_``, also in a nested ``kmeans_``) that refer to the data."""
+    """A shallow copy fit to pickle: no callback (a closure). Lazy ``labels_``,
+    which refer to the data, are left out by the estimators' own pickling
+    (:class:`dask_emk.models.validation.NoTrainingDataInPickle`), also in a
+    nested ``kmeans_``."""
     slim = copy.copy(model)
     if hasattr(slim, "callback"):
         slim.callback = None
-    if hasattr(slim, "labels_"):
-        del slim.labels_
-    if hasattr(slim, "kmeans_"):
-        slim.kmeans_ = checkpointable(slim.kmeans_)
     return slim
