@@ -13,7 +13,7 @@ from functools import partial
 
 import numpy as np
 
-from dask_emk.core import assign, hartigan, seeding
+from dask_emk.core import assign, hartigan, marginal, seeding
 from dask_emk.core.assign import merge_top
 from dask_emk.core.layout import StatsLayout
 from dask_emk.engine import reduction
@@ -52,23 +52,30 @@ def merge_packed(rows: np.ndarray, layout: StatsLayout, tops: tuple) -> np.ndarr
     return layout.pack(out)
 
 
-def assign_layout(n_clusters: int, n_features: int, n_far: int, moments: bool) -> StatsLayout:
-    """Packed layout of :func:`dask_emk.core.assign.assign_stats`."""
+def assign_layout(
+    n_clusters: int, n_features: int, n_far: int, moments: bool, gaps: bool = False
+) -> StatsLayout:
+    """Packed layout of :func:`dask_emk.core.assign.assign_stats` (with ``gaps``,
+    of :func:`dask_emk.core.marginal.assign_stats`)."""
     K, d, m = n_clusters, n_features, n_far
     shapes = {"nonfinite": (), "count": (), "inertia": (), "N": (K,), "S": (K, d)}
+    if gaps:
+        shapes["Nf"] = (K, d)
     if moments:
-        shapes.update(ysum=(d,), ysq=(d,))
+        shapes.update(ysum=(d,), ysq=(d,), **({"obs": (d,)} if gaps else {}))
     shapes.update(far_dist=(m,), far_label=(m,), far_weight=(m,), far_x=(m, d))
     return StatsLayout(shapes)
 
 
-def assign_block(X, weight, centers, origin, n_far, moments, layout) -> np.ndarray:
+def assign_block(X, weight, centers, origin, n_far, moments, layout, gaps=False) -> np.ndarray:
     """Packed Lloyd statistics of one block (the engine's block function)."""
-    return layout.pack(assign.assign_stats(X, weight, centers, origin, n_far, moments))
+    kernel = marginal.assign_stats if gaps else assign.assign_stats
+    return layout.pack(kernel(X, weight, centers, origin, n_far, moments))
 
 
 def assign_pass(
-    X, weight, centers, origin, n_far=0, moments=False, split_every=None, omit_nan=False
+    X, weight, centers, origin, n_far=0, moments=False, split_every=None, omit_nan=False,
+    gaps=False,
 ) -> dict:
     """One pass: summed Lloyd statistics with merged farthest rows (one compute).
 
@@ -82,17 +89,19 @@ def assign_pass(
     moments : bool
     omit_nan : bool
         Leave out rows holding NaN (``nan_policy='omit'``).
+    gaps : bool
+        NaN entries are missing coordinates (``nan_policy='marginalize'``).
 
     Returns
     -------
     dict, see :func:`dask_emk.core.assign.assign_stats`; raises ValueError when
     the data holds NaN or infinity.
     """
-    layout = assign_layout(centers.shape[0], centers.shape[1], n_far, moments)
+    layout = assign_layout(centers.shape[0], centers.shape[1], n_far, moments, gaps)
     return reduction.run_pass(
-        X, weight, layout, assign_block, centers, origin, n_far, moments, layout,
+        X, weight, layout, assign_block, centers, origin, n_far, moments, layout, gaps,
         split_every=split_every, combine=partial(merge_packed, layout=layout, tops=FAR_LIST),
-        omit_nan=omit_nan,
+        omit_nan=omit_nan, marginal=gaps,
     )  # fmt: skip
 
 

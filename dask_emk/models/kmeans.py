@@ -18,7 +18,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 
-from dask_emk.core import assign, blocks
+from dask_emk.core import assign, blocks, marginal
 from dask_emk.core.mstep import weighted_means
 from dask_emk.engine import reduction
 from dask_emk.engine.inputs import InputData, as_sample_weight
@@ -29,7 +29,9 @@ from dask_emk.models.seeding import kmeans_parallel, kmeans_plusplus, random_row
 from dask_emk.models.validation import NoTrainingDataInPickle, validate_features
 
 
-def update_centers(stats: dict, origin: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def update_centers(
+    stats: dict, origin: np.ndarray, previous: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """New centres from summed statistics, relocating empty clusters.
 
     scikit-learn's rule (``_relocate_empty_clusters_dense`` then
@@ -37,7 +39,10 @@ def update_centers(stats: dict, origin: np.ndarray) -> tuple[np.ndarray, np.ndar
     farthest row, which leaves its old cluster; if every row sits on its
     centre nothing moves; a cluster still without weight goes to the centre
     of the heaviest one. The centres are the mixture M-step's weighted means
-    (:func:`dask_emk.core.mstep.weighted_means`) in the σ² → 0 limit.
+    (:func:`dask_emk.core.mstep.weighted_means`) in the σ² → 0 limit. With
+    gaps (``Nf`` in ``stats``) each coordinate is the mean over the rows
+    where it is observed; one observed in none of a cluster's rows keeps
+    its ``previous`` value.
 
     Returns
     -------
@@ -45,6 +50,7 @@ def update_centers(stats: dict, origin: np.ndarray) -> tuple[np.ndarray, np.ndar
     weights : ndarray of shape (K,), weight per cluster after relocation
     """
     N, S = stats["N"].copy(), stats["S"].copy()
+    Nf = stats["Nf"].copy() if "Nf" in stats else None
     empty = np.flatnonzero(N == 0)
     if empty.size and stats["far_dist"][0] != 0:
         for e, dist, old, w, x in zip(
@@ -62,9 +68,18 @@ def update_centers(stats: dict, origin: np.ndarray) -> tuple[np.ndarray, np.ndar
             S[e] = moved
             N[old] -= w
             N[e] = w
+            if Nf is not None:  # farthest rows are complete (core.marginal.assign_stats)
+                Nf[old] -= w
+                Nf[e] = w
     full = N > 0
     centers = np.empty_like(S)
-    centers[full] = weighted_means(origin, N[full], S[full])[0]
+    if Nf is None:
+        centers[full] = weighted_means(origin, N[full], S[full])[0]
+    else:
+        seen = Nf > 0
+        with np.errstate(invalid="ignore", divide="ignore"):
+            means = weighted_means(origin, Nf, S)[0]
+        centers[:] = np.where(seen, means, previous)
     centers[~full] = centers[np.argmax(N)]
     return centers, N
 
@@ -80,15 +95,37 @@ class LloydRun:
     history: list = field(default_factory=list)
 
 
-def label_rows(X, centers: np.ndarray, origin: np.ndarray) -> np.ndarray:
-    """Nearest centre per row, shape (n,) int32 (as in the Lloyd passes)."""
+def label_rows(X, centers: np.ndarray, origin: np.ndarray, gaps=False) -> np.ndarray:
+    """Nearest centre per row, shape (n,) int32 (as in the Lloyd passes).
+
+    With ``gaps``, by the distance over observed coordinates; rows with no
+    observed coordinate get :data:`dask_emk.core.blocks.LABEL_FILL`.
+    """
+    if gaps:
+        return _with_gaps(X, lambda Xk: marginal.nearest(Xk, centers, origin)[0], np.int32)
     return assign.lloyd_assign(X, None, centers, origin)[1].astype(np.int32)
 
 
-def distance_rows(X, centers: np.ndarray, origin: np.ndarray) -> np.ndarray:
-    """Euclidean distance of each row to each centre, shape (n, K)."""
+def distance_rows(X, centers: np.ndarray, origin: np.ndarray, gaps=False) -> np.ndarray:
+    """Euclidean distance of each row to each centre, shape (n, K) (over
+    observed coordinates with ``gaps``; NaN for rows with none)."""
+    if gaps:
+        def distances(Xk):
+            Y, seen = marginal.shifted_observed(Xk, origin)
+            return np.sqrt(marginal.masked_distances(Y, seen, centers - origin))
+
+        return _with_gaps(X, distances, X.dtype, centers.shape[0])
     Y = blocks.shift_block(X, origin)
     return np.sqrt(blocks.squared_distances(Y, centers - origin))
+
+
+def _with_gaps(X, fn, dtype, n_out=None) -> np.ndarray:
+    """``fn`` on the rows with an observed coordinate; the fill value on the others."""
+    keep, _ = marginal.usable_rows(X)
+    fill = blocks.LABEL_FILL if np.dtype(dtype).kind in "iu" else np.nan
+    out = np.full(X.shape[:1] + (() if n_out is None else (n_out,)), fill, dtype=dtype)
+    out[keep] = fn(X[keep])
+    return out
 
 
 class KMeans(NoTrainingDataInPickle, TransformerMixin, ClusterMixin, ChunkedEstimator):
@@ -262,7 +299,8 @@ class KMeans(NoTrainingDataInPickle, TransformerMixin, ClusterMixin, ChunkedEsti
         self.labels_ = self._labels(data)
 
     def _seed(self, data: InputData, weight, rng) -> np.ndarray:
-        K, omit = self.n_clusters, data.omit_nan
+        # With gaps, centres are drawn from complete rows only (models.seeding).
+        K, omit = self.n_clusters, data.omit_nan or data.marginal
         if self.init == "k-means++":
             return kmeans_plusplus(data.array, K, rng, weight, omit)
         if self.init == "random":
@@ -291,7 +329,7 @@ class KMeans(NoTrainingDataInPickle, TransformerMixin, ClusterMixin, ChunkedEsti
             if tol_abs is None:
                 tol_abs = self._tolerance(stats) if moments else 0.0
             history.append(float(stats["inertia"]))
-            new, weights = update_centers(stats, origin)
+            new, weights = update_centers(stats, origin, centers)
             shift = float(((new - centers) ** 2).sum())
             if self.verbose:
                 print(f"Iteration {i}, inertia {stats['inertia']}.")
@@ -320,12 +358,12 @@ class KMeans(NoTrainingDataInPickle, TransformerMixin, ClusterMixin, ChunkedEsti
     def _pass(self, data, weight, centers, origin, n_far, moments) -> dict:
         return assign_pass(
             data.array, weight, centers, origin, n_far, moments, split_every=self.split_every,
-            omit_nan=data.omit_nan,
+            omit_nan=data.omit_nan, gaps=data.marginal,
         )  # fmt: skip
 
     def _tolerance(self, stats: dict) -> float:
         """scikit-learn's ``_tolerance``: tol × mean of np.var(X, axis=0)."""
-        n = stats["count"]
+        n = stats.get("obs", stats["count"])  # per feature with gaps
         mean = stats["ysum"] / n
         variances = np.maximum(stats["ysq"] / n - mean**2, 0.0)
         return float(variances.mean() * self.tol)
@@ -338,8 +376,9 @@ class KMeans(NoTrainingDataInPickle, TransformerMixin, ClusterMixin, ChunkedEsti
     def _labels(self, data: InputData):
         centers, origin = self._centers64()
         labels = reduction.map_rows(
-            data.array, label_rows, centers, origin, dtype=np.int32, omit_nan=data.omit_nan
-        )
+            data.array, label_rows, centers, origin, data.marginal, dtype=np.int32,
+            omit_nan=data.omit_nan,
+        )  # fmt: skip
         return data.wrap_rows(labels)
 
     def predict(self, X):
@@ -360,6 +399,7 @@ class KMeans(NoTrainingDataInPickle, TransformerMixin, ClusterMixin, ChunkedEsti
             distance_rows,
             centers,
             origin,
+            data.marginal,
             n_out=self.n_clusters,
             dtype=data.array.dtype,
             omit_nan=data.omit_nan,
@@ -373,7 +413,9 @@ class KMeans(NoTrainingDataInPickle, TransformerMixin, ClusterMixin, ChunkedEsti
     def _score(self, data: InputData, sample_weight) -> float:
         weight = as_sample_weight(sample_weight, data)
         centers, origin = self._centers64()
-        stats = assign_pass(data.array, weight, centers, origin, omit_nan=data.omit_nan)
+        stats = assign_pass(
+            data.array, weight, centers, origin, omit_nan=data.omit_nan, gaps=data.marginal
+        )
         return -float(stats["inertia"])
 
     def fit_predict(self, X, y=None, sample_weight=None):

@@ -1,0 +1,231 @@
+"""nan_policy='marginalize': EM and k-means with the features each row has.
+
+References are plain numpy written here: the marginal density of the
+observed sub-vector, an independent row-by-row missing-data EM (Ghahramani &
+Jordan), k-means on observed coordinates.
+"""
+
+from __future__ import annotations
+
+import itertools
+import warnings
+
+import dask.array as da
+import numpy as np
+import pytest
+from scipy.stats import multivariate_normal
+
+from dask_emk import GaussianMixture, KMeans
+from dask_emk.core.covariance import COVARIANCE_TYPES
+from tests.helpers import blobs, init_params
+
+TYPES = tuple(COVARIANCE_TYPES)
+
+
+def every_pattern(X: np.ndarray, seed=0) -> np.ndarray:
+    """X with each row given one of the 2^d missingness patterns in turn
+    (all-missing included), in shuffled order."""
+    n, d = X.shape
+    patterns = np.array(list(itertools.product([True, False], repeat=d)))  # True = missing
+    missing = patterns[np.random.default_rng(seed).permutation(n) % len(patterns)]
+    out = X.copy()
+    out[missing] = np.nan
+    return out
+
+
+def with_gaps(X, fraction, seed=0):
+    out = X.copy()
+    out[np.random.default_rng(seed).random(X.shape) < fraction] = np.nan
+    return out
+
+
+def fitted(ct, X, max_iter=5, K=3, **kw):
+    """A marginalising fit from the start of ``init_params`` (tol=0: all iterations)."""
+    gm = GaussianMixture(K, covariance_type=ct, nan_policy="marginalize", max_iter=max_iter,
+                         tol=0, reg_covar=0.0, **init_params(blobs(300, X.shape[1], K), K, ct),
+                         **kw)  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return gm.fit(X)
+
+
+def brute_force(gm, X):
+    """(log p(x_o) (n,), responsibilities (n, K), E[x | x_o] (n, d)) row by row."""
+    K, d = gm.means_.shape
+    cov = COVARIANCE_TYPES[gm.covariance_type].to_full(gm.covariances_, K, d)
+    log_p, resp, imputed = np.full(len(X), np.nan), np.full((len(X), K), np.nan), X.copy()
+    for i, x in enumerate(X):
+        o, m = ~np.isnan(x), np.isnan(x)
+        if not o.any():
+            imputed[i] = gm.weights_ @ gm.means_
+            continue
+        logs = np.array([np.log(gm.weights_[k]) + multivariate_normal(
+            gm.means_[k][o], cov[k][np.ix_(o, o)]).logpdf(x[o]) for k in range(K)])  # fmt: skip
+        log_p[i] = np.logaddexp.reduce(logs)
+        resp[i] = np.exp(logs - log_p[i])
+        cond = [gm.means_[k][m] + cov[k][np.ix_(m, o)] @ np.linalg.solve(
+            cov[k][np.ix_(o, o)], x[o] - gm.means_[k][o]) for k in range(K)]  # fmt: skip
+        imputed[i, m] = resp[i] @ np.array(cond)
+    return log_p, resp, imputed
+
+
+@pytest.mark.parametrize("ct", TYPES)
+def test_outputs_equal_brute_force_marginal_density(ct):
+    """score_samples, predict_proba, predict and impute against the observed
+    sub-vector's density, every pattern of 4 features, numpy and dask input."""
+    X = every_pattern(blobs(320, 4, 3, seed=2))
+    gm = fitted(ct, X)
+    log_p, resp, imputed = brute_force(gm, X)
+    lazy = da.from_array(X, chunks=70)
+    for data in (X, lazy):
+        np.testing.assert_allclose(np.asarray(gm.score_samples(data)), log_p, rtol=1e-9,
+                                   atol=1e-9)  # fmt: skip
+        np.testing.assert_allclose(np.asarray(gm.predict_proba(data)), resp, atol=1e-9)
+        np.testing.assert_allclose(np.asarray(gm.impute(data)), imputed, rtol=1e-9, atol=1e-9)
+    labels = gm.predict(lazy)
+    assert isinstance(labels, da.Array)
+    empty = np.isnan(X).all(axis=1)
+    np.testing.assert_array_equal(labels.compute()[empty], -1)
+    np.testing.assert_array_equal(labels.compute()[~empty], resp[~empty].argmax(axis=1))
+
+
+@pytest.mark.parametrize("ct", TYPES)
+def test_lower_bound_never_decreases(ct):
+    X = with_gaps(blobs(600, 4, 3, seed=3), 0.3)
+    gm = fitted(ct, X, max_iter=60)
+    bounds = np.array(gm.lower_bounds_)
+    assert len(bounds) == 60
+    assert np.diff(bounds).min() > -1e-12 * np.abs(bounds).max()
+    # The lower bound is the observed-data log-likelihood of the parameters it was computed at.
+    assert np.isfinite(bounds).all() and bounds[-1] > bounds[0]
+
+
+def log_normal(x, mean, cov):
+    diff = x - mean
+    return -0.5 * (len(x) * np.log(2 * np.pi) + np.linalg.slogdet(cov)[1]
+                   + diff @ np.linalg.solve(cov, diff))  # fmt: skip
+
+
+def reference_em(X, weights, means, covs, diagonal: bool, n_iter: int):
+    """Exact missing-data EM (Ghahramani & Jordan 1994), plain numpy, row by row."""
+    K, d = means.shape
+    for _ in range(n_iter):
+        N, S, Q = np.zeros(K), np.zeros((K, d)), np.zeros((K, d, d))
+        stats = []
+        for x in X:
+            o, m = ~np.isnan(x), np.isnan(x)
+            logs = np.array([np.log(weights[k]) + log_normal(
+                x[o], means[k][o], covs[k][np.ix_(o, o)]) for k in range(K)])  # fmt: skip
+            r = np.exp(logs - np.logaddexp.reduce(logs))
+            for k in range(K):
+                gain = covs[k][np.ix_(m, o)] @ np.linalg.inv(covs[k][np.ix_(o, o)])
+                xhat = x.copy()
+                xhat[m] = means[k][m] + gain @ (x[o] - means[k][o])
+                cond = np.zeros((d, d))
+                cond[np.ix_(m, m)] = covs[k][np.ix_(m, m)] - gain @ covs[k][np.ix_(o, m)]
+                stats.append((k, r[k], xhat, cond))
+        for k, rk, xhat, _ in stats:
+            N[k] += rk
+            S[k] += rk * xhat
+        new_means = S / N[:, None]
+        for k, rk, xhat, cond in stats:
+            diff = xhat - new_means[k]
+            Q[k] += rk * (np.outer(diff, diff) + cond)
+        covs = Q / N[:, None, None]
+        if diagonal:
+            covs = np.einsum("kii->ki", covs)[:, :, None] * np.eye(d)
+        weights, means = N / N.sum(), new_means
+    return weights, means, covs
+
+
+@pytest.mark.parametrize("ct", ["full", "diag"])
+def test_converged_parameters_equal_reference_em(ct):
+    X = with_gaps(blobs(150, 3, 2, seed=4, spread=0.6), 0.2, seed=4)
+    X = X[~np.isnan(X).all(axis=1)]
+    gm = fitted(ct, X, max_iter=400, K=2)
+    init = init_params(blobs(300, 3, 2), 2, ct)
+    covs = COVARIANCE_TYPES[ct].to_full(
+        COVARIANCE_TYPES[ct].covariances_from_precisions(init["precisions_init"]), 2, 3
+    )
+    weights, means, covs = reference_em(X, init["weights_init"], init["means_init"], covs.copy(),
+                                        ct == "diag", 40)  # fmt: skip
+    np.testing.assert_allclose(gm.weights_, weights, atol=1e-4)
+    np.testing.assert_allclose(gm.means_, means, atol=1e-4)
+    ours = COVARIANCE_TYPES[ct].to_full(gm.covariances_, 2, 3)
+    np.testing.assert_allclose(ours, covs, atol=1e-4)
+
+
+def numpy_kmeans(X, centers, n_iter=100):
+    """Lloyd on observed coordinates, plain numpy: (centres, labels, inertia)."""
+    seen = ~np.isnan(X)
+    Y = np.where(seen, X, 0.0)
+    for _ in range(n_iter):
+        dist = np.stack([((Y - c) ** 2 * seen).sum(axis=1) for c in centers], axis=1)
+        labels = dist.argmin(axis=1)
+        new = centers.copy()
+        for k in range(len(centers)):
+            mine = labels == k
+            count = seen[mine].sum(axis=0)
+            new[k, count > 0] = (Y[mine].sum(axis=0) / np.maximum(count, 1))[count > 0]
+        if np.array_equal(new, centers):
+            break
+        centers = new
+    dist = np.stack([((Y - c) ** 2 * seen).sum(axis=1) for c in centers], axis=1)
+    return centers, dist.argmin(axis=1), dist.min(axis=1).sum()
+
+
+def kmeans_data():
+    X = with_gaps(blobs(600, 4, 3, seed=5, spread=0.5), 0.3, seed=5)
+    X = X[~np.isnan(X).all(axis=1)]
+    start = X[np.flatnonzero(~np.isnan(X).any(axis=1))[:3]]
+    return X, start
+
+
+@pytest.mark.parametrize("lazy", [False, True])
+def test_kmeans_with_gaps_equals_numpy_kmeans_on_observed_coordinates(lazy):
+    X, start = kmeans_data()
+    centers, labels, inertia = numpy_kmeans(X, start)
+    data = da.from_array(X, chunks=150) if lazy else X
+    km = KMeans(3, init=start, n_init=1, tol=0, nan_policy="marginalize").fit(data)
+    np.testing.assert_allclose(km.cluster_centers_, centers, rtol=1e-10)
+    np.testing.assert_array_equal(np.asarray(km.labels_), labels)
+    np.testing.assert_allclose(km.inertia_, inertia, rtol=1e-10)
+    assert -km.score(data) == pytest.approx(inertia, rel=1e-10)
+
+
+def test_shared_em_with_tiny_fixed_variance_equals_kmeans():
+    """k-means is the σ² → 0 limit of shared-σ² EM, with gaps too."""
+    X, start = kmeans_data()
+    centers, labels, _ = numpy_kmeans(X, start)
+    gm = GaussianMixture(3, covariance_type="shared", variance=1e-4, means_init=start,
+                         weights_init=np.full(3, 1 / 3), precisions_init=1e4, tol=0,
+                         max_iter=40, nan_policy="marginalize")  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        gm.fit(X)
+    np.testing.assert_allclose(gm.means_, centers, rtol=1e-10)
+    np.testing.assert_array_equal(gm.predict(X), labels)
+
+
+@pytest.mark.parametrize("ct", ["full", "diag"])
+def test_rows_with_every_feature_missing_change_nothing(ct):
+    X = with_gaps(blobs(300, 4, 3), 0.2, seed=6)
+    X = X[~np.isnan(X).all(axis=1)]
+    padded = np.insert(X, [0, 50, 50, 300], np.nan, axis=0)
+    a, b = fitted(ct, X, max_iter=10), fitted(ct, padded, max_iter=10)
+    np.testing.assert_allclose(b.means_, a.means_, rtol=1e-12)
+    np.testing.assert_allclose(b.covariances_, a.covariances_, rtol=1e-12)
+    np.testing.assert_allclose(b.lower_bounds_, a.lower_bounds_, rtol=1e-12)
+    km = KMeans(3, init=blobs(3, 4, 3, seed=7), n_init=1, nan_policy="marginalize")
+    np.testing.assert_array_equal(km.fit(padded).cluster_centers_,
+                                  km.fit(X).cluster_centers_)  # fmt: skip
+    assert km.predict(padded)[0] == -1 and np.isnan(km.transform(padded)[0]).all()
+
+
+def test_infinity_is_an_error_not_a_gap():
+    X = with_gaps(blobs(200, 3, 2), 0.2)
+    X[7, 1] = np.inf
+    with pytest.raises(ValueError, match="never infinity"):
+        GaussianMixture(2, nan_policy="marginalize").fit(X)
+    with pytest.raises(ValueError, match="1 row.*never infinity"):
+        GaussianMixture(2, nan_policy="marginalize").fit(da.from_array(X, chunks=50))
