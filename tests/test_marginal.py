@@ -13,6 +13,7 @@ import warnings
 import dask.array as da
 import numpy as np
 import pytest
+import zarr
 from scipy.stats import multivariate_normal
 
 from dask_emk import GaussianMixture, KMeans
@@ -229,3 +230,33 @@ def test_infinity_is_an_error_not_a_gap():
         GaussianMixture(2, nan_policy="marginalize").fit(X)
     with pytest.raises(ValueError, match="1 row.*never infinity"):
         GaussianMixture(2, nan_policy="marginalize").fit(da.from_array(X, chunks=50))
+
+
+@pytest.mark.slow
+def test_pipeline_model_nan_policy_marginalize(tmp_path):
+    """`dask-emk run` with [model] nan_policy = "marginalize" equals the estimator."""
+    from click.testing import CliRunner
+    from pipeline_helpers import open_results, to_toml
+
+    from dask_emk.pipeline.cli import main
+
+    X = with_gaps(blobs(900, 3, 2, seed=8), 0.2, seed=8)
+    X[5] = np.nan
+    zarr.create_array(str(tmp_path / "gaps.zarr"), data=X, chunks=(300, 3))
+    model = {"type": "gmm", "n_components": 2, "covariance_type": "full", "tol": 1e-8,
+             "max_iter": 300, "nan_policy": "marginalize", "random_state": 0}  # fmt: skip
+    cfg = {"input": {"store": str(tmp_path / "gaps.zarr")}, "model": model,
+           "scheduler": {"address": "sync"},
+           "output": {"results": str(tmp_path / "run.zarr"), "plots": False, "checkpoint": False,
+                      "log_density": True}}  # fmt: skip
+    (tmp_path / "run.toml").write_text(to_toml(cfg))
+    result = CliRunner().invoke(main, ["run", str(tmp_path / "run.toml"), "-q"])
+    assert result.exit_code == 0, result.output
+    ds = open_results(tmp_path / "run.zarr")
+    params = {k: v for k, v in model.items() if k != "type"}
+    gm = GaussianMixture(**params).fit(da.from_array(X, chunks=300))
+    np.testing.assert_allclose(ds["means"].values, gm.means_, rtol=1e-8)
+    labels = gm.predict(X)
+    assert labels[5] == -1  # stored with _FillValue -1: read back as NaN
+    np.testing.assert_array_equal(ds["labels"].values, np.where(labels < 0, np.nan, labels))
+    np.testing.assert_allclose(ds["log_density"].values, gm.score_samples(X), rtol=1e-8)

@@ -48,11 +48,12 @@ MODELS = {
     "gmm": (GaussianMixture, {
         "n_components": "n_components", "random_state": "random_state",
         "covariance_type": "covariance_type", "init": "init_params", "tol": "tol",
-        "reg_covar": "reg_covar", "max_iter": "max_iter",
+        "reg_covar": "reg_covar", "max_iter": "max_iter", "nan_policy": "nan_policy",
     }),
     "kmeans": (KMeans, {
         "n_components": "n_clusters", "random_state": "random_state", "init": "init",
         "tol": "tol", "max_iter": "max_iter", "oversampling_factor": "oversampling_factor",
+        "nan_policy": "nan_policy",
     }),
     "anneal": (AnnealedGaussianMixture, {
         "n_components": "n_components", "random_state": "random_state",
