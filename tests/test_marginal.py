@@ -92,7 +92,7 @@ def test_outputs_equal_brute_force_marginal_density(ct):
 
 @pytest.mark.parametrize("ct", TYPES)
 def test_lower_bound_never_decreases(ct):
-    X = with_gaps(blobs(600, 4, 3, seed=3), 0.3)
+    X = with_gaps(blobs(600, 4, 3), 0.3, seed=3)
     gm = fitted(ct, X, max_iter=60)
     bounds = np.array(gm.lower_bounds_)
     assert len(bounds) == 60

@@ -42,7 +42,7 @@ from dask_emk.core.assign import farthest_order
 from dask_emk.core.blocks import LABEL_FILL, Scratch, buffer, sub_blocks
 from dask_emk.core.covariance import COVARIANCE_TYPES
 from dask_emk.core.loops import compiled
-from dask_emk.core.mixture import MixtureParams
+from dask_emk.core.mixture import MixtureParams, mixture_sub_blocks, quadratic_features
 
 _LOG_2PI = math.log(2.0 * math.pi)
 
@@ -118,19 +118,45 @@ def masked_coefficients(params: MixtureParams) -> np.ndarray:
     return np.concatenate([-0.5 * P, P * M, per_feature], axis=1).T
 
 
-def _diag_responsibilities(Y, seen, params, scratch):
-    """(log p(y_o) (n,), responsibilities (K, n), Φ) of non-matrix blocks."""
-    phi = masked_features(Y, seen, scratch)
-    out = buffer(scratch, "weighted", (params.means.shape[0], Y.shape[0]))
-    weighted = np.matmul(masked_coefficients(params).T, phi.T, out=out)
+@compiled()
+def _fill_masked_features(X, origin, phi_t, good):  # pragma: no cover - compiled
+    """Φᵀ = [Y², Y, seen]ᵀ (3d, n) of rows X in one pass (zeros in the gaps);
+    ``good`` (n,) is set False for rows with no observed feature or with ±inf
+    (whose features are left zero)."""
+    n, d = X.shape
+    for i in range(n):
+        good[i] = False
+    for j in range(d):
+        for i in range(n):
+            x = np.float64(X[i, j])
+            if np.isfinite(x):
+                y = x - origin[j]
+                phi_t[j, i], phi_t[d + j, i], phi_t[2 * d + j, i] = y * y, y, 1.0
+                good[i] = True
+            else:
+                phi_t[j, i], phi_t[d + j, i], phi_t[2 * d + j, i] = 0.0, 0.0, 0.0
+    for i in range(n):
+        for j in range(d):
+            if np.isinf(np.float64(X[i, j])):
+                good[i] = False
+                for f in range(3 * d):
+                    phi_t[f, i] = 0.0
+
+
+def _diag_sub_block(X, params: MixtureParams, scratch: Scratch | None):
+    """(log p(x_o) (n,), responsibilities (K, n), Φᵀ (3d, n), good (n,)) of
+    non-matrix blocks; rows not ``good`` have NaN and zero responsibilities."""
+    n, d = X.shape
+    phi_t, good = buffer(scratch, "phi", (3 * d, n)), np.empty(n, dtype=np.bool_)
+    _fill_masked_features(X, params.origin, phi_t, good)
+    K = params.means.shape[0]
+    weighted = np.matmul(masked_coefficients(params).T, phi_t, out=buffer(scratch, "w", (K, n)))
     weighted += params.log_weights[:, None]
-    top = weighted.max(axis=0)
-    with np.errstate(invalid="ignore", over="ignore"):
-        weighted -= top
-        np.exp(weighted, out=weighted)
-        total = weighted.sum(axis=0)
-        weighted /= total
-    return top + np.log(total), weighted, phi
+    lpn, resp = _log_normalise(weighted)
+    bad = np.flatnonzero(~good)
+    if bad.size:
+        lpn[bad], resp[:, bad] = np.nan, 0.0
+    return lpn, resp, phi_t, good
 
 
 def masked_central(raw: np.ndarray, N: np.ndarray, M: np.ndarray, covariance_type: str) -> dict:
@@ -161,160 +187,151 @@ def masked_estimate(covariance_type: str, Nf, S, Q, delta, nkf) -> np.ndarray:
 
 
 # --------------------------------------------------------------- matrix blocks
-@compiled()
-def _forward(L, b, n, out):  # pragma: no cover - compiled
-    """Solve L z = b (L lower triangular n × n) into out[:n]."""
-    for i in range(n):
-        s = b[i]
-        for j in range(i):
-            s -= L[i, j] * out[j]
-        out[i] = s / L[i, i]
+#: Size of the per-pattern coefficient arrays built at once: a block's
+#: patterns are factorised in groups of about this many bytes.
+PATTERN_GROUP_BYTES = 2**22
 
 
-@compiled()
-def _pattern_rows(  # pragma: no cover - compiled
-    Y, seen, order, starts, M, Sigma, log_w, w, want, lpn, resp, N, S, Q, imputed
-):
-    """Matrix-block E-step of rows grouped by pattern (:func:`pattern_groups`).
+def pattern_coefficients(patterns: np.ndarray, params: MixtureParams):
+    """Per-pattern E- and M-step coefficients of matrix blocks (full, tied).
 
-    Y (n, d) shifted rows (0 in the gaps), seen (n, d) mask, M (K, d) shifted
-    means, Sigma (K or 1, d, d) covariances, log_w (K,), w (n,) weights.
-    ``want`` = (stats, rows, impute): adds N (K,), S (K, d) and Q (K, d, d)
-    about M (conditional covariance included); writes lpn (n,) and resp
-    (n, K); writes the conditional expectation of each row into ``imputed``.
+    With Σ' = Σ on observed pairs and the identity elsewhere, det Σ' = det Σ_oo
+    and inv(Σ') with the missing rows and columns zeroed is Σ_oo⁻¹ embedded
+    in d × d (P below): one batched inverse for all patterns and components.
+    Then on shifted rows y with 0 in the gaps:
+
+    - log π_k N(y_o | μ_o, Σ_oo) = Φ(y) · A[:, k] + b_k, Φ the complete-data
+      features (:func:`dask_emk.core.mixture.quadratic_features`), whose
+      products with a gap are zero;
+    - T = Σ P is [I_oo; Σ_mo Σ_oo⁻¹] embedded, so x̂ − μ = T (y − μ) whatever y
+      holds in the gaps, and C = Σ − T Σ is the conditional covariance
+      (zero outside the missing × missing block).
+
+    Parameters
+    ----------
+    patterns : ndarray of shape (G, d), bool, True where observed
+
+    Returns
+    -------
+    A : (G, q + d, K); b : (G, K); T, C : (G, K or 1, d, d)
     """
-    n, d = Y.shape
-    K = M.shape[0]
-    pooled = Sigma.shape[0] == 1
-    L = np.zeros((K, d, d))
-    G = np.zeros((K, d, d))  # Σ_mo L⁻ᵀ: x̂_m − μ_m = G z with L z = x_o − μ_o
-    C = np.zeros((K, d, d))  # conditional covariance Σ_mm − G Gᵀ
-    const = np.zeros(K)
-    oi, mi = np.zeros(d, np.int64), np.zeros(d, np.int64)
-    sub, col = np.zeros((d, d)), np.zeros(d)
-    diff, z, e = np.zeros((K, d)), np.zeros((K, d)), np.zeros(d)
-    ld, r, mass = np.zeros(K), np.zeros(K), np.zeros(K)
-    for p in range(starts.shape[0] - 1):
-        first = order[starts[p]]
-        no, nm = 0, 0
-        for j in range(d):
-            if seen[first, j] > 0.0:
-                oi[no] = j
-                no += 1
-            else:
-                mi[nm] = j
-                nm += 1
-        for k in range(1 if pooled else K):
-            for a in range(no):
-                for b in range(no):
-                    sub[a, b] = Sigma[k, oi[a], oi[b]]
-            chol = np.linalg.cholesky(np.ascontiguousarray(sub[:no, :no]))
-            L[k, :no, :no] = chol
-            logdet = 0.0
-            for a in range(no):
-                logdet += math.log(chol[a, a])
-            const[k] = -0.5 * no * math.log(2.0 * math.pi) - logdet
-            for b in range(nm):
-                for a in range(no):
-                    col[a] = Sigma[k, oi[a], mi[b]]
-                _forward(chol, col, no, e)
-                for a in range(no):
-                    G[k, b, a] = e[a]
-            for a in range(nm):
-                for b in range(nm):
-                    s = Sigma[k, mi[a], mi[b]]
-                    for c in range(no):
-                        s -= G[k, a, c] * G[k, b, c]
-                    C[k, a, b] = s
-        mass[:] = 0.0
-        for t in range(starts[p], starts[p + 1]):
-            i = order[t]
-            top = -np.inf
-            for k in range(K):
-                f = 0 if pooled else k
-                for a in range(no):
-                    diff[k, a] = Y[i, oi[a]] - M[k, oi[a]]
-                _forward(L[f], diff[k], no, z[k])
-                maha = 0.0
-                for a in range(no):
-                    maha += z[k, a] * z[k, a]
-                ld[k] = log_w[k] + const[f] - 0.5 * maha
-                top = max(top, ld[k])
-            total = 0.0
-            for k in range(K):
-                r[k] = math.exp(ld[k] - top)
-                total += r[k]
-            for k in range(K):
-                r[k] /= total
-            if want[1]:
-                lpn[i] = top + math.log(total)
-                for k in range(K):
-                    resp[i, k] = r[k]
-            if want[2]:
-                for a in range(nm):
-                    x = 0.0
-                    for k in range(K):
-                        f = 0 if pooled else k
-                        g = 0.0
-                        for c in range(no):
-                            g += G[f, a, c] * z[k, c]
-                        x += r[k] * (M[k, mi[a]] + g)
-                    imputed[i, mi[a]] = x
-            if not want[0]:
-                continue
-            for k in range(K):
-                wr = w[i] * r[k]
-                if wr == 0.0:
-                    continue
-                f = 0 if pooled else k
-                for a in range(no):
-                    e[oi[a]] = diff[k, a]
-                for a in range(nm):
-                    g = 0.0
-                    for c in range(no):
-                        g += G[f, a, c] * z[k, c]
-                    e[mi[a]] = g
-                N[k] += wr
-                mass[k] += wr
-                for a in range(d):
-                    S[k, a] += wr * e[a]
-                    for b in range(a + 1):
-                        Q[k, a, b] += wr * e[a] * e[b]
-        if want[0]:
-            for k in range(K):
-                f = 0 if pooled else k
-                for a in range(nm):
-                    for b in range(nm):
-                        if mi[b] <= mi[a]:
-                            Q[k, mi[a], mi[b]] += mass[k] * C[f, a, b]
-    if want[0]:
-        for k in range(K):
-            for a in range(d):
-                for b in range(a):
-                    Q[k, b, a] = Q[k, a, b]
-
-
-def _matrix_pass(Y, seen, weight, params: MixtureParams, want: tuple, imputed=None):
-    """Run :func:`_pattern_rows` on one block; returns (lpn, resp (K, n), N, S, Q)."""
-    n, d = Y.shape
-    K = params.means.shape[0]
-    ctype = COVARIANCE_TYPES[params.covariance_type]
-    chol = params.precisions_cholesky.reshape(-1, d, d)
-    Sigma = np.linalg.inv(chol @ np.swapaxes(chol, -1, -2))
+    K, d = params.means.shape
+    U = params.precisions_cholesky.reshape(-1, d, d)
+    Sigma = np.linalg.inv(U @ np.swapaxes(U, -1, -2))
     Sigma = 0.5 * (Sigma + np.swapaxes(Sigma, -1, -2))
+    pair = (patterns[:, :, None] & patterns[:, None, :])[:, None]
+    embedded = np.where(pair, Sigma[None], np.eye(d))
+    P = np.linalg.inv(embedded) * pair
+    log_det = np.linalg.slogdet(embedded)[1]
+    T = Sigma[None] @ P
+    C = Sigma[None] - T @ Sigma[None]
+    P = np.broadcast_to(P, (patterns.shape[0], K, d, d))
+    M = params.shifted_means
+    rows, cols = np.triu_indices(d)
+    quad = P[..., rows, cols] * np.where(rows == cols, 1.0, 2.0)
+    prec_m = np.einsum("gkij,kj->gki", P, M)
+    const = np.einsum("ki,gki->gk", M, prec_m)
+    A = -0.5 * np.concatenate([quad, -2.0 * prec_m], axis=-1)
+    n_obs = patterns.sum(axis=1)[:, None]
+    b = params.log_weights - 0.5 * (n_obs * _LOG_2PI + log_det + const)
+    return np.swapaxes(A, 1, 2), b, T, C
+
+
+def _matrix_pass(X, weight, params: MixtureParams, stats=False, rows=False, impute=False):
+    """Matrix-block E-step of rows with at least one observed feature.
+
+    The rows are sorted by missingness pattern (:func:`pattern_groups`);
+    each pattern's rows are one slice, so its E-step and raw moments are the
+    dense path's two GEMMs with that pattern's coefficients
+    (:func:`pattern_coefficients`), and the raw moments become moments of
+    x̂ about each mean (conditional covariance added) once per pattern.
+
+    Returns
+    -------
+    dict with ``lpn`` (n,); with ``rows`` ``resp`` (K, n); with ``stats``
+    ``N``, ``S``, ``Q`` (moment shape of the type) about the current means;
+    with ``impute`` ``imputed`` (n, d), shifted rows with their gaps filled.
+    """
+    n, d = X.shape
+    K, M = params.means.shape[0], params.shifted_means
+    Y, seen = shifted_observed(X, params.origin)
     order, starts = pattern_groups(seen)
-    w = np.ones(n) if weight is None else np.ascontiguousarray(weight, dtype=np.float64)
-    lpn, resp = np.empty(n if want[1] else 0), np.empty((n, K) if want[1] else (0, K))
+    Y, seen = Y[order], seen[order]
+    w = None if weight is None else np.asarray(weight, dtype=np.float64)[order]
+    patterns = seen[starts[:-1]].astype(bool)
+    out = {"lpn": np.empty(n)}
+    if rows:
+        out["resp"] = np.empty((K, n))
+    if impute:
+        out["imputed"] = Y.copy()
     N, S, Q = np.zeros(K), np.zeros((K, d)), np.zeros((K, d, d))
-    out = np.empty((0, d)) if imputed is None else imputed
-    with np.errstate(all="ignore"):
-        log_w = params.log_weights.astype(np.float64)
-    _pattern_rows(np.ascontiguousarray(Y), np.ascontiguousarray(seen), order, starts,
-                  np.ascontiguousarray(params.shifted_means), np.ascontiguousarray(Sigma),
-                  log_w, w, want, lpn, resp, N, S, Q, out)  # fmt: skip
-    if ctype.pooled:
+    group, scratch = max(1, PATTERN_GROUP_BYTES // (8 * K * d * d)), Scratch()
+    for g0 in range(0, patterns.shape[0], group):
+        A, b, T, C = pattern_coefficients(patterns[g0 : g0 + group], params)
+        raw = np.zeros((A.shape[0], K, A.shape[1])) if stats else None
+        mass = np.zeros((A.shape[0], K))
+        for j in range(A.shape[0]):
+            first, stop = starts[g0 + j], starts[g0 + j + 1]
+            for sub in mixture_sub_blocks(stop - first, d, "full", K):
+                sl = slice(first + sub.start, min(first + sub.stop, stop))
+                phi = quadratic_features(Y[sl], "full", scratch)
+                weighted = A[j].T @ phi.T
+                weighted += b[j][:, None]
+                out["lpn"][sl], resp = _log_normalise(weighted)
+                if rows:
+                    out["resp"][:, sl] = resp
+                if impute:
+                    cond = np.einsum("kij,knj->kni", T[j], Y[sl][None] - M[:, None])
+                    filled = np.einsum("kn,kni->ni", resp, cond + M[:, None])
+                    out["imputed"][sl] = np.where(seen[sl] > 0, Y[sl], filled)
+                if stats:
+                    wr = resp if w is None else resp * w[sl]
+                    raw[j] += wr @ phi
+                    mass[j] += wr.sum(axis=1)
+        if stats:
+            _add_conditional_moments(raw, mass, T, C, M, N, S, Q)
+    if COVARIANCE_TYPES[params.covariance_type].pooled:
         Q = Q.sum(axis=0)
-    return lpn, resp.T, N, S, Q
+    out.update(N=N, S=S, Q=Q)
+    back = np.empty(n, dtype=np.intp)
+    back[order] = np.arange(n)
+    for name in ("lpn", "resp", "imputed"):
+        if name in out:
+            out[name] = out[name][..., back] if name == "resp" else out[name][back]
+    return out
+
+
+def _log_normalise(weighted: np.ndarray):
+    """(log Σ_k exp, normalised exp) of log-densities (K, m), in place."""
+    top = weighted.max(axis=0)
+    with np.errstate(invalid="ignore", over="ignore"):
+        weighted -= top
+        np.exp(weighted, out=weighted)
+        total = weighted.sum(axis=0)
+        weighted /= total
+    return top + np.log(total), weighted
+
+
+def _add_conditional_moments(raw, mass, T, C, M, N, S, Q) -> None:
+    """Add moments of x̂ about each mean, per pattern, to N, S, Q (in place).
+
+    ``raw`` (G, K, q + d) = Σ w r Φ(y) and ``mass`` (G, K) = Σ w r per
+    pattern; with D = Σ w r (y − μ)(y − μ)ᵀ: Q += T D Tᵀ + mass C and
+    S += T Σ w r (y − μ) (:func:`pattern_coefficients`).
+    """
+    d = M.shape[1]
+    q = raw.shape[2] - d
+    rows, cols = np.triu_indices(d)
+    YY = np.empty(raw.shape[:2] + (d, d))
+    YY[..., rows, cols] = raw[..., :q]
+    YY[..., cols, rows] = raw[..., :q]
+    SY = raw[..., q:]
+    cross = np.einsum("ki,gkj->gkij", M, SY)
+    D = YY - cross - np.swapaxes(cross, -1, -2)
+    D += mass[..., None, None] * np.einsum("ki,kj->kij", M, M)
+    N += mass.sum(axis=0)
+    S += np.einsum("gkij,gkj->ki", np.broadcast_to(T, D.shape), SY - mass[..., None] * M)
+    Q += (T @ D @ np.swapaxes(T, -1, -2) + mass[..., None, None] * C).sum(axis=0)
 
 
 # ------------------------------------------------------------- the kernels
@@ -323,36 +340,38 @@ def estep_stats(X: np.ndarray, weight: np.ndarray | None, params: MixtureParams)
 
     Returns
     -------
-    dict with ``n``, ``loglik`` (of the observed features), ``nonfinite``
-    and ``N``, ``S``, ``Q`` about the current means as the complete-data
-    E-step; non-matrix blocks also ``Nf`` (K, d), the responsibility mass
-    over each feature's observed entries.
+    dict with ``n`` (weight of the rows with an observed feature),
+    ``loglik`` (of the observed features), ``nonfinite`` and ``N``, ``S``,
+    ``Q`` about the current means as the complete-data E-step; non-matrix
+    blocks also ``Nf`` (K, d), the responsibility mass over each feature's
+    observed entries.
     """
-    keep, n_inf = usable_rows(X)
-    X, weight = X[keep], None if weight is None else np.asarray(weight)[keep]
-    ctype = COVARIANCE_TYPES[params.covariance_type]
+    weight = None if weight is None else np.asarray(weight, dtype=np.float64)
     K, d = params.means.shape
-    M = params.shifted_means
-    if ctype.block == "matrix":
-        Y, seen = shifted_observed(X, params.origin)
-        lpn, _, N, S, Q = _matrix_pass(Y, seen, weight, params, (True, True, False))
-        stats = {"N": N, "S": S, "Q": Q}
+    if COVARIANCE_TYPES[params.covariance_type].block == "matrix":
+        keep, n_inf = usable_rows(X)
+        w = None if weight is None else weight[keep]
+        out = _matrix_pass(X[keep], w, params, stats=True)
+        stats = {name: out[name] for name in ("N", "S", "Q")}
+        lpn, w_total = out["lpn"], float(keep.sum()) if w is None else float(w.sum())
+        finite = np.isfinite(lpn)
+        loglik = lpn[finite].sum() if w is None else lpn[finite] @ w[finite]
+        nonfinite = n_inf + int((~finite).sum())
     else:
-        raw, N, lpn, scratch = np.zeros((K, 3 * d)), np.zeros(K), [], Scratch()
+        raw, N, scratch = np.zeros((K, 3 * d)), np.zeros(K), Scratch()
+        loglik, w_total, nonfinite = 0.0, 0.0, 0
         for rows in sub_blocks(X.shape[0], 3 * d + K):
-            Y, seen = shifted_observed(X[rows], params.origin, scratch)
-            part, resp, phi = _diag_responsibilities(Y, seen, params, scratch)
+            lpn, resp, phi_t, good = _diag_sub_block(X[rows], params, scratch)
+            w = good if weight is None else weight[rows] * good
             if weight is not None:
-                resp = resp * weight[rows][None, :]
-            raw += resp @ phi
+                resp *= weight[rows][None, :]
+            raw += resp @ phi_t.T
             N += resp.sum(axis=1)
-            lpn.append(part.copy())
-        lpn = np.concatenate(lpn) if lpn else np.zeros(0)
-        stats = masked_central(raw, N, M, params.covariance_type)
-    finite = np.isfinite(lpn)
-    loglik = lpn[finite].sum() if weight is None else lpn[finite] @ weight[finite]
-    w_total = float(X.shape[0]) if weight is None else float(weight.sum())
-    nonfinite = n_inf + int((~finite).sum())
+            finite = np.isfinite(lpn)
+            loglik += lpn[finite] @ w[finite]
+            w_total += float(w.sum())
+            nonfinite += int((~finite & good).sum()) + int(np.isinf(X[rows][~good]).any(1).sum())
+        stats = masked_central(raw, N, params.shifted_means, params.covariance_type)
     stats.update(n=np.float64(w_total), loglik=np.float64(loglik), nonfinite=np.float64(nonfinite))
     return stats
 
@@ -399,12 +418,10 @@ def mixture_rows(X: np.ndarray, params: MixtureParams, kind: str) -> np.ndarray:
 
 def _responsibilities(X: np.ndarray, params: MixtureParams):
     """(log p(x_o) (n,), responsibilities (K, n)) of rows with observed features."""
-    Y, seen = shifted_observed(X, params.origin)
     if COVARIANCE_TYPES[params.covariance_type].block == "matrix":
-        lpn, resp, *_ = _matrix_pass(Y, seen, None, params, (False, True, False))
-        return lpn, resp
-    lpn, resp, _ = _diag_responsibilities(Y, seen, params, None)
-    return lpn, resp
+        out = _matrix_pass(X, None, params, rows=True)
+        return out["lpn"], out["resp"]
+    return _diag_sub_block(X, params, None)[:2]
 
 
 def impute_rows(X: np.ndarray, params: MixtureParams) -> np.ndarray:
@@ -416,12 +433,11 @@ def impute_rows(X: np.ndarray, params: MixtureParams) -> np.ndarray:
     """
     out = np.array(X, dtype=np.float64)
     keep, _ = usable_rows(X)
-    Y, seen = shifted_observed(out[keep], params.origin)
     if COVARIANCE_TYPES[params.covariance_type].block == "matrix":
-        imputed = Y.copy()
-        _matrix_pass(Y, seen, None, params, (False, False, True), imputed)
+        imputed = _matrix_pass(out[keep], None, params, impute=True)["imputed"]
     else:
-        _, resp, _ = _diag_responsibilities(Y, seen, params, None)
+        Y, seen = shifted_observed(out[keep], params.origin)
+        resp = _diag_sub_block(out[keep], params, None)[1]
         imputed = np.where(seen > 0, Y, resp.T @ params.shifted_means)
     out[keep] = imputed + params.origin
     empty = ~keep & ~np.isinf(X).any(axis=1)
