@@ -77,16 +77,23 @@ def shifted_observed(X: np.ndarray, origin: np.ndarray, scratch: Scratch | None 
     return Y, seen
 
 
-def pattern_groups(seen: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def pattern_groups(seen: np.ndarray, keys: np.ndarray | None = None):
     """Rows grouped by missingness pattern.
+
+    Parameters
+    ----------
+    seen : ndarray of shape (n, d), nonzero where observed
+    keys : ndarray of shape (n,), int64, optional
+        The observed features as bits (:func:`_shift_rows`), used for d ≤ 62.
 
     Returns
     -------
     order : ndarray of shape (n,), the rows sorted by pattern
     starts : ndarray of shape (P + 1,); pattern p's rows are ``order[starts[p]:starts[p + 1]]``
     """
-    packed = np.packbits(seen.astype(bool), axis=1)
-    keys = np.ascontiguousarray(packed).view(np.dtype((np.void, packed.shape[1]))).ravel()
+    if keys is None or seen.shape[1] > 62:
+        packed = np.packbits(seen.astype(bool), axis=1)
+        keys = np.ascontiguousarray(packed).view(np.dtype((np.void, packed.shape[1]))).ravel()
     order = np.argsort(keys, kind="stable")
     ordered = keys[order]
     change = np.flatnonzero(ordered[1:] != ordered[:-1]) + 1
@@ -118,44 +125,65 @@ def masked_coefficients(params: MixtureParams) -> np.ndarray:
     return np.concatenate([-0.5 * P, P * M, per_feature], axis=1).T
 
 
+@compiled(fastmath={"contract"})
+def _fill_masked_features(X_t, origin, phi_t, counts):  # pragma: no cover - compiled
+    """Φᵀ = [Y², Y, seen]ᵀ (3d, n) of rows X (given as X_t = Xᵀ, (d, n)) in
+    one pass (zeros in the gaps and at ±inf); ``counts`` (2, n) += observed
+    and infinite entries per row.
+
+    Feature-major, contiguous and branch-free, so the loop over rows
+    vectorises (with branches, random gaps cost a mispredicted jump each).
+    """
+    d, n = X_t.shape
+    for j in range(d):
+        o = origin[j]
+        for i in range(n):
+            y = np.float64(X_t[j, i]) - o
+            finite = y - y == 0.0  # False for NaN and ±inf
+            f = 1.0 if finite else 0.0
+            y = y if finite else 0.0
+            phi_t[j, i] = y * y
+            phi_t[d + j, i] = y
+            phi_t[2 * d + j, i] = f
+            counts[0, i] += f
+            counts[1, i] += 0.0 if finite or y != y else 1.0
+
+
 @compiled()
-def _fill_masked_features(X, origin, phi_t, good):  # pragma: no cover - compiled
-    """Φᵀ = [Y², Y, seen]ᵀ (3d, n) of rows X in one pass (zeros in the gaps);
-    ``good`` (n,) is set False for rows with no observed feature or with ±inf
-    (whose features are left zero)."""
+def _shift_rows(X, origin, Y, keys, good):  # pragma: no cover - compiled
+    """Y = X − origin with 0 in the gaps; ``keys`` (n,) the bit mask of the
+    observed features (first 62 features); ``good`` as :func:`_fill_masked_features`."""
     n, d = X.shape
     for i in range(n):
-        good[i] = False
-    for j in range(d):
-        for i in range(n):
-            x = np.float64(X[i, j])
-            if np.isfinite(x):
-                y = x - origin[j]
-                phi_t[j, i], phi_t[d + j, i], phi_t[2 * d + j, i] = y * y, y, 1.0
-                good[i] = True
-            else:
-                phi_t[j, i], phi_t[d + j, i], phi_t[2 * d + j, i] = 0.0, 0.0, 0.0
-    for i in range(n):
+        key, seen, infinite = 0, 0, False
         for j in range(d):
-            if np.isinf(np.float64(X[i, j])):
-                good[i] = False
-                for f in range(3 * d):
-                    phi_t[f, i] = 0.0
+            y = np.float64(X[i, j]) - origin[j]
+            finite = y - y == 0.0
+            infinite |= not finite and y == y
+            Y[i, j] = y if finite else 0.0
+            if finite:
+                seen += 1
+                if j < 62:
+                    key |= np.int64(1) << j
+        keys[i], good[i] = key, seen > 0 and not infinite
 
 
 def _diag_sub_block(X, params: MixtureParams, scratch: Scratch | None):
     """(log p(x_o) (n,), responsibilities (K, n), Φᵀ (3d, n), good (n,)) of
     non-matrix blocks; rows not ``good`` have NaN and zero responsibilities."""
     n, d = X.shape
-    phi_t, good = buffer(scratch, "phi", (3 * d, n)), np.empty(n, dtype=np.bool_)
-    _fill_masked_features(X, params.origin, phi_t, good)
+    phi_t, counts = buffer(scratch, "phi", (3 * d, n)), np.zeros((2, n))
+    X_t = np.empty((d, n), dtype=X.dtype)
+    X_t[...] = X.T
+    _fill_masked_features(X_t, params.origin, phi_t, counts)
+    good = (counts[0] > 0) & (counts[1] == 0)
     K = params.means.shape[0]
     weighted = np.matmul(masked_coefficients(params).T, phi_t, out=buffer(scratch, "w", (K, n)))
     weighted += params.log_weights[:, None]
     lpn, resp = _log_normalise(weighted)
     bad = np.flatnonzero(~good)
-    if bad.size:
-        lpn[bad], resp[:, bad] = np.nan, 0.0
+    if bad.size:  # rows without observed features, or with ±inf
+        lpn[bad], resp[:, bad], phi_t[:, bad] = np.nan, 0.0, 0.0
     return lpn, resp, phi_t, good
 
 
@@ -187,9 +215,8 @@ def masked_estimate(covariance_type: str, Nf, S, Q, delta, nkf) -> np.ndarray:
 
 
 # --------------------------------------------------------------- matrix blocks
-#: Size of the per-pattern coefficient arrays built at once: a block's
-#: patterns are factorised in groups of about this many bytes.
-PATTERN_GROUP_BYTES = 2**22
+#: Bytes of per-pattern coefficients (T, C, P: K d² each) built at once.
+COEFFICIENT_BYTES = 2**23
 
 
 def pattern_coefficients(patterns: np.ndarray, params: MixtureParams):
@@ -240,11 +267,12 @@ def pattern_coefficients(patterns: np.ndarray, params: MixtureParams):
 def _matrix_pass(X, weight, params: MixtureParams, stats=False, rows=False, impute=False):
     """Matrix-block E-step of rows with at least one observed feature.
 
-    The rows are sorted by missingness pattern (:func:`pattern_groups`);
-    each pattern's rows are one slice, so its E-step and raw moments are the
-    dense path's two GEMMs with that pattern's coefficients
-    (:func:`pattern_coefficients`), and the raw moments become moments of
-    x̂ about each mean (conditional covariance added) once per pattern.
+    The rows are sorted by missingness pattern (:func:`pattern_groups`), so
+    each pattern's rows are slices of cache-sized sub-blocks; per slice the
+    E-step and the raw moments are the dense path's two GEMMs with that
+    pattern's coefficients (:func:`pattern_coefficients`), and the raw
+    moments become moments of x̂ about each mean (conditional covariance
+    added) once per pattern.
 
     Returns
     -------
@@ -254,40 +282,51 @@ def _matrix_pass(X, weight, params: MixtureParams, stats=False, rows=False, impu
     """
     n, d = X.shape
     K, M = params.means.shape[0], params.shifted_means
-    Y, seen = shifted_observed(X, params.origin)
-    order, starts = pattern_groups(seen)
+    Y, keys, good = np.empty((n, d)), np.empty(n, dtype=np.int64), np.empty(n, dtype=np.bool_)
+    _shift_rows(X, params.origin, Y, keys, good)
+    seen = ~np.isnan(X)
+    order, starts = pattern_groups(seen, keys)
     Y, seen = Y[order], seen[order]
     w = None if weight is None else np.asarray(weight, dtype=np.float64)[order]
-    patterns = seen[starts[:-1]].astype(bool)
+    pattern = np.repeat(np.arange(starts.shape[0] - 1), np.diff(starts))
     out = {"lpn": np.empty(n)}
     if rows:
         out["resp"] = np.empty((K, n))
     if impute:
         out["imputed"] = Y.copy()
-    N, S, Q = np.zeros(K), np.zeros((K, d)), np.zeros((K, d, d))
-    group, scratch = max(1, PATTERN_GROUP_BYTES // (8 * K * d * d)), Scratch()
-    for g0 in range(0, patterns.shape[0], group):
-        A, b, T, C = pattern_coefficients(patterns[g0 : g0 + group], params)
-        raw = np.zeros((A.shape[0], K, A.shape[1])) if stats else None
-        mass = np.zeros((A.shape[0], K))
-        for j in range(A.shape[0]):
-            first, stop = starts[g0 + j], starts[g0 + j + 1]
-            for sub in mixture_sub_blocks(stop - first, d, "full", K):
-                sl = slice(first + sub.start, min(first + sub.stop, stop))
-                phi = quadratic_features(Y[sl], "full", scratch)
-                weighted = A[j].T @ phi.T
-                weighted += b[j][:, None]
-                out["lpn"][sl], resp = _log_normalise(weighted)
-                if rows:
-                    out["resp"][:, sl] = resp
-                if impute:
-                    cond = np.einsum("kij,knj->kni", T[j], Y[sl][None] - M[:, None])
-                    filled = np.einsum("kn,kni->ni", resp, cond + M[:, None])
-                    out["imputed"][sl] = np.where(seen[sl] > 0, Y[sl], filled)
-                if stats:
-                    wr = resp if w is None else resp * w[sl]
-                    raw[j] += wr @ phi
-                    mass[j] += wr.sum(axis=1)
+    N, S, Q, scratch = np.zeros(K), np.zeros((K, d)), np.zeros((K, d, d)), Scratch()
+    n_patterns = starts.shape[0] - 1
+    # Patterns in groups whose coefficients fit in COEFFICIENT_BYTES: memory
+    # stays bounded however many patterns a block has.
+    group = max(1, COEFFICIENT_BYTES // (24 * K * d * d))
+    for g0 in range(0, n_patterns, group):
+        g1 = min(n_patterns, g0 + group)
+        A, b, T, C = pattern_coefficients(seen[starts[g0:g1]], params)
+        raw, mass = np.zeros((g1 - g0, K, A.shape[1])), np.zeros((g1 - g0, K))
+        for sub in mixture_sub_blocks(starts[g1] - starts[g0], d, "full", K):
+            sub = slice(starts[g0] + sub.start, min(starts[g0] + sub.stop, starts[g1]))
+            # The sub-block's patterns: pattern p's rows are [cut[p - first], cut[p - first + 1]).
+            first, last = pattern[sub.start], pattern[sub.stop - 1] + 1
+            cut = np.clip(starts[first : last + 1], sub.start, sub.stop) - sub.start
+            parts = [(p - g0, slice(cut[p - first], cut[p - first + 1]))
+                     for p in range(first, last)]  # fmt: skip
+            phi = quadratic_features(Y[sub], "full", scratch)
+            weighted = buffer(scratch, "weighted", (K, sub.stop - sub.start))
+            for j, part in parts:
+                np.matmul(A[j].T, phi[part].T, out=weighted[:, part])
+                weighted[:, part] += b[j][:, None]
+            out["lpn"][sub], resp = _log_normalise(weighted)
+            if rows:
+                out["resp"][:, sub] = resp
+            if impute:
+                cond = np.einsum("nkij,knj->kni", T[pattern[sub] - g0], Y[sub][None] - M[:, None])
+                filled = np.einsum("kn,kni->ni", resp, cond + M[:, None])
+                out["imputed"][sub] = np.where(seen[sub], Y[sub], filled)
+            if stats:
+                wr = resp if w is None else resp * w[sub]
+                for j, part in parts:
+                    raw[j] += wr[:, part] @ phi[part]
+                    mass[j] += wr[:, part].sum(axis=1)
         if stats:
             _add_conditional_moments(raw, mass, T, C, M, N, S, Q)
     if COVARIANCE_TYPES[params.covariance_type].pooled:
@@ -362,11 +401,16 @@ def estep_stats(X: np.ndarray, weight: np.ndarray | None, params: MixtureParams)
         loglik, w_total, nonfinite = 0.0, 0.0, 0
         for rows in sub_blocks(X.shape[0], 3 * d + K):
             lpn, resp, phi_t, good = _diag_sub_block(X[rows], params, scratch)
-            w = good if weight is None else weight[rows] * good
             if weight is not None:
                 resp *= weight[rows][None, :]
             raw += resp @ phi_t.T
             N += resp.sum(axis=1)
+            total = lpn.sum() if weight is None else lpn @ weight[rows]
+            if good.all() and np.isfinite(total):  # the common case, without copies
+                loglik += total
+                w_total += lpn.shape[0] if weight is None else float(weight[rows].sum())
+                continue
+            w = good.astype(np.float64) if weight is None else weight[rows] * good
             finite = np.isfinite(lpn)
             loglik += lpn[finite] @ w[finite]
             w_total += float(w.sum())
