@@ -140,13 +140,13 @@ def _fill_masked_features(X_t, origin, phi_t, counts):  # pragma: no cover - com
         for i in range(n):
             y = np.float64(X_t[j, i]) - o
             finite = y - y == 0.0  # False for NaN and ±inf
+            counts[1, i] += 0.0 if finite or y != y else 1.0
             f = 1.0 if finite else 0.0
             y = y if finite else 0.0
             phi_t[j, i] = y * y
             phi_t[d + j, i] = y
             phi_t[2 * d + j, i] = f
             counts[0, i] += f
-            counts[1, i] += 0.0 if finite or y != y else 1.0
 
 
 @compiled()
