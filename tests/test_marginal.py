@@ -223,13 +223,16 @@ def test_rows_with_every_feature_missing_change_nothing(ct):
     assert km.predict(padded)[0] == -1 and np.isnan(km.transform(padded)[0]).all()
 
 
-def test_infinity_is_an_error_not_a_gap():
+@pytest.mark.parametrize("ct", ["full", "diag"])
+def test_infinity_is_an_error_not_a_gap(ct):
     X = with_gaps(blobs(200, 3, 2), 0.2)
     X[7, 1] = np.inf
+    X[8, :2] = [np.nan, -np.inf]
+    gm = GaussianMixture(2, covariance_type=ct, nan_policy="marginalize")
     with pytest.raises(ValueError, match="never infinity"):
-        GaussianMixture(2, nan_policy="marginalize").fit(X)
-    with pytest.raises(ValueError, match="1 row.*never infinity"):
-        GaussianMixture(2, nan_policy="marginalize").fit(da.from_array(X, chunks=50))
+        gm.fit(X)
+    with pytest.raises(ValueError, match="2 row.*never infinity"):
+        gm.fit(da.from_array(X, chunks=50))
 
 
 @pytest.mark.slow
@@ -260,3 +263,32 @@ def test_pipeline_model_nan_policy_marginalize(tmp_path):
     assert labels[5] == -1  # stored with _FillValue -1: read back as NaN
     np.testing.assert_array_equal(ds["labels"].values, np.where(labels < 0, np.nan, labels))
     np.testing.assert_allclose(ds["log_density"].values, gm.score_samples(X), rtol=1e-8)
+
+
+@pytest.mark.parametrize("init", ["k-means++", "random_from_data"])
+def test_seeds_are_complete_rows(init):
+    X, _ = kmeans_data()
+    gm = GaussianMixture(3, init_params=init, max_iter=0, nan_policy="marginalize",
+                         random_state=0)  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        gm.fit(da.from_array(X, chunks=100))
+    complete = X[~np.isnan(X).any(axis=1)]
+    for mean in gm.means_:
+        assert np.any(np.all(complete == mean, axis=1))
+
+
+def test_annealing_with_gaps_ends_at_kmeans_fixed_point():
+    from dask_emk import AnnealedGaussianMixture
+
+    X, _ = kmeans_data()
+    X = np.vstack([X, np.full((1, 4), np.nan)])
+    an = AnnealedGaussianMixture(3, nan_policy="marginalize", random_state=0)
+    an.fit(da.from_array(X, chunks=200))
+    centers, labels, inertia = numpy_kmeans(X, an.means_.astype(np.float64))
+    np.testing.assert_allclose(an.means_, centers, rtol=1e-10)
+    assert an.inertia_ == pytest.approx(inertia, rel=1e-10)
+    np.testing.assert_array_equal(np.asarray(an.labels_)[:-1], labels[:-1])
+    proba = an.predict_proba(X)
+    assert an.labels_[-1].compute() == -1 and np.isnan(proba[-1]).all()
+    np.testing.assert_allclose(proba[:-1].sum(axis=1), 1.0)

@@ -57,6 +57,7 @@ MODELS = {
     }),
     "anneal": (AnnealedGaussianMixture, {
         "n_components": "n_components", "random_state": "random_state",
+        "nan_policy": "nan_policy",
     }),
 }  # fmt: skip
 #: Fields of every model type; a pipeline names n_components and seeds with 0.
