@@ -266,8 +266,8 @@ def _validate_anneal(raw: dict | None, model: dict, source: str) -> dict | None:
     cfg = _fill(raw or {}, fields, "anneal", source)
     cfg = {key: value for key, value in cfg.items() if key in (raw or {})}
     _check_ranges(cfg, field_specs(AnnealedGaussianMixture, ANNEAL_PARAMETERS), "anneal", source)
-    for key in ("n_components", "random_state"):
-        if key in fields:
+    for key in ("n_components", "random_state", "nan_policy"):
+        if key in fields and key in model:
             cfg.setdefault(key, model[key])
     return cfg
 
