@@ -168,8 +168,14 @@ class KMeans(NoTrainingDataInPickle, TransformerMixin, ClusterMixin, ChunkedEsti
         NaN in X: ``'raise'`` an error; ``'omit'`` leaves every row (grid
         point) holding a NaN out of every statistic (seeding draws and the
         farthest rows that refill empty clusters included) and gives it label
-        -1 and NaN distances. ±inf is always an error. ``'marginalize'`` is
-        reserved (not yet implemented).
+        -1 and NaN distances. ``'marginalize'``: a NaN entry is a missing
+        coordinate; a row is assigned by its squared distance over its
+        observed coordinates, a centre coordinate is the mean over its rows
+        where that coordinate is observed, the inertia sums over observed
+        coordinates (the σ² → 0 limit of shared-σ² EM with gaps); seeding
+        draws complete rows only, and the farthest rows that refill empty
+        clusters are complete rows. A row with no observed coordinate takes
+        no part (label -1). ±inf is always an error.
     feature_dim : str, optional
         The dimension of an N-D DataArray that holds the features.
     sample_dims : str or list of str, optional

@@ -8,8 +8,9 @@ The seedings :func:`random_rows`, :func:`kmeans_parallel` and
 - ``random_state``: int, RandomState or None;
 - ``sample_weight``: ndarray or dask array of shape (n_samples,), optional
   (rows are drawn ∝ weight);
-- ``omit_nan``: bool (``nan_policy='omit'``): rows holding NaN are never
-  drawn nor weigh in any potential;
+- ``omit_nan``: bool (``nan_policy='omit'``, and 'marginalize', which seeds
+  from complete rows only): rows holding NaN are never drawn nor weigh in
+  any potential;
 - the result: ndarray of shape (n, d), float64.
 
 Work on the full data is done in passes (one Dask compute each, see
@@ -84,7 +85,8 @@ def _check_enough_rows(n_rows: int, n: int) -> None:
     if n_rows < n:
         raise ValueError(
             f"Only {n_rows} row(s) of X hold no NaN (nan_policy='omit' leaves the others "
-            f"out), fewer than the {n} needed; lower the number of clusters or components."
+            f"out; 'marginalize' seeds from complete rows), fewer than the {n} needed; lower "
+            "the number of clusters or components."
         )
 
 
