@@ -292,3 +292,26 @@ def test_annealing_with_gaps_ends_at_kmeans_fixed_point():
     proba = an.predict_proba(X)
     assert an.labels_[-1].compute() == -1 and np.isnan(proba[-1]).all()
     np.testing.assert_allclose(proba[:-1].sum(axis=1), 1.0)
+
+
+def test_gridded_dataset_with_gaps_equals_stacked_rows():
+    import xarray as xr
+
+    rows = with_gaps(blobs(6 * 8 * 10, 3, 2, seed=9), 0.15, seed=9)
+    rows[::7] = np.nan  # "land": every variable missing
+    cube = rows.reshape(6, 8, 10, 3)
+    dims = ("time", "lat", "lon")
+    ds = xr.Dataset({name: (dims, cube[..., i]) for i, name in enumerate("abc")},
+                    coords={"lat": np.arange(8.0)}).chunk({"time": 2})  # fmt: skip
+    complete = rows[~np.isnan(rows).any(axis=1)]
+    kw = dict(covariance_type="full", nan_policy="marginalize", tol=1e-8,
+              means_init=complete[:2], weights_init=[0.5, 0.5],
+              precisions_init=np.stack([np.eye(3) * 0.1] * 2))  # fmt: skip
+    grid, flat = GaussianMixture(2, **kw).fit(ds), GaussianMixture(2, **kw).fit(rows)
+    np.testing.assert_allclose(grid.means_, flat.means_, rtol=1e-8)
+    labels, filled = grid.predict(ds), grid.impute(ds)
+    assert labels.dims == dims and filled.dims == dims + ("feature",)
+    assert isinstance(filled.data, da.Array)
+    np.testing.assert_array_equal(labels.values.reshape(-1), flat.predict(rows))
+    np.testing.assert_allclose(filled.values.reshape(-1, 3), flat.impute(rows), rtol=1e-8)
+    assert list(filled["feature"].values) == ["a", "b", "c"]
