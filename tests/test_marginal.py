@@ -143,7 +143,7 @@ def reference_em(X, weights, means, covs, diagonal: bool, n_iter: int):
 def test_converged_parameters_equal_reference_em(ct):
     X = with_gaps(blobs(150, 3, 2, seed=4, spread=0.6), 0.2, seed=4)
     X = X[~np.isnan(X).all(axis=1)]
-    gm = fitted(ct, X, max_iter=400, K=2)
+    gm = fitted(ct, X, max_iter=100, K=2)
     init = init_params(blobs(300, 3, 2), 2, ct)
     covs = COVARIANCE_TYPES[ct].to_full(
         COVARIANCE_TYPES[ct].covariances_from_precisions(init["precisions_init"]), 2, 3
