@@ -15,7 +15,7 @@ Diagonal and scalar blocks (diag, spherical, shared). A component's density
 of the observed features is the product of their one-dimensional densities,
 so with Y the shifted rows with 0 in the gaps and seen the 0/1 mask of observed
 entries, the E-step is one GEMM of Φ = [Y², Y, seen] (n, 3d) and its statistics
-another, Rᵀ Φ = [Σ r y², Σ r y, Σ r o]. The M-step maximises EM's bound for
+another, Rᵀ Φ = [Σ r y², Σ r y, Σ r seen]. The M-step maximises EM's bound for
 the responsibilities exactly: per component and feature the mean over the
 observed entries (mass ``Nf``), the variances from the same masked sums
 (:func:`masked_estimate`). Its σ² → 0 limit is k-means on observed
@@ -26,7 +26,7 @@ part is N(x_o; μ_o, Σ_oo); the M-step takes the missing part's conditional
 expectation x̂_m = μ_m + Σ_mo Σ_oo⁻¹ (x_o − μ_o) and adds its conditional
 covariance Σ_mm − Σ_mo Σ_oo⁻¹ Σ_om to the second moments. A block's rows are
 grouped by missingness pattern and Σ_oo is factorised once per pattern and
-component (:func:`_pattern_rows`, compiled). Cost: O(P K d³) for P distinct
+component (:func:`pattern_coefficients`). Cost: O(P K d³) for P distinct
 patterns in a block on top of O(n K d²) for its rows; when most rows of a
 block have a pattern of their own (d large, many gaps), the factorisations
 dominate (about d times the row work) but the result stays exact.
@@ -108,16 +108,6 @@ def feature_precisions(params: MixtureParams) -> np.ndarray:
     return np.broadcast_to(prec if prec.ndim == 2 else prec[:, None], (K, d))
 
 
-def masked_features(Y: np.ndarray, seen: np.ndarray, scratch: Scratch | None = None):
-    """Φ = [Y², Y, seen], shape (n, 3d) (module docstring)."""
-    n, d = Y.shape
-    phi = buffer(scratch, "phi", (n, 3 * d))
-    np.multiply(Y, Y, out=phi[:, :d])
-    phi[:, d : 2 * d] = Y
-    phi[:, 2 * d :] = seen
-    return phi
-
-
 def masked_coefficients(params: MixtureParams) -> np.ndarray:
     """A (3d, K) with log N(y_o | μ_o, Σ_oo) = Φ(y) · A[:, k] for diagonal Σ."""
     P, M = feature_precisions(params), params.shifted_means
@@ -150,33 +140,38 @@ def _fill_masked_features(X_t, origin, phi_t, counts):  # pragma: no cover - com
 
 
 @compiled()
-def _shift_rows(X, origin, Y, keys, good):  # pragma: no cover - compiled
+def _shift_rows(X, origin, Y, keys):  # pragma: no cover - compiled
     """Y = X − origin with 0 in the gaps; ``keys`` (n,) the bit mask of the
-    observed features (first 62 features); ``good`` as :func:`_fill_masked_features`."""
+    observed features (of the first 62)."""
     n, d = X.shape
     for i in range(n):
-        key, seen, infinite = 0, 0, False
+        key = 0
         for j in range(d):
             y = np.float64(X[i, j]) - origin[j]
             finite = y - y == 0.0
-            infinite |= not finite and y == y
             Y[i, j] = y if finite else 0.0
-            if finite:
-                seen += 1
-                if j < 62:
-                    key |= np.int64(1) << j
-        keys[i], good[i] = key, seen > 0 and not infinite
+            if finite and j < 62:
+                key |= np.int64(1) << j
+        keys[i] = key
+
+
+def masked_features(X: np.ndarray, origin: np.ndarray, scratch: Scratch | None = None):
+    """(Φᵀ (3d, n), good (n,)): Φ = [Y², Y, seen] of rows X shifted by
+    ``origin`` (module docstring); ``good`` is False for rows with no
+    observed feature or with ±inf."""
+    n, d = X.shape
+    phi_t, counts = buffer(scratch, "phi", (3 * d, n)), np.zeros((2, n))
+    X_t = np.empty((d, n), dtype=X.dtype)
+    X_t[...] = X.T
+    _fill_masked_features(X_t, origin, phi_t, counts)
+    return phi_t, (counts[0] > 0) & (counts[1] == 0)
 
 
 def _diag_sub_block(X, params: MixtureParams, scratch: Scratch | None):
     """(log p(x_o) (n,), responsibilities (K, n), Φᵀ (3d, n), good (n,)) of
     non-matrix blocks; rows not ``good`` have NaN and zero responsibilities."""
-    n, d = X.shape
-    phi_t, counts = buffer(scratch, "phi", (3 * d, n)), np.zeros((2, n))
-    X_t = np.empty((d, n), dtype=X.dtype)
-    X_t[...] = X.T
-    _fill_masked_features(X_t, params.origin, phi_t, counts)
-    good = (counts[0] > 0) & (counts[1] == 0)
+    n = X.shape[0]
+    phi_t, good = masked_features(X, params.origin, scratch)
     K = params.means.shape[0]
     weighted = np.matmul(masked_coefficients(params).T, phi_t, out=buffer(scratch, "w", (K, n)))
     weighted += params.log_weights[:, None]
@@ -282,8 +277,8 @@ def _matrix_pass(X, weight, params: MixtureParams, stats=False, rows=False, impu
     """
     n, d = X.shape
     K, M = params.means.shape[0], params.shifted_means
-    Y, keys, good = np.empty((n, d)), np.empty(n, dtype=np.int64), np.empty(n, dtype=np.bool_)
-    _shift_rows(X, params.origin, Y, keys, good)
+    Y, keys = np.empty((n, d)), np.empty(n, dtype=np.int64)
+    _shift_rows(X, params.origin, Y, keys)
     seen = ~np.isnan(X)
     order, starts = pattern_groups(seen, keys)
     Y, seen = Y[order], seen[order]
@@ -430,16 +425,13 @@ def resp_stats(X, weight, resp, origin, covariance_type: str) -> dict:
     ----------
     resp : ndarray of shape (n, K)
     """
-    keep, n_inf = usable_rows(X)
-    X, resp = X[keep], resp[keep]
-    weight = None if weight is None else np.asarray(weight)[keep]
     K, d = resp.shape[1], X.shape[1]
-    Y, seen = shifted_observed(X, origin)
-    wr = resp.T if weight is None else resp.T * weight[None, :]
-    raw = wr @ masked_features(Y, seen)
-    stats = masked_central(raw, wr.sum(axis=1), np.zeros((K, d)), covariance_type)
-    w_total = float(X.shape[0]) if weight is None else float(weight.sum())
-    stats.update(n=np.float64(w_total), loglik=np.float64(0.0), nonfinite=np.float64(n_inf))
+    phi_t, good = masked_features(X, origin)
+    w = good if weight is None else np.asarray(weight, dtype=np.float64) * good
+    wr = resp.T * w[None, :]
+    stats = masked_central(wr @ phi_t.T, wr.sum(axis=1), np.zeros((K, d)), covariance_type)
+    n_inf = int(np.isinf(X).any(axis=1).sum())
+    stats.update(n=np.float64(w.sum()), loglik=np.float64(0.0), nonfinite=np.float64(n_inf))
     return stats
 
 
