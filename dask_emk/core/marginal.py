@@ -382,37 +382,37 @@ def estep_stats(X: np.ndarray, weight: np.ndarray | None, params: MixtureParams)
     """
     weight = None if weight is None else np.asarray(weight, dtype=np.float64)
     K, d = params.means.shape
+    lpn = np.full(X.shape[0], np.nan)
     if COVARIANCE_TYPES[params.covariance_type].block == "matrix":
-        keep, n_inf = usable_rows(X)
-        w = None if weight is None else weight[keep]
-        out = _matrix_pass(X[keep], w, params, stats=True)
-        stats = {name: out[name] for name in ("N", "S", "Q")}
-        lpn, w_total = out["lpn"], float(keep.sum()) if w is None else float(w.sum())
-        finite = np.isfinite(lpn)
-        loglik = lpn[finite].sum() if w is None else lpn[finite] @ w[finite]
-        nonfinite = n_inf + int((~finite).sum())
+        good, _ = usable_rows(X)
+        out = _matrix_pass(X[good], None if weight is None else weight[good], params, stats=True)
+        stats, lpn[good] = {name: out[name] for name in ("N", "S", "Q")}, out["lpn"]
     else:
         raw, N, scratch = np.zeros((K, 3 * d)), np.zeros(K), Scratch()
-        loglik, w_total, nonfinite = 0.0, 0.0, 0
+        good = np.empty(X.shape[0], dtype=bool)
         for rows in sub_blocks(X.shape[0], 3 * d + K):
-            lpn, resp, phi_t, good = _diag_sub_block(X[rows], params, scratch)
+            lpn[rows], resp, phi_t, good[rows] = _diag_sub_block(X[rows], params, scratch)
             if weight is not None:
                 resp *= weight[rows][None, :]
             raw += resp @ phi_t.T
             N += resp.sum(axis=1)
-            total = lpn.sum() if weight is None else lpn @ weight[rows]
-            if good.all() and np.isfinite(total):  # the common case, without copies
-                loglik += total
-                w_total += lpn.shape[0] if weight is None else float(weight[rows].sum())
-                continue
-            w = good.astype(np.float64) if weight is None else weight[rows] * good
-            finite = np.isfinite(lpn)
-            loglik += lpn[finite] @ w[finite]
-            w_total += float(w.sum())
-            nonfinite += int((~finite & good).sum()) + int(np.isinf(X[rows][~good]).any(1).sum())
         stats = masked_central(raw, N, params.shifted_means, params.covariance_type)
+    loglik, w_total, nonfinite = _likelihood_totals(X, lpn, weight, good)
     stats.update(n=np.float64(w_total), loglik=np.float64(loglik), nonfinite=np.float64(nonfinite))
     return stats
+
+
+def _likelihood_totals(X, lpn, weight, good) -> tuple[float, float, int]:
+    """(Σ w log p(x_o), Σ w, rows whose log-likelihood is not finite) over
+    the rows taking part (``good``), and the rows holding ±inf counted too."""
+    if good.all():  # the common case, without copies
+        total = lpn.sum() if weight is None else lpn @ weight
+        if np.isfinite(total):
+            return total, float(lpn.size) if weight is None else float(weight.sum()), 0
+    w = good.astype(np.float64) if weight is None else weight * good
+    finite = np.isfinite(lpn)
+    n_inf = int(np.isinf(X[~good]).any(axis=1).sum())
+    return lpn[finite] @ w[finite], float(w.sum()), int((~finite & good).sum()) + n_inf
 
 
 def resp_stats(X, weight, resp, origin, covariance_type: str) -> dict:
