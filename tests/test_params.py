@@ -156,7 +156,8 @@ def test_pipeline_fields_build_valid_estimators():
     model, anneal = {"n_components": 3, "init": "anneal"}, {"max_split_factor": 1}
     raw = dict(PIPELINE, model=model, anneal=anneal)
     cfg = config.validate(raw)
-    assert cfg["anneal"] == {"max_split_factor": 1.0, "n_components": 3, "random_state": 0}
+    assert cfg["anneal"] == {"max_split_factor": 1.0, "n_components": 3, "random_state": 0,
+                             "nan_policy": "raise"}  # fmt: skip
     validate_params(AnnealedGaussianMixture(**cfg["anneal"]))
     cfg = config.validate(dict(PIPELINE, model={"n_components": 3, "init": "random_from_data"}))
     assert config.estimator_params(cfg["model"])["init_params"] == "random_from_data"
