@@ -53,7 +53,8 @@ def m_step(
     ----------
     stats : dict
         Summed statistics (``N`` (K,), ``S`` (K, d), ``Q``), see
-        :func:`dask_emk.core.mixture.moment_stats`.
+        :func:`dask_emk.core.mixture.moment_stats`; with gaps also ``Nf``
+        (K, d) (:func:`dask_emk.core.marginal.estep_stats`).
     centers : ndarray of shape (K, d)
         The reference c_k each component's moments were taken about.
     covariance_type : str
