@@ -94,6 +94,8 @@ def pattern_groups(seen: np.ndarray, keys: np.ndarray | None = None):
     if keys is None or seen.shape[1] > 62:
         packed = np.packbits(seen.astype(bool), axis=1)
         keys = np.ascontiguousarray(packed).view(np.dtype((np.void, packed.shape[1]))).ravel()
+    elif seen.shape[1] <= 16:
+        keys = keys.astype(np.uint16)  # numpy's stable sort is a radix sort for these
     order = np.argsort(keys, kind="stable")
     ordered = keys[order]
     change = np.flatnonzero(ordered[1:] != ordered[:-1]) + 1
