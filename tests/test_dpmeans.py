@@ -258,7 +258,7 @@ def test_cli_and_pipeline_runs(tmp_path):
     )
     assert_one_line_error(
         invoke("fit", f"{store}/X", "--model", "dpmeans", *other),
-        "needs exactly one of penalty",
+        "--model dpmeans needs exactly one of --penalty (λ) or --k",
     )
 
 

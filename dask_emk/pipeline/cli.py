@@ -201,6 +201,8 @@ MODEL_OPTIONS = ("init", "tol", "max_iter", "covariance_type", "penalty")
 
 def _model_section(model: str, n_components: int | None, opts: dict) -> dict:
     """[model] for ``dask-emk fit``; an option the model does not take is an error."""
+    if model == "dpmeans" and (n_components is None) == (opts["penalty"] is None):
+        raise ValueError("--model dpmeans needs exactly one of --penalty (λ) or --k; give one.")
     if n_components is None and model != "dpmeans":
         raise ValueError(f"--model {model} needs --k (the number of components); add it.")
     raw = {"type": model, "random_state": opts["random_state"]}

@@ -42,8 +42,9 @@ class FitOutcome:
     history: list[Iteration] = field(default_factory=list)
     converged: bool = False
     objective: str = "lower_bound"
-    #: Clusters at each iteration, for models that change their number (dpmeans).
-    n_clusters: list[int] = field(default_factory=list)
+    #: Clusters at each iteration, for models that change their number (dpmeans);
+    #: a class-level default, so outcomes pickled before it existed still load.
+    n_clusters: tuple[int, ...] = ()
 
 
 Progress = Callable[[str, Iteration], None]
@@ -152,7 +153,7 @@ def fit_dpmeans(X, params: dict, checkpoint: Checkpoint, progress: Progress) -> 
     kept = next(i for i, run in enumerate(search) if run["penalty"] == model.penalty_)
     outcome = FitOutcome(
         checkpointable(model), runs[kept], search[kept]["converged"], "objective",
-        list(model.n_clusters_history_),
+        tuple(model.n_clusters_history_),
     )  # fmt: skip
     checkpoint.save("model", outcome)
     return outcome
