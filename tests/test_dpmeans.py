@@ -272,3 +272,15 @@ def test_pipeline_model_section():
     with pytest.raises(PipelineError, match=r"\[output\] responsibilities is not available"):
         config.validate(dict(raw, model={"type": "dpmeans", "penalty": 4},
                              output={"results": "r.zarr", "responsibilities": True}))  # fmt: skip
+
+
+def test_max_iter_warns_and_keeps_the_last_pass_consistent():
+    X = blobs(spread=1.0)
+    with pytest.warns(ConvergenceWarning, match=r"did not reach its fixed point in max_iter=3"):
+        model = DPMeans(penalty=20.0, max_iter=3).fit(X)
+    # The centres returned are those of the last pass: its labels and objective.
+    dist = squared_distances(X, model.cluster_centers_)
+    np.testing.assert_array_equal(model.labels_, dist.argmin(axis=1))
+    K = model.n_clusters_
+    assert model.objective_ == pytest.approx(dist.min(axis=1).sum() + 20.0 * K, rel=1e-12)
+    assert model.n_clusters_history_[-1] == K and model.n_iter_ == 3

@@ -125,9 +125,12 @@ LOWER_FACTOR = 4.0
 LOWER_STEPS = 40
 
 
-def dp_update(
-    stats: dict, centers: np.ndarray, origin: np.ndarray, penalty: float
-) -> tuple[np.ndarray, np.ndarray, int, int]:
+def dp_objective(inertia: float, penalty: float, n_clusters: int) -> float:
+    """J = Σ w ‖x − μ_z‖² + λ K."""
+    return float(inertia + penalty * n_clusters)
+
+
+def dp_update(stats: dict, origin: np.ndarray, penalty: float) -> tuple[np.ndarray, int, int]:
     """New centres after one pass: open, close, recentre (the client's step).
 
     Parameters
@@ -136,14 +139,12 @@ def dp_update(
         ``N`` (K,), ``S`` (K, d) about ``origin``, the kept rows ``far_dist``
         (their opening key, descending), ``far_label``, ``far_weight``,
         ``far_x`` (m, d).
-    centers : ndarray of shape (K, d), the centres of the pass
     origin : ndarray of shape (d,)
     penalty : float, λ
 
     Returns
     -------
     centers : ndarray of shape (K', d), weighted means of the clusters kept
-    weights : ndarray of shape (K',), their weights
     opened, closed : int, clusters opened and closed
     """
     N, S = stats["N"].copy(), stats["S"].copy()
@@ -166,7 +167,7 @@ def dp_update(
     # Sums of weights carry rounding: a cluster whose rows all moved holds ~0.
     keep = N > EMPTIED_FRACTION * before
     closed = int(np.count_nonzero(~keep))
-    return weighted_means(origin, N[keep], S[keep])[0], N[keep], len(new_w), closed
+    return weighted_means(origin, N[keep], S[keep])[0], len(new_w), closed
 
 
 @dataclass
@@ -188,7 +189,7 @@ class DPRun:
 
     @property
     def objective(self) -> float:
-        return float(self.inertia + self.penalty * self.n_clusters)
+        return dp_objective(self.inertia, self.penalty, self.n_clusters)
 
 
 @dataclass
@@ -398,9 +399,9 @@ class DPMeans(NoTrainingDataInPickle, ClusterMixin, ChunkedEstimator):
             stats = self._pass(data, weight, centers, start.origin, CANDIDATES, moments)
             if moments:
                 start.tol_abs = relative_tolerance(stats, self.tol)
-            objectives.append(float(stats["inertia"] + penalty * centers.shape[0]))
+            objectives.append(dp_objective(stats["inertia"], penalty, centers.shape[0]))
             counts.append(int(centers.shape[0]))
-            new, _, opened, closed = dp_update(stats, centers, start.origin, penalty)
+            new, opened, closed = dp_update(stats, start.origin, penalty)
             same = not (opened or closed)
             shift = float(((new - centers) ** 2).sum()) if same else np.inf
             converged = shift <= start.tol_abs
