@@ -16,14 +16,15 @@ Scale the concentration with σ² as α = (1 + ρ/σ²)^(d/2) exp(−λ / (2σ²
 then P(new) ∝ (2πσ²)^(−d/2) exp(−λ/(2σ²) − ‖x‖²/(2(ρ + σ²))), and as
 σ² → 0 all the probability goes to the smallest of λ and the ‖x − μ_c‖²:
 the row joins its nearest centre unless that is farther than √λ, and then
-opens a cluster of its own. The joint log-likelihood times −2σ² tends to
+opens a cluster of its own. The joint log-likelihood times −2σ² tends, up
+to a constant, to
 
     J = Σ_i w_i ‖x_i − μ_{z_i}‖² + λ K,
 
-k-means' inertia plus λ per cluster (each cluster costs a factor α). At a
-fixed K (λ = 0, K given) this is the founding limit itself; DP-means adds a
-price on K, so it answers "how many clusters?" with a scale, in squared data
-units: regimes at least about √λ apart.
+k-means' inertia plus λ per cluster (each cluster costs a factor α). With K
+held fixed the λK term is a constant and this is the founding limit itself;
+DP-means puts a price on K, so it answers "how many clusters?" with a scale,
+in squared data units: regimes at least about √λ apart.
 
 **Weights.** A row of weight w ≥ 1 counts as w copies of one point, as in
 scikit-learn: like the first copy it opens a cluster when farther than √λ.
@@ -62,7 +63,7 @@ returned are those of that last pass, so ``labels_`` are their nearest
 centres and ``objective_`` is J at them exactly.
 
 **n_clusters = K** finds λ by bisection on log λ. The bracket comes from the
-data: above λ_max = max min(w, 1) ‖x − x̄‖² nothing opens from the mean x̄
+data: from λ₁ = max min(w, 1) ‖x − x̄‖² up nothing opens from the mean x̄
 (K = 1); λ is divided by 4 until K(λ) ≥ K. Each fit starts from the centres
 of the bracket end with the larger λ (fewer clusters): DP-means opens and
 closes but never merges, so a start with more clusters would keep them.
@@ -85,8 +86,8 @@ second cluster only below λ₁ = max ‖x − x̄‖² ≥ λ_max(Cov X) = σ²
 first split. The λ ladder thus lies above the σ² ladder, with equality only
 for two equal point masses a distance s apart (λ₁ = σ²_c = s²/4); for blobs
 the ratio depends on their masses and tails (radius² over principal
-variance). Measured (largest λ giving ≥ j clusters over the σ² of the
-anneal's (j−1)-th split): 3.6–6.1 on five round 2-D blobs, 5.1–9.3 on a
+variance). Measured (largest λ giving ≥ j clusters, over the σ² of the
+step at which the anneal made its (j−1)-th split): 3.6–6.1 on five round 2-D blobs, 5.1–9.3 on a
 generated 4-D mixture of six. As that factor is not known before a fit, no
 ``--penalty-from-path`` is offered: ``n_clusters=K`` finds the λ of a
 chosen K directly.
