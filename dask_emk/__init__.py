@@ -2,7 +2,8 @@
 
 from dask_emk._version import __version__
 from dask_emk.models.anneal import AnnealedGaussianMixture
+from dask_emk.models.dpmeans import DPMeans
 from dask_emk.models.gmm import GaussianMixture
 from dask_emk.models.kmeans import KMeans
 
-__all__ = ["AnnealedGaussianMixture", "GaussianMixture", "KMeans", "__version__"]
+__all__ = ["AnnealedGaussianMixture", "DPMeans", "GaussianMixture", "KMeans", "__version__"]

@@ -96,6 +96,28 @@ def assign_pass(
     )  # fmt: skip
 
 
+def costliest_block(X, weight, centers, origin, n_far, moments, layout) -> np.ndarray:
+    """Packed DP-means statistics of one block (the engine's block function)."""
+    return layout.pack(assign.costliest_stats(X, weight, centers, origin, n_far, moments))
+
+
+def costliest_pass(
+    X, weight, centers, origin, n_far, moments=False, split_every=None, omit_nan=False
+) -> dict:
+    """:func:`assign_pass` keeping the rows that DP-means would open first (one compute).
+
+    The kept rows are ranked by :func:`dask_emk.core.assign.opening_key`,
+    min(w, 1) ‖x − c‖², which is the distance without weights; ``far_dist``
+    holds that key. Arguments and returns as :func:`assign_pass`.
+    """
+    layout = assign_layout(centers.shape[0], centers.shape[1], n_far, moments)
+    return reduction.run_pass(
+        X, weight, layout, costliest_block, centers, origin, n_far, moments, layout,
+        split_every=split_every, combine=partial(merge_packed, layout=layout, tops=FAR_LIST),
+        omit_nan=omit_nan,
+    )  # fmt: skip
+
+
 def seed_block(X, weight, centers, trials, origin, n_keep, seed, scale, layout) -> np.ndarray:
     """Packed seeding statistics of one block (the engine's block function)."""
     return layout.pack(seeding.seed_stats(X, weight, centers, trials, origin, n_keep, seed, scale))

@@ -22,7 +22,8 @@ from dask_emk.core.covariance import COVARIANCE_TYPES, MATRIX_DIMS
 
 # ----------------------------------------------------------------- places
 GMM, KMEANS, ANNEAL = "GaussianMixture", "KMeans", "AnnealedGaussianMixture"
-MODELS = (GMM, KMEANS, ANNEAL)
+DPMEANS = "DPMeans"
+MODELS = (GMM, KMEANS, ANNEAL, DPMEANS)
 PATH, RESULTS, TRUTH, GENERATED = "path", "results", "truth", "generated"
 
 #: Where names occur: the short label used in the table, and what it is.
@@ -34,6 +35,7 @@ PLACES = {
         "`AnnealedGaussianMixture.to_xarray()`; the results group `anneal`, and the "
         "results root of an `anneal` run",
     ),
+    DPMEANS: ("DP", "`DPMeans.to_xarray()`; the results root of a `dpmeans` run"),
     PATH: ("path", "`AnnealedGaussianMixture.path_`; the results group `anneal_path`"),
     RESULTS: (
         "results",
@@ -84,21 +86,22 @@ SCHEMA: tuple[Name, ...] = (
          "the feature labels again, for the rows of covariance matrices"),
     Name("feature_col", DIMENSION, (GMM, TRUTH, GENERATED),
          "the feature labels again, for the columns of covariance matrices"),
-    Name("iteration", DIMENSION, (GMM, KMEANS, RESULTS), "iterations of the fit, 1 … n_iter"),
+    Name("iteration", DIMENSION, (GMM, KMEANS, DPMEANS, RESULTS),
+         "iterations of the fit, 1 … n_iter"),
     Name("step", DIMENSION, (PATH,), "annealing steps, σ² decreasing, 0 … n_steps−1"),
     Name("event", DIMENSION, (PATH,), "split and merge events in order (no coordinate)"),
     Name("sample", DIMENSION, (RESULTS, GENERATED), "rows of the input, in its chunks"),
     # model parameters
     Name("weights", VARIABLE, _MODELS_TRUTH,
-         "mixing weights, summing to 1: `weights_` (GM, AGM); for KM the fraction of the "
-         "(weighted) data in each cluster, `cluster_weights_ / cluster_weights_.sum()`",
+         "mixing weights, summing to 1: `weights_` (GM, AGM); for KM and DP the fraction of "
+         "the (weighted) data in each cluster, `cluster_weights_ / cluster_weights_.sum()`",
          ("component",)),
     Name("means", VARIABLE, _MODELS_TRUTH,
          "component means and cluster centres alike: `means_` (GM, AGM), "
-         "`cluster_centers_` (KM, AGM)", _COMPONENT_FEATURE),
-    Name("sizes", VARIABLE, (KMEANS, ANNEAL),
+         "`cluster_centers_` (KM, AGM, DP)", _COMPONENT_FEATURE),
+    Name("sizes", VARIABLE, (KMEANS, ANNEAL, DPMEANS),
          "total sample weight of each cluster (its row count without sample weights): "
-         "`cluster_weights_` (KM), `kmeans_.cluster_weights_` (AGM); not normalised, "
+         "`cluster_weights_` (KM, DP), `kmeans_.cluster_weights_` (AGM); not normalised, "
          "`weights` = `sizes / sizes.sum()`", ("component",)),
     Name("covariances", VARIABLE, (GMM,),
          "`covariances_`; dims by `covariance_type`: " + _covariance_dims_text(),
@@ -111,6 +114,11 @@ SCHEMA: tuple[Name, ...] = (
     Name("inertia", VARIABLE, (KMEANS,),
          "`inertia_history_`: Σ w‖x − c‖² at the start of each Lloyd iteration",
          ("iteration",)),
+    Name("objective", VARIABLE, (DPMEANS,),
+         "`objective_history_`: Σ w‖x − c‖² + λK at the start of each iteration",
+         ("iteration",)),
+    Name("n_distinct", VARIABLE, (DPMEANS,),
+         "`n_clusters_history_`: clusters at the start of each iteration", ("iteration",)),
     # the annealing path
     Name("sigma2", VARIABLE, (PATH,), "shared variance σ² of each step, strictly decreasing",
          ("step",)),
@@ -138,6 +146,11 @@ SCHEMA: tuple[Name, ...] = (
     Name("history_inertia", VARIABLE, (RESULTS,),
          "inertia at the start of each Lloyd iteration of the run (kmeans, anneal)",
          ("iteration",)),
+    Name("history_objective", VARIABLE, (RESULTS,),
+         "Σ w‖x − c‖² + λK at the start of each iteration of the run (dpmeans)",
+         ("iteration",)),
+    Name("history_n_clusters", VARIABLE, (RESULTS,),
+         "clusters at the start of each iteration of the run (dpmeans)", ("iteration",)),
     Name("history_change", VARIABLE, (RESULTS,),
          "change of the objective in each iteration", ("iteration",)),
     Name("history_seconds", VARIABLE, (RESULTS,),
@@ -162,7 +175,11 @@ SCHEMA: tuple[Name, ...] = (
          "`n_iter_`; in results, the iterations of the run (the size of `iteration`)"),
     Name("converged", ATTRIBUTE, (GMM, RESULTS), "`converged_`, 'True' or 'False'"),
     Name("final_lower_bound", ATTRIBUTE, (GMM,), "`lower_bound_`"),
-    Name("final_inertia", ATTRIBUTE, (KMEANS, ANNEAL), "`inertia_`, over the full data"),
+    Name("final_inertia", ATTRIBUTE, (KMEANS, ANNEAL, DPMEANS), "`inertia_`, over the full data"),
+    Name("final_objective", ATTRIBUTE, (DPMEANS,), "`objective_`: Σ w‖x − c‖² + λK"),
+    Name("fitted_penalty", ATTRIBUTE, (DPMEANS,),
+         "`penalty_`: λ of the fit (the attribute `penalty` is the parameter, 'None' "
+         "when n_clusters chose λ)"),
     Name("sigma2", ATTRIBUTE, (ANNEAL,), "`sigma2_`: σ² of the last annealing step"),
     Name("n_full_passes", ATTRIBUTE, (ANNEAL,), "`n_full_passes_`"),
     Name("stop_reason", ATTRIBUTE, (ANNEAL,), "`stop_reason_`: 'budget' or 'sigma2_stop'"),
@@ -321,6 +338,34 @@ def kmeans_dataset(km) -> xr.Dataset:
     )
     ds.attrs.update(fit_attributes(km))
     ds.attrs.update(schema_attrs(KMEANS, n_iter=int(km.n_iter_), final_inertia=float(km.inertia_)))
+    return ds
+
+
+def dpmeans_dataset(dp) -> xr.Dataset:
+    """Dataset of a fitted DPMeans (the DP names of :data:`SCHEMA`: KMeans's, plus λ)."""
+    sizes = np.asarray(dp.cluster_weights_, dtype=np.float64)
+    objective = np.asarray(dp.objective_history_, dtype=np.float64)
+    ds = schema_dataset(
+        DPMEANS,
+        {
+            "weights": sizes / sizes.sum(),
+            "means": dp.cluster_centers_,
+            "sizes": sizes,
+            "objective": objective,
+            "n_distinct": np.asarray(dp.n_clusters_history_, dtype=np.int64),
+        },
+        parameter_coords(dp.n_clusters_, feature_coords(dp), objective.size),
+    )
+    ds.attrs.update(fit_attributes(dp))
+    ds.attrs.update(
+        schema_attrs(
+            DPMEANS,
+            n_iter=int(dp.n_iter_),
+            final_inertia=float(dp.inertia_),
+            final_objective=float(dp.objective_),
+            fitted_penalty=float(dp.penalty_),
+        )
+    )
     return ds
 
 

@@ -69,6 +69,15 @@ def update_centers(stats: dict, origin: np.ndarray) -> tuple[np.ndarray, np.ndar
     return centers, N
 
 
+def relative_tolerance(stats: dict, tol: float) -> float:
+    """scikit-learn's ``_tolerance``: tol × mean of np.var(X, axis=0), from a
+    pass's ``count``, ``ysum`` and ``ysq`` (``moments=True``)."""
+    n = stats["count"]
+    mean = stats["ysum"] / n
+    variances = np.maximum(stats["ysq"] / n - mean**2, 0.0)
+    return float(variances.mean() * tol)
+
+
 @dataclass
 class LloydRun:
     """Outcome of one Lloyd run (float64)."""
@@ -324,11 +333,7 @@ class KMeans(NoTrainingDataInPickle, TransformerMixin, ClusterMixin, ChunkedEsti
         )  # fmt: skip
 
     def _tolerance(self, stats: dict) -> float:
-        """scikit-learn's ``_tolerance``: tol × mean of np.var(X, axis=0)."""
-        n = stats["count"]
-        mean = stats["ysum"] / n
-        variances = np.maximum(stats["ysq"] / n - mean**2, 0.0)
-        return float(variances.mean() * self.tol)
+        return relative_tolerance(stats, self.tol)
 
     # ------------------------------------------------------------ prediction
     def _centers64(self) -> tuple[np.ndarray, np.ndarray]:

@@ -1,7 +1,8 @@
 """The estimators' parameters: one table per estimator, one check for all.
 
 Every constructor parameter of :class:`~dask_emk.GaussianMixture`,
-:class:`~dask_emk.KMeans` and :class:`~dask_emk.AnnealedGaussianMixture` has
+:class:`~dask_emk.KMeans`, :class:`~dask_emk.AnnealedGaussianMixture` and
+:class:`~dask_emk.DPMeans` has
 an entry below saying what it may hold; :func:`validate_params` checks them
 all at the start of ``fit`` and raises a ValueError naming the parameter, the
 value and what is allowed. A bool is never a number here (``True`` is not
@@ -317,5 +318,18 @@ ANNEALED_GAUSSIAN_MIXTURE: dict[str, Spec] = {
     "hartigan_max_passes": Integer(0),
     "split_every": SPLIT_EVERY,
     "verbose": VERBOSE,
+    **INPUT_OPTIONS,
+}
+
+DPMEANS: dict[str, Spec] = {
+    "penalty": Real(gt=0, lt=np.inf, allow_none=True, why="λ, the price of a cluster"),
+    "n_clusters": Integer(1, allow_none=True),
+    "init": ArrayLike("(k, n_features)", allow_none=True),
+    "max_iter": Integer(1),
+    "tol": NON_NEGATIVE,
+    "random_state": RandomState(),
+    "split_every": SPLIT_EVERY,
+    "verbose": VERBOSE,
+    "callback": CALLBACK,
     **INPUT_OPTIONS,
 }

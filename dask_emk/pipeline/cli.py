@@ -122,8 +122,18 @@ def run(pipeline, scheduler, resume, quiet, no_plots) -> None:
 
 @main.command()
 @click.argument("input_path", metavar="INPUT")
-@click.option("--model", type=click.Choice(["gmm", "kmeans", "anneal"]), default="gmm")
-@click.option("--k", "n_components", type=click.IntRange(min=1), required=True)
+@click.option(
+    "--model", type=click.Choice(["gmm", "kmeans", "anneal", "dpmeans"]), default="gmm"
+)
+@click.option(
+    "--k", "n_components", type=click.IntRange(min=1), default=None,
+    help="Components (clusters). Required, except for dpmeans given --penalty.",
+)  # fmt: skip
+@click.option(
+    "--penalty", type=click.FloatRange(min=0, min_open=True), default=None,
+    help="dpmeans only: λ, the price of a cluster in squared data units (rows farther "
+    "than √λ from every centre open one); instead of --k, which makes it find λ.",
+)  # fmt: skip
 @click.option(
     "--out", required=True, help="RESULTS.zarr, a path or URL (replaced only if dask-emk wrote it)"
 )
@@ -186,12 +196,18 @@ def _run(cfg, text, scheduler, resume, quiet, no_plots, results_name) -> None:
 
 
 #: ``dask-emk fit`` options that set a [model] field of the same name.
-MODEL_OPTIONS = ("init", "tol", "max_iter", "covariance_type")
+MODEL_OPTIONS = ("init", "tol", "max_iter", "covariance_type", "penalty")
 
 
-def _model_section(model: str, n_components: int, opts: dict) -> dict:
+def _model_section(model: str, n_components: int | None, opts: dict) -> dict:
     """[model] for ``dask-emk fit``; an option the model does not take is an error."""
-    raw = {"type": model, "n_components": n_components, "random_state": opts["random_state"]}
+    if model == "dpmeans" and (n_components is None) == (opts["penalty"] is None):
+        raise ValueError("--model dpmeans needs exactly one of --penalty (λ) or --k; give one.")
+    if n_components is None and model != "dpmeans":
+        raise ValueError(f"--model {model} needs --k (the number of components); add it.")
+    raw = {"type": model, "random_state": opts["random_state"]}
+    if n_components is not None:
+        raw["n_components"] = n_components
     for key in MODEL_OPTIONS:
         if opts[key] is None:
             continue

@@ -16,6 +16,7 @@ import tomllib
 from pathlib import Path
 
 from dask_emk.models.anneal import AnnealedGaussianMixture
+from dask_emk.models.dpmeans import DPMeans
 from dask_emk.models.gmm import GaussianMixture
 from dask_emk.models.kmeans import KMeans
 from dask_emk.models.params import Boolean, Either, Integer, Options, RandomState, Real, Spec
@@ -57,8 +58,13 @@ MODELS = {
     "anneal": (AnnealedGaussianMixture, {
         "n_components": "n_components", "random_state": "random_state",
     }),
+    "dpmeans": (DPMeans, {
+        "n_components": "n_clusters", "random_state": "random_state", "penalty": "penalty",
+        "tol": "tol", "max_iter": "max_iter",
+    }),
 }  # fmt: skip
-#: Fields of every model type; a pipeline names n_components and seeds with 0.
+#: Fields of every model type; a pipeline names n_components (dpmeans: it or
+#: penalty) and seeds with 0.
 COMMON_MODEL = {
     "type": (tuple(MODELS), "gmm"),
     "n_components": (INT, None),
@@ -203,6 +209,7 @@ def validate(raw: dict, source: str = "pipeline") -> dict:
     cfg["output"] = _fill(raw["output"], OUTPUT_FIELDS, "output", source)
     _require(cfg["output"], "results", "output", source)
     unsupported = {"kmeans": ("responsibilities", "log_density"), "anneal": ("log_density",)}
+    unsupported["dpmeans"] = unsupported["kmeans"]
     for key in unsupported.get(cfg["model"]["type"], ()):
         if cfg["output"][key]:
             raise PipelineError(
@@ -246,7 +253,13 @@ def _validate_model(raw: dict, source: str) -> dict:
     _check_value(kind, COMMON_MODEL["type"][0], "model.type", source)
     fields = COMMON_MODEL | MODEL_FIELDS[kind]
     cfg = _fill(raw, fields, "model", source)
-    _require(cfg, "n_components", "model", source)
+    if kind != "dpmeans":
+        _require(cfg, "n_components", "model", source)
+    elif (cfg["n_components"] is None) == (cfg["penalty"] is None):
+        raise PipelineError(
+            f"{source}: [model] type = 'dpmeans' needs exactly one of penalty (λ, the price "
+            "of a cluster in squared data units) or n_components (a target K); give one."
+        )
     _check_ranges(cfg, field_specs(*MODELS[kind]), "model", source)
     return cfg
 

@@ -53,12 +53,20 @@ def figure_paths(results: str | os.PathLike) -> dict[str, Path | str]:
     }
 
 
-def plot_convergence(history, objective: str, path: Path) -> Path:
-    """Objective (lower bound or inertia) against iteration."""
+def plot_convergence(history, objective: str, path: Path, n_clusters=()) -> Path:
+    """Objective (lower bound, inertia, DP-means objective) against iteration,
+    and below it the number of clusters per iteration when given (dpmeans)."""
     plt = require_matplotlib()
-    fig, ax = plt.subplots(figsize=(5, 3.2))
-    ax.plot([h.iteration for h in history], [h.value for h in history], "o-", ms=3)
-    ax.set_xlabel("iteration")
+    iterations = [h.iteration for h in history]
+    if len(n_clusters):
+        fig, (ax, below) = plt.subplots(2, 1, figsize=(5, 5), sharex=True)
+        below.step(iterations, n_clusters, "o-", where="post", ms=3)
+        below.set_ylabel("clusters")
+        below.grid(alpha=0.3)
+    else:
+        fig, ax = plt.subplots(figsize=(5, 3.2))
+    ax.plot(iterations, [h.value for h in history], "o-", ms=3)
+    (below if len(n_clusters) else ax).set_xlabel("iteration")
     ax.set_ylabel(objective.replace("_", " "))
     ax.set_title("convergence")
     ax.grid(alpha=0.3)

@@ -42,6 +42,9 @@ class FitOutcome:
     history: list[Iteration] = field(default_factory=list)
     converged: bool = False
     objective: str = "lower_bound"
+    #: Clusters at each iteration, for models that change their number (dpmeans);
+    #: a class-level default, so outcomes pickled before it existed still load.
+    n_clusters: tuple[int, ...] = ()
 
 
 Progress = Callable[[str, Iteration], None]
@@ -116,6 +119,42 @@ def fit_kmeans(X, params: dict, checkpoint: Checkpoint, progress: Progress) -> F
         start.update(init=outcome.model, n_init=1)
     outcome.model = checkpointable(KMeans(**start).fit(X))
     outcome.converged = bool(last["converged"])
+    checkpoint.save("model", outcome)
+    return outcome
+
+
+def fit_dpmeans(X, params: dict, checkpoint: Checkpoint, progress: Progress) -> FitOutcome:
+    """DPMeans fitted once, with a progress line per iteration (pass).
+
+    The checkpoint holds the fitted model; an interrupted fit restarts from
+    its beginning, which gives the same result (DP-means is deterministic).
+    The history is the kept run's (with ``n_clusters``, the λ search tries several).
+    """
+    saved = checkpoint.get("model")
+    if saved is not None:
+        return saved
+    from dask_emk.models.dpmeans import DPMeans
+
+    runs, clock = [], [time.perf_counter()]
+
+    def on_iteration(_model, info):
+        if info["iteration"] == 1:
+            runs.append([])
+        now = time.perf_counter()
+        previous = runs[-1][-1].value if runs[-1] else np.nan
+        value = info["objective"]
+        it = Iteration(info["iteration"], value, value - previous, now - clock[0])
+        clock[0] = now
+        runs[-1].append(it)
+        progress("dpmeans", it)
+
+    model = DPMeans(**params, callback=on_iteration).fit(X)
+    search = model.penalty_search_
+    kept = next(i for i, run in enumerate(search) if run["penalty"] == model.penalty_)
+    outcome = FitOutcome(
+        checkpointable(model), runs[kept], search[kept]["converged"], "objective",
+        tuple(model.n_clusters_history_),
+    )  # fmt: skip
     checkpoint.save("model", outcome)
     return outcome
 

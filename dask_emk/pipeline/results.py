@@ -55,7 +55,8 @@ def model_dataset(outcome: FitOutcome) -> xr.Dataset:
     Stepping fits one iteration per call, so the estimator's own history
     covers one step; it is replaced by ``history_<objective>``,
     ``history_change`` and ``history_seconds`` along ``iteration`` (NaN
-    seconds for an annealed model, whose Lloyd run is not timed per iteration).
+    seconds for an annealed model, whose Lloyd run is not timed per iteration),
+    and ``history_n_clusters`` for a model that records it (dpmeans).
     """
     ds = outcome.model.to_xarray()
     ds = ds.drop_vars([v for v in ESTIMATOR_HISTORY if v in ds.data_vars])
@@ -67,6 +68,7 @@ def model_dataset(outcome: FitOutcome) -> xr.Dataset:
             f"history_{outcome.objective}": np.array([h.value for h in hist]),
             "history_change": np.array([h.change for h in hist]),
             "history_seconds": np.array([h.seconds for h in hist]),
+            **({"history_n_clusters": np.array(outcome.n_clusters)} if outcome.n_clusters else {}),
         },
         {"iteration": np.arange(1, len(hist) + 1)},
     )

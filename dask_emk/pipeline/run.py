@@ -30,6 +30,7 @@ from dask_emk.pipeline.fits import (
     FitOutcome,
     anneal_outcome,
     fit_anneal,
+    fit_dpmeans,
     fit_gmm,
     fit_kmeans,
     format_iteration,
@@ -181,7 +182,8 @@ def fit_model(cfg: dict, source: Source, checkpoint: Checkpoint, echo) -> tuple:
     X, kind = source.X, model_cfg["type"]
 
     def progress(stage, it):
-        echo(format_iteration(stage, "inertia" if stage == "kmeans" else "lower_bound", it))
+        objective = {"kmeans": "inertia", "dpmeans": "objective"}.get(stage, "lower_bound")
+        echo(format_iteration(stage, objective, it))
 
     anneal = None
     if cfg["anneal"] is not None:
@@ -189,6 +191,8 @@ def fit_model(cfg: dict, source: Source, checkpoint: Checkpoint, echo) -> tuple:
     if kind == "anneal":
         return anneal_outcome(anneal), anneal
     params = estimator_params(model_cfg)
+    if kind == "dpmeans":
+        return fit_dpmeans(X, params, checkpoint, progress), anneal
     if kind == "kmeans":
         if params["init"] == "anneal":
             params["init"] = np.asarray(anneal.means_, np.float64)
@@ -207,7 +211,11 @@ def draw_figures(
 ) -> list[Path | str]:
     """Convergence curve, annealing path (if any), 2-D clusters (if d == 2)."""
     paths = figures.figure_paths(results)
-    drawn = [figures.plot_convergence(outcome.history, outcome.objective, paths["convergence"])]
+    drawn = [
+        figures.plot_convergence(
+            outcome.history, outcome.objective, paths["convergence"], outcome.n_clusters
+        )
+    ]
     if anneal is not None:
         drawn.append(figures.plot_anneal_path(anneal.path_, paths["path"]))
     if source.X.sizes["feature"] == 2:

@@ -41,7 +41,7 @@ def summary(results: str | os.PathLike) -> list[str]:
         f"iterations: {attrs.get('n_iter', '?')}, converged: {attrs.get('converged', '?')}, "
         f"fit {attrs.get('fit_seconds', float('nan')):.1f} s",
     ]
-    for name in ("history_lower_bound", "history_inertia"):
+    for name in ("history_lower_bound", "history_inertia", "history_objective"):
         if name not in ds:
             continue
         values = ds[name].values
