@@ -163,13 +163,14 @@ class StandardScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
     def _set_stats(self, stats: dict, weighted: bool) -> None:
         n = stats["weight"] if weighted else stats["count"].astype(np.int64)
         self.n_samples_seen_ = n
-        self.mean_ = stats["mean"] if self.with_mean or self.with_std else None
+        mean = stats["ref"] + stats["offset"]
+        self.mean_ = mean if self.with_mean or self.with_std else None
         self.var_ = self.scale_ = None
         if self.with_std:
             self.var_ = stats["m2"] / stats["weight"]
             # scikit-learn's test for a feature indistinguishable from a constant.
             eps = np.finfo(np.float64).eps
-            constant = self.var_ <= n * eps * self.var_ + (n * self.mean_ * eps) ** 2
+            constant = self.var_ <= n * eps * self.var_ + (n * mean * eps) ** 2
             self.scale_ = np.where(constant, 1.0, np.sqrt(self.var_))
 
     # ------------------------------------------------------------ transforms
@@ -200,12 +201,13 @@ class StandardScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
 
     def _apply(self, X, inverse: bool):
         check_is_fitted(self)
-        data = check_features(self, self._input(X), reset=False)
+        given = self._input(X)
+        data = check_features(self, given, reset=False)  # columns in the fitted order
         offset, factor = self._offset_factor()
         if isinstance(X, (xr.Dataset, xr.DataArray)):
-            order = self._order(data)
+            order = self._order(given)  # X is scaled as it is: its features in its order
             offset, factor = offset[order], factor[order]
-            return _on_grid(X, data.grid.dims, offset, factor, inverse)
+            return _on_grid(X, given.grid.dims, offset, factor, inverse)
         dtype = data.array.dtype
         return _affine(data.array, offset.astype(dtype), factor.astype(dtype), inverse)
 
