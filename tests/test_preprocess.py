@@ -192,7 +192,9 @@ def test_pipeline_gaussian_mixture_on_dataset_equals_manual_scale_and_fit():
     start = init_params(rows[~np.isnan(rows).any(axis=1)], 3, "full")
     params = dict(n_components=3, nan_policy="omit", tol=0.0, max_iter=5, **start)
     manual = fit_quiet(GaussianMixture(**params), z)
-    pipe = fit_quiet(Pipeline([("scale", StandardScaler()), ("gmm", GaussianMixture(**params))]), ds)
+    pipe = fit_quiet(
+        Pipeline([("scale", StandardScaler()), ("gmm", GaussianMixture(**params))]), ds
+    )
     np.testing.assert_allclose(pipe["gmm"].means_, manual.means_, rtol=1e-12)
     np.testing.assert_allclose(pipe["gmm"].covariances_, manual.covariances_, rtol=1e-12)
     labels = pipe.predict(ds)
@@ -226,7 +228,9 @@ def test_original_units_of_gaussian_mixture(ct):
     assert kind == {"spherical": "diag", "shared": "tied"}.get(ct, ct)
     np.testing.assert_allclose(full_matrices(ds["covariances"].values, kind), cov_orig, rtol=1e-12)
     # The lower bound is the mean log density of the original data under those parameters.
-    dens = [multivariate_normal(ds["means"].values[k], cov_orig[k]).logpdf(values) for k in range(3)]
+    dens = [
+        multivariate_normal(ds["means"].values[k], cov_orig[k]).logpdf(values) for k in range(3)
+    ]
     loglik = logsumexp(np.log(model.weights_)[:, None] + np.array(dens), axis=0).mean()
     np.testing.assert_allclose(model.score(z) - np.log(s).sum(), loglik, rtol=1e-10)
     np.testing.assert_allclose(ds.attrs["final_lower_bound"], model.lower_bound_ - np.log(s).sum())
@@ -278,3 +282,52 @@ def test_errors_name_problem_and_fix():
         scaler.transform(make_dataset().rename_vars(sal="salinity"))
     with pytest.raises(ValueError, match="with_mean"):
         StandardScaler(with_mean="yes").fit(X)
+
+
+# --------------------------------------------------------------- pipelines
+def test_pipeline_standardize_reports_original_units(tmp_path):
+    """`[preprocess] standardize`: the run equals a manual scale + fit, reported in data units."""
+    from click.testing import CliRunner
+    from pipeline_helpers import open_results, to_toml
+
+    from dask_emk.pipeline.cli import main
+    from dask_emk.pipeline.config import PipelineError, load_pipeline
+    from dask_emk.pipeline.sources import open_source
+
+    cfg = {
+        "input": {"generate": {"path": str(tmp_path / "data.zarr"), "n": 6000, "d": 2, "k": 3,
+                               "chunk_rows": 1500, "seed": 2}},
+        "preprocess": {"standardize": True},
+        "model": {"type": "gmm", "n_components": 3, "covariance_type": "spherical",
+                  "init": "kmeans", "max_iter": 8, "tol": 0.0},
+        "scheduler": {"address": "threads"},
+        "output": {"results": str(tmp_path / "r.zarr"), "log_density": True, "plots": True},
+    }  # fmt: skip
+    path = tmp_path / "p.toml"
+    path.write_text(to_toml(cfg))
+    result = CliRunner().invoke(main, ["run", str(path)], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "standardize: mean ± scale per feature" in result.output
+    ds = open_results(tmp_path / "r.zarr")
+    X = open_source(load_pipeline(path)[0]["input"]).X
+    scaler = StandardScaler().fit(X)
+    z = scaler.transform(X)
+    gm = GaussianMixture(3, covariance_type="spherical", init_params="k-means||",
+                         random_state=0, max_iter=8, tol=0.0)  # fmt: skip
+    expected = scaler.original_units(fit_quiet(gm, z))
+    np.testing.assert_allclose(ds["scaler_mean"].values, scaler.mean_, rtol=RTOL)
+    np.testing.assert_allclose(ds["scaler_scale"].values, scaler.scale_, rtol=RTOL)
+    for name in ("means", "covariances", "weights"):
+        np.testing.assert_allclose(ds[name].values, expected[name].values, rtol=1e-10)
+    assert ds["covariances"].dims == ("component", "feature")  # spherical → diag
+    np.testing.assert_allclose(
+        ds["history_lower_bound"].values[-1], expected.attrs["final_lower_bound"], rtol=1e-10
+    )
+    np.testing.assert_array_equal(ds["labels"].values, gm.predict(z).values)
+    density = gm.score_samples(z).values - np.log(scaler.scale_).sum()
+    np.testing.assert_allclose(ds["log_density"].values, density, rtol=1e-10)
+    # A misspelt key is one clear error.
+    cfg["preprocess"] = {"standardise": True}
+    path.write_text(to_toml(cfg))
+    with pytest.raises(PipelineError, match=r"'standardise' in \[preprocess\]; did you mean"):
+        load_pipeline(path)

@@ -252,12 +252,21 @@ class StandardScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         ds["means"] = ds["means"] * factor + offset
         if "covariances" in ds:
             ds = _rescaled_covariances(ds, model, factor)
-        shift = float(np.log(factor).sum())
         if "lower_bound" in ds:
-            ds["lower_bound"] = ds["lower_bound"] - shift
+            ds["lower_bound"] = self.original_log_density(ds["lower_bound"])
         if "final_lower_bound" in ds.attrs:
-            ds.attrs["final_lower_bound"] = ds.attrs["final_lower_bound"] - shift
+            ds.attrs["final_lower_bound"] = self.original_log_density(ds.attrs["final_lower_bound"])
         return ds.assign(scaler_mean=("feature", offset), scaler_scale=("feature", factor))
+
+    def original_log_density(self, values):
+        """Log densities of standardised data as densities in the data's units.
+
+        A density of z = (x − mean_) / scale_ is one of x times
+        Π 1 / scale_ (the Jacobian): log p(x) = log p(z) − Σ log scale_.
+        ``values``: a number or any array (``score_samples``, lower bounds).
+        """
+        check_is_fitted(self)
+        return values - float(np.log(self._offset_factor()[1]).sum())
 
 
 def _affine(values, offset, factor, inverse: bool):
