@@ -56,7 +56,9 @@ def make_cube(shape: tuple[int, int, int], masked: float, seed: int = 0) -> np.n
     return cube
 
 
-def write_stores(cube: np.ndarray, chunks: tuple, folder: Path) -> tuple[str, str, np.ndarray]:
+def write_stores(
+    cube: np.ndarray, chunks: tuple, folder: Path, compress: bool
+) -> tuple[str, str, np.ndarray]:
     """(gridded Dataset store, dense 2-D store, valid rows in gridded input's row order)."""
     T, Y, X, _ = cube.shape
     ds = xr.Dataset({v: (("time", "lat", "lon"), cube[..., i]) for i, v in enumerate(VARIABLES)},
@@ -66,12 +68,14 @@ def write_stores(cube: np.ndarray, chunks: tuple, folder: Path) -> tuple[str, st
     gridded, dense = str(folder / "gridded.zarr"), str(folder / "dense.zarr")
     for path in (gridded, dense):
         shutil.rmtree(path, ignore_errors=True)
-    ds.to_zarr(gridded, zarr_format=3, consolidated=False)
+    codecs = {} if compress else {"compressors": None}  # default: zarr's (zstd)
+    encoding = {v: codecs for v in VARIABLES}
+    ds.to_zarr(gridded, zarr_format=3, consolidated=False, encoding=encoding)
     rows = as_input(ds, nan_policy="omit").array.compute()
     rows = rows[~np.isnan(rows).any(axis=1)]
     n_chunks = np.prod([len(c) for c in ds.chunks.values()])
     per_chunk = -(-rows.shape[0] // n_chunks)  # about the valid points of a grid chunk
-    z = zarr.create_array(dense, shape=rows.shape, chunks=(per_chunk, 4), dtype="f4")
+    z = zarr.create_array(dense, shape=rows.shape, chunks=(per_chunk, 4), dtype="f4", **codecs)
     z[:] = rows
     return gridded, dense, rows
 
@@ -89,8 +93,9 @@ def iteration_seconds(fit_input, init: np.ndarray, iters: int, omit: bool) -> li
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()) / "bench-data")
-    p.add_argument("--shape", type=int, nargs=3, default=(40, 180, 360), metavar=("T", "Y", "X"))
-    p.add_argument("--chunks", type=int, nargs=3, default=(4, 90, 360), metavar=("T", "Y", "X"))
+    p.add_argument("--shape", type=int, nargs=3, default=(48, 180, 360), metavar=("T", "Y", "X"))
+    p.add_argument("--chunks", type=int, nargs=3, default=(8, 180, 360), metavar=("T", "Y", "X"))
+    p.add_argument("--uncompressed", action="store_true", help="stores without compressor")
     p.add_argument("--masked", type=float, default=0.30, help="fraction of masked points")
     p.add_argument("--k", type=int, default=8)
     p.add_argument("--iters", type=int, default=6, help="Lloyd iterations per fit")
@@ -100,14 +105,17 @@ def main() -> None:
     print("python " + " ".join(sys.argv))
     args.dir.mkdir(parents=True, exist_ok=True)
     cube = make_cube(tuple(args.shape), args.masked)
-    gridded, dense, rows = write_stores(cube, tuple(args.chunks), args.dir)
+    gridded, dense, rows = write_stores(
+        cube, tuple(args.chunks), args.dir, compress=not args.uncompressed
+    )
     n_points = int(np.prod(args.shape))
     init = rows[np.random.default_rng(1).choice(rows.shape[0], args.k, replace=False)]
     init = init.astype(np.float64)
     print(f"grid {tuple(args.shape)} x {len(VARIABLES)} float32 variables, chunks "
           f"{tuple(args.chunks)}: {n_points:,} points, {1 - rows.shape[0] / n_points:.1%} "
           f"masked; dense store {rows.shape[0]:,} x {len(VARIABLES)}; K={args.k}, "
-          f"{args.iters} iterations per fit, threaded scheduler, "
+          f"{args.iters} iterations per fit, "
+          f"{'uncompressed' if args.uncompressed else 'zstd'}, threaded scheduler, "
           f"{args.workers} workers")  # fmt: skip
     inputs = {
         "gridded": (lambda: xr.open_zarr(gridded, consolidated=False), True),

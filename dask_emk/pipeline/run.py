@@ -119,7 +119,7 @@ def _run_pipeline(cfg, toml_text, resume, echo, verbose, results_name) -> Path |
         outcome, anneal = fit_model(cfg, fitted, checkpoint, echo if verbose else _silent)
         fit_seconds = time.perf_counter() - start
         echo(_summary(outcome, fit_seconds))
-        groups = _groups(anneal, source)
+        groups = _groups(anneal, source, scaler)
         root = _root_dataset(cfg, outcome, source, toml_text, fit_seconds, scaler)
         per_sample = per_sample_dataset(outcome.model, source.X, out, scaler)
         with _progress_bar(verbose):
@@ -257,10 +257,11 @@ def _root_dataset(cfg, outcome, source, toml_text, fit_seconds, scaler=None) -> 
     return root
 
 
-def _groups(anneal, source: Source) -> dict[str, xr.Dataset]:
+def _groups(anneal, source: Source, scaler=None) -> dict[str, xr.Dataset]:
     groups = {}
     if anneal is not None:
-        groups["anneal"] = anneal.to_xarray()
+        # Its path stays in the standardised units the annealing ran in.
+        groups["anneal"] = anneal.to_xarray() if scaler is None else scaler.original_units(anneal)
         groups["anneal_path"] = anneal.path_
     if source.truth is not None:
         groups["truth"] = truth_dataset(source.truth)
