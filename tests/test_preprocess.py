@@ -10,6 +10,7 @@ from __future__ import annotations
 import dask.array as da
 import numpy as np
 import pytest
+import sklearn
 import xarray as xr
 from helpers import CountComputes, blobs, fit_quiet, init_params
 from scipy.special import logsumexp
@@ -18,7 +19,7 @@ from sklearn.mixture import GaussianMixture as SkGaussianMixture
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler as SkStandardScaler
 
-from dask_emk import GaussianMixture, KMeans, StandardScaler
+from dask_emk import AnnealedGaussianMixture, GaussianMixture, KMeans, StandardScaler
 
 RTOL = 1e-12
 #: Features in very different units and far from zero (a naive Σx² − n·mean² loses them).
@@ -169,6 +170,8 @@ def test_transform_dataset_keeps_grid_and_scales_each_variable():
     np.testing.assert_allclose(out["o2"].values, cube[..., 2:], rtol=1e-10, equal_nan=True)
     back = scaler.inverse_transform(out)
     np.testing.assert_allclose(back["o2"].values, ds["o2"].values, rtol=1e-12, equal_nan=True)
+    with sklearn.config_context(transform_output="pandas"):  # no wrapping: still a Dataset
+        assert isinstance(scaler.transform(ds), xr.Dataset)
 
 
 def test_transform_nd_dataarray_along_its_feature_dim():
@@ -210,6 +213,26 @@ def full_matrices(cov, ct, K=3, d=4):
     if ct == "diag":
         return cov[:, :, None] * np.eye(d)
     return np.broadcast_to(cov, (K,))[:, None, None] * np.eye(d)  # spherical, shared
+
+
+@pytest.mark.parametrize(
+    "model",
+    [
+        lambda: KMeans(3, nan_policy="omit", random_state=0),
+        lambda: AnnealedGaussianMixture(3, nan_policy="omit", random_state=0, sample_size=500),
+    ],
+    ids=["kmeans", "anneal"],
+)
+def test_pipeline_kmeans_and_anneal_on_dataset_equal_manual(model):
+    ds = make_dataset()
+    z = StandardScaler().fit(ds).transform(ds)
+    manual = model().fit(z)
+    pipe = Pipeline([("scale", StandardScaler()), ("model", model())]).fit(ds)
+    np.testing.assert_allclose(pipe["model"].cluster_centers_, manual.cluster_centers_, rtol=1e-12)
+    labels = pipe.predict(ds)
+    assert isinstance(labels, xr.DataArray) and labels.dims == DIMS
+    np.testing.assert_array_equal(labels.values, manual.predict(z).values)
+    assert (labels.values.ravel() == -1).sum() == np.isnan(X).any(axis=1).sum()
 
 
 @pytest.mark.parametrize("ct", ["full", "tied", "diag", "spherical", "shared"])

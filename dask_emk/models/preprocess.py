@@ -28,7 +28,11 @@ from dask_emk.models.params import INPUT_OPTIONS, SPLIT_EVERY, Boolean, Spec, va
 from dask_emk.models.validation import check_features
 
 
-class StandardScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
+# auto_wrap_output_keys=None: no set_output. Output follows the input (numpy,
+# dask, xarray); scikit-learn's pandas wrapping failed inside xarray on a Dataset.
+class StandardScaler(
+    OneToOneFeatureMixin, TransformerMixin, BaseEstimator, auto_wrap_output_keys=None
+):
     """Standardise features to zero mean and unit variance, NaN-aware and out of core.
 
     As scikit-learn's ``StandardScaler`` (population variance, near-constant
@@ -46,7 +50,8 @@ class StandardScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
     variable scaled by its own features' statistics), lazy for lazy data.
     It goes in front of any of the estimators in a scikit-learn ``Pipeline``,
     and :meth:`original_units` gives their fitted parameters back in the
-    data's units.
+    data's units. It has no ``set_output``: its output is of its input's
+    kind, and scikit-learn's ``transform_output`` setting does not apply.
 
     Parameters
     ----------
