@@ -78,7 +78,7 @@ SCHEMA: tuple[Name, ...] = (
     Name("component", DIMENSION, (*MODELS, PATH, RESULTS, TRUTH, GENERATED),
          "mixture components and k-means clusters alike, 0 … K−1; in `path` a slot per "
          "mean the anneal ever made (a split opens one, a merge closes one)"),
-    Name("feature", DIMENSION, (*MODELS, PATH, TRUTH, GENERATED),
+    Name("feature", DIMENSION, (*MODELS, PATH, RESULTS, TRUTH, GENERATED),
          "the input's feature labels (xarray or pandas input), else 0 … d−1"),
     Name("feature_row", DIMENSION, (GMM, TRUTH, GENERATED),
          "the feature labels again, for the rows of covariance matrices"),
