@@ -5,5 +5,13 @@ from dask_emk.models.anneal import AnnealedGaussianMixture
 from dask_emk.models.dpmeans import DPMeans
 from dask_emk.models.gmm import GaussianMixture
 from dask_emk.models.kmeans import KMeans
+from dask_emk.models.preprocess import StandardScaler
 
-__all__ = ["AnnealedGaussianMixture", "DPMeans", "GaussianMixture", "KMeans", "__version__"]
+__all__ = [
+    "AnnealedGaussianMixture",
+    "DPMeans",
+    "GaussianMixture",
+    "KMeans",
+    "StandardScaler",
+    "__version__",
+]

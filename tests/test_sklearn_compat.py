@@ -12,6 +12,7 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.utils.estimator_checks import check_estimator
 
 from dask_emk import AnnealedGaussianMixture, DPMeans, GaussianMixture, KMeans
+from dask_emk import StandardScaler as ChunkedStandardScaler
 
 # On numpy input every check passes with one component (sparse input is refused with
 # a message naming it; object arrays of numbers are converted as scikit-learn does).
@@ -55,6 +56,7 @@ RANDOM_SEEDING = {
         (AnnealedGaussianMixture(2), NOTHING),
         # scikit-learn's checks set n_clusters, which a penalty= model refuses (one of the two)
         (DPMeans(n_clusters=2), NOTHING),
+        (ChunkedStandardScaler(), NOTHING),
     ],
     ids=[
         "default",
@@ -67,6 +69,7 @@ RANDOM_SEEDING = {
         "anneal-default",
         "anneal-2",
         "dpmeans-2",
+        "scaler",
     ],
 )
 def test_check_estimator(estimator, expected_failed):

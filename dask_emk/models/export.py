@@ -80,7 +80,7 @@ SCHEMA: tuple[Name, ...] = (
     Name("component", DIMENSION, (*MODELS, PATH, RESULTS, TRUTH, GENERATED),
          "mixture components and k-means clusters alike, 0 … K−1; in `path` a slot per "
          "mean the anneal ever made (a split opens one, a merge closes one)"),
-    Name("feature", DIMENSION, (*MODELS, PATH, TRUTH, GENERATED),
+    Name("feature", DIMENSION, (*MODELS, PATH, RESULTS, TRUTH, GENERATED),
          "the input's feature labels (xarray or pandas input), else 0 … d−1"),
     Name("feature_row", DIMENSION, (GMM, TRUTH, GENERATED),
          "the feature labels again, for the rows of covariance matrices"),
@@ -155,6 +155,16 @@ SCHEMA: tuple[Name, ...] = (
          "change of the objective in each iteration", ("iteration",)),
     Name("history_seconds", VARIABLE, (RESULTS,),
          "wall time of each iteration (NaN in an anneal run)", ("iteration",)),
+    Name("scaler_mean", VARIABLE, (RESULTS,),
+         "`StandardScaler.mean_` (0 with `with_mean=False`) when the model was fitted on "
+         "standardised features (`[preprocess] standardize`, "
+         "`StandardScaler.original_units`): means and covariances are then in the data's "
+         "units, `lower_bound` a density in them, `inertia` in standardised units; a "
+         "`spherical` or `shared` fit's covariances become `diag` or `tied` ones "
+         "(the variable's `covariance_type` attribute)", ("feature",)),
+    Name("scaler_scale", VARIABLE, (RESULTS,),
+         "`StandardScaler.scale_` (1 with `with_std=False`), beside `scaler_mean`",
+         ("feature",)),
     Name("labels", VARIABLE, (RESULTS,),
          "`predict`: most probable component, or nearest centre (`output.labels`)",
          ("sample",)),

@@ -1,7 +1,7 @@
 """Pipeline definitions: read a TOML file, check every key and type, fill defaults.
 
-A pipeline is a plain nested dict with the sections ``input``, ``anneal``
-(optional), ``model``, ``scheduler`` and ``output``; see ``pipelines/README.md``
+A pipeline is a plain nested dict with the sections ``input``, ``preprocess``
+and ``anneal`` (optional), ``model``, ``scheduler`` and ``output``; see ``pipelines/README.md``
 for the fields. Validation happens before anything runs or is written, and
 every error names the file, the section and the key, and says what to do.
 """
@@ -139,10 +139,13 @@ OUTPUT_FIELDS = {
     "checkpoint": (BOOL, True),
     "storage_options": (TABLE, None),
 }
+#: [preprocess]: standardize fits a StandardScaler on the input and the model on its
+#: output; results are reported in the data's units.
+PREPROCESS_FIELDS = {"standardize": (BOOL, False)}
 TOP_FIELDS = {"description": STR, "input": TABLE, "anneal": TABLE, "model": TABLE}
-TOP_FIELDS |= {"scheduler": TABLE, "output": TABLE}
+TOP_FIELDS |= {"scheduler": TABLE, "output": TABLE, "preprocess": TABLE}
 #: Sections whose content decides the fitted result (the checkpoint key).
-RESULT_SECTIONS = ("input", "anneal", "model")
+RESULT_SECTIONS = ("input", "preprocess", "anneal", "model")
 
 
 class PipelineError(ValueError):
@@ -203,6 +206,7 @@ def validate(raw: dict, source: str = "pipeline") -> dict:
             )
     cfg["description"] = raw.get("description", "")
     cfg["input"] = _validate_input(raw["input"], source)
+    cfg["preprocess"] = _fill(raw.get("preprocess", {}), PREPROCESS_FIELDS, "preprocess", source)
     cfg["model"] = _validate_model(raw["model"], source)
     cfg["anneal"] = _validate_anneal(raw.get("anneal"), cfg["model"], source)
     cfg["scheduler"] = _fill(raw.get("scheduler", {}), SCHEDULER_FIELDS, "scheduler", source)

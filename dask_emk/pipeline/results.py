@@ -49,7 +49,7 @@ from dask_emk.pipeline.outputs import RESULTS, building_store, output_location, 
 ESTIMATOR_HISTORY = ("lower_bound", "inertia")
 
 
-def model_dataset(outcome: FitOutcome) -> xr.Dataset:
+def model_dataset(outcome: FitOutcome, scaler=None) -> xr.Dataset:
     """The final model's ``to_xarray()`` with the pipeline's full history.
 
     Stepping fits one iteration per call, so the estimator's own history
@@ -57,15 +57,21 @@ def model_dataset(outcome: FitOutcome) -> xr.Dataset:
     ``history_change`` and ``history_seconds`` along ``iteration`` (NaN
     seconds for an annealed model, whose Lloyd run is not timed per iteration),
     and ``history_n_clusters`` for a model that records it (dpmeans).
+    With the ``scaler`` the model was fitted behind (``[preprocess]
+    standardize``), parameters and lower bounds are in the data's units
+    (:meth:`dask_emk.models.preprocess.StandardScaler.original_units`).
     """
-    ds = outcome.model.to_xarray()
+    ds = outcome.model.to_xarray() if scaler is None else scaler.original_units(outcome.model)
     ds = ds.drop_vars([v for v in ESTIMATOR_HISTORY if v in ds.data_vars])
     ds = ds.drop_dims([d for d in ("iteration",) if d in ds.dims])
     hist = outcome.history
+    values = np.array([h.value for h in hist])
+    if scaler is not None and outcome.objective == "lower_bound":
+        values = scaler.original_log_density(values)
     history = export.schema_dataset(
         export.RESULTS,
         {
-            f"history_{outcome.objective}": np.array([h.value for h in hist]),
+            f"history_{outcome.objective}": values,
             "history_change": np.array([h.change for h in hist]),
             "history_seconds": np.array([h.seconds for h in hist]),
             **({"history_n_clusters": np.array(outcome.n_clusters)} if outcome.n_clusters else {}),
@@ -81,19 +87,27 @@ def model_dataset(outcome: FitOutcome) -> xr.Dataset:
     return ds
 
 
-def per_sample_dataset(model, X, output: dict) -> xr.Dataset | None:
+def per_sample_dataset(model, X, output: dict, scaler=None) -> xr.Dataset | None:
     """Lazy per-sample outputs the pipeline asks for (None if none).
 
     ``X`` is the lazy xarray input, so each output is a dask-backed
-    DataArray chunked like the input's sample axis.
+    DataArray chunked like the input's sample axis. A model fitted behind a
+    ``scaler`` sees ``scaler.transform(X)``; its log densities are given in
+    the data's units.
     """
+    Xm = X if scaler is None else scaler.transform(X)
     wanted = {
-        "labels": lambda: model.predict(X).astype(np.int32),
-        "responsibilities": lambda: model.predict_proba(X),
-        "log_density": lambda: model.score_samples(X),
+        "labels": lambda: model.predict(Xm).astype(np.int32),
+        "responsibilities": lambda: model.predict_proba(Xm),
+        "log_density": lambda: _log_density(model, Xm, scaler),
     }
     out = {name: make() for name, make in wanted.items() if output.get(name)}
     return export.schema_dataset(export.RESULTS, out, {}) if out else None
+
+
+def _log_density(model, X, scaler):
+    density = model.score_samples(X)
+    return density if scaler is None else scaler.original_log_density(density)
 
 
 def truth_dataset(truth) -> xr.Dataset:

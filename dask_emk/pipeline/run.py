@@ -14,6 +14,7 @@ import json
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -22,9 +23,10 @@ from dask.diagnostics import ProgressBar
 
 from dask_emk.engine.locations import bucket_of, is_url, normalize_location, storage_options
 from dask_emk.models import export
+from dask_emk.models.preprocess import StandardScaler
 from dask_emk.pipeline import figures
 from dask_emk.pipeline.checkpoint import Checkpoint, checkpoint_path
-from dask_emk.pipeline.compare import truth_table
+from dask_emk.pipeline.compare import fitted_parameters, truth_table
 from dask_emk.pipeline.config import config_key, estimator_params
 from dask_emk.pipeline.fits import (
     FitOutcome,
@@ -113,20 +115,22 @@ def _run_pipeline(cfg, toml_text, resume, echo, verbose, results_name) -> Path |
         source = open_source(cfg["input"], echo)
         echo(f"input: {source.description}")
         start = time.perf_counter()
-        outcome, anneal = fit_model(cfg, source, checkpoint, echo if verbose else _silent)
+        scaler = fit_scaler(cfg, source, echo)
+        fitted = source if scaler is None else replace(source, X=scaler.transform(source.X))
+        outcome, anneal = fit_model(cfg, fitted, checkpoint, echo if verbose else _silent)
         fit_seconds = time.perf_counter() - start
         echo(_summary(outcome, fit_seconds))
-        groups = _groups(anneal, source)
-        root = _root_dataset(cfg, outcome, source, toml_text, fit_seconds)
-        per_sample = per_sample_dataset(outcome.model, source.X, out)
+        groups = _groups(anneal, source, scaler)
+        root = _root_dataset(cfg, outcome, source, toml_text, fit_seconds, scaler)
+        per_sample = per_sample_dataset(outcome.model, source.X, out, scaler)
         with _progress_bar(verbose):
             write_results(results, root, groups, per_sample)
         echo(f"results: {results} ({', '.join(['root', *groups])})")
         if out["plots"]:
-            for path in draw_figures(results, outcome, anneal, source):
+            for path in draw_figures(results, outcome, anneal, source, scaler):
                 echo(f"plot: {path}")
     if source.truth is not None:
-        lines, _ = truth_table(outcome.model, source.truth)
+        lines, _ = truth_table(outcome.model, source.truth, scaler)
         echo("fitted vs truth:")
         for line in lines:
             echo("  " + line)
@@ -206,10 +210,26 @@ def fit_model(cfg: dict, source: Source, checkpoint: Checkpoint, echo) -> tuple:
     return fit_gmm(X, params, checkpoint, progress), anneal
 
 
+def fit_scaler(cfg: dict, source: Source, echo) -> StandardScaler | None:
+    """The StandardScaler of ``[preprocess] standardize``, fitted in one pass (else None).
+
+    Not checkpointed: refitting it on resume costs one pass and gives the
+    same statistics.
+    """
+    if not cfg["preprocess"]["standardize"]:
+        return None
+    scaler = StandardScaler().fit(source.X)
+    stats = zip(scaler.mean_, scaler.scale_, strict=True)
+    scales = ", ".join(f"{m:.4g} ± {s:.4g}" for m, s in stats)
+    echo(f"standardize: mean ± scale per feature: {scales}")
+    return scaler
+
+
 def draw_figures(
-    results: Path | str, outcome: FitOutcome, anneal, source: Source
+    results: Path | str, outcome: FitOutcome, anneal, source: Source, scaler=None
 ) -> list[Path | str]:
-    """Convergence curve, annealing path (if any), 2-D clusters (if d == 2)."""
+    """Convergence curve, annealing path (if any), 2-D clusters (if d == 2), the
+    clusters in the data's units (labels of the model fitted behind ``scaler``)."""
     paths = figures.figure_paths(results)
     drawn = [
         figures.plot_convergence(
@@ -221,25 +241,17 @@ def draw_figures(
     if source.X.sizes["feature"] == 2:
         X2 = figures.subsample_rows(source.X)
         model = outcome.model
-        labels = np.asarray(model.predict(X2))
-        means = getattr(model, "means_", None)
-        means = model.cluster_centers_ if means is None else means
+        labels = np.asarray(model.predict(X2 if scaler is None else scaler.transform(X2)))
+        _, means, covariances = fitted_parameters(model, scaler)
         names = source.X["feature"].values if "feature" in source.X.coords else ("x0", "x1")
         drawn.append(
-            figures.plot_clusters(
-                X2,
-                labels,
-                np.asarray(means, np.float64),
-                figures.full_covariances(model),
-                paths["clusters"],
-                names,
-            )  # fmt: skip
+            figures.plot_clusters(X2, labels, means, covariances, paths["clusters"], names)
         )
     return drawn
 
 
-def _root_dataset(cfg, outcome, source, toml_text, fit_seconds) -> xr.Dataset:
-    root = model_dataset(outcome)
+def _root_dataset(cfg, outcome, source, toml_text, fit_seconds, scaler=None) -> xr.Dataset:
+    root = model_dataset(outcome, scaler)
     root.attrs.update(
         export.schema_attrs(
             export.RESULTS,
@@ -253,10 +265,11 @@ def _root_dataset(cfg, outcome, source, toml_text, fit_seconds) -> xr.Dataset:
     return root
 
 
-def _groups(anneal, source: Source) -> dict[str, xr.Dataset]:
+def _groups(anneal, source: Source, scaler=None) -> dict[str, xr.Dataset]:
     groups = {}
     if anneal is not None:
-        groups["anneal"] = anneal.to_xarray()
+        # Its path stays in the standardised units the annealing ran in.
+        groups["anneal"] = anneal.to_xarray() if scaler is None else scaler.original_units(anneal)
         groups["anneal_path"] = anneal.path_
     if source.truth is not None:
         groups["truth"] = truth_dataset(source.truth)
