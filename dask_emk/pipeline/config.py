@@ -15,6 +15,8 @@ import json
 import tomllib
 from pathlib import Path
 
+from dask_emk.engine.inputs import NAN_POLICIES
+from dask_emk.engine.storage import MISSING_CHUNKS
 from dask_emk.models.anneal import AnnealedGaussianMixture
 from dask_emk.models.gmm import GaussianMixture
 from dask_emk.models.kmeans import KMeans
@@ -33,14 +35,30 @@ GENERATE_FIELDS = {
     "dtype": (("float32", "float64"), "float32"),
     "separation": (FLOAT, 6.0),
 }
+#: [input.photo]: scikit-learn's sample photograph as a (y, x, band) store with clouds.
+PHOTO_FIELDS = {
+    "path": (STR, None),
+    "image": (("china.jpg", "flower.jpg"), "china.jpg"),
+    "clouds": (FLOAT, 0.05),
+    "seed": (INT, 0),
+}
 INPUT_FIELDS = {
     "store": (STR, None),
     "array": (STR, None),
     "csv": (STR, None),
     "columns": (STR_LIST, None),
     "generate": (TABLE, None),
+    "photo": (TABLE, None),
     "storage_options": (TABLE, None),
+    # xarray (gridded) stores; nan_policy and missing_chunks apply to every store
+    "variables": (STR_LIST, None),
+    "feature_dim": (STR, None),
+    "sample_dims": (STR_LIST, None),
+    "nan_policy": (NAN_POLICIES, "raise"),
+    "missing_chunks": (MISSING_CHUNKS, "raise"),
 }
+#: Keys that make [input] store an xarray store (a Dataset, or an N-D DataArray).
+XARRAY_KEYS = ("variables", "feature_dim", "sample_dims")
 #: The estimator of each model type and the parameter each [model] field sets.
 #: A field's kind, allowed values, range and default are the estimator's
 #: (its parameter table and constructor), see :func:`model_fields`.
@@ -132,6 +150,7 @@ OUTPUT_FIELDS = {
     "plots": (BOOL, True),
     "checkpoint": (BOOL, True),
     "storage_options": (TABLE, None),
+    "map_slice": (TABLE, None),
 }
 TOP_FIELDS = {"description": STR, "input": TABLE, "anneal": TABLE, "model": TABLE}
 TOP_FIELDS |= {"scheduler": TABLE, "output": TABLE}
@@ -202,6 +221,8 @@ def validate(raw: dict, source: str = "pipeline") -> dict:
     cfg["scheduler"] = _fill(raw.get("scheduler", {}), SCHEDULER_FIELDS, "scheduler", source)
     cfg["output"] = _fill(raw["output"], OUTPUT_FIELDS, "output", source)
     _require(cfg["output"], "results", "output", source)
+    for dim, index in (cfg["output"]["map_slice"] or {}).items():
+        _check_value(index, INT, f"output.map_slice.{dim}", source)
     unsupported = {"kmeans": ("responsibilities", "log_density"), "anneal": ("log_density",)}
     for key in unsupported.get(cfg["model"]["type"], ()):
         if cfg["output"][key]:
@@ -220,11 +241,11 @@ def config_key(cfg: dict) -> str:
 
 def _validate_input(raw: dict, source: str) -> dict:
     cfg = _fill(raw, INPUT_FIELDS, "input", source)
-    given = [key for key in ("store", "csv", "generate") if cfg[key] is not None]
+    given = [key for key in ("store", "csv", "generate", "photo") if cfg[key] is not None]
     if len(given) != 1:
         raise PipelineError(
-            f"{source}: [input] needs exactly one of store, csv or [input.generate], "
-            f"got {given or 'none'}."
+            f"{source}: [input] needs exactly one of store, csv, [input.generate] or "
+            f"[input.photo], got {given or 'none'}."
         )
     if cfg["generate"] is not None:
         gen = _fill(cfg["generate"], GENERATE_FIELDS, "input.generate", source)
@@ -238,7 +259,31 @@ def _validate_input(raw: dict, source: str) -> dict:
         cfg["generate"] = gen
     if cfg["columns"] is not None and cfg["csv"] is None:
         raise PipelineError(f"{source}: [input] columns applies to csv input only; remove it.")
+    _validate_gridded_input(cfg, source)
     return cfg
+
+
+def _validate_gridded_input(cfg: dict, source: str) -> None:
+    """[input] keys of xarray stores, and [input.photo]."""
+    for key in XARRAY_KEYS:
+        if cfg[key] is not None and (cfg["store"] is None or cfg["array"] is not None):
+            raise PipelineError(
+                f"{source}: [input] {key} applies to an xarray store (input.store without "
+                "input.array); remove it, or drop input.array."
+            )
+        if cfg[key] == []:
+            raise PipelineError(
+                f"{source}: [input] {key} is empty; name at least one, or remove it."
+            )
+    if cfg["photo"] is not None:
+        photo = _fill(cfg["photo"], PHOTO_FIELDS, "input.photo", source)
+        _require(photo, "path", "input.photo", source)
+        if not 0 <= photo["clouds"] < 1:
+            raise PipelineError(
+                f"{source}: [input.photo] clouds must be a fraction in [0, 1), "
+                f"got {photo['clouds']}."
+            )
+        cfg["photo"] = photo
 
 
 def _validate_model(raw: dict, source: str) -> dict:

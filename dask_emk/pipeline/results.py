@@ -79,11 +79,16 @@ def model_dataset(outcome: FitOutcome) -> xr.Dataset:
     return ds
 
 
-def per_sample_dataset(model, X, output: dict) -> xr.Dataset | None:
+def per_sample_dataset(
+    model, X, output: dict, sample_dims: tuple[str, ...] = ("sample",)
+) -> xr.Dataset | None:
     """Lazy per-sample outputs the pipeline asks for (None if none).
 
     ``X`` is the lazy xarray input, so each output is a dask-backed
-    DataArray chunked like the input's sample axis.
+    DataArray chunked like the input's sample axis, or on its grid (dims
+    ``sample_dims`` and coordinates) for gridded input. Labels of points
+    that ``nan_policy='omit'`` leaves out are -1, recorded as ``_FillValue``
+    (NaN when read back with xarray).
     """
     wanted = {
         "labels": lambda: model.predict(X).astype(np.int32),
@@ -91,7 +96,7 @@ def per_sample_dataset(model, X, output: dict) -> xr.Dataset | None:
         "log_density": lambda: model.score_samples(X),
     }
     out = {name: make() for name, make in wanted.items() if output.get(name)}
-    return export.schema_dataset(export.RESULTS, out, {}) if out else None
+    return export.schema_dataset(export.RESULTS, out, {}, sample_dims) if out else None
 
 
 def truth_dataset(truth) -> xr.Dataset:
@@ -130,7 +135,10 @@ def write_results(
             # Appending rewrites the group's attributes: keep the root's.
             per_sample = per_sample.assign_attrs(root.attrs)
             encoding = {name: {"compressors": (_compressor(),)} for name in per_sample.data_vars}
-            per_sample.to_zarr(store, mode="a", consolidated=False, encoding=encoding)
+            # Empty chunks too: an all-land chunk of labels holds only the fill
+            # value, and a missing file is what the read checks refuse.
+            per_sample.to_zarr(store, mode="a", consolidated=False, encoding=encoding,
+                               write_empty_chunks=True)  # fmt: skip
     return final
 
 
