@@ -172,20 +172,39 @@ def plot_label_map(labels: xr.DataArray, path) -> Path:
 
 def quantised_image(labels: np.ndarray, centres: np.ndarray) -> np.ndarray:
     """(y, x, 3) uint8 image: each pixel the centre of its cluster, white where unlabelled."""
-    rgb = np.full((*labels.shape, 3), 255, dtype=np.uint8)
-    valid = np.isfinite(labels)
-    rgb[valid] = np.clip(np.round(centres[labels[valid].astype(int)]), 0, 255).astype(np.uint8)
-    return rgb
+    palette = _palette(centres)
+    return palette[_palette_index(labels, centres.shape[0])]
 
 
 def save_quantised(labels: xr.DataArray, centres: np.ndarray, path) -> Path:
-    """The photograph in its cluster centres' colours, one PNG pixel per pixel."""
-    plt = require_matplotlib()
+    """The photograph in its cluster centres' colours (:func:`quantised_image`).
+
+    Written as a palette PNG, one pixel per pixel: exact, and small.
+    """
+    require_matplotlib()
+    from PIL import Image, PngImagePlugin  # pillow: a dependency of matplotlib
+
+    index = _palette_index(labels.transpose("y", "x").values, centres.shape[0])
+    image = Image.fromarray(index.astype(np.uint8), mode="P")
+    image.putpalette(_palette(centres).ravel().tolist())
+    info = PngImagePlugin.PngInfo()
+    info.add_text("Software", PNG_SOFTWARE)
     png = io.BytesIO()
-    image = quantised_image(labels.transpose("y", "x").values, centres)
-    plt.imsave(png, image, format="png", metadata={"Software": PNG_SOFTWARE})
+    image.save(png, format="png", pnginfo=info, optimize=True)
     write_file_atomically(path, png.getvalue(), PLOT)
     return path
+
+
+def _palette(centres: np.ndarray) -> np.ndarray:
+    """(K + 1, 3) uint8 colours: the centres (rounded, clipped to 0 … 255), then white."""
+    colours = np.clip(np.round(np.asarray(centres, np.float64)), 0, 255).astype(np.uint8)
+    return np.vstack([colours, [255, 255, 255]]).astype(np.uint8)
+
+
+def _palette_index(labels: np.ndarray, n_clusters: int) -> np.ndarray:
+    """Labels as palette indices; unlabelled pixels (NaN, -1) the last, white."""
+    labels = np.asarray(labels, np.float64)
+    return np.where(np.isfinite(labels) & (labels >= 0), labels, n_clusters).astype(np.intp)
 
 
 def full_covariances(model) -> np.ndarray | None:
