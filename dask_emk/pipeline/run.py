@@ -100,7 +100,9 @@ def _run_pipeline(cfg, toml_text, resume, echo, verbose, results_name) -> Path |
     out = cfg["output"]
     if out["plots"]:
         figures.require_matplotlib()
-    check_input(cfg["input"])
+    checked = check_input(cfg["input"])
+    if checked is not None:
+        _map_slice(out, checked)
     parse_scheduler(cfg["scheduler"]["address"])
     results, companions = check_outputs(cfg, resume, results_name)
     checkpoint = Checkpoint(results, config_key(cfg), resume, out["checkpoint"])

@@ -70,12 +70,16 @@ class Source:
         return self.data.grid is not None and self.data.grid.dims != ("sample",)
 
 
-def check_input(cfg: dict) -> None:
-    """Fail early (before a scheduler starts or anything is written) on bad input."""
+def check_input(cfg: dict) -> Source | None:
+    """Fail early (before a scheduler starts or anything is written) on bad input.
+
+    Returns the opened input store (lazily), None for input made by the run.
+    """
     if cfg["store"] is not None:
-        open_source(cfg)
-    elif cfg["csv"] is not None:
+        return open_source(cfg)
+    if cfg["csv"] is not None:
         read_csv(cfg["csv"], cfg["columns"])
+    return None
 
 
 def estimator_options(cfg: dict) -> dict:
