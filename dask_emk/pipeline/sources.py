@@ -174,6 +174,11 @@ def _xarray_source(store: str, cfg: dict, photo: bool = False) -> Source:
 
 
 def _open_node(store: str):
+    if not is_url(store) and not os.path.exists(normalize_location(store)):
+        raise PipelineError(
+            f"input store {store!r} does not exist; check input.store (or create one "
+            f"with `dask-emk generate {store} --n ... --d ... --k ...`)."
+        )
     try:
         return open_node(store)
     except ValueError as exc:
@@ -182,15 +187,7 @@ def _open_node(store: str):
 
 def open_array(store: str, array: str | None) -> zarr.Array:
     """The input array of a zarr store (local path or URL), with errors that name the fix."""
-    if not is_url(store) and not os.path.exists(normalize_location(store)):
-        raise PipelineError(
-            f"input store {store!r} does not exist; check input.store (or create one "
-            f"with `dask-emk generate {store} --n ... --d ... --k ...`)."
-        )
-    try:
-        node = open_node(store)
-    except ValueError as exc:
-        raise PipelineError(f"input: {exc}") from None
+    node = _open_node(store)
     prefix = ""
     if array is not None:
         if isinstance(node, zarr.Array):
