@@ -92,6 +92,23 @@ def test_generate_grid_recovers_its_truth(tmp_path):
     assert agree > 0.99, agree
 
 
+def test_pipeline_generates_a_grid_once_and_compares_with_its_truth(tmp_path):
+    gen = {"path": str(tmp_path / "g.zarr"), "grid": "2x12x16", "grid_chunks": "1x6x8",
+           "d": 2, "k": 2, "separation": 10.0, "gaps": 0.1}  # fmt: skip
+    inputs = {"generate": gen, "nan_policy": "omit"}
+    first = run(tmp_path, inputs, {"plots": False})
+    assert first.exit_code == 0, first.output
+    assert "generated a 2x12x16 grid" in first.output and "fitted vs truth" in first.output
+    truth = open_results(tmp_path / "r.zarr", "truth")
+    stored = xr.open_zarr(gen["path"], consolidated=False)
+    np.testing.assert_array_equal(truth["means"].values, stored["means"].values)
+    assert open_results(tmp_path / "r.zarr")["labels"].dims == ("time", "lat", "lon")
+    again = run(tmp_path, inputs, {"plots": False})
+    assert "reusing generated" in again.output
+    bad = run(tmp_path, {**inputs, "generate": {**gen, "grid": "2x12"}})
+    assert_one_line_error(bad, "input.generate.grid must be TIMExLATxLON")
+
+
 def test_generate_needs_one_size(tmp_path):
     assert_one_line_error(invoke("generate", tmp_path / "g.zarr", "--d", 2, "--k", 2),
                           "--n ROWS or --grid TxLATxLON")  # fmt: skip

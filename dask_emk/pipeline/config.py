@@ -21,6 +21,7 @@ from dask_emk.models.anneal import AnnealedGaussianMixture
 from dask_emk.models.gmm import GaussianMixture
 from dask_emk.models.kmeans import KMeans
 from dask_emk.models.params import Boolean, Either, Integer, Options, RandomState, Real, Spec
+from dask_emk.pipeline.generate import parse_grid
 
 #: What a field may hold: a type name, or a tuple of allowed strings.
 INT, FLOAT, STR, BOOL, STR_LIST, TABLE = "integer", "number", "string", "boolean", "list", "table"
@@ -34,6 +35,11 @@ GENERATE_FIELDS = {
     "seed": (INT, 0),
     "dtype": (("float32", "float64"), "float32"),
     "separation": (FLOAT, 6.0),
+    # gridded data instead of rows (n unused): `dask-emk generate --grid`
+    "grid": (STR, None),
+    "grid_chunks": (STR, None),
+    "land": (FLOAT, 0.3),
+    "gaps": (FLOAT, 0.03),
 }
 #: [input.photo]: scikit-learn's sample photograph as a (y, x, band) store with clouds.
 PHOTO_FIELDS = {
@@ -249,10 +255,11 @@ def _validate_input(raw: dict, source: str) -> dict:
         )
     if cfg["generate"] is not None:
         gen = _fill(cfg["generate"], GENERATE_FIELDS, "input.generate", source)
-        for key in ("path", "n", "d", "k"):
+        for key in ("path", "d", "k") if gen["grid"] else ("path", "n", "d", "k"):
             _require(gen, key, "input.generate", source)
+        _validate_generated_grid(gen, source)
         for key in ("n", "d", "k", "chunk_rows"):
-            if gen[key] < 1:
+            if gen[key] is not None and gen[key] < 1:
                 raise PipelineError(
                     f"{source}: [input.generate] {key} must be >= 1, got {gen[key]}."
                 )
@@ -261,6 +268,23 @@ def _validate_input(raw: dict, source: str) -> dict:
         raise PipelineError(f"{source}: [input] columns applies to csv input only; remove it.")
     _validate_gridded_input(cfg, source)
     return cfg
+
+
+def _validate_generated_grid(gen: dict, source: str) -> None:
+    """[input.generate] grid keys: sizes TxLATxLON, fractions in [0, 1)."""
+    if gen["grid"] is None:
+        return
+    try:
+        for key in ("grid", "grid_chunks"):
+            if gen[key] is not None:
+                parse_grid(gen[key], f"input.generate.{key}")
+    except ValueError as exc:
+        raise PipelineError(f"{source}: {exc}") from None
+    for key in ("land", "gaps"):
+        if not 0 <= gen[key] < 1:
+            raise PipelineError(
+                f"{source}: [input.generate] {key} must be a fraction in [0, 1), got {gen[key]}."
+            )
 
 
 def _validate_gridded_input(cfg: dict, source: str) -> None:

@@ -29,8 +29,10 @@ from dask_emk.pipeline.generate import (
     GRID_ATTRS,
     PHOTO_VARIABLE,
     MixtureTruth,
+    parse_grid,
     random_mixture,
     truth_of,
+    write_grid_zarr,
     write_mixture_zarr,
     write_photo_zarr,
 )
@@ -95,6 +97,8 @@ def open_source(cfg: dict, echo=print) -> Source:
                               photo=True)  # fmt: skip
     if cfg["generate"] is not None:
         store, array = ensure_generated(cfg["generate"], echo), "X"
+        if cfg["generate"]["grid"]:
+            return _xarray_source(store, cfg)
     elif cfg["csv"] is not None:
         values, names = read_csv(cfg["csv"], cfg["columns"])
         X = xr.DataArray(da.from_array(values, chunks=(-1, -1)), dims=("sample", "feature"))
@@ -243,7 +247,7 @@ def store_truth(store: str) -> MixtureTruth | None:
 
 
 def ensure_generated(gen: dict, echo=print) -> str:
-    """Write the generated mixture store unless an identical one exists; its path.
+    """Write the generated store (rows, or a grid) unless an identical one exists; its path.
 
     A different store at the path is replaced only if ``generate`` wrote it
     (:mod:`dask_emk.pipeline.outputs`); the path is locked while it is checked and written.
@@ -256,11 +260,21 @@ def ensure_generated(gen: dict, echo=print) -> str:
             echo(f"input: reusing generated {path}")
             return path
         start = time.perf_counter()
-        write_mixture_zarr(
-            path, gen["n"], _generated_truth(gen), chunk_rows=gen["chunk_rows"],
-            dtype=gen["dtype"], seed=gen["seed"], overwrite=True,
-        )  # fmt: skip
-    echo(f"input: generated {gen['n']:,} rows to {path} in {time.perf_counter() - start:.1f} s")
+        if gen["grid"]:
+            write_grid_zarr(
+                path, parse_grid(gen["grid"]), _generated_truth(gen),
+                chunks=parse_grid(gen["grid_chunks"]) if gen["grid_chunks"] else None,
+                land=gen["land"], gaps=gen["gaps"], dtype=gen["dtype"], seed=gen["seed"],
+                overwrite=True,
+            )  # fmt: skip
+            size = f"a {gen['grid']} grid"
+        else:
+            write_mixture_zarr(
+                path, gen["n"], _generated_truth(gen), chunk_rows=gen["chunk_rows"],
+                dtype=gen["dtype"], seed=gen["seed"], overwrite=True,
+            )  # fmt: skip
+            size = f"{gen['n']:,} rows"
+    echo(f"input: generated {size} to {path} in {time.perf_counter() - start:.1f} s")
     return path
 
 
@@ -271,7 +285,7 @@ def ensure_photo(photo: dict, echo=print) -> str:
     with claim(path, GENERATED, where="input.photo.path") as notes:
         for note in notes:
             echo(f"input: {note}")
-        if written_by_dask_emk(path, GENERATED) and _photo_settings(path) == settings:
+        if written_by_dask_emk(path, GENERATED) and _stored_attrs(path, settings) == settings:
             echo(f"input: reusing {path}")
             return path
         write_photo_zarr(path, **settings, overwrite=True)
@@ -279,9 +293,10 @@ def ensure_photo(photo: dict, echo=print) -> str:
     return path
 
 
-def _photo_settings(path: str) -> dict:
+def _stored_attrs(path: str, wanted: dict) -> dict:
+    """The root attributes of the store at ``path`` named in ``wanted``."""
     attrs = dict(open_node(path).attrs)
-    return {key: attrs.get(key) for key in ("image", "clouds", "seed")}
+    return {key: attrs.get(key) for key in wanted}
 
 
 def _generated_truth(gen: dict) -> MixtureTruth:
@@ -294,19 +309,32 @@ def _generated_matches(path: str, gen: dict) -> bool:
         return False
     try:
         group = open_node(path)
-        X, attrs, stored = group["X"], dict(group.attrs), truth_of(group)
+        data = group["x0"] if gen["grid"] else group["X"]
+        attrs, stored = dict(group.attrs), truth_of(group)
     except Exception:  # arrays missing or unreadable: regenerate
         return False
     truth = _generated_truth(gen)
+    if gen["grid"]:
+        shape = parse_grid(gen["grid"])
+        chunks = parse_grid(gen["grid_chunks"]) if gen["grid_chunks"] else (1, *shape[1:])
+        layout = (
+            data.shape == shape
+            and data.chunks == chunks
+            and attrs.get("land_fraction") == gen["land"]
+            and attrs.get("gap_fraction") == gen["gaps"]
+        )
+    else:
+        layout = attrs.get("n_samples") == gen["n"] and data.chunks[0] == gen["chunk_rows"]
     return (
-        attrs.get("n_samples") == gen["n"]
+        layout
         and attrs.get("seed") == gen["seed"]
-        and X.chunks[0] == gen["chunk_rows"]
-        and str(X.dtype) == gen["dtype"]
+        and str(data.dtype) == gen["dtype"]
         # The truth follows from d, k, separation and seed: compare it, not settings.
         and all(
-            np.array_equal(getattr(stored, name), getattr(truth, name)) for name in TRUTH_ARRAYS
+            np.array_equal(getattr(stored, name), getattr(truth, name))
+            for name in ("means", "covariances")
         )
+        and (gen["grid"] or np.array_equal(stored.weights, truth.weights))
     )
 
 
