@@ -136,6 +136,9 @@ def _write_mixture(
     """Fill an empty group with ``X``, ``labels`` and the truth, one Dask task per chunk."""
     d = truth.means.shape[1]
     compressors = [BloscCodec(cname="zstd", clevel=3, shuffle="shuffle")]
+    # Every chunk gets its file, also one of only the fill value (labels all
+    # 0, say): a missing file is what the read checks refuse.
+    every_chunk = {"write_empty_chunks": True}
     X = group.create_array(
         "X",
         shape=(n_samples, d),
@@ -143,6 +146,7 @@ def _write_mixture(
         dtype=dtype,
         compressors=compressors,
         dimension_names=export.schema_dims(export.GENERATED, "X"),
+        config=every_chunk,
     )
     labels = group.create_array(
         "labels",
@@ -151,6 +155,7 @@ def _write_mixture(
         dtype="int32",
         compressors=compressors,
         dimension_names=export.schema_dims(export.GENERATED, "labels"),
+        config=every_chunk,
     )
     streams = np.random.SeedSequence(seed).spawn(-(-n_samples // chunk_rows))
     shared_truth = dask.delayed(truth)
@@ -162,7 +167,8 @@ def _write_mixture(
     compute_one(writes)
     for name in ("weights", "means", "covariances"):
         dims = export.schema_dims(export.GENERATED, name)
-        group.create_array(name, data=getattr(truth, name), dimension_names=dims)
+        group.create_array(name, data=getattr(truth, name), dimension_names=dims,
+                           config=every_chunk)  # fmt: skip
     attrs = dict(n_samples=n_samples, n_features=d, n_components=truth.weights.size, seed=seed)
     group.attrs.update(export.schema_attrs(export.GENERATED, **attrs))
 

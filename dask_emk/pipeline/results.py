@@ -126,19 +126,17 @@ def write_results(
     final = final if is_url(final) else final.absolute()
     with building_store(final, RESULTS) as store:
         root = portable_strings(root).assign_attrs(store_marker(RESULTS))
-        root.to_zarr(store, mode="a", consolidated=False, zarr_format=3)
+        # Every chunk gets its file, also one of only the fill value (an
+        # all-land chunk of labels): a missing file is what the read checks refuse.
+        every_chunk = {"consolidated": False, "write_empty_chunks": True}
+        root.to_zarr(store, mode="a", zarr_format=3, **every_chunk)
         for name, ds in groups.items():
-            portable_strings(ds).to_zarr(
-                store, group=name, mode="w-", consolidated=False, zarr_format=3
-            )
+            portable_strings(ds).to_zarr(store, group=name, mode="w-", zarr_format=3, **every_chunk)
         if per_sample is not None:
             # Appending rewrites the group's attributes: keep the root's.
             per_sample = per_sample.assign_attrs(root.attrs)
             encoding = {name: {"compressors": (_compressor(),)} for name in per_sample.data_vars}
-            # Empty chunks too: an all-land chunk of labels holds only the fill
-            # value, and a missing file is what the read checks refuse.
-            per_sample.to_zarr(store, mode="a", consolidated=False, encoding=encoding,
-                               write_empty_chunks=True)  # fmt: skip
+            per_sample.to_zarr(store, mode="a", encoding=encoding, **every_chunk)
     return final
 
 
