@@ -170,14 +170,8 @@ def plot_label_map(labels: xr.DataArray, path) -> Path:
     return _save(fig, path)
 
 
-def quantised_image(labels: np.ndarray, centres: np.ndarray) -> np.ndarray:
-    """(y, x, 3) uint8 image: each pixel the centre of its cluster, white where unlabelled."""
-    palette = _palette(centres)
-    return palette[_palette_index(labels, centres.shape[0])]
-
-
 def save_quantised(labels: xr.DataArray, centres: np.ndarray, path) -> Path:
-    """The photograph in its cluster centres' colours (:func:`quantised_image`).
+    """The photograph in its cluster centres' colours (rounded), white where unlabelled.
 
     Written as a palette PNG, one pixel per pixel: exact, and small.
     """
@@ -198,7 +192,7 @@ def save_quantised(labels: xr.DataArray, centres: np.ndarray, path) -> Path:
 def _palette(centres: np.ndarray) -> np.ndarray:
     """(K + 1, 3) uint8 colours: the centres (rounded, clipped to 0 … 255), then white."""
     colours = np.clip(np.round(np.asarray(centres, np.float64)), 0, 255).astype(np.uint8)
-    return np.vstack([colours, [255, 255, 255]]).astype(np.uint8)
+    return np.vstack([colours, np.full((1, 3), 255, np.uint8)])
 
 
 def _palette_index(labels: np.ndarray, n_clusters: int) -> np.ndarray:
