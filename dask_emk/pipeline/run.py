@@ -294,8 +294,10 @@ def redacted(cfg: dict) -> dict:
 def redact_text(text: str, cfg: dict) -> str:
     """The pipeline file's text with the values :func:`redacted` hides replaced too."""
     for value in _secrets(cfg, redacted(cfg)):
-        for spelling in {value, json.dumps(value)[1:-1]}:  # as written, or TOML-escaped
-            text = text.replace(spelling, REDACTED)
+        # The value as a TOML string, basic (escaped as JSON escapes it) or literal:
+        # a short secret is not replaced inside other text.
+        for spelling in (json.dumps(value), f"'{value}'"):
+            text = text.replace(spelling, f'"{REDACTED}"')
     return text
 
 
