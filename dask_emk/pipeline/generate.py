@@ -279,17 +279,16 @@ def gridded_dataset(
     rng = np.random.default_rng(seed)
     sites = rng.uniform((0, 0), (Y, X), size=(SITES_PER_REGIME * K, 2))
     regimes = rng.permutation(np.arange(sites.shape[0]) % K)
-    is_land = land_mask((Y, X), land, rng)
+    coast = coastline((Y, X), land, rng)
     block_chunks = tuple(
         tuple(min(c, n - i) for i in range(0, n, c)) for c, n in zip(chunks, shape, strict=True)
     )
-    n_blocks = int(np.prod([len(c) for c in block_chunks]))
-    streams = np.random.SeedSequence(seed).spawn(n_blocks)
-    where = (sites, regimes, is_land, block_chunks)
+    # Each task gets the few numbers that define the regions and the land, never a mask.
+    where = (sites, regimes, coast, (Y, X), block_chunks)
     labels = da.map_blocks(_labels_block, *where, chunks=block_chunks, dtype=np.int32,
                            meta=np.empty((0, 0, 0), np.int32))  # fmt: skip
     values = da.map_blocks(
-        _values_block, *where, truth, streams, gaps, np.dtype(dtype),
+        _values_block, *where, truth, seed, gaps, np.dtype(dtype),
         chunks=(*block_chunks, (d,)), dtype=dtype,
         meta=np.empty((0, 0, 0, 0), dtype),
     )  # fmt: skip
@@ -306,7 +305,7 @@ def gridded_dataset(
     ds = xr.Dataset({name: (GRID_DIMS, values[..., i]) for i, name in enumerate(names)})
     truth_vars = {
         "labels": xr.DataArray(labels, dims=GRID_DIMS, attrs={"_FillValue": -1}),
-        "land": is_land,
+        "land": is_land(coast, (Y, X), np.arange(Y), np.arange(X)),
         "weights": weights,
         "means": truth.means,
         "covariances": truth.covariances,
@@ -321,24 +320,37 @@ def gridded_dataset(
     return ds
 
 
-def land_mask(shape: tuple[int, int], fraction: float, rng: np.random.Generator) -> np.ndarray:
-    """A smooth random (lat, lon) mask covering about ``fraction`` of the grid."""
+def coastline(shape: tuple[int, int], fraction: float, rng: np.random.Generator) -> tuple:
+    """A smooth random land mask covering about ``fraction`` of a (lat, lon) grid:
+    (coarse field, threshold); :func:`is_land` evaluates it anywhere."""
+    coarse = rng.standard_normal((5, 9))
     if fraction == 0:
-        return np.zeros(shape, dtype=bool)
+        return coarse, np.inf
+    field = _coarse_field(coarse, shape, np.arange(shape[0]), np.arange(shape[1]))
+    return coarse, float(np.quantile(field, 1 - fraction))
+
+
+def is_land(coast: tuple, shape: tuple[int, int], y: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """(len(y), len(x)) mask of the rows ``y`` and columns ``x`` of the grid."""
+    coarse, threshold = coast
+    return _coarse_field(coarse, shape, y, x) > threshold
+
+
+def _coarse_field(coarse: np.ndarray, shape, y: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """The coarse field interpolated (bilinear) onto grid rows ``y`` and columns ``x``."""
     from scipy.ndimage import map_coordinates
 
-    coarse = rng.standard_normal((5, 9))
-    where = np.meshgrid(np.linspace(0, 4, shape[0]), np.linspace(0, 8, shape[1]), indexing="ij")
-    field = map_coordinates(coarse, where, order=1)
-    return field > np.quantile(field, 1 - fraction)
+    (cy, cx), (ny, nx) = coarse.shape, shape
+    where = np.meshgrid(y * (cy - 1) / max(ny - 1, 1), x * (cx - 1) / max(nx - 1, 1), indexing="ij")
+    return map_coordinates(coarse, where, order=1)
 
 
-def _block_regimes(sites, regimes, is_land, block_chunks, block_id) -> np.ndarray:
+def _block_regimes(sites, regimes, coast, shape, block_chunks, block_id) -> np.ndarray:
     """Regime of each point of one (time, lat, lon) block, -1 on land."""
     starts = [sum(c[:i]) for c, i in zip(block_chunks, block_id, strict=False)]
     sizes = [c[i] for c, i in zip(block_chunks, block_id, strict=False)]
     t, y, x = (np.arange(s, s + n) for s, n in zip(starts, sizes, strict=True))
-    X = is_land.shape[1]
+    X = shape[1]
     site_y = sites[:, 0]
     site_x = (sites[None, :, 1] + t[:, None]) % X  # (t, site): one cell east per step
     dy = y[:, None] - site_y[None, :]  # (y, site)
@@ -346,20 +358,20 @@ def _block_regimes(sites, regimes, is_land, block_chunks, block_id) -> np.ndarra
     dx = np.minimum(dx, X - dx)
     dist = dy[None, :, None, :] ** 2 + dx[:, None, :, :] ** 2  # (t, y, x, site)
     labels = regimes[np.argmin(dist, axis=-1)].astype(np.int32)
-    labels[:, is_land[y[0] : y[-1] + 1, x[0] : x[-1] + 1]] = -1
+    labels[:, is_land(coast, shape, y, x)] = -1
     return labels
 
 
-def _labels_block(sites, regimes, is_land, block_chunks, block_id=None) -> np.ndarray:
-    return _block_regimes(sites, regimes, is_land, block_chunks, block_id)
+def _labels_block(sites, regimes, coast, shape, block_chunks, block_id=None) -> np.ndarray:
+    return _block_regimes(sites, regimes, coast, shape, block_chunks, block_id)
 
 
-def _values_block(sites, regimes, is_land, block_chunks, truth, streams, gaps, dtype,
+def _values_block(sites, regimes, coast, shape, block_chunks, truth, seed, gaps, dtype,
                   block_id=None) -> np.ndarray:  # fmt: skip
     """The variables of one block: each point drawn from its regime; NaN on land and at gaps."""
-    labels = _block_regimes(sites, regimes, is_land, block_chunks, block_id)
-    index = np.ravel_multi_index(block_id[:3], [len(c) for c in block_chunks])
-    rng = np.random.default_rng(streams[index])
+    labels = _block_regimes(sites, regimes, coast, shape, block_chunks, block_id)
+    # Its own random stream, from the seed and the block's place in the grid.
+    rng = np.random.default_rng([seed, *block_id[:3]])
     flat = labels.ravel()
     ocean = flat >= 0
     values = np.full((flat.size, truth.means.shape[1]), np.nan)
