@@ -87,13 +87,18 @@ def model_dataset(outcome: FitOutcome, scaler=None) -> xr.Dataset:
     return ds
 
 
-def per_sample_dataset(model, X, output: dict, scaler=None) -> xr.Dataset | None:
+def per_sample_dataset(
+    model, X, output: dict, sample_dims: tuple[str, ...] = ("sample",), scaler=None
+) -> xr.Dataset | None:
     """Lazy per-sample outputs the pipeline asks for (None if none).
 
     ``X`` is the lazy xarray input, so each output is a dask-backed
-    DataArray chunked like the input's sample axis. A model fitted behind a
-    ``scaler`` sees ``scaler.transform(X)``; its log densities are given in
-    the data's units.
+    DataArray chunked like the input's sample axis, or on its grid (dims
+    ``sample_dims`` and coordinates) for gridded input. Labels of points
+    that ``nan_policy='omit'`` leaves out are -1, recorded as ``_FillValue``
+    (NaN when read back with xarray). A model fitted behind a ``scaler``
+    sees ``scaler.transform(X)``; its log densities are given in the data's
+    units.
     """
     Xm = X if scaler is None else scaler.transform(X)
     wanted = {
@@ -102,7 +107,7 @@ def per_sample_dataset(model, X, output: dict, scaler=None) -> xr.Dataset | None
         "log_density": lambda: _log_density(model, Xm, scaler),
     }
     out = {name: make() for name, make in wanted.items() if output.get(name)}
-    return export.schema_dataset(export.RESULTS, out, {}) if out else None
+    return export.schema_dataset(export.RESULTS, out, {}, sample_dims) if out else None
 
 
 def _log_density(model, X, scaler):
@@ -137,16 +142,17 @@ def write_results(
     final = final if is_url(final) else final.absolute()
     with building_store(final, RESULTS) as store:
         root = portable_strings(root).assign_attrs(store_marker(RESULTS))
-        root.to_zarr(store, mode="a", consolidated=False, zarr_format=3)
+        # Every chunk gets its file, also one of only the fill value (an
+        # all-land chunk of labels): a missing file is what the read checks refuse.
+        every_chunk = {"consolidated": False, "write_empty_chunks": True}
+        root.to_zarr(store, mode="a", zarr_format=3, **every_chunk)
         for name, ds in groups.items():
-            portable_strings(ds).to_zarr(
-                store, group=name, mode="w-", consolidated=False, zarr_format=3
-            )
+            portable_strings(ds).to_zarr(store, group=name, mode="w-", zarr_format=3, **every_chunk)
         if per_sample is not None:
             # Appending rewrites the group's attributes: keep the root's.
             per_sample = per_sample.assign_attrs(root.attrs)
             encoding = {name: {"compressors": (_compressor(),)} for name in per_sample.data_vars}
-            per_sample.to_zarr(store, mode="a", consolidated=False, encoding=encoding)
+            per_sample.to_zarr(store, mode="a", encoding=encoding, **every_chunk)
     return final
 
 
