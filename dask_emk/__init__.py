@@ -3,6 +3,13 @@
 from dask_emk._version import __version__
 from dask_emk.models.anneal import AnnealedGaussianMixture
 from dask_emk.models.gmm import GaussianMixture
+from dask_emk.models.ic import GaussianMixtureIC
 from dask_emk.models.kmeans import KMeans
 
-__all__ = ["AnnealedGaussianMixture", "GaussianMixture", "KMeans", "__version__"]
+__all__ = [
+    "AnnealedGaussianMixture",
+    "GaussianMixture",
+    "GaussianMixtureIC",
+    "KMeans",
+    "__version__",
+]

@@ -8,12 +8,12 @@ import re
 import numpy as np
 import pytest
 
-from dask_emk import AnnealedGaussianMixture, GaussianMixture, KMeans
+from dask_emk import AnnealedGaussianMixture, GaussianMixture, GaussianMixtureIC, KMeans
 from dask_emk.models.params import GMM_INITS, Integer, Real, validate_params
 from dask_emk.pipeline import config
 from dask_emk.pipeline.config import PipelineError
 
-ESTIMATORS = [GaussianMixture, KMeans, AnnealedGaussianMixture]
+ESTIMATORS = [GaussianMixture, KMeans, AnnealedGaussianMixture, GaussianMixtureIC]
 X = np.random.default_rng(0).normal(size=(40, 2))
 #: The one parameter that takes a bool.
 BOOLEAN = {"warm_start"}
