@@ -15,8 +15,8 @@ from dask_emk.pipeline.config import PipelineError
 
 ESTIMATORS = [GaussianMixture, KMeans, AnnealedGaussianMixture, GaussianMixtureIC]
 X = np.random.default_rng(0).normal(size=(40, 2))
-#: The one parameter that takes a bool.
-BOOLEAN = {"warm_start"}
+#: The parameters that take a bool.
+BOOLEAN = {"warm_start", "accelerate"}
 
 
 def constructor_params(cls) -> list[str]:

@@ -191,9 +191,14 @@ class Batch:
             results[i] = stop.value
 
     def _answer(self, pending: dict) -> dict:
-        """Answer every pending request: one read for all Rows, one pass for all Passes."""
+        """Answer every pending request: one read for all Rows, one pass for all Passes.
+
+        A fit may ask for several passes at once (a list of Pass, answered
+        by a list): they share the round's one pass.
+        """
         rows = [i for i, r in pending.items() if isinstance(r, Rows)]
-        passes = [i for i, r in pending.items() if isinstance(r, Pass)]
+        passes = [(i, r if isinstance(r, list) else [r]) for i, r in pending.items()
+                  if not isinstance(r, Rows)]  # fmt: skip
         answers = {}
         if rows:
             index = np.concatenate([pending[i].index for i in rows]).astype(np.int64)
@@ -202,10 +207,11 @@ class Batch:
             answers.update({i: read[end - pending[i].index.size : end]
                             for i, end in zip(rows, ends, strict=True)})  # fmt: skip
         if passes:
-            stats = batch_pass(
-                self.X, self.weight, [pending[i] for i in passes], self.split_every, self.omit_nan
-            )
-            answers.update(zip(passes, stats, strict=True))
+            requests = [request for _, some in passes for request in some]
+            stats = iter(batch_pass(self.X, self.weight, requests, self.split_every, self.omit_nan))
+            for i, some in passes:
+                got = [next(stats) for _ in some]
+                answers[i] = got if isinstance(pending[i], list) else got[0]
         return answers
 
 

@@ -26,6 +26,35 @@ from dask_emk.models.seeding import done, kmeans_plusplus_steps, random_rows_ste
 from dask_emk.models.validation import check_features, input_options, validate_features
 
 
+class _Progress:
+    """Lower bounds, convergence and reports of one EM run, iteration by iteration."""
+
+    def __init__(self, model, data: InputData, init: int, batch, bound: float):
+        self.model, self.dtype, self.init, self.batch = model, data.array.dtype, init, batch
+        self.bound, self.bounds, self.n_iter, self.converged = bound, [], 0, False
+
+    def record(self, stats: dict, state: GaussianState) -> bool:
+        """An iteration whose E-step gave ``stats`` and M-step ``state``; True when converged."""
+        return self.record_bound(float(stats["loglik"] / stats["n"]), state)
+
+    def record_bound(self, bound: float, state: GaussianState) -> bool:
+        model = self.model
+        previous, self.bound = self.bound, bound
+        self.n_iter += 1
+        self.bounds.append(bound)
+        running = self.batch.running if self.batch is not None else (self.init,)
+        model._print_iteration(self.n_iter, bound - previous, self.init, running)
+        self.converged = bool(abs(bound - previous) < model.tol)
+        if model.callback is not None:
+            model._report(
+                self.init, self.n_iter, state, self.dtype, self.bounds, self.converged, running
+            )
+        return self.converged
+
+    def run(self, state: GaussianState) -> EMRun:
+        return EMRun(state, self.bound, self.bounds, self.n_iter, self.converged)
+
+
 @dataclass
 class EMRun:
     """Outcome of EM from one initialisation (float64)."""
@@ -125,6 +154,15 @@ class GaussianMixture(DensityMixin, ChunkedEstimator):
         ``iteration``, ``lower_bound``, ``change`` and ``converged``. A copy of
         ``model`` saved there and refitted with ``warm_start=True`` continues
         exactly where it left off (parameters are kept in float64 too).
+    accelerate : bool, default=False
+        SQUAREM-accelerated EM (Varadhan & Roland 2008,
+        :mod:`dask_emk.core.squarem`): each cycle makes two EM steps, jumps
+        along their path, and keeps the jump only if its lower bound is at
+        least the plain EM step's (evaluated in the same pass), so the lower
+        bound never decreases. The jump is taken in log-weights, means and
+        log-diagonal Cholesky factors of the covariances, so weights stay on
+        the simplex and covariances positive definite. An iteration is a
+        pass: ``n_iter_``, ``lower_bounds_`` and ``max_iter`` count passes.
     nan_policy : {'raise', 'omit', 'marginalize'}, default='raise'
         NaN in X: ``'raise'`` an error; ``'omit'`` leaves every row (grid
         point) holding a NaN out of every statistic, seeding included, and
@@ -176,6 +214,7 @@ class GaussianMixture(DensityMixin, ChunkedEstimator):
         variance=None,
         split_every=None,
         callback=None,
+        accelerate=False,
         nan_policy="raise",
         feature_dim=None,
         sample_dims=None,
@@ -197,6 +236,7 @@ class GaussianMixture(DensityMixin, ChunkedEstimator):
         self.variance = variance
         self.split_every = split_every
         self.callback = callback
+        self.accelerate = accelerate
         self.nan_policy = nan_policy
         self.feature_dim = feature_dim
         self.sample_dims = sample_dims
@@ -300,33 +340,34 @@ class GaussianMixture(DensityMixin, ChunkedEstimator):
         self.lower_bounds_ = best.bounds
 
     def _em_steps(self, data: InputData, start: Steps, bound: float, init: int, batch) -> Steps:
-        """EM iterations from the state ``start`` gives, as a step generator returning an EMRun."""
-        dtype = data.array.dtype
-        eps = 10 * np.finfo(dtype).eps
+        """EM iterations from the state ``start`` gives, as a step generator returning an EMRun.
+
+        With ``accelerate`` the iterations are SQUAREM's
+        (:func:`dask_emk.models.squarem.squarem_steps`).
+        """
         layout = StatsLayout.mixture(self.n_components, data.n_features, self.covariance_type)
+        progress = _Progress(self, data, init, batch, bound)
         state = yield from start
-        bounds, converged, n_iter = [], False, 0
-        for n_iter in range(1, self.max_iter + 1):
-            stats = yield self._em_request(state, layout)
-            _check_mass(stats, data.omit_nan)
-            previous, bound = bound, stats["loglik"] / stats["n"]
-            state = m_step(
-                stats,
-                state.means,
-                self.covariance_type,
-                self.reg_covar,
-                eps=eps,
-                variance=self.variance,
-            )
-            bounds.append(float(bound))
-            running = batch.running if batch is not None else (init,)
-            self._print_iteration(n_iter, bound - previous, init, running)
-            converged = bool(abs(bound - previous) < self.tol)
-            if self.callback is not None:
-                self._report(init, n_iter, state, dtype, bounds, converged, running)
-            if converged:
-                break
-        return EMRun(state, bound, bounds, n_iter, converged)
+        if self.accelerate:
+            from dask_emk.models.squarem import squarem_steps
+
+            state = yield from squarem_steps(self, data, state, layout, progress)
+        else:
+            while progress.n_iter < self.max_iter:
+                stats = yield self._em_request(state, layout)
+                state = self._m_step(stats, state, data)
+                if progress.record(stats, state):
+                    break
+        return progress.run(state)
+
+    def _m_step(self, stats: dict, state: GaussianState, data: InputData) -> GaussianState:
+        """The M-step of E-step statistics taken at ``state``."""
+        _check_mass(stats, data.omit_nan)
+        eps = 10 * np.finfo(data.array.dtype).eps
+        return m_step(
+            stats, state.means, self.covariance_type, self.reg_covar, eps=eps,
+            variance=self.variance,
+        )  # fmt: skip
 
     def _report(self, init, n_iter, state, dtype, bounds: list, converged: bool, running=None):
         """Publish this iteration's parameters on the model and call the callback.

@@ -27,7 +27,7 @@ from dask_emk.models.validation import check_features
 
 #: The parameters every candidate takes from the GaussianMixtureIC.
 SHARED = ("tol", "reg_covar", "max_iter", "n_init", "init_params", "random_state", "verbose",
-          "verbose_interval", "split_every", "callback", "nan_policy", "feature_dim",
+          "verbose_interval", "split_every", "callback", "accelerate", "nan_policy", "feature_dim",
           "sample_dims")  # fmt: skip
 
 
@@ -64,6 +64,8 @@ class GaussianMixtureIC(DensityMixin, ChunkedEstimator):
     verbose, verbose_interval : see GaussianMixture
     callback : callable, optional
         As GaussianMixture's, with the candidate as ``model``.
+    accelerate : bool, default=False
+        SQUAREM-accelerated EM for every candidate, see GaussianMixture.
     nan_policy : see GaussianMixture
     feature_dim, sample_dims : optional, see GaussianMixture
 
@@ -97,6 +99,7 @@ class GaussianMixtureIC(DensityMixin, ChunkedEstimator):
         verbose_interval=10,
         split_every=None,
         callback=None,
+        accelerate=False,
         nan_policy="raise",
         feature_dim=None,
         sample_dims=None,
@@ -115,6 +118,7 @@ class GaussianMixtureIC(DensityMixin, ChunkedEstimator):
         self.verbose_interval = verbose_interval
         self.split_every = split_every
         self.callback = callback
+        self.accelerate = accelerate
         self.nan_policy = nan_policy
         self.feature_dim = feature_dim
         self.sample_dims = sample_dims

@@ -301,6 +301,7 @@ GAUSSIAN_MIXTURE: dict[str, Spec] = {
     "variance": OPTIONAL_POSITIVE_FINITE,
     "split_every": SPLIT_EVERY,
     "callback": CALLBACK,
+    "accelerate": Boolean(),
     **INPUT_OPTIONS,
 }
 
@@ -333,7 +334,7 @@ GAUSSIAN_MIXTURE_IC: dict[str, Spec] = {
     **{
         name: GAUSSIAN_MIXTURE[name]
         for name in ("tol", "reg_covar", "max_iter", "n_init", "init_params", "random_state",
-                     "verbose", "verbose_interval", "split_every", "callback")
+                     "verbose", "verbose_interval", "split_every", "callback", "accelerate")
     },  # fmt: skip
     **INPUT_OPTIONS,
 }
