@@ -99,3 +99,24 @@ def test_sweep_costs_the_computes_of_its_slowest_candidate(X):
 def test_errors(X, kw, message):
     with pytest.raises(ValueError, match=message):
         GaussianMixtureIC(**kw).fit(X)
+
+
+def test_cli_fit_gmm_ic_writes_the_best_model_and_the_criterion_plot(tmp_path):
+    from pipeline_helpers import assert_one_line_error, invoke, open_results
+
+    store, out = tmp_path / "d.zarr", tmp_path / "r.zarr"
+    assert invoke("generate", store, "--n", 1500, "--d", 2, "--k", 3, "--chunk-rows", 500,
+                  "--seed", 2).exit_code == 0  # fmt: skip
+    result = invoke("fit", f"{store}/X", "--model", "gmm-ic", "--k", 5, "--min-components", 2,
+                    "--covariance-type", "all", "--out", out, "--scheduler", "threads")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "r.criterion.png").stat().st_size > 0
+    assert "2/spherical iter" in result.output  # progress names the candidate
+    fitted = open_results(out)
+    assert fitted.sizes["component"] == 3
+    assert fitted.attrs["covariance_type"] in TYPES
+    # --min-components belongs to gmm-ic; 'all' types too.
+    bad = invoke("fit", f"{store}/X", "--k", 3, "--min-components", 2, "--out", tmp_path / "x")
+    assert_one_line_error(bad, "--min-components does not apply to --model gmm")
+    bad = invoke("fit", f"{store}/X", "--k", 3, "--covariance-type", "all", "--out", tmp_path / "y")
+    assert_one_line_error(bad, "covariance_type")

@@ -122,16 +122,23 @@ def run(pipeline, scheduler, resume, quiet, no_plots) -> None:
 
 @main.command()
 @click.argument("input_path", metavar="INPUT")
-@click.option("--model", type=click.Choice(["gmm", "kmeans", "anneal"]), default="gmm")
-@click.option("--k", "n_components", type=click.IntRange(min=1), required=True)
+@click.option("--model", type=click.Choice(list(MODEL_FIELDS)), default="gmm")
+@click.option(
+    "--k", "n_components", type=click.IntRange(min=1), required=True,
+    help="Number of components (gmm-ic: the largest number tried).",
+)  # fmt: skip
+@click.option(
+    "--min-components", type=click.IntRange(min=1), default=None,
+    help="gmm-ic only: the smallest number of components tried. Default: 1.",
+)  # fmt: skip
 @click.option(
     "--out", required=True, help="RESULTS.zarr, a path or URL (replaced only if dask-emk wrote it)"
 )
 @click.option(
     "--covariance-type",
-    type=click.Choice(MODEL_FIELDS["gmm"]["covariance_type"][0]),
+    type=click.Choice(MODEL_FIELDS["gmm-ic"]["covariance_type"][0]),
     default=None,
-    help="gmm only. Default: full.",
+    help="gmm and gmm-ic ('all': gmm-ic only, the four scikit-learn types). Default: full.",
 )
 @click.option("--init", default=None, help="Seeding / init (model-specific; 'anneal' too).")
 @click.option("--tol", type=click.FloatRange(min=0), default=None)
@@ -186,7 +193,7 @@ def _run(cfg, text, scheduler, resume, quiet, no_plots, results_name) -> None:
 
 
 #: ``dask-emk fit`` options that set a [model] field of the same name.
-MODEL_OPTIONS = ("init", "tol", "max_iter", "covariance_type")
+MODEL_OPTIONS = ("init", "tol", "max_iter", "covariance_type", "min_components")
 
 
 def _model_section(model: str, n_components: int, opts: dict) -> dict:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from dask_emk.models.anneal import AnnealedGaussianMixture
 from dask_emk.models.gmm import GaussianMixture
+from dask_emk.models.ic import GaussianMixtureIC
 from dask_emk.models.kmeans import KMeans
 from dask_emk.models.params import Boolean, Either, Integer, Options, RandomState, Real, Spec
 
@@ -56,6 +57,12 @@ MODELS = {
     }),
     "anneal": (AnnealedGaussianMixture, {
         "n_components": "n_components", "random_state": "random_state",
+    }),
+    # A search: n_components is the largest K tried.
+    "gmm-ic": (GaussianMixtureIC, {
+        "n_components": "max_components", "min_components": "min_components",
+        "random_state": "random_state", "covariance_type": "covariance_type",
+        "criterion": "criterion", "tol": "tol", "reg_covar": "reg_covar", "max_iter": "max_iter",
     }),
 }  # fmt: skip
 #: Fields of every model type; a pipeline names n_components and seeds with 0.

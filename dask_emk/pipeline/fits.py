@@ -42,6 +42,8 @@ class FitOutcome:
     history: list[Iteration] = field(default_factory=list)
     converged: bool = False
     objective: str = "lower_bound"
+    #: The GaussianMixtureIC whose best model ``model`` is (gmm-ic runs only).
+    search: object = None
 
 
 Progress = Callable[[str, Iteration], None]
@@ -116,6 +118,39 @@ def fit_kmeans(X, params: dict, checkpoint: Checkpoint, progress: Progress) -> F
         start.update(init=outcome.model, n_init=1)
     outcome.model = checkpointable(KMeans(**start).fit(X))
     outcome.converged = bool(last["converged"])
+    checkpoint.save("model", outcome)
+    return outcome
+
+
+def fit_gmm_ic(X, params: dict, checkpoint: Checkpoint, progress: Progress) -> FitOutcome:
+    """GaussianMixtureIC fitted once; the outcome's model is its best GaussianMixture.
+
+    Every candidate reports its iterations (stage ``K/type``); the checkpoint
+    holds the finished search only: an interrupted search restarts from its
+    beginning and gives the same result (the seeds are fixed).
+    """
+    saved = checkpoint.get("model")
+    if saved is not None:
+        return saved
+    from dask_emk.models.ic import GaussianMixtureIC
+
+    clock = {}
+
+    def on_iteration(model, info):
+        stage = f"{model.n_components}/{model.covariance_type}"
+        now = time.perf_counter()
+        seconds, clock[stage] = now - clock.get(stage, now), now
+        progress(stage, Iteration(info["iteration"], info["lower_bound"], info["change"], seconds))
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        search = GaussianMixtureIC(**params, callback=on_iteration).fit(X)
+    best = search.best_estimator_.set_params(callback=None)  # a closure: not picklable
+    bounds = [float(v) for v in best.lower_bounds_]
+    history = [Iteration(i + 1, v, v - bounds[i - 1] if i else np.inf, np.nan)
+               for i, v in enumerate(bounds)]  # fmt: skip
+    outcome = FitOutcome(checkpointable(best), history, bool(best.converged_))
+    outcome.search = checkpointable(search)
     checkpoint.save("model", outcome)
     return outcome
 

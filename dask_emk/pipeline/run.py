@@ -31,6 +31,7 @@ from dask_emk.pipeline.fits import (
     anneal_outcome,
     fit_anneal,
     fit_gmm,
+    fit_gmm_ic,
     fit_kmeans,
     format_iteration,
     gmm_init_from_anneal,
@@ -189,6 +190,8 @@ def fit_model(cfg: dict, source: Source, checkpoint: Checkpoint, echo) -> tuple:
     if kind == "anneal":
         return anneal_outcome(anneal), anneal
     params = estimator_params(model_cfg)
+    if kind == "gmm-ic":
+        return fit_gmm_ic(X, params, checkpoint, progress), anneal
     if kind == "kmeans":
         if params["init"] == "anneal":
             params["init"] = np.asarray(anneal.means_, np.float64)
@@ -210,6 +213,8 @@ def draw_figures(
     drawn = [figures.plot_convergence(outcome.history, outcome.objective, paths["convergence"])]
     if anneal is not None:
         drawn.append(figures.plot_anneal_path(anneal.path_, paths["path"]))
+    if outcome.search is not None:
+        drawn.append(figures.plot_criteria(outcome.search.criteria_, paths["criterion"]))
     if source.X.sizes["feature"] == 2:
         X2 = figures.subsample_rows(source.X)
         model = outcome.model
