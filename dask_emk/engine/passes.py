@@ -111,9 +111,7 @@ def seed_block(X, weight, centers, trials, origin, n_keep, seed, scale, layout) 
     return layout.pack(seeding.seed_stats(X, weight, centers, trials, origin, n_keep, seed, scale))
 
 
-def seed_request(
-    centers, trials, origin, n_keep, seed, scale=None, weighted=True
-) -> Pass:
+def seed_request(centers, trials, origin, n_keep, seed, scale=None, weighted=True) -> Pass:
     """The request of a seeding pass (arguments as :func:`seed_pass`).
 
     ``weighted=False`` draws as if every row weighed 1 whatever the sample
@@ -124,9 +122,7 @@ def seed_request(
         {"nonfinite": (), "potential": (s,), "key": (s, n_keep), "x": (s, n_keep, d)}
     )
     args = (centers, trials, origin, n_keep, seed, scale, layout)
-    if not weighted:
-        args = (seed_block, *args)
-    block_fn = seed_block if weighted else unweighted_block
+    block_fn, args = (seed_block, args) if weighted else (unweighted_block, (seed_block, *args))
     return Pass(layout, block_fn, args, partial(merge_packed, layout=layout, tops=SAMPLE_LIST))
 
 

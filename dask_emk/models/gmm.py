@@ -23,6 +23,7 @@ from dask_emk.engine.inputs import InputData, as_input
 from dask_emk.models.base import ChunkedEstimator
 from dask_emk.models.params import GAUSSIAN_MIXTURE, Integer
 from dask_emk.models.seeding import done, kmeans_plusplus_steps, random_rows_steps
+from dask_emk.models.squarem import squarem_steps
 from dask_emk.models.validation import check_features, input_options, validate_features
 
 
@@ -35,10 +36,7 @@ class _Progress:
 
     def record(self, stats: dict, state: GaussianState) -> bool:
         """An iteration whose E-step gave ``stats`` and M-step ``state``; True when converged."""
-        return self.record_bound(float(stats["loglik"] / stats["n"]), state)
-
-    def record_bound(self, bound: float, state: GaussianState) -> bool:
-        model = self.model
+        model, bound = self.model, float(stats["loglik"] / stats["n"])
         previous, self.bound = self.bound, bound
         self.n_iter += 1
         self.bounds.append(bound)
@@ -349,8 +347,6 @@ class GaussianMixture(DensityMixin, ChunkedEstimator):
         progress = _Progress(self, data, init, batch, bound)
         state = yield from start
         if self.accelerate:
-            from dask_emk.models.squarem import squarem_steps
-
             state = yield from squarem_steps(self, data, state, layout, progress)
         else:
             while progress.n_iter < self.max_iter:
