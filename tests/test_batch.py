@@ -58,11 +58,11 @@ def test_gmm_n_init_is_the_best_sequential_fit_and_costs_no_more_passes(Xd, init
     def make(n, rs):
         return GaussianMixture(K, n_init=n, random_state=rs, init_params=init, max_iter=30)
 
-    singles, counts = sequential(make, Xd, 6)
+    singles, counts = sequential(make, Xd, 4)
     bounds = np.array([s.lower_bound_ for s in singles])
     assert np.ptp(bounds) > 1e-6, "inits should reach different optima for this test to bite"
     best = singles[int(np.argmax(bounds))]
-    nn, multi = computes(make, Xd, 6)
+    nn, multi = computes(make, Xd, 4)
     assert multi.lower_bound_ == best.lower_bound_
     assert multi.lower_bounds_ == best.lower_bounds_
     np.testing.assert_array_equal(multi.means_, best.means_)
@@ -76,10 +76,10 @@ def test_kmeans_n_init_is_the_best_sequential_fit_in_few_passes(Xd, init):
     def make(n, rs):
         return KMeans(K, n_init=n, random_state=rs, init=init, max_iter=100)
 
-    singles, counts = sequential(make, Xd, 6)
+    singles, counts = sequential(make, Xd, 4)
     inertias = np.array([s.inertia_ for s in singles])
     best = singles[int(np.argmin(inertias))]
-    nn, multi = computes(make, Xd, 6)
+    nn, multi = computes(make, Xd, 4)
     assert multi.inertia_ == best.inertia_
     np.testing.assert_array_equal(multi.cluster_centers_, best.cluster_centers_)
     assert multi.inertia_history_ == best.inertia_history_
