@@ -8,15 +8,21 @@ import re
 import numpy as np
 import pytest
 
-from dask_emk import AnnealedGaussianMixture, DPMeans, GaussianMixture, KMeans
+from dask_emk import (
+    AnnealedGaussianMixture,
+    DPMeans,
+    GaussianMixture,
+    GaussianMixtureIC,
+    KMeans,
+)
 from dask_emk.models.params import GMM_INITS, Integer, Real, validate_params
 from dask_emk.pipeline import config
 from dask_emk.pipeline.config import PipelineError
 
-ESTIMATORS = [GaussianMixture, KMeans, AnnealedGaussianMixture, DPMeans]
+ESTIMATORS = [GaussianMixture, KMeans, AnnealedGaussianMixture, DPMeans, GaussianMixtureIC]
 X = np.random.default_rng(0).normal(size=(40, 2))
-#: The one parameter that takes a bool.
-BOOLEAN = {"warm_start"}
+#: The parameters that take a bool.
+BOOLEAN = {"warm_start", "accelerate"}
 
 
 def constructor_params(cls) -> list[str]:

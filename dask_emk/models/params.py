@@ -127,6 +127,22 @@ class Options(Spec):
 
 
 @dataclass(frozen=True)
+class OptionList(Spec):
+    """A non-empty list (or tuple) of distinct strings out of ``values``."""
+
+    values: tuple[str, ...]
+
+    def _accepts(self, value) -> bool:
+        if not isinstance(value, (list, tuple)) or not value:
+            return False
+        strings = all(isinstance(v, str) and v in self.values for v in value)
+        return strings and len(set(value)) == len(value)
+
+    def _text(self) -> str:
+        return f"a non-empty list of distinct values out of {self.values}"
+
+
+@dataclass(frozen=True)
 class ArrayLike(Spec):
     """An array or something numpy makes one of (list, tuple, number; not a string).
 
@@ -286,6 +302,7 @@ GAUSSIAN_MIXTURE: dict[str, Spec] = {
     "variance": OPTIONAL_POSITIVE_FINITE,
     "split_every": SPLIT_EVERY,
     "callback": CALLBACK,
+    "accelerate": Boolean(),
     **INPUT_OPTIONS,
 }
 
@@ -301,6 +318,25 @@ KMEANS: dict[str, Spec] = {
     "split_every": SPLIT_EVERY,
     "verbose": VERBOSE,
     "callback": CALLBACK,
+    **INPUT_OPTIONS,
+}
+
+#: GaussianMixtureIC: ``covariance_type='all'`` means these, scikit-learn's four.
+SKLEARN_COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
+IC_CRITERIA = ("bic", "aic")
+
+GAUSSIAN_MIXTURE_IC: dict[str, Spec] = {
+    "min_components": Integer(1),
+    "max_components": Integer(1),
+    "covariance_type": Either(
+        (Options((*COVARIANCE_TYPES, "all")), OptionList(tuple(COVARIANCE_TYPES)))
+    ),
+    "criterion": Options(IC_CRITERIA),
+    **{
+        name: GAUSSIAN_MIXTURE[name]
+        for name in ("tol", "reg_covar", "max_iter", "n_init", "init_params", "random_state",
+                     "verbose", "verbose_interval", "split_every", "callback", "accelerate")
+    },  # fmt: skip
     **INPUT_OPTIONS,
 }
 

@@ -156,12 +156,15 @@ def run(pipeline, scheduler, resume, quiet, no_plots) -> None:
 
 @main.command()
 @click.argument("input_path", metavar="INPUT")
-@click.option(
-    "--model", type=click.Choice(["gmm", "kmeans", "anneal", "dpmeans"]), default="gmm"
-)
+@click.option("--model", type=click.Choice(list(MODEL_FIELDS)), default="gmm")
 @click.option(
     "--k", "n_components", type=click.IntRange(min=1), default=None,
-    help="Components (clusters). Required, except for dpmeans given --penalty.",
+    help="Components (clusters); gmm-ic: the largest number tried. Required, except "
+    "for dpmeans given --penalty.",
+)  # fmt: skip
+@click.option(
+    "--min-components", type=click.IntRange(min=1), default=None,
+    help="gmm-ic only: the smallest number of components tried. Default: 1.",
 )  # fmt: skip
 @click.option(
     "--penalty", type=click.FloatRange(min=0, min_open=True), default=None,
@@ -173,9 +176,9 @@ def run(pipeline, scheduler, resume, quiet, no_plots) -> None:
 )
 @click.option(
     "--covariance-type",
-    type=click.Choice(MODEL_FIELDS["gmm"]["covariance_type"][0]),
+    type=click.Choice(MODEL_FIELDS["gmm-ic"]["covariance_type"][0]),
     default=None,
-    help="gmm only. Default: full.",
+    help="gmm and gmm-ic ('all': gmm-ic only, the four scikit-learn types). Default: full.",
 )
 @click.option("--init", default=None, help="Seeding / init (model-specific; 'anneal' too).")
 @click.option("--tol", type=click.FloatRange(min=0), default=None)
@@ -230,7 +233,7 @@ def _run(cfg, text, scheduler, resume, quiet, no_plots, results_name) -> None:
 
 
 #: ``dask-emk fit`` options that set a [model] field of the same name.
-MODEL_OPTIONS = ("init", "tol", "max_iter", "covariance_type", "penalty")
+MODEL_OPTIONS = ("init", "tol", "max_iter", "covariance_type", "penalty", "min_components")
 
 
 def _model_section(model: str, n_components: int | None, opts: dict) -> dict:

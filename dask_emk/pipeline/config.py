@@ -20,6 +20,7 @@ from dask_emk.engine.storage import MISSING_CHUNKS
 from dask_emk.models.anneal import AnnealedGaussianMixture
 from dask_emk.models.dpmeans import DPMeans
 from dask_emk.models.gmm import GaussianMixture
+from dask_emk.models.ic import GaussianMixtureIC
 from dask_emk.models.kmeans import KMeans
 from dask_emk.models.params import Boolean, Either, Integer, Options, RandomState, Real, Spec
 from dask_emk.pipeline.generate import parse_grid
@@ -85,6 +86,12 @@ MODELS = {
     "dpmeans": (DPMeans, {
         "n_components": "n_clusters", "random_state": "random_state", "penalty": "penalty",
         "tol": "tol", "max_iter": "max_iter",
+    }),
+    # A search: n_components is the largest K tried.
+    "gmm-ic": (GaussianMixtureIC, {
+        "n_components": "max_components", "min_components": "min_components",
+        "random_state": "random_state", "covariance_type": "covariance_type",
+        "criterion": "criterion", "tol": "tol", "reg_covar": "reg_covar", "max_iter": "max_iter",
     }),
 }  # fmt: skip
 #: Fields of every model type; a pipeline names n_components (dpmeans: it or

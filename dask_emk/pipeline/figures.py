@@ -1,5 +1,5 @@
 """PNG figures of a pipeline run: convergence, annealing path, 2-D clusters, the
-label map of gridded input and the quantised image of a photograph.
+label map of gridded input, the quantised image of a photograph, model search.
 
 matplotlib is optional (``pip install 'dask-emk[plot]'``) and imported only
 here, only when a figure is drawn, with the Agg backend (no display needed).
@@ -50,7 +50,7 @@ def require_matplotlib():
 def figure_paths(results: str | os.PathLike) -> dict[str, Path | str]:
     """PNG paths (or URLs) next to the results store: ``<stem>.<figure>.png``."""
     stem = location_name(results).removesuffix(".zarr")
-    names = ("convergence", "path", "clusters", "labels", "quantised")
+    names = ("convergence", "path", "clusters", "labels", "quantised", "criterion")
     return {name: beside(results, f"{stem}.{name}.png") for name in names}
 
 
@@ -70,6 +70,24 @@ def plot_convergence(history, objective: str, path: Path, n_clusters=()) -> Path
     (below if len(n_clusters) else ax).set_xlabel("iteration")
     ax.set_ylabel(objective.replace("_", " "))
     ax.set_title("convergence")
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def plot_criteria(criteria: xr.DataArray, path: Path) -> Path:
+    """A model search's criterion (BIC or AIC) against K, one line per covariance type."""
+    plt = require_matplotlib()
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    ks = criteria["n_components"].values
+    for ct in criteria["covariance_type"].values:
+        ax.plot(ks, criteria.sel(covariance_type=ct).values, "o-", ms=3, label=str(ct))
+    best = criteria.where(criteria == criteria.min(), drop=True)
+    ax.plot(best["n_components"].values, np.ravel(best.values), "k*", ms=10, label="best")
+    ax.set_xticks(ks)
+    ax.set_xlabel("number of components")
+    ax.set_ylabel(f"{str(criteria.name).upper()} (lower is better)")
+    ax.set_title("model selection")
+    ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
     return _save(fig, path)
 

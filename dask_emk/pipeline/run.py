@@ -35,6 +35,7 @@ from dask_emk.pipeline.fits import (
     fit_anneal,
     fit_dpmeans,
     fit_gmm,
+    fit_gmm_ic,
     fit_kmeans,
     format_iteration,
     gmm_init_from_anneal,
@@ -205,6 +206,8 @@ def fit_model(cfg: dict, source: Source, checkpoint: Checkpoint, echo) -> tuple:
     params = {**estimator_params(model_cfg), **source.options}
     if kind == "dpmeans":
         return fit_dpmeans(X, params, checkpoint, progress), anneal
+    if kind == "gmm-ic":
+        return fit_gmm_ic(X, params, checkpoint, progress), anneal
     if kind == "kmeans":
         if params["init"] == "anneal":
             params["init"] = np.asarray(anneal.means_, np.float64)
@@ -261,6 +264,8 @@ def draw_figures(
     ]
     if anneal is not None:
         drawn.append(figures.plot_anneal_path(anneal.path_, paths["path"]))
+    if outcome.search is not None:
+        drawn.append(figures.plot_criteria(outcome.search.criteria_, paths["criterion"]))
     model = outcome.model
     _, means, covariances = fitted_parameters(model, scaler)
     if map_slice is not None:
