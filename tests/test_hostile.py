@@ -706,12 +706,12 @@ CASES = [  # fmt: off
     Case(
         "gmm-store-missing-chunk",
         lambda p: gmm().fit(str(missing_chunk_store(p))),
-        r"zarr array /.*X\.zarr is missing the chunk file on disk: c/4/0 \(rows 2000-2499\)",
+        r"zarr array /.*X\.zarr is missing the chunk file in its store: c/4/0 \(rows 2000-2499\)",
     ),
     Case(
         "kmeans-store-missing-chunk-dask",
         lambda p: kmeans().fit(da.from_zarr(str(missing_chunk_store(p)))),
-        r"X\.zarr is missing the chunk file on disk: c/4/0 \(rows 2000-2499\)",
+        r"X\.zarr is missing the chunk file in its store: c/4/0 \(rows 2000-2499\)",
     ),
     Case(
         "gmm-store-corrupted-chunk",
@@ -747,7 +747,7 @@ CASES = [  # fmt: off
     Case(
         "cli-store-missing-chunk",
         lambda p: cli_fit(p, missing_chunk_store(p)),
-        r"Error: .*X\.zarr is missing the chunk file on disk: c/4/0",
+        r"Error: .*X\.zarr is missing the chunk file in its store: c/4/0",
     ),
     Case(
         "cli-kmeans-store-corrupted-chunk",

@@ -236,8 +236,8 @@ def test_infinity_is_an_error_not_a_gap(ct):
 
 
 @pytest.mark.slow
-def test_pipeline_model_nan_policy_marginalize(tmp_path):
-    """`dask-emk run` with [model] nan_policy = "marginalize" equals the estimator."""
+def test_pipeline_nan_policy_marginalize(tmp_path):
+    """`dask-emk run` with [input] nan_policy = "marginalize" equals the estimator."""
     from click.testing import CliRunner
     from pipeline_helpers import open_results, to_toml
 
@@ -247,8 +247,9 @@ def test_pipeline_model_nan_policy_marginalize(tmp_path):
     X[5] = np.nan
     zarr.create_array(str(tmp_path / "gaps.zarr"), data=X, chunks=(300, 3))
     model = {"type": "gmm", "n_components": 2, "covariance_type": "full", "tol": 1e-8,
-             "max_iter": 300, "nan_policy": "marginalize", "random_state": 0}  # fmt: skip
-    cfg = {"input": {"store": str(tmp_path / "gaps.zarr")}, "model": model,
+             "max_iter": 300, "random_state": 0}  # fmt: skip
+    cfg = {"input": {"store": str(tmp_path / "gaps.zarr"), "nan_policy": "marginalize"},
+           "model": model,
            "scheduler": {"address": "sync"},
            "output": {"results": str(tmp_path / "run.zarr"), "plots": False, "checkpoint": False,
                       "log_density": True}}  # fmt: skip
@@ -257,7 +258,7 @@ def test_pipeline_model_nan_policy_marginalize(tmp_path):
     assert result.exit_code == 0, result.output
     ds = open_results(tmp_path / "run.zarr")
     params = {k: v for k, v in model.items() if k != "type"}
-    gm = GaussianMixture(**params).fit(da.from_array(X, chunks=300))
+    gm = GaussianMixture(**params, nan_policy="marginalize").fit(da.from_array(X, chunks=300))
     np.testing.assert_allclose(ds["means"].values, gm.means_, rtol=1e-8)
     labels = gm.predict(X)
     assert labels[5] == -1  # stored with _FillValue -1: read back as NaN
@@ -315,3 +316,80 @@ def test_gridded_dataset_with_gaps_equals_stacked_rows():
     np.testing.assert_array_equal(labels.values.reshape(-1), flat.predict(rows))
     np.testing.assert_allclose(filled.values.reshape(-1, 3), flat.impute(rows), rtol=1e-8)
     assert list(filled["feature"].values) == ["a", "b", "c"]
+
+
+def test_ic_with_gaps_picks_the_fit_alone():
+    """GaussianMixtureIC with gaps: every candidate is the marginalising fit
+    alone (on one RandomState, in order); k-means++ seeding on dask input puts
+    complete-row seeding passes and EM passes over the gaps in one batch pass."""
+    from dask_emk import GaussianMixtureIC
+    from tests.helpers import fit_quiet
+
+    X = with_gaps(blobs(600, 3, 3, seed=4), 0.15, seed=4)
+    Xd = da.from_array(X, chunks=150)
+    kw = dict(init_params="k-means++", nan_policy="marginalize", max_iter=30)
+    ic = fit_quiet(GaussianMixtureIC(2, 4, covariance_type=["full", "diag"], random_state=0,
+                                     **kw), Xd)  # fmt: skip
+    rng = np.random.RandomState(0)
+    for ct in ("full", "diag"):
+        for k in (2, 3, 4):
+            alone = fit_quiet(GaussianMixture(k, covariance_type=ct, random_state=rng, **kw), Xd)
+            crit = float(ic.criteria_.sel(n_components=k, covariance_type=ct))
+            assert crit == pytest.approx(alone.bic(Xd), rel=1e-12)
+            if (k, ct) == (ic.n_components_, ic.covariance_type_):
+                best = ic.best_estimator_
+                for name in ("weights_", "means_", "covariances_"):
+                    np.testing.assert_array_equal(getattr(best, name), getattr(alone, name))
+    assert (ic.n_components_, ic.covariance_type_) == (3, "full")  # correlated blobs
+
+
+def test_accelerated_em_with_gaps_reaches_plain_em_bound():
+    """accelerate=True with gaps: the same start, a lower bound that never
+    decreases and, after as many passes, at least plain EM's."""
+    from tests.helpers import fit_quiet
+
+    rng = np.random.default_rng(3)
+    means = np.array([[0, 0, 0], [2, 0.5, 1], [0.5, 2.2, 0], [2.5, 2.5, 2]])
+    X = with_gaps(np.vstack([m + rng.normal(size=(400, 3)) for m in means]), 0.2, seed=3)
+    Xd = da.from_array(X, chunks=400)
+    kw = dict(covariance_type="full", nan_policy="marginalize", tol=0, max_iter=25,
+              random_state=0)  # fmt: skip
+    plain = fit_quiet(GaussianMixture(4, **kw), Xd)
+    fast = fit_quiet(GaussianMixture(4, accelerate=True, **kw), Xd)
+    assert fast.n_iter_ == plain.n_iter_ == 25
+    assert fast.lower_bounds_[0] == plain.lower_bounds_[0]  # one start
+    assert np.all(np.diff(fast.lower_bounds_) >= -1e-12)
+    assert fast.lower_bound_ >= plain.lower_bound_
+
+
+def test_dpmeans_refuses_marginalize():
+    from dask_emk import DPMeans
+    from dask_emk.pipeline import config
+
+    X = with_gaps(blobs(100, 2, 2), 0.1)
+    with pytest.raises(ValueError, match=r"DPMeans has no nan_policy='marginalize'.*'omit'"):
+        DPMeans(penalty=1.0, nan_policy="marginalize").fit(X)
+    raw = {"input": {"store": "x.zarr", "nan_policy": "marginalize"},
+           "model": {"type": "dpmeans", "penalty": 1.0}, "output": {"results": "r.zarr"}}
+    with pytest.raises(config.PipelineError, match=r"'dpmeans' has no \[input\] nan_policy"):
+        config.validate(raw)
+
+
+def test_one_batch_pass_serves_complete_row_and_gap_requests():
+    """A complete-rows request and a gaps request in one pass: each equals its own pass."""
+    from dask_emk.engine.batch import batch_pass
+    from dask_emk.engine.passes import assign_pass, assign_request
+
+    X = with_gaps(blobs(500, 3, 3, seed=5), 0.2, seed=5)
+    Xd = da.from_array(X, chunks=100)
+    centers = blobs(3, 3, 3, seed=6)
+    origin = centers.mean(axis=0)
+    requests = [assign_request(centers, origin, 2, complete_rows=True),
+                assign_request(centers, origin, 2, gaps=True)]  # fmt: skip
+    complete, gaps = batch_pass(Xd, None, requests, marginal=True)
+    assert complete["count"] == np.count_nonzero(~np.isnan(X).any(axis=1))
+    for got, alone in ((complete, assign_pass(Xd, None, centers, origin, 2, omit_nan=True)),
+                       (gaps, assign_pass(Xd, None, centers, origin, 2, gaps=True))):  # fmt: skip
+        assert got.keys() == alone.keys()
+        for name in got:
+            np.testing.assert_array_equal(got[name], alone[name])

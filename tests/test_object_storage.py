@@ -115,7 +115,7 @@ def test_estimators_read_s3_exactly_like_local_disk(data):
 def test_missing_chunk_object_is_an_error(data):
     url, _ = data
     fsspec.filesystem("s3").rm_file(url.removeprefix("s3://") + "/c/2/0")
-    message = rf"zarr array {url} is missing the chunk file on disk: c/2/0 \(rows 2000-2999\)"
+    message = rf"zarr array {url} is missing the chunk file in its store: c/2/0 \(rows 2000-2999\)"
     with pytest.raises(MissingChunksError, match=message):
         KMeans(n_clusters=3, random_state=0).fit(url)
 

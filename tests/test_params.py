@@ -8,15 +8,21 @@ import re
 import numpy as np
 import pytest
 
-from dask_emk import AnnealedGaussianMixture, GaussianMixture, KMeans
+from dask_emk import (
+    AnnealedGaussianMixture,
+    DPMeans,
+    GaussianMixture,
+    GaussianMixtureIC,
+    KMeans,
+)
 from dask_emk.models.params import GMM_INITS, Integer, Real, validate_params
 from dask_emk.pipeline import config
 from dask_emk.pipeline.config import PipelineError
 
-ESTIMATORS = [GaussianMixture, KMeans, AnnealedGaussianMixture]
+ESTIMATORS = [GaussianMixture, KMeans, AnnealedGaussianMixture, DPMeans, GaussianMixtureIC]
 X = np.random.default_rng(0).normal(size=(40, 2))
-#: The one parameter that takes a bool.
-BOOLEAN = {"warm_start"}
+#: The parameters that take a bool.
+BOOLEAN = {"warm_start", "accelerate"}
 
 
 def constructor_params(cls) -> list[str]:
@@ -156,8 +162,7 @@ def test_pipeline_fields_build_valid_estimators():
     model, anneal = {"n_components": 3, "init": "anneal"}, {"max_split_factor": 1}
     raw = dict(PIPELINE, model=model, anneal=anneal)
     cfg = config.validate(raw)
-    assert cfg["anneal"] == {"max_split_factor": 1.0, "n_components": 3, "random_state": 0,
-                             "nan_policy": "raise"}  # fmt: skip
+    assert cfg["anneal"] == {"max_split_factor": 1.0, "n_components": 3, "random_state": 0}
     validate_params(AnnealedGaussianMixture(**cfg["anneal"]))
     cfg = config.validate(dict(PIPELINE, model={"n_components": 3, "init": "random_from_data"}))
     assert config.estimator_params(cfg["model"])["init_params"] == "random_from_data"

@@ -11,7 +11,7 @@ import pytest
 import xarray as xr
 from pipeline_helpers import ROOT, invoke, matched_errors, open_results, to_toml
 
-from dask_emk import AnnealedGaussianMixture, GaussianMixture, KMeans
+from dask_emk import AnnealedGaussianMixture, DPMeans, GaussianMixture, KMeans
 from dask_emk.core.covariance import COVARIANCE_TYPES
 from dask_emk.models import export
 from dask_emk.models.export import ATTRIBUTE, DIMENSION, SCHEMA, VARIABLE, schema_names
@@ -34,6 +34,7 @@ def fitted(X) -> dict:
         export.GMM: GaussianMixture(K, random_state=0).fit(X),
         export.KMEANS: KMeans(K, random_state=0).fit(X),
         export.ANNEAL: AnnealedGaussianMixture(K, random_state=0).fit(X),
+        export.DPMEANS: DPMeans(n_clusters=K).fit(X),
     }
 
 
@@ -53,6 +54,15 @@ def expected_values(place: str, model) -> dict:
             "means": model.cluster_centers_,
             "sizes": sizes,
             "inertia": model.inertia_history_,
+        }
+    if place == export.DPMEANS:
+        sizes = model.cluster_weights_
+        return {
+            "weights": sizes / sizes.sum(),
+            "means": model.cluster_centers_,
+            "sizes": sizes,
+            "objective": model.objective_history_,
+            "n_distinct": model.n_clusters_history_,
         }
     return {
         "weights": model.weights_,
@@ -131,7 +141,7 @@ def test_to_xarray_holds_the_documented_names_and_the_fitted_values(fitted, plac
 
 
 def test_same_data_same_names_across_models(fitted):
-    """The three fits of the same data find the same clusters, stored alike."""
+    """The fits of the same data find the same clusters, stored alike."""
     exports = [fitted[place].to_xarray() for place in export.MODELS]
     order = [np.argsort(ds["means"].values[:, 0] + 10 * ds["means"].values[:, 1]) for ds in exports]
     ref = exports[0]["means"].values[order[0]]

@@ -11,7 +11,8 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.utils.estimator_checks import check_estimator
 
-from dask_emk import AnnealedGaussianMixture, GaussianMixture, KMeans
+from dask_emk import AnnealedGaussianMixture, DPMeans, GaussianMixture, KMeans
+from dask_emk import StandardScaler as ChunkedStandardScaler
 
 # On numpy input every check passes with one component (sparse input is refused with
 # a message naming it; object arrays of numbers are converted as scikit-learn does).
@@ -53,6 +54,9 @@ RANDOM_SEEDING = {
         (KMeans(2, random_state=0), RANDOM_SEEDING),
         (AnnealedGaussianMixture(), NOTHING),
         (AnnealedGaussianMixture(2), NOTHING),
+        # scikit-learn's checks set n_clusters, which a penalty= model refuses (one of the two)
+        (DPMeans(n_clusters=2), NOTHING),
+        (ChunkedStandardScaler(), NOTHING),
     ],
     ids=[
         "default",
@@ -64,6 +68,8 @@ RANDOM_SEEDING = {
         "kmeans-2",
         "anneal-default",
         "anneal-2",
+        "dpmeans-2",
+        "scaler",
     ],
 )
 def test_check_estimator(estimator, expected_failed):

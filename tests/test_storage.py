@@ -70,7 +70,7 @@ def missing_pattern(layout: str, counted: bool = False) -> str:
     chunks, shards, key, extent, total = LAYOUTS[layout]
     kind = "chunk" if shards is None else "shard"
     what = f"1 of its {total} {kind} files" if counted else f"the {kind} file"
-    return rf"zarr array /\S+/X\.zarr/X is missing {what} on disk: {key} \({extent}\)\."
+    return rf"zarr array /\S+/X\.zarr/X is missing {what} in its store: {key} \({extent}\)\."
 
 
 def gmm() -> GaussianMixture:
@@ -249,7 +249,7 @@ def test_listing_counts_every_missing_shard(tmp_path):
     with pytest.raises(MissingChunksError) as info:
         check_zarr_chunks(zarr.open_group(str(path), mode="r")["X"])
     expected = (
-        r"is missing 4 of its 6 shard files on disk: c/0/1 \(rows 0-399, features 2-3\), "
+        r"is missing 4 of its 6 shard files in its store: c/0/1 \(rows 0-399, features 2-3\), "
         r"c/1/1 \(rows 400-799, features 2-3\), c/2/0 \(rows 800-1199, features 0-1\) and 1 more\."
     )
     assert re.search(expected, str(info.value)), str(info.value)

@@ -172,3 +172,55 @@ def merge_top(keys: np.ndarray, *values: np.ndarray) -> tuple[np.ndarray, ...]:
     flat = keys[::-1].reshape(-1)
     order = np.argsort(-flat, kind="stable")[:m]
     return (flat[order],) + tuple(v[::-1].reshape((r * m,) + v.shape[2:])[order] for v in values)
+
+
+def opening_key(dist: np.ndarray, weight: np.ndarray | None) -> np.ndarray:
+    """DP-means' test value of each row: min(w, 1) · ‖x − c‖² (opens when > λ).
+
+    A row of weight w ≥ 1 stands for w copies of one point (scikit-learn's
+    meaning of weights): the first copy opens a cluster when farther than √λ,
+    as an unweighted row does. A lighter row must pay the price λ of a
+    cluster on its own, w ‖x − c‖² > λ, or opening there could raise the
+    objective Σ w ‖x − c‖² + λK.
+    """
+    return dist if weight is None else np.minimum(weight, 1.0) * dist
+
+
+def costliest_stats(
+    X: np.ndarray,
+    weight: np.ndarray | None,
+    centers: np.ndarray,
+    origin: np.ndarray,
+    n_far: int,
+    moments: bool = False,
+) -> dict:
+    """:func:`assign_stats` with the kept rows ranked by :func:`opening_key` (DP-means).
+
+    Without weights the key is the distance, so this is :func:`assign_stats`;
+    ``far_dist`` then holds the key. Same returns, same tie order
+    (:func:`farthest_order`).
+    """
+    if weight is None:
+        return assign_stats(X, None, centers, origin, n_far, moments)
+    X, labels, dist, out = lloyd_assign(X, weight, centers, origin, moments)
+    weight = np.asarray(weight, dtype=np.float64)
+    key = opening_key(dist, weight)
+    finite = np.flatnonzero(np.isfinite(key))
+    m = min(n_far, finite.size)
+    if m:
+        # Only the rows at or above the m-th largest key need sorting (ties kept).
+        kth = np.partition(key[finite], finite.size - m)[finite.size - m]
+        finite = finite[key[finite] >= kth]
+    kept = finite[farthest_order(key[finite])[:m]]
+    out.pop("far_row")
+    out["far_dist"] = np.full(n_far, -np.inf)
+    out["far_label"] = np.full(n_far, -1.0)
+    out["far_weight"] = np.zeros(n_far)
+    out["far_x"] = np.zeros((n_far, X.shape[1]))
+    if m:
+        out["far_dist"][:m] = key[kept]
+        out["far_label"][:m] = labels[kept]
+        out["far_weight"][:m] = weight[kept]
+        out["far_x"][:m] = X[kept]
+    out.update(count=X.shape[0] - out["nonfinite"])
+    return out

@@ -85,19 +85,24 @@ def rows_without_nan(X: np.ndarray) -> np.ndarray | None:
     A row holding NaN is left out; a row holding ±inf is kept (also with a
     NaN), so the kernels count it as an error, as without the policy.
     """
-    # A row's sum is finite unless the row holds NaN or ±inf (or overflows):
-    # one float per row, and the exact test on the few suspect rows only.
-    with np.errstate(invalid="ignore", over="ignore"):
-        suspect = np.flatnonzero(~np.isfinite(X.sum(axis=1)))
-    if suspect.size == 0:
+    nan = _any_in_row(np.isnan, X)
+    if not nan.any():
         return None
-    rows = X[suspect]
-    dropped = suspect[np.isnan(rows).any(axis=1) & ~np.isinf(rows).any(axis=1)]
-    if dropped.size == 0:
-        return None
-    keep = np.ones(X.shape[0], dtype=bool)
-    keep[dropped] = False
-    return keep
+    return ~nan | _any_in_row(np.isinf, X)
+
+
+def _any_in_row(test, X: np.ndarray) -> np.ndarray:
+    """Rows (n,) where the elementwise ``test`` (``np.isnan``, ...) holds for a feature.
+
+    Column by column for the usual few features: numpy's ``any(axis=1)`` over
+    4 columns took 20x longer, a row sum 10x (benchmarks/bench_gridded.py).
+    """
+    if X.shape[1] > 32:
+        return test(X).any(axis=1)
+    found = test(X[:, 0])
+    for j in range(1, X.shape[1]):
+        found |= test(X[:, j])
+    return found
 
 
 def without_nan_rows(X: np.ndarray, weight: np.ndarray | None):
@@ -105,4 +110,6 @@ def without_nan_rows(X: np.ndarray, weight: np.ndarray | None):
     keep = rows_without_nan(X)
     if keep is None:
         return X, weight
-    return X[keep], None if weight is None else np.asarray(weight)[keep]
+    # take() of row indices copies whole rows; a boolean mask went element by element (7x slower).
+    rows = np.flatnonzero(keep)
+    return np.take(X, rows, axis=0), None if weight is None else np.take(weight, rows)

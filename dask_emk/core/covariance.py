@@ -119,6 +119,26 @@ class CovarianceType:
         variances = cov if self.block == "diagonal" else np.broadcast_to(cov, (K,))[:, None]
         return np.broadcast_to(variances, (K, d))[:, :, None] * np.eye(d)
 
+    def rescaled(self, params: np.ndarray, scale: np.ndarray) -> tuple[CovarianceType, np.ndarray]:
+        """Covariances of x·scale from those of x: (its type, S Σ S with S = diag(scale)).
+
+        Matrices and diagonals keep their type; one σ² per component
+        (``spherical``) becomes a diagonal per component (``diag``), one for
+        all (``shared``) a pooled diagonal matrix (``tied``), unless every
+        feature has the same scale.
+        """
+        scale = np.asarray(scale, dtype=np.float64)
+        params = np.asarray(params, dtype=np.float64)
+        if self.block == "matrix":
+            return self, params * np.outer(scale, scale)
+        if self.block == "diagonal":
+            return self, params * scale**2
+        if np.all(scale == scale[0]):
+            return self, params * scale[0] ** 2
+        if self.pooled:
+            return COVARIANCE_TYPES["tied"], np.diag(params * scale**2)
+        return COVARIANCE_TYPES["diag"], params[:, None] * scale**2
+
     def draw(self, rng, mean: np.ndarray, cov_block: np.ndarray, n: int) -> np.ndarray:
         """``n`` rows from N(mean, cov_block) with ``rng`` (a RandomState), as scikit-learn."""
         if self.block == "matrix":

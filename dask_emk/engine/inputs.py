@@ -403,11 +403,29 @@ def _gridded(source, parts: list, samples: tuple, labels, name: str) -> InputDat
         auto = (rows,) if ns == 1 else ("auto",) * ns
         chunks = normalize_chunks(auto, shape, limit=8 * rows, dtype=np.float64)
     columns = [_feature_columns(part, chunks, ns, name) for part in parts]
-    values = columns[0] if len(columns) == 1 else da.concatenate(columns, axis=ns)
-    values = values.rechunk({ns: -1})  # features are few: one chunk of them is cheap
+    values = columns[0] if len(columns) == 1 else _join_features(columns, ns)
     coords = {k: c for k, c in source.coords.items() if set(c.dims) <= set(samples)}
     grid = Grid(samples, chunks, coords)
     return InputData(_as_float_dask(grid.to_rows(values), name), "xarray", labels, grid)
+
+
+def _join_features(columns: list, ns: int) -> da.Array:
+    """(*samples, f_i) arrays, features in one chunk each → (*samples, Σ f_i), one task a block.
+
+    Features are few, so one chunk of them is cheap. A concatenate and a
+    rechunk did the same in two tasks a block, the second one copying
+    through dask's concatenate3 (10% of a gridded k-means pass).
+    """
+    width = sum(column.shape[ns] for column in columns)
+    dtype = np.result_type(*columns)
+    return da.map_blocks(
+        _concatenate_last, *columns, chunks=columns[0].chunks[:ns] + ((width,),), dtype=dtype,
+        meta=np.empty((0,) * (ns + 1), dtype=dtype),
+    )  # fmt: skip
+
+
+def _concatenate_last(*blocks: np.ndarray) -> np.ndarray:
+    return np.concatenate(blocks, axis=-1)
 
 
 def _feature_columns(part, chunks: tuple, ns: int, name: str) -> da.Array:

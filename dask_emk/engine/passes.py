@@ -17,6 +17,7 @@ from dask_emk.core import assign, hartigan, marginal, seeding
 from dask_emk.core.assign import merge_top
 from dask_emk.core.layout import StatsLayout
 from dask_emk.engine import reduction
+from dask_emk.engine.batch import Pass
 
 FAR_LIST = (("far_dist", ("far_label", "far_weight", "far_x")),)
 SAMPLE_LIST = (("key", ("x",)),)
@@ -73,6 +74,17 @@ def assign_block(X, weight, centers, origin, n_far, moments, layout, gaps=False)
     return layout.pack(kernel(X, weight, centers, origin, n_far, moments))
 
 
+def assign_request(
+    centers, origin, n_far=0, moments=False, gaps=False, complete_rows=False
+) -> Pass:
+    """The request of a Lloyd pass at ``centers`` (arguments as :func:`assign_pass`;
+    ``complete_rows`` as :class:`dask_emk.engine.batch.Pass`)."""
+    layout = assign_layout(centers.shape[0], centers.shape[1], n_far, moments, gaps)
+    combine = partial(merge_packed, layout=layout, tops=FAR_LIST)
+    args = (centers, origin, n_far, moments, layout, gaps)
+    return Pass(layout, assign_block, args, combine, complete_rows)
+
+
 def assign_pass(
     X, weight, centers, origin, n_far=0, moments=False, split_every=None, omit_nan=False,
     gaps=False,
@@ -97,17 +109,65 @@ def assign_pass(
     dict, see :func:`dask_emk.core.assign.assign_stats`; raises ValueError when
     the data holds NaN or infinity.
     """
-    layout = assign_layout(centers.shape[0], centers.shape[1], n_far, moments, gaps)
+    request = assign_request(centers, origin, n_far, moments, gaps)
+    return _run(X, weight, request, split_every, omit_nan, marginal=gaps)
+
+
+def _run(X, weight, request: Pass, split_every, omit_nan, marginal=False) -> dict:
     return reduction.run_pass(
-        X, weight, layout, assign_block, centers, origin, n_far, moments, layout, gaps,
+        X, weight, request.layout, request.block_fn, *request.args, split_every=split_every,
+        combine=request.combine, omit_nan=omit_nan or request.complete_rows, marginal=marginal,
+    )  # fmt: skip
+
+
+def costliest_block(X, weight, centers, origin, n_far, moments, layout) -> np.ndarray:
+    """Packed DP-means statistics of one block (the engine's block function)."""
+    return layout.pack(assign.costliest_stats(X, weight, centers, origin, n_far, moments))
+
+
+def costliest_pass(
+    X, weight, centers, origin, n_far, moments=False, split_every=None, omit_nan=False
+) -> dict:
+    """:func:`assign_pass` keeping the rows that DP-means would open first (one compute).
+
+    The kept rows are ranked by :func:`dask_emk.core.assign.opening_key`,
+    min(w, 1) ‖x − c‖², which is the distance without weights; ``far_dist``
+    holds that key. Arguments and returns as :func:`assign_pass`.
+    """
+    layout = assign_layout(centers.shape[0], centers.shape[1], n_far, moments)
+    return reduction.run_pass(
+        X, weight, layout, costliest_block, centers, origin, n_far, moments, layout,
         split_every=split_every, combine=partial(merge_packed, layout=layout, tops=FAR_LIST),
-        omit_nan=omit_nan, marginal=gaps,
+        omit_nan=omit_nan,
     )  # fmt: skip
 
 
 def seed_block(X, weight, centers, trials, origin, n_keep, seed, scale, layout) -> np.ndarray:
     """Packed seeding statistics of one block (the engine's block function)."""
     return layout.pack(seeding.seed_stats(X, weight, centers, trials, origin, n_keep, seed, scale))
+
+
+def seed_request(
+    centers, trials, origin, n_keep, seed, scale=None, weighted=True, complete_rows=False
+) -> Pass:
+    """The request of a seeding pass (arguments as :func:`seed_pass`).
+
+    ``weighted=False`` draws as if every row weighed 1 whatever the sample
+    weights of the pass; ``complete_rows`` as :class:`dask_emk.engine.batch.Pass`.
+    """
+    s, d = max(trials.shape[0], 1), origin.shape[0]
+    layout = StatsLayout(
+        {"nonfinite": (), "potential": (s,), "key": (s, n_keep), "x": (s, n_keep, d)}
+    )
+    args = (centers, trials, origin, n_keep, seed, scale, layout)
+    block_fn, args = (seed_block, args) if weighted else (unweighted_block, (seed_block, *args))
+    combine = partial(merge_packed, layout=layout, tops=SAMPLE_LIST)
+    return Pass(layout, block_fn, args, combine, complete_rows)
+
+
+def unweighted_block(X, weight, block_fn, *args) -> np.ndarray:
+    """``block_fn`` of the block with its sample weights left out."""
+    return block_fn(X, None, *args)
 
 
 def seed_pass(
@@ -121,15 +181,8 @@ def seed_pass(
     merged over all blocks; rows holding NaN are never drawn with ``omit_nan``.
     Raises ValueError when the data holds NaN/inf (inf only, with ``omit_nan``).
     """
-    s, d = max(trials.shape[0], 1), X.shape[1]
-    layout = StatsLayout(
-        {"nonfinite": (), "potential": (s,), "key": (s, n_keep), "x": (s, n_keep, d)}
-    )
-    return reduction.run_pass(
-        X, weight, layout, seed_block, centers, trials, origin, n_keep, seed, scale, layout,
-        split_every=split_every, combine=partial(merge_packed, layout=layout, tops=SAMPLE_LIST),
-        omit_nan=omit_nan,
-    )  # fmt: skip
+    request = seed_request(centers, trials, origin, n_keep, seed, scale)
+    return _run(X, weight, request, split_every, omit_nan)
 
 
 def hartigan_layout(n_clusters: int, n_features: int, n_bins: int) -> StatsLayout:

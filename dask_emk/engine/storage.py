@@ -22,6 +22,14 @@ xarray has decoded the fill value. Which input gets which check:
 
 Whatever the input, a fit that finds non-finite rows first lists the stores
 it read for missing files (:func:`check_stored_files`).
+
+zarr does not write a chunk that holds only the fill value unless told to
+(``zarr.config.set({'array.write_empty_chunks': True})``, which dask-emk's
+own writers do), so in a store written without it an all-NaN block (land,
+say) has no file. Reading such a store is an explicit choice,
+``missing_chunks='fill'`` (:func:`checked_xarray`, :func:`read_zarr`; a
+pipeline's ``input.missing_chunks``): missing files are then read as the
+fill value, as zarr does.
 """
 
 from __future__ import annotations
@@ -47,6 +55,10 @@ STORAGE_PACKAGES = ("zarr", "numcodecs")
 
 #: Missing files named in an error message; more are counted.
 NAMED_FILES = 3
+
+#: What a read does with a missing chunk or shard file: raise, or read the
+#: fill value (for stores written without empty chunks; an explicit choice).
+MISSING_CHUNKS = ("raise", "fill")
 
 
 class MissingChunksError(ValueError):
@@ -92,11 +104,15 @@ class CheckedZarrRead:
     source : array-like, optional
         What to read from (default ``array``): a wrapper indexed in the
         array's own coordinates, such as xarray's decoding of it.
+    missing_chunks : {'raise', 'fill'}
+        'fill' reads missing files as the fill value, unchecked (the user's
+        choice for a store written without empty chunks).
     """
 
-    def __init__(self, array: zarr.Array, source=None):
+    def __init__(self, array: zarr.Array, source=None, missing_chunks: str = "raise"):
         self.array = array
         self.source = array if source is None else source
+        self.missing_chunks = check_missing_chunks(missing_chunks)
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -112,26 +128,55 @@ class CheckedZarrRead:
 
     def __getitem__(self, selection):
         block = self.source[selection]
+        if self.missing_chunks == "fill":
+            return block
         missing = missing_files(self.array, file_coords(self.array, selection))
         if missing:
             raise missing_files_error(self.array, missing)
         return block
 
 
-def read_zarr(array: zarr.Array) -> da.Array:
+def check_missing_chunks(missing_chunks: str) -> str:
+    """``missing_chunks`` if it is one of :data:`MISSING_CHUNKS`, else a ValueError."""
+    if missing_chunks not in MISSING_CHUNKS:
+        raise ValueError(f"missing_chunks must be one of {MISSING_CHUNKS}, got {missing_chunks!r}.")
+    return missing_chunks
+
+
+def read_zarr(array: zarr.Array, missing_chunks: str = "raise") -> da.Array:
     """A dask array over ``array`` whose every block read checks its files.
 
     One task per zarr chunk of rows, each holding whole rows (the kernels
-    need them; features are few), so no rechunk follows.
+    need them; features are few), so no rechunk follows. ``missing_chunks``:
+    see :class:`CheckedZarrRead`.
     """
     chunks = (array.chunks[0],) + tuple(array.shape[1:])
     meta = np.empty((0,) * array.ndim, dtype=array.dtype)
-    return da.from_array(
-        CheckedZarrRead(array), chunks=chunks, asarray=False, fancy=False, meta=meta, name=False
-    )
+    read = CheckedZarrRead(array, missing_chunks=missing_chunks)
+    return da.from_array(read, chunks=chunks, asarray=False, fancy=False, meta=meta, name=False)
 
 
-def checked_reads(collection: da.Array) -> tuple[da.Array, list[zarr.Array]]:
+def checked_xarray(X, missing_chunks: str = "raise"):
+    """A Dataset or DataArray from ``xarray.open_zarr`` whose reads check their files.
+
+    With ``missing_chunks='fill'``, missing chunk files are read as the fill
+    value instead (NaN for xarray's float variables), the choice for a store
+    written without empty chunks; the estimators keep that choice (their
+    own check passes over reads already wrapped).
+    """
+    check_missing_chunks(missing_chunks)
+    if isinstance(X, xr.Dataset):
+        return X.map(checked_xarray, missing_chunks=missing_chunks, keep_attrs=True)
+    X = chunked_if_stored(X)
+    if not isinstance(X.data, da.Array):
+        return X
+    data, _ = checked_reads(X.data, missing_chunks)
+    return X.copy(data=data)
+
+
+def checked_reads(
+    collection: da.Array, missing_chunks: str = "raise"
+) -> tuple[da.Array, list[zarr.Array]]:
     """Swap the zarr reads in a dask array's graph for :class:`CheckedZarrRead`.
 
     ``da.from_zarr`` and ``xarray.open_zarr`` keep the object they read
@@ -160,7 +205,7 @@ def checked_reads(collection: da.Array) -> tuple[da.Array, list[zarr.Array]]:
             if array is None or isinstance(value, CheckedZarrRead):
                 continue
             if value is array or _same_coordinates(value, array):
-                swaps[key] = CheckedZarrRead(array, value)
+                swaps[key] = CheckedZarrRead(array, value, missing_chunks)
             else:
                 unchecked.append(array)
         if swaps:
@@ -354,27 +399,35 @@ def missing_files_error(
         f"{len(missing)} of its {of} {kind} files" if of is not None else f"the {kind} file{plural}"
     )
     fill = np.asarray(array.fill_value).item()
+    what_reads = "rows" if array.ndim <= 2 else "grid points"
     return MissingChunksError(
-        f"zarr array {zarr_label(array)} is missing {what} on disk: {named}{more}. "
+        f"zarr array {zarr_label(array)} is missing {what} in its store: {named}{more}. "
         f"zarr reads a missing {kind} as the fill value {fill!r}, so a fit or "
-        "prediction would use rows that do not exist. Restore the store (rewrite it from its "
-        f"source). If those {kind}s really hold only the fill value (zarr skips "
-        "writing such files), rewrite the array with "
-        "zarr.config.set({'array.write_empty_chunks': True})."
+        f"prediction would use {what_reads} that do not exist. Restore the store (rewrite it "
+        f"from its source). If those {kind}s really hold only the fill value (zarr skips "
+        "writing such files unless zarr.config.set({'array.write_empty_chunks': True})), "
+        "read them as such with missing_chunks='fill' "
+        "(dask_emk.engine.storage.checked_xarray(X, missing_chunks='fill'); in a pipeline: "
+        "input.missing_chunks = 'fill')."
     )
 
 
 def _extent(array: zarr.Array, coords: tuple[int, ...]) -> str:
-    """'rows a-b' of the file at ``coords``, plus its features if it holds only some."""
-    parts = []
-    for axis, what in ((0, "rows"), (1, "features")):
-        if axis >= array.ndim:
-            break
-        size, n = file_shape(array)[axis], array.shape[axis]
-        if axis == 1 and size >= n:
-            break
-        start = coords[axis] * size
-        parts.append(f"{what} {start}-{min(start + size, n) - 1}")
+    """Where the file at ``coords`` lies: 'rows a-b' (plus its features if it holds
+    only some) for a 2-D array, '<dim> a-b, ...' along each dimension otherwise."""
+    shape, sizes = array.shape, file_shape(array)
+    spans = [
+        (c * size, min((c + 1) * size, n) - 1)
+        for c, size, n in zip(coords, sizes, shape, strict=True)
+    ]
+    if array.ndim > 2:
+        names = getattr(array.metadata, "dimension_names", None) or [
+            f"axis {axis}" for axis in range(array.ndim)
+        ]
+        return ", ".join(f"{name} {a}-{b}" for name, (a, b) in zip(names, spans, strict=True))
+    parts = [f"rows {spans[0][0]}-{spans[0][1]}"]
+    if array.ndim == 2 and sizes[1] < shape[1]:
+        parts.append(f"features {spans[1][0]}-{spans[1][1]}")
     return ", ".join(parts)
 
 

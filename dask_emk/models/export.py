@@ -22,8 +22,10 @@ from dask_emk.core.covariance import COVARIANCE_TYPES, MATRIX_DIMS
 
 # ----------------------------------------------------------------- places
 GMM, KMEANS, ANNEAL = "GaussianMixture", "KMeans", "AnnealedGaussianMixture"
-MODELS = (GMM, KMEANS, ANNEAL)
+DPMEANS = "DPMeans"
+MODELS = (GMM, KMEANS, ANNEAL, DPMEANS)
 PATH, RESULTS, TRUTH, GENERATED = "path", "results", "truth", "generated"
+GRID = "grid"
 
 #: Where names occur: the short label used in the table, and what it is.
 PLACES = {
@@ -34,6 +36,7 @@ PLACES = {
         "`AnnealedGaussianMixture.to_xarray()`; the results group `anneal`, and the "
         "results root of an `anneal` run",
     ),
+    DPMEANS: ("DP", "`DPMeans.to_xarray()`; the results root of a `dpmeans` run"),
     PATH: ("path", "`AnnealedGaussianMixture.path_`; the results group `anneal_path`"),
     RESULTS: (
         "results",
@@ -42,6 +45,8 @@ PLACES = {
     ),
     TRUTH: ("truth", "the results group `truth` (generated input only)"),
     GENERATED: ("generated", "a store written by `dask-emk generate` (or `[input.generate]`)"),
+    GRID: ("grid", "a gridded store written by `dask-emk generate --grid` (the variables and "
+           "the truth on time, lat, lon) or by a pipeline's `[input.photo]` (`image`)"),
 }
 
 DIMENSION, VARIABLE, ATTRIBUTE = "dimension", "variable", "attribute"
@@ -63,7 +68,8 @@ class Name:
 
 _COMPONENT_FEATURE = ("component", "feature")
 _FULL_MATRICES = ("component", *MATRIX_DIMS)
-_MODELS_TRUTH = (*MODELS, TRUTH, GENERATED)
+_MODELS_TRUTH = (*MODELS, TRUTH, GENERATED, GRID)
+_GRID = ("time", "lat", "lon")
 
 
 def _covariance_dims_text() -> str:
@@ -75,35 +81,44 @@ def _covariance_dims_text() -> str:
 #: Every name dask_emk writes: one row per name and meaning.
 SCHEMA: tuple[Name, ...] = (
     # dimensions
-    Name("component", DIMENSION, (*MODELS, PATH, RESULTS, TRUTH, GENERATED),
+    Name("component", DIMENSION, (*MODELS, PATH, RESULTS, TRUTH, GENERATED, GRID),
          "mixture components and k-means clusters alike, 0 … K−1; in `path` a slot per "
          "mean the anneal ever made (a split opens one, a merge closes one)"),
-    Name("feature", DIMENSION, (*MODELS, PATH, TRUTH, GENERATED),
+    Name("feature", DIMENSION, (*MODELS, PATH, RESULTS, TRUTH, GENERATED, GRID),
          "the input's feature labels (xarray or pandas input), else 0 … d−1"),
-    Name("feature_row", DIMENSION, (GMM, TRUTH, GENERATED),
+    Name("feature_row", DIMENSION, (GMM, TRUTH, GENERATED, GRID),
          "the feature labels again, for the rows of covariance matrices"),
-    Name("feature_col", DIMENSION, (GMM, TRUTH, GENERATED),
+    Name("feature_col", DIMENSION, (GMM, TRUTH, GENERATED, GRID),
          "the feature labels again, for the columns of covariance matrices"),
-    Name("iteration", DIMENSION, (GMM, KMEANS, RESULTS), "iterations of the fit, 1 … n_iter"),
+    Name("iteration", DIMENSION, (GMM, KMEANS, DPMEANS, RESULTS),
+         "iterations of the fit, 1 … n_iter"),
     Name("step", DIMENSION, (PATH,), "annealing steps, σ² decreasing, 0 … n_steps−1"),
     Name("event", DIMENSION, (PATH,), "split and merge events in order (no coordinate)"),
-    Name("sample", DIMENSION, (RESULTS, GENERATED), "rows of the input, in its chunks"),
+    Name("sample", DIMENSION, (RESULTS, GENERATED),
+         "rows of the input, in its chunks; per-sample results of gridded (xarray) input "
+         "have the input's sample dims (e.g. time, lat, lon) and coordinates instead"),
+    Name("time", DIMENSION, (GRID,), "time steps, 0 … T−1"),
+    Name("lat", DIMENSION, (GRID,), "latitude, degrees"),
+    Name("lon", DIMENSION, (GRID,), "longitude, degrees"),
+    Name("y", DIMENSION, (GRID,), "image rows, top to bottom"),
+    Name("x", DIMENSION, (GRID,), "image columns"),
+    Name("band", DIMENSION, (GRID,), "colour bands: red, green, blue"),
     # model parameters
     Name("weights", VARIABLE, _MODELS_TRUTH,
-         "mixing weights, summing to 1: `weights_` (GM, AGM); for KM the fraction of the "
-         "(weighted) data in each cluster, `cluster_weights_ / cluster_weights_.sum()`",
+         "mixing weights, summing to 1: `weights_` (GM, AGM); for KM and DP the fraction of "
+         "the (weighted) data in each cluster, `cluster_weights_ / cluster_weights_.sum()`",
          ("component",)),
     Name("means", VARIABLE, _MODELS_TRUTH,
          "component means and cluster centres alike: `means_` (GM, AGM), "
-         "`cluster_centers_` (KM, AGM)", _COMPONENT_FEATURE),
-    Name("sizes", VARIABLE, (KMEANS, ANNEAL),
+         "`cluster_centers_` (KM, AGM, DP)", _COMPONENT_FEATURE),
+    Name("sizes", VARIABLE, (KMEANS, ANNEAL, DPMEANS),
          "total sample weight of each cluster (its row count without sample weights): "
-         "`cluster_weights_` (KM), `kmeans_.cluster_weights_` (AGM); not normalised, "
+         "`cluster_weights_` (KM, DP), `kmeans_.cluster_weights_` (AGM); not normalised, "
          "`weights` = `sizes / sizes.sum()`", ("component",)),
     Name("covariances", VARIABLE, (GMM,),
          "`covariances_`; dims by `covariance_type`: " + _covariance_dims_text(),
          BY_COVARIANCE_TYPE),
-    Name("covariances", VARIABLE, (TRUTH, GENERATED), "full covariance of each component",
+    Name("covariances", VARIABLE, (TRUTH, GENERATED, GRID), "full covariance of each component",
          _FULL_MATRICES),
     Name("lower_bound", VARIABLE, (GMM,),
          "`lower_bounds_`: mean log-likelihood per sample after each EM iteration",
@@ -111,6 +126,11 @@ SCHEMA: tuple[Name, ...] = (
     Name("inertia", VARIABLE, (KMEANS,),
          "`inertia_history_`: Σ w‖x − c‖² at the start of each Lloyd iteration",
          ("iteration",)),
+    Name("objective", VARIABLE, (DPMEANS,),
+         "`objective_history_`: Σ w‖x − c‖² + λK at the start of each iteration",
+         ("iteration",)),
+    Name("n_distinct", VARIABLE, (DPMEANS,),
+         "`n_clusters_history_`: clusters at the start of each iteration", ("iteration",)),
     # the annealing path
     Name("sigma2", VARIABLE, (PATH,), "shared variance σ² of each step, strictly decreasing",
          ("step",)),
@@ -138,10 +158,25 @@ SCHEMA: tuple[Name, ...] = (
     Name("history_inertia", VARIABLE, (RESULTS,),
          "inertia at the start of each Lloyd iteration of the run (kmeans, anneal)",
          ("iteration",)),
+    Name("history_objective", VARIABLE, (RESULTS,),
+         "Σ w‖x − c‖² + λK at the start of each iteration of the run (dpmeans)",
+         ("iteration",)),
+    Name("history_n_clusters", VARIABLE, (RESULTS,),
+         "clusters at the start of each iteration of the run (dpmeans)", ("iteration",)),
     Name("history_change", VARIABLE, (RESULTS,),
          "change of the objective in each iteration", ("iteration",)),
     Name("history_seconds", VARIABLE, (RESULTS,),
          "wall time of each iteration (NaN in an anneal run)", ("iteration",)),
+    Name("scaler_mean", VARIABLE, (RESULTS,),
+         "`StandardScaler.mean_` (0 with `with_mean=False`) when the model was fitted on "
+         "standardised features (`[preprocess] standardize`, "
+         "`StandardScaler.original_units`): means and covariances are then in the data's "
+         "units, `lower_bound` a density in them, `inertia` in standardised units; a "
+         "`spherical` or `shared` fit's covariances become `diag` or `tied` ones "
+         "(the variable's `covariance_type` attribute)", ("feature",)),
+    Name("scaler_scale", VARIABLE, (RESULTS,),
+         "`StandardScaler.scale_` (1 with `with_std=False`), beside `scaler_mean`",
+         ("feature",)),
     Name("labels", VARIABLE, (RESULTS,),
          "`predict`: most probable component, or nearest centre (`output.labels`)",
          ("sample",)),
@@ -152,6 +187,15 @@ SCHEMA: tuple[Name, ...] = (
     # the generator
     Name("X", VARIABLE, (GENERATED,), "the data", ("sample", "feature")),
     Name("labels", VARIABLE, (GENERATED,), "true component of each row", ("sample",)),
+    Name("x0 … x{d−1}", VARIABLE, (GRID,),
+         "the generated variables (the features): NaN on land and at the gaps", _GRID),
+    Name("labels", VARIABLE, (GRID,),
+         "true regime (component) of each point; −1 (`_FillValue`, NaN when decoded) on land",
+         _GRID),
+    Name("land", VARIABLE, (GRID,), "the land mask: True where every variable is NaN",
+         ("lat", "lon")),
+    Name("image", VARIABLE, (GRID,),
+         "the photograph, 0 … 255 as float32; NaN at the clouds", ("y", "x", "band")),
     # attributes
     Name("model", ATTRIBUTE, MODELS, "the estimator's class name"),
     Name("dask_emk_version", ATTRIBUTE, MODELS, "the version that wrote it"),
@@ -162,7 +206,11 @@ SCHEMA: tuple[Name, ...] = (
          "`n_iter_`; in results, the iterations of the run (the size of `iteration`)"),
     Name("converged", ATTRIBUTE, (GMM, RESULTS), "`converged_`, 'True' or 'False'"),
     Name("final_lower_bound", ATTRIBUTE, (GMM,), "`lower_bound_`"),
-    Name("final_inertia", ATTRIBUTE, (KMEANS, ANNEAL), "`inertia_`, over the full data"),
+    Name("final_inertia", ATTRIBUTE, (KMEANS, ANNEAL, DPMEANS), "`inertia_`, over the full data"),
+    Name("final_objective", ATTRIBUTE, (DPMEANS,), "`objective_`: Σ w‖x − c‖² + λK"),
+    Name("fitted_penalty", ATTRIBUTE, (DPMEANS,),
+         "`penalty_`: λ of the fit (the attribute `penalty` is the parameter, 'None' "
+         "when n_clusters chose λ)"),
     Name("sigma2", ATTRIBUTE, (ANNEAL,), "`sigma2_`: σ² of the last annealing step"),
     Name("n_full_passes", ATTRIBUTE, (ANNEAL,), "`n_full_passes_`"),
     Name("stop_reason", ATTRIBUTE, (ANNEAL,), "`stop_reason_`: 'budget' or 'sigma2_stop'"),
@@ -177,9 +225,14 @@ SCHEMA: tuple[Name, ...] = (
          "marker {format, version}: the store may be replaced by a later run"),
     Name("dask_emk_generated", ATTRIBUTE, (GENERATED,),
          "marker {format, version}: the store may be replaced by a later generate"),
-    Name("n_features", ATTRIBUTE, (GENERATED,), "d"),
-    Name("n_components", ATTRIBUTE, (GENERATED,), "K of the true mixture"),
-    Name("seed", ATTRIBUTE, (GENERATED,), "seed of the data and the truth"),
+    Name("n_features", ATTRIBUTE, (GENERATED, GRID), "d"),
+    Name("n_components", ATTRIBUTE, (GENERATED, GRID), "K of the true mixture"),
+    Name("seed", ATTRIBUTE, (GENERATED, GRID), "seed of the data and the truth (or the clouds)"),
+    Name("land_fraction", ATTRIBUTE, (GRID,), "fraction of the (lat, lon) grid that is land"),
+    Name("gap_fraction", ATTRIBUTE, (GRID,),
+         "fraction of the other points where one variable is NaN (scattered gaps)"),
+    Name("image", ATTRIBUTE, (GRID,), "`[input.photo]`: scikit-learn's sample image used"),
+    Name("clouds", ATTRIBUTE, (GRID,), "`[input.photo]`: fraction of pixels set to NaN"),
 )  # fmt: skip
 
 
@@ -203,7 +256,9 @@ def _lookup(place: str, kind: str, name: str) -> Name:
         ) from None
 
 
-def schema_dataset(place: str, variables: dict, coords: dict) -> xr.Dataset:
+def schema_dataset(
+    place: str, variables: dict, coords: dict, sample_dims: tuple[str, ...] = ("sample",)
+) -> xr.Dataset:
     """``variables`` as a Dataset with the dims :data:`SCHEMA` gives them in ``place``.
 
     Parameters
@@ -214,6 +269,8 @@ def schema_dataset(place: str, variables: dict, coords: dict) -> xr.Dataset:
         takes ``(dims, values)``.
     coords : dict
         ``{dim: labels}``; coordinates of dims no variable uses are left out.
+    sample_dims : tuple of str
+        What the table's ``sample`` stands for: the sample dims of gridded input.
 
     Raises
     ------
@@ -224,6 +281,9 @@ def schema_dataset(place: str, variables: dict, coords: dict) -> xr.Dataset:
     data = {}
     for name, values in variables.items():
         dims = schema_dims(place, name)
+        if dims is not None and "sample" in dims:
+            at = dims.index("sample")
+            dims = dims[:at] + tuple(sample_dims) + dims[at + 1 :]
         if isinstance(values, xr.DataArray) and values.dims != dims:
             raise RuntimeError(f"{name} has dims {values.dims}; the export schema says {dims}.")
         data[name] = values if dims is None or isinstance(values, xr.DataArray) else (dims, values)
@@ -321,6 +381,34 @@ def kmeans_dataset(km) -> xr.Dataset:
     )
     ds.attrs.update(fit_attributes(km))
     ds.attrs.update(schema_attrs(KMEANS, n_iter=int(km.n_iter_), final_inertia=float(km.inertia_)))
+    return ds
+
+
+def dpmeans_dataset(dp) -> xr.Dataset:
+    """Dataset of a fitted DPMeans (the DP names of :data:`SCHEMA`: KMeans's, plus λ)."""
+    sizes = np.asarray(dp.cluster_weights_, dtype=np.float64)
+    objective = np.asarray(dp.objective_history_, dtype=np.float64)
+    ds = schema_dataset(
+        DPMEANS,
+        {
+            "weights": sizes / sizes.sum(),
+            "means": dp.cluster_centers_,
+            "sizes": sizes,
+            "objective": objective,
+            "n_distinct": np.asarray(dp.n_clusters_history_, dtype=np.int64),
+        },
+        parameter_coords(dp.n_clusters_, feature_coords(dp), objective.size),
+    )
+    ds.attrs.update(fit_attributes(dp))
+    ds.attrs.update(
+        schema_attrs(
+            DPMEANS,
+            n_iter=int(dp.n_iter_),
+            final_inertia=float(dp.inertia_),
+            final_objective=float(dp.objective_),
+            fitted_penalty=float(dp.penalty_),
+        )
+    )
     return ds
 
 

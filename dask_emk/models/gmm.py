@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import warnings
 import zlib
+from dataclasses import dataclass
 
 import numpy as np
 from sklearn.base import DensityMixin
@@ -17,10 +18,50 @@ from dask_emk.core.covariance import COVARIANCE_TYPES
 from dask_emk.core.layout import StatsLayout
 from dask_emk.core.mstep import GaussianState, m_step, precision_cholesky
 from dask_emk.engine import reduction
+from dask_emk.engine.batch import Batch, Pass, Steps
 from dask_emk.engine.inputs import InputData, as_input
 from dask_emk.models.base import ChunkedEstimator
 from dask_emk.models.params import GAUSSIAN_MIXTURE, Integer
+from dask_emk.models.seeding import done, kmeans_plusplus_steps, random_rows_steps
+from dask_emk.models.squarem import squarem_steps
 from dask_emk.models.validation import check_features, input_options, validate_features
+
+
+class _Progress:
+    """Lower bounds, convergence and reports of one EM run, iteration by iteration."""
+
+    def __init__(self, model, data: InputData, init: int, batch, bound: float):
+        self.model, self.dtype, self.init, self.batch = model, data.array.dtype, init, batch
+        self.bound, self.bounds, self.n_iter, self.converged = bound, [], 0, False
+
+    def record(self, stats: dict, state: GaussianState) -> bool:
+        """An iteration whose E-step gave ``stats`` and M-step ``state``; True when converged."""
+        model, bound = self.model, float(stats["loglik"] / stats["n"])
+        previous, self.bound = self.bound, bound
+        self.n_iter += 1
+        self.bounds.append(bound)
+        running = self.batch.running if self.batch is not None else (self.init,)
+        model._print_iteration(self.n_iter, bound - previous, self.init, running)
+        self.converged = bool(abs(bound - previous) < model.tol)
+        if model.callback is not None:
+            model._report(
+                self.init, self.n_iter, state, self.dtype, self.bounds, self.converged, running
+            )
+        return self.converged
+
+    def run(self, state: GaussianState) -> EMRun:
+        return EMRun(state, self.bound, self.bounds, self.n_iter, self.converged)
+
+
+@dataclass
+class EMRun:
+    """Outcome of EM from one initialisation (float64)."""
+
+    state: GaussianState
+    bound: float
+    bounds: list
+    n_iter: int
+    converged: bool
 
 
 def kernels(gaps: bool):
@@ -120,6 +161,15 @@ class GaussianMixture(DensityMixin, ChunkedEstimator):
         ``iteration``, ``lower_bound``, ``change`` and ``converged``. A copy of
         ``model`` saved there and refitted with ``warm_start=True`` continues
         exactly where it left off (parameters are kept in float64 too).
+    accelerate : bool, default=False
+        SQUAREM-accelerated EM (Varadhan & Roland 2008,
+        :mod:`dask_emk.core.squarem`): each cycle makes two EM steps, jumps
+        along their path, and keeps the jump only if its lower bound is at
+        least the plain EM step's (evaluated in the same pass), so the lower
+        bound never decreases. The jump is taken in log-weights, means and
+        log-diagonal Cholesky factors of the covariances, so weights stay on
+        the simplex and covariances positive definite. An iteration is a
+        pass: ``n_iter_``, ``lower_bounds_`` and ``max_iter`` count passes.
     nan_policy : {'raise', 'omit', 'marginalize'}, default='raise'
         NaN in X: ``'raise'`` an error; ``'omit'`` leaves every row (grid
         point) holding a NaN out of every statistic, seeding included, and
@@ -176,6 +226,7 @@ class GaussianMixture(DensityMixin, ChunkedEstimator):
         variance=None,
         split_every=None,
         callback=None,
+        accelerate=False,
         nan_policy="raise",
         feature_dim=None,
         sample_dims=None,
@@ -197,6 +248,7 @@ class GaussianMixture(DensityMixin, ChunkedEstimator):
         self.variance = variance
         self.split_every = split_every
         self.callback = callback
+        self.accelerate = accelerate
         self.nan_policy = nan_policy
         self.feature_dim = feature_dim
         self.sample_dims = sample_dims
@@ -258,60 +310,82 @@ class GaussianMixture(DensityMixin, ChunkedEstimator):
         return self.predict(X)
 
     def _fit(self, X, data: InputData, weight) -> None:
-        """EM from ``n_init`` initialisations (or the fitted state), keeping the best."""
-        dtype = data.array.dtype
-        eps = 10 * np.finfo(dtype).eps
-        do_init = not (self.warm_start and hasattr(self, "converged_"))
-        n_init = self.n_init if do_init else 1
+        """EM from ``n_init`` initialisations (or the fitted state) in shared passes.
+
+        Every initialisation draws from the random state before any pass
+        (:meth:`fit_steps`), in order, so the ``n_init`` runs of one batch are
+        those of ``n_init`` fits one after the other on the same ``RandomState``.
+        """
+        batch = Batch(data.array, weight, self.split_every, data.omit_nan, data.marginal)
         rng = check_random_state(self.random_state)
-        layout = StatsLayout.mixture(
-            self.n_components, data.n_features, self.covariance_type, data.marginal
-        )
-        best, best_bound, best_bounds, best_n_iter, converged_best = None, -np.inf, [], 0, False
-        for init in range(n_init):
-            state = (
-                self._initial_state(data, weight, rng, eps)
-                if do_init
-                else self._state_from_attributes()
-            )
-            bound = -np.inf if do_init else self.lower_bound_
-            bounds, converged, n_iter = [], False, 0
-            for n_iter in range(1, self.max_iter + 1):
-                stats = self._em_pass(data, weight, state, layout)
-                previous, bound = bound, stats["loglik"] / stats["n"]
-                state = m_step(
-                    stats,
-                    state.means,
-                    self.covariance_type,
-                    self.reg_covar,
-                    eps=eps,
-                    variance=self.variance,
-                )
-                bounds.append(float(bound))
-                self._print_iteration(n_iter, bound - previous)
-                converged = bool(abs(bound - previous) < self.tol)
-                if self.callback is not None:
-                    self._report(init, n_iter, state, dtype, bounds, converged)
-                if converged:
-                    break
-            if best is None or bound > best_bound:
-                best, best_bound, best_bounds = state, bound, bounds
-                best_n_iter, converged_best = n_iter, converged
-        if not converged_best and self.max_iter > 0:
+        self.keep_best(batch.run(self.fit_steps(data, weight, rng, batch)), data.array.dtype)
+
+    def fit_steps(self, data: InputData, weight, rng, batch: Batch | None = None) -> list[Steps]:
+        """One step generator per initialisation (:mod:`dask_emk.engine.batch`), each
+        returning an :class:`EMRun`; the initialisations draw from ``rng`` now."""
+        eps = 10 * np.finfo(data.array.dtype).eps
+        if self.warm_start and hasattr(self, "converged_"):
+            start = done(self._state_from_attributes())
+            return [self._em_steps(data, start, self.lower_bound_, 0, batch)]
+        return [
+            self._em_steps(data, self._initial_steps(data, weight, rng, eps), -np.inf, init, batch)
+            for init in range(self.n_init)
+        ]
+
+    def keep_best(self, runs: list[EMRun], dtype) -> None:
+        """Set the fitted attributes from the run of highest lower bound (the first of ties)."""
+        best = runs[0]
+        for run in runs[1:]:
+            if run.bound > best.bound:
+                best = run
+        if not best.converged and self.max_iter > 0:
             warnings.warn(
                 "Best performing initialization did not converge. Try different init "
                 "parameters, or increase max_iter, tol, or check for degenerate data.",
                 ConvergenceWarning,
-                stacklevel=3,
+                stacklevel=4,
             )
-        self._set_state(best, dtype)
-        self.converged_ = converged_best
-        self.n_iter_ = best_n_iter
-        self.lower_bound_ = float(best_bound)
-        self.lower_bounds_ = best_bounds
+        self._set_state(best.state, dtype)
+        self.converged_ = best.converged
+        self.n_iter_ = best.n_iter
+        self.lower_bound_ = float(best.bound)
+        self.lower_bounds_ = best.bounds
 
-    def _report(self, init: int, n_iter: int, state, dtype, bounds: list, converged: bool):
-        """Publish this iteration's parameters on the model and call the callback."""
+    def _em_steps(self, data: InputData, start: Steps, bound: float, init: int, batch) -> Steps:
+        """EM iterations from the state ``start`` gives, as a step generator returning an EMRun.
+
+        With ``accelerate`` the iterations are SQUAREM's
+        (:func:`dask_emk.models.squarem.squarem_steps`).
+        """
+        layout = StatsLayout.mixture(
+            self.n_components, data.n_features, self.covariance_type, data.marginal
+        )
+        progress = _Progress(self, data, init, batch, bound)
+        state = yield from start
+        if self.accelerate:
+            state = yield from squarem_steps(self, data, state, layout, progress)
+        else:
+            while progress.n_iter < self.max_iter:
+                stats = yield self._em_request(state, layout, data.marginal)
+                state = self._m_step(stats, state, data)
+                if progress.record(stats, state):
+                    break
+        return progress.run(state)
+
+    def _m_step(self, stats: dict, state: GaussianState, data: InputData) -> GaussianState:
+        """The M-step of E-step statistics taken at ``state``."""
+        _check_mass(stats, data.nan_policy)
+        eps = 10 * np.finfo(data.array.dtype).eps
+        return m_step(
+            stats, state.means, self.covariance_type, self.reg_covar, eps=eps,
+            variance=self.variance,
+        )  # fmt: skip
+
+    def _report(self, init, n_iter, state, dtype, bounds: list, converged: bool, running=None):
+        """Publish this iteration's parameters on the model and call the callback.
+
+        ``running``: the initialisations (of the batch) still iterating.
+        """
         self._set_state(state, dtype)
         self.lower_bound_, self.lower_bounds_ = bounds[-1], list(bounds)
         self.n_iter_, self.converged_ = n_iter, converged
@@ -322,79 +396,76 @@ class GaussianMixture(DensityMixin, ChunkedEstimator):
             "lower_bound": bounds[-1],
             "change": bounds[-1] - previous,
             "converged": converged,
+            "running": tuple(running) if running is not None else (init,),
         }
         self.callback(self, info)
 
-    def _em_pass(self, data, weight, state: GaussianState, layout) -> dict:
+    def _em_request(self, state: GaussianState, layout: StatsLayout, gaps: bool) -> Pass:
         params = self._kernel_params(state)
-        stats = reduction.run_pass(
-            data.array, weight, layout, mixture_block, params, layout, data.marginal,
-            split_every=self.split_every, omit_nan=data.omit_nan, marginal=data.marginal,
-        )  # fmt: skip
-        if stats["n"] <= 0:
-            omitted = f" or no row is left (nan_policy={data.nan_policy!r})" if (
-                data.nan_policy != "raise") else ""
-            raise ValueError(
-                f"sample_weight sums to zero{omitted}; at least one row must have a "
-                "positive weight."
-            )
-        return stats
+        return Pass(layout, mixture_block, (params, layout, gaps))
 
-    def _print_iteration(self, n_iter: int, change: float) -> None:
+    def _print_iteration(self, n_iter: int, change: float, init: int = 0, running=()) -> None:
         if self.verbose and n_iter % self.verbose_interval == 0:
-            print(f"  Iteration {n_iter}\t change: {change:.6g}")
+            batch = ""
+            if len(running) > 1:
+                batch = f"\t init {init}; running: {', '.join(map(str, running))}"
+            print(f"  Iteration {n_iter}\t change: {change:.6g}{batch}")
 
     # -------------------------------------------------------- initialisation
-    def _initial_state(self, data: InputData, weight, rng, eps: float) -> GaussianState:
+    def _initial_steps(self, data: InputData, weight, rng, eps: float) -> Steps:
+        """Step generator of the initial GaussianState; draws from ``rng`` now."""
         K, d = self.n_components, data.n_features
         user = self._user_init(d)
         if all(v is not None for v in user.values()):
-            return self._state_from_user(user, None)
+            return done(self._state_from_user(user, None))
         if self.init_params in ("k-means++", "random_from_data"):
-            centers = self._seed_centers(data, weight, rng)
-            # Each component holds one point: reg_covar (or the fixed σ²) only.
-            variance = self.reg_covar if self.variance is None else float(self.variance)
-            cov = COVARIANCE_TYPES[self.covariance_type].isotropic(variance, K, d)
-            guess = GaussianState(
-                np.full(K, 1.0 / K),
-                centers,
-                cov,
-                precision_cholesky(cov, self.covariance_type, self.reg_covar),
-            )
+            guess = self._state_from_centers(self._seed_steps(data, weight, rng), K, d)
         else:
             guess = self._state_from_resp(data, weight, rng, eps)
-        return self._state_from_user(user, guess)
+        return self._with_user(user, guess)
 
-    def _seed_centers(self, data, weight, rng) -> np.ndarray:
-        from dask_emk.models.seeding import kmeans_plusplus, random_rows
+    def _with_user(self, user: dict, guess: Steps) -> Steps:
+        return self._state_from_user(user, (yield from guess))
 
+    def _state_from_centers(self, centers: Steps, K: int, d: int) -> Steps:
+        centers = yield from centers
+        # Each component holds one point: reg_covar (or the fixed σ²) only.
+        variance = self.reg_covar if self.variance is None else float(self.variance)
+        cov = COVARIANCE_TYPES[self.covariance_type].isotropic(variance, K, d)
+        return GaussianState(
+            np.full(K, 1.0 / K),
+            centers,
+            cov,
+            precision_cholesky(cov, self.covariance_type, self.reg_covar),
+        )
+
+    def _seed_steps(self, data, weight, rng) -> Steps:
         # With gaps, centres are drawn from complete rows only (models.seeding).
         omit = data.omit_nan or data.marginal
         if self.init_params == "k-means++":
-            return kmeans_plusplus(data.array, self.n_components, rng, weight, omit)
-        return random_rows(data.array, self.n_components, rng, omit_nan=omit)
+            return kmeans_plusplus_steps(data.array, self.n_components, rng, weight, omit)
+        return random_rows_steps(data.array, self.n_components, rng, omit_nan=omit)
 
-    def _state_from_resp(self, data, weight, rng, eps) -> GaussianState:
-        K, d = self.n_components, data.n_features
+    def _state_from_resp(self, data, weight, rng, eps) -> Steps:
+        K = self.n_components
         if self.init_params == "random":
-            rule = ("random", int(rng.randint(2**31)), K)
-        else:
-            from dask_emk.models.kmeans import KMeans
+            return self._resp_state(data, done(("random", int(rng.randint(2**31)), K)), eps)
+        from dask_emk.models.kmeans import KMeans
 
-            km = KMeans(K, init="k-means||", n_init=1, random_state=rng)
-            km.fit(data, sample_weight=weight)
-            rule = ("nearest", km.cluster_centers_.astype(np.float64))
+        km = KMeans(K, init="k-means||", n_init=1, random_state=rng)
+        return self._resp_state(data, _nearest_rule(km, km.run_steps(data, weight, rng)), eps)
+
+    def _resp_state(self, data, rule: Steps, eps) -> Steps:
+        """The M-step of the initial responsibilities that ``rule`` gives (see resp_block)."""
+        K, d = self.n_components, data.n_features
+        rule = yield from rule
         origin = _origin_guess(data, rule)
         ctype = COVARIANCE_TYPES[self.covariance_type]
         # With gaps, matrix types start from diagonal covariances: the gaps'
         # conditional moments need a covariance to start from.
         start_type = "diag" if data.marginal and ctype.block == "matrix" else ctype.name
         layout = StatsLayout.mixture(K, d, start_type, data.marginal)
-        stats = reduction.run_pass(
-            data.array, weight, layout, resp_block, rule, origin, start_type, layout,
-            data.marginal, split_every=self.split_every, omit_nan=data.omit_nan,
-            marginal=data.marginal,
-        )  # fmt: skip
+        stats = yield Pass(layout, resp_block, (rule, origin, start_type, layout, data.marginal))
         centers = np.broadcast_to(origin, (K, d))
         state = m_step(stats, centers, start_type, self.reg_covar, eps=eps, variance=self.variance)
         if start_type == ctype.name:
@@ -603,6 +674,22 @@ def _as_init(name: str, value, shape: tuple) -> np.ndarray:
     if not np.all(np.isfinite(arr)):
         raise ValueError(f"{name} contains NaN or infinity.")
     return arr
+
+
+def _nearest_rule(km, run: Steps) -> Steps:
+    """The responsibilities rule of the k-means run's centres (warning as KMeans.fit would)."""
+    run = yield from run
+    km.warn_if_few_distinct(run.weights)
+    return ("nearest", run.centers)
+
+
+def _check_mass(stats: dict, nan_policy: str) -> None:
+    if stats["n"] <= 0:
+        omitted = f" or no row is left (nan_policy={nan_policy!r})" if nan_policy != "raise" else ""
+        raise ValueError(
+            f"sample_weight sums to zero{omitted}; at least one row must have a "
+            "positive weight."
+        )
 
 
 def _origin_guess(data: InputData, rule: tuple) -> np.ndarray:

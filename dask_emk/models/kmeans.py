@@ -21,11 +21,17 @@ from sklearn.utils.validation import check_is_fitted
 from dask_emk.core import assign, blocks, marginal
 from dask_emk.core.mstep import weighted_means
 from dask_emk.engine import reduction
+from dask_emk.engine.batch import Batch, Steps
 from dask_emk.engine.inputs import InputData, as_sample_weight
-from dask_emk.engine.passes import assign_pass
+from dask_emk.engine.passes import assign_pass, assign_request
 from dask_emk.models.base import ChunkedEstimator
 from dask_emk.models.params import KMEANS, KMEANS_INITS
-from dask_emk.models.seeding import kmeans_parallel, kmeans_plusplus, random_rows
+from dask_emk.models.seeding import (
+    done,
+    kmeans_parallel_steps,
+    kmeans_plusplus_steps,
+    random_rows_steps,
+)
 from dask_emk.models.validation import NoTrainingDataInPickle, validate_features
 
 
@@ -84,6 +90,16 @@ def update_centers(
     return centers, N
 
 
+def relative_tolerance(stats: dict, tol: float) -> float:
+    """scikit-learn's ``_tolerance``: tol × mean of np.var(X, axis=0), from a
+    pass's ``count``, ``ysum`` and ``ysq`` (``moments=True``); with gaps each
+    feature's variance over its observed entries (``obs``)."""
+    n = stats.get("obs", stats["count"])
+    mean = stats["ysum"] / n
+    variances = np.maximum(stats["ysq"] / n - mean**2, 0.0)
+    return float(variances.mean() * tol)
+
+
 @dataclass
 class LloydRun:
     """Outcome of one Lloyd run (float64)."""
@@ -93,6 +109,13 @@ class LloydRun:
     n_iter: int
     weights: np.ndarray
     history: list = field(default_factory=list)
+
+
+def _running(init: int, batch) -> str:
+    """Progress text naming the run and the runs of its batch still going."""
+    if batch is None or len(batch.running) <= 1:
+        return ""
+    return f" (init {init}; running: {', '.join(map(str, batch.running))})"
 
 
 def label_rows(X, centers: np.ndarray, origin: np.ndarray, gaps=False) -> np.ndarray:
@@ -276,24 +299,24 @@ class KMeans(NoTrainingDataInPickle, TransformerMixin, ClusterMixin, ChunkedEsti
 
     # --------------------------------------------------------------- fitting
     def _fit(self, X, data: InputData, weight) -> None:
-        """Seedings and Lloyd runs; the run with the lowest inertia is kept."""
+        """Seedings and Lloyd runs in shared passes; the run with the lowest inertia is kept.
+
+        Every run draws its seeding from the random state before any pass
+        (:func:`run_steps`), in order, so ``n_init`` runs in one batch give
+        the runs of ``n_init`` fits one after the other on the same
+        ``RandomState``.
+        """
         user = self._user_centers(data.n_features)
         rng = check_random_state(self.random_state)
-        best, tol_abs = None, None
-        for _ in range(self._resolve_n_init()):
-            start = user if user is not None else self._seed(data, weight, rng)
-            run, tol_abs = self._lloyd(data, weight, start, tol_abs)
-            if best is None or run.inertia < best.inertia:
+        batch = Batch(data.array, weight, self.split_every, data.omit_nan, data.marginal)
+        fits = [self.run_steps(data, weight, rng, user, i, batch)
+                for i in range(self._resolve_n_init())]  # fmt: skip
+        runs = batch.run(fits)
+        best = runs[0]
+        for run in runs[1:]:
+            if run.inertia < best.inertia:
                 best = run
-        distinct = int(np.count_nonzero(best.weights > 0))
-        if distinct < self.n_clusters:
-            # scikit-learn's warning: duplicate points leave clusters without samples.
-            warnings.warn(
-                f"Number of distinct clusters ({distinct}) found smaller than "
-                f"n_clusters ({self.n_clusters}). Possibly due to duplicate points in X.",
-                ConvergenceWarning,
-                stacklevel=3,
-            )
+        self.warn_if_few_distinct(best.weights)
         dtype = data.array.dtype
         self.cluster_centers_ = best.centers.astype(dtype)
         self.inertia_ = float(best.inertia)
@@ -304,17 +327,40 @@ class KMeans(NoTrainingDataInPickle, TransformerMixin, ClusterMixin, ChunkedEsti
         # Lazy for lazy input: all labels of out-of-core data are not computed here.
         self.labels_ = self._labels(data)
 
-    def _seed(self, data: InputData, weight, rng) -> np.ndarray:
+    def warn_if_few_distinct(self, weights: np.ndarray) -> None:
+        """scikit-learn's warning: duplicate points leave clusters without samples."""
+        distinct = int(np.count_nonzero(weights > 0))
+        if distinct < self.n_clusters:
+            warnings.warn(
+                f"Number of distinct clusters ({distinct}) found smaller than "
+                f"n_clusters ({self.n_clusters}). Possibly due to duplicate points in X.",
+                ConvergenceWarning,
+                stacklevel=4,
+            )
+
+    def run_steps(
+        self, data: InputData, weight, rng, user=None, init: int = 0, batch: Batch | None = None
+    ) -> Steps:
+        """One seeding and Lloyd run as a step generator (:mod:`dask_emk.engine.batch`).
+
+        The seeding draws from ``rng`` now; the generator returns a
+        :class:`LloydRun`. ``user`` centres replace the seeding; ``init``
+        and ``batch`` (whose ``running`` fits are reported) are for the callback.
+        """
+        start = done(user) if user is not None else self._seed_steps(data, weight, rng)
+        return self._lloyd(start, data.marginal, init, batch)
+
+    def _seed_steps(self, data: InputData, weight, rng) -> Steps:
         # With gaps, centres are drawn from complete rows only (models.seeding).
         K, omit = self.n_clusters, data.omit_nan or data.marginal
         if self.init == "k-means++":
-            return kmeans_plusplus(data.array, K, rng, weight, omit)
+            return kmeans_plusplus_steps(data.array, K, rng, weight, omit)
         if self.init == "random":
             if weight is None and not data.is_lazy:
                 # scikit-learn always draws with p (uniform): same draws.
                 weight = np.ones(data.n_samples)
-            return random_rows(data.array, K, rng, weight, omit)
-        return kmeans_parallel(
+            return random_rows_steps(data.array, K, rng, weight, omit)
+        return kmeans_parallel_steps(
             data.array,
             K,
             rng,
@@ -324,21 +370,25 @@ class KMeans(NoTrainingDataInPickle, TransformerMixin, ClusterMixin, ChunkedEsti
             omit_nan=omit,
         )
 
-    def _lloyd(self, data: InputData, weight, centers: np.ndarray, tol_abs):
-        """One Lloyd run from ``centers``; returns (LloydRun, absolute tol)."""
+    def _lloyd(self, start: Steps, gaps: bool, init: int, batch: Batch | None) -> Steps:
+        """One Lloyd run from the centres ``start`` gives; returns a LloydRun.
+
+        ``gaps``: NaN entries are missing coordinates (``nan_policy='marginalize'``).
+        """
+        centers = yield from start
         origin = centers.mean(axis=0)  # fixed for the run: sums stay comparable
         n_far = self.n_clusters - 1
-        history, strict = [], False
+        history, strict, tol_abs = [], False, None
         for i in range(self.max_iter):
             moments = tol_abs is None and self.tol > 0
-            stats = self._pass(data, weight, centers, origin, n_far, moments)
+            stats = yield assign_request(centers, origin, n_far, moments, gaps)
             if tol_abs is None:
                 tol_abs = self._tolerance(stats) if moments else 0.0
             history.append(float(stats["inertia"]))
             new, weights = update_centers(stats, origin, centers)
             shift = float(((new - centers) ** 2).sum())
             if self.verbose:
-                print(f"Iteration {i}, inertia {stats['inertia']}.")
+                print(f"Iteration {i}, inertia {stats['inertia']}{_running(init, batch)}.")
             centers = new
             # Unchanged labels give bit-identical sums (same blocks, same
             # reduction order), so a zero shift is scikit-learn's strict
@@ -346,33 +396,25 @@ class KMeans(NoTrainingDataInPickle, TransformerMixin, ClusterMixin, ChunkedEsti
             strict = shift == 0.0
             if self.callback is not None:
                 info = {
+                    "init": init,
                     "iteration": i + 1,
                     "inertia": float(stats["inertia"]),
                     "centers": centers,
                     "shift": shift,
                     "converged": strict or shift <= tol_abs,
+                    "running": batch.running if batch is not None else (init,),
                 }
                 self.callback(self, info)
             if strict or shift <= tol_abs:
                 break
         if strict:
-            return LloydRun(centers, stats["inertia"], i + 1, weights, history), tol_abs
+            return LloydRun(centers, stats["inertia"], i + 1, weights, history)
         # Final assignment so that inertia (and labels_) match the centres.
-        final = self._pass(data, weight, centers, origin, 0, False)
-        return LloydRun(centers, final["inertia"], i + 1, final["N"], history), tol_abs
-
-    def _pass(self, data, weight, centers, origin, n_far, moments) -> dict:
-        return assign_pass(
-            data.array, weight, centers, origin, n_far, moments, split_every=self.split_every,
-            omit_nan=data.omit_nan, gaps=data.marginal,
-        )  # fmt: skip
+        final = yield assign_request(centers, origin, gaps=gaps)
+        return LloydRun(centers, final["inertia"], i + 1, final["N"], history)
 
     def _tolerance(self, stats: dict) -> float:
-        """scikit-learn's ``_tolerance``: tol × mean of np.var(X, axis=0)."""
-        n = stats.get("obs", stats["count"])  # per feature with gaps
-        mean = stats["ysum"] / n
-        variances = np.maximum(stats["ysq"] / n - mean**2, 0.0)
-        return float(variances.mean() * self.tol)
+        return relative_tolerance(stats, self.tol)
 
     # ------------------------------------------------------------ prediction
     def _centers64(self) -> tuple[np.ndarray, np.ndarray]:

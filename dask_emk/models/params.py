@@ -1,7 +1,8 @@
 """The estimators' parameters: one table per estimator, one check for all.
 
 Every constructor parameter of :class:`~dask_emk.GaussianMixture`,
-:class:`~dask_emk.KMeans` and :class:`~dask_emk.AnnealedGaussianMixture` has
+:class:`~dask_emk.KMeans`, :class:`~dask_emk.AnnealedGaussianMixture` and
+:class:`~dask_emk.DPMeans` has
 an entry below saying what it may hold; :func:`validate_params` checks them
 all at the start of ``fit`` and raises a ValueError naming the parameter, the
 value and what is allowed. A bool is never a number here (``True`` is not
@@ -123,6 +124,22 @@ class Options(Spec):
 
     def _text(self) -> str:
         return repr(self.values[0]) if len(self.values) == 1 else f"one of {self.values}"
+
+
+@dataclass(frozen=True)
+class OptionList(Spec):
+    """A non-empty list (or tuple) of distinct strings out of ``values``."""
+
+    values: tuple[str, ...]
+
+    def _accepts(self, value) -> bool:
+        if not isinstance(value, (list, tuple)) or not value:
+            return False
+        strings = all(isinstance(v, str) and v in self.values for v in value)
+        return strings and len(set(value)) == len(value)
+
+    def _text(self) -> str:
+        return f"a non-empty list of distinct values out of {self.values}"
 
 
 @dataclass(frozen=True)
@@ -285,6 +302,7 @@ GAUSSIAN_MIXTURE: dict[str, Spec] = {
     "variance": OPTIONAL_POSITIVE_FINITE,
     "split_every": SPLIT_EVERY,
     "callback": CALLBACK,
+    "accelerate": Boolean(),
     **INPUT_OPTIONS,
 }
 
@@ -303,6 +321,25 @@ KMEANS: dict[str, Spec] = {
     **INPUT_OPTIONS,
 }
 
+#: GaussianMixtureIC: ``covariance_type='all'`` means these, scikit-learn's four.
+SKLEARN_COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
+IC_CRITERIA = ("bic", "aic")
+
+GAUSSIAN_MIXTURE_IC: dict[str, Spec] = {
+    "min_components": Integer(1),
+    "max_components": Integer(1),
+    "covariance_type": Either(
+        (Options((*COVARIANCE_TYPES, "all")), OptionList(tuple(COVARIANCE_TYPES)))
+    ),
+    "criterion": Options(IC_CRITERIA),
+    **{
+        name: GAUSSIAN_MIXTURE[name]
+        for name in ("tol", "reg_covar", "max_iter", "n_init", "init_params", "random_state",
+                     "verbose", "verbose_interval", "split_every", "callback", "accelerate")
+    },  # fmt: skip
+    **INPUT_OPTIONS,
+}
+
 ANNEALED_GAUSSIAN_MIXTURE: dict[str, Spec] = {
     "n_components": Integer(1),
     "cooling": Real(gt=0, lt=1, why="σ² is multiplied by it each step"),
@@ -317,5 +354,18 @@ ANNEALED_GAUSSIAN_MIXTURE: dict[str, Spec] = {
     "hartigan_max_passes": Integer(0),
     "split_every": SPLIT_EVERY,
     "verbose": VERBOSE,
+    **INPUT_OPTIONS,
+}
+
+DPMEANS: dict[str, Spec] = {
+    "penalty": Real(gt=0, lt=np.inf, allow_none=True, why="λ, the price of a cluster"),
+    "n_clusters": Integer(1, allow_none=True),
+    "init": ArrayLike("(k, n_features)", allow_none=True),
+    "max_iter": Integer(1),
+    "tol": NON_NEGATIVE,
+    "random_state": RandomState(),
+    "split_every": SPLIT_EVERY,
+    "verbose": VERBOSE,
+    "callback": CALLBACK,
     **INPUT_OPTIONS,
 }

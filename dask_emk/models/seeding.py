@@ -10,7 +10,8 @@ The seedings :func:`random_rows`, :func:`kmeans_parallel` and
   (rows are drawn ∝ weight);
 - ``omit_nan``: bool (``nan_policy='omit'``, and 'marginalize', which seeds
   from complete rows only): rows holding NaN are never drawn nor weigh in
-  any potential;
+  any potential (the passes' requests take complete rows, so they can share
+  a pass with fits that use the gaps, :class:`dask_emk.engine.batch.Pass`);
 - the result: ndarray of shape (n, d), float64.
 
 Work on the full data is done in passes (one Dask compute each, see
@@ -21,6 +22,7 @@ Randomness inside a pass comes from per-block generators seeded from
 
 from __future__ import annotations
 
+import copy
 import math
 
 import dask.array as da
@@ -30,14 +32,21 @@ from sklearn.utils import check_random_state
 from sklearn.utils.random import sample_without_replacement
 
 from dask_emk.core.blocks import without_nan_rows
-from dask_emk.engine.passes import assign_pass, seed_pass
-from dask_emk.engine.reduction import compute_one, single_blas_thread
+from dask_emk.engine.batch import Rows, Steps, run_one
+from dask_emk.engine.passes import assign_request, seed_request
+from dask_emk.engine.reduction import single_blas_thread
 from dask_emk.engine.storage import check_stored_files
 
 #: Default number of k-means|| rounds; Bahmani et al. (2012) find ~5 enough.
 DEFAULT_ROUNDS = 5
 #: Weighted Lloyd iterations on the k-means|| candidates (in memory).
 CANDIDATE_LLOYD_ITER = 30
+
+
+def done(value) -> Steps:
+    """Step generator of a value known already (it asks nothing of the data)."""
+    return value
+    yield  # a generator function that never yields
 
 
 def random_rows(X, n: int, random_state, sample_weight=None, omit_nan=False) -> np.ndarray:
@@ -49,32 +58,45 @@ def random_rows(X, n: int, random_state, sample_weight=None, omit_nan=False) -> 
     Efraimidis–Spirakis keys). Arguments and result as said in the module
     docstring.
     """
-    rng = check_random_state(random_state)
+    steps = random_rows_steps(X, n, check_random_state(random_state), sample_weight, omit_nan)
+    return run_one(X, sample_weight, steps, omit_nan=omit_nan)
+
+
+def random_rows_steps(X, n: int, rng, sample_weight=None, omit_nan=False) -> Steps:
+    """:func:`random_rows` as a step generator (:mod:`dask_emk.engine.batch`).
+
+    Draws from ``rng`` now, before the generator runs, as every ``*_steps``
+    function of this module: fits in one batch draw one after the other.
+    """
     if not isinstance(X, da.Array):
         if omit_nan:  # in memory: the draws of scikit-learn on the rows kept
             X, sample_weight = without_nan_rows(X, sample_weight)
             _check_enough_rows(X.shape[0], n)
-        n_samples = X.shape[0]
         # As scikit-learn: KMeans(init='random') draws with p, mixtures without.
         p = None if sample_weight is None else sample_weight / sample_weight.sum()
-        idx = rng.choice(n_samples, size=n, replace=False, p=p)
-        return np.asarray(X[idx], dtype=np.float64)
+        idx = rng.choice(X.shape[0], size=n, replace=False, p=p)
+        return done(np.asarray(X[idx], dtype=np.float64))
     if sample_weight is None and not omit_nan:
-        idx = sample_without_replacement(X.shape[0], n, random_state=rng)
-        order = np.argsort(idx)
-        rows = np.asarray(compute_one(X[idx[order]], optimize_graph=True), dtype=np.float64)
-        out = np.empty_like(rows)
-        out[order] = rows
-        if not np.isfinite(out).all():
-            check_stored_files(X)  # missing chunk files read as NaN in some stores
-            raise ValueError(
-                "Input contains NaN or infinity (in a randomly drawn row); pass "
-                "nan_policy='omit' to leave out the rows holding NaN, or remove or impute them."
-            )
-        return out
-    empty = np.zeros((0, X.shape[1]))
-    stats = seed_pass(X, sample_weight, empty, empty, np.zeros(X.shape[1]), n, _seed(rng),
-                      omit_nan=omit_nan)  # fmt: skip
+        return _read_rows(X, sample_without_replacement(X.shape[0], n, random_state=rng))
+    return _drawn_rows(X.shape[1], n, _seed(rng), sample_weight is not None, omit_nan)
+
+
+def _read_rows(X, index: np.ndarray) -> Steps:
+    rows = yield Rows(index)
+    if not np.isfinite(rows).all():
+        check_stored_files(X)  # missing chunk files read as NaN in some stores
+        raise ValueError(
+            "Input contains NaN or infinity (in a randomly drawn row); pass "
+            "nan_policy='omit' to leave out the rows holding NaN, or remove or impute them."
+        )
+    return rows
+
+
+def _drawn_rows(d: int, n: int, seed: int, weighted: bool, omit_nan: bool) -> Steps:
+    empty = np.zeros((0, d))
+    stats = yield seed_request(
+        empty, empty, np.zeros(d), n, seed, weighted=weighted, complete_rows=omit_nan
+    )
     rows = _sampled(stats, 0)
     if omit_nan:
         _check_enough_rows(rows.shape[0], n)
@@ -130,30 +152,64 @@ def kmeans_parallel(
     n_rounds : int, optional
         Number of rounds, default 5.
     """
-    rng = check_random_state(random_state)
+    steps = kmeans_parallel_steps(
+        X, n_clusters, check_random_state(random_state), sample_weight, oversampling_factor,
+        n_rounds, omit_nan,
+    )  # fmt: skip
+    return run_one(X, sample_weight, steps, omit_nan=omit_nan)
+
+
+def kmeans_parallel_steps(
+    X, n_clusters, rng, sample_weight=None, oversampling_factor=2, n_rounds=None, omit_nan=False
+) -> Steps:
+    """:func:`kmeans_parallel` as a step generator; draws from ``rng`` now.
+
+    The draws: the first row and one seed per round, as the passes would;
+    the in-memory reduction of the candidates draws from a copy of ``rng``
+    taken then, and ``rng`` moves past as many draws as that reduction
+    makes (:func:`_skip_reduction`), so the random stream is the one of
+    drawing as the work goes, and nothing is drawn after the passes.
+    """
     n_rounds = DEFAULT_ROUNDS if n_rounds is None else n_rounds
-    candidates = random_rows(X, 1, rng, sample_weight, omit_nan)
-    origin = candidates[0]
+    first = random_rows_steps(X, 1, rng, sample_weight, omit_nan)
+    seeds = [_seed(rng) for _ in range(n_rounds)]
+    reduce_rng = copy.deepcopy(rng)
+    _skip_reduction(rng, n_clusters)
     ell = oversampling_factor * n_clusters
+    return _kmeans_parallel(X, n_clusters, first, seeds, reduce_rng, ell, sample_weight, omit_nan)
+
+
+def _skip_reduction(rng, n_clusters: int) -> None:
+    """Move ``rng`` past the draws of :func:`sklearn.cluster.kmeans_plusplus`:
+    one uniform for the first centre, then 2 + ⌊ln K⌋ per further centre."""
+    rng.random_sample(1 + (n_clusters - 1) * (2 + int(np.log(n_clusters))))
+
+
+def _kmeans_parallel(X, n_clusters, first, seeds, reduce_rng, ell, sample_weight, omit_nan):
+    candidates = yield from first
+    origin = candidates[0]
     # Room for the sample: its size has mean <= ℓ and sd <= sqrt(ℓ).
     n_keep = int(math.ceil(ell + 6 * math.sqrt(ell) + 10))
     none = np.zeros((0, X.shape[1]))
-    for _ in range(n_rounds):
-        stats = seed_pass(X, sample_weight, candidates, none, origin, n_keep, _seed(rng), ell,
-                          omit_nan=omit_nan)  # fmt: skip
+    for seed in seeds:
+        stats = yield seed_request(
+            candidates, none, origin, n_keep, seed, ell, complete_rows=omit_nan
+        )
         phi = stats["potential"][0]
         if not phi > 0:  # every row sits on a candidate
             break
         chosen = stats["x"][0][stats["key"][0] > phi]
         candidates = np.concatenate([candidates, chosen])
-    counts = assign_pass(X, sample_weight, candidates, origin, omit_nan=omit_nan)["N"]
-    return reduce_candidates(candidates, counts, n_clusters, rng, X, sample_weight, omit_nan)
+    counts = (yield assign_request(candidates, origin, complete_rows=omit_nan))["N"]
+    return (yield from reduce_candidates(
+        candidates, counts, n_clusters, reduce_rng, X, sample_weight, omit_nan
+    ))  # fmt: skip
 
 
 def reduce_candidates(
     candidates, weights, n_clusters: int, rng, X, sample_weight, omit_nan=False
-) -> np.ndarray:
-    """Weighted k-means++ then weighted Lloyd on the candidates, in memory.
+) -> Steps:
+    """Weighted k-means++ then weighted Lloyd on the candidates, in memory (a step generator).
 
     Candidates that attract no weight are dropped; if fewer than
     ``n_clusters`` remain (data with few distinct rows) random rows fill in.
@@ -163,7 +219,7 @@ def reduce_candidates(
     if candidates.shape[0] <= n_clusters:
         extra = n_clusters - candidates.shape[0]
         if extra:
-            fill = random_rows(X, extra, rng, sample_weight, omit_nan)
+            fill = yield from random_rows_steps(X, extra, rng, sample_weight, omit_nan)
             candidates = np.concatenate([candidates, fill])
         return candidates
     start, _ = sklearn.cluster.kmeans_plusplus(
@@ -195,7 +251,14 @@ def kmeans_plusplus(
     :func:`random_rows` for the first row with weights). Arguments and
     result as said in the module docstring.
     """
-    rng = check_random_state(random_state)
+    steps = kmeans_plusplus_steps(
+        X, n_clusters, check_random_state(random_state), sample_weight, omit_nan
+    )
+    return run_one(X, sample_weight, steps, omit_nan=omit_nan)
+
+
+def kmeans_plusplus_steps(X, n_clusters: int, rng, sample_weight=None, omit_nan=False) -> Steps:
+    """:func:`kmeans_plusplus` as a step generator; draws from ``rng`` now (one seed per pass)."""
     if not isinstance(X, da.Array):
         if omit_nan:
             X, sample_weight = without_nan_rows(X, sample_weight)
@@ -203,22 +266,26 @@ def kmeans_plusplus(
         centers, _ = sklearn.cluster.kmeans_plusplus(
             np.asarray(X), n_clusters, sample_weight=sample_weight, random_state=rng
         )
-        return centers.astype(np.float64)
+        return done(centers.astype(np.float64))
+    first = random_rows_steps(X, 1, rng, sample_weight, omit_nan)
+    seeds = [_seed(rng) for _ in range(n_clusters)]
+    return _kmeans_plusplus(X.shape[1], n_clusters, first, seeds, omit_nan)
+
+
+def _kmeans_plusplus(d: int, n_clusters: int, first: Steps, seeds: list, omit_nan) -> Steps:
     n_trials = 2 + int(np.log(n_clusters))
-    centers = random_rows(X, 1, rng, sample_weight, omit_nan)
+    centers = yield from first
     origin = centers[0]
-    none = np.zeros((0, X.shape[1]))
-    stats = seed_pass(X, sample_weight, centers, none, origin, n_trials, _seed(rng),
-                      omit_nan=omit_nan)  # fmt: skip
+    none = np.zeros((0, d))
+    stats = yield seed_request(centers, none, origin, n_trials, seeds[0], complete_rows=omit_nan)
     trials = _sampled(stats, 0)
-    while centers.shape[0] < n_clusters:
+    for seed in seeds[1:]:
         if trials.shape[0] == 0:  # fewer distinct rows than clusters
             fill = np.repeat(centers[:1], n_clusters - centers.shape[0], axis=0)
             return np.concatenate([centers, fill])
         last = centers.shape[0] == n_clusters - 1
         n_keep = 0 if last else n_trials
-        stats = seed_pass(X, sample_weight, centers, trials, origin, n_keep, _seed(rng),
-                          omit_nan=omit_nan)  # fmt: skip
+        stats = yield seed_request(centers, trials, origin, n_keep, seed, complete_rows=omit_nan)
         best = int(np.argmin(stats["potential"]))
         centers = np.concatenate([centers, trials[best : best + 1]])
         trials = _sampled(stats, best)

@@ -29,6 +29,8 @@ SCHEDULER_HELP = (
     "sized to the machine."
 )
 
+FRACTION = click.FloatRange(0, 1, max_open=True)
+
 
 def _fail_cleanly(func):
     """Turn expected errors into one-line click errors (exit code 1), signals into one line."""
@@ -83,7 +85,7 @@ def main() -> None:
 
 @main.command()
 @click.argument("out")
-@click.option("--n", "n", type=click.IntRange(min=1), required=True, help="Rows.")
+@click.option("--n", "n", type=click.IntRange(min=1), default=None, help="Rows (not with --grid).")
 @click.option("--d", "d", type=click.IntRange(min=1), required=True, help="Features.")
 @click.option("--k", "k", type=click.IntRange(min=1), required=True, help="Components.")
 @click.option("--chunk-rows", type=click.IntRange(min=1), default=100_000, show_default=True)
@@ -91,20 +93,52 @@ def main() -> None:
 @click.option("--dtype", type=click.Choice(["float32", "float64"]), default="float32")
 @click.option("--separation", type=float, default=6.0, show_default=True)
 @click.option(
+    "--grid", default=None, metavar="TxLATxLON",
+    help="Gridded data instead of rows: variables x0 … on (time, lat, lon), e.g. 12x90x180.",
+)  # fmt: skip
+@click.option("--grid-chunks", default=None, metavar="TxLATxLON",
+              help="--grid: chunk sizes (default 1xLATxLON).")  # fmt: skip
+@click.option("--land", type=FRACTION, default=0.3, show_default=True,
+              help="--grid: fraction of (lat, lon) that is land (NaN).")  # fmt: skip
+@click.option("--gaps", type=FRACTION, default=0.03, show_default=True,
+              help="--grid: fraction of points with one variable NaN.")  # fmt: skip
+@click.option(
     "--overwrite", is_flag=True, help="Replace an existing store written by dask-emk generate."
 )
 @_fail_cleanly
-def generate(out, n, d, k, chunk_rows, seed, dtype, separation, overwrite) -> None:
-    """Write a Gaussian mixture data set to OUT.zarr chunk by chunk, with its truth."""
-    from dask_emk.pipeline.generate import random_mixture, write_mixture_zarr
+def generate(out, n, d, k, chunk_rows, seed, dtype, separation, grid, grid_chunks, land, gaps,
+             overwrite) -> None:  # fmt: skip
+    """Write a Gaussian mixture data set to OUT.zarr chunk by chunk, with its truth.
+
+    With --grid: variables on (time, lat, lon) with a land mask, regimes (the
+    components) in spatially coherent regions, and scattered gaps.
+    """
+    from dask_emk.pipeline.generate import (
+        parse_grid,
+        random_mixture,
+        write_grid_zarr,
+        write_mixture_zarr,
+    )
     from dask_emk.pipeline.outputs import GENERATED, check_output
 
+    if (n is None) == (grid is None):
+        raise ValueError("give the size as --n ROWS or --grid TxLATxLON (one of them).")
+    shape = parse_grid(grid) if grid else None
+    chunks = parse_grid(grid_chunks, "--grid-chunks") if grid_chunks else None
     check_output(out, GENERATED, where="path", replace=overwrite, replace_hint="--overwrite")
     truth = random_mixture(d, k, separation=separation, seed=seed)
-    path = write_mixture_zarr(
-        out, n, truth, chunk_rows=chunk_rows, dtype=dtype, seed=seed, overwrite=overwrite
+    if shape is None:
+        path = write_mixture_zarr(
+            out, n, truth, chunk_rows=chunk_rows, dtype=dtype, seed=seed, overwrite=overwrite
+        )
+        click.echo(f"wrote {n:,} × {d} {dtype} rows ({k} components) to {path}/X")
+        return
+    path = write_grid_zarr(out, shape, truth, chunks=chunks, land=land, gaps=gaps, dtype=dtype,
+                           seed=seed, overwrite=overwrite)  # fmt: skip
+    click.echo(
+        f"wrote {d} {dtype} variables x0 … on (time, lat, lon) = {shape} ({k} regimes, "
+        f"{land:.0%} land, {gaps:.0%} gaps) to {path}"
     )
-    click.echo(f"wrote {n:,} × {d} {dtype} rows ({k} components) to {path}/X")
 
 
 @main.command()
@@ -122,16 +156,29 @@ def run(pipeline, scheduler, resume, quiet, no_plots) -> None:
 
 @main.command()
 @click.argument("input_path", metavar="INPUT")
-@click.option("--model", type=click.Choice(["gmm", "kmeans", "anneal"]), default="gmm")
-@click.option("--k", "n_components", type=click.IntRange(min=1), required=True)
+@click.option("--model", type=click.Choice(list(MODEL_FIELDS)), default="gmm")
+@click.option(
+    "--k", "n_components", type=click.IntRange(min=1), default=None,
+    help="Components (clusters); gmm-ic: the largest number tried. Required, except "
+    "for dpmeans given --penalty.",
+)  # fmt: skip
+@click.option(
+    "--min-components", type=click.IntRange(min=1), default=None,
+    help="gmm-ic only: the smallest number of components tried. Default: 1.",
+)  # fmt: skip
+@click.option(
+    "--penalty", type=click.FloatRange(min=0, min_open=True), default=None,
+    help="dpmeans only: λ, the price of a cluster in squared data units (rows farther "
+    "than √λ from every centre open one); instead of --k, which makes it find λ.",
+)  # fmt: skip
 @click.option(
     "--out", required=True, help="RESULTS.zarr, a path or URL (replaced only if dask-emk wrote it)"
 )
 @click.option(
     "--covariance-type",
-    type=click.Choice(MODEL_FIELDS["gmm"]["covariance_type"][0]),
+    type=click.Choice(MODEL_FIELDS["gmm-ic"]["covariance_type"][0]),
     default=None,
-    help="gmm only. Default: full.",
+    help="gmm and gmm-ic ('all': gmm-ic only, the four scikit-learn types). Default: full.",
 )
 @click.option("--init", default=None, help="Seeding / init (model-specific; 'anneal' too).")
 @click.option("--tol", type=click.FloatRange(min=0), default=None)
@@ -186,12 +233,18 @@ def _run(cfg, text, scheduler, resume, quiet, no_plots, results_name) -> None:
 
 
 #: ``dask-emk fit`` options that set a [model] field of the same name.
-MODEL_OPTIONS = ("init", "tol", "max_iter", "covariance_type")
+MODEL_OPTIONS = ("init", "tol", "max_iter", "covariance_type", "penalty", "min_components")
 
 
-def _model_section(model: str, n_components: int, opts: dict) -> dict:
+def _model_section(model: str, n_components: int | None, opts: dict) -> dict:
     """[model] for ``dask-emk fit``; an option the model does not take is an error."""
-    raw = {"type": model, "n_components": n_components, "random_state": opts["random_state"]}
+    if model == "dpmeans" and (n_components is None) == (opts["penalty"] is None):
+        raise ValueError("--model dpmeans needs exactly one of --penalty (λ) or --k; give one.")
+    if n_components is None and model != "dpmeans":
+        raise ValueError(f"--model {model} needs --k (the number of components); add it.")
+    raw = {"type": model, "random_state": opts["random_state"]}
+    if n_components is not None:
+        raw["n_components"] = n_components
     for key in MODEL_OPTIONS:
         if opts[key] is None:
             continue

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
+from dask_emk.core.covariance import COVARIANCE_TYPES
 from dask_emk.pipeline.figures import full_covariances
 
 
@@ -15,8 +16,16 @@ def match_components(fitted_means: np.ndarray, true_means: np.ndarray) -> np.nda
     return cols
 
 
-def fitted_parameters(model) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """(weights, means, full covariances or None) of any fitted dask_emk model."""
+def fitted_parameters(model, scaler=None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """(weights, means, full covariances or None) of any fitted dask_emk model,
+    in the data's units for a model fitted behind a StandardScaler ``scaler``."""
+    if scaler is not None:
+        ds = scaler.original_units(model)
+        K, d = ds["means"].shape
+        cov = ds.get("covariances")
+        if cov is not None:
+            cov = COVARIANCE_TYPES[cov.attrs["covariance_type"]].to_full(cov.values, K, d)
+        return ds["weights"].values, ds["means"].values, cov
     means = getattr(model, "means_", None)
     if means is None:  # KMeans
         sizes = np.asarray(model.cluster_weights_, dtype=np.float64)
@@ -28,10 +37,10 @@ def fitted_parameters(model) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]
     )
 
 
-def truth_table(model, truth) -> tuple[list[str], float]:
+def truth_table(model, truth, scaler=None) -> tuple[list[str], float]:
     """Lines comparing fitted and true parameters, and the largest mean error
-    in units of the true standard deviation."""
-    weights, means, cov = fitted_parameters(model)
+    in units of the true standard deviation (``scaler``: see :func:`fitted_parameters`)."""
+    weights, means, cov = fitted_parameters(model, scaler)
     if means.shape != truth.means.shape:
         return [f"(fitted {means.shape[0]} components, truth has {truth.means.shape[0]})"], np.inf
     order = match_components(means, truth.means)

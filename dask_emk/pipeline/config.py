@@ -1,7 +1,7 @@
 """Pipeline definitions: read a TOML file, check every key and type, fill defaults.
 
-A pipeline is a plain nested dict with the sections ``input``, ``anneal``
-(optional), ``model``, ``scheduler`` and ``output``; see ``pipelines/README.md``
+A pipeline is a plain nested dict with the sections ``input``, ``preprocess``
+and ``anneal`` (optional), ``model``, ``scheduler`` and ``output``; see ``pipelines/README.md``
 for the fields. Validation happens before anything runs or is written, and
 every error names the file, the section and the key, and says what to do.
 """
@@ -15,10 +15,15 @@ import json
 import tomllib
 from pathlib import Path
 
+from dask_emk.engine.inputs import NAN_POLICIES
+from dask_emk.engine.storage import MISSING_CHUNKS
 from dask_emk.models.anneal import AnnealedGaussianMixture
+from dask_emk.models.dpmeans import DPMeans
 from dask_emk.models.gmm import GaussianMixture
+from dask_emk.models.ic import GaussianMixtureIC
 from dask_emk.models.kmeans import KMeans
 from dask_emk.models.params import Boolean, Either, Integer, Options, RandomState, Real, Spec
+from dask_emk.pipeline.generate import parse_grid
 
 #: What a field may hold: a type name, or a tuple of allowed strings.
 INT, FLOAT, STR, BOOL, STR_LIST, TABLE = "integer", "number", "string", "boolean", "list", "table"
@@ -32,6 +37,18 @@ GENERATE_FIELDS = {
     "seed": (INT, 0),
     "dtype": (("float32", "float64"), "float32"),
     "separation": (FLOAT, 6.0),
+    # gridded data instead of rows (n unused): `dask-emk generate --grid`
+    "grid": (STR, None),
+    "grid_chunks": (STR, None),
+    "land": (FLOAT, 0.3),
+    "gaps": (FLOAT, 0.03),
+}
+#: [input.photo]: scikit-learn's sample photograph as a (y, x, band) store with clouds.
+PHOTO_FIELDS = {
+    "path": (STR, None),
+    "image": (("china.jpg", "flower.jpg"), "china.jpg"),
+    "clouds": (FLOAT, 0.05),
+    "seed": (INT, 0),
 }
 INPUT_FIELDS = {
     "store": (STR, None),
@@ -39,8 +56,17 @@ INPUT_FIELDS = {
     "csv": (STR, None),
     "columns": (STR_LIST, None),
     "generate": (TABLE, None),
+    "photo": (TABLE, None),
     "storage_options": (TABLE, None),
+    # xarray (gridded) stores; nan_policy and missing_chunks apply to every store
+    "variables": (STR_LIST, None),
+    "feature_dim": (STR, None),
+    "sample_dims": (STR_LIST, None),
+    "nan_policy": (NAN_POLICIES, "raise"),
+    "missing_chunks": (MISSING_CHUNKS, "raise"),
 }
+#: Keys that make [input] store an xarray store (a Dataset, or an N-D DataArray).
+XARRAY_KEYS = ("variables", "feature_dim", "sample_dims")
 #: The estimator of each model type and the parameter each [model] field sets.
 #: A field's kind, allowed values, range and default are the estimator's
 #: (its parameter table and constructor), see :func:`model_fields`.
@@ -48,19 +74,28 @@ MODELS = {
     "gmm": (GaussianMixture, {
         "n_components": "n_components", "random_state": "random_state",
         "covariance_type": "covariance_type", "init": "init_params", "tol": "tol",
-        "reg_covar": "reg_covar", "max_iter": "max_iter", "nan_policy": "nan_policy",
+        "reg_covar": "reg_covar", "max_iter": "max_iter",
     }),
     "kmeans": (KMeans, {
         "n_components": "n_clusters", "random_state": "random_state", "init": "init",
         "tol": "tol", "max_iter": "max_iter", "oversampling_factor": "oversampling_factor",
-        "nan_policy": "nan_policy",
     }),
     "anneal": (AnnealedGaussianMixture, {
         "n_components": "n_components", "random_state": "random_state",
-        "nan_policy": "nan_policy",
+    }),
+    "dpmeans": (DPMeans, {
+        "n_components": "n_clusters", "random_state": "random_state", "penalty": "penalty",
+        "tol": "tol", "max_iter": "max_iter",
+    }),
+    # A search: n_components is the largest K tried.
+    "gmm-ic": (GaussianMixtureIC, {
+        "n_components": "max_components", "min_components": "min_components",
+        "random_state": "random_state", "covariance_type": "covariance_type",
+        "criterion": "criterion", "tol": "tol", "reg_covar": "reg_covar", "max_iter": "max_iter",
     }),
 }  # fmt: skip
-#: Fields of every model type; a pipeline names n_components and seeds with 0.
+#: Fields of every model type; a pipeline names n_components (dpmeans: it or
+#: penalty) and seeds with 0.
 COMMON_MODEL = {
     "type": (tuple(MODELS), "gmm"),
     "n_components": (INT, None),
@@ -134,11 +169,15 @@ OUTPUT_FIELDS = {
     "plots": (BOOL, True),
     "checkpoint": (BOOL, True),
     "storage_options": (TABLE, None),
+    "map_slice": (TABLE, None),
 }
+#: [preprocess]: standardize fits a StandardScaler on the input and the model on its
+#: output; results are reported in the data's units.
+PREPROCESS_FIELDS = {"standardize": (BOOL, False)}
 TOP_FIELDS = {"description": STR, "input": TABLE, "anneal": TABLE, "model": TABLE}
-TOP_FIELDS |= {"scheduler": TABLE, "output": TABLE}
+TOP_FIELDS |= {"scheduler": TABLE, "output": TABLE, "preprocess": TABLE}
 #: Sections whose content decides the fitted result (the checkpoint key).
-RESULT_SECTIONS = ("input", "anneal", "model")
+RESULT_SECTIONS = ("input", "preprocess", "anneal", "model")
 
 
 class PipelineError(ValueError):
@@ -199,12 +238,21 @@ def validate(raw: dict, source: str = "pipeline") -> dict:
             )
     cfg["description"] = raw.get("description", "")
     cfg["input"] = _validate_input(raw["input"], source)
+    cfg["preprocess"] = _fill(raw.get("preprocess", {}), PREPROCESS_FIELDS, "preprocess", source)
     cfg["model"] = _validate_model(raw["model"], source)
     cfg["anneal"] = _validate_anneal(raw.get("anneal"), cfg["model"], source)
     cfg["scheduler"] = _fill(raw.get("scheduler", {}), SCHEDULER_FIELDS, "scheduler", source)
     cfg["output"] = _fill(raw["output"], OUTPUT_FIELDS, "output", source)
     _require(cfg["output"], "results", "output", source)
+    for dim, index in (cfg["output"]["map_slice"] or {}).items():
+        _check_value(index, INT, f"output.map_slice.{dim}", source)
+    if cfg["model"]["type"] == "dpmeans" and cfg["input"]["nan_policy"] == "marginalize":
+        raise PipelineError(
+            f"{source}: model.type = 'dpmeans' has no [input] nan_policy = 'marginalize'; "
+            "set nan_policy = 'omit' or model.type = 'kmeans'."
+        )
     unsupported = {"kmeans": ("responsibilities", "log_density"), "anneal": ("log_density",)}
+    unsupported["dpmeans"] = unsupported["kmeans"]
     for key in unsupported.get(cfg["model"]["type"], ()):
         if cfg["output"][key]:
             raise PipelineError(
@@ -222,25 +270,67 @@ def config_key(cfg: dict) -> str:
 
 def _validate_input(raw: dict, source: str) -> dict:
     cfg = _fill(raw, INPUT_FIELDS, "input", source)
-    given = [key for key in ("store", "csv", "generate") if cfg[key] is not None]
+    given = [key for key in ("store", "csv", "generate", "photo") if cfg[key] is not None]
     if len(given) != 1:
         raise PipelineError(
-            f"{source}: [input] needs exactly one of store, csv or [input.generate], "
-            f"got {given or 'none'}."
+            f"{source}: [input] needs exactly one of store, csv, [input.generate] or "
+            f"[input.photo], got {given or 'none'}."
         )
     if cfg["generate"] is not None:
         gen = _fill(cfg["generate"], GENERATE_FIELDS, "input.generate", source)
-        for key in ("path", "n", "d", "k"):
+        for key in ("path", "d", "k") if gen["grid"] else ("path", "n", "d", "k"):
             _require(gen, key, "input.generate", source)
+        _validate_generated_grid(gen, source)
         for key in ("n", "d", "k", "chunk_rows"):
-            if gen[key] < 1:
+            if gen[key] is not None and gen[key] < 1:
                 raise PipelineError(
                     f"{source}: [input.generate] {key} must be >= 1, got {gen[key]}."
                 )
         cfg["generate"] = gen
     if cfg["columns"] is not None and cfg["csv"] is None:
         raise PipelineError(f"{source}: [input] columns applies to csv input only; remove it.")
+    _validate_gridded_input(cfg, source)
     return cfg
+
+
+def _validate_generated_grid(gen: dict, source: str) -> None:
+    """[input.generate] grid keys: sizes TxLATxLON, fractions in [0, 1)."""
+    if gen["grid"] is None:
+        return
+    try:
+        for key in ("grid", "grid_chunks"):
+            if gen[key] is not None:
+                parse_grid(gen[key], f"input.generate.{key}")
+    except ValueError as exc:
+        raise PipelineError(f"{source}: {exc}") from None
+    for key in ("land", "gaps"):
+        if not 0 <= gen[key] < 1:
+            raise PipelineError(
+                f"{source}: [input.generate] {key} must be a fraction in [0, 1), got {gen[key]}."
+            )
+
+
+def _validate_gridded_input(cfg: dict, source: str) -> None:
+    """[input] keys of xarray stores, and [input.photo]."""
+    for key in XARRAY_KEYS:
+        if cfg[key] is not None and (cfg["store"] is None or cfg["array"] is not None):
+            raise PipelineError(
+                f"{source}: [input] {key} applies to an xarray store (input.store without "
+                "input.array); remove it, or drop input.array."
+            )
+        if cfg[key] == []:
+            raise PipelineError(
+                f"{source}: [input] {key} is empty; name at least one, or remove it."
+            )
+    if cfg["photo"] is not None:
+        photo = _fill(cfg["photo"], PHOTO_FIELDS, "input.photo", source)
+        _require(photo, "path", "input.photo", source)
+        if not 0 <= photo["clouds"] < 1:
+            raise PipelineError(
+                f"{source}: [input.photo] clouds must be a fraction in [0, 1), "
+                f"got {photo['clouds']}."
+            )
+        cfg["photo"] = photo
 
 
 def _validate_model(raw: dict, source: str) -> dict:
@@ -248,7 +338,13 @@ def _validate_model(raw: dict, source: str) -> dict:
     _check_value(kind, COMMON_MODEL["type"][0], "model.type", source)
     fields = COMMON_MODEL | MODEL_FIELDS[kind]
     cfg = _fill(raw, fields, "model", source)
-    _require(cfg, "n_components", "model", source)
+    if kind != "dpmeans":
+        _require(cfg, "n_components", "model", source)
+    elif (cfg["n_components"] is None) == (cfg["penalty"] is None):
+        raise PipelineError(
+            f"{source}: [model] type = 'dpmeans' needs exactly one of penalty (λ, the price "
+            "of a cluster in squared data units) or n_components (a target K); give one."
+        )
     _check_ranges(cfg, field_specs(*MODELS[kind]), "model", source)
     return cfg
 
@@ -266,8 +362,8 @@ def _validate_anneal(raw: dict | None, model: dict, source: str) -> dict | None:
     cfg = _fill(raw or {}, fields, "anneal", source)
     cfg = {key: value for key, value in cfg.items() if key in (raw or {})}
     _check_ranges(cfg, field_specs(AnnealedGaussianMixture, ANNEAL_PARAMETERS), "anneal", source)
-    for key in ("n_components", "random_state", "nan_policy"):
-        if key in fields and key in model:
+    for key in ("n_components", "random_state"):
+        if key in fields:
             cfg.setdefault(key, model[key])
     return cfg
 

@@ -42,6 +42,11 @@ class FitOutcome:
     history: list[Iteration] = field(default_factory=list)
     converged: bool = False
     objective: str = "lower_bound"
+    #: Clusters at each iteration, for models that change their number (dpmeans);
+    #: a class-level default, so outcomes pickled before it existed still load.
+    n_clusters: tuple[int, ...] = ()
+    #: The GaussianMixtureIC whose best model ``model`` is (gmm-ic runs only).
+    search: object = None
 
 
 Progress = Callable[[str, Iteration], None]
@@ -116,6 +121,75 @@ def fit_kmeans(X, params: dict, checkpoint: Checkpoint, progress: Progress) -> F
         start.update(init=outcome.model, n_init=1)
     outcome.model = checkpointable(KMeans(**start).fit(X))
     outcome.converged = bool(last["converged"])
+    checkpoint.save("model", outcome)
+    return outcome
+
+
+def fit_dpmeans(X, params: dict, checkpoint: Checkpoint, progress: Progress) -> FitOutcome:
+    """DPMeans fitted once, with a progress line per iteration (pass).
+
+    The checkpoint holds the fitted model; an interrupted fit restarts from
+    its beginning, which gives the same result (DP-means is deterministic).
+    The history is the kept run's (with ``n_clusters``, the λ search tries several).
+    """
+    saved = checkpoint.get("model")
+    if saved is not None:
+        return saved
+    from dask_emk.models.dpmeans import DPMeans
+
+    runs, clock = [], [time.perf_counter()]
+
+    def on_iteration(_model, info):
+        if info["iteration"] == 1:
+            runs.append([])
+        now = time.perf_counter()
+        previous = runs[-1][-1].value if runs[-1] else np.nan
+        value = info["objective"]
+        it = Iteration(info["iteration"], value, value - previous, now - clock[0])
+        clock[0] = now
+        runs[-1].append(it)
+        progress("dpmeans", it)
+
+    model = DPMeans(**params, callback=on_iteration).fit(X)
+    search = model.penalty_search_
+    kept = next(i for i, run in enumerate(search) if run["penalty"] == model.penalty_)
+    outcome = FitOutcome(
+        checkpointable(model), runs[kept], search[kept]["converged"], "objective",
+        tuple(model.n_clusters_history_),
+    )  # fmt: skip
+    checkpoint.save("model", outcome)
+    return outcome
+
+
+def fit_gmm_ic(X, params: dict, checkpoint: Checkpoint, progress: Progress) -> FitOutcome:
+    """GaussianMixtureIC fitted once; the outcome's model is its best GaussianMixture.
+
+    Every candidate reports its iterations (stage ``K/type``); the checkpoint
+    holds the finished search only: an interrupted search restarts from its
+    beginning and gives the same result (the seeds are fixed).
+    """
+    saved = checkpoint.get("model")
+    if saved is not None:
+        return saved
+    from dask_emk.models.ic import GaussianMixtureIC
+
+    clock = {}
+
+    def on_iteration(model, info):
+        stage = f"{model.n_components}/{model.covariance_type}"
+        now = time.perf_counter()
+        seconds, clock[stage] = now - clock.get(stage, now), now
+        progress(stage, Iteration(info["iteration"], info["lower_bound"], info["change"], seconds))
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        search = GaussianMixtureIC(**params, callback=on_iteration).fit(X)
+    best = search.best_estimator_.set_params(callback=None)  # a closure: not picklable
+    bounds = [float(v) for v in best.lower_bounds_]
+    history = [Iteration(i + 1, v, v - bounds[i - 1] if i else np.inf, np.nan)
+               for i, v in enumerate(bounds)]  # fmt: skip
+    outcome = FitOutcome(checkpointable(best), history, bool(best.converged_))
+    outcome.search = checkpointable(search)
     checkpoint.save("model", outcome)
     return outcome
 

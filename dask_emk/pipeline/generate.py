@@ -31,6 +31,7 @@ from dask_emk.pipeline.outputs import (
     building_store,
     check_output,
     claim,
+    store_marker,
 )
 
 
@@ -135,6 +136,9 @@ def _write_mixture(
     """Fill an empty group with ``X``, ``labels`` and the truth, one Dask task per chunk."""
     d = truth.means.shape[1]
     compressors = [BloscCodec(cname="zstd", clevel=3, shuffle="shuffle")]
+    # Every chunk gets its file, also one of only the fill value (labels all
+    # 0, say): a missing file is what the read checks refuse.
+    every_chunk = {"write_empty_chunks": True}
     X = group.create_array(
         "X",
         shape=(n_samples, d),
@@ -142,6 +146,7 @@ def _write_mixture(
         dtype=dtype,
         compressors=compressors,
         dimension_names=export.schema_dims(export.GENERATED, "X"),
+        config=every_chunk,
     )
     labels = group.create_array(
         "labels",
@@ -150,6 +155,7 @@ def _write_mixture(
         dtype="int32",
         compressors=compressors,
         dimension_names=export.schema_dims(export.GENERATED, "labels"),
+        config=every_chunk,
     )
     streams = np.random.SeedSequence(seed).spawn(-(-n_samples // chunk_rows))
     shared_truth = dask.delayed(truth)
@@ -161,7 +167,8 @@ def _write_mixture(
     compute_one(writes)
     for name in ("weights", "means", "covariances"):
         dims = export.schema_dims(export.GENERATED, name)
-        group.create_array(name, data=getattr(truth, name), dimension_names=dims)
+        group.create_array(name, data=getattr(truth, name), dimension_names=dims,
+                           config=every_chunk)  # fmt: skip
     attrs = dict(n_samples=n_samples, n_features=d, n_components=truth.weights.size, seed=seed)
     group.attrs.update(export.schema_attrs(export.GENERATED, **attrs))
 
@@ -182,3 +189,245 @@ def truth_of(group: zarr.Group) -> MixtureTruth:
     return MixtureTruth(
         *(np.asarray(group[name][...]) for name in ("weights", "means", "covariances"))
     )
+
+
+# ------------------------------------------------------------------ gridded
+#: Root attributes that mark a generated gridded store (``generate --grid``).
+GRID_ATTRS = ("land_fraction", "gap_fraction")
+GRID_DIMS = ("time", "lat", "lon")
+#: Sites per regime of the Voronoi cells that make the regions.
+SITES_PER_REGIME = 3
+
+
+def parse_grid(text: str, what: str = "--grid") -> tuple[int, ...]:
+    """``'12x90x180'`` → (12, 90, 180): sizes of time, lat and lon."""
+    try:
+        sizes = tuple(int(part) for part in text.lower().split("x"))
+    except ValueError:
+        sizes = ()
+    if len(sizes) != 3 or min(sizes) < 1:
+        raise ValueError(
+            f"{what} must be TIMExLATxLON with three positive sizes, e.g. 12x90x180; got {text!r}."
+        )
+    return sizes
+
+
+def write_grid_zarr(
+    path: str | os.PathLike,
+    shape: tuple[int, int, int],
+    truth: MixtureTruth,
+    *,
+    chunks: tuple[int, int, int] | None = None,
+    land: float = 0.3,
+    gaps: float = 0.03,
+    dtype: str = "float32",
+    seed: int = 0,
+    overwrite: bool = False,
+) -> Path | str:
+    """Write gridded data with known truth: variables on (time, lat, lon).
+
+    Each ocean point belongs to a regime (a component of ``truth``): regions
+    are the Voronoi cells of a few random sites per regime, drifting east by
+    one cell per time step, so regimes are spatially coherent and move.
+    Its variables ``x0`` … are drawn from that component's Gaussian. A land
+    mask (a smooth random field above its ``1 - land`` quantile) is NaN in
+    every variable, and a fraction ``gaps`` of the other points has one
+    variable NaN. The truth is stored beside the data: ``labels`` (the
+    regime of each point, -1 on land), ``land``, and the regimes' weights
+    (their share of ocean points), means and covariances.
+
+    Parameters
+    ----------
+    path : path (or object-store URL) of the store to create
+    shape : (time, lat, lon) sizes
+    truth : MixtureTruth
+        Means (K, d) and covariances (K, d, d) of the regimes (weights unused).
+    chunks : (time, lat, lon) chunk sizes; default one time step per chunk
+    land, gaps : fractions in [0, 1)
+    dtype, seed, overwrite : as :func:`write_mixture_zarr`
+
+    Returns
+    -------
+    Path (URL) of the finished store.
+    """
+    chunks = chunks or (1, shape[1], shape[2])
+    if not (0 <= land < 1 and 0 <= gaps < 1):
+        raise ValueError(f"land and gaps must be fractions in [0, 1), got {land}, {gaps}.")
+    check = partial(check_output, path, GENERATED, where="path", replace=overwrite,
+                    replace_hint="overwrite=True")  # fmt: skip
+    final = check()
+    with claim(final, GENERATED, where="path"):
+        check()
+        ds = gridded_dataset(shape, truth, chunks=chunks, land=land, gaps=gaps, dtype=dtype,
+                             seed=seed)  # fmt: skip
+        with building_store(final, GENERATED) as store:
+            ds = ds.assign_attrs(store_marker(GENERATED))
+            ds.to_zarr(store, mode="a", consolidated=False, zarr_format=3,
+                       write_empty_chunks=True)  # fmt: skip
+    return final
+
+
+def gridded_dataset(
+    shape, truth: MixtureTruth, *, chunks, land: float, gaps: float, dtype: str, seed: int
+):
+    """The lazy Dataset :func:`write_grid_zarr` writes (the truth's weights computed)."""
+    import dask.array as da
+    import xarray as xr
+
+    T, Y, X = shape
+    K, d = truth.means.shape
+    rng = np.random.default_rng(seed)
+    sites = rng.uniform((0, 0), (Y, X), size=(SITES_PER_REGIME * K, 2))
+    regimes = rng.permutation(np.arange(sites.shape[0]) % K)
+    coast = coastline((Y, X), land, rng)
+    block_chunks = tuple(
+        tuple(min(c, n - i) for i in range(0, n, c)) for c, n in zip(chunks, shape, strict=True)
+    )
+    # Each task gets the few numbers that define the regions and the land, never a mask.
+    where = (sites, regimes, coast, (Y, X), block_chunks)
+    labels = da.map_blocks(_labels_block, *where, chunks=block_chunks, dtype=np.int32,
+                           meta=np.empty((0, 0, 0), np.int32))  # fmt: skip
+    values = da.map_blocks(
+        _values_block, *where, truth, seed, gaps, np.dtype(dtype),
+        chunks=(*block_chunks, (d,)), dtype=dtype,
+        meta=np.empty((0, 0, 0, 0), dtype),
+    )  # fmt: skip
+    counts = compute_one(da.bincount(labels[labels >= 0].ravel(), minlength=K))
+    weights = counts / max(counts.sum(), 1)
+    names = [f"x{i}" for i in range(d)]
+    coords = {
+        "time": np.arange(T),
+        "lat": np.linspace(-80.0, 80.0, Y),
+        "lon": np.arange(X) * (360.0 / X),
+        **export.parameter_coords(K, np.asarray(names, dtype=object)),
+    }
+    coords.pop("iteration")
+    ds = xr.Dataset({name: (GRID_DIMS, values[..., i]) for i, name in enumerate(names)})
+    truth_vars = {
+        "labels": xr.DataArray(labels, dims=GRID_DIMS, attrs={"_FillValue": -1}),
+        "land": is_land(coast, (Y, X), np.arange(Y), np.arange(X)),
+        "weights": weights,
+        "means": truth.means,
+        "covariances": truth.covariances,
+    }
+    ds = ds.merge(export.schema_dataset(export.GRID, truth_vars, coords)).assign_coords(
+        {dim: coords[dim] for dim in GRID_DIMS}
+    )
+    ds.attrs = export.schema_attrs(
+        export.GRID, n_features=d, n_components=K, seed=seed, land_fraction=land,
+        gap_fraction=gaps,
+    )  # fmt: skip
+    return ds
+
+
+def coastline(shape: tuple[int, int], fraction: float, rng: np.random.Generator) -> tuple:
+    """A smooth random land mask covering about ``fraction`` of a (lat, lon) grid:
+    (coarse field, threshold); :func:`is_land` evaluates it anywhere."""
+    coarse = rng.standard_normal((5, 9))
+    if fraction == 0:
+        return coarse, np.inf
+    field = _coarse_field(coarse, shape, np.arange(shape[0]), np.arange(shape[1]))
+    return coarse, float(np.quantile(field, 1 - fraction))
+
+
+def is_land(coast: tuple, shape: tuple[int, int], y: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """(len(y), len(x)) mask of the rows ``y`` and columns ``x`` of the grid."""
+    coarse, threshold = coast
+    return _coarse_field(coarse, shape, y, x) > threshold
+
+
+def _coarse_field(coarse: np.ndarray, shape, y: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """The coarse field interpolated (bilinear) onto grid rows ``y`` and columns ``x``."""
+    from scipy.ndimage import map_coordinates
+
+    (cy, cx), (ny, nx) = coarse.shape, shape
+    where = np.meshgrid(y * (cy - 1) / max(ny - 1, 1), x * (cx - 1) / max(nx - 1, 1), indexing="ij")
+    return map_coordinates(coarse, where, order=1)
+
+
+def _block_regimes(sites, regimes, coast, shape, block_chunks, block_id) -> np.ndarray:
+    """Regime of each point of one (time, lat, lon) block, -1 on land."""
+    starts = [sum(c[:i]) for c, i in zip(block_chunks, block_id, strict=False)]
+    sizes = [c[i] for c, i in zip(block_chunks, block_id, strict=False)]
+    t, y, x = (np.arange(s, s + n) for s, n in zip(starts, sizes, strict=True))
+    X = shape[1]
+    site_y = sites[:, 0]
+    site_x = (sites[None, :, 1] + t[:, None]) % X  # (t, site): one cell east per step
+    dy = y[:, None] - site_y[None, :]  # (y, site)
+    dx = np.abs(x[None, :, None] - site_x[:, None, :])  # (t, x, site), periodic in lon
+    dx = np.minimum(dx, X - dx)
+    dist = dy[None, :, None, :] ** 2 + dx[:, None, :, :] ** 2  # (t, y, x, site)
+    labels = regimes[np.argmin(dist, axis=-1)].astype(np.int32)
+    labels[:, is_land(coast, shape, y, x)] = -1
+    return labels
+
+
+def _labels_block(sites, regimes, coast, shape, block_chunks, block_id=None) -> np.ndarray:
+    return _block_regimes(sites, regimes, coast, shape, block_chunks, block_id)
+
+
+def _values_block(sites, regimes, coast, shape, block_chunks, truth, seed, gaps, dtype,
+                  block_id=None) -> np.ndarray:  # fmt: skip
+    """The variables of one block: each point drawn from its regime; NaN on land and at gaps."""
+    labels = _block_regimes(sites, regimes, coast, shape, block_chunks, block_id)
+    # Its own random stream, from the seed and the block's place in the grid.
+    rng = np.random.default_rng([seed, *block_id[:3]])
+    flat = labels.ravel()
+    ocean = flat >= 0
+    values = np.full((flat.size, truth.means.shape[1]), np.nan)
+    values[ocean] = sample_regimes(truth, flat[ocean], rng)
+    gap_rows = np.flatnonzero(ocean & (rng.random(flat.size) < gaps))
+    values[gap_rows, rng.integers(0, values.shape[1], gap_rows.size)] = np.nan
+    return values.reshape(*labels.shape, -1).astype(dtype)
+
+
+def sample_regimes(truth: MixtureTruth, labels: np.ndarray, rng) -> np.ndarray:
+    """One draw from component ``labels[i]`` of the mixture for each i: (n, d)."""
+    chol = np.linalg.cholesky(truth.covariances)
+    X = rng.standard_normal((labels.size, truth.means.shape[1]))
+    for k in range(truth.means.shape[0]):
+        rows = labels == k
+        X[rows] = X[rows] @ chol[k].T + truth.means[k]
+    return X
+
+
+# ------------------------------------------------------------- photograph
+#: The data variable of a photograph store, (y, x, band).
+PHOTO_VARIABLE = "image"
+#: Image rows per zarr chunk of a photograph store.
+PHOTO_CHUNK_ROWS = 100
+
+
+def write_photo_zarr(
+    path: str | os.PathLike, *, image: str = "china.jpg", clouds: float = 0.05, seed: int = 0,
+    overwrite: bool = False,
+) -> Path | str:  # fmt: skip
+    """Write scikit-learn's sample photograph as ``image`` (y, x, band), float32, with clouds.
+
+    A fraction ``clouds`` of the pixels (drawn with ``seed``) is NaN in every
+    band. scikit-learn ships the image inside the package: no download.
+    """
+    import xarray as xr
+    from sklearn.datasets import load_sample_image
+
+    check = partial(check_output, path, GENERATED, where="input.photo.path", replace=overwrite,
+                    replace_hint="overwrite=True")  # fmt: skip
+    final = check()
+    pixels = load_sample_image(image).astype(np.float32)
+    rng = np.random.default_rng(seed)
+    n_pixels = pixels.shape[0] * pixels.shape[1]
+    cloudy = rng.choice(n_pixels, size=round(clouds * n_pixels), replace=False)
+    pixels.reshape(n_pixels, -1)[cloudy] = np.nan
+    dims = export.schema_dims(export.GRID, PHOTO_VARIABLE)
+    bands = np.array(["red", "green", "blue"], dtype=object)
+    ds = xr.Dataset({PHOTO_VARIABLE: (dims, pixels)}, coords={"band": bands})
+    ds.attrs = export.schema_attrs(export.GRID, image=image, clouds=clouds, seed=seed)
+    encoding = {PHOTO_VARIABLE: {"chunks": (PHOTO_CHUNK_ROWS, *pixels.shape[1:])}}
+    with claim(final, GENERATED, where="input.photo.path"):
+        check()
+        with building_store(final, GENERATED) as store:
+            ds.assign_attrs(store_marker(GENERATED)).to_zarr(
+                store, mode="a", consolidated=False, zarr_format=3, encoding=encoding,
+                write_empty_chunks=True,
+            )  # fmt: skip
+    return final

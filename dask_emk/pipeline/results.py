@@ -49,24 +49,32 @@ from dask_emk.pipeline.outputs import RESULTS, building_store, output_location, 
 ESTIMATOR_HISTORY = ("lower_bound", "inertia")
 
 
-def model_dataset(outcome: FitOutcome) -> xr.Dataset:
+def model_dataset(outcome: FitOutcome, scaler=None) -> xr.Dataset:
     """The final model's ``to_xarray()`` with the pipeline's full history.
 
     Stepping fits one iteration per call, so the estimator's own history
     covers one step; it is replaced by ``history_<objective>``,
     ``history_change`` and ``history_seconds`` along ``iteration`` (NaN
-    seconds for an annealed model, whose Lloyd run is not timed per iteration).
+    seconds for an annealed model, whose Lloyd run is not timed per iteration),
+    and ``history_n_clusters`` for a model that records it (dpmeans).
+    With the ``scaler`` the model was fitted behind (``[preprocess]
+    standardize``), parameters and lower bounds are in the data's units
+    (:meth:`dask_emk.models.preprocess.StandardScaler.original_units`).
     """
-    ds = outcome.model.to_xarray()
+    ds = outcome.model.to_xarray() if scaler is None else scaler.original_units(outcome.model)
     ds = ds.drop_vars([v for v in ESTIMATOR_HISTORY if v in ds.data_vars])
     ds = ds.drop_dims([d for d in ("iteration",) if d in ds.dims])
     hist = outcome.history
+    values = np.array([h.value for h in hist])
+    if scaler is not None and outcome.objective == "lower_bound":
+        values = scaler.original_log_density(values)
     history = export.schema_dataset(
         export.RESULTS,
         {
-            f"history_{outcome.objective}": np.array([h.value for h in hist]),
+            f"history_{outcome.objective}": values,
             "history_change": np.array([h.change for h in hist]),
             "history_seconds": np.array([h.seconds for h in hist]),
+            **({"history_n_clusters": np.array(outcome.n_clusters)} if outcome.n_clusters else {}),
         },
         {"iteration": np.arange(1, len(hist) + 1)},
     )
@@ -79,19 +87,32 @@ def model_dataset(outcome: FitOutcome) -> xr.Dataset:
     return ds
 
 
-def per_sample_dataset(model, X, output: dict) -> xr.Dataset | None:
+def per_sample_dataset(
+    model, X, output: dict, sample_dims: tuple[str, ...] = ("sample",), scaler=None
+) -> xr.Dataset | None:
     """Lazy per-sample outputs the pipeline asks for (None if none).
 
     ``X`` is the lazy xarray input, so each output is a dask-backed
-    DataArray chunked like the input's sample axis.
+    DataArray chunked like the input's sample axis, or on its grid (dims
+    ``sample_dims`` and coordinates) for gridded input. Labels of points
+    that ``nan_policy='omit'`` leaves out are -1, recorded as ``_FillValue``
+    (NaN when read back with xarray). A model fitted behind a ``scaler``
+    sees ``scaler.transform(X)``; its log densities are given in the data's
+    units.
     """
+    Xm = X if scaler is None else scaler.transform(X)
     wanted = {
-        "labels": lambda: model.predict(X).astype(np.int32),
-        "responsibilities": lambda: model.predict_proba(X),
-        "log_density": lambda: model.score_samples(X),
+        "labels": lambda: model.predict(Xm).astype(np.int32),
+        "responsibilities": lambda: model.predict_proba(Xm),
+        "log_density": lambda: _log_density(model, Xm, scaler),
     }
     out = {name: make() for name, make in wanted.items() if output.get(name)}
-    return export.schema_dataset(export.RESULTS, out, {}) if out else None
+    return export.schema_dataset(export.RESULTS, out, {}, sample_dims) if out else None
+
+
+def _log_density(model, X, scaler):
+    density = model.score_samples(X)
+    return density if scaler is None else scaler.original_log_density(density)
 
 
 def truth_dataset(truth) -> xr.Dataset:
@@ -121,16 +142,17 @@ def write_results(
     final = final if is_url(final) else final.absolute()
     with building_store(final, RESULTS) as store:
         root = portable_strings(root).assign_attrs(store_marker(RESULTS))
-        root.to_zarr(store, mode="a", consolidated=False, zarr_format=3)
+        # Every chunk gets its file, also one of only the fill value (an
+        # all-land chunk of labels): a missing file is what the read checks refuse.
+        every_chunk = {"consolidated": False, "write_empty_chunks": True}
+        root.to_zarr(store, mode="a", zarr_format=3, **every_chunk)
         for name, ds in groups.items():
-            portable_strings(ds).to_zarr(
-                store, group=name, mode="w-", consolidated=False, zarr_format=3
-            )
+            portable_strings(ds).to_zarr(store, group=name, mode="w-", zarr_format=3, **every_chunk)
         if per_sample is not None:
             # Appending rewrites the group's attributes: keep the root's.
             per_sample = per_sample.assign_attrs(root.attrs)
             encoding = {name: {"compressors": (_compressor(),)} for name in per_sample.data_vars}
-            per_sample.to_zarr(store, mode="a", consolidated=False, encoding=encoding)
+            per_sample.to_zarr(store, mode="a", encoding=encoding, **every_chunk)
     return final
 
 

@@ -10,10 +10,12 @@ only then is data generated or results written.
 
 from __future__ import annotations
 
+import copy
 import json
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -22,15 +24,18 @@ from dask.diagnostics import ProgressBar
 
 from dask_emk.engine.locations import bucket_of, is_url, normalize_location, storage_options
 from dask_emk.models import export
+from dask_emk.models.preprocess import StandardScaler
 from dask_emk.pipeline import figures
 from dask_emk.pipeline.checkpoint import Checkpoint, checkpoint_path
-from dask_emk.pipeline.compare import truth_table
+from dask_emk.pipeline.compare import fitted_parameters, truth_table
 from dask_emk.pipeline.config import config_key, estimator_params
 from dask_emk.pipeline.fits import (
     FitOutcome,
     anneal_outcome,
     fit_anneal,
+    fit_dpmeans,
     fit_gmm,
+    fit_gmm_ic,
     fit_kmeans,
     format_iteration,
     gmm_init_from_anneal,
@@ -85,7 +90,7 @@ def locations_options(cfg: dict) -> dict[str, dict | None]:
     input and output share one.
     """
     inputs, out = cfg["input"], cfg["output"]
-    source = inputs["store"] or (inputs["generate"] or {}).get("path")
+    source = inputs["store"] or (inputs["generate"] or inputs["photo"] or {}).get("path")
     results = normalize_location(out["results"]).removesuffix(".zarr")
     places = [(source, inputs["storage_options"]), (results, out["storage_options"])]
     options = {}
@@ -99,7 +104,9 @@ def _run_pipeline(cfg, toml_text, resume, echo, verbose, results_name) -> Path |
     out = cfg["output"]
     if out["plots"]:
         figures.require_matplotlib()
-    check_input(cfg["input"])
+    checked = check_input(cfg["input"])
+    if checked is not None:
+        _map_slice(out, checked)
     parse_scheduler(cfg["scheduler"]["address"])
     results, companions = check_outputs(cfg, resume, results_name)
     checkpoint = Checkpoint(results, config_key(cfg), resume, out["checkpoint"])
@@ -111,21 +118,26 @@ def _run_pipeline(cfg, toml_text, resume, echo, verbose, results_name) -> Path |
             echo(f"results: {note}")
         source = open_source(cfg["input"], echo)
         echo(f"input: {source.description}")
+        map_slice = _map_slice(out, source)
         start = time.perf_counter()
-        outcome, anneal = fit_model(cfg, source, checkpoint, echo if verbose else _silent)
+        scaler = fit_scaler(cfg, source, echo)
+        fitted = source if scaler is None else replace(source, X=scaler.transform(source.X))
+        outcome, anneal = fit_model(cfg, fitted, checkpoint, echo if verbose else _silent)
         fit_seconds = time.perf_counter() - start
         echo(_summary(outcome, fit_seconds))
-        groups = _groups(anneal, source)
-        root = _root_dataset(cfg, outcome, source, toml_text, fit_seconds)
-        per_sample = per_sample_dataset(outcome.model, source.X, out)
+        groups = _groups(anneal, source, scaler)
+        root = _root_dataset(cfg, outcome, source, toml_text, fit_seconds, scaler)
+        per_sample = per_sample_dataset(
+            outcome.model, source.X, out, source.data.grid.dims, scaler
+        )
         with _progress_bar(verbose):
             write_results(results, root, groups, per_sample)
         echo(f"results: {results} ({', '.join(['root', *groups])})")
         if out["plots"]:
-            for path in draw_figures(results, outcome, anneal, source):
+            for path in draw_figures(results, outcome, anneal, source, map_slice, scaler):
                 echo(f"plot: {path}")
     if source.truth is not None:
-        lines, _ = truth_table(outcome.model, source.truth)
+        lines, _ = truth_table(outcome.model, source.truth, scaler)
         echo("fitted vs truth:")
         for line in lines:
             echo("  " + line)
@@ -140,10 +152,11 @@ def check_outputs(cfg: dict, resume: bool, results_name: str) -> tuple[Path | st
     (results path, [(checkpoint or plot path, kind), ...] written beside it)
     """
     inputs = [cfg["input"][key] for key in ("store", "csv") if cfg["input"][key] is not None]
-    gen = cfg["input"]["generate"]
-    if gen is not None:
-        check_output(gen["path"], GENERATED, where="input.generate.path")
-        inputs.append(gen["path"])
+    for key in ("generate", "photo"):
+        gen = cfg["input"][key]
+        if gen is not None:
+            check_output(gen["path"], GENERATED, where=f"input.{key}.path")
+            inputs.append(gen["path"])
     out = cfg["output"]
     results = check_output(out["results"], RESULTS, where=results_name, inputs=inputs)
     companions = []
@@ -181,74 +194,166 @@ def fit_model(cfg: dict, source: Source, checkpoint: Checkpoint, echo) -> tuple:
     X, kind = source.X, model_cfg["type"]
 
     def progress(stage, it):
-        echo(format_iteration(stage, "inertia" if stage == "kmeans" else "lower_bound", it))
+        objective = {"kmeans": "inertia", "dpmeans": "objective"}.get(stage, "lower_bound")
+        echo(format_iteration(stage, objective, it))
 
     anneal = None
     if cfg["anneal"] is not None:
-        anneal = fit_anneal(X, cfg["anneal"], checkpoint, verbose=echo is not _silent)
+        params = {**cfg["anneal"], **source.options}
+        anneal = fit_anneal(X, params, checkpoint, verbose=echo is not _silent)
     if kind == "anneal":
         return anneal_outcome(anneal), anneal
-    params = estimator_params(model_cfg)
+    params = {**estimator_params(model_cfg), **source.options}
+    if kind == "dpmeans":
+        return fit_dpmeans(X, params, checkpoint, progress), anneal
+    if kind == "gmm-ic":
+        return fit_gmm_ic(X, params, checkpoint, progress), anneal
     if kind == "kmeans":
         if params["init"] == "anneal":
             params["init"] = np.asarray(anneal.means_, np.float64)
         return fit_kmeans(X, params, checkpoint, progress), anneal
     init = params.pop("init_params")
     if init == "anneal":
-        n = X.sizes["sample"]
+        n = source.data.n_samples
         params.update(gmm_init_from_anneal(anneal, model_cfg["covariance_type"], n))
     else:
         params["init_params"] = "k-means||" if init == "kmeans" else init
     return fit_gmm(X, params, checkpoint, progress), anneal
 
 
+def fit_scaler(cfg: dict, source: Source, echo) -> StandardScaler | None:
+    """The StandardScaler of ``[preprocess] standardize``, fitted in one pass (else None).
+
+    Not checkpointed: refitting it on resume costs one pass and gives the
+    same statistics.
+    """
+    if not cfg["preprocess"]["standardize"]:
+        return None
+    dims = {key: source.options[key] for key in ("feature_dim", "sample_dims")}
+    scaler = StandardScaler(**dims).fit(source.X)
+    stats = zip(scaler.mean_, scaler.scale_, strict=True)
+    scales = ", ".join(f"{m:.4g} ± {s:.4g}" for m, s in stats)
+    echo(f"standardize: mean ± scale per feature: {scales}")
+    return scaler
+
+
+def _map_slice(out: dict, source: Source) -> dict | None:
+    """Where the label map of gridded labels is drawn (checked now, before the fit);
+    None when there is none to draw."""
+    if not (out["plots"] and out["labels"] and source.gridded):
+        return None
+    return figures.label_map_slice(source.data.grid, out["map_slice"])
+
+
 def draw_figures(
-    results: Path | str, outcome: FitOutcome, anneal, source: Source
+    results: Path | str,
+    outcome: FitOutcome,
+    anneal,
+    source: Source,
+    map_slice: dict | None,
+    scaler=None,
 ) -> list[Path | str]:
-    """Convergence curve, annealing path (if any), 2-D clusters (if d == 2)."""
+    """Convergence curve, annealing path (if any), 2-D clusters (if d == 2), the label
+    map of gridded input at ``map_slice`` (and a photograph's quantised image); the
+    clusters in the data's units (labels of the model fitted behind ``scaler``)."""
     paths = figures.figure_paths(results)
-    drawn = [figures.plot_convergence(outcome.history, outcome.objective, paths["convergence"])]
+    drawn = [
+        figures.plot_convergence(
+            outcome.history, outcome.objective, paths["convergence"], outcome.n_clusters
+        )
+    ]
     if anneal is not None:
         drawn.append(figures.plot_anneal_path(anneal.path_, paths["path"]))
-    if source.X.sizes["feature"] == 2:
-        X2 = figures.subsample_rows(source.X)
-        model = outcome.model
-        labels = np.asarray(model.predict(X2))
-        means = getattr(model, "means_", None)
-        means = model.cluster_centers_ if means is None else means
-        names = source.X["feature"].values if "feature" in source.X.coords else ("x0", "x1")
+    if outcome.search is not None:
+        drawn.append(figures.plot_criteria(outcome.search.criteria_, paths["criterion"]))
+    model = outcome.model
+    _, means, covariances = fitted_parameters(model, scaler)
+    if map_slice is not None:
+        labels = figures.read_labels(results)
+        drawn.append(figures.plot_label_map(labels.isel(map_slice), paths["labels"]))
+        if source.photo:
+            drawn.append(figures.save_quantised(labels, means, paths["quantised"]))
+    if source.data.n_features == 2:
+        X2 = figures.subsample_rows(source.data.array)
+        X2 = X2[np.isfinite(X2).all(axis=1)]
+        labels = np.asarray(model.predict(X2 if scaler is None else scaler.transform(X2)))
+        names = source.data.feature_labels
+        names = ("x0", "x1") if names is None else names
         drawn.append(
-            figures.plot_clusters(
-                X2,
-                labels,
-                np.asarray(means, np.float64),
-                figures.full_covariances(model),
-                paths["clusters"],
-                names,
-            )  # fmt: skip
+            figures.plot_clusters(X2, labels, means, covariances, paths["clusters"], names)
         )
     return drawn
 
 
-def _root_dataset(cfg, outcome, source, toml_text, fit_seconds) -> xr.Dataset:
-    root = model_dataset(outcome)
+def _root_dataset(cfg, outcome, source, toml_text, fit_seconds, scaler=None) -> xr.Dataset:
+    root = model_dataset(outcome, scaler)
     root.attrs.update(
         export.schema_attrs(
             export.RESULTS,
-            pipeline_json=json.dumps(cfg, sort_keys=True),
-            pipeline_toml=toml_text or "",
+            pipeline_json=json.dumps(redacted(cfg), sort_keys=True),
+            pipeline_toml=redact_text(toml_text or "", cfg),
             input=source.description,
-            n_samples=int(source.X.sizes["sample"]),
+            n_samples=source.data.n_samples,
             fit_seconds=float(fit_seconds),
         )
     )
     return root
 
 
-def _groups(anneal, source: Source) -> dict[str, xr.Dataset]:
+#: Parts of storage_options keys that name a credential (``key``, ``secret``,
+#: ``token``, ``aws_secret_access_key``, ``password``, ...): redacted in the results.
+SECRET_WORDS = ("key", "secret", "token", "password", "passwd", "credential", "auth",
+                "session", "signature", "private")  # fmt: skip
+REDACTED = "<redacted>"
+
+
+def redacted(cfg: dict) -> dict:
+    """``cfg`` with every credential-like value of a storage_options table replaced."""
+
+    def scrub(value, secret: bool = False):
+        if isinstance(value, dict):
+            return {k: scrub(v, secret or _is_secret(k)) for k, v in value.items()}
+        if isinstance(value, list):
+            return [scrub(v, secret) for v in value]
+        return REDACTED if secret else value
+
+    out = copy.deepcopy(cfg)
+    for section in ("input", "output"):
+        if out[section].get("storage_options"):
+            out[section]["storage_options"] = scrub(out[section]["storage_options"])
+    return out
+
+
+def redact_text(text: str, cfg: dict) -> str:
+    """The pipeline file's text with the values :func:`redacted` hides replaced too."""
+    for value in _secrets(cfg, redacted(cfg)):
+        # The value as a TOML string, basic (escaped as JSON escapes it) or literal:
+        # a short secret is not replaced inside other text.
+        for spelling in (json.dumps(value), f"'{value}'"):
+            text = text.replace(spelling, f'"{REDACTED}"')
+    return text
+
+
+def _secrets(original, scrubbed) -> list[str]:
+    """The string values of ``original`` that ``scrubbed`` replaced."""
+    if isinstance(original, dict):
+        return [s for k in original for s in _secrets(original[k], scrubbed[k])]
+    if isinstance(original, list):
+        return [s for o, r in zip(original, scrubbed, strict=True) for s in _secrets(o, r)]
+    secret = scrubbed == REDACTED and isinstance(original, str) and original != REDACTED
+    return [original] if secret and original else []
+
+
+def _is_secret(key: str) -> bool:
+    key = key.lower()
+    return any(word in key for word in SECRET_WORDS)
+
+
+def _groups(anneal, source: Source, scaler=None) -> dict[str, xr.Dataset]:
     groups = {}
     if anneal is not None:
-        groups["anneal"] = anneal.to_xarray()
+        # Its path stays in the standardised units the annealing ran in.
+        groups["anneal"] = anneal.to_xarray() if scaler is None else scaler.original_units(anneal)
         groups["anneal_path"] = anneal.path_
     if source.truth is not None:
         groups["truth"] = truth_dataset(source.truth)

@@ -29,6 +29,10 @@ GROUPS = ("anneal", "anneal_path", "truth")
 SHOWN = {"weights": ("cluster_weights",), "means": ("centers", "cluster_centers"), "sizes": ()}
 
 
+#: The per-sample outputs a results store may hold.
+PER_SAMPLE = ("labels", "responsibilities", "log_density")
+
+
 def summary(results: str | os.PathLike) -> list[str]:
     """Lines describing a results store (path or URL): model, convergence, parameters, outputs."""
     results = normalize_location(results)
@@ -41,14 +45,15 @@ def summary(results: str | os.PathLike) -> list[str]:
         f"iterations: {attrs.get('n_iter', '?')}, converged: {attrs.get('converged', '?')}, "
         f"fit {attrs.get('fit_seconds', float('nan')):.1f} s",
     ]
-    for name in ("history_lower_bound", "history_inertia"):
+    for name in ("history_lower_bound", "history_inertia", "history_objective"):
         if name not in ds:
             continue
         values = ds[name].values
         if values.size:
             lines.append(f"{name[8:]}: first {values[0]:.8g}, last {values[-1]:.8g}")
     lines.extend(parameter_lines(ds))
-    per_sample = [v for v in ds.data_vars if "sample" in ds[v].dims]
+    # Per-sample outputs lie along `sample`, or on the grid of xarray input.
+    per_sample = [f"{v} {dict(ds[v].sizes)}" for v in PER_SAMPLE if v in ds.data_vars]
     lines.append(f"per-sample outputs: {', '.join(per_sample) or 'none'}")
     groups = [g for g in GROUPS if location_exists(f"{results}/{g}/zarr.json")]
     lines.append(f"groups: {', '.join(groups) or 'none'}")

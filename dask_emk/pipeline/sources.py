@@ -1,9 +1,13 @@
-"""Pipeline inputs: a zarr store array, a small CSV file, or a generated mixture.
+"""Pipeline inputs: a zarr store array, an xarray store, a small CSV file, a
+generated mixture (flat or on a grid) or scikit-learn's sample photograph.
 
-Every input becomes a lazy ``xarray.DataArray`` with dims (sample, feature),
-chunked along samples only, plus the generator's true parameters when the
-store holds them. Checks are metadata-only and raise
-:class:`dask_emk.pipeline.config.PipelineError` naming the fix.
+A 2-D input becomes a lazy ``xarray.DataArray`` with dims (sample, feature),
+chunked along samples only; an xarray store (``input.variables``,
+``feature_dim`` or ``sample_dims``, a store from ``generate --grid`` or
+``[input.photo]``) is opened lazily with ``xarray.open_zarr`` and fitted as
+it is, so per-sample outputs come back on its grid. The generator's true
+parameters come along when the store holds them. Checks are metadata-only
+and raise :class:`dask_emk.pipeline.config.PipelineError` naming the fix.
 """
 
 from __future__ import annotations
@@ -17,14 +21,20 @@ import numpy as np
 import xarray as xr
 import zarr
 
-from dask_emk.engine.inputs import as_input
-from dask_emk.engine.locations import is_url, normalize_location, open_node
-from dask_emk.pipeline.config import PipelineError, not_utf8
+from dask_emk.engine.inputs import InputData, as_input
+from dask_emk.engine.locations import is_url, normalize_location, open_node, open_store
+from dask_emk.engine.storage import checked_xarray, read_zarr
+from dask_emk.pipeline.config import XARRAY_KEYS, PipelineError, not_utf8
 from dask_emk.pipeline.generate import (
+    GRID_ATTRS,
+    PHOTO_VARIABLE,
     MixtureTruth,
+    parse_grid,
     random_mixture,
     truth_of,
+    write_grid_zarr,
     write_mixture_zarr,
+    write_photo_zarr,
 )
 from dask_emk.pipeline.outputs import GENERATED, claim, written_by_dask_emk
 
@@ -37,56 +47,151 @@ class Source:
 
     Attributes
     ----------
-    X : xarray.DataArray (sample, feature), dask-backed
+    X : xarray.DataArray (sample, feature), or an xarray Dataset or N-D
+        DataArray (gridded), dask-backed: what the estimators fit
     truth : MixtureTruth or None
     description : str
+    data : InputData
+        ``X`` as the estimators see it (rows, feature labels, grid).
+    options : dict
+        The estimator parameters that read ``X`` (:func:`estimator_options`).
+    photo : bool
+        The input is a colour image (y, x, band): its quantised image is drawn.
     """
 
-    X: xr.DataArray
+    X: xr.DataArray | xr.Dataset
     truth: MixtureTruth | None
     description: str
+    data: InputData
+    options: dict
+    photo: bool = False
+
+    @property
+    def gridded(self) -> bool:
+        """Per-sample outputs lie on a grid of sample dims, not along ``sample``."""
+        return self.data.grid is not None and self.data.grid.dims != ("sample",)
 
 
-def check_input(cfg: dict) -> None:
-    """Fail early (before a scheduler starts or anything is written) on bad input."""
+def check_input(cfg: dict) -> Source | None:
+    """Fail early (before a scheduler starts or anything is written) on bad input.
+
+    Returns the opened input store (lazily), None for input made by the run.
+    """
     if cfg["store"] is not None:
-        open_source(cfg)
-    elif cfg["csv"] is not None:
+        return open_source(cfg)
+    if cfg["csv"] is not None:
         read_csv(cfg["csv"], cfg["columns"])
+    return None
+
+
+def estimator_options(cfg: dict) -> dict:
+    """The estimator parameters [input] sets: nan_policy, feature_dim, sample_dims."""
+    return {key: cfg[key] for key in ("nan_policy", "feature_dim", "sample_dims")}
 
 
 def open_source(cfg: dict, echo=print) -> Source:
     """The pipeline's input as a :class:`Source`; generates the data if asked to."""
+    if cfg["photo"] is not None:
+        store = ensure_photo(cfg["photo"], echo)
+        return _xarray_source(store, dict(cfg, variables=[PHOTO_VARIABLE], feature_dim="band"),
+                              photo=True)  # fmt: skip
     if cfg["generate"] is not None:
         store, array = ensure_generated(cfg["generate"], echo), "X"
+        if cfg["generate"]["grid"]:
+            return _xarray_source(store, cfg)
     elif cfg["csv"] is not None:
         values, names = read_csv(cfg["csv"], cfg["columns"])
         X = xr.DataArray(da.from_array(values, chunks=(-1, -1)), dims=("sample", "feature"))
         X = X.assign_coords(feature=np.asarray(names, dtype=str))
-        return Source(X, None, f"{cfg['csv']} ({values.shape[0]} rows, columns {names})")
+        description = f"{cfg['csv']} ({values.shape[0]} rows, columns {names})"
+        return Source(X, None, description, _as_input(X, cfg, cfg["csv"]), estimator_options(cfg))
     else:
         store, array = cfg["store"], cfg["array"]
+        if array is None and _is_xarray_store(store, cfg):
+            return _xarray_source(store, cfg)
     arr = open_array(store, array)
+    _as_input(arr, cfg, f"input {store}/{arr.path}")
+    X = xr.DataArray(read_zarr(arr, cfg["missing_chunks"]), dims=("sample", "feature"))
+    description = f"{store}/{arr.path} {arr.shape} {arr.dtype}, chunks {arr.chunks}"
+    data = _as_input(X, cfg, f"input {store}")
+    return Source(X, store_truth(store), description, data, estimator_options(cfg))
+
+
+def _as_input(X, cfg: dict, name: str) -> InputData:
+    """``X`` as the estimators will see it (metadata checks only), or a PipelineError."""
     try:
-        as_input(arr, name=f"input {store}/{arr.path}")
+        return as_input(X, name=name, **estimator_options(cfg))
     except ValueError as exc:
         raise PipelineError(str(exc)) from None
-    X = xr.DataArray(da.from_zarr(arr), dims=("sample", "feature"))
-    description = f"{store}/{arr.path} {arr.shape} {arr.dtype}, chunks {arr.chunks}"
-    return Source(X, store_truth(store), description)
 
 
-def open_array(store: str, array: str | None) -> zarr.Array:
-    """The input array of a zarr store (local path or URL), with errors that name the fix."""
+def _is_xarray_store(store: str, cfg: dict) -> bool:
+    """An xarray store: named as one by [input] keys, or a gridded store of ``generate``."""
+    if any(cfg[key] is not None for key in XARRAY_KEYS):
+        return True
+    return _is_generated_grid(_open_node(store))
+
+
+def _is_generated_grid(node) -> bool:
+    return isinstance(node, zarr.Group) and all(key in node.attrs for key in GRID_ATTRS)
+
+
+def _xarray_source(store: str, cfg: dict, photo: bool = False) -> Source:
+    """An xarray store, opened lazily with checked reads, as the estimators will fit it.
+
+    ``input.variables`` picks data variables (default all); with
+    ``feature_dim`` they must be one, fitted as an N-D DataArray.
+    """
+    node = _open_node(store)  # a missing store or an unreachable bucket: one clear line
+    try:
+        ds = xr.open_zarr(open_store(store), consolidated=False, chunks={})
+    except Exception as exc:  # xarray and zarr raise several types for what it cannot read
+        raise PipelineError(
+            f"input store {store!r} is not an xarray store ({type(exc).__name__}: {exc}); "
+            "write it with xarray's to_zarr, or name a 2-D array with input.array."
+        ) from None
+    names = list(map(str, ds.data_vars))
+    if _is_generated_grid(node):  # its variables, in order, without the truth
+        names = [str(name) for name in ds["feature"].values]
+    chosen = cfg["variables"] or names
+    unknown = [v for v in chosen if v not in names]
+    if unknown:
+        raise PipelineError(
+            f"input.variables {unknown} are not data variables of {store!r}, which holds "
+            f"{names}; fix input.variables."
+        )
+    if cfg["feature_dim"] is not None and len(chosen) != 1:
+        raise PipelineError(
+            f"input.feature_dim applies to one variable (an N-D array), but {store!r} "
+            f"gives {chosen}; name one with input.variables = [{chosen[0]!r}], or drop "
+            "input.feature_dim to fit the variables as features."
+        )
+    X = checked_xarray(ds[chosen], cfg["missing_chunks"])
+    if cfg["feature_dim"] is not None:
+        X = X[chosen[0]]
+    data = _as_input(X, cfg, f"input {store}")
+    grid = data.grid
+    shape = ", ".join(f"{d}: {n}" for d, n in zip(grid.dims, grid.shape, strict=True))
+    features = ", ".join(map(str, data.feature_labels)) if data.feature_labels is not None else ""
+    description = f"{store} ({shape}) × {data.n_features} features [{features}]"
+    return Source(X, store_truth(store), description, data, estimator_options(cfg), photo)
+
+
+def _open_node(store: str):
     if not is_url(store) and not os.path.exists(normalize_location(store)):
         raise PipelineError(
             f"input store {store!r} does not exist; check input.store (or create one "
             f"with `dask-emk generate {store} --n ... --d ... --k ...`)."
         )
     try:
-        node = open_node(store)
+        return open_node(store)
     except ValueError as exc:
         raise PipelineError(f"input: {exc}") from None
+
+
+def open_array(store: str, array: str | None) -> zarr.Array:
+    """The input array of a zarr store (local path or URL), with errors that name the fix."""
+    node = _open_node(store)
     prefix = ""
     if array is not None:
         if isinstance(node, zarr.Array):
@@ -111,7 +216,10 @@ def open_array(store: str, array: str | None) -> zarr.Array:
     if not paths:
         raise PipelineError(f"store {where!r} holds no arrays; pass the store that holds the data.")
     paths = [prefix + p for p in paths]
-    raise PipelineError(f"store {where!r} holds several arrays, {paths}; {_name_one(store, paths)}")
+    raise PipelineError(
+        f"store {where!r} holds several arrays, {paths}; {_name_one(store, paths)} For an "
+        "xarray Dataset, name its variables instead (input.variables = [...])."
+    )
 
 
 def _array_paths(group: zarr.Group) -> list[str]:
@@ -139,7 +247,7 @@ def store_truth(store: str) -> MixtureTruth | None:
 
 
 def ensure_generated(gen: dict, echo=print) -> str:
-    """Write the generated mixture store unless an identical one exists; its path.
+    """Write the generated store (rows, or a grid) unless an identical one exists; its path.
 
     A different store at the path is replaced only if ``generate`` wrote it
     (:mod:`dask_emk.pipeline.outputs`); the path is locked while it is checked and written.
@@ -152,12 +260,43 @@ def ensure_generated(gen: dict, echo=print) -> str:
             echo(f"input: reusing generated {path}")
             return path
         start = time.perf_counter()
-        write_mixture_zarr(
-            path, gen["n"], _generated_truth(gen), chunk_rows=gen["chunk_rows"],
-            dtype=gen["dtype"], seed=gen["seed"], overwrite=True,
-        )  # fmt: skip
-    echo(f"input: generated {gen['n']:,} rows to {path} in {time.perf_counter() - start:.1f} s")
+        if gen["grid"]:
+            write_grid_zarr(
+                path, parse_grid(gen["grid"]), _generated_truth(gen),
+                chunks=parse_grid(gen["grid_chunks"]) if gen["grid_chunks"] else None,
+                land=gen["land"], gaps=gen["gaps"], dtype=gen["dtype"], seed=gen["seed"],
+                overwrite=True,
+            )  # fmt: skip
+            size = f"a {gen['grid']} grid"
+        else:
+            write_mixture_zarr(
+                path, gen["n"], _generated_truth(gen), chunk_rows=gen["chunk_rows"],
+                dtype=gen["dtype"], seed=gen["seed"], overwrite=True,
+            )  # fmt: skip
+            size = f"{gen['n']:,} rows"
+    echo(f"input: generated {size} to {path} in {time.perf_counter() - start:.1f} s")
     return path
+
+
+def ensure_photo(photo: dict, echo=print) -> str:
+    """Write the photograph store of ``[input.photo]`` unless an identical one exists; its path."""
+    path = photo["path"]
+    settings = {key: photo[key] for key in ("image", "clouds", "seed")}
+    with claim(path, GENERATED, where="input.photo.path") as notes:
+        for note in notes:
+            echo(f"input: {note}")
+        if written_by_dask_emk(path, GENERATED) and _stored_attrs(path, settings) == settings:
+            echo(f"input: reusing {path}")
+            return path
+        write_photo_zarr(path, **settings, overwrite=True)
+    echo(f"input: wrote {photo['image']} with {photo['clouds']:.0%} clouds to {path}")
+    return path
+
+
+def _stored_attrs(path: str, wanted: dict) -> dict:
+    """The root attributes of the store at ``path`` named in ``wanted``."""
+    attrs = dict(open_node(path).attrs)
+    return {key: attrs.get(key) for key in wanted}
 
 
 def _generated_truth(gen: dict) -> MixtureTruth:
@@ -170,19 +309,32 @@ def _generated_matches(path: str, gen: dict) -> bool:
         return False
     try:
         group = open_node(path)
-        X, attrs, stored = group["X"], dict(group.attrs), truth_of(group)
+        data = group["x0"] if gen["grid"] else group["X"]
+        attrs, stored = dict(group.attrs), truth_of(group)
     except Exception:  # arrays missing or unreadable: regenerate
         return False
     truth = _generated_truth(gen)
+    if gen["grid"]:
+        shape = parse_grid(gen["grid"])
+        chunks = parse_grid(gen["grid_chunks"]) if gen["grid_chunks"] else (1, *shape[1:])
+        layout = (
+            data.shape == shape
+            and data.chunks == chunks
+            and attrs.get("land_fraction") == gen["land"]
+            and attrs.get("gap_fraction") == gen["gaps"]
+        )
+    else:
+        layout = attrs.get("n_samples") == gen["n"] and data.chunks[0] == gen["chunk_rows"]
     return (
-        attrs.get("n_samples") == gen["n"]
+        layout
         and attrs.get("seed") == gen["seed"]
-        and X.chunks[0] == gen["chunk_rows"]
-        and str(X.dtype) == gen["dtype"]
+        and str(data.dtype) == gen["dtype"]
         # The truth follows from d, k, separation and seed: compare it, not settings.
         and all(
-            np.array_equal(getattr(stored, name), getattr(truth, name)) for name in TRUTH_ARRAYS
+            np.array_equal(getattr(stored, name), getattr(truth, name))
+            for name in ("means", "covariances")
         )
+        and (gen["grid"] or np.array_equal(stored.weights, truth.weights))
     )
 
 
