@@ -23,10 +23,18 @@ class StatsLayout:
     shapes: dict
 
     @classmethod
-    def mixture(cls, n_components: int, n_features: int, covariance_type: str) -> StatsLayout:
+    def mixture(
+        cls, n_components: int, n_features: int, covariance_type: str, marginal: bool = False
+    ) -> StatsLayout:
+        """E-step statistics; with ``marginal`` (gaps marginalised) non-matrix
+        types also carry ``Nf`` (K, d), the mass over each feature's observed entries."""
         K, d = n_components, n_features
-        q_shape = COVARIANCE_TYPES[covariance_type].moment_shape(K, d)
-        return cls({"n": (), "loglik": (), "nonfinite": (), "N": (K,), "S": (K, d), "Q": q_shape})
+        ctype = COVARIANCE_TYPES[covariance_type]
+        shapes = {"n": (), "loglik": (), "nonfinite": (), "N": (K,), "S": (K, d)}
+        shapes["Q"] = ctype.moment_shape(K, d)
+        if marginal and ctype.block != "matrix":
+            shapes["Nf"] = (K, d)
+        return cls(shapes)
 
     @property
     def size(self) -> int:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from dask_emk.core.covariance import COVARIANCE_TYPES
+from dask_emk.core.marginal import masked_estimate
 
 DEGENERATE_MESSAGE = (
     "Fitting the mixture model failed because some components have ill-defined "
@@ -52,7 +53,8 @@ def m_step(
     ----------
     stats : dict
         Summed statistics (``N`` (K,), ``S`` (K, d), ``Q``), see
-        :func:`dask_emk.core.mixture.moment_stats`.
+        :func:`dask_emk.core.mixture.moment_stats`; with gaps also ``Nf``
+        (K, d) (:func:`dask_emk.core.marginal.estep_stats`).
     centers : ndarray of shape (K, d)
         The reference c_k each component's moments were taken about.
     covariance_type : str
@@ -70,16 +72,22 @@ def m_step(
     """
     ctype = COVARIANCE_TYPES[covariance_type]
     N, S = stats["N"], stats["S"]
-    means, delta, nk = weighted_means(centers, N, S, eps)
-    weights = nk / nk.sum()
+    # With gaps (nan_policy='marginalize') diagonal and scalar blocks take
+    # per-feature masses: each feature's mean over its observed entries.
+    masses = stats.get("Nf")
+    means, delta, nk = weighted_means(centers, N if masses is None else masses, S, eps)
+    weights = (N + eps) / (N + eps).sum()
     if variance is not None:  # a fixed σ² ('shared'): nothing to estimate or check
         cov = np.asarray(float(variance))
     else:
-        cov = ctype.estimate(N, S, stats["Q"], delta, nk)
+        if masses is None:
+            cov = ctype.estimate(N, S, stats["Q"], delta, nk)
+        else:
+            cov = masked_estimate(covariance_type, masses, S, stats["Q"], delta, nk)
         _warn_if_floored(ctype.smallest_variance(cov), None if ctype.pooled else weights, reg_covar)
         cov += reg_covar * ctype.identity(S.shape[1])
-        if ctype.block != "matrix":
-            _check_above_roundoff(cov, weights, means, reg_covar)
+    if variance is None and ctype.block != "matrix":
+        _check_above_roundoff(cov, weights, means, reg_covar)
     return GaussianState(weights, means, cov, precision_cholesky(cov, covariance_type, reg_covar))
 
 
@@ -94,8 +102,8 @@ def weighted_means(centers: np.ndarray, N: np.ndarray, S: np.ndarray, eps: float
     ----------
     centers : ndarray of shape (K, d) or (d,)
         The reference points c_k.
-    N : ndarray of shape (K,)
-        Σ w r per component.
+    N : ndarray of shape (K,) or (K, d)
+        Σ w r per component (or per component and feature, with gaps).
     S : ndarray of shape (K, d)
         Σ w r (x − c_k) per component.
     eps : float
@@ -107,7 +115,7 @@ def weighted_means(centers: np.ndarray, N: np.ndarray, S: np.ndarray, eps: float
     nk : ndarray of shape (K,), N + eps
     """
     nk = N + eps
-    delta = S / nk[:, None]
+    delta = S / (nk[:, None] if nk.ndim == 1 else nk)
     return centers + delta, delta, nk
 
 

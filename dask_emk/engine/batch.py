@@ -28,6 +28,7 @@ from typing import Any
 import dask.array as da
 import numpy as np
 
+from dask_emk.core.blocks import without_nan_rows
 from dask_emk.core.layout import StatsLayout
 from dask_emk.engine import reduction
 
@@ -42,13 +43,17 @@ class Pass:
     ``block_fn(x, w, *args)`` returns the model's packed (1, layout.size)
     row of one block; ``combine`` merges stacked rows (default: adds them),
     as in :func:`dask_emk.engine.reduction.reduce_pass`. The answer is the
-    unpacked dict of the statistics summed over all blocks.
+    unpacked dict of the statistics summed over all blocks. With
+    ``complete_rows`` ``block_fn`` sees only the block's rows without NaN
+    (seeding draws complete rows under ``nan_policy='marginalize'``, where
+    the other requests see the gaps; under 'omit' every request sees only those).
     """
 
     layout: StatsLayout
     block_fn: Callable[..., np.ndarray]
     args: tuple
     combine: Callable[[np.ndarray], np.ndarray] | None = None
+    complete_rows: bool = False
 
 
 @dataclass(frozen=True)
@@ -84,10 +89,17 @@ def split_stats(stats: dict, n_models: int) -> list[dict]:
 def batch_block(X, weight, members: tuple) -> np.ndarray:
     """Packed row of a batch for one block: each model's row, concatenated.
 
-    ``members`` holds ``(block_fn, args, nonfinite_column)`` per model.
+    ``members`` holds ``(block_fn, args, nonfinite_column, complete_rows)``
+    per model; the rows without NaN are taken once for all members that ask.
+    A row holding ±inf is kept there too, so every member counts the same
+    ``nonfinite`` rows.
     """
-    rows = [np.asarray(fn(X, weight, *args), dtype=np.float64).reshape(-1)
-            for fn, args, _ in members]  # fmt: skip
+    complete, rows = None, []
+    for fn, args, _, complete_rows in members:
+        if complete_rows and complete is None:
+            complete = without_nan_rows(X, weight)
+        x, w = complete if complete_rows else (X, weight)
+        rows.append(np.asarray(fn(x, w, *args), dtype=np.float64).reshape(-1))
     nonfinite = rows[0][members[0][2]]
     return np.concatenate([[nonfinite], *rows])[None, :]
 
@@ -101,12 +113,19 @@ def combine_batch(rows: np.ndarray, slices: tuple, combines: tuple) -> np.ndarra
     return np.concatenate(parts, axis=1)
 
 
-def batch_pass(X, weight, requests: list[Pass], split_every=None, omit_nan=False) -> list[dict]:
-    """One pass over the data (one compute) answering every request; raises on NaN/inf rows."""
+def batch_pass(
+    X, weight, requests: list[Pass], split_every=None, omit_nan=False, marginal=False
+) -> list[dict]:
+    """One pass over the data (one compute) answering every request; raises on NaN/inf rows.
+
+    ``omit_nan`` and ``marginal`` as in :func:`dask_emk.engine.reduction.run_pass`.
+    """
     layouts = [r.layout for r in requests]
     layout = concatenate_layouts(layouts)
+    # Under omit_nan the pass itself leaves the rows holding NaN out.
     members = tuple(
-        (r.block_fn, r.args, _column(r.layout, "nonfinite")) for r in requests
+        (r.block_fn, r.args, _column(r.layout, "nonfinite"), r.complete_rows and not omit_nan)
+        for r in requests
     )
     combine = None
     if any(r.combine is not None for r in requests):
@@ -115,7 +134,7 @@ def batch_pass(X, weight, requests: list[Pass], split_every=None, omit_nan=False
         combine = partial(combine_batch, slices=slices, combines=tuple(r.combine for r in requests))
     stats = reduction.run_pass(
         X, weight, layout, batch_block, members, split_every=split_every, combine=combine,
-        omit_nan=omit_nan,
+        omit_nan=omit_nan, marginal=marginal,
     )  # fmt: skip
     return split_stats(stats, len(requests))
 
@@ -150,6 +169,9 @@ class Batch:
     weight : ndarray or dask array of shape (n,), or None
     split_every : int, optional
     omit_nan : bool
+        Rows holding NaN take part in no pass (``nan_policy='omit'``).
+    marginal : bool
+        NaN entries are gaps the kernels marginalise (``nan_policy='marginalize'``).
 
     Attributes
     ----------
@@ -158,9 +180,9 @@ class Batch:
         batch; a fit may read it while it reports progress.
     """
 
-    def __init__(self, X, weight=None, split_every=None, omit_nan=False):
+    def __init__(self, X, weight=None, split_every=None, omit_nan=False, marginal=False):
         self.X, self.weight = X, weight
-        self.split_every, self.omit_nan = split_every, omit_nan
+        self.split_every, self.omit_nan, self.marginal = split_every, omit_nan, marginal
         self.running: tuple[int, ...] = ()
 
     def run(self, fits: list[Steps]) -> list:
@@ -208,7 +230,9 @@ class Batch:
                             for i, end in zip(rows, ends, strict=True)})  # fmt: skip
         if passes:
             requests = [request for _, some in passes for request in some]
-            stats = iter(batch_pass(self.X, self.weight, requests, self.split_every, self.omit_nan))
+            stats = iter(batch_pass(
+                self.X, self.weight, requests, self.split_every, self.omit_nan, self.marginal
+            ))  # fmt: skip
             for i, some in passes:
                 got = [next(stats) for _ in some]
                 answers[i] = got if isinstance(pending[i], list) else got[0]

@@ -41,7 +41,7 @@ from dask_emk.engine.storage import (
 
 #: Values of the estimators' ``nan_policy`` (after scipy's): 'raise' on NaN,
 #: 'omit' rows holding NaN from every statistic (NaN outputs there);
-#: 'marginalize' is reserved.
+#: 'marginalize' uses the features each row has.
 NAN_POLICIES = ("raise", "omit", "marginalize")
 
 
@@ -177,6 +177,11 @@ class InputData:
         """Rows holding NaN take no part in any statistic (``nan_policy='omit'``)."""
         return self.nan_policy == "omit"
 
+    @property
+    def marginal(self) -> bool:
+        """NaN entries are missing features, marginalised (``nan_policy='marginalize'``)."""
+        return self.nan_policy == "marginalize"
+
     def wrap_rows(self, values, extra_dim: str | None = None):
         """Give per-sample results back in the input's kind.
 
@@ -197,7 +202,7 @@ class InputData:
         if self.grid is None:
             return values
         integer = np.dtype(values.dtype).kind in "iu"
-        attrs = {"_FillValue": LABEL_FILL} if integer and self.omit_nan else {}
+        attrs = {"_FillValue": LABEL_FILL} if integer and self.nan_policy != "raise" else {}
         return self.grid.from_rows(values, extra_dim, attrs)
 
 
@@ -228,7 +233,9 @@ def as_input(
     ----------
     nan_policy : {'raise', 'omit', 'marginalize'}
         'raise': NaN is an error; 'omit': rows holding NaN take no part in
-        any statistic (checked in the passes, lazily); ±inf is always an error.
+        any statistic (checked in the passes, lazily); 'marginalize': NaN
+        entries are missing features, marginalised by the kernels
+        (:mod:`dask_emk.core.marginal`); ±inf is always an error.
     feature_dim : str, optional
     sample_dims : str or sequence of str, optional
 
@@ -243,12 +250,7 @@ def as_input(
     if isinstance(X, InputData):
         return X
     sample_dims = check_input_options(nan_policy, feature_dim, sample_dims)
-    if nan_policy == "marginalize":
-        raise ValueError(
-            "nan_policy='marginalize' is reserved; not yet implemented. Use "
-            "nan_policy='omit' to leave out the rows that hold NaN."
-        )
-    data = _convert(X, name, nan_policy == "omit", feature_dim, sample_dims)
+    data = _convert(X, name, nan_policy != "raise", feature_dim, sample_dims)
     data.nan_policy = nan_policy
     return data
 
@@ -545,8 +547,8 @@ def _as_float_numpy(X, name: str, allow_nan: bool = False) -> np.ndarray:
         )
     if np.isinf(X).any():
         raise ValueError(
-            f"{name} contains infinity; nan_policy='omit' leaves out rows holding NaN only: "
-            "remove or clip the infinite values."
+            f"{name} contains infinity; nan_policy='omit' and 'marginalize' take NaN as "
+            "missing, never infinity: remove or clip the infinite values."
         )
     return X
 

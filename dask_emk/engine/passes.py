@@ -13,7 +13,7 @@ from functools import partial
 
 import numpy as np
 
-from dask_emk.core import assign, hartigan, seeding
+from dask_emk.core import assign, hartigan, marginal, seeding
 from dask_emk.core.assign import merge_top
 from dask_emk.core.layout import StatsLayout
 from dask_emk.engine import reduction
@@ -53,30 +53,41 @@ def merge_packed(rows: np.ndarray, layout: StatsLayout, tops: tuple) -> np.ndarr
     return layout.pack(out)
 
 
-def assign_layout(n_clusters: int, n_features: int, n_far: int, moments: bool) -> StatsLayout:
-    """Packed layout of :func:`dask_emk.core.assign.assign_stats`."""
+def assign_layout(
+    n_clusters: int, n_features: int, n_far: int, moments: bool, gaps: bool = False
+) -> StatsLayout:
+    """Packed layout of :func:`dask_emk.core.assign.assign_stats` (with ``gaps``,
+    of :func:`dask_emk.core.marginal.assign_stats`)."""
     K, d, m = n_clusters, n_features, n_far
     shapes = {"nonfinite": (), "count": (), "inertia": (), "N": (K,), "S": (K, d)}
+    if gaps:
+        shapes["Nf"] = (K, d)
     if moments:
-        shapes.update(ysum=(d,), ysq=(d,))
+        shapes.update(ysum=(d,), ysq=(d,), **({"obs": (d,)} if gaps else {}))
     shapes.update(far_dist=(m,), far_label=(m,), far_weight=(m,), far_x=(m, d))
     return StatsLayout(shapes)
 
 
-def assign_block(X, weight, centers, origin, n_far, moments, layout) -> np.ndarray:
+def assign_block(X, weight, centers, origin, n_far, moments, layout, gaps=False) -> np.ndarray:
     """Packed Lloyd statistics of one block (the engine's block function)."""
-    return layout.pack(assign.assign_stats(X, weight, centers, origin, n_far, moments))
+    kernel = marginal.assign_stats if gaps else assign.assign_stats
+    return layout.pack(kernel(X, weight, centers, origin, n_far, moments))
 
 
-def assign_request(centers, origin, n_far=0, moments=False) -> Pass:
-    """The request of a Lloyd pass at ``centers`` (arguments as :func:`assign_pass`)."""
-    layout = assign_layout(centers.shape[0], centers.shape[1], n_far, moments)
+def assign_request(
+    centers, origin, n_far=0, moments=False, gaps=False, complete_rows=False
+) -> Pass:
+    """The request of a Lloyd pass at ``centers`` (arguments as :func:`assign_pass`;
+    ``complete_rows`` as :class:`dask_emk.engine.batch.Pass`)."""
+    layout = assign_layout(centers.shape[0], centers.shape[1], n_far, moments, gaps)
     combine = partial(merge_packed, layout=layout, tops=FAR_LIST)
-    return Pass(layout, assign_block, (centers, origin, n_far, moments, layout), combine)
+    args = (centers, origin, n_far, moments, layout, gaps)
+    return Pass(layout, assign_block, args, combine, complete_rows)
 
 
 def assign_pass(
-    X, weight, centers, origin, n_far=0, moments=False, split_every=None, omit_nan=False
+    X, weight, centers, origin, n_far=0, moments=False, split_every=None, omit_nan=False,
+    gaps=False,
 ) -> dict:
     """One pass: summed Lloyd statistics with merged farthest rows (one compute).
 
@@ -90,19 +101,22 @@ def assign_pass(
     moments : bool
     omit_nan : bool
         Leave out rows holding NaN (``nan_policy='omit'``).
+    gaps : bool
+        NaN entries are missing coordinates (``nan_policy='marginalize'``).
 
     Returns
     -------
     dict, see :func:`dask_emk.core.assign.assign_stats`; raises ValueError when
     the data holds NaN or infinity.
     """
-    return _run(X, weight, assign_request(centers, origin, n_far, moments), split_every, omit_nan)
+    request = assign_request(centers, origin, n_far, moments, gaps)
+    return _run(X, weight, request, split_every, omit_nan, marginal=gaps)
 
 
-def _run(X, weight, request: Pass, split_every, omit_nan) -> dict:
+def _run(X, weight, request: Pass, split_every, omit_nan, marginal=False) -> dict:
     return reduction.run_pass(
         X, weight, request.layout, request.block_fn, *request.args, split_every=split_every,
-        combine=request.combine, omit_nan=omit_nan,
+        combine=request.combine, omit_nan=omit_nan or request.complete_rows, marginal=marginal,
     )  # fmt: skip
 
 
@@ -133,11 +147,13 @@ def seed_block(X, weight, centers, trials, origin, n_keep, seed, scale, layout) 
     return layout.pack(seeding.seed_stats(X, weight, centers, trials, origin, n_keep, seed, scale))
 
 
-def seed_request(centers, trials, origin, n_keep, seed, scale=None, weighted=True) -> Pass:
+def seed_request(
+    centers, trials, origin, n_keep, seed, scale=None, weighted=True, complete_rows=False
+) -> Pass:
     """The request of a seeding pass (arguments as :func:`seed_pass`).
 
     ``weighted=False`` draws as if every row weighed 1 whatever the sample
-    weights of the pass.
+    weights of the pass; ``complete_rows`` as :class:`dask_emk.engine.batch.Pass`.
     """
     s, d = max(trials.shape[0], 1), origin.shape[0]
     layout = StatsLayout(
@@ -145,7 +161,8 @@ def seed_request(centers, trials, origin, n_keep, seed, scale=None, weighted=Tru
     )
     args = (centers, trials, origin, n_keep, seed, scale, layout)
     block_fn, args = (seed_block, args) if weighted else (unweighted_block, (seed_block, *args))
-    return Pass(layout, block_fn, args, partial(merge_packed, layout=layout, tops=SAMPLE_LIST))
+    combine = partial(merge_packed, layout=layout, tops=SAMPLE_LIST)
+    return Pass(layout, block_fn, args, combine, complete_rows)
 
 
 def unweighted_block(X, weight, block_fn, *args) -> np.ndarray:

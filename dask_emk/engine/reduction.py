@@ -122,6 +122,7 @@ def run_pass(
     combine: Callable[[np.ndarray], np.ndarray] | None = None,
     also: tuple | None = None,
     omit_nan: bool = False,
+    marginal: bool = False,
 ):
     """One pass over the data, unpacked: every pass of the package runs here.
 
@@ -138,6 +139,9 @@ def run_pass(
         pass, in its one compute, each chunk read once.
     omit_nan : bool
         Leave out the rows holding NaN (``nan_policy='omit'``, :func:`call_block`).
+    marginal : bool
+        ``block_fn`` takes NaN as missing values (``nan_policy='marginalize'``):
+        only ±inf is an error.
 
     Returns
     -------
@@ -155,7 +159,7 @@ def run_pass(
     )  # fmt: skip
     vector, values = out if also is not None else (out, None)
     stats = layout.unpack(vector)
-    raise_on_nonfinite(stats["nonfinite"], X, omit_nan)
+    raise_on_nonfinite(stats["nonfinite"], X, omit_nan or marginal)
     return stats if also is None else (stats, values)
 
 
@@ -413,7 +417,8 @@ def raise_on_nonfinite(count: float, source=None, omit_nan: bool = False) -> Non
     Missing zarr chunk files read as the fill value (NaN in stores written
     by xarray), so the zarr arrays of ``source`` (the data passed over) are
     first checked for missing files, which are reported instead. With
-    ``omit_nan`` the rows counted hold ±inf (rows with NaN were left out).
+    ``omit_nan`` the rows counted hold ±inf (rows with NaN were left out, or
+    their NaN marginalised).
     """
     if count <= 0:
         return
@@ -421,11 +426,12 @@ def raise_on_nonfinite(count: float, source=None, omit_nan: bool = False) -> Non
     if omit_nan:
         raise ValueError(
             f"Input contains infinity in {int(count)} row(s) (or values too large for "
-            "float64 arithmetic); nan_policy='omit' leaves out rows holding NaN only: "
-            "remove or clip the infinite values."
+            "float64 arithmetic); nan_policy='omit' and 'marginalize' take NaN as "
+            "missing, never infinity: remove or clip the infinite values."
         )
     raise ValueError(
         f"Input contains NaN or infinity in {int(count)} row(s) (or values too "
         "large for float64 arithmetic); pass nan_policy='omit' to leave out the rows "
-        "holding NaN, or remove or impute them, e.g. X[da.isfinite(X).all(axis=1)]."
+        "holding NaN or nan_policy='marginalize' to use the features each row has, or "
+        "remove or impute them, e.g. X[da.isfinite(X).all(axis=1)]."
     )

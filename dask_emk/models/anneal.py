@@ -89,8 +89,9 @@ def draw_sample(data: InputData, weight, size: int, rng, split_every) -> Sample:
     One pass over the data: for lazy input the sampled rows and the moment
     statistics are computed together (one compute, each chunk read once).
     Row indices are drawn the same way for numpy and dask input, so both
-    give the same sample. With ``nan_policy='omit'`` the drawn rows holding
-    NaN are dropped from the sample (a uniform sample of the rows kept).
+    give the same sample. With ``nan_policy='omit'`` (and 'marginalize') the
+    drawn rows holding NaN are dropped from the sample (a uniform sample of
+    the complete rows), and the moments are those of the complete rows.
     """
     X, n, d = data.array, data.n_samples, data.n_features
     idx = None if size >= n else np.sort(rng.choice(n, size, replace=False))
@@ -100,15 +101,23 @@ def draw_sample(data: InputData, weight, size: int, rng, split_every) -> Sample:
     w_rows = weight if weight is None or idx is None else weight[idx]
     stats, (rows, w_rows) = reduction.run_pass(
         X, weight, layout, moments_block, origin, layout, split_every=split_every,
-        also=(rows, w_rows), omit_nan=data.omit_nan,
+        also=(rows, w_rows), omit_nan=complete_rows_only(data),
     )  # fmt: skip
     mean_shift = stats["S"][0] / stats["n"]
     cov = stats["Q"][0] / stats["n"] - np.outer(mean_shift, mean_shift)
     rows = np.asarray(rows, dtype=np.float64)
     w_rows = None if w_rows is None else np.asarray(w_rows, dtype=np.float64)
-    if data.omit_nan:
+    if complete_rows_only(data):
         rows, w_rows = without_nan_rows(rows, w_rows)
     return Sample(rows, w_rows, idx is None, origin + mean_shift, cov, float(stats["n"]))
+
+
+def complete_rows_only(data: InputData) -> bool:
+    """The annealing's sample holds complete rows only: rows with NaN are
+    omitted (``nan_policy='omit'``) or have gaps ('marginalize'). A gap has
+    no value to split along or to place a mean on; the Lloyd runs on the
+    full data then use every row's observed coordinates."""
+    return data.omit_nan or data.marginal
 
 
 def reference_row(data: InputData, start: int) -> np.ndarray:
@@ -120,7 +129,7 @@ def reference_row(data: InputData, start: int) -> np.ndarray:
     X = data.array
     sizes = X.chunks[0] if data.is_lazy else (X.shape[0],)
     bounds = np.cumsum((0,) + tuple(sizes))
-    if not data.omit_nan:
+    if not complete_rows_only(data):
         bounds = np.array([start, start + 1])
     first = int(np.searchsorted(bounds, start, side="right")) - 1
     for i in np.roll(np.arange(len(bounds) - 1), -first):
@@ -128,7 +137,7 @@ def reference_row(data: InputData, start: int) -> np.ndarray:
         if data.is_lazy:
             rows = reduction.compute_one(rows, optimize_graph=True)
         rows = np.asarray(rows, dtype=np.float64)
-        keep = rows_without_nan(rows) if data.omit_nan else None
+        keep = rows_without_nan(rows) if complete_rows_only(data) else None
         rows = rows if keep is None else rows[keep]
         if rows.shape[0]:
             return rows[0]
@@ -470,9 +479,9 @@ def hartigan_polish(
     return final, passes + _lloyd_passes(final), n_iter + final.n_iter_, rounds
 
 
-def predict_proba_rows(X, params: mixture.MixtureParams) -> np.ndarray:
-    """Responsibilities (n, K) of a shared-σ² mixture."""
-    return resp_rows(X, params)
+def predict_proba_rows(X, params: mixture.MixtureParams, gaps=False) -> np.ndarray:
+    """Responsibilities (n, K) of a shared-σ² mixture (given the observed features)."""
+    return resp_rows(X, params, gaps)
 
 
 class AnnealedGaussianMixture(
@@ -534,8 +543,13 @@ class AnnealedGaussianMixture(
     nan_policy : {'raise', 'omit', 'marginalize'}, default='raise'
         NaN in X: ``'raise'`` an error; ``'omit'`` leaves every row (grid
         point) holding a NaN out of the sample and of every pass, and gives it
-        label -1 and NaN distances and probabilities. ±inf is always an
-        error. ``'marginalize'`` is reserved (not yet implemented).
+        label -1 and NaN distances and probabilities. ``'marginalize'``: a
+        NaN entry is a missing feature; the annealing runs on the complete
+        rows of its sample (no mean is placed on or split along a gap), the
+        Lloyd runs on the full data use every row's observed coordinates
+        (:class:`dask_emk.KMeans`), there is no Hartigan polish, and
+        predictions use the observed features (a row with none gets label
+        -1). ±inf is always an error.
     feature_dim : str, optional
         The dimension of an N-D DataArray that holds the features.
     sample_dims : str or list of str, optional
@@ -648,8 +662,9 @@ class AnnealedGaussianMixture(
         sample = draw_sample(data, weight, self.sample_size, rng, self.split_every)
         if sample.X.shape[0] < self.n_components:
             raise ValueError(
-                f"The sample holds {sample.X.shape[0]} row(s) without NaN (nan_policy='omit' "
-                f"leaves the others out), fewer than n_components={self.n_components}; "
+                f"The sample holds {sample.X.shape[0]} row(s) without NaN (nan_policy="
+                f"{data.nan_policy!r} anneals on complete rows), fewer than n_components="
+                f"{self.n_components}; "
                 "raise sample_size or lower n_components."
             )
         lam_data = float(np.linalg.eigvalsh(sample.cov)[-1]) if data.n_features else 0.0
@@ -661,7 +676,8 @@ class AnnealedGaussianMixture(
                             self.split_every, self.verbose)  # fmt: skip
         result = annealer.run(sigma2)
         centers, n_sample_iter = self._reduce_to_k(sample, result, annealer)
-        polish = self.hartigan_max_passes > 0
+        # The Hartigan moves are those of complete rows: no polish with gaps.
+        polish = self.hartigan_max_passes > 0 and not data.marginal
         # The polish starts from Lloyd's exact fixed point (tol 0): a Hartigan
         # pass at unconverged centres would mostly find Lloyd's own moves.
         km = _lloyd(data, weight, centers, self.n_lloyd_max_iter,
@@ -793,8 +809,9 @@ class AnnealedGaussianMixture(
             weights @ means,
         )  # fmt: skip
         out = reduction.map_rows(
-            data.array, predict_proba_rows, params, n_out=means.shape[0], omit_nan=data.omit_nan
-        )
+            data.array, predict_proba_rows, params, data.marginal, n_out=means.shape[0],
+            omit_nan=data.omit_nan,
+        )  # fmt: skip
         return data.wrap_rows(out, extra_dim="component")
 
     def to_xarray(self) -> xr.Dataset:

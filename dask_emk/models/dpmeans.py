@@ -244,7 +244,8 @@ class DPMeans(NoTrainingDataInPickle, ClusterMixin, ChunkedEstimator):
         ``shift``, ``centers`` (the new centres) and ``converged``.
     nan_policy : {'raise', 'omit', 'marginalize'}, default='raise'
         As :class:`dask_emk.KMeans`: ``'omit'`` leaves rows holding NaN out of
-        every statistic (label -1). ``'marginalize'`` is reserved.
+        every statistic (label -1). ``'marginalize'`` is not supported (a
+        ValueError): use :class:`dask_emk.KMeans` with it, or ``'omit'``.
     feature_dim : str, optional
         The dimension of an N-D DataArray that holds the features.
     sample_dims : str or list of str, optional
@@ -315,6 +316,12 @@ class DPMeans(NoTrainingDataInPickle, ClusterMixin, ChunkedEstimator):
 
     # ------------------------------------------------------------------ checks
     def _check_parameters(self, data: InputData) -> None:
+        if data.marginal:
+            raise ValueError(
+                "DPMeans has no nan_policy='marginalize' (it opens clusters at whole rows, "
+                "which a gap leaves undefined); use nan_policy='omit' to leave out the rows "
+                "holding NaN, or KMeans(nan_policy='marginalize')."
+            )
         if (self.penalty is None) == (self.n_clusters is None):
             given = "both" if self.penalty is not None else "neither"
             raise ValueError(

@@ -13,7 +13,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 
-from dask_emk.core import assign, blocks, mixture
+from dask_emk.core import assign, blocks, marginal, mixture
 from dask_emk.core.covariance import COVARIANCE_TYPES
 from dask_emk.core.layout import StatsLayout
 from dask_emk.core.mstep import GaussianState, m_step, precision_cholesky
@@ -64,18 +64,27 @@ class EMRun:
     converged: bool
 
 
-def mixture_block(X, weight, params: mixture.MixtureParams, layout: StatsLayout) -> np.ndarray:
+def kernels(gaps: bool):
+    """The block kernels: :mod:`~dask_emk.core.marginal` with gaps
+    (``nan_policy='marginalize'``), else :mod:`~dask_emk.core.mixture`."""
+    return marginal if gaps else mixture
+
+
+def mixture_block(X, weight, params: mixture.MixtureParams, layout: StatsLayout, gaps=False):
     """Packed E-step statistics of one block (the engine's block function)."""
-    return layout.pack(mixture.estep_stats(X, weight, params))
+    return layout.pack(kernels(gaps).estep_stats(X, weight, params))
 
 
-def resp_block(X, weight, rule: tuple, origin, covariance_type, layout: StatsLayout):
+def resp_block(X, weight, rule: tuple, origin, covariance_type, layout: StatsLayout, gaps=False):
     """Packed statistics for initial responsibilities given by ``rule``.
 
     ``rule`` is ``("nearest", centers)`` for hard assignment to centres or
     ``("random", seed, K)`` for uniform random responsibilities.
     """
-    if rule[0] == "nearest":
+    if rule[0] == "nearest" and gaps:
+        labels, _ = marginal.nearest(X, rule[1], origin)
+        resp = assign.one_hot(labels, rule[1].shape[0])
+    elif rule[0] == "nearest":
         labels, _ = assign.nearest(blocks.shift_block(X, origin), rule[1] - origin)
         resp = assign.one_hot(labels, rule[1].shape[0])
     else:
@@ -86,22 +95,22 @@ def resp_block(X, weight, rule: tuple, origin, covariance_type, layout: StatsLay
         )
         resp = rng.uniform(size=(X.shape[0], rule[2]))
         resp /= resp.sum(axis=1, keepdims=True)
-    return layout.pack(mixture.resp_stats(X, weight, resp, origin, covariance_type))
+    return layout.pack(kernels(gaps).resp_stats(X, weight, resp, origin, covariance_type))
 
 
-def log_prob_rows(X, params: mixture.MixtureParams) -> np.ndarray:
-    """log p(x) per row, shape (n,)."""
-    return mixture.mixture_rows(X, params, "log_prob")
+def log_prob_rows(X, params: mixture.MixtureParams, gaps=False) -> np.ndarray:
+    """log p(x) per row (of the observed features, with gaps), shape (n,)."""
+    return kernels(gaps).mixture_rows(X, params, "log_prob")
 
 
-def resp_rows(X, params: mixture.MixtureParams) -> np.ndarray:
+def resp_rows(X, params: mixture.MixtureParams, gaps=False) -> np.ndarray:
     """Responsibilities per row, shape (n, K)."""
-    return mixture.mixture_rows(X, params, "resp")
+    return kernels(gaps).mixture_rows(X, params, "resp")
 
 
-def label_rows(X, params: mixture.MixtureParams) -> np.ndarray:
+def label_rows(X, params: mixture.MixtureParams, gaps=False) -> np.ndarray:
     """Most probable component per row, shape (n,)."""
-    return mixture.mixture_rows(X, params, "label")
+    return kernels(gaps).mixture_rows(X, params, "label")
 
 
 class GaussianMixture(DensityMixin, ChunkedEstimator):
@@ -164,8 +173,13 @@ class GaussianMixture(DensityMixin, ChunkedEstimator):
     nan_policy : {'raise', 'omit', 'marginalize'}, default='raise'
         NaN in X: ``'raise'`` an error; ``'omit'`` leaves every row (grid
         point) holding a NaN out of every statistic, seeding included, and
-        gives it NaN outputs (label -1). ±inf is always an error.
-        ``'marginalize'`` is reserved (not yet implemented).
+        gives it NaN outputs (label -1). ``'marginalize'``: a NaN entry is a
+        missing feature; each row takes part with the features it has (EM
+        for the observed-data likelihood: the E-step and ``score_samples``,
+        ``predict_proba``, ``predict`` use the marginal density of the
+        observed features, the M-step is exact), and :meth:`impute` fills
+        the gaps; a row with no observed feature takes no part and gets NaN
+        outputs. ±inf is always an error.
     feature_dim : str, optional
         The dimension of an N-D DataArray that holds the features (default:
         one named ``feature``; for 2-D input the second dimension).
@@ -302,7 +316,7 @@ class GaussianMixture(DensityMixin, ChunkedEstimator):
         (:meth:`fit_steps`), in order, so the ``n_init`` runs of one batch are
         those of ``n_init`` fits one after the other on the same ``RandomState``.
         """
-        batch = Batch(data.array, weight, self.split_every, data.omit_nan)
+        batch = Batch(data.array, weight, self.split_every, data.omit_nan, data.marginal)
         rng = check_random_state(self.random_state)
         self.keep_best(batch.run(self.fit_steps(data, weight, rng, batch)), data.array.dtype)
 
@@ -343,14 +357,16 @@ class GaussianMixture(DensityMixin, ChunkedEstimator):
         With ``accelerate`` the iterations are SQUAREM's
         (:func:`dask_emk.models.squarem.squarem_steps`).
         """
-        layout = StatsLayout.mixture(self.n_components, data.n_features, self.covariance_type)
+        layout = StatsLayout.mixture(
+            self.n_components, data.n_features, self.covariance_type, data.marginal
+        )
         progress = _Progress(self, data, init, batch, bound)
         state = yield from start
         if self.accelerate:
             state = yield from squarem_steps(self, data, state, layout, progress)
         else:
             while progress.n_iter < self.max_iter:
-                stats = yield self._em_request(state, layout)
+                stats = yield self._em_request(state, layout, data.marginal)
                 state = self._m_step(stats, state, data)
                 if progress.record(stats, state):
                     break
@@ -358,7 +374,7 @@ class GaussianMixture(DensityMixin, ChunkedEstimator):
 
     def _m_step(self, stats: dict, state: GaussianState, data: InputData) -> GaussianState:
         """The M-step of E-step statistics taken at ``state``."""
-        _check_mass(stats, data.omit_nan)
+        _check_mass(stats, data.nan_policy)
         eps = 10 * np.finfo(data.array.dtype).eps
         return m_step(
             stats, state.means, self.covariance_type, self.reg_covar, eps=eps,
@@ -384,9 +400,9 @@ class GaussianMixture(DensityMixin, ChunkedEstimator):
         }
         self.callback(self, info)
 
-    def _em_request(self, state: GaussianState, layout: StatsLayout) -> Pass:
+    def _em_request(self, state: GaussianState, layout: StatsLayout, gaps: bool) -> Pass:
         params = self._kernel_params(state)
-        return Pass(layout, mixture_block, (params, layout))
+        return Pass(layout, mixture_block, (params, layout, gaps))
 
     def _print_iteration(self, n_iter: int, change: float, init: int = 0, running=()) -> None:
         if self.verbose and n_iter % self.verbose_interval == 0:
@@ -424,7 +440,8 @@ class GaussianMixture(DensityMixin, ChunkedEstimator):
         )
 
     def _seed_steps(self, data, weight, rng) -> Steps:
-        omit = data.omit_nan
+        # With gaps, centres are drawn from complete rows only (models.seeding).
+        omit = data.omit_nan or data.marginal
         if self.init_params == "k-means++":
             return kmeans_plusplus_steps(data.array, self.n_components, rng, weight, omit)
         return random_rows_steps(data.array, self.n_components, rng, omit_nan=omit)
@@ -443,12 +460,19 @@ class GaussianMixture(DensityMixin, ChunkedEstimator):
         K, d = self.n_components, data.n_features
         rule = yield from rule
         origin = _origin_guess(data, rule)
-        layout = StatsLayout.mixture(K, d, self.covariance_type)
-        stats = yield Pass(layout, resp_block, (rule, origin, self.covariance_type, layout))
+        ctype = COVARIANCE_TYPES[self.covariance_type]
+        # With gaps, matrix types start from diagonal covariances: the gaps'
+        # conditional moments need a covariance to start from.
+        start_type = "diag" if data.marginal and ctype.block == "matrix" else ctype.name
+        layout = StatsLayout.mixture(K, d, start_type, data.marginal)
+        stats = yield Pass(layout, resp_block, (rule, origin, start_type, layout, data.marginal))
         centers = np.broadcast_to(origin, (K, d))
-        return m_step(
-            stats, centers, self.covariance_type, self.reg_covar, eps=eps, variance=self.variance
-        )
+        state = m_step(stats, centers, start_type, self.reg_covar, eps=eps, variance=self.variance)
+        if start_type == ctype.name:
+            return state
+        cov = state.covariances if ctype.name == "full" else state.weights @ state.covariances
+        cov = cov[..., None] * np.eye(d)
+        return GaussianState(state.weights, state.means, cov, precision_cholesky(cov, ctype.name))
 
     def _user_init(self, d: int) -> dict:
         K = self.n_components
@@ -536,8 +560,9 @@ class GaussianMixture(DensityMixin, ChunkedEstimator):
         data = validate_features(self, X, reset=False)
         params = self._kernel_params(self._state_from_attributes())
         out = reduction.map_rows(
-            data.array, row_fn, params, n_out=n_out, dtype=dtype, omit_nan=data.omit_nan
-        )
+            data.array, row_fn, params, data.marginal, n_out=n_out, dtype=dtype,
+            omit_nan=data.omit_nan,
+        )  # fmt: skip
         return data.wrap_rows(out, extra_dim)
 
     def score_samples(self, X):
@@ -555,6 +580,33 @@ class GaussianMixture(DensityMixin, ChunkedEstimator):
         """Responsibilities, shape (n_samples, n_components)."""
         return self._rows(X, resp_rows, n_out=self.n_components, extra_dim="component")
 
+    def impute(self, X):
+        """X with each missing (NaN) entry replaced by its conditional expectation.
+
+        E[x_m | x_o] under the fitted mixture: Σ_k p(k | x_o) E_k[x_m | x_o]
+        (:func:`dask_emk.core.marginal.impute_rows`); observed entries are kept,
+        a row with no observed feature gets the mixture mean. NaN is read as
+        missing whatever ``nan_policy`` (±inf is an error).
+
+        Returns
+        -------
+        ndarray or dask array of shape (n_samples, n_features), X's dtype:
+        numpy for numpy input, lazy for lazy input; for xarray input a
+        DataArray on the input's sample dims with a ``feature`` dim.
+        """
+        check_is_fitted(self)
+        options = {**input_options(self), "nan_policy": "marginalize"}
+        data = check_features(self, as_input(X, **options), reset=False)
+        params = self._kernel_params(self._state_from_attributes())
+        out = reduction.map_rows(
+            data.array, marginal.impute_rows, params, n_out=data.n_features,
+            dtype=data.array.dtype,
+        )  # fmt: skip
+        out = data.wrap_rows(out, "feature")
+        if data.grid is not None and data.feature_labels is not None:
+            out = out.assign_coords(feature=data.feature_labels)
+        return out
+
     def score(self, X, y=None):
         """Mean log-likelihood of the samples in X (a float; computes lazy input)."""
         return self._mean_log_likelihood(X)[0]
@@ -563,7 +615,7 @@ class GaussianMixture(DensityMixin, ChunkedEstimator):
         """Mean log-likelihood and number of the samples (rows left out not counted)."""
         # Through the engine: one BLAS thread per task, zarr errors named.
         values = np.asarray(reduction.compute_one(self.score_samples(X), optimize_graph=True))
-        if getattr(self, "nan_policy", "raise") == "omit":
+        if getattr(self, "nan_policy", "raise") != "raise":
             values = values[~np.isnan(values)]
         return float(np.mean(values)), int(values.size)
 
@@ -631,9 +683,9 @@ def _nearest_rule(km, run: Steps) -> Steps:
     return ("nearest", run.centers)
 
 
-def _check_mass(stats: dict, omit_nan: bool) -> None:
+def _check_mass(stats: dict, nan_policy: str) -> None:
     if stats["n"] <= 0:
-        omitted = " or every row holds NaN (nan_policy='omit')" if omit_nan else ""
+        omitted = f" or no row is left (nan_policy={nan_policy!r})" if nan_policy != "raise" else ""
         raise ValueError(
             f"sample_weight sums to zero{omitted}; at least one row must have a "
             "positive weight."

@@ -145,7 +145,7 @@ class GaussianMixtureIC(DensityMixin, ChunkedEstimator):
         candidates = [GaussianMixture(int(k), covariance_type=ct, **shared)
                       for ct in types for k in ks]  # fmt: skip
         rng = check_random_state(self.random_state)
-        batch = Batch(data.array, weight, self.split_every, data.omit_nan)
+        batch = Batch(data.array, weight, self.split_every, data.omit_nan, data.marginal)
         fits, owner = [], []
         for i, model in enumerate(candidates):
             check_features(model, data, reset=True)
@@ -173,14 +173,17 @@ class GaussianMixtureIC(DensityMixin, ChunkedEstimator):
 
         As ``bic(X)``/``aic(X)``: unweighted log-likelihood at the fitted
         parameters, n = the rows counted (those left out by
-        ``nan_policy='omit'`` are not).
+        ``nan_policy='omit'`` are not, nor those with no observed feature under
+        'marginalize', whose log-likelihood is that of the observed features).
         """
-        requests = []
+        requests, gaps = [], data.marginal
         for model in candidates:
-            layout = StatsLayout.mixture(model.n_components, data.n_features, model.covariance_type)
+            layout = StatsLayout.mixture(
+                model.n_components, data.n_features, model.covariance_type, gaps
+            )
             params = model._kernel_params(model._state64)
-            requests.append(Pass(layout, mixture_block, (params, layout)))
-        stats = batch_pass(data.array, None, requests, self.split_every, data.omit_nan)
+            requests.append(Pass(layout, mixture_block, (params, layout, gaps)))
+        stats = batch_pass(data.array, None, requests, self.split_every, data.omit_nan, gaps)
         return np.array([
             information_criterion(self.criterion, s["loglik"], s["n"], m._n_parameters())
             for s, m in zip(stats, candidates, strict=True)

@@ -18,7 +18,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 
-from dask_emk.core import assign, blocks
+from dask_emk.core import assign, blocks, marginal
 from dask_emk.core.mstep import weighted_means
 from dask_emk.engine import reduction
 from dask_emk.engine.batch import Batch, Steps
@@ -35,7 +35,9 @@ from dask_emk.models.seeding import (
 from dask_emk.models.validation import NoTrainingDataInPickle, validate_features
 
 
-def update_centers(stats: dict, origin: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def update_centers(
+    stats: dict, origin: np.ndarray, previous: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """New centres from summed statistics, relocating empty clusters.
 
     scikit-learn's rule (``_relocate_empty_clusters_dense`` then
@@ -43,7 +45,10 @@ def update_centers(stats: dict, origin: np.ndarray) -> tuple[np.ndarray, np.ndar
     farthest row, which leaves its old cluster; if every row sits on its
     centre nothing moves; a cluster still without weight goes to the centre
     of the heaviest one. The centres are the mixture M-step's weighted means
-    (:func:`dask_emk.core.mstep.weighted_means`) in the σ² → 0 limit.
+    (:func:`dask_emk.core.mstep.weighted_means`) in the σ² → 0 limit. With
+    gaps (``Nf`` in ``stats``) each coordinate is the mean over the rows
+    where it is observed; one observed in none of a cluster's rows keeps
+    its ``previous`` value.
 
     Returns
     -------
@@ -51,6 +56,7 @@ def update_centers(stats: dict, origin: np.ndarray) -> tuple[np.ndarray, np.ndar
     weights : ndarray of shape (K,), weight per cluster after relocation
     """
     N, S = stats["N"].copy(), stats["S"].copy()
+    Nf = stats["Nf"].copy() if "Nf" in stats else None
     empty = np.flatnonzero(N == 0)
     if empty.size and stats["far_dist"][0] != 0:
         for e, dist, old, w, x in zip(
@@ -68,17 +74,27 @@ def update_centers(stats: dict, origin: np.ndarray) -> tuple[np.ndarray, np.ndar
             S[e] = moved
             N[old] -= w
             N[e] = w
+            if Nf is not None:  # farthest rows are complete (core.marginal.assign_stats)
+                Nf[old] -= w
+                Nf[e] = w
     full = N > 0
     centers = np.empty_like(S)
-    centers[full] = weighted_means(origin, N[full], S[full])[0]
+    if Nf is None:
+        centers[full] = weighted_means(origin, N[full], S[full])[0]
+    else:
+        seen = Nf > 0
+        with np.errstate(invalid="ignore", divide="ignore"):
+            means = weighted_means(origin, Nf, S)[0]
+        centers[:] = np.where(seen, means, previous)
     centers[~full] = centers[np.argmax(N)]
     return centers, N
 
 
 def relative_tolerance(stats: dict, tol: float) -> float:
     """scikit-learn's ``_tolerance``: tol × mean of np.var(X, axis=0), from a
-    pass's ``count``, ``ysum`` and ``ysq`` (``moments=True``)."""
-    n = stats["count"]
+    pass's ``count``, ``ysum`` and ``ysq`` (``moments=True``); with gaps each
+    feature's variance over its observed entries (``obs``)."""
+    n = stats.get("obs", stats["count"])
     mean = stats["ysum"] / n
     variances = np.maximum(stats["ysq"] / n - mean**2, 0.0)
     return float(variances.mean() * tol)
@@ -102,15 +118,37 @@ def _running(init: int, batch) -> str:
     return f" (init {init}; running: {', '.join(map(str, batch.running))})"
 
 
-def label_rows(X, centers: np.ndarray, origin: np.ndarray) -> np.ndarray:
-    """Nearest centre per row, shape (n,) int32 (as in the Lloyd passes)."""
+def label_rows(X, centers: np.ndarray, origin: np.ndarray, gaps=False) -> np.ndarray:
+    """Nearest centre per row, shape (n,) int32 (as in the Lloyd passes).
+
+    With ``gaps``, by the distance over observed coordinates; rows with no
+    observed coordinate get :data:`dask_emk.core.blocks.LABEL_FILL`.
+    """
+    if gaps:
+        return _with_gaps(X, lambda Xk: marginal.nearest(Xk, centers, origin)[0], np.int32)
     return assign.lloyd_assign(X, None, centers, origin)[1].astype(np.int32)
 
 
-def distance_rows(X, centers: np.ndarray, origin: np.ndarray) -> np.ndarray:
-    """Euclidean distance of each row to each centre, shape (n, K)."""
+def distance_rows(X, centers: np.ndarray, origin: np.ndarray, gaps=False) -> np.ndarray:
+    """Euclidean distance of each row to each centre, shape (n, K) (over
+    observed coordinates with ``gaps``; NaN for rows with none)."""
+    if gaps:
+        def distances(Xk):
+            Y, seen = marginal.shifted_observed(Xk, origin)
+            return np.sqrt(marginal.masked_distances(Y, seen, centers - origin))
+
+        return _with_gaps(X, distances, X.dtype, centers.shape[0])
     Y = blocks.shift_block(X, origin)
     return np.sqrt(blocks.squared_distances(Y, centers - origin))
+
+
+def _with_gaps(X, fn, dtype, n_out=None) -> np.ndarray:
+    """``fn`` on the rows with an observed coordinate; the fill value on the others."""
+    keep, _ = marginal.usable_rows(X)
+    fill = blocks.LABEL_FILL if np.dtype(dtype).kind in "iu" else np.nan
+    out = np.full(X.shape[:1] + (() if n_out is None else (n_out,)), fill, dtype=dtype)
+    out[keep] = fn(X[keep])
+    return out
 
 
 class KMeans(NoTrainingDataInPickle, TransformerMixin, ClusterMixin, ChunkedEstimator):
@@ -153,8 +191,14 @@ class KMeans(NoTrainingDataInPickle, TransformerMixin, ClusterMixin, ChunkedEsti
         NaN in X: ``'raise'`` an error; ``'omit'`` leaves every row (grid
         point) holding a NaN out of every statistic (seeding draws and the
         farthest rows that refill empty clusters included) and gives it label
-        -1 and NaN distances. ±inf is always an error. ``'marginalize'`` is
-        reserved (not yet implemented).
+        -1 and NaN distances. ``'marginalize'``: a NaN entry is a missing
+        coordinate; a row is assigned by its squared distance over its
+        observed coordinates, a centre coordinate is the mean over its rows
+        where that coordinate is observed, the inertia sums over observed
+        coordinates (the σ² → 0 limit of shared-σ² EM with gaps); seeding
+        draws complete rows only, and the farthest rows that refill empty
+        clusters are complete rows. A row with no observed coordinate takes
+        no part (label -1). ±inf is always an error.
     feature_dim : str, optional
         The dimension of an N-D DataArray that holds the features.
     sample_dims : str or list of str, optional
@@ -264,7 +308,7 @@ class KMeans(NoTrainingDataInPickle, TransformerMixin, ClusterMixin, ChunkedEsti
         """
         user = self._user_centers(data.n_features)
         rng = check_random_state(self.random_state)
-        batch = Batch(data.array, weight, self.split_every, data.omit_nan)
+        batch = Batch(data.array, weight, self.split_every, data.omit_nan, data.marginal)
         fits = [self.run_steps(data, weight, rng, user, i, batch)
                 for i in range(self._resolve_n_init())]  # fmt: skip
         runs = batch.run(fits)
@@ -304,10 +348,11 @@ class KMeans(NoTrainingDataInPickle, TransformerMixin, ClusterMixin, ChunkedEsti
         and ``batch`` (whose ``running`` fits are reported) are for the callback.
         """
         start = done(user) if user is not None else self._seed_steps(data, weight, rng)
-        return self._lloyd(start, init, batch)
+        return self._lloyd(start, data.marginal, init, batch)
 
     def _seed_steps(self, data: InputData, weight, rng) -> Steps:
-        K, omit = self.n_clusters, data.omit_nan
+        # With gaps, centres are drawn from complete rows only (models.seeding).
+        K, omit = self.n_clusters, data.omit_nan or data.marginal
         if self.init == "k-means++":
             return kmeans_plusplus_steps(data.array, K, rng, weight, omit)
         if self.init == "random":
@@ -325,19 +370,22 @@ class KMeans(NoTrainingDataInPickle, TransformerMixin, ClusterMixin, ChunkedEsti
             omit_nan=omit,
         )
 
-    def _lloyd(self, start: Steps, init: int, batch: Batch | None) -> Steps:
-        """One Lloyd run from the centres ``start`` gives; returns a LloydRun."""
+    def _lloyd(self, start: Steps, gaps: bool, init: int, batch: Batch | None) -> Steps:
+        """One Lloyd run from the centres ``start`` gives; returns a LloydRun.
+
+        ``gaps``: NaN entries are missing coordinates (``nan_policy='marginalize'``).
+        """
         centers = yield from start
         origin = centers.mean(axis=0)  # fixed for the run: sums stay comparable
         n_far = self.n_clusters - 1
         history, strict, tol_abs = [], False, None
         for i in range(self.max_iter):
             moments = tol_abs is None and self.tol > 0
-            stats = yield assign_request(centers, origin, n_far, moments)
+            stats = yield assign_request(centers, origin, n_far, moments, gaps)
             if tol_abs is None:
                 tol_abs = self._tolerance(stats) if moments else 0.0
             history.append(float(stats["inertia"]))
-            new, weights = update_centers(stats, origin)
+            new, weights = update_centers(stats, origin, centers)
             shift = float(((new - centers) ** 2).sum())
             if self.verbose:
                 print(f"Iteration {i}, inertia {stats['inertia']}{_running(init, batch)}.")
@@ -362,7 +410,7 @@ class KMeans(NoTrainingDataInPickle, TransformerMixin, ClusterMixin, ChunkedEsti
         if strict:
             return LloydRun(centers, stats["inertia"], i + 1, weights, history)
         # Final assignment so that inertia (and labels_) match the centres.
-        final = yield assign_request(centers, origin)
+        final = yield assign_request(centers, origin, gaps=gaps)
         return LloydRun(centers, final["inertia"], i + 1, final["N"], history)
 
     def _tolerance(self, stats: dict) -> float:
@@ -376,8 +424,9 @@ class KMeans(NoTrainingDataInPickle, TransformerMixin, ClusterMixin, ChunkedEsti
     def _labels(self, data: InputData):
         centers, origin = self._centers64()
         labels = reduction.map_rows(
-            data.array, label_rows, centers, origin, dtype=np.int32, omit_nan=data.omit_nan
-        )
+            data.array, label_rows, centers, origin, data.marginal, dtype=np.int32,
+            omit_nan=data.omit_nan,
+        )  # fmt: skip
         return data.wrap_rows(labels)
 
     def predict(self, X):
@@ -398,6 +447,7 @@ class KMeans(NoTrainingDataInPickle, TransformerMixin, ClusterMixin, ChunkedEsti
             distance_rows,
             centers,
             origin,
+            data.marginal,
             n_out=self.n_clusters,
             dtype=data.array.dtype,
             omit_nan=data.omit_nan,
@@ -411,7 +461,9 @@ class KMeans(NoTrainingDataInPickle, TransformerMixin, ClusterMixin, ChunkedEsti
     def _score(self, data: InputData, sample_weight) -> float:
         weight = as_sample_weight(sample_weight, data)
         centers, origin = self._centers64()
-        stats = assign_pass(data.array, weight, centers, origin, omit_nan=data.omit_nan)
+        stats = assign_pass(
+            data.array, weight, centers, origin, omit_nan=data.omit_nan, gaps=data.marginal
+        )
         return -float(stats["inertia"])
 
     def fit_predict(self, X, y=None, sample_weight=None):

@@ -8,8 +8,10 @@ The seedings :func:`random_rows`, :func:`kmeans_parallel` and
 - ``random_state``: int, RandomState or None;
 - ``sample_weight``: ndarray or dask array of shape (n_samples,), optional
   (rows are drawn ∝ weight);
-- ``omit_nan``: bool (``nan_policy='omit'``): rows holding NaN are never
-  drawn nor weigh in any potential;
+- ``omit_nan``: bool (``nan_policy='omit'``, and 'marginalize', which seeds
+  from complete rows only): rows holding NaN are never drawn nor weigh in
+  any potential (the passes' requests take complete rows, so they can share
+  a pass with fits that use the gaps, :class:`dask_emk.engine.batch.Pass`);
 - the result: ndarray of shape (n, d), float64.
 
 Work on the full data is done in passes (one Dask compute each, see
@@ -92,7 +94,9 @@ def _read_rows(X, index: np.ndarray) -> Steps:
 
 def _drawn_rows(d: int, n: int, seed: int, weighted: bool, omit_nan: bool) -> Steps:
     empty = np.zeros((0, d))
-    stats = yield seed_request(empty, empty, np.zeros(d), n, seed, weighted=weighted)
+    stats = yield seed_request(
+        empty, empty, np.zeros(d), n, seed, weighted=weighted, complete_rows=omit_nan
+    )
     rows = _sampled(stats, 0)
     if omit_nan:
         _check_enough_rows(rows.shape[0], n)
@@ -103,7 +107,8 @@ def _check_enough_rows(n_rows: int, n: int) -> None:
     if n_rows < n:
         raise ValueError(
             f"Only {n_rows} row(s) of X hold no NaN (nan_policy='omit' leaves the others "
-            f"out), fewer than the {n} needed; lower the number of clusters or components."
+            f"out; 'marginalize' seeds from complete rows), fewer than the {n} needed; lower "
+            "the number of clusters or components."
         )
 
 
@@ -187,13 +192,15 @@ def _kmeans_parallel(X, n_clusters, first, seeds, reduce_rng, ell, sample_weight
     n_keep = int(math.ceil(ell + 6 * math.sqrt(ell) + 10))
     none = np.zeros((0, X.shape[1]))
     for seed in seeds:
-        stats = yield seed_request(candidates, none, origin, n_keep, seed, ell)
+        stats = yield seed_request(
+            candidates, none, origin, n_keep, seed, ell, complete_rows=omit_nan
+        )
         phi = stats["potential"][0]
         if not phi > 0:  # every row sits on a candidate
             break
         chosen = stats["x"][0][stats["key"][0] > phi]
         candidates = np.concatenate([candidates, chosen])
-    counts = (yield assign_request(candidates, origin))["N"]
+    counts = (yield assign_request(candidates, origin, complete_rows=omit_nan))["N"]
     return (yield from reduce_candidates(
         candidates, counts, n_clusters, reduce_rng, X, sample_weight, omit_nan
     ))  # fmt: skip
@@ -262,22 +269,23 @@ def kmeans_plusplus_steps(X, n_clusters: int, rng, sample_weight=None, omit_nan=
         return done(centers.astype(np.float64))
     first = random_rows_steps(X, 1, rng, sample_weight, omit_nan)
     seeds = [_seed(rng) for _ in range(n_clusters)]
-    return _kmeans_plusplus(X.shape[1], n_clusters, first, seeds)
+    return _kmeans_plusplus(X.shape[1], n_clusters, first, seeds, omit_nan)
 
 
-def _kmeans_plusplus(d: int, n_clusters: int, first: Steps, seeds: list) -> Steps:
+def _kmeans_plusplus(d: int, n_clusters: int, first: Steps, seeds: list, omit_nan) -> Steps:
     n_trials = 2 + int(np.log(n_clusters))
     centers = yield from first
     origin = centers[0]
     none = np.zeros((0, d))
-    stats = yield seed_request(centers, none, origin, n_trials, seeds[0])
+    stats = yield seed_request(centers, none, origin, n_trials, seeds[0], complete_rows=omit_nan)
     trials = _sampled(stats, 0)
     for seed in seeds[1:]:
         if trials.shape[0] == 0:  # fewer distinct rows than clusters
             fill = np.repeat(centers[:1], n_clusters - centers.shape[0], axis=0)
             return np.concatenate([centers, fill])
         last = centers.shape[0] == n_clusters - 1
-        stats = yield seed_request(centers, trials, origin, 0 if last else n_trials, seed)
+        n_keep = 0 if last else n_trials
+        stats = yield seed_request(centers, trials, origin, n_keep, seed, complete_rows=omit_nan)
         best = int(np.argmin(stats["potential"]))
         centers = np.concatenate([centers, trials[best : best + 1]])
         trials = _sampled(stats, best)

@@ -30,16 +30,16 @@ def squarem_steps(gm, data, state, layout, progress) -> Steps:
     ``gm`` is the GaussianMixture (its ``_em_request`` and ``_m_step``),
     ``progress`` records each pass (``_Progress`` of :mod:`dask_emk.models.gmm`).
     """
-    ct, max_iter = gm.covariance_type, gm.max_iter
+    ct, max_iter, gaps = gm.covariance_type, gm.max_iter, data.marginal
     if max_iter == 0:
         return state
-    stats = yield gm._em_request(state, layout)
+    stats = yield gm._em_request(state, layout, gaps)
     point, step = state, gm._m_step(stats, state, data)  # p and F(p)
     if progress.record(stats, step):
         return step
     step_max = 1.0
     while progress.n_iter < max_iter:
-        stats = yield gm._em_request(step, layout)
+        stats = yield gm._em_request(step, layout, gaps)
         step2 = gm._m_step(stats, step, data)  # F(F(p))
         if progress.record(stats, step2) or progress.n_iter >= max_iter:
             return step2
@@ -49,7 +49,9 @@ def squarem_steps(gm, data, state, layout, progress) -> Steps:
         if trial is None:
             point, step = step, step2  # a plain EM step: F(F(p)) needs its pass next
         else:
-            plain, jumped = yield [gm._em_request(step2, layout), gm._em_request(trial, layout)]
+            plain, jumped = yield [
+                gm._em_request(step2, layout, gaps), gm._em_request(trial, layout, gaps)
+            ]
             kept = _kept_jump(gm, trial, jumped, plain, data)
             if kept is None:
                 if alpha == step_max:

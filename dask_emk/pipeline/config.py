@@ -246,6 +246,11 @@ def validate(raw: dict, source: str = "pipeline") -> dict:
     _require(cfg["output"], "results", "output", source)
     for dim, index in (cfg["output"]["map_slice"] or {}).items():
         _check_value(index, INT, f"output.map_slice.{dim}", source)
+    if cfg["model"]["type"] == "dpmeans" and cfg["input"]["nan_policy"] == "marginalize":
+        raise PipelineError(
+            f"{source}: model.type = 'dpmeans' has no [input] nan_policy = 'marginalize'; "
+            "set nan_policy = 'omit' or model.type = 'kmeans'."
+        )
     unsupported = {"kmeans": ("responsibilities", "log_density"), "anneal": ("log_density",)}
     unsupported["dpmeans"] = unsupported["kmeans"]
     for key in unsupported.get(cfg["model"]["type"], ()):
