@@ -224,65 +224,176 @@ def upper_products(YT, out):  # pragma: no cover - compiled
             col += 1
 
 
-@compiled(fastmath=_SAFE_FAST_MATH)
-def candidate_pairs(G, yy, mm, peak, low, high, rel_err, margin):  # pragma: no cover
-    """The (row, component) pairs whose log-density can come within ``margin``
-    of the row's best, from the distance GEMM G = Y Mᵀ.
+#: t of the bounds' (a ± η)² ≤ (1 ± t) a² ± η² / t (any t in (0, 1)).
+BOUND_T = 2.0**-26
 
-    With D = ‖y − m_k‖² (here ‖y‖² + ‖m_k‖² − 2 G, off by at most
-    e = rel_err (‖y‖² + ‖m_k‖²)) and eigenvalues of the precision within
-    [low_k, high_k], each log-density lies in
-    [peak_k − ½ high_k (D + e), peak_k − ½ low_k max(D − e, 0)]. A pair is
-    kept when its upper bound reaches the row's best lower bound − margin.
+
+@compiled(fastmath=_SAFE_FAST_MATH)
+def pair_bounds(G, yy, mm, ny, nm, eta, peak, low, high, rel_err, upper):  # pragma: no cover
+    """Bounds on every log-density from the distance GEMM G = Z Nᵀ of rows Z
+    and means N in the bound metric (:func:`dask_emk.core.mixture.candidate_pairs`).
+
+    With a = ‖ẑ − ν̂‖ (a² within e = rel_err (‖ẑ‖² + ‖ν̂‖²) of
+    D̂ = ‖ẑ‖² + ‖ν̂‖² − 2 G) and the exact metric distance within
+    η_ik = eta (‖y_i‖ + ‖μ_k‖) of a, the squared metric distance lies in
+    [(1 − t) max(D̂ − e, 0) − η² / t, (1 + t) (D̂ + e) + 2 η² / t]
+    ((a ± η)² ≤ (1 ± t) a² ± η² / t, t = BOUND_T), and each log-density in
+    [peak_k − ½ high_k D_hi, peak_k − ½ low_k max(D_lo, 0)].
 
     Parameters
     ----------
     G : ndarray of shape (n, K)
-    yy : ndarray of shape (n,), ‖y‖²
-    mm, peak, low, high : ndarray of shape (K,)
-    rel_err, margin : float
+    yy, ny : ndarray of shape (n,), ‖ẑ‖² and the Euclidean ‖y‖
+    mm, nm, peak, low, high : ndarray of shape (K,)
+    eta, rel_err : float
+    upper : ndarray of shape (n, K), written: the upper bounds
+
+    Returns
+    -------
+    lower : ndarray of shape (n,), the best lower bound of each row
+    guess : ndarray of shape (n,), intp: the component of largest
+        (upper + lower) bound, the likely best
+    finite : bool
+        False if a row is not finite or a bound overflowed (then nothing
+        else is to be used).
+    """
+    n, K = G.shape
+    t = BOUND_T
+    lower = np.empty(n)
+    guess = np.zeros(n, dtype=np.intp)
+    for i in range(n):
+        if not np.isfinite(yy[i]):
+            return lower, guess, False
+        best = -np.inf
+        middle = -np.inf
+        for k in range(K):
+            dist = yy[i] + mm[k] - 2.0 * G[i, k]
+            err = rel_err * (yy[i] + mm[k])
+            h = eta * (ny[i] + nm[k])
+            h2 = h * h / t
+            d_lo = max((1.0 - t) * max(dist - err, 0.0) - h2, 0.0)
+            d_hi = (1.0 + t) * (dist + err) + 2.0 * h2
+            up = peak[k] - 0.5 * low[k] * d_lo
+            lo = peak[k] - 0.5 * high[k] * d_hi
+            upper[i, k] = up
+            best = max(best, lo)
+            if up + lo > middle:
+                middle = up + lo
+                guess[i] = k
+        if not np.isfinite(best):
+            return lower, guess, False
+        lower[i] = best
+    return lower, guess, True
+
+
+@compiled()
+def group_rows(labels, K):  # pragma: no cover - compiled
+    """(offsets, rows) of the pairs (i, labels[i]) in the component-major
+    layout of :func:`select_pairs` (rows ascending within a component)."""
+    counts = np.zeros(K + 1, dtype=np.intp)
+    for i in range(labels.shape[0]):
+        counts[labels[i] + 1] += 1
+    offsets = np.cumsum(counts)
+    rows = np.empty(labels.shape[0], dtype=np.intp)
+    fill = offsets[:K].copy()
+    for i in range(labels.shape[0]):
+        rows[fill[labels[i]]] = i
+        fill[labels[i]] += 1
+    return offsets, rows
+
+
+#: Relative rounding allowance of the comparison in :func:`select_pairs`.
+_COMPARE_SLACK = 8.0 * np.finfo(np.float64).eps
+
+
+@compiled(fastmath=_SAFE_FAST_MATH)
+def select_pairs(upper, floor, margin):  # pragma: no cover - compiled
+    """The pairs whose upper bound reaches their row's floor − margin (with a
+    relative allowance for the rounding of the bounds' few operations).
+
+    Parameters
+    ----------
+    upper : ndarray of shape (n, K)
+    floor : ndarray of shape (n,), a lower bound on each row's best log-density
+    margin : float
 
     Returns
     -------
     offsets : ndarray of shape (K + 1,), intp
         Component k's rows are ``rows[offsets[k]:offsets[k + 1]]``, ascending.
     rows : ndarray of shape (n_pairs,), intp
-    finite : bool
-        False if some row's best lower bound is not finite (then the pairs
-        are not to be used: NaN/inf rows or overflow).
     """
-    n, K = G.shape
-    keep = np.zeros((n, K), dtype=np.bool_)
+    n, K = upper.shape
     counts = np.zeros(K + 1, dtype=np.intp)
-    floor = np.empty(K)
     for i in range(n):
-        best = -np.inf
         for k in range(K):
-            dist = yy[i] + mm[k] - 2.0 * G[i, k]
-            err = rel_err * (yy[i] + mm[k])
-            floor[k] = peak[k] - 0.5 * low[k] * max(dist - err, 0.0)
-            best = max(best, peak[k] - 0.5 * high[k] * (dist + err))
-        if not np.isfinite(best):
-            return counts, np.empty(0, dtype=np.intp), False
-        for k in range(K):
-            if floor[k] >= best - margin:
-                keep[i, k] = True
+            slack = _COMPARE_SLACK * (abs(upper[i, k]) + abs(floor[i]))
+            if upper[i, k] + slack >= floor[i] - margin:
                 counts[k + 1] += 1
+            else:
+                upper[i, k] = np.nan  # marks a skipped pair for the second pass
     offsets = np.cumsum(counts)
     rows = np.empty(offsets[K], dtype=np.intp)
     fill = offsets[:K].copy()
     for i in range(n):
         for k in range(K):
-            if keep[i, k]:
+            if not np.isnan(upper[i, k]):
                 rows[fill[k]] = i
                 fill[k] += 1
-    return offsets, rows, True
+    return offsets, rows
+
+
+@compiled(fastmath=_SAFE_FAST_MATH)
+def select_exact(log_dens, ny, nm, scale, peak, rel, margin):  # pragma: no cover
+    """:func:`select_pairs` from computed log-densities ℓ̂ (K, n) of all pairs,
+    each within e_ik = scale_k (ny_i + nm_k)² + rel (|ℓ̂_ik| + |peak_k|) of the
+    exact value: a pair is kept when ℓ̂_ik + e_ik reaches
+    max_k (ℓ̂_ik − e_ik) − margin. Returns (offsets, rows), or None if a
+    row's best is not finite (NaN/inf rows)."""
+    K, n = log_dens.shape
+    floor = np.full(n, -np.inf)
+    for k in range(K):
+        for i in range(n):
+            v = log_dens[k, i]
+            h = ny[i] + nm[k]
+            floor[i] = max(floor[i], v - (scale[k] * h * h + rel * (abs(v) + abs(peak[k]))))
+    for i in range(n):
+        if not np.isfinite(floor[i]):
+            return None
+        floor[i] -= margin + _COMPARE_SLACK * abs(floor[i])
+    counts = np.zeros(K + 1, dtype=np.intp)
+    for k in range(K):
+        c = 0
+        for i in range(n):
+            v = log_dens[k, i]
+            h = ny[i] + nm[k]
+            c += v + scale[k] * h * h + rel * (abs(v) + abs(peak[k])) >= floor[i]
+        counts[k + 1] = c
+    offsets = np.cumsum(counts)
+    rows = np.empty(offsets[K], dtype=np.intp)
+    for k in range(K):
+        p = offsets[k]
+        for i in range(n):
+            v = log_dens[k, i]
+            h = ny[i] + nm[k]
+            if v + scale[k] * h * h + rel * (abs(v) + abs(peak[k])) >= floor[i]:
+                rows[p] = i
+                p += 1
+    return offsets, rows
+
+
+@compiled()
+def gather_pairs(log_dens, offsets, rows, out):  # pragma: no cover - compiled
+    """out[p] = log_dens[k, rows[p]] over the pairs p of each component k."""
+    for k in range(offsets.shape[0] - 1):
+        for p in range(offsets[k], offsets[k + 1]):
+            out[p] = log_dens[k, rows[p]]
 
 
 @compiled()
 def pair_responsibilities(offsets, rows, log_dens, n):  # pragma: no cover - compiled
     """Per-row logsumexp over candidate pairs (component-major, as
-    :func:`candidate_pairs`), as the dense E-step does it over all K.
+    :func:`select_pairs`), as the dense E-step does it over all K.
 
     Returns
     -------
@@ -315,7 +426,7 @@ def pair_responsibilities(offsets, rows, log_dens, n):  # pragma: no cover - com
 @compiled(fastmath=_SAFE_FAST_MATH)
 def pair_log_densities(Y, offsets, rows, M, prec, peak, out):  # pragma: no cover
     """out[p] = peak_k − ½ Σ_j prec[k, j] (y_j − m_kj)² over the pairs p of each
-    component k (layout of :func:`candidate_pairs`); ``prec`` is (K, d), or
+    component k (layout of :func:`select_pairs`); ``prec`` is (K, d), or
     (K, 1) for one variance per component. Diagonal and scalar blocks only."""
     d = Y.shape[1]
     for k in range(offsets.shape[0] - 1):
