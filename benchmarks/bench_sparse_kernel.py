@@ -90,9 +90,9 @@ def counted_estep(X, params, force_dense: bool) -> tuple[float, float, float]:
 
     mixture.sparse_plan, mixture.FORCE_DENSE = counting, force_dense
     try:
-        start = time.perf_counter()
+        start = time.thread_time()
         mixture.estep_stats(X, None, params)
-        seconds = time.perf_counter() - start
+        seconds = time.thread_time() - start
     finally:
         mixture.sparse_plan, mixture.FORCE_DENSE = real, False
     K = params.means.shape[0]

@@ -344,41 +344,51 @@ def select_pairs(upper, floor, margin):  # pragma: no cover - compiled
 
 
 @compiled(fastmath=_SAFE_FAST_MATH)
-def select_exact(log_dens, ny, nm, scale, peak, rel, margin):  # pragma: no cover
+def select_exact(log_dens, top, ny, scale, rel, margin, rows_buffer):  # pragma: no cover
     """:func:`select_pairs` from computed log-densities ℓ̂ (K, n) of all pairs,
-    each within e_ik = scale_k (ny_i + nm_k)² + rel (|ℓ̂_ik| + |peak_k|) of the
-    exact value: a pair is kept when ℓ̂_ik + e_ik reaches
-    max_k (ℓ̂_ik − e_ik) − margin. Returns (offsets, rows), or None if a
-    row's best is not finite (NaN/inf rows)."""
+    each within e_ik = A_i + rel |ℓ̂_ik| of the exact value, where
+    A_i = scale[0] (ny_i + scale[1])² + rel scale[2].
+
+    A pair is kept when its upper bound ℓ̂ + e reaches its row's lower bound
+    top − A − rel |top| minus ``margin``: ℓ̂ + rel |ℓ̂| ≥ t_i, i.e. ℓ̂ at
+    least t_i / (1 + rel) or t_i / (1 − rel) by the sign of t_i (the left
+    side increases with ℓ̂); a relative allowance covers these few roundings.
+
+    Parameters
+    ----------
+    log_dens : ndarray of shape (K, n)
+    top : ndarray of shape (n,), finite: max_k ℓ̂_ik
+    ny : ndarray of shape (n,), ‖y‖
+    scale : ndarray of shape (3,): the largest (q + 2d + 8) ε tr P_k, the
+        largest ‖μ_k‖, the largest finite |peak_k|
+    rel, margin : float
+    rows_buffer : ndarray of shape (K, n), intp, overwritten
+
+    Returns
+    -------
+    offsets, rows : as :func:`select_pairs`
+    """
     K, n = log_dens.shape
-    floor = np.full(n, -np.inf)
-    for k in range(K):
-        for i in range(n):
-            v = log_dens[k, i]
-            h = ny[i] + nm[k]
-            floor[i] = max(floor[i], v - (scale[k] * h * h + rel * (abs(v) + abs(peak[k]))))
+    floor = np.empty(n)
     for i in range(n):
-        if not np.isfinite(floor[i]):
-            return None
-        floor[i] -= margin + _COMPARE_SLACK * abs(floor[i])
+        h = ny[i] + scale[1]
+        a = scale[0] * h * h + rel * scale[2]
+        t = top[i] - rel * abs(top[i]) - 2.0 * a - margin
+        t -= _COMPARE_SLACK * (abs(t) + abs(top[i]) + margin)
+        floor[i] = t / (1.0 + rel) if t >= 0 else t / (1.0 - rel)
     counts = np.zeros(K + 1, dtype=np.intp)
     for k in range(K):
         c = 0
+        buf = rows_buffer[k]
+        row = log_dens[k]
         for i in range(n):
-            v = log_dens[k, i]
-            h = ny[i] + nm[k]
-            c += v + scale[k] * h * h + rel * (abs(v) + abs(peak[k])) >= floor[i]
+            buf[c] = i
+            c += row[i] >= floor[i]
         counts[k + 1] = c
     offsets = np.cumsum(counts)
     rows = np.empty(offsets[K], dtype=np.intp)
     for k in range(K):
-        p = offsets[k]
-        for i in range(n):
-            v = log_dens[k, i]
-            h = ny[i] + nm[k]
-            if v + scale[k] * h * h + rel * (abs(v) + abs(peak[k])) >= floor[i]:
-                rows[p] = i
-                p += 1
+        rows[offsets[k] : offsets[k + 1]] = rows_buffer[k, : counts[k + 1]]
     return offsets, rows
 
 
@@ -391,36 +401,24 @@ def gather_pairs(log_dens, offsets, rows, out):  # pragma: no cover - compiled
 
 
 @compiled()
-def pair_responsibilities(offsets, rows, log_dens, n):  # pragma: no cover - compiled
-    """Per-row logsumexp over candidate pairs (component-major, as
-    :func:`select_pairs`), as the dense E-step does it over all K.
+def pair_top(offsets, rows, log_dens, n):  # pragma: no cover - compiled
+    """Each row's largest log-density over its candidate pairs (layout of
+    :func:`select_pairs`) and its component, lowest on ties (as argmax).
 
     Returns
     -------
-    log_prob_norm : ndarray of shape (n,)
-    resp : ndarray of shape (n_pairs,)
-    label : ndarray of shape (n,), intp: argmax, lowest component on ties
-    total : ndarray of shape (n,): Σ exp(log_dens − top); 1 / total is the
-        largest responsibility of the row
+    top : ndarray of shape (n,)
+    label : ndarray of shape (n,), intp
     """
     top = np.full(n, -np.inf)
     label = np.zeros(n, dtype=np.intp)
-    K = offsets.shape[0] - 1
-    for k in range(K):
+    for k in range(offsets.shape[0] - 1):
         for p in range(offsets[k], offsets[k + 1]):
             i = rows[p]
             if log_dens[p] > top[i]:
                 top[i] = log_dens[p]
                 label[i] = k
-    total = np.zeros(n)
-    resp = np.empty(rows.shape[0])
-    for p in range(rows.shape[0]):
-        e = np.exp(log_dens[p] - top[rows[p]])
-        resp[p] = e
-        total[rows[p]] += e
-    for p in range(rows.shape[0]):
-        resp[p] /= total[rows[p]]
-    return top + np.log(total), resp, label, total
+    return top, label
 
 
 @compiled(fastmath=_SAFE_FAST_MATH)

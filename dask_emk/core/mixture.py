@@ -669,6 +669,7 @@ def _exact_bounds(Y, params: MixtureParams, ny, nm, margin: float, scratch) -> C
     of the exact value, with room to spare (:func:`loops.select_exact`).
     """
     K, d = params.means.shape
+    n = Y.shape[0]
     log_dens, _ = weighted_log_prob(Y, params, scratch)
     U = params.precisions_cholesky
     if COVARIANCE_TYPES[params.covariance_type].block == "matrix":
@@ -676,10 +677,18 @@ def _exact_bounds(Y, params: MixtureParams, ny, nm, margin: float, scratch) -> C
     else:
         trace = (U**2).sum(axis=-1) if U.ndim == 2 else d * U**2
     eps = np.finfo(np.float64).eps
-    scale = (n_quadratic(d, params.covariance_type) + 2 * d + 8) * eps * trace
-    found = loops.select_exact(log_dens, ny, nm, np.broadcast_to(scale, (K,)).copy(),
-                               params.log_peak, 4 * eps, margin)  # fmt: skip
-    return None if found is None else Candidates(*found, log_dens)
+    peak = params.log_peak[np.isfinite(params.log_peak)]
+    scale = np.array([
+        (n_quadratic(d, params.covariance_type) + 2 * d + 8) * eps * np.max(trace),
+        np.max(nm),
+        np.max(np.abs(peak), initial=0.0),
+    ])  # fmt: skip
+    top = log_dens.max(axis=0)
+    if not np.isfinite(top).all():
+        return None
+    rows_buffer = scratch.get("rows_buffer", (K, n)).view(np.intp)
+    found = loops.select_exact(log_dens, top, ny, scale, 4 * eps, margin, rows_buffer)
+    return Candidates(*found, log_dens)
 
 
 def _metric_bounds(Y, params: MixtureParams, ny, nm, margin: float, scratch) -> Candidates | None:
@@ -761,10 +770,21 @@ def sparse_plan(X: np.ndarray, params: MixtureParams, scratch: Scratch) -> Spars
     if found is None or found.offsets[-1] > most * n:
         return None
     plan = SparsePlan(Y, found, scratch)
-    log_dens = pair_log_densities(plan, params)
-    resp_etc = loops.pair_responsibilities(found.offsets, found.rows, log_dens, n)
-    plan.log_prob_norm, plan.resp, plan.label, plan.total = resp_etc
+    pair_responsibilities(plan, pair_log_densities(plan, params))
     return plan
+
+
+def pair_responsibilities(plan: SparsePlan, log_dens: np.ndarray) -> None:
+    """Per-row logsumexp over the candidate pairs, as the dense E-step does
+    it over all K (numpy's vectorised exp; sums in the same component order).
+    Sets ``log_prob_norm``, ``resp``, ``label`` and ``total`` of ``plan``."""
+    n, rows = plan.Y.shape[0], plan.rows
+    top, plan.label = loops.pair_top(plan.offsets, rows, log_dens, n)
+    resp = np.subtract(log_dens, top[rows], out=log_dens)
+    np.exp(resp, out=resp)
+    plan.total = np.bincount(rows, weights=resp, minlength=n)
+    plan.resp = np.divide(resp, plan.total[rows], out=resp)
+    plan.log_prob_norm = top + np.log(plan.total)
 
 
 def pair_log_densities(plan: SparsePlan, params: MixtureParams) -> np.ndarray:
