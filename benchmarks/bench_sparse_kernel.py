@@ -111,9 +111,14 @@ def main() -> None:
     parser.add_argument(
         "--no-fallback", action="store_true", help="sparse path on every sub-block"
     )
+    parser.add_argument(
+        "--exact", action="store_true", help="candidates from exact log-densities also for full"
+    )
     args = parser.parse_args()
+    if args.exact:
+        mixture.EXACT_FEATURES = 10**9
     if args.no_fallback:
-        mixture.DENSE_FRACTION, mixture.DENSE_FRACTION_DEFAULT = {}, 1.0
+        mixture.DENSE_FRACTION = dict.fromkeys(mixture.DENSE_FRACTION, 1.0)
     with open("/proc/loadavg") as f:
         print(f"load {f.read().split()[:3]}, one BLAS thread, block of {args.n} rows")
     print(f"{'data':8s} {'type':9s} {'stage':5s} {'pairs':>6s} {'dense rows':>10s} "

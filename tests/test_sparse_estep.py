@@ -30,8 +30,7 @@ def pair_count(monkeypatch):
     """Counts (rows, candidate pairs) of the sub-blocks that took the sparse
     path, which every sub-block takes that has no NaN (no dense fallback by
     cost: the comparisons test the sparse arithmetic, not the tuning)."""
-    monkeypatch.setattr(mixture, "DENSE_FRACTION", {})
-    monkeypatch.setattr(mixture, "DENSE_FRACTION_DEFAULT", 1.0)
+    monkeypatch.setattr(mixture, "DENSE_FRACTION", dict.fromkeys(mixture.DENSE_FRACTION, 1.0))
     seen = {"rows": 0, "pairs": 0}
     real = mixture.sparse_plan
 

@@ -493,15 +493,17 @@ FORCE_DENSE = False
 #: skipped ones together stay below e^-37 ≈ 0.4 ε of the row's total.
 PRUNE_NATS = 37.0
 
-#: Sub-blocks whose rows have on average more than one candidate plus this
-#: fraction of the other K − 1 components take the dense path (the sparse
-#: path's cost per pair is higher; measured break-even at K = 16: about 4
-#: candidates per row). Tied's dense E-step is already one distance GEMM of
-#: whitened rows, so fewer extra pairs pay there.
-DENSE_FRACTION = {"tied": 0.05}
-
-#: DENSE_FRACTION of the other covariance types.
-DENSE_FRACTION_DEFAULT = 0.15
+#: Sparse sub-blocks: the rows of a sub-block may have on average at most
+#: one candidate plus this fraction of the other K − 1 components, by how
+#: the candidates are found (measured break-even with the dense path, one
+#: BLAS thread, benchmarks/bench_sparse_kernel.py). "bounds": from
+#: :func:`_metric_bounds`, a pass over all pairs plus the exact arithmetic
+#: of the candidates. "exact": from the dense log-densities
+#: (:func:`_exact_bounds`); what remains to save is the exp over all pairs
+#: and the moments' GEMM, which the pair loops beat only for few pairs, or
+#: for many with full covariance (its moments GEMM is half the dense work).
+#: The fixture of tests/test_sparse_estep.py sets all to 1 (never dense).
+DENSE_FRACTION = {"bounds": 0.25, "exact": 0.15, "exact full": 0.4}
 
 #: Rows of a sub-block whose candidates are counted before the rest.
 PROBE_ROWS = 256
@@ -634,7 +636,7 @@ class Candidates:
 
 
 def candidate_pairs(
-    Y: np.ndarray, params: MixtureParams, scratch: Scratch | None = None
+    Y: np.ndarray, params: MixtureParams, scratch: Scratch | None = None, exact: bool = True
 ) -> Candidates | None:
     """The (row, component) pairs whose log-density can reach the row's total
     at float64 resolution, or None if a row is not finite (or overflows).
@@ -645,14 +647,15 @@ def candidate_pairs(
     all skipped ones together below e^-PRUNE_NATS ≈ 0.4 ε of the row's total.
     The last nat covers the rounding of the bounds' own few operations (with
     a relative allowance for huge values, :func:`loops.select_pairs`).
-    Bounds: :func:`_exact_bounds` or :func:`_metric_bounds`.
+    Bounds: :func:`_exact_bounds`, or :func:`_metric_bounds` if not ``exact``
+    and not :func:`exact_candidates`.
     """
     K, d = params.means.shape
     scratch = Scratch() if scratch is None else scratch
     ny = np.sqrt(np.einsum("ij,ij->i", Y, Y))
     nm = np.sqrt(np.einsum("ij,ij->i", params.shifted_means, params.shifted_means))
     margin = PRUNE_NATS + math.log(K) + 1.0
-    if exact_candidates(params.covariance_type, d):
+    if exact or exact_candidates(params.covariance_type, d):
         return _exact_bounds(Y, params, ny, nm, margin, scratch)
     return _metric_bounds(Y, params, ny, nm, margin, scratch)
 
@@ -670,7 +673,11 @@ def _exact_bounds(Y, params: MixtureParams, ny, nm, margin: float, scratch) -> C
     """
     K, d = params.means.shape
     n = Y.shape[0]
-    log_dens, _ = weighted_log_prob(Y, params, scratch)
+    log_dens = scratch.get("log_dens", (K, n))
+    # In the dense path's cache-sized pieces: the features Φ of a whole
+    # sparse sub-block would be (q + d) / (d + K) times its size.
+    for rows in mixture_sub_blocks(n, d, params.covariance_type, K):
+        log_dens[:, rows] = weighted_log_prob(Y[rows], params, scratch)[0]
     U = params.precisions_cholesky
     if COVARIANCE_TYPES[params.covariance_type].block == "matrix":
         trace = np.einsum("...ij,...ij->...", U, U)
@@ -754,19 +761,28 @@ def sparse_plan(X: np.ndarray, params: MixtureParams, scratch: Scratch) -> Spars
     """The sparse E-step of rows X (n, d), or None where the dense path pays
     (forced, one component, too many candidates, or non-finite rows).
 
-    The first PROBE_ROWS rows are tried alone first, so a sub-block that goes
-    dense costs a few hundred rows' bounds, not a shift and bounds of all.
+    The first PROBE_ROWS rows are tried alone first, with each way of
+    finding candidates in turn (bounds, then the exact log-densities; see
+    DENSE_FRACTION), so a sub-block that goes dense costs a few hundred
+    rows' bounds, not a shift and bounds of all.
     """
-    n, K = X.shape[0], params.means.shape[0]
+    (n, d), K = X.shape, params.means.shape[0]
     if FORCE_DENSE or K == 1 or n == 0:
         return None
-    most = 1.0 + DENSE_FRACTION.get(params.covariance_type, DENSE_FRACTION_DEFAULT) * (K - 1)
+    ct = params.covariance_type
+    modes = ["exact"] if exact_candidates(ct, d) else ["bounds", "exact full"]
     probe = np.subtract(X[:PROBE_ROWS], params.origin, dtype=np.float64)
-    found = candidate_pairs(probe, params, scratch)
-    if found is None or found.offsets[-1] > most * probe.shape[0]:
+    for mode in modes:
+        most = 1.0 + DENSE_FRACTION[mode] * (K - 1)
+        found = candidate_pairs(probe, params, scratch, exact=mode != "bounds")
+        if found is None:
+            return None
+        if found.offsets[-1] <= most * probe.shape[0]:
+            break
+    else:
         return None
     Y = shift_block(X, params.origin, scratch)
-    found = candidate_pairs(Y, params, scratch)
+    found = candidate_pairs(Y, params, scratch, exact=mode != "bounds")
     if found is None or found.offsets[-1] > most * n:
         return None
     plan = SparsePlan(Y, found, scratch)
