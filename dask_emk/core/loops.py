@@ -443,25 +443,49 @@ def pair_log_densities(Y, offsets, rows, M, prec, peak, out):  # pragma: no cove
             out[p] = peak[k] - 0.5 * acc
 
 
-@compiled(fastmath=_SAFE_FAST_MATH)
-def pair_moments(Y, offsets, rows, wr, N, SY, second):  # pragma: no cover - compiled
-    """Add Σ wr, Σ wr y and Σ wr y² (per feature if ``second`` is (K, d), summed
-    over features if it is (K, 1)) over the pairs of each component."""
-    d = Y.shape[1]
+@compiled()
+def row_major(offsets, rows, n):  # pragma: no cover - compiled
+    """The pairs in row order: (order, component), order a permutation of the
+    pairs sorted by row (stable) and component[p] the component of pair p.
+    The moment loops walk Y once in this order instead of once per component
+    with gaps, which the hardware prefetcher does not follow."""
+    counts = np.zeros(n + 1, dtype=np.intp)
+    component = np.empty(rows.shape[0], dtype=np.intp)
     for k in range(offsets.shape[0] - 1):
         for p in range(offsets[k], offsets[k + 1]):
-            i, w = rows[p], wr[p]
-            N[k] += w
+            counts[rows[p] + 1] += 1
+            component[p] = k
+    start = np.cumsum(counts)
+    order = np.empty(rows.shape[0], dtype=np.intp)
+    for p in range(rows.shape[0]):
+        order[start[rows[p]]] = p
+        start[rows[p]] += 1
+    return order, component
+
+
+@compiled(fastmath=_SAFE_FAST_MATH)
+def pair_moments(Y, order, component, rows, wr, N, SY, second):  # pragma: no cover
+    """Add Σ wr, Σ wr y and Σ wr y² (per feature if ``second`` is (K, d), summed
+    over features if it is (K, 1)) over the pairs, in the order of
+    :func:`row_major`. The two cases are separate loops, so the inner one
+    over features vectorises."""
+    d = Y.shape[1]
+    scalar = second.shape[1] == 1
+    for p in order:
+        k, w = component[p], wr[p]
+        y, sy, sq = Y[rows[p]], SY[k], second[k]
+        N[k] += w
+        if scalar:
             acc = 0.0
             for j in range(d):
-                y = Y[i, j]
-                SY[k, j] += w * y
-                if second.shape[1] == 1:
-                    acc += y * y
-                else:
-                    second[k, j] += w * y * y
-            if second.shape[1] == 1:
-                second[k, 0] += w * acc
+                sy[j] += w * y[j]
+                acc += y[j] * y[j]
+            sq[0] += w * acc
+        else:
+            for j in range(d):
+                wy = w * y[j]
+                sy[j] += wy
+                sq[j] += wy * y[j]
 
 
 @compiled(fastmath=_SAFE_FAST_MATH)
@@ -487,19 +511,19 @@ def pair_log_densities_matrix(Y, offsets, rows, M, U, peak, out):  # pragma: no 
 
 
 @compiled(fastmath=_SAFE_FAST_MATH)
-def pair_moments_matrix(Y, offsets, rows, wr, N, SY, second):  # pragma: no cover
+def pair_moments_matrix(Y, order, component, rows, wr, N, SY, second):  # pragma: no cover
     """Add Σ wr, Σ wr y and the upper triangle of Σ wr y yᵀ (``np.triu_indices``
-    order; ``second`` may have no columns) over the pairs of each component."""
+    order; ``second`` may have no columns) over the pairs, in the order of
+    :func:`row_major`."""
     d = Y.shape[1]
-    for k in range(offsets.shape[0] - 1):
-        for p in range(offsets[k], offsets[k + 1]):
-            i, w = rows[p], wr[p]
-            N[k] += w
-            c = 0
-            for a in range(d):
-                ya = w * Y[i, a]
-                SY[k, a] += ya
-                if second.shape[1]:
-                    for b in range(a, d):
-                        second[k, c] += ya * Y[i, b]
-                        c += 1
+    for p in order:
+        i, k, w = rows[p], component[p], wr[p]
+        N[k] += w
+        c = 0
+        for a in range(d):
+            ya = w * Y[i, a]
+            SY[k, a] += ya
+            if second.shape[1]:
+                for b in range(a, d):
+                    second[k, c] += ya * Y[i, b]
+                    c += 1

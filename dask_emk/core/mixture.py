@@ -150,9 +150,10 @@ def quadratic_coefficients(params: MixtureParams) -> tuple[np.ndarray, np.ndarra
 
 
 def weighted_log_prob(
-    Y: np.ndarray, params: MixtureParams, scratch: Scratch | None = None
+    Y: np.ndarray, params: MixtureParams, scratch: Scratch | None = None, out=None
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """log π_k + log N(y | μ_k, Σ_k) of shifted rows Y, shape (K, n).
+    """log π_k + log N(y | μ_k, Σ_k) of shifted rows Y, shape (K, n) (into
+    ``out`` if given).
 
     Returns
     -------
@@ -166,12 +167,12 @@ def weighted_log_prob(
     if COVARIANCE_TYPES[params.covariance_type].whitened:
         U = params.precisions_cholesky
         weighted = squared_distances(Y @ U, params.shifted_means @ U).T
-        weighted *= -0.5
+        weighted = np.multiply(weighted, -0.5, out=weighted if out is None else out)
         weighted += peak
         return weighted, None
     phi = quadratic_features(Y, params.covariance_type, scratch)
     A, b = params.log_prob_coefficients
-    weighted = buffer(scratch, "weighted", (A.shape[1], Y.shape[0]))
+    weighted = buffer(scratch, "weighted", (A.shape[1], Y.shape[0])) if out is None else out
     if A.shape[0] >= WIDE_FEATURES:
         # (n, K) is BLAS's fast output orientation for many features (~25% on
         # the full GEMM); one transposed copy then gives the component-major
@@ -559,6 +560,11 @@ class SparsePlan:
         return slice(self.offsets[k], self.offsets[k + 1])
 
     @cached_property
+    def row_major(self) -> tuple[np.ndarray, np.ndarray]:
+        """(order, component) of :func:`loops.row_major`."""
+        return loops.row_major(self.offsets, self.rows, self.Y.shape[0])
+
+    @cached_property
     def gathered(self) -> list[np.ndarray]:
         """Y's rows of each component's pairs, (n_k, d) each: one gather, K views."""
         d = self.Y.shape[1]
@@ -677,7 +683,7 @@ def _exact_bounds(Y, params: MixtureParams, ny, nm, margin: float, scratch) -> C
     # In the dense path's cache-sized pieces: the features Φ of a whole
     # sparse sub-block would be (q + d) / (d + K) times its size.
     for rows in mixture_sub_blocks(n, d, params.covariance_type, K):
-        log_dens[:, rows] = weighted_log_prob(Y[rows], params, scratch)[0]
+        weighted_log_prob(Y[rows], params, scratch, out=log_dens[:, rows])
     U = params.precisions_cholesky
     if COVARIANCE_TYPES[params.covariance_type].block == "matrix":
         trace = np.einsum("...ij,...ij->...", U, U)
@@ -783,7 +789,9 @@ def sparse_plan(X: np.ndarray, params: MixtureParams, scratch: Scratch) -> Spars
         return None
     Y = shift_block(X, params.origin, scratch)
     found = candidate_pairs(Y, params, scratch, exact=mode != "bounds")
-    if found is None or found.offsets[-1] > most * n:
+    # Near the break-even going dense now would waste the candidates' work:
+    # only a probe far off (sorted rows) sends the sub-block dense.
+    if found is None or found.offsets[-1] > 2.0 * most * n:
         return None
     plan = SparsePlan(Y, found, scratch)
     pair_responsibilities(plan, pair_log_densities(plan, params))
@@ -857,11 +865,11 @@ def sparse_raw_moments(plan: SparsePlan, weight: np.ndarray | None, covariance_t
     N, SY = np.zeros(K), np.zeros((K, d))
     if ctype.block != "matrix":
         second = np.zeros((K, n_quadratic(d, covariance_type)))
-        loops.pair_moments(plan.Y, plan.offsets, plan.rows, wr, N, SY, second)
+        loops.pair_moments(plan.Y, *plan.row_major, plan.rows, wr, N, SY, second)
         return {"N": N, "raw": np.concatenate([second, SY], axis=1)}
     second = np.zeros((K, 0 if ctype.whitened else n_quadratic(d, covariance_type)))
     if d <= SMALL_MATRIX:
-        loops.pair_moments_matrix(plan.Y, plan.offsets, plan.rows, wr, N, SY, second)
+        loops.pair_moments_matrix(plan.Y, *plan.row_major, plan.rows, wr, N, SY, second)
         return _with_pooled_moments({"N": N, "raw": np.concatenate([second, SY], axis=1)},
                                     plan, weight, ctype.whitened)  # fmt: skip
     upper = np.triu_indices(d)
