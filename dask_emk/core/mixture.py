@@ -19,12 +19,15 @@ does (its sums are float64).
 
 Two E-step paths give the same statistics (to rounding): the dense one
 evaluates all K log-densities of every row with two GEMMs on quadratic
-features Φ; the sparse one (:func:`sparse_plan`) first proves from one
-Euclidean distance GEMM which components can reach a row's total at float64
-resolution, then evaluates and accumulates only those (row, component)
-pairs. Each sub-block takes the sparse path unless its candidate count says
-the dense one is cheaper (overlapping components); ``FORCE_DENSE`` forces
-the dense path (tests, benchmarks).
+features Φ; the sparse one (:func:`sparse_plan`) first proves which
+components can reach a row's total at float64 resolution, then takes the
+exp and accumulates the moments over only those (row, component) pairs.
+The proof comes from bounds out of one distance GEMM (full covariance with
+d > 3: the exact arithmetic is then needed only for the candidates) or from
+the dense log-densities themselves (:func:`candidate_pairs`). Each
+sub-block takes the sparse path unless a probe of its first rows says the
+dense one is cheaper (overlapping components); ``FORCE_DENSE`` forces the
+dense path (tests, benchmarks).
 """
 
 from __future__ import annotations
@@ -502,9 +505,10 @@ PRUNE_NATS = 37.0
 #: of the candidates. "exact": from the dense log-densities
 #: (:func:`_exact_bounds`); what remains to save is the exp over all pairs
 #: and the moments' GEMM, which the pair loops beat only for few pairs, or
-#: for many with full covariance (its moments GEMM is half the dense work).
+#: for many with full covariance and d > 3 (its moments GEMM is half the
+#: dense work); tied's dense moments are one GEMM for all components.
 #: The fixture of tests/test_sparse_estep.py sets all to 1 (never dense).
-DENSE_FRACTION = {"bounds": 0.25, "exact": 0.15, "exact full": 0.4}
+DENSE_FRACTION = {"bounds": 0.25, "exact": 0.15, "exact full": 0.4, "exact tied": 0.05}
 
 #: Rows of a sub-block whose candidates are counted before the rest.
 PROBE_ROWS = 256
@@ -776,7 +780,10 @@ def sparse_plan(X: np.ndarray, params: MixtureParams, scratch: Scratch) -> Spars
     if FORCE_DENSE or K == 1 or n == 0:
         return None
     ct = params.covariance_type
-    modes = ["exact"] if exact_candidates(ct, d) else ["bounds", "exact full"]
+    if exact_candidates(ct, d):
+        modes = ["exact tied" if COVARIANCE_TYPES[ct].whitened else "exact"]
+    else:
+        modes = ["bounds", "exact full"]
     probe = np.subtract(X[:PROBE_ROWS], params.origin, dtype=np.float64)
     for mode in modes:
         most = 1.0 + DENSE_FRACTION[mode] * (K - 1)
