@@ -231,7 +231,7 @@ BOUND_T = 2.0**-26
 @compiled(fastmath=_SAFE_FAST_MATH)
 def pair_bounds(G, yy, mm, ny, nm, eta, peak, low, high, rel_err, upper):  # pragma: no cover
     """Bounds on every log-density from the distance GEMM G = Z Nᵀ of rows Z
-    and means N in the bound metric (:func:`dask_emk.core.mixture.candidate_pairs`).
+    and means N in the bound metric (:func:`dask_emk.core.mixture._metric_bounds`).
 
     With a = ‖ẑ − ν̂‖ (a² within e = rel_err (‖ẑ‖² + ‖ν̂‖²) of
     D̂ = ‖ẑ‖² + ‖ν̂‖² − 2 G) and the exact metric distance within

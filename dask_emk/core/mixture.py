@@ -153,7 +153,10 @@ def quadratic_coefficients(params: MixtureParams) -> tuple[np.ndarray, np.ndarra
 
 
 def weighted_log_prob(
-    Y: np.ndarray, params: MixtureParams, scratch: Scratch | None = None, out=None
+    Y: np.ndarray,
+    params: MixtureParams,
+    scratch: Scratch | None = None,
+    out: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """log π_k + log N(y | μ_k, Σ_k) of shifted rows Y, shape (K, n) (into
     ``out`` if given).
@@ -662,12 +665,15 @@ def candidate_pairs(
     """
     K, d = params.means.shape
     scratch = Scratch() if scratch is None else scratch
-    ny = np.sqrt(np.einsum("ij,ij->i", Y, Y))
-    nm = np.sqrt(np.einsum("ij,ij->i", params.shifted_means, params.shifted_means))
     margin = PRUNE_NATS + math.log(K) + 1.0
-    if exact or exact_candidates(params.covariance_type, d):
-        return _exact_bounds(Y, params, ny, nm, margin, scratch)
-    return _metric_bounds(Y, params, ny, nm, margin, scratch)
+    # NaN/inf rows turn into NaN bounds by design: they send the sub-block to
+    # the dense path, which counts and drops them.
+    with np.errstate(invalid="ignore", over="ignore"):
+        ny = np.sqrt(np.einsum("ij,ij->i", Y, Y))
+        nm = np.sqrt(np.einsum("ij,ij->i", params.shifted_means, params.shifted_means))
+        if exact or exact_candidates(params.covariance_type, d):
+            return _exact_bounds(Y, params, ny, nm, margin, scratch)
+        return _metric_bounds(Y, params, ny, nm, margin, scratch)
 
 
 def _exact_bounds(Y, params: MixtureParams, ny, nm, margin: float, scratch) -> Candidates | None:
