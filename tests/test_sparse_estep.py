@@ -189,6 +189,25 @@ def test_default_tuning_takes_the_sparse_path_on_separated_data(monkeypatch):
     assert seen and all(plan is None for plan in seen)
 
 
+def test_parameters_that_keep_going_dense_probe_less(monkeypatch):
+    X, labels, var = overlapping(np.random.default_rng(0))
+    init = start("full", X, labels, var, np.random.default_rng(1))
+    gm = GaussianMixture(4, max_iter=2, tol=0.0, **init).fit(X)
+    params = gm._kernel_params(gm._state64)
+    probes = []
+    real = mixture.candidate_pairs
+    counting = lambda *a, **k: probes.append(1) or real(*a, **k)  # noqa: E731
+    monkeypatch.setattr(mixture, "candidate_pairs", counting)
+    monkeypatch.setattr(mixture, "FORCE_DENSE", True)
+    dense = mixture.estep_stats(X, None, params)
+    monkeypatch.setattr(mixture, "FORCE_DENSE", False)
+    for _ in range(20):
+        stats = mixture.estep_stats(X, None, params)
+    assert params.probe_record == [20, 0]
+    assert len(probes) == mixture.PROBE_TRUST + 1  # and once more at the PROBE_EVERY-th
+    assert all(np.array_equal(stats[name], dense[name]) for name in dense)
+
+
 def test_a_cut_margin_changes_the_fit(monkeypatch):
     """With the margin cut to e^-5 the fits differ: the equality tests have teeth."""
     X, labels, var = grid(np.random.default_rng(0))
