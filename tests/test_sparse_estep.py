@@ -14,6 +14,7 @@ from sklearn.exceptions import ConvergenceWarning
 
 from dask_emk import GaussianMixture
 from dask_emk.core import mixture
+from dask_emk.core.covariance import COVARIANCE_TYPES
 
 TYPES = ("full", "tied", "diag", "spherical", "shared")
 
@@ -30,8 +31,7 @@ def pair_count(monkeypatch):
     """Counts (rows, candidate pairs) of the sub-blocks that took the sparse
     path, which every sub-block takes that has no NaN (no dense fallback by
     cost: the comparisons test the sparse arithmetic, not the tuning)."""
-    monkeypatch.setattr(mixture, "DENSE_FRACTION", {})
-    monkeypatch.setattr(mixture, "DENSE_FRACTION_DEFAULT", 1.0)
+    monkeypatch.setattr(mixture, "DENSE_FRACTION", dict.fromkeys(mixture.DENSE_FRACTION, 1.0))
     seen = {"rows": 0, "pairs": 0}
     real = mixture.sparse_plan
 
@@ -189,9 +189,111 @@ def test_default_tuning_takes_the_sparse_path_on_separated_data(monkeypatch):
     assert seen and all(plan is None for plan in seen)
 
 
+def test_parameters_that_keep_going_dense_probe_less(monkeypatch):
+    X, labels, var = overlapping(np.random.default_rng(0))
+    init = start("full", X, labels, var, np.random.default_rng(1))
+    gm = GaussianMixture(4, max_iter=2, tol=0.0, **init).fit(X)
+    params = gm._kernel_params(gm._state64)
+    probes = []
+    real = mixture.candidate_pairs
+    counting = lambda *a, **k: probes.append(1) or real(*a, **k)  # noqa: E731
+    monkeypatch.setattr(mixture, "candidate_pairs", counting)
+    monkeypatch.setattr(mixture, "FORCE_DENSE", True)
+    dense = mixture.estep_stats(X, None, params)
+    monkeypatch.setattr(mixture, "FORCE_DENSE", False)
+    for _ in range(20):
+        stats = mixture.estep_stats(X, None, params)
+    assert params.probe_record == [20, 0]
+    assert len(probes) == mixture.PROBE_TRUST + 1  # and once more at the PROBE_EVERY-th
+    assert all(np.array_equal(stats[name], dense[name]) for name in dense)
+
+
 def test_a_cut_margin_changes_the_fit(monkeypatch):
     """With the margin cut to e^-5 the fits differ: the equality tests have teeth."""
     X, labels, var = grid(np.random.default_rng(0))
     monkeypatch.setattr(mixture, "PRUNE_NATS", 4.0 - math.log(100))  # margin = 5 nats
     gaps = fit_gaps(*fit_both("full", X, labels, var))
     assert max(gaps.values()) > 1e-9, gaps
+
+
+def test_full_from_exact_log_densities_equals_dense(monkeypatch, pair_count):
+    """Full covariance with d > 3 finds its candidates from the exact
+    log-densities when its bounds leave too many (early iterations)."""
+    monkeypatch.setattr(mixture, "EXACT_FEATURES", 10**9)
+    X, labels, var = benchmark_like(np.random.default_rng(4))
+    gaps = fit_gaps(*fit_both("full", X, labels, var))
+    assert max(gaps.values()) < 1e-12, gaps
+    assert 0 < pair_count["pairs"] < 0.5 * 8 * pair_count["rows"]
+
+
+def adversarial_params(ct, rng, K=12, d=6):
+    """Means on very different scales, precisions with eigenvalues spread
+    over 1e-3..1e3 in random directions, log-weights down to e^-60."""
+    ctype = COVARIANCE_TYPES[ct]
+    means = rng.normal(size=(K, d)) * rng.choice([0.3, 3.0, 30.0], size=(K, 1))
+    if ctype.block == "matrix":
+        def precision():
+            Q = np.linalg.qr(rng.normal(size=(d, d)))[0]
+            return (Q * np.logspace(-3, 3, d)[rng.permutation(d)]) @ Q.T
+
+        precisions = precision() if ct == "tied" else np.stack([precision() for _ in range(K)])
+    else:
+        shape = {"diag": (K, d), "spherical": (K,), "shared": ()}[ct]
+        precisions = 10.0 ** rng.uniform(-3, 3, size=shape)
+    chol = ctype.to_moment_shape(ctype.cholesky_from_precisions(np.asarray(precisions)), K, d)
+    log_weights = np.log(rng.dirichlet(np.ones(K))) - rng.uniform(0, 60, K)
+    origin = rng.normal(size=d) * 5
+    return mixture.MixtureParams(means, log_weights, chol, ct, origin)
+
+
+def adversarial_rows(params, rng, n=3000):
+    """Rows near the means, between them, and far out (1e4)."""
+    K, d = params.means.shape
+    near = params.means[rng.integers(0, K, n)] + rng.normal(size=(n, d)) * rng.choice(
+        [0.01, 1.0, 10.0], size=(n, 1)
+    )
+    near[: n // 10] = rng.normal(size=(n // 10, d)) * 1e4
+    return near - params.origin
+
+
+NATS = mixture.PRUNE_NATS
+
+
+def margin_violations(params, Y, exact: bool) -> tuple[int, int]:
+    """(skipped pairs whose dense log-density is within PRUNE_NATS + ln K of
+    their row's best, skipped pairs)."""
+    K = params.means.shape[0]
+    found = mixture.candidate_pairs(Y, params, exact=exact)
+    kept = np.zeros((K, Y.shape[0]), dtype=bool)
+    for k in range(K):
+        kept[k, found.rows[found.offsets[k] : found.offsets[k + 1]]] = True
+    log_dens = mixture.weighted_log_prob(Y, params)[0]
+    near = log_dens >= log_dens.max(axis=0) - (NATS + math.log(K))
+    return int((near & ~kept).sum()), int((~kept).sum())
+
+
+@pytest.mark.parametrize("ct", TYPES)
+def test_no_skipped_pair_within_the_margin(ct):
+    """Random adversarial parameters: every pair the bounds skip is truly
+    negligible; both ways of finding candidates for full covariance."""
+    rng = np.random.default_rng(7)
+    for _ in range(4):
+        params = adversarial_params(ct, rng)
+        Y = adversarial_rows(params, rng)
+        for exact in (True, False) if ct == "full" else (True,):
+            bad, skipped = margin_violations(params, Y, exact)
+            # the bounds are loose on such parameters, yet skip some pairs
+            assert bad == 0 and skipped > (0.3 if exact else 0.05) * Y.shape[0], (bad, skipped)
+
+
+@pytest.mark.parametrize(
+    ("ct", "exact", "seed"), [("full", False, 8), ("full", True, 7), ("diag", True, 7)]
+)
+def test_the_margin_check_catches_a_cut_margin(ct, exact, seed, monkeypatch):
+    """The check above has teeth: with the margin cut from 37 to 20 nats
+    (the check still asks 37) skipped pairs are found within it."""
+    rng = np.random.default_rng(seed)
+    params = adversarial_params(ct, rng)
+    Y = adversarial_rows(params, rng)
+    monkeypatch.setattr(mixture, "PRUNE_NATS", 20.0)
+    assert margin_violations(params, Y, exact)[0] > 0

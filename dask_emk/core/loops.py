@@ -224,98 +224,207 @@ def upper_products(YT, out):  # pragma: no cover - compiled
             col += 1
 
 
-@compiled(fastmath=_SAFE_FAST_MATH)
-def candidate_pairs(G, yy, mm, peak, low, high, rel_err, margin):  # pragma: no cover
-    """The (row, component) pairs whose log-density can come within ``margin``
-    of the row's best, from the distance GEMM G = Y Mᵀ.
+#: t of the bounds' (a ± η)² ≤ (1 ± t) a² ± η² / t (any t in (0, 1)).
+BOUND_T = 2.0**-26
 
-    With D = ‖y − m_k‖² (here ‖y‖² + ‖m_k‖² − 2 G, off by at most
-    e = rel_err (‖y‖² + ‖m_k‖²)) and eigenvalues of the precision within
-    [low_k, high_k], each log-density lies in
-    [peak_k − ½ high_k (D + e), peak_k − ½ low_k max(D − e, 0)]. A pair is
-    kept when its upper bound reaches the row's best lower bound − margin.
+
+@compiled(fastmath=_SAFE_FAST_MATH)
+def pair_bounds(G, yy, mm, ny, nm, eta, peak, low, high, rel_err, upper):  # pragma: no cover
+    """Bounds on every log-density from the distance GEMM G = Z Nᵀ of rows Z
+    and means N in the bound metric (:func:`dask_emk.core.mixture._metric_bounds`).
+
+    With a = ‖ẑ − ν̂‖ (a² within e = rel_err (‖ẑ‖² + ‖ν̂‖²) of
+    D̂ = ‖ẑ‖² + ‖ν̂‖² − 2 G) and the exact metric distance within
+    η_ik = eta (‖y_i‖ + ‖μ_k‖) of a, the squared metric distance lies in
+    [(1 − t) max(D̂ − e, 0) − η² / t, (1 + t) (D̂ + e) + 2 η² / t]
+    ((a ± η)² ≤ (1 ± t) a² ± η² / t, t = BOUND_T), and each log-density in
+    [peak_k − ½ high_k D_hi, peak_k − ½ low_k max(D_lo, 0)].
 
     Parameters
     ----------
     G : ndarray of shape (n, K)
-    yy : ndarray of shape (n,), ‖y‖²
-    mm, peak, low, high : ndarray of shape (K,)
-    rel_err, margin : float
+    yy, ny : ndarray of shape (n,), ‖ẑ‖² and the Euclidean ‖y‖
+    mm, nm, peak, low, high : ndarray of shape (K,)
+    eta, rel_err : float
+    upper : ndarray of shape (n, K), written: the upper bounds
+
+    Returns
+    -------
+    lower : ndarray of shape (n,), the best lower bound of each row
+    guess : ndarray of shape (n,), intp: the component of largest
+        (upper + lower) bound, the likely best
+    finite : bool
+        False if a row is not finite or a bound overflowed (then nothing
+        else is to be used).
+    """
+    n, K = G.shape
+    t = BOUND_T
+    lower = np.empty(n)
+    guess = np.zeros(n, dtype=np.intp)
+    for i in range(n):
+        if not np.isfinite(yy[i]):
+            return lower, guess, False
+        best = -np.inf
+        middle = -np.inf
+        for k in range(K):
+            dist = yy[i] + mm[k] - 2.0 * G[i, k]
+            err = rel_err * (yy[i] + mm[k])
+            h = eta * (ny[i] + nm[k])
+            h2 = h * h / t
+            d_lo = max((1.0 - t) * max(dist - err, 0.0) - h2, 0.0)
+            d_hi = (1.0 + t) * (dist + err) + 2.0 * h2
+            up = peak[k] - 0.5 * low[k] * d_lo
+            lo = peak[k] - 0.5 * high[k] * d_hi
+            upper[i, k] = up
+            best = max(best, lo)
+            if up + lo > middle:
+                middle = up + lo
+                guess[i] = k
+        if not np.isfinite(best):
+            return lower, guess, False
+        lower[i] = best
+    return lower, guess, True
+
+
+@compiled()
+def group_rows(labels, K):  # pragma: no cover - compiled
+    """(offsets, rows) of the pairs (i, labels[i]) in the component-major
+    layout of :func:`select_pairs` (rows ascending within a component)."""
+    counts = np.zeros(K + 1, dtype=np.intp)
+    for i in range(labels.shape[0]):
+        counts[labels[i] + 1] += 1
+    offsets = np.cumsum(counts)
+    rows = np.empty(labels.shape[0], dtype=np.intp)
+    fill = offsets[:K].copy()
+    for i in range(labels.shape[0]):
+        rows[fill[labels[i]]] = i
+        fill[labels[i]] += 1
+    return offsets, rows
+
+
+#: Relative rounding allowance of the comparison in :func:`select_pairs`.
+_COMPARE_SLACK = 8.0 * np.finfo(np.float64).eps
+
+
+@compiled(fastmath=_SAFE_FAST_MATH)
+def select_pairs(upper, floor, margin):  # pragma: no cover - compiled
+    """The pairs whose upper bound reaches their row's floor − margin (with a
+    relative allowance for the rounding of the bounds' few operations).
+
+    Parameters
+    ----------
+    upper : ndarray of shape (n, K)
+    floor : ndarray of shape (n,), a lower bound on each row's best log-density
+    margin : float
 
     Returns
     -------
     offsets : ndarray of shape (K + 1,), intp
         Component k's rows are ``rows[offsets[k]:offsets[k + 1]]``, ascending.
     rows : ndarray of shape (n_pairs,), intp
-    finite : bool
-        False if some row's best lower bound is not finite (then the pairs
-        are not to be used: NaN/inf rows or overflow).
     """
-    n, K = G.shape
-    keep = np.zeros((n, K), dtype=np.bool_)
+    n, K = upper.shape
     counts = np.zeros(K + 1, dtype=np.intp)
-    floor = np.empty(K)
     for i in range(n):
-        best = -np.inf
         for k in range(K):
-            dist = yy[i] + mm[k] - 2.0 * G[i, k]
-            err = rel_err * (yy[i] + mm[k])
-            floor[k] = peak[k] - 0.5 * low[k] * max(dist - err, 0.0)
-            best = max(best, peak[k] - 0.5 * high[k] * (dist + err))
-        if not np.isfinite(best):
-            return counts, np.empty(0, dtype=np.intp), False
-        for k in range(K):
-            if floor[k] >= best - margin:
-                keep[i, k] = True
+            slack = _COMPARE_SLACK * (abs(upper[i, k]) + abs(floor[i]))
+            if upper[i, k] + slack >= floor[i] - margin:
                 counts[k + 1] += 1
+            else:
+                upper[i, k] = np.nan  # marks a skipped pair for the second pass
     offsets = np.cumsum(counts)
     rows = np.empty(offsets[K], dtype=np.intp)
     fill = offsets[:K].copy()
     for i in range(n):
         for k in range(K):
-            if keep[i, k]:
+            if not np.isnan(upper[i, k]):
                 rows[fill[k]] = i
                 fill[k] += 1
-    return offsets, rows, True
+    return offsets, rows
 
 
-@compiled()
-def pair_responsibilities(offsets, rows, log_dens, n):  # pragma: no cover - compiled
-    """Per-row logsumexp over candidate pairs (component-major, as
-    :func:`candidate_pairs`), as the dense E-step does it over all K.
+@compiled(fastmath=_SAFE_FAST_MATH)
+def select_exact(log_dens, top, ny, scale, rel, margin, rows_buffer):  # pragma: no cover
+    """:func:`select_pairs` from computed log-densities ℓ̂ (K, n) of all pairs,
+    each within e_ik = A_i + rel |ℓ̂_ik| of the exact value, where
+    A_i = scale[0] (ny_i + scale[1])² + rel scale[2].
+
+    A pair is kept when its upper bound ℓ̂ + e reaches its row's lower bound
+    top − A − rel |top| minus ``margin``: ℓ̂ + rel |ℓ̂| ≥ t_i, i.e. ℓ̂ at
+    least t_i / (1 + rel) or t_i / (1 − rel) by the sign of t_i (the left
+    side increases with ℓ̂); a relative allowance covers these few roundings.
+
+    Parameters
+    ----------
+    log_dens : ndarray of shape (K, n)
+    top : ndarray of shape (n,), finite: max_k ℓ̂_ik
+    ny : ndarray of shape (n,), ‖y‖
+    scale : ndarray of shape (3,): the largest (q + 2d + 8) ε tr P_k, the
+        largest ‖μ_k‖, the largest finite |peak_k|
+    rel, margin : float
+    rows_buffer : ndarray of shape (K, n), intp, overwritten
 
     Returns
     -------
-    log_prob_norm : ndarray of shape (n,)
-    resp : ndarray of shape (n_pairs,)
-    label : ndarray of shape (n,), intp: argmax, lowest component on ties
-    total : ndarray of shape (n,): Σ exp(log_dens − top); 1 / total is the
-        largest responsibility of the row
+    offsets, rows : as :func:`select_pairs`
+    """
+    K, n = log_dens.shape
+    floor = np.empty(n)
+    for i in range(n):
+        h = ny[i] + scale[1]
+        a = scale[0] * h * h + rel * scale[2]
+        t = top[i] - rel * abs(top[i]) - 2.0 * a - margin
+        t -= _COMPARE_SLACK * (abs(t) + abs(top[i]) + margin)
+        floor[i] = t / (1.0 + rel) if t >= 0 else t / (1.0 - rel)
+    counts = np.zeros(K + 1, dtype=np.intp)
+    for k in range(K):
+        c = 0
+        buf = rows_buffer[k]
+        row = log_dens[k]
+        for i in range(n):
+            buf[c] = i
+            c += row[i] >= floor[i]
+        counts[k + 1] = c
+    offsets = np.cumsum(counts)
+    rows = np.empty(offsets[K], dtype=np.intp)
+    for k in range(K):
+        rows[offsets[k] : offsets[k + 1]] = rows_buffer[k, : counts[k + 1]]
+    return offsets, rows
+
+
+@compiled()
+def gather_pairs(log_dens, offsets, rows, out):  # pragma: no cover - compiled
+    """out[p] = log_dens[k, rows[p]] over the pairs p of each component k."""
+    for k in range(offsets.shape[0] - 1):
+        for p in range(offsets[k], offsets[k + 1]):
+            out[p] = log_dens[k, rows[p]]
+
+
+@compiled()
+def pair_top(offsets, rows, log_dens, n):  # pragma: no cover - compiled
+    """Each row's largest log-density over its candidate pairs (layout of
+    :func:`select_pairs`) and its component, lowest on ties (as argmax).
+
+    Returns
+    -------
+    top : ndarray of shape (n,)
+    label : ndarray of shape (n,), intp
     """
     top = np.full(n, -np.inf)
     label = np.zeros(n, dtype=np.intp)
-    K = offsets.shape[0] - 1
-    for k in range(K):
+    for k in range(offsets.shape[0] - 1):
         for p in range(offsets[k], offsets[k + 1]):
             i = rows[p]
             if log_dens[p] > top[i]:
                 top[i] = log_dens[p]
                 label[i] = k
-    total = np.zeros(n)
-    resp = np.empty(rows.shape[0])
-    for p in range(rows.shape[0]):
-        e = np.exp(log_dens[p] - top[rows[p]])
-        resp[p] = e
-        total[rows[p]] += e
-    for p in range(rows.shape[0]):
-        resp[p] /= total[rows[p]]
-    return top + np.log(total), resp, label, total
+    return top, label
 
 
 @compiled(fastmath=_SAFE_FAST_MATH)
 def pair_log_densities(Y, offsets, rows, M, prec, peak, out):  # pragma: no cover
     """out[p] = peak_k − ½ Σ_j prec[k, j] (y_j − m_kj)² over the pairs p of each
-    component k (layout of :func:`candidate_pairs`); ``prec`` is (K, d), or
+    component k (layout of :func:`select_pairs`); ``prec`` is (K, d), or
     (K, 1) for one variance per component. Diagonal and scalar blocks only."""
     d = Y.shape[1]
     for k in range(offsets.shape[0] - 1):
@@ -334,25 +443,49 @@ def pair_log_densities(Y, offsets, rows, M, prec, peak, out):  # pragma: no cove
             out[p] = peak[k] - 0.5 * acc
 
 
-@compiled(fastmath=_SAFE_FAST_MATH)
-def pair_moments(Y, offsets, rows, wr, N, SY, second):  # pragma: no cover - compiled
-    """Add Σ wr, Σ wr y and Σ wr y² (per feature if ``second`` is (K, d), summed
-    over features if it is (K, 1)) over the pairs of each component."""
-    d = Y.shape[1]
+@compiled()
+def row_major(offsets, rows, n):  # pragma: no cover - compiled
+    """The pairs in row order: (order, component), order a permutation of the
+    pairs sorted by row (stable) and component[p] the component of pair p.
+    The moment loops walk Y once in this order instead of once per component
+    with gaps, which the hardware prefetcher does not follow."""
+    counts = np.zeros(n + 1, dtype=np.intp)
+    component = np.empty(rows.shape[0], dtype=np.intp)
     for k in range(offsets.shape[0] - 1):
         for p in range(offsets[k], offsets[k + 1]):
-            i, w = rows[p], wr[p]
-            N[k] += w
+            counts[rows[p] + 1] += 1
+            component[p] = k
+    start = np.cumsum(counts)
+    order = np.empty(rows.shape[0], dtype=np.intp)
+    for p in range(rows.shape[0]):
+        order[start[rows[p]]] = p
+        start[rows[p]] += 1
+    return order, component
+
+
+@compiled(fastmath=_SAFE_FAST_MATH)
+def pair_moments(Y, order, component, rows, wr, N, SY, second):  # pragma: no cover
+    """Add Σ wr, Σ wr y and Σ wr y² (per feature if ``second`` is (K, d), summed
+    over features if it is (K, 1)) over the pairs, in the order of
+    :func:`row_major`. The two cases are separate loops, so the inner one
+    over features vectorises."""
+    d = Y.shape[1]
+    scalar = second.shape[1] == 1
+    for p in order:
+        k, w = component[p], wr[p]
+        y, sy, sq = Y[rows[p]], SY[k], second[k]
+        N[k] += w
+        if scalar:
             acc = 0.0
             for j in range(d):
-                y = Y[i, j]
-                SY[k, j] += w * y
-                if second.shape[1] == 1:
-                    acc += y * y
-                else:
-                    second[k, j] += w * y * y
-            if second.shape[1] == 1:
-                second[k, 0] += w * acc
+                sy[j] += w * y[j]
+                acc += y[j] * y[j]
+            sq[0] += w * acc
+        else:
+            for j in range(d):
+                wy = w * y[j]
+                sy[j] += wy
+                sq[j] += wy * y[j]
 
 
 @compiled(fastmath=_SAFE_FAST_MATH)
@@ -378,19 +511,19 @@ def pair_log_densities_matrix(Y, offsets, rows, M, U, peak, out):  # pragma: no 
 
 
 @compiled(fastmath=_SAFE_FAST_MATH)
-def pair_moments_matrix(Y, offsets, rows, wr, N, SY, second):  # pragma: no cover
+def pair_moments_matrix(Y, order, component, rows, wr, N, SY, second):  # pragma: no cover
     """Add Σ wr, Σ wr y and the upper triangle of Σ wr y yᵀ (``np.triu_indices``
-    order; ``second`` may have no columns) over the pairs of each component."""
+    order; ``second`` may have no columns) over the pairs, in the order of
+    :func:`row_major`."""
     d = Y.shape[1]
-    for k in range(offsets.shape[0] - 1):
-        for p in range(offsets[k], offsets[k + 1]):
-            i, w = rows[p], wr[p]
-            N[k] += w
-            c = 0
-            for a in range(d):
-                ya = w * Y[i, a]
-                SY[k, a] += ya
-                if second.shape[1]:
-                    for b in range(a, d):
-                        second[k, c] += ya * Y[i, b]
-                        c += 1
+    for p in order:
+        i, k, w = rows[p], component[p], wr[p]
+        N[k] += w
+        c = 0
+        for a in range(d):
+            ya = w * Y[i, a]
+            SY[k, a] += ya
+            if second.shape[1]:
+                for b in range(a, d):
+                    second[k, c] += ya * Y[i, b]
+                    c += 1

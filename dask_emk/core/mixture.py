@@ -19,12 +19,15 @@ does (its sums are float64).
 
 Two E-step paths give the same statistics (to rounding): the dense one
 evaluates all K log-densities of every row with two GEMMs on quadratic
-features Φ; the sparse one (:func:`sparse_plan`) first proves from one
-Euclidean distance GEMM which components can reach a row's total at float64
-resolution, then evaluates and accumulates only those (row, component)
-pairs. Each sub-block takes the sparse path unless its candidate count says
-the dense one is cheaper (overlapping components); ``FORCE_DENSE`` forces
-the dense path (tests, benchmarks).
+features Φ; the sparse one (:func:`sparse_plan`) first proves which
+components can reach a row's total at float64 resolution, then takes the
+exp and accumulates the moments over only those (row, component) pairs.
+The proof comes from bounds out of one distance GEMM (full covariance with
+d > 3: the exact arithmetic is then needed only for the candidates) or from
+the dense log-densities themselves (:func:`candidate_pairs`). Each
+sub-block takes the sparse path unless a probe of its first rows says the
+dense one is cheaper (overlapping components); ``FORCE_DENSE`` forces the
+dense path (tests, benchmarks).
 """
 
 from __future__ import annotations
@@ -84,26 +87,15 @@ class MixtureParams:
         return -0.5 * C, self.log_peak - 0.5 * const
 
     @cached_property
-    def precision_bounds(self) -> tuple[np.ndarray, np.ndarray]:
-        """(low, high), each (K,): bounds on the eigenvalues of each precision U Uᵀ.
+    def probe_record(self) -> list[int]:
+        """[dense, sparse]: verdicts of the sparse E-step's probes with these
+        parameters so far, across blocks (mutable; see :func:`sparse_plan`)."""
+        return [0, 0]
 
-        Matrices: ``eigvalsh``, widened by 16 (d + 1) ε λ_max, far more than
-        its backward error and the rounding of U Uᵀ; the lower bound is
-        clipped at zero. Diagonal and scalar blocks: U², widened by 4 ε.
-        """
-        U = self.precisions_cholesky
-        K, d = self.means.shape
-        eps = np.finfo(np.float64).eps
-        if COVARIANCE_TYPES[self.covariance_type].block == "matrix":
-            eig = np.linalg.eigvalsh(U @ np.swapaxes(U, -1, -2))
-            slack = 16 * (d + 1) * eps * eig[..., -1]
-            low, high = np.maximum(eig[..., 0] - slack, 0.0), eig[..., -1] + slack
-        else:
-            prec = U**2
-            low = prec.min(axis=-1) if prec.ndim == 2 else prec
-            high = prec.max(axis=-1) if prec.ndim == 2 else prec
-            low, high = low * (1.0 - 4 * eps), high * (1.0 + 4 * eps)
-        return np.broadcast_to(low, (K,)).copy(), np.broadcast_to(high, (K,)).copy()
+    @cached_property
+    def bound_metric(self) -> BoundMetric:
+        """The metric of the sparse E-step's candidate bounds (:class:`BoundMetric`)."""
+        return BoundMetric.of(self)
 
 
 def n_quadratic(d: int, covariance_type: str) -> int:
@@ -167,9 +159,13 @@ def quadratic_coefficients(params: MixtureParams) -> tuple[np.ndarray, np.ndarra
 
 
 def weighted_log_prob(
-    Y: np.ndarray, params: MixtureParams, scratch: Scratch | None = None
+    Y: np.ndarray,
+    params: MixtureParams,
+    scratch: Scratch | None = None,
+    out: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """log π_k + log N(y | μ_k, Σ_k) of shifted rows Y, shape (K, n).
+    """log π_k + log N(y | μ_k, Σ_k) of shifted rows Y, shape (K, n) (into
+    ``out`` if given).
 
     Returns
     -------
@@ -183,12 +179,12 @@ def weighted_log_prob(
     if COVARIANCE_TYPES[params.covariance_type].whitened:
         U = params.precisions_cholesky
         weighted = squared_distances(Y @ U, params.shifted_means @ U).T
-        weighted *= -0.5
+        weighted = np.multiply(weighted, -0.5, out=weighted if out is None else out)
         weighted += peak
         return weighted, None
     phi = quadratic_features(Y, params.covariance_type, scratch)
     A, b = params.log_prob_coefficients
-    weighted = buffer(scratch, "weighted", (A.shape[1], Y.shape[0]))
+    weighted = buffer(scratch, "weighted", (A.shape[1], Y.shape[0])) if out is None else out
     if A.shape[0] >= WIDE_FEATURES:
         # (n, K) is BLAS's fast output orientation for many features (~25% on
         # the full GEMM); one transposed copy then gives the component-major
@@ -510,18 +506,30 @@ FORCE_DENSE = False
 #: skipped ones together stay below e^-37 ≈ 0.4 ε of the row's total.
 PRUNE_NATS = 37.0
 
-#: Sub-blocks whose rows have on average more than one candidate plus this
-#: fraction of the other K − 1 components take the dense path (the sparse
-#: path's cost per pair is higher; measured break-even at K = 16: about 4
-#: candidates per row). Tied's dense E-step is already one distance GEMM of
-#: whitened rows, so fewer extra pairs pay there.
-DENSE_FRACTION = {"tied": 0.05}
-
-#: DENSE_FRACTION of the other covariance types.
-DENSE_FRACTION_DEFAULT = 0.15
+#: Sparse sub-blocks: the rows of a sub-block may have on average at most
+#: one candidate plus this fraction of the other K − 1 components, by how
+#: the candidates are found (measured break-even with the dense path, one
+#: BLAS thread, benchmarks/bench_sparse_kernel.py). "bounds": from
+#: :func:`_metric_bounds`, a pass over all pairs plus the exact arithmetic
+#: of the candidates. "exact": from the dense log-densities
+#: (:func:`_exact_bounds`); what remains to save is the exp over all pairs
+#: and the moments' GEMM, which the pair loops beat only for few pairs, or
+#: for many with full covariance and d > 3 (its moments GEMM is half the
+#: dense work); tied's dense moments are one GEMM for all components.
+#: The fixture of tests/test_sparse_estep.py sets all to 1 (never dense).
+DENSE_FRACTION = {"bounds": 0.25, "exact": 0.15, "exact full": 0.4, "exact tied": 0.05}
 
 #: Rows of a sub-block whose candidates are counted before the rest.
 PROBE_ROWS = 256
+
+#: After this many dense verdicts and no sparse one, a parameter set probes
+#: only every PROBE_EVERY-th sub-block: with cheap dense E-steps (K = 4,
+#: d = 2) the probe's fixed cost, ~0.05 ms, is 3-6% of a 65k-row block.
+PROBE_TRUST, PROBE_EVERY = 4, 16
+
+#: Candidates come from the dense log-densities of all pairs where the
+#: features Φ number at most this many times d (:func:`exact_candidates`).
+EXACT_FEATURES = 3
 
 #: Largest d for which matrix blocks use the compiled pair loops rather than
 #: GEMMs of gathered rows (per-component calls cost more than the arithmetic).
@@ -541,56 +549,229 @@ class SparsePlan:
     scratch : Scratch
         Work buffers of the sparse sub-blocks: a plan is used up before the
         next sub-block's is made.
-    offsets : ndarray of shape (K + 1,); component k's pairs are ``offsets[k]:offsets[k + 1]``
-    rows : ndarray of shape (n_pairs,), the row of each pair
+    pairs : Candidates
+        Component k's pairs are ``offsets[k]:offsets[k + 1]``; ``rows`` (n_pairs,)
+        holds the row of each pair.
     log_prob_norm, label, total : ndarray of shape (n,)
         log p(y), most probable component, 1 / largest responsibility
     resp : ndarray of shape (n_pairs,)
     """
 
     Y: np.ndarray
-    offsets: np.ndarray
-    rows: np.ndarray
+    pairs: Candidates
     scratch: Scratch
     log_prob_norm: np.ndarray | None = None
     resp: np.ndarray | None = None
     label: np.ndarray | None = None
     total: np.ndarray | None = None
 
-    def pairs(self, k: int) -> slice:
+    @property
+    def offsets(self) -> np.ndarray:
+        return self.pairs.offsets
+
+    @property
+    def rows(self) -> np.ndarray:
+        return self.pairs.rows
+
+    def of(self, k: int) -> slice:
+        """Component k's pairs."""
         return slice(self.offsets[k], self.offsets[k + 1])
+
+    @cached_property
+    def row_major(self) -> tuple[np.ndarray, np.ndarray]:
+        """(order, component) of :func:`loops.row_major`."""
+        return loops.row_major(self.offsets, self.rows, self.Y.shape[0])
 
     @cached_property
     def gathered(self) -> list[np.ndarray]:
         """Y's rows of each component's pairs, (n_k, d) each: one gather, K views."""
         d = self.Y.shape[1]
         Yp = np.take(self.Y, self.rows, axis=0, out=self.scratch.get("Yp", (self.rows.size, d)))
-        return [Yp[self.pairs(k)] for k in range(self.offsets.shape[0] - 1)]
+        return [Yp[self.of(k)] for k in range(self.offsets.shape[0] - 1)]
 
 
-def candidate_pairs(Y: np.ndarray, params: MixtureParams, scratch: Scratch | None = None):
-    """(offsets, rows, finite) of :func:`dask_emk.core.loops.candidate_pairs`.
+def exact_candidates(covariance_type: str, d: int) -> bool:
+    """Whether candidates come from the exact log-densities of all pairs: where
+    the dense E-step's GEMM of features Φ ((q + d) columns) costs at most
+    EXACT_FEATURES times a distance GEMM (d columns): every type but full
+    covariance with d > 3. Elsewhere the bounds of :class:`BoundMetric`."""
+    return n_quadratic(d, covariance_type) + d <= EXACT_FEATURES * d
 
-    The bound: with λ_lo ≤ eig(P_k) ≤ λ_hi (:attr:`MixtureParams.precision_bounds`)
-    and D = ‖y − μ_k‖², λ_lo D ≤ (y − μ_k)ᵀ P_k (y − μ_k) ≤ λ_hi D, so the
-    log-density ℓ_k = peak_k − ½ (y − μ_k)ᵀ P_k (y − μ_k) lies in
-    [peak_k − ½ λ_hi D, peak_k − ½ λ_lo D]. The row's best is at least the
-    largest lower bound L; a component whose upper bound is below
-    L − PRUNE_NATS − ln K has a responsibility below e^-PRUNE_NATS / K.
-    D comes from the GEMM expansion ‖y‖² + ‖μ‖² − 2 y·μ, whose rounding is
-    at most (d + 3) u (‖y‖ + ‖μ‖)² ≤ (d + 3) ε (‖y‖² + ‖μ‖²) (u = ε/2; any
-    summation order); twice that is added on either side. One more nat of
-    margin covers the rounding of the bounds' own few operations.
+
+@dataclass(frozen=True)
+class BoundMetric:
+    """Diagonal metric w of the full-covariance candidate bounds: with
+    B_k = diag(w)⁻¹ U_k and low_k ≤ eig(B_k B_kᵀ) ≤ high_k,
+    low_k ‖(y − μ_k) ∘ w‖² ≤ (y − μ_k)ᵀ P_k (y − μ_k) ≤ high_k ‖(y − μ_k) ∘ w‖²
+    (x P_k xᵀ = ‖x U_k‖² = ‖(x ∘ w) B_k‖²).
+
+    w_j⁻² is the mean over components of the variance of feature j, so that
+    features on very different scales do not make the bound useless, as the
+    Euclidean metric would; any positive w gives valid bounds.
+
+    Attributes
+    ----------
+    w : ndarray of shape (d,)
+    low, high : ndarray of shape (K,)
+        From ``eigvalsh`` of fl(B̂ B̂ᵀ), B̂ = fl(U_k / w) (rows scaled, so
+        ‖B̂ − B‖₂ ≤ u √d ‖B‖₂), widened by 2 (d² + 16 (d + 1) + 2 √d + 1) ε λ̂_max:
+        the product's rounding (γ_d ‖B̂‖_F² ≤ γ_d d λ_max), ``eigvalsh``'s
+        backward error and the scaling's, twice for λ̂_max's own error; the
+        lower bound is clipped at zero.
+    eta : float
+        ‖fl(y ∘ w) − y ∘ w‖ ≤ u ‖y ∘ w‖ ≤ eta ‖y‖, eta = (d + 2) ε ‖w‖.
+    means : ndarray of shape (K, d), fl(μ ∘ w) of the shifted means
+    trace : ndarray of shape (K,), tr P_k = ‖U_k‖_F²
+    """
+
+    w: np.ndarray
+    low: np.ndarray
+    high: np.ndarray
+    eta: float
+    means: np.ndarray
+    trace: np.ndarray
+
+    @staticmethod
+    def of(params: MixtureParams) -> BoundMetric:
+        U, M = params.precisions_cholesky, params.shifted_means
+        d = M.shape[1]
+        eps = np.finfo(np.float64).eps
+        variances = (np.linalg.inv(U) ** 2).sum(axis=1)  # Σ = U⁻ᵀ U⁻¹: column norms of U⁻¹
+        with np.errstate(divide="ignore", invalid="ignore"):
+            w = 1.0 / np.sqrt(variances.mean(axis=0))
+        w = np.where(np.isfinite(w) & (w > 0), w, 1.0)
+        B = U / w[:, None]
+        eig = np.linalg.eigvalsh(B @ np.swapaxes(B, -1, -2))
+        slack = 2 * (d * d + 16 * (d + 1) + 2 * math.sqrt(d) + 1) * eps * eig[:, -1]
+        low, high = np.maximum(eig[:, 0] - slack, 0.0), eig[:, -1] + slack
+        eta = (d + 2) * eps * float(np.linalg.norm(w))
+        return BoundMetric(w, low, high, eta, M * w, np.einsum("kij,kij->k", U, U))
+
+
+@dataclass
+class Candidates:
+    """Candidate pairs of a block of rows, component-major
+    (:func:`loops.select_pairs`); with the exact log-densities (K, n) of all
+    pairs when they were computed to find them (:func:`exact_candidates`)."""
+
+    offsets: np.ndarray
+    rows: np.ndarray
+    log_dens: np.ndarray | None = None
+
+
+def candidate_pairs(
+    Y: np.ndarray, params: MixtureParams, scratch: Scratch | None = None, exact: bool = True
+) -> Candidates | None:
+    """The (row, component) pairs whose log-density can reach the row's total
+    at float64 resolution, or None if a row is not finite (or overflows).
+
+    A pair is skipped when an upper bound on its log-density is more than
+    PRUNE_NATS + ln K + 1 nats below a lower bound on its row's best: its
+    responsibility is then below e^-PRUNE_NATS / K of the row's largest, and
+    all skipped ones together below e^-PRUNE_NATS ≈ 0.4 ε of the row's total.
+    The last nat covers the rounding of the bounds' own few operations (with
+    a relative allowance for huge values, :func:`loops.select_pairs`).
+    Bounds: :func:`_exact_bounds`, or :func:`_metric_bounds` if not ``exact``
+    and not :func:`exact_candidates`.
     """
     K, d = params.means.shape
-    M = params.shifted_means
-    low, high = params.precision_bounds
-    rel_err = 2.0 * (d + 3) * np.finfo(np.float64).eps
+    scratch = Scratch() if scratch is None else scratch
     margin = PRUNE_NATS + math.log(K) + 1.0
-    yy = np.einsum("ij,ij->i", Y, Y)
-    mm = np.einsum("ij,ij->i", M, M)
-    G = np.matmul(Y, M.T, out=buffer(scratch, "G", (Y.shape[0], K)))
-    return loops.candidate_pairs(G, yy, mm, params.log_peak, low, high, rel_err, margin)
+    # NaN/inf rows turn into NaN bounds by design: they send the sub-block to
+    # the dense path, which counts and drops them.
+    with np.errstate(invalid="ignore", over="ignore"):
+        ny = np.sqrt(np.einsum("ij,ij->i", Y, Y))
+        nm = np.sqrt(np.einsum("ij,ij->i", params.shifted_means, params.shifted_means))
+        if exact or exact_candidates(params.covariance_type, d):
+            return _exact_bounds(Y, params, ny, nm, margin, scratch)
+        return _metric_bounds(Y, params, ny, nm, margin, scratch)
+
+
+def _exact_bounds(Y, params: MixtureParams, ny, nm, margin: float, scratch) -> Candidates | None:
+    """Candidates from the dense E-step's own log-densities ℓ̂ (K, n) of all pairs.
+
+    The features Φ and coefficients C are exact up to rounding, and every
+    term of Φ(y) · C_k + const_k is bounded in size by tr(P_k) (‖y‖ + ‖μ_k‖)²
+    (|y|ᵀ |P| |y| ≤ ‖P‖_F ‖y‖² ≤ tr P ‖y‖² for the quadratic part, the same
+    for the linear one and the constant; tied's whitened distances likewise),
+    so Higham's γ bounds put ℓ̂ within
+    e_ik = (q + 2d + 8) ε tr(P_k) (‖y_i‖ + ‖μ_k‖)² + 4 ε (|ℓ̂_ik| + |peak_k|)
+    of the exact value, with room to spare (:func:`loops.select_exact`).
+    """
+    K, d = params.means.shape
+    n = Y.shape[0]
+    log_dens = scratch.get("log_dens", (K, n))
+    # In the dense path's cache-sized pieces: the features Φ of a whole
+    # sparse sub-block would be (q + d) / (d + K) times its size.
+    for rows in mixture_sub_blocks(n, d, params.covariance_type, K):
+        weighted_log_prob(Y[rows], params, scratch, out=log_dens[:, rows])
+    U = params.precisions_cholesky
+    if COVARIANCE_TYPES[params.covariance_type].block == "matrix":
+        trace = np.einsum("...ij,...ij->...", U, U)
+    else:
+        trace = (U**2).sum(axis=-1) if U.ndim == 2 else d * U**2
+    eps = np.finfo(np.float64).eps
+    peak = params.log_peak[np.isfinite(params.log_peak)]
+    scale = np.array([
+        (n_quadratic(d, params.covariance_type) + 2 * d + 8) * eps * np.max(trace),
+        np.max(nm),
+        np.max(np.abs(peak), initial=0.0),
+    ])  # fmt: skip
+    top = log_dens.max(axis=0)
+    if not np.isfinite(top).all():
+        return None
+    rows_buffer = scratch.get("rows_buffer", (K, n)).view(np.intp)
+    found = loops.select_exact(log_dens, top, ny, scale, 4 * eps, margin, rows_buffer)
+    return Candidates(*found, log_dens)
+
+
+def _metric_bounds(Y, params: MixtureParams, ny, nm, margin: float, scratch) -> Candidates | None:
+    """Candidates of full covariance from bounds in the :class:`BoundMetric`.
+
+    With D = ‖(y − μ_k) ∘ w‖², bounded from one GEMM of rows and means in
+    the metric (:func:`loops.pair_bounds`), each log-density
+    ℓ_k = peak_k − ½ (y − μ_k)ᵀ P_k (y − μ_k) lies in
+    [peak_k − ½ high_k D, peak_k − ½ low_k D]. The row's best is at least
+    its largest lower bound and at least the exact log-density of one
+    likely component minus its rounding (:func:`_best_floor`). The
+    expansion D̂ = ‖z‖² + ‖ν‖² − 2 z·ν is off by at most
+    (d + 3) u (‖z‖ + ‖ν‖)² ≤ (d + 3) ε (‖z‖² + ‖ν‖²) (u = ε/2, any
+    summation order); twice that is allowed.
+    """
+    K, d = params.means.shape
+    n = Y.shape[0]
+    metric = params.bound_metric
+    Z = np.multiply(Y, metric.w, out=scratch.get("Z", Y.shape))
+    zz = np.einsum("ij,ij->i", Z, Z)
+    nn = np.einsum("ij,ij->i", metric.means, metric.means)
+    G = np.matmul(Z, metric.means.T, out=scratch.get("G", (n, K)))
+    rel_err = 2.0 * (d + 3) * np.finfo(np.float64).eps
+    upper = scratch.get("upper", (n, K))
+    lower, guess, finite = loops.pair_bounds(G, zz, nn, ny, nm, metric.eta, params.log_peak,
+                                             metric.low, metric.high, rel_err, upper)  # fmt: skip
+    if not finite:
+        return None
+    floor = np.maximum(lower, _best_floor(Y, guess, params, ny, nm, scratch))
+    return Candidates(*loops.select_pairs(upper, floor, margin))
+
+
+def _best_floor(Y, guess, params: MixtureParams, ny, nm, scratch) -> np.ndarray:
+    """Exact log-density of each row's guessed component minus its rounding
+    bound, shape (n,): a lower bound on the row's best.
+
+    The GEMM or loop of (y − μ) U computes the Mahalanobis distance to within
+    3.1 d u tr(P_k) ‖y − μ_k‖² ≤ 3.1 d u tr(P_k) (‖y‖ + ‖μ_k‖)² (Higham's
+    γ_d bounds for the products and sums, ‖U‖₂² ≤ ‖U‖_F² = tr P), and adding
+    the peak rounds by u (|peak| + |ℓ|): 8 (d + 2) ε of those terms is a
+    generous majorant.
+    """
+    d = Y.shape[1]
+    pairs = Candidates(*loops.group_rows(guess, params.means.shape[0]))
+    exact = np.empty(Y.shape[0])
+    exact[pairs.rows] = pair_log_densities(SparsePlan(Y, pairs, scratch), params)
+    scale = params.bound_metric.trace[guess] * (ny + nm[guess]) ** 2 + np.abs(exact)
+    scale += np.abs(params.log_peak[guess])
+    return exact - 8.0 * (d + 2) * np.finfo(np.float64).eps * scale
 
 
 def mahalanobis(Yk: np.ndarray, params: MixtureParams, k: int, scratch: Scratch) -> np.ndarray:
@@ -607,26 +788,64 @@ def sparse_plan(X: np.ndarray, params: MixtureParams, scratch: Scratch) -> Spars
     """The sparse E-step of rows X (n, d), or None where the dense path pays
     (forced, one component, too many candidates, or non-finite rows).
 
-    The first PROBE_ROWS rows are tried alone first, so a sub-block that goes
-    dense costs a few hundred rows' bounds, not a shift and bounds of all.
+    The first PROBE_ROWS rows are tried alone first, with each way of
+    finding candidates in turn (bounds, then the exact log-densities; see
+    DENSE_FRACTION), so a sub-block that goes dense costs a few hundred
+    rows' bounds, not a shift and bounds of all. A parameter set whose
+    probes only ever went dense probes less often (PROBE_TRUST).
     """
     n, K = X.shape[0], params.means.shape[0]
     if FORCE_DENSE or K == 1 or n == 0:
         return None
-    most = 1.0 + DENSE_FRACTION.get(params.covariance_type, DENSE_FRACTION_DEFAULT) * (K - 1)
+    record = params.probe_record
+    if record[1] == 0 and record[0] >= PROBE_TRUST and record[0] % PROBE_EVERY:
+        record[0] += 1
+        return None
+    plan = _probed_plan(X, params, scratch)
+    record[0 if plan is None else 1] += 1
+    return plan
+
+
+def _probed_plan(X: np.ndarray, params: MixtureParams, scratch: Scratch) -> SparsePlan | None:
+    """:func:`sparse_plan` after its shortcuts: the probe, then the sub-block."""
+    (n, d), K = X.shape, params.means.shape[0]
+    ct = params.covariance_type
+    if exact_candidates(ct, d):
+        modes = ["exact tied" if COVARIANCE_TYPES[ct].whitened else "exact"]
+    else:
+        modes = ["bounds", "exact full"]
     probe = np.subtract(X[:PROBE_ROWS], params.origin, dtype=np.float64)
-    offsets, _, finite = candidate_pairs(probe, params)
-    if not finite or offsets[-1] > most * probe.shape[0]:
+    for mode in modes:
+        most = 1.0 + DENSE_FRACTION[mode] * (K - 1)
+        found = candidate_pairs(probe, params, scratch, exact=mode != "bounds")
+        if found is None:
+            return None
+        if found.offsets[-1] <= most * probe.shape[0]:
+            break
+    else:
         return None
     Y = shift_block(X, params.origin, scratch)
-    offsets, rows, finite = candidate_pairs(Y, params, scratch)
-    if not finite or offsets[-1] > most * n:
+    found = candidate_pairs(Y, params, scratch, exact=mode != "bounds")
+    # Near the break-even going dense now would waste the candidates' work:
+    # only a probe far off (sorted rows) sends the sub-block dense.
+    if found is None or found.offsets[-1] > 2.0 * most * n:
         return None
-    plan = SparsePlan(Y, offsets, rows, scratch)
-    log_dens = pair_log_densities(plan, params)
-    resp_etc = loops.pair_responsibilities(offsets, rows, log_dens, n)
-    plan.log_prob_norm, plan.resp, plan.label, plan.total = resp_etc
+    plan = SparsePlan(Y, found, scratch)
+    pair_responsibilities(plan, pair_log_densities(plan, params))
     return plan
+
+
+def pair_responsibilities(plan: SparsePlan, log_dens: np.ndarray) -> None:
+    """Per-row logsumexp over the candidate pairs, as the dense E-step does
+    it over all K (numpy's vectorised exp; sums in the same component order).
+    Sets ``log_prob_norm``, ``resp``, ``label`` and ``total`` of ``plan``."""
+    n, rows = plan.Y.shape[0], plan.rows
+    top, plan.label = loops.pair_top(plan.offsets, rows, log_dens, n)
+    resp = np.subtract(log_dens, top[rows], out=log_dens)
+    np.exp(resp, out=resp)
+    plan.total = np.bincount(rows, weights=resp, minlength=n)
+    plan.resp = np.divide(resp, plan.total[rows], out=resp)
+    plan.log_prob_norm = top + np.log(plan.total)
 
 
 def pair_log_densities(plan: SparsePlan, params: MixtureParams) -> np.ndarray:
@@ -634,10 +853,14 @@ def pair_log_densities(plan: SparsePlan, params: MixtureParams) -> np.ndarray:
 
     Matrix blocks: one GEMM of each component's gathered rows with its
     Cholesky factor; small matrices (d ≤ SMALL_MATRIX), diagonal and scalar
-    blocks: one fused compiled loop over the pairs.
+    blocks: one fused compiled loop over the pairs. Read from the exact
+    log-densities of all pairs where the candidates were found with them.
     """
     ctype = COVARIANCE_TYPES[params.covariance_type]
     out = np.empty(plan.rows.shape[0])
+    if plan.pairs.log_dens is not None:
+        loops.gather_pairs(plan.pairs.log_dens, plan.offsets, plan.rows, out)
+        return out
     args = (plan.Y, plan.offsets, plan.rows, params.shifted_means)
     if ctype.block == "matrix" and plan.Y.shape[1] <= SMALL_MATRIX:
         U = params.precisions_cholesky.reshape(-1, *params.precisions_cholesky.shape[-2:])
@@ -649,7 +872,7 @@ def pair_log_densities(plan: SparsePlan, params: MixtureParams) -> np.ndarray:
         loops.pair_log_densities(*args, prec, params.log_peak, out)
         return out
     for k, Yk in enumerate(plan.gathered):
-        out[plan.pairs(k)] = params.log_peak[k] - 0.5 * mahalanobis(Yk, params, k, plan.scratch)
+        out[plan.of(k)] = params.log_peak[k] - 0.5 * mahalanobis(Yk, params, k, plan.scratch)
     return out
 
 
@@ -679,16 +902,16 @@ def sparse_raw_moments(plan: SparsePlan, weight: np.ndarray | None, covariance_t
     N, SY = np.zeros(K), np.zeros((K, d))
     if ctype.block != "matrix":
         second = np.zeros((K, n_quadratic(d, covariance_type)))
-        loops.pair_moments(plan.Y, plan.offsets, plan.rows, wr, N, SY, second)
+        loops.pair_moments(plan.Y, *plan.row_major, plan.rows, wr, N, SY, second)
         return {"N": N, "raw": np.concatenate([second, SY], axis=1)}
     second = np.zeros((K, 0 if ctype.whitened else n_quadratic(d, covariance_type)))
     if d <= SMALL_MATRIX:
-        loops.pair_moments_matrix(plan.Y, plan.offsets, plan.rows, wr, N, SY, second)
+        loops.pair_moments_matrix(plan.Y, *plan.row_major, plan.rows, wr, N, SY, second)
         return _with_pooled_moments({"N": N, "raw": np.concatenate([second, SY], axis=1)},
                                     plan, weight, ctype.whitened)  # fmt: skip
     upper = np.triu_indices(d)
     for k, Yk in enumerate(plan.gathered):
-        wr_k = wr[plan.pairs(k)]
+        wr_k = wr[plan.of(k)]
         N[k], SY[k] = wr_k.sum(), wr_k @ Yk
         if not ctype.whitened and Yk.shape[0]:
             # Σ wr y yᵀ = Wᵀ W with W = √wr y: numpy calls SYRK for Wᵀ W (half
@@ -730,4 +953,4 @@ def _sparse_rows_out(plan: SparsePlan, kind: str, out: np.ndarray) -> None:
     else:
         out[...] = 0.0
         for k in range(plan.offsets.shape[0] - 1):
-            out[plan.rows[plan.pairs(k)], k] = plan.resp[plan.pairs(k)]
+            out[plan.rows[plan.of(k)], k] = plan.resp[plan.of(k)]
