@@ -516,8 +516,8 @@ PRUNE_NATS = 37.0
 #: and the moments' GEMM, which the pair loops beat only for few pairs, or
 #: for many with full covariance and d > 3 (its moments GEMM is half the
 #: dense work); tied's dense moments are one GEMM for all components.
-#: "small full": full covariance with d <= SMALL_MATRIX, either way of finding
-#: candidates: its compiled pair loops cost ~40 ns a pair at d = 8 against
+#: "small full": full covariance with EXACT_FEATURES < d <= SMALL_MATRIX, either
+#: way of finding candidates: its compiled pair loops cost ~40 ns a pair at d = 8 against
 #: ~5 ns a row and component for the dense GEMMs (K = 8, d = 8, 1.5
 #: candidates a row: sparse 23 ms, dense 15 ms a 131k-row block).
 #: The fixture of tests/test_sparse_estep.py sets all to 1 (never dense).
@@ -821,7 +821,7 @@ def _probed_plan(X: np.ndarray, params: MixtureParams, scratch: Scratch) -> Spar
     else:
         modes = ["bounds", "exact full"]
     probe = np.subtract(X[:PROBE_ROWS], params.origin, dtype=np.float64)
-    small_full = ct == "full" and d <= SMALL_MATRIX
+    small_full = ct == "full" and "exact" not in modes and d <= SMALL_MATRIX
     for mode in modes:
         most = 1.0 + DENSE_FRACTION["small full" if small_full else mode] * (K - 1)
         found = candidate_pairs(probe, params, scratch, exact=mode != "bounds")
