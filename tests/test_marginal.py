@@ -236,8 +236,10 @@ def test_infinity_is_an_error_not_a_gap(ct):
 
 
 @pytest.mark.slow
-def test_pipeline_nan_policy_marginalize(tmp_path):
-    """`dask-emk run` with [input] nan_policy = "marginalize" equals the estimator."""
+@pytest.mark.parametrize("section", ["input", "model"])
+def test_pipeline_nan_policy_marginalize(tmp_path, section):
+    """`dask-emk run` with nan_policy = "marginalize" in [input] or [model] equals the
+    estimator."""
     from click.testing import CliRunner
     from pipeline_helpers import open_results, to_toml
 
@@ -248,8 +250,9 @@ def test_pipeline_nan_policy_marginalize(tmp_path):
     zarr.create_array(str(tmp_path / "gaps.zarr"), data=X, chunks=(300, 3))
     model = {"type": "gmm", "n_components": 2, "covariance_type": "full", "tol": 1e-8,
              "max_iter": 300, "random_state": 0}  # fmt: skip
-    cfg = {"input": {"store": str(tmp_path / "gaps.zarr"), "nan_policy": "marginalize"},
-           "model": model,
+    cfg = {"input": {"store": str(tmp_path / "gaps.zarr")}, "model": dict(model)}
+    cfg[section]["nan_policy"] = "marginalize"
+    cfg |= {
            "scheduler": {"address": "sync"},
            "output": {"results": str(tmp_path / "run.zarr"), "plots": False, "checkpoint": False,
                       "log_density": True}}  # fmt: skip
@@ -264,6 +267,26 @@ def test_pipeline_nan_policy_marginalize(tmp_path):
     assert labels[5] == -1  # stored with _FillValue -1: read back as NaN
     np.testing.assert_array_equal(ds["labels"].values, np.where(labels < 0, np.nan, labels))
     np.testing.assert_allclose(ds["log_density"].values, gm.score_samples(X), rtol=1e-8)
+
+
+def test_pipeline_nan_policy_is_one_for_the_run():
+    """[model] or [anneal] may set nan_policy instead of [input]; sections that disagree
+    are refused before anything runs."""
+    from dask_emk.pipeline.config import PipelineError, validate
+
+    base = {"input": {"store": "x.zarr"}, "output": {"results": "r.zarr"}}
+    cfg = validate(base | {"model": {"n_components": 2, "nan_policy": "marginalize"}})
+    assert cfg["input"]["nan_policy"] == cfg["model"]["nan_policy"] == "marginalize"
+    cfg = validate(base | {"model": {"n_components": 2, "init": "anneal"},
+                           "anneal": {"nan_policy": "omit"}})
+    assert cfg["input"]["nan_policy"] == cfg["model"]["nan_policy"] == "omit"
+    assert cfg["anneal"]["nan_policy"] == "omit"
+    assert validate(base | {"model": {"n_components": 2}})["model"]["nan_policy"] == "raise"
+    bad = base | {"model": {"n_components": 2, "nan_policy": "omit"}}
+    bad["input"] = {"store": "x.zarr", "nan_policy": "marginalize"}
+    with pytest.raises(PipelineError, match=r"nan_policy differs between sections .*\[input\] "
+                       r"'marginalize', \[model\] 'omit'.*set it once, in \[input\]"):
+        validate(bad)
 
 
 @pytest.mark.parametrize("init", ["k-means++", "random_from_data"])

@@ -74,24 +74,27 @@ MODELS = {
     "gmm": (GaussianMixture, {
         "n_components": "n_components", "random_state": "random_state",
         "covariance_type": "covariance_type", "init": "init_params", "tol": "tol",
-        "reg_covar": "reg_covar", "max_iter": "max_iter",
+        "reg_covar": "reg_covar", "max_iter": "max_iter", "nan_policy": "nan_policy",
     }),
     "kmeans": (KMeans, {
         "n_components": "n_clusters", "random_state": "random_state", "init": "init",
         "tol": "tol", "max_iter": "max_iter", "oversampling_factor": "oversampling_factor",
+        "nan_policy": "nan_policy",
     }),
     "anneal": (AnnealedGaussianMixture, {
         "n_components": "n_components", "random_state": "random_state",
+        "nan_policy": "nan_policy",
     }),
     "dpmeans": (DPMeans, {
         "n_components": "n_clusters", "random_state": "random_state", "penalty": "penalty",
-        "tol": "tol", "max_iter": "max_iter",
+        "tol": "tol", "max_iter": "max_iter", "nan_policy": "nan_policy",
     }),
     # A search: n_components is the largest K tried.
     "gmm-ic": (GaussianMixtureIC, {
         "n_components": "max_components", "min_components": "min_components",
         "random_state": "random_state", "covariance_type": "covariance_type",
         "criterion": "criterion", "tol": "tol", "reg_covar": "reg_covar", "max_iter": "max_iter",
+        "nan_policy": "nan_policy",
     }),
 }  # fmt: skip
 #: Fields of every model type; a pipeline names n_components (dpmeans: it or
@@ -246,6 +249,10 @@ def validate(raw: dict, source: str = "pipeline") -> dict:
     _require(cfg["output"], "results", "output", source)
     for dim, index in (cfg["output"]["map_slice"] or {}).items():
         _check_value(index, INT, f"output.map_slice.{dim}", source)
+    policy = _one_nan_policy(raw, source)
+    for name in NAN_POLICY_SECTIONS:
+        if cfg.get(name) is not None and "nan_policy" in cfg[name]:
+            cfg[name]["nan_policy"] = policy
     if cfg["model"]["type"] == "dpmeans" and cfg["input"]["nan_policy"] == "marginalize":
         raise PipelineError(
             f"{source}: model.type = 'dpmeans' has no [input] nan_policy = 'marginalize'; "
@@ -308,6 +315,26 @@ def _validate_generated_grid(gen: dict, source: str) -> None:
             raise PipelineError(
                 f"{source}: [input.generate] {key} must be a fraction in [0, 1), got {gen[key]}."
             )
+
+
+#: Sections that may set nan_policy. [input] reads the store with it and every
+#: estimator of the run takes it from there, so where several set it they agree.
+NAN_POLICY_SECTIONS = ("input", "model", "anneal")
+
+
+def _one_nan_policy(raw: dict, source: str) -> str:
+    """The run's nan_policy: as set in [input], [model] or [anneal] (default 'raise')."""
+    given = {
+        name: raw[name]["nan_policy"]
+        for name in NAN_POLICY_SECTIONS
+        if isinstance(raw.get(name), dict) and "nan_policy" in raw[name]
+    }
+    if len(set(given.values())) > 1:
+        listed = ", ".join(f"[{name}] {value!r}" for name, value in given.items())
+        raise PipelineError(
+            f"{source}: nan_policy differs between sections ({listed}); set it once, in [input]."
+        )
+    return next(iter(given.values()), "raise")
 
 
 def _validate_gridded_input(cfg: dict, source: str) -> None:
