@@ -142,3 +142,22 @@ def test_resume_with_changed_pipeline_is_refused(tmp_path):
     assert invoke("run", toml, "-q", "--no-plots").exit_code == 0
     changed = scaled_pipeline("faithful", tmp_path, model={"tol": 1e-3})
     assert_one_line_error(invoke("run", changed, "--resume"), "different pipeline")
+
+
+@pytest.mark.parametrize("wrapped", [False, True])
+def test_signal_inside_c_code_still_exits_as_interrupted(wrapped):
+    """A SIGTERM that numba's dispatcher turns into a chained SystemError ends the
+    command like the signal itself: exit code 128 + 15 and the one `Error:` line."""
+    raised = "KeyboardInterrupt(signal.SIGTERM)"
+    if wrapped:  # as numba raises it: the interrupt chained to a SystemError
+        raised = f"SystemError('returned a result with an exception set') from {raised}"
+    code = (
+        "import signal\n"
+        "from dask_emk.pipeline.cli import _fail_cleanly\n"
+        f"def command():\n    raise {raised}\n"
+        "_fail_cleanly(command)()\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 128 + 15, done.stderr
+    assert done.stderr.startswith("Error: interrupted by SIGTERM"), done.stderr
+    assert done.stderr.count("\n") == 1, done.stderr

@@ -42,9 +42,12 @@ def _fail_cleanly(func):
                 return func(*args, **kwargs)
         except (ValueError, MissingMatplotlib) as exc:
             raise click.ClickException(" ".join(str(exc).split())) from None
-        except KeyboardInterrupt as exc:
-            sig = exc.args[0] if exc.args and isinstance(exc.args[0], signal.Signals) else None
-            sig = sig or signal.SIGINT
+        except BaseException as exc:
+            interrupt = _interrupt_behind(exc)
+            if interrupt is None:
+                raise
+            sig = interrupt.args[0] if interrupt.args else None
+            sig = sig if isinstance(sig, signal.Signals) else signal.SIGINT
             click.echo(
                 f"Error: interrupted by {sig.name}; rerun the command (with --resume to "
                 "continue from the checkpoint): it removes what this run left half-written.",
@@ -58,6 +61,23 @@ def _fail_cleanly(func):
             os._exit(128 + sig)
 
     return wrapper
+
+
+def _interrupt_behind(exc: BaseException) -> KeyboardInterrupt | None:
+    """The KeyboardInterrupt ``exc`` is or stems from, else None.
+
+    A signal that arrives while C code runs can surface as another error
+    chained to it: numba's dispatcher, interrupted while loading a compiled
+    function, raises ``SystemError: ... returned a result with an exception
+    set`` (seen in tests/test_kill.py).
+    """
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, KeyboardInterrupt):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 @contextlib.contextmanager
