@@ -408,3 +408,39 @@ def test_orphaned_workers_of_a_killed_run_hold_no_lock(tmp_path):
             assert notes[0].startswith(f"took over {lock_path(results)} left by pid {holder.pid}")
     finally:
         os.kill(worker, signal.SIGKILL)
+
+
+@pytest.mark.parametrize(
+    "state", ["empty folder", "marker cut short", "marker staged whole", "marked store"]
+)
+def test_every_state_a_kill_leaves_in_a_new_store_is_taken_back(tmp_path, state):
+    """A run killed while it starts its results store leaves `<results>.partial` in one
+    of these states; the next run recognises each as its own and starts afresh."""
+    from dask_emk.pipeline.outputs import RESULTS, STAGED_ROOT, marked_root, new_store
+
+    results = tmp_path / "r.zarr"
+    partial = tmp_path / "r.zarr.partial"
+    partial.mkdir()
+    marker = marked_root(RESULTS)
+    if state == "marker cut short":
+        (partial / STAGED_ROOT).write_bytes(marker[:20])
+    elif state == "marker staged whole":
+        (partial / STAGED_ROOT).write_bytes(marker)
+    elif state == "marked store":
+        (partial / "zarr.json").write_bytes(marker)
+        (partial / "labels").mkdir()
+    assert new_store(results, RESULTS) == partial
+    assert sorted(os.listdir(partial)) == ["zarr.json"]
+    assert (partial / "zarr.json").read_bytes() == marker
+
+
+@pytest.mark.parametrize("foreign", [b'{"zarr_format": 3, "node_type": "group"}', b"notes"])
+def test_a_staged_root_that_is_not_ours_is_refused(tmp_path, foreign):
+    from dask_emk.pipeline.outputs import RESULTS, STAGED_ROOT, UnsafeOutputError, new_store
+
+    partial = tmp_path / "r.zarr.partial"
+    partial.mkdir()
+    (partial / STAGED_ROOT).write_bytes(foreign)
+    with pytest.raises(UnsafeOutputError, match="not written by dask-emk"):
+        new_store(tmp_path / "r.zarr", RESULTS)
+    assert (partial / STAGED_ROOT).read_bytes() == foreign

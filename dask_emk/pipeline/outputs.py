@@ -216,7 +216,12 @@ def _is_own_leftover(path: str | os.PathLike, kind: str) -> bool:
     if os.path.islink(path):
         return False
     if kind in STORE_MARKERS:
-        return os.path.isdir(path) and (not os.listdir(path) or _has_store_marker(path, kind))
+        if not os.path.isdir(path):
+            return False
+        entries = os.listdir(path)
+        if entries == [STAGED_ROOT]:  # killed while new_store wrote the marker
+            return marked_root(kind).startswith(_head(Path(path) / STAGED_ROOT))
+        return not entries or _has_store_marker(path, kind)
     if not os.path.isfile(path):
         return False
     head = _head(path)
@@ -725,13 +730,36 @@ def remove_leftover(temp: Path, kind: str) -> None:
 
 
 def new_store(path: str | os.PathLike, kind: str) -> Path:
-    """An empty zarr 3 group at ``<path>.partial`` that carries the marker from its first write."""
+    """An empty zarr 3 group at ``<path>.partial`` that carries the marker from its first write.
+
+    The folder is made empty and its root ``zarr.json`` is written whole as
+    ``zarr.json.tmp`` and renamed in, so a kill leaves an empty folder, that
+    file cut short, or a marked store: each one recognisably dask-emk's
+    (:func:`_is_own_leftover`). Letting zarr write it in place left a window
+    where the folder held a ``zarr.json`` not yet written (a kill test hit it).
+    """
     tmp = partial_path(path)
     if os.path.lexists(tmp):
         remove_leftover(tmp, kind)
-    store = zarr.storage.LocalStore(tmp)
-    zarr.create_group(store=store, attributes=store_marker(kind), zarr_format=3)
+    os.mkdir(tmp)
+    staged = Path(tmp) / STAGED_ROOT
+    staged.write_bytes(marked_root(kind))
+    os.replace(staged, Path(tmp) / ROOT_METADATA)
     return tmp
+
+
+#: The name the root metadata of a new local store is written under first.
+STAGED_ROOT = "zarr.json.tmp"
+
+
+@functools.cache
+def marked_root(kind: str) -> bytes:
+    """The root ``zarr.json`` of an empty group marked for ``kind``, as zarr writes it."""
+    written: dict = {}
+    zarr.create_group(
+        store=zarr.storage.MemoryStore(written), attributes=store_marker(kind), zarr_format=3
+    )
+    return written[ROOT_METADATA].to_bytes()
 
 
 @contextlib.contextmanager
