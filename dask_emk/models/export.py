@@ -365,41 +365,43 @@ def mixture_dataset(gm) -> xr.Dataset:
     return ds
 
 
-def kmeans_dataset(km) -> xr.Dataset:
-    """Dataset of a fitted KMeans (the KM names of :data:`SCHEMA`)."""
-    sizes = np.asarray(km.cluster_weights_, dtype=np.float64)
-    inertia = np.asarray(km.inertia_history_, dtype=np.float64)
+def _clusters_dataset(model, place: str, n_clusters: int, history: dict) -> xr.Dataset:
+    """Weights, centres and sizes of a fitted k-means-like model, with its ``history``.
+
+    ``history`` maps one or more per-iteration names of :data:`SCHEMA` to their
+    values; the first one sets the length of the ``iteration`` coordinate.
+    """
+    sizes = np.asarray(model.cluster_weights_, dtype=np.float64)
+    n_iterations = np.asarray(next(iter(history.values()))).size
     ds = schema_dataset(
-        KMEANS,
+        place,
         {
             "weights": sizes / sizes.sum(),
-            "means": km.cluster_centers_,
+            "means": model.cluster_centers_,
             "sizes": sizes,
-            "inertia": inertia,
+            **history,
         },
-        parameter_coords(km.n_clusters, feature_coords(km), inertia.size),
+        parameter_coords(n_clusters, feature_coords(model), n_iterations),
     )
-    ds.attrs.update(fit_attributes(km))
+    ds.attrs.update(fit_attributes(model))
+    return ds
+
+
+def kmeans_dataset(km) -> xr.Dataset:
+    """Dataset of a fitted KMeans (the KM names of :data:`SCHEMA`)."""
+    inertia = np.asarray(km.inertia_history_, dtype=np.float64)
+    ds = _clusters_dataset(km, KMEANS, km.n_clusters, {"inertia": inertia})
     ds.attrs.update(schema_attrs(KMEANS, n_iter=int(km.n_iter_), final_inertia=float(km.inertia_)))
     return ds
 
 
 def dpmeans_dataset(dp) -> xr.Dataset:
     """Dataset of a fitted DPMeans (the DP names of :data:`SCHEMA`: KMeans's, plus λ)."""
-    sizes = np.asarray(dp.cluster_weights_, dtype=np.float64)
-    objective = np.asarray(dp.objective_history_, dtype=np.float64)
-    ds = schema_dataset(
-        DPMEANS,
-        {
-            "weights": sizes / sizes.sum(),
-            "means": dp.cluster_centers_,
-            "sizes": sizes,
-            "objective": objective,
-            "n_distinct": np.asarray(dp.n_clusters_history_, dtype=np.int64),
-        },
-        parameter_coords(dp.n_clusters_, feature_coords(dp), objective.size),
-    )
-    ds.attrs.update(fit_attributes(dp))
+    history = {
+        "objective": np.asarray(dp.objective_history_, dtype=np.float64),
+        "n_distinct": np.asarray(dp.n_clusters_history_, dtype=np.int64),
+    }
+    ds = _clusters_dataset(dp, DPMEANS, dp.n_clusters_, history)
     ds.attrs.update(
         schema_attrs(
             DPMEANS,
