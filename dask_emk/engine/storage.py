@@ -47,6 +47,8 @@ import xarray as xr
 import zarr
 from dask.array.utils import meta_from_array
 from dask.highlevelgraph import HighLevelGraph, MaterializedLayer
+from dask.layers import Blockwise
+from zarr.buffer import cpu
 
 from dask_emk.engine.locations import normalize_location, open_node
 
@@ -156,6 +158,165 @@ def read_zarr(array: zarr.Array, missing_chunks: str = "raise") -> da.Array:
     return da.from_array(read, chunks=chunks, asarray=False, fancy=False, meta=meta, name=False)
 
 
+class StackedZarrRows:
+    """Rows of several zarr arrays on one grid, a grid block at a time: (n_points, n_arrays).
+
+    The arrays (one per feature, same shape and dtype) are the variables of
+    a gridded store. Row blocks are the grid's blocks one after the other in
+    C order, each block's points in C order (the layout of
+    :meth:`dask_emk.engine.inputs.Grid.to_rows`). A block is read in one
+    round trip to zarr's event loop: the arrays' reads run concurrently and
+    each decodes straight into its column of one (block, n_arrays) buffer,
+    so the rows are made in one copy; the chunk or shard files the block
+    covers are then checked as :class:`CheckedZarrRead` does.
+
+    Parameters
+    ----------
+    arrays : list of zarr.Array
+    chunks : tuple of tuple of int
+        The grid's blocks along each of the arrays' dimensions.
+    missing_chunks : {'raise', 'fill'}
+        As for :class:`CheckedZarrRead`.
+    """
+
+    def __init__(self, arrays: list, chunks: tuple, missing_chunks: str = "raise"):
+        self.arrays = list(arrays)
+        self.missing_chunks = check_missing_chunks(missing_chunks)
+        self.blocks = [
+            tuple(slice(start, start + size) for start, size in point)
+            for point in itertools.product(
+                *[list(zip(np.cumsum((0, *c[:-1])).tolist(), c, strict=True)) for c in chunks]
+            )
+        ]
+        sizes = [int(np.prod([s.stop - s.start for s in block])) for block in self.blocks]
+        self.row_chunks = tuple(sizes)
+        self.starts = np.cumsum((0, *sizes))
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return int(self.starts[-1]), len(self.arrays)
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(self.arrays[0].dtype)
+
+    @property
+    def ndim(self) -> int:
+        return 2
+
+    def __getitem__(self, selection):
+        if not isinstance(selection, tuple):
+            selection = (selection,)
+        rows, columns = (*selection, slice(None), slice(None))[:2]
+        if isinstance(rows, slice) and rows.step in (None, 1):
+            start, stop, _ = rows.indices(self.shape[0])
+            b = int(np.searchsorted(self.starts, start, side="right")) - 1
+            if start == self.starts[b] and stop == self.starts[b + 1]:
+                return self.read_block(b)[:, columns]  # what the tasks ask for
+        # Any other selection: the blocks it touches, then its rows of them.
+        index = np.arange(self.shape[0])[rows]
+        flat = np.ravel(index)
+        owner = np.searchsorted(self.starts, flat, side="right") - 1
+        wanted = np.unique(owner)
+        offset = np.zeros(len(self.blocks), dtype=np.int64)
+        offset[wanted] = np.cumsum([0] + [self.row_chunks[b] for b in wanted[:-1]])
+        values = np.concatenate([self.read_block(int(b)) for b in wanted])
+        local = offset[owner] + flat - self.starts[owner]
+        return values[local.reshape(np.shape(index))][..., columns]
+
+    def read_block(self, b: int) -> np.ndarray:
+        """Rows of grid block ``b``: (points in the block, n_arrays), checked."""
+        block = self.blocks[b]
+        shape = tuple(s.stop - s.start for s in block)
+        out = np.empty((*shape, len(self.arrays)), dtype=self.dtype)
+        check = self.missing_chunks == "raise"
+        found = _run_in_zarr(_read_columns(self.arrays, block, out, check))
+        for array, exists in zip(self.arrays, found, strict=True):
+            missing = [c for c, ok in zip(file_coords(array, block), exists, strict=True) if not ok]
+            if missing:
+                raise missing_files_error(array, missing)
+        return out.reshape(-1, len(self.arrays))
+
+
+async def _read_columns(arrays: list, block: tuple, out: np.ndarray, check: bool) -> list:
+    """Read ``block`` of every array into its column of ``out``; then, with ``check``,
+    whether each array's files under ``block`` exist (after the read, so a file
+    that vanished before it is caught)."""
+    await asyncio.gather(*(
+        array.async_array.get_orthogonal_selection(
+            block, out=cpu.NDBuffer.from_numpy_array(out[..., i])
+        )
+        for i, array in enumerate(arrays)
+    ))  # fmt: skip
+    if not check:
+        return [[True] * len(file_coords(array, block)) for array in arrays]
+    return await asyncio.gather(*(
+        _all_exist(array.store, [file_key(array, c) for c in file_coords(array, block)])
+        for array in arrays
+    ))  # fmt: skip
+
+
+def stacked_rows(arrays: list, chunks: tuple, missing_chunks: str = "raise") -> da.Array:
+    """A dask array of :class:`StackedZarrRows`: one task a grid block, no other layer."""
+    reader = StackedZarrRows(arrays, chunks, missing_chunks)
+    meta = np.empty((0, 0), dtype=reader.dtype)
+    return da.from_array(
+        reader, chunks=(reader.row_chunks, (len(arrays),)), asarray=False, fancy=False,
+        meta=meta, name=False,
+    )  # fmt: skip
+
+
+def stored_values(data) -> tuple[zarr.Array, str] | None:
+    """The zarr array whose values a dask array holds as stored, and its ``missing_chunks``.
+
+    None unless ``data`` is a plain lazy read of a whole zarr array (from
+    ``xarray.open_zarr``, ``chunked_if_stored`` or ``da.from_zarr``, checked or
+    not) through xarray wrappers that only index it: an xarray variable that
+    decodes (scale, offset, a fill value other than NaN, times) or has been
+    sliced or computed on gives None, and is read through xarray.
+    """
+    graph = data.__dask_graph__() if isinstance(data, da.Array) else None
+    if not isinstance(graph, HighLevelGraph) or len(graph.layers) != 2:
+        return None
+    top = graph.layers.get(data.name)
+    held = [layer for layer in graph.layers.values() if layer is not top]
+    if not isinstance(top, Blockwise) or not isinstance(held[0], MaterializedLayer):
+        return None
+    if len(held[0].mapping) != 1:
+        return None
+    (value,) = held[0].mapping.values()
+    missing_chunks = "raise"
+    if isinstance(value, CheckedZarrRead):
+        value, missing_chunks = value.source, value.missing_chunks
+    array = _zarr_array_of(value)
+    if array is None or tuple(array.shape) != tuple(data.shape):
+        return None
+    if not (_indexes_only(value, array) and _same_coordinates(value, array)):
+        return None
+    return array, missing_chunks
+
+
+#: xarray's wrappers of a backend array that only index it (lazily, copy on
+#: write, cached): values read through them are the stored values. Any other
+#: wrapper (a CF decoding step) may change them.
+INDEXING_WRAPPERS = frozenset(
+    {"ImplicitToExplicitIndexingAdapter", "CopyOnWriteArray", "MemoryCachedArray",
+     "LazilyIndexedArray"}
+)  # fmt: skip
+
+
+def _indexes_only(value, array: zarr.Array) -> bool:
+    """Whether ``value`` reads ``array``'s values unchanged (see :data:`INDEXING_WRAPPERS`)."""
+    for _ in range(16):
+        if value is array:
+            return True
+        if type(value).__name__ not in INDEXING_WRAPPERS:
+            # The bottom: xarray's backend array, which hands out the zarr array.
+            return callable(getattr(value, "get_array", None)) and not hasattr(value, "array")
+        value = value.array
+    return False
+
+
 def checked_xarray(X, missing_chunks: str = "raise"):
     """A Dataset or DataArray from ``xarray.open_zarr`` whose reads check their files.
 
@@ -238,8 +399,8 @@ def chunked_if_stored(X: xr.DataArray) -> xr.DataArray:
 def zarr_arrays(collection) -> list[zarr.Array]:
     """The zarr arrays a dask collection reads, for naming them in errors.
 
-    Only materialised layers are searched: ``from_zarr``, xarray and
-    :func:`read_zarr` store the object read there as one key, and the
+    Only materialised layers are searched: ``from_zarr``, xarray,
+    :func:`read_zarr` and :func:`stacked_rows` store the object read there as one key, and the
     blockwise layers above it hold no arrays.
     """
     graph = collection.__dask_graph__()
@@ -250,9 +411,10 @@ def zarr_arrays(collection) -> list[zarr.Array]:
         if not isinstance(mapping, dict):
             continue
         for value in mapping.values():
-            array = _zarr_array_of(value)
-            if array is not None:
-                found[str(array.store_path)] = array
+            arrays = value.arrays if isinstance(value, StackedZarrRows) else [_zarr_array_of(value)]
+            for array in arrays:
+                if array is not None:
+                    found[str(array.store_path)] = array
     return list(found.values())
 
 

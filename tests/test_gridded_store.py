@@ -1,0 +1,142 @@
+"""Gridded zarr stores read straight into rows (StackedZarrRows), and when they are not.
+
+A Dataset opened with ``xarray.open_zarr`` whose variables are floats read
+as stored goes to rows one task a block, each block's variables copied once
+into a (points, features) buffer; a variable whose values xarray decodes
+(scale, offset, a non-NaN fill value) or that was computed on is stacked
+through xarray. Either way the rows must equal the stacked values.
+"""
+
+from __future__ import annotations
+
+import os
+
+import dask
+import numpy as np
+import pytest
+import xarray as xr
+import zarr
+
+from dask_emk.engine.inputs import as_input
+from dask_emk.engine.reduction import block_stats_array
+from dask_emk.engine.storage import (
+    MissingChunksError,
+    StackedZarrRows,
+    checked_xarray,
+    file_key,
+    zarr_arrays,
+)
+
+DIMS = ("time", "lat", "lon")
+SHAPE = (6, 5, 8)
+CHUNKS = {"time": 4, "lat": 3}  # uneven blocks: 4+2, 3+2, 8
+
+
+def cube(n_vars: int = 3) -> np.ndarray:
+    rng = np.random.default_rng(0)
+    values = rng.normal(size=(*SHAPE, n_vars)).astype(np.float32)
+    values[rng.random(SHAPE) < 0.3] = np.nan
+    return values
+
+
+def write(path, values: np.ndarray, encoding=None) -> xr.Dataset:
+    """The store, opened with its variables in the order v0, v1, ... (as written)."""
+    ds = xr.Dataset(
+        {f"v{i}": (DIMS, values[..., i]) for i in range(values.shape[-1])},
+        coords={"time": np.arange(SHAPE[0]), "lat": np.linspace(-60, 60, SHAPE[1])},
+    ).chunk(CHUNKS)
+    with zarr.config.set({"array.write_empty_chunks": True}):
+        ds.to_zarr(path, zarr_format=3, consolidated=False, encoding=encoding or {})
+    opened = xr.open_zarr(path, consolidated=False)
+    return opened[list(ds.data_vars)]
+
+
+def expected_rows(values: np.ndarray) -> np.ndarray:
+    """The grid's blocks one after the other (C order), each block's points in C order."""
+    blocks = []
+    for t in (slice(0, 4), slice(4, 6)):
+        for y in (slice(0, 3), slice(3, 5)):
+            blocks.append(values[t, y].reshape(-1, values.shape[-1]))
+    return np.concatenate(blocks)
+
+
+def readers(array) -> list:
+    return [
+        value
+        for layer in array.__dask_graph__().layers.values()
+        for value in getattr(layer, "mapping", {}).values()
+        if isinstance(value, StackedZarrRows)
+    ]
+
+
+@pytest.fixture(autouse=True)
+def sync_scheduler():
+    with dask.config.set(scheduler="sync"):
+        yield
+
+
+def test_a_store_read_as_stored_gives_one_task_a_block(tmp_path):
+    values = cube()
+    data = as_input(write(tmp_path / "s.zarr", values), nan_policy="omit")
+    assert len(readers(data.array)) == 1
+    np.testing.assert_array_equal(data.array.compute(), expected_rows(values))
+    assert data.array.chunks == ((96, 64, 48, 32), (3,))
+    assert list(data.feature_labels) == ["v0", "v1", "v2"]
+    assert len(zarr_arrays(data.array)) == 3  # every store is named in errors
+    stats = block_stats_array(data.array, None, lambda x, w: x[:1, :1].astype(float), 1)
+    (optimized,) = dask.optimize(stats)
+    assert len(dict(optimized.__dask_graph__())) == 4 + 2  # a task a block, args, reader
+
+
+@pytest.mark.parametrize(
+    "selection",
+    [np.s_[5:30], np.s_[3:27:4, 1:], np.s_[[29, 0, 13]], np.s_[17], np.s_[-3:, 2]],
+    ids=["across-blocks", "stepped", "index-array", "one-row", "negative"],
+)
+def test_any_selection_of_the_reader(tmp_path, selection):
+    values = cube()
+    ds = write(tmp_path / "s.zarr", values)
+    (reader,) = readers(as_input(ds).array)
+    np.testing.assert_array_equal(reader[selection], expected_rows(values)[selection])
+
+
+@pytest.mark.parametrize(
+    "encoding",
+    [
+        {"v1": {"scale_factor": 0.01, "add_offset": 1.0, "dtype": "int16", "_FillValue": -999}},
+        {"v0": {"_FillValue": -9999.0}},
+    ],
+    ids=["scaled-int", "non-nan-fill"],
+)
+def test_decoded_variables_are_read_through_xarray(tmp_path, encoding):
+    values = cube()
+    ds = write(tmp_path / "s.zarr", values, encoding)
+    data = as_input(ds, nan_policy="omit")
+    assert readers(data.array) == []
+    decoded = np.stack([ds[f"v{i}"].values for i in range(3)], axis=-1)
+    assert np.isnan(decoded).sum() == np.isnan(values).sum()  # the fill decodes to NaN
+    np.testing.assert_array_equal(data.array.compute(), expected_rows(decoded))
+
+
+def test_a_computed_variable_is_stacked_through_xarray(tmp_path):
+    values = cube()
+    ds = write(tmp_path / "s.zarr", values)
+    data = as_input(ds.assign(v2=ds.v2 * 2), nan_policy="omit")
+    assert readers(data.array) == []
+    np.testing.assert_array_equal(data.array.compute(), expected_rows(values * [1, 1, 2]))
+
+
+def test_a_file_gone_after_opening_raises_and_fill_reads_nan(tmp_path):
+    values = cube()
+    ds = write(tmp_path / "s.zarr", values)
+    data = as_input(ds, nan_policy="omit")
+    array = zarr.open_array(tmp_path / "s.zarr" / "v1", mode="r")
+    os.remove(tmp_path / "s.zarr" / "v1" / file_key(array, (1, 0, 0)))
+    message = r"s.zarr/v1 is missing the chunk file in its store: c/1/0/0 \(time 4-5, lat 0-2"
+    with pytest.raises(MissingChunksError, match=message):
+        data.array.compute()
+    filled = as_input(checked_xarray(ds, "fill"), nan_policy="omit")
+    assert len(readers(filled.array)) == 1
+    expected = values.copy()
+    expected[4:, :3, :, 1] = np.nan
+    np.testing.assert_array_equal(filled.array.compute(), expected_rows(expected))
