@@ -227,33 +227,34 @@ class StackedZarrRows:
     def read_block(self, b: int) -> np.ndarray:
         """Rows of grid block ``b``: (points in the block, n_arrays), checked."""
         block = self.blocks[b]
-        shape = tuple(s.stop - s.start for s in block)
-        out = np.empty((*shape, len(self.arrays)), dtype=self.dtype)
+        out = np.empty((*(s.stop - s.start for s in block), len(self.arrays)), dtype=self.dtype)
         check = self.missing_chunks == "raise"
-        found = _run_in_zarr(_read_columns(self.arrays, block, out, check))
-        for array, exists in zip(self.arrays, found, strict=True):
-            missing = [c for c, ok in zip(file_coords(array, block), exists, strict=True) if not ok]
+        coords = [file_coords(array, block) if check else [] for array in self.arrays]
+        keys = [[file_key(a, c) for c in cs] for a, cs in zip(self.arrays, coords, strict=True)]
+        # Files of remote stores are asked in the read's round trip, local ones after it.
+        remote = {i for i, a in enumerate(self.arrays) if _exist_locally(a.store, []) is None}
+        found = _run_in_zarr(_read_columns(self.arrays, block, out, keys, remote))
+        for i, array in enumerate(self.arrays):
+            exists = found[i] if i in found else _exist_locally(array.store, keys[i])
+            missing = [c for c, ok in zip(coords[i], exists, strict=True) if not ok]
             if missing:
                 raise missing_files_error(array, missing)
         return out.reshape(-1, len(self.arrays))
 
 
-async def _read_columns(arrays: list, block: tuple, out: np.ndarray, check: bool) -> list:
-    """Read ``block`` of every array into its column of ``out``; then, with ``check``,
-    whether each array's files under ``block`` exist (after the read, so a file
-    that vanished before it is caught)."""
+async def _read_columns(arrays: list, block: tuple, out: np.ndarray, keys: list, ask: set) -> dict:
+    """Read ``block`` of every array into its column of ``out``; then, for the arrays
+    numbered in ``ask``, whether their files ``keys[i]`` exist (after the read, so a
+    file that vanished before it is caught)."""
     await asyncio.gather(*(
         array.async_array.get_orthogonal_selection(
             block, out=cpu.NDBuffer.from_numpy_array(out[..., i])
         )
         for i, array in enumerate(arrays)
     ))  # fmt: skip
-    if not check:
-        return [[True] * len(file_coords(array, block)) for array in arrays]
-    return await asyncio.gather(*(
-        _all_exist(array.store, [file_key(array, c) for c in file_coords(array, block)])
-        for array in arrays
-    ))  # fmt: skip
+    asked = sorted(i for i in ask if keys[i])
+    found = await asyncio.gather(*(_all_exist(arrays[i].store, keys[i]) for i in asked))
+    return dict(zip(asked, found, strict=True))
 
 
 def stacked_rows(arrays: list, chunks: tuple, missing_chunks: str = "raise") -> da.Array:
@@ -504,12 +505,23 @@ def file_key(array: zarr.Array, coords: tuple[int, ...]) -> str:
 
 
 def missing_files(array: zarr.Array, coords: list[tuple[int, ...]]) -> list[tuple[int, ...]]:
-    """Those of ``coords`` whose file is not in the store (one ``exists`` each)."""
+    """Those of ``coords`` whose file is not in the store (one ``exists`` or stat each)."""
     if not coords:
         return []
     keys = [file_key(array, c) for c in coords]
-    found = _run_in_zarr(_all_exist(array.store, keys))
+    found = _exist_locally(array.store, keys)
+    if found is None:
+        found = _run_in_zarr(_all_exist(array.store, keys))
     return [c for c, ok in zip(coords, found, strict=True) if not ok]
+
+
+def _exist_locally(store, keys: list[str]) -> list[bool] | None:
+    """Whether files of a local store exist, asked of the file system directly; None
+    for other stores. A stat each: ``LocalStore.exists`` hops to a thread from
+    zarr's event loop, which cost ~0.25 ms a file (6% of a gridded k-means pass)."""
+    if not isinstance(store, zarr.storage.LocalStore):
+        return None
+    return [(store.root / key).is_file() for key in keys]
 
 
 def check_zarr_chunks(array: zarr.Array) -> None:
