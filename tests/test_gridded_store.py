@@ -17,6 +17,7 @@ import pytest
 import xarray as xr
 import zarr
 
+from dask_emk.core.blocks import rows_without_nan, without_nan_rows
 from dask_emk.engine.inputs import as_input
 from dask_emk.engine.reduction import block_stats_array
 from dask_emk.engine.storage import (
@@ -140,3 +141,18 @@ def test_a_file_gone_after_opening_raises_and_fill_reads_nan(tmp_path):
     expected = values.copy()
     expected[4:, :3, :, 1] = np.nan
     np.testing.assert_array_equal(filled.array.compute(), expected_rows(expected))
+
+
+@pytest.mark.parametrize("d", [1, 2, 3, 4, 8, 9])
+@pytest.mark.parametrize("order", ["C", "F"])
+def test_rows_left_out_by_omit_for_any_width(d, order):
+    """NaN rows are left out, rows with ±inf kept (even with a NaN: they are errors)."""
+    rng = np.random.default_rng(d)
+    X = rng.normal(size=(500, d)).astype(np.float32)
+    X[rng.random(X.shape) < 0.1] = np.nan
+    X[rng.random(X.shape) < 0.02] = -np.inf
+    X = np.asarray(X, order=order)
+    keep = ~np.isnan(X).any(axis=1) | np.isinf(X).any(axis=1)
+    assert 0 < keep.sum() < len(X)
+    np.testing.assert_array_equal(rows_without_nan(X), keep)
+    np.testing.assert_array_equal(without_nan_rows(X, np.arange(500.0))[1], np.flatnonzero(keep))
