@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 
 import dask
+import fsspec
 import numpy as np
 import pytest
 import xarray as xr
@@ -156,3 +157,28 @@ def test_rows_left_out_by_omit_for_any_width(d, order):
     assert 0 < keep.sum() < len(X)
     np.testing.assert_array_equal(rows_without_nan(X), keep)
     np.testing.assert_array_equal(without_nan_rows(X, np.arange(500.0))[1], np.flatnonzero(keep))
+
+
+def test_a_store_on_s3_reads_like_local_disk_and_checks_its_objects(tmp_path):
+    """The chunk objects of a block are asked in the read's round trip to the store."""
+    from s3_helpers import s3_server
+
+    values = cube()
+    local = write(tmp_path / "s.zarr", values)
+    with s3_server() as env, pytest.MonkeyPatch.context() as patch:
+        for key, value in env.items():
+            patch.setenv(key, value)
+        fs = fsspec.filesystem("s3")
+        fs.mkdir("grid")
+        fs.put(str(tmp_path / "s.zarr"), "grid/s.zarr", recursive=True)
+        ds = xr.open_zarr("s3://grid/s.zarr", consolidated=False)[list(local.data_vars)]
+        data = as_input(ds, nan_policy="omit")
+        assert len(readers(data.array)) == 1
+        np.testing.assert_array_equal(data.array.compute(), expected_rows(values))
+        fs.rm("grid/s.zarr/v2/c/0/1/0")
+        with pytest.raises(MissingChunksError, match=r"s3://grid/s.zarr/v2 is missing"):
+            data.array.compute()
+        filled = as_input(checked_xarray(ds, "fill"), nan_policy="omit").array.compute()
+        expected = values.copy()
+        expected[:4, 3:, :, 2] = np.nan
+        np.testing.assert_array_equal(filled, expected_rows(expected))

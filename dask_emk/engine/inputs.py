@@ -435,7 +435,9 @@ def _gridded(source, parts: list, samples: tuple, labels, name: str) -> InputDat
     return _on_grid(source, values, samples, chunks, labels, name)
 
 
-def _on_grid(source, values: da.Array, samples: tuple, chunks: tuple, labels, name: str):
+def _on_grid(
+    source, values: da.Array, samples: tuple, chunks: tuple, labels, name: str
+) -> InputData:
     """InputData of xarray input: ``values`` (*samples, f) on the grid, or its rows (n, f)."""
     coords = {k: c for k, c in source.coords.items() if set(c.dims) <= set(samples)}
     grid = Grid(samples, chunks, coords)

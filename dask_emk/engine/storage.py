@@ -228,12 +228,18 @@ class StackedZarrRows:
         """Rows of grid block ``b``: (points in the block, n_arrays), checked."""
         block = self.blocks[b]
         out = np.empty((*(s.stop - s.start for s in block), len(self.arrays)), dtype=self.dtype)
-        check = self.missing_chunks == "raise"
-        coords = [file_coords(array, block) if check else [] for array in self.arrays]
+        if self.missing_chunks == "fill":
+            _run_in_zarr(_read_columns(self.arrays, block, out, {}))
+            return out.reshape(-1, len(self.arrays))
+        coords = [file_coords(array, block) for array in self.arrays]
         keys = [[file_key(a, c) for c in cs] for a, cs in zip(self.arrays, coords, strict=True)]
         # Files of remote stores are asked in the read's round trip, local ones after it.
-        remote = {i for i, a in enumerate(self.arrays) if _exist_locally(a.store, []) is None}
-        found = _run_in_zarr(_read_columns(self.arrays, block, out, keys, remote))
+        remote = {
+            i: keys[i]
+            for i, a in enumerate(self.arrays)
+            if not isinstance(a.store, zarr.storage.LocalStore)
+        }
+        found = _run_in_zarr(_read_columns(self.arrays, block, out, remote))
         for i, array in enumerate(self.arrays):
             exists = found[i] if i in found else _exist_locally(array.store, keys[i])
             missing = [c for c, ok in zip(coords[i], exists, strict=True) if not ok]
@@ -242,9 +248,9 @@ class StackedZarrRows:
         return out.reshape(-1, len(self.arrays))
 
 
-async def _read_columns(arrays: list, block: tuple, out: np.ndarray, keys: list, ask: set) -> dict:
-    """Read ``block`` of every array into its column of ``out``; then, for the arrays
-    numbered in ``ask``, whether their files ``keys[i]`` exist (after the read, so a
+async def _read_columns(arrays: list, block: tuple, out: np.ndarray, ask: dict) -> dict:
+    """Read ``block`` of every array into its column of ``out``; then whether the files
+    ``ask[i]`` of array ``i`` exist, for each ``i`` in ``ask`` (after the read, so a
     file that vanished before it is caught)."""
     await asyncio.gather(*(
         array.async_array.get_orthogonal_selection(
@@ -252,9 +258,8 @@ async def _read_columns(arrays: list, block: tuple, out: np.ndarray, keys: list,
         )
         for i, array in enumerate(arrays)
     ))  # fmt: skip
-    asked = sorted(i for i in ask if keys[i])
-    found = await asyncio.gather(*(_all_exist(arrays[i].store, keys[i]) for i in asked))
-    return dict(zip(asked, found, strict=True))
+    found = await asyncio.gather(*(_all_exist(arrays[i].store, keys) for i, keys in ask.items()))
+    return dict(zip(ask, found, strict=True))
 
 
 def stacked_rows(arrays: list, chunks: tuple, missing_chunks: str = "raise") -> da.Array:
@@ -401,8 +406,8 @@ def zarr_arrays(collection) -> list[zarr.Array]:
     """The zarr arrays a dask collection reads, for naming them in errors.
 
     Only materialised layers are searched: ``from_zarr``, xarray,
-    :func:`read_zarr` and :func:`stacked_rows` store the object read there as one key, and the
-    blockwise layers above it hold no arrays.
+    :func:`read_zarr` and :func:`stacked_rows` store the object read there
+    as one key, and the blockwise layers above it hold no arrays.
     """
     graph = collection.__dask_graph__()
     layers = getattr(graph, "layers", {"": graph})
