@@ -12,12 +12,15 @@ from __future__ import annotations
 import os
 
 import dask
+import dask.array as da
 import fsspec
 import numpy as np
 import pytest
 import xarray as xr
 import zarr
+from helpers import CountComputes
 
+from dask_emk import KMeans
 from dask_emk.core.blocks import rows_without_nan, without_nan_rows
 from dask_emk.engine.inputs import as_input
 from dask_emk.engine.reduction import block_stats_array
@@ -182,3 +185,23 @@ def test_a_store_on_s3_reads_like_local_disk_and_checks_its_objects(tmp_path):
         expected = values.copy()
         expected[:4, 3:, :, 2] = np.nan
         np.testing.assert_array_equal(filled, expected_rows(expected))
+
+
+def test_a_fit_from_the_store_equals_the_fit_of_its_rows_with_as_many_computes(tmp_path):
+    values = cube()
+    ds = write(tmp_path / "s.zarr", values)
+    rows = expected_rows(values)
+    valid = rows[~np.isnan(rows).any(axis=1)]
+    init = valid[:3].astype(np.float64)
+    fits, counts = [], []
+    for X in (ds, da.from_array(rows, chunks=((96, 64, 48, 32), (3,)))):
+        with CountComputes() as counter:
+            fits.append(KMeans(3, init=init, n_init=1, nan_policy="omit", tol=0.0).fit(X))
+        counts.append(counter.count)
+    assert counts[0] == counts[1] > 1
+    np.testing.assert_allclose(fits[0].cluster_centers_, fits[1].cluster_centers_, rtol=1e-12)
+    labels = fits[0].predict(ds)
+    assert labels.dims == DIMS and np.isnan(labels.where(labels >= 0)).sum() > 0
+    np.testing.assert_array_equal(
+        labels.values.reshape(-1), fits[1].predict(values.reshape(-1, 3)).astype(labels.dtype)
+    )
