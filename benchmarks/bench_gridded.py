@@ -17,6 +17,11 @@ of issue 13 is a ratio gridded / dense of at most 1.2.
 
     python benchmarks/bench_gridded.py --dir /tmp/bench-data --repeat 3
     python benchmarks/bench_gridded.py --dir /tmp/bench-data --repeat 3 --codec none
+    python benchmarks/bench_gridded.py --dir /tmp/bench-data --repeat 3 --codec none --gathered
+
+``--gathered`` writes the gridded store without its land cells, on
+(time, cell) (CF's "compression by gathering"): 1.07x the valid rows are
+stored instead of 1.43x, the masked points left being the scattered gaps.
 
 What the gridded iteration does more: it reads the masked points too (1.43x
 the values at 30% masked; zstd also decodes float data laced with NaN about
@@ -73,14 +78,28 @@ CODECS = {
 
 
 def write_stores(
-    cube: np.ndarray, chunks: tuple, folder: Path, codec: str
+    cube: np.ndarray, chunks: tuple, folder: Path, codec: str, gathered: bool = False
 ) -> tuple[str, str, np.ndarray]:
-    """(gridded Dataset store, dense 2-D store, valid rows in gridded input's row order)."""
+    """(gridded Dataset store, dense 2-D store, valid rows in gridded input's row order).
+
+    ``gathered``: the gridded store keeps only the cells that are not land,
+    on (time, cell) with the cells' lat and lon as coordinates (CF's
+    "compression by gathering"); its blocks are ``chunks[0]`` time steps.
+    """
     T, Y, X, _ = cube.shape
-    ds = xr.Dataset({v: (("time", "lat", "lon"), cube[..., i]) for i, v in enumerate(VARIABLES)},
-                    coords={"time": np.arange(T), "lat": np.linspace(-89.5, 89.5, Y),
-                            "lon": np.linspace(0.5, 359.5, X)})  # fmt: skip
-    ds = ds.chunk(dict(zip(("time", "lat", "lon"), chunks, strict=True)))
+    lat, lon = np.linspace(-89.5, 89.5, Y), np.linspace(0.5, 359.5, X)
+    if gathered:
+        ocean = ~np.isnan(cube[..., 0]).all(axis=0)
+        cells = np.nonzero(ocean)
+        ds = xr.Dataset({v: (("time", "cell"), cube[:, ocean, i]) for i, v in enumerate(VARIABLES)},
+                        coords={"time": np.arange(T), "lat": ("cell", lat[cells[0]]),
+                                "lon": ("cell", lon[cells[1]])})  # fmt: skip
+        ds = ds.chunk({"time": chunks[0], "cell": -1})
+    else:
+        dims = ("time", "lat", "lon")
+        ds = xr.Dataset({v: (dims, cube[..., i]) for i, v in enumerate(VARIABLES)},
+                        coords={"time": np.arange(T), "lat": lat, "lon": lon})  # fmt: skip
+        ds = ds.chunk(dict(zip(dims, chunks, strict=True)))
     gridded, dense = str(folder / "gridded.zarr"), str(folder / "dense.zarr")
     for path in (gridded, dense):
         shutil.rmtree(path, ignore_errors=True)
@@ -133,6 +152,8 @@ def main() -> None:
     p.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()) / "bench-data")
     p.add_argument("--shape", type=int, nargs=3, default=(48, 180, 360), metavar=("T", "Y", "X"))
     p.add_argument("--chunks", type=int, nargs=3, default=(8, 180, 360), metavar=("T", "Y", "X"))
+    p.add_argument("--gathered", action="store_true",
+                   help="gridded store without its land cells, on (time, cell)")
     p.add_argument("--codec", choices=tuple(CODECS), default="zstd",
                    help="compressor of both stores (lz4: blosc lz4 with byte shuffle)")
     p.add_argument("--uncompressed", action="store_true", help="the same as --codec none")
@@ -146,7 +167,7 @@ def main() -> None:
     args.dir.mkdir(parents=True, exist_ok=True)
     cube = make_cube(tuple(args.shape), args.masked)
     codec = "none" if args.uncompressed else args.codec
-    gridded, dense, rows = write_stores(cube, tuple(args.chunks), args.dir, codec)
+    gridded, dense, rows = write_stores(cube, tuple(args.chunks), args.dir, codec, args.gathered)
     n_points = int(np.prod(args.shape))
     init = rows[np.random.default_rng(1).choice(rows.shape[0], args.k, replace=False)]
     init = init.astype(np.float64)
@@ -156,6 +177,11 @@ def main() -> None:
           f"{args.iters} iterations per fit, "
           f"codec {codec}, threaded scheduler, "
           f"{args.workers} workers")  # fmt: skip
+    stored = xr.open_zarr(gridded, consolidated=False)
+    n_stored = int(np.prod(list(stored.sizes.values())))
+    print(f"gridded store{' (gathered: land cells left out)' if args.gathered else ''}: "
+          f"dims {dict(stored.sizes)}, {n_stored:,} points stored = "
+          f"{n_stored / rows.shape[0]:.2f}x the valid rows")  # fmt: skip
     inputs = {
         "gridded": (lambda: xr.open_zarr(gridded, consolidated=False), True),
         "dense": (lambda: dense, False),
