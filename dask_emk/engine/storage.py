@@ -295,7 +295,7 @@ def stored_values(data) -> tuple[zarr.Array, str] | None:
     if isinstance(value, CheckedZarrRead):
         value, missing_chunks = value.source, value.missing_chunks
     array = _zarr_array_of(value)
-    if array is None or tuple(array.shape) != tuple(data.shape):
+    if array is None or tuple(array.shape) != tuple(data.shape) or array.dtype != data.dtype:
         return None
     if not (_indexes_only(value, array) and _same_coordinates(value, array)):
         return None
