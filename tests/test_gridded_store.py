@@ -205,3 +205,19 @@ def test_a_fit_from_the_store_equals_the_fit_of_its_rows_with_as_many_computes(t
     np.testing.assert_array_equal(
         labels.values.reshape(-1), fits[1].predict(values.reshape(-1, 3)).astype(labels.dtype)
     )
+
+
+@pytest.mark.parametrize("feature_last", [True, False])
+def test_a_stored_dataarray_with_its_features_last_is_read_as_stored(tmp_path, feature_last):
+    values = cube()
+    X = xr.DataArray(values, dims=(*DIMS, "band"), coords={"band": [450, 550, 650]})
+    if not feature_last:
+        X = X.transpose("band", *DIMS)
+    X.chunk({**CHUNKS, "band": -1}).to_dataset(name="X").to_zarr(
+        tmp_path / "a.zarr", consolidated=False
+    )
+    stored = xr.open_zarr(tmp_path / "a.zarr", consolidated=False)["X"]
+    data = as_input(stored, feature_dim="band", nan_policy="omit")
+    assert len(readers(data.array)) == int(feature_last)
+    assert list(data.feature_labels) == [450, 550, 650]
+    np.testing.assert_array_equal(data.array.compute(), expected_rows(values))

@@ -281,6 +281,9 @@ def _from_dataarray(X: xr.DataArray, name: str, feature_dim, sample_dims) -> Inp
     samples, feature = _dataarray_dims(X, name, feature_dim, sample_dims)
     labels = X[feature].values if feature in X.coords else None
     labels = _unique_labels(labels, name, f"X.assign_coords({feature}=...)")
+    stored = _stored_rows([X], samples, feature)
+    if stored is not None:
+        return _on_grid(X, stored, samples, X.data.chunks[: len(samples)], labels, name)
     values = X.transpose(*samples, *([feature] if feature else [])).data
     if feature is None:  # every dim a sample dim: one feature
         values = values[..., None]
@@ -349,27 +352,32 @@ def _from_dataset(ds: xr.Dataset, name: str, feature_dim, sample_dims) -> InputD
     return _gridded(ds, parts, samples, labels, name)
 
 
-def _stored_rows(variables: list, samples: tuple) -> da.Array | None:
+def _stored_rows(variables: list, samples: tuple, feature: str | None = None) -> da.Array | None:
     """The rows of variables read as stored from one zarr grid, one task a block; else None.
 
-    For float variables on the sample dims only, in the same chunks and
-    dtype, each a plain read of a zarr array (:func:`stored_values`: no
-    decoding that changes values, no computation on top), the rows are
-    read straight from zarr (:class:`StackedZarrRows`): a block's variables
-    go into one (points, features) buffer in one copy, in one task. Anything
-    else is stacked from xarray's arrays (:func:`_gridded`).
+    For float variables on the sample dims (then ``feature``, in one chunk,
+    if given) in this order, in the same chunks and dtype, each a plain
+    read of a zarr array (:func:`stored_values`: no decoding that changes
+    values, no computation on top), the rows are read straight from zarr
+    (:class:`StackedZarrRows`): a block's variables go into one (points,
+    features) buffer in one copy, in one task. Anything else is stacked from
+    xarray's arrays (:func:`_gridded`).
     """
     first = variables[0]
+    dims = samples + ((feature,) if feature else ())
     same = all(
-        var.dims == samples and var.chunks == first.chunks and var.dtype == first.dtype
+        var.dims == dims and var.chunks == first.chunks and var.dtype == first.dtype
         for var in variables
     )
     if not same or first.dtype.kind != "f" or not first.dtype.isnative:
         return None
+    if feature and len(first.chunks[-1]) > 1:
+        return None
     found = [stored_values(var.data) for var in variables]
     if any(f is None for f in found) or len({policy for _, policy in found}) > 1:
         return None
-    return stacked_rows([array for array, _ in found], first.data.chunks, found[0][1])
+    chunks = first.data.chunks[: len(samples)]
+    return stacked_rows([array for array, _ in found], chunks, found[0][1])
 
 
 def _dataset_sample_dims(variables: list, name: str, sample_dims) -> tuple[str, ...]:

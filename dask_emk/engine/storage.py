@@ -159,22 +159,23 @@ def read_zarr(array: zarr.Array, missing_chunks: str = "raise") -> da.Array:
 
 
 class StackedZarrRows:
-    """Rows of several zarr arrays on one grid, a grid block at a time: (n_points, n_arrays).
+    """Rows of zarr arrays on one grid, a grid block at a time: (n_points, n_features).
 
-    The arrays (one per feature, same shape and dtype) are the variables of
-    a gridded store. Row blocks are the grid's blocks one after the other in
-    C order, each block's points in C order (the layout of
+    The arrays (same dtype) are the variables of a gridded store: each on
+    the grid's dimensions, one feature, or with one more dimension last,
+    one feature per point of it. Row blocks are the grid's blocks one after
+    the other in C order, each block's points in C order (the layout of
     :meth:`dask_emk.engine.inputs.Grid.to_rows`). A block is read in one
     round trip to zarr's event loop: the arrays' reads run concurrently and
-    each decodes straight into its column of one (block, n_arrays) buffer,
-    so the rows are made in one copy; the chunk or shard files the block
-    covers are then checked as :class:`CheckedZarrRead` does.
+    each decodes straight into its columns of one (block, n_features)
+    buffer, so the rows are made in one copy; the chunk or shard files the
+    block covers are then checked as :class:`CheckedZarrRead` does.
 
     Parameters
     ----------
     arrays : list of zarr.Array
     chunks : tuple of tuple of int
-        The grid's blocks along each of the arrays' dimensions.
+        The grid's blocks along each of its dimensions (the arrays' first ones).
     missing_chunks : {'raise', 'fill'}
         As for :class:`CheckedZarrRead`.
     """
@@ -191,10 +192,18 @@ class StackedZarrRows:
         sizes = [int(np.prod([s.stop - s.start for s in block])) for block in self.blocks]
         self.row_chunks = tuple(sizes)
         self.starts = np.cumsum((0, *sizes))
+        # Each array's columns of a row: its feature index, or a slice along its last dim.
+        widths = [int(np.prod(a.shape[len(chunks) :])) for a in self.arrays]
+        ends = np.cumsum(widths).tolist()
+        self.width = ends[-1]
+        self.columns = [
+            end - 1 if a.ndim == len(chunks) else slice(end - width, end)
+            for a, width, end in zip(self.arrays, widths, ends, strict=True)
+        ]
 
     @property
     def shape(self) -> tuple[int, int]:
-        return int(self.starts[-1]), len(self.arrays)
+        return int(self.starts[-1]), self.width
 
     @property
     def dtype(self) -> np.dtype:
@@ -227,10 +236,11 @@ class StackedZarrRows:
     def read_block(self, b: int) -> np.ndarray:
         """Rows of grid block ``b``: (points in the block, n_arrays), checked."""
         block = self.blocks[b]
-        out = np.empty((*(s.stop - s.start for s in block), len(self.arrays)), dtype=self.dtype)
+        out = np.empty((*(s.stop - s.start for s in block), self.width), dtype=self.dtype)
+        columns = [out[..., c] for c in self.columns]
         if self.missing_chunks == "fill":
-            _run_in_zarr(_read_columns(self.arrays, block, out, {}))
-            return out.reshape(-1, len(self.arrays))
+            _run_in_zarr(_read_columns(self.arrays, block, columns, {}))
+            return out.reshape(-1, self.width)
         coords = [file_coords(array, block) for array in self.arrays]
         keys = [[file_key(a, c) for c in cs] for a, cs in zip(self.arrays, coords, strict=True)]
         # Files of remote stores are asked in the read's round trip, local ones after it.
@@ -239,24 +249,25 @@ class StackedZarrRows:
             for i, a in enumerate(self.arrays)
             if not isinstance(a.store, zarr.storage.LocalStore)
         }
-        found = _run_in_zarr(_read_columns(self.arrays, block, out, remote))
+        found = _run_in_zarr(_read_columns(self.arrays, block, columns, remote))
         for i, array in enumerate(self.arrays):
             exists = found[i] if i in found else _exist_locally(array.store, keys[i])
             missing = [c for c, ok in zip(coords[i], exists, strict=True) if not ok]
             if missing:
                 raise missing_files_error(array, missing)
-        return out.reshape(-1, len(self.arrays))
+        return out.reshape(-1, self.width)
 
 
-async def _read_columns(arrays: list, block: tuple, out: np.ndarray, ask: dict) -> dict:
-    """Read ``block`` of every array into its column of ``out``; then whether the files
-    ``ask[i]`` of array ``i`` exist, for each ``i`` in ``ask`` (after the read, so a
-    file that vanished before it is caught)."""
+async def _read_columns(arrays: list, block: tuple, columns: list, ask: dict) -> dict:
+    """Read ``block`` of every array into its ``columns`` (views of one buffer); then
+    whether the files ``ask[i]`` of array ``i`` exist, for each ``i`` in ``ask`` (after
+    the read, so a file that vanished before it is caught)."""
     await asyncio.gather(*(
         array.async_array.get_orthogonal_selection(
-            block, out=cpu.NDBuffer.from_numpy_array(out[..., i])
+            block + (slice(None),) * (array.ndim - len(block)),
+            out=cpu.NDBuffer.from_numpy_array(column),
         )
-        for i, array in enumerate(arrays)
+        for array, column in zip(arrays, columns, strict=True)
     ))  # fmt: skip
     found = await asyncio.gather(*(_all_exist(arrays[i].store, keys) for i, keys in ask.items()))
     return dict(zip(ask, found, strict=True))
@@ -267,7 +278,7 @@ def stacked_rows(arrays: list, chunks: tuple, missing_chunks: str = "raise") -> 
     reader = StackedZarrRows(arrays, chunks, missing_chunks)
     meta = np.empty((0, 0), dtype=reader.dtype)
     return da.from_array(
-        reader, chunks=(reader.row_chunks, (len(arrays),)), asarray=False, fancy=False,
+        reader, chunks=(reader.row_chunks, (reader.width,)), asarray=False, fancy=False,
         meta=meta, name=False,
     )  # fmt: skip
 
