@@ -15,6 +15,10 @@ xarray has decoded the fill value. Which input gets which check:
   engine='zarr')`` (decoded or not; chunked in its stored chunks if it is
   not, :func:`chunked_if_stored`): the zarr read in their graph is swapped
   for a checked one (:func:`checked_reads`), whatever is computed on top.
+- xarray input whose variables are plain reads of float zarr arrays (no
+  decoding that changes values, :func:`stored_values`) is read straight
+  from zarr into rows, a grid block at a time (:class:`StackedZarrRows`),
+  with the same check (and the same ``missing_chunks`` choice).
 - Any other dask collection whose graph holds a zarr array (e.g. an xarray
   variable indexed lazily before it was chunked): the store is listed once,
   up front (:func:`check_zarr_chunks`). ``da.from_zarr(...,
