@@ -364,6 +364,8 @@ def _stored_rows(variables: list, samples: tuple, feature: str | None = None) ->
     xarray's arrays (:func:`_gridded`).
     """
     first = variables[0]
+    if first.chunks is None:  # in memory
+        return None
     dims = samples + ((feature,) if feature else ())
     same = all(
         var.dims == dims and var.chunks == first.chunks and var.dtype == first.dtype
