@@ -9,6 +9,7 @@ through xarray. Either way the rows must equal the stacked values.
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import dask
@@ -162,13 +163,25 @@ def test_rows_left_out_by_omit_for_any_width(d, order):
     np.testing.assert_array_equal(without_nan_rows(X, np.arange(500.0))[1], np.flatnonzero(keep))
 
 
+@contextlib.contextmanager
+def _cleared(filesystem_class):
+    try:
+        yield
+    finally:
+        filesystem_class.clear_instance_cache()
+
+
 def test_a_store_on_s3_reads_like_local_disk_and_checks_its_objects(tmp_path):
     """The chunk objects of a block are asked in the read's round trip to the store."""
     from s3_helpers import s3_server
 
     values = cube()
     local = write(tmp_path / "s.zarr", values)
-    with s3_server() as env, pytest.MonkeyPatch.context() as patch:
+    # fsspec caches its S3 file systems by their arguments, not the endpoint of the
+    # environment: none made for another server is reused here, nor this one later.
+    s3fs = fsspec.get_filesystem_class("s3")
+    s3fs.clear_instance_cache()
+    with s3_server() as env, pytest.MonkeyPatch.context() as patch, _cleared(s3fs):
         for key, value in env.items():
             patch.setenv(key, value)
         fs = fsspec.filesystem("s3")
