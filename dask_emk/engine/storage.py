@@ -224,13 +224,15 @@ class StackedZarrRows:
         if isinstance(rows, slice) and rows.step in (None, 1):
             start, stop, _ = rows.indices(self.shape[0])
             b = int(np.searchsorted(self.starts, start, side="right")) - 1
-            if start == self.starts[b] and stop == self.starts[b + 1]:
+            if b < len(self.blocks) and (start, stop) == tuple(self.starts[b : b + 2]):
                 return self.read_block(b)[:, columns]  # what the tasks ask for
         # Any other selection: the blocks it touches, then its rows of them.
         index = np.arange(self.shape[0])[rows]
         flat = np.ravel(index)
         owner = np.searchsorted(self.starts, flat, side="right") - 1
         wanted = np.unique(owner)
+        if not wanted.size:
+            return np.empty((*np.shape(index), self.width), dtype=self.dtype)[..., columns]
         offset = np.zeros(len(self.blocks), dtype=np.int64)
         offset[wanted] = np.cumsum([0] + [self.row_chunks[b] for b in wanted[:-1]])
         values = np.concatenate([self.read_block(int(b)) for b in wanted])
@@ -238,7 +240,7 @@ class StackedZarrRows:
         return values[local.reshape(np.shape(index))][..., columns]
 
     def read_block(self, b: int) -> np.ndarray:
-        """Rows of grid block ``b``: (points in the block, n_arrays), checked."""
+        """Rows of grid block ``b``: (points in the block, n_features), checked."""
         block = self.blocks[b]
         out = np.empty((*(s.stop - s.start for s in block), self.width), dtype=self.dtype)
         columns = [out[..., c] for c in self.columns]
