@@ -96,8 +96,8 @@ def test_a_store_read_as_stored_gives_one_task_a_block(tmp_path):
 
 @pytest.mark.parametrize(
     "selection",
-    [np.s_[5:30], np.s_[3:27:4, 1:], np.s_[[29, 0, 13]], np.s_[17], np.s_[-3:, 2]],
-    ids=["across-blocks", "stepped", "index-array", "one-row", "negative"],
+    [np.s_[5:30], np.s_[3:27:4, 1:], np.s_[[29, 0, 13]], np.s_[17], np.s_[-3:, 2], np.s_[240:]],
+    ids=["across-blocks", "stepped", "index-array", "one-row", "negative", "empty"],
 )
 def test_any_selection_of_the_reader(tmp_path, selection):
     values = cube()
