@@ -91,12 +91,21 @@ def rows_without_nan(X: np.ndarray) -> np.ndarray | None:
     return ~nan | _any_in_row(np.isinf, X)
 
 
+#: Unsigned integers as wide as a row of 1, 2, 4 or 8 booleans.
+_ROW_WORDS = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
+
+
 def _any_in_row(test, X: np.ndarray) -> np.ndarray:
     """Rows (n,) where the elementwise ``test`` (``np.isnan``, ...) holds for a feature.
 
-    Column by column for the usual few features: numpy's ``any(axis=1)`` over
-    4 columns took 20x longer, a row sum 10x (benchmarks/bench_gridded.py).
+    With 1, 2, 4 or 8 features (C order) a row's booleans are read as one
+    integer, non-zero where one holds: 3x faster than the column by column
+    test used otherwise for the usual few features, itself 20x faster than
+    numpy's ``any(axis=1)`` over 4 columns (benchmarks/bench_gridded.py).
     """
+    word = _ROW_WORDS.get(X.shape[1])
+    if word is not None and X.flags.c_contiguous:
+        return test(X).view(word).reshape(-1) != 0
     if X.shape[1] > 32:
         return test(X).any(axis=1)
     found = test(X[:, 0])

@@ -37,6 +37,8 @@ from dask_emk.engine.storage import (
     chunked_if_stored,
     open_zarr_array,
     read_zarr,
+    stacked_rows,
+    stored_values,
 )
 
 #: Values of the estimators' ``nan_policy`` (after scipy's): 'raise' on NaN,
@@ -279,6 +281,9 @@ def _from_dataarray(X: xr.DataArray, name: str, feature_dim, sample_dims) -> Inp
     samples, feature = _dataarray_dims(X, name, feature_dim, sample_dims)
     labels = X[feature].values if feature in X.coords else None
     labels = _unique_labels(labels, name, f"X.assign_coords({feature}=...)")
+    stored = _stored_rows([X], samples, feature)
+    if stored is not None:
+        return _on_grid(X, stored, samples, X.data.chunks[: len(samples)], labels, name)
     values = X.transpose(*samples, *([feature] if feature else [])).data
     if feature is None:  # every dim a sample dim: one feature
         values = values[..., None]
@@ -341,7 +346,40 @@ def _from_dataset(ds: xr.Dataset, name: str, feature_dim, sample_dims) -> InputD
         parts.append(var.transpose(*samples, *levels).data)
         labels.extend(_level_names(var, levels))
     labels = _unique_labels(np.asarray(labels, dtype=object), name, "rename the variables")
+    stored = _stored_rows(variables, samples)
+    if stored is not None:
+        return _on_grid(ds, stored, samples, variables[0].data.chunks, labels, name)
     return _gridded(ds, parts, samples, labels, name)
+
+
+def _stored_rows(variables: list, samples: tuple, feature: str | None = None) -> da.Array | None:
+    """The rows of variables read as stored from one zarr grid, one task a block; else None.
+
+    For float variables on the sample dims (then ``feature``, in one chunk,
+    if given) in this order, in the same chunks and dtype, each a plain
+    read of a zarr array (:func:`stored_values`: no decoding that changes
+    values, no computation on top), the rows are read straight from zarr
+    (:class:`StackedZarrRows`): a block's variables go into one (points,
+    features) buffer in one copy, in one task. Anything else is stacked from
+    xarray's arrays (:func:`_gridded`).
+    """
+    first = variables[0]
+    if first.chunks is None:  # in memory
+        return None
+    dims = samples + ((feature,) if feature else ())
+    same = all(
+        var.dims == dims and var.chunks == first.chunks and var.dtype == first.dtype
+        for var in variables
+    )
+    if not same or first.dtype.kind != "f" or not first.dtype.isnative:
+        return None
+    if feature and len(first.chunks[-1]) > 1:
+        return None
+    found = [stored_values(var.data) for var in variables]
+    if any(f is None for f in found) or len({policy for _, policy in found}) > 1:
+        return None
+    chunks = first.data.chunks[: len(samples)]
+    return stacked_rows([array for array, _ in found], chunks, found[0][1])
 
 
 def _dataset_sample_dims(variables: list, name: str, sample_dims) -> tuple[str, ...]:
@@ -404,9 +442,17 @@ def _gridded(source, parts: list, samples: tuple, labels, name: str) -> InputDat
         chunks = normalize_chunks(auto, shape, limit=8 * rows, dtype=np.float64)
     columns = [_feature_columns(part, chunks, ns, name) for part in parts]
     values = columns[0] if len(columns) == 1 else _join_features(columns, ns)
+    return _on_grid(source, values, samples, chunks, labels, name)
+
+
+def _on_grid(
+    source, values: da.Array, samples: tuple, chunks: tuple, labels, name: str
+) -> InputData:
+    """InputData of xarray input: ``values`` (*samples, f) on the grid, or its rows (n, f)."""
     coords = {k: c for k, c in source.coords.items() if set(c.dims) <= set(samples)}
     grid = Grid(samples, chunks, coords)
-    return InputData(_as_float_dask(grid.to_rows(values), name), "xarray", labels, grid)
+    rows = grid.to_rows(values) if values.ndim > 2 else values
+    return InputData(_as_float_dask(rows, name), "xarray", labels, grid)
 
 
 def _join_features(columns: list, ns: int) -> da.Array:

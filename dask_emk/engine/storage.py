@@ -15,6 +15,10 @@ xarray has decoded the fill value. Which input gets which check:
   engine='zarr')`` (decoded or not; chunked in its stored chunks if it is
   not, :func:`chunked_if_stored`): the zarr read in their graph is swapped
   for a checked one (:func:`checked_reads`), whatever is computed on top.
+- xarray input whose variables are plain reads of float zarr arrays (no
+  decoding that changes values, :func:`stored_values`) is read straight
+  from zarr into rows, a grid block at a time (:class:`StackedZarrRows`),
+  with the same check (and the same ``missing_chunks`` choice).
 - Any other dask collection whose graph holds a zarr array (e.g. an xarray
   variable indexed lazily before it was chunked): the store is listed once,
   up front (:func:`check_zarr_chunks`). ``da.from_zarr(...,
@@ -47,6 +51,8 @@ import xarray as xr
 import zarr
 from dask.array.utils import meta_from_array
 from dask.highlevelgraph import HighLevelGraph, MaterializedLayer
+from dask.layers import Blockwise
+from zarr.buffer import cpu
 
 from dask_emk.engine.locations import normalize_location, open_node
 
@@ -156,6 +162,184 @@ def read_zarr(array: zarr.Array, missing_chunks: str = "raise") -> da.Array:
     return da.from_array(read, chunks=chunks, asarray=False, fancy=False, meta=meta, name=False)
 
 
+class StackedZarrRows:
+    """Rows of zarr arrays on one grid, a grid block at a time: (n_points, n_features).
+
+    The arrays (same dtype) are the variables of a gridded store: each on
+    the grid's dimensions, one feature, or with one more dimension last,
+    one feature per point of it. Row blocks are the grid's blocks one after
+    the other in C order, each block's points in C order (the layout of
+    :meth:`dask_emk.engine.inputs.Grid.to_rows`). A block is read in one
+    round trip to zarr's event loop: the arrays' reads run concurrently and
+    each decodes straight into its columns of one (block, n_features)
+    buffer, so the rows are made in one copy; the chunk or shard files the
+    block covers are then checked as :class:`CheckedZarrRead` does.
+
+    Parameters
+    ----------
+    arrays : list of zarr.Array
+    chunks : tuple of tuple of int
+        The grid's blocks along each of its dimensions (the arrays' first ones).
+    missing_chunks : {'raise', 'fill'}
+        As for :class:`CheckedZarrRead`.
+    """
+
+    def __init__(self, arrays: list, chunks: tuple, missing_chunks: str = "raise"):
+        self.arrays = list(arrays)
+        self.missing_chunks = check_missing_chunks(missing_chunks)
+        self.blocks = [
+            tuple(slice(start, start + size) for start, size in point)
+            for point in itertools.product(
+                *[list(zip(np.cumsum((0, *c[:-1])).tolist(), c, strict=True)) for c in chunks]
+            )
+        ]
+        sizes = [int(np.prod([s.stop - s.start for s in block])) for block in self.blocks]
+        self.row_chunks = tuple(sizes)
+        self.starts = np.cumsum((0, *sizes))
+        # Each array's columns of a row: its feature index, or a slice along its last dim.
+        widths = [int(np.prod(a.shape[len(chunks) :])) for a in self.arrays]
+        ends = np.cumsum(widths).tolist()
+        self.width = ends[-1]
+        self.columns = [
+            end - 1 if a.ndim == len(chunks) else slice(end - width, end)
+            for a, width, end in zip(self.arrays, widths, ends, strict=True)
+        ]
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return int(self.starts[-1]), self.width
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(self.arrays[0].dtype)
+
+    @property
+    def ndim(self) -> int:
+        return 2
+
+    def __getitem__(self, selection):
+        if not isinstance(selection, tuple):
+            selection = (selection,)
+        rows, columns = (*selection, slice(None), slice(None))[:2]
+        if isinstance(rows, slice) and rows.step in (None, 1):
+            start, stop, _ = rows.indices(self.shape[0])
+            b = int(np.searchsorted(self.starts, start, side="right")) - 1
+            if b < len(self.blocks) and (start, stop) == tuple(self.starts[b : b + 2]):
+                return self.read_block(b)[:, columns]  # what the tasks ask for
+        # Any other selection: the blocks it touches, then its rows of them.
+        index = np.arange(self.shape[0])[rows]
+        flat = np.ravel(index)
+        owner = np.searchsorted(self.starts, flat, side="right") - 1
+        wanted = np.unique(owner)
+        if not wanted.size:
+            return np.empty((*np.shape(index), self.width), dtype=self.dtype)[..., columns]
+        offset = np.zeros(len(self.blocks), dtype=np.int64)
+        offset[wanted] = np.cumsum([0] + [self.row_chunks[b] for b in wanted[:-1]])
+        values = np.concatenate([self.read_block(int(b)) for b in wanted])
+        local = offset[owner] + flat - self.starts[owner]
+        return values[local.reshape(np.shape(index))][..., columns]
+
+    def read_block(self, b: int) -> np.ndarray:
+        """Rows of grid block ``b``: (points in the block, n_features), checked."""
+        block = self.blocks[b]
+        out = np.empty((*(s.stop - s.start for s in block), self.width), dtype=self.dtype)
+        columns = [out[..., c] for c in self.columns]
+        if self.missing_chunks == "fill":
+            _run_in_zarr(_read_columns(self.arrays, block, columns, {}))
+            return out.reshape(-1, self.width)
+        coords = [file_coords(array, block) for array in self.arrays]
+        keys = [[file_key(a, c) for c in cs] for a, cs in zip(self.arrays, coords, strict=True)]
+        # Files of remote stores are asked in the read's round trip, local ones after it.
+        remote = {
+            i: keys[i]
+            for i, a in enumerate(self.arrays)
+            if not isinstance(a.store, zarr.storage.LocalStore)
+        }
+        found = _run_in_zarr(_read_columns(self.arrays, block, columns, remote))
+        for i, array in enumerate(self.arrays):
+            exists = found[i] if i in found else _exist_locally(array.store, keys[i])
+            missing = [c for c, ok in zip(coords[i], exists, strict=True) if not ok]
+            if missing:
+                raise missing_files_error(array, missing)
+        return out.reshape(-1, self.width)
+
+
+async def _read_columns(arrays: list, block: tuple, columns: list, ask: dict) -> dict:
+    """Read ``block`` of every array into its ``columns`` (views of one buffer); then
+    whether the files ``ask[i]`` of array ``i`` exist, for each ``i`` in ``ask`` (after
+    the read, so a file that vanished before it is caught)."""
+    await asyncio.gather(*(
+        array.async_array.get_orthogonal_selection(
+            block + (slice(None),) * (array.ndim - len(block)),
+            out=cpu.NDBuffer.from_numpy_array(column),
+        )
+        for array, column in zip(arrays, columns, strict=True)
+    ))  # fmt: skip
+    found = await asyncio.gather(*(_all_exist(arrays[i].store, keys) for i, keys in ask.items()))
+    return dict(zip(ask, found, strict=True))
+
+
+def stacked_rows(arrays: list, chunks: tuple, missing_chunks: str = "raise") -> da.Array:
+    """A dask array of :class:`StackedZarrRows`: one task a grid block, no other layer."""
+    reader = StackedZarrRows(arrays, chunks, missing_chunks)
+    meta = np.empty((0, 0), dtype=reader.dtype)
+    return da.from_array(
+        reader, chunks=(reader.row_chunks, (reader.width,)), asarray=False, fancy=False,
+        meta=meta, name=False,
+    )  # fmt: skip
+
+
+def stored_values(data) -> tuple[zarr.Array, str] | None:
+    """The zarr array whose values a dask array holds as stored, and its ``missing_chunks``.
+
+    None unless ``data`` is a plain lazy read of a whole zarr array (from
+    ``xarray.open_zarr``, ``chunked_if_stored`` or ``da.from_zarr``, checked or
+    not) through xarray wrappers that only index it: an xarray variable that
+    decodes (scale, offset, a fill value other than NaN, times) or has been
+    sliced or computed on gives None, and is read through xarray.
+    """
+    graph = data.__dask_graph__() if isinstance(data, da.Array) else None
+    if not isinstance(graph, HighLevelGraph) or len(graph.layers) != 2:
+        return None
+    top = graph.layers.get(data.name)
+    held = [layer for layer in graph.layers.values() if layer is not top]
+    if not isinstance(top, Blockwise) or not isinstance(held[0], MaterializedLayer):
+        return None
+    if len(held[0].mapping) != 1:
+        return None
+    (value,) = held[0].mapping.values()
+    missing_chunks = "raise"
+    if isinstance(value, CheckedZarrRead):
+        value, missing_chunks = value.source, value.missing_chunks
+    array = _zarr_array_of(value)
+    if array is None or tuple(array.shape) != tuple(data.shape) or array.dtype != data.dtype:
+        return None
+    if not (_indexes_only(value, array) and _same_coordinates(value, array)):
+        return None
+    return array, missing_chunks
+
+
+#: xarray's wrappers of a backend array that only index it (lazily, copy on
+#: write, cached): values read through them are the stored values. Any other
+#: wrapper (a CF decoding step) may change them.
+INDEXING_WRAPPERS = frozenset(
+    {"ImplicitToExplicitIndexingAdapter", "CopyOnWriteArray", "MemoryCachedArray",
+     "LazilyIndexedArray"}
+)  # fmt: skip
+
+
+def _indexes_only(value, array: zarr.Array) -> bool:
+    """Whether ``value`` reads ``array``'s values unchanged (see :data:`INDEXING_WRAPPERS`)."""
+    for _ in range(16):
+        if value is array:
+            return True
+        if type(value).__name__ not in INDEXING_WRAPPERS:
+            # The bottom: xarray's backend array, which hands out the zarr array.
+            return callable(getattr(value, "get_array", None)) and not hasattr(value, "array")
+        value = value.array
+    return False
+
+
 def checked_xarray(X, missing_chunks: str = "raise"):
     """A Dataset or DataArray from ``xarray.open_zarr`` whose reads check their files.
 
@@ -238,9 +422,9 @@ def chunked_if_stored(X: xr.DataArray) -> xr.DataArray:
 def zarr_arrays(collection) -> list[zarr.Array]:
     """The zarr arrays a dask collection reads, for naming them in errors.
 
-    Only materialised layers are searched: ``from_zarr``, xarray and
-    :func:`read_zarr` store the object read there as one key, and the
-    blockwise layers above it hold no arrays.
+    Only materialised layers are searched: ``from_zarr``, xarray,
+    :func:`read_zarr` and :func:`stacked_rows` store the object read there
+    as one key, and the blockwise layers above it hold no arrays.
     """
     graph = collection.__dask_graph__()
     layers = getattr(graph, "layers", {"": graph})
@@ -250,9 +434,10 @@ def zarr_arrays(collection) -> list[zarr.Array]:
         if not isinstance(mapping, dict):
             continue
         for value in mapping.values():
-            array = _zarr_array_of(value)
-            if array is not None:
-                found[str(array.store_path)] = array
+            arrays = value.arrays if isinstance(value, StackedZarrRows) else [_zarr_array_of(value)]
+            for array in arrays:
+                if array is not None:
+                    found[str(array.store_path)] = array
     return list(found.values())
 
 
@@ -342,12 +527,23 @@ def file_key(array: zarr.Array, coords: tuple[int, ...]) -> str:
 
 
 def missing_files(array: zarr.Array, coords: list[tuple[int, ...]]) -> list[tuple[int, ...]]:
-    """Those of ``coords`` whose file is not in the store (one ``exists`` each)."""
+    """Those of ``coords`` whose file is not in the store (one ``exists`` or stat each)."""
     if not coords:
         return []
     keys = [file_key(array, c) for c in coords]
-    found = _run_in_zarr(_all_exist(array.store, keys))
+    found = _exist_locally(array.store, keys)
+    if found is None:
+        found = _run_in_zarr(_all_exist(array.store, keys))
     return [c for c, ok in zip(coords, found, strict=True) if not ok]
+
+
+def _exist_locally(store, keys: list[str]) -> list[bool] | None:
+    """Whether files of a local store exist, asked of the file system directly; None
+    for other stores. A stat each: ``LocalStore.exists`` hops to a thread from
+    zarr's event loop, which cost ~0.25 ms a file (6% of a gridded k-means pass)."""
+    if not isinstance(store, zarr.storage.LocalStore):
+        return None
+    return [(store.root / key).is_file() for key in keys]
 
 
 def check_zarr_chunks(array: zarr.Array) -> None:
