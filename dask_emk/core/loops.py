@@ -527,3 +527,42 @@ def pair_moments_matrix(Y, order, component, rows, wr, N, SY, second):  # pragma
                 for b in range(a, d):
                     second[k, c] += ya * Y[i, b]
                     c += 1
+
+
+@compiled(fastmath=_SAFE_FAST_MATH)
+def metric_rows(X, origin, w, Z):  # pragma: no cover - compiled
+    """Z = (x − origin) ∘ w of rows X (n, d) of any float dtype, in float64
+    with numpy's roundings (the shift as ``np.subtract(X, origin,
+    dtype=float64)``, then the product), in one pass over X: no shifted copy.
+
+    Returns
+    -------
+    zz : ndarray of shape (n,), ‖z‖²
+    ny : ndarray of shape (n,), ‖x − origin‖
+    """
+    n, d = X.shape
+    zz = np.empty(n)
+    ny = np.empty(n)
+    for i in range(n):
+        a = 0.0
+        b = 0.0
+        for j in range(d):
+            y = np.float64(X[i, j]) - origin[j]
+            z = y * w[j]
+            Z[i, j] = z
+            a += z * z
+            b += y * y
+        zz[i] = a
+        ny[i] = np.sqrt(b)
+    return zz, ny
+
+
+@compiled()
+def gather_shift(X, origin, rows, out):  # pragma: no cover - compiled
+    """out[p] = X[rows[p]] − origin in float64, as ``np.subtract(X, origin,
+    dtype=float64)[rows]`` without the shifted copy of all of X."""
+    d = X.shape[1]
+    for p in range(rows.shape[0]):
+        i = rows[p]
+        for j in range(d):
+            out[p, j] = np.float64(X[i, j]) - origin[j]

@@ -551,25 +551,44 @@ class SparsePlan:
 
     Attributes
     ----------
-    Y : ndarray of shape (n, d), shifted rows
-    scratch : Scratch
-        Work buffers of the sparse sub-blocks: a plan is used up before the
-        next sub-block's is made.
+    X : ndarray of shape (n, d), the sub-block's rows as given
+    origin : ndarray of shape (d,), the shift of X's rows (zero if X is shifted)
     pairs : Candidates
         Component k's pairs are ``offsets[k]:offsets[k + 1]``; ``rows`` (n_pairs,)
         holds the row of each pair.
+    scratch : Scratch
+        Work buffers of the sparse sub-blocks: a plan is used up before the
+        next sub-block's is made.
+    shifted : ndarray of shape (n, d) or None
+        X − origin where already at hand (else formed on demand by :attr:`Y`).
     log_prob_norm, label, total : ndarray of shape (n,)
         log p(y), most probable component, 1 / largest responsibility
     resp : ndarray of shape (n_pairs,)
+    hard : bool
+        Every row has one candidate, so every responsibility is exactly 1.
     """
 
-    Y: np.ndarray
+    X: np.ndarray
+    origin: np.ndarray
     pairs: Candidates
     scratch: Scratch
+    shifted: np.ndarray | None = None
     log_prob_norm: np.ndarray | None = None
     resp: np.ndarray | None = None
     label: np.ndarray | None = None
     total: np.ndarray | None = None
+    hard: bool = False
+
+    @property
+    def n(self) -> int:
+        return self.X.shape[0]
+
+    @property
+    def Y(self) -> np.ndarray:
+        """The shifted rows (n, d), formed on first use."""
+        if self.shifted is None:
+            self.shifted = shift_block(self.X, self.origin, self.scratch)
+        return self.shifted
 
     @property
     def offsets(self) -> np.ndarray:
@@ -586,14 +605,17 @@ class SparsePlan:
     @cached_property
     def row_major(self) -> tuple[np.ndarray, np.ndarray]:
         """(order, component) of :func:`loops.row_major`."""
-        return loops.row_major(self.offsets, self.rows, self.Y.shape[0])
+        return loops.row_major(self.offsets, self.rows, self.n)
 
     @cached_property
     def gathered(self) -> list[np.ndarray]:
-        """Y's rows of each component's pairs, (n_k, d) each: one gather, K views."""
-        d = self.Y.shape[1]
-        Yp = np.take(self.Y, self.rows, axis=0, out=self.scratch.get("Yp", (self.rows.size, d)))
-        return [Yp[self.of(k)] for k in range(self.offsets.shape[0] - 1)]
+        """Shifted rows of each component's pairs, (n_k, d) each: one gather
+        straight from X (kept with the pairs for their reuse), K views."""
+        if self.pairs.gathered is None:
+            out = self.scratch.get("Yp", (self.rows.size, self.X.shape[1]))
+            loops.gather_shift(self.X, self.origin, self.rows, out)
+            self.pairs.gathered = out
+        return [self.pairs.gathered[self.of(k)] for k in range(self.offsets.shape[0] - 1)]
 
 
 def exact_candidates(covariance_type: str, d: int) -> bool:
@@ -658,18 +680,28 @@ class BoundMetric:
 class Candidates:
     """Candidate pairs of a block of rows, component-major
     (:func:`loops.select_pairs`); with the exact log-densities (K, n) of all
-    pairs when they were computed to find them (:func:`exact_candidates`)."""
+    pairs when they were computed to find them (:func:`exact_candidates`),
+    or with the exact log-densities (n_pairs,) of the pairs themselves and
+    their gathered shifted rows (n_pairs, d) where these were computed
+    (:func:`_metric_bounds`)."""
 
     offsets: np.ndarray
     rows: np.ndarray
     log_dens: np.ndarray | None = None
+    pair_log_dens: np.ndarray | None = None
+    gathered: np.ndarray | None = None
 
 
 def candidate_pairs(
-    Y: np.ndarray, params: MixtureParams, scratch: Scratch | None = None, exact: bool = True
+    X: np.ndarray,
+    params: MixtureParams,
+    scratch: Scratch | None = None,
+    exact: bool = True,
+    origin: np.ndarray | None = None,
 ) -> Candidates | None:
     """The (row, component) pairs whose log-density can reach the row's total
     at float64 resolution, or None if a row is not finite (or overflows).
+    Rows are X − ``origin`` (None: X holds shifted rows).
 
     A pair is skipped when an upper bound on its log-density is more than
     PRUNE_NATS + ln K + 1 nats below a lower bound on its row's best: its
@@ -686,11 +718,13 @@ def candidate_pairs(
     # NaN/inf rows turn into NaN bounds by design: they send the sub-block to
     # the dense path, which counts and drops them.
     with np.errstate(invalid="ignore", over="ignore"):
-        ny = np.sqrt(np.einsum("ij,ij->i", Y, Y))
         nm = np.sqrt(np.einsum("ij,ij->i", params.shifted_means, params.shifted_means))
         if exact or exact_candidates(params.covariance_type, d):
+            Y = X if origin is None else np.subtract(X, origin, dtype=np.float64)
+            ny = np.sqrt(np.einsum("ij,ij->i", Y, Y))
             return _exact_bounds(Y, params, ny, nm, margin, scratch)
-        return _metric_bounds(Y, params, ny, nm, margin, scratch)
+        origin = np.zeros(d) if origin is None else origin
+        return _metric_bounds(X, origin, params, nm, margin, scratch)
 
 
 def _exact_bounds(Y, params: MixtureParams, ny, nm, margin: float, scratch) -> Candidates | None:
@@ -731,7 +765,9 @@ def _exact_bounds(Y, params: MixtureParams, ny, nm, margin: float, scratch) -> C
     return Candidates(*found, log_dens)
 
 
-def _metric_bounds(Y, params: MixtureParams, ny, nm, margin: float, scratch) -> Candidates | None:
+def _metric_bounds(
+    X, origin, params: MixtureParams, nm, margin: float, scratch
+) -> Candidates | None:
     """Candidates of full covariance from bounds in the :class:`BoundMetric`.
 
     With D = ‖(y − μ_k) ∘ w‖², bounded from one GEMM of rows and means in
@@ -743,12 +779,16 @@ def _metric_bounds(Y, params: MixtureParams, ny, nm, margin: float, scratch) -> 
     expansion D̂ = ‖z‖² + ‖ν‖² − 2 z·ν is off by at most
     (d + 3) u (‖z‖ + ‖ν‖)² ≤ (d + 3) ε (‖z‖² + ‖ν‖²) (u = ε/2, any
     summation order); twice that is allowed.
+
+    Where the candidates are exactly the likely components (one per row,
+    separated clusters), the returned pairs carry those exact log-densities
+    and gathered rows, so nothing is computed twice.
     """
     K, d = params.means.shape
-    n = Y.shape[0]
+    n = X.shape[0]
     metric = params.bound_metric
-    Z = np.multiply(Y, metric.w, out=scratch.get("Z", Y.shape))
-    zz = np.einsum("ij,ij->i", Z, Z)
+    Z = scratch.get("Z", (n, d))
+    zz, ny = loops.metric_rows(X, origin, metric.w, Z)
     nn = np.einsum("ij,ij->i", metric.means, metric.means)
     G = np.matmul(Z, metric.means.T, out=scratch.get("G", (n, K)))
     rel_err = 2.0 * (d + 3) * np.finfo(np.float64).eps
@@ -757,13 +797,19 @@ def _metric_bounds(Y, params: MixtureParams, ny, nm, margin: float, scratch) -> 
                                              metric.low, metric.high, rel_err, upper)  # fmt: skip
     if not finite:
         return None
-    floor = np.maximum(lower, _best_floor(Y, guess, params, ny, nm, scratch))
-    return Candidates(*loops.select_pairs(upper, floor, margin))
+    likely = Candidates(*loops.group_rows(guess, K))
+    plan = SparsePlan(X, origin, likely, scratch)
+    likely.pair_log_dens = pair_log_densities(plan, params)
+    floor = np.maximum(lower, _best_floor(likely, guess, params, ny, nm))
+    offsets, rows = loops.select_pairs(upper, floor, margin)
+    if np.array_equal(offsets, likely.offsets) and np.array_equal(rows, likely.rows):
+        return likely
+    return Candidates(offsets, rows)
 
 
-def _best_floor(Y, guess, params: MixtureParams, ny, nm, scratch) -> np.ndarray:
-    """Exact log-density of each row's guessed component minus its rounding
-    bound, shape (n,): a lower bound on the row's best.
+def _best_floor(likely: Candidates, guess, params: MixtureParams, ny, nm) -> np.ndarray:
+    """Exact log-density of each row's guessed component (``likely``, one pair
+    a row) minus its rounding bound, shape (n,): a lower bound on the row's best.
 
     The GEMM or loop of (y − μ) U computes the Mahalanobis distance to within
     3.1 d u tr(P_k) ‖y − μ_k‖² ≤ 3.1 d u tr(P_k) (‖y‖ + ‖μ_k‖)² (Higham's
@@ -771,10 +817,9 @@ def _best_floor(Y, guess, params: MixtureParams, ny, nm, scratch) -> np.ndarray:
     the peak rounds by u (|peak| + |ℓ|): 8 (d + 2) ε of those terms is a
     generous majorant.
     """
-    d = Y.shape[1]
-    pairs = Candidates(*loops.group_rows(guess, params.means.shape[0]))
-    exact = np.empty(Y.shape[0])
-    exact[pairs.rows] = pair_log_densities(SparsePlan(Y, pairs, scratch), params)
+    d = params.means.shape[1]
+    exact = np.empty(guess.shape[0])
+    exact[likely.rows] = likely.pair_log_dens
     scale = params.bound_metric.trace[guess] * (ny + nm[guess]) ** 2 + np.abs(exact)
     scale += np.abs(params.log_peak[guess])
     return exact - 8.0 * (d + 2) * np.finfo(np.float64).eps * scale
@@ -820,24 +865,27 @@ def _probed_plan(X: np.ndarray, params: MixtureParams, scratch: Scratch) -> Spar
         modes = ["exact tied" if COVARIANCE_TYPES[ct].whitened else "exact"]
     else:
         modes = ["bounds", "exact full"]
-    probe = np.subtract(X[:PROBE_ROWS], params.origin, dtype=np.float64)
+    probe = X[:PROBE_ROWS]
     small_full = ct == "full" and "exact" not in modes and d <= SMALL_MATRIX
     for mode in modes:
         most = 1.0 + DENSE_FRACTION["small full" if small_full else mode] * (K - 1)
-        found = candidate_pairs(probe, params, scratch, exact=mode != "bounds")
+        exact = mode != "bounds"
+        found = candidate_pairs(probe, params, scratch, exact, params.origin)
         if found is None:
             return None
         if found.offsets[-1] <= most * probe.shape[0]:
             break
     else:
         return None
-    Y = shift_block(X, params.origin, scratch)
-    found = candidate_pairs(Y, params, scratch, exact=mode != "bounds")
+    # The bounds read X itself; the exact log-densities need the shifted rows.
+    Y = shift_block(X, params.origin, scratch) if exact else None
+    found = candidate_pairs(X, params, scratch, exact, params.origin) if Y is None else (
+        candidate_pairs(Y, params, scratch, exact))  # fmt: skip
     # Near the break-even going dense now would waste the candidates' work:
     # only a probe far off (sorted rows) sends the sub-block dense.
     if found is None or found.offsets[-1] > 2.0 * most * n:
         return None
-    plan = SparsePlan(Y, found, scratch)
+    plan = SparsePlan(X, params.origin, found, scratch, shifted=Y)
     pair_responsibilities(plan, pair_log_densities(plan, params))
     return plan
 
@@ -845,9 +893,15 @@ def _probed_plan(X: np.ndarray, params: MixtureParams, scratch: Scratch) -> Spar
 def pair_responsibilities(plan: SparsePlan, log_dens: np.ndarray) -> None:
     """Per-row logsumexp over the candidate pairs, as the dense E-step does
     it over all K (numpy's vectorised exp; sums in the same component order).
-    Sets ``log_prob_norm``, ``resp``, ``label`` and ``total`` of ``plan``."""
-    n, rows = plan.Y.shape[0], plan.rows
+    Sets ``log_prob_norm``, ``resp``, ``label``, ``total`` and ``hard`` of ``plan``."""
+    n, rows = plan.n, plan.rows
     top, plan.label = loops.pair_top(plan.offsets, rows, log_dens, n)
+    if rows.size == n and top.min(initial=np.inf) > -np.inf:
+        # One candidate a row (each has at least one): exp(ℓ − ℓ) / 1 is
+        # exactly 1, so the logsumexp below would return ℓ and ones.
+        plan.hard, plan.log_prob_norm = True, top
+        plan.resp = plan.total = np.ones(n)
+        return
     resp = np.subtract(log_dens, top[rows], out=log_dens)
     np.exp(resp, out=resp)
     plan.total = np.bincount(rows, weights=resp, minlength=n)
@@ -864,22 +918,23 @@ def pair_log_densities(plan: SparsePlan, params: MixtureParams) -> np.ndarray:
     log-densities of all pairs where the candidates were found with them.
     """
     ctype = COVARIANCE_TYPES[params.covariance_type]
+    if plan.pairs.pair_log_dens is not None:
+        return plan.pairs.pair_log_dens
     out = np.empty(plan.rows.shape[0])
     if plan.pairs.log_dens is not None:
         loops.gather_pairs(plan.pairs.log_dens, plan.offsets, plan.rows, out)
         return out
+    if ctype.block == "matrix" and plan.X.shape[1] > SMALL_MATRIX:
+        for k, Yk in enumerate(plan.gathered):
+            out[plan.of(k)] = params.log_peak[k] - 0.5 * mahalanobis(Yk, params, k, plan.scratch)
+        return out
     args = (plan.Y, plan.offsets, plan.rows, params.shifted_means)
-    if ctype.block == "matrix" and plan.Y.shape[1] <= SMALL_MATRIX:
+    if ctype.block == "matrix":
         U = params.precisions_cholesky.reshape(-1, *params.precisions_cholesky.shape[-2:])
         loops.pair_log_densities_matrix(*args, U, params.log_peak, out)
         return out
-    if ctype.block != "matrix":
-        prec = params.precisions_cholesky ** 2
-        prec = prec.reshape(prec.shape[0], -1)
-        loops.pair_log_densities(*args, prec, params.log_peak, out)
-        return out
-    for k, Yk in enumerate(plan.gathered):
-        out[plan.of(k)] = params.log_peak[k] - 0.5 * mahalanobis(Yk, params, k, plan.scratch)
+    prec = params.precisions_cholesky**2
+    loops.pair_log_densities(*args, prec.reshape(prec.shape[0], -1), params.log_peak, out)
     return out
 
 
@@ -903,9 +958,10 @@ def walk_sub_blocks(X: np.ndarray, params: MixtureParams, covariance_type: str):
 
 def sparse_raw_moments(plan: SparsePlan, weight: np.ndarray | None, covariance_type: str):
     """:func:`raw_moments` summed over the candidate pairs only."""
-    K, d = plan.offsets.shape[0] - 1, plan.Y.shape[1]
+    K, d = plan.offsets.shape[0] - 1, plan.X.shape[1]
     ctype = COVARIANCE_TYPES[covariance_type]
     wr = plan.resp if weight is None else plan.resp * weight[plan.rows]
+    unit = weight is None and plan.hard  # every wr exactly 1
     N, SY = np.zeros(K), np.zeros((K, d))
     if ctype.block != "matrix":
         second = np.zeros((K, n_quadratic(d, covariance_type)))
@@ -918,13 +974,16 @@ def sparse_raw_moments(plan: SparsePlan, weight: np.ndarray | None, covariance_t
                                     plan, weight, ctype.whitened)  # fmt: skip
     upper = np.triu_indices(d)
     for k, Yk in enumerate(plan.gathered):
+        if not Yk.shape[0]:
+            continue
         wr_k = wr[plan.of(k)]
-        N[k], SY[k] = wr_k.sum(), wr_k @ Yk
-        if not ctype.whitened and Yk.shape[0]:
+        N[k], SY[k] = (Yk.shape[0], Yk.sum(axis=0)) if unit else (wr_k.sum(), wr_k @ Yk)
+        if not ctype.whitened:
             # Σ wr y yᵀ = Wᵀ W with W = √wr y: numpy calls SYRK for Wᵀ W (half
             # a GEMM). Not scipy's dsyrk: its OpenMP OpenBLAS ignores the
             # engine's one-BLAS-thread limit in Dask's worker threads (2x slower).
-            W = np.multiply(Yk, np.sqrt(wr_k)[:, None], out=plan.scratch.get("W", Yk.shape))
+            W = Yk if unit else np.multiply(Yk, np.sqrt(wr_k)[:, None],
+                                            out=plan.scratch.get("W", Yk.shape))  # fmt: skip
             second[k] = (W.T @ W)[upper]
     return _with_pooled_moments({"N": N, "raw": np.concatenate([second, SY], axis=1)},
                                 plan, weight, ctype.whitened)  # fmt: skip
@@ -940,7 +999,7 @@ def _with_pooled_moments(raw: dict, plan: SparsePlan, weight, whitened: bool) ->
 
 def _sparse_estep_stats(plan: SparsePlan, weight, moment_type: str, softness: bool) -> dict:
     stats = sparse_raw_moments(plan, weight, moment_type)
-    n = plan.Y.shape[0]
+    n = plan.n
     w_total = float(n) if weight is None else float(weight.sum())
     lpn = plan.log_prob_norm
     loglik = lpn.sum() if weight is None else lpn @ weight
