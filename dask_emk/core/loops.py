@@ -229,23 +229,35 @@ BOUND_T = 2.0**-26
 
 
 @compiled(fastmath=_SAFE_FAST_MATH)
-def pair_bounds(G, yy, mm, ny, nm, eta, peak, low, high, rel_err, upper):  # pragma: no cover
-    """Bounds on every log-density from the distance GEMM G = Z Nᵀ of rows Z
-    and means N in the bound metric (:func:`dask_emk.core.mixture._metric_bounds`).
+def pair_bounds(  # pragma: no cover - compiled
+    G, yy, mm, ny, nm, eta, peak, low, high, rel_err, directions, upper
+):
+    """Bounds on every log-density from the GEMM G = Z [Nᵀ, V] of rows Z
+    and means N in the bound metric, and the metric's directions V
+    (:class:`dask_emk.core.mixture.BoundMetric`).
 
     With a = ‖ẑ − ν̂‖ (a² within e = rel_err (‖ẑ‖² + ‖ν̂‖²) of
-    D̂ = ‖ẑ‖² + ‖ν̂‖² − 2 G) and the exact metric distance within
-    η_ik = eta (‖y_i‖ + ‖μ_k‖) of a, the squared metric distance lies in
-    [(1 − t) max(D̂ − e, 0) − η² / t, (1 + t) (D̂ + e) + 2 η² / t]
+    D̂ = ‖ẑ‖² + ‖ν̂‖² − 2 G) and the exact metric distance ‖x‖ within
+    η_ik = eta (‖y_i‖ + ‖μ_k‖) of a, ‖x‖² lies in
+    [D_lo, D_hi] = [(1 − t) max(D̂ − e, 0) − η² / t, (1 + t) (D̂ + e) + 2 η² / t]
     ((a ± η)² ≤ (1 ± t) a² ± η² / t, t = BOUND_T), and each log-density in
     [peak_k − ½ high_k D_hi, peak_k − ½ low_k max(D_lo, 0)].
 
+    A component with directions v_c also has the upper bound
+    peak_k − ½ (low2_k D_lo − Σ_c a_c (|p̂_c| + e_c)²) with p̂_c = G_ic − along_c:
+    v_c · x is off from p̂_c by at most
+    e_c = vnorm (η_ik + (d + 2) ε (‖ẑ‖ + ‖ν̂‖)) + ε |p̂_c| (the metric's
+    error as above, γ_d for the GEMM's and for along_c's dot product, the
+    subtraction's rounding); the few roundings of the bound itself, with
+    its cancellation, are covered by subtracting 8 ε of its two terms.
+
     Parameters
     ----------
-    G : ndarray of shape (n, K)
+    G : ndarray of shape (n, K + R)
     yy, ny : ndarray of shape (n,), ‖ẑ‖² and the Euclidean ‖y‖
     mm, nm, peak, low, high : ndarray of shape (K,)
     eta, rel_err : float
+    directions : tuple (starts, along, coef, low2, vnorm) of the metric
     upper : ndarray of shape (n, K), written: the upper bounds
 
     Returns
@@ -257,13 +269,19 @@ def pair_bounds(G, yy, mm, ny, nm, eta, peak, low, high, rel_err, upper):  # pra
         False if a row is not finite or a bound overflowed (then nothing
         else is to be used).
     """
-    n, K = G.shape
+    n = G.shape[0]
+    K = peak.shape[0]
+    starts, along, coef, low2, vnorm = directions
     t = BOUND_T
+    eps = 2.220446049250313e-16
     lower = np.empty(n)
     guess = np.zeros(n, dtype=np.intp)
+    sm = np.sqrt(mm)
+    gamma = 0.5 * rel_err  # (d + 3) ε: at least the (d + 2) ε of the dot products
     for i in range(n):
         if not np.isfinite(yy[i]):
             return lower, guess, False
+        sz = np.sqrt(yy[i])
         best = -np.inf
         middle = -np.inf
         for k in range(K):
@@ -274,6 +292,16 @@ def pair_bounds(G, yy, mm, ny, nm, eta, peak, low, high, rel_err, upper):  # pra
             d_lo = max((1.0 - t) * max(dist - err, 0.0) - h2, 0.0)
             d_hi = (1.0 + t) * (dist + err) + 2.0 * h2
             up = peak[k] - 0.5 * low[k] * d_lo
+            if starts[k + 1] > starts[k]:
+                base = vnorm * (h + gamma * (sz + sm[k]))
+                s = 0.0
+                for c in range(starts[k], starts[k + 1]):
+                    p = abs(G[i, K + c] - along[c])
+                    q = p + base + eps * p
+                    s += coef[c] * q * q
+                m = low2[k] * d_lo
+                m -= s + 8.0 * eps * (m + s)
+                up = min(up, peak[k] - 0.5 * max(m, 0.0))
             lo = peak[k] - 0.5 * high[k] * d_hi
             upper[i, k] = up
             best = max(best, lo)
@@ -566,3 +594,55 @@ def gather_shift(X, origin, rows, out):  # pragma: no cover - compiled
         i = rows[p]
         for j in range(d):
             out[p, j] = np.float64(X[i, j]) - origin[j]
+
+
+@compiled()
+def merge_likely(offsets, rows, guess, position):  # pragma: no cover - compiled
+    """Candidate pairs (layout of :func:`select_pairs`) reordered so that each
+    component's pairs start with those of the rows it is the guess of.
+
+    Parameters
+    ----------
+    offsets, rows : the candidates
+    guess : ndarray of shape (n,), intp, each row's likely component
+    position : ndarray of shape (n,), intp, the index of row i's likely pair
+
+    Returns
+    -------
+    rows : ndarray of shape (n_pairs,), reordered within each component
+    source : ndarray of shape (n_pairs,), intp: the likely pair's index, or -1
+    first : ndarray of shape (K,), intp: how many of component k's pairs are likely ones
+    """
+    K = offsets.shape[0] - 1
+    merged = np.empty_like(rows)
+    source = np.empty(rows.shape[0], dtype=np.intp)
+    first = np.zeros(K, dtype=np.intp)
+    for k in range(K):
+        c = offsets[k]
+        for p in range(offsets[k], offsets[k + 1]):
+            if guess[rows[p]] == k:
+                merged[c] = rows[p]
+                source[c] = position[rows[p]]
+                c += 1
+        first[k] = c - offsets[k]
+        for p in range(offsets[k], offsets[k + 1]):
+            if guess[rows[p]] != k:
+                merged[c] = rows[p]
+                source[c] = -1
+                c += 1
+    return merged, source, first
+
+
+@compiled()
+def gather_merged(X, origin, rows, source, likely, out):  # pragma: no cover - compiled
+    """out[p] = likely[source[p]] where source[p] ≥ 0, else X[rows[p]] − origin
+    in float64 (as :func:`gather_shift`)."""
+    d = X.shape[1]
+    for p in range(rows.shape[0]):
+        s = source[p]
+        if s >= 0:
+            out[p] = likely[s]
+        else:
+            i = rows[p]
+            for j in range(d):
+                out[p, j] = np.float64(X[i, j]) - origin[j]

@@ -629,27 +629,50 @@ def exact_candidates(covariance_type: str, d: int) -> bool:
 @dataclass(frozen=True)
 class BoundMetric:
     """Diagonal metric w of the full-covariance candidate bounds: with
-    B_k = diag(w)⁻¹ U_k and low_k ≤ eig(B_k B_kᵀ) ≤ high_k,
-    low_k ‖(y − μ_k) ∘ w‖² ≤ (y − μ_k)ᵀ P_k (y − μ_k) ≤ high_k ‖(y − μ_k) ∘ w‖²
-    (x P_k xᵀ = ‖x U_k‖² = ‖(x ∘ w) B_k‖²).
+    B_k = diag(w)⁻¹ U_k, A_k = B_k B_kᵀ and low_k ≤ eig(A_k) ≤ high_k,
+    low_k ‖x‖² ≤ (y − μ_k)ᵀ P_k (y − μ_k) = xᵀ A_k x ≤ high_k ‖x‖² for
+    x = (y − μ_k) ∘ w (x P_k xᵀ = ‖x U_k‖² = ‖(x ∘ w) B_k‖²).
 
     w_j⁻² is the mean over components of the variance of feature j, so that
     features on very different scales do not make the bound useless, as the
     Euclidean metric would; any positive w gives valid bounds.
 
+    A component spread along a few directions (one that covers several
+    clusters, in early iterations) has a tiny λ_min(A_k), which makes its
+    lower bound useless on every row. For such a component the r ≤
+    MAX_DIRECTIONS eigenvectors v_i of its eigenvalues below a quarter of the
+    median are also kept, with a_i = λ_(r+1) − λ_i ≥ 0: if
+    C_k = A_k + Σ a_i v_i v_iᵀ ⪰ low2_k I then
+    xᵀ A_k x ≥ low2_k ‖x‖² − Σ a_i (v_iᵀ x)² (:func:`loops.pair_bounds`),
+    for any vectors v_i, so only the eigenvalues of C_k need to be proven.
+
     Attributes
     ----------
     w : ndarray of shape (d,)
     low, high : ndarray of shape (K,)
-        From ``eigvalsh`` of fl(B̂ B̂ᵀ), B̂ = fl(U_k / w) (rows scaled, so
+        From ``eigh`` of fl(B̂ B̂ᵀ), B̂ = fl(U_k / w) (rows scaled, so
         ‖B̂ − B‖₂ ≤ u √d ‖B‖₂), widened by 2 (d² + 16 (d + 1) + 2 √d + 1) ε λ̂_max:
-        the product's rounding (γ_d ‖B̂‖_F² ≤ γ_d d λ_max), ``eigvalsh``'s
+        the product's rounding (γ_d ‖B̂‖_F² ≤ γ_d d λ_max), ``eigh``'s
         backward error and the scaling's, twice for λ̂_max's own error; the
         lower bound is clipped at zero.
     eta : float
         ‖fl(y ∘ w) − y ∘ w‖ ≤ u ‖y ∘ w‖ ≤ eta ‖y‖, eta = (d + 2) ε ‖w‖.
     means : ndarray of shape (K, d), fl(μ ∘ w) of the shifted means
     trace : ndarray of shape (K,), tr P_k = ‖U_k‖_F²
+    columns : ndarray of shape (d, K + R)
+        The means' columns ``means.T`` then the R directions v_i of all
+        components: one GEMM of the rows in the metric gives both.
+    starts : ndarray of shape (K + 1,), intp
+        Component k's directions are directions starts[k]:starts[k + 1].
+    along, coef : ndarray of shape (R,)
+        fl(v_i · ν̂_k) of its component's mean, and a_i.
+    low2 : ndarray of shape (K,)
+        λ_min(C_k) from ``eigvalsh`` of fl(C_k), widened as ``low`` and
+        further by 2 (r + 1)(d + r) ε λ̂_max(C_k) for the rounding of the
+        rank-r term (‖fl(V diag(a) Vᵀ) − V diag(a) Vᵀ‖_F ≤ γ_(r+1) Σ a_i ‖v_i‖²,
+        a_i ≤ λ_max(C_k)); zero for components without directions.
+    vnorm : float
+        An upper bound on every ‖v_i‖ (1 up to rounding).
     """
 
     w: np.ndarray
@@ -658,6 +681,12 @@ class BoundMetric:
     eta: float
     means: np.ndarray
     trace: np.ndarray
+    columns: np.ndarray
+    starts: np.ndarray
+    along: np.ndarray
+    coef: np.ndarray
+    low2: np.ndarray
+    vnorm: float
 
     @staticmethod
     def of(params: MixtureParams) -> BoundMetric:
@@ -669,11 +698,44 @@ class BoundMetric:
             w = 1.0 / np.sqrt(variances.mean(axis=0))
         w = np.where(np.isfinite(w) & (w > 0), w, 1.0)
         B = U / w[:, None]
-        eig = np.linalg.eigvalsh(B @ np.swapaxes(B, -1, -2))
+        A = B @ np.swapaxes(B, -1, -2)
+        eig, vectors = np.linalg.eigh(A)
         slack = 2 * (d * d + 16 * (d + 1) + 2 * math.sqrt(d) + 1) * eps * eig[:, -1]
         low, high = np.maximum(eig[:, 0] - slack, 0.0), eig[:, -1] + slack
         eta = (d + 2) * eps * float(np.linalg.norm(w))
-        return BoundMetric(w, low, high, eta, M * w, np.einsum("kij,kij->k", U, U))
+        means = M * w
+        picked = [_soft_directions(A[k], eig[k], vectors[k]) for k in range(M.shape[0])]
+        V = np.concatenate([v for v, _, _ in picked], axis=1)
+        owner = np.repeat(np.arange(M.shape[0]), [v.shape[1] for v, _, _ in picked])
+        starts = np.concatenate([[0], np.cumsum([v.shape[1] for v, _, _ in picked])])
+        along = np.einsum("jc,cj->c", V, means[owner])
+        vnorm = float(np.sqrt((V * V).sum(axis=0)).max(initial=1.0)) * (1 + 2 * d * eps)
+        return BoundMetric(
+            w, low, high, eta, means, np.einsum("kij,kij->k", U, U),
+            np.ascontiguousarray(np.concatenate([means.T, V], axis=1)), starts.astype(np.intp),
+            along, np.concatenate([a for _, a, _ in picked]),
+            np.array([low2 for _, _, low2 in picked]), vnorm,
+        )  # fmt: skip
+
+
+#: Most directions of small eigenvalue a component's bound corrects for (:class:`BoundMetric`).
+MAX_DIRECTIONS = 3
+
+
+def _soft_directions(A: np.ndarray, eig: np.ndarray, vectors: np.ndarray):
+    """(V (d, r), a (r,), low2) of one component for :class:`BoundMetric`:
+    its eigenvectors of eigenvalues below a quarter of the median (at most
+    MAX_DIRECTIONS), a_i = λ_(r+1) − λ_i, and the proven λ_min of C."""
+    d = A.shape[0]
+    r = min(int(np.sum(eig < eig[d // 2] / 4)), MAX_DIRECTIONS, d - 1)
+    if r == 0:
+        return np.zeros((d, 0)), np.zeros(0), 0.0
+    V, a = vectors[:, :r], eig[r] - eig[:r]
+    C = A + (V * a) @ V.T
+    e = np.linalg.eigvalsh(C)
+    eps = np.finfo(np.float64).eps
+    slack = 2 * (d * d + 16 * (d + 1) + 2 * math.sqrt(d) + 1 + (r + 1) * (d + r)) * eps * e[-1]
+    return V, a, max(e[0] - slack, 0.0)
 
 
 @dataclass
@@ -790,11 +852,13 @@ def _metric_bounds(
     Z = scratch.get("Z", (n, d))
     zz, ny = loops.metric_rows(X, origin, metric.w, Z)
     nn = np.einsum("ij,ij->i", metric.means, metric.means)
-    G = np.matmul(Z, metric.means.T, out=scratch.get("G", (n, K)))
+    G = np.matmul(Z, metric.columns, out=scratch.get("G", (n, metric.columns.shape[1])))
     rel_err = 2.0 * (d + 3) * np.finfo(np.float64).eps
     upper = scratch.get("upper", (n, K))
+    directions = (metric.starts, metric.along, metric.coef, metric.low2, metric.vnorm)
     lower, guess, finite = loops.pair_bounds(G, zz, nn, ny, nm, metric.eta, params.log_peak,
-                                             metric.low, metric.high, rel_err, upper)  # fmt: skip
+                                             metric.low, metric.high, rel_err, directions,
+                                             upper)  # fmt: skip
     if not finite:
         return None
     likely = Candidates(*loops.group_rows(guess, K))
@@ -804,7 +868,31 @@ def _metric_bounds(
     offsets, rows = loops.select_pairs(upper, floor, margin)
     if np.array_equal(offsets, likely.offsets) and np.array_equal(rows, likely.rows):
         return likely
-    return Candidates(offsets, rows)
+    if likely.gathered is None:  # small matrices: the pair loops recompute from the rows
+        return Candidates(offsets, rows)
+    return _merged_with_likely(X, origin, Candidates(offsets, rows), guess, likely, params, scratch)
+
+
+def _merged_with_likely(X, origin, found: Candidates, guess, likely: Candidates, params,
+                        scratch) -> Candidates:  # fmt: skip
+    """``found`` with each component's likely pairs first, their exact
+    log-densities and gathered rows copied from ``likely``: only the other
+    pairs are computed (matrix blocks with d > SMALL_MATRIX)."""
+    n, d = X.shape
+    position = np.empty(n, dtype=np.intp)
+    position[likely.rows] = np.arange(n)
+    rows, source, first = loops.merge_likely(found.offsets, found.rows, guess, position)
+    gathered = scratch.get("Ym", (rows.size, d))
+    loops.gather_merged(X, origin, rows, source, likely.gathered, gathered)
+    log_dens = np.empty(rows.size)
+    kept = source >= 0
+    log_dens[kept] = likely.pair_log_dens[source[kept]]
+    for k, start in enumerate(found.offsets[:-1] + first):
+        extra = slice(start, found.offsets[k + 1])
+        if extra.stop > extra.start:
+            maha = mahalanobis(gathered[extra], params, k, scratch)
+            log_dens[extra] = params.log_peak[k] - 0.5 * maha
+    return Candidates(found.offsets, rows, pair_log_dens=log_dens, gathered=gathered)
 
 
 def _best_floor(likely: Candidates, guess, params: MixtureParams, ny, nm) -> np.ndarray:
