@@ -1033,7 +1033,10 @@ def walk_sub_blocks(X: np.ndarray, params: MixtureParams, covariance_type: str):
     n, d = X.shape
     K = params.means.shape[0]
     scratch = Scratch()
-    for outer in sub_blocks(n, d + K, SPARSE_SUB_BLOCK_BYTES):
+    # Equal parts (not a full step and a sliver): each part costs a probe
+    # and K per-component calls whatever its size.
+    parts = len(sub_blocks(n, d + K, SPARSE_SUB_BLOCK_BYTES))
+    for outer in sub_blocks(n, 1, 8 * -(-n // parts)):
         Xo = X[outer]
         plan = sparse_plan(Xo, params, scratch)
         if plan is not None:
