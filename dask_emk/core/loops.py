@@ -450,23 +450,24 @@ def pair_top(offsets, rows, log_dens, n):  # pragma: no cover - compiled
 
 
 @compiled(fastmath=_SAFE_FAST_MATH)
-def pair_log_densities(Y, offsets, rows, M, prec, peak, out):  # pragma: no cover
+def pair_log_densities(X, origin, offsets, rows, M, prec, peak, out):  # pragma: no cover
     """out[p] = peak_k − ½ Σ_j prec[k, j] (y_j − m_kj)² over the pairs p of each
-    component k (layout of :func:`select_pairs`); ``prec`` is (K, d), or
-    (K, 1) for one variance per component. Diagonal and scalar blocks only."""
-    d = Y.shape[1]
+    component k (layout of :func:`select_pairs`), y = x − origin as
+    :func:`gather_shift`; ``prec`` is (K, d), or (K, 1) for one variance per
+    component. Diagonal and scalar blocks only."""
+    d = X.shape[1]
     for k in range(offsets.shape[0] - 1):
         for p in range(offsets[k], offsets[k + 1]):
             i = rows[p]
             acc = 0.0
             if prec.shape[1] == 1:
                 for j in range(d):
-                    diff = Y[i, j] - M[k, j]
+                    diff = (np.float64(X[i, j]) - origin[j]) - M[k, j]
                     acc += diff * diff
                 acc *= prec[k, 0]
             else:
                 for j in range(d):
-                    diff = Y[i, j] - M[k, j]
+                    diff = (np.float64(X[i, j]) - origin[j]) - M[k, j]
                     acc += prec[k, j] * diff * diff
             out[p] = peak[k] - 0.5 * acc
 
@@ -492,16 +493,19 @@ def row_major(offsets, rows, n):  # pragma: no cover - compiled
 
 
 @compiled(fastmath=_SAFE_FAST_MATH)
-def pair_moments(Y, order, component, rows, wr, N, SY, second):  # pragma: no cover
+def pair_moments(X, origin, order, component, rows, wr, N, SY, second):  # pragma: no cover
     """Add Σ wr, Σ wr y and Σ wr y² (per feature if ``second`` is (K, d), summed
-    over features if it is (K, 1)) over the pairs, in the order of
-    :func:`row_major`. The two cases are separate loops, so the inner one
-    over features vectorises."""
-    d = Y.shape[1]
+    over features if it is (K, 1)) over the pairs, y = x − origin as
+    :func:`gather_shift`, in the order of :func:`row_major`. The two cases
+    are separate loops, so the inner one over features vectorises."""
+    d = X.shape[1]
     scalar = second.shape[1] == 1
+    y = np.empty(d)
     for p in order:
         k, w = component[p], wr[p]
-        y, sy, sq = Y[rows[p]], SY[k], second[k]
+        x, sy, sq = X[rows[p]], SY[k], second[k]
+        for j in range(d):
+            y[j] = np.float64(x[j]) - origin[j]
         N[k] += w
         if scalar:
             acc = 0.0
@@ -517,18 +521,19 @@ def pair_moments(Y, order, component, rows, wr, N, SY, second):  # pragma: no co
 
 
 @compiled(fastmath=_SAFE_FAST_MATH)
-def pair_log_densities_matrix(Y, offsets, rows, M, U, peak, out):  # pragma: no cover
+def pair_log_densities_matrix(X, origin, offsets, rows, M, U, peak, out):  # pragma: no cover
     """out[p] = peak_k − ½ ‖(y − m_k) U_k‖² over the pairs p of each component
-    k; U is (K, d, d), or (1, d, d) pooled (tied). For small d, where a GEMM
-    per component costs more in calls than in arithmetic."""
-    d = Y.shape[1]
+    k, y = x − origin as :func:`gather_shift`; U is (K, d, d), or (1, d, d)
+    pooled (tied). For small d, where a GEMM per component costs more in
+    calls than in arithmetic."""
+    d = X.shape[1]
     diff = np.empty(d)
     for k in range(offsets.shape[0] - 1):
         Uk = U[k if U.shape[0] > 1 else 0]
         for p in range(offsets[k], offsets[k + 1]):
             i = rows[p]
             for j in range(d):
-                diff[j] = Y[i, j] - M[k, j]
+                diff[j] = (np.float64(X[i, j]) - origin[j]) - M[k, j]
             acc = 0.0
             for c in range(d):
                 z = 0.0
@@ -539,21 +544,24 @@ def pair_log_densities_matrix(Y, offsets, rows, M, U, peak, out):  # pragma: no 
 
 
 @compiled(fastmath=_SAFE_FAST_MATH)
-def pair_moments_matrix(Y, order, component, rows, wr, N, SY, second):  # pragma: no cover
+def pair_moments_matrix(X, origin, order, component, rows, wr, N, SY, second):  # pragma: no cover
     """Add Σ wr, Σ wr y and the upper triangle of Σ wr y yᵀ (``np.triu_indices``
-    order; ``second`` may have no columns) over the pairs, in the order of
-    :func:`row_major`."""
-    d = Y.shape[1]
+    order; ``second`` may have no columns) over the pairs, y = x − origin as
+    :func:`gather_shift`, in the order of :func:`row_major`."""
+    d = X.shape[1]
+    y = np.empty(d)
     for p in order:
         i, k, w = rows[p], component[p], wr[p]
+        for j in range(d):
+            y[j] = np.float64(X[i, j]) - origin[j]
         N[k] += w
         c = 0
         for a in range(d):
-            ya = w * Y[i, a]
+            ya = w * y[a]
             SY[k, a] += ya
             if second.shape[1]:
                 for b in range(a, d):
-                    second[k, c] += ya * Y[i, b]
+                    second[k, c] += ya * y[b]
                     c += 1
 
 
@@ -641,7 +649,8 @@ def gather_merged(X, origin, rows, source, likely, out):  # pragma: no cover - c
     for p in range(rows.shape[0]):
         s = source[p]
         if s >= 0:
-            out[p] = likely[s]
+            for j in range(d):
+                out[p, j] = likely[s, j]
         else:
             i = rows[p]
             for j in range(d):

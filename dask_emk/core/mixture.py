@@ -622,8 +622,16 @@ def exact_candidates(covariance_type: str, d: int) -> bool:
     """Whether candidates come from the exact log-densities of all pairs: where
     the dense E-step's GEMM of features Φ ((q + d) columns) costs at most
     EXACT_FEATURES times a distance GEMM (d columns): every type but full
-    covariance with d > 3. Elsewhere the bounds of :class:`BoundMetric`."""
+    covariance with d > 3, and but diag with d ≥ DIAG_BOUNDS (the bounds'
+    GEMM has half the columns, and the exact arithmetic of one candidate a
+    row is a d-term loop). Elsewhere the bounds of :class:`BoundMetric`."""
+    if COVARIANCE_TYPES[covariance_type].block == "diagonal" and d >= DIAG_BOUNDS:
+        return False
     return n_quadratic(d, covariance_type) + d <= EXACT_FEATURES * d
+
+
+#: Smallest d from which diag finds its candidates from bounds (:func:`exact_candidates`).
+DIAG_BOUNDS = 8
 
 
 @dataclass(frozen=True)
@@ -692,6 +700,8 @@ class BoundMetric:
     def of(params: MixtureParams) -> BoundMetric:
         U, M = params.precisions_cholesky, params.shifted_means
         d = M.shape[1]
+        if U.ndim == 2:  # diag: the same bounds with diagonal factors
+            U = U[:, :, None] * np.eye(d)
         eps = np.finfo(np.float64).eps
         variances = (np.linalg.inv(U) ** 2).sum(axis=1)  # Σ = U⁻ᵀ U⁻¹: column norms of U⁻¹
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -952,7 +962,7 @@ def _probed_plan(X: np.ndarray, params: MixtureParams, scratch: Scratch) -> Spar
     if exact_candidates(ct, d):
         modes = ["exact tied" if COVARIANCE_TYPES[ct].whitened else "exact"]
     else:
-        modes = ["bounds", "exact full"]
+        modes = ["bounds", "exact full" if COVARIANCE_TYPES[ct].block == "matrix" else "exact"]
     probe = X[:PROBE_ROWS]
     small_full = ct == "full" and "exact" not in modes and d <= SMALL_MATRIX
     for mode in modes:
@@ -1016,7 +1026,7 @@ def pair_log_densities(plan: SparsePlan, params: MixtureParams) -> np.ndarray:
         for k, Yk in enumerate(plan.gathered):
             out[plan.of(k)] = params.log_peak[k] - 0.5 * mahalanobis(Yk, params, k, plan.scratch)
         return out
-    args = (plan.Y, plan.offsets, plan.rows, params.shifted_means)
+    args = (plan.X, plan.origin, plan.offsets, plan.rows, params.shifted_means)
     if ctype.block == "matrix":
         U = params.precisions_cholesky.reshape(-1, *params.precisions_cholesky.shape[-2:])
         loops.pair_log_densities_matrix(*args, U, params.log_peak, out)
@@ -1056,11 +1066,12 @@ def sparse_raw_moments(plan: SparsePlan, weight: np.ndarray | None, covariance_t
     N, SY = np.zeros(K), np.zeros((K, d))
     if ctype.block != "matrix":
         second = np.zeros((K, n_quadratic(d, covariance_type)))
-        loops.pair_moments(plan.Y, *plan.row_major, plan.rows, wr, N, SY, second)
+        loops.pair_moments(plan.X, plan.origin, *plan.row_major, plan.rows, wr, N, SY, second)
         return {"N": N, "raw": np.concatenate([second, SY], axis=1)}
     second = np.zeros((K, 0 if ctype.whitened else n_quadratic(d, covariance_type)))
     if d <= SMALL_MATRIX:
-        loops.pair_moments_matrix(plan.Y, *plan.row_major, plan.rows, wr, N, SY, second)
+        loops.pair_moments_matrix(plan.X, plan.origin, *plan.row_major, plan.rows, wr, N, SY,
+                                  second)  # fmt: skip
         return _with_pooled_moments({"N": N, "raw": np.concatenate([second, SY], axis=1)},
                                     plan, weight, ctype.whitened)  # fmt: skip
     upper = np.triu_indices(d)
