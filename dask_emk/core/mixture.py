@@ -878,25 +878,28 @@ def _metric_bounds(
     offsets, rows = loops.select_pairs(upper, floor, margin)
     if np.array_equal(offsets, likely.offsets) and np.array_equal(rows, likely.rows):
         return likely
-    if likely.gathered is None:  # small matrices: the pair loops recompute from the rows
-        return Candidates(offsets, rows)
     return _merged_with_likely(X, origin, Candidates(offsets, rows), guess, likely, params, scratch)
 
 
 def _merged_with_likely(X, origin, found: Candidates, guess, likely: Candidates, params,
                         scratch) -> Candidates:  # fmt: skip
     """``found`` with each component's likely pairs first, their exact
-    log-densities and gathered rows copied from ``likely``: only the other
-    pairs are computed (matrix blocks with d > SMALL_MATRIX)."""
+    log-densities (and gathered rows, if any) copied from ``likely``: only
+    the other pairs are computed."""
     n, d = X.shape
     position = np.empty(n, dtype=np.intp)
     position[likely.rows] = np.arange(n)
     rows, source, first = loops.merge_likely(found.offsets, found.rows, guess, position)
-    gathered = scratch.get("Ym", (rows.size, d))
-    loops.gather_merged(X, origin, rows, source, likely.gathered, gathered)
     log_dens = np.empty(rows.size)
     kept = source >= 0
     log_dens[kept] = likely.pair_log_dens[source[kept]]
+    if likely.gathered is None:  # pair loops: the other pairs as a layout of their own
+        offsets = np.concatenate([[0], np.cumsum(np.diff(found.offsets) - first)])
+        others = SparsePlan(X, origin, Candidates(offsets, rows[~kept]), scratch)
+        log_dens[~kept] = pair_log_densities(others, params)
+        return Candidates(found.offsets, rows, pair_log_dens=log_dens)
+    gathered = scratch.get("Ym", (rows.size, d))
+    loops.gather_merged(X, origin, rows, source, likely.gathered, gathered)
     for k, start in enumerate(found.offsets[:-1] + first):
         extra = slice(start, found.offsets[k + 1])
         if extra.stop > extra.start:
