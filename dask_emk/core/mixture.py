@@ -93,6 +93,12 @@ class MixtureParams:
         return [0, 0]
 
     @cached_property
+    def sparse_modes(self) -> dict[str, int]:
+        """Sparse verdicts so far per way of finding candidates (mutable; see
+        :func:`sparse_plan`)."""
+        return {}
+
+    @cached_property
     def bound_metric(self) -> BoundMetric:
         """The metric of the sparse E-step's candidate bounds (:class:`BoundMetric`)."""
         return BoundMetric.of(self)
@@ -944,7 +950,9 @@ def sparse_plan(X: np.ndarray, params: MixtureParams, scratch: Scratch) -> Spars
     finding candidates in turn (bounds, then the exact log-densities; see
     DENSE_FRACTION), so a sub-block that goes dense costs a few hundred
     rows' bounds, not a shift and bounds of all. A parameter set whose
-    probes only ever went dense probes less often (PROBE_TRUST).
+    probes only ever went dense probes less often (PROBE_TRUST); one whose
+    sub-blocks all went sparse, one way, skips the probe (the sub-block's
+    own candidate count still sends it dense where that pays).
     """
     n, K = X.shape[0], params.means.shape[0]
     if FORCE_DENSE or K == 1 or n == 0:
@@ -966,18 +974,19 @@ def _probed_plan(X: np.ndarray, params: MixtureParams, scratch: Scratch) -> Spar
         modes = ["exact tied" if COVARIANCE_TYPES[ct].whitened else "exact"]
     else:
         modes = ["bounds", "exact full" if COVARIANCE_TYPES[ct].block == "matrix" else "exact"]
-    probe = X[:PROBE_ROWS]
     small_full = ct == "full" and "exact" not in modes and d <= SMALL_MATRIX
-    for mode in modes:
-        most = 1.0 + DENSE_FRACTION["small full" if small_full else mode] * (K - 1)
-        exact = mode != "bounds"
-        found = candidate_pairs(probe, params, scratch, exact, params.origin)
-        if found is None:
-            return None
-        if found.offsets[-1] <= most * probe.shape[0]:
-            break
+    sparse_modes = params.sparse_modes
+    if params.probe_record[0] == 0 and len(sparse_modes) == 1 and (
+        max(sparse_modes.values()) >= PROBE_TRUST
+    ):
+        modes = list(sparse_modes)
     else:
-        return None
+        modes = _probe(X[:PROBE_ROWS], params, scratch, modes, small_full)
+        if not modes:
+            return None
+    mode = modes[0]
+    most = 1.0 + DENSE_FRACTION["small full" if small_full else mode] * (K - 1)
+    exact = mode != "bounds"
     # The bounds read X itself; the exact log-densities need the shifted rows.
     Y = shift_block(X, params.origin, scratch) if exact else None
     found = candidate_pairs(X, params, scratch, exact, params.origin) if Y is None else (
@@ -988,7 +997,22 @@ def _probed_plan(X: np.ndarray, params: MixtureParams, scratch: Scratch) -> Spar
         return None
     plan = SparsePlan(X, params.origin, found, scratch, shifted=Y)
     pair_responsibilities(plan, pair_log_densities(plan, params))
+    sparse_modes[mode] = sparse_modes.get(mode, 0) + 1
     return plan
+
+
+def _probe(probe: np.ndarray, params: MixtureParams, scratch, modes: list, small_full: bool):
+    """The first of ``modes`` whose candidates of the ``probe`` rows are few
+    enough (DENSE_FRACTION), as a one-element list; empty if none."""
+    K = params.means.shape[0]
+    for mode in modes:
+        most = 1.0 + DENSE_FRACTION["small full" if small_full else mode] * (K - 1)
+        found = candidate_pairs(probe, params, scratch, mode != "bounds", params.origin)
+        if found is None:
+            return []
+        if found.offsets[-1] <= most * probe.shape[0]:
+            return [mode]
+    return []
 
 
 def pair_responsibilities(plan: SparsePlan, log_dens: np.ndarray) -> None:
