@@ -23,8 +23,10 @@ features Φ; the sparse one (:func:`sparse_plan`) first proves which
 components can reach a row's total at float64 resolution, then takes the
 exp and accumulates the moments over only those (row, component) pairs.
 The proof comes from bounds out of one distance GEMM (full covariance with
-d > 3: the exact arithmetic is then needed only for the candidates) or from
-the dense log-densities themselves (:func:`candidate_pairs`). Each
+d > 3, diag with d ≥ 8: the exact arithmetic is then needed only for the
+candidates, and read from the rows' float32 or float64 values directly,
+without a shifted copy) or from the dense log-densities themselves
+(:func:`candidate_pairs`). Each
 sub-block takes the sparse path unless a probe of its first rows says the
 dense one is cheaper (overlapping components); ``FORCE_DENSE`` forces the
 dense path (tests, benchmarks).
@@ -846,7 +848,7 @@ def _exact_bounds(Y, params: MixtureParams, ny, nm, margin: float, scratch) -> C
 def _metric_bounds(
     X, origin, params: MixtureParams, nm, margin: float, scratch
 ) -> Candidates | None:
-    """Candidates of full covariance from bounds in the :class:`BoundMetric`.
+    """Candidates of full covariance and diag from bounds in the :class:`BoundMetric`.
 
     With D = ‖(y − μ_k) ∘ w‖², bounded from one GEMM of rows and means in
     the metric (:func:`loops.pair_bounds`), each log-density
