@@ -23,10 +23,9 @@ features Φ; the sparse one (:func:`sparse_plan`) first proves which
 components can reach a row's total at float64 resolution, then takes the
 exp and accumulates the moments over only those (row, component) pairs.
 The proof comes from bounds out of one distance GEMM (full covariance with
-d > 3, diag with d ≥ 8: the exact arithmetic is then needed only for the
-candidates, and read from the rows' float32 or float64 values directly,
-without a shifted copy) or from the dense log-densities themselves
-(:func:`candidate_pairs`). Each
+d > 3: the exact arithmetic is then needed only for the candidates, read
+from the rows' own float32 or float64 values without a shifted copy) or
+from the dense log-densities themselves (:func:`candidate_pairs`). Each
 sub-block takes the sparse path unless a probe of its first rows says the
 dense one is cheaper (overlapping components); ``FORCE_DENSE`` forces the
 dense path (tests, benchmarks).
@@ -630,16 +629,15 @@ def exact_candidates(covariance_type: str, d: int) -> bool:
     """Whether candidates come from the exact log-densities of all pairs: where
     the dense E-step's GEMM of features Φ ((q + d) columns) costs at most
     EXACT_FEATURES times a distance GEMM (d columns): every type but full
-    covariance with d > 3, and but diag with d ≥ DIAG_BOUNDS (the bounds'
-    GEMM has half the columns, and the exact arithmetic of one candidate a
-    row is a d-term loop). Elsewhere the bounds of :class:`BoundMetric`."""
-    if COVARIANCE_TYPES[covariance_type].block == "diagonal" and d >= DIAG_BOUNDS:
-        return False
+    covariance with d > 3. Elsewhere the bounds of :class:`BoundMetric`.
+
+    Diag (d = 32, K = 16, one BLAS thread) was measured both ways: with the
+    bounds (diagonal factors in :class:`BoundMetric`) 17.4 ms a 65,536-row
+    block at convergence but ~30 ms early in a fit (two candidates a row),
+    against 18.5 and ~21 ms from its exact log-densities (dense: 22 ms):
+    the bounds' own pass costs about what the dense GEMM of 2d features does.
+    """
     return n_quadratic(d, covariance_type) + d <= EXACT_FEATURES * d
-
-
-#: Smallest d from which diag finds its candidates from bounds (:func:`exact_candidates`).
-DIAG_BOUNDS = 8
 
 
 @dataclass(frozen=True)
@@ -708,8 +706,6 @@ class BoundMetric:
     def of(params: MixtureParams) -> BoundMetric:
         U, M = params.precisions_cholesky, params.shifted_means
         d = M.shape[1]
-        if U.ndim == 2:  # diag: the same bounds with diagonal factors
-            U = U[:, :, None] * np.eye(d)
         eps = np.finfo(np.float64).eps
         variances = (np.linalg.inv(U) ** 2).sum(axis=1)  # Σ = U⁻ᵀ U⁻¹: column norms of U⁻¹
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -848,7 +844,7 @@ def _exact_bounds(Y, params: MixtureParams, ny, nm, margin: float, scratch) -> C
 def _metric_bounds(
     X, origin, params: MixtureParams, nm, margin: float, scratch
 ) -> Candidates | None:
-    """Candidates of full covariance and diag from bounds in the :class:`BoundMetric`.
+    """Candidates of full covariance from bounds in the :class:`BoundMetric`.
 
     With D = ‖(y − μ_k) ∘ w‖², bounded from one GEMM of rows and means in
     the metric (:func:`loops.pair_bounds`), each log-density
@@ -975,7 +971,7 @@ def _probed_plan(X: np.ndarray, params: MixtureParams, scratch: Scratch) -> Spar
     if exact_candidates(ct, d):
         modes = ["exact tied" if COVARIANCE_TYPES[ct].whitened else "exact"]
     else:
-        modes = ["bounds", "exact full" if COVARIANCE_TYPES[ct].block == "matrix" else "exact"]
+        modes = ["bounds", "exact full"]
     small_full = ct == "full" and "exact" not in modes and d <= SMALL_MATRIX
     sparse_modes = params.sparse_modes
     if params.probe_record[0] == 0 and len(sparse_modes) == 1 and (
