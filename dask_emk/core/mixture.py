@@ -1023,7 +1023,7 @@ def pair_responsibilities(plan: SparsePlan, log_dens: np.ndarray) -> None:
         # One candidate a row (each has at least one): exp(ℓ − ℓ) / 1 is
         # exactly 1, so the logsumexp below would return ℓ and ones.
         plan.hard, plan.log_prob_norm = True, top
-        plan.resp = plan.total = np.ones(n)
+        plan.resp, plan.total = np.ones(n), np.ones(n)
         return
     resp = np.subtract(log_dens, top[rows], out=log_dens)
     np.exp(resp, out=resp)
