@@ -9,7 +9,9 @@ faster than the best numpy sequence (benchmarks/RESULTS.md, k-means section).
 Fast-math here is limited to reassociation and FMA contraction (what lets the
 row sums vectorise): without ``nnan``/``ninf`` the NaN/inf checks survive,
 and adding ``nsz`` to ``reassoc`` was seen to fold away the overflow check
-(tests/test_kmeans.py covers it).
+(tests/test_kmeans.py covers it). Loops that shift rows by the reference
+point on the fly take no fast-math at all: reassociating (x − o) − m into
+x − (o + m) would cost the digits the shift is there to keep.
 """
 
 from __future__ import annotations
@@ -457,7 +459,7 @@ def pair_top(offsets, rows, log_dens, n):  # pragma: no cover - compiled
     return top, label
 
 
-@compiled(fastmath=_SAFE_FAST_MATH)
+@compiled()
 def pair_log_densities(X, origin, offsets, rows, M, prec, peak, out):  # pragma: no cover
     """out[p] = peak_k − ½ Σ_j prec[k, j] (y_j − m_kj)² over the pairs p of each
     component k (layout of :func:`select_pairs`), y = x − origin as
@@ -500,7 +502,7 @@ def row_major(offsets, rows, n):  # pragma: no cover - compiled
     return order, component
 
 
-@compiled(fastmath=_SAFE_FAST_MATH)
+@compiled()
 def pair_moments(X, origin, order, component, rows, wr, N, SY, second):  # pragma: no cover
     """Add Σ wr, Σ wr y and Σ wr y² (per feature if ``second`` is (K, d), summed
     over features if it is (K, 1)) over the pairs, y = x − origin as
@@ -528,7 +530,7 @@ def pair_moments(X, origin, order, component, rows, wr, N, SY, second):  # pragm
                 sq[j] += wy * y[j]
 
 
-@compiled(fastmath=_SAFE_FAST_MATH)
+@compiled()
 def pair_log_densities_matrix(X, origin, offsets, rows, M, U, peak, out):  # pragma: no cover
     """out[p] = peak_k − ½ ‖(y − m_k) U_k‖² over the pairs p of each component
     k, y = x − origin as :func:`gather_shift`; U is (K, d, d), or (1, d, d)
@@ -551,7 +553,7 @@ def pair_log_densities_matrix(X, origin, offsets, rows, M, U, peak, out):  # pra
             out[p] = peak[k] - 0.5 * acc
 
 
-@compiled(fastmath=_SAFE_FAST_MATH)
+@compiled()
 def pair_moments_matrix(X, origin, order, component, rows, wr, N, SY, second):  # pragma: no cover
     """Add Σ wr, Σ wr y and the upper triangle of Σ wr y yᵀ (``np.triu_indices``
     order; ``second`` may have no columns) over the pairs, y = x − origin as
@@ -573,7 +575,7 @@ def pair_moments_matrix(X, origin, order, component, rows, wr, N, SY, second):  
                     c += 1
 
 
-@compiled(fastmath=_SAFE_FAST_MATH)
+@compiled()
 def metric_rows(X, origin, w, Z):  # pragma: no cover - compiled
     """Z = (x − origin) ∘ w of rows X (n, d) of any float dtype, in float64
     with numpy's roundings (the shift as ``np.subtract(X, origin,
