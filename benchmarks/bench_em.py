@@ -128,9 +128,11 @@ def main() -> None:
         X, means = (make_grid if args.data == "grid" else make_overlap)(args.n)
     k, d = means.shape
     Xd = da.from_array(X, chunks=(args.chunk_rows, -1))
+    with open("/proc/loadavg") as f:
+        load = f.read().split()[:3]
     print(
         f"{args.data}: n={args.n} d={d} K={k} float32, chunks of {args.chunk_rows} rows, "
-        f"threads, {args.skip} iterations before the timed ones"
+        f"threads, {args.skip} iterations before the timed ones, load {load}"
     )
     with dask.config.set(scheduler="threads"):
         for ct in args.types.split(","):

@@ -297,3 +297,39 @@ def test_the_margin_check_catches_a_cut_margin(ct, exact, seed, monkeypatch):
     Y = adversarial_rows(params, rng)
     monkeypatch.setattr(mixture, "PRUNE_NATS", 20.0)
     assert margin_violations(params, Y, exact)[0] > 0
+
+
+def early_params(max_directions=None):
+    """Parameters after 2 EM iterations from random rows as means, as in
+    benchmarks/bench_em.py: some components still cover several clusters
+    (an eigenvalue or two of their precision near zero)."""
+    rng = np.random.default_rng(0)
+    X, _, _ = benchmark_like(rng, n=4000, d=16, k=8)
+    init = dict(
+        weights_init=np.full(8, 1 / 8),
+        means_init=X[rng.choice(4000, 8, replace=False)],
+        precisions_init=np.tile(np.eye(16), (8, 1, 1)),
+    )
+    gm = GaussianMixture(8, max_iter=2, tol=0.0, **init).fit(X)
+    return X, gm._kernel_params(gm._state64)
+
+
+def test_bounds_of_components_spread_over_several_clusters(monkeypatch):
+    """The bounds corrected along a component's directions of small
+    eigenvalue keep close to the pairs really needed (the exact
+    log-densities within the margin) and skip none of those; without the
+    correction most rows keep every spread component."""
+    X, params = early_params()
+    K = params.means.shape[0]
+    Y = X - params.origin
+    log_dens = mixture.weighted_log_prob(Y, params)[0]
+    needed = int((log_dens >= log_dens.max(axis=0) - (NATS + math.log(K))).sum())
+    metric = params.bound_metric
+    assert np.any(np.diff(metric.starts) > 0)  # some components are spread
+    found = mixture.candidate_pairs(Y, params, exact=False)
+    assert needed <= found.offsets[-1] <= 1.1 * needed, (needed, found.offsets[-1])
+    assert margin_violations(params, Y, exact=False)[0] == 0
+    monkeypatch.setattr(mixture, "MAX_DIRECTIONS", 0)
+    plain = mixture.MixtureParams(params.means, params.log_weights, params.precisions_cholesky,
+                                  "full", params.origin)  # fmt: skip
+    assert mixture.candidate_pairs(Y, plain, exact=False).offsets[-1] > 1.5 * needed

@@ -9,7 +9,9 @@ faster than the best numpy sequence (benchmarks/RESULTS.md, k-means section).
 Fast-math here is limited to reassociation and FMA contraction (what lets the
 row sums vectorise): without ``nnan``/``ninf`` the NaN/inf checks survive,
 and adding ``nsz`` to ``reassoc`` was seen to fold away the overflow check
-(tests/test_kmeans.py covers it).
+(tests/test_kmeans.py covers it). Loops that shift rows by the reference
+point on the fly take no fast-math at all: reassociating (x − o) − m into
+x − (o + m) would cost the digits the shift is there to keep.
 """
 
 from __future__ import annotations
@@ -229,23 +231,35 @@ BOUND_T = 2.0**-26
 
 
 @compiled(fastmath=_SAFE_FAST_MATH)
-def pair_bounds(G, yy, mm, ny, nm, eta, peak, low, high, rel_err, upper):  # pragma: no cover
-    """Bounds on every log-density from the distance GEMM G = Z Nᵀ of rows Z
-    and means N in the bound metric (:func:`dask_emk.core.mixture._metric_bounds`).
+def pair_bounds(  # pragma: no cover - compiled
+    G, yy, mm, ny, nm, eta, peak, low, high, rel_err, directions, upper
+):
+    """Bounds on every log-density from the GEMM G = Z [Nᵀ, V] of rows Z
+    and means N in the bound metric, and the metric's directions V
+    (:class:`dask_emk.core.mixture.BoundMetric`).
 
     With a = ‖ẑ − ν̂‖ (a² within e = rel_err (‖ẑ‖² + ‖ν̂‖²) of
-    D̂ = ‖ẑ‖² + ‖ν̂‖² − 2 G) and the exact metric distance within
-    η_ik = eta (‖y_i‖ + ‖μ_k‖) of a, the squared metric distance lies in
-    [(1 − t) max(D̂ − e, 0) − η² / t, (1 + t) (D̂ + e) + 2 η² / t]
+    D̂ = ‖ẑ‖² + ‖ν̂‖² − 2 G) and the exact metric distance ‖x‖ within
+    η_ik = eta (‖y_i‖ + ‖μ_k‖) of a, ‖x‖² lies in
+    [D_lo, D_hi] = [(1 − t) max(D̂ − e, 0) − η² / t, (1 + t) (D̂ + e) + 2 η² / t]
     ((a ± η)² ≤ (1 ± t) a² ± η² / t, t = BOUND_T), and each log-density in
     [peak_k − ½ high_k D_hi, peak_k − ½ low_k max(D_lo, 0)].
 
+    A component with directions v_c also has the upper bound
+    peak_k − ½ (low2_k D_lo − Σ_c a_c (|p̂_c| + e_c)²) with p̂_c = G_ic − along_c:
+    v_c · x is off from p̂_c by at most
+    e_c = vnorm (η_ik + (d + 2) ε (‖ẑ‖ + ‖ν̂‖)) + ε |p̂_c| (the metric's
+    error as above, γ_d for the GEMM's and for along_c's dot product, the
+    subtraction's rounding); the few roundings of the bound itself, with
+    its cancellation, are covered by subtracting 8 ε of its two terms.
+
     Parameters
     ----------
-    G : ndarray of shape (n, K)
+    G : ndarray of shape (n, K + R)
     yy, ny : ndarray of shape (n,), ‖ẑ‖² and the Euclidean ‖y‖
     mm, nm, peak, low, high : ndarray of shape (K,)
     eta, rel_err : float
+    directions : tuple (starts, along, coef, low2, vnorm) of the metric
     upper : ndarray of shape (n, K), written: the upper bounds
 
     Returns
@@ -257,28 +271,52 @@ def pair_bounds(G, yy, mm, ny, nm, eta, peak, low, high, rel_err, upper):  # pra
         False if a row is not finite or a bound overflowed (then nothing
         else is to be used).
     """
-    n, K = G.shape
+    n = G.shape[0]
+    K = peak.shape[0]
+    starts, along, coef, low2, vnorm = directions
     t = BOUND_T
+    inv_t = 1.0 / BOUND_T  # exact: a power of two
+    eps = 2.220446049250313e-16
+    gamma = 0.5 * rel_err  # (d + 3) ε: at least the (d + 2) ε of the dot products
     lower = np.empty(n)
     guess = np.zeros(n, dtype=np.intp)
+    sm = np.sqrt(mm)
+    soft = np.array([k for k in range(K) if starts[k + 1] > starts[k]], dtype=np.intp)
+    d_lo = np.empty(K)
+    lo = np.empty(K)
+    half_low, half_high = 0.5 * low, 0.5 * high
+    # e and η at their largest over the components: looser by nothing that
+    # matters, and the inner loop is then a few FMAs that vectorise.
+    mm_max, nm_max = mm.max(), nm.max()
     for i in range(n):
         if not np.isfinite(yy[i]):
             return lower, guess, False
+        err = rel_err * (yy[i] + mm_max)
+        h = eta * (ny[i] + nm_max)
+        h2 = h * h * inv_t
+        a, b = yy[i] - err, yy[i] + err
+        for k in range(K):
+            g = mm[k] - 2.0 * G[i, k]
+            d_lo[k] = max((1.0 - t) * (a + g) - h2, 0.0)
+            upper[i, k] = peak[k] - half_low[k] * d_lo[k]
+            lo[k] = peak[k] - half_high[k] * ((1.0 + t) * (b + g) + 2.0 * h2)
+        sz = np.sqrt(yy[i])
+        for k in soft:
+            base = vnorm * (h + gamma * (sz + sm[k]))
+            s = 0.0
+            for c in range(starts[k], starts[k + 1]):
+                p = abs(G[i, K + c] - along[c])
+                q = p + base + eps * p
+                s += coef[c] * q * q
+            m = low2[k] * d_lo[k]
+            m -= s + 8.0 * eps * (m + s)
+            upper[i, k] = min(upper[i, k], peak[k] - 0.5 * max(m, 0.0))
         best = -np.inf
         middle = -np.inf
         for k in range(K):
-            dist = yy[i] + mm[k] - 2.0 * G[i, k]
-            err = rel_err * (yy[i] + mm[k])
-            h = eta * (ny[i] + nm[k])
-            h2 = h * h / t
-            d_lo = max((1.0 - t) * max(dist - err, 0.0) - h2, 0.0)
-            d_hi = (1.0 + t) * (dist + err) + 2.0 * h2
-            up = peak[k] - 0.5 * low[k] * d_lo
-            lo = peak[k] - 0.5 * high[k] * d_hi
-            upper[i, k] = up
-            best = max(best, lo)
-            if up + lo > middle:
-                middle = up + lo
+            best = max(best, lo[k])
+            if upper[i, k] + lo[k] > middle:
+                middle = upper[i, k] + lo[k]
                 guess[i] = k
         if not np.isfinite(best):
             return lower, guess, False
@@ -421,24 +459,25 @@ def pair_top(offsets, rows, log_dens, n):  # pragma: no cover - compiled
     return top, label
 
 
-@compiled(fastmath=_SAFE_FAST_MATH)
-def pair_log_densities(Y, offsets, rows, M, prec, peak, out):  # pragma: no cover
+@compiled()
+def pair_log_densities(X, origin, offsets, rows, M, prec, peak, out):  # pragma: no cover
     """out[p] = peak_k − ½ Σ_j prec[k, j] (y_j − m_kj)² over the pairs p of each
-    component k (layout of :func:`select_pairs`); ``prec`` is (K, d), or
-    (K, 1) for one variance per component. Diagonal and scalar blocks only."""
-    d = Y.shape[1]
+    component k (layout of :func:`select_pairs`), y = x − origin as
+    :func:`gather_shift`; ``prec`` is (K, d), or (K, 1) for one variance per
+    component. Diagonal and scalar blocks only."""
+    d = X.shape[1]
     for k in range(offsets.shape[0] - 1):
         for p in range(offsets[k], offsets[k + 1]):
             i = rows[p]
             acc = 0.0
             if prec.shape[1] == 1:
                 for j in range(d):
-                    diff = Y[i, j] - M[k, j]
+                    diff = (np.float64(X[i, j]) - origin[j]) - M[k, j]
                     acc += diff * diff
                 acc *= prec[k, 0]
             else:
                 for j in range(d):
-                    diff = Y[i, j] - M[k, j]
+                    diff = (np.float64(X[i, j]) - origin[j]) - M[k, j]
                     acc += prec[k, j] * diff * diff
             out[p] = peak[k] - 0.5 * acc
 
@@ -463,17 +502,20 @@ def row_major(offsets, rows, n):  # pragma: no cover - compiled
     return order, component
 
 
-@compiled(fastmath=_SAFE_FAST_MATH)
-def pair_moments(Y, order, component, rows, wr, N, SY, second):  # pragma: no cover
+@compiled()
+def pair_moments(X, origin, order, component, rows, wr, N, SY, second):  # pragma: no cover
     """Add Σ wr, Σ wr y and Σ wr y² (per feature if ``second`` is (K, d), summed
-    over features if it is (K, 1)) over the pairs, in the order of
-    :func:`row_major`. The two cases are separate loops, so the inner one
-    over features vectorises."""
-    d = Y.shape[1]
+    over features if it is (K, 1)) over the pairs, y = x − origin as
+    :func:`gather_shift`, in the order of :func:`row_major`. The two cases
+    are separate loops, so the inner one over features vectorises."""
+    d = X.shape[1]
     scalar = second.shape[1] == 1
+    y = np.empty(d)
     for p in order:
         k, w = component[p], wr[p]
-        y, sy, sq = Y[rows[p]], SY[k], second[k]
+        x, sy, sq = X[rows[p]], SY[k], second[k]
+        for j in range(d):
+            y[j] = np.float64(x[j]) - origin[j]
         N[k] += w
         if scalar:
             acc = 0.0
@@ -488,19 +530,20 @@ def pair_moments(Y, order, component, rows, wr, N, SY, second):  # pragma: no co
                 sq[j] += wy * y[j]
 
 
-@compiled(fastmath=_SAFE_FAST_MATH)
-def pair_log_densities_matrix(Y, offsets, rows, M, U, peak, out):  # pragma: no cover
+@compiled()
+def pair_log_densities_matrix(X, origin, offsets, rows, M, U, peak, out):  # pragma: no cover
     """out[p] = peak_k − ½ ‖(y − m_k) U_k‖² over the pairs p of each component
-    k; U is (K, d, d), or (1, d, d) pooled (tied). For small d, where a GEMM
-    per component costs more in calls than in arithmetic."""
-    d = Y.shape[1]
+    k, y = x − origin as :func:`gather_shift`; U is (K, d, d), or (1, d, d)
+    pooled (tied). For small d, where a GEMM per component costs more in
+    calls than in arithmetic."""
+    d = X.shape[1]
     diff = np.empty(d)
     for k in range(offsets.shape[0] - 1):
         Uk = U[k if U.shape[0] > 1 else 0]
         for p in range(offsets[k], offsets[k + 1]):
             i = rows[p]
             for j in range(d):
-                diff[j] = Y[i, j] - M[k, j]
+                diff[j] = (np.float64(X[i, j]) - origin[j]) - M[k, j]
             acc = 0.0
             for c in range(d):
                 z = 0.0
@@ -510,20 +553,115 @@ def pair_log_densities_matrix(Y, offsets, rows, M, U, peak, out):  # pragma: no 
             out[p] = peak[k] - 0.5 * acc
 
 
-@compiled(fastmath=_SAFE_FAST_MATH)
-def pair_moments_matrix(Y, order, component, rows, wr, N, SY, second):  # pragma: no cover
+@compiled()
+def pair_moments_matrix(X, origin, order, component, rows, wr, N, SY, second):  # pragma: no cover
     """Add Σ wr, Σ wr y and the upper triangle of Σ wr y yᵀ (``np.triu_indices``
-    order; ``second`` may have no columns) over the pairs, in the order of
-    :func:`row_major`."""
-    d = Y.shape[1]
+    order; ``second`` may have no columns) over the pairs, y = x − origin as
+    :func:`gather_shift`, in the order of :func:`row_major`."""
+    d = X.shape[1]
+    y = np.empty(d)
     for p in order:
         i, k, w = rows[p], component[p], wr[p]
+        for j in range(d):
+            y[j] = np.float64(X[i, j]) - origin[j]
         N[k] += w
         c = 0
         for a in range(d):
-            ya = w * Y[i, a]
+            ya = w * y[a]
             SY[k, a] += ya
             if second.shape[1]:
                 for b in range(a, d):
-                    second[k, c] += ya * Y[i, b]
+                    second[k, c] += ya * y[b]
                     c += 1
+
+
+@compiled()
+def metric_rows(X, origin, w, Z):  # pragma: no cover - compiled
+    """Z = (x − origin) ∘ w of rows X (n, d) of any float dtype, in float64
+    with numpy's roundings (the shift as ``np.subtract(X, origin,
+    dtype=float64)``, then the product), in one pass over X: no shifted copy.
+
+    Returns
+    -------
+    zz : ndarray of shape (n,), ‖z‖²
+    ny : ndarray of shape (n,), ‖x − origin‖
+    """
+    n, d = X.shape
+    zz = np.empty(n)
+    ny = np.empty(n)
+    for i in range(n):
+        a = 0.0
+        b = 0.0
+        for j in range(d):
+            y = np.float64(X[i, j]) - origin[j]
+            z = y * w[j]
+            Z[i, j] = z
+            a += z * z
+            b += y * y
+        zz[i] = a
+        ny[i] = np.sqrt(b)
+    return zz, ny
+
+
+@compiled()
+def gather_shift(X, origin, rows, out):  # pragma: no cover - compiled
+    """out[p] = X[rows[p]] − origin in float64, as ``np.subtract(X, origin,
+    dtype=float64)[rows]`` without the shifted copy of all of X."""
+    d = X.shape[1]
+    for p in range(rows.shape[0]):
+        i = rows[p]
+        for j in range(d):
+            out[p, j] = np.float64(X[i, j]) - origin[j]
+
+
+@compiled()
+def merge_likely(offsets, rows, guess, position):  # pragma: no cover - compiled
+    """Candidate pairs (layout of :func:`select_pairs`) reordered so that each
+    component's pairs start with those of the rows it is the guess of.
+
+    Parameters
+    ----------
+    offsets, rows : the candidates
+    guess : ndarray of shape (n,), intp, each row's likely component
+    position : ndarray of shape (n,), intp, the index of row i's likely pair
+
+    Returns
+    -------
+    rows : ndarray of shape (n_pairs,), reordered within each component
+    source : ndarray of shape (n_pairs,), intp: the likely pair's index, or -1
+    first : ndarray of shape (K,), intp: how many of component k's pairs are likely ones
+    """
+    K = offsets.shape[0] - 1
+    merged = np.empty_like(rows)
+    source = np.empty(rows.shape[0], dtype=np.intp)
+    first = np.zeros(K, dtype=np.intp)
+    for k in range(K):
+        c = offsets[k]
+        for p in range(offsets[k], offsets[k + 1]):
+            if guess[rows[p]] == k:
+                merged[c] = rows[p]
+                source[c] = position[rows[p]]
+                c += 1
+        first[k] = c - offsets[k]
+        for p in range(offsets[k], offsets[k + 1]):
+            if guess[rows[p]] != k:
+                merged[c] = rows[p]
+                source[c] = -1
+                c += 1
+    return merged, source, first
+
+
+@compiled()
+def gather_merged(X, origin, rows, source, likely, out):  # pragma: no cover - compiled
+    """out[p] = likely[source[p]] where source[p] ≥ 0, else X[rows[p]] − origin
+    in float64 (as :func:`gather_shift`)."""
+    d = X.shape[1]
+    for p in range(rows.shape[0]):
+        s = source[p]
+        if s >= 0:
+            for j in range(d):
+                out[p, j] = likely[s, j]
+        else:
+            i = rows[p]
+            for j in range(d):
+                out[p, j] = np.float64(X[i, j]) - origin[j]

@@ -23,8 +23,9 @@ features Φ; the sparse one (:func:`sparse_plan`) first proves which
 components can reach a row's total at float64 resolution, then takes the
 exp and accumulates the moments over only those (row, component) pairs.
 The proof comes from bounds out of one distance GEMM (full covariance with
-d > 3: the exact arithmetic is then needed only for the candidates) or from
-the dense log-densities themselves (:func:`candidate_pairs`). Each
+d > 3: the exact arithmetic is then needed only for the candidates, read
+from the rows' own float32 or float64 values without a shifted copy) or
+from the dense log-densities themselves (:func:`candidate_pairs`). Each
 sub-block takes the sparse path unless a probe of its first rows says the
 dense one is cheaper (overlapping components); ``FORCE_DENSE`` forces the
 dense path (tests, benchmarks).
@@ -91,6 +92,12 @@ class MixtureParams:
         """[dense, sparse]: verdicts of the sparse E-step's probes with these
         parameters so far, across blocks (mutable; see :func:`sparse_plan`)."""
         return [0, 0]
+
+    @cached_property
+    def sparse_modes(self) -> dict[str, int]:
+        """Sparse verdicts so far per way of finding candidates (mutable; see
+        :func:`sparse_plan`)."""
+        return {}
 
     @cached_property
     def bound_metric(self) -> BoundMetric:
@@ -551,25 +558,44 @@ class SparsePlan:
 
     Attributes
     ----------
-    Y : ndarray of shape (n, d), shifted rows
-    scratch : Scratch
-        Work buffers of the sparse sub-blocks: a plan is used up before the
-        next sub-block's is made.
+    X : ndarray of shape (n, d), the sub-block's rows as given
+    origin : ndarray of shape (d,), the shift of X's rows (zero if X is shifted)
     pairs : Candidates
         Component k's pairs are ``offsets[k]:offsets[k + 1]``; ``rows`` (n_pairs,)
         holds the row of each pair.
+    scratch : Scratch
+        Work buffers of the sparse sub-blocks: a plan is used up before the
+        next sub-block's is made.
+    shifted : ndarray of shape (n, d) or None
+        X − origin where already at hand (else formed on demand by :attr:`Y`).
     log_prob_norm, label, total : ndarray of shape (n,)
         log p(y), most probable component, 1 / largest responsibility
     resp : ndarray of shape (n_pairs,)
+    hard : bool
+        Every row has one candidate, so every responsibility is exactly 1.
     """
 
-    Y: np.ndarray
+    X: np.ndarray
+    origin: np.ndarray
     pairs: Candidates
     scratch: Scratch
+    shifted: np.ndarray | None = None
     log_prob_norm: np.ndarray | None = None
     resp: np.ndarray | None = None
     label: np.ndarray | None = None
     total: np.ndarray | None = None
+    hard: bool = False
+
+    @property
+    def n(self) -> int:
+        return self.X.shape[0]
+
+    @property
+    def Y(self) -> np.ndarray:
+        """The shifted rows (n, d), formed on first use."""
+        if self.shifted is None:
+            self.shifted = shift_block(self.X, self.origin, self.scratch)
+        return self.shifted
 
     @property
     def offsets(self) -> np.ndarray:
@@ -586,48 +612,81 @@ class SparsePlan:
     @cached_property
     def row_major(self) -> tuple[np.ndarray, np.ndarray]:
         """(order, component) of :func:`loops.row_major`."""
-        return loops.row_major(self.offsets, self.rows, self.Y.shape[0])
+        return loops.row_major(self.offsets, self.rows, self.n)
 
     @cached_property
     def gathered(self) -> list[np.ndarray]:
-        """Y's rows of each component's pairs, (n_k, d) each: one gather, K views."""
-        d = self.Y.shape[1]
-        Yp = np.take(self.Y, self.rows, axis=0, out=self.scratch.get("Yp", (self.rows.size, d)))
-        return [Yp[self.of(k)] for k in range(self.offsets.shape[0] - 1)]
+        """Shifted rows of each component's pairs, (n_k, d) each: one gather
+        straight from X (kept with the pairs for their reuse), K views."""
+        if self.pairs.gathered is None:
+            out = self.scratch.get("Yp", (self.rows.size, self.X.shape[1]))
+            loops.gather_shift(self.X, self.origin, self.rows, out)
+            self.pairs.gathered = out
+        return [self.pairs.gathered[self.of(k)] for k in range(self.offsets.shape[0] - 1)]
 
 
 def exact_candidates(covariance_type: str, d: int) -> bool:
     """Whether candidates come from the exact log-densities of all pairs: where
     the dense E-step's GEMM of features Φ ((q + d) columns) costs at most
     EXACT_FEATURES times a distance GEMM (d columns): every type but full
-    covariance with d > 3. Elsewhere the bounds of :class:`BoundMetric`."""
+    covariance with d > 3. Elsewhere the bounds of :class:`BoundMetric`.
+
+    Diag (d = 32, K = 16, one BLAS thread) was measured both ways: with the
+    bounds (diagonal factors in :class:`BoundMetric`) 17.4 ms a 65,536-row
+    block at convergence but ~30 ms early in a fit (two candidates a row),
+    against 18.5 and ~21 ms from its exact log-densities (dense: 22 ms):
+    the bounds' own pass costs about what the dense GEMM of 2d features does.
+    """
     return n_quadratic(d, covariance_type) + d <= EXACT_FEATURES * d
 
 
 @dataclass(frozen=True)
 class BoundMetric:
     """Diagonal metric w of the full-covariance candidate bounds: with
-    B_k = diag(w)⁻¹ U_k and low_k ≤ eig(B_k B_kᵀ) ≤ high_k,
-    low_k ‖(y − μ_k) ∘ w‖² ≤ (y − μ_k)ᵀ P_k (y − μ_k) ≤ high_k ‖(y − μ_k) ∘ w‖²
-    (x P_k xᵀ = ‖x U_k‖² = ‖(x ∘ w) B_k‖²).
+    B_k = diag(w)⁻¹ U_k, A_k = B_k B_kᵀ and low_k ≤ eig(A_k) ≤ high_k,
+    low_k ‖x‖² ≤ (y − μ_k)ᵀ P_k (y − μ_k) = xᵀ A_k x ≤ high_k ‖x‖² for
+    x = (y − μ_k) ∘ w (x P_k xᵀ = ‖x U_k‖² = ‖(x ∘ w) B_k‖²).
 
     w_j⁻² is the mean over components of the variance of feature j, so that
     features on very different scales do not make the bound useless, as the
     Euclidean metric would; any positive w gives valid bounds.
 
+    A component spread along a few directions (one that covers several
+    clusters, in early iterations) has a tiny λ_min(A_k), which makes its
+    lower bound useless on every row. For such a component the r ≤
+    MAX_DIRECTIONS eigenvectors v_i of its eigenvalues below a quarter of the
+    median are also kept, with a_i = λ_(r+1) − λ_i ≥ 0: if
+    C_k = A_k + Σ a_i v_i v_iᵀ ⪰ low2_k I then
+    xᵀ A_k x ≥ low2_k ‖x‖² − Σ a_i (v_iᵀ x)² (:func:`loops.pair_bounds`),
+    for any vectors v_i, so only the eigenvalues of C_k need to be proven.
+
     Attributes
     ----------
     w : ndarray of shape (d,)
     low, high : ndarray of shape (K,)
-        From ``eigvalsh`` of fl(B̂ B̂ᵀ), B̂ = fl(U_k / w) (rows scaled, so
+        From ``eigh`` of fl(B̂ B̂ᵀ), B̂ = fl(U_k / w) (rows scaled, so
         ‖B̂ − B‖₂ ≤ u √d ‖B‖₂), widened by 2 (d² + 16 (d + 1) + 2 √d + 1) ε λ̂_max:
-        the product's rounding (γ_d ‖B̂‖_F² ≤ γ_d d λ_max), ``eigvalsh``'s
+        the product's rounding (γ_d ‖B̂‖_F² ≤ γ_d d λ_max), ``eigh``'s
         backward error and the scaling's, twice for λ̂_max's own error; the
         lower bound is clipped at zero.
     eta : float
         ‖fl(y ∘ w) − y ∘ w‖ ≤ u ‖y ∘ w‖ ≤ eta ‖y‖, eta = (d + 2) ε ‖w‖.
     means : ndarray of shape (K, d), fl(μ ∘ w) of the shifted means
     trace : ndarray of shape (K,), tr P_k = ‖U_k‖_F²
+    columns : ndarray of shape (d, K + R)
+        The means' columns ``means.T`` then the R directions v_i of all
+        components: one GEMM of the rows in the metric gives both.
+    starts : ndarray of shape (K + 1,), intp
+        Component k's directions are directions starts[k]:starts[k + 1].
+    along, coef : ndarray of shape (R,)
+        fl(v_i · ν̂_k) of its component's mean, and a_i.
+    low2 : ndarray of shape (K,)
+        λ_min(C_k) from ``eigvalsh`` of fl(C_k), widened as ``low`` and
+        further by 2 (r + 1)(d + r) ε λ̂_max(C_k) for the rounding of the
+        rank-r term (‖fl(V diag(a) Vᵀ) − V diag(a) Vᵀ‖_F ≤ γ_(r+1) Σ a_i ‖v_i‖²,
+        a_i ≤ λ_max(C_k)); zero for components without directions.
+    vnorm : float
+        An upper bound on every ‖v_i‖ (1 up to rounding).
     """
 
     w: np.ndarray
@@ -636,6 +695,12 @@ class BoundMetric:
     eta: float
     means: np.ndarray
     trace: np.ndarray
+    columns: np.ndarray
+    starts: np.ndarray
+    along: np.ndarray
+    coef: np.ndarray
+    low2: np.ndarray
+    vnorm: float
 
     @staticmethod
     def of(params: MixtureParams) -> BoundMetric:
@@ -647,29 +712,72 @@ class BoundMetric:
             w = 1.0 / np.sqrt(variances.mean(axis=0))
         w = np.where(np.isfinite(w) & (w > 0), w, 1.0)
         B = U / w[:, None]
-        eig = np.linalg.eigvalsh(B @ np.swapaxes(B, -1, -2))
+        A = B @ np.swapaxes(B, -1, -2)
+        eig, vectors = np.linalg.eigh(A)
         slack = 2 * (d * d + 16 * (d + 1) + 2 * math.sqrt(d) + 1) * eps * eig[:, -1]
         low, high = np.maximum(eig[:, 0] - slack, 0.0), eig[:, -1] + slack
         eta = (d + 2) * eps * float(np.linalg.norm(w))
-        return BoundMetric(w, low, high, eta, M * w, np.einsum("kij,kij->k", U, U))
+        means = M * w
+        picked = [_soft_directions(A[k], eig[k], vectors[k]) for k in range(M.shape[0])]
+        V = np.concatenate([v for v, _, _ in picked], axis=1)
+        owner = np.repeat(np.arange(M.shape[0]), [v.shape[1] for v, _, _ in picked])
+        starts = np.concatenate([[0], np.cumsum([v.shape[1] for v, _, _ in picked])])
+        along = np.einsum("jc,cj->c", V, means[owner])
+        vnorm = float(np.sqrt((V * V).sum(axis=0)).max(initial=1.0)) * (1 + 2 * d * eps)
+        return BoundMetric(
+            w, low, high, eta, means, np.einsum("kij,kij->k", U, U),
+            np.ascontiguousarray(np.concatenate([means.T, V], axis=1)), starts.astype(np.intp),
+            along, np.concatenate([a for _, a, _ in picked]),
+            np.array([low2 for _, _, low2 in picked]), vnorm,
+        )  # fmt: skip
+
+
+#: Most directions of small eigenvalue a component's bound corrects for (:class:`BoundMetric`).
+MAX_DIRECTIONS = 3
+
+
+def _soft_directions(A: np.ndarray, eig: np.ndarray, vectors: np.ndarray):
+    """(V (d, r), a (r,), low2) of one component for :class:`BoundMetric`:
+    its eigenvectors of eigenvalues below a quarter of the median (at most
+    MAX_DIRECTIONS), a_i = λ_(r+1) − λ_i, and the proven λ_min of C."""
+    d = A.shape[0]
+    r = min(int(np.sum(eig < eig[d // 2] / 4)), MAX_DIRECTIONS, d - 1)
+    if r == 0:
+        return np.zeros((d, 0)), np.zeros(0), 0.0
+    V, a = vectors[:, :r], eig[r] - eig[:r]
+    C = A + (V * a) @ V.T
+    e = np.linalg.eigvalsh(C)
+    eps = np.finfo(np.float64).eps
+    slack = 2 * (d * d + 16 * (d + 1) + 2 * math.sqrt(d) + 1 + (r + 1) * (d + r)) * eps * e[-1]
+    return V, a, max(e[0] - slack, 0.0)
 
 
 @dataclass
 class Candidates:
     """Candidate pairs of a block of rows, component-major
     (:func:`loops.select_pairs`); with the exact log-densities (K, n) of all
-    pairs when they were computed to find them (:func:`exact_candidates`)."""
+    pairs when they were computed to find them (:func:`exact_candidates`),
+    or with the exact log-densities (n_pairs,) of the pairs themselves and
+    their gathered shifted rows (n_pairs, d) where these were computed
+    (:func:`_metric_bounds`)."""
 
     offsets: np.ndarray
     rows: np.ndarray
     log_dens: np.ndarray | None = None
+    pair_log_dens: np.ndarray | None = None
+    gathered: np.ndarray | None = None
 
 
 def candidate_pairs(
-    Y: np.ndarray, params: MixtureParams, scratch: Scratch | None = None, exact: bool = True
+    X: np.ndarray,
+    params: MixtureParams,
+    scratch: Scratch | None = None,
+    exact: bool = True,
+    origin: np.ndarray | None = None,
 ) -> Candidates | None:
     """The (row, component) pairs whose log-density can reach the row's total
     at float64 resolution, or None if a row is not finite (or overflows).
+    Rows are X − ``origin`` (None: X holds shifted rows).
 
     A pair is skipped when an upper bound on its log-density is more than
     PRUNE_NATS + ln K + 1 nats below a lower bound on its row's best: its
@@ -686,11 +794,13 @@ def candidate_pairs(
     # NaN/inf rows turn into NaN bounds by design: they send the sub-block to
     # the dense path, which counts and drops them.
     with np.errstate(invalid="ignore", over="ignore"):
-        ny = np.sqrt(np.einsum("ij,ij->i", Y, Y))
         nm = np.sqrt(np.einsum("ij,ij->i", params.shifted_means, params.shifted_means))
         if exact or exact_candidates(params.covariance_type, d):
+            Y = X if origin is None else np.subtract(X, origin, dtype=np.float64)
+            ny = np.sqrt(np.einsum("ij,ij->i", Y, Y))
             return _exact_bounds(Y, params, ny, nm, margin, scratch)
-        return _metric_bounds(Y, params, ny, nm, margin, scratch)
+        origin = np.zeros(d) if origin is None else origin
+        return _metric_bounds(X, origin, params, nm, margin, scratch)
 
 
 def _exact_bounds(Y, params: MixtureParams, ny, nm, margin: float, scratch) -> Candidates | None:
@@ -731,7 +841,9 @@ def _exact_bounds(Y, params: MixtureParams, ny, nm, margin: float, scratch) -> C
     return Candidates(*found, log_dens)
 
 
-def _metric_bounds(Y, params: MixtureParams, ny, nm, margin: float, scratch) -> Candidates | None:
+def _metric_bounds(
+    X, origin, params: MixtureParams, nm, margin: float, scratch
+) -> Candidates | None:
     """Candidates of full covariance from bounds in the :class:`BoundMetric`.
 
     With D = ‖(y − μ_k) ∘ w‖², bounded from one GEMM of rows and means in
@@ -743,27 +855,66 @@ def _metric_bounds(Y, params: MixtureParams, ny, nm, margin: float, scratch) -> 
     expansion D̂ = ‖z‖² + ‖ν‖² − 2 z·ν is off by at most
     (d + 3) u (‖z‖ + ‖ν‖)² ≤ (d + 3) ε (‖z‖² + ‖ν‖²) (u = ε/2, any
     summation order); twice that is allowed.
+
+    Where the candidates are exactly the likely components (one per row,
+    separated clusters), the returned pairs carry those exact log-densities
+    and gathered rows, so nothing is computed twice.
     """
     K, d = params.means.shape
-    n = Y.shape[0]
+    n = X.shape[0]
     metric = params.bound_metric
-    Z = np.multiply(Y, metric.w, out=scratch.get("Z", Y.shape))
-    zz = np.einsum("ij,ij->i", Z, Z)
+    Z = scratch.get("Z", (n, d))
+    zz, ny = loops.metric_rows(X, origin, metric.w, Z)
     nn = np.einsum("ij,ij->i", metric.means, metric.means)
-    G = np.matmul(Z, metric.means.T, out=scratch.get("G", (n, K)))
+    G = np.matmul(Z, metric.columns, out=scratch.get("G", (n, metric.columns.shape[1])))
     rel_err = 2.0 * (d + 3) * np.finfo(np.float64).eps
     upper = scratch.get("upper", (n, K))
+    directions = (metric.starts, metric.along, metric.coef, metric.low2, metric.vnorm)
     lower, guess, finite = loops.pair_bounds(G, zz, nn, ny, nm, metric.eta, params.log_peak,
-                                             metric.low, metric.high, rel_err, upper)  # fmt: skip
+                                             metric.low, metric.high, rel_err, directions,
+                                             upper)  # fmt: skip
     if not finite:
         return None
-    floor = np.maximum(lower, _best_floor(Y, guess, params, ny, nm, scratch))
-    return Candidates(*loops.select_pairs(upper, floor, margin))
+    likely = Candidates(*loops.group_rows(guess, K))
+    plan = SparsePlan(X, origin, likely, scratch)
+    likely.pair_log_dens = pair_log_densities(plan, params)
+    floor = np.maximum(lower, _best_floor(likely, guess, params, ny, nm))
+    offsets, rows = loops.select_pairs(upper, floor, margin)
+    if np.array_equal(offsets, likely.offsets) and np.array_equal(rows, likely.rows):
+        return likely
+    return _merged_with_likely(X, origin, Candidates(offsets, rows), guess, likely, params, scratch)
 
 
-def _best_floor(Y, guess, params: MixtureParams, ny, nm, scratch) -> np.ndarray:
-    """Exact log-density of each row's guessed component minus its rounding
-    bound, shape (n,): a lower bound on the row's best.
+def _merged_with_likely(X, origin, found: Candidates, guess, likely: Candidates, params,
+                        scratch) -> Candidates:  # fmt: skip
+    """``found`` with each component's likely pairs first, their exact
+    log-densities (and gathered rows, if any) copied from ``likely``: only
+    the other pairs are computed."""
+    n, d = X.shape
+    position = np.empty(n, dtype=np.intp)
+    position[likely.rows] = np.arange(n)
+    rows, source, first = loops.merge_likely(found.offsets, found.rows, guess, position)
+    log_dens = np.empty(rows.size)
+    kept = source >= 0
+    log_dens[kept] = likely.pair_log_dens[source[kept]]
+    if likely.gathered is None:  # pair loops: the other pairs as a layout of their own
+        offsets = np.concatenate([[0], np.cumsum(np.diff(found.offsets) - first)])
+        others = SparsePlan(X, origin, Candidates(offsets, rows[~kept]), scratch)
+        log_dens[~kept] = pair_log_densities(others, params)
+        return Candidates(found.offsets, rows, pair_log_dens=log_dens)
+    gathered = scratch.get("Ym", (rows.size, d))
+    loops.gather_merged(X, origin, rows, source, likely.gathered, gathered)
+    for k, start in enumerate(found.offsets[:-1] + first):
+        extra = slice(start, found.offsets[k + 1])
+        if extra.stop > extra.start:
+            maha = mahalanobis(gathered[extra], params, k, scratch)
+            log_dens[extra] = params.log_peak[k] - 0.5 * maha
+    return Candidates(found.offsets, rows, pair_log_dens=log_dens, gathered=gathered)
+
+
+def _best_floor(likely: Candidates, guess, params: MixtureParams, ny, nm) -> np.ndarray:
+    """Exact log-density of each row's guessed component (``likely``, one pair
+    a row) minus its rounding bound, shape (n,): a lower bound on the row's best.
 
     The GEMM or loop of (y − μ) U computes the Mahalanobis distance to within
     3.1 d u tr(P_k) ‖y − μ_k‖² ≤ 3.1 d u tr(P_k) (‖y‖ + ‖μ_k‖)² (Higham's
@@ -771,10 +922,9 @@ def _best_floor(Y, guess, params: MixtureParams, ny, nm, scratch) -> np.ndarray:
     the peak rounds by u (|peak| + |ℓ|): 8 (d + 2) ε of those terms is a
     generous majorant.
     """
-    d = Y.shape[1]
-    pairs = Candidates(*loops.group_rows(guess, params.means.shape[0]))
-    exact = np.empty(Y.shape[0])
-    exact[pairs.rows] = pair_log_densities(SparsePlan(Y, pairs, scratch), params)
+    d = params.means.shape[1]
+    exact = np.empty(guess.shape[0])
+    exact[likely.rows] = likely.pair_log_dens
     scale = params.bound_metric.trace[guess] * (ny + nm[guess]) ** 2 + np.abs(exact)
     scale += np.abs(params.log_peak[guess])
     return exact - 8.0 * (d + 2) * np.finfo(np.float64).eps * scale
@@ -798,7 +948,9 @@ def sparse_plan(X: np.ndarray, params: MixtureParams, scratch: Scratch) -> Spars
     finding candidates in turn (bounds, then the exact log-densities; see
     DENSE_FRACTION), so a sub-block that goes dense costs a few hundred
     rows' bounds, not a shift and bounds of all. A parameter set whose
-    probes only ever went dense probes less often (PROBE_TRUST).
+    probes only ever went dense probes less often (PROBE_TRUST); one whose
+    sub-blocks all went sparse, one way, skips the probe (the sub-block's
+    own candidate count still sends it dense where that pays).
     """
     n, K = X.shape[0], params.means.shape[0]
     if FORCE_DENSE or K == 1 or n == 0:
@@ -820,34 +972,59 @@ def _probed_plan(X: np.ndarray, params: MixtureParams, scratch: Scratch) -> Spar
         modes = ["exact tied" if COVARIANCE_TYPES[ct].whitened else "exact"]
     else:
         modes = ["bounds", "exact full"]
-    probe = np.subtract(X[:PROBE_ROWS], params.origin, dtype=np.float64)
     small_full = ct == "full" and "exact" not in modes and d <= SMALL_MATRIX
-    for mode in modes:
-        most = 1.0 + DENSE_FRACTION["small full" if small_full else mode] * (K - 1)
-        found = candidate_pairs(probe, params, scratch, exact=mode != "bounds")
-        if found is None:
-            return None
-        if found.offsets[-1] <= most * probe.shape[0]:
-            break
+    sparse_modes = params.sparse_modes
+    if params.probe_record[0] == 0 and len(sparse_modes) == 1 and (
+        max(sparse_modes.values()) >= PROBE_TRUST
+    ):
+        modes = list(sparse_modes)
     else:
-        return None
-    Y = shift_block(X, params.origin, scratch)
-    found = candidate_pairs(Y, params, scratch, exact=mode != "bounds")
+        modes = _probe(X[:PROBE_ROWS], params, scratch, modes, small_full)
+        if not modes:
+            return None
+    mode = modes[0]
+    most = 1.0 + DENSE_FRACTION["small full" if small_full else mode] * (K - 1)
+    exact = mode != "bounds"
+    # The bounds read X itself; the exact log-densities need the shifted rows.
+    Y = shift_block(X, params.origin, scratch) if exact else None
+    found = candidate_pairs(X, params, scratch, exact, params.origin) if Y is None else (
+        candidate_pairs(Y, params, scratch, exact))  # fmt: skip
     # Near the break-even going dense now would waste the candidates' work:
     # only a probe far off (sorted rows) sends the sub-block dense.
     if found is None or found.offsets[-1] > 2.0 * most * n:
         return None
-    plan = SparsePlan(Y, found, scratch)
+    plan = SparsePlan(X, params.origin, found, scratch, shifted=Y)
     pair_responsibilities(plan, pair_log_densities(plan, params))
+    sparse_modes[mode] = sparse_modes.get(mode, 0) + 1
     return plan
+
+
+def _probe(probe: np.ndarray, params: MixtureParams, scratch, modes: list, small_full: bool):
+    """The first of ``modes`` whose candidates of the ``probe`` rows are few
+    enough (DENSE_FRACTION), as a one-element list; empty if none."""
+    K = params.means.shape[0]
+    for mode in modes:
+        most = 1.0 + DENSE_FRACTION["small full" if small_full else mode] * (K - 1)
+        found = candidate_pairs(probe, params, scratch, mode != "bounds", params.origin)
+        if found is None:
+            return []
+        if found.offsets[-1] <= most * probe.shape[0]:
+            return [mode]
+    return []
 
 
 def pair_responsibilities(plan: SparsePlan, log_dens: np.ndarray) -> None:
     """Per-row logsumexp over the candidate pairs, as the dense E-step does
     it over all K (numpy's vectorised exp; sums in the same component order).
-    Sets ``log_prob_norm``, ``resp``, ``label`` and ``total`` of ``plan``."""
-    n, rows = plan.Y.shape[0], plan.rows
+    Sets ``log_prob_norm``, ``resp``, ``label``, ``total`` and ``hard`` of ``plan``."""
+    n, rows = plan.n, plan.rows
     top, plan.label = loops.pair_top(plan.offsets, rows, log_dens, n)
+    if rows.size == n and top.min(initial=np.inf) > -np.inf:
+        # One candidate a row (each has at least one): exp(ℓ − ℓ) / 1 is
+        # exactly 1, so the logsumexp below would return ℓ and ones.
+        plan.hard, plan.log_prob_norm = True, top
+        plan.resp, plan.total = np.ones(n), np.ones(n)
+        return
     resp = np.subtract(log_dens, top[rows], out=log_dens)
     np.exp(resp, out=resp)
     plan.total = np.bincount(rows, weights=resp, minlength=n)
@@ -864,22 +1041,23 @@ def pair_log_densities(plan: SparsePlan, params: MixtureParams) -> np.ndarray:
     log-densities of all pairs where the candidates were found with them.
     """
     ctype = COVARIANCE_TYPES[params.covariance_type]
+    if plan.pairs.pair_log_dens is not None:
+        return plan.pairs.pair_log_dens
     out = np.empty(plan.rows.shape[0])
     if plan.pairs.log_dens is not None:
         loops.gather_pairs(plan.pairs.log_dens, plan.offsets, plan.rows, out)
         return out
-    args = (plan.Y, plan.offsets, plan.rows, params.shifted_means)
-    if ctype.block == "matrix" and plan.Y.shape[1] <= SMALL_MATRIX:
+    if ctype.block == "matrix" and plan.X.shape[1] > SMALL_MATRIX:
+        for k, Yk in enumerate(plan.gathered):
+            out[plan.of(k)] = params.log_peak[k] - 0.5 * mahalanobis(Yk, params, k, plan.scratch)
+        return out
+    args = (plan.X, plan.origin, plan.offsets, plan.rows, params.shifted_means)
+    if ctype.block == "matrix":
         U = params.precisions_cholesky.reshape(-1, *params.precisions_cholesky.shape[-2:])
         loops.pair_log_densities_matrix(*args, U, params.log_peak, out)
         return out
-    if ctype.block != "matrix":
-        prec = params.precisions_cholesky ** 2
-        prec = prec.reshape(prec.shape[0], -1)
-        loops.pair_log_densities(*args, prec, params.log_peak, out)
-        return out
-    for k, Yk in enumerate(plan.gathered):
-        out[plan.of(k)] = params.log_peak[k] - 0.5 * mahalanobis(Yk, params, k, plan.scratch)
+    prec = params.precisions_cholesky**2
+    loops.pair_log_densities(*args, prec.reshape(prec.shape[0], -1), params.log_peak, out)
     return out
 
 
@@ -890,7 +1068,10 @@ def walk_sub_blocks(X: np.ndarray, params: MixtureParams, covariance_type: str):
     n, d = X.shape
     K = params.means.shape[0]
     scratch = Scratch()
-    for outer in sub_blocks(n, d + K, SPARSE_SUB_BLOCK_BYTES):
+    # Equal parts (not a full step and a sliver): each part costs a probe
+    # and K per-component calls whatever its size.
+    parts = len(sub_blocks(n, d + K, SPARSE_SUB_BLOCK_BYTES))
+    for outer in sub_blocks(n, 1, 8 * -(-n // parts)):
         Xo = X[outer]
         plan = sparse_plan(Xo, params, scratch)
         if plan is not None:
@@ -903,28 +1084,33 @@ def walk_sub_blocks(X: np.ndarray, params: MixtureParams, covariance_type: str):
 
 def sparse_raw_moments(plan: SparsePlan, weight: np.ndarray | None, covariance_type: str):
     """:func:`raw_moments` summed over the candidate pairs only."""
-    K, d = plan.offsets.shape[0] - 1, plan.Y.shape[1]
+    K, d = plan.offsets.shape[0] - 1, plan.X.shape[1]
     ctype = COVARIANCE_TYPES[covariance_type]
     wr = plan.resp if weight is None else plan.resp * weight[plan.rows]
+    unit = weight is None and plan.hard  # every wr exactly 1
     N, SY = np.zeros(K), np.zeros((K, d))
     if ctype.block != "matrix":
         second = np.zeros((K, n_quadratic(d, covariance_type)))
-        loops.pair_moments(plan.Y, *plan.row_major, plan.rows, wr, N, SY, second)
+        loops.pair_moments(plan.X, plan.origin, *plan.row_major, plan.rows, wr, N, SY, second)
         return {"N": N, "raw": np.concatenate([second, SY], axis=1)}
     second = np.zeros((K, 0 if ctype.whitened else n_quadratic(d, covariance_type)))
     if d <= SMALL_MATRIX:
-        loops.pair_moments_matrix(plan.Y, *plan.row_major, plan.rows, wr, N, SY, second)
+        loops.pair_moments_matrix(plan.X, plan.origin, *plan.row_major, plan.rows, wr, N, SY,
+                                  second)  # fmt: skip
         return _with_pooled_moments({"N": N, "raw": np.concatenate([second, SY], axis=1)},
                                     plan, weight, ctype.whitened)  # fmt: skip
     upper = np.triu_indices(d)
     for k, Yk in enumerate(plan.gathered):
+        if not Yk.shape[0]:
+            continue
         wr_k = wr[plan.of(k)]
-        N[k], SY[k] = wr_k.sum(), wr_k @ Yk
-        if not ctype.whitened and Yk.shape[0]:
+        N[k], SY[k] = (Yk.shape[0], Yk.sum(axis=0)) if unit else (wr_k.sum(), wr_k @ Yk)
+        if not ctype.whitened:
             # Σ wr y yᵀ = Wᵀ W with W = √wr y: numpy calls SYRK for Wᵀ W (half
             # a GEMM). Not scipy's dsyrk: its OpenMP OpenBLAS ignores the
             # engine's one-BLAS-thread limit in Dask's worker threads (2x slower).
-            W = np.multiply(Yk, np.sqrt(wr_k)[:, None], out=plan.scratch.get("W", Yk.shape))
+            W = Yk if unit else np.multiply(Yk, np.sqrt(wr_k)[:, None],
+                                            out=plan.scratch.get("W", Yk.shape))  # fmt: skip
             second[k] = (W.T @ W)[upper]
     return _with_pooled_moments({"N": N, "raw": np.concatenate([second, SY], axis=1)},
                                 plan, weight, ctype.whitened)  # fmt: skip
@@ -940,7 +1126,7 @@ def _with_pooled_moments(raw: dict, plan: SparsePlan, weight, whitened: bool) ->
 
 def _sparse_estep_stats(plan: SparsePlan, weight, moment_type: str, softness: bool) -> dict:
     stats = sparse_raw_moments(plan, weight, moment_type)
-    n = plan.Y.shape[0]
+    n = plan.n
     w_total = float(n) if weight is None else float(weight.sum())
     lpn = plan.log_prob_norm
     loglik = lpn.sum() if weight is None else lpn @ weight
