@@ -39,7 +39,7 @@ from dask_emk.pipeline.outputs import RESULTS, clean_leftovers, moved_aside_path
 
 pytestmark = pytest.mark.slow
 
-N_ITER = 20
+N_ITER = 12
 
 
 @pytest.fixture(scope="module")

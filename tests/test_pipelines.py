@@ -50,10 +50,26 @@ def assert_same_parameters(a: Path, b: Path, rtol: float = 1e-10) -> None:
     np.testing.assert_array_equal(da_["labels"].values, db["labels"].values)
 
 
-def test_quickstart_sync_matches_truth(tmp_path):
-    toml = scaled_pipeline("quickstart", tmp_path, **QUICK)
-    out = run_cli("run", toml, "--scheduler", "sync")
-    results = tmp_path / "quickstart.zarr"
+@pytest.fixture(scope="module")
+def quickstart_sync(tmp_path_factory) -> tuple[Path, str]:
+    """The scaled quickstart run once on the synchronous scheduler, with plots:
+    (its results store, its output). The reference of every other scheduler's run."""
+    folder = tmp_path_factory.mktemp("quickstart_sync")
+    out = run_cli("run", scaled_pipeline("quickstart", folder, **QUICK), "--scheduler", "sync")
+    return folder / "quickstart.zarr", out
+
+
+@pytest.fixture(scope="module")
+def faithful_sync(tmp_path_factory) -> Path:
+    """The faithful pipeline run once (synchronous scheduler, with plots): its results store."""
+    folder = tmp_path_factory.mktemp("faithful_sync")
+    run_cli("run", scaled_pipeline("faithful", folder), "-q")
+    return folder / "faithful.zarr"
+
+
+def test_quickstart_sync_matches_truth(quickstart_sync):
+    results, out = quickstart_sync
+    tmp_path = results.parent
     assert "fitted vs truth" in out and "gmm iter" in out
     mean_err, weight_err, order = matched_errors(results)
     assert mean_err < 0.1 and weight_err < 0.02
@@ -80,20 +96,16 @@ def test_quickstart_sync_matches_truth(tmp_path):
 
 
 @pytest.mark.slow
-def test_quickstart_local_cluster_equals_sync(tmp_path):
-    sync_dir, local_dir = tmp_path / "sync", tmp_path / "local"
-    sync_dir.mkdir(), local_dir.mkdir()
-    run_cli("run", scaled_pipeline("quickstart", sync_dir, **QUICK), "-q", "--scheduler", "sync")
-    toml = scaled_pipeline("quickstart", local_dir, **QUICK)
+def test_quickstart_local_cluster_equals_sync(tmp_path, quickstart_sync):
+    toml = scaled_pipeline("quickstart", tmp_path, **QUICK)
     out = run_cli("run", toml, "-q", "--no-plots", "--scheduler", "local:2")
     assert "LocalCluster, 2 workers, dashboard http" in out
-    assert_same_parameters(sync_dir / "quickstart.zarr", local_dir / "quickstart.zarr")
-    assert matched_errors(local_dir / "quickstart.zarr")[0] < 0.1
+    assert_same_parameters(quickstart_sync[0], tmp_path / "quickstart.zarr")
+    assert matched_errors(tmp_path / "quickstart.zarr")[0] < 0.1
 
 
-def test_faithful_matches_scikit_learn(tmp_path):
-    run_cli("run", scaled_pipeline("faithful", tmp_path), "-q")
-    ds = open_results(tmp_path / "faithful.zarr")
+def test_faithful_matches_scikit_learn(faithful_sync):
+    ds = open_results(faithful_sync)
     X = np.loadtxt(ROOT / "data" / "faithful.csv", delimiter=",", skiprows=1)
     sk = SkGaussianMixture(2, tol=1e-10, max_iter=1000, random_state=0).fit(X)
     order = np.argsort(sk.means_[:, 0])
@@ -104,17 +116,15 @@ def test_faithful_matches_scikit_learn(tmp_path):
     # Short eruptions (about 2 min) are a third of the data.
     assert abs(ds["means"].values[mine[0], 0] - 2.04) < 0.01
     assert abs(ds["weights"].values[mine[0]] - 0.356) < 0.005
-    assert (tmp_path / "faithful.clusters.png").exists()
+    assert (faithful_sync.parent / "faithful.clusters.png").exists()
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("scheduler", ["local:2", "processes"])
-def test_faithful_other_schedulers_equal_sync(tmp_path, scheduler):
-    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
-    run_cli("run", scaled_pipeline("faithful", tmp_path / "a"), "-q", "--no-plots")
-    toml = scaled_pipeline("faithful", tmp_path / "b")
+def test_faithful_other_schedulers_equal_sync(tmp_path, faithful_sync, scheduler):
+    toml = scaled_pipeline("faithful", tmp_path)
     run_cli("run", toml, "-q", "--no-plots", "--scheduler", scheduler)
-    assert_same_parameters(tmp_path / "a" / "faithful.zarr", tmp_path / "b" / "faithful.zarr")
+    assert_same_parameters(faithful_sync, tmp_path / "faithful.zarr")
 
 
 @pytest.mark.slow
@@ -139,16 +149,11 @@ def dask_cluster(tmp_path):
 
 
 @pytest.mark.slow
-def test_tcp_cluster_equals_sync(tmp_path, dask_cluster):
-    (tmp_path / "sync").mkdir(), (tmp_path / "tcp").mkdir()
-    run_cli("run", scaled_pipeline("quickstart", tmp_path / "sync", **QUICK), "-q", "--no-plots",
-            "--scheduler", "sync")  # fmt: skip
-    toml = scaled_pipeline("quickstart", tmp_path / "tcp", **QUICK)
+def test_tcp_cluster_equals_sync(tmp_path, dask_cluster, quickstart_sync):
+    toml = scaled_pipeline("quickstart", tmp_path, **QUICK)
     out = run_cli("run", toml, "-q", "--no-plots", "--scheduler", dask_cluster)
     assert f"scheduler: {dask_cluster}" in out
-    assert_same_parameters(
-        tmp_path / "sync" / "quickstart.zarr", tmp_path / "tcp" / "quickstart.zarr"
-    )
+    assert_same_parameters(quickstart_sync[0], tmp_path / "quickstart.zarr")
 
 
 # -------------------------------------------------------------------- resume
