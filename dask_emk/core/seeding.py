@@ -100,5 +100,7 @@ def nearest_distance(Y: np.ndarray, yy: np.ndarray, M: np.ndarray) -> np.ndarray
     m_norms = np.einsum("ij,ij->i", M, M)
     D = np.empty(Y.shape[0])
     for rows in sub_blocks(Y.shape[0], M.shape[0]):
-        D[rows] = (Y[rows] @ neg2_mt + m_norms).min(axis=1)
+        G = Y[rows] @ neg2_mt
+        G += m_norms
+        G.min(axis=1, out=D[rows])
     return np.maximum(D + yy, 0.0)
