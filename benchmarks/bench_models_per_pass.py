@@ -256,6 +256,8 @@ def main() -> None:
                 if not evicting:
                     read_pass(X, None)  # the store back into the page cache
                 a = timed(one, X, evicting)
+                print(f"  {label} [{cache}]: one {a[0]:.1f} s / {a[1]} computes ({load()})",
+                      flush=True)  # fmt: skip
                 b = timed(many, X, evicting)
                 ratio = b[0] / a[0]
                 rows.append((label, cache, a, b, ratio, target, load()))
