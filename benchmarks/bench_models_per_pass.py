@@ -24,6 +24,14 @@ workers): the wall-time ratios of many models per pass follow from it.
 
     python benchmarks/bench_models_per_pass.py --dir /work/bench-data
 
+Duration: a pass costs about chunks / 2 workers x (read + the models'
+kernels) of one chunk, as printed first. On 2 idle cores the 4 GiB store of
+the defaults (536 chunks, 512 MiB workers, the least a worker's ~300 MiB
+footprint allows) makes the 10 k-means|| seedings of ``n_init=10`` ~2 min a
+pass and the IC sweep's EM ~3 min a pass, so the whole run takes over an
+hour; ``--parts`` and ``--cache`` run a part, ``--times 1`` a store of the
+workers' size (the ratios depend on the per-chunk split, not on the size).
+
 Heavy imports live inside the functions: the workers are spawned processes
 that re-import this module, and every package it imports at the top would sit
 in each worker's memory.
