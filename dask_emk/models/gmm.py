@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import warnings
-import zlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -13,13 +12,20 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 
-from dask_emk.core import assign, blocks, marginal, mixture
+from dask_emk.core import marginal, mixture
 from dask_emk.core.covariance import COVARIANCE_TYPES
 from dask_emk.core.layout import StatsLayout
 from dask_emk.core.mstep import GaussianState, m_step, precision_cholesky
 from dask_emk.engine import reduction
 from dask_emk.engine.batch import Batch, Pass, Steps
 from dask_emk.engine.inputs import InputData, as_input
+from dask_emk.engine.mixture_passes import (
+    label_rows,
+    log_prob_rows,
+    mixture_block,
+    resp_block,
+    resp_rows,
+)
 from dask_emk.models.base import ChunkedEstimator
 from dask_emk.models.params import GAUSSIAN_MIXTURE, Integer
 from dask_emk.models.seeding import done, kmeans_plusplus_steps, random_rows_steps
@@ -62,55 +68,6 @@ class EMRun:
     bounds: list
     n_iter: int
     converged: bool
-
-
-def kernels(gaps: bool):
-    """The block kernels: :mod:`~dask_emk.core.marginal` with gaps
-    (``nan_policy='marginalize'``), else :mod:`~dask_emk.core.mixture`."""
-    return marginal if gaps else mixture
-
-
-def mixture_block(X, weight, params: mixture.MixtureParams, layout: StatsLayout, gaps=False):
-    """Packed E-step statistics of one block (the engine's block function)."""
-    return layout.pack(kernels(gaps).estep_stats(X, weight, params))
-
-
-def resp_block(X, weight, rule: tuple, origin, covariance_type, layout: StatsLayout, gaps=False):
-    """Packed statistics for initial responsibilities given by ``rule``.
-
-    ``rule`` is ``("nearest", centers)`` for hard assignment to centres or
-    ``("random", seed, K)`` for uniform random responsibilities.
-    """
-    if rule[0] == "nearest" and gaps:
-        labels, _ = marginal.nearest(X, rule[1], origin)
-        resp = assign.one_hot(labels, rule[1].shape[0])
-    elif rule[0] == "nearest":
-        labels, _ = assign.nearest(blocks.shift_block(X, origin), rule[1] - origin)
-        resp = assign.one_hot(labels, rule[1].shape[0])
-    else:
-        # Blocks do not know their index; seeding from the block's length and
-        # first row gives every block its own reproducible draws.
-        rng = np.random.default_rng(
-            [rule[1], X.shape[0], zlib.crc32(np.ascontiguousarray(X[:1]).tobytes())]
-        )
-        resp = rng.uniform(size=(X.shape[0], rule[2]))
-        resp /= resp.sum(axis=1, keepdims=True)
-    return layout.pack(kernels(gaps).resp_stats(X, weight, resp, origin, covariance_type))
-
-
-def log_prob_rows(X, params: mixture.MixtureParams, gaps=False) -> np.ndarray:
-    """log p(x) per row (of the observed features, with gaps), shape (n,)."""
-    return kernels(gaps).mixture_rows(X, params, "log_prob")
-
-
-def resp_rows(X, params: mixture.MixtureParams, gaps=False) -> np.ndarray:
-    """Responsibilities per row, shape (n, K)."""
-    return kernels(gaps).mixture_rows(X, params, "resp")
-
-
-def label_rows(X, params: mixture.MixtureParams, gaps=False) -> np.ndarray:
-    """Most probable component per row, shape (n,)."""
-    return kernels(gaps).mixture_rows(X, params, "label")
 
 
 class GaussianMixture(DensityMixin, ChunkedEstimator):
