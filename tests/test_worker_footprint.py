@@ -72,3 +72,43 @@ def test_seeding_distances_by_sub_blocks_match_the_whole_matrix_and_stay_small()
     np.testing.assert_array_equal(got, whole)
     # The whole (n, c) matrix is 128 MB here; the sub-blocks need the output and ~2 MiB.
     assert peak < Y.shape[0] * 8 + 8 * 2**20, peak
+
+
+@pytest.mark.slow
+def test_workers_running_every_estimator_never_import_sklearn():
+    """Fits, predictions and the annealing on worker processes: their tasks'
+    functions come from the engine, so no worker imports scikit-learn or the
+    estimators, and the results equal the same calls on the synchronous scheduler."""
+    import dask
+    import dask.array as da
+    from distributed import Client, LocalCluster
+
+    from dask_emk import AnnealedGaussianMixture, GaussianMixture, KMeans
+
+    rng = np.random.default_rng(1)
+    X = np.concatenate([rng.normal(c, 1.0, (2000, 2)) for c in (-6.0, 0.0, 6.0)])
+    Xd = da.from_array(X, chunks=(1500, 2))
+    makers = (AnnealedGaussianMixture, KMeans, GaussianMixture)
+
+    def run_all():
+        fitted = [make(3, random_state=0).fit(Xd) for make in makers]
+        outputs = [model.predict(Xd).compute() for model in fitted]
+        outputs.append(fitted[1].transform(Xd).compute())
+        outputs.append(fitted[2].predict_proba(Xd).compute())
+        return outputs
+
+    with dask.config.set(scheduler="sync"):
+        expected = run_all()
+    with (
+        LocalCluster(n_workers=1, threads_per_worker=1, dashboard_address=":0") as cluster,
+        Client(cluster) as client,
+    ):
+        got = run_all()
+        loaded = client.run(
+            lambda: sorted(
+                m for m in sys.modules if m == "sklearn" or m.startswith("dask_emk.models")
+            )
+        )
+    assert list(loaded.values()) == [[]]
+    for theirs, ours in zip(got, expected, strict=True):
+        np.testing.assert_array_equal(theirs, ours)

@@ -1,5 +1,5 @@
 """Block functions of Gaussian-mixture passes: what a Dask worker runs for
-GaussianMixture, GaussianMixtureIC and their predictions.
+GaussianMixture, GaussianMixtureIC, the annealing and their predictions.
 
 They live in the engine, not beside the estimator, because a worker imports
 the module of every function it unpickles: importing
@@ -64,3 +64,16 @@ def resp_rows(X, params: mixture.MixtureParams, gaps=False) -> np.ndarray:
 def label_rows(X, params: mixture.MixtureParams, gaps=False) -> np.ndarray:
     """Most probable component per row, shape (n,)."""
     return kernels(gaps).mixture_rows(X, params, "label")
+
+
+# ------------------------------------------------- the annealing's passes
+def moments_block(X, weight, origin: np.ndarray, layout: StatsLayout) -> np.ndarray:
+    """Packed n, Σ(x−c), Σ(x−c)(x−c)ᵀ of one block (a K=1 full E-step)."""
+    d = X.shape[1]
+    params = mixture.MixtureParams(origin[None, :], np.zeros(1), np.eye(d)[None], "full", origin)
+    return layout.pack(mixture.estep_stats(X, weight, params))
+
+
+def anneal_block(X, weight, params: mixture.MixtureParams, layout: StatsLayout) -> np.ndarray:
+    """Packed :func:`dask_emk.core.mixture.anneal_stats` of one block."""
+    return layout.pack(mixture.anneal_stats(X, weight, params))

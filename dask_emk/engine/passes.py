@@ -13,7 +13,7 @@ from functools import partial
 
 import numpy as np
 
-from dask_emk.core import assign, hartigan, marginal, seeding
+from dask_emk.core import assign, blocks, hartigan, marginal, seeding
 from dask_emk.core.assign import merge_top
 from dask_emk.core.layout import StatsLayout
 from dask_emk.engine import reduction
@@ -213,3 +213,37 @@ def hartigan_pass(
         X, weight, layout, hartigan_block, centers, mass, origin, edges, layout,
         split_every=split_every, omit_nan=omit_nan,
     )  # fmt: skip
+
+
+# ------------------------------------------------- k-means rows (predict, transform)
+def label_rows(X, centers: np.ndarray, origin: np.ndarray, gaps=False) -> np.ndarray:
+    """Nearest centre per row, shape (n,) int32 (as in the Lloyd passes).
+
+    With ``gaps``, by the distance over observed coordinates; rows with no
+    observed coordinate get :data:`dask_emk.core.blocks.LABEL_FILL`.
+    """
+    if gaps:
+        return _with_gaps(X, lambda Xk: marginal.nearest(Xk, centers, origin)[0], np.int32)
+    return assign.lloyd_assign(X, None, centers, origin)[1].astype(np.int32)
+
+
+def distance_rows(X, centers: np.ndarray, origin: np.ndarray, gaps=False) -> np.ndarray:
+    """Euclidean distance of each row to each centre, shape (n, K) (over
+    observed coordinates with ``gaps``; NaN for rows with none)."""
+    if gaps:
+        def distances(Xk):
+            Y, seen = marginal.shifted_observed(Xk, origin)
+            return np.sqrt(marginal.masked_distances(Y, seen, centers - origin))
+
+        return _with_gaps(X, distances, X.dtype, centers.shape[0])
+    Y = blocks.shift_block(X, origin)
+    return np.sqrt(blocks.squared_distances(Y, centers - origin))
+
+
+def _with_gaps(X, fn, dtype, n_out=None) -> np.ndarray:
+    """``fn`` on the rows with an observed coordinate; the fill value on the others."""
+    keep, _ = marginal.usable_rows(X)
+    fill = blocks.LABEL_FILL if np.dtype(dtype).kind in "iu" else np.nan
+    out = np.full(X.shape[:1] + (() if n_out is None else (n_out,)), fill, dtype=dtype)
+    out[keep] = fn(X[keep])
+    return out

@@ -43,28 +43,16 @@ from dask_emk.core.layout import StatsLayout
 from dask_emk.core.mstep import m_step
 from dask_emk.engine import reduction
 from dask_emk.engine.inputs import InputData
+from dask_emk.engine.mixture_passes import anneal_block, moments_block, resp_rows
 from dask_emk.engine.passes import hartigan_pass
 from dask_emk.models.base import ChunkedEstimator
 from dask_emk.models.export import PATH, anneal_dataset, schema_attrs, schema_dataset
-from dask_emk.models.gmm import resp_rows
 from dask_emk.models.kmeans import KMeans
 from dask_emk.models.params import ANNEALED_GAUSSIAN_MIXTURE, POSITIVE_FINITE
 from dask_emk.models.validation import NoTrainingDataInPickle, validate_features
 
 
 # ----------------------------------------------------------------- passes
-def moments_block(X, weight, origin: np.ndarray, layout: StatsLayout) -> np.ndarray:
-    """Packed n, Σ(x−c), Σ(x−c)(x−c)ᵀ of one block (a K=1 full E-step)."""
-    d = X.shape[1]
-    params = mixture.MixtureParams(origin[None, :], np.zeros(1), np.eye(d)[None], "full", origin)
-    return layout.pack(mixture.estep_stats(X, weight, params))
-
-
-def anneal_block(X, weight, params: mixture.MixtureParams, layout: StatsLayout) -> np.ndarray:
-    """Packed :func:`dask_emk.core.mixture.anneal_stats` of one block."""
-    return layout.pack(mixture.anneal_stats(X, weight, params))
-
-
 def anneal_layout(m: int, d: int) -> StatsLayout:
     shapes = dict(StatsLayout.mixture(m, d, "full").shapes)
     shapes["soft"] = ()
@@ -479,11 +467,6 @@ def hartigan_polish(
     return final, passes + _lloyd_passes(final), n_iter + final.n_iter_, rounds
 
 
-def predict_proba_rows(X, params: mixture.MixtureParams, gaps=False) -> np.ndarray:
-    """Responsibilities (n, K) of a shared-σ² mixture (given the observed features)."""
-    return resp_rows(X, params, gaps)
-
-
 class AnnealedGaussianMixture(
     NoTrainingDataInPickle, TransformerMixin, ClusterMixin, ChunkedEstimator
 ):
@@ -809,7 +792,7 @@ class AnnealedGaussianMixture(
             weights @ means,
         )  # fmt: skip
         out = reduction.map_rows(
-            data.array, predict_proba_rows, params, data.marginal, n_out=means.shape[0],
+            data.array, resp_rows, params, data.marginal, n_out=means.shape[0],
             omit_nan=data.omit_nan,
         )  # fmt: skip
         return data.wrap_rows(out, extra_dim="component")

@@ -18,12 +18,11 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 
-from dask_emk.core import assign, blocks, marginal
 from dask_emk.core.mstep import weighted_means
 from dask_emk.engine import reduction
 from dask_emk.engine.batch import Batch, Steps
 from dask_emk.engine.inputs import InputData, as_sample_weight
-from dask_emk.engine.passes import assign_pass, assign_request
+from dask_emk.engine.passes import assign_pass, assign_request, distance_rows, label_rows
 from dask_emk.models.base import ChunkedEstimator
 from dask_emk.models.params import KMEANS, KMEANS_INITS
 from dask_emk.models.seeding import (
@@ -116,39 +115,6 @@ def _running(init: int, batch) -> str:
     if batch is None or len(batch.running) <= 1:
         return ""
     return f" (init {init}; running: {', '.join(map(str, batch.running))})"
-
-
-def label_rows(X, centers: np.ndarray, origin: np.ndarray, gaps=False) -> np.ndarray:
-    """Nearest centre per row, shape (n,) int32 (as in the Lloyd passes).
-
-    With ``gaps``, by the distance over observed coordinates; rows with no
-    observed coordinate get :data:`dask_emk.core.blocks.LABEL_FILL`.
-    """
-    if gaps:
-        return _with_gaps(X, lambda Xk: marginal.nearest(Xk, centers, origin)[0], np.int32)
-    return assign.lloyd_assign(X, None, centers, origin)[1].astype(np.int32)
-
-
-def distance_rows(X, centers: np.ndarray, origin: np.ndarray, gaps=False) -> np.ndarray:
-    """Euclidean distance of each row to each centre, shape (n, K) (over
-    observed coordinates with ``gaps``; NaN for rows with none)."""
-    if gaps:
-        def distances(Xk):
-            Y, seen = marginal.shifted_observed(Xk, origin)
-            return np.sqrt(marginal.masked_distances(Y, seen, centers - origin))
-
-        return _with_gaps(X, distances, X.dtype, centers.shape[0])
-    Y = blocks.shift_block(X, origin)
-    return np.sqrt(blocks.squared_distances(Y, centers - origin))
-
-
-def _with_gaps(X, fn, dtype, n_out=None) -> np.ndarray:
-    """``fn`` on the rows with an observed coordinate; the fill value on the others."""
-    keep, _ = marginal.usable_rows(X)
-    fill = blocks.LABEL_FILL if np.dtype(dtype).kind in "iu" else np.nan
-    out = np.full(X.shape[:1] + (() if n_out is None else (n_out,)), fill, dtype=dtype)
-    out[keep] = fn(X[keep])
-    return out
 
 
 class KMeans(NoTrainingDataInPickle, TransformerMixin, ClusterMixin, ChunkedEstimator):
