@@ -1,10 +1,12 @@
-"""One-pass statistics for k-means and seeding, and how their rows combine.
+"""One-pass statistics for k-means and seeding, how their rows combine, and k-means' rows.
 
 Most statistics add up; a few are lists of the m largest keys with rows
 attached (the farthest points of a k-means pass, sampled rows of a seeding
 pass). :func:`merge_packed` is the ``combine`` given to
 :func:`dask_emk.engine.reduction.reduce_pass`: it adds the additive parts of a stack of
 packed rows and merges their top-m lists with :func:`dask_emk.core.assign.merge_top`.
+The per-row outputs of a fitted k-means (labels, distances) live here too, so
+that a worker running them never imports the estimators or scikit-learn.
 """
 
 from __future__ import annotations
