@@ -972,18 +972,17 @@ def _probed_plan(X: np.ndarray, params: MixtureParams, scratch: Scratch) -> Spar
         modes = ["exact tied" if COVARIANCE_TYPES[ct].whitened else "exact"]
     else:
         modes = ["bounds", "exact full"]
-    small_full = ct == "full" and "exact" not in modes and d <= SMALL_MATRIX
     sparse_modes = params.sparse_modes
     if params.probe_record[0] == 0 and len(sparse_modes) == 1 and (
         max(sparse_modes.values()) >= PROBE_TRUST
     ):
         modes = list(sparse_modes)
     else:
-        modes = _probe(X[:PROBE_ROWS], params, scratch, modes, small_full)
+        modes = _probe(X[:PROBE_ROWS], params, scratch, modes)
         if not modes:
             return None
     mode = modes[0]
-    most = 1.0 + DENSE_FRACTION["small full" if small_full else mode] * (K - 1)
+    most = _most_candidates(mode, K, d)
     exact = mode != "bounds"
     # The bounds read X itself; the exact log-densities need the shifted rows.
     Y = shift_block(X, params.origin, scratch) if exact else None
@@ -999,12 +998,20 @@ def _probed_plan(X: np.ndarray, params: MixtureParams, scratch: Scratch) -> Spar
     return plan
 
 
-def _probe(probe: np.ndarray, params: MixtureParams, scratch, modes: list, small_full: bool):
+def _most_candidates(mode: str, K: int, d: int) -> float:
+    """The most candidates a row may have on average for ``mode`` to go sparse
+    (DENSE_FRACTION; "bounds" and "exact full" are the modes of full
+    covariance with d > EXACT_FEATURES, "small full" up to SMALL_MATRIX)."""
+    small_full = mode in ("bounds", "exact full") and d <= SMALL_MATRIX
+    return 1.0 + DENSE_FRACTION["small full" if small_full else mode] * (K - 1)
+
+
+def _probe(probe: np.ndarray, params: MixtureParams, scratch, modes: list):
     """The first of ``modes`` whose candidates of the ``probe`` rows are few
     enough (DENSE_FRACTION), as a one-element list; empty if none."""
-    K = params.means.shape[0]
+    K, d = params.means.shape
     for mode in modes:
-        most = 1.0 + DENSE_FRACTION["small full" if small_full else mode] * (K - 1)
+        most = _most_candidates(mode, K, d)
         found = candidate_pairs(probe, params, scratch, mode != "bounds", params.origin)
         if found is None:
             return []
