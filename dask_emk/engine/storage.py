@@ -248,17 +248,19 @@ class StackedZarrRows:
             _run_in_zarr(_read_columns(self.arrays, block, columns, {}))
             return out.reshape(-1, self.width)
         coords = [file_coords(array, block) for array in self.arrays]
-        keys = [[file_key(a, c) for c in cs] for a, cs in zip(self.arrays, coords, strict=True)]
-        # Files of remote stores are asked in the read's round trip, local ones after it.
+        # Files of remote stores are asked in the read's round trip, local ones
+        # after it (:func:`missing_files`).
         remote = {
-            i: keys[i]
+            i: [file_key(a, c) for c in coords[i]]
             for i, a in enumerate(self.arrays)
             if not isinstance(a.store, zarr.storage.LocalStore)
         }
         found = _run_in_zarr(_read_columns(self.arrays, block, columns, remote))
         for i, array in enumerate(self.arrays):
-            exists = found[i] if i in found else _exist_locally(array.store, keys[i])
-            missing = [c for c, ok in zip(coords[i], exists, strict=True) if not ok]
+            if i in found:
+                missing = [c for c, ok in zip(coords[i], found[i], strict=True) if not ok]
+            else:
+                missing = missing_files(array, coords[i])
             if missing:
                 raise missing_files_error(array, missing)
         return out.reshape(-1, self.width)
