@@ -4,6 +4,7 @@ by a reference point, cache-sized sub-blocks, per-block random streams."""
 from __future__ import annotations
 
 import math
+import threading
 import zlib
 
 import numpy as np
@@ -30,6 +31,26 @@ class Scratch:
         if buffer is None or buffer.size < size:
             buffer = self._buffers[name] = np.empty(size)
         return buffer[:size].reshape(shape)
+
+
+_THREAD_SCRATCH = threading.local()
+
+
+def thread_scratch(role: str) -> Scratch:
+    """The calling thread's :class:`Scratch` for ``role``, kept between calls.
+
+    A fresh Scratch per kernel call page-faults its buffers in again on
+    every block (the kernel is called once per block): 8.6 ms of system time
+    in a 53 ms full-covariance E-step of a 65,536-row block (d = 32, K = 16;
+    benchmarks/RESULTS.md, session 7). Kept per thread, the buffers cost
+    their peak size once per worker thread, which a call reached anyway.
+    One Scratch per ``role``, so a kernel and the sub-block walk it drives
+    never share a buffer; nothing built on them may outlive the call.
+    """
+    scratch = _THREAD_SCRATCH.__dict__.get(role)
+    if scratch is None:
+        scratch = _THREAD_SCRATCH.__dict__[role] = Scratch()
+    return scratch
 
 
 def buffer(scratch: Scratch | None, name: str, shape: tuple[int, ...]) -> np.ndarray:

@@ -40,7 +40,14 @@ from functools import cached_property
 import numpy as np
 
 from dask_emk.core import loops
-from dask_emk.core.blocks import Scratch, buffer, shift_block, squared_distances, sub_blocks
+from dask_emk.core.blocks import (
+    Scratch,
+    buffer,
+    shift_block,
+    squared_distances,
+    sub_blocks,
+    thread_scratch,
+)
 from dask_emk.core.covariance import COVARIANCE_TYPES
 
 
@@ -370,7 +377,7 @@ def estep_stats(
     in :func:`moment_stats` about the current means.
     """
     ct = moment_type or params.covariance_type
-    total, scratch = None, Scratch()
+    total, scratch = None, thread_scratch("kernel")
     for rows, plan in walk_sub_blocks(X, params, ct):
         w = None if weight is None else weight[rows]
         if plan is None:
@@ -429,7 +436,7 @@ def resp_stats(
     """
     n, d = X.shape
     K = resp.shape[1]
-    total, scratch = None, Scratch()
+    total, scratch = None, thread_scratch("kernel")
     for rows in mixture_sub_blocks(n, d, covariance_type, K):
         Y = shift_block(X[rows], origin, scratch)
         w = None if weight is None else weight[rows]
@@ -462,7 +469,7 @@ def mixture_rows(X: np.ndarray, params: MixtureParams, kind: str) -> np.ndarray:
     K = params.means.shape[0]
     shape = (n, K) if kind == "resp" else (n,)
     out = np.empty(shape, dtype=np.int64 if kind == "label" else np.float64)
-    scratch = Scratch()
+    scratch = thread_scratch("kernel")
     for rows, plan in walk_sub_blocks(X, params, params.covariance_type):
         if plan is not None:
             _sparse_rows_out(plan, kind, out[rows])
@@ -1074,7 +1081,7 @@ def walk_sub_blocks(X: np.ndarray, params: MixtureParams, covariance_type: str):
     ``covariance_type``'s features) with None."""
     n, d = X.shape
     K = params.means.shape[0]
-    scratch = Scratch()
+    scratch = thread_scratch("sparse")
     # Equal parts (not a full step and a sliver): each part costs a probe
     # and K per-component calls whatever its size.
     parts = len(sub_blocks(n, d + K, SPARSE_SUB_BLOCK_BYTES))
