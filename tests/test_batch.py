@@ -162,3 +162,25 @@ def test_converged_fits_leave_the_batch_and_progress_says_which_run(Xd, capsys):
         assert last < first_without
     out = capsys.readouterr().out
     assert "init 0; running: 0, 1, 2, 3" in out
+
+
+def test_m_steps_between_passes_run_with_one_blas_thread(Xd):
+    """A second OpenBLAS thread woken by the client's M-step spins on a core
+    while the next pass runs; the limit holds for the whole batch and is
+    lifted after it."""
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    def blas_threads():
+        return {pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"}
+
+    seen = []
+    with threadpool_limits(2, user_api="blas"):
+        before = blas_threads()
+        model = GaussianMixture(
+            K, max_iter=3, tol=0.0, random_state=0, callback=lambda *_: seen.append(blas_threads())
+        )
+        with dask.config.set(scheduler="sync"):
+            fit_quiet(model, Xd)
+        after = blas_threads()
+    assert len(seen) == 3 and all(threads == {1} for threads in seen), seen
+    assert after == before  # {2} where OpenBLAS may run two threads

@@ -195,13 +195,18 @@ class Batch:
         """
         results: list = [None] * len(fits)
         pending = {}
-        for i, fit in enumerate(fits):
-            self._advance(i, fit, None, pending, results, first=True)
-        while pending:
-            self.running = tuple(sorted(pending))
-            answers = self._answer(pending)
-            for i in sorted(answers):
-                self._advance(i, fits[i], answers[i], pending, results)
+        # The M-steps between passes also get one BLAS thread: their matrices
+        # are K d × d, and a second OpenBLAS thread woken by them spins on a
+        # core while the next pass runs (full covariance, 1M × 32, K = 16, 2
+        # cores: 0.69 against 0.83–0.89 s an iteration, under load).
+        with reduction.single_blas_thread():
+            for i, fit in enumerate(fits):
+                self._advance(i, fit, None, pending, results, first=True)
+            while pending:
+                self.running = tuple(sorted(pending))
+                answers = self._answer(pending)
+                for i in sorted(answers):
+                    self._advance(i, fits[i], answers[i], pending, results)
         self.running = ()
         return results
 
