@@ -30,7 +30,7 @@ import zarr
 from dask.array.core import normalize_chunks
 
 from dask_emk.core.blocks import LABEL_FILL
-from dask_emk.engine.reduction import compute_one, numpy_block_rows
+from dask_emk.engine.reduction import compute_one, nonfinite_error, numpy_block_rows
 from dask_emk.engine.storage import (
     check_zarr_chunks,
     checked_reads,
@@ -586,16 +586,8 @@ def _as_float_numpy(X, name: str, allow_nan: bool = False) -> np.ndarray:
     X = X.astype(float_dtype(X.dtype), copy=False)
     if np.isfinite(X).all():
         return X
-    if not allow_nan:
-        raise ValueError(
-            f"{name} contains NaN or infinity; pass nan_policy='omit' to leave out the rows "
-            "holding NaN, or remove or impute those rows (e.g. X[np.isfinite(X).all(axis=1)])."
-        )
-    if np.isinf(X).any():
-        raise ValueError(
-            f"{name} contains infinity; nan_policy='omit' and 'marginalize' take NaN as "
-            "missing, never infinity: remove or clip the infinite values."
-        )
+    if not allow_nan or np.isinf(X).any():
+        raise nonfinite_error(name, "", allow_nan, "X[np.isfinite(X).all(axis=1)]")
     return X
 
 

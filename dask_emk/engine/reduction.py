@@ -423,15 +423,24 @@ def raise_on_nonfinite(count: float, source=None, omit_nan: bool = False) -> Non
     if count <= 0:
         return
     check_stored_files(source)
+    where = f" in {int(count)} row(s) (or values too large for float64 arithmetic)"
+    raise nonfinite_error("Input", where, omit_nan, "X[da.isfinite(X).all(axis=1)]")
+
+
+def nonfinite_error(name: str, where: str, omit_nan: bool, example: str) -> ValueError:
+    """The error for non-finite input, one wording for every check.
+
+    ``name`` and ``where`` say what holds the values ("X", " in 3 row(s)"),
+    ``omit_nan`` whether NaN is already taken as missing (then only infinity
+    is wrong), ``example`` how to drop the rows with the input's own library.
+    """
     if omit_nan:
-        raise ValueError(
-            f"Input contains infinity in {int(count)} row(s) (or values too large for "
-            "float64 arithmetic); nan_policy='omit' and 'marginalize' take NaN as "
-            "missing, never infinity: remove or clip the infinite values."
+        return ValueError(
+            f"{name} contains infinity{where}; nan_policy='omit' and 'marginalize' take "
+            "NaN as missing, never infinity: remove or clip the infinite values."
         )
-    raise ValueError(
-        f"Input contains NaN or infinity in {int(count)} row(s) (or values too "
-        "large for float64 arithmetic); pass nan_policy='omit' to leave out the rows "
-        "holding NaN or nan_policy='marginalize' to use the features each row has, or "
-        "remove or impute them, e.g. X[da.isfinite(X).all(axis=1)]."
+    return ValueError(
+        f"{name} contains NaN or infinity{where}; pass nan_policy='omit' to leave out "
+        "the rows holding NaN or nan_policy='marginalize' to use the features each row "
+        f"has, or remove or impute them, e.g. {example}."
     )
