@@ -665,3 +665,159 @@ def gather_merged(X, origin, rows, source, likely, out):  # pragma: no cover - c
             i = rows[p]
             for j in range(d):
                 out[p, j] = np.float64(X[i, j]) - origin[j]
+
+
+#: Codes of the blocks of :func:`screen_features`: 'scalar', 'diagonal', 'matrix'.
+BLOCK_CODES = {"scalar": 0, "diagonal": 1, "matrix": 2}
+
+
+@compiled()
+def screen_features(X, origin, code, start, phi, ny):  # pragma: no cover - compiled
+    """Features Φ (as :func:`dask_emk.core.mixture.quadratic_features`) of
+    rows ``start:start + len(phi)`` of X, in phi's dtype, and their ‖y‖.
+
+    y = x − origin is formed in float64 and rounded once to phi's dtype
+    (ỹ, relative error ≤ u + u64 + u u64); the quadratic terms are products
+    of two ỹ rounded once more, or for the scalar block ‖ỹ‖² summed in
+    float64 (exact products) and rounded once. No fast-math: the shift must
+    not be reassociated (module docstring).
+
+    Parameters
+    ----------
+    X : ndarray of shape (n, d), any float dtype
+    origin : ndarray of shape (d,), float64
+    code : int, :data:`BLOCK_CODES` of the covariance type's block
+    start : int
+    phi : ndarray of shape (m, q + d), float32 or float64, written
+    ny : ndarray of shape (n,), float64; rows start:start + m written
+    """
+    d = X.shape[1]
+    q = phi.shape[1] - d
+    for r in range(phi.shape[0]):
+        i = start + r
+        f = phi[r]
+        s = 0.0
+        for j in range(d):
+            y = np.float64(X[i, j]) - origin[j]
+            s += y * y
+            f[q + j] = y
+        ny[i] = np.sqrt(s)
+        if code == 0:
+            t = 0.0
+            for j in range(d):
+                yt = np.float64(f[q + j])
+                t += yt * yt
+            f[0] = t
+        elif code == 1:
+            for j in range(d):
+                f[j] = f[q + j] * f[q + j]
+        else:
+            c = 0
+            for a in range(d):
+                for b in range(a, d):
+                    f[c] = f[q + a] * f[q + b]
+                    c += 1
+
+
+@compiled(fastmath=_SAFE_FAST_MATH)
+def _select_screened(  # pragma: no cover - compiled
+    G, start, bias, peak, ny, scale, rel, margin, counts, rows_buffer
+):
+    """Rows start:start + len(G) of :func:`screen_pairs`: ℓ̂ = G + bias
+    (clipped at the peak, as the dense E-step), kept as :func:`select_exact`
+    does with A_i = scale[0] (ny_i + scale[1])² + rel scale[2]. Appends the
+    kept rows to ``rows_buffer[k, counts[k]:]``; False if a row's best is not
+    finite."""
+    K = bias.shape[0]
+    v = np.empty(K)
+    for r in range(G.shape[0]):
+        i = start + r
+        top = -np.inf
+        for k in range(K):
+            v[k] = min(np.float64(G[r, k]) + bias[k], peak[k])
+            top = max(top, v[k])
+        if not np.isfinite(top):
+            return False
+        h = ny[i] + scale[1]
+        a = scale[0] * h * h + rel * scale[2]
+        t = top - rel * abs(top) - 2.0 * a - margin
+        t -= _COMPARE_SLACK * (abs(t) + abs(top) + margin)
+        floor = t / (1.0 + rel) if t >= 0 else t / (1.0 - rel)
+        for k in range(K):
+            rows_buffer[k, counts[k]] = i
+            counts[k] += v[k] >= floor
+    return True
+
+
+@compiled()
+def screen_pairs(  # pragma: no cover - compiled
+    X, origin, code, coefficients, bias, peak, bounds, margin, buffers
+):
+    """Candidate pairs of rows X from their log-densities ℓ̂ = Φ(y) · A + bias
+    of all pairs, computed in cache-sized sub-blocks in float32 where the
+    sub-block's own error bound allows it, else in float64
+    (:func:`dask_emk.core.mixture._screened_bounds` proves both bounds).
+
+    Parameters
+    ----------
+    X : ndarray of shape (n, d), any float dtype
+    origin : ndarray of shape (d,), float64
+    code : int, :data:`BLOCK_CODES`
+    coefficients : tuple (A32, A64) of shape (q + d, K), C-contiguous, float32
+        (empty (0, K) when float32 is not allowed) and float64
+    bias, peak : ndarray of shape (K,), float64
+    bounds : tuple (scale32, scale64, rel, slack32): the :func:`select_exact`
+        error scales of each precision; a sub-block goes float32 when
+        scale32[0] (max ‖y‖ + scale32[1])² ≤ slack32
+    margin : float
+    buffers : tuple (phi32, phi64, G32, G64, ny, rows_buffer): (m, q + d) and
+        (m, K) of each dtype for sub-blocks of m rows, (n,) float64, (K, n) intp
+
+    Returns
+    -------
+    offsets, rows : as :func:`select_pairs`
+    finite : bool, False if a row's best log-density is not finite (then
+        nothing else is to be used)
+    n32 : int, the rows screened in float32
+    """
+    A32, A64 = coefficients
+    scale32, scale64, rel, slack32 = bounds
+    phi32, phi64, G32, G64, ny, rows_buffer = buffers
+    n = X.shape[0]
+    K = bias.shape[0]
+    m = phi64.shape[0]
+    counts = np.zeros(K, dtype=np.intp)
+    n32 = 0
+    for start in range(0, n, m):
+        stop = min(start + m, n)
+        small = A32.shape[0] > 0
+        if small:
+            f32 = phi32[: stop - start]
+            screen_features(X, origin, code, start, f32, ny)
+            most = 0.0
+            for i in range(start, stop):
+                most = max(most, ny[i])
+            h = most + scale32[1]
+            small = scale32[0] * h * h <= slack32
+        if small:
+            G = G32[: stop - start]
+            np.dot(f32, A32, G)
+            ok = _select_screened(G, start, bias, peak, ny, scale32, rel, margin, counts,
+                                  rows_buffer)  # fmt: skip
+            n32 += stop - start
+        else:
+            f64 = phi64[: stop - start]
+            screen_features(X, origin, code, start, f64, ny)
+            G = G64[: stop - start]
+            np.dot(f64, A64, G)
+            ok = _select_screened(G, start, bias, peak, ny, scale64, rel, margin, counts,
+                                  rows_buffer)  # fmt: skip
+        if not ok:
+            return np.zeros(K + 1, dtype=np.intp), np.zeros(0, dtype=np.intp), False, n32
+    offsets = np.zeros(K + 1, dtype=np.intp)
+    for k in range(K):
+        offsets[k + 1] = offsets[k] + counts[k]
+    rows = np.empty(offsets[K], dtype=np.intp)
+    for k in range(K):
+        rows[offsets[k] : offsets[k + 1]] = rows_buffer[k, : counts[k]]
+    return offsets, rows, True, n32
