@@ -898,22 +898,25 @@ def _screened_bounds(X, origin, params: MixtureParams, margin: float, scratch) -
     eps = np.finfo(np.float64).eps
     bounds = (scale32, _float64_scale(params, nm), 4 * eps, SCREEN_SLACK)
     buffers = (
-        _float32_buffer(scratch, "phi32", (m, A.shape[0])), scratch.get("phi64", (m, A.shape[0])),
-        _float32_buffer(scratch, "G32", (m, K)), scratch.get("G64", (m, K)),
-        scratch.get("ny", (n,)), scratch.get("rows_buffer", (K, n)).view(np.intp),
+        _float32_buffer(scratch, "phi32", m * A.shape[0]), scratch.get("phi64", (m * A.shape[0],)),
+        _float32_buffer(scratch, "G32", m * K), scratch.get("G64", (m * K,)),
+        scratch.get("ny", (n,)), scratch.get("rows_buffer", (K * n,)).view(np.intp),
+        scratch.get("comps_buffer", (K * n,)).view(np.intp),
+        scratch.get("pair_values", (K * n if A32.shape[0] == 0 else 0,)),
     )  # fmt: skip
     code = loops.BLOCK_CODES[COVARIANCE_TYPES[params.covariance_type].block]
-    offsets, rows, finite, _ = loops.screen_pairs(
+    offsets, rows, log_dens, finite = loops.screen_pairs(
         X, origin, code, (A32, np.ascontiguousarray(A)), bias, params.log_peak, bounds, margin,
         buffers,
     )  # fmt: skip
-    return Candidates(offsets, rows) if finite else None
+    if not finite:
+        return None
+    return Candidates(offsets, rows, pair_log_dens=log_dens if log_dens.size == rows.size else None)
 
 
-def _float32_buffer(scratch: Scratch, name: str, shape: tuple[int, ...]) -> np.ndarray:
-    """A C-contiguous float32 array of ``shape`` on a float64 scratch buffer."""
-    size = math.prod(shape)
-    return scratch.get(name, (-(-size // 2),)).view(np.float32)[:size].reshape(shape)
+def _float32_buffer(scratch: Scratch, name: str, size: int) -> np.ndarray:
+    """A float32 array of ``size`` elements on a float64 scratch buffer."""
+    return scratch.get(name, (-(-size // 2),)).view(np.float32)[:size]
 
 
 def _float32_scale(params: MixtureParams) -> tuple[np.ndarray, np.ndarray]:
@@ -1195,7 +1198,8 @@ def pair_log_densities(plan: SparsePlan, params: MixtureParams) -> np.ndarray:
         loops.pair_log_densities_matrix(*args, U, params.log_peak, out)
         return out
     prec = params.precisions_cholesky**2
-    loops.pair_log_densities(*args, prec.reshape(prec.shape[0], -1), params.log_peak, out)
+    loops.pair_log_densities(plan.X, plan.origin, *plan.row_major, plan.rows, params.shifted_means,
+                             prec.reshape(prec.shape[0], -1), params.log_peak, out)  # fmt: skip
     return out
 
 
