@@ -785,8 +785,9 @@ def candidate_pairs(
     all skipped ones together below e^-PRUNE_NATS ≈ 0.4 ε of the row's total.
     The last nat covers the rounding of the bounds' own few operations (with
     a relative allowance for huge values, :func:`loops.select_pairs`).
-    Bounds: :func:`_exact_bounds`, or :func:`_metric_bounds` if not ``exact``
-    and not :func:`exact_candidates`.
+    Bounds: :func:`_screened_bounds` where :func:`_screened`, else
+    :func:`_exact_bounds`, or :func:`_metric_bounds` if not ``exact`` and
+    not :func:`exact_candidates`.
     """
     K, d = params.means.shape
     scratch = Scratch() if scratch is None else scratch
@@ -892,10 +893,11 @@ def _screened_bounds(X, origin, params: MixtureParams, margin: float, scratch) -
     :func:`loops.select_exact` keeps it, so a skipped pair's exact
     log-density is below its row's best minus ``margin`` in both cases.
 
-    Unlike :func:`_exact_bounds` nothing of size (K, n) but the selection's
-    row lists is formed, and the candidates' exact log-densities are
-    computed afterwards by :func:`pair_log_densities` (a float32 ℓ̂ is not
-    one).
+    Unlike :func:`_exact_bounds` no shifted copy of X and no (K, n)
+    log-densities are formed (10.6 against 19.1 ms a 65,536-row diag block,
+    d = 32, K = 16). Where every sub-block went float64 the candidates keep
+    their ℓ̂, the dense E-step's arithmetic; otherwise
+    :func:`pair_log_densities` computes them (a float32 ℓ̂ is not exact).
     """
     K, d = params.means.shape
     n = X.shape[0]
@@ -1187,7 +1189,8 @@ def pair_log_densities(plan: SparsePlan, params: MixtureParams) -> np.ndarray:
 
     Matrix blocks: one GEMM of each component's gathered rows with its
     Cholesky factor; small matrices (d ≤ SMALL_MATRIX), diagonal and scalar
-    blocks: one fused compiled loop over the pairs. Read from the exact
+    blocks: one fused compiled loop over the pairs (diagonal and scalar: in
+    row order, :attr:`SparsePlan.row_major`, which the moments reuse). Read from the exact
     log-densities of all pairs where the candidates were found with them.
     """
     ctype = COVARIANCE_TYPES[params.covariance_type]
