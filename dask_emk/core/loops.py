@@ -749,7 +749,7 @@ def _select_screened(  # pragma: no cover - compiled
     returns the new count, or -1 if a row's best is not finite."""
     m, K = G.shape
     pair_rows, pair_comps, values = found
-    v = np.empty(K + 3)
+    v = np.empty(K + 7)
     v[K:] = -np.inf
     c = kept
     for r in range(m):
@@ -777,13 +777,21 @@ def _select_screened(  # pragma: no cover - compiled
         t = top - rel * abs(top) - 2.0 * a - margin
         t -= _COMPARE_SLACK * (abs(t) + abs(top) + margin)
         floor = t / (1.0 + rel) if t >= 0 else t / (1.0 - rel)
-        for k in range(K):
-            if v[k] >= floor:
-                pair_rows[c] = start + r
-                pair_comps[c] = k
-                if values.shape[0]:
-                    values[c] = v[k]
-                c += 1
+        # Few pairs are kept: components in groups of 8, skipping a group
+        # whose largest ℓ̂ is below the floor (one vectorised test).
+        for g in range(0, K, 8):
+            most = v[g]
+            for k in range(g + 1, g + 8):
+                most = v[k] if v[k] > most else most
+            if most < floor:
+                continue
+            for k in range(g, min(g + 8, K)):
+                if v[k] >= floor:
+                    pair_rows[c] = start + r
+                    pair_comps[c] = k
+                    if values.shape[0]:
+                        values[c] = v[k]
+                    c += 1
     return c
 
 
