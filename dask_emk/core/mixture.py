@@ -800,7 +800,7 @@ def candidate_pairs(
         nm = np.sqrt(np.einsum("ij,ij->i", params.shifted_means, params.shifted_means))
         if _screened(params.covariance_type, d):
             origin = np.zeros(d) if origin is None else origin
-            return _screened_bounds(X, origin, params, margin, scratch)
+            return _screened_bounds(X, origin, params, nm, margin, scratch)
         if exact or exact_candidates(params.covariance_type, d):
             Y = X if origin is None else np.subtract(X, origin, dtype=np.float64)
             ny = np.sqrt(np.einsum("ij,ij->i", Y, Y))
@@ -886,7 +886,9 @@ def _screened(covariance_type: str, d: int) -> bool:
     return exact_candidates(covariance_type, d) and not whitened
 
 
-def _screened_bounds(X, origin, params: MixtureParams, margin: float, scratch) -> Candidates | None:
+def _screened_bounds(
+    X, origin, params: MixtureParams, nm, margin: float, scratch
+) -> Candidates | None:
     """Candidates from the log-densities ℓ̂ = Φ(y) · A + b of all pairs, y = X
     − origin, computed and selected in sub-blocks of SCREEN_ROWS rows
     (:func:`loops.screen_pairs`): in float32 where the sub-block's error
@@ -907,7 +909,6 @@ def _screened_bounds(X, origin, params: MixtureParams, margin: float, scratch) -
     m = min(SCREEN_ROWS, max(n, 1))
     wide = SCREEN_FLOAT32 and A.size >= SCREEN_FLOAT32_WORK
     A32, scale32 = _float32_scale(params) if wide else (np.zeros((0, K), np.float32), np.zeros(3))
-    nm = np.sqrt(np.einsum("ij,ij->i", params.shifted_means, params.shifted_means))
     eps = np.finfo(np.float64).eps
     bounds = (scale32, _float64_scale(params, nm), 4 * eps, SCREEN_SLACK)
     buffers = (
