@@ -459,27 +459,43 @@ def pair_top(offsets, rows, log_dens, n):  # pragma: no cover - compiled
     return top, label
 
 
+@compiled(fastmath=_SAFE_FAST_MATH)
+def _weighted_distance(y, m, prec):  # pragma: no cover - compiled
+    """Σ_j prec_j (y_j − m_j)² (prec of length 1: prec_0 Σ_j (y_j − m_j)²).
+    Fast-math lets the sum vectorise; each difference is one subtraction,
+    which reassociation cannot split (the shift y = x − origin is formed
+    by the caller, without fast-math)."""
+    acc = 0.0
+    if prec.shape[0] == 1:
+        for j in range(y.shape[0]):
+            diff = y[j] - m[j]
+            acc += diff * diff
+        return acc * prec[0]
+    for j in range(y.shape[0]):
+        diff = y[j] - m[j]
+        acc += prec[j] * diff * diff
+    return acc
+
+
 @compiled()
-def pair_log_densities(X, origin, offsets, rows, M, prec, peak, out):  # pragma: no cover
-    """out[p] = peak_k − ½ Σ_j prec[k, j] (y_j − m_kj)² over the pairs p of each
-    component k (layout of :func:`select_pairs`), y = x − origin as
-    :func:`gather_shift`; ``prec`` is (K, d), or (K, 1) for one variance per
-    component. Diagonal and scalar blocks only."""
+def pair_log_densities(X, origin, order, component, rows, M, prec, peak, out):  # pragma: no cover
+    """out[p] = peak_k − ½ Σ_j prec[k, j] (y_j − m_kj)² over the pairs p,
+    y = x − origin as :func:`gather_shift`; ``prec`` is (K, d), or (K, 1)
+    for one variance per component. Diagonal and scalar blocks only.
+
+    Walks the pairs in the row order of :func:`row_major` (``order``,
+    ``component``), so X is read once, front to back, and each row shifted
+    once: component by component, the rows' gaps defeat the prefetcher."""
     d = X.shape[1]
-    for k in range(offsets.shape[0] - 1):
-        for p in range(offsets[k], offsets[k + 1]):
-            i = rows[p]
-            acc = 0.0
-            if prec.shape[1] == 1:
-                for j in range(d):
-                    diff = (np.float64(X[i, j]) - origin[j]) - M[k, j]
-                    acc += diff * diff
-                acc *= prec[k, 0]
-            else:
-                for j in range(d):
-                    diff = (np.float64(X[i, j]) - origin[j]) - M[k, j]
-                    acc += prec[k, j] * diff * diff
-            out[p] = peak[k] - 0.5 * acc
+    y = np.empty(d)
+    last = -1
+    for p in order:
+        i, k = rows[p], component[p]
+        if i != last:
+            for j in range(d):
+                y[j] = np.float64(X[i, j]) - origin[j]
+            last = i
+        out[p] = peak[k] - 0.5 * _weighted_distance(y, M[k], prec[k])
 
 
 @compiled()
@@ -665,3 +681,202 @@ def gather_merged(X, origin, rows, source, likely, out):  # pragma: no cover - c
             i = rows[p]
             for j in range(d):
                 out[p, j] = np.float64(X[i, j]) - origin[j]
+
+
+#: Codes of the blocks of :func:`screen_features`: 'scalar', 'diagonal', 'matrix'.
+BLOCK_CODES = {"scalar": 0, "diagonal": 1, "matrix": 2}
+
+
+@compiled(fastmath=_SAFE_FAST_MATH)
+def screen_features(X, origin, code, start, phi, ny):  # pragma: no cover - compiled
+    """Features Φ (as :func:`dask_emk.core.mixture.quadratic_features`)
+    of rows ``start:start + m`` of X, in phi's dtype, and
+    their ‖y‖.
+
+    y = x − origin is formed in float64 and rounded once to phi's dtype
+    (ỹ, relative error ≤ u + u64 + u u64); the quadratic terms are products
+    of two ỹ rounded once more, or for the scalar block ‖ỹ‖² summed in
+    float64 (exact products) and rounded once. Fast-math is safe here (and
+    lets the sums of squares vectorise): the shift is a single subtraction
+    per feature, which reassociation cannot split.
+
+    Parameters
+    ----------
+    X : ndarray of shape (n, d), any float dtype
+    origin : ndarray of shape (d,), float64
+    code : int, :data:`BLOCK_CODES` of the covariance type's block
+    start : int
+    phi : ndarray of shape (m, q + d), float32 or float64, written
+    ny : ndarray of shape (n,), float64; rows start:start + m written
+    """
+    d = X.shape[1]
+    q = phi.shape[1] - d
+    for r in range(phi.shape[0]):
+        i = start + r
+        f = phi[r]
+        s = 0.0
+        for j in range(d):
+            y = np.float64(X[i, j]) - origin[j]
+            s += y * y
+            f[q + j] = y
+        ny[i] = np.sqrt(s)
+        if code == 0:
+            t = 0.0
+            for j in range(d):
+                yt = np.float64(f[q + j])
+                t += yt * yt
+            f[0] = t
+        elif code == 1:
+            for j in range(d):
+                f[j] = f[q + j] * f[q + j]
+        else:
+            c = 0
+            for a in range(d):
+                for b in range(a, d):
+                    f[c] = f[q + a] * f[q + b]
+                    c += 1
+
+
+@compiled(fastmath=_SAFE_FAST_MATH)
+def _select_screened(  # pragma: no cover - compiled
+    G, start, bias, peak, ny, scale, rel, margin, found, kept
+):
+    """Rows start:start + m of :func:`screen_pairs` from G (m, K): ℓ̂ = G +
+    bias (clipped at the peak, as the dense E-step), kept as
+    :func:`select_exact` keeps them, A_i = scale[0] (ny_i + scale[1])² +
+    rel scale[2]. Appends each kept pair's row, component and ℓ̂ to
+    ``found`` (the ℓ̂ if its array is not empty) from index ``kept`` on;
+    returns the new count, or -1 if a row's best is not finite."""
+    m, K = G.shape
+    pair_rows, pair_comps, values = found
+    v = np.empty(K + 7)
+    v[K:] = -np.inf
+    c = kept
+    for r in range(m):
+        # Written to vectorise: no max() chain, whose NaN rules forbid it;
+        # instead G is checked finite, then four interleaved maxima.
+        bad = 0
+        for k in range(K):
+            g = np.float64(G[r, k])
+            bad += not abs(g) < np.inf
+            u = g + bias[k]
+            v[k] = u if u < peak[k] else peak[k]
+        if bad:
+            return -1
+        t0 = t1 = t2 = t3 = -np.inf
+        for k in range(0, K, 4):
+            t0 = v[k] if v[k] > t0 else t0
+            t1 = v[k + 1] if v[k + 1] > t1 else t1
+            t2 = v[k + 2] if v[k + 2] > t2 else t2
+            t3 = v[k + 3] if v[k + 3] > t3 else t3
+        top = max(max(t0, t1), max(t2, t3))
+        if not np.isfinite(top):
+            return -1
+        h = ny[start + r] + scale[1]
+        a = scale[0] * h * h + rel * scale[2]
+        t = top - rel * abs(top) - 2.0 * a - margin
+        t -= _COMPARE_SLACK * (abs(t) + abs(top) + margin)
+        floor = t / (1.0 + rel) if t >= 0 else t / (1.0 - rel)
+        # Few pairs are kept: components in groups of 8, skipping a group
+        # whose largest ℓ̂ is below the floor (one vectorised test).
+        for g in range(0, K, 8):
+            most = v[g]
+            for k in range(g + 1, g + 8):
+                most = v[k] if v[k] > most else most
+            if most < floor:
+                continue
+            for k in range(g, min(g + 8, K)):
+                if v[k] >= floor:
+                    pair_rows[c] = start + r
+                    pair_comps[c] = k
+                    if values.shape[0]:
+                        values[c] = v[k]
+                    c += 1
+    return c
+
+
+@compiled()
+def screen_pairs(  # pragma: no cover - compiled
+    X, origin, code, coefficients, bias, peak, bounds, margin, buffers
+):
+    """Candidate pairs of rows X from their log-densities ℓ̂ = Φ(y) · A + bias
+    of all pairs, computed in cache-sized sub-blocks in float32 where the
+    sub-block's own error bound allows it, else in float64
+    (:func:`dask_emk.core.mixture._screened_bounds` proves both bounds).
+
+    Parameters
+    ----------
+    X : ndarray of shape (n, d), any float dtype
+    origin : ndarray of shape (d,), float64
+    code : int, :data:`BLOCK_CODES`
+    coefficients : tuple (A32, A64) of shape (q + d, K), C-contiguous,
+        float32 (empty (0, K) when float32 is not allowed) and float64
+    bias, peak : ndarray of shape (K,), float64
+    bounds : tuple (scale32, scale64, rel, slack32): the :func:`select_exact`
+        error scales of each precision; a sub-block goes float32 when
+        scale32[0] (max ‖y‖ + scale32[1])² ≤ slack32
+    margin : float
+    buffers : tuple (phi32, phi64, G32, G64, ny, pair_rows, pair_comps,
+        values): flat (m (q + d),) and (m K,) of each dtype for sub-blocks
+        of m rows, (n,) float64, (n K,) intp twice and (n K,) float64 (or
+        (0,): values not wanted)
+
+    Returns
+    -------
+    offsets, rows : as :func:`select_pairs`
+    log_dens : ndarray of shape (n_pairs,), float64: the pairs' ℓ̂ if values
+        were wanted and no sub-block went float32, else empty
+    finite : bool, False if a row's best log-density is not finite (then
+        nothing else is to be used)
+    """
+    A32, A64 = coefficients
+    scale32, scale64, rel, slack32 = bounds
+    phi32, phi64, G32, G64, ny, pair_rows, pair_comps, values = buffers
+    found = (pair_rows, pair_comps, values)
+    n = X.shape[0]
+    K = bias.shape[0]
+    nf = A64.shape[0]
+    m = phi64.shape[0] // nf
+    kept = 0
+    n32 = 0
+    for start in range(0, n, m):
+        stop = min(start + m, n)
+        small = A32.shape[0] > 0
+        if small:
+            f32 = phi32[: nf * (stop - start)].reshape(stop - start, nf)
+            screen_features(X, origin, code, start, f32, ny)
+            most = 0.0
+            for i in range(start, stop):
+                most = max(most, ny[i])
+            h = most + scale32[1]
+            small = scale32[0] * h * h <= slack32
+        if small:
+            G = G32[: K * (stop - start)].reshape(stop - start, K)
+            np.dot(f32, A32, G)
+            kept = _select_screened(G, start, bias, peak, ny, scale32, rel, margin,
+                                    found, kept)  # fmt: skip
+            n32 += stop - start
+        else:
+            f64 = phi64[: nf * (stop - start)].reshape(stop - start, nf)
+            screen_features(X, origin, code, start, f64, ny)
+            G = G64[: K * (stop - start)].reshape(stop - start, K)
+            np.dot(f64, A64, G)
+            kept = _select_screened(G, start, bias, peak, ny, scale64, rel, margin,
+                                    found, kept)  # fmt: skip
+        if kept < 0:
+            return np.zeros(K + 1, dtype=np.intp), np.zeros(0, dtype=np.intp), np.zeros(0), False
+    # Component-major (rows ascending within a component): a counting sort.
+    offsets = np.zeros(K + 1, dtype=np.intp)
+    for p in range(kept):
+        offsets[pair_comps[p] + 1] += 1
+    offsets = np.cumsum(offsets)
+    fill = offsets[:K].copy()
+    rows = np.empty(kept, dtype=np.intp)
+    log_dens = np.empty(kept if values.shape[0] and n32 == 0 else 0)
+    for p in range(kept):
+        k = pair_comps[p]
+        rows[fill[k]] = pair_rows[p]
+        if log_dens.shape[0]:
+            log_dens[fill[k]] = values[p]
+        fill[k] += 1
+    return offsets, rows, log_dens, True

@@ -643,6 +643,8 @@ def exact_candidates(covariance_type: str, d: int) -> bool:
     block at convergence but ~30 ms early in a fit (two candidates a row),
     against 18.5 and ~21 ms from its exact log-densities (dense: 22 ms):
     the bounds' own pass costs about what the dense GEMM of 2d features does.
+    Screened in cache-sized pieces (:func:`_screened_bounds`) the exact
+    log-densities now take 13.4-14.7 ms (bench_sparse_kernel, blobs).
     """
     return n_quadratic(d, covariance_type) + d <= EXACT_FEATURES * d
 
@@ -792,8 +794,9 @@ def candidate_pairs(
     all skipped ones together below e^-PRUNE_NATS ≈ 0.4 ε of the row's total.
     The last nat covers the rounding of the bounds' own few operations (with
     a relative allowance for huge values, :func:`loops.select_pairs`).
-    Bounds: :func:`_exact_bounds`, or :func:`_metric_bounds` if not ``exact``
-    and not :func:`exact_candidates`.
+    Bounds: :func:`_screened_bounds` where :func:`_screened`, else
+    :func:`_exact_bounds`, or :func:`_metric_bounds` if not ``exact`` and
+    not :func:`exact_candidates`.
     """
     K, d = params.means.shape
     scratch = Scratch() if scratch is None else scratch
@@ -802,6 +805,9 @@ def candidate_pairs(
     # the dense path, which counts and drops them.
     with np.errstate(invalid="ignore", over="ignore"):
         nm = np.sqrt(np.einsum("ij,ij->i", params.shifted_means, params.shifted_means))
+        if _screened(params.covariance_type, d):
+            origin = np.zeros(d) if origin is None else origin
+            return _screened_bounds(X, origin, params, nm, margin, scratch)
         if exact or exact_candidates(params.covariance_type, d):
             Y = X if origin is None else np.subtract(X, origin, dtype=np.float64)
             ny = np.sqrt(np.einsum("ij,ij->i", Y, Y))
@@ -828,6 +834,21 @@ def _exact_bounds(Y, params: MixtureParams, ny, nm, margin: float, scratch) -> C
     # sparse sub-block would be (q + d) / (d + K) times its size.
     for rows in mixture_sub_blocks(n, d, params.covariance_type, K):
         weighted_log_prob(Y[rows], params, scratch, out=log_dens[:, rows])
+    top = log_dens.max(axis=0)
+    if not np.isfinite(top).all():
+        return None
+    rows_buffer = scratch.get("rows_buffer", (K, n)).view(np.intp)
+    eps = np.finfo(np.float64).eps
+    found = loops.select_exact(log_dens, top, ny, _float64_scale(params, nm), 4 * eps, margin,
+                               rows_buffer)  # fmt: skip
+    return Candidates(*found, log_dens)
+
+
+def _float64_scale(params: MixtureParams, nm: np.ndarray) -> np.ndarray:
+    """``scale`` of :func:`loops.select_exact` for log-densities computed in
+    float64 (:func:`_exact_bounds`): the largest (q + 2d + 8) ε tr P_k, the
+    largest ‖μ_k‖ and the largest finite |peak_k|."""
+    d = params.means.shape[1]
     U = params.precisions_cholesky
     if COVARIANCE_TYPES[params.covariance_type].block == "matrix":
         trace = np.einsum("...ij,...ij->...", U, U)
@@ -835,17 +856,143 @@ def _exact_bounds(Y, params: MixtureParams, ny, nm, margin: float, scratch) -> C
         trace = (U**2).sum(axis=-1) if U.ndim == 2 else d * U**2
     eps = np.finfo(np.float64).eps
     peak = params.log_peak[np.isfinite(params.log_peak)]
-    scale = np.array([
+    return np.array([
         (n_quadratic(d, params.covariance_type) + 2 * d + 8) * eps * np.max(trace),
         np.max(nm),
         np.max(np.abs(peak), initial=0.0),
     ])  # fmt: skip
-    top = log_dens.max(axis=0)
-    if not np.isfinite(top).all():
+
+
+#: Private switch: False screens every pair in float64 (tests, benchmarks).
+SCREEN_FLOAT32 = True
+
+#: Smallest K (q + d) (components times features Φ) for which
+#: :func:`_screened_bounds` may go float32: the float32 GEMM takes ~45% of
+#: the float64 one's time, but the candidates' exact log-densities must then
+#: be computed again (float64 ones are kept). Measured per 65,536-row block
+#: (one BLAS thread, 2-core AMD EPYC), float64 against float32: diag d = 32
+#: K = 16 (1024) 13.0 vs 13.1 ms, K = 48 (3072) 21.6 vs 20.3; spherical
+#: d = 32 K = 16 (528) 12.8 vs 14.2; full d = 2 K = 100 (500) 40.1 vs 44.5.
+SCREEN_FLOAT32_WORK = 2048
+
+#: Rows of a sub-block of :func:`_screened_bounds` (its features and
+#: log-densities stay in cache between the GEMM and the selection).
+SCREEN_ROWS = 2048
+
+#: Largest error, in nats, a float32 sub-block's log-densities may carry
+#: (:func:`_float32_scale`); above it the sub-block is screened in float64.
+#: Each nat widens the candidates' window by two.
+SCREEN_SLACK = 0.5
+
+
+def _screened(covariance_type: str, d: int) -> bool:
+    """Whether :func:`_screened_bounds` finds the candidates: every
+    :func:`exact_candidates` type but the whitened one (tied, whose
+    log-densities are distances of whitened rows)."""
+    whitened = COVARIANCE_TYPES[covariance_type].whitened
+    return exact_candidates(covariance_type, d) and not whitened
+
+
+def _screened_bounds(
+    X, origin, params: MixtureParams, nm, margin: float, scratch
+) -> Candidates | None:
+    """Candidates from the log-densities ℓ̂ = Φ(y) · A + b of all pairs, y = X
+    − origin, computed and selected in sub-blocks of SCREEN_ROWS rows
+    (:func:`loops.screen_pairs`): in float32 where the sub-block's error
+    bound (:func:`_float32_scale`) is at most SCREEN_SLACK nats, else in
+    float64 with the bound of :func:`_exact_bounds`. Each pair is kept as
+    :func:`loops.select_exact` keeps it, so a skipped pair's exact
+    log-density is below its row's best minus ``margin`` in both cases.
+
+    Unlike :func:`_exact_bounds` no shifted copy of X and no (K, n)
+    log-densities are formed (10.6 against 19.1 ms a 65,536-row diag block,
+    d = 32, K = 16). Where every sub-block went float64 the candidates keep
+    their ℓ̂, the dense E-step's arithmetic; otherwise
+    :func:`pair_log_densities` computes them (a float32 ℓ̂ is not exact).
+    """
+    K, d = params.means.shape
+    n = X.shape[0]
+    A, bias = params.log_prob_coefficients
+    m = min(SCREEN_ROWS, max(n, 1))
+    wide = SCREEN_FLOAT32 and A.size >= SCREEN_FLOAT32_WORK
+    A32, scale32 = _float32_scale(params) if wide else (np.zeros((0, K), np.float32), np.zeros(3))
+    eps = np.finfo(np.float64).eps
+    bounds = (scale32, _float64_scale(params, nm), 4 * eps, SCREEN_SLACK)
+    buffers = (
+        _float32_buffer(scratch, "phi32", m * A.shape[0]), scratch.get("phi64", (m * A.shape[0],)),
+        _float32_buffer(scratch, "G32", m * K), scratch.get("G64", (m * K,)),
+        scratch.get("ny", (n,)), scratch.get("rows_buffer", (K * n,)).view(np.intp),
+        scratch.get("comps_buffer", (K * n,)).view(np.intp),
+        scratch.get("pair_values", (K * n,)),
+    )  # fmt: skip
+    code = loops.BLOCK_CODES[COVARIANCE_TYPES[params.covariance_type].block]
+    offsets, rows, log_dens, finite = loops.screen_pairs(
+        X, origin, code, (A32, np.ascontiguousarray(A)), bias, params.log_peak, bounds, margin,
+        buffers,
+    )  # fmt: skip
+    if not finite:
         return None
-    rows_buffer = scratch.get("rows_buffer", (K, n)).view(np.intp)
-    found = loops.select_exact(log_dens, top, ny, scale, 4 * eps, margin, rows_buffer)
-    return Candidates(*found, log_dens)
+    return Candidates(offsets, rows, pair_log_dens=log_dens if log_dens.size == rows.size else None)
+
+
+def _float32_buffer(scratch: Scratch, name: str, size: int) -> np.ndarray:
+    """A float32 array of ``size`` elements on a float64 scratch buffer."""
+    return scratch.get(name, (-(-size // 2),)).view(np.float32)[:size]
+
+
+def _float32_scale(params: MixtureParams) -> tuple[np.ndarray, np.ndarray]:
+    """(Â, scale): the coefficients A (q + d, K) of
+    :attr:`MixtureParams.log_prob_coefficients` rounded to float32, and the
+    ``scale`` of :func:`loops.select_exact` that bounds the error of
+    log-densities computed from them in float32 by :func:`loops.screen_pairs`
+    (Â empty where the coefficients' range does not allow float32).
+
+    The reference is the exact value ℓ = Φ(y) · A_k + b_k of the float64
+    A and b, y = x − origin exact (the dense E-step's float64 ℓ̂ and the
+    pair loops' are within float64 rounding of it, which the margin's last
+    nat covers). With u = 2⁻²⁴ and n_f = q + d features:
+
+    - ỹ = fl32(fl64(x − origin)) = y (1 + δ), |δ| ≤ u + u₆₄ + u u₆₄ ≤ 1.01 u,
+      so every feature φ̃ (ỹ, a product of two ỹ rounded once, or ‖ỹ‖²
+      summed in float64 and rounded once) is within 3.1 u |φ| of φ(y);
+      Â_fk = fl32(A_fk) within u |A_fk|; each product within 4.2 u |φ A|.
+    - The float32 dot product of the GEMM (any order, FMA or not) adds
+      γ_(n_f) Σ |φ̃ Â| ≤ γ_(n_f) (1 + 4.2 u) T (Higham, eq. 3.5), with
+      T_ik = Σ_f |φ_f(y_i) A_fk|. In all, |ĝ − Φ · A_k| ≤ (n_f + 5) u T for
+      n_f u ≤ 2⁻¹⁰; twice that is allowed: c = 2 (n_f + 5) u.
+    - T_ik ≤ α ‖y‖² + β ‖y‖ ≤ α (‖y‖ + β / 2α)², with β the largest
+      ‖A_k‖ of the linear terms (Cauchy-Schwarz) and α the largest
+      quadratic coefficient (diagonal and scalar blocks: Σ_j y_j² = ‖y‖²)
+      or the largest ‖A_k‖ of the quadratic ones (matrix: Σ_(a≤b) y_a² y_b²
+      ≤ ‖y‖⁴).
+    - Adding b_k in float64 (and clipping at the peak, which ℓ does not
+      exceed) rounds by u₆₄ |ℓ̂|: the ``rel`` term of :func:`loops.select_exact`.
+    - Under- and overflow: with every non-zero |A_fk| in [2⁻⁶⁰, 2⁶⁰] and a
+      sub-block only taken in float32 when c T ≤ SCREEN_SLACK (so T < 2¹⁷,
+      every φ̃ < 2⁷⁸ and product < 2¹⁸: no overflow), each underflow costs
+      at most 2⁻¹⁵⁰ in a feature or product, n_f 2⁻⁸⁷ in all: the absolute
+      term n_f 2⁻⁸⁰ covers it.
+
+    So scale = [c α, β / 2α, n_f 2⁻⁸⁰ / rel] with rel = 4 ε, the ``rel`` of
+    :func:`_screened_bounds`.
+    """
+    A, _ = params.log_prob_coefficients
+    d = params.means.shape[1]
+    q = A.shape[0] - d
+    block = COVARIANCE_TYPES[params.covariance_type].block
+    quad, linear = np.abs(A[:q]), A[q:]
+    alpha = np.max(np.sqrt((quad**2).sum(axis=0)) if block == "matrix" else quad.max(axis=0))
+    beta = np.max(np.sqrt((linear**2).sum(axis=0)))
+    nonzero = np.abs(A[A != 0])
+    usable = np.isfinite(A).all() and alpha > 0 and (
+        nonzero.min(initial=1.0) >= 2.0**-60 and nonzero.max(initial=1.0) <= 2.0**60)
+    if not usable:
+        return np.zeros((0, A.shape[1]), np.float32), np.zeros(3)
+    n_f = A.shape[0]
+    c = 2 * (n_f + 5) * 2.0**-24
+    rel = 4 * np.finfo(np.float64).eps
+    scale = np.array([c * alpha, beta / (2 * alpha), n_f * 2.0**-80 / rel])
+    return np.ascontiguousarray(A, dtype=np.float32), scale
 
 
 def _metric_bounds(
@@ -991,8 +1138,9 @@ def _probed_plan(X: np.ndarray, params: MixtureParams, scratch: Scratch) -> Spar
     mode = modes[0]
     most = _most_candidates(mode, K, d)
     exact = mode != "bounds"
-    # The bounds read X itself; the exact log-densities need the shifted rows.
-    Y = shift_block(X, params.origin, scratch) if exact else None
+    # The bounds and the screens read X itself; tied's exact log-densities
+    # (and "exact full"'s) need the shifted rows.
+    Y = shift_block(X, params.origin, scratch) if exact and not _screened(ct, d) else None
     found = candidate_pairs(X, params, scratch, exact, params.origin) if Y is None else (
         candidate_pairs(Y, params, scratch, exact))  # fmt: skip
     # Near the break-even going dense now would waste the candidates' work:
@@ -1051,7 +1199,8 @@ def pair_log_densities(plan: SparsePlan, params: MixtureParams) -> np.ndarray:
 
     Matrix blocks: one GEMM of each component's gathered rows with its
     Cholesky factor; small matrices (d ≤ SMALL_MATRIX), diagonal and scalar
-    blocks: one fused compiled loop over the pairs. Read from the exact
+    blocks: one fused compiled loop over the pairs (diagonal and scalar: in
+    row order, :attr:`SparsePlan.row_major`, which the moments reuse). Read from the exact
     log-densities of all pairs where the candidates were found with them.
     """
     ctype = COVARIANCE_TYPES[params.covariance_type]
@@ -1071,7 +1220,8 @@ def pair_log_densities(plan: SparsePlan, params: MixtureParams) -> np.ndarray:
         loops.pair_log_densities_matrix(*args, U, params.log_peak, out)
         return out
     prec = params.precisions_cholesky**2
-    loops.pair_log_densities(*args, prec.reshape(prec.shape[0], -1), params.log_peak, out)
+    loops.pair_log_densities(plan.X, plan.origin, *plan.row_major, plan.rows, params.shifted_means,
+                             prec.reshape(prec.shape[0], -1), params.log_peak, out)  # fmt: skip
     return out
 
 
