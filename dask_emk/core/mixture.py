@@ -866,7 +866,8 @@ def _metric_bounds(
     plan = SparsePlan(X, origin, likely, scratch)
     likely.pair_log_dens = pair_log_densities(plan, params)
     floor = np.maximum(lower, _best_floor(likely, guess, params, ny, nm))
-    offsets, rows = loops.select_pairs(upper, floor, margin)
+    rows_buffer = scratch.get("select_buffer", (K, n)).view(np.intp)
+    offsets, rows = loops.select_pairs(upper, floor, margin, rows_buffer)
     if np.array_equal(offsets, likely.offsets) and np.array_equal(rows, likely.rows):
         return likely
     return _merged_with_likely(X, origin, Candidates(offsets, rows), guess, likely, params, scratch)
