@@ -1,4 +1,5 @@
-"""Compiled row loops (numba): the k-means assignment, full-covariance features.
+"""Compiled row loops (numba): the k-means assignment, full-covariance features,
+the sparse E-step's bounds and pair loops.
 
 Why compiled: after the one GEMM of distances, numpy needs a separate pass
 over the (n, K) distance matrix for every step (add the centre norms, argmin,
@@ -463,9 +464,9 @@ def pair_top(offsets, rows, log_dens, n):  # pragma: no cover - compiled
 @compiled()
 def pair_log_densities(X, origin, offsets, rows, M, prec, peak, out):  # pragma: no cover
     """out[p] = peak_k − ½ Σ_j prec[k, j] (y_j − m_kj)² over the pairs p of each
-    component k (layout of :func:`select_pairs`), y = x − origin as
-    :func:`metric_rows`; ``prec`` is (K, d), or (K, 1) for one variance per
-    component. Diagonal and scalar blocks only."""
+    component k (layout of :func:`select_pairs`), y = x − origin in float64
+    (as ``np.subtract(X, origin, dtype=float64)``); ``prec`` is (K, d), or
+    (K, 1) for one variance per component. Diagonal and scalar blocks only."""
     d = X.shape[1]
     for k in range(offsets.shape[0] - 1):
         for p in range(offsets[k], offsets[k + 1]):
@@ -506,8 +507,8 @@ def row_major(offsets, rows, n):  # pragma: no cover - compiled
 @compiled()
 def pair_moments(X, origin, order, component, rows, wr, N, SY, second):  # pragma: no cover
     """Add Σ wr, Σ wr y and Σ wr y² (per feature if ``second`` is (K, d), summed
-    over features if it is (K, 1)) over the pairs, y = x − origin as
-    :func:`metric_rows`, in the order of :func:`row_major`. The two cases
+    over features if it is (K, 1)) over the pairs, y = x − origin in float64,
+    in the order of :func:`row_major`. The two cases
     are separate loops, so the inner one over features vectorises."""
     d = X.shape[1]
     scalar = second.shape[1] == 1
