@@ -620,11 +620,13 @@ def _prefetch(typingctx, X, i, j):  # pragma: no cover - compiled
         array = context.make_array(array_type)(context, builder, args[0])
         address = cgutils.get_item_pointer(context, builder, array_type, array, args[1:],
                                            wraparound=False)  # fmt: skip
-        i32 = llvm_ir.IntType(32)
-        function_type = llvm_ir.FunctionType(llvm_ir.VoidType(), [address.type, i32, i32, i32])
-        function = cgutils.get_or_insert_function(builder.module, function_type, "llvm.prefetch.p0")
+        i32, byte_pointer = llvm_ir.IntType(32), llvm_ir.IntType(8).as_pointer()
+        # The unmangled name with an i8* address: LLVM's parser upgrades it to
+        # the mangled intrinsic of its own pointer model, typed or opaque.
+        function_type = llvm_ir.FunctionType(llvm_ir.VoidType(), [byte_pointer, i32, i32, i32])
+        function = cgutils.get_or_insert_function(builder.module, function_type, "llvm.prefetch")
         read, keep, data = (llvm_ir.Constant(i32, v) for v in (0, 3, 1))
-        builder.call(function, [address, read, keep, data])
+        builder.call(function, [builder.bitcast(address, byte_pointer), read, keep, data])
         return context.get_dummy_value()
 
     return numba.types.void(X, i, j), codegen
