@@ -816,13 +816,15 @@ def pair_moments_matrix(X, origin, offsets, rows, wr, N, SY, second):  # pragma:
     order; ``second`` may have no columns) over the pairs of each component
     (layout of :func:`select_pairs`), y = x − origin as :func:`_shifted_chunk`."""
     d = X.shape[1]
+    if second.shape[1] == 0:
+        _first_moments(X, origin, offsets, rows, wr, N, SY)
+        return
     chunk = _chunk_pairs(d)
     zero = np.zeros(d)
     yT = np.empty((d, chunk))
     raw = np.empty((chunk, d), X.dtype)
     wyT = np.empty((d, chunk))
-    side = d if second.shape[1] else 0
-    S = np.empty((side, side))
+    S = np.empty((d, d))
     for k in range(offsets.shape[0] - 1):
         S[...] = 0.0
         for start in range(offsets[k], offsets[k + 1], chunk):
@@ -831,7 +833,25 @@ def pair_moments_matrix(X, origin, offsets, rows, wr, N, SY, second):  # pragma:
             _shifted_chunk(X, origin, zero, rows[start:stop], ahead, raw, yT)
             _outer_sums(yT, wr[start:stop], stop - start, wyT, S, k, N, SY)
         c = 0
-        for a in range(side):
-            for b in range(a, side):
+        for a in range(d):
+            for b in range(a, d):
                 second[k, c] += S[a, b]
                 c += 1
+
+
+@compiled(fastmath=False)
+def _first_moments(X, origin, offsets, rows, wr, N, SY):  # pragma: no cover - compiled
+    """Add Σ wr and Σ wr y only, pair by pair (the row's features in a
+    vectorised update of SY[k]: no transposed chunks needed), y = x − origin
+    as :func:`_shifted_chunk`, prefetching the rows 16 pairs ahead."""
+    d = X.shape[1]
+    line = 64 // X.itemsize
+    for k in range(offsets.shape[0] - 1):
+        for p in range(offsets[k], offsets[k + 1]):
+            if p + 16 < rows.shape[0]:
+                for j in range(0, d, line):
+                    _prefetch(X, rows[p + 16], j)
+            i, w = rows[p], wr[p]
+            N[k] += w
+            for j in range(d):
+                SY[k, j] += w * (np.float64(X[i, j]) - origin[j])
