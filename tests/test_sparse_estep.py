@@ -333,3 +333,59 @@ def test_bounds_of_components_spread_over_several_clusters(monkeypatch):
     plain = mixture.MixtureParams(params.means, params.log_weights, params.precisions_cholesky,
                                   "full", params.origin)  # fmt: skip
     assert mixture.candidate_pairs(Y, plain, exact=False).offsets[-1] > 1.5 * needed
+
+
+def random_pairs(rng, n, K, per_row=1.5):
+    """A candidate layout (offsets, rows) as :func:`loops.select_pairs` makes
+    it: each component's rows ascending; one component left empty."""
+    comp = rng.integers(1, K, int(per_row * n))  # component 0 gets no pair
+    row = rng.integers(0, n, comp.size)
+    order = np.lexsort((row, comp))
+    offsets = np.searchsorted(comp[order], np.arange(K + 1))
+    return offsets.astype(np.intp), row[order].astype(np.intp)
+
+
+@pytest.mark.parametrize("d", [2, 3, 6, 8, 13, 64])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_matrix_pair_loops_equal_numpy(d, dtype):
+    """The chunked pair loops of full covariance (vectorised along the pairs,
+    in 4 × 4 blocks, the next rows prefetched) against plain numpy: d below,
+    at and past the blocks' width, chunks of several sizes, an empty
+    component, a factor with non-zeros below its diagonal."""
+    from dask_emk.core import loops
+
+    rng = np.random.default_rng(d)
+    n, K = 700, 4
+    X = (rng.normal(size=(n, d)) * 3 + 1e3).astype(dtype)
+    origin = X[:50].astype(np.float64).mean(axis=0)
+    M = rng.normal(size=(K, d))
+    U = np.triu(rng.normal(size=(K, d, d)))
+    U[3] = rng.normal(size=(d, d))  # any factor, not only upper triangular
+    peak = rng.normal(size=K)
+    wr = rng.uniform(size=2 * n)
+    offsets, rows = random_pairs(rng, n, K)
+    wr = wr[: rows.size]
+    Y = X.astype(np.float64) - origin
+    out = np.empty(rows.size)
+    for factors in (U, U[1:2]):  # per component, and pooled (tied)
+        loops.pair_log_densities_matrix(X, origin, offsets, rows, M, factors, peak, out)
+        for k in range(K):
+            pairs = slice(offsets[k], offsets[k + 1])
+            z = (Y[rows[pairs]] - M[k]) @ factors[k % factors.shape[0]]
+            maha = np.einsum("ij,ij->i", z, z)
+            # to rounding of the terms (the peak cancels against the distance)
+            bound = 1e-13 * (abs(peak[k]) + maha)
+            assert np.all(np.abs(out[pairs] - (peak[k] - 0.5 * maha)) <= bound)
+    upper = np.triu_indices(d)
+    for columns in (upper[0].size, 0):  # with second moments, and without (tied)
+        N, SY, second = np.zeros(K), np.zeros((K, d)), np.zeros((K, columns))
+        loops.pair_moments_matrix(X, origin, offsets, rows, wr, N, SY, second)
+        for k in range(K):
+            pairs = slice(offsets[k], offsets[k + 1])
+            Yk, w = Y[rows[pairs]], wr[pairs]
+            assert N[k] == pytest.approx(w.sum(), rel=1e-14)
+            np.testing.assert_allclose(SY[k], w @ Yk, rtol=1e-12, atol=1e-9 * n)
+            if columns:
+                expected = ((Yk * w[:, None]).T @ Yk)[upper]
+                np.testing.assert_allclose(second[k], expected, rtol=1e-12, atol=1e-6 * n)
+    assert offsets[1] == 0 and N[0] == 0.0

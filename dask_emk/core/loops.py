@@ -1,4 +1,5 @@
-"""Compiled row loops (numba): the k-means assignment, full-covariance features.
+"""Compiled row loops (numba): the k-means assignment, full-covariance features,
+the sparse E-step's bounds and pair loops.
 
 Why compiled: after the one GEMM of distances, numpy needs a separate pass
 over the (n, K) distance matrix for every step (add the centre norms, argmin,
@@ -18,6 +19,9 @@ from __future__ import annotations
 
 import numba
 import numpy as np
+from llvmlite import ir as llvm_ir
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 _SAFE_FAST_MATH = {"reassoc", "contract"}
 
@@ -313,11 +317,13 @@ def pair_bounds(  # pragma: no cover - compiled
             upper[i, k] = min(upper[i, k], peak[k] - 0.5 * max(m, 0.0))
         best = -np.inf
         middle = -np.inf
+        choice = 0  # in a local, not stored to guess[i] at each step (25% faster)
         for k in range(K):
             best = max(best, lo[k])
             if upper[i, k] + lo[k] > middle:
                 middle = upper[i, k] + lo[k]
-                guess[i] = k
+                choice = k
+        guess[i] = choice
         if not np.isfinite(best):
             return lower, guess, False
         lower[i] = best
@@ -345,7 +351,7 @@ _COMPARE_SLACK = 8.0 * np.finfo(np.float64).eps
 
 
 @compiled(fastmath=_SAFE_FAST_MATH)
-def select_pairs(upper, floor, margin):  # pragma: no cover - compiled
+def select_pairs(upper, floor, margin, rows_buffer):  # pragma: no cover - compiled
     """The pairs whose upper bound reaches their row's floor − margin (with a
     relative allowance for the rounding of the bounds' few operations).
 
@@ -354,6 +360,7 @@ def select_pairs(upper, floor, margin):  # pragma: no cover - compiled
     upper : ndarray of shape (n, K)
     floor : ndarray of shape (n,), a lower bound on each row's best log-density
     margin : float
+    rows_buffer : ndarray of shape (K, n), intp, overwritten
 
     Returns
     -------
@@ -366,18 +373,13 @@ def select_pairs(upper, floor, margin):  # pragma: no cover - compiled
     for i in range(n):
         for k in range(K):
             slack = _COMPARE_SLACK * (abs(upper[i, k]) + abs(floor[i]))
-            if upper[i, k] + slack >= floor[i] - margin:
-                counts[k + 1] += 1
-            else:
-                upper[i, k] = np.nan  # marks a skipped pair for the second pass
+            # Written always, kept by advancing the count: no branch.
+            rows_buffer[k, counts[k + 1]] = i
+            counts[k + 1] += upper[i, k] + slack >= floor[i] - margin
     offsets = np.cumsum(counts)
     rows = np.empty(offsets[K], dtype=np.intp)
-    fill = offsets[:K].copy()
-    for i in range(n):
-        for k in range(K):
-            if not np.isnan(upper[i, k]):
-                rows[fill[k]] = i
-                fill[k] += 1
+    for k in range(K):
+        rows[offsets[k] : offsets[k + 1]] = rows_buffer[k, : counts[k + 1]]
     return offsets, rows
 
 
@@ -480,8 +482,9 @@ def _weighted_distance(y, m, prec):  # pragma: no cover - compiled
 @compiled()
 def pair_log_densities(X, origin, order, component, rows, M, prec, peak, out):  # pragma: no cover
     """out[p] = peak_k − ½ Σ_j prec[k, j] (y_j − m_kj)² over the pairs p,
-    y = x − origin as :func:`gather_shift`; ``prec`` is (K, d), or (K, 1)
-    for one variance per component. Diagonal and scalar blocks only.
+    y = x − origin in float64 (as ``np.subtract(X, origin, dtype=float64)``);
+    ``prec`` is (K, d), or (K, 1) for one variance per component. Diagonal
+    and scalar blocks only.
 
     Walks the pairs in the row order of :func:`row_major` (``order``,
     ``component``), so X is read once, front to back, and each row shifted
@@ -521,8 +524,8 @@ def row_major(offsets, rows, n):  # pragma: no cover - compiled
 @compiled()
 def pair_moments(X, origin, order, component, rows, wr, N, SY, second):  # pragma: no cover
     """Add Σ wr, Σ wr y and Σ wr y² (per feature if ``second`` is (K, d), summed
-    over features if it is (K, 1)) over the pairs, y = x − origin as
-    :func:`gather_shift`, in the order of :func:`row_major`. The two cases
+    over features if it is (K, 1)) over the pairs, y = x − origin in float64,
+    in the order of :func:`row_major`. The two cases
     are separate loops, so the inner one over features vectorises."""
     d = X.shape[1]
     scalar = second.shape[1] == 1
@@ -544,51 +547,6 @@ def pair_moments(X, origin, order, component, rows, wr, N, SY, second):  # pragm
                 wy = w * y[j]
                 sy[j] += wy
                 sq[j] += wy * y[j]
-
-
-@compiled()
-def pair_log_densities_matrix(X, origin, offsets, rows, M, U, peak, out):  # pragma: no cover
-    """out[p] = peak_k − ½ ‖(y − m_k) U_k‖² over the pairs p of each component
-    k, y = x − origin as :func:`gather_shift`; U is (K, d, d), or (1, d, d)
-    pooled (tied). For small d, where a GEMM per component costs more in
-    calls than in arithmetic."""
-    d = X.shape[1]
-    diff = np.empty(d)
-    for k in range(offsets.shape[0] - 1):
-        Uk = U[k if U.shape[0] > 1 else 0]
-        for p in range(offsets[k], offsets[k + 1]):
-            i = rows[p]
-            for j in range(d):
-                diff[j] = (np.float64(X[i, j]) - origin[j]) - M[k, j]
-            acc = 0.0
-            for c in range(d):
-                z = 0.0
-                for r in range(d):
-                    z += diff[r] * Uk[r, c]
-                acc += z * z
-            out[p] = peak[k] - 0.5 * acc
-
-
-@compiled()
-def pair_moments_matrix(X, origin, order, component, rows, wr, N, SY, second):  # pragma: no cover
-    """Add Σ wr, Σ wr y and the upper triangle of Σ wr y yᵀ (``np.triu_indices``
-    order; ``second`` may have no columns) over the pairs, y = x − origin as
-    :func:`gather_shift`, in the order of :func:`row_major`."""
-    d = X.shape[1]
-    y = np.empty(d)
-    for p in order:
-        i, k, w = rows[p], component[p], wr[p]
-        for j in range(d):
-            y[j] = np.float64(X[i, j]) - origin[j]
-        N[k] += w
-        c = 0
-        for a in range(d):
-            ya = w * y[a]
-            SY[k, a] += ya
-            if second.shape[1]:
-                for b in range(a, d):
-                    second[k, c] += ya * y[b]
-                    c += 1
 
 
 @compiled()
@@ -617,17 +575,6 @@ def metric_rows(X, origin, w, Z):  # pragma: no cover - compiled
         zz[i] = a
         ny[i] = np.sqrt(b)
     return zz, ny
-
-
-@compiled()
-def gather_shift(X, origin, rows, out):  # pragma: no cover - compiled
-    """out[p] = X[rows[p]] − origin in float64, as ``np.subtract(X, origin,
-    dtype=float64)[rows]`` without the shifted copy of all of X."""
-    d = X.shape[1]
-    for p in range(rows.shape[0]):
-        i = rows[p]
-        for j in range(d):
-            out[p, j] = np.float64(X[i, j]) - origin[j]
 
 
 @compiled()
@@ -667,20 +614,264 @@ def merge_likely(offsets, rows, guess, position):  # pragma: no cover - compiled
     return merged, source, first
 
 
+# ------------------------------------------- matrix blocks, a chunk of pairs at a time
+# Full covariance spends d(d+1)/2 products per pair twice: the quadratic form,
+# then the second moments. A pair at a time, those loops are scalar and bound
+# by loads and stores; GEMMs per component need a gathered copy of the rows.
+# Here each component's pairs go through in chunks of a few hundred: the
+# chunk's rows are shifted into a transposed buffer, one pair a column, and
+# the arithmetic runs along the columns of pairs, where it vectorises, with
+# a few rows of U or of the moments at a time held in registers. The shift
+# is a function without fast-math (module docstring); the arithmetic on the
+# shifted copy takes ``_SAFE_FAST_MATH``: only its sums are reordered, and
+# their rounding bounds (Higham's γ) hold in any order.
+
+
+@intrinsic
+def _prefetch(typingctx, X, i, j):  # pragma: no cover - compiled
+    """Hint the cache line of X[i, j] into cache (``llvm.prefetch``, no effect
+    on results): the rows of a component's pairs are scattered over the block."""
+
+    def codegen(context, builder, signature, args):
+        array_type = signature.args[0]
+        array = context.make_array(array_type)(context, builder, args[0])
+        address = cgutils.get_item_pointer(context, builder, array_type, array, args[1:],
+                                           wraparound=False)  # fmt: skip
+        i32, byte_pointer = llvm_ir.IntType(32), llvm_ir.IntType(8).as_pointer()
+        # The unmangled name with an i8* address: LLVM's parser upgrades it to
+        # the mangled intrinsic of its own pointer model, typed or opaque.
+        function_type = llvm_ir.FunctionType(llvm_ir.VoidType(), [byte_pointer, i32, i32, i32])
+        function = cgutils.get_or_insert_function(builder.module, function_type, "llvm.prefetch")
+        read, keep, data = (llvm_ir.Constant(i32, v) for v in (0, 3, 1))
+        builder.call(function, [builder.bitcast(address, byte_pointer), read, keep, data])
+        return context.get_dummy_value()
+
+    return numba.types.void(X, i, j), codegen
+
+
 @compiled()
-def gather_merged(X, origin, rows, source, likely, out):  # pragma: no cover - compiled
-    """out[p] = likely[source[p]] where source[p] ≥ 0, else X[rows[p]] − origin
-    in float64 (as :func:`gather_shift`)."""
+def _chunk_pairs(d):  # pragma: no cover - compiled
+    """Pairs per chunk: a multiple of 8 lanes, the (d, chunk) buffer at most 64 KB."""
+    return min(256, max(64, 8192 // d // 8 * 8))
+
+
+@compiled(fastmath=False)
+def _shifted_chunk(X, origin, mean, rows, ahead, raw, out):  # pragma: no cover - compiled
+    """out[j, q] = (x_j − origin_j) − mean_j of x = X[rows[q]] in float64 (the
+    two roundings of ``np.subtract(X, origin, dtype=float64) − mean``): the
+    pairs as columns; ``mean`` zero gives the shifted rows.
+
+    The rows are first copied as they are into ``raw`` (chunk, d), X's
+    dtype, then shifted column by column: 2x faster than writing the
+    transposed buffer straight from X. Prefetches the rows of the next
+    chunk, ``ahead``, meanwhile.
+    """
     d = X.shape[1]
-    for p in range(rows.shape[0]):
-        s = source[p]
-        if s >= 0:
+    line = 64 // X.itemsize
+    for q in range(rows.shape[0]):
+        if q < ahead.shape[0]:
+            for j in range(0, d, line):
+                _prefetch(X, ahead[q], j)
+        i = rows[q]
+        for j in range(d):
+            raw[q, j] = X[i, j]
+    for j in range(d):
+        shift, center = origin[j], mean[j]
+        for q in range(rows.shape[0]):
+            out[j, q] = (np.float64(raw[q, j]) - shift) - center
+
+
+@compiled()
+def _column_blocks(U):  # pragma: no cover - compiled
+    """U's columns in blocks of four, (⌈d/4⌉, d, 4), zero-padded past the last
+    column, and the rows each block needs, tops (⌈d/4⌉,): one past the last
+    row holding a non-zero in its columns. For the upper-triangular Cholesky
+    factors that skips the zeros below the diagonal without assuming them."""
+    d, width = U.shape
+    blocks = np.zeros(((width + 3) // 4, d, 4))
+    tops = np.zeros(blocks.shape[0], dtype=np.intp)
+    for c in range(width):
+        for r in range(d):
+            blocks[c // 4, r, c % 4] = U[r, c]
+            if U[r, c] != 0.0:
+                tops[c // 4] = max(tops[c // 4], r + 1)
+    return blocks, tops
+
+
+@compiled(fastmath=_SAFE_FAST_MATH)
+def _column_norms(diffT, blocks, tops, count, Z, out):  # pragma: no cover - compiled
+    """out[q] = ‖uᵀ U‖² of the first ``count`` columns u of diffT (d, chunk),
+    U in the blocks of :func:`_column_blocks` (the rows past a block's top
+    are zero there, so their products are left out).
+
+    Four columns of uᵀ U at a time (work space Z, (4, chunk)) from four rows
+    of diffT at a time: 16 products per four loads and stores of Z.
+    """
+    out[:count] = 0.0
+    z0, z1, z2, z3 = Z[0], Z[1], Z[2], Z[3]
+    for block in range(blocks.shape[0]):
+        Ub, top = blocks[block], tops[block]
+        Z[:, :count] = 0.0
+        r = 0
+        while r + 4 <= top:
+            a0, a1, a2, a3 = diffT[r], diffT[r + 1], diffT[r + 2], diffT[r + 3]
+            # In locals: loaded once, not after every store to Z.
+            u00, u01, u02, u03 = Ub[r, 0], Ub[r, 1], Ub[r, 2], Ub[r, 3]
+            u10, u11, u12, u13 = Ub[r + 1, 0], Ub[r + 1, 1], Ub[r + 1, 2], Ub[r + 1, 3]
+            u20, u21, u22, u23 = Ub[r + 2, 0], Ub[r + 2, 1], Ub[r + 2, 2], Ub[r + 2, 3]
+            u30, u31, u32, u33 = Ub[r + 3, 0], Ub[r + 3, 1], Ub[r + 3, 2], Ub[r + 3, 3]
+            for q in range(count):
+                x0, x1, x2, x3 = a0[q], a1[q], a2[q], a3[q]
+                z0[q] += x0 * u00 + x1 * u10 + x2 * u20 + x3 * u30
+                z1[q] += x0 * u01 + x1 * u11 + x2 * u21 + x3 * u31
+                z2[q] += x0 * u02 + x1 * u12 + x2 * u22 + x3 * u32
+                z3[q] += x0 * u03 + x1 * u13 + x2 * u23 + x3 * u33
+            r += 4
+        for last in range(r, top):
+            a0 = diffT[last]
+            u00, u01, u02, u03 = Ub[last, 0], Ub[last, 1], Ub[last, 2], Ub[last, 3]
+            for q in range(count):
+                x0 = a0[q]
+                z0[q] += x0 * u00
+                z1[q] += x0 * u01
+                z2[q] += x0 * u02
+                z3[q] += x0 * u03
+        for q in range(count):
+            out[q] += z0[q] * z0[q] + z1[q] * z1[q] + z2[q] * z2[q] + z3[q] * z3[q]
+
+
+@compiled(fastmath=_SAFE_FAST_MATH)
+def _outer_sums(yT, w, count, wyT, S, k, N, SY):  # pragma: no cover - compiled
+    """Add Σ w to N[k], Σ w y to SY[k] and Σ w y yᵀ to the upper triangle
+    (and some entries below it) of S (d, d) over the first ``count`` columns
+    y of yT (d, chunk), weights w; nothing to S if it has no rows.
+
+    wyT (d, chunk) is work space. Products as dot products along the pairs,
+    a 4 × 4 block of them per sweep: 16 products per eight loads.
+    """
+    d = yT.shape[0]
+    N[k] += w[:count].sum()
+    for a in range(d):
+        s = 0.0
+        for q in range(count):
+            wyT[a, q] = w[q] * yT[a, q]
+            s += wyT[a, q]
+        SY[k, a] += s
+    if S.shape[0] == 0:
+        return
+    if d < 4:
+        for a in range(d):
+            for b in range(a, d):
+                s = 0.0
+                for q in range(count):
+                    s += wyT[a, q] * yT[b, q]
+                S[a, b] += s
+        return
+    last = d - 4  # blocks start at most here: they overlap near the end
+    for a0 in range(0, d, 4):
+        a = min(a0, last)
+        w0, w1, w2, w3 = wyT[a], wyT[a + 1], wyT[a + 2], wyT[a + 3]
+        for b0 in range(a0, d, 4):
+            b = min(b0, last)
+            y0, y1, y2, y3 = yT[b], yT[b + 1], yT[b + 2], yT[b + 3]
+            s00 = s01 = s02 = s03 = s10 = s11 = s12 = s13 = 0.0
+            s20 = s21 = s22 = s23 = s30 = s31 = s32 = s33 = 0.0
+            for q in range(count):
+                v0, v1, v2, v3 = w0[q], w1[q], w2[q], w3[q]
+                e0, e1, e2, e3 = y0[q], y1[q], y2[q], y3[q]
+                s00 += v0 * e0
+                s01 += v0 * e1
+                s02 += v0 * e2
+                s03 += v0 * e3
+                s10 += v1 * e0
+                s11 += v1 * e1
+                s12 += v1 * e2
+                s13 += v1 * e3
+                s20 += v2 * e0
+                s21 += v2 * e1
+                s22 += v2 * e2
+                s23 += v2 * e3
+                s30 += v3 * e0
+                s31 += v3 * e1
+                s32 += v3 * e2
+                s33 += v3 * e3
+            block = ((s00, s01, s02, s03), (s10, s11, s12, s13),
+                     (s20, s21, s22, s23), (s30, s31, s32, s33))  # fmt: skip
+            # Near the end the blocks overlap: each entry is added once,
+            # by the block whose start is its own.
+            for t in range(4):
+                for u in range(4):
+                    if a + t >= a0 and b + u >= b0 and b + u >= a + t:
+                        S[a + t, b + u] += block[t][u]
+
+
+@compiled()
+def pair_log_densities_matrix(X, origin, offsets, rows, M, U, peak, out):  # pragma: no cover
+    """out[p] = peak_k − ½ ‖(y − m_k) U_k‖² over the pairs p of each component
+    k (layout of :func:`select_pairs`), y − m_k as :func:`_shifted_chunk`; U
+    is (K, d, d), or (1, d, d) pooled (tied)."""
+    d = X.shape[1]
+    chunk = _chunk_pairs(d)
+    diffT = np.empty((d, chunk))
+    raw = np.empty((chunk, d), X.dtype)
+    Z = np.empty((4, chunk))
+    norms = np.empty(chunk)
+    for k in range(offsets.shape[0] - 1):
+        blocks, tops = _column_blocks(U[k if U.shape[0] > 1 else 0])
+        for start in range(offsets[k], offsets[k + 1], chunk):
+            stop = min(start + chunk, offsets[k + 1])
+            ahead = rows[stop : min(stop + chunk, rows.shape[0])]
+            _shifted_chunk(X, origin, M[k], rows[start:stop], ahead, raw, diffT)
+            _column_norms(diffT, blocks, tops, stop - start, Z, norms)
+            for p in range(start, stop):
+                out[p] = peak[k] - 0.5 * norms[p - start]
+
+
+@compiled()
+def pair_moments_matrix(X, origin, offsets, rows, wr, N, SY, second):  # pragma: no cover
+    """Add Σ wr, Σ wr y and the upper triangle of Σ wr y yᵀ (``np.triu_indices``
+    order; ``second`` may have no columns) over the pairs of each component
+    (layout of :func:`select_pairs`), y = x − origin as :func:`_shifted_chunk`."""
+    d = X.shape[1]
+    if second.shape[1] == 0:
+        _first_moments(X, origin, offsets, rows, wr, N, SY)
+        return
+    chunk = _chunk_pairs(d)
+    zero = np.zeros(d)
+    yT = np.empty((d, chunk))
+    raw = np.empty((chunk, d), X.dtype)
+    wyT = np.empty((d, chunk))
+    S = np.empty((d, d))
+    for k in range(offsets.shape[0] - 1):
+        S[...] = 0.0
+        for start in range(offsets[k], offsets[k + 1], chunk):
+            stop = min(start + chunk, offsets[k + 1])
+            ahead = rows[stop : min(stop + chunk, rows.shape[0])]
+            _shifted_chunk(X, origin, zero, rows[start:stop], ahead, raw, yT)
+            _outer_sums(yT, wr[start:stop], stop - start, wyT, S, k, N, SY)
+        c = 0
+        for a in range(d):
+            for b in range(a, d):
+                second[k, c] += S[a, b]
+                c += 1
+
+
+@compiled(fastmath=False)
+def _first_moments(X, origin, offsets, rows, wr, N, SY):  # pragma: no cover - compiled
+    """Add Σ wr and Σ wr y only, pair by pair (the row's features in a
+    vectorised update of SY[k]: no transposed chunks needed), y = x − origin
+    as :func:`_shifted_chunk`, prefetching the rows 16 pairs ahead."""
+    d = X.shape[1]
+    line = 64 // X.itemsize
+    for k in range(offsets.shape[0] - 1):
+        for p in range(offsets[k], offsets[k + 1]):
+            if p + 16 < rows.shape[0]:
+                for j in range(0, d, line):
+                    _prefetch(X, rows[p + 16], j)
+            i, w = rows[p], wr[p]
+            N[k] += w
             for j in range(d):
-                out[p, j] = likely[s, j]
-        else:
-            i = rows[p]
-            for j in range(d):
-                out[p, j] = np.float64(X[i, j]) - origin[j]
+                SY[k, j] += w * (np.float64(X[i, j]) - origin[j])
 
 
 #: Codes of the blocks of :func:`screen_features`: 'scalar', 'diagonal', 'matrix'.

@@ -511,7 +511,7 @@ def anneal_stats(X: np.ndarray, weight: np.ndarray | None, params: MixtureParams
 # Most responsibilities are exactly zero in float64: a component more than
 # ~37 + ln K nats below its row's best adds less than half an ulp to the
 # row's total. The sparse path proves which pairs those are from one
-# Euclidean distance GEMM and evaluates the rest exactly on gathered rows.
+# Euclidean distance GEMM and evaluates the rest exactly, pair by pair.
 
 #: Private switch: True forces the dense E-step everywhere (tests, benchmarks).
 FORCE_DENSE = False
@@ -551,8 +551,7 @@ PROBE_TRUST, PROBE_EVERY = 4, 16
 #: features Φ number at most this many times d (:func:`exact_candidates`).
 EXACT_FEATURES = 3
 
-#: Largest d for which matrix blocks use the compiled pair loops rather than
-#: GEMMs of gathered rows (per-component calls cost more than the arithmetic).
+#: Largest d of the "small full" tuning of DENSE_FRACTION.
 SMALL_MATRIX = 8
 
 #: Size of a sparse sub-block: no features Φ, so many more rows than dense.
@@ -620,16 +619,6 @@ class SparsePlan:
     def row_major(self) -> tuple[np.ndarray, np.ndarray]:
         """(order, component) of :func:`loops.row_major`."""
         return loops.row_major(self.offsets, self.rows, self.n)
-
-    @cached_property
-    def gathered(self) -> list[np.ndarray]:
-        """Shifted rows of each component's pairs, (n_k, d) each: one gather
-        straight from X (kept with the pairs for their reuse), K views."""
-        if self.pairs.gathered is None:
-            out = self.scratch.get("Yp", (self.rows.size, self.X.shape[1]))
-            loops.gather_shift(self.X, self.origin, self.rows, out)
-            self.pairs.gathered = out
-        return [self.pairs.gathered[self.of(k)] for k in range(self.offsets.shape[0] - 1)]
 
 
 def exact_candidates(covariance_type: str, d: int) -> bool:
@@ -766,15 +755,13 @@ class Candidates:
     """Candidate pairs of a block of rows, component-major
     (:func:`loops.select_pairs`); with the exact log-densities (K, n) of all
     pairs when they were computed to find them (:func:`exact_candidates`),
-    or with the exact log-densities (n_pairs,) of the pairs themselves and
-    their gathered shifted rows (n_pairs, d) where these were computed
-    (:func:`_metric_bounds`)."""
+    or with the exact log-densities (n_pairs,) of the pairs themselves where
+    these were computed (:func:`_metric_bounds`)."""
 
     offsets: np.ndarray
     rows: np.ndarray
     log_dens: np.ndarray | None = None
     pair_log_dens: np.ndarray | None = None
-    gathered: np.ndarray | None = None
 
 
 def candidate_pairs(
@@ -1011,8 +998,8 @@ def _metric_bounds(
     summation order); twice that is allowed.
 
     Where the candidates are exactly the likely components (one per row,
-    separated clusters), the returned pairs carry those exact log-densities
-    and gathered rows, so nothing is computed twice.
+    separated clusters), the returned pairs carry those exact log-densities,
+    so nothing is computed twice.
     """
     K, d = params.means.shape
     n = X.shape[0]
@@ -1033,7 +1020,8 @@ def _metric_bounds(
     plan = SparsePlan(X, origin, likely, scratch)
     likely.pair_log_dens = pair_log_densities(plan, params)
     floor = np.maximum(lower, _best_floor(likely, guess, params, ny, nm))
-    offsets, rows = loops.select_pairs(upper, floor, margin)
+    rows_buffer = scratch.get("select_buffer", (K, n)).view(np.intp)
+    offsets, rows = loops.select_pairs(upper, floor, margin, rows_buffer)
     if np.array_equal(offsets, likely.offsets) and np.array_equal(rows, likely.rows):
         return likely
     return _merged_with_likely(X, origin, Candidates(offsets, rows), guess, likely, params, scratch)
@@ -1042,35 +1030,27 @@ def _metric_bounds(
 def _merged_with_likely(X, origin, found: Candidates, guess, likely: Candidates, params,
                         scratch) -> Candidates:  # fmt: skip
     """``found`` with each component's likely pairs first, their exact
-    log-densities (and gathered rows, if any) copied from ``likely``: only
-    the other pairs are computed."""
-    n, d = X.shape
+    log-densities copied from ``likely``: only the other pairs, as a layout
+    of their own, are computed."""
+    n = X.shape[0]
     position = np.empty(n, dtype=np.intp)
     position[likely.rows] = np.arange(n)
     rows, source, first = loops.merge_likely(found.offsets, found.rows, guess, position)
     log_dens = np.empty(rows.size)
     kept = source >= 0
     log_dens[kept] = likely.pair_log_dens[source[kept]]
-    if likely.gathered is None:  # pair loops: the other pairs as a layout of their own
-        offsets = np.concatenate([[0], np.cumsum(np.diff(found.offsets) - first)])
-        others = SparsePlan(X, origin, Candidates(offsets, rows[~kept]), scratch)
-        log_dens[~kept] = pair_log_densities(others, params)
-        return Candidates(found.offsets, rows, pair_log_dens=log_dens)
-    gathered = scratch.get("Ym", (rows.size, d))
-    loops.gather_merged(X, origin, rows, source, likely.gathered, gathered)
-    for k, start in enumerate(found.offsets[:-1] + first):
-        extra = slice(start, found.offsets[k + 1])
-        if extra.stop > extra.start:
-            maha = mahalanobis(gathered[extra], params, k, scratch)
-            log_dens[extra] = params.log_peak[k] - 0.5 * maha
-    return Candidates(found.offsets, rows, pair_log_dens=log_dens, gathered=gathered)
+    offsets = np.concatenate([[0], np.cumsum(np.diff(found.offsets) - first)])
+    others = SparsePlan(X, origin, Candidates(offsets, rows[~kept]), scratch)
+    log_dens[~kept] = pair_log_densities(others, params)
+    return Candidates(found.offsets, rows, pair_log_dens=log_dens)
 
 
 def _best_floor(likely: Candidates, guess, params: MixtureParams, ny, nm) -> np.ndarray:
     """Exact log-density of each row's guessed component (``likely``, one pair
     a row) minus its rounding bound, shape (n,): a lower bound on the row's best.
 
-    The GEMM or loop of (y − μ) U computes the Mahalanobis distance to within
+    The loop of (y − μ) U (:func:`loops.pair_log_densities_matrix`, sums in
+    any order) computes the Mahalanobis distance to within
     3.1 d u tr(P_k) ‖y − μ_k‖² ≤ 3.1 d u tr(P_k) (‖y‖ + ‖μ_k‖)² (Higham's
     γ_d bounds for the products and sums, ‖U‖₂² ≤ ‖U‖_F² = tr P), and adding
     the peak rounds by u (|peak| + |ℓ|): 8 (d + 2) ε of those terms is a
@@ -1082,16 +1062,6 @@ def _best_floor(likely: Candidates, guess, params: MixtureParams, ny, nm) -> np.
     scale = params.bound_metric.trace[guess] * (ny + nm[guess]) ** 2 + np.abs(exact)
     scale += np.abs(params.log_peak[guess])
     return exact - 8.0 * (d + 2) * np.finfo(np.float64).eps * scale
-
-
-def mahalanobis(Yk: np.ndarray, params: MixtureParams, k: int, scratch: Scratch) -> np.ndarray:
-    """(y − μ_k)ᵀ P_k (y − μ_k) of shifted rows Yk (n_k, d): ‖(y − μ_k) U_k‖²
-    (matrix blocks only; the others go through :func:`loops.pair_log_densities`)."""
-    diff = np.subtract(Yk, params.shifted_means[k], out=scratch.get("diff", Yk.shape))
-    U = params.precisions_cholesky  # moment shape: per component, except tied's pooled (d, d)
-    U = U if params.covariance_type == "tied" else U[k]
-    z = np.matmul(diff, U, out=scratch.get("z", Yk.shape))
-    return np.einsum("ij,ij->i", z, z)
 
 
 def sparse_plan(X: np.ndarray, params: MixtureParams, scratch: Scratch) -> SparsePlan | None:
@@ -1197,10 +1167,10 @@ def pair_responsibilities(plan: SparsePlan, log_dens: np.ndarray) -> None:
 def pair_log_densities(plan: SparsePlan, params: MixtureParams) -> np.ndarray:
     """Exact log π_k N(y | μ_k, Σ_k) of every candidate pair, shape (n_pairs,).
 
-    Matrix blocks: one GEMM of each component's gathered rows with its
-    Cholesky factor; small matrices (d ≤ SMALL_MATRIX), diagonal and scalar
-    blocks: one fused compiled loop over the pairs (diagonal and scalar: in
-    row order, :attr:`SparsePlan.row_major`, which the moments reuse). Read from the exact
+    One fused compiled loop over the pairs (matrix blocks: in chunks of each
+    component's pairs, :func:`loops.pair_log_densities_matrix`; diagonal and
+    scalar: in row order, :attr:`SparsePlan.row_major`, which the moments
+    reuse). Read from the exact
     log-densities of all pairs where the candidates were found with them.
     """
     ctype = COVARIANCE_TYPES[params.covariance_type]
@@ -1209,10 +1179,6 @@ def pair_log_densities(plan: SparsePlan, params: MixtureParams) -> np.ndarray:
     out = np.empty(plan.rows.shape[0])
     if plan.pairs.log_dens is not None:
         loops.gather_pairs(plan.pairs.log_dens, plan.offsets, plan.rows, out)
-        return out
-    if ctype.block == "matrix" and plan.X.shape[1] > SMALL_MATRIX:
-        for k, Yk in enumerate(plan.gathered):
-            out[plan.of(k)] = params.log_peak[k] - 0.5 * mahalanobis(Yk, params, k, plan.scratch)
         return out
     args = (plan.X, plan.origin, plan.offsets, plan.rows, params.shifted_means)
     if ctype.block == "matrix":
@@ -1251,31 +1217,13 @@ def sparse_raw_moments(plan: SparsePlan, weight: np.ndarray | None, covariance_t
     K, d = plan.offsets.shape[0] - 1, plan.X.shape[1]
     ctype = COVARIANCE_TYPES[covariance_type]
     wr = plan.resp if weight is None else plan.resp * weight[plan.rows]
-    unit = weight is None and plan.hard  # every wr exactly 1
     N, SY = np.zeros(K), np.zeros((K, d))
     if ctype.block != "matrix":
         second = np.zeros((K, n_quadratic(d, covariance_type)))
         loops.pair_moments(plan.X, plan.origin, *plan.row_major, plan.rows, wr, N, SY, second)
         return {"N": N, "raw": np.concatenate([second, SY], axis=1)}
     second = np.zeros((K, 0 if ctype.whitened else n_quadratic(d, covariance_type)))
-    if d <= SMALL_MATRIX:
-        loops.pair_moments_matrix(plan.X, plan.origin, *plan.row_major, plan.rows, wr, N, SY,
-                                  second)  # fmt: skip
-        return _with_pooled_moments({"N": N, "raw": np.concatenate([second, SY], axis=1)},
-                                    plan, weight, ctype.whitened)  # fmt: skip
-    upper = np.triu_indices(d)
-    for k, Yk in enumerate(plan.gathered):
-        if not Yk.shape[0]:
-            continue
-        wr_k = wr[plan.of(k)]
-        N[k], SY[k] = (Yk.shape[0], Yk.sum(axis=0)) if unit else (wr_k.sum(), wr_k @ Yk)
-        if not ctype.whitened:
-            # Σ wr y yᵀ = Wᵀ W with W = √wr y: numpy calls SYRK for Wᵀ W (half
-            # a GEMM). Not scipy's dsyrk: its OpenMP OpenBLAS ignores the
-            # engine's one-BLAS-thread limit in Dask's worker threads (2x slower).
-            W = Yk if unit else np.multiply(Yk, np.sqrt(wr_k)[:, None],
-                                            out=plan.scratch.get("W", Yk.shape))  # fmt: skip
-            second[k] = (W.T @ W)[upper]
+    loops.pair_moments_matrix(plan.X, plan.origin, plan.offsets, plan.rows, wr, N, SY, second)
     return _with_pooled_moments({"N": N, "raw": np.concatenate([second, SY], axis=1)},
                                 plan, weight, ctype.whitened)  # fmt: skip
 
