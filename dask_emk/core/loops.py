@@ -19,9 +19,6 @@ from __future__ import annotations
 
 import numba
 import numpy as np
-from llvmlite import ir as llvm_ir
-from numba.core import cgutils
-from numba.extending import intrinsic
 
 _SAFE_FAST_MATH = {"reassoc", "contract"}
 
@@ -627,28 +624,6 @@ def merge_likely(offsets, rows, guess, position):  # pragma: no cover - compiled
 # their rounding bounds (Higham's γ) hold in any order.
 
 
-@intrinsic
-def _prefetch(typingctx, X, i, j):  # pragma: no cover - compiled
-    """Hint the cache line of X[i, j] into cache (``llvm.prefetch``, no effect
-    on results): the rows of a component's pairs are scattered over the block."""
-
-    def codegen(context, builder, signature, args):
-        array_type = signature.args[0]
-        array = context.make_array(array_type)(context, builder, args[0])
-        address = cgutils.get_item_pointer(context, builder, array_type, array, args[1:],
-                                           wraparound=False)  # fmt: skip
-        i32, byte_pointer = llvm_ir.IntType(32), llvm_ir.IntType(8).as_pointer()
-        # The unmangled name with an i8* address: LLVM's parser upgrades it to
-        # the mangled intrinsic of its own pointer model, typed or opaque.
-        function_type = llvm_ir.FunctionType(llvm_ir.VoidType(), [byte_pointer, i32, i32, i32])
-        function = cgutils.get_or_insert_function(builder.module, function_type, "llvm.prefetch")
-        read, keep, data = (llvm_ir.Constant(i32, v) for v in (0, 3, 1))
-        builder.call(function, [builder.bitcast(address, byte_pointer), read, keep, data])
-        return context.get_dummy_value()
-
-    return numba.types.void(X, i, j), codegen
-
-
 @compiled()
 def _chunk_pairs(d):  # pragma: no cover - compiled
     """Pairs per chunk: a multiple of 8 lanes, the (d, chunk) buffer at most 64 KB."""
@@ -656,22 +631,17 @@ def _chunk_pairs(d):  # pragma: no cover - compiled
 
 
 @compiled(fastmath=False)
-def _shifted_chunk(X, origin, mean, rows, ahead, raw, out):  # pragma: no cover - compiled
+def _shifted_chunk(X, origin, mean, rows, raw, out):  # pragma: no cover - compiled
     """out[j, q] = (x_j − origin_j) − mean_j of x = X[rows[q]] in float64 (the
     two roundings of ``np.subtract(X, origin, dtype=float64) − mean``): the
     pairs as columns; ``mean`` zero gives the shifted rows.
 
     The rows are first copied as they are into ``raw`` (chunk, d), X's
     dtype, then shifted column by column: 2x faster than writing the
-    transposed buffer straight from X. Prefetches the rows of the next
-    chunk, ``ahead``, meanwhile.
+    transposed buffer straight from X.
     """
     d = X.shape[1]
-    line = 64 // X.itemsize
     for q in range(rows.shape[0]):
-        if q < ahead.shape[0]:
-            for j in range(0, d, line):
-                _prefetch(X, ahead[q], j)
         i = rows[q]
         for j in range(d):
             raw[q, j] = X[i, j]
@@ -820,8 +790,7 @@ def pair_log_densities_matrix(X, origin, offsets, rows, M, U, peak, out):  # pra
         blocks, tops = _column_blocks(U[k if U.shape[0] > 1 else 0])
         for start in range(offsets[k], offsets[k + 1], chunk):
             stop = min(start + chunk, offsets[k + 1])
-            ahead = rows[stop : min(stop + chunk, rows.shape[0])]
-            _shifted_chunk(X, origin, M[k], rows[start:stop], ahead, raw, diffT)
+            _shifted_chunk(X, origin, M[k], rows[start:stop], raw, diffT)
             _column_norms(diffT, blocks, tops, stop - start, Z, norms)
             for p in range(start, stop):
                 out[p] = peak[k] - 0.5 * norms[p - start]
@@ -846,8 +815,7 @@ def pair_moments_matrix(X, origin, offsets, rows, wr, N, SY, second):  # pragma:
         S[...] = 0.0
         for start in range(offsets[k], offsets[k + 1], chunk):
             stop = min(start + chunk, offsets[k + 1])
-            ahead = rows[stop : min(stop + chunk, rows.shape[0])]
-            _shifted_chunk(X, origin, zero, rows[start:stop], ahead, raw, yT)
+            _shifted_chunk(X, origin, zero, rows[start:stop], raw, yT)
             _outer_sums(yT, wr[start:stop], stop - start, wyT, S, k, N, SY)
         c = 0
         for a in range(d):
@@ -860,14 +828,10 @@ def pair_moments_matrix(X, origin, offsets, rows, wr, N, SY, second):  # pragma:
 def _first_moments(X, origin, offsets, rows, wr, N, SY):  # pragma: no cover - compiled
     """Add Σ wr and Σ wr y only, pair by pair (the row's features in a
     vectorised update of SY[k]: no transposed chunks needed), y = x − origin
-    as :func:`_shifted_chunk`, prefetching the rows 16 pairs ahead."""
+    as :func:`_shifted_chunk`."""
     d = X.shape[1]
-    line = 64 // X.itemsize
     for k in range(offsets.shape[0] - 1):
         for p in range(offsets[k], offsets[k + 1]):
-            if p + 16 < rows.shape[0]:
-                for j in range(0, d, line):
-                    _prefetch(X, rows[p + 16], j)
             i, w = rows[p], wr[p]
             N[k] += w
             for j in range(d):
