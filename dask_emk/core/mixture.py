@@ -530,10 +530,10 @@ PRUNE_NATS = 37.0
 #: and the moments' GEMM, which the pair loops beat only for few pairs, or
 #: for many with full covariance and d > 3 (its moments GEMM is half the
 #: dense work); tied's dense moments are one GEMM for all components.
-#: "small full": full covariance with EXACT_FEATURES < d <= SMALL_MATRIX, either
-#: way of finding candidates: its compiled pair loops cost ~40 ns a pair at d = 8 against
-#: ~5 ns a row and component for the dense GEMMs (K = 8, d = 8, 1.5
-#: candidates a row: sparse 23 ms, dense 15 ms a 131k-row block).
+#: "small full": full covariance with EXACT_FEATURES < d <= SMALL_MATRIX (bounds
+#: only, :func:`_probed_plan`): the dense E-step is cheap there, ~11 ns a row and
+#: component (d = 8, K = 16: 11 ms a 65,536-row block), and with 3-4 candidates
+#: a row the sparse one took 20 ms (the pair loops ~26 ns a pair).
 #: The fixture of tests/test_sparse_estep.py sets all to 1 (never dense).
 DENSE_FRACTION = {
     "bounds": 0.25, "exact": 0.15, "exact full": 0.4, "exact tied": 0.05, "small full": 0.05,
@@ -1094,6 +1094,11 @@ def _probed_plan(X: np.ndarray, params: MixtureParams, scratch: Scratch) -> Spar
     ct = params.covariance_type
     if exact_candidates(ct, d):
         modes = ["exact tied" if COVARIANCE_TYPES[ct].whitened else "exact"]
+    elif d <= SMALL_MATRIX:
+        # Up to d = 8 the exact log-densities of all pairs are most of the
+        # dense E-step: finding candidates with them, then the pair loops,
+        # was 11-13% slower than dense (d = 8, K = 16, one candidate a row).
+        modes = ["bounds"]
     else:
         modes = ["bounds", "exact full"]
     sparse_modes = params.sparse_modes
