@@ -2,13 +2,13 @@
 
 Per-iteration time is measured with the public ``fit`` only: the time of a fit
 with ``max_iter = 1 + m`` minus a fit with ``max_iter = 1``, divided by m, so
-set-up and scikit-learn's final E-step cancel out. Best of ``--repeat`` runs.
+set-up and scikit-learn's final E-step cancel out. Median of ``--repeat`` runs.
 dask_emk runs twice: with its sparse E-step (candidate pairs only) and with
 the dense one forced; ``pairs`` is the fraction of (row, component) pairs
 whose density the sparse run evaluated (a sub-block on the dense path counts
 all of its pairs).
 
-    python benchmarks/bench_em.py                 # n=1e6, d=32, K=16, float32
+    python benchmarks/bench_em.py --repeat 5      # n=1e6, d=32, K=16, float32
     python benchmarks/bench_em.py --n 200000      # quicker
     python benchmarks/bench_em.py --data grid --types full         # 10x10 grid, K=100
     python benchmarks/bench_em.py --data overlap --types full,diag  # 4 overlapping, K=4
@@ -88,7 +88,7 @@ def init_kwargs(covariance_type: str, means: np.ndarray) -> dict:
 
 
 def seconds_per_iteration(make_model, X, extra_iters: int, repeat: int, skip: int = 0) -> float:
-    """(fit with s + 1 + m iterations − fit with s + 1) / m, best of ``repeat``.
+    """(fit with s + 1 + m iterations − fit with s + 1) / m, median of ``repeat``.
 
     ``skip`` = s iterations are left out of the timing (later iterations of
     the same run, where the components have separated). A first untimed fit
@@ -102,10 +102,8 @@ def seconds_per_iteration(make_model, X, extra_iters: int, repeat: int, skip: in
         return time.perf_counter() - start
 
     timed(1)
-    best = np.inf
-    for _ in range(repeat):
-        best = min(best, (timed(skip + 1 + extra_iters) - timed(skip + 1)) / extra_iters)
-    return best
+    runs = [(timed(skip + 1 + extra_iters) - timed(skip + 1)) / extra_iters for _ in range(repeat)]
+    return float(np.median(runs))
 
 
 def main() -> None:
