@@ -23,12 +23,13 @@ features Φ; the sparse one (:func:`sparse_plan`) first proves which
 components can reach a row's total at float64 resolution, then takes the
 exp and accumulates the moments over only those (row, component) pairs.
 The proof comes from bounds out of one distance GEMM (full covariance with
-d > 3: the exact arithmetic is then needed only for the candidates, read
-from the rows' own float32 or float64 values without a shifted copy) or
-from the dense log-densities themselves (:func:`candidate_pairs`). Each
-sub-block takes the sparse path unless a probe of its first rows says the
-dense one is cheaper (overlapping components); ``FORCE_DENSE`` forces the
-dense path (tests, benchmarks).
+d > 3: the exact arithmetic is then needed only for the candidates, done by
+compiled loops over each component's pairs, read from the rows' own float32
+or float64 values without a shifted copy) or from the log-densities of all
+pairs themselves, screened piece by piece in cache (:func:`candidate_pairs`).
+Each sub-block takes the sparse path unless a probe of its first rows says
+the dense one is cheaper (overlapping components); ``FORCE_DENSE`` forces
+the dense path (tests, benchmarks).
 """
 
 from __future__ import annotations
