@@ -373,9 +373,27 @@ def select_pairs(upper, floor, margin, rows_buffer):  # pragma: no cover - compi
             # Written always, kept by advancing the count: no branch.
             rows_buffer[k, counts[k + 1]] = i
             counts[k + 1] += upper[i, k] + slack >= floor[i] - margin
+    return _component_major(counts, rows_buffer)
+
+
+@compiled(fastmath=_SAFE_FAST_MATH)
+def _exact_floor(top, ny, scale, rel, margin):  # pragma: no cover - compiled
+    """The least ℓ̂ a pair of a row may have and be kept by :func:`select_exact`
+    (the derivation is there), for the row's ``top`` and ‖y‖ ``ny``."""
+    h = ny + scale[1]
+    a = scale[0] * h * h + rel * scale[2]
+    t = top - rel * abs(top) - 2.0 * a - margin
+    t -= _COMPARE_SLACK * (abs(t) + abs(top) + margin)
+    return t / (1.0 + rel) if t >= 0 else t / (1.0 - rel)
+
+
+@compiled()
+def _component_major(counts, rows_buffer):  # pragma: no cover - compiled
+    """(offsets, rows) of the pairs whose rows are the first counts[k + 1]
+    entries of rows_buffer[k] for each component k."""
     offsets = np.cumsum(counts)
-    rows = np.empty(offsets[K], dtype=np.intp)
-    for k in range(K):
+    rows = np.empty(offsets[-1], dtype=np.intp)
+    for k in range(counts.shape[0] - 1):
         rows[offsets[k] : offsets[k + 1]] = rows_buffer[k, : counts[k + 1]]
     return offsets, rows
 
@@ -408,11 +426,7 @@ def select_exact(log_dens, top, ny, scale, rel, margin, rows_buffer):  # pragma:
     K, n = log_dens.shape
     floor = np.empty(n)
     for i in range(n):
-        h = ny[i] + scale[1]
-        a = scale[0] * h * h + rel * scale[2]
-        t = top[i] - rel * abs(top[i]) - 2.0 * a - margin
-        t -= _COMPARE_SLACK * (abs(t) + abs(top[i]) + margin)
-        floor[i] = t / (1.0 + rel) if t >= 0 else t / (1.0 - rel)
+        floor[i] = _exact_floor(top[i], ny[i], scale, rel, margin)
     counts = np.zeros(K + 1, dtype=np.intp)
     for k in range(K):
         c = 0
@@ -422,11 +436,7 @@ def select_exact(log_dens, top, ny, scale, rel, margin, rows_buffer):  # pragma:
             buf[c] = i
             c += row[i] >= floor[i]
         counts[k + 1] = c
-    offsets = np.cumsum(counts)
-    rows = np.empty(offsets[K], dtype=np.intp)
-    for k in range(K):
-        rows[offsets[k] : offsets[k + 1]] = rows_buffer[k, : counts[k + 1]]
-    return offsets, rows
+    return _component_major(counts, rows_buffer)
 
 
 @compiled()
@@ -927,11 +937,7 @@ def _select_screened(  # pragma: no cover - compiled
         top = max(max(t0, t1), max(t2, t3))
         if not np.isfinite(top):
             return -1
-        h = ny[start + r] + scale[1]
-        a = scale[0] * h * h + rel * scale[2]
-        t = top - rel * abs(top) - 2.0 * a - margin
-        t -= _COMPARE_SLACK * (abs(t) + abs(top) + margin)
-        floor = t / (1.0 + rel) if t >= 0 else t / (1.0 - rel)
+        floor = _exact_floor(top, ny[start + r], scale, rel, margin)
         # Few pairs are kept: components in groups of 8, skipping a group
         # whose largest ℓ̂ is below the floor (one vectorised test).
         for g in range(0, K, 8):
