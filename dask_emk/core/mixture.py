@@ -1132,8 +1132,9 @@ def _probed_plan(X: np.ndarray, params: MixtureParams, scratch: Scratch) -> Spar
 def _most_candidates(mode: str, K: int, d: int) -> float:
     """The most candidates a row may have on average for ``mode`` to go sparse
     (DENSE_FRACTION; "bounds" and "exact full" are the modes of full
-    covariance with d > EXACT_FEATURES, "small full" up to SMALL_MATRIX)."""
-    small_full = mode in ("bounds", "exact full") and d <= SMALL_MATRIX
+    covariance with d > EXACT_FEATURES, where up to SMALL_MATRIX "bounds"
+    is tuned as "small full", the only mode there)."""
+    small_full = mode == "bounds" and d <= SMALL_MATRIX
     return 1.0 + DENSE_FRACTION["small full" if small_full else mode] * (K - 1)
 
 
