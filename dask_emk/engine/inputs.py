@@ -8,7 +8,9 @@ in lazy data is reported by the E-step of the first pass (no extra pass).
 
 xarray input is data on a grid of *sample dimensions* (:class:`Grid`): a
 Dataset's data variables, or an N-D DataArray's ``feature_dim``, are the
-features, every other dimension a sample dimension. Its rows are the grid's
+features; of the other dimensions, time and horizontal ones are sample
+dimensions and vertical ones give features (:func:`dim_role`, from CF
+metadata or the names), unless ``sample_dims`` says. Its rows are the grid's
 blocks one after the other (:func:`dask.array.reshape_blockwise`), so
 stacking moves no data between chunks; no statistic depends on row order,
 and per-row results go back onto the grid the same way.
@@ -264,12 +266,22 @@ def as_input(
     zarr-backed input raise when chunk files are missing
     (:mod:`dask_emk.engine.storage` says how, for each kind of input).
 
-    xarray input: a Dataset's data variables are the features, the dims that
-    all of them have its sample dims, and a variable with more dims gives one
-    feature per point of those (named like ``temp[depth=10.0]``). An N-D
-    DataArray has its features along ``feature_dim`` (default: a dim named
-    ``feature``, or the second of two dims), every other dim being a sample
-    dim. ``sample_dims`` names the sample dims instead.
+    xarray input: a Dataset's data variables are the features, in the
+    Dataset's order. Of the dims that all of them have, one alone is the
+    sample dim; of several, time and horizontal dims (T, X, Y) are sample
+    dims and vertical ones (Z) are not, told by :func:`dim_role` from CF
+    metadata (``axis``, ``positive``, ``standard_name``, ``units``) or the
+    dim's name; a shared dim of unknown role is refused, naming
+    ``sample_dims=``. A variable with dims beyond the sample dims gives one
+    feature per point of those (named like ``z[level=850]``): ERA-Interim's
+    ``z``, ``u``, ``v`` on (month, level, latitude, longitude) are 3 × n_level
+    features on (month, latitude, longitude). An N-D DataArray has its
+    features along ``feature_dim`` (default: a dim named ``feature``, or the
+    second of two dims) and every other dim must be a sample dim by the same
+    rules (a vertical one is refused, naming ``X.stack`` and ``sample_dims``).
+    ``sample_dims`` names the sample dims instead; without it and
+    ``feature_dim``, the sample dims recorded by a transform's xarray output
+    (:data:`LAYOUT_ATTR`) are used. A dim of length 0 is refused.
 
     Parameters
     ----------
@@ -308,7 +320,14 @@ def recorded_sample_dims(X) -> list | None:
     """The sample dims recorded in xarray ``X``'s attributes (:data:`LAYOUT_ATTR`), or None."""
     if not isinstance(X, (xr.Dataset, xr.DataArray)):
         return None
-    return X.attrs.get(LAYOUT_ATTR)
+    dims = X.attrs.get(LAYOUT_ATTR)
+    if isinstance(dims, str):  # one dim, as netCDF reads a list of one back
+        dims = [dims]
+    if not isinstance(dims, (list, tuple, np.ndarray)):
+        return None
+    dims = [str(d) for d in dims]
+    # Data cut since (a dim dropped) no longer has the recorded layout: infer it again.
+    return dims if set(dims) <= set(map(str, X.dims)) else None
 
 
 def _convert(X, name: str, allow_nan: bool, feature_dim, sample_dims) -> InputData:
