@@ -116,9 +116,24 @@ def test_an_unknown_shared_dim_is_refused_naming_sample_dims():
     model = KMeans(K, n_init=1, random_state=0, sample_dims=["member", "month", "latitude",
                                                              "longitude"]).fit(ds)  # fmt: skip
     assert model.n_features_in_ == 9
-    with pytest.raises(ValueError, match=r"dim 'level' is not time.*"
-                       r"X.stack\(feature=\('var', 'level'\)\)"):  # fmt: skip
-        kmeans(feature_dim="var").fit(era().to_dataarray("var"))
+    with pytest.raises(ValueError, match=r"\['member'\] are not known as time"):
+        kmeans(feature_dim="var").fit(ds.to_dataarray("var"))
+
+
+def test_a_dataarray_with_a_level_dim_is_the_dataset_fit():
+    """The same data as one DataArray (var, month, level, lat, lon): the same 9
+    features in the same order, alone and after the scaler in a Pipeline."""
+    X = era({"month": 4}).to_dataarray("var")
+    model = kmeans(feature_dim="var").fit(X)
+    ref = SkKMeans(K, init=INIT, n_init=1).fit(ROWS)
+    assert list(model.feature_names_in_) == FEATURES
+    np.testing.assert_allclose(model.cluster_centers_, ref.cluster_centers_, rtol=1e-10)
+    np.testing.assert_array_equal(model.labels_.values.reshape(-1), ref.labels_)
+    pipe = Pipeline([("scale", StandardScaler(feature_dim="var")),
+                     ("km", KMeans(K, n_init=1, random_state=0))]).fit(X)  # fmt: skip
+    manual = KMeans(K, n_init=1, random_state=0).fit(StandardScaler().fit_transform(era()))
+    assert list(pipe["km"].feature_names_in_) == FEATURES
+    np.testing.assert_allclose(pipe["km"].cluster_centers_, manual.cluster_centers_, rtol=1e-10)
 
 
 def test_pipeline_takes_the_layout_once_from_the_scaler():

@@ -277,8 +277,8 @@ def as_input(
     ``z``, ``u``, ``v`` on (month, level, latitude, longitude) are 3 × n_level
     features on (month, latitude, longitude). An N-D DataArray has its
     features along ``feature_dim`` (default: a dim named ``feature``, or the
-    second of two dims) and every other dim must be a sample dim by the same
-    rules (a vertical one is refused, naming ``X.stack`` and ``sample_dims``).
+    second of two dims), its other dims sorted by the same rules (a vertical
+    dim gives one feature per feature label and level, ``z[level=850]``).
     ``sample_dims`` names the sample dims instead; without it and
     ``feature_dim``, the sample dims recorded by a transform's xarray output
     (:data:`LAYOUT_ATTR`) are used. A dim of length 0 is refused.
@@ -353,15 +353,36 @@ def _convert(X, name: str, allow_nan: bool, feature_dim, sample_dims) -> InputDa
 def _from_dataarray(X: xr.DataArray, name: str, feature_dim, sample_dims) -> InputData:
     samples, feature = _dataarray_dims(X, name, feature_dim, sample_dims)
     _check_not_empty(dict(X.sizes), samples, name)
-    labels = X[feature].values if feature in X.coords else None
+    features = [str(d) for d in X.dims if d not in samples]  # the feature dim, and levels
+    if len(features) > 1:
+        labels = np.asarray(_feature_point_names(X, feature, features), dtype=object)
+    else:
+        labels = X[feature].values if feature in X.coords else None
     labels = _unique_labels(labels, name, f"X.assign_coords({feature}=...)")
     stored = _stored_rows([X], samples, feature)
     if stored is not None:
         return _on_grid(X, stored, samples, X.data.chunks[: len(samples)], labels, name)
-    values = X.transpose(*samples, *([feature] if feature else [])).data
+    values = X.transpose(*samples, *features).data
     if feature is None:  # every dim a sample dim: one feature
         values = values[..., None]
     return _gridded(X, [values], samples, labels, name)
+
+
+def _feature_point_names(X: xr.DataArray, feature: str, dims: list) -> list[str]:
+    """Names of the features of a DataArray along ``feature`` and vertical ``dims``.
+
+    As a Dataset's variables with levels: ``z[level=850]`` for the label
+    ``z`` of the feature dim (its index where it has no labels); C order of
+    ``dims`` (X's order), as the values are laid out.
+    """
+    values = [X[d].values if d in X.coords else np.arange(X.sizes[d]) for d in dims]
+    at = dims.index(feature)
+    return [
+        f"{point[at]}["
+        + ", ".join(f"{d}={v}" for i, (d, v) in enumerate(zip(dims, point, strict=True)) if i != at)
+        + "]"
+        for point in itertools.product(*values)
+    ]
 
 
 def _dataarray_dims(X: xr.DataArray, name: str, feature_dim, sample_dims):
@@ -380,13 +401,16 @@ def _dataarray_dims(X: xr.DataArray, name: str, feature_dim, sample_dims):
             )
     if sample_dims is not None:
         rest = [d for d in dims if d not in sample_dims]
-        if len(rest) > 1 or (feature_dim is not None and rest != [feature_dim]):
+        # Vertical dims may join the feature dim (a Dataset's levels, laid out as a DataArray).
+        main = [d for d in rest if d == feature_dim or dim_role(d, X.coords.get(d)) != "vertical"]
+        main = main or rest[:1]
+        if len(main) > 1 or (feature_dim is not None and main != [feature_dim]):
             raise ValueError(
                 f"sample_dims={list(sample_dims)} leaves {rest} of {name}'s dims {dims} for "
                 "the features; the features lie along one dimension: name it with "
                 "feature_dim= and every other dimension in sample_dims."
             )
-        return tuple(d for d in dims if d in sample_dims), (rest[0] if rest else None)
+        return tuple(d for d in dims if d in sample_dims), (main[0] if main else None)
     if X.ndim < 2:
         _check_shape_dtype(X.shape, X.dtype, name)  # raises: not 2-D
     if feature_dim is None and "feature" in dims:
@@ -399,15 +423,10 @@ def _dataarray_dims(X: xr.DataArray, name: str, feature_dim, sample_dims):
             "name the sample dimensions with sample_dims=[...]."
         )
     feature_dim = dims[1] if feature_dim is None else feature_dim  # 2-D: (sample, feature)
+    # Other dims: samples, but vertical ones give features (as a Dataset's).
     samples = tuple(d for d in dims if d != feature_dim)
-    if len(samples) > 1 and samples != _sample_dims_of(samples, X.coords, name):
-        first, *_ = [d for d in samples if dim_role(d, X.coords.get(d)) != "sample"]
-        raise ValueError(
-            f"{name}'s dim {first!r} is not time, latitude, longitude, x or y, and would be "
-            f"taken for samples with the features along {feature_dim!r}; if its points are "
-            f"features, stack them: X.stack(feature=({feature_dim!r}, {first!r})); if they "
-            f"are samples, say so: sample_dims={list(samples)}."
-        )
+    if len(samples) > 1:
+        samples = _sample_dims_of(samples, X.coords, name)
     return samples, feature_dim
 
 
