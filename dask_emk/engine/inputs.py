@@ -8,7 +8,9 @@ in lazy data is reported by the E-step of the first pass (no extra pass).
 
 xarray input is data on a grid of *sample dimensions* (:class:`Grid`): a
 Dataset's data variables, or an N-D DataArray's ``feature_dim``, are the
-features, every other dimension a sample dimension. Its rows are the grid's
+features; of the other dimensions, time and horizontal ones are sample
+dimensions and vertical ones give features (:func:`dim_role`, from CF
+metadata or the names), unless ``sample_dims`` says. Its rows are the grid's
 blocks one after the other (:func:`dask.array.reshape_blockwise`), so
 stacking moves no data between chunks; no statistic depends on row order,
 and per-row results go back onto the grid the same way.
@@ -116,7 +118,13 @@ class Grid:
         return xr.DataArray(values, dims=dims, coords=self.coords, attrs=attrs)
 
     def weights(self, weight: xr.DataArray) -> da.Array:
-        """Sample weights on (some of) the sample dimensions, as rows (broadcast over the rest)."""
+        """Sample weights on (some of) the sample dimensions, as rows (broadcast over the rest).
+
+        Matched to X by label, as xarray aligns: along a dim where both have
+        an index the weights are put in X's order (a ``lat`` that runs the
+        other way is reordered), and labels X lacks are refused; a dim
+        without labels on either side is matched by position.
+        """
         sizes = dict(zip(self.dims, self.shape, strict=True))
         other = [str(d) for d in weight.dims if d not in sizes]
         wrong = {str(d): n for d, n in weight.sizes.items() if d in sizes and n != sizes[d]}
@@ -126,6 +134,7 @@ class Grid:
                 f"{sizes}; give weights on (some of) these dims with these sizes (they are "
                 "broadcast over the others)."
             )
+        weight = self._aligned(weight)
         missing = {d: n for d, n in sizes.items() if d not in weight.dims}
         weight = chunked_if_stored(weight).expand_dims(missing).transpose(*self.dims)
         values = weight.data
@@ -134,6 +143,27 @@ class Grid:
         else:
             values = da.from_array(np.asarray(values), chunks=self.chunks)
         return self.to_rows(values)
+
+    def _aligned(self, weight: xr.DataArray) -> xr.DataArray:
+        """``weight`` in X's label order along every dim both index; other labels refused."""
+        for dim in map(str, weight.dims):
+            if dim not in weight.indexes or dim not in self.coords:
+                continue
+            ours, theirs = pd.Index(self.coords[dim].values), weight.indexes[dim]
+            if ours.equals(theirs):
+                continue
+            order = theirs.get_indexer(ours) if theirs.is_unique else np.array([-1])
+            if (order < 0).any():
+                foreign = theirs[~theirs.isin(ours)].tolist()[:5]
+                raise ValueError(
+                    f"sample_weight's {dim!r} labels are not X's: {foreign or 'repeated'} "
+                    f"are not labels of X's {dim!r} ({ours[0]} … {ours[-1]}); weights are "
+                    "matched to X by label: compute them from X's coordinate (e.g. "
+                    f"np.cos(np.deg2rad(ds.lat))), or, if they are in X's order, "
+                    f"weight.assign_coords({dim}=ds.{dim})."
+                )
+            weight = weight.isel({dim: order})
+        return weight
 
 
 @dataclass
@@ -184,6 +214,18 @@ class InputData:
         """NaN entries are missing features, marginalised (``nan_policy='marginalize'``)."""
         return self.nan_policy == "marginalize"
 
+    def describe(self) -> str:
+        """The layout in a line: samples × features, and from which dims and variables."""
+        text = f"{self.n_samples} samples × {self.n_features} features"
+        if self.grid is not None:
+            sizes = zip(self.grid.dims, self.grid.shape, strict=True)
+            shape = " × ".join(f"{d} {n}" for d, n in sizes)
+            text += f"; samples from dims ({shape})"
+        if self.feature_labels is not None:
+            names = list(map(str, self.feature_labels[:12]))
+            text += f"; features {names}{' …' if self.n_features > 12 else ''}"
+        return text
+
     def wrap_rows(self, values, extra_dim: str | None = None):
         """Give per-sample results back in the input's kind.
 
@@ -224,12 +266,22 @@ def as_input(
     zarr-backed input raise when chunk files are missing
     (:mod:`dask_emk.engine.storage` says how, for each kind of input).
 
-    xarray input: a Dataset's data variables are the features, the dims that
-    all of them have its sample dims, and a variable with more dims gives one
-    feature per point of those (named like ``temp[depth=10.0]``). An N-D
-    DataArray has its features along ``feature_dim`` (default: a dim named
-    ``feature``, or the second of two dims), every other dim being a sample
-    dim. ``sample_dims`` names the sample dims instead.
+    xarray input: a Dataset's data variables are the features, in the
+    Dataset's order. Of the dims that all of them have, one alone is the
+    sample dim; of several, time and horizontal dims (T, X, Y) are sample
+    dims and vertical ones (Z) are not, told by :func:`dim_role` from CF
+    metadata (``axis``, ``positive``, ``standard_name``, ``units``) or the
+    dim's name; a shared dim of unknown role is refused, naming
+    ``sample_dims=``. A variable with dims beyond the sample dims gives one
+    feature per point of those (named like ``z[level=850]``): ERA-Interim's
+    ``z``, ``u``, ``v`` on (month, level, latitude, longitude) are 3 × n_level
+    features on (month, latitude, longitude). An N-D DataArray has its
+    features along ``feature_dim`` (default: a dim named ``feature``, or the
+    second of two dims), its other dims sorted by the same rules (a vertical
+    dim gives one feature per feature label and level, ``z[level=850]``).
+    ``sample_dims`` names the sample dims instead; without it and
+    ``feature_dim``, the sample dims recorded by a transform's xarray output
+    (:data:`LAYOUT_ATTR`) are used. A dim of length 0 is refused.
 
     Parameters
     ----------
@@ -251,10 +303,31 @@ def as_input(
     """
     if isinstance(X, InputData):
         return X
+    if feature_dim is None and sample_dims is None:
+        sample_dims = recorded_sample_dims(X)
     sample_dims = check_input_options(nan_policy, feature_dim, sample_dims)
     data = _convert(X, name, nan_policy != "raise", feature_dim, sample_dims)
     data.nan_policy = nan_policy
     return data
+
+
+#: The attribute in which xarray output of dask_emk's transforms records the
+#: sample dims it was read with, so the next step of a Pipeline reads it the same way.
+LAYOUT_ATTR = "dask_emk_sample_dims"
+
+
+def recorded_sample_dims(X) -> list | None:
+    """The sample dims recorded in xarray ``X``'s attributes (:data:`LAYOUT_ATTR`), or None."""
+    if not isinstance(X, (xr.Dataset, xr.DataArray)):
+        return None
+    dims = X.attrs.get(LAYOUT_ATTR)
+    if isinstance(dims, str):  # one dim, as netCDF reads a list of one back
+        dims = [dims]
+    if not isinstance(dims, (list, tuple, np.ndarray)):
+        return None
+    dims = [str(d) for d in dims]
+    # Data cut since (a dim dropped) no longer has the recorded layout: infer it again.
+    return dims if set(dims) <= set(map(str, X.dims)) else None
 
 
 def _convert(X, name: str, allow_nan: bool, feature_dim, sample_dims) -> InputData:
@@ -279,15 +352,37 @@ def _convert(X, name: str, allow_nan: bool, feature_dim, sample_dims) -> InputDa
 # ----------------------------------------------------------------- xarray
 def _from_dataarray(X: xr.DataArray, name: str, feature_dim, sample_dims) -> InputData:
     samples, feature = _dataarray_dims(X, name, feature_dim, sample_dims)
-    labels = X[feature].values if feature in X.coords else None
+    _check_not_empty(dict(X.sizes), samples, name)
+    features = [str(d) for d in X.dims if d not in samples]  # the feature dim, and levels
+    if len(features) > 1:
+        labels = np.asarray(_feature_point_names(X, feature, features), dtype=object)
+    else:
+        labels = X[feature].values if feature in X.coords else None
     labels = _unique_labels(labels, name, f"X.assign_coords({feature}=...)")
     stored = _stored_rows([X], samples, feature)
     if stored is not None:
         return _on_grid(X, stored, samples, X.data.chunks[: len(samples)], labels, name)
-    values = X.transpose(*samples, *([feature] if feature else [])).data
+    values = X.transpose(*samples, *features).data
     if feature is None:  # every dim a sample dim: one feature
         values = values[..., None]
     return _gridded(X, [values], samples, labels, name)
+
+
+def _feature_point_names(X: xr.DataArray, feature: str, dims: list) -> list[str]:
+    """Names of the features of a DataArray along ``feature`` and vertical ``dims``.
+
+    As a Dataset's variables with levels: ``z[level=850]`` for the label
+    ``z`` of the feature dim (its index where it has no labels); C order of
+    ``dims`` (X's order), as the values are laid out.
+    """
+    values = [X[d].values if d in X.coords else np.arange(X.sizes[d]) for d in dims]
+    at = dims.index(feature)
+    return [
+        f"{point[at]}["
+        + ", ".join(f"{d}={v}" for i, (d, v) in enumerate(zip(dims, point, strict=True)) if i != at)
+        + "]"
+        for point in itertools.product(*values)
+    ]
 
 
 def _dataarray_dims(X: xr.DataArray, name: str, feature_dim, sample_dims):
@@ -306,13 +401,16 @@ def _dataarray_dims(X: xr.DataArray, name: str, feature_dim, sample_dims):
             )
     if sample_dims is not None:
         rest = [d for d in dims if d not in sample_dims]
-        if len(rest) > 1 or (feature_dim is not None and rest != [feature_dim]):
+        # Vertical dims may join the feature dim (a Dataset's levels, laid out as a DataArray).
+        main = [d for d in rest if d == feature_dim or dim_role(d, X.coords.get(d)) != "vertical"]
+        main = main or rest[:1]
+        if len(main) > 1 or (feature_dim is not None and main != [feature_dim]):
             raise ValueError(
                 f"sample_dims={list(sample_dims)} leaves {rest} of {name}'s dims {dims} for "
                 "the features; the features lie along one dimension: name it with "
                 "feature_dim= and every other dimension in sample_dims."
             )
-        return tuple(d for d in dims if d in sample_dims), (rest[0] if rest else None)
+        return tuple(d for d in dims if d in sample_dims), (main[0] if main else None)
     if X.ndim < 2:
         _check_shape_dtype(X.shape, X.dtype, name)  # raises: not 2-D
     if feature_dim is None and "feature" in dims:
@@ -325,7 +423,11 @@ def _dataarray_dims(X: xr.DataArray, name: str, feature_dim, sample_dims):
             "name the sample dimensions with sample_dims=[...]."
         )
     feature_dim = dims[1] if feature_dim is None else feature_dim  # 2-D: (sample, feature)
-    return tuple(d for d in dims if d != feature_dim), feature_dim
+    # Other dims: samples, but vertical ones give features (as a Dataset's).
+    samples = tuple(d for d in dims if d != feature_dim)
+    if len(samples) > 1:
+        samples = _sample_dims_of(samples, X.coords, name)
+    return samples, feature_dim
 
 
 def _from_dataset(ds: xr.Dataset, name: str, feature_dim, sample_dims) -> InputData:
@@ -340,6 +442,7 @@ def _from_dataset(ds: xr.Dataset, name: str, feature_dim, sample_dims) -> InputD
     for var in variables:
         _check_numeric(var.dtype, f"{name}[{var.name!r}]")
     samples = _dataset_sample_dims(variables, name, sample_dims)
+    _check_not_empty({d: n for var in variables for d, n in var.sizes.items()}, samples, name)
     parts, labels = [], []
     for var in variables:
         levels = [d for d in var.dims if d not in samples]
@@ -393,7 +496,7 @@ def _dataset_sample_dims(variables: list, name: str, sample_dims) -> tuple[str, 
                 f"The data variables of {name} share no dimension ({dims}); name the "
                 "dimensions that hold samples with sample_dims=[...]."
             )
-        return shared
+        return _sample_dims_of(shared, _dim_coords(variables), name)
     lacking = {
         str(var.name): [d for d in sample_dims if d not in var.dims]
         for var in variables
@@ -406,6 +509,102 @@ def _dataset_sample_dims(variables: list, name: str, sample_dims) -> tuple[str, 
             "(e.g. ds[name].broadcast_like(ds[other]))."
         )
     return tuple(d for d in first if d in sample_dims)
+
+
+# ------------------------------------------------- which dims hold samples
+#: CF ``axis`` values, ``standard_name`` values and units of sample dims
+#: (time and horizontal position), and (lower-case) dim names taken for them.
+SAMPLE_AXES = ("T", "X", "Y")
+SAMPLE_STANDARD_NAMES = (
+    "time", "latitude", "longitude", "grid_latitude", "grid_longitude",
+    "projection_x_coordinate", "projection_y_coordinate",
+)  # fmt: skip
+SAMPLE_UNITS = ("degrees_north", "degree_north", "degrees_n", "degrees_east", "degree_east",
+                "degrees_e")  # fmt: skip
+SAMPLE_DIM_NAMES = (
+    "time", "t", "date", "year", "month", "day", "hour", "season", "valid_time",
+    "lat", "latitude", "lon", "longitude", "x", "y", "rlat", "rlon", "nlat", "nlon",
+    "sample", "samples", "station", "cell", "ncells", "node", "point", "pixel",
+)  # fmt: skip
+#: ``standard_name`` prefixes, pressure units and dim names of vertical dims (CF §4.3).
+VERTICAL_STANDARD_NAMES = (
+    "air_pressure", "depth", "height", "altitude", "model_level_number", "atmosphere_",
+    "ocean_sigma", "ocean_s_coordinate", "ocean_double_sigma", "sea_water_pressure",
+)  # fmt: skip
+VERTICAL_UNITS = ("pa", "hpa", "kpa", "mbar", "millibar", "bar", "dbar", "decibar", "atm")
+VERTICAL_DIM_NAMES = (
+    "level", "levels", "lev", "plev", "pressure", "pressure_level", "isobaricinhpa",
+    "model_level", "depth", "height", "altitude", "z", "sigma", "hybrid",
+)  # fmt: skip
+
+
+def dim_role(dim: str, coord: xr.DataArray | None) -> str | None:
+    """'sample' (time, latitude, longitude, x, y), 'vertical' (a level) or None (unknown).
+
+    From the dim's coordinate, CF first: ``axis`` T/X/Y or Z, a ``positive``
+    attribute (only vertical coordinates have one), ``standard_name``, a
+    datetime dtype, ``units`` (``… since …``, degrees north/east, pressure);
+    then the dim's name (:data:`SAMPLE_DIM_NAMES`, :data:`VERTICAL_DIM_NAMES`).
+    """
+    attrs = {} if coord is None else coord.attrs
+    axis = str(attrs.get("axis", "")).upper()
+    standard = str(attrs.get("standard_name", "")).lower()
+    units = str(attrs.get("units", "")).lower().strip()
+    if axis in SAMPLE_AXES or standard in SAMPLE_STANDARD_NAMES:
+        return "sample"
+    if axis == "Z" or "positive" in attrs or standard.startswith(VERTICAL_STANDARD_NAMES):
+        return "vertical"
+    if (coord is not None and coord.dtype.kind == "M") or " since " in units:
+        return "sample"
+    if units in SAMPLE_UNITS:
+        return "sample"
+    if units in VERTICAL_UNITS:
+        return "vertical"
+    name = dim.lower()
+    if name in SAMPLE_DIM_NAMES:
+        return "sample"
+    return "vertical" if name in VERTICAL_DIM_NAMES else None
+
+
+def _sample_dims_of(dims: tuple, coords, name: str) -> tuple[str, ...]:
+    """Which of ``dims`` (shared by all features) hold samples, by :func:`dim_role`.
+
+    One dim holds the samples. Of several, the time and horizontal ones do
+    and vertical ones give features (a variable on (time, level, lat, lon)
+    is one feature per level); a dim of unknown role, or no sample dim at
+    all, is ambiguous and refused, naming ``sample_dims=``.
+    """
+    if len(dims) == 1:
+        return dims
+    roles = {d: dim_role(d, coords.get(d)) for d in dims}
+    samples = tuple(d for d in dims if roles[d] == "sample")
+    unknown = [d for d in dims if roles[d] is None]
+    if unknown or not samples:
+        guess = [d for d in dims if roles[d] != "vertical"] or list(dims)
+        raise ValueError(
+            f"Which dims of {name} hold samples is ambiguous: its features share the dims "
+            f"{dims}, and {unknown or list(dims)} are not known as time, latitude, longitude, "
+            "x or y (by a CF axis, standard_name or units attribute or by name), nor as a "
+            f"vertical level (whose points are features); name the sample dims, e.g. "
+            f"sample_dims={guess} (every other dim then gives one feature per point)."
+        )
+    return samples
+
+
+def _dim_coords(variables: list) -> dict:
+    """The coordinate of each dim of ``variables`` that has one."""
+    return {d: var.coords[d] for var in variables for d in var.dims if d in var.coords}
+
+
+def _check_not_empty(sizes: dict, samples: tuple, name: str) -> None:
+    """One clear error for a dim of length 0 (numpy's and dask's reshape errors otherwise)."""
+    empty = [d for d, n in sizes.items() if n == 0]
+    if empty:
+        what = "sample" if empty[0] in samples else "feature"
+        raise ValueError(
+            f"{name} has no {what}s: its {what} dim {empty[0]!r} has length 0 (sizes "
+            f"{dict(sizes)}); pass data with at least one point along every dim."
+        )
 
 
 def _level_names(var: xr.DataArray, levels: list) -> list[str]:
@@ -620,15 +819,18 @@ def as_sample_weight(sample_weight, data: InputData):
     """Validate sample weights against the data; None stays None.
 
     A scalar weighs every row the same (as in scikit-learn). For xarray
-    input, a DataArray on (some of) the sample dims, broadcast over the
-    others. Returns an ndarray (numpy input) or a dask array chunked like
+    input, a DataArray on (some of) the sample dims, matched to X's
+    coordinates by label and broadcast over the others (:meth:`Grid.weights`).
+    Negative weights that are zeros up to the rounding of their dtype
+    (:func:`rounding_floor`: ``cos(90°)`` of float32 latitudes is −4.4e-8)
+    count as 0. Returns an ndarray (numpy input) or a dask array chunked like
     the rows.
 
     Raises
     ------
     ValueError
-        Not numbers, wrong shape, unknown chunk sizes, negative or non-finite
-        values, or all zero.
+        Not numbers, wrong shape or labels, unknown chunk sizes, negative
+        (beyond rounding) or non-finite values, or all zero.
     """
     if sample_weight is None:
         return None
@@ -650,11 +852,13 @@ def as_sample_weight(sample_weight, data: InputData):
         return _lazy_weights(sample_weight, data)
     w = _asarray(sample_weight, "sample_weight")
     _check_numeric(w.dtype, "sample_weight")
+    stored = w.dtype
     w = w.astype(np.float64)
     if w.ndim == 0:
         w = np.full(data.n_samples, float(w))
     _check_weight_shape(w.shape, data.n_samples)
-    check_weight_values(w.min(), w.sum(), np.isfinite(w).all())
+    if check_weight_values(w.min(), w.max(), w.sum(), np.isfinite(w).all(), stored):
+        w = np.maximum(w, 0.0)
     return da.from_array(w, chunks=(data.array.chunks[0],)) if data.is_lazy else w
 
 
@@ -665,11 +869,12 @@ def _lazy_weights(w: da.Array, data: InputData) -> da.Array:
             "sample_weight has unknown chunk sizes; call sample_weight.compute_chunk_sizes() first."
         )
     _check_weight_shape(w.shape, data.n_samples)
+    stored = np.dtype(w.dtype)
     w = w.astype(np.float64).rechunk((data.array.chunks[0],))
     # One small compute up front beats a bad fit.
-    summary = (w.min(), w.sum(), da.isfinite(w).all())
-    w_min, w_sum, finite = compute_one(summary, optimize_graph=True)
-    check_weight_values(w_min, w_sum, finite)
+    summary = (w.min(), w.max(), w.sum(), da.isfinite(w).all())
+    if check_weight_values(*compute_one(summary, optimize_graph=True), stored):
+        w = da.maximum(w, 0.0)
     return w
 
 
@@ -681,11 +886,36 @@ def _check_weight_shape(shape: tuple, n: int) -> None:
         )
 
 
-def check_weight_values(w_min: float, w_sum: float, all_finite: bool) -> None:
-    """Raise a clear ValueError for unusable sample weights."""
+def rounding_floor(w_max: float, dtype: np.dtype) -> float:
+    """How negative a weight may be and still be a zero, rounded: 8 ulps of the largest.
+
+    Weights computed in float32 carry its rounding: ``np.cos(np.deg2rad(lat))``
+    at lat = ±90 is −4.4e-8 (0.37 ε of float32 times the largest weight, 1),
+    as π/2 rounds up in float32. A few ε of the weights' own dtype (float64
+    for anything but float32) times the largest weight holds such zeros and
+    no weight a user meant to be negative.
+    """
+    return 8.0 * float(np.finfo(float_dtype(np.dtype(dtype))).eps) * max(float(w_max), 0.0)
+
+
+def check_weight_values(
+    w_min: float, w_max: float, w_sum: float, all_finite: bool, dtype: np.dtype
+) -> bool:
+    """Raise a clear ValueError for unusable sample weights.
+
+    Returns
+    -------
+    True when some weights are negative zeros (:func:`rounding_floor`), to be set to 0.
+    """
     if not all_finite:
         raise ValueError("sample_weight contains NaN or infinity; pass finite weights.")
-    if w_min < 0:
-        raise ValueError("sample_weight has negative values; weights must be >= 0.")
+    floor = rounding_floor(w_max, dtype)
+    if w_min < -floor:
+        raise ValueError(
+            f"sample_weight has negative values (down to {w_min:.3g}); weights must be >= 0 "
+            f"(values down to -{floor:.2g}, zeros up to the rounding of {np.dtype(dtype)}, "
+            "count as 0)."
+        )
     if w_sum <= 0:
         raise ValueError("sample_weight sums to zero; at least one weight must be positive.")
+    return bool(w_min < 0)

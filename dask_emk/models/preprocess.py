@@ -22,7 +22,13 @@ from sklearn.utils.validation import check_is_fitted
 
 from dask_emk.core.covariance import COVARIANCE_TYPES, MATRIX_DIMS
 from dask_emk.core.moments import merge_moments, moments_block, moments_layout
-from dask_emk.engine.inputs import InputData, as_input, as_sample_weight, float_dtype
+from dask_emk.engine.inputs import (
+    LAYOUT_ATTR,
+    InputData,
+    as_input,
+    as_sample_weight,
+    float_dtype,
+)
 from dask_emk.engine.reduction import reduce_pass
 from dask_emk.models.params import INPUT_OPTIONS, SPLIT_EVERY, Boolean, Spec, validate_params
 from dask_emk.models.validation import check_features
@@ -60,7 +66,11 @@ class StandardScaler(
     with_std : bool, default True
         Divide by the standard deviation.
     feature_dim, sample_dims : str or list of str, optional
-        How xarray input is read, as for the estimators.
+        How xarray input is read, as for the estimators. The xarray output of
+        ``transform`` records the sample dims used in its attribute
+        ``dask_emk_sample_dims``, which the estimators read when given no
+        ``feature_dim`` or ``sample_dims`` of their own: in a ``Pipeline``,
+        the layout is given once, to the scaler.
     split_every : int, optional
         Fan-in of the tree reduction of the fitting pass.
 
@@ -212,7 +222,9 @@ class StandardScaler(
         if isinstance(X, (xr.Dataset, xr.DataArray)):
             order = self._order(given)  # X is scaled as it is: its features in its order
             offset, factor = offset[order], factor[order]
-            return _on_grid(X, given.grid.dims, offset, factor, inverse)
+            out = _on_grid(X, given.grid.dims, offset, factor, inverse)
+            # The next step of a Pipeline reads the output with this layout (sample_dims once).
+            return out.assign_attrs({LAYOUT_ATTR: list(given.grid.dims)})
         dtype = data.array.dtype
         return _affine(data.array, offset.astype(dtype), factor.astype(dtype), inverse)
 

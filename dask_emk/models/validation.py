@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 
 import numpy as np
 import pandas as pd
 from sklearn.utils.validation import check_is_fitted
 
 from dask_emk.engine.inputs import InputData, as_input
+
+#: Fits log the layout of their input here (INFO): samples × features, from which dims.
+logger = logging.getLogger("dask_emk")
 
 
 def validate_features(estimator, X, *, reset: bool) -> InputData:
@@ -42,6 +46,7 @@ def check_features(estimator, data: InputData, *, reset: bool) -> InputData:
         the data seen in fit.
     """
     if reset:
+        logger.info("%s fitted on %s", type(estimator).__name__, data.describe())
         estimator.n_features_in_ = data.n_features
         labels = data.feature_labels
         estimator._feature_labels = labels
@@ -51,27 +56,41 @@ def check_features(estimator, data: InputData, *, reset: bool) -> InputData:
             del estimator.feature_names_in_
         return data
     check_is_fitted(estimator)
+    fitted = getattr(estimator, "_feature_labels", None)
+    if fitted is not None and data.feature_labels is not None:
+        order = _fitted_order(estimator, data.feature_labels, fitted)
     if data.n_features != estimator.n_features_in_:
         raise ValueError(
             f"X has {data.n_features} features, but {type(estimator).__name__} is "
             f"expecting {estimator.n_features_in_} features as input; pass data with "
             "the features the model was fitted on."
         )
-    fitted = getattr(estimator, "_feature_labels", None)
     if fitted is None or data.feature_labels is None:
         return data
-    order = pd.Index(data.feature_labels).get_indexer(fitted)
-    if (order < 0).any():
-        unseen = [v for v in data.feature_labels.tolist() if v not in set(fitted.tolist())]
-        missing = [v for v in fitted.tolist() if v not in set(data.feature_labels.tolist())]
-        raise ValueError(
-            f"X has other feature labels than the data {type(estimator).__name__} was "
-            f"fitted on: {unseen} not seen in fit, {missing} missing; pass the features "
-            "the model was fitted on (in any order)."
-        )
     if (order == np.arange(order.size)).all():
         return data
     return dataclasses.replace(data, array=data.array[:, order], feature_labels=fitted)
+
+
+def _fitted_order(estimator, labels: np.ndarray, fitted: np.ndarray) -> np.ndarray:
+    """Where each fitted feature is among ``labels``; raises naming the missing and the new.
+
+    Checked before the count, so that a Dataset lacking a fitted variable or
+    holding another one is told which (not only how many features it has).
+    """
+    order = pd.Index(labels).get_indexer(fitted)
+    if (order < 0).any() or labels.size != fitted.size:
+        known = set(fitted.tolist())
+        unseen = [v for v in labels.tolist() if v not in known]
+        missing = [v for v in fitted.tolist() if v not in set(labels.tolist())]
+        found = [f"{unseen} not seen in fit"] if unseen else []
+        found += [f"{missing} missing" if missing else "none missing"]
+        raise ValueError(
+            f"X has other feature labels than the data {type(estimator).__name__} was "
+            f"fitted on: {', '.join(found)}; pass the features the model was fitted on "
+            "(in any order; a Dataset's variables are its features)."
+        )
+    return order
 
 
 class NoTrainingDataInPickle:

@@ -139,8 +139,9 @@ def _is_generated_grid(node) -> bool:
 def _xarray_source(store: str, cfg: dict, photo: bool = False) -> Source:
     """An xarray store, opened lazily with checked reads, as the estimators will fit it.
 
-    ``input.variables`` picks data variables (default all); with
-    ``feature_dim`` they must be one, fitted as an N-D DataArray.
+    ``input.variables`` picks data variables (default all, sorted by name),
+    which are the features in that order (recorded as ``feature`` in the
+    results); with ``feature_dim`` they must be one, fitted as an N-D DataArray.
     """
     node = _open_node(store)  # a missing store or an unreachable bucket: one clear line
     try:
@@ -150,7 +151,9 @@ def _xarray_source(store: str, cfg: dict, photo: bool = False) -> Source:
             f"input store {store!r} is not an xarray store ({type(exc).__name__}: {exc}); "
             "write it with xarray's to_zarr, or name a 2-D array with input.array."
         ) from None
-    names = list(map(str, ds.data_vars))
+    # A store opened without consolidated metadata lists its variables in any
+    # order; features in that order would change the fit from run to run.
+    names = sorted(map(str, ds.data_vars))
     if _is_generated_grid(node):  # its variables, in order, without the truth
         names = [str(name) for name in ds["feature"].values]
     chosen = cfg["variables"] or names
