@@ -138,8 +138,9 @@ class KMeans(
         ``init(X, n_clusters, random_state)`` returning the centres, called
         once per ``n_init`` with the fit's RandomState; ``X`` is the
         in-memory input as a 2-D float array (not centred, NaN rows
-        included), so it needs in-memory input (numpy, pandas, xarray on
-        numpy): lazy input is refused (pass an array of centres instead).
+        included; sample weights are not passed, as in scikit-learn), so it
+        needs in-memory input (numpy, pandas, xarray on numpy): lazy input
+        is refused (pass an array of centres instead).
     n_init : 'auto' or int, default='auto'
         Number of seedings; the run with the lowest inertia is kept.
         'auto': 10 for 'random' or a callable, else 1 (as scikit-learn).
