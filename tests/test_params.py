@@ -22,7 +22,7 @@ from dask_emk.pipeline.config import PipelineError
 ESTIMATORS = [GaussianMixture, KMeans, AnnealedGaussianMixture, DPMeans, GaussianMixtureIC]
 X = np.random.default_rng(0).normal(size=(40, 2))
 #: The parameters that take a bool.
-BOOLEAN = {"warm_start", "accelerate"}
+BOOLEAN = {"warm_start", "accelerate", "copy_x"}
 
 
 def constructor_params(cls) -> list[str]:

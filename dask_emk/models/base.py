@@ -1,10 +1,13 @@
-"""What the three estimators share: the parameter table and the checked start of ``fit``."""
+"""What the estimators share: the parameter table, the checked start of ``fit``,
+and the named outputs of a transform to distances (``set_output``)."""
 
 from __future__ import annotations
 
 from typing import ClassVar
 
-from sklearn.base import BaseEstimator
+import numpy as np
+from sklearn import get_config
+from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin
 
 from dask_emk.engine.inputs import InputData, as_sample_weight
 from dask_emk.models.params import Spec, validate_params
@@ -63,3 +66,34 @@ class ChunkedEstimator(BaseEstimator):
         k = getattr(self, name)
         if data.n_samples < k:
             raise ValueError(f"n_samples={data.n_samples} should be >= {name}={k}; lower {name}.")
+
+
+class CentreDistancesOut(ClassNamePrefixFeaturesOutMixin):
+    """Mixin: ``get_feature_names_out`` and ``set_output`` for a transform to centre distances.
+
+    As scikit-learn's ``KMeans``: the i-th output column is the distance to
+    the i-th centre, named ``<class name lowercased><i>`` (``kmeans0``, ...),
+    so the estimator joins ``make_union`` and ``set_output(transform="pandas")``
+    (with scikit-learn's ``TransformerMixin``, which wraps ``transform``).
+    A table needs the distances in memory: :meth:`_in_memory_output` refuses
+    the lazy or gridded output of lazy or xarray input under such a setting.
+    """
+
+    @property
+    def _n_features_out(self) -> int:
+        return self.cluster_centers_.shape[0]
+
+    def _in_memory_output(self, out):
+        """``out`` unchanged, or a ValueError when the output setting asks for a
+        table (pandas, polars) and ``out`` is not a numpy array."""
+        # The estimator's own set_output, else the global setting (scikit-learn's rule).
+        own = getattr(self, "_sklearn_output_config", {})
+        container = own.get("transform", get_config()["transform_output"])
+        if container == "default" or isinstance(out, np.ndarray):
+            return out
+        raise ValueError(
+            f"transform output {container!r} (set_output or scikit-learn's transform_output) "
+            f"makes a table in memory, but this input gives a lazy or gridded "
+            f"{type(out).__name__}; pass numpy or pandas input, or use "
+            "set_output(transform='default') to keep the input's kind."
+        )

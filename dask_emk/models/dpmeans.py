@@ -99,7 +99,7 @@ import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
-from sklearn.base import ClusterMixin
+from sklearn.base import ClusterMixin, TransformerMixin
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils.validation import check_is_fitted
 
@@ -109,7 +109,7 @@ from dask_emk.core.mstep import weighted_means
 from dask_emk.engine.inputs import InputData
 from dask_emk.engine.passes import assign_pass, costliest_pass
 from dask_emk.models.anneal import reference_row
-from dask_emk.models.base import ChunkedEstimator
+from dask_emk.models.base import CentreDistancesOut, ChunkedEstimator
 from dask_emk.models.kmeans import KMeans, relative_tolerance
 from dask_emk.models.params import DPMEANS
 from dask_emk.models.validation import NoTrainingDataInPickle
@@ -202,7 +202,9 @@ class Start:
     tol_abs: float | None
 
 
-class DPMeans(NoTrainingDataInPickle, ClusterMixin, ChunkedEstimator):
+class DPMeans(
+    NoTrainingDataInPickle, CentreDistancesOut, TransformerMixin, ClusterMixin, ChunkedEstimator
+):
     """DP-means: k-means with a price λ per cluster, the number of clusters found.
 
     Minimises Σ w ‖x − μ_z‖² + λ K over the centres, the assignments and K,
@@ -478,6 +480,17 @@ class DPMeans(NoTrainingDataInPickle, ClusterMixin, ChunkedEstimator):
     _centers64 = KMeans._centers64
     _labels = KMeans._labels
     predict = KMeans.predict
+    _distances = KMeans._distances
+    _transform = KMeans._transform
+
+    def transform(self, X):
+        """Euclidean distance of each sample to each centre, (n_samples, n_clusters_).
+
+        As :meth:`KMeans.transform`: columns ``dpmeans0``, ``dpmeans1``, ...
+        (``get_feature_names_out``), a table under ``set_output`` for numpy
+        or pandas input, lazy for lazy input.
+        """
+        return self._transform(X)
 
     def fit_predict(self, X, y=None, sample_weight=None):
         """Fit, then return ``labels_``."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 import warnings
 from dataclasses import dataclass
 
@@ -34,11 +35,20 @@ from dask_emk.models.validation import check_features, input_options, validate_f
 
 
 class _Progress:
-    """Lower bounds, convergence and reports of one EM run, iteration by iteration."""
+    """Lower bounds, convergence and reports of one EM run, iteration by iteration.
+
+    With ``verbose`` it prints scikit-learn's lines ("Initialization i", then
+    "  Iteration n" every ``verbose_interval``, with times and the change at
+    verbose >= 2, then whether the run converged); a line of a run batched
+    with others says which run it is of and which still run.
+    """
 
     def __init__(self, model, data: InputData, init: int, batch, bound: float):
         self.model, self.dtype, self.init, self.batch = model, data.array.dtype, init, batch
         self.bound, self.bounds, self.n_iter, self.converged = bound, [], 0, False
+        self.started = self.last = time.perf_counter()
+        if model.verbose:
+            print(f"Initialization {init}")
 
     def record(self, stats: dict, state: GaussianState) -> bool:
         """An iteration whose E-step gave ``stats`` and M-step ``state``; True when converged."""
@@ -46,17 +56,44 @@ class _Progress:
         previous, self.bound = self.bound, bound
         self.n_iter += 1
         self.bounds.append(bound)
-        running = self.batch.running if self.batch is not None else (self.init,)
-        model._print_iteration(self.n_iter, bound - previous, self.init, running)
+        self._print_iteration(bound - previous)
         self.converged = bool(abs(bound - previous) < model.tol)
         if model.callback is not None:
             model._report(
-                self.init, self.n_iter, state, self.dtype, self.bounds, self.converged, running
-            )
+                self.init, self.n_iter, state, self.dtype, self.bounds, self.converged,
+                self._running(),
+            )  # fmt: skip
         return self.converged
 
     def run(self, state: GaussianState) -> EMRun:
+        if self.model.verbose:
+            said = "converged" if self.converged else "did not converge"
+            if self.model.verbose >= 2:
+                lapse = time.perf_counter() - self.started
+                said += f". time lapse {lapse:.5f}s\t lower bound {self.bound:.5f}"
+            print(f"Initialization {said}.{self._which()}")
         return EMRun(state, self.bound, self.bounds, self.n_iter, self.converged)
+
+    def _running(self) -> tuple:
+        return tuple(self.batch.running) if self.batch is not None else (self.init,)
+
+    def _which(self) -> str:
+        """Which run a line is of, when several run in the batch."""
+        running = self._running()
+        if len(running) <= 1:
+            return ""
+        return f"\t init {self.init}; running: {', '.join(map(str, running))}"
+
+    def _print_iteration(self, change: float) -> None:
+        model = self.model
+        if not model.verbose or self.n_iter % model.verbose_interval:
+            return
+        line = f"  Iteration {self.n_iter}"
+        if model.verbose >= 2:
+            now = time.perf_counter()
+            line += f"\t time lapse {now - self.last:.5f}s\t ll change {change:.5f}"
+            self.last = now
+        print(line + self._which())
 
 
 @dataclass
@@ -104,6 +141,11 @@ class GaussianMixture(DensityMixin, ChunkedEstimator):
     random_state : int, RandomState or None
     warm_start : bool, default=False
     verbose : int, default=0
+        > 0: print scikit-learn's progress lines ("Initialization i", then
+        "  Iteration n" every ``verbose_interval`` iterations, then
+        "Initialization converged." or "... did not converge."); >= 2 adds
+        the time taken, the change of the lower bound and the final lower
+        bound. Runs batched together say which run a line is of.
     verbose_interval : int, default=10
     variance : float, optional
         With ``covariance_type='shared'``: fix σ² to this value instead of
@@ -360,13 +402,6 @@ class GaussianMixture(DensityMixin, ChunkedEstimator):
     def _em_request(self, state: GaussianState, layout: StatsLayout, gaps: bool) -> Pass:
         params = self._kernel_params(state)
         return Pass(layout, mixture_block, (params, layout, gaps))
-
-    def _print_iteration(self, n_iter: int, change: float, init: int = 0, running=()) -> None:
-        if self.verbose and n_iter % self.verbose_interval == 0:
-            batch = ""
-            if len(running) > 1:
-                batch = f"\t init {init}; running: {', '.join(map(str, running))}"
-            print(f"  Iteration {n_iter}\t change: {change:.6g}{batch}")
 
     # -------------------------------------------------------- initialisation
     def _initial_steps(self, data: InputData, weight, rng, eps: float) -> Steps:

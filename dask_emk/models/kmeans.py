@@ -23,7 +23,7 @@ from dask_emk.engine import reduction
 from dask_emk.engine.batch import Batch, Steps
 from dask_emk.engine.inputs import InputData, as_sample_weight
 from dask_emk.engine.passes import assign_pass, assign_request, distance_rows, label_rows
-from dask_emk.models.base import ChunkedEstimator
+from dask_emk.models.base import CentreDistancesOut, ChunkedEstimator
 from dask_emk.models.params import KMEANS, KMEANS_INITS
 from dask_emk.models.seeding import (
     done,
@@ -117,28 +117,49 @@ def _running(init: int, batch) -> str:
     return f" (init {init}; running: {', '.join(map(str, batch.running))})"
 
 
-class KMeans(NoTrainingDataInPickle, TransformerMixin, ClusterMixin, ChunkedEstimator):
+class KMeans(
+    NoTrainingDataInPickle, CentreDistancesOut, TransformerMixin, ClusterMixin, ChunkedEstimator
+):
     """K-means clustering by Lloyd iterations over chunked data.
 
-    scikit-learn's :class:`sklearn.cluster.KMeans` (``algorithm='lloyd'``)
-    interface and semantics on numpy, dask, xarray or zarr input. Each
-    iteration is one pass over the data and one Dask compute.
+    scikit-learn's :class:`sklearn.cluster.KMeans` interface and semantics
+    on numpy, dask, xarray or zarr input. Each iteration is one pass over the
+    data and one Dask compute. ``transform`` output columns are named
+    ``kmeans0``, ``kmeans1``, ... (``get_feature_names_out``), and
+    ``set_output(transform='pandas')`` works for numpy or pandas input.
 
     Parameters
     ----------
     n_clusters : int, default=8
-    init : {'k-means||', 'k-means++', 'random'} or array of shape (n_clusters, n_features)
+    init : {'k-means||', 'k-means++', 'random'}, callable or array of shape (n_clusters, n_features)
         Seeding, see :mod:`dask_emk.models.seeding` (passes over the data: k-means||
         ``init_max_iter + 1``; k-means++ ``n_clusters + 1`` for lazy input;
-        random one, or none for numpy input).
+        random one, or none for numpy input). A callable is scikit-learn's
+        ``init(X, n_clusters, random_state)`` returning the centres, called
+        once per ``n_init`` with the fit's RandomState; ``X`` is the
+        in-memory input as a 2-D float array (not centred, NaN rows
+        included; sample weights are not passed, as in scikit-learn), so it
+        needs in-memory input (numpy, pandas, xarray on numpy): lazy input
+        is refused (pass an array of centres instead).
     n_init : 'auto' or int, default='auto'
         Number of seedings; the run with the lowest inertia is kept.
-        'auto': 10 for 'random', else 1.
+        'auto': 10 for 'random' or a callable, else 1 (as scikit-learn).
     max_iter : int, default=300
     tol : float, default=1e-4
         Relative tolerance: stop when the squared centre shift is at most
         ``tol`` times the mean feature variance (taken from the first pass).
     random_state : int, RandomState or None
+    copy_x : bool, default=True
+        scikit-learn's: whether X may be modified in place during the fit.
+        X is never modified here (blocks are shifted in copies), so both
+        values give the same fit.
+    algorithm : {'lloyd', 'elkan'}, default='lloyd'
+        Both run Lloyd iterations, one pass each: Elkan's triangle-inequality
+        bounds save distance computations in memory but need per-row bounds
+        kept between passes, which out-of-core data does not allow. The
+        result is Lloyd's, which is Elkan's (scikit-learn's ``'elkan'``
+        gives the same centres and labels). As scikit-learn, 'elkan' with
+        one cluster warns.
     oversampling_factor : float, default=2
         k-means||: expected candidates per round, ℓ = factor × n_clusters.
     init_max_iter : int, optional
@@ -146,6 +167,9 @@ class KMeans(NoTrainingDataInPickle, TransformerMixin, ClusterMixin, ChunkedEsti
     split_every : int, optional
         Fan-in of the Dask tree reduction (32 when None).
     verbose : int, default=0
+        > 0: print what scikit-learn prints ("Initialization complete" after
+        each seeding, "Iteration i, inertia ..." per iteration, then why the
+        run stopped); runs batched together say which run a line is of.
     callback : callable, optional
         ``callback(model, info)`` after every Lloyd iteration, for progress
         display and checkpoints; ``info`` is a dict with ``iteration``,
@@ -201,6 +225,8 @@ class KMeans(NoTrainingDataInPickle, TransformerMixin, ClusterMixin, ChunkedEsti
         max_iter=300,
         tol=1e-4,
         random_state=None,
+        copy_x=True,
+        algorithm="lloyd",
         oversampling_factor=2,
         init_max_iter=None,
         split_every=None,
@@ -216,6 +242,8 @@ class KMeans(NoTrainingDataInPickle, TransformerMixin, ClusterMixin, ChunkedEsti
         self.max_iter = max_iter
         self.tol = tol
         self.random_state = random_state
+        self.copy_x = copy_x
+        self.algorithm = algorithm
         self.oversampling_factor = oversampling_factor
         self.init_max_iter = init_max_iter
         self.split_every = split_every
@@ -228,32 +256,59 @@ class KMeans(NoTrainingDataInPickle, TransformerMixin, ClusterMixin, ChunkedEsti
     # ------------------------------------------------------------------ checks
     def _check_parameters(self, data: InputData) -> None:
         self._check_n_samples(data, "n_clusters")
+        if callable(self.init) and data.is_lazy:
+            raise ValueError(
+                "init is a callable, which scikit-learn calls with X in memory, but X is "
+                "lazy (dask, zarr or xarray on dask); pass init=centres, e.g. "
+                "init=f(sample, n_clusters, random_state) on an in-memory sample, "
+                "or a named seeding."
+            )
+        if self.algorithm == "elkan" and self.n_clusters == 1:
+            warnings.warn(
+                "algorithm='elkan' doesn't make sense for a single cluster. Using 'lloyd' instead.",
+                RuntimeWarning,
+                stacklevel=3,
+            )
 
-    def _user_centers(self, d: int) -> np.ndarray | None:
-        if isinstance(self.init, str):
+    def _user_centers(self, d: int, init=None) -> np.ndarray | None:
+        """The centres of an array ``init`` (the parameter, or what a callable gave), checked."""
+        init = self.init if init is None else init
+        if isinstance(init, str) or callable(init):
             return None
         try:
-            centers = np.asarray(self.init, dtype=np.float64)
+            centers = np.asarray(init, dtype=np.float64)
         except (TypeError, ValueError):  # strings, ragged lists: numpy's message names neither
             raise ValueError(
-                f"init must be one of {KMEANS_INITS} or a numeric array of shape "
+                f"init must be one of {KMEANS_INITS}, a callable or a numeric array of shape "
                 f"(n_clusters, n_features) = ({self.n_clusters}, {d}); got "
-                f"{type(self.init).__name__} that is not numbers."
+                f"{type(init).__name__} that is not numbers."
             ) from None
         if centers.shape != (self.n_clusters, d):
+            # scikit-learn's words, then the shape wanted
+            wrong = (
+                f"the number of clusters {self.n_clusters}"
+                if centers.ndim != 2 or centers.shape[0] != self.n_clusters
+                else f"the number of features of the data {d}"
+            )
             raise ValueError(
-                f"The shape of the initial centers {centers.shape} does not match "
-                f"(n_clusters, n_features) = ({self.n_clusters}, {d})."
+                f"The shape of the initial centers {centers.shape} does not match {wrong}; "
+                f"pass init of shape (n_clusters, n_features) = ({self.n_clusters}, {d})."
             )
         if not np.isfinite(centers).all():
             raise ValueError("init contains NaN or infinity.")
         return centers
 
+    def _called_centers(self, data: InputData, rng) -> np.ndarray:
+        """scikit-learn's callable ``init(X, n_clusters, random_state)`` on in-memory X."""
+        centers = self.init(data.array, self.n_clusters, random_state=rng)
+        return self._user_centers(data.n_features, init=centers)
+
     def _resolve_n_init(self) -> int:
         n_init = self.n_init
         if n_init == "auto":
-            n_init = 10 if isinstance(self.init, str) and self.init == "random" else 1
-        if not isinstance(self.init, str) and n_init != 1:
+            named = isinstance(self.init, str)
+            n_init = 10 if (named and self.init == "random") or callable(self.init) else 1
+        if not isinstance(self.init, str) and not callable(self.init) and n_init != 1:
             warnings.warn(
                 "Explicit initial center position passed: performing only one init "
                 f"in KMeans instead of n_init={n_init}.",
@@ -277,6 +332,7 @@ class KMeans(NoTrainingDataInPickle, TransformerMixin, ClusterMixin, ChunkedEsti
         batch = Batch(data.array, weight, self.split_every, data.omit_nan, data.marginal)
         fits = [self.run_steps(data, weight, rng, user, i, batch)
                 for i in range(self._resolve_n_init())]  # fmt: skip
+        self._n_init = len(fits)  # scikit-learn's name for the resolved n_init
         runs = batch.run(fits)
         best = runs[0]
         for run in runs[1:]:
@@ -319,6 +375,8 @@ class KMeans(NoTrainingDataInPickle, TransformerMixin, ClusterMixin, ChunkedEsti
     def _seed_steps(self, data: InputData, weight, rng) -> Steps:
         # With gaps, centres are drawn from complete rows only (models.seeding).
         K, omit = self.n_clusters, data.omit_nan or data.marginal
+        if callable(self.init):
+            return done(self._called_centers(data, rng))
         if self.init == "k-means++":
             return kmeans_plusplus_steps(data.array, K, rng, weight, omit)
         if self.init == "random":
@@ -342,6 +400,8 @@ class KMeans(NoTrainingDataInPickle, TransformerMixin, ClusterMixin, ChunkedEsti
         ``gaps``: NaN entries are missing coordinates (``nan_policy='marginalize'``).
         """
         centers = yield from start
+        if self.verbose:
+            print(f"Initialization complete{_running(init, batch)}")
         origin = centers.mean(axis=0)  # fixed for the run: sums stay comparable
         n_far = self.n_clusters - 1
         history, strict, tol_abs = [], False, None
@@ -372,12 +432,24 @@ class KMeans(NoTrainingDataInPickle, TransformerMixin, ClusterMixin, ChunkedEsti
                 }
                 self.callback(self, info)
             if strict or shift <= tol_abs:
+                self._print_converged(i, strict, shift, tol_abs, init, batch)
                 break
         if strict:
             return LloydRun(centers, stats["inertia"], i + 1, weights, history)
         # Final assignment so that inertia (and labels_) match the centres.
         final = yield assign_request(centers, origin, gaps=gaps)
         return LloydRun(centers, final["inertia"], i + 1, final["N"], history)
+
+    def _print_converged(self, i: int, strict: bool, shift, tol_abs, init, batch) -> None:
+        if not self.verbose:
+            return
+        if strict:
+            print(f"Converged at iteration {i}: strict convergence{_running(init, batch)}.")
+        else:
+            print(
+                f"Converged at iteration {i}: center shift {shift} within tolerance "
+                f"{tol_abs}{_running(init, batch)}."
+            )
 
     def _tolerance(self, stats: dict) -> float:
         return relative_tolerance(stats, self.tol)
@@ -403,8 +475,15 @@ class KMeans(NoTrainingDataInPickle, TransformerMixin, ClusterMixin, ChunkedEsti
         return self._labels(validate_features(self, X, reset=False))
 
     def transform(self, X):
-        """Euclidean distance of each sample to each centre, (n_samples, n_clusters)."""
-        return self._distances(validate_features(self, X, reset=False))
+        """Euclidean distance of each sample to each centre, (n_samples, n_clusters).
+
+        numpy for numpy input (a table under ``set_output``), lazy for lazy input.
+        """
+        return self._transform(X)
+
+    def _transform(self, X):
+        # Not wrapped by set_output: fit_transform's wrapper wraps once.
+        return self._in_memory_output(self._distances(validate_features(self, X, reset=False)))
 
     def _distances(self, data: InputData):
         centers, origin = self._centers64()
@@ -414,7 +493,7 @@ class KMeans(NoTrainingDataInPickle, TransformerMixin, ClusterMixin, ChunkedEsti
             centers,
             origin,
             data.marginal,
-            n_out=self.n_clusters,
+            n_out=centers.shape[0],
             dtype=data.array.dtype,
             omit_nan=data.omit_nan,
         )
@@ -438,7 +517,7 @@ class KMeans(NoTrainingDataInPickle, TransformerMixin, ClusterMixin, ChunkedEsti
 
     def fit_transform(self, X, y=None, sample_weight=None):
         """Fit, then return the distances of X to the centres."""
-        return self.fit(X, sample_weight=sample_weight).transform(X)
+        return self.fit(X, sample_weight=sample_weight)._transform(X)
 
     def to_xarray(self):
         """The fitted model as an ``xarray.Dataset`` (see :func:`export.kmeans_dataset`)."""

@@ -274,6 +274,8 @@ def validate_params(estimator) -> None:
 #: Initialisations of GaussianMixture (``init_params``) and KMeans (``init``).
 GMM_INITS = ("kmeans", "k-means||", "k-means++", "random", "random_from_data")
 KMEANS_INITS = ("k-means||", "k-means++", "random")
+#: KMeans ``algorithm``: scikit-learn's names; both run Lloyd (same result).
+KMEANS_ALGORITHMS = ("lloyd", "elkan")
 
 NON_NEGATIVE = Real(ge=0)
 POSITIVE_FINITE = Real(gt=0, lt=np.inf)
@@ -308,11 +310,13 @@ GAUSSIAN_MIXTURE: dict[str, Spec] = {
 
 KMEANS: dict[str, Spec] = {
     "n_clusters": Integer(1),
-    "init": Either((Options(KMEANS_INITS), ArrayLike("(n_clusters, n_features)"))),
+    "init": Either((Options(KMEANS_INITS), ArrayLike("(n_clusters, n_features)"), Function())),
     "n_init": Either((Options(("auto",)), Integer(1))),
     "max_iter": Integer(1),
     "tol": NON_NEGATIVE,
     "random_state": RandomState(),
+    "copy_x": Boolean(),
+    "algorithm": Options(KMEANS_ALGORITHMS),
     "oversampling_factor": NON_NEGATIVE,
     "init_max_iter": Integer(1, allow_none=True),
     "split_every": SPLIT_EVERY,
