@@ -23,7 +23,7 @@ from dask_emk.engine import reduction
 from dask_emk.engine.batch import Batch, Steps
 from dask_emk.engine.inputs import InputData, as_sample_weight
 from dask_emk.engine.passes import assign_pass, assign_request, distance_rows, label_rows
-from dask_emk.models.base import ChunkedEstimator
+from dask_emk.models.base import LABEL_DTYPE, ChunkedEstimator
 from dask_emk.models.params import KMEANS, KMEANS_INITS
 from dask_emk.models.seeding import (
     done,
@@ -191,6 +191,7 @@ class KMeans(NoTrainingDataInPickle, TransformerMixin, ClusterMixin, ChunkedEsti
     """
 
     _parameter_specs = KMEANS
+    _weight_sums = ("inertia_", "inertia_history_", "cluster_weights_")
 
     def __init__(
         self,
@@ -390,8 +391,8 @@ class KMeans(NoTrainingDataInPickle, TransformerMixin, ClusterMixin, ChunkedEsti
     def _labels(self, data: InputData):
         centers, origin = self._centers64()
         labels = reduction.map_rows(
-            data.array, label_rows, centers, origin, data.marginal, dtype=np.int32,
-            omit_nan=data.omit_nan,
+            data.array, label_rows, centers, origin, data.marginal, dtype=LABEL_DTYPE,
+            nan_policy=data.nan_policy,
         )  # fmt: skip
         return data.wrap_rows(labels)
 
@@ -416,7 +417,7 @@ class KMeans(NoTrainingDataInPickle, TransformerMixin, ClusterMixin, ChunkedEsti
             data.marginal,
             n_out=self.n_clusters,
             dtype=data.array.dtype,
-            omit_nan=data.omit_nan,
+            nan_policy=data.nan_policy,
         )
         return data.wrap_rows(dist, extra_dim="component")
 
