@@ -73,19 +73,23 @@ class ChunkedEstimator(BaseEstimator):
             check_observed_features(data)  # in memory: one cheap look before any pass
         try:
             self._fit(X, data, weight)
-        except ValueError:
-            # Lazy data: only a failed fit pays the pass that tells a feature
-            # never observed from other shortages of rows.
-            if data.is_lazy:
+        except ValueError as exc:
+            # Lazy data: only a fit that ran out of rows under the NaN policy
+            # pays the pass that tells a feature never observed from other causes.
+            if data.is_lazy and "nan_policy" in str(exc):
                 check_observed_features(data)
             raise
+        self._unscale_weight_sums(exponent)
+        return self
+
+    def _unscale_weight_sums(self, exponent: int) -> None:
+        """Give :attr:`_weight_sums` back in the weights passed (times 2**exponent)."""
         for path in self._weight_sums if exponent else ():
             *owners, name = path.split(".")
             owner = self
             for step in owners:
                 owner = getattr(owner, step)
             setattr(owner, name, _times_power_of_two(getattr(owner, name), exponent))
-        return self
 
     def _fit_input(self, X) -> InputData:
         """X converted, its features recorded (a warm start keeps the fitted ones)."""
