@@ -38,16 +38,18 @@ def test_one_compute_per_em_iteration(X):
     assert counter.count == 5
 
 
-def test_sample_weight_costs_one_validation_compute(X):
+def test_sample_weight_costs_two_small_computes(X):
     # Dask sample weights are checked (min, sum, finite) in one small compute up
-    # front, so a bad weight fails before the first EM pass: 1 + max_iter computes.
+    # front, so a bad weight fails before the first EM pass, and their total
+    # read once more for the rescale to ratios (models/base.ratio_weights):
+    # 2 + max_iter computes.
     dX = da.from_array(X, chunks=(97, -1))
     w = da.ones(len(X), chunks=200)
     gm = GaussianMixture(K, max_iter=5, tol=0.0, **init_params(X, K, "diag"))
     gm.set_params(covariance_type="diag")
     with dask.config.set(scheduler="sync"), CountComputes() as counter:
         fit_quiet(gm, dX, sample_weight=w)
-    assert counter.count == 6
+    assert counter.count == 7
 
 
 def test_predict_is_lazy_until_computed(X):

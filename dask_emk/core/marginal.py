@@ -97,6 +97,8 @@ def pattern_groups(seen: np.ndarray, keys: np.ndarray | None = None):
     elif seen.shape[1] <= 16:
         keys = keys.astype(np.uint16)  # numpy's stable sort is a radix sort for these
     order = np.argsort(keys, kind="stable")
+    if order.size == 0:  # no rows, no pattern (an all-NaN block keeps none)
+        return order, np.zeros(1, dtype=np.int64)
     ordered = keys[order]
     change = np.flatnonzero(ordered[1:] != ordered[:-1]) + 1
     return order, np.concatenate([[0], change, [ordered.shape[0]]]).astype(np.int64)

@@ -368,23 +368,27 @@ def map_rows(
     *args: Any,
     n_out: int | None = None,
     dtype=np.float64,
-    omit_nan: bool = False,
+    nan_policy: str = "raise",
 ) -> np.ndarray | da.Array:
     """Apply ``row_fn(x_block, *args)`` per block of rows.
 
     Lazy (a dask array) for dask input; computed now, with local threads, for
-    numpy input.
+    numpy input. Each block is checked as it is computed (:func:`check_rows`),
+    so a lazy result holding a refused row raises when computed, never
+    returns a made-up value for it.
 
     Parameters
     ----------
     row_fn : callable returning (n_block,) if ``n_out`` is None else (n_block, n_out)
     n_out : int, optional
         Width of the per-row output; None for one value per row.
-    omit_nan : bool
-        Rows holding NaN are not passed to ``row_fn``; their outputs are NaN
-        (:data:`LABEL_FILL` for integer ``dtype``).
+    nan_policy : {'raise', 'omit', 'marginalize'}
+        'raise': a row holding NaN is an error; 'omit': such rows are not
+        passed to ``row_fn`` and their outputs are NaN (:data:`LABEL_FILL`
+        for integer ``dtype``); 'marginalize': ``row_fn`` takes NaN as
+        missing. ±inf is an error under every policy.
     """
-    options = (dtype, omit_nan, n_out)
+    options = (dtype, nan_policy, n_out)
     if not isinstance(X, da.Array):
         parts = local_map(lambda sl: _call_rows(X[sl], row_fn, args, *options), *X.shape)
         return np.concatenate(parts)
@@ -397,8 +401,9 @@ def map_rows(
     )  # fmt: skip
 
 
-def _call_rows(x, row_fn, args, dtype, omit_nan=False, n_out=None):
-    keep = rows_without_nan(x) if omit_nan else None
+def _call_rows(x, row_fn, args, dtype, nan_policy="raise", n_out=None):
+    check_rows(x, nan_policy)
+    keep = rows_without_nan(x) if nan_policy == "omit" else None
     if keep is None:
         # The declared dtype of a dask array is not a cast: make the blocks match it.
         return np.asarray(row_fn(x, *args)).astype(dtype, copy=False)
@@ -407,6 +412,23 @@ def _call_rows(x, row_fn, args, dtype, omit_nan=False, n_out=None):
     if keep.any():
         out[keep] = _call_rows(x[keep], row_fn, args, dtype)
     return out
+
+
+def check_rows(x: np.ndarray, nan_policy: str) -> None:
+    """Raise :func:`nonfinite_error` for the rows of block ``x`` that ``nan_policy`` refuses.
+
+    NaN under 'raise', ±inf always: what numpy input is refused for up front,
+    checked here for lazy input as each block is computed.
+    """
+    with np.errstate(over="ignore", invalid="ignore"):
+        if np.isfinite(x.sum()):  # one cheap reduction; overflow only sends us on
+            return
+    allow_nan = nan_policy != "raise"
+    bad = np.isinf(x) if allow_nan else ~np.isfinite(x)
+    count = int(bad.any(axis=1).sum())
+    if count:
+        where = f" in {count} row(s) of a block of {x.shape[0]}"
+        raise nonfinite_error("X", where, allow_nan, "X[da.isfinite(X).all(axis=1)]")
 
 
 def raise_on_nonfinite(count: float, source=None, omit_nan: bool = False) -> None:

@@ -583,6 +583,9 @@ class AnnealedGaussianMixture(
     """
 
     _parameter_specs = ANNEALED_GAUSSIAN_MIXTURE
+    _weight_sums = (
+        "inertia_", "kmeans_.inertia_", "kmeans_.inertia_history_", "kmeans_.cluster_weights_"
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -793,7 +796,7 @@ class AnnealedGaussianMixture(
         )  # fmt: skip
         out = reduction.map_rows(
             data.array, resp_rows, params, data.marginal, n_out=means.shape[0],
-            omit_nan=data.omit_nan,
+            dtype=data.array.dtype, nan_policy=data.nan_policy,
         )  # fmt: skip
         return data.wrap_rows(out, extra_dim="component")
 

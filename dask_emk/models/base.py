@@ -5,13 +5,22 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+import dask.array as da
 import numpy as np
 from sklearn import get_config
 from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin
 
 from dask_emk.engine.inputs import InputData, as_sample_weight
+from dask_emk.engine.reduction import compute_one
 from dask_emk.models.params import Spec, validate_params
 from dask_emk.models.validation import validate_features
+
+#: dtype of every estimator's labels (``labels_``, ``predict``, ``fit_predict``;
+#: numpy, dask or xarray): int32, scikit-learn's KMeans labels (its
+#: ``test_k_means.py`` builds labels as int32; its GaussianMixture returns
+#: argmax's int64, which no test of its own checks). Half the size of int64
+#: for gridded label maps, and K never nears 2**31.
+LABEL_DTYPE = np.dtype(np.int32)
 
 
 class ChunkedEstimator(BaseEstimator):
@@ -24,6 +33,16 @@ class ChunkedEstimator(BaseEstimator):
 
     #: Parameter name -> what it may hold; one entry per constructor parameter.
     _parameter_specs: ClassVar[dict[str, Spec]] = {}
+
+    #: Fitted attributes that are sums of sample weights (an inertia, cluster
+    #: masses; ``owner.name`` for one of a fitted sub-estimator): the fit runs
+    #: on rescaled weights (:func:`ratio_weights`), and these are given back
+    #: in the units of the weights passed.
+    _weight_sums: ClassVar[tuple[str, ...]] = ()
+
+    #: False where a weight is a count whose scale changes the fit (DP-means:
+    #: scaling the weights scales λ), so the weights are used as passed.
+    _weights_are_ratios: ClassVar[bool] = True
 
     def fit(self, X, y=None, sample_weight=None):
         """Fit the model to X (the class docstring says how).
@@ -39,7 +58,8 @@ class ChunkedEstimator(BaseEstimator):
         sample_weight : array-like of shape (n_samples,), optional
             Non-negative weights of the samples, used in every pass (seeding,
             iterations and the objective); for gridded X a DataArray on (some
-            of) its sample dims.
+            of) its sample dims. Only their ratios matter (:func:`ratio_weights`),
+            except where a weight is a count (DPMeans).
 
         Returns
         -------
@@ -48,8 +68,30 @@ class ChunkedEstimator(BaseEstimator):
         validate_params(self)
         data = self._fit_input(X)
         self._check_parameters(data)
-        self._fit(X, data, as_sample_weight(sample_weight, data))
+        weight, exponent = as_sample_weight(sample_weight, data), 0
+        if self._weights_are_ratios:
+            weight, exponent = ratio_weights(weight, data.n_samples)
+        if not data.is_lazy:
+            check_observed_features(data)  # in memory: one cheap look before any pass
+        try:
+            self._fit(X, data, weight)
+        except ValueError as exc:
+            # Lazy data: only a fit that ran out of rows under the NaN policy
+            # pays the pass that tells a feature never observed from other causes.
+            if data.is_lazy and "nan_policy" in str(exc):
+                check_observed_features(data)
+            raise
+        self._unscale_weight_sums(exponent)
         return self
+
+    def _unscale_weight_sums(self, exponent: int) -> None:
+        """Give :attr:`_weight_sums` back in the weights passed (times 2**exponent)."""
+        for path in self._weight_sums if exponent else ():
+            *owners, name = path.split(".")
+            owner = self
+            for step in owners:
+                owner = getattr(owner, step)
+            setattr(owner, name, _times_power_of_two(getattr(owner, name), exponent))
 
     def _fit_input(self, X) -> InputData:
         """X converted, its features recorded (a warm start keeps the fitted ones)."""
@@ -97,3 +139,81 @@ class CentreDistancesOut(ClassNamePrefixFeaturesOutMixin):
             f"{type(out).__name__}; pass numpy or pandas input, or use "
             "set_output(transform='default') to keep the input's kind."
         )
+
+
+def _times_power_of_two(value, exponent: int):
+    """``value`` (float, list or array) times 2**exponent, exactly, in its own type."""
+    scaled = np.ldexp(np.asarray(value, dtype=np.float64), exponent)
+    if isinstance(value, list):
+        return scaled.tolist()
+    return float(scaled) if isinstance(value, float) else scaled.astype(np.asarray(value).dtype)
+
+
+def ratio_weights(weight, n_samples: int):
+    """Sample weights as ratios: ``weight`` times 2**-e, with the mean brought into [1, 2).
+
+    Only the weights' proportions may change a fit: weights that sum to
+    1e-300 must fit as their unscaled ratios do, where absolute floors (the
+    M-step's 10·eps on each mass) would otherwise dominate. A power of two is
+    exact, so weights of mean in [1, 2) (all ones among them) are unchanged
+    to the bit, and a sum of weights is given back exactly (``np.ldexp(s, e)``).
+
+    Parameters
+    ----------
+    weight : ndarray or dask array of shape (n_samples,), or None
+        Checked weights (:func:`dask_emk.engine.inputs.as_sample_weight`).
+    n_samples : int
+
+    Returns
+    -------
+    (weights, e): the rescaled weights (None stays None) and the exponent e.
+
+    Raises
+    ------
+    ValueError
+        If the weights' total is zero or not finite in float64.
+    """
+    if weight is None:
+        return None, 0
+    lazy = isinstance(weight, da.Array)
+    with np.errstate(over="ignore"):  # an overflowing total is refused below
+        total = float(compute_one(weight.sum(), optimize_graph=True) if lazy else weight.sum())
+    if not np.isfinite(total) or total <= 0:
+        raise ValueError(
+            f"sample_weight sums to {total} in float64; weights are ratios: divide them "
+            "by a common factor (e.g. their largest) so that they sum to a finite, positive number."
+        )
+    exponent = int(np.frexp(total / n_samples)[1]) - 1
+    if exponent == 0:
+        return weight, 0
+    return (da.ldexp(weight, -exponent) if lazy else np.ldexp(weight, -exponent)), exponent
+
+
+def check_observed_features(data: InputData) -> None:
+    """Refuse features that hold only NaN under ``nan_policy`` 'omit' or 'marginalize'.
+
+    'omit' would leave out every row, 'marginalize' has no value to estimate
+    the feature from: either fit fails later with an error about too few
+    rows. Reads lazy data once (:func:`dask_emk.engine.reduction.compute_one`).
+
+    Raises
+    ------
+    ValueError
+        Naming the features (index, and label where X has them).
+    """
+    if data.nan_policy == "raise":
+        return
+    X = data.array
+    empty = da.isnan(X).all(axis=0) if data.is_lazy else np.isnan(X).all(axis=0)
+    never = np.flatnonzero(compute_one(empty, optimize_graph=True) if data.is_lazy else empty)
+    if never.size == 0:
+        return
+    labels = data.feature_labels
+    named = [f"{j} ({labels[j]!r})" if labels is not None else str(j) for j in never.tolist()]
+    consequence = (
+        "leaves out every row" if data.nan_policy == "omit" else "has no value to fit them from"
+    )
+    raise ValueError(
+        f"Feature(s) {', '.join(named)} of X hold only NaN: nan_policy={data.nan_policy!r} "
+        f"{consequence}; drop them from X (or give them values)."
+    )

@@ -286,6 +286,7 @@ class DPMeans(
     """
 
     _parameter_specs = DPMEANS
+    _weights_are_ratios = False  # counts: w copies of a row (module docstring)
 
     def __init__(
         self,

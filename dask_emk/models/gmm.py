@@ -27,7 +27,7 @@ from dask_emk.engine.mixture_passes import (
     resp_block,
     resp_rows,
 )
-from dask_emk.models.base import ChunkedEstimator
+from dask_emk.models.base import LABEL_DTYPE, ChunkedEstimator
 from dask_emk.models.params import GAUSSIAN_MIXTURE, Integer
 from dask_emk.models.seeding import done, kmeans_plusplus_steps, random_rows_steps
 from dask_emk.models.squarem import squarem_steps
@@ -547,13 +547,16 @@ class GaussianMixture(DensityMixin, ChunkedEstimator):
         return all(np.array_equal(np.asarray(a, dtype=b.dtype), b) for a, b in pairs)
 
     # ------------------------------------------------------------ prediction
-    def _rows(self, X, row_fn, n_out=None, dtype=np.float64, extra_dim=None):
+    def _rows(self, X, row_fn, n_out=None, dtype=None, extra_dim=None):
+        """``row_fn`` per row of X, in ``dtype`` (default X's float dtype, as
+        scikit-learn: float32 data give float32 scores and probabilities)."""
         check_is_fitted(self)
         data = validate_features(self, X, reset=False)
         params = self._kernel_params(self._state_from_attributes())
         out = reduction.map_rows(
-            data.array, row_fn, params, data.marginal, n_out=n_out, dtype=dtype,
-            omit_nan=data.omit_nan,
+            data.array, row_fn, params, data.marginal, n_out=n_out,
+            dtype=data.array.dtype if dtype is None else dtype,
+            nan_policy=data.nan_policy,
         )  # fmt: skip
         return data.wrap_rows(out, extra_dim)
 
@@ -566,7 +569,7 @@ class GaussianMixture(DensityMixin, ChunkedEstimator):
 
     def predict(self, X):
         """Most probable component of each sample, shape (n_samples,) (-1 where omitted)."""
-        return self._rows(X, label_rows, dtype=np.int64)
+        return self._rows(X, label_rows, dtype=LABEL_DTYPE)
 
     def predict_proba(self, X):
         """Responsibilities, shape (n_samples, n_components)."""
@@ -592,7 +595,7 @@ class GaussianMixture(DensityMixin, ChunkedEstimator):
         params = self._kernel_params(self._state_from_attributes())
         out = reduction.map_rows(
             data.array, marginal.impute_rows, params, n_out=data.n_features,
-            dtype=data.array.dtype,
+            dtype=data.array.dtype, nan_policy="marginalize",
         )  # fmt: skip
         out = data.wrap_rows(out, "feature")
         if data.grid is not None and data.feature_labels is not None:
@@ -609,7 +612,8 @@ class GaussianMixture(DensityMixin, ChunkedEstimator):
         values = np.asarray(reduction.compute_one(self.score_samples(X), optimize_graph=True))
         if getattr(self, "nan_policy", "raise") != "raise":
             values = values[~np.isnan(values)]
-        return float(np.mean(values)), int(values.size)
+        # Summed in float64 whatever the scores' dtype: n float32 terms lose digits.
+        return float(np.mean(values, dtype=np.float64)), int(values.size)
 
     def _n_parameters(self) -> int:
         K, d = self.means_.shape
@@ -633,7 +637,8 @@ class GaussianMixture(DensityMixin, ChunkedEstimator):
         Returns
         -------
         X : ndarray of shape (n_samples, n_features)
-        y : ndarray of shape (n_samples,)
+        y : ndarray of shape (n_samples,), int32
+            The component of each sample (labels are int32 everywhere).
         """
         check_is_fitted(self)
         Integer(1).check("n_samples", n_samples)
@@ -645,7 +650,7 @@ class GaussianMixture(DensityMixin, ChunkedEstimator):
             ctype.draw(rng, means[k], ctype.component(cov, k), int(count))
             for k, count in enumerate(counts)
         ]
-        labels = np.repeat(np.arange(self.n_components), counts)
+        labels = np.repeat(np.arange(self.n_components, dtype=LABEL_DTYPE), counts)
         return np.vstack(parts), labels
 
     def to_xarray(self):

@@ -23,7 +23,7 @@ from dask_emk.engine import reduction
 from dask_emk.engine.batch import Batch, Steps
 from dask_emk.engine.inputs import InputData, as_sample_weight
 from dask_emk.engine.passes import assign_pass, assign_request, distance_rows, label_rows
-from dask_emk.models.base import CentreDistancesOut, ChunkedEstimator
+from dask_emk.models.base import LABEL_DTYPE, CentreDistancesOut, ChunkedEstimator
 from dask_emk.models.params import KMEANS, KMEANS_INITS
 from dask_emk.models.seeding import (
     done,
@@ -215,6 +215,7 @@ class KMeans(
     """
 
     _parameter_specs = KMEANS
+    _weight_sums = ("inertia_", "inertia_history_", "cluster_weights_")
 
     def __init__(
         self,
@@ -462,8 +463,8 @@ class KMeans(
     def _labels(self, data: InputData):
         centers, origin = self._centers64()
         labels = reduction.map_rows(
-            data.array, label_rows, centers, origin, data.marginal, dtype=np.int32,
-            omit_nan=data.omit_nan,
+            data.array, label_rows, centers, origin, data.marginal, dtype=LABEL_DTYPE,
+            nan_policy=data.nan_policy,
         )  # fmt: skip
         return data.wrap_rows(labels)
 
@@ -495,7 +496,7 @@ class KMeans(
             data.marginal,
             n_out=centers.shape[0],
             dtype=data.array.dtype,
-            omit_nan=data.omit_nan,
+            nan_policy=data.nan_policy,
         )
         return data.wrap_rows(dist, extra_dim="component")
 
