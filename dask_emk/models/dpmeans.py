@@ -118,12 +118,43 @@ from dask_emk.models.validation import NoTrainingDataInPickle
 #: Checking them on the client costs microseconds each; more rows above λ
 #: than this take another pass.
 CANDIDATES = 256
-#: The λ search stops when the bracket [lo, hi] has hi / lo − 1 below this.
-BISECTION_RTOL = 1e-4
-#: λ is divided by this while looking for the lower end of the bracket ...
-LOWER_FACTOR = 4.0
-#: ... at most this many times (4⁻⁴⁰ ≈ 1e-24 of the data's largest key).
-LOWER_STEPS = 40
+#: The λ search stops when the bracket [lo, hi] has hi / lo − 1 below this ...
+BISECTION_RTOL = 1e-3
+#: ... or after this many runs (each warm-started, most a few passes).
+SEARCH_RUNS = 40
+#: Relative tolerance (``tol``'s rule) of the runs that only count K in the λ
+#: search; the run kept is taken on to its fixed point.
+SEARCH_TOL = 1e-4
+#: Without a lower end, λ is divided by what log K against log λ
+#: extrapolates, at least 2 and at most this.
+LOWER_MAX = 256.0
+
+
+def next_penalty(target: int, hi, lo, runs: list, n_features: int) -> float:
+    """The next λ of the search: log λ interpolated linearly in log K.
+
+    ``hi`` has K < target, ``lo`` (or None) K > target. Inside the bracket
+    the point is kept to its middle half (in log λ), and is the midpoint when
+    the last run moved the same end as the one before (K(λ) is a staircase:
+    interpolation alone can creep). Below ``hi`` alone, the slope of the two
+    runs with the largest K below the target extrapolates; from K = 1 alone,
+    the slope d / 2 of n balls of radius √λ covering a d-dimensional region
+    (K ∝ λ^(−d/2)) does. Either step divides λ by 2 to :data:`LOWER_MAX`.
+    """
+    if lo is not None:
+        k_hi, k_lo = np.log(hi.n_clusters), np.log(lo.n_clusters)
+        t = min(max((np.log(target) - k_hi) / (k_lo - k_hi), 0.25), 0.75)
+        last = runs[-2:]
+        if len(last) == 2 and (last[0].n_clusters > target) == (last[1].n_clusters > target):
+            t = 0.5
+        return float(hi.penalty * (lo.penalty / hi.penalty) ** t)
+    below = [r for r in runs if r.n_clusters < hi.n_clusters and r.penalty > hi.penalty]
+    slope = n_features / 2
+    if below:
+        prev = max(below, key=lambda r: r.n_clusters)
+        slope = np.log(hi.n_clusters / prev.n_clusters) / np.log(prev.penalty / hi.penalty)
+    factor = np.exp(np.log(target / hi.n_clusters) / slope)
+    return float(hi.penalty / min(max(factor, 2.0), LOWER_MAX))
 
 
 def dp_objective(inertia: float, penalty: float, n_clusters: int) -> float:
@@ -149,14 +180,22 @@ def dp_update(stats: dict, origin: np.ndarray, penalty: float) -> tuple[np.ndarr
     opened, closed : int, clusters opened and closed
     """
     N, S = stats["N"].copy(), stats["S"].copy()
-    new_x, new_w = [], []
+    # Where the pass's clusters move to: a row within √λ of one of these joins
+    # it next pass, so opening there would split one region in two.
+    held = N > 0
+    near = list(weighted_means(origin, N[held], S[held])[0])
+    new_x, new_w, split = [], [], set()
     labels = stats["far_label"].astype(int)
     for key, label, w, x in zip(stats["far_dist"], labels, stats["far_weight"], stats["far_x"],
                                 strict=True):  # fmt: skip
         if not key > penalty:  # sorted: no later row opens (also the -inf padding)
             break
-        if new_x and opening_key(((np.asarray(new_x) - x) ** 2).sum(axis=1).min(), w) <= penalty:
+        if label in split or (
+            near and opening_key(((np.asarray(near) - x) ** 2).sum(axis=1).min(), w) <= penalty
+        ):
             continue
+        near.append(x)
+        split.add(label)
         S[label] -= (x - origin) * w
         N[label] -= w
         new_x.append(x)
@@ -183,6 +222,7 @@ class DPRun:
     converged: bool
     objective_history: list = field(default_factory=list)
     n_clusters_history: list = field(default_factory=list)
+    tol_abs: float = 0.0  # the run's stopping tolerance (0: it ended at its fixed point)
 
     @property
     def n_clusters(self) -> int:
@@ -195,11 +235,15 @@ class DPRun:
 
 @dataclass
 class Start:
-    """What every run of a fit shares: the reference point and the tolerance."""
+    """What every run of a fit shares: the first centres, the reference point,
+    the absolute tolerances (``tol``'s and the λ search's) and the data's
+    spread Σ w ‖x − x̄‖² / Σ w (the default λ)."""
 
     centers: np.ndarray
     origin: np.ndarray
-    tol_abs: float | None
+    tol_abs: float
+    search_tol: float
+    spread: float
 
 
 class DPMeans(NoTrainingDataInPickle, ClusterMixin, ChunkedEstimator):
@@ -292,7 +336,7 @@ class DPMeans(NoTrainingDataInPickle, ClusterMixin, ChunkedEstimator):
         *,
         init=None,
         max_iter=300,
-        tol=1e-4,
+        tol=0.0,
         random_state=None,
         split_every=None,
         verbose=0,
@@ -322,11 +366,11 @@ class DPMeans(NoTrainingDataInPickle, ClusterMixin, ChunkedEstimator):
                 "which a gap leaves undefined); use nan_policy='omit' to leave out the rows "
                 "holding NaN, or KMeans(nan_policy='marginalize')."
             )
-        if (self.penalty is None) == (self.n_clusters is None):
-            given = "both" if self.penalty is not None else "neither"
+        if self.penalty is not None and self.n_clusters is not None:
             raise ValueError(
-                f"DPMeans needs exactly one of penalty (λ, the price of a cluster in squared "
-                f"data units) or n_clusters (a target K), got {given}; pass one."
+                "DPMeans takes penalty (λ, the price of a cluster in squared data units) or "
+                "n_clusters (a target K), got both; pass one (or neither: λ is then the "
+                "data's spread)."
             )
         if self.n_clusters is not None:
             self._check_n_samples(data, "n_clusters")
@@ -353,10 +397,11 @@ class DPMeans(NoTrainingDataInPickle, ClusterMixin, ChunkedEstimator):
     def _fit(self, X, data: InputData, weight) -> None:
         self._runs, self.n_passes_ = [], 0
         start = self._start(data, weight)
-        if self.penalty is not None:
-            best = self._run(data, weight, float(self.penalty), start, start.centers)
-        else:
+        if self.n_clusters is not None:
             best = self._search(data, weight, start)
+        else:
+            penalty = start.spread if self.penalty is None else float(self.penalty)
+            best = self._run(data, weight, penalty, start, start.centers, start.tol_abs)
         if not best.converged:
             warnings.warn(
                 f"DPMeans did not reach its fixed point in max_iter={self.max_iter} "
@@ -381,15 +426,20 @@ class DPMeans(NoTrainingDataInPickle, ClusterMixin, ChunkedEstimator):
         self.labels_ = self._labels(data)
 
     def _start(self, data: InputData, weight) -> Start:
-        """The first centres: ``init``, or the weighted mean (one pass, with the moments)."""
-        if self.init is not None:
-            centers = self._user_centers(data.n_features)
-            return Start(centers, centers.mean(axis=0), None if self.tol > 0 else 0.0)
+        """The first centres (``init``, or the weighted mean), the spread and the
+        tolerances: one pass, with the moments."""
         row = reference_row(data, 0)
-        stats = self._pass(data, weight, row[None], row, 0, self.tol > 0, assign_pass)
-        mean = row + stats["S"][0] / stats["N"][0]
-        tol_abs = relative_tolerance(stats, self.tol) if self.tol > 0 else 0.0
-        return Start(mean[None], mean, tol_abs)
+        stats = self._pass(data, weight, row[None], row, 0, True, assign_pass)
+        delta = stats["S"][0] / stats["N"][0]
+        # Σ w ‖x − x̄‖² / Σ w, from the sums about `row` (a data row: no large offset).
+        spread = (stats["inertia"] - stats["N"][0] * delta @ delta) / stats["N"][0]
+        spread = max(float(spread), np.finfo(np.float64).tiny)
+        mean = (row + delta)[None]
+        centers = mean if self.init is None else self._user_centers(data.n_features)
+        return Start(
+            centers, mean[0], relative_tolerance(stats, self.tol),
+            relative_tolerance(stats, SEARCH_TOL), spread,
+        )  # fmt: skip
 
     def _pass(self, data, weight, centers, origin, n_far, moments, kind=costliest_pass) -> dict:
         self.n_passes_ += 1
@@ -398,28 +448,28 @@ class DPMeans(NoTrainingDataInPickle, ClusterMixin, ChunkedEstimator):
             omit_nan=data.omit_nan,
         )  # fmt: skip
 
-    def _run(self, data, weight, penalty: float, start: Start, centers: np.ndarray) -> DPRun:
-        """DP-means at one λ from ``centers`` to its fixed point (or max_iter)."""
+    def _run(self, data, weight, penalty, start: Start, centers, tol_abs: float) -> DPRun:
+        """DP-means at one λ from ``centers`` until a pass opens and closes
+        nothing and moves the centres by at most ``tol_abs`` (0: not at all,
+        the fixed point), or max_iter."""
         objectives, counts, new = [], [], centers
         for i in range(self.max_iter):
             centers = new
-            moments = start.tol_abs is None
-            stats = self._pass(data, weight, centers, start.origin, CANDIDATES, moments)
-            if moments:
-                start.tol_abs = relative_tolerance(stats, self.tol)
+            stats = self._pass(data, weight, centers, start.origin, CANDIDATES, False)
             objectives.append(dp_objective(stats["inertia"], penalty, centers.shape[0]))
             counts.append(int(centers.shape[0]))
             new, opened, closed = dp_update(stats, start.origin, penalty)
-            same = not (opened or closed)
-            shift = float(((new - centers) ** 2).sum()) if same else np.inf
-            converged = shift <= start.tol_abs
+            # Unchanged assignments give bit-identical sums (same blocks, same
+            # reduction order): a zero shift is Lloyd's strict convergence.
+            shift = np.inf if opened or closed else float(((new - centers) ** 2).sum())
+            converged = shift <= tol_abs
             self._report(i, penalty, objectives[-1], counts[-1], opened, closed, shift, new,
                          converged)  # fmt: skip
             if converged:
                 break
         # The pass's own centres: its labels, inertia and weights belong to them.
         run = DPRun(penalty, centers, stats["N"], float(stats["inertia"]), i + 1, converged,
-                    objectives, counts)  # fmt: skip
+                    objectives, counts, tol_abs)  # fmt: skip
         self._runs.append(run)
         return run
 
@@ -439,26 +489,35 @@ class DPMeans(NoTrainingDataInPickle, ClusterMixin, ChunkedEstimator):
 
     # ------------------------------------------------------------ λ search
     def _search(self, data, weight, start: Start) -> DPRun:
-        """The run whose K is ``n_clusters`` (or the closest): bracket, then bisect log λ."""
+        """The run whose K is ``n_clusters`` (or the closest): bracket λ, then
+        interpolate log λ against log K, each run warm-started (module docstring)."""
         target = self.n_clusters
         mean = start.centers
         largest = self._pass(data, weight, mean, start.origin, 1, False)["far_dist"][0]
-        # Above the largest key nothing opens from the mean: K = 1.
-        hi = self._run(data, weight, max(float(largest), np.finfo(float).tiny), start, mean)
+        # Above the largest key nothing opens from the mean: K = 1, at once.
+        hi = self._run(data, weight, max(float(largest), np.finfo(float).tiny), start, mean,
+                       start.tol_abs)  # fmt: skip
         lo = None
-        for _ in range(LOWER_STEPS if hi.n_clusters < target else 0):
-            run = self._run(data, weight, hi.penalty / LOWER_FACTOR, start, hi.centers)
-            if run.n_clusters >= target:
-                lo = run
+        for _ in range(SEARCH_RUNS if target > 1 else 0):
+            if lo is None and hi.inertia <= np.finfo(float).eps * largest:
+                break  # every row on its centre: no λ gives more clusters
+            if lo is not None and hi.penalty / lo.penalty - 1 <= BISECTION_RTOL:
                 break
-            hi = run
-        while lo is not None and lo.n_clusters != target and hi.n_clusters != target:
-            if hi.penalty / lo.penalty - 1 <= BISECTION_RTOL:
-                break
-            run = self._run(data, weight, float(np.sqrt(lo.penalty * hi.penalty)), start,
-                            hi.centers)  # fmt: skip
+            penalty = next_penalty(target, hi, lo, self._runs, data.n_features)
+            run = self._run(data, weight, penalty, start, hi.centers, start.search_tol)
+            if run.n_clusters == target:
+                # Search runs stop early; at the fixed point K may still change.
+                run = self._run(data, weight, penalty, start, run.centers, start.tol_abs)
+                if run.n_clusters == target:
+                    return run
             lo, hi = (run, hi) if run.n_clusters > target else (lo, run)
+        return self._closest(target, hi, lo, data, weight, start)
+
+    def _closest(self, target, hi, lo, data, weight, start: Start) -> DPRun:
+        """No λ gave K = ``n_clusters``: the run closest to it, at its fixed point, warned."""
         best = min(self._runs, key=lambda r: (abs(r.n_clusters - target), -r.penalty))
+        if best.tol_abs > start.tol_abs:
+            best = self._run(data, weight, best.penalty, start, best.centers, start.tol_abs)
         if best.n_clusters != target:
             jump = ""
             if lo is not None:
