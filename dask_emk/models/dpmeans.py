@@ -246,6 +246,7 @@ class DPRun:
     objective_history: list = field(default_factory=list)
     n_clusters_history: list = field(default_factory=list)
     tol_abs: float = 0.0  # the run's stopping tolerance (0: it ended at its fixed point)
+    next_centers: np.ndarray | None = None  # after the last pass: where it would go on
 
     @property
     def n_clusters(self) -> int:
@@ -477,8 +478,22 @@ class DPMeans(NoTrainingDataInPickle, ClusterMixin, ChunkedEstimator):
         """DP-means at one λ from ``centers`` until a pass opens and closes
         nothing and moves the centres by at most ``tol_abs`` (0: not at all,
         the fixed point), or max_iter."""
-        objectives, counts, new = [], [], centers
-        for i in range(self.max_iter):
+        return self._iterate(data, weight, penalty, start, centers, tol_abs, [], [])
+
+    def _finish(self, data, weight, run: DPRun, start: Start) -> DPRun:
+        """``run`` (stopped at the search tolerance) continued to its fixed point,
+        as one run: its entry in the search, histories and iteration count go on."""
+        if not run.converged:
+            return run  # max_iter spent already
+        self._runs.remove(run)
+        return self._iterate(
+            data, weight, run.penalty, start, run.next_centers, start.tol_abs,
+            run.objective_history, run.n_clusters_history,
+        )  # fmt: skip
+
+    def _iterate(self, data, weight, penalty, start, centers, tol_abs, objectives, counts):
+        new = centers
+        for i in range(len(objectives), self.max_iter):
             centers = new
             stats = self._pass(data, weight, centers, start.origin, CANDIDATES, False)
             objectives.append(dp_objective(stats["inertia"], penalty, centers.shape[0]))
@@ -494,7 +509,7 @@ class DPMeans(NoTrainingDataInPickle, ClusterMixin, ChunkedEstimator):
                 break
         # The pass's own centres: its labels, inertia and weights belong to them.
         run = DPRun(penalty, centers, stats["N"], float(stats["inertia"]), i + 1, converged,
-                    objectives, counts, tol_abs)  # fmt: skip
+                    objectives, counts, tol_abs, new)  # fmt: skip
         self._runs.append(run)
         return run
 
@@ -532,7 +547,7 @@ class DPMeans(NoTrainingDataInPickle, ClusterMixin, ChunkedEstimator):
             run = self._run(data, weight, penalty, start, hi.centers, start.search_tol)
             if run.n_clusters == target:
                 # Search runs stop early; at the fixed point K may still change.
-                run = self._run(data, weight, penalty, start, run.centers, start.tol_abs)
+                run = self._finish(data, weight, run, start)
                 if run.n_clusters == target:
                     return run
             lo, hi = (run, hi) if run.n_clusters > target else (lo, run)
@@ -542,7 +557,7 @@ class DPMeans(NoTrainingDataInPickle, ClusterMixin, ChunkedEstimator):
         """No λ gave K = ``n_clusters``: the run closest to it, at its fixed point, warned."""
         best = min(self._runs, key=lambda r: (abs(r.n_clusters - target), -r.penalty))
         if best.tol_abs > start.tol_abs:
-            best = self._run(data, weight, best.penalty, start, best.centers, start.tol_abs)
+            best = self._finish(data, weight, best, start)
         if best.n_clusters != target:
             jump = ""
             if lo is not None:
