@@ -56,9 +56,10 @@ def reference_dpmeans(X, w, penalty, max_iter=300) -> np.ndarray:
         for i in order:
             if key[i] <= penalty:
                 break
-            if labels[i] in split or np.minimum(w[i], 1) * ((np.asarray(near) - X[i]) ** 2).sum(
-                1
-            ).min() <= penalty:
+            if (
+                labels[i] in split
+                or np.minimum(w[i], 1) * ((np.asarray(near) - X[i]) ** 2).sum(1).min() <= penalty
+            ):
                 continue
             split.add(labels[i])
             near.append(X[i])
@@ -146,23 +147,30 @@ def test_penalty_between_spread_and_separation_finds_the_blobs():
 
 def test_n_clusters_finds_a_penalty_that_gives_it():
     X = blobs(spread=1.0)
-    for K in (1, 2, 5, 8):  # K(λ) goes 2 → 4 here: n_clusters=3 warns
+    for K in (1, 2, 3, 5, 6, 8, 12):
         with warnings.catch_warnings():
             warnings.simplefilter("error", ConvergenceWarning)
             model = DPMeans(n_clusters=K).fit(X)
         assert model.n_clusters_ == K
+        check_fixed_point(model, X, None, model.penalty_)
         # The fit found is one of the runs tried, at the λ it reports.
-        assert {"penalty": model.penalty_, "n_clusters": K} in [
-            {k: run[k] for k in ("penalty", "n_clusters")} for run in model.penalty_search_
+        assert {"penalty": model.penalty_, "n_clusters": K, "capped": False} in [
+            {k: run[k] for k in ("penalty", "n_clusters", "capped")}
+            for run in model.penalty_search_
         ]
+        # K(λ) jumps 2 → 4 and 5 → 7 here (before: n_clusters=3 and 6 warned and
+        # returned 2 and 5): a run opening up to K clusters gets past the jump.
+        capped = [run["n_clusters"] for run in model.penalty_search_ if run["capped"]]
+        assert capped == ([K] if K in (3, 6) else [])
     # K = 1: the bracket's top, the largest squared distance to the mean.
     top = ((X - X.mean(axis=0)) ** 2).sum(axis=1).max()
-    assert DPMeans(n_clusters=1).fit(X).penalty_ == pytest.approx(top, rel=1e-12)
+    assert DPMeans(n_clusters=1).fit(X).penalty_ == pytest.approx(top, rel=1e-8)
     lazy = DPMeans(n_clusters=5).fit(da.from_array(X, chunks=300))
     eager = DPMeans(n_clusters=5).fit(X)
     # The same centres; rounding of the sums may open tied rows in another order.
     np.testing.assert_allclose(
-        np.sort(lazy.cluster_centers_, axis=0), np.sort(eager.cluster_centers_, axis=0),
+        np.sort(lazy.cluster_centers_, axis=0),
+        np.sort(eager.cluster_centers_, axis=0),
         atol=1e-10,
     )
 

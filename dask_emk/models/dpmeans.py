@@ -92,10 +92,13 @@ point, where K is checked again. K(λ) is not monotone in general (the fixed
 point reached depends on the start), and it may jump over K. The search
 stops when it hits K, when the bracket is narrower than
 :data:`BISECTION_RTOL` (relative), or when every row sits on its centre (no
-λ gives more clusters than distinct rows); then the fit with the K closest
-to the target, at its fixed point, is returned (the larger λ among ties)
-with a ConvergenceWarning that names the jump. ``penalty_search_`` lists
-every run.
+λ gives more clusters than distinct rows). When K(λ) jumped over K, DP-means
+at the lower end's λ from the upper end's centres, opening up to K clusters
+only, gives a start; its end, with every key at most a, is a fixed point
+for any λ ≥ a, and a run at such a λ (:meth:`DPMeans._capped`) returns it.
+Failing that, the fit with the K closest to the target, at its fixed point,
+is returned (the larger λ among ties) with a ConvergenceWarning that names
+the jump. ``penalty_search_`` lists every run.
 
 **The annealing ladder.** :class:`dask_emk.AnnealedGaussianMixture` lowers σ²
 of the same shared-σ² mixture; a mean splits when σ² falls below its
@@ -142,15 +145,17 @@ from dask_emk.models.validation import NoTrainingDataInPickle
 #: than this take another pass.
 CANDIDATES = 256
 #: The λ search stops when the bracket [lo, hi] has hi / lo − 1 below this ...
-BISECTION_RTOL = 1e-3
+BISECTION_RTOL = 1e-2
 #: ... or after this many runs (each warm-started, most a few passes).
 SEARCH_RUNS = 40
 #: Relative tolerance (``tol``'s rule) of the runs that only count K in the λ
 #: search; the run kept is taken on to its fixed point.
 SEARCH_TOL = 1e-4
+#: The search's first λ is the largest key to the mean times 1 + this.
+TOP_MARGIN = 1e-9
 #: Without a lower end, λ is divided by what log K against log λ
-#: extrapolates, at least 2 and at most this.
-LOWER_MAX = 256.0
+#: extrapolates, at least LOWER_MIN and at most LOWER_MAX.
+LOWER_MIN, LOWER_MAX = 1.1, 256.0
 
 
 def next_penalty(target: int, hi, lo, runs: list, n_features: int) -> float:
@@ -162,7 +167,7 @@ def next_penalty(target: int, hi, lo, runs: list, n_features: int) -> float:
     interpolation alone can creep). Below ``hi`` alone, the slope of the two
     runs with the largest K below the target extrapolates; from K = 1 alone,
     the slope d / 2 of n balls of radius √λ covering a d-dimensional region
-    (K ∝ λ^(−d/2)) does. Either step divides λ by 2 to :data:`LOWER_MAX`.
+    (K ∝ λ^(−d/2)) does. Either step divides λ by :data:`LOWER_MIN` to :data:`LOWER_MAX`.
     """
     if lo is not None:
         k_hi, k_lo = np.log(hi.n_clusters), np.log(lo.n_clusters)
@@ -177,7 +182,7 @@ def next_penalty(target: int, hi, lo, runs: list, n_features: int) -> float:
         prev = max(below, key=lambda r: r.n_clusters)
         slope = np.log(hi.n_clusters / prev.n_clusters) / np.log(prev.penalty / hi.penalty)
     factor = np.exp(np.log(target / hi.n_clusters) / slope)
-    return float(hi.penalty / min(max(factor, 2.0), LOWER_MAX))
+    return float(hi.penalty / min(max(factor, LOWER_MIN), LOWER_MAX))
 
 
 def dp_objective(inertia: float, penalty: float, n_clusters: int) -> float:
@@ -185,7 +190,9 @@ def dp_objective(inertia: float, penalty: float, n_clusters: int) -> float:
     return float(inertia + penalty * n_clusters)
 
 
-def dp_update(stats: dict, origin: np.ndarray, penalty: float) -> tuple[np.ndarray, int, int]:
+def dp_update(
+    stats: dict, origin: np.ndarray, penalty: float, room: int | None = None
+) -> tuple[np.ndarray, np.ndarray, int]:
     """New centres after one pass: open, close, recentre (the client's step).
 
     Parameters
@@ -196,22 +203,25 @@ def dp_update(stats: dict, origin: np.ndarray, penalty: float) -> tuple[np.ndarr
         ``far_x`` (m, d).
     origin : ndarray of shape (d,)
     penalty : float, λ
+    room : int, optional
+        Open at most this many clusters (None: no limit).
 
     Returns
     -------
     centers : ndarray of shape (K', d), weighted means of the clusters kept
-    opened, closed : int, clusters opened and closed
+    opened : ndarray of shape (m,), the keys of the rows opened
+    closed : int, clusters closed
     """
     N, S = stats["N"].copy(), stats["S"].copy()
     # Where the pass's clusters move to: a row within √λ of one of these joins
     # it next pass, so opening there would split one region in two.
     held = N > 0
     near = list(weighted_means(origin, N[held], S[held])[0])
-    new_x, new_w, split = [], [], set()
+    new_x, new_w, keys, split = [], [], [], set()
     labels = stats["far_label"].astype(int)
     for key, label, w, x in zip(stats["far_dist"], labels, stats["far_weight"], stats["far_x"],
                                 strict=True):  # fmt: skip
-        if not key > penalty:  # sorted: no later row opens (also the -inf padding)
+        if not key > penalty or len(new_x) == room:  # sorted: no later row opens
             break
         if label in split or (
             near and opening_key(((np.asarray(near) - x) ** 2).sum(axis=1).min(), w) <= penalty
@@ -223,6 +233,7 @@ def dp_update(stats: dict, origin: np.ndarray, penalty: float) -> tuple[np.ndarr
         N[label] -= w
         new_x.append(x)
         new_w.append(w)
+        keys.append(key)
     new_x, new_w = np.reshape(new_x, (-1, S.shape[1])), np.asarray(new_w, dtype=np.float64)
     before = np.concatenate([stats["N"], new_w])
     N = np.concatenate([N, new_w])
@@ -230,7 +241,7 @@ def dp_update(stats: dict, origin: np.ndarray, penalty: float) -> tuple[np.ndarr
     # Sums of weights carry rounding: a cluster whose rows all moved holds ~0.
     keep = N > EMPTIED_FRACTION * before
     closed = int(np.count_nonzero(~keep))
-    return weighted_means(origin, N[keep], S[keep])[0], len(new_w), closed
+    return weighted_means(origin, N[keep], S[keep])[0], np.asarray(keys, dtype=float), closed
 
 
 @dataclass
@@ -247,6 +258,9 @@ class DPRun:
     n_clusters_history: list = field(default_factory=list)
     tol_abs: float = 0.0  # the run's stopping tolerance (0: it ended at its fixed point)
     next_centers: np.ndarray | None = None  # after the last pass: where it would go on
+    largest_key: float = np.inf  # the largest opening key of the last pass
+    lowest_opened: float = np.inf  # the smallest key of a row the run opened at
+    capped: bool = False  # opened up to a number of clusters only (the λ search's)
 
     @property
     def n_clusters(self) -> int:
@@ -346,7 +360,9 @@ class DPMeans(NoTrainingDataInPickle, ClusterMixin, ChunkedEstimator):
         Weight (count without sample weights) of each cluster.
     penalty_search_ : list of dict
         Every run of the fit: ``penalty``, ``n_clusters``, ``n_iter``,
-        ``converged`` (one entry with ``penalty``).
+        ``converged``, ``capped`` (a run that opened up to ``n_clusters``
+        only, to get past a jump of K(λ); see the module docstring). One
+        entry with ``penalty``.
     n_passes_ : int
         Passes over the data during ``fit`` (``labels_`` excluded).
     n_features_in_ : int
@@ -446,7 +462,7 @@ class DPMeans(NoTrainingDataInPickle, ClusterMixin, ChunkedEstimator):
         self.cluster_weights_ = best.weights
         self.penalty_search_ = [
             {"penalty": r.penalty, "n_clusters": r.n_clusters, "n_iter": r.n_iter,
-             "converged": r.converged} for r in self._runs
+             "converged": r.converged, "capped": r.capped} for r in self._runs
         ]  # fmt: skip
         del self._runs
         self.labels_ = self._labels(data)
@@ -491,25 +507,33 @@ class DPMeans(NoTrainingDataInPickle, ClusterMixin, ChunkedEstimator):
             run.objective_history, run.n_clusters_history,
         )  # fmt: skip
 
-    def _iterate(self, data, weight, penalty, start, centers, tol_abs, objectives, counts):
-        new = centers
+    def _iterate(
+        self, data, weight, penalty, start, centers, tol_abs, objectives, counts, cap=None
+    ) -> DPRun:
+        """The loop of :meth:`_run`, with histories to go on from and at most
+        ``cap`` clusters opened to (None: no limit)."""
+        new, lowest = centers, np.inf
         for i in range(len(objectives), self.max_iter):
             centers = new
             stats = self._pass(data, weight, centers, start.origin, CANDIDATES, False)
             objectives.append(dp_objective(stats["inertia"], penalty, centers.shape[0]))
             counts.append(int(centers.shape[0]))
-            new, opened, closed = dp_update(stats, start.origin, penalty)
+            room = None if cap is None else max(cap - int(np.count_nonzero(stats["N"] > 0)), 0)
+            new, opened, closed = dp_update(stats, start.origin, penalty, room)
+            lowest = min(lowest, opened.min(initial=np.inf))
             # Unchanged assignments give bit-identical sums (same blocks, same
             # reduction order): a zero shift is Lloyd's strict convergence.
-            shift = np.inf if opened or closed else float(((new - centers) ** 2).sum())
+            shift = np.inf if opened.size or closed else float(((new - centers) ** 2).sum())
             converged = shift <= tol_abs
-            self._report(i, penalty, objectives[-1], counts[-1], opened, closed, shift, new,
+            self._report(i, penalty, objectives[-1], counts[-1], opened.size, closed, shift, new,
                          converged)  # fmt: skip
             if converged:
                 break
         # The pass's own centres: its labels, inertia and weights belong to them.
-        run = DPRun(penalty, centers, stats["N"], float(stats["inertia"]), i + 1, converged,
-                    objectives, counts, tol_abs, new)  # fmt: skip
+        run = DPRun(
+            penalty, centers, stats["N"], float(stats["inertia"]), i + 1, converged, objectives,
+            counts, tol_abs, new, float(stats["far_dist"][0]), lowest,
+        )  # fmt: skip
         self._runs.append(run)
         return run
 
@@ -534,9 +558,10 @@ class DPMeans(NoTrainingDataInPickle, ClusterMixin, ChunkedEstimator):
         target = self.n_clusters
         mean = start.centers
         largest = self._pass(data, weight, mean, start.origin, 1, False)["far_dist"][0]
-        # Above the largest key nothing opens from the mean: K = 1, at once.
-        hi = self._run(data, weight, max(float(largest), np.finfo(float).tiny), start, mean,
-                       start.tol_abs)  # fmt: skip
+        # Above the largest key nothing opens from the mean: K = 1, at once (a
+        # hair above, or the rounding of the recentred mean could open a row).
+        top = max(float(largest) * (1 + TOP_MARGIN), np.finfo(float).tiny)
+        hi = self._run(data, weight, top, start, mean, start.tol_abs)
         lo = None
         for _ in range(SEARCH_RUNS if target > 1 else 0):
             if lo is None and hi.inertia <= np.finfo(float).eps * largest:
@@ -554,8 +579,14 @@ class DPMeans(NoTrainingDataInPickle, ClusterMixin, ChunkedEstimator):
         return self._closest(target, hi, lo, data, weight, start)
 
     def _closest(self, target, hi, lo, data, weight, start: Start) -> DPRun:
-        """No λ gave K = ``n_clusters``: the run closest to it, at its fixed point, warned."""
-        best = min(self._runs, key=lambda r: (abs(r.n_clusters - target), -r.penalty))
+        """No search run gave K = ``n_clusters``: a capped run if it has K, else
+        the run closest to it, at its fixed point, warned."""
+        if lo is not None:
+            capped = self._capped(data, weight, target, hi, lo, start)
+            if capped is not None:
+                return capped
+        runs = [r for r in self._runs if not r.capped]
+        best = min(runs, key=lambda r: (abs(r.n_clusters - target), -r.penalty))
         if best.tol_abs > start.tol_abs:
             best = self._finish(data, weight, best, start)
         if best.n_clusters != target:
@@ -571,6 +602,32 @@ class DPMeans(NoTrainingDataInPickle, ClusterMixin, ChunkedEstimator):
                 stacklevel=4,
             )
         return best
+
+    def _capped(self, data, weight, target, hi, lo, start: Start) -> DPRun | None:
+        """K(λ) jumped over ``target`` between ``hi`` and ``lo``: a fixed point
+        with ``target`` clusters, from DP-means at lo's λ started at hi's centres
+        and opening up to ``target`` clusters only (a capped run, listed as such).
+
+        Its end has every key at most a; for λ* ≥ a it is a fixed point at λ*
+        (and for λ* < b, the smallest key it opened at, the capped run itself
+        was a run at λ*). λ* is the bracket's geometric middle when that lies
+        in [a, b), else √(ab) when a < b, else a hair above a; a run at λ*
+        from its centres confirms it (one pass). None when either run misses
+        ``target`` clusters or the fixed point.
+        """
+        capped = self._iterate(data, weight, lo.penalty, start, hi.centers, start.tol_abs, [],
+                               [], cap=target)  # fmt: skip
+        capped.capped = True
+        if capped.n_clusters != target or not capped.converged:
+            return None
+        a, b = max(capped.largest_key, np.finfo(float).tiny), capped.lowest_opened
+        middle = float(np.sqrt(lo.penalty * hi.penalty))
+        if a <= middle < b:
+            penalty = middle
+        else:
+            penalty = float(np.sqrt(a * b)) if a < b else a * (1 + TOP_MARGIN)
+        run = self._run(data, weight, penalty, start, capped.centers, start.tol_abs)
+        return run if run.n_clusters == target and run.converged else None
 
     # ------------------------------------------------------------ prediction
     # The nearest centre, as k-means: one definition (KMeans's) for both.
