@@ -301,8 +301,9 @@ class DPMeans(NoTrainingDataInPickle, ClusterMixin, ChunkedEstimator):
         of ``penalty`` and ``n_clusters``; with neither, λ is the data's
         spread Σ w ‖x − x̄‖² / Σ w (n_features on standardised data).
     n_clusters : int, optional
-        A target K: λ is found by bisection (see the module docstring; a
-        ConvergenceWarning when no λ gives K exactly).
+        A target K: λ is searched, a few warm-started runs (see the module
+        docstring; a ConvergenceWarning when no fixed point with K clusters
+        is found, e.g. with fewer distinct rows than K).
     init : array of shape (k, n_features), optional
         Starting centres (``penalty`` only); default: one centre at the
         weighted data mean (one pass to find it), as Kulis & Jordan.
