@@ -88,7 +88,8 @@ K. Each run starts from the centres of the bracket end with the larger λ
 (fewer clusters): DP-means opens and closes but never merges, so a start
 with more clusters would keep them. The search runs stop at scikit-learn's
 tolerance (:data:`SEARCH_TOL`); the run that hits K is taken on to its fixed
-point, where K is checked again. K(λ) is not monotone in general (the fixed
+point (a run from where it stopped), where K is checked again. K(λ) is not
+monotone in general (the fixed
 point reached depends on the start), and it may jump over K. The search
 stops when it hits K, when the bracket is narrower than
 :data:`BISECTION_RTOL` (relative), or when every row sits on its centre (no
@@ -362,8 +363,9 @@ class DPMeans(NoTrainingDataInPickle, ClusterMixin, ChunkedEstimator):
     penalty_search_ : list of dict
         Every run of the fit: ``penalty``, ``n_clusters``, ``n_iter``,
         ``converged``, ``capped`` (a run that opened up to ``n_clusters``
-        only, to get past a jump of K(λ); see the module docstring). One
-        entry with ``penalty``.
+        only, to get past a jump of K(λ); see the module docstring). A search
+        run taken on to its fixed point is listed again after it: the run
+        kept is the last one at ``penalty_``. One entry with ``penalty``.
     n_passes_ : int
         Passes over the data during ``fit`` (``labels_`` excluded).
     n_features_in_ : int
@@ -491,30 +493,14 @@ class DPMeans(NoTrainingDataInPickle, ClusterMixin, ChunkedEstimator):
             omit_nan=data.omit_nan,
         )  # fmt: skip
 
-    def _run(self, data, weight, penalty, start: Start, centers, tol_abs: float) -> DPRun:
+    def _run(self, data, weight, penalty, start: Start, centers, tol_abs, cap=None) -> DPRun:
         """DP-means at one λ from ``centers`` until a pass opens and closes
         nothing and moves the centres by at most ``tol_abs`` (0: not at all,
-        the fixed point), or max_iter."""
-        return self._iterate(data, weight, penalty, start, centers, tol_abs, [], [])
-
-    def _finish(self, data, weight, run: DPRun, start: Start) -> DPRun:
-        """``run`` (stopped at the search tolerance) continued to its fixed point,
-        as one run: its entry in the search, histories and iteration count go on."""
-        if not run.converged:
-            return run  # max_iter spent already
-        self._runs.remove(run)
-        return self._iterate(
-            data, weight, run.penalty, start, run.next_centers, start.tol_abs,
-            run.objective_history, run.n_clusters_history,
-        )  # fmt: skip
-
-    def _iterate(
-        self, data, weight, penalty, start, centers, tol_abs, objectives, counts, cap=None
-    ) -> DPRun:
-        """The loop of :meth:`_run`, with histories to go on from and at most
-        ``cap`` clusters opened to (None: no limit)."""
+        the fixed point), or max_iter; opening up to ``cap`` clusters only
+        (None: no limit)."""
+        objectives, counts = [], []
         new, lowest = centers, np.inf
-        for i in range(len(objectives), self.max_iter):
+        for i in range(self.max_iter):
             centers = new
             stats = self._pass(data, weight, centers, start.origin, CANDIDATES, False)
             objectives.append(dp_objective(stats["inertia"], penalty, centers.shape[0]))
@@ -604,6 +590,13 @@ class DPMeans(NoTrainingDataInPickle, ClusterMixin, ChunkedEstimator):
             )
         return best
 
+    def _finish(self, data, weight, run: DPRun, start: Start) -> DPRun:
+        """``run`` (stopped at the search tolerance) taken on to its fixed point:
+        a run from where it would go on, listed after it."""
+        if not run.converged:
+            return run  # max_iter spent already
+        return self._run(data, weight, run.penalty, start, run.next_centers, start.tol_abs)
+
     def _capped(self, data, weight, target, hi, lo, start: Start) -> DPRun | None:
         """K(λ) jumped over ``target`` between ``hi`` and ``lo``: a fixed point
         with ``target`` clusters, from DP-means at lo's λ started at hi's centres
@@ -616,8 +609,7 @@ class DPMeans(NoTrainingDataInPickle, ClusterMixin, ChunkedEstimator):
         from its centres confirms it (one pass). None when either run misses
         ``target`` clusters or the fixed point.
         """
-        capped = self._iterate(data, weight, lo.penalty, start, hi.centers, start.tol_abs, [],
-                               [], cap=target)  # fmt: skip
+        capped = self._run(data, weight, lo.penalty, start, hi.centers, start.tol_abs, target)
         capped.capped = True
         if capped.n_clusters != target or not capped.converged:
             return None
