@@ -47,6 +47,11 @@ centre drifting in from between blobs ended as two centres in one blob (6
 unit 3-D blobs ≥ 15 apart at √λ = 8 gave 7 or 8 clusters in 19 of 20 draws;
 0 of 20 with the two rules). Rows skipped wait for the next pass: J still
 falls, one pass later, as when more than :data:`CANDIDATES` rows are above λ.
+The rules choose among local minima, they do not escape them: a centre
+between two blobs whose rows all lie within √λ of it is a fixed point, and
+waiting lets a centre settle there (``benchmarks/bench_dpmeans.py``, 10
+blobs at λ = 200: 9 clusters and twice the inertia, where opening at the
+farthest rows at once gave 11, one blob split).
 
 **J never increases.** With J(z, μ) as above and K the number of clusters:
 (a) the pass assigns each row to its nearest centre, so no term grows;
@@ -89,8 +94,8 @@ K. Each run starts from the centres of the bracket end with the larger λ
 with more clusters would keep them. The search runs stop at scikit-learn's
 tolerance (:data:`SEARCH_TOL`); the run that hits K is taken on to its fixed
 point (a run from where it stopped), where K is checked again. K(λ) is not
-monotone in general (the fixed
-point reached depends on the start), and it may jump over K. The search
+monotone in general (the fixed point reached depends on the start), and it
+may jump over K. The search
 stops when it hits K, when the bracket is narrower than
 :data:`BISECTION_RTOL` (relative), or when every row sits on its centre (no
 λ gives more clusters than distinct rows). When K(λ) jumped over K, DP-means
