@@ -36,28 +36,38 @@ def reference_dpmeans(X, w, penalty, max_iter=300) -> np.ndarray:
     Start: one centre at the weighted mean. Each iteration: nearest centre
     for every row; the CANDIDATES rows with the largest min(w, 1)·distance²
     are taken in decreasing order, each opening a centre at itself while
-    still above λ against every centre (those just opened too); empty
-    clusters close; centres move to the weighted means. Stop when nothing
-    opens, closes or moves.
+    still above λ against every centre opened in the pass and every cluster's
+    new mean, and only one per cluster; empty clusters close; centres move to
+    the weighted means. Stop when nothing opens, closes or moves.
     """
     w = np.ones(X.shape[0]) if w is None else w
+    d = X.shape[1]
     centres = (w @ X / w.sum())[None, :]
     for _ in range(max_iter):
         dist = squared_distances(X, centres)
         labels = dist.argmin(axis=1)
         key = np.minimum(w, 1) * dist.min(axis=1)
         order = np.lexsort((-np.arange(X.shape[0]), -key))[:CANDIDATES]
-        opened = []
+        K = centres.shape[0]
+        mass = np.bincount(labels, weights=w, minlength=K)
+        sums = np.stack([np.bincount(labels, weights=w * X[:, j], minlength=K) for j in range(d)])
+        near = list((sums / np.where(mass > 0, mass, 1)).T[mass > 0])
+        opened, split = [], set()
         for i in order:
             if key[i] <= penalty:
                 break
-            if opened and np.minimum(w[i], 1) * ((X[opened] - X[i]) ** 2).sum(1).min() <= penalty:
+            if (
+                labels[i] in split
+                or np.minimum(w[i], 1) * ((np.asarray(near) - X[i]) ** 2).sum(1).min() <= penalty
+            ):
                 continue
-            labels[i] = centres.shape[0] + len(opened)
+            split.add(labels[i])
+            near.append(X[i])
+            labels[i] = K + len(opened)
             opened.append(i)
-        K = centres.shape[0] + len(opened)
+        K += len(opened)
         mass = np.bincount(labels, weights=w, minlength=K)
-        sums = np.stack([np.bincount(labels, weights=w * X[:, j], minlength=K) for j in range(2)])
+        sums = np.stack([np.bincount(labels, weights=w * X[:, j], minlength=K) for j in range(d)])
         new = (sums / np.where(mass > 0, mass, 1)).T[mass > 0]
         if not opened and new.shape == centres.shape and np.allclose(new, centres, 0, 1e-12):
             return new
@@ -96,7 +106,7 @@ def test_fit_ends_at_the_fixed_point(lazy, weighted):
     X = blobs(spread=1.0)
     rng = np.random.default_rng(1)
     w = rng.uniform(0.2, 3.0, X.shape[0]) if weighted else None
-    penalty = 20.0  # below the spread of the blobs' tails: several centres per blob
+    penalty = 6.0  # below the spread of the blobs' tails: several centres per blob
     Xin = da.from_array(X, chunks=400) if lazy else X
     win = da.from_array(w, chunks=400) if lazy and weighted else w
     model = DPMeans(penalty=penalty, tol=0).fit(Xin, sample_weight=win)
@@ -125,7 +135,9 @@ def test_same_centres_as_a_numpy_reference_and_as_dask_input():
 def test_penalty_between_spread_and_separation_finds_the_blobs():
     X = blobs()
     # A blob spans ~4 (squared 16); a row of one blob is ~8 from the next (squared 64).
-    for penalty in (25.0, 40.0, 55.0):
+    # (Above ~50 one centre midway between two blobs 10 apart holds both within √λ:
+    # a fixed point with 4 clusters.)
+    for penalty in (25.0, 40.0):
         model = DPMeans(penalty=penalty).fit(X)
         assert model.n_clusters_ == len(CENTRES), penalty
         nearest = squared_distances(CENTRES, model.cluster_centers_).min(axis=1)
@@ -135,38 +147,70 @@ def test_penalty_between_spread_and_separation_finds_the_blobs():
 
 def test_n_clusters_finds_a_penalty_that_gives_it():
     X = blobs(spread=1.0)
-    for K in (1, 2, 5, 8):  # K(λ) goes 2 → 4 here: n_clusters=3 warns
+    for K in (1, 2, 3, 5, 6, 8, 12):
         with warnings.catch_warnings():
             warnings.simplefilter("error", ConvergenceWarning)
             model = DPMeans(n_clusters=K).fit(X)
         assert model.n_clusters_ == K
+        check_fixed_point(model, X, None, model.penalty_)
         # The fit found is one of the runs tried, at the λ it reports.
-        assert {"penalty": model.penalty_, "n_clusters": K} in [
-            {k: run[k] for k in ("penalty", "n_clusters")} for run in model.penalty_search_
+        assert {"penalty": model.penalty_, "n_clusters": K, "capped": False} in [
+            {k: run[k] for k in ("penalty", "n_clusters", "capped")}
+            for run in model.penalty_search_
         ]
+        # K(λ) jumps 2 → 4 and 5 → 7 here (before: n_clusters=3 and 6 warned and
+        # returned 2 and 5): a run opening up to K clusters gets past the jump.
+        capped = [run["n_clusters"] for run in model.penalty_search_ if run["capped"]]
+        assert capped == ([K] if K in (3, 6) else [])
     # K = 1: the bracket's top, the largest squared distance to the mean.
     top = ((X - X.mean(axis=0)) ** 2).sum(axis=1).max()
-    assert DPMeans(n_clusters=1).fit(X).penalty_ == pytest.approx(top, rel=1e-12)
+    assert DPMeans(n_clusters=1).fit(X).penalty_ == pytest.approx(top, rel=1e-8)
     lazy = DPMeans(n_clusters=5).fit(da.from_array(X, chunks=300))
+    eager = DPMeans(n_clusters=5).fit(X)
+    # The same centres; rounding of the sums may open tied rows in another order.
     np.testing.assert_allclose(
-        lazy.cluster_centers_, DPMeans(n_clusters=5).fit(X).cluster_centers_, atol=1e-10
+        np.sort(lazy.cluster_centers_, axis=0),
+        np.sort(eager.cluster_centers_, axis=0),
+        atol=1e-10,
     )
 
 
-def test_a_count_no_penalty_gives_warns_and_returns_the_closest():
+def test_a_count_reached_by_opening_one_centre_per_cluster_per_pass():
     # Three equal groups on an equilateral triangle around the mean: every row is
-    # equally far from it, so below that distance all three open at once (K 1 → 3).
+    # equally far from it (16). Opening one centre per cluster per pass, a corner
+    # opens and the other two stay together (3.46² = 12 from their midpoint): for
+    # λ in (12, 16) K = 2 is a fixed point, and the search finds it.
     corners = np.array(
         [[np.cos(a), np.sin(a)] for a in (0.5, 0.5 + 2 * np.pi / 3, 0.5 + 4 * np.pi / 3)]
     )
     X = np.repeat(corners * 4.0, 10, axis=0)
-    with pytest.warns(
-        ConvergenceWarning,
-        match=r"No penalty found with n_clusters=2: K\(λ\) jumps from 1 at λ=\S+ to 3",
-    ):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)
         model = DPMeans(n_clusters=2).fit(X)
-    assert model.n_clusters_ == 1  # 1 and 3 are equally close: the larger λ
-    assert sorted({run["n_clusters"] for run in model.penalty_search_}) == [1, 3]
+    assert model.n_clusters_ == 2 and 12.0 < model.penalty_ < 16.0
+    check_fixed_point(model, X, None, model.penalty_)
+
+
+@pytest.mark.parametrize(
+    "X",
+    [
+        np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0]] * 4),
+        np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, 0.0], [0.0, 0.0]]),
+        np.array([[0.0, 0.0], [5.0, 0.0], [0.0, 1.0], [0.0, 0.0], [0.0, 0.0]]),
+    ],
+    ids=["equal-copies", "unequal-copies", "unequal-spacing"],
+)
+def test_more_clusters_than_distinct_points_returns_the_points_and_warns(X):
+    # Before: λ went down to rounding level and a run returned an empty duplicate centre.
+    with pytest.warns(ConvergenceWarning, match=r"No penalty found with n_clusters=5"):
+        model = DPMeans(n_clusters=5).fit(X)
+    distinct = np.unique(X, axis=0)
+    assert model.n_clusters_ == len(distinct)
+    np.testing.assert_allclose(
+        np.unique(np.round(model.cluster_centers_, 12) + 0.0, axis=0), distinct, atol=1e-12
+    )
+    assert (model.cluster_weights_ > 0).all()
+    check_fixed_point(model, X, None, model.penalty_)
 
 
 def test_integer_weights_are_repeated_rows():
@@ -198,10 +242,9 @@ def test_one_pass_per_iteration_and_nan_rows_omitted():
     "params, match",
     [
         (
-            {},
-            r"^DPMeans needs exactly one of penalty .* or n_clusters .*, got neither; pass one\.$",
+            {"penalty": 1.0, "n_clusters": 2},
+            r"^DPMeans takes penalty .* or n_clusters .*, got both; pass one \(or neither",
         ),
-        ({"penalty": 1.0, "n_clusters": 2}, r"got both; pass one\.$"),
         (
             {"penalty": 0.0},
             r"^penalty must be a positive finite number \(λ, the price of a cluster\) or None, "
@@ -284,3 +327,68 @@ def test_max_iter_warns_and_keeps_the_last_pass_consistent():
     K = model.n_clusters_
     assert model.objective_ == pytest.approx(dist.min(axis=1).sum() + 20.0 * K, rel=1e-12)
     assert model.n_clusters_history_[-1] == K and model.n_iter_ == 3
+
+
+def six_blobs(seed):
+    """Six unit-spread 3-D blobs at least 15 apart, shuffled; rows and blob labels."""
+    rng = np.random.default_rng(seed)
+    while True:
+        centres = rng.uniform(-30, 30, size=(6, 3))
+        if squared_distances(centres, centres)[~np.eye(6, dtype=bool)].min() >= 15.0**2:
+            break
+    y = rng.integers(0, 6, 3000)
+    return centres[y] + rng.normal(size=(3000, 3)), y
+
+
+@pytest.mark.parametrize("seed", [0, 6, 10, 14])
+def test_well_separated_blobs_open_one_cluster_each(seed):
+    # Before: 7 or 8 clusters in 19 of 20 such draws (centres opened at the far tails
+    # of one blob while a centre holding the rows of several drifted into it).
+    from sklearn.metrics import adjusted_rand_score
+
+    X, y = six_blobs(seed)
+    model = DPMeans(penalty=8.0**2).fit(X)
+    assert model.n_clusters_ == 6
+    assert adjusted_rand_score(y, model.labels_) == 1.0
+    check_fixed_point(model, X, None, 64.0)
+
+
+def overlapping_blobs(n=20_000, d=9, k=5, seed=0):
+    """Standardised correlated Gaussian blobs that overlap (a stand-in for gridded data)."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, k, n)
+    X = np.empty((n, d))
+    for j, mean in enumerate(rng.normal(scale=1.5, size=(k, d))):
+        A = rng.normal(size=(d, d)) / np.sqrt(d) * rng.uniform(0.5, 1.5)
+        X[y == j] = mean + rng.standard_normal(((y == j).sum(), d)) @ A.T
+    return (X - X.mean(axis=0)) / X.std(axis=0)
+
+
+def test_default_fit_on_overlapping_data_ends_at_its_fixed_point():
+    # Before: tol=1e-4 stopped 0.04-0.07 short of the means, and λ = 4-32 on such
+    # data ran out of max_iter=300.
+    X = overlapping_blobs()
+    model = DPMeans(penalty=32.0, max_iter=2000).fit(X)
+    check_fixed_point(model, X, None, 32.0)  # every step lowers Σ D² + λK
+    assert model.n_iter_ < 2000
+
+
+def test_no_argument_fits_with_the_data_spread_as_penalty():
+    X = blobs()
+    w = np.random.default_rng(4).uniform(0.5, 2.0, X.shape[0])
+    model = DPMeans().fit(X, sample_weight=w)
+    mean = w @ X / w.sum()
+    spread = w @ ((X - mean) ** 2).sum(axis=1) / w.sum()
+    assert model.penalty_ == pytest.approx(spread, rel=1e-12)
+    check_fixed_point(model, X, w, model.penalty_)
+
+
+def test_n_clusters_costs_a_few_fits():
+    X = overlapping_blobs(n=5000, d=4, seed=1)
+    for K in (3, 6, 12):
+        model = DPMeans(n_clusters=K, max_iter=2000).fit(X)
+        assert model.n_clusters_ == K
+        check_fixed_point(model, X, None, model.penalty_)
+        # Warm-started runs, λ interpolated in log K (before: λ/4 steps, then
+        # bisection to 1e-4 with every run at tol).
+        assert len(model.penalty_search_) <= 12, model.penalty_search_

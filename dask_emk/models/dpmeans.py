@@ -38,41 +38,76 @@ assigned to its nearest centre, the k-means sums are added up, and the
 :data:`CANDIDATES` rows with the largest opening key are kept (the list
 k-means keeps for empty clusters). On the client (:func:`dp_update`), those
 rows are taken in decreasing key and each opens a centre at itself if its
-key is still above λ against every centre, the ones just opened included
-(Kulis & Jordan's sequential rule, on the kept rows); clusters left without
-weight close; every centre moves to the weighted mean of its rows. When
-more than :data:`CANDIDATES` rows are above λ the pass opens among those it
-kept and the next pass sees the rest: J still falls, one pass later.
+key is still above λ against every centre opened in the pass and every
+cluster's new mean (Kulis & Jordan's sequential rule, on the kept rows), and
+if no other row of its cluster opened in the pass; clusters left without
+weight close; every centre moves to the weighted mean of its rows. The
+farthest rows are a blob's far tail: opened all at once, a tail row and a
+centre drifting in from between blobs ended as two centres in one blob (6
+unit 3-D blobs ≥ 15 apart at √λ = 8 gave 7 or 8 clusters in 19 of 20 draws;
+0 of 20 with the two rules). Rows skipped wait for the next pass: J still
+falls, one pass later, as when more than :data:`CANDIDATES` rows are above λ.
+The rules choose among local minima, they do not escape them: a centre
+between two blobs whose rows all lie within √λ of it is a fixed point, and
+waiting lets a centre settle there (``benchmarks/bench_dpmeans.py``, 10
+blobs at λ = 200: 9 clusters and twice the inertia, where opening at the
+farthest rows at once gave 11, one blob split).
 
 **J never increases.** With J(z, μ) as above and K the number of clusters:
 (a) the pass assigns each row to its nearest centre, so no term grows;
 (b) opening a centre at a kept row x_j and moving that row alone there
 changes J by λ − w_j D_j ≤ λ − min(w_j, 1) D_j < 0 (D_j = ‖x_j − μ_{z_j}‖²;
 rows near a just-opened centre are skipped, not moved, so each opening is
-such a move); (c) closing a cluster without weight lowers J by λ; (d) the
+such a move, and skipping one changes nothing); (c) closing a cluster
+without weight lowers J by λ; (d) the
 weighted mean of a cluster's rows minimises its Σ w ‖x − μ‖². The next
 pass starts from there, so the objective of every pass (``objective_history_``)
-is at most the one before. A pass that finds a key above λ opens at least its
-first kept row, so a run cannot stall on one.
+is at most the one before. A pass that finds a key above λ either opens its
+first kept row or moves a centre (a row is skipped only for a new mean within
+√λ of it, which the pass's centre was not), so a run cannot stall on one.
 
 **Fixed point** (where a run stops): the pass finds every row within √λ of
 its nearest centre (min(w, 1) ‖x − μ‖² ≤ λ), no cluster empty, and the
-weighted means of the clusters equal their centres (squared shift 0 with
-``tol=0``, else at most ``tol`` × the mean feature variance). The centres
+weighted means of the clusters equal their centres: the assignments did not
+change, which gives bit-identical sums, so the squared shift is exactly 0
+(``tol=0``, the default; ``tol`` > 0 stops once it is at most ``tol`` × the
+mean feature variance, centres up to that far from their means). The centres
 returned are those of that last pass, so ``labels_`` are their nearest
-centres and ``objective_`` is J at them exactly.
+centres and ``objective_`` is J at them exactly. On overlapping data the
+fixed point can take many passes. Not for a cycle, a rising J or empty
+clusters (J falls at every pass, measured): rows keep crossing √λ one or
+two at a time as the centres move, each opening moves the centres around it
+again, and with tens to hundreds of clusters Lloyd's own tail is long. On
+200k × 9 standardised overlapping blobs: λ = 8 → 554 clusters in 859
+passes, λ = 32 → 31 in 412 (KMeans(31, tol=0) alone: 363); on another draw
+λ = 16 and 32 took 644 and 224 passes (farthest-first opening: 407 and 212).
+Raise ``max_iter`` for small λ.
 
-**n_clusters = K** finds λ by bisection on log λ. The bracket comes from the
-data: from λ₁ = max min(w, 1) ‖x − x̄‖² up nothing opens from the mean x̄
-(K = 1); λ is divided by 4 until K(λ) ≥ K. Each fit starts from the centres
-of the bracket end with the larger λ (fewer clusters): DP-means opens and
-closes but never merges, so a start with more clusters would keep them.
-K(λ) is not monotone in general (the fixed point reached depends on the
-start), and it may jump over K. The search stops when it hits K, or when
-the bracket is narrower than :data:`BISECTION_RTOL` (relative); then the fit
-with the K closest to the target is returned (the larger λ among ties) with
-a ConvergenceWarning that names the jump. ``penalty_search_`` lists every
-fit tried.
+**penalty = None** (and no ``n_clusters``): λ is the data's spread
+Σ w ‖x − x̄‖² / Σ w, the mean squared distance to the weighted mean (found in
+the first pass): a row farther from every centre than the data's RMS radius
+opens a cluster; on standardised data λ = n_features.
+
+**n_clusters = K** searches λ (:func:`next_penalty`). From
+λ₁ = max min(w, 1) ‖x − x̄‖² up nothing opens from the mean x̄ (K = 1); below
+it, log λ is interpolated against log K (K ∝ λ^(−d/2) from λ₁ alone, then the
+slope of the runs made), kept inside the bracket once one run gave more than
+K. Each run starts from the centres of the bracket end with the larger λ
+(fewer clusters): DP-means opens and closes but never merges, so a start
+with more clusters would keep them. The search runs stop at scikit-learn's
+tolerance (:data:`SEARCH_TOL`); the run that hits K is taken on to its fixed
+point (a run from where it stopped), where K is checked again. K(λ) is not
+monotone in general (the fixed point reached depends on the start), and it
+may jump over K. The search
+stops when it hits K, when the bracket is narrower than
+:data:`BISECTION_RTOL` (relative), or when every row sits on its centre (no
+λ gives more clusters than distinct rows). When K(λ) jumped over K, DP-means
+at the lower end's λ from the upper end's centres, opening up to K clusters
+only, gives a start; its end, with every key at most a, is a fixed point
+for any λ ≥ a, and a run at such a λ (:meth:`DPMeans._capped`) returns it.
+Failing that, the fit with the K closest to the target, at its fixed point,
+is returned (the larger λ among ties) with a ConvergenceWarning that names
+the jump. ``penalty_search_`` lists every run.
 
 **The annealing ladder.** :class:`dask_emk.AnnealedGaussianMixture` lowers σ²
 of the same shared-σ² mixture; a mean splits when σ² falls below its
@@ -118,12 +153,45 @@ from dask_emk.models.validation import NoTrainingDataInPickle
 #: Checking them on the client costs microseconds each; more rows above λ
 #: than this take another pass.
 CANDIDATES = 256
-#: The λ search stops when the bracket [lo, hi] has hi / lo − 1 below this.
-BISECTION_RTOL = 1e-4
-#: λ is divided by this while looking for the lower end of the bracket ...
-LOWER_FACTOR = 4.0
-#: ... at most this many times (4⁻⁴⁰ ≈ 1e-24 of the data's largest key).
-LOWER_STEPS = 40
+#: The λ search stops when the bracket [lo, hi] has hi / lo − 1 below this ...
+BISECTION_RTOL = 1e-2
+#: ... or after this many runs (each warm-started, most a few passes).
+SEARCH_RUNS = 40
+#: Relative tolerance (``tol``'s rule) of the runs that only count K in the λ
+#: search; the run kept is taken on to its fixed point.
+SEARCH_TOL = 1e-4
+#: The search's first λ is the largest key to the mean times 1 + this.
+TOP_MARGIN = 1e-9
+#: Without a lower end, λ is divided by what log K against log λ
+#: extrapolates, at least LOWER_MIN and at most LOWER_MAX.
+LOWER_MIN, LOWER_MAX = 1.1, 256.0
+
+
+def next_penalty(target: int, hi, lo, runs: list, n_features: int) -> float:
+    """The next λ of the search: log λ interpolated linearly in log K.
+
+    ``hi`` has K < target, ``lo`` (or None) K > target. Inside the bracket
+    the point is kept to its middle half (in log λ), and is the midpoint when
+    the last run moved the same end as the one before (K(λ) is a staircase:
+    interpolation alone can creep). Below ``hi`` alone, the slope of the two
+    runs with the largest K below the target extrapolates; from K = 1 alone,
+    the slope d / 2 of n balls of radius √λ covering a d-dimensional region
+    (K ∝ λ^(−d/2)) does. Either step divides λ by :data:`LOWER_MIN` to :data:`LOWER_MAX`.
+    """
+    if lo is not None:
+        k_hi, k_lo = np.log(hi.n_clusters), np.log(lo.n_clusters)
+        t = min(max((np.log(target) - k_hi) / (k_lo - k_hi), 0.25), 0.75)
+        last = runs[-2:]
+        if len(last) == 2 and (last[0].n_clusters > target) == (last[1].n_clusters > target):
+            t = 0.5
+        return float(hi.penalty * (lo.penalty / hi.penalty) ** t)
+    below = [r for r in runs if r.n_clusters < hi.n_clusters and r.penalty > hi.penalty]
+    slope = n_features / 2
+    if below:
+        prev = max(below, key=lambda r: r.n_clusters)
+        slope = np.log(hi.n_clusters / prev.n_clusters) / np.log(prev.penalty / hi.penalty)
+    factor = np.exp(np.log(target / hi.n_clusters) / slope)
+    return float(hi.penalty / min(max(factor, LOWER_MIN), LOWER_MAX))
 
 
 def dp_objective(inertia: float, penalty: float, n_clusters: int) -> float:
@@ -131,7 +199,9 @@ def dp_objective(inertia: float, penalty: float, n_clusters: int) -> float:
     return float(inertia + penalty * n_clusters)
 
 
-def dp_update(stats: dict, origin: np.ndarray, penalty: float) -> tuple[np.ndarray, int, int]:
+def dp_update(
+    stats: dict, origin: np.ndarray, penalty: float, room: int | None = None
+) -> tuple[np.ndarray, np.ndarray, int]:
     """New centres after one pass: open, close, recentre (the client's step).
 
     Parameters
@@ -142,25 +212,37 @@ def dp_update(stats: dict, origin: np.ndarray, penalty: float) -> tuple[np.ndarr
         ``far_x`` (m, d).
     origin : ndarray of shape (d,)
     penalty : float, λ
+    room : int, optional
+        Open at most this many clusters (None: no limit).
 
     Returns
     -------
     centers : ndarray of shape (K', d), weighted means of the clusters kept
-    opened, closed : int, clusters opened and closed
+    opened : ndarray of shape (m,), the keys of the rows opened
+    closed : int, clusters closed
     """
     N, S = stats["N"].copy(), stats["S"].copy()
-    new_x, new_w = [], []
+    # Where the pass's clusters move to: a row within √λ of one of these joins
+    # it next pass, so opening there would split one region in two.
+    held = N > 0
+    near = list(weighted_means(origin, N[held], S[held])[0])
+    new_x, new_w, keys, split = [], [], [], set()
     labels = stats["far_label"].astype(int)
     for key, label, w, x in zip(stats["far_dist"], labels, stats["far_weight"], stats["far_x"],
                                 strict=True):  # fmt: skip
-        if not key > penalty:  # sorted: no later row opens (also the -inf padding)
+        if not key > penalty or len(new_x) == room:  # sorted: no later row opens
             break
-        if new_x and opening_key(((np.asarray(new_x) - x) ** 2).sum(axis=1).min(), w) <= penalty:
+        if label in split or (
+            near and opening_key(((np.asarray(near) - x) ** 2).sum(axis=1).min(), w) <= penalty
+        ):
             continue
+        near.append(x)
+        split.add(label)
         S[label] -= (x - origin) * w
         N[label] -= w
         new_x.append(x)
         new_w.append(w)
+        keys.append(key)
     new_x, new_w = np.reshape(new_x, (-1, S.shape[1])), np.asarray(new_w, dtype=np.float64)
     before = np.concatenate([stats["N"], new_w])
     N = np.concatenate([N, new_w])
@@ -168,7 +250,7 @@ def dp_update(stats: dict, origin: np.ndarray, penalty: float) -> tuple[np.ndarr
     # Sums of weights carry rounding: a cluster whose rows all moved holds ~0.
     keep = N > EMPTIED_FRACTION * before
     closed = int(np.count_nonzero(~keep))
-    return weighted_means(origin, N[keep], S[keep])[0], len(new_w), closed
+    return weighted_means(origin, N[keep], S[keep])[0], np.asarray(keys, dtype=float), closed
 
 
 @dataclass
@@ -183,6 +265,11 @@ class DPRun:
     converged: bool
     objective_history: list = field(default_factory=list)
     n_clusters_history: list = field(default_factory=list)
+    tol_abs: float = 0.0  # the run's stopping tolerance (0: it ended at its fixed point)
+    next_centers: np.ndarray | None = None  # after the last pass: where it would go on
+    largest_key: float = np.inf  # the largest opening key of the last pass
+    lowest_opened: float = np.inf  # the smallest key of a row the run opened at
+    capped: bool = False  # opened up to a number of clusters only (the λ search's)
 
     @property
     def n_clusters(self) -> int:
@@ -195,11 +282,15 @@ class DPRun:
 
 @dataclass
 class Start:
-    """What every run of a fit shares: the reference point and the tolerance."""
+    """What every run of a fit shares: the first centres, the reference point,
+    the absolute tolerances (``tol``'s and the λ search's) and the data's
+    spread Σ w ‖x − x̄‖² / Σ w (the default λ)."""
 
     centers: np.ndarray
     origin: np.ndarray
-    tol_abs: float | None
+    tol_abs: float
+    search_tol: float
+    spread: float
 
 
 class DPMeans(
@@ -217,21 +308,24 @@ class DPMeans(
     ----------
     penalty : float, optional
         λ > 0, in squared data units: a row farther than √λ from every centre
-        opens a cluster (with weights: min(w, 1) ‖x − μ‖² > λ). Exactly one
-        of ``penalty`` and ``n_clusters``.
+        opens a cluster (with weights: min(w, 1) ‖x − μ‖² > λ). At most one
+        of ``penalty`` and ``n_clusters``; with neither, λ is the data's
+        spread Σ w ‖x − x̄‖² / Σ w (n_features on standardised data).
     n_clusters : int, optional
-        A target K: λ is found by bisection (see the module docstring; a
-        ConvergenceWarning when no λ gives K exactly).
+        A target K: λ is searched, a few warm-started runs (see the module
+        docstring; a ConvergenceWarning when no fixed point with K clusters
+        is found, e.g. with fewer distinct rows than K).
     init : array of shape (k, n_features), optional
         Starting centres (``penalty`` only); default: one centre at the
         weighted data mean (one pass to find it), as Kulis & Jordan.
     max_iter : int, default=300
         Iterations (passes) per run at one λ.
-    tol : float, default=1e-4
-        Relative tolerance: a run stops when a pass opens and closes nothing
-        and the squared centre shift is at most ``tol`` times the mean
-        feature variance (scikit-learn's k-means rule); 0 runs to the exact
-        fixed point.
+    tol : float, default=0
+        0: a run stops at its fixed point (a pass opens, closes and moves
+        nothing: unchanged assignments). Above 0: as soon as a pass opens and
+        closes nothing and the squared centre shift is at most ``tol`` times
+        the mean feature variance (scikit-learn's k-means rule), before the
+        centres are the means of their rows.
     random_state : int, RandomState or None
         Not used: DP-means is deterministic (it starts from the mean and
         takes rows in a fixed order). Accepted as the other estimators do.
@@ -263,7 +357,7 @@ class DPMeans(
         the model is pickled, as :class:`dask_emk.KMeans`'s).
     n_clusters_ : int
     penalty_ : float
-        λ of the fit (``penalty``, or the one the search found).
+        λ of the fit (``penalty``, the one the search found, or the data's spread).
     objective_ : float
         Σ w ‖x − μ‖² + λ K at ``cluster_centers_``.
     inertia_ : float
@@ -278,7 +372,10 @@ class DPMeans(
         Weight (count without sample weights) of each cluster.
     penalty_search_ : list of dict
         Every run of the fit: ``penalty``, ``n_clusters``, ``n_iter``,
-        ``converged`` (one entry with ``penalty``).
+        ``converged``, ``capped`` (a run that opened up to ``n_clusters``
+        only, to get past a jump of K(λ); see the module docstring). A search
+        run taken on to its fixed point is listed again after it: the run
+        kept is the last one at ``penalty_``. One entry with ``penalty``.
     n_passes_ : int
         Passes over the data during ``fit`` (``labels_`` excluded).
     n_features_in_ : int
@@ -295,7 +392,7 @@ class DPMeans(
         *,
         init=None,
         max_iter=300,
-        tol=1e-4,
+        tol=0.0,
         random_state=None,
         split_every=None,
         verbose=0,
@@ -325,11 +422,11 @@ class DPMeans(
                 "which a gap leaves undefined); use nan_policy='omit' to leave out the rows "
                 "holding NaN, or KMeans(nan_policy='marginalize')."
             )
-        if (self.penalty is None) == (self.n_clusters is None):
-            given = "both" if self.penalty is not None else "neither"
+        if self.penalty is not None and self.n_clusters is not None:
             raise ValueError(
-                f"DPMeans needs exactly one of penalty (λ, the price of a cluster in squared "
-                f"data units) or n_clusters (a target K), got {given}; pass one."
+                "DPMeans takes penalty (λ, the price of a cluster in squared data units) or "
+                "n_clusters (a target K), got both; pass one (or neither: λ is then the "
+                "data's spread)."
             )
         if self.n_clusters is not None:
             self._check_n_samples(data, "n_clusters")
@@ -356,10 +453,11 @@ class DPMeans(
     def _fit(self, X, data: InputData, weight) -> None:
         self._runs, self.n_passes_ = [], 0
         start = self._start(data, weight)
-        if self.penalty is not None:
-            best = self._run(data, weight, float(self.penalty), start, start.centers)
-        else:
+        if self.n_clusters is not None:
             best = self._search(data, weight, start)
+        else:
+            penalty = start.spread if self.penalty is None else float(self.penalty)
+            best = self._run(data, weight, penalty, start, start.centers, start.tol_abs)
         if not best.converged:
             warnings.warn(
                 f"DPMeans did not reach its fixed point in max_iter={self.max_iter} "
@@ -378,21 +476,26 @@ class DPMeans(
         self.cluster_weights_ = best.weights
         self.penalty_search_ = [
             {"penalty": r.penalty, "n_clusters": r.n_clusters, "n_iter": r.n_iter,
-             "converged": r.converged} for r in self._runs
+             "converged": r.converged, "capped": r.capped} for r in self._runs
         ]  # fmt: skip
         del self._runs
         self.labels_ = self._labels(data)
 
     def _start(self, data: InputData, weight) -> Start:
-        """The first centres: ``init``, or the weighted mean (one pass, with the moments)."""
-        if self.init is not None:
-            centers = self._user_centers(data.n_features)
-            return Start(centers, centers.mean(axis=0), None if self.tol > 0 else 0.0)
+        """The first centres (``init``, or the weighted mean), the spread and the
+        tolerances: one pass, with the moments."""
         row = reference_row(data, 0)
-        stats = self._pass(data, weight, row[None], row, 0, self.tol > 0, assign_pass)
-        mean = row + stats["S"][0] / stats["N"][0]
-        tol_abs = relative_tolerance(stats, self.tol) if self.tol > 0 else 0.0
-        return Start(mean[None], mean, tol_abs)
+        stats = self._pass(data, weight, row[None], row, 0, True, assign_pass)
+        delta = stats["S"][0] / stats["N"][0]
+        # Σ w ‖x − x̄‖² / Σ w, from the sums about `row` (a data row: no large offset).
+        spread = (stats["inertia"] - stats["N"][0] * delta @ delta) / stats["N"][0]
+        spread = max(float(spread), np.finfo(np.float64).tiny)
+        mean = (row + delta)[None]
+        centers = mean if self.init is None else self._user_centers(data.n_features)
+        return Start(
+            centers, mean[0], relative_tolerance(stats, self.tol),
+            relative_tolerance(stats, SEARCH_TOL), spread,
+        )  # fmt: skip
 
     def _pass(self, data, weight, centers, origin, n_far, moments, kind=costliest_pass) -> dict:
         self.n_passes_ += 1
@@ -401,28 +504,34 @@ class DPMeans(
             omit_nan=data.omit_nan,
         )  # fmt: skip
 
-    def _run(self, data, weight, penalty: float, start: Start, centers: np.ndarray) -> DPRun:
-        """DP-means at one λ from ``centers`` to its fixed point (or max_iter)."""
-        objectives, counts, new = [], [], centers
+    def _run(self, data, weight, penalty, start: Start, centers, tol_abs, cap=None) -> DPRun:
+        """DP-means at one λ from ``centers`` until a pass opens and closes
+        nothing and moves the centres by at most ``tol_abs`` (0: not at all,
+        the fixed point), or max_iter; opening up to ``cap`` clusters only
+        (None: no limit)."""
+        objectives, counts = [], []
+        new, lowest = centers, np.inf
         for i in range(self.max_iter):
             centers = new
-            moments = start.tol_abs is None
-            stats = self._pass(data, weight, centers, start.origin, CANDIDATES, moments)
-            if moments:
-                start.tol_abs = relative_tolerance(stats, self.tol)
+            stats = self._pass(data, weight, centers, start.origin, CANDIDATES, False)
             objectives.append(dp_objective(stats["inertia"], penalty, centers.shape[0]))
             counts.append(int(centers.shape[0]))
-            new, opened, closed = dp_update(stats, start.origin, penalty)
-            same = not (opened or closed)
-            shift = float(((new - centers) ** 2).sum()) if same else np.inf
-            converged = shift <= start.tol_abs
-            self._report(i, penalty, objectives[-1], counts[-1], opened, closed, shift, new,
+            room = None if cap is None else max(cap - int(np.count_nonzero(stats["N"] > 0)), 0)
+            new, opened, closed = dp_update(stats, start.origin, penalty, room)
+            lowest = min(lowest, opened.min(initial=np.inf))
+            # Unchanged assignments give bit-identical sums (same blocks, same
+            # reduction order): a zero shift is Lloyd's strict convergence.
+            shift = np.inf if opened.size or closed else float(((new - centers) ** 2).sum())
+            converged = shift <= tol_abs
+            self._report(i, penalty, objectives[-1], counts[-1], opened.size, closed, shift, new,
                          converged)  # fmt: skip
             if converged:
                 break
         # The pass's own centres: its labels, inertia and weights belong to them.
-        run = DPRun(penalty, centers, stats["N"], float(stats["inertia"]), i + 1, converged,
-                    objectives, counts)  # fmt: skip
+        run = DPRun(
+            penalty, centers, stats["N"], float(stats["inertia"]), i + 1, converged, objectives,
+            counts, tol_abs, new, float(stats["far_dist"][0]), lowest,
+        )  # fmt: skip
         self._runs.append(run)
         return run
 
@@ -442,26 +551,42 @@ class DPMeans(
 
     # ------------------------------------------------------------ λ search
     def _search(self, data, weight, start: Start) -> DPRun:
-        """The run whose K is ``n_clusters`` (or the closest): bracket, then bisect log λ."""
+        """The run whose K is ``n_clusters`` (or the closest): bracket λ, then
+        interpolate log λ against log K, each run warm-started (module docstring)."""
         target = self.n_clusters
         mean = start.centers
         largest = self._pass(data, weight, mean, start.origin, 1, False)["far_dist"][0]
-        # Above the largest key nothing opens from the mean: K = 1.
-        hi = self._run(data, weight, max(float(largest), np.finfo(float).tiny), start, mean)
+        # Above the largest key nothing opens from the mean: K = 1, at once (a
+        # hair above, or the rounding of the recentred mean could open a row).
+        top = max(float(largest) * (1 + TOP_MARGIN), np.finfo(float).tiny)
+        hi = self._run(data, weight, top, start, mean, start.tol_abs)
         lo = None
-        for _ in range(LOWER_STEPS if hi.n_clusters < target else 0):
-            run = self._run(data, weight, hi.penalty / LOWER_FACTOR, start, hi.centers)
-            if run.n_clusters >= target:
-                lo = run
+        for _ in range(SEARCH_RUNS if target > 1 else 0):
+            if lo is None and hi.inertia <= np.finfo(float).eps * largest:
+                break  # every row on its centre: no λ gives more clusters
+            if lo is not None and hi.penalty / lo.penalty - 1 <= BISECTION_RTOL:
                 break
-            hi = run
-        while lo is not None and lo.n_clusters != target and hi.n_clusters != target:
-            if hi.penalty / lo.penalty - 1 <= BISECTION_RTOL:
-                break
-            run = self._run(data, weight, float(np.sqrt(lo.penalty * hi.penalty)), start,
-                            hi.centers)  # fmt: skip
+            penalty = next_penalty(target, hi, lo, self._runs, data.n_features)
+            run = self._run(data, weight, penalty, start, hi.centers, start.search_tol)
+            if run.n_clusters == target:
+                # Search runs stop early; at the fixed point K may still change.
+                run = self._finish(data, weight, run, start)
+                if run.n_clusters == target:
+                    return run
             lo, hi = (run, hi) if run.n_clusters > target else (lo, run)
-        best = min(self._runs, key=lambda r: (abs(r.n_clusters - target), -r.penalty))
+        return self._closest(target, hi, lo, data, weight, start)
+
+    def _closest(self, target, hi, lo, data, weight, start: Start) -> DPRun:
+        """No search run gave K = ``n_clusters``: a capped run if it has K, else
+        the run closest to it, at its fixed point, warned."""
+        if lo is not None:
+            capped = self._capped(data, weight, target, hi, lo, start)
+            if capped is not None:
+                return capped
+        runs = [r for r in self._runs if not r.capped]
+        best = min(runs, key=lambda r: (abs(r.n_clusters - target), -r.penalty))
+        if best.tol_abs > start.tol_abs:
+            best = self._finish(data, weight, best, start)
         if best.n_clusters != target:
             jump = ""
             if lo is not None:
@@ -475,6 +600,38 @@ class DPMeans(
                 stacklevel=4,
             )
         return best
+
+    def _finish(self, data, weight, run: DPRun, start: Start) -> DPRun:
+        """``run`` (stopped at the search tolerance) taken on to its fixed point:
+        a run from where it would go on, listed after it."""
+        if not run.converged:
+            return run  # max_iter spent already
+        return self._run(data, weight, run.penalty, start, run.next_centers, start.tol_abs)
+
+    def _capped(self, data, weight, target, hi, lo, start: Start) -> DPRun | None:
+        """K(λ) jumped over ``target`` between ``hi`` and ``lo``: a fixed point
+        with ``target`` clusters, from DP-means at lo's λ started at hi's centres
+        and opening up to ``target`` clusters only (a capped run, listed as such).
+
+        Its end has every key at most a; for λ* ≥ a it is a fixed point at λ*
+        (and for λ* < b, the smallest key it opened at, the capped run itself
+        was a run at λ*). λ* is the bracket's geometric middle when that lies
+        in [a, b), else √(ab) when a < b, else a hair above a; a run at λ*
+        from its centres confirms it (one pass). None when either run misses
+        ``target`` clusters or the fixed point.
+        """
+        capped = self._run(data, weight, lo.penalty, start, hi.centers, start.tol_abs, target)
+        capped.capped = True
+        if capped.n_clusters != target or not capped.converged:
+            return None
+        a, b = max(capped.largest_key, np.finfo(float).tiny), capped.lowest_opened
+        middle = float(np.sqrt(lo.penalty * hi.penalty))
+        if a <= middle < b:
+            penalty = middle
+        else:
+            penalty = float(np.sqrt(a * b)) if a < b else a * (1 + TOP_MARGIN)
+        run = self._run(data, weight, penalty, start, capped.centers, start.tol_abs)
+        return run if run.n_clusters == target and run.converged else None
 
     # ------------------------------------------------------------ prediction
     # The nearest centre, as k-means: one definition (KMeans's) for both.

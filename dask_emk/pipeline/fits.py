@@ -152,7 +152,8 @@ def fit_dpmeans(X, params: dict, checkpoint: Checkpoint, progress: Progress) -> 
 
     model = DPMeans(**params, callback=on_iteration).fit(X)
     search = model.penalty_search_
-    kept = next(i for i, run in enumerate(search) if run["penalty"] == model.penalty_)
+    # The last at its λ: a search run taken on to its fixed point is listed again after it.
+    kept = max(i for i, run in enumerate(search) if run["penalty"] == model.penalty_)
     outcome = FitOutcome(
         checkpointable(model), runs[kept], search[kept]["converged"], "objective",
         tuple(model.n_clusters_history_),
