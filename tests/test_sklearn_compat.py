@@ -46,15 +46,6 @@ RANDOM_SEEDING = {
         "k-means|| seeding draws differ between weighted and repeated rows"
     ),
 }
-#: DPMeans() at its defaults needs a default penalty (models/dpmeans.py, issue 23 §4). Seven
-#: of scikit-learn's checks (check_clustering, check_fit2d_*, ...) then set n_clusters on it:
-#: with penalty=1.0 they fail only because "both" are refused, so a given n_clusters must
-#: take over from the default penalty.
-NO_DPMEANS_DEFAULT = pytest.mark.skipif(
-    DPMeans().penalty is None and DPMeans().n_clusters is None,
-    reason="DPMeans() has no default penalty yet (models/dpmeans.py)",
-)
-
 
 @pytest.mark.parametrize(
     "estimator, expected_failed",
@@ -64,7 +55,7 @@ NO_DPMEANS_DEFAULT = pytest.mark.skipif(
         (GaussianMixtureIC(), NOTHING),
         (KMeans(), RANDOM_SEEDING),
         (AnnealedGaussianMixture(), NOTHING),
-        pytest.param(DPMeans(), NOTHING, marks=NO_DPMEANS_DEFAULT),
+        (DPMeans(), NOTHING),
         (ChunkedStandardScaler(), NOTHING),
         # and other settings
         (GaussianMixture(covariance_type="shared", init_params="random"), NOTHING),
