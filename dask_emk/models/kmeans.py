@@ -129,8 +129,9 @@ class KMeans(NoTrainingDataInPickle, TransformerMixin, ClusterMixin, ChunkedEsti
     n_clusters : int, default=8
     init : {'k-means||', 'k-means++', 'random'} or array of shape (n_clusters, n_features)
         Seeding, see :mod:`dask_emk.models.seeding` (passes over the data: k-means||
-        ``init_max_iter + 1``; k-means++ ``n_clusters + 1`` for lazy input;
-        random one, or none for numpy input).
+        ``init_max_iter + 2``; k-means++ ``n_clusters + 1``; random one). Its
+        draws are keyed by row: one ``random_state`` gives the same model for
+        any chunking, scheduler, input type or float32 storage.
     n_init : 'auto' or int, default='auto'
         Number of seedings; the run with the lowest inertia is kept.
         'auto': 10 for 'random', else 1.
@@ -322,9 +323,6 @@ class KMeans(NoTrainingDataInPickle, TransformerMixin, ClusterMixin, ChunkedEsti
         if self.init == "k-means++":
             return kmeans_plusplus_steps(data.array, K, rng, weight, omit)
         if self.init == "random":
-            if weight is None and not data.is_lazy:
-                # scikit-learn always draws with p (uniform): same draws.
-                weight = np.ones(data.n_samples)
             return random_rows_steps(data.array, K, rng, weight, omit)
         return kmeans_parallel_steps(
             data.array,
