@@ -110,6 +110,13 @@ class LloydRun:
     history: list = field(default_factory=list)
 
 
+def same_centers(a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether two sets of centres (K, d) are the same up to order and rounding (1e-10)."""
+    a, b = (c[np.lexsort(c.T[::-1])] for c in (a, b))
+    scale = max(float(np.abs(a).max(initial=0.0)), np.finfo(np.float64).tiny)
+    return bool(np.allclose(a, b, rtol=1e-10, atol=1e-10 * scale))
+
+
 def _running(init: int, batch) -> str:
     """Progress text naming the run and the runs of its batch still going."""
     if batch is None or len(batch.running) <= 1:
@@ -281,7 +288,9 @@ class KMeans(NoTrainingDataInPickle, TransformerMixin, ClusterMixin, ChunkedEsti
         runs = batch.run(fits)
         best = runs[0]
         for run in runs[1:]:
-            if run.inertia < best.inertia:
+            # As scikit-learn: a lower inertia wins unless it is the same
+            # clustering, whose inertia differs by rounding (which the chunking changes).
+            if run.inertia < best.inertia and not same_centers(run.centers, best.centers):
                 best = run
         self.warn_if_few_distinct(best.weights)
         dtype = data.array.dtype
