@@ -41,8 +41,10 @@ class Pass:
     """One model's part of a pass over the data.
 
     ``block_fn(x, w, *args)`` returns the model's packed (1, layout.size)
-    row of one block; ``combine`` merges stacked rows (default: adds them),
-    as in :func:`dask_emk.engine.reduction.reduce_pass`. The answer is the
+    row of one block (a :class:`~dask_emk.engine.reduction.RowKeyed` one is
+    called ``fn(x, w, rows, *args)`` with the rows' global indices);
+    ``combine`` merges stacked rows (default: adds them), as in
+    :func:`dask_emk.engine.reduction.reduce_pass`. The answer is the
     unpacked dict of the statistics summed over all blocks. With
     ``complete_rows`` ``block_fn`` sees only the block's rows without NaN
     (seeding draws complete rows under ``nan_policy='marginalize'``, where
