@@ -5,12 +5,13 @@ from __future__ import annotations
 import numpy as np
 
 from dask_emk.core.assign import farthest_order
-from dask_emk.core.blocks import block_uniforms, shift_block, sub_blocks
+from dask_emk.core.blocks import row_uniforms, shift_block, sub_blocks
 
 
 def seed_stats(
     X: np.ndarray,
     weight: np.ndarray | None,
+    rows: np.ndarray,
     centers: np.ndarray,
     trials: np.ndarray,
     origin: np.ndarray,
@@ -30,10 +31,17 @@ def seed_stats(
     * ``scale = ℓ``: k-means|| Bernoulli sampling, key = ℓ w D / u; a row is
       taken iff key > φ (known after the pass), so the largest keys suffice.
 
+    The uniforms u are keyed by ``seed`` and the rows' global indices
+    (:func:`dask_emk.core.blocks.row_uniforms`), and D is computed in float64
+    from the rows as stored: a row's key, hence the sample, does not depend
+    on the chunking, the input type or float32 storage. A row of weight 0
+    has no key (-inf) and is never drawn; no weights is weight 1 everywhere.
+
     Parameters
     ----------
     X : ndarray of shape (n, d)
     weight : ndarray of shape (n,) or None
+    rows : ndarray of shape (n,), int, the rows' global indices (ascending)
     centers : ndarray of shape (c, d)
     trials : ndarray of shape (t, d)
     origin : ndarray of shape (d,)
@@ -50,7 +58,7 @@ def seed_stats(
     yy = np.einsum("ij,ij->i", Y, Y)
     finite = np.isfinite(yy)
     nonfinite = Y.shape[0] - int(finite.sum())
-    u = block_uniforms(X, seed, max(trials.shape[0], 1))
+    u = row_uniforms(rows, seed, max(trials.shape[0], 1))
     if nonfinite:
         X, Y, yy, u = X[finite], Y[finite], yy[finite], u[:, finite]
         weight = None if weight is None else weight[finite]

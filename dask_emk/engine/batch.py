@@ -41,8 +41,10 @@ class Pass:
     """One model's part of a pass over the data.
 
     ``block_fn(x, w, *args)`` returns the model's packed (1, layout.size)
-    row of one block; ``combine`` merges stacked rows (default: adds them),
-    as in :func:`dask_emk.engine.reduction.reduce_pass`. The answer is the
+    row of one block (a :class:`~dask_emk.engine.reduction.RowKeyed` one is
+    called ``fn(x, w, rows, *args)`` with the rows' global indices);
+    ``combine`` merges stacked rows (default: adds them), as in
+    :func:`dask_emk.engine.reduction.reduce_pass`. The answer is the
     unpacked dict of the statistics summed over all blocks. With
     ``complete_rows`` ``block_fn`` sees only the block's rows without NaN
     (seeding draws complete rows under ``nan_policy='marginalize'``, where
@@ -86,22 +88,29 @@ def split_stats(stats: dict, n_models: int) -> list[dict]:
     return out
 
 
-def batch_block(X, weight, members: tuple) -> np.ndarray:
+def batch_block(X, weight, members: tuple, rows=None) -> np.ndarray:
     """Packed row of a batch for one block: each model's row, concatenated.
 
     ``members`` holds ``(block_fn, args, nonfinite_column, complete_rows)``
     per model; the rows without NaN are taken once for all members that ask.
     A row holding ±inf is kept there too, so every member counts the same
-    ``nonfinite`` rows.
+    ``nonfinite`` rows. ``rows``: the block's global row indices (n,), for
+    members whose block function is :class:`~dask_emk.engine.reduction.RowKeyed`
+    (None when no member's is).
     """
-    complete, rows = None, []
+    complete, out = None, []
     for fn, args, _, complete_rows in members:
         if complete_rows and complete is None:
-            complete = without_nan_rows(X, weight)
-        x, w = complete if complete_rows else (X, weight)
-        rows.append(np.asarray(fn(x, w, *args), dtype=np.float64).reshape(-1))
-    nonfinite = rows[0][members[0][2]]
-    return np.concatenate([[nonfinite], *rows])[None, :]
+            complete = without_nan_rows(X, weight, rows)
+        x, w, r = complete if complete_rows else (X, weight, rows)
+        out.append(np.asarray(reduction.apply_block(fn, x, w, r, args), np.float64).reshape(-1))
+    nonfinite = out[0][members[0][2]]
+    return np.concatenate([[nonfinite], *out])[None, :]
+
+
+def keyed_batch_block(X, weight, rows, members: tuple) -> np.ndarray:
+    """:func:`batch_block` as a :class:`~dask_emk.engine.reduction.RowKeyed` block function."""
+    return batch_block(X, weight, members, rows)
 
 
 def combine_batch(rows: np.ndarray, slices: tuple, combines: tuple) -> np.ndarray:
@@ -132,8 +141,11 @@ def batch_pass(
         starts = np.cumsum([1] + [lay.size for lay in layouts])
         slices = tuple(slice(a, b) for a, b in zip(starts[:-1], starts[1:], strict=True))
         combine = partial(combine_batch, slices=slices, combines=tuple(r.combine for r in requests))
+    # The blocks' row indices enter the graph only for passes that draw.
+    keyed = any(isinstance(r.block_fn, reduction.RowKeyed) for r in requests)
+    block_fn = reduction.RowKeyed(keyed_batch_block) if keyed else batch_block
     stats = reduction.run_pass(
-        X, weight, layout, batch_block, members, split_every=split_every, combine=combine,
+        X, weight, layout, block_fn, members, split_every=split_every, combine=combine,
         omit_nan=omit_nan, marginal=marginal,
     )  # fmt: skip
     return split_stats(stats, len(requests))

@@ -9,8 +9,6 @@ the module of every function it unpickles: importing
 
 from __future__ import annotations
 
-import zlib
-
 import numpy as np
 
 from dask_emk.core import assign, blocks, marginal, mixture
@@ -28,11 +26,15 @@ def mixture_block(X, weight, params: mixture.MixtureParams, layout: StatsLayout,
     return layout.pack(kernels(gaps).estep_stats(X, weight, params))
 
 
-def resp_block(X, weight, rule: tuple, origin, covariance_type, layout: StatsLayout, gaps=False):
-    """Packed statistics for initial responsibilities given by ``rule``.
+def resp_block(
+    X, weight, rows, rule: tuple, origin, covariance_type, layout: StatsLayout, gaps=False
+):
+    """Packed statistics for initial responsibilities given by ``rule`` (a
+    row-keyed block function: ``rows`` are the block's global row indices).
 
     ``rule`` is ``("nearest", centers)`` for hard assignment to centres or
-    ``("random", seed, K)`` for uniform random responsibilities.
+    ``("random", seed, K)`` for uniform random responsibilities, drawn per
+    row (:func:`dask_emk.core.blocks.row_uniforms`).
     """
     if rule[0] == "nearest" and gaps:
         labels, _ = marginal.nearest(X, rule[1], origin)
@@ -41,12 +43,7 @@ def resp_block(X, weight, rule: tuple, origin, covariance_type, layout: StatsLay
         labels, _ = assign.nearest(blocks.shift_block(X, origin), rule[1] - origin)
         resp = assign.one_hot(labels, rule[1].shape[0])
     else:
-        # Blocks do not know their index; seeding from the block's length and
-        # first row gives every block its own reproducible draws.
-        rng = np.random.default_rng(
-            [rule[1], X.shape[0], zlib.crc32(np.ascontiguousarray(X[:1]).tobytes())]
-        )
-        resp = rng.uniform(size=(X.shape[0], rule[2]))
+        resp = np.ascontiguousarray(blocks.row_uniforms(rows, rule[1], rule[2]).T)
         resp /= resp.sum(axis=1, keepdims=True)
     return layout.pack(kernels(gaps).resp_stats(X, weight, resp, origin, covariance_type))
 

@@ -144,32 +144,22 @@ def costliest_pass(
     )  # fmt: skip
 
 
-def seed_block(X, weight, centers, trials, origin, n_keep, seed, scale, layout) -> np.ndarray:
-    """Packed seeding statistics of one block (the engine's block function)."""
-    return layout.pack(seeding.seed_stats(X, weight, centers, trials, origin, n_keep, seed, scale))
+def seed_block(X, weight, rows, centers, trials, origin, n_keep, seed, scale, layout):
+    """Packed seeding statistics of one block (a row-keyed block function)."""
+    stats = seeding.seed_stats(X, weight, rows, centers, trials, origin, n_keep, seed, scale)
+    return layout.pack(stats)
 
 
-def seed_request(
-    centers, trials, origin, n_keep, seed, scale=None, weighted=True, complete_rows=False
-) -> Pass:
-    """The request of a seeding pass (arguments as :func:`seed_pass`).
-
-    ``weighted=False`` draws as if every row weighed 1 whatever the sample
-    weights of the pass; ``complete_rows`` as :class:`dask_emk.engine.batch.Pass`.
-    """
+def seed_request(centers, trials, origin, n_keep, seed, scale=None, complete_rows=False) -> Pass:
+    """The request of a seeding pass (arguments as :func:`seed_pass`;
+    ``complete_rows`` as :class:`dask_emk.engine.batch.Pass`)."""
     s, d = max(trials.shape[0], 1), origin.shape[0]
     layout = StatsLayout(
         {"nonfinite": (), "potential": (s,), "key": (s, n_keep), "x": (s, n_keep, d)}
     )
     args = (centers, trials, origin, n_keep, seed, scale, layout)
-    block_fn, args = (seed_block, args) if weighted else (unweighted_block, (seed_block, *args))
     combine = partial(merge_packed, layout=layout, tops=SAMPLE_LIST)
-    return Pass(layout, block_fn, args, combine, complete_rows)
-
-
-def unweighted_block(X, weight, block_fn, *args) -> np.ndarray:
-    """``block_fn`` of the block with its sample weights left out."""
-    return block_fn(X, None, *args)
+    return Pass(layout, reduction.RowKeyed(seed_block), args, combine, complete_rows)
 
 
 def seed_pass(

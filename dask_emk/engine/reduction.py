@@ -23,6 +23,7 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
@@ -62,6 +63,51 @@ def numpy_block_rows(n_features: int) -> int:
     return max(256, NUMPY_BLOCK_BYTES // (8 * max(n_features, 1)))
 
 
+@dataclass(frozen=True)
+class RowKeyed:
+    """A block function that also takes its rows' global indices.
+
+    The engine calls ``fn(x, w, rows, *args)``, ``rows`` of shape (n,) int64
+    the position of each of the block's rows in the whole input (rows left
+    out, as under ``nan_policy='omit'``, keep theirs), so that random draws
+    keyed by them (:func:`dask_emk.core.blocks.row_uniforms`) do not depend
+    on the chunking. Other block functions are called ``fn(x, w, *args)``.
+    """
+
+    fn: Callable[..., np.ndarray]
+
+
+def apply_block(block_fn, x, w, rows: np.ndarray, args: tuple) -> np.ndarray:
+    """``block_fn`` of one block, given its rows' indices if it is :class:`RowKeyed`."""
+    if isinstance(block_fn, RowKeyed):
+        return block_fn.fn(x, w, rows, *args)
+    return block_fn(x, w, *args)
+
+
+class RowIndex:
+    """The row numbers 0..n-1 as an array-like, read by slices as a dask array's chunks.
+
+    ``dask.array.from_array`` makes a blockwise layer of it that is fused
+    into the pass's tasks (a numpy array of the numbers would add a task
+    per block), so each block gets its rows' numbers on every scheduler.
+    """
+
+    def __init__(self, n: int):
+        self.shape, self.ndim, self.dtype = (n,), 1, np.dtype(np.int64)
+
+    def __getitem__(self, key) -> np.ndarray:
+        (rows,) = key if isinstance(key, tuple) else (key,)
+        return np.arange(*rows.indices(self.shape[0]), dtype=np.int64)
+
+    def __dask_tokenize__(self):
+        return ("dask-emk-row-index", self.shape[0])
+
+
+def row_index(X: da.Array) -> da.Array:
+    """Global row number of every row of ``X``, shape (n,) chunked as X's rows."""
+    return da.from_array(RowIndex(X.shape[0]), chunks=(X.chunks[0],))
+
+
 def block_stats_array(
     X: da.Array,
     weight: da.Array | None,
@@ -76,16 +122,19 @@ def block_stats_array(
     under a random key: hashing them (pure=True) cost ~1.5 ms a pass. The
     layer is named from that key, which saves hashing its arguments too.
     With ``omit_nan`` each block's rows holding NaN are dropped first
-    (:func:`call_block`).
+    (:func:`call_block`). A :class:`RowKeyed` ``block_fn`` also gets its
+    rows' indices, a blockwise argument (:func:`row_index`) of X's chunks.
     """
     packed_args = dask.delayed(args, pure=False, traverse=False)
     w_arg = (None, None) if weight is None else (weight, "i")
+    rows_arg = (row_index(X), "i") if isinstance(block_fn, RowKeyed) else (None, None)
     return da.blockwise(
         call_block,
         "ij",
         X,
         "ij",
         *w_arg,
+        *rows_arg,
         block_fn,
         None,
         packed_args,
@@ -100,16 +149,22 @@ def block_stats_array(
     )
 
 
-def call_block(x, w, block_fn, args, omit_nan: bool = False):
+def call_block(x, w, rows, block_fn, args, omit_nan: bool = False):
     """``block_fn(x, w, *args)``; with ``omit_nan`` on the rows without NaN only.
 
     ``nan_policy='omit'`` lives here, in the pass the fit makes anyway: no
     mask is computed ahead, and the kernels never see a NaN row, so such a
     row takes no part in any statistic (sums, counts, farthest rows, draws).
+    ``rows``: the block's global row indices (n,), or None when ``block_fn``
+    is not :class:`RowKeyed`. No weights are weights of 1, here for every
+    kernel: a fit without ``sample_weight`` is bit for bit the fit with
+    ``np.ones(n)`` (the kernels' sums without weights round otherwise).
     """
+    if w is None:
+        w = np.ones(x.shape[0])
     if omit_nan:
-        x, w = without_nan_rows(x, w)
-    return block_fn(x, w, *args)
+        x, w, rows = without_nan_rows(x, w, rows)
+    return apply_block(block_fn, x, w, rows, args)
 
 
 def run_pass(
@@ -203,10 +258,13 @@ def reduce_pass(
     if not isinstance(X, da.Array):
         w = None if weight is None else np.asarray(weight)
         rows = local_map(
-            lambda sl: call_block(X[sl], None if w is None else w[sl], block_fn, args, omit_nan),
+            lambda sl: call_block(
+                X[sl], None if w is None else w[sl], np.arange(*sl.indices(X.shape[0])),
+                block_fn, args, omit_nan,
+            ),
             X.shape[0],
             X.shape[1],
-        )
+        )  # fmt: skip
         stacked = np.concatenate([np.asarray(r, dtype=np.float64).reshape(1, -1) for r in rows])
         # As the tree's last step would (e.g. sorting a top-m list).
         vector = (combine or _add_rows)(stacked).reshape(size)

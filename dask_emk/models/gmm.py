@@ -33,6 +33,12 @@ from dask_emk.models.seeding import done, kmeans_plusplus_steps, random_rows_ste
 from dask_emk.models.squarem import squarem_steps
 from dask_emk.models.validation import check_features, input_options, validate_features
 
+#: Added to each component's weight in the M-step (scikit-learn's 10 eps), that
+#: of float64 whatever the data's dtype: the statistics are float64, and float32
+#: storage of the same values must give the same fit (float32's moved a fit
+#: from random responsibilities by 1e-6).
+M_STEP_EPS = 10 * np.finfo(np.float64).eps
+
 
 class _Progress:
     """Lower bounds, convergence and reports of one EM run, iteration by iteration.
@@ -133,8 +139,11 @@ class GaussianMixture(DensityMixin, ChunkedEstimator):
         How responsibilities are initialised. ``'kmeans'`` runs
         :class:`dask_emk.KMeans` (k-means|| seeding, out-of-core);
         ``'k-means||'`` is the same; ``'k-means++'`` and ``'random_from_data'``
-        put each mean on one data point with covariance ``reg_covar`` (as
-        scikit-learn); ``'random'`` draws uniform responsibilities per block.
+        put each mean on one data point (drawn ∝ ``sample_weight``) with
+        covariance ``reg_covar`` (as scikit-learn); ``'random'`` draws uniform
+        responsibilities per row. Every draw is keyed by row: one
+        ``random_state`` gives the same start for any chunking, scheduler,
+        input type or float32 storage.
     weights_init, means_init, precisions_init : array-like, optional
         User-provided initial parameters (scikit-learn shapes; ``'shared'``
         takes a scalar precision).
@@ -322,7 +331,7 @@ class GaussianMixture(DensityMixin, ChunkedEstimator):
     def fit_steps(self, data: InputData, weight, rng, batch: Batch | None = None) -> list[Steps]:
         """One step generator per initialisation (:mod:`dask_emk.engine.batch`), each
         returning an :class:`EMRun`; the initialisations draw from ``rng`` now."""
-        eps = 10 * np.finfo(data.array.dtype).eps
+        eps = M_STEP_EPS
         if self.warm_start and hasattr(self, "converged_"):
             start = done(self._state_from_attributes())
             return [self._em_steps(data, start, self.lower_bound_, 0, batch)]
@@ -374,7 +383,7 @@ class GaussianMixture(DensityMixin, ChunkedEstimator):
     def _m_step(self, stats: dict, state: GaussianState, data: InputData) -> GaussianState:
         """The M-step of E-step statistics taken at ``state``."""
         _check_mass(stats, data.nan_policy)
-        eps = 10 * np.finfo(data.array.dtype).eps
+        eps = M_STEP_EPS
         return m_step(
             stats, state.means, self.covariance_type, self.reg_covar, eps=eps,
             variance=self.variance,
@@ -436,7 +445,7 @@ class GaussianMixture(DensityMixin, ChunkedEstimator):
         omit = data.omit_nan or data.marginal
         if self.init_params == "k-means++":
             return kmeans_plusplus_steps(data.array, self.n_components, rng, weight, omit)
-        return random_rows_steps(data.array, self.n_components, rng, omit_nan=omit)
+        return random_rows_steps(data.array, self.n_components, rng, weight, omit)
 
     def _state_from_resp(self, data, weight, rng, eps) -> Steps:
         K = self.n_components
@@ -457,7 +466,8 @@ class GaussianMixture(DensityMixin, ChunkedEstimator):
         # conditional moments need a covariance to start from.
         start_type = "diag" if data.marginal and ctype.block == "matrix" else ctype.name
         layout = StatsLayout.mixture(K, d, start_type, data.marginal)
-        stats = yield Pass(layout, resp_block, (rule, origin, start_type, layout, data.marginal))
+        args = (rule, origin, start_type, layout, data.marginal)
+        stats = yield Pass(layout, reduction.RowKeyed(resp_block), args)
         centers = np.broadcast_to(origin, (K, d))
         state = m_step(stats, centers, start_type, self.reg_covar, eps=eps, variance=self.variance)
         if start_type == ctype.name:

@@ -110,6 +110,13 @@ class LloydRun:
     history: list = field(default_factory=list)
 
 
+def same_centers(a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether two sets of centres (K, d) are the same up to order and rounding (1e-10)."""
+    a, b = (c[np.lexsort(c.T[::-1])] for c in (a, b))
+    scale = max(float(np.abs(a).max(initial=0.0)), np.finfo(np.float64).tiny)
+    return bool(np.allclose(a, b, rtol=1e-10, atol=1e-10 * scale))
+
+
 def _running(init: int, batch) -> str:
     """Progress text naming the run and the runs of its batch still going."""
     if batch is None or len(batch.running) <= 1:
@@ -133,11 +140,12 @@ class KMeans(
     n_clusters : int, default=8
     init : {'k-means||', 'k-means++', 'random'}, callable or array of shape (n_clusters, n_features)
         Seeding, see :mod:`dask_emk.models.seeding` (passes over the data: k-means||
-        ``init_max_iter + 1``; k-means++ ``n_clusters + 1`` for lazy input;
-        random one, or none for numpy input). A callable is scikit-learn's
-        ``init(X, n_clusters, random_state)`` returning the centres, called
-        once per ``n_init`` with the fit's RandomState; ``X`` is the
-        in-memory input as a 2-D float array (not centred, NaN rows
+        ``init_max_iter + 2``; k-means++ ``n_clusters + 1``; random one). Its
+        draws are keyed by row: one ``random_state`` gives the same model for
+        any chunking, scheduler, input type or float32 storage. A callable is
+        scikit-learn's ``init(X, n_clusters, random_state)`` returning the
+        centres, called once per ``n_init`` with the fit's RandomState; ``X``
+        is the in-memory input as a 2-D float array (not centred, NaN rows
         included; sample weights are not passed, as in scikit-learn), so it
         needs in-memory input (numpy, pandas, xarray on numpy): lazy input
         is refused (pass an array of centres instead).
@@ -337,7 +345,9 @@ class KMeans(
         runs = batch.run(fits)
         best = runs[0]
         for run in runs[1:]:
-            if run.inertia < best.inertia:
+            # As scikit-learn: a lower inertia wins unless it is the same
+            # clustering, whose inertia differs by rounding (which the chunking changes).
+            if run.inertia < best.inertia and not same_centers(run.centers, best.centers):
                 best = run
         self.warn_if_few_distinct(best.weights)
         dtype = data.array.dtype
@@ -381,9 +391,6 @@ class KMeans(
         if self.init == "k-means++":
             return kmeans_plusplus_steps(data.array, K, rng, weight, omit)
         if self.init == "random":
-            if weight is None and not data.is_lazy:
-                # scikit-learn always draws with p (uniform): same draws.
-                weight = np.ones(data.n_samples)
             return random_rows_steps(data.array, K, rng, weight, omit)
         return kmeans_parallel_steps(
             data.array,

@@ -15,9 +15,15 @@ The seedings :func:`random_rows`, :func:`kmeans_parallel` and
 - the result: ndarray of shape (n, d), float64.
 
 Work on the full data is done in passes (one Dask compute each, see
-:mod:`dask_emk.engine.passes`); everything on candidates is in memory.
-Randomness inside a pass comes from per-block generators seeded from
-``random_state``, so a seeding is reproducible for a given chunking.
+:mod:`dask_emk.engine.passes`; in-memory numpy input runs the same passes on
+local threads); everything on candidates is in memory. Every random draw
+about a row inside a pass is keyed by a seed drawn from ``random_state``
+and the row's global index (:func:`dask_emk.core.blocks.row_uniforms`), and
+its distances are float64 from the rows as stored: one ``random_state``
+draws the same rows whatever the chunking, the scheduler, the input type
+(numpy, dask, zarr, xarray) or float32 storage of the same values. No
+weights draws as weights of 1 (the same code, bit for bit), and a row of
+weight 0 is never drawn.
 """
 
 from __future__ import annotations
@@ -25,17 +31,13 @@ from __future__ import annotations
 import copy
 import math
 
-import dask.array as da
 import numpy as np
 import sklearn.cluster
 from sklearn.utils import check_random_state
-from sklearn.utils.random import sample_without_replacement
 
-from dask_emk.core.blocks import without_nan_rows
-from dask_emk.engine.batch import Rows, Steps, run_one
+from dask_emk.engine.batch import Steps, run_one
 from dask_emk.engine.passes import assign_request, seed_request
 from dask_emk.engine.reduction import single_blas_thread
-from dask_emk.engine.storage import check_stored_files
 
 #: Default number of k-means|| rounds; Bahmani et al. (2012) find ~5 enough.
 DEFAULT_ROUNDS = 5
@@ -50,13 +52,12 @@ def done(value) -> Steps:
 
 
 def random_rows(X, n: int, random_state, sample_weight=None, omit_nan=False) -> np.ndarray:
-    """n distinct rows chosen at random (uniformly, or ∝ ``sample_weight``).
+    """n distinct rows chosen at random, with probability ∝ ``sample_weight``.
 
-    Passes over the data: none for numpy input; for dask input one read of
-    the chunks holding the chosen rows without weights, one pass with weights
-    or ``omit_nan`` (weighted sampling without replacement by
-    Efraimidis–Spirakis keys). Arguments and result as said in the module
-    docstring.
+    Weighted sampling without replacement (Efraimidis–Spirakis keys
+    log(u) / w, u keyed by row), one pass over the data for numpy and dask
+    input alike; no weights draws as weights of 1. Arguments and result as
+    said in the module docstring.
     """
     steps = random_rows_steps(X, n, check_random_state(random_state), sample_weight, omit_nan)
     return run_one(X, sample_weight, steps, omit_nan=omit_nan)
@@ -67,36 +68,16 @@ def random_rows_steps(X, n: int, rng, sample_weight=None, omit_nan=False) -> Ste
 
     Draws from ``rng`` now, before the generator runs, as every ``*_steps``
     function of this module: fits in one batch draw one after the other.
+    The rows are drawn ∝ the weights of the pass that answers (the batch's);
+    ``sample_weight`` is not read here (kept for the signature the
+    ``*_steps`` functions share).
     """
-    if not isinstance(X, da.Array):
-        if omit_nan:  # in memory: the draws of scikit-learn on the rows kept
-            X, sample_weight = without_nan_rows(X, sample_weight)
-            _check_enough_rows(X.shape[0], n)
-        # As scikit-learn: KMeans(init='random') draws with p, mixtures without.
-        p = None if sample_weight is None else sample_weight / sample_weight.sum()
-        idx = rng.choice(X.shape[0], size=n, replace=False, p=p)
-        return done(np.asarray(X[idx], dtype=np.float64))
-    if sample_weight is None and not omit_nan:
-        return _read_rows(X, sample_without_replacement(X.shape[0], n, random_state=rng))
-    return _drawn_rows(X.shape[1], n, _seed(rng), sample_weight is not None, omit_nan)
+    return _drawn_rows(X.shape[1], n, _seed(rng), omit_nan)
 
 
-def _read_rows(X, index: np.ndarray) -> Steps:
-    rows = yield Rows(index)
-    if not np.isfinite(rows).all():
-        check_stored_files(X)  # missing chunk files read as NaN in some stores
-        raise ValueError(
-            "Input contains NaN or infinity (in a randomly drawn row); pass "
-            "nan_policy='omit' to leave out the rows holding NaN, or remove or impute them."
-        )
-    return rows
-
-
-def _drawn_rows(d: int, n: int, seed: int, weighted: bool, omit_nan: bool) -> Steps:
+def _drawn_rows(d: int, n: int, seed: int, omit_nan: bool) -> Steps:
     empty = np.zeros((0, d))
-    stats = yield seed_request(
-        empty, empty, np.zeros(d), n, seed, weighted=weighted, complete_rows=omit_nan
-    )
+    stats = yield seed_request(empty, empty, np.zeros(d), n, seed, complete_rows=omit_nan)
     rows = _sampled(stats, 0)
     if omit_nan:
         _check_enough_rows(rows.shape[0], n)
@@ -141,8 +122,7 @@ def kmeans_parallel(
     weighted candidates are reduced to ``n_clusters`` in memory by weighted
     k-means++ and weighted Lloyd iterations.
 
-    Passes over the data: ``n_rounds + 1`` (plus the one of
-    :func:`random_rows` for the first row with dask input and weights).
+    Passes over the data: ``n_rounds + 2`` (the first for the first row).
 
     Parameters
     ----------
@@ -240,16 +220,15 @@ def kmeans_plusplus(
 ) -> np.ndarray:
     """Greedy k-means++ seeding with 2 + ⌊ln K⌋ local trials, as scikit-learn.
 
-    numpy input calls :func:`sklearn.cluster.kmeans_plusplus` (no pass
-    beyond memory). Dask input runs out of core: the first centre is a row
-    drawn ∝ w; then every pass scores the current trials (potential Σ w
-    min(D, d²(x, trial))) and, for each trial, draws the next trials ∝ w D
-    as if it were chosen (without replacement, Efraimidis–Spirakis keys),
-    so picking a centre and drawing the next trials share one pass.
+    Out of core for numpy and dask input alike (the same row-keyed draws):
+    the first centre is a row drawn ∝ w; then every pass scores the current
+    trials (potential Σ w min(D, d²(x, trial))) and, for each trial, draws
+    the next trials ∝ w D as if it were chosen (without replacement,
+    Efraimidis–Spirakis keys), so picking a centre and drawing the next
+    trials share one pass.
 
-    Passes over the data (dask): ``n_clusters`` (plus the one of
-    :func:`random_rows` for the first row with weights). Arguments and
-    result as said in the module docstring.
+    Passes over the data: ``n_clusters + 1`` (the first for the first row).
+    Arguments and result as said in the module docstring.
     """
     steps = kmeans_plusplus_steps(
         X, n_clusters, check_random_state(random_state), sample_weight, omit_nan
@@ -259,14 +238,6 @@ def kmeans_plusplus(
 
 def kmeans_plusplus_steps(X, n_clusters: int, rng, sample_weight=None, omit_nan=False) -> Steps:
     """:func:`kmeans_plusplus` as a step generator; draws from ``rng`` now (one seed per pass)."""
-    if not isinstance(X, da.Array):
-        if omit_nan:
-            X, sample_weight = without_nan_rows(X, sample_weight)
-            _check_enough_rows(X.shape[0], n_clusters)
-        centers, _ = sklearn.cluster.kmeans_plusplus(
-            np.asarray(X), n_clusters, sample_weight=sample_weight, random_state=rng
-        )
-        return done(centers.astype(np.float64))
     first = random_rows_steps(X, 1, rng, sample_weight, omit_nan)
     seeds = [_seed(rng) for _ in range(n_clusters)]
     return _kmeans_plusplus(X.shape[1], n_clusters, first, seeds, omit_nan)
