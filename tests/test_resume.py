@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 from pipeline_helpers import VENV_BIN, to_toml, wait_for
 
-from dask_emk import GaussianMixture, KMeans
+from dask_emk import KMeans
 from dask_emk.engine.fingerprint import BASE, MODULUS, watch_content
 from dask_emk.pipeline.checkpoint import checkpoint_path, read_checkpoint
 from dask_emk.pipeline.generate import random_mixture, write_mixture_zarr
