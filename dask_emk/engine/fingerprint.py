@@ -27,8 +27,6 @@ from functools import partial
 
 import numpy as np
 
-from dask_emk.core.blocks import without_nan_rows
-
 #: The modulus (the prime 2**31 - 1) and base of the fold: every value and
 #: product of two stays an exact integer in float64 / Python ints.
 MODULUS = 2**31 - 1
@@ -59,18 +57,21 @@ class ContentWatch:
         self.fingerprint: int | None = None
         self.armed = True
 
-    def run(self, reduce_pass, X, weight, block_fn, size, *args, combine=None, omit_nan=False,
-            also=None, **options):  # fmt: skip
+    def run(self, reduce_pass, call_block, X, weight, block_fn, size, *args, combine=None,
+            omit_nan=False, also=None, wrap=None, **options):  # fmt: skip
         """``reduce_pass`` of ``block_fn`` with the fingerprint columns added, then removed.
 
-        The rows are hashed as read; ``omit_nan`` is applied after, inside
-        the wrapped block function, so every kind of pass hashes the same bytes.
+        The rows are hashed as read; the engine's ``call_block`` then runs
+        ``block_fn`` on them (leaving out rows for ``omit_nan`` there), so
+        every kind of pass hashes the same bytes. ``wrap`` marks the wrapper
+        as the engine must see it (e.g. a block function given row indices).
         """
-        inner = partial(_rows_kept, block_fn=block_fn, args=args, omit_nan=omit_nan)
+        inner = partial(call_block, block_fn=block_fn, args=args, omit_nan=omit_nan)
         merge = partial(combine_fingerprinted, combine=combine, size=size)
+        fn = fingerprinted_block if wrap is None else wrap(fingerprinted_block)
         out = reduce_pass(
-            X, weight, fingerprinted_block, size + WIDTH, inner, combine=merge, also=also,
-            omit_nan=False, **options,
+            X, weight, fn, size + WIDTH, inner, combine=merge, also=also, omit_nan=False,
+            **options,
         )  # fmt: skip
         vector, values = out if also is not None else (out, None)
         self.fingerprint = int(vector[size + 1])
@@ -119,9 +120,14 @@ def fold(rows: np.ndarray) -> np.ndarray:
     return np.array([[float(count), float(value)]])
 
 
-def fingerprinted_block(x, w, inner) -> np.ndarray:
-    """The pass's row of the block (``inner(x, w)``) followed by its fingerprint columns."""
-    row = np.asarray(inner(x, w), dtype=np.float64).reshape(-1)
+def fingerprinted_block(x, w, *rest) -> np.ndarray:
+    """The pass's row of the block followed by its fingerprint columns.
+
+    ``rest`` is ``(inner,)``, or ``(rows, inner)`` when the engine passes the
+    block's row indices; the pass's row is ``inner(x, w, *rows)``.
+    """
+    *extra, inner = rest
+    row = np.asarray(inner(x, w, *extra), dtype=np.float64).reshape(-1)
     return np.concatenate([row, block_fingerprint(x, w)])[None, :]
 
 
@@ -130,11 +136,3 @@ def combine_fingerprinted(rows: np.ndarray, combine, size: int) -> np.ndarray:
     head = rows[:, :size]
     merged = head.sum(axis=0, keepdims=True) if combine is None else combine(head)
     return np.concatenate([merged, fold(rows[:, size:])], axis=1)
-
-
-def _rows_kept(x, w, block_fn, args, omit_nan):
-    """``block_fn`` on the block's rows, those holding NaN left out with ``omit_nan``
-    (as :func:`dask_emk.engine.reduction.call_block` does)."""
-    if omit_nan:
-        x, w = without_nan_rows(x, w)
-    return block_fn(x, w, *args)

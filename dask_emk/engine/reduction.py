@@ -204,7 +204,7 @@ def reduce_pass(
     watch = take_watch()  # a pipeline's content check: the first pass also hashes the rows
     if watch is not None:
         return watch.run(
-            reduce_pass, X, weight, block_fn, size, *args, split_every=split_every,
+            reduce_pass, call_block, X, weight, block_fn, size, *args, split_every=split_every,
             combine=combine, also=also, omit_nan=omit_nan,
         )  # fmt: skip
     if not isinstance(X, da.Array):
