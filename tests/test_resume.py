@@ -62,6 +62,13 @@ def test_first_pass_fingerprints_the_rows_without_changing_the_fit(scheduler):
                 da.from_array(other, chunks=(700, 3))
             )
         assert seen[-1] == reference_fingerprint(other, 700) != seen[0]
+    # Weights of 1 are no weights (the same fit); other weights are content.
+    for weight, same in ((np.ones(5_000), True), (np.arange(5_000) % 3 + 1.0, False)):
+        with watch_content(seen.append):
+            KMeans(2, max_iter=1, random_state=0, nan_policy="omit").fit(
+                Xd, sample_weight=da.from_array(weight, chunks=700)
+            )
+        assert (seen[-1] == seen[0]) is same
 
 
 # ------------------------------------------------------ dask-emk run --resume

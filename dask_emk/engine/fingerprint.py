@@ -104,9 +104,12 @@ def take_watch() -> ContentWatch | None:
 
 
 def block_fingerprint(x: np.ndarray, w: np.ndarray | None) -> np.ndarray:
-    """``(1, crc)`` of one block: CRC-32 of its rows' bytes, then its weights', mod M."""
+    """``(1, crc)`` of one block: CRC-32 of its rows' bytes, then its weights', mod M.
+
+    Weights that are all 1 are no weights (the same fit), so they are not hashed.
+    """
     crc = zlib.crc32(np.ascontiguousarray(x).view(np.uint8).reshape(-1))
-    if w is not None:
+    if w is not None and np.any(w != 1):
         crc = zlib.crc32(np.ascontiguousarray(w).view(np.uint8).reshape(-1), crc)
     return np.array([1.0, float(crc % MODULUS)])
 
