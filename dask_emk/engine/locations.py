@@ -146,11 +146,40 @@ def remote_errors(url: str, probed: str | None = None) -> Iterator[None]:
         raise ValueError(_remote_failure(url, exc, probed or url)) from None
 
 
+def endpoint_of(url: str) -> tuple[str | None, str]:
+    """The endpoint that serves ``url`` and where it was set: for ``s3://`` the
+    ``endpoint_url`` of its storage_options, else ``AWS_ENDPOINT_URL``, else
+    (None, "") for AWS itself; for other schemes the URL's host."""
+    if url_scheme(url) != "s3":
+        return bucket_of(url), "the URL"
+    options = options_for(url)
+    given = options.get("endpoint_url") or options.get("client_kwargs", {}).get("endpoint_url")
+    if given:
+        return given, "storage_options"
+    endpoint = os.environ.get("AWS_ENDPOINT_URL")
+    return (endpoint, "AWS_ENDPOINT_URL") if endpoint else (None, "")
+
+
+def connection_failure(exc: BaseException) -> BaseException | None:
+    """The error in ``exc``'s chain that says an endpoint did not answer (refused,
+    reset, unreachable, timed out: botocore's, aiohttp's or Python's), else None."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        names = [k.__name__ for k in type(exc).__mro__]
+        if isinstance(exc, (ConnectionError, TimeoutError)) or any(
+            "Connect" in name or "Timeout" in name for name in names
+        ):
+            return exc
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
 def _remote_failure(url: str, exc: Exception, probed: str) -> str:
     """What went wrong reaching ``url`` and what to do, from fsspec's (or botocore's) error."""
     name, detail = type(exc).__name__, " ".join(str(exc).split())
-    endpoint = os.environ.get("AWS_ENDPOINT_URL") if url_scheme(url) == "s3" else None
-    at = f" at {endpoint} (AWS_ENDPOINT_URL)" if endpoint else ""
+    endpoint, source = endpoint_of(url) if url_scheme(url) == "s3" else (None, "")
+    at = f" at {endpoint} ({source})" if endpoint else ""
     if isinstance(exc, FileNotFoundError):
         what = "bucket" if probed != url else "path"
         return (f"{probed} does not exist{at} (no such {what}, or these credentials cannot "
@@ -162,7 +191,7 @@ def _remote_failure(url: str, exc: Exception, probed: str) -> str:
                 else "the credentials")  # fmt: skip
         return (f"no credentials to access {url}; set {hint} in the environment "
                 "(or a pipeline's storage_options).")  # fmt: skip
-    if "Connect" in name or "Timeout" in name or isinstance(exc, (ConnectionError, TimeoutError)):
+    if connection_failure(exc) is not None:
         return (f"cannot reach the storage endpoint of {url}{at} ({detail}); check the "
                 "endpoint and the network.")  # fmt: skip
     return f"cannot access {url} ({name}: {detail}); check the URL and the credentials."

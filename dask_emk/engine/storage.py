@@ -54,7 +54,13 @@ from dask.highlevelgraph import HighLevelGraph, MaterializedLayer
 from dask.layers import Blockwise
 from zarr.buffer import cpu
 
-from dask_emk.engine.locations import normalize_location, open_node
+from dask_emk.engine.locations import (
+    connection_failure,
+    endpoint_of,
+    is_url,
+    normalize_location,
+    open_node,
+)
 
 #: Packages whose frames in a traceback mean "the failure happened reading a store".
 STORAGE_PACKAGES = ("zarr", "numcodecs")
@@ -685,11 +691,28 @@ def storage_errors(collection) -> Iterator[None]:
             raise
         names = ", ".join(zarr_label(a) for a in arrays)
         message = " ".join(str(exc).split()) or type(exc).__name__
+        remote = [label for label in map(zarr_label, arrays) if is_url(label)]
+        lost = connection_failure(exc) if remote else None
+        if lost is not None:
+            raise unreachable_error(remote[0], names, lost) from exc
         raise ValueError(
             f"reading zarr array {names} failed: a chunk file is corrupted or "
             f"unreadable ({type(exc).__name__}: {message}). Check the store "
             "(e.g. zarr.open_array(...)[:] on it) and rewrite it from its source."
         ) from exc
+
+
+def unreachable_error(url: str, names: str, exc: BaseException) -> ValueError:
+    """The error for a store whose endpoint stopped answering while ``names`` were read:
+    the store is not known to be damaged, so it is not blamed."""
+    endpoint, source = endpoint_of(url)
+    at = f"{endpoint} ({source})" if endpoint else "the storage endpoint (AWS)"
+    detail = " ".join(str(exc).split()) or type(exc).__name__
+    return ValueError(
+        f"reading zarr array {names} failed: {at} cannot be reached ({type(exc).__name__}: "
+        f"{detail}). Check that the endpoint is up and reachable, then retry (a pipeline "
+        "run: with --resume, to continue from its checkpoint)."
+    )
 
 
 def _raised_in_storage(exc: BaseException) -> bool:

@@ -45,6 +45,7 @@ def _fail_cleanly(func):
         except BaseException as exc:
             interrupt = _interrupt_behind(exc)
             if interrupt is None:
+                _raise_if_no_room(exc)
                 raise
             sig = interrupt.args[0] if interrupt.args else None
             sig = sig if isinstance(sig, signal.Signals) else signal.SIGINT
@@ -61,6 +62,17 @@ def _fail_cleanly(func):
             os._exit(128 + sig)
 
     return wrapper
+
+
+def _raise_if_no_room(exc: BaseException) -> None:
+    """A write that found no room (disk full, quota, ``ulimit -f``) outside the writers
+    that name their path: one line, naming the file if the error does."""
+    from dask_emk.pipeline.outputs import no_room, no_room_error
+
+    full = no_room(exc)
+    if full is not None:
+        message = str(no_room_error(full.filename or "a file", full))
+        raise click.ClickException(message) from None
 
 
 def _interrupt_behind(exc: BaseException) -> KeyboardInterrupt | None:

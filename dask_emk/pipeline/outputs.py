@@ -49,6 +49,7 @@ is atomic; a put can be conditional on the object not existing):
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import functools
 import json
@@ -106,6 +107,40 @@ _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 class UnsafeOutputError(ValueError):
     """dask-emk will not write a path; the message names it and the fix."""
+
+
+class NoRoomError(ValueError):
+    """A write failed for want of room (disk full, quota, file-size limit); names the path."""
+
+
+#: The errors of a write that found no room: what each means, and the fix.
+NO_ROOM = {
+    errno.ENOSPC: ("no space left on the device", "free space there"),
+    errno.EDQUOT: ("the disk quota is exceeded", "free space there"),
+    errno.EFBIG: ("file too large: a file would pass the file-size limit (ulimit -f) or the "
+                  "largest file the file system holds", "raise the limit"),
+}  # fmt: skip
+
+
+def no_room(exc: BaseException) -> OSError | None:
+    """The OSError of :data:`NO_ROOM` that ``exc`` is or stems from (a dask worker's
+    error arrives as itself or chained), else None."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, OSError) and exc.errno in NO_ROOM:
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def no_room_error(path, exc: OSError) -> NoRoomError:
+    """The error for a write of ``path`` (or into it) that found no room."""
+    problem, fix = NO_ROOM[exc.errno]
+    return NoRoomError(
+        f"cannot write {path}: {problem}. {fix.capitalize()} or choose another output path, "
+        "and rerun; what was there before is left as it was."
+    )
 
 
 # ------------------------------------------------------------------ names
@@ -304,6 +339,8 @@ def check_output(
         )
     if is_url(target):
         _check_url_writable(target, where)
+    else:
+        _check_no_link_loop(target, where)
     _check_not_an_input(target, inputs, where)
     _check_not_in_a_store(target, where)
     if location_exists(target) and not _being_built(target, kind):
@@ -326,6 +363,24 @@ def check_output(
     if not is_url(target):
         _check_writable(target, where)
     return target
+
+
+def _check_no_link_loop(target: Path, where: str) -> None:
+    """Refuse a path through a symbolic link that loops (``a -> b -> a``, ``a -> a``).
+
+    Checked first: resolving such a path raises RuntimeError in pathlib. The
+    outermost looping component is named, which is the link to fix.
+    """
+    for path in [*reversed(target.absolute().parents), target.absolute()]:
+        try:
+            os.stat(path)
+        except OSError as exc:
+            if exc.errno != errno.ELOOP:
+                return  # missing (or not a folder): the other checks say so
+            raise UnsafeOutputError(
+                f"cannot write {target}: {path} is a symbolic link that loops (it leads back "
+                f"to itself); fix or remove the link, or choose another {where}."
+            ) from None
 
 
 def _check_not_an_input(target: Path | str, inputs, where: str) -> None:
@@ -775,8 +830,16 @@ def building_store(path: str | os.PathLike, kind: str) -> Iterator[zarr.abc.stor
     """
     path = normalize_location(path)
     if not is_url(path):
-        tmp = new_store(path, kind)
-        yield zarr.storage.LocalStore(tmp)
+        try:
+            tmp = new_store(path, kind)
+            yield zarr.storage.LocalStore(tmp)
+        except Exception as exc:
+            full = no_room(exc)
+            if full is None:
+                raise
+            with contextlib.suppress(OSError, UnsafeOutputError):  # else the next run does
+                remove_leftover(partial_path(path), kind)  # give the room back at once
+            raise no_room_error(path, full) from None
         replace_dir(tmp, Path(path), kind)
         return
     if location_exists(path) and not _being_built(path, kind):
@@ -891,8 +954,14 @@ def write_file_atomically(path: str | os.PathLike, data: bytes, kind: str) -> No
         remove_leftover(tmp, kind)
     if os.path.lexists(path):
         _refuse_foreign(path, kind)
-    with open(tmp, "xb") as f:
-        f.write(data)
+    try:
+        with open(tmp, "xb") as f:
+            f.write(data)
+    except OSError as exc:
+        if exc.errno not in NO_ROOM:
+            raise
+        os.remove(tmp)  # ours, cut short: the previous file stays whole
+        raise no_room_error(path, exc) from None
     os.replace(tmp, path)
 
 

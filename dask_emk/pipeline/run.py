@@ -26,7 +26,13 @@ from dask_emk.engine.locations import bucket_of, is_url, normalize_location, sto
 from dask_emk.models import export
 from dask_emk.models.preprocess import StandardScaler
 from dask_emk.pipeline import figures
-from dask_emk.pipeline.checkpoint import Checkpoint, checkpoint_path
+from dask_emk.pipeline.checkpoint import (
+    Checkpoint,
+    InputRecord,
+    checkpoint_path,
+    fingerprint_pass,
+    input_identity,
+)
 from dask_emk.pipeline.compare import fitted_parameters, truth_table
 from dask_emk.pipeline.config import config_key, estimator_params
 from dask_emk.pipeline.fits import (
@@ -109,7 +115,8 @@ def _run_pipeline(cfg, toml_text, resume, echo, verbose, results_name) -> Path |
         _map_slice(out, checked)
     parse_scheduler(cfg["scheduler"]["address"])
     results, companions = check_outputs(cfg, resume, results_name)
-    checkpoint = Checkpoint(results, config_key(cfg), resume, out["checkpoint"])
+    store = input_identity(cfg["input"])
+    checkpoint = Checkpoint(results, config_key(cfg), resume, out["checkpoint"], store)
     with (
         claim(results, RESULTS, where=results_name, companions=companions) as notes,
         use_scheduler(cfg["scheduler"]["address"], echo),
@@ -119,10 +126,14 @@ def _run_pipeline(cfg, toml_text, resume, echo, verbose, results_name) -> Path |
         source = open_source(cfg["input"], echo)
         echo(f"input: {source.description}")
         map_slice = _map_slice(out, source)
+        checkpoint.check_input(InputRecord.of(store, source.data.array))
         start = time.perf_counter()
-        scaler = fit_scaler(cfg, source, echo)
-        fitted = source if scaler is None else replace(source, X=scaler.transform(source.X))
-        outcome, anneal = fit_model(cfg, fitted, checkpoint, echo if verbose else _silent)
+        with checkpoint.watch_content() as watch:  # the first pass fingerprints the input
+            scaler = fit_scaler(cfg, source, echo)
+            fitted = source if scaler is None else replace(source, X=scaler.transform(source.X))
+            outcome, anneal = fit_model(cfg, fitted, checkpoint, echo if verbose else _silent)
+            if watch.fingerprint is None and checkpoint.expected_fingerprint is not None:
+                fingerprint_pass(source.data.array)  # resumed with the fit done: no pass made
         fit_seconds = time.perf_counter() - start
         echo(_summary(outcome, fit_seconds))
         groups = _groups(anneal, source, scaler)
