@@ -260,7 +260,7 @@ def reduce_pass(
     if watch is not None:
         return watch.run(
             reduce_pass, call_block, X, weight, block_fn, size, *args, split_every=split_every,
-            combine=combine, also=also, omit_nan=omit_nan,
+            combine=combine, also=also, omit_nan=omit_nan, wrap=RowKeyed,
         )  # fmt: skip
     if not isinstance(X, da.Array):
         w = None if weight is None else np.asarray(weight)
