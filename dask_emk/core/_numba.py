@@ -1,0 +1,79 @@
+"""numba for the compiled loops: the decorator, and where its disk cache lives.
+
+numba's default cache location is the ``__pycache__`` beside the source, i.e.
+inside the installed package: read-only in many installs, and left behind by
+``pip uninstall`` (a leftover ``site-packages/dask_emk/`` then shadowed an
+editable install, issue 26). The cache goes to a per-user folder instead,
+``$XDG_CACHE_HOME/dask-emk/numba`` (default ``~/.cache/dask-emk/numba``), set
+as ``NUMBA_CACHE_DIR`` before numba is imported, so that Dask worker
+processes, which import this module afresh, use the same folder. A
+``NUMBA_CACHE_DIR`` the user set is kept. Where the folder cannot be written
+the loops are compiled in each process, with no disk cache (numba would
+otherwise fall back to the package folder).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+logger = logging.getLogger("dask_emk")
+
+#: The variable numba reads its cache folder from (at import, and again
+#: whenever the compiler finds the NUMBA_* environment changed).
+CACHE_ENV = "NUMBA_CACHE_DIR"
+
+
+def default_cache_dir() -> Path:
+    """``$XDG_CACHE_HOME/dask-emk/numba``, else ``~/.cache/dask-emk/numba``."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "dask-emk" / "numba"
+
+
+@functools.cache
+def cache_dir() -> Path | None:
+    """The folder numba caches compiled loops in, or None where none is writable.
+
+    Sets ``NUMBA_CACHE_DIR`` (when the user has not) and numba's config, so
+    that it must run before the first ``@compiled`` function is decorated.
+    Logs one line when the folder cannot be written.
+    """
+    path = Path(os.environ.get(CACHE_ENV) or default_cache_dir())
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as exc:
+        logger.warning(
+            "numba cache folder %s is not writable (%s): the compiled loops are compiled "
+            "again in every process; set %s to a writable folder to keep them.",
+            path, exc.strerror or exc, CACHE_ENV,
+        )  # fmt: skip
+        return None
+    os.environ.setdefault(CACHE_ENV, str(path))
+    import numba
+
+    # numba read the environment when it was first imported, maybe before this
+    numba.config.CACHE_DIR = str(path)
+    return path
+
+
+def compiled(**options):
+    """``numba.njit(nogil=True)``, cached on disk in :func:`cache_dir` where it is writable.
+
+    numba raises at decoration when it finds no writable cache location; the
+    loops are then compiled once per process instead (about a second).
+    """
+    cache = cache_dir() is not None
+    import numba
+
+    def decorate(function):
+        try:
+            return numba.njit(nogil=True, cache=cache, **options)(function)
+        except RuntimeError:
+            return numba.njit(nogil=True, **options)(function)
+
+    return decorate
