@@ -8,10 +8,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "dask_emk"
@@ -69,3 +72,69 @@ def test_an_unwritable_cache_folder_means_no_cache_and_one_line(tmp_path):
     lines = [line for line in done.stderr.splitlines() if "not writable" in line]
     assert len(lines) == 1, done.stderr
     assert "NUMBA_CACHE_DIR" in lines[0]
+
+
+HEAVY = ("numba", "sklearn", "xarray", "scipy", "distributed", "pandas", "dask.array")
+
+
+@pytest.mark.parametrize("args", [["--help"], ["--version"], ["run", "PIPELINE"]])
+def test_cli_start_up_imports_no_numeric_stack(tmp_path, args):
+    """--help, --version and a pipeline error: no numba, scikit-learn, xarray, scipy,
+    distributed, pandas or dask.array (2-3 s and 400 MB before, issue 26)."""
+    pipeline = tmp_path / "typo.toml"
+    pipeline.write_text('[input]\nstore = "x.zarr"\n[model]\nn_componets = 2\n'
+                        '[output]\nresults = "r.zarr"\n')  # fmt: skip
+    args = [str(pipeline) if a == "PIPELINE" else a for a in args]
+    code = (
+        "import sys\nfrom dask_emk.__main__ import main\n"
+        f"sys.argv = ['dask-emk', *{args!r}]\n"
+        "try:\n    main()\nexcept SystemExit as exc:\n    code = exc.code\n"
+        f"print('MODULES', [m for m in {HEAVY!r} if m in sys.modules])\n"
+        "sys.exit(code)"
+    )
+    done = python(code)
+    assert done.returncode == (1 if args[0] == "run" else 0), done.stderr
+    assert "MODULES []" in done.stdout, done.stdout + done.stderr
+    if args[0] == "run":  # the error itself, before any import
+        assert "unknown key 'n_componets' in [model]; did you mean 'n_components'?" in done.stderr
+
+
+FIRST_FITS = """
+import json, logging, time
+logging.basicConfig(level=logging.INFO)
+import numpy as np
+from distributed import Client, LocalCluster
+from dask_emk import GaussianMixture, KMeans
+X = np.random.default_rng(0).normal(size=(2000, 2))
+X[:1000] += 8
+out = {}
+start = time.perf_counter()
+with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None) as cluster, \\
+        Client(cluster):
+    out["cluster"] = time.perf_counter() - start
+    for rep in ("first", "warm"):
+        for name, model in (("kmeans", KMeans(3, random_state=0)),
+                            ("gmm", GaussianMixture(3, random_state=0))):
+            start = time.perf_counter()
+            model.fit(X)
+            out[f"{name} {rep}"] = time.perf_counter() - start
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.slow
+def test_first_fits_on_a_local_cluster_say_they_compile_then_use_the_cache(tmp_path):
+    """An empty cache: one "compiling kernels" line. A fresh process after that
+    (the cache filled, as after the first run): no line, and each first fit
+    within 2x a warm one plus the cluster start (x1.5 for a loaded machine)."""
+    env = {"XDG_CACHE_HOME": str(tmp_path)}
+    cold = python(FIRST_FITS, env=env, timeout=900)
+    assert cold.returncode == 0, cold.stderr
+    assert cold.stderr.count("compiling kernels (first run only, ~") == 1, cold.stderr
+    fresh = python(FIRST_FITS, env=env, timeout=900)
+    assert fresh.returncode == 0, fresh.stderr
+    assert "compiling kernels" not in fresh.stderr
+    times = json.loads(fresh.stdout.strip().splitlines()[-1])
+    for name in ("kmeans", "gmm"):
+        bound = 2 * times[f"{name} warm"] + times["cluster"]
+        assert times[f"{name} first"] <= 1.5 * bound, times

@@ -61,19 +61,63 @@ def cache_dir() -> Path | None:
     return path
 
 
+#: Seconds to compile the loops a first KMeans and GaussianMixture fit use, in
+#: one process on an idle machine (benchmarks/RESULTS.md, start-up section).
+COMPILE_SECONDS = 7
+
+
 def compiled(**options):
     """``numba.njit(nogil=True)``, cached on disk in :func:`cache_dir` where it is writable.
 
     numba raises at decoration when it finds no writable cache location; the
-    loops are then compiled once per process instead (about a second).
+    loops are then compiled once per process instead (about a second). When
+    the cache holds nothing for a loop's source file yet (the first run after
+    an install or an upgrade), the process logs once that the first fit
+    compiles: numba compiles at a function's first call, silently.
     """
     cache = cache_dir() is not None
     import numba
 
     def decorate(function):
         try:
-            return numba.njit(nogil=True, cache=cache, **options)(function)
+            dispatcher = numba.njit(nogil=True, cache=cache, **options)(function)
         except RuntimeError:
             return numba.njit(nogil=True, **options)(function)
+        if not cache or _first_run(dispatcher, function.__code__.co_filename):
+            _say_compiling()
+        return dispatcher
 
     return decorate
+
+
+def _first_run(dispatcher, source: str) -> bool:
+    """Whether numba's cache folder for ``dispatcher`` holds no index newer than ``source``.
+
+    Any loop's index counts, not only this one's: a fit uses some loops only,
+    and the others would otherwise be announced in every process; an index
+    older than the source is from before an upgrade. The folder is numba's own
+    (``dispatcher._cache._cache_file``, not a public API): where it cannot be
+    found the answer is no, so no false alarm.
+    """
+    index = getattr(getattr(getattr(dispatcher, "_cache", None), "_cache_file", None),
+                    "_index_path", None)  # fmt: skip
+    return index is not None and _no_index_since(os.path.dirname(index), source)
+
+
+@functools.cache
+def _no_index_since(folder: str, source: str) -> bool:
+    try:
+        changed = os.stat(source).st_mtime
+        indexes = [e.stat().st_mtime for e in os.scandir(folder) if e.name.endswith(".nbi")]
+    except OSError:
+        return True
+    return not any(when >= changed for when in indexes)
+
+
+@functools.cache
+def _say_compiling() -> None:
+    """Log once per process that the first fit compiles the loops."""
+    logger.info(
+        "compiling kernels (first run only, ~%d s on 2 idle cores; cached in %s)",
+        COMPILE_SECONDS, cache_dir() or "no folder: every process compiles",
+    )  # fmt: skip

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import os
 import signal
 import sys
@@ -20,10 +21,10 @@ from pathlib import Path
 
 import click
 
-from dask_emk._version import __version__
 # Only light modules at the top (the config reads the parameter tables, not the
 # estimators): --help, --version and a pipeline error answer without loading
 # numba, scikit-learn, xarray or Dask's arrays (issue 26; benchmarks/bench_startup.py).
+from dask_emk._version import __version__
 from dask_emk.pipeline.config import MODELS, load_pipeline, model_fields, validate
 
 SCHEDULER_HELP = (
@@ -112,6 +113,22 @@ def _signals_interrupt():
 @click.version_option(__version__, prog_name="dask-emk")
 def main() -> None:
     """Gaussian mixtures and k-means on out-of-core zarr data with Dask."""
+    _show_log()
+
+
+class _EchoHandler(logging.Handler):
+    """Log records as lines on the current stderr (click's, under its test runner too)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        click.echo(self.format(record), err=True)
+
+
+def _show_log() -> None:
+    """Show the ``dask_emk`` logger's INFO lines (e.g. "compiling kernels …"), once."""
+    logger = logging.getLogger("dask_emk")
+    if not any(isinstance(handler, _EchoHandler) for handler in logger.handlers):
+        logger.addHandler(_EchoHandler())
+        logger.setLevel(logging.INFO)
 
 
 @main.command()
