@@ -55,8 +55,9 @@ def run_once(args: list[str], root: Path, env: dict | None = None) -> tuple[floa
     """(wall seconds, peak RSS in MiB, output) of one fresh interpreter."""
     env = {**os.environ, **(env or {}), "PYTHONPATH": str(root)}
     start = time.perf_counter()
-    proc = subprocess.Popen(
-        [sys.executable, *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    proc = subprocess.Popen(  # cwd: `python -c` puts it first on sys.path
+        [sys.executable, *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        cwd=tempfile.gettempdir(),
     )
     out = proc.stdout.read()
     _, _, usage = os.wait4(proc.pid, 0)  # this child's own rusage (ru_maxrss in KiB on Linux)
@@ -79,7 +80,7 @@ def startup(roots: list[Path], runs: int) -> None:
                         raise SystemExit(f"unexpected output of {name}: {out}")
                     times[root, name].append(wall)
                     rss[root, name].append(peak)
-    print(f"| checkout | command | median s | min s | median peak RSS MiB | runs |")
+    print("| checkout | command | median s | min s | median peak RSS MiB | runs |")
     print("|---|---|---|---|---|---|")
     for (root, name), walls in times.items():
         print(
@@ -115,8 +116,7 @@ def fits(root: Path, runs: int) -> None:
     for run in range(runs):
         with tempfile.TemporaryDirectory() as cache:
             for state in ("cold", "warm disk"):
-                env = {"XDG_CACHE_HOME": cache}
-                env.pop("NUMBA_CACHE_DIR", None)
+                env = {"XDG_CACHE_HOME": cache, "NUMBA_CACHE_DIR": ""}  # "": unset
                 wall, peak, out = run_once(["-c", FITS], root, env)
                 figures = json.loads(out.strip().splitlines()[-1])
                 said = [line for line in out.splitlines() if "compiling kernels" in line]

@@ -53,7 +53,7 @@ def cache_dir() -> Path | None:
             path, exc.strerror or exc, CACHE_ENV,
         )  # fmt: skip
         return None
-    os.environ.setdefault(CACHE_ENV, str(path))
+    os.environ[CACHE_ENV] = str(path)  # the user's, or ours for the worker processes
     import numba
 
     # numba read the environment when it was first imported, maybe before this

@@ -312,9 +312,10 @@ def validate(raw: dict, source: str = "pipeline") -> dict:
 
 
 def _fill_model_defaults(model: dict, raw: dict) -> None:
-    """Put the estimator's defaults in the [model] fields the pipeline does not set."""
+    """Put the estimator's defaults in the [model] fields neither the pipeline
+    nor :func:`validate` (the run's nan_policy) set."""
     for key, (_, default) in model_fields(model["type"]).items():
-        if key not in raw:
+        if key not in raw and model[key] is None:
             model[key] = copy.deepcopy(default)
 
 
