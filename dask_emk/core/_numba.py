@@ -72,8 +72,7 @@ def compiled(**options):
     numba raises at decoration when it finds no writable cache location; the
     loops are then compiled once per process instead (about a second). When
     the cache holds nothing for a loop's source file yet (the first run after
-    an install or an upgrade), the process logs once that the first fit
-    compiles: numba compiles at a function's first call, silently.
+    an install or an upgrade), :func:`announce_compilation` logs it.
     """
     cache = cache_dir() is not None
     import numba
@@ -84,7 +83,7 @@ def compiled(**options):
         except RuntimeError:
             return numba.njit(nogil=True, **options)(function)
         if not cache or _first_run(dispatcher, function.__code__.co_filename):
-            _say_compiling()
+            _UNCACHED.add(function.__module__)
         return dispatcher
 
     return decorate
@@ -114,9 +113,25 @@ def _no_index_since(folder: str, source: str) -> bool:
     return not any(when >= changed for when in indexes)
 
 
+#: Modules of loops with nothing in the disk cache when they were decorated.
+_UNCACHED: set[str] = set()
+
+
+def announce_compilation() -> None:
+    """Log, once per process, that the loops will be compiled, if any have no cached code.
+
+    Called before each pass (``engine.reduction.reduce_pass``): numba
+    compiles at a loop's first call, silently, in the process that calls it,
+    a worker's on a cluster, whose log the user does not see; the client
+    knows from the cache folder. Not at import: a command that stops on a
+    bad argument before any work says nothing more than its error.
+    """
+    if _UNCACHED:
+        _say_compiling()
+
+
 @functools.cache
 def _say_compiling() -> None:
-    """Log once per process that the first fit compiles the loops."""
     logger.info(
         "compiling kernels (first run only, ~%d s on 2 idle cores; cached in %s)",
         COMPILE_SECONDS, cache_dir() or "no folder: every process compiles",

@@ -32,6 +32,7 @@ import numpy as np
 from dask.delayed import Delayed
 from threadpoolctl import ThreadpoolController
 
+from dask_emk.core._numba import announce_compilation
 from dask_emk.core.blocks import LABEL_FILL, rows_without_nan, without_nan_rows
 from dask_emk.engine.storage import check_stored_files, storage_errors
 
@@ -200,6 +201,7 @@ def reduce_pass(
     omit_nan : bool
         See :func:`run_pass`.
     """
+    announce_compilation()  # the first pass after an install compiles: say it first
     if not isinstance(X, da.Array):
         w = None if weight is None else np.asarray(weight)
         rows = local_map(
