@@ -14,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -22,12 +23,17 @@ PACKAGE = ROOT / "dask_emk"
 
 def python(code: str, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
     """Run ``code`` in a fresh interpreter that imports this checkout."""
-    base = {k: v for k, v in os.environ.items() if k != "NUMBA_CACHE_DIR"}
+    base = without_numba_cache_dir()
     base["PYTHONPATH"] = os.pathsep.join([str(ROOT), base.get("PYTHONPATH", "")])
     return subprocess.run(
         [sys.executable, "-c", code], env={**base, **(env or {})}, capture_output=True,
         text=True, timeout=timeout, check=False,
     )  # fmt: skip
+
+
+def without_numba_cache_dir() -> dict:
+    """The environment, without a NUMBA_CACHE_DIR that would win over XDG_CACHE_HOME."""
+    return {k: v for k, v in os.environ.items() if k != "NUMBA_CACHE_DIR"}
 
 
 def listing(folder: Path) -> set[str]:
@@ -142,3 +148,28 @@ def test_first_fits_on_a_local_cluster_say_they_compile_then_use_the_cache(tmp_p
     for name in ("kmeans", "gmm"):
         bound = 2 * times[f"{name} warm"] + times["cluster"]
         assert times[f"{name} first"] <= 1.5 * bound, times
+
+
+@pytest.mark.slow
+def test_the_cli_says_it_compiles_on_a_first_run(tmp_path):
+    """The CLI shows the dask_emk logger's INFO lines: a first fit with an empty
+    cache says "compiling kernels" once, on stderr; the next run does not."""
+    rng = np.random.default_rng(0)
+    X = np.concatenate([rng.normal(size=(200, 2)), rng.normal(size=(200, 2)) + 6])
+    np.savetxt(tmp_path / "x.csv", X, delimiter=",", header="a,b", comments="")
+    code = (
+        "import sys\nfrom dask_emk.__main__ import main\n"
+        "sys.argv = ['dask-emk', 'fit', 'x.csv', '--model', 'kmeans', '--k', '2', '--out', "
+        "sys.argv[1], '--scheduler', 'sync', '--no-plots', '-q']\nmain()"
+    )
+    env = {"XDG_CACHE_HOME": str(tmp_path / "cache")}
+    said = []
+    for out in ("first.zarr", "second.zarr"):
+        done = subprocess.run(
+            [sys.executable, "-c", code, out], cwd=tmp_path, capture_output=True, text=True,
+            env={**without_numba_cache_dir(), **env, "PYTHONPATH": str(ROOT)}, timeout=600,
+            check=False,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        said.append(done.stderr.count("compiling kernels (first run only, ~"))
+    assert said == [1, 0]
