@@ -48,9 +48,11 @@ print(KMeans(3, random_state=0).fit(X).inertia_)
 """
 
 
-def test_numba_cache_goes_to_the_user_cache_not_the_package(tmp_path):
+@pytest.mark.parametrize("first", ["", "import numba\n"], ids=["numba-later", "numba-first"])
+def test_numba_cache_goes_to_the_user_cache_not_the_package(tmp_path, first):
+    """Also when the user imported numba first (it read its settings then)."""
     before = listing(PACKAGE)
-    done = python(KMEANS_FIT, env={"XDG_CACHE_HOME": str(tmp_path)})
+    done = python(first + KMEANS_FIT, env={"XDG_CACHE_HOME": str(tmp_path)})
     assert done.returncode == 0, done.stderr
     assert listing(PACKAGE) == before  # numba's default wrote core/__pycache__/*.nbi
     cache = tmp_path / "dask-emk" / "numba"
