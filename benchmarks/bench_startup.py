@@ -4,7 +4,8 @@ Start-up: ``dask-emk --help``, ``--version`` and a pipeline with a misspelt
 key (rejected with exit code 1), beside ``python -c "import dask"`` as the
 floor, run ``--runs`` times each, interleaved, for every checkout given with
 ``--root`` (its path goes first on PYTHONPATH). Reported: median wall time
-and median peak RSS of the process (``os.wait4``'s rusage, per child).
+median CPU time (user + system: less sensitive to a loaded machine than the
+wall time) and median peak RSS of the process (``os.wait4``'s rusage, per child).
 
 First fit (``--fits``): a fresh interpreter starts a ``LocalCluster(2)`` and
 fits KMeans then GaussianMixture on 2,000 × 2 rows twice, with an empty
@@ -51,8 +52,10 @@ def cases(pipeline: Path) -> dict[str, list[str]]:
     }
 
 
-def run_once(args: list[str], root: Path, env: dict | None = None) -> tuple[float, float, str]:
-    """(wall seconds, peak RSS in MiB, output) of one fresh interpreter."""
+def run_once(
+    args: list[str], root: Path, env: dict | None = None
+) -> tuple[float, float, str, float]:
+    """(wall seconds, peak RSS in MiB, output, CPU seconds) of one fresh interpreter."""
     env = {**os.environ, **(env or {}), "PYTHONPATH": str(root)}
     start = time.perf_counter()
     proc = subprocess.Popen(  # cwd: `python -c` puts it first on sys.path
@@ -62,7 +65,8 @@ def run_once(args: list[str], root: Path, env: dict | None = None) -> tuple[floa
     out = proc.stdout.read()
     _, _, usage = os.wait4(proc.pid, 0)  # this child's own rusage (ru_maxrss in KiB on Linux)
     proc.returncode = 0  # reaped above
-    return time.perf_counter() - start, usage.ru_maxrss / 1024, out.decode()
+    cpu = usage.ru_utime + usage.ru_stime
+    return time.perf_counter() - start, usage.ru_maxrss / 1024, out.decode(), cpu
 
 
 def startup(roots: list[Path], runs: int) -> None:
@@ -72,19 +76,22 @@ def startup(roots: list[Path], runs: int) -> None:
         table = cases(pipeline)
         times = {(root, name): [] for root in roots for name in table}
         rss = {key: [] for key in times}
+        cpu = {key: [] for key in times}
         for _ in range(runs):
             for name, args in table.items():
                 for root in roots:  # interleaved: load changes hit every variant alike
-                    wall, peak, out = run_once(args, root)
+                    wall, peak, out, seconds = run_once(args, root)
                     if name.endswith("toml") and "n_componets" not in out:
                         raise SystemExit(f"unexpected output of {name}: {out}")
                     times[root, name].append(wall)
                     rss[root, name].append(peak)
-    print("| checkout | command | median s | min s | median peak RSS MiB | runs |")
-    print("|---|---|---|---|---|---|")
+                    cpu[root, name].append(seconds)
+    print("| checkout | command | median s | min s | median CPU s | median peak RSS MiB | runs |")
+    print("|---|---|---|---|---|---|---|")
     for (root, name), walls in times.items():
         print(
             f"| {root} | `{name}` | {statistics.median(walls):.3f} | {min(walls):.3f} "
+            f"| {statistics.median(cpu[root, name]):.3f} "
             f"| {statistics.median(rss[root, name]):.0f} | {len(walls)} |"
         )
 
@@ -117,7 +124,7 @@ def fits(root: Path, runs: int) -> None:
         with tempfile.TemporaryDirectory() as cache:
             for state in ("cold", "warm disk"):
                 env = {"XDG_CACHE_HOME": cache, "NUMBA_CACHE_DIR": ""}  # "": unset
-                wall, peak, out = run_once(["-c", FITS], root, env)
+                wall, peak, out, _ = run_once(["-c", FITS], root, env)
                 figures = json.loads(out.strip().splitlines()[-1])
                 said = [line for line in out.splitlines() if "compiling kernels" in line]
                 print(run, state, json.dumps({k: round(v, 2) for k, v in figures.items()}),
