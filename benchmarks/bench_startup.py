@@ -97,7 +97,8 @@ def startup(roots: list[Path], runs: int) -> None:
 
 
 FITS = """
-import json, time
+import json, logging, time
+logging.basicConfig(level=logging.INFO, format="%(message)s")
 t0 = time.perf_counter()
 import numpy as np
 from distributed import Client, LocalCluster
