@@ -27,7 +27,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.linalg import solve_triangular
 
 MATRIX_DIMS = ("feature_row", "feature_col")
 
@@ -166,6 +165,9 @@ class CovarianceType:
             if not np.all(np.isfinite(cov)) or np.any(cov <= 0.0):
                 raise np.linalg.LinAlgError("covariance not positive")
             return 1.0 / np.sqrt(cov)
+        # imported here: the parameter tables read this module, and --help should not load scipy
+        from scipy.linalg import solve_triangular
+
         mats = self._stack(cov)
         out = np.empty_like(mats)
         for k, mat in enumerate(mats):

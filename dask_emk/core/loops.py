@@ -17,27 +17,11 @@ x − (o + m) would cost the digits the shift is there to keep.
 
 from __future__ import annotations
 
-import numba
 import numpy as np
 
+from dask_emk.core._numba import compiled
+
 _SAFE_FAST_MATH = {"reassoc", "contract"}
-
-
-def compiled(**options):
-    """``numba.njit(nogil=True)``, cached on disk where a cache can be written.
-
-    numba raises at import when it finds no writable cache location (a
-    read-only install with no writable $HOME, common in containers); the
-    loops are then compiled once per process instead (about a second).
-    """
-
-    def decorate(function):
-        try:
-            return numba.njit(nogil=True, cache=True, **options)(function)
-        except RuntimeError:
-            return numba.njit(nogil=True, **options)(function)
-
-    return decorate
 
 
 @compiled(fastmath=_SAFE_FAST_MATH)

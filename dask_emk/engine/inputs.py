@@ -32,6 +32,7 @@ import zarr
 from dask.array.core import normalize_chunks
 
 from dask_emk.core.blocks import LABEL_FILL
+from dask_emk.engine.options import NAN_POLICIES
 from dask_emk.engine.reduction import compute_one, nonfinite_error, numpy_block_rows
 from dask_emk.engine.storage import (
     check_zarr_chunks,
@@ -42,11 +43,6 @@ from dask_emk.engine.storage import (
     stacked_rows,
     stored_values,
 )
-
-#: Values of the estimators' ``nan_policy`` (after scipy's): 'raise' on NaN,
-#: 'omit' rows holding NaN from every statistic (NaN outputs there);
-#: 'marginalize' uses the features each row has.
-NAN_POLICIES = ("raise", "omit", "marginalize")
 
 
 def check_input_options(nan_policy, feature_dim, sample_dims) -> tuple[str, ...] | None:

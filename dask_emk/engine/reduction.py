@@ -33,6 +33,7 @@ import numpy as np
 from dask.delayed import Delayed
 from threadpoolctl import ThreadpoolController
 
+from dask_emk.core._numba import announce_compilation
 from dask_emk.core.blocks import LABEL_FILL, rows_without_nan, without_nan_rows
 from dask_emk.engine.fingerprint import take_watch
 from dask_emk.engine.storage import check_stored_files, storage_errors
@@ -256,6 +257,7 @@ def reduce_pass(
     omit_nan : bool
         See :func:`run_pass`.
     """
+    announce_compilation()  # the first pass after an install compiles: say it first
     watch = take_watch()  # a pipeline's content check: the first pass also hashes the rows
     if watch is not None:
         return watch.run(

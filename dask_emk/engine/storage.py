@@ -61,6 +61,7 @@ from dask_emk.engine.locations import (
     normalize_location,
     open_node,
 )
+from dask_emk.engine.options import MISSING_CHUNKS
 
 #: Packages whose frames in a traceback mean "the failure happened reading a store".
 STORAGE_PACKAGES = ("zarr", "numcodecs")
@@ -68,9 +69,6 @@ STORAGE_PACKAGES = ("zarr", "numcodecs")
 #: Missing files named in an error message; more are counted.
 NAMED_FILES = 3
 
-#: What a read does with a missing chunk or shard file: raise, or read the
-#: fill value (for stores written without empty chunks; an explicit choice).
-MISSING_CHUNKS = ("raise", "fill")
 
 
 class MissingChunksError(ValueError):

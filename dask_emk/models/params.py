@@ -20,10 +20,9 @@ import numbers
 from dataclasses import dataclass
 
 import numpy as np
-from sklearn.utils import check_random_state
 
 from dask_emk.core.covariance import COVARIANCE_TYPES
-from dask_emk.engine.inputs import NAN_POLICIES, check_input_options
+from dask_emk.engine.options import NAN_POLICIES
 
 
 class Spec:
@@ -191,6 +190,10 @@ class RandomState(Spec):
     def _accepts(self, value) -> bool:
         if isinstance(value, bool):
             return False
+        # imported here, as the input checks below: the tables are read without
+        # scikit-learn or Dask (dask-emk --help, pipeline errors)
+        from sklearn.utils import check_random_state
+
         try:
             check_random_state(value)
         except (TypeError, ValueError):
@@ -237,6 +240,8 @@ class InputOption(Spec):
     name: str
 
     def _accepts(self, value) -> bool:
+        from dask_emk.engine.inputs import check_input_options
+
         try:
             check_input_options(**{**INPUT_OPTION_DEFAULTS, self.name: value})
         except ValueError:
@@ -248,6 +253,8 @@ class InputOption(Spec):
         return INPUT_OPTION_DEFAULTS[self.name] is None
 
     def check(self, name: str, value) -> None:
+        from dask_emk.engine.inputs import check_input_options
+
         check_input_options(**{**INPUT_OPTION_DEFAULTS, self.name: value})
 
     def _text(self) -> str:

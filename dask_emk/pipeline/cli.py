@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import os
 import signal
 import sys
@@ -20,8 +21,11 @@ from pathlib import Path
 
 import click
 
-from dask_emk.pipeline.config import MODEL_FIELDS, load_pipeline, validate
-from dask_emk.pipeline.figures import MissingMatplotlib
+# Only light modules at the top (the config reads the parameter tables, not the
+# estimators): --help, --version and a pipeline error answer without loading
+# numba, scikit-learn, xarray or Dask's arrays (issue 26; benchmarks/bench_startup.py).
+from dask_emk._version import __version__
+from dask_emk.pipeline.config import MODELS, load_pipeline, model_fields, validate
 
 SCHEDULER_HELP = (
     "sync, threads, processes, local, local:N (LocalCluster with N workers) or "
@@ -40,7 +44,7 @@ def _fail_cleanly(func):
         try:
             with _signals_interrupt():
                 return func(*args, **kwargs)
-        except (ValueError, MissingMatplotlib) as exc:
+        except _expected_errors() as exc:
             raise click.ClickException(" ".join(str(exc).split())) from None
         except BaseException as exc:
             interrupt = _interrupt_behind(exc)
@@ -73,6 +77,13 @@ def _raise_if_no_room(exc: BaseException) -> None:
     if full is not None:
         message = str(no_room_error(full.filename or "a file", full))
         raise click.ClickException(message) from None
+
+
+def _expected_errors() -> tuple[type[Exception], ...]:
+    """ValueError, and MissingMatplotlib once the figures module (which imports
+    xarray) is loaded: it cannot have been raised before."""
+    figures = sys.modules.get("dask_emk.pipeline.figures")
+    return (ValueError,) if figures is None else (ValueError, figures.MissingMatplotlib)
 
 
 def _interrupt_behind(exc: BaseException) -> KeyboardInterrupt | None:
@@ -111,8 +122,25 @@ def _signals_interrupt():
 
 
 @click.group()
+@click.version_option(__version__, prog_name="dask-emk")
 def main() -> None:
     """Gaussian mixtures and k-means on out-of-core zarr data with Dask."""
+    _show_log()
+
+
+class _EchoHandler(logging.Handler):
+    """Log records as lines on the current stderr (click's, under its test runner too)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        click.echo(self.format(record), err=True)
+
+
+def _show_log() -> None:
+    """Show the ``dask_emk`` logger's INFO lines (e.g. "compiling kernels …"), once."""
+    logger = logging.getLogger("dask_emk")
+    if not any(isinstance(handler, _EchoHandler) for handler in logger.handlers):
+        logger.addHandler(_EchoHandler())
+        logger.setLevel(logging.INFO)
 
 
 @main.command()
@@ -188,7 +216,7 @@ def run(pipeline, scheduler, resume, quiet, no_plots) -> None:
 
 @main.command()
 @click.argument("input_path", metavar="INPUT")
-@click.option("--model", type=click.Choice(list(MODEL_FIELDS)), default="gmm")
+@click.option("--model", type=click.Choice(list(MODELS)), default="gmm")
 @click.option(
     "--k", "n_components", type=click.IntRange(min=1), default=None,
     help="Components (clusters); gmm-ic: the largest number tried. Required, except "
@@ -208,7 +236,7 @@ def run(pipeline, scheduler, resume, quiet, no_plots) -> None:
 )
 @click.option(
     "--covariance-type",
-    type=click.Choice(MODEL_FIELDS["gmm-ic"]["covariance_type"][0]),
+    type=click.Choice(model_fields("gmm-ic", defaults=False)["covariance_type"][0]),
     default=None,
     help="gmm and gmm-ic ('all': gmm-ic only, the four scikit-learn types). Default: full.",
 )
@@ -280,8 +308,9 @@ def _model_section(model: str, n_components: int | None, opts: dict) -> dict:
     for key in MODEL_OPTIONS:
         if opts[key] is None:
             continue
-        if key not in MODEL_FIELDS[model]:
-            takes = [f"--{k.replace('_', '-')}" for k in MODEL_OPTIONS if k in MODEL_FIELDS[model]]
+        fields = model_fields(model, defaults=False)
+        if key not in fields:
+            takes = [f"--{k.replace('_', '-')}" for k in MODEL_OPTIONS if k in fields]
             hint = f"it takes {', '.join(takes)}" if takes else "set it in a pipeline's [anneal]"
             raise ValueError(
                 f"--{key.replace('_', '-')} does not apply to --model {model} ({hint}); drop it."

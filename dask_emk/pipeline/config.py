@@ -10,20 +10,16 @@ from __future__ import annotations
 
 import copy
 import difflib
+import functools
 import hashlib
+import importlib
 import json
 import tomllib
 from pathlib import Path
 
-from dask_emk.engine.inputs import NAN_POLICIES
-from dask_emk.engine.storage import MISSING_CHUNKS
-from dask_emk.models.anneal import AnnealedGaussianMixture
-from dask_emk.models.dpmeans import DPMeans
-from dask_emk.models.gmm import GaussianMixture
-from dask_emk.models.ic import GaussianMixtureIC
-from dask_emk.models.kmeans import KMeans
+from dask_emk.engine.options import MISSING_CHUNKS, NAN_POLICIES
+from dask_emk.models import params
 from dask_emk.models.params import Boolean, Either, Integer, Options, RandomState, Real, Spec
-from dask_emk.pipeline.generate import parse_grid
 
 #: What a field may hold: a type name, or a tuple of allowed strings.
 INT, FLOAT, STR, BOOL, STR_LIST, TABLE = "integer", "number", "string", "boolean", "list", "table"
@@ -67,6 +63,37 @@ INPUT_FIELDS = {
 }
 #: Keys that make [input] store an xarray store (a Dataset, or an N-D DataArray).
 XARRAY_KEYS = ("variables", "feature_dim", "sample_dims")
+
+
+class LazyEstimator:
+    """An estimator class, imported when first called; its parameter table without it.
+
+    Checking a pipeline needs the tables (:mod:`dask_emk.models.params`), not the
+    estimators, whose import loads scikit-learn, numba and Dask (about 2 s and
+    200 MB): a pipeline error is reported before that. ``_parameter_specs`` is
+    the class's own table (tests/test_params.py checks it).
+    """
+
+    def __init__(self, name: str, specs: dict[str, Spec]):
+        self.__name__ = name
+        self._parameter_specs = specs
+
+    def load(self) -> type:
+        """The estimator class itself (``dask_emk.<name>``)."""
+        return getattr(importlib.import_module("dask_emk"), self.__name__)
+
+    def __call__(self, **kwargs):
+        return self.load()(**kwargs)
+
+
+GaussianMixture = LazyEstimator("GaussianMixture", params.GAUSSIAN_MIXTURE)
+KMeans = LazyEstimator("KMeans", params.KMEANS)
+AnnealedGaussianMixture = LazyEstimator(
+    "AnnealedGaussianMixture", params.ANNEALED_GAUSSIAN_MIXTURE
+)
+DPMeans = LazyEstimator("DPMeans", params.DPMEANS)
+GaussianMixtureIC = LazyEstimator("GaussianMixtureIC", params.GAUSSIAN_MIXTURE_IC)
+
 #: The estimator of each model type and the parameter each [model] field sets.
 #: A field's kind, allowed values, range and default are the estimator's
 #: (its parameter table and constructor), see :func:`model_fields`.
@@ -112,15 +139,18 @@ PIPELINE_SPECS = {"max_iter": Integer(1)}
 ANNEAL_PARAMETERS = {name: name for name in AnnealedGaussianMixture._parameter_specs}
 
 
-def anneal_fields() -> dict:
-    """Allowed [anneal] keys: AnnealedGaussianMixture's parameters, kinds and defaults."""
-    return _estimator_fields(AnnealedGaussianMixture, ANNEAL_PARAMETERS)
+def anneal_fields(defaults: bool = True) -> dict:
+    """Allowed [anneal] keys: AnnealedGaussianMixture's parameters, kinds and defaults
+    (None without ``defaults``: the estimator is not imported)."""
+    return _estimator_fields(AnnealedGaussianMixture, ANNEAL_PARAMETERS, defaults)
 
 
-def model_fields(kind: str) -> dict:
-    """[model] fields of a model type beyond :data:`COMMON_MODEL`, from its estimator."""
+@functools.cache
+def model_fields(kind: str, defaults: bool = True) -> dict:
+    """[model] fields of a model type beyond :data:`COMMON_MODEL`, from its estimator
+    (defaults None without ``defaults``: the estimator is not imported)."""
     estimator, names = MODELS[kind]
-    fields = _estimator_fields(estimator, names)
+    fields = _estimator_fields(estimator, names, defaults)
     if "init" in fields:
         options, default = fields["init"]
         fields["init"] = ((PIPELINE_INIT, *options), default)
@@ -140,14 +170,15 @@ def estimator_params(model: dict) -> dict:
     return {param: model[field] for field, param in MODELS[model["type"]][1].items()}
 
 
-def _estimator_fields(estimator, names: dict) -> dict:
+def _estimator_fields(estimator, names: dict, defaults: bool = True) -> dict:
     """Fields named after ``names`` (field -> parameter) with the estimator's kinds
-    and defaults (numbers as TOML floats where the parameter is a real number)."""
-    defaults = estimator().get_params(deep=False)
+    and defaults (numbers as TOML floats where the parameter is a real number;
+    None without ``defaults``, which only the estimator's constructor knows)."""
+    given = estimator().get_params(deep=False) if defaults else dict.fromkeys(names.values())
     fields = {}
     for field, spec in field_specs(estimator, names).items():
         kind = _toml_kind(spec)
-        default = defaults[names[field]]
+        default = given[names[field]]
         fields[field] = (kind, float(default) if kind == FLOAT and default is not None else default)
     return fields
 
@@ -162,7 +193,15 @@ def _toml_kind(spec: Spec):
     return {Integer: INT, RandomState: INT, Real: FLOAT, Boolean: BOOL}.get(type(spec))
 
 
-MODEL_FIELDS = {kind: model_fields(kind) for kind in MODELS}
+
+
+def __getattr__(name: str):
+    # MODEL_FIELDS holds the estimators' defaults: computed (imported) on first use
+    if name == "MODEL_FIELDS":
+        return {kind: model_fields(kind) for kind in MODELS}
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 SCHEDULER_FIELDS = {"address": (STR, "local")}
 OUTPUT_FIELDS = {
     "results": (STR, None),
@@ -266,7 +305,18 @@ def validate(raw: dict, source: str = "pipeline") -> dict:
                 f"{source}: [output] {key} is not available for model.type = "
                 f"{cfg['model']['type']!r}; set {key} = false or model.type = 'gmm'."
             )
+    # last, as they import the estimator (and so scikit-learn): every cheaper check first
+    _check_ranges(cfg["model"], field_specs(*MODELS[cfg["model"]["type"]]), "model", source)
+    _fill_model_defaults(cfg["model"], raw["model"])
     return cfg
+
+
+def _fill_model_defaults(model: dict, raw: dict) -> None:
+    """Put the estimator's defaults in the [model] fields neither the pipeline
+    nor :func:`validate` (the run's nan_policy) set."""
+    for key, (_, default) in model_fields(model["type"]).items():
+        if key not in raw and model[key] is None:
+            model[key] = copy.deepcopy(default)
 
 
 def config_key(cfg: dict) -> str:
@@ -304,6 +354,8 @@ def _validate_generated_grid(gen: dict, source: str) -> None:
     """[input.generate] grid keys: sizes TxLATxLON, fractions in [0, 1)."""
     if gen["grid"] is None:
         return
+    from dask_emk.pipeline.generate import parse_grid  # imports Dask and zarr
+
     try:
         for key in ("grid", "grid_chunks"):
             if gen[key] is not None:
@@ -363,7 +415,8 @@ def _validate_gridded_input(cfg: dict, source: str) -> None:
 def _validate_model(raw: dict, source: str) -> dict:
     kind = raw.get("type", "gmm")
     _check_value(kind, COMMON_MODEL["type"][0], "model.type", source)
-    fields = COMMON_MODEL | MODEL_FIELDS[kind]
+    # defaults None: the estimator's are filled in at the end of validate()
+    fields = COMMON_MODEL | model_fields(kind, defaults=False)
     cfg = _fill(raw, fields, "model", source)
     if kind != "dpmeans":
         _require(cfg, "n_components", "model", source)
@@ -372,7 +425,6 @@ def _validate_model(raw: dict, source: str) -> dict:
             f"{source}: [model] type = 'dpmeans' needs exactly one of penalty (λ, the price "
             "of a cluster in squared data units) or n_components (a target K); give one."
         )
-    _check_ranges(cfg, field_specs(*MODELS[kind]), "model", source)
     return cfg
 
 
@@ -385,7 +437,7 @@ def _validate_anneal(raw: dict | None, model: dict, source: str) -> dict | None:
         )
     if not wanted:
         return None
-    fields = anneal_fields()
+    fields = anneal_fields(defaults=False)  # only the keys given are kept
     cfg = _fill(raw or {}, fields, "anneal", source)
     cfg = {key: value for key, value in cfg.items() if key in (raw or {})}
     _check_ranges(cfg, field_specs(AnnealedGaussianMixture, ANNEAL_PARAMETERS), "anneal", source)
