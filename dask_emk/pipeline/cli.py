@@ -20,6 +20,7 @@ from pathlib import Path
 
 import click
 
+from dask_emk._version import __version__
 from dask_emk.pipeline.config import MODEL_FIELDS, load_pipeline, validate
 from dask_emk.pipeline.figures import MissingMatplotlib
 
@@ -99,6 +100,7 @@ def _signals_interrupt():
 
 
 @click.group()
+@click.version_option(__version__, prog_name="dask-emk")
 def main() -> None:
     """Gaussian mixtures and k-means on out-of-core zarr data with Dask."""
 
@@ -169,7 +171,8 @@ def generate(out, n, d, k, chunk_rows, seed, dtype, separation, grid, grid_chunk
 @click.option("--no-plots", is_flag=True, help="Skip the PNG figures.")
 @_fail_cleanly
 def run(pipeline, scheduler, resume, quiet, no_plots) -> None:
-    """Run a PIPELINE.toml (see pipelines/README.md)."""
+    """Run a PIPELINE.toml (see pipelines/README.md), or an example shipped with
+    dask-emk by name: quickstart, faithful, photo, large."""
     cfg, text = load_pipeline(pipeline)
     _run(cfg, text, scheduler, resume, quiet, no_plots, "output.results")
 

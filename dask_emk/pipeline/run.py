@@ -1,10 +1,11 @@
 """Run a validated pipeline: input → (anneal) → model → results store → figures.
 
 Order matters for "a failed run writes nothing": everything that can be
-checked without computing (config, matplotlib, the input store, the
-scheduler spec, every output path against the rule of :mod:`dask_emk.pipeline.outputs`)
-is checked first; then the results path is locked and the leftovers of an
-interrupted run are cleaned up; then the scheduler is started or reached, and
+checked without computing (config, matplotlib: missing, it is a warning and
+no plots; the input store, the scheduler spec, every output path against the
+rule of :mod:`dask_emk.pipeline.outputs`) is checked first; then the results
+path is locked and the leftovers of an interrupted run are cleaned up; then
+the scheduler is started or reached, and
 only then is data generated or results written.
 """
 
@@ -103,7 +104,12 @@ def locations_options(cfg: dict) -> dict[str, dict | None]:
 def _run_pipeline(cfg, toml_text, resume, echo, verbose, results_name) -> Path | str:
     out = cfg["output"]
     if out["plots"]:
-        figures.require_matplotlib()
+        try:
+            figures.require_matplotlib()
+        except figures.MissingMatplotlib as exc:  # plots are extras: the fit still runs
+            echo(f"warning: skipping the plots: {exc}")
+            out = {**out, "plots": False}
+            cfg = {**cfg, "output": out}
     checked = check_input(cfg["input"])
     if checked is not None:
         _map_slice(out, checked)
