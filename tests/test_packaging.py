@@ -94,8 +94,11 @@ def test_wheel_in_a_fresh_virtualenv(tmp_path):
     """Build the wheel, install it (dependencies from this environment) in a fresh
     venv, and run `dask-emk --version` and a shipped pipeline from outside the clone."""
     pip = [sys.executable, "-m", "pip"]
+    # No source tree on the path (the tests put the clone on PYTHONPATH, where pip would
+    # find its build's egg-info and call dask-emk installed already).
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     subprocess.run([*pip, "wheel", "-q", "--no-deps", "-w", tmp_path / "wheel", ROOT],
-                   check=True, timeout=600)  # fmt: skip
+                   env=env, check=True, timeout=600)  # fmt: skip
     (wheel,) = (tmp_path / "wheel").glob("dask_emk-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     for shipped in ("dask_emk/py.typed", "dask_emk/pipelines/quickstart.toml",
@@ -110,15 +113,14 @@ def test_wheel_in_a_fresh_virtualenv(tmp_path):
                            "get_paths()['purelib'])"], capture_output=True, text=True, check=True)
     Path(site.stdout.strip(), "deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     subprocess.run([*pip, "--python", bin_dir / "python", "install", "-q", "--no-deps", wheel],
-                   check=True, timeout=600)  # fmt: skip
+                   env=env, check=True, timeout=600)  # fmt: skip
     work = tmp_path / "work"
     work.mkdir()
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     where = subprocess.run(
         [bin_dir / "python", "-c", "import dask_emk; print(dask_emk.__file__)"],
-        cwd=work, env=env, capture_output=True, text=True, check=True,
+        cwd=work, env=env, capture_output=True, text=True,
     )  # fmt: skip
-    assert str(env_dir) in where.stdout  # the installed copy, not the clone
+    assert str(env_dir) in where.stdout, where.stderr  # the installed copy, not the clone
     version = subprocess.run([bin_dir / "dask-emk", "--version"], cwd=work, env=env,
                              capture_output=True, text=True, check=True)  # fmt: skip
     assert version.stdout.strip() == f"dask-emk, version {dask_emk.__version__}"

@@ -489,7 +489,7 @@ class AnnealedGaussianMixture(
     n_components : int
         Number of clusters K.
     cooling : float, default=0.8
-        σ² is multiplied by this factor per step (0 < cooling < 1), after
+        The factor σ² is multiplied by per step (0 < cooling < 1), after
         jumping to the next critical variance when nothing split.
     sigma2_start : float, optional
         First σ²; default 1.05 × λ_max of the weighted data covariance.
@@ -580,6 +580,19 @@ class AnnealedGaussianMixture(
         ``inertia``, ``candidates``, ``moved``, ``predicted``, ``change`` and,
         for a pass that moved rows, ``accepted``.
     n_features_in_ : int
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(0)
+    >>> X = np.concatenate([rng.normal(0, 1, (100, 2)), rng.normal(8, 1, (100, 2))])
+    >>> from dask_emk import AnnealedGaussianMixture
+    >>> an = AnnealedGaussianMixture(2, random_state=0).fit(X)
+    >>> an.means_.round(1)
+    array([[ 7.9,  7.9],
+           [-0.1,  0.1]])
+    >>> an.predict([[0, 0], [9, 8]])
+    array([1, 0], dtype=int32)
     """
 
     _parameter_specs = ANNEALED_GAUSSIAN_MIXTURE
@@ -765,7 +778,7 @@ class AnnealedGaussianMixture(
         return self.fit(X, sample_weight=sample_weight).labels_
 
     def predict_proba(self, X, sigma2: float | None = None):
-        """Responsibilities of the shared-σ² mixture at ``sigma2``.
+        """Return the responsibilities of the shared-σ² mixture at ``sigma2``.
 
         r_ik ∝ π_k exp(−‖x_i − μ_k‖² / (2σ²)) with the fitted ``means_`` and
         ``weights_``.

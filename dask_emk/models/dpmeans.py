@@ -214,9 +214,9 @@ class DPMeans(NoTrainingDataInPickle, ClusterMixin, ChunkedEstimator):
     Parameters
     ----------
     penalty : float, optional
-        λ > 0, in squared data units: a row farther than √λ from every centre
-        opens a cluster (with weights: min(w, 1) ‖x − μ‖² > λ). Exactly one
-        of ``penalty`` and ``n_clusters``.
+        The price of a cluster, λ > 0, in squared data units: a row farther
+        than √λ from every centre opens a cluster (with weights:
+        min(w, 1) ‖x − μ‖² > λ). Exactly one of ``penalty`` and ``n_clusters``.
     n_clusters : int, optional
         A target K: λ is found by bisection (see the module docstring; a
         ConvergenceWarning when no λ gives K exactly).
@@ -254,8 +254,8 @@ class DPMeans(NoTrainingDataInPickle, ClusterMixin, ChunkedEstimator):
 
     Attributes
     ----------
-    cluster_centers_ : ndarray of shape (n_clusters_, n_features)
-        In the data's float dtype.
+    cluster_centers_ : ndarray of shape (K, n_features)
+        In the data's float dtype; K is ``n_clusters_``.
     labels_ : ndarray (numpy input) or lazy dask array / xarray.DataArray
         Nearest centre of each training sample (lazy ones are left out when
         the model is pickled, as :class:`dask_emk.KMeans`'s).
@@ -272,7 +272,7 @@ class DPMeans(NoTrainingDataInPickle, ClusterMixin, ChunkedEstimator):
         The objective at the start of every iteration of that run (never increasing).
     n_clusters_history_ : list of int
         The number of centres each of those iterations started with.
-    cluster_weights_ : ndarray of shape (n_clusters_,)
+    cluster_weights_ : ndarray of shape (K,)
         Weight (count without sample weights) of each cluster.
     penalty_search_ : list of dict
         Every run of the fit: ``penalty``, ``n_clusters``, ``n_iter``,
@@ -281,6 +281,19 @@ class DPMeans(NoTrainingDataInPickle, ClusterMixin, ChunkedEstimator):
         Passes over the data during ``fit`` (``labels_`` excluded).
     n_features_in_ : int
     feature_names_in_ : ndarray, only for xarray input with feature labels
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(0)
+    >>> X = np.concatenate([rng.normal(0, 1, (100, 2)), rng.normal(8, 1, (100, 2))])
+    >>> from dask_emk import DPMeans
+    >>> dp = DPMeans(n_clusters=2).fit(X)  # λ found by bisection
+    >>> dp.n_clusters_, round(dp.penalty_, 1)
+    (2, 69.1)
+    >>> dp.cluster_centers_.round(1)
+    array([[-0.1,  0.1],
+           [ 7.9,  7.9]])
     """
 
     _parameter_specs = DPMEANS

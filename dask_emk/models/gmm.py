@@ -81,6 +81,7 @@ class GaussianMixture(DensityMixin, ChunkedEstimator):
     Parameters
     ----------
     n_components : int, default=1
+        The number of mixture components K.
     covariance_type : {'full', 'tied', 'diag', 'spherical', 'shared'}, default='full'
         ``'shared'``: one spherical variance σ² for all components
         (``covariances_`` is a 0-d array); see ``variance``.
@@ -90,7 +91,11 @@ class GaussianMixture(DensityMixin, ChunkedEstimator):
     reg_covar : float, default=1e-6
         Added to the diagonal of every covariance.
     max_iter : int, default=100
+        The most EM iterations (passes over the data) per initialisation;
+        0 returns the initial parameters.
     n_init : int, default=1
+        Initialisations to run (in shared passes); the one of highest lower
+        bound is kept.
     init_params : {'kmeans', 'k-means||', 'k-means++', 'random', 'random_from_data'}
         Default 'kmeans'.
         How responsibilities are initialised. ``'kmeans'`` runs
@@ -102,9 +107,15 @@ class GaussianMixture(DensityMixin, ChunkedEstimator):
         User-provided initial parameters (scikit-learn shapes; ``'shared'``
         takes a scalar precision).
     random_state : int, RandomState or None
+        Seed of the initialisations (an integer gives the same fit every time).
     warm_start : bool, default=False
+        Start from the previous fit's parameters (same ``n_components``,
+        ``covariance_type`` and features) instead of a new initialisation.
     verbose : int, default=0
+        1 prints the start and end of each initialisation, 2 also every
+        ``verbose_interval`` iterations.
     verbose_interval : int, default=10
+        Iterations between progress lines with ``verbose=2``.
     variance : float, optional
         With ``covariance_type='shared'``: fix σ² to this value instead of
         learning it (annealing and hard k-means limits).
@@ -159,6 +170,30 @@ class GaussianMixture(DensityMixin, ChunkedEstimator):
         The lower bound of every iteration of the best initialisation.
     n_features_in_ : int
     feature_names_in_ : ndarray, only for xarray input with feature labels
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(0)
+    >>> X = np.concatenate([rng.normal(0, 1, (100, 2)), rng.normal(8, 1, (100, 2))])
+    >>> from dask_emk import GaussianMixture
+    >>> gm = GaussianMixture(2, random_state=0).fit(X)
+    >>> gm.weights_.round(2)
+    array([0.5, 0.5])
+    >>> gm.means_.round(1)
+    array([[ 7.9,  7.9],
+           [-0.1,  0.1]])
+    >>> gm.predict([[0, 0], [9, 8]])
+    array([1, 0])
+
+    Dask (or xarray) input gives lazy output, computed when asked for:
+
+    >>> import dask.array as da
+    >>> labels = gm.predict(da.from_array(X, chunks=(50, 2)))
+    >>> labels.shape, labels.chunks
+    ((200,), ((50, 50, 50, 50),))
+    >>> labels[:3].compute()
+    array([1, 1, 1])
     """
 
     _parameter_specs = GAUSSIAN_MIXTURE

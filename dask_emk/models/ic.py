@@ -52,22 +52,29 @@ class GaussianMixtureIC(DensityMixin, ChunkedEstimator):
     Parameters
     ----------
     min_components : int, default=1
+        The smallest number of components tried.
     max_components : int, default=10
+        The largest number of components tried.
     covariance_type : str or list of str, default='full'
         One type, a list of types, or ``'all'``: scikit-learn's four
         ('full', 'tied', 'diag', 'spherical').
     criterion : {'bic', 'aic'}, default='bic'
     tol, reg_covar, max_iter, n_init, init_params : see GaussianMixture
         Given to every candidate.
-    random_state, split_every : optional, see GaussianMixture
+    random_state : int, RandomState or None
         One random state for all candidates (see above).
-    verbose, verbose_interval : see GaussianMixture
+    verbose, verbose_interval : int
+        Progress lines, as GaussianMixture's.
+    split_every : int, optional
+        Fan-in of the Dask tree reduction (32 when None).
     callback : callable, optional
         As GaussianMixture's, with the candidate as ``model``.
     accelerate : bool, default=False
         SQUAREM-accelerated EM for every candidate, see GaussianMixture.
-    nan_policy : see GaussianMixture
-    feature_dim, sample_dims : optional, see GaussianMixture
+    nan_policy : {'raise', 'omit', 'marginalize'}, default='raise'
+        NaN in X, as GaussianMixture's.
+    feature_dim, sample_dims : optional
+        The layout of xarray input, as GaussianMixture's.
 
     Attributes
     ----------
@@ -78,6 +85,18 @@ class GaussianMixtureIC(DensityMixin, ChunkedEstimator):
         The criterion of every candidate, over ``n_components`` × ``covariance_type``.
     n_features_in_ : int
     feature_names_in_ : ndarray, only for xarray input with feature labels
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(0)
+    >>> X = np.concatenate([rng.normal(0, 1, (100, 2)), rng.normal(8, 1, (100, 2))])
+    >>> from dask_emk import GaussianMixtureIC
+    >>> ic = GaussianMixtureIC(1, 4, covariance_type="all", random_state=0).fit(X)
+    >>> ic.n_components_, ic.covariance_type_
+    (2, 'spherical')
+    >>> ic.criteria_.dims, ic.criteria_.shape
+    (('n_components', 'covariance_type'), (4, 4))
     """
 
     _parameter_specs = GAUSSIAN_MIXTURE_IC
@@ -199,7 +218,7 @@ class GaussianMixtureIC(DensityMixin, ChunkedEstimator):
         return self._best().predict(X)
 
     def predict_proba(self, X):
-        """Responsibilities under the best model, shape (n_samples, n_components_)."""
+        """Return the responsibilities under the best model: (n_samples, ``n_components_``)."""
         return self._best().predict_proba(X)
 
     def score_samples(self, X):

@@ -127,6 +127,7 @@ class KMeans(NoTrainingDataInPickle, TransformerMixin, ClusterMixin, ChunkedEsti
     Parameters
     ----------
     n_clusters : int, default=8
+        The number of clusters K.
     init : {'k-means||', 'k-means++', 'random'} or array of shape (n_clusters, n_features)
         Seeding, see :mod:`dask_emk.models.seeding` (passes over the data: k-means||
         ``init_max_iter + 1``; k-means++ ``n_clusters + 1`` for lazy input;
@@ -135,17 +136,20 @@ class KMeans(NoTrainingDataInPickle, TransformerMixin, ClusterMixin, ChunkedEsti
         Number of seedings; the run with the lowest inertia is kept.
         'auto': 10 for 'random', else 1.
     max_iter : int, default=300
+        The most Lloyd iterations (passes over the data) per run.
     tol : float, default=1e-4
         Relative tolerance: stop when the squared centre shift is at most
         ``tol`` times the mean feature variance (taken from the first pass).
     random_state : int, RandomState or None
+        Seed of the seeding (an integer gives the same fit every time).
     oversampling_factor : float, default=2
-        k-means||: expected candidates per round, ℓ = factor × n_clusters.
+        The k-means|| candidates expected per round, ℓ = factor × n_clusters.
     init_max_iter : int, optional
-        k-means|| rounds (default 5).
+        The number of k-means|| rounds (default 5).
     split_every : int, optional
         Fan-in of the Dask tree reduction (32 when None).
     verbose : int, default=0
+        1 or more prints one line per iteration.
     callback : callable, optional
         ``callback(model, info)`` after every Lloyd iteration, for progress
         display and checkpoints; ``info`` is a dict with ``iteration``,
@@ -188,6 +192,21 @@ class KMeans(NoTrainingDataInPickle, TransformerMixin, ClusterMixin, ChunkedEsti
         Weight (count without sample weights) of each cluster.
     n_features_in_ : int
     feature_names_in_ : ndarray, only for xarray input with feature labels
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(0)
+    >>> X = np.concatenate([rng.normal(0, 1, (100, 2)), rng.normal(8, 1, (100, 2))])
+    >>> from dask_emk import KMeans
+    >>> km = KMeans(2, random_state=0).fit(X)
+    >>> km.cluster_centers_.round(1)
+    array([[ 7.9,  7.9],
+           [-0.1,  0.1]])
+    >>> km.predict([[0, 0], [9, 8]])
+    array([1, 0], dtype=int32)
+    >>> round(km.inertia_, 1)
+    393.3
     """
 
     _parameter_specs = KMEANS

@@ -91,6 +91,19 @@ class StandardScaler(
 
     Examples
     --------
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(0)
+    >>> X = np.concatenate([rng.normal(0, 1, (100, 2)), rng.normal(8, 1, (100, 2))])
+    >>> from dask_emk import StandardScaler
+    >>> scaler = StandardScaler().fit(X)
+    >>> scaler.mean_.round(2), scaler.scale_.round(2)
+    (array([3.9 , 4.02]), array([4.09, 4.05]))
+    >>> scaler.transform(X).std(axis=0).round(6)
+    array([1., 1.])
+
+    In a scikit-learn Pipeline on a gridded Dataset ``ds``, with the model's
+    parameters back in the data's units:
+
     >>> from sklearn.pipeline import Pipeline
     >>> pipe = Pipeline([("scale", StandardScaler()),
     ...                  ("gmm", GaussianMixture(3, nan_policy="omit"))])  # doctest: +SKIP
@@ -190,7 +203,7 @@ class StandardScaler(
 
     # ------------------------------------------------------------ transforms
     def transform(self, X):
-        """Standardise X: (x − mean_) / scale_, NaN staying NaN.
+        """Standardise X: ``(x − mean_) / scale_``, NaN staying NaN.
 
         Returns
         -------
@@ -200,7 +213,7 @@ class StandardScaler(
         return self._apply(X, inverse=False)
 
     def inverse_transform(self, X):
-        """Scale back to the data's units: x · scale_ + mean_ (same kinds as :meth:`transform`).
+        """Scale back to the data's units: ``x · scale_ + mean_`` (same kinds as :meth:`transform`).
 
         Also turns fitted means or centres (n_components, n_features) into
         the data's units.
@@ -240,11 +253,11 @@ class StandardScaler(
         """``model.to_xarray()`` in the data's units, for a model fitted on ``transform``'s output.
 
         Means and centres become ``means · scale_ + mean_``; covariances
-        S Σ S with S = diag(scale_) (a ``spherical`` covariance becomes a
+        S Σ S with ``S = diag(scale_)`` (a ``spherical`` covariance becomes a
         ``diag`` one, ``shared`` a diagonal ``tied`` one, recorded in the
         variable's ``covariance_type`` attribute); mean log-likelihoods
         (``lower_bound``) are densities in the data's units (shifted by
-        −Σ log scale_). ``inertia`` and weights stay as they are (inertia is
+        ``−Σ log scale_``). ``inertia`` and weights stay as they are (inertia is
         a distance in standardised units). The scaler's ``scaler_mean`` and
         ``scaler_scale`` are added.
 
@@ -278,8 +291,8 @@ class StandardScaler(
     def original_log_density(self, values):
         """Log densities of standardised data as densities in the data's units.
 
-        A density of z = (x − mean_) / scale_ is one of x times
-        Π 1 / scale_ (the Jacobian): log p(x) = log p(z) − Σ log scale_.
+        A density of ``z = (x − mean_) / scale_`` is one of x times
+        ``Π 1 / scale_`` (the Jacobian): ``log p(x) = log p(z) − Σ log scale_``.
         ``values``: a number or any array (``score_samples``, lower bounds).
         """
         check_is_fitted(self)
