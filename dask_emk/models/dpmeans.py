@@ -493,11 +493,37 @@ class DPMeans(NoTrainingDataInPickle, ClusterMixin, ChunkedEstimator):
     predict = KMeans.predict
 
     def fit_predict(self, X, y=None, sample_weight=None):
-        """Fit, then return ``labels_``."""
+        """Fit, then return ``labels_``.
+
+        Parameters
+        ----------
+        X : array-like, dask array, xarray Dataset or DataArray, zarr array or store path
+            Samples of the fitted features, shape (n_samples, n_features), or
+            gridded xarray data laid out as at fit.
+        y : None
+            Ignored (scikit-learn's signature).
+        sample_weight : array-like of shape (n_samples,), optional
+            Non-negative weights of the samples (gridded X: a DataArray on some of
+            its sample dims).
+
+        Returns
+        -------
+        ndarray or dask array of shape (n_samples,)
+            The nearest centre's index of each training sample (-1 for omitted rows): numpy for
+            numpy or pandas input; a lazy dask array for dask or zarr input; for xarray input a
+            lazy DataArray on its sample dims.
+        """
         return self.fit(X, sample_weight=sample_weight).labels_
 
     def to_xarray(self):
-        """The fitted model as an ``xarray.Dataset`` (see :func:`export.dpmeans_dataset`)."""
+        """The fitted model as an ``xarray.Dataset`` (see :func:`export.dpmeans_dataset`).
+
+        Returns
+        -------
+        xarray.Dataset
+            ``weights``, ``means`` and ``sizes`` along ``component``, the objective's
+            history along ``iteration``, the settings and fitted scalars as attributes.
+        """
         from dask_emk.models.export import dpmeans_dataset
 
         check_is_fitted(self, "cluster_centers_")

@@ -296,7 +296,23 @@ class GaussianMixture(DensityMixin, ChunkedEstimator):
     def fit_predict(self, X, y=None, sample_weight=None):
         """Fit, then return the most probable component of each sample.
 
-        Returns numpy labels for numpy input and lazy labels for lazy input.
+        Parameters
+        ----------
+        X : array-like, dask array, xarray Dataset or DataArray, zarr array or store path
+            Samples of the fitted features, shape (n_samples, n_features), or
+            gridded xarray data laid out as at fit.
+        y : None
+            Ignored (scikit-learn's signature).
+        sample_weight : array-like of shape (n_samples,), optional
+            Non-negative weights of the samples (gridded X: a DataArray on some of
+            its sample dims).
+
+        Returns
+        -------
+        ndarray or dask array of shape (n_samples,)
+            The most probable component of each training sample (-1 for omitted rows): numpy for
+            numpy or pandas input; a lazy dask array for dask or zarr input; for xarray input a
+            lazy DataArray on its sample dims.
         """
         self.fit(X, sample_weight=sample_weight)
         return self.predict(X)
@@ -558,18 +574,60 @@ class GaussianMixture(DensityMixin, ChunkedEstimator):
         return data.wrap_rows(out, extra_dim)
 
     def score_samples(self, X):
-        """Log-likelihood of each sample, shape (n_samples,); lazy for lazy input.
+        """Log-likelihood of each sample.
 
         Gridded xarray input gives a DataArray on its sample dims.
+
+        Parameters
+        ----------
+        X : array-like, dask array, xarray Dataset or DataArray, zarr array or store path
+            Samples of the fitted features, shape (n_samples, n_features), or
+            gridded xarray data laid out as at fit.
+
+        Returns
+        -------
+        ndarray or dask array of shape (n_samples,)
+            The log density log p(x) under the fitted mixture (NaN for omitted rows; with
+            ``nan_policy='marginalize'`` the density of the observed features);
+            numpy for numpy or pandas input; a lazy dask array for dask or zarr
+            input; for xarray input a lazy DataArray on its sample dims.
         """
         return self._rows(X, log_prob_rows)
 
     def predict(self, X):
-        """Most probable component of each sample, shape (n_samples,) (-1 where omitted)."""
+        """Most probable component of each sample.
+
+        Parameters
+        ----------
+        X : array-like, dask array, xarray Dataset or DataArray, zarr array or store path
+            Samples of the fitted features, shape (n_samples, n_features), or
+            gridded xarray data laid out as at fit.
+
+        Returns
+        -------
+        ndarray or dask array of shape (n_samples,)
+            The most probable component (-1 for omitted rows): numpy for numpy or pandas input;
+            a lazy dask array for dask or zarr input; for xarray input a lazy DataArray on its
+            sample dims.
+        """
         return self._rows(X, label_rows, dtype=np.int64)
 
     def predict_proba(self, X):
-        """Responsibilities, shape (n_samples, n_components)."""
+        """Return the responsibilities of the components for each sample.
+
+        Parameters
+        ----------
+        X : array-like, dask array, xarray Dataset or DataArray, zarr array or store path
+            Samples of the fitted features, shape (n_samples, n_features), or
+            gridded xarray data laid out as at fit.
+
+        Returns
+        -------
+        ndarray or dask array of shape (n_samples, n_components)
+            The responsibilities p(k | x), rows summing to 1 (NaN for omitted rows): numpy
+            for numpy or pandas input; a lazy dask array for dask or zarr input; for xarray
+            input a lazy DataArray on its sample dims (with a ``component`` dim).
+        """
         return self._rows(X, resp_rows, n_out=self.n_components, extra_dim="component")
 
     def impute(self, X):
@@ -579,6 +637,12 @@ class GaussianMixture(DensityMixin, ChunkedEstimator):
         (:func:`dask_emk.core.marginal.impute_rows`); observed entries are kept,
         a row with no observed feature gets the mixture mean. NaN is read as
         missing whatever ``nan_policy`` (±inf is an error).
+
+        Parameters
+        ----------
+        X : array-like, dask array, xarray Dataset or DataArray, zarr array or store path
+            Samples of the fitted features with NaN gaps, shape (n_samples,
+            n_features), or gridded xarray data laid out as at fit.
 
         Returns
         -------
@@ -600,7 +664,21 @@ class GaussianMixture(DensityMixin, ChunkedEstimator):
         return out
 
     def score(self, X, y=None):
-        """Mean log-likelihood of the samples in X (a float; computes lazy input)."""
+        """Mean log-likelihood of the samples in X.
+
+        Parameters
+        ----------
+        X : array-like, dask array, xarray Dataset or DataArray, zarr array or store path
+            Samples of the fitted features, shape (n_samples, n_features), or
+            gridded xarray data laid out as at fit.
+        y : None
+            Ignored (scikit-learn's signature).
+
+        Returns
+        -------
+        float
+            The mean of :meth:`score_samples`, computed (lazy input too).
+        """
         return self._mean_log_likelihood(X)[0]
 
     def _mean_log_likelihood(self, X) -> tuple[float, int]:
@@ -618,22 +696,53 @@ class GaussianMixture(DensityMixin, ChunkedEstimator):
         return int(cov_params + K * d + K - 1)
 
     def bic(self, X) -> float:
-        """Bayesian information criterion on X (lower is better)."""
+        """Bayesian information criterion on X (lower is better).
+
+        Parameters
+        ----------
+        X : array-like, dask array, xarray Dataset or DataArray, zarr array or store path
+            Samples of the fitted features, shape (n_samples, n_features), or
+            gridded xarray data laid out as at fit.
+
+        Returns
+        -------
+        float
+            −2 log L + p ln n, with p the model's free parameters (one pass).
+        """
         score, n = self._mean_log_likelihood(X)
         return -2 * score * n + self._n_parameters() * math.log(n)
 
     def aic(self, X) -> float:
-        """Akaike information criterion on X (lower is better)."""
+        """Akaike information criterion on X (lower is better).
+
+        Parameters
+        ----------
+        X : array-like, dask array, xarray Dataset or DataArray, zarr array or store path
+            Samples of the fitted features, shape (n_samples, n_features), or
+            gridded xarray data laid out as at fit.
+
+        Returns
+        -------
+        float
+            −2 log L + 2 p, with p the model's free parameters (one pass).
+        """
         score, n = self._mean_log_likelihood(X)
         return -2 * score * n + 2 * self._n_parameters()
 
     def sample(self, n_samples=1):
         """Draw samples from the fitted mixture (in memory).
 
+        Parameters
+        ----------
+        n_samples : int, default=1
+            The number of samples to draw.
+
         Returns
         -------
         X : ndarray of shape (n_samples, n_features)
+            The samples, grouped by component.
         y : ndarray of shape (n_samples,)
+            The component each sample was drawn from.
         """
         check_is_fitted(self)
         Integer(1).check("n_samples", n_samples)
@@ -649,7 +758,16 @@ class GaussianMixture(DensityMixin, ChunkedEstimator):
         return np.vstack(parts), labels
 
     def to_xarray(self):
-        """Parameters, lower bound history and fit settings as an xarray.Dataset."""
+        """Parameters, lower bound history and fit settings as an xarray.Dataset.
+
+        Returns
+        -------
+        xarray.Dataset
+            In the schema of docs/SCHEMA.md: ``weights``, ``means``,
+            ``covariances`` (dims by covariance type), ``history_lower_bound`` along
+            ``iteration``, every constructor parameter and fitted scalar as
+            attributes.
+        """
         from dask_emk.models.export import mixture_dataset
 
         check_is_fitted(self)

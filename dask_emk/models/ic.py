@@ -214,29 +214,114 @@ class GaussianMixtureIC(DensityMixin, ChunkedEstimator):
         return self.best_estimator_
 
     def predict(self, X):
-        """Most probable component of each sample under the best model."""
+        """Most probable component of each sample under the best model.
+
+        Parameters
+        ----------
+        X : array-like, dask array, xarray Dataset or DataArray, zarr array or store path
+            Samples of the fitted features, shape (n_samples, n_features), or
+            gridded xarray data laid out as at fit.
+
+        Returns
+        -------
+        ndarray or dask array of shape (n_samples,)
+            The most probable component (-1 for omitted rows): numpy for numpy or pandas input;
+            a lazy dask array for dask or zarr input; for xarray input a lazy DataArray on its
+            sample dims.
+        """
         return self._best().predict(X)
 
     def predict_proba(self, X):
-        """Return the responsibilities under the best model: (n_samples, ``n_components_``)."""
+        """Return the responsibilities under the best model.
+
+        Parameters
+        ----------
+        X : array-like, dask array, xarray Dataset or DataArray, zarr array or store path
+            Samples of the fitted features, shape (n_samples, n_features), or
+            gridded xarray data laid out as at fit.
+
+        Returns
+        -------
+        ndarray or dask array of shape (n_samples, ``n_components_``)
+            The responsibilities p(k | x) under ``best_estimator_``: numpy for numpy or
+            pandas input; a lazy dask array for dask or zarr input; for xarray input a lazy
+            DataArray on its sample dims.
+        """
         return self._best().predict_proba(X)
 
     def score_samples(self, X):
-        """Log-likelihood of each sample under the best model."""
+        """Log-likelihood of each sample under the best model.
+
+        Parameters
+        ----------
+        X : array-like, dask array, xarray Dataset or DataArray, zarr array or store path
+            Samples of the fitted features, shape (n_samples, n_features), or
+            gridded xarray data laid out as at fit.
+
+        Returns
+        -------
+        ndarray or dask array of shape (n_samples,)
+            Of the input's kind: numpy for numpy or pandas input; a lazy dask array for dask or zarr
+            input; for xarray input a lazy DataArray on its sample dims.
+        """
         return self._best().score_samples(X)
 
     def score(self, X, y=None):
-        """Mean log-likelihood of X under the best model."""
+        """Mean log-likelihood of X under the best model.
+
+        Parameters
+        ----------
+        X : array-like, dask array, xarray Dataset or DataArray, zarr array or store path
+            Samples of the fitted features, shape (n_samples, n_features), or
+            gridded xarray data laid out as at fit.
+        y : None
+            Ignored (scikit-learn's signature).
+
+        Returns
+        -------
+        float
+            Computed (lazy input too).
+        """
         return self._best().score(X)
 
     def bic(self, X) -> float:
-        """BIC of the best model on X."""
+        """BIC of the best model on X.
+
+        Parameters
+        ----------
+        X : array-like, dask array, xarray Dataset or DataArray, zarr array or store path
+            Samples of the fitted features, shape (n_samples, n_features), or
+            gridded xarray data laid out as at fit.
+
+        Returns
+        -------
+        float
+            −2 log L + p ln n (one pass).
+        """
         return self._best().bic(X)
 
     def aic(self, X) -> float:
-        """AIC of the best model on X."""
+        """AIC of the best model on X.
+
+        Parameters
+        ----------
+        X : array-like, dask array, xarray Dataset or DataArray, zarr array or store path
+            Samples of the fitted features, shape (n_samples, n_features), or
+            gridded xarray data laid out as at fit.
+
+        Returns
+        -------
+        float
+            −2 log L + 2 p (one pass).
+        """
         return self._best().aic(X)
 
     def to_xarray(self):
-        """The best model's :meth:`GaussianMixture.to_xarray`."""
+        """The best model's :meth:`GaussianMixture.to_xarray`.
+
+        Returns
+        -------
+        xarray.Dataset
+            The parameters and history of ``best_estimator_``.
+        """
         return self._best().to_xarray()

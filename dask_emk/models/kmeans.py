@@ -415,14 +415,38 @@ class KMeans(NoTrainingDataInPickle, TransformerMixin, ClusterMixin, ChunkedEsti
         return data.wrap_rows(labels)
 
     def predict(self, X):
-        """Index of the nearest centre of each sample, shape (n_samples,) (-1 where omitted).
+        """Index of the nearest centre of each sample.
 
-        numpy for numpy input, lazy (dask or xarray) for lazy input.
+        Parameters
+        ----------
+        X : array-like, dask array, xarray Dataset or DataArray, zarr array or store path
+            Samples of the fitted features, shape (n_samples, n_features), or
+            gridded xarray data laid out as at fit.
+
+        Returns
+        -------
+        ndarray or dask array of shape (n_samples,)
+            The nearest centre's index (-1 for omitted rows): numpy for numpy or pandas input; a
+            lazy dask array for dask or zarr input; for xarray input a lazy DataArray on its
+            sample dims.
         """
         return self._labels(validate_features(self, X, reset=False))
 
     def transform(self, X):
-        """Euclidean distance of each sample to each centre, (n_samples, n_clusters)."""
+        """Euclidean distance of each sample to each centre.
+
+        Parameters
+        ----------
+        X : array-like, dask array, xarray Dataset or DataArray, zarr array or store path
+            Samples of the fitted features, shape (n_samples, n_features), or
+            gridded xarray data laid out as at fit.
+
+        Returns
+        -------
+        ndarray or dask array of shape (n_samples, n_clusters)
+            Of the input's kind: numpy for numpy or pandas input; a lazy dask array for dask or zarr
+            input; for xarray input a lazy DataArray on its sample dims (with a ``component`` dim).
+        """
         return self._distances(validate_features(self, X, reset=False))
 
     def _distances(self, data: InputData):
@@ -440,7 +464,24 @@ class KMeans(NoTrainingDataInPickle, TransformerMixin, ClusterMixin, ChunkedEsti
         return data.wrap_rows(dist, extra_dim="component")
 
     def score(self, X, y=None, sample_weight=None) -> float:
-        """Opposite of the inertia of X at the fitted centres (one pass)."""
+        """Opposite of the inertia of X at the fitted centres (one pass).
+
+        Parameters
+        ----------
+        X : array-like, dask array, xarray Dataset or DataArray, zarr array or store path
+            Samples of the fitted features, shape (n_samples, n_features), or
+            gridded xarray data laid out as at fit.
+        y : None
+            Ignored (scikit-learn's signature).
+        sample_weight : array-like of shape (n_samples,), optional
+            Non-negative weights of the samples (gridded X: a DataArray on some of
+            its sample dims).
+
+        Returns
+        -------
+        float
+            −Σ w ‖x − μ‖², computed (lazy input too).
+        """
         return self._score(validate_features(self, X, reset=False), sample_weight)
 
     def _score(self, data: InputData, sample_weight) -> float:
@@ -452,15 +493,59 @@ class KMeans(NoTrainingDataInPickle, TransformerMixin, ClusterMixin, ChunkedEsti
         return -float(stats["inertia"])
 
     def fit_predict(self, X, y=None, sample_weight=None):
-        """Fit, then return ``labels_``."""
+        """Fit, then return ``labels_``.
+
+        Parameters
+        ----------
+        X : array-like, dask array, xarray Dataset or DataArray, zarr array or store path
+            Samples of the fitted features, shape (n_samples, n_features), or
+            gridded xarray data laid out as at fit.
+        y : None
+            Ignored (scikit-learn's signature).
+        sample_weight : array-like of shape (n_samples,), optional
+            Non-negative weights of the samples (gridded X: a DataArray on some of
+            its sample dims).
+
+        Returns
+        -------
+        ndarray or dask array of shape (n_samples,)
+            The nearest centre's index of each training sample (-1 for omitted rows): numpy for
+            numpy or pandas input; a lazy dask array for dask or zarr input; for xarray input a
+            lazy DataArray on its sample dims.
+        """
         return self.fit(X, sample_weight=sample_weight).labels_
 
     def fit_transform(self, X, y=None, sample_weight=None):
-        """Fit, then return the distances of X to the centres."""
+        """Fit, then return the distances of X to the centres.
+
+        Parameters
+        ----------
+        X : array-like, dask array, xarray Dataset or DataArray, zarr array or store path
+            Samples of the fitted features, shape (n_samples, n_features), or
+            gridded xarray data laid out as at fit.
+        y : None
+            Ignored (scikit-learn's signature).
+        sample_weight : array-like of shape (n_samples,), optional
+            Non-negative weights of the samples (gridded X: a DataArray on some of
+            its sample dims).
+
+        Returns
+        -------
+        ndarray or dask array of shape (n_samples, n_clusters)
+            Of the input's kind: numpy for numpy or pandas input; a lazy dask array for dask or zarr
+            input; for xarray input a lazy DataArray on its sample dims.
+        """
         return self.fit(X, sample_weight=sample_weight).transform(X)
 
     def to_xarray(self):
-        """The fitted model as an ``xarray.Dataset`` (see :func:`export.kmeans_dataset`)."""
+        """The fitted model as an ``xarray.Dataset`` (see :func:`export.kmeans_dataset`).
+
+        Returns
+        -------
+        xarray.Dataset
+            ``weights``, ``means`` and ``sizes`` along ``component``, the inertia's
+            history along ``iteration``, the settings and fitted scalars as attributes.
+        """
         from dask_emk.models.export import kmeans_dataset
 
         check_is_fitted(self, "cluster_centers_")

@@ -205,10 +205,17 @@ class StandardScaler(
     def transform(self, X):
         """Standardise X: ``(x − mean_) / scale_``, NaN staying NaN.
 
+        Parameters
+        ----------
+        X : array-like, dask array, xarray Dataset or DataArray, zarr array or store path
+            Samples of the fitted features, shape (n_samples, n_features), or
+            gridded xarray data laid out as at fit.
+
         Returns
         -------
-        The input's kind: ndarray (numpy or pandas input), a lazy dask array
-        (dask or zarr input), or xarray with X's dims and coordinates.
+        ndarray, dask array or xarray
+            The input's kind: ndarray (numpy or pandas input), a lazy dask array
+            (dask or zarr input), or xarray with X's dims and coordinates.
         """
         return self._apply(X, inverse=False)
 
@@ -217,6 +224,16 @@ class StandardScaler(
 
         Also turns fitted means or centres (n_components, n_features) into
         the data's units.
+
+        Parameters
+        ----------
+        X : array-like, dask array or xarray, shape (n_samples, n_features)
+            Standardised data, or fitted means or centres (n_components, n_features).
+
+        Returns
+        -------
+        ndarray, dask array or xarray
+            X in the data's units, of X's kind.
         """
         return self._apply(X, inverse=True)
 
@@ -293,7 +310,16 @@ class StandardScaler(
 
         A density of ``z = (x − mean_) / scale_`` is one of x times
         ``Π 1 / scale_`` (the Jacobian): ``log p(x) = log p(z) − Σ log scale_``.
-        ``values``: a number or any array (``score_samples``, lower bounds).
+
+        Parameters
+        ----------
+        values : float or array
+            Log densities of standardised data (``score_samples``, lower bounds).
+
+        Returns
+        -------
+        float or array
+            ``values − Σ log scale_``, of the kind of ``values``.
         """
         check_is_fitted(self)
         return values - float(np.log(self._offset_factor()[1]).sum())

@@ -200,6 +200,11 @@ def load_pipeline(path: str | Path) -> tuple[dict, str]:
     read from the package, its outputs go where its (relative) paths say,
     under the current directory.
 
+    Parameters
+    ----------
+    path : str or Path
+        A TOML file, or the name of a packaged pipeline (``quickstart``).
+
     Returns
     -------
     config : dict
@@ -233,6 +238,11 @@ def packaged_pipelines() -> dict[str, Path]:
 
     In a clone these files are links to the repository's ``pipelines/``, the
     one source of both.
+
+    Returns
+    -------
+    dict of str to Path
+        The files, by name, sorted.
     """
     folder = resources.files("dask_emk") / PACKAGED_PIPELINES
     if not folder.is_dir():
@@ -263,6 +273,18 @@ def not_utf8(what: str, exc: UnicodeDecodeError) -> PipelineError:
 
 def validate(raw: dict, source: str = "pipeline") -> dict:
     """Check a pipeline dict and return a copy with defaults filled in.
+
+    Parameters
+    ----------
+    raw : dict
+        The pipeline's sections, as read from TOML.
+    source : str
+        The pipeline's name in error messages (its file, or ``dask-emk fit``).
+
+    Returns
+    -------
+    dict
+        Every section and field, defaults filled in.
 
     Raises
     ------

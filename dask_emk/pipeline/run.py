@@ -65,6 +65,8 @@ def run_pipeline(
 
     Parameters
     ----------
+    cfg : dict
+        The validated pipeline.
     toml_text : str, optional
         The pipeline file's text, stored verbatim in the results' attributes.
     resume : bool
@@ -77,6 +79,11 @@ def run_pipeline(
     results_name : str
         How the user named the results path (``--out`` for ``dask-emk fit``),
         for the messages that refuse it.
+
+    Returns
+    -------
+    Path or str
+        The results store's path (or URL).
     """
     with storage_options(locations_options(cfg)):
         return _run_pipeline(cfg, toml_text, resume, echo, verbose, results_name)
