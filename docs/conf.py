@@ -55,7 +55,9 @@ numpydoc_validation_checks = {
     "RT03",  # a return value without description (``self`` of fit, impute, sample)
 }
 # scikit-learn's own docstrings of inherited methods
-numpydoc_validation_exclude = {r"\.(AnnealedGaussianMixture|StandardScaler)\.fit_transform$"}
+numpydoc_validation_exclude = {
+    r"\.(AnnealedGaussianMixture|DPMeans|StandardScaler)\.fit_transform$",
+}
 
 sphinx_gallery_conf = {
     "examples_dirs": "examples",

@@ -591,8 +591,8 @@ class AnnealedGaussianMixture(
     >>> an.means_.round(1)
     array([[ 7.9,  7.9],
            [-0.1,  0.1]])
-    >>> an.predict([[0, 0], [9, 8]])
-    array([1, 0], dtype=int32)
+    >>> an.predict([[0, 0], [9, 8]]).tolist()
+    [1, 0]
     """
 
     _parameter_specs = ANNEALED_GAUSSIAN_MIXTURE

@@ -183,8 +183,8 @@ class GaussianMixture(DensityMixin, ChunkedEstimator):
     >>> gm.means_.round(1)
     array([[ 7.9,  7.9],
            [-0.1,  0.1]])
-    >>> gm.predict([[0, 0], [9, 8]])
-    array([1, 0])
+    >>> gm.predict([[0, 0], [9, 8]]).tolist()
+    [1, 0]
 
     Dask (or xarray) input gives lazy output, computed when asked for:
 
@@ -192,8 +192,8 @@ class GaussianMixture(DensityMixin, ChunkedEstimator):
     >>> labels = gm.predict(da.from_array(X, chunks=(50, 2)))
     >>> labels.shape, labels.chunks
     ((200,), ((50, 50, 50, 50),))
-    >>> labels[:3].compute()
-    array([1, 1, 1])
+    >>> labels[:3].compute().tolist()
+    [1, 1, 1]
     """
 
     _parameter_specs = GAUSSIAN_MIXTURE

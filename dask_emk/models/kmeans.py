@@ -203,8 +203,8 @@ class KMeans(NoTrainingDataInPickle, TransformerMixin, ClusterMixin, ChunkedEsti
     >>> km.cluster_centers_.round(1)
     array([[ 7.9,  7.9],
            [-0.1,  0.1]])
-    >>> km.predict([[0, 0], [9, 8]])
-    array([1, 0], dtype=int32)
+    >>> km.predict([[0, 0], [9, 8]]).tolist()
+    [1, 0]
     >>> round(km.inertia_, 1)
     393.3
     """
