@@ -51,8 +51,6 @@ numpydoc_validation_checks = {
     "ES01",  # no extended summary (one-line method docstrings)
     "EX01",  # no Examples section (every estimator has one; methods do not)
     "SA01",  # no See Also section
-    "PR07",  # a parameter without description (``y : ignored`` of fit, generate's functions)
-    "RT03",  # a return value without description (``self`` of fit, impute, sample)
 }
 # scikit-learn's own docstrings of inherited methods
 numpydoc_validation_exclude = {

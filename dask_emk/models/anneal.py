@@ -848,13 +848,18 @@ class AnnealedGaussianMixture(
 
         Parameters
         ----------
-        X : array-like or lazy array of shape (n_samples, n_features)
+        X : array-like, dask array, xarray Dataset or DataArray, zarr array or store path
+            Samples of the fitted features, shape (n_samples, n_features), or
+            gridded xarray data laid out as at fit.
         sigma2 : float, optional
             Default ``sigma2_``; small values give near one-hot rows.
 
         Returns
         -------
-        ndarray of shape (n_samples, n_components); lazy for lazy input.
+        ndarray or dask array of shape (n_samples, n_components)
+            Of the input's kind: numpy for numpy or pandas input; a lazy dask
+            array for dask or zarr input; for xarray input a lazy DataArray on
+            its sample dims.
         """
         data = validate_features(self, X, reset=False)
         sigma2 = self.sigma2_ if sigma2 is None else sigma2

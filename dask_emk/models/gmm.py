@@ -646,9 +646,10 @@ class GaussianMixture(DensityMixin, ChunkedEstimator):
 
         Returns
         -------
-        ndarray or dask array of shape (n_samples, n_features), X's dtype:
-        numpy for numpy input, lazy for lazy input; for xarray input a
-        DataArray on the input's sample dims with a ``feature`` dim.
+        ndarray or dask array of shape (n_samples, n_features)
+            X filled, in X's dtype: numpy for numpy input, lazy for lazy input;
+            for xarray input a DataArray on the input's sample dims with a
+            ``feature`` dim.
         """
         check_is_fitted(self)
         options = {**input_options(self), "nan_policy": "marginalize"}

@@ -147,13 +147,15 @@ class StandardScaler(
         ----------
         X : array-like, dask array, xarray Dataset or DataArray, zarr array or store path
             Shape (n_samples, n_features), or gridded xarray data.
-        y : ignored
+        y : None
+            Ignored (scikit-learn's signature).
         sample_weight : array-like of shape (n_samples,), optional
             Weights of the samples (for gridded X a DataArray on its sample dims).
 
         Returns
         -------
         self
+            The fitted scaler.
 
         Raises
         ------
@@ -286,6 +288,8 @@ class StandardScaler(
         Returns
         -------
         xarray.Dataset
+            The model's parameters in the data's units, with ``scaler_mean``
+            and ``scaler_scale``.
         """
         check_is_fitted(self)
         check_is_fitted(model)
