@@ -353,6 +353,18 @@ def checked_xarray(X, missing_chunks: str = "raise"):
     value instead (NaN for xarray's float variables), the choice for a store
     written without empty chunks; the estimators keep that choice (their
     own check passes over reads already wrapped).
+
+    Parameters
+    ----------
+    X : xarray.Dataset or xarray.DataArray
+        Opened lazily from a zarr store (``xarray.open_zarr``).
+    missing_chunks : {'raise', 'fill'}, default='raise'
+        A missing chunk file is an error naming it, or read as the fill value.
+
+    Returns
+    -------
+    xarray.Dataset or xarray.DataArray
+        X with every read of a zarr-backed variable checked.
     """
     check_missing_chunks(missing_chunks)
     if isinstance(X, xr.Dataset):

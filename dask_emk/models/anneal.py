@@ -489,7 +489,7 @@ class AnnealedGaussianMixture(
     n_components : int
         Number of clusters K.
     cooling : float, default=0.8
-        σ² is multiplied by this factor per step (0 < cooling < 1), after
+        The factor σ² is multiplied by per step (0 < cooling < 1), after
         jumping to the next critical variance when nothing split.
     sigma2_start : float, optional
         First σ²; default 1.05 × λ_max of the weighted data covariance.
@@ -580,6 +580,19 @@ class AnnealedGaussianMixture(
         ``inertia``, ``candidates``, ``moved``, ``predicted``, ``change`` and,
         for a pass that moved rows, ``accepted``.
     n_features_in_ : int
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(0)
+    >>> X = np.concatenate([rng.normal(0, 1, (100, 2)), rng.normal(8, 1, (100, 2))])
+    >>> from dask_emk import AnnealedGaussianMixture
+    >>> an = AnnealedGaussianMixture(2, random_state=0).fit(X)
+    >>> an.means_.round(1)
+    array([[ 7.9,  7.9],
+           [-0.1,  0.1]])
+    >>> an.predict([[0, 0], [9, 8]]).tolist()
+    [1, 0]
     """
 
     _parameter_specs = ANNEALED_GAUSSIAN_MIXTURE
@@ -749,39 +762,107 @@ class AnnealedGaussianMixture(
 
     # -------------------------------------------------------- prediction
     def predict(self, X):
-        """Index of the nearest centre, shape (n_samples,); lazy for lazy input."""
+        """Index of the nearest centre of each sample.
+
+        Parameters
+        ----------
+        X : array-like, dask array, xarray Dataset or DataArray, zarr array or store path
+            Samples of the fitted features, shape (n_samples, n_features), or
+            gridded xarray data laid out as at fit.
+
+        Returns
+        -------
+        ndarray or dask array of shape (n_samples,)
+            The nearest centre's index (-1 for omitted rows): numpy for numpy or pandas input; a
+            lazy dask array for dask or zarr input; for xarray input a lazy DataArray on its
+            sample dims.
+        """
         data = validate_features(self, X, reset=False)  # NotFittedError before kmeans_
         return self.kmeans_._labels(data)
 
     def transform(self, X):
-        """Euclidean distances to the centres, shape (n_samples, n_components)."""
+        """Euclidean distances of the samples to the centres.
+
+        Parameters
+        ----------
+        X : array-like, dask array, xarray Dataset or DataArray, zarr array or store path
+            Samples of the fitted features, shape (n_samples, n_features), or
+            gridded xarray data laid out as at fit.
+
+        Returns
+        -------
+        ndarray or dask array of shape (n_samples, n_components)
+            Of the input's kind: numpy for numpy or pandas input; a lazy dask array for dask or zarr
+            input; for xarray input a lazy DataArray on its sample dims (with a ``component`` dim).
+        """
         data = validate_features(self, X, reset=False)
         return self.kmeans_._distances(data)
 
     def score(self, X, y=None, sample_weight=None) -> float:
-        """Opposite of the inertia of X at the centres (one pass)."""
+        """Opposite of the inertia of X at the centres (one pass).
+
+        Parameters
+        ----------
+        X : array-like, dask array, xarray Dataset or DataArray, zarr array or store path
+            Samples of the fitted features, shape (n_samples, n_features), or
+            gridded xarray data laid out as at fit.
+        y : None
+            Ignored (scikit-learn's signature).
+        sample_weight : array-like of shape (n_samples,), optional
+            Non-negative weights of the samples (gridded X: a DataArray on some of
+            its sample dims).
+
+        Returns
+        -------
+        float
+            −Σ w ‖x − μ‖² over the samples, computed (lazy input too).
+        """
         data = validate_features(self, X, reset=False)
         return self.kmeans_._score(data, sample_weight)
 
     def fit_predict(self, X, y=None, sample_weight=None):
-        """Fit, then return ``labels_``."""
+        """Fit, then return ``labels_``.
+
+        Parameters
+        ----------
+        X : array-like, dask array, xarray Dataset or DataArray, zarr array or store path
+            Samples of the fitted features, shape (n_samples, n_features), or
+            gridded xarray data laid out as at fit.
+        y : None
+            Ignored (scikit-learn's signature).
+        sample_weight : array-like of shape (n_samples,), optional
+            Non-negative weights of the samples (gridded X: a DataArray on some of
+            its sample dims).
+
+        Returns
+        -------
+        ndarray or dask array of shape (n_samples,)
+            The nearest centre's index of each training sample (-1 for omitted rows): numpy for
+            numpy or pandas input; a lazy dask array for dask or zarr input; for xarray input a
+            lazy DataArray on its sample dims.
+        """
         return self.fit(X, sample_weight=sample_weight).labels_
 
     def predict_proba(self, X, sigma2: float | None = None):
-        """Responsibilities of the shared-σ² mixture at ``sigma2``.
+        """Return the responsibilities of the shared-σ² mixture at ``sigma2``.
 
         r_ik ∝ π_k exp(−‖x_i − μ_k‖² / (2σ²)) with the fitted ``means_`` and
         ``weights_``.
 
         Parameters
         ----------
-        X : array-like or lazy array of shape (n_samples, n_features)
+        X : array-like, dask array, xarray Dataset or DataArray, zarr array or store path
+            Samples of the fitted features, shape (n_samples, n_features), or
+            gridded xarray data laid out as at fit.
         sigma2 : float, optional
             Default ``sigma2_``; small values give near one-hot rows.
 
         Returns
         -------
-        ndarray of shape (n_samples, n_components); lazy for lazy input.
+        ndarray or dask array of shape (n_samples, n_components)
+            Of the input's kind: numpy for numpy or pandas input; a lazy dask
+            array for dask or zarr input; for xarray input a lazy DataArray on
+            its sample dims.
         """
         data = validate_features(self, X, reset=False)
         sigma2 = self.sigma2_ if sigma2 is None else sigma2
@@ -801,6 +882,14 @@ class AnnealedGaussianMixture(
         return data.wrap_rows(out, extra_dim="component")
 
     def to_xarray(self) -> xr.Dataset:
-        """Final means, weights, sizes and fit settings (the path is ``path_``)."""
+        """Final means, weights, sizes and fit settings (the path is ``path_``).
+
+        Returns
+        -------
+        xarray.Dataset
+            In the schema of docs/SCHEMA.md: ``weights(component)``,
+            ``means(component, feature)``, ``sizes(component)`` and the settings as
+            attributes.
+        """
         check_is_fitted(self, "means_")
         return anneal_dataset(self)

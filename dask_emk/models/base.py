@@ -54,7 +54,8 @@ class ChunkedEstimator(BaseEstimator):
         X : array-like, dask array, xarray Dataset or DataArray, zarr array or store path
             Shape (n_samples, n_features), or gridded xarray data
             (:func:`dask_emk.engine.inputs.as_input`).
-        y : ignored
+        y : None
+            Ignored (scikit-learn's signature).
         sample_weight : array-like of shape (n_samples,), optional
             Non-negative weights of the samples, used in every pass (seeding,
             iterations and the objective); for gridded X a DataArray on (some
@@ -64,6 +65,7 @@ class ChunkedEstimator(BaseEstimator):
         Returns
         -------
         self
+            The fitted estimator.
         """
         validate_params(self)
         data = self._fit_input(X)

@@ -307,8 +307,9 @@ class DPMeans(
     Parameters
     ----------
     penalty : float, optional
-        λ > 0, in squared data units: a row farther than √λ from every centre
-        opens a cluster (with weights: min(w, 1) ‖x − μ‖² > λ). At most one
+        The price of a cluster, λ > 0, in squared data units: a row farther
+        than √λ from every centre opens a cluster (with weights:
+        min(w, 1) ‖x − μ‖² > λ). At most one
         of ``penalty`` and ``n_clusters``; with neither, λ is the data's
         spread Σ w ‖x − x̄‖² / Σ w (n_features on standardised data).
     n_clusters : int, optional
@@ -350,8 +351,8 @@ class DPMeans(
 
     Attributes
     ----------
-    cluster_centers_ : ndarray of shape (n_clusters_, n_features)
-        In the data's float dtype.
+    cluster_centers_ : ndarray of shape (K, n_features)
+        In the data's float dtype; K is ``n_clusters_``.
     labels_ : ndarray (numpy input) or lazy dask array / xarray.DataArray
         Nearest centre of each training sample (lazy ones are left out when
         the model is pickled, as :class:`dask_emk.KMeans`'s).
@@ -368,7 +369,7 @@ class DPMeans(
         The objective at the start of every iteration of that run (never increasing).
     n_clusters_history_ : list of int
         The number of centres each of those iterations started with.
-    cluster_weights_ : ndarray of shape (n_clusters_,)
+    cluster_weights_ : ndarray of shape (K,)
         Weight (count without sample weights) of each cluster.
     penalty_search_ : list of dict
         Every run of the fit: ``penalty``, ``n_clusters``, ``n_iter``,
@@ -380,6 +381,19 @@ class DPMeans(
         Passes over the data during ``fit`` (``labels_`` excluded).
     n_features_in_ : int
     feature_names_in_ : ndarray, only for xarray input with feature labels
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(0)
+    >>> X = np.concatenate([rng.normal(0, 1, (100, 2)), rng.normal(8, 1, (100, 2))])
+    >>> from dask_emk import DPMeans
+    >>> dp = DPMeans(n_clusters=2).fit(X)  # λ searched for K = 2
+    >>> dp.n_clusters_
+    2
+    >>> dp.cluster_centers_.round(1)
+    array([[-0.1,  0.1],
+           [ 7.9,  7.9]])
     """
 
     _parameter_specs = DPMEANS
@@ -642,20 +656,59 @@ class DPMeans(
     _transform = KMeans._transform
 
     def transform(self, X):
-        """Euclidean distance of each sample to each centre, (n_samples, n_clusters_).
+        """Euclidean distance of each sample to each centre.
 
         As :meth:`KMeans.transform`: columns ``dpmeans0``, ``dpmeans1``, ...
         (``get_feature_names_out``), a table under ``set_output`` for numpy
         or pandas input, lazy for lazy input.
+
+        Parameters
+        ----------
+        X : array-like, dask array, xarray Dataset or DataArray, zarr array or store path
+            Samples of the fitted features, shape (n_samples, n_features), or
+            gridded xarray data laid out as at fit.
+
+        Returns
+        -------
+        ndarray or dask array of shape (n_samples, ``n_clusters_``)
+            Of the input's kind: numpy for numpy or pandas input; a lazy dask array
+            for dask or zarr input; for xarray input a lazy DataArray on its sample
+            dims (with a ``component`` dim).
         """
         return self._transform(X)
 
     def fit_predict(self, X, y=None, sample_weight=None):
-        """Fit, then return ``labels_``."""
+        """Fit, then return ``labels_``.
+
+        Parameters
+        ----------
+        X : array-like, dask array, xarray Dataset or DataArray, zarr array or store path
+            Samples of the fitted features, shape (n_samples, n_features), or
+            gridded xarray data laid out as at fit.
+        y : None
+            Ignored (scikit-learn's signature).
+        sample_weight : array-like of shape (n_samples,), optional
+            Non-negative weights of the samples (gridded X: a DataArray on some of
+            its sample dims).
+
+        Returns
+        -------
+        ndarray or dask array of shape (n_samples,)
+            The nearest centre's index of each training sample (-1 for omitted rows): numpy for
+            numpy or pandas input; a lazy dask array for dask or zarr input; for xarray input a
+            lazy DataArray on its sample dims.
+        """
         return self.fit(X, sample_weight=sample_weight).labels_
 
     def to_xarray(self):
-        """The fitted model as an ``xarray.Dataset`` (see :func:`export.dpmeans_dataset`)."""
+        """The fitted model as an ``xarray.Dataset`` (see :func:`export.dpmeans_dataset`).
+
+        Returns
+        -------
+        xarray.Dataset
+            ``weights``, ``means`` and ``sizes`` along ``component``, the objective's
+            history along ``iteration``, the settings and fitted scalars as attributes.
+        """
         from dask_emk.models.export import dpmeans_dataset
 
         check_is_fitted(self, "cluster_centers_")

@@ -124,6 +124,7 @@ class GaussianMixture(DensityMixin, ChunkedEstimator):
     Parameters
     ----------
     n_components : int, default=1
+        The number of mixture components K.
     covariance_type : {'full', 'tied', 'diag', 'spherical', 'shared'}, default='full'
         ``'shared'``: one spherical variance σ² for all components
         (``covariances_`` is a 0-d array); see ``variance``.
@@ -133,7 +134,11 @@ class GaussianMixture(DensityMixin, ChunkedEstimator):
     reg_covar : float, default=1e-6
         Added to the diagonal of every covariance.
     max_iter : int, default=100
+        The most EM iterations (passes over the data) per initialisation;
+        0 returns the initial parameters.
     n_init : int, default=1
+        Initialisations to run (in shared passes); the one of highest lower
+        bound is kept.
     init_params : {'kmeans', 'k-means||', 'k-means++', 'random', 'random_from_data'}
         Default 'kmeans'.
         How responsibilities are initialised. ``'kmeans'`` runs
@@ -148,7 +153,10 @@ class GaussianMixture(DensityMixin, ChunkedEstimator):
         User-provided initial parameters (scikit-learn shapes; ``'shared'``
         takes a scalar precision).
     random_state : int, RandomState or None
+        Seed of the initialisations (an integer gives the same fit every time).
     warm_start : bool, default=False
+        Start from the previous fit's parameters (same ``n_components``,
+        ``covariance_type`` and features) instead of a new initialisation.
     verbose : int, default=0
         > 0: print scikit-learn's progress lines ("Initialization i", then
         "  Iteration n" every ``verbose_interval`` iterations, then
@@ -156,6 +164,7 @@ class GaussianMixture(DensityMixin, ChunkedEstimator):
         the time taken, the change of the lower bound and the final lower
         bound. Runs batched together say which run a line is of.
     verbose_interval : int, default=10
+        Iterations between progress lines with ``verbose=2``.
     variance : float, optional
         With ``covariance_type='shared'``: fix σ² to this value instead of
         learning it (annealing and hard k-means limits).
@@ -210,6 +219,30 @@ class GaussianMixture(DensityMixin, ChunkedEstimator):
         The lower bound of every iteration of the best initialisation.
     n_features_in_ : int
     feature_names_in_ : ndarray, only for xarray input with feature labels
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(0)
+    >>> X = np.concatenate([rng.normal(0, 1, (100, 2)), rng.normal(8, 1, (100, 2))])
+    >>> from dask_emk import GaussianMixture
+    >>> gm = GaussianMixture(2, random_state=0).fit(X)
+    >>> gm.weights_.round(2)
+    array([0.5, 0.5])
+    >>> gm.means_.round(1)
+    array([[ 7.9,  7.9],
+           [-0.1,  0.1]])
+    >>> gm.predict([[0, 0], [9, 8]]).tolist()
+    [1, 0]
+
+    Dask (or xarray) input gives lazy output, computed when asked for:
+
+    >>> import dask.array as da
+    >>> labels = gm.predict(da.from_array(X, chunks=(50, 2)))
+    >>> labels.shape, labels.chunks
+    ((200,), ((50, 50, 50, 50),))
+    >>> labels[:3].compute().tolist()
+    [1, 1, 1]
     """
 
     _parameter_specs = GAUSSIAN_MIXTURE
@@ -312,7 +345,23 @@ class GaussianMixture(DensityMixin, ChunkedEstimator):
     def fit_predict(self, X, y=None, sample_weight=None):
         """Fit, then return the most probable component of each sample.
 
-        Returns numpy labels for numpy input and lazy labels for lazy input.
+        Parameters
+        ----------
+        X : array-like, dask array, xarray Dataset or DataArray, zarr array or store path
+            Samples of the fitted features, shape (n_samples, n_features), or
+            gridded xarray data laid out as at fit.
+        y : None
+            Ignored (scikit-learn's signature).
+        sample_weight : array-like of shape (n_samples,), optional
+            Non-negative weights of the samples (gridded X: a DataArray on some of
+            its sample dims).
+
+        Returns
+        -------
+        ndarray or dask array of shape (n_samples,)
+            The most probable component of each training sample (-1 for omitted rows): numpy for
+            numpy or pandas input; a lazy dask array for dask or zarr input; for xarray input a
+            lazy DataArray on its sample dims.
         """
         self.fit(X, sample_weight=sample_weight)
         return self.predict(X)
@@ -571,18 +620,60 @@ class GaussianMixture(DensityMixin, ChunkedEstimator):
         return data.wrap_rows(out, extra_dim)
 
     def score_samples(self, X):
-        """Log-likelihood of each sample, shape (n_samples,); lazy for lazy input.
+        """Log-likelihood of each sample.
 
         Gridded xarray input gives a DataArray on its sample dims.
+
+        Parameters
+        ----------
+        X : array-like, dask array, xarray Dataset or DataArray, zarr array or store path
+            Samples of the fitted features, shape (n_samples, n_features), or
+            gridded xarray data laid out as at fit.
+
+        Returns
+        -------
+        ndarray or dask array of shape (n_samples,)
+            The log density log p(x) under the fitted mixture (NaN for omitted rows; with
+            ``nan_policy='marginalize'`` the density of the observed features);
+            numpy for numpy or pandas input; a lazy dask array for dask or zarr
+            input; for xarray input a lazy DataArray on its sample dims.
         """
         return self._rows(X, log_prob_rows)
 
     def predict(self, X):
-        """Most probable component of each sample, shape (n_samples,) (-1 where omitted)."""
+        """Most probable component of each sample.
+
+        Parameters
+        ----------
+        X : array-like, dask array, xarray Dataset or DataArray, zarr array or store path
+            Samples of the fitted features, shape (n_samples, n_features), or
+            gridded xarray data laid out as at fit.
+
+        Returns
+        -------
+        ndarray or dask array of shape (n_samples,)
+            The most probable component (-1 for omitted rows): numpy for numpy or pandas input;
+            a lazy dask array for dask or zarr input; for xarray input a lazy DataArray on its
+            sample dims.
+        """
         return self._rows(X, label_rows, dtype=LABEL_DTYPE)
 
     def predict_proba(self, X):
-        """Responsibilities, shape (n_samples, n_components)."""
+        """Return the responsibilities of the components for each sample.
+
+        Parameters
+        ----------
+        X : array-like, dask array, xarray Dataset or DataArray, zarr array or store path
+            Samples of the fitted features, shape (n_samples, n_features), or
+            gridded xarray data laid out as at fit.
+
+        Returns
+        -------
+        ndarray or dask array of shape (n_samples, n_components)
+            The responsibilities p(k | x), rows summing to 1 (NaN for omitted rows): numpy
+            for numpy or pandas input; a lazy dask array for dask or zarr input; for xarray
+            input a lazy DataArray on its sample dims (with a ``component`` dim).
+        """
         return self._rows(X, resp_rows, n_out=self.n_components, extra_dim="component")
 
     def impute(self, X):
@@ -593,11 +684,18 @@ class GaussianMixture(DensityMixin, ChunkedEstimator):
         a row with no observed feature gets the mixture mean. NaN is read as
         missing whatever ``nan_policy`` (±inf is an error).
 
+        Parameters
+        ----------
+        X : array-like, dask array, xarray Dataset or DataArray, zarr array or store path
+            Samples of the fitted features with NaN gaps, shape (n_samples,
+            n_features), or gridded xarray data laid out as at fit.
+
         Returns
         -------
-        ndarray or dask array of shape (n_samples, n_features), X's dtype:
-        numpy for numpy input, lazy for lazy input; for xarray input a
-        DataArray on the input's sample dims with a ``feature`` dim.
+        ndarray or dask array of shape (n_samples, n_features)
+            X filled, in X's dtype: numpy for numpy input, lazy for lazy input;
+            for xarray input a DataArray on the input's sample dims with a
+            ``feature`` dim.
         """
         check_is_fitted(self)
         options = {**input_options(self), "nan_policy": "marginalize"}
@@ -613,7 +711,21 @@ class GaussianMixture(DensityMixin, ChunkedEstimator):
         return out
 
     def score(self, X, y=None):
-        """Mean log-likelihood of the samples in X (a float; computes lazy input)."""
+        """Mean log-likelihood of the samples in X.
+
+        Parameters
+        ----------
+        X : array-like, dask array, xarray Dataset or DataArray, zarr array or store path
+            Samples of the fitted features, shape (n_samples, n_features), or
+            gridded xarray data laid out as at fit.
+        y : None
+            Ignored (scikit-learn's signature).
+
+        Returns
+        -------
+        float
+            The mean of :meth:`score_samples`, computed (lazy input too).
+        """
         return self._mean_log_likelihood(X)[0]
 
     def _mean_log_likelihood(self, X) -> tuple[float, int]:
@@ -632,21 +744,51 @@ class GaussianMixture(DensityMixin, ChunkedEstimator):
         return int(cov_params + K * d + K - 1)
 
     def bic(self, X) -> float:
-        """Bayesian information criterion on X (lower is better)."""
+        """Bayesian information criterion on X (lower is better).
+
+        Parameters
+        ----------
+        X : array-like, dask array, xarray Dataset or DataArray, zarr array or store path
+            Samples of the fitted features, shape (n_samples, n_features), or
+            gridded xarray data laid out as at fit.
+
+        Returns
+        -------
+        float
+            −2 log L + p ln n, with p the model's free parameters (one pass).
+        """
         score, n = self._mean_log_likelihood(X)
         return -2 * score * n + self._n_parameters() * math.log(n)
 
     def aic(self, X) -> float:
-        """Akaike information criterion on X (lower is better)."""
+        """Akaike information criterion on X (lower is better).
+
+        Parameters
+        ----------
+        X : array-like, dask array, xarray Dataset or DataArray, zarr array or store path
+            Samples of the fitted features, shape (n_samples, n_features), or
+            gridded xarray data laid out as at fit.
+
+        Returns
+        -------
+        float
+            −2 log L + 2 p, with p the model's free parameters (one pass).
+        """
         score, n = self._mean_log_likelihood(X)
         return -2 * score * n + 2 * self._n_parameters()
 
     def sample(self, n_samples=1):
         """Draw samples from the fitted mixture (in memory).
 
+        Parameters
+        ----------
+        n_samples : int, default=1
+            The number of samples to draw.
+
         Returns
         -------
         X : ndarray of shape (n_samples, n_features)
+            The samples, grouped by component.
         y : ndarray of shape (n_samples,), int32
             The component of each sample (labels are int32 everywhere).
         """
@@ -664,7 +806,16 @@ class GaussianMixture(DensityMixin, ChunkedEstimator):
         return np.vstack(parts), labels
 
     def to_xarray(self):
-        """Parameters, lower bound history and fit settings as an xarray.Dataset."""
+        """Parameters, lower bound history and fit settings as an xarray.Dataset.
+
+        Returns
+        -------
+        xarray.Dataset
+            In the schema of docs/SCHEMA.md: ``weights``, ``means``,
+            ``covariances`` (dims by covariance type), ``history_lower_bound`` along
+            ``iteration``, every constructor parameter and fitted scalar as
+            attributes.
+        """
         from dask_emk.models.export import mixture_dataset
 
         check_is_fitted(self)

@@ -52,22 +52,29 @@ class GaussianMixtureIC(DensityMixin, ChunkedEstimator):
     Parameters
     ----------
     min_components : int, default=1
+        The smallest number of components tried.
     max_components : int, default=10
+        The largest number of components tried.
     covariance_type : str or list of str, default='full'
         One type, a list of types, or ``'all'``: scikit-learn's four
         ('full', 'tied', 'diag', 'spherical').
     criterion : {'bic', 'aic'}, default='bic'
     tol, reg_covar, max_iter, n_init, init_params : see GaussianMixture
         Given to every candidate.
-    random_state, split_every : optional, see GaussianMixture
+    random_state : int, RandomState or None
         One random state for all candidates (see above).
-    verbose, verbose_interval : see GaussianMixture
+    verbose, verbose_interval : int
+        Progress lines, as GaussianMixture's.
+    split_every : int, optional
+        Fan-in of the Dask tree reduction (32 when None).
     callback : callable, optional
         As GaussianMixture's, with the candidate as ``model``.
     accelerate : bool, default=False
         SQUAREM-accelerated EM for every candidate, see GaussianMixture.
-    nan_policy : see GaussianMixture
-    feature_dim, sample_dims : optional, see GaussianMixture
+    nan_policy : {'raise', 'omit', 'marginalize'}, default='raise'
+        NaN in X, as GaussianMixture's.
+    feature_dim, sample_dims : optional
+        The layout of xarray input, as GaussianMixture's.
 
     Attributes
     ----------
@@ -78,6 +85,18 @@ class GaussianMixtureIC(DensityMixin, ChunkedEstimator):
         The criterion of every candidate, over ``n_components`` × ``covariance_type``.
     n_features_in_ : int
     feature_names_in_ : ndarray, only for xarray input with feature labels
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(0)
+    >>> X = np.concatenate([rng.normal(0, 1, (100, 2)), rng.normal(8, 1, (100, 2))])
+    >>> from dask_emk import GaussianMixtureIC
+    >>> ic = GaussianMixtureIC(1, 4, covariance_type="all", random_state=0).fit(X)
+    >>> ic.n_components_, ic.covariance_type_
+    (2, 'spherical')
+    >>> ic.criteria_.dims, ic.criteria_.shape
+    (('n_components', 'covariance_type'), (4, 4))
     """
 
     _parameter_specs = GAUSSIAN_MIXTURE_IC
@@ -195,29 +214,114 @@ class GaussianMixtureIC(DensityMixin, ChunkedEstimator):
         return self.best_estimator_
 
     def predict(self, X):
-        """Most probable component of each sample under the best model."""
+        """Most probable component of each sample under the best model.
+
+        Parameters
+        ----------
+        X : array-like, dask array, xarray Dataset or DataArray, zarr array or store path
+            Samples of the fitted features, shape (n_samples, n_features), or
+            gridded xarray data laid out as at fit.
+
+        Returns
+        -------
+        ndarray or dask array of shape (n_samples,)
+            The most probable component (-1 for omitted rows): numpy for numpy or pandas input;
+            a lazy dask array for dask or zarr input; for xarray input a lazy DataArray on its
+            sample dims.
+        """
         return self._best().predict(X)
 
     def predict_proba(self, X):
-        """Responsibilities under the best model, shape (n_samples, n_components_)."""
+        """Return the responsibilities under the best model.
+
+        Parameters
+        ----------
+        X : array-like, dask array, xarray Dataset or DataArray, zarr array or store path
+            Samples of the fitted features, shape (n_samples, n_features), or
+            gridded xarray data laid out as at fit.
+
+        Returns
+        -------
+        ndarray or dask array of shape (n_samples, ``n_components_``)
+            The responsibilities p(k | x) under ``best_estimator_``: numpy for numpy or
+            pandas input; a lazy dask array for dask or zarr input; for xarray input a lazy
+            DataArray on its sample dims.
+        """
         return self._best().predict_proba(X)
 
     def score_samples(self, X):
-        """Log-likelihood of each sample under the best model."""
+        """Log-likelihood of each sample under the best model.
+
+        Parameters
+        ----------
+        X : array-like, dask array, xarray Dataset or DataArray, zarr array or store path
+            Samples of the fitted features, shape (n_samples, n_features), or
+            gridded xarray data laid out as at fit.
+
+        Returns
+        -------
+        ndarray or dask array of shape (n_samples,)
+            Of the input's kind: numpy for numpy or pandas input; a lazy dask array for dask or zarr
+            input; for xarray input a lazy DataArray on its sample dims.
+        """
         return self._best().score_samples(X)
 
     def score(self, X, y=None):
-        """Mean log-likelihood of X under the best model."""
+        """Mean log-likelihood of X under the best model.
+
+        Parameters
+        ----------
+        X : array-like, dask array, xarray Dataset or DataArray, zarr array or store path
+            Samples of the fitted features, shape (n_samples, n_features), or
+            gridded xarray data laid out as at fit.
+        y : None
+            Ignored (scikit-learn's signature).
+
+        Returns
+        -------
+        float
+            Computed (lazy input too).
+        """
         return self._best().score(X)
 
     def bic(self, X) -> float:
-        """BIC of the best model on X."""
+        """BIC of the best model on X.
+
+        Parameters
+        ----------
+        X : array-like, dask array, xarray Dataset or DataArray, zarr array or store path
+            Samples of the fitted features, shape (n_samples, n_features), or
+            gridded xarray data laid out as at fit.
+
+        Returns
+        -------
+        float
+            −2 log L + p ln n (one pass).
+        """
         return self._best().bic(X)
 
     def aic(self, X) -> float:
-        """AIC of the best model on X."""
+        """AIC of the best model on X.
+
+        Parameters
+        ----------
+        X : array-like, dask array, xarray Dataset or DataArray, zarr array or store path
+            Samples of the fitted features, shape (n_samples, n_features), or
+            gridded xarray data laid out as at fit.
+
+        Returns
+        -------
+        float
+            −2 log L + 2 p (one pass).
+        """
         return self._best().aic(X)
 
     def to_xarray(self):
-        """The best model's :meth:`GaussianMixture.to_xarray`."""
+        """The best model's :meth:`GaussianMixture.to_xarray`.
+
+        Returns
+        -------
+        xarray.Dataset
+            The parameters and history of ``best_estimator_``.
+        """
         return self._best().to_xarray()

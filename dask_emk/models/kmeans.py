@@ -138,6 +138,7 @@ class KMeans(
     Parameters
     ----------
     n_clusters : int, default=8
+        The number of clusters K.
     init : {'k-means||', 'k-means++', 'random'}, callable or array of shape (n_clusters, n_features)
         Seeding, see :mod:`dask_emk.models.seeding` (passes over the data: k-means||
         ``init_max_iter + 2``; k-means++ ``n_clusters + 1``; random one). Its
@@ -153,12 +154,14 @@ class KMeans(
         Number of seedings; the run with the lowest inertia is kept.
         'auto': 10 for 'random' or a callable, else 1 (as scikit-learn).
     max_iter : int, default=300
+        The most Lloyd iterations (passes over the data) per run.
     tol : float, default=1e-4
         Relative tolerance: stop when the squared centre shift is at most
         ``tol`` times the mean feature variance (taken from the first pass).
     random_state : int, RandomState or None
+        Seed of the seeding (an integer gives the same fit every time).
     copy_x : bool, default=True
-        scikit-learn's: whether X may be modified in place during the fit.
+        Whether X may be modified in place during the fit (scikit-learn's).
         X is never modified here (blocks are shifted in copies), so both
         values give the same fit.
     algorithm : {'lloyd', 'elkan'}, default='lloyd'
@@ -169,9 +172,9 @@ class KMeans(
         gives the same centres and labels). As scikit-learn, 'elkan' with
         one cluster warns.
     oversampling_factor : float, default=2
-        k-means||: expected candidates per round, ℓ = factor × n_clusters.
+        The k-means|| candidates expected per round, ℓ = factor × n_clusters.
     init_max_iter : int, optional
-        k-means|| rounds (default 5).
+        The number of k-means|| rounds (default 5).
     split_every : int, optional
         Fan-in of the Dask tree reduction (32 when None).
     verbose : int, default=0
@@ -220,6 +223,21 @@ class KMeans(
         Weight (count without sample weights) of each cluster.
     n_features_in_ : int
     feature_names_in_ : ndarray, only for xarray input with feature labels
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(0)
+    >>> X = np.concatenate([rng.normal(0, 1, (100, 2)), rng.normal(8, 1, (100, 2))])
+    >>> from dask_emk import KMeans
+    >>> km = KMeans(2, random_state=0).fit(X)
+    >>> km.cluster_centers_.round(1)
+    array([[ 7.9,  7.9],
+           [-0.1,  0.1]])
+    >>> km.predict([[0, 0], [9, 8]]).tolist()
+    [1, 0]
+    >>> round(km.inertia_, 1)
+    393.3
     """
 
     _parameter_specs = KMEANS
@@ -476,16 +494,38 @@ class KMeans(
         return data.wrap_rows(labels)
 
     def predict(self, X):
-        """Index of the nearest centre of each sample, shape (n_samples,) (-1 where omitted).
+        """Index of the nearest centre of each sample.
 
-        numpy for numpy input, lazy (dask or xarray) for lazy input.
+        Parameters
+        ----------
+        X : array-like, dask array, xarray Dataset or DataArray, zarr array or store path
+            Samples of the fitted features, shape (n_samples, n_features), or
+            gridded xarray data laid out as at fit.
+
+        Returns
+        -------
+        ndarray or dask array of shape (n_samples,)
+            The nearest centre's index (-1 for omitted rows): numpy for numpy or pandas input; a
+            lazy dask array for dask or zarr input; for xarray input a lazy DataArray on its
+            sample dims.
         """
         return self._labels(validate_features(self, X, reset=False))
 
     def transform(self, X):
-        """Euclidean distance of each sample to each centre, (n_samples, n_clusters).
+        """Euclidean distance of each sample to each centre.
 
-        numpy for numpy input (a table under ``set_output``), lazy for lazy input.
+        Parameters
+        ----------
+        X : array-like, dask array, xarray Dataset or DataArray, zarr array or store path
+            Samples of the fitted features, shape (n_samples, n_features), or
+            gridded xarray data laid out as at fit.
+
+        Returns
+        -------
+        ndarray or dask array of shape (n_samples, n_clusters)
+            Of the input's kind: numpy for numpy or pandas input (a table under
+            ``set_output``); a lazy dask array for dask or zarr input; for xarray
+            input a lazy DataArray on its sample dims (with a ``component`` dim).
         """
         return self._transform(X)
 
@@ -508,7 +548,24 @@ class KMeans(
         return data.wrap_rows(dist, extra_dim="component")
 
     def score(self, X, y=None, sample_weight=None) -> float:
-        """Opposite of the inertia of X at the fitted centres (one pass)."""
+        """Opposite of the inertia of X at the fitted centres (one pass).
+
+        Parameters
+        ----------
+        X : array-like, dask array, xarray Dataset or DataArray, zarr array or store path
+            Samples of the fitted features, shape (n_samples, n_features), or
+            gridded xarray data laid out as at fit.
+        y : None
+            Ignored (scikit-learn's signature).
+        sample_weight : array-like of shape (n_samples,), optional
+            Non-negative weights of the samples (gridded X: a DataArray on some of
+            its sample dims).
+
+        Returns
+        -------
+        float
+            −Σ w ‖x − μ‖², computed (lazy input too).
+        """
         return self._score(validate_features(self, X, reset=False), sample_weight)
 
     def _score(self, data: InputData, sample_weight) -> float:
@@ -520,15 +577,59 @@ class KMeans(
         return -float(stats["inertia"])
 
     def fit_predict(self, X, y=None, sample_weight=None):
-        """Fit, then return ``labels_``."""
+        """Fit, then return ``labels_``.
+
+        Parameters
+        ----------
+        X : array-like, dask array, xarray Dataset or DataArray, zarr array or store path
+            Samples of the fitted features, shape (n_samples, n_features), or
+            gridded xarray data laid out as at fit.
+        y : None
+            Ignored (scikit-learn's signature).
+        sample_weight : array-like of shape (n_samples,), optional
+            Non-negative weights of the samples (gridded X: a DataArray on some of
+            its sample dims).
+
+        Returns
+        -------
+        ndarray or dask array of shape (n_samples,)
+            The nearest centre's index of each training sample (-1 for omitted rows): numpy for
+            numpy or pandas input; a lazy dask array for dask or zarr input; for xarray input a
+            lazy DataArray on its sample dims.
+        """
         return self.fit(X, sample_weight=sample_weight).labels_
 
     def fit_transform(self, X, y=None, sample_weight=None):
-        """Fit, then return the distances of X to the centres."""
+        """Fit, then return the distances of X to the centres.
+
+        Parameters
+        ----------
+        X : array-like, dask array, xarray Dataset or DataArray, zarr array or store path
+            Samples of the fitted features, shape (n_samples, n_features), or
+            gridded xarray data laid out as at fit.
+        y : None
+            Ignored (scikit-learn's signature).
+        sample_weight : array-like of shape (n_samples,), optional
+            Non-negative weights of the samples (gridded X: a DataArray on some of
+            its sample dims).
+
+        Returns
+        -------
+        ndarray or dask array of shape (n_samples, n_clusters)
+            Of the input's kind: numpy for numpy or pandas input; a lazy dask array for dask or zarr
+            input; for xarray input a lazy DataArray on its sample dims.
+        """
         return self.fit(X, sample_weight=sample_weight)._transform(X)
 
     def to_xarray(self):
-        """The fitted model as an ``xarray.Dataset`` (see :func:`export.kmeans_dataset`)."""
+        """The fitted model as an ``xarray.Dataset`` (see :func:`export.kmeans_dataset`).
+
+        Returns
+        -------
+        xarray.Dataset
+            ``weights``, ``means`` and ``sizes`` along ``component``, the inertia's
+            history along ``iteration``, the settings and fitted scalars as attributes.
+        """
         from dask_emk.models.export import kmeans_dataset
 
         check_is_fitted(self, "cluster_centers_")

@@ -91,6 +91,19 @@ class StandardScaler(
 
     Examples
     --------
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(0)
+    >>> X = np.concatenate([rng.normal(0, 1, (100, 2)), rng.normal(8, 1, (100, 2))])
+    >>> from dask_emk import StandardScaler
+    >>> scaler = StandardScaler().fit(X)
+    >>> scaler.mean_.round(2), scaler.scale_.round(2)
+    (array([3.9 , 4.02]), array([4.09, 4.05]))
+    >>> scaler.transform(X).std(axis=0).round(6)
+    array([1., 1.])
+
+    In a scikit-learn Pipeline on a gridded Dataset ``ds``, with the model's
+    parameters back in the data's units:
+
     >>> from sklearn.pipeline import Pipeline
     >>> pipe = Pipeline([("scale", StandardScaler()),
     ...                  ("gmm", GaussianMixture(3, nan_policy="omit"))])  # doctest: +SKIP
@@ -134,13 +147,15 @@ class StandardScaler(
         ----------
         X : array-like, dask array, xarray Dataset or DataArray, zarr array or store path
             Shape (n_samples, n_features), or gridded xarray data.
-        y : ignored
+        y : None
+            Ignored (scikit-learn's signature).
         sample_weight : array-like of shape (n_samples,), optional
             Weights of the samples (for gridded X a DataArray on its sample dims).
 
         Returns
         -------
         self
+            The fitted scaler.
 
         Raises
         ------
@@ -190,20 +205,37 @@ class StandardScaler(
 
     # ------------------------------------------------------------ transforms
     def transform(self, X):
-        """Standardise X: (x − mean_) / scale_, NaN staying NaN.
+        """Standardise X: ``(x − mean_) / scale_``, NaN staying NaN.
+
+        Parameters
+        ----------
+        X : array-like, dask array, xarray Dataset or DataArray, zarr array or store path
+            Samples of the fitted features, shape (n_samples, n_features), or
+            gridded xarray data laid out as at fit.
 
         Returns
         -------
-        The input's kind: ndarray (numpy or pandas input), a lazy dask array
-        (dask or zarr input), or xarray with X's dims and coordinates.
+        ndarray, dask array or xarray
+            The input's kind: ndarray (numpy or pandas input), a lazy dask array
+            (dask or zarr input), or xarray with X's dims and coordinates.
         """
         return self._apply(X, inverse=False)
 
     def inverse_transform(self, X):
-        """Scale back to the data's units: x · scale_ + mean_ (same kinds as :meth:`transform`).
+        """Scale back to the data's units: ``x · scale_ + mean_`` (same kinds as :meth:`transform`).
 
         Also turns fitted means or centres (n_components, n_features) into
         the data's units.
+
+        Parameters
+        ----------
+        X : array-like, dask array or xarray, shape (n_samples, n_features)
+            Standardised data, or fitted means or centres (n_components, n_features).
+
+        Returns
+        -------
+        ndarray, dask array or xarray
+            X in the data's units, of X's kind.
         """
         return self._apply(X, inverse=True)
 
@@ -240,11 +272,11 @@ class StandardScaler(
         """``model.to_xarray()`` in the data's units, for a model fitted on ``transform``'s output.
 
         Means and centres become ``means · scale_ + mean_``; covariances
-        S Σ S with S = diag(scale_) (a ``spherical`` covariance becomes a
+        S Σ S with ``S = diag(scale_)`` (a ``spherical`` covariance becomes a
         ``diag`` one, ``shared`` a diagonal ``tied`` one, recorded in the
         variable's ``covariance_type`` attribute); mean log-likelihoods
         (``lower_bound``) are densities in the data's units (shifted by
-        −Σ log scale_). ``inertia`` and weights stay as they are (inertia is
+        ``−Σ log scale_``). ``inertia`` and weights stay as they are (inertia is
         a distance in standardised units). The scaler's ``scaler_mean`` and
         ``scaler_scale`` are added.
 
@@ -256,6 +288,8 @@ class StandardScaler(
         Returns
         -------
         xarray.Dataset
+            The model's parameters in the data's units, with ``scaler_mean``
+            and ``scaler_scale``.
         """
         check_is_fitted(self)
         check_is_fitted(model)
@@ -278,9 +312,18 @@ class StandardScaler(
     def original_log_density(self, values):
         """Log densities of standardised data as densities in the data's units.
 
-        A density of z = (x − mean_) / scale_ is one of x times
-        Π 1 / scale_ (the Jacobian): log p(x) = log p(z) − Σ log scale_.
-        ``values``: a number or any array (``score_samples``, lower bounds).
+        A density of ``z = (x − mean_) / scale_`` is one of x times
+        ``Π 1 / scale_`` (the Jacobian): ``log p(x) = log p(z) − Σ log scale_``.
+
+        Parameters
+        ----------
+        values : float or array
+            Log densities of standardised data (``score_samples``, lower bounds).
+
+        Returns
+        -------
+        float or array
+            ``values − Σ log scale_``, of the kind of ``values``.
         """
         check_is_fitted(self)
         return values - float(np.log(self._offset_factor()[1]).sum())

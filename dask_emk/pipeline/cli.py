@@ -209,7 +209,8 @@ def generate(out, n, d, k, chunk_rows, seed, dtype, separation, grid, grid_chunk
 @click.option("--no-plots", is_flag=True, help="Skip the PNG figures.")
 @_fail_cleanly
 def run(pipeline, scheduler, resume, quiet, no_plots) -> None:
-    """Run a PIPELINE.toml (see pipelines/README.md)."""
+    """Run a PIPELINE.toml (see pipelines/README.md), or an example shipped with
+    dask-emk by name: quickstart, faithful, photo, large."""
     cfg, text = load_pipeline(pipeline)
     _run(cfg, text, scheduler, resume, quiet, no_plots, "output.results")
 

@@ -15,6 +15,7 @@ import hashlib
 import importlib
 import json
 import tomllib
+from importlib import resources
 from pathlib import Path
 
 from dask_emk.engine.options import MISSING_CHUNKS, NAN_POLICIES
@@ -222,12 +223,26 @@ TOP_FIELDS |= {"scheduler": TABLE, "output": TABLE, "preprocess": TABLE}
 RESULT_SECTIONS = ("input", "preprocess", "anneal", "model")
 
 
+#: Folder of the example pipelines inside the package (``dask-emk run quickstart``).
+PACKAGED_PIPELINES = "pipelines"
+
+
 class PipelineError(ValueError):
     """A pipeline definition that cannot run; the message says what to fix."""
 
 
 def load_pipeline(path: str | Path) -> tuple[dict, str]:
-    """Read and validate a pipeline TOML file.
+    """Read and validate a pipeline TOML file, or a packaged pipeline by name.
+
+    ``path`` may name a pipeline shipped with dask-emk (``quickstart``,
+    :func:`packaged_pipelines`) when no such file exists: its input files are
+    read from the package, its outputs go where its (relative) paths say,
+    under the current directory.
+
+    Parameters
+    ----------
+    path : str or Path
+        A TOML file, or the name of a packaged pipeline (``quickstart``).
 
     Returns
     -------
@@ -237,11 +252,14 @@ def load_pipeline(path: str | Path) -> tuple[dict, str]:
         The file's text, kept verbatim in the results' attributes.
     """
     path = Path(path)
+    packaged = packaged_pipelines().get(str(path)) if not path.exists() else None
     try:
-        text = path.read_text(encoding="utf-8-sig")  # a BOM (Windows editors) is dropped
+        text = (packaged or path).read_text(encoding="utf-8-sig")  # a BOM is dropped
     except OSError as exc:
+        names = ", ".join(packaged_pipelines())
         raise PipelineError(
-            f"cannot read pipeline {path}: {exc.strerror}; check the path."
+            f"cannot read pipeline {path}: {exc.strerror}; check the path "
+            f"(or name a packaged pipeline: {names})."
         ) from None
     except UnicodeDecodeError as exc:  # TOML is UTF-8 by definition
         raise not_utf8(f"pipeline {path}", exc) from None
@@ -249,7 +267,39 @@ def load_pipeline(path: str | Path) -> tuple[dict, str]:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise PipelineError(f"{path}: invalid TOML: {exc}; fix the syntax.") from None
+    if packaged is not None:
+        _packaged_inputs(raw.get("input"))
     return validate(raw, source=str(path)), text
+
+
+def packaged_pipelines() -> dict[str, Path]:
+    """The example pipelines shipped in the package: name (``quickstart``) -> file.
+
+    In a clone these files are links to the repository's ``pipelines/``, the
+    one source of both.
+
+    Returns
+    -------
+    dict of str to Path
+        The files, by name, sorted.
+    """
+    folder = resources.files("dask_emk") / PACKAGED_PIPELINES
+    if not folder.is_dir():
+        return {}
+    files = (Path(str(f)) for f in folder.iterdir() if f.name.endswith(".toml"))
+    return {f.stem: f for f in sorted(files)}
+
+
+def _packaged_inputs(inputs) -> None:
+    """Point a packaged pipeline's relative input files at the package's copies
+    (``data/faithful.csv``); outputs stay relative to the current directory."""
+    if not isinstance(inputs, dict):
+        return  # validate() reports it
+    root = Path(str(resources.files("dask_emk")))
+    for key in ("csv", "store"):
+        value = inputs.get(key)
+        if isinstance(value, str) and not Path(value).is_absolute() and (root / value).exists():
+            inputs[key] = str(root / value)
 
 
 def not_utf8(what: str, exc: UnicodeDecodeError) -> PipelineError:
@@ -262,6 +312,18 @@ def not_utf8(what: str, exc: UnicodeDecodeError) -> PipelineError:
 
 def validate(raw: dict, source: str = "pipeline") -> dict:
     """Check a pipeline dict and return a copy with defaults filled in.
+
+    Parameters
+    ----------
+    raw : dict
+        The pipeline's sections, as read from TOML.
+    source : str
+        The pipeline's name in error messages (its file, or ``dask-emk fit``).
+
+    Returns
+    -------
+    dict
+        Every section and field, defaults filled in.
 
     Raises
     ------

@@ -278,10 +278,12 @@ def plot_path(model_or_dataset, ax=None):
     model_or_dataset : AnnealedGaussianMixture or xarray.Dataset
         A fitted model or its ``path_`` (the results group ``anneal_path``).
     ax : matplotlib Axes, optional
+        Where to draw (default: a new figure's).
 
     Returns
     -------
     matplotlib Axes
+        The axes drawn on.
     """
     plt = require_matplotlib()
     path = _path_of(model_or_dataset)

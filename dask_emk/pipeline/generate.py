@@ -50,13 +50,16 @@ def random_mixture(n_features: int, n_components: int, *, separation: float = 6.
     Parameters
     ----------
     n_features, n_components : int
+        The dimension d and the number of components K.
     separation : float
         Scale of the spread of the means relative to unit-scale covariances.
     seed : int
+        Seed of the draws.
 
     Returns
     -------
-    MixtureTruth with weights (K,), means (K, d), covariances (K, d, d).
+    MixtureTruth
+        With weights (K,), means (K, d), covariances (K, d, d).
     """
     rng = np.random.default_rng(seed)
     weights = rng.dirichlet(np.full(n_components, 5.0))
@@ -93,12 +96,16 @@ def write_mixture_zarr(
 
     Parameters
     ----------
-    path : path (or object-store URL) of the store to create
+    path : str or os.PathLike
+        Path (or object-store URL) of the store to create.
     n_samples : int
+        Rows to draw.
     truth : MixtureTruth
+        The mixture to draw from (:func:`random_mixture`).
     chunk_rows : int
         Rows per zarr chunk (and per block generated).
     dtype : {'float32', 'float64'}
+        The stored rows' dtype.
     seed : int
         Each chunk draws from its own stream spawned from this seed, so the
         data do not depend on how many chunks are written at once.
@@ -108,7 +115,8 @@ def write_mixture_zarr(
 
     Returns
     -------
-    Path (URL) of the finished store.
+    Path or str
+        Path (URL) of the finished store.
 
     Notes
     -----
@@ -238,17 +246,24 @@ def write_grid_zarr(
 
     Parameters
     ----------
-    path : path (or object-store URL) of the store to create
-    shape : (time, lat, lon) sizes
+    path : str or os.PathLike
+        Path (or object-store URL) of the store to create.
+    shape : tuple of int
+        The (time, lat, lon) sizes.
     truth : MixtureTruth
         Means (K, d) and covariances (K, d, d) of the regimes (weights unused).
-    chunks : (time, lat, lon) chunk sizes; default one time step per chunk
-    land, gaps : fractions in [0, 1)
-    dtype, seed, overwrite : as :func:`write_mixture_zarr`
+    chunks : tuple of int, optional
+        The (time, lat, lon) chunk sizes; default one time step per chunk.
+    land, gaps : float
+        Fractions in [0, 1): of (lat, lon) points that are land, of the other
+        points with one variable NaN.
+    dtype, seed, overwrite : str, int, bool
+        As :func:`write_mixture_zarr`'s.
 
     Returns
     -------
-    Path (URL) of the finished store.
+    Path or str
+        Path (URL) of the finished store.
     """
     chunks = chunks or (1, shape[1], shape[2])
     if not (0 <= land < 1 and 0 <= gaps < 1):

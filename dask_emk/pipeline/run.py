@@ -1,10 +1,11 @@
 """Run a validated pipeline: input → (anneal) → model → results store → figures.
 
 Order matters for "a failed run writes nothing": everything that can be
-checked without computing (config, matplotlib, the input store, the
-scheduler spec, every output path against the rule of :mod:`dask_emk.pipeline.outputs`)
-is checked first; then the results path is locked and the leftovers of an
-interrupted run are cleaned up; then the scheduler is started or reached, and
+checked without computing (config, matplotlib: missing, it is a warning and
+no plots; the input store, the scheduler spec, every output path against the
+rule of :mod:`dask_emk.pipeline.outputs`) is checked first; then the results
+path is locked and the leftovers of an interrupted run are cleaned up; then
+the scheduler is started or reached, and
 only then is data generated or results written.
 """
 
@@ -70,6 +71,8 @@ def run_pipeline(
 
     Parameters
     ----------
+    cfg : dict
+        The validated pipeline.
     toml_text : str, optional
         The pipeline file's text, stored verbatim in the results' attributes.
     resume : bool
@@ -82,6 +85,11 @@ def run_pipeline(
     results_name : str
         How the user named the results path (``--out`` for ``dask-emk fit``),
         for the messages that refuse it.
+
+    Returns
+    -------
+    Path or str
+        The results store's path (or URL).
     """
     with storage_options(locations_options(cfg)):
         return _run_pipeline(cfg, toml_text, resume, echo, verbose, results_name)
@@ -109,7 +117,12 @@ def locations_options(cfg: dict) -> dict[str, dict | None]:
 def _run_pipeline(cfg, toml_text, resume, echo, verbose, results_name) -> Path | str:
     out = cfg["output"]
     if out["plots"]:
-        figures.require_matplotlib()
+        try:
+            figures.require_matplotlib()
+        except figures.MissingMatplotlib as exc:  # plots are extras: the fit still runs
+            echo(f"warning: skipping the plots: {exc}")
+            out = {**out, "plots": False}
+            cfg = {**cfg, "output": out}
     checked = check_input(cfg["input"])
     if checked is not None:
         _map_slice(out, checked)
