@@ -80,8 +80,9 @@ def plain_tables() -> list[str]:
 
 def estimator_table(title: str, estimator, names: dict, fields: dict) -> list[str]:
     specs = config.field_specs(estimator, names)
-    docs = estimator_docs(estimator)
-    path = f"{estimator.__module__.rsplit('.', 2)[0]}.{estimator.__name__}"
+    cls = estimator.load() if isinstance(estimator, config.LazyEstimator) else estimator
+    docs = estimator_docs(cls)
+    path = f"{cls.__module__.rsplit('.', 2)[0]}.{cls.__name__}"
     rows = []
     for key, (kind, default) in fields.items():
         param = names.get(key, key)
