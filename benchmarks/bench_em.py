@@ -60,7 +60,7 @@ def make_overlap(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 def pair_counter(force_dense: bool):
     """Force the dense E-step or not; yields {rows, pairs} the sparse path evaluated."""
     seen = {"rows": 0, "pairs": 0}
-    real, real_force = mixture.sparse_plan, mixture.FORCE_DENSE
+    real, real_force = sparse.sparse_plan, mixture.FORCE_DENSE
 
     def counting(X, params, *rest):
         plan = real(X, params, *rest)
@@ -68,11 +68,11 @@ def pair_counter(force_dense: bool):
         seen["pairs"] += params.means.shape[0] * X.shape[0] if plan is None else plan.rows.size
         return plan
 
-    mixture.sparse_plan, mixture.FORCE_DENSE = counting, force_dense
+    sparse.sparse_plan, mixture.FORCE_DENSE = counting, force_dense
     try:
         yield seen
     finally:
-        mixture.sparse_plan, mixture.FORCE_DENSE = real, real_force
+        sparse.sparse_plan, mixture.FORCE_DENSE = real, real_force
 
 
 def init_kwargs(covariance_type: str, means: np.ndarray) -> dict:

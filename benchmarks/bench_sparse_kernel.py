@@ -76,7 +76,7 @@ def fitted_params(X, means, covariance_type: str, iters: int) -> mixture.Mixture
 def counted_estep(X, params, force_dense: bool) -> tuple[float, float, float]:
     """(seconds, fraction of pairs evaluated, fraction of rows on the dense path)."""
     seen = {"rows": 0, "pairs": 0, "dense": 0}
-    real = mixture.sparse_plan
+    real = sparse.sparse_plan
 
     def counting(Xs, p, *rest):
         plan = real(Xs, p, *rest)
@@ -88,13 +88,13 @@ def counted_estep(X, params, force_dense: bool) -> tuple[float, float, float]:
             seen["pairs"] += plan.rows.size
         return plan
 
-    mixture.sparse_plan, mixture.FORCE_DENSE = counting, force_dense
+    sparse.sparse_plan, mixture.FORCE_DENSE = counting, force_dense
     try:
         start = time.thread_time()
-        mixture.estep_stats(X, None, params)
+        estep.estep_stats(X, None, params)
         seconds = time.thread_time() - start
     finally:
-        mixture.sparse_plan, mixture.FORCE_DENSE = real, False
+        sparse.sparse_plan, mixture.FORCE_DENSE = real, False
     K = params.means.shape[0]
     rows = max(seen["rows"], 1)
     return seconds, seen["pairs"] / (rows * K), seen["dense"] / rows
@@ -116,9 +116,9 @@ def main() -> None:
     )
     args = parser.parse_args()
     if args.exact:
-        mixture.EXACT_FEATURES = 10**9
+        sparse.EXACT_FEATURES = 10**9
     if args.no_fallback:
-        mixture.DENSE_FRACTION = dict.fromkeys(mixture.DENSE_FRACTION, 1.0)
+        sparse.DENSE_FRACTION = dict.fromkeys(sparse.DENSE_FRACTION, 1.0)
     with open("/proc/loadavg") as f:
         print(f"load {f.read().split()[:3]}, one BLAS thread, block of {args.n} rows")
     print(f"{'data':8s} {'type':9s} {'stage':5s} {'pairs':>6s} {'dense rows':>10s} "
