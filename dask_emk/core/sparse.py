@@ -441,8 +441,9 @@ def _screened_bounds(
 
     Unlike :func:`_exact_bounds` no shifted copy of X and no (K, n)
     log-densities are formed (timings: benchmarks/RESULTS.md, session 7).
-    Where every sub-block went float64 the candidates keep their ℓ̂, the dense E-step's arithmetic; otherwise
-    :func:`pair_log_densities` computes them (a float32 ℓ̂ is not exact).
+    Where every sub-block went float64 the candidates keep their ℓ̂, the
+    dense E-step's arithmetic; otherwise :func:`pair_log_densities` computes
+    them (a float32 ℓ̂ is not exact).
     """
     K, d = params.means.shape
     n = X.shape[0]
