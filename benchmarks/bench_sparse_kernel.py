@@ -29,7 +29,7 @@ from sklearn.datasets import load_digits
 from threadpoolctl import threadpool_limits
 
 from dask_emk import GaussianMixture
-from dask_emk.core import estep, mixture, sparse
+from dask_emk.core import candidates, estep, mixture, sparse
 
 sys.path.insert(0, os.path.dirname(__file__))
 from bench_em import make_data, make_grid, make_overlap  # noqa: E402
@@ -117,7 +117,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     if args.exact:
-        sparse.EXACT_FEATURES = 10**9
+        candidates.EXACT_FEATURES = 10**9
     sparse_path = "sparse" if args.no_fallback else "auto"
     with open("/proc/loadavg") as f:
         print(f"load {f.read().split()[:3]}, one BLAS thread, block of {args.n} rows")

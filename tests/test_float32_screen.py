@@ -1,4 +1,4 @@
-"""The screen of the sparse E-step's exact candidates (sparse._screened_bounds)
+"""The screen of the sparse E-step's exact candidates (candidates._screened_bounds)
 in float32: its proven error bound holds pair by pair on adversarial data, no
 pair it skips is within the margin, and fits through it equal dense fits."""
 
@@ -18,14 +18,14 @@ from test_sparse_estep import (
     margin_violations,
 )
 
-from dask_emk.core import candidate_loops, mixture, sparse
+from dask_emk.core import candidate_loops, candidates, mixture
 from dask_emk.core.covariance import COVARIANCE_TYPES
 
 # The fixtures of the sparse E-step's tests: the sync scheduler (autouse)
 # and the count of sparse sub-blocks' rows and pairs.
 sync_scheduler, pair_count = base.sync_scheduler, base.pair_count
 
-#: The types screened by sparse._screened_bounds, with the d of the test parameters.
+#: The types screened by candidates._screened_bounds, with the d of the test parameters.
 SCREENED = [("diag", 6), ("spherical", 6), ("shared", 6), ("full", 2)]
 
 
@@ -33,7 +33,7 @@ SCREENED = [("diag", 6), ("spherical", 6), ("shared", 6), ("full", 2)]
 def always_float32(monkeypatch):
     """Every sub-block of the screen in float32, whatever its bound (valid,
     only looser: the margin tests below then test the float32 arithmetic)."""
-    monkeypatch.setattr(sparse, "SCREEN_SLACK", np.inf)
+    monkeypatch.setattr(candidates, "SCREEN_SLACK", np.inf)
     return mixture.EStepOptions("sparse", screen_float32="always")
 
 
@@ -49,9 +49,9 @@ def offset_params(ct, d, rng, offset=1e4):
 def float32_log_densities(params, X):
     """(ℓ̃, e), both (n, K): the float32 log-densities of the screen
     (candidate_loops.screen_features, a float32 GEMM, the float64 bias) and the bound
-    on |ℓ̃ − ℓ| that candidate_loops.select_exact allows with sparse._float32_scale."""
+    on |ℓ̃ − ℓ| that candidate_loops.select_exact allows with candidates._float32_scale."""
     A, bias = params.log_prob_coefficients
-    A32, scale = sparse._float32_scale(params)
+    A32, scale = candidates._float32_scale(params)
     assert A32.shape == A.shape  # the coefficients' range allows float32
     n = X.shape[0]
     phi, ny = np.empty((n, A.shape[0]), np.float32), np.empty(n)
@@ -77,7 +77,7 @@ def test_float32_bound_holds_for_every_pair(ct, d):
         Y = np.subtract(X, params.origin, dtype=np.float64)
         exact = mixture.weighted_log_prob(Y, params)[0].T
         nm = np.sqrt((params.shifted_means**2).sum(axis=1))
-        s64 = sparse._float64_scale(params, nm)
+        s64 = candidates._float64_scale(params, nm)
         e64 = s64[0] * (np.sqrt((Y**2).sum(axis=1))[:, None] + s64[1]) ** 2
         e64 = e64 + 4 * np.finfo(np.float64).eps * (s64[2] + np.abs(exact))
         gap = np.abs(v - exact)
@@ -105,7 +105,7 @@ def test_float32_margin_check_catches_a_cut_margin(ct, seed, always_float32, mon
     params = adversarial_params(ct, rng, d=6 if ct == "diag" else 2)
     params = dataclasses.replace(params, estep=always_float32)
     Y = adversarial_rows(params, rng)
-    monkeypatch.setattr(sparse, "PRUNE_NATS", 20.0)
+    monkeypatch.setattr(candidates, "PRUNE_NATS", 20.0)
     assert margin_violations(params, Y, exact=True)[0] > 0
 
 
@@ -119,8 +119,8 @@ def test_the_screen_takes_float32_only_where_its_bound_is_small():
                                    np.ones((12, 16)), "diag", params.origin,
                                    mixture.EStepOptions(screen_float32="always"))  # fmt: skip
     Y = params.shifted_means[rng.integers(0, 12, 500)] + rng.normal(size=(500, 16))
-    near = sparse.candidate_pairs(Y, params)
-    far = sparse.candidate_pairs(Y + 1e4, params)
+    near = candidates.candidate_pairs(Y, params)
+    far = candidates.candidate_pairs(Y + 1e4, params)
     assert near.pair_log_dens is None  # float32: recomputed later
     assert far.pair_log_dens is not None
     dense = mixture.weighted_log_prob(Y + 1e4, params)[0]

@@ -14,7 +14,7 @@ import pytest
 from sklearn.exceptions import ConvergenceWarning
 
 from dask_emk import GaussianMixture
-from dask_emk.core import estep, mixture, pair_loops, sparse
+from dask_emk.core import candidates, estep, mixture, pair_loops, sparse
 from dask_emk.core.covariance import COVARIANCE_TYPES
 
 TYPES = ("full", "tied", "diag", "spherical", "shared")
@@ -195,7 +195,7 @@ def test_parameters_that_keep_going_dense_probe_less(monkeypatch):
     gm = GaussianMixture(4, max_iter=2, tol=0.0, **init).fit(X)
     params = gm._kernel_params(gm._state64)
     probes = []
-    real = sparse.candidate_pairs
+    real = candidates.candidate_pairs
     counting = lambda *a, **k: probes.append(1) or real(*a, **k)  # noqa: E731
     monkeypatch.setattr(sparse, "candidate_pairs", counting)
     dense_params = dataclasses.replace(params, estep=mixture.EStepOptions("dense"))
@@ -211,7 +211,7 @@ def test_parameters_that_keep_going_dense_probe_less(monkeypatch):
 def test_a_cut_margin_changes_the_fit(monkeypatch):
     """With the margin cut to e^-5 the fits differ: the equality tests have teeth."""
     X, labels, var = grid(np.random.default_rng(0))
-    monkeypatch.setattr(sparse, "PRUNE_NATS", 4.0 - math.log(100))  # margin = 5 nats
+    monkeypatch.setattr(candidates, "PRUNE_NATS", 4.0 - math.log(100))  # margin = 5 nats
     gaps = fit_gaps(*fit_both("full", X, labels, var, estep="auto"))
     assert max(gaps.values()) > 1e-9, gaps
 
@@ -219,7 +219,7 @@ def test_a_cut_margin_changes_the_fit(monkeypatch):
 def test_full_from_exact_log_densities_equals_dense(monkeypatch, pair_count):
     """Full covariance with d > 3 finds its candidates from the exact
     log-densities when its bounds leave too many (early iterations)."""
-    monkeypatch.setattr(sparse, "EXACT_FEATURES", 10**9)
+    monkeypatch.setattr(candidates, "EXACT_FEATURES", 10**9)
     X, labels, var = benchmark_like(np.random.default_rng(4))
     gaps = fit_gaps(*fit_both("full", X, labels, var))
     assert max(gaps.values()) < 1e-12, gaps
@@ -256,14 +256,14 @@ def adversarial_rows(params, rng, n=3000):
     return near - params.origin
 
 
-NATS = sparse.PRUNE_NATS
+NATS = candidates.PRUNE_NATS
 
 
 def margin_violations(params, Y, exact: bool) -> tuple[int, int]:
     """(skipped pairs whose dense log-density is within PRUNE_NATS + ln K of
     their row's best, skipped pairs)."""
     K = params.means.shape[0]
-    found = sparse.candidate_pairs(Y, params, exact=exact)
+    found = candidates.candidate_pairs(Y, params, exact=exact)
     kept = np.zeros((K, Y.shape[0]), dtype=bool)
     for k in range(K):
         kept[k, found.rows[found.offsets[k] : found.offsets[k + 1]]] = True
@@ -295,7 +295,7 @@ def test_the_margin_check_catches_a_cut_margin(ct, exact, seed, monkeypatch):
     rng = np.random.default_rng(seed)
     params = adversarial_params(ct, rng)
     Y = adversarial_rows(params, rng)
-    monkeypatch.setattr(sparse, "PRUNE_NATS", 20.0)
+    monkeypatch.setattr(candidates, "PRUNE_NATS", 20.0)
     assert margin_violations(params, Y, exact)[0] > 0
 
 
@@ -324,15 +324,15 @@ def test_bounds_of_components_spread_over_several_clusters(monkeypatch):
     Y = X - params.origin
     log_dens = mixture.weighted_log_prob(Y, params)[0]
     needed = int((log_dens >= log_dens.max(axis=0) - (NATS + math.log(K))).sum())
-    metric = sparse.sparse_state(params).metric
+    metric = candidates.bound_metric(params)
     assert np.any(np.diff(metric.starts) > 0)  # some components are spread
-    found = sparse.candidate_pairs(Y, params, exact=False)
+    found = candidates.candidate_pairs(Y, params, exact=False)
     assert needed <= found.offsets[-1] <= 1.1 * needed, (needed, found.offsets[-1])
     assert margin_violations(params, Y, exact=False)[0] == 0
-    monkeypatch.setattr(sparse, "MAX_DIRECTIONS", 0)
+    monkeypatch.setattr(candidates, "MAX_DIRECTIONS", 0)
     plain = mixture.MixtureParams(params.means, params.log_weights, params.precisions_cholesky,
                                   "full", params.origin)  # fmt: skip
-    assert sparse.candidate_pairs(Y, plain, exact=False).offsets[-1] > 1.5 * needed
+    assert candidates.candidate_pairs(Y, plain, exact=False).offsets[-1] > 1.5 * needed
 
 
 def random_pairs(rng, n, K, per_row=1.5):

@@ -25,7 +25,7 @@ def pair_bounds(  # pragma: no cover - compiled
 ):
     """Bounds on every log-density from the GEMM G = Z [Nᵀ, V] of rows Z
     and means N in the bound metric, and the metric's directions V
-    (:class:`dask_emk.core.mixture.BoundMetric`).
+    (:class:`dask_emk.core.candidates.BoundMetric`).
 
     Each log-density lies in [peak_k − ½ high_k D_hi, peak_k − ½ low_k D_lo]
     with [D_lo, D_hi] bounds on the squared metric distance from the GEMM's
@@ -395,7 +395,7 @@ def screen_pairs(  # pragma: no cover - compiled
     """Candidate pairs of rows X from their log-densities ℓ̂ = Φ(y) · A + bias
     of all pairs, computed in cache-sized sub-blocks in float32 where the
     sub-block's own error bound allows it, else in float64
-    (:func:`dask_emk.core.mixture._screened_bounds` proves both bounds).
+    (:func:`dask_emk.core.candidates._screened_bounds`; docs/NUMERICS.md).
 
     Parameters
     ----------

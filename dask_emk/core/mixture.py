@@ -67,7 +67,7 @@ class EStepOptions:
         non-finite row, or with K = 1, is still dense).
     screen_float32 : {'auto', 'never', 'always'}
         Whether the sparse E-step's screen of all pairs may run in float32
-        where its error bound allows (:func:`dask_emk.core.sparse.screened_bounds`):
+        where its error bound allows (:func:`dask_emk.core.candidates._screened_bounds`):
         where the work is large enough to pay ('auto'), never, or whatever
         the work ('always').
     sub_block_bytes : int
