@@ -26,9 +26,9 @@ from dask_emk.core.mixture import (
 
 
 def walk_sub_blocks(X: np.ndarray, params: MixtureParams, covariance_type: str):
-    """Yield (rows, plan): a sparse sub-block with its :class:`SparsePlan`, or
-    a dense sub-block (sized by :func:`mixture_sub_blocks` for
-    ``covariance_type``'s features) with None."""
+    """Yield (rows, plan): a sparse sub-block with its
+    :class:`~dask_emk.core.sparse.SparsePlan`, or a dense sub-block (sized by
+    :func:`mixture_sub_blocks` for ``covariance_type``'s features) with None."""
     n, d = X.shape
     K = params.means.shape[0]
     scratch = thread_scratch("sparse")
@@ -74,7 +74,7 @@ def estep_stats(
     dict with ``n`` (Σ w), ``loglik`` (Σ w log p(x)), ``nonfinite`` (number
     of rows whose log-likelihood is not finite, i.e. rows holding NaN/inf;
     they are left out of every other statistic), and ``N``, ``S``, ``Q`` as
-    in :func:`moment_stats` about the current means.
+    in :func:`~dask_emk.core.mixture.moment_stats` about the current means.
     """
     ct = moment_type or params.covariance_type
     total, scratch = None, thread_scratch("kernel")
@@ -162,7 +162,7 @@ def anneal_stats(X: np.ndarray, weight: np.ndarray | None, params: MixtureParams
     """Shared-σ² E-step statistics with full-covariance moments of one block.
 
     The responsibilities are those of ``params`` (covariance_type 'shared');
-    the moments are the 'full' ones of :func:`moment_stats`, so each
+    the moments are the 'full' ones of :func:`~dask_emk.core.mixture.moment_stats`, so each
     component's responsibility-weighted covariance (its critical variance is
     the largest eigenvalue) is one M-step away.
 
