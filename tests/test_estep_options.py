@@ -97,11 +97,12 @@ def cluster():
 def test_estep_reaches_the_workers_and_fits_agree(cluster):
     """For every covariance type, 20 EM iterations with estep='sparse' and
     'dense' on the threaded scheduler and on a LocalCluster of two worker
-    processes. The dense fits are the same to the bit on both; the sparse
-    ones equal the dense ones to 1e-12 relative but not to the bit, on both
-    schedulers, so each cluster fit shows which path its workers took. Were
-    the option lost on the way (a module global set on the client), the
-    workers would run the same default E-step for both cluster fits."""
+    processes. On each scheduler the sparse fit equals the dense one to 1e-12
+    relative but not to the bit, so each cluster fit shows which path its
+    workers took: were the option lost on the way (a module global set on the
+    client), the workers would run the same default E-step for both cluster
+    fits and they would be equal. Threads and cluster agree to 1e-12 (not to
+    the bit here: full covariance differs in the last bit, dense included)."""
     from distributed import Client
 
     X, means = separated()
@@ -119,8 +120,7 @@ def test_estep_reaches_the_workers_and_fits_agree(cluster):
             by_pairs, dense = fits[where, ct, "sparse"], fits[where, ct, "dense"]
             gaps = [relative_gap(getattr(by_pairs, f), getattr(dense, f)) for f in FIELDS]
             assert 0 < max(gaps) < 1e-12, (where, ct, gaps)
-        here, there = fits["threads", ct, "dense"], fits["cluster", ct, "dense"]
-        for f in FIELDS:
-            assert np.array_equal(getattr(here, f), getattr(there, f)), (ct, f)
-        here, there = fits["threads", ct, "sparse"], fits["cluster", ct, "sparse"]
-        assert max(relative_gap(getattr(here, f), getattr(there, f)) for f in FIELDS) < 1e-12
+        for path in ("sparse", "dense"):
+            here, there = fits["threads", ct, path], fits["cluster", ct, path]
+            gaps = [relative_gap(getattr(here, f), getattr(there, f)) for f in FIELDS]
+            assert max(gaps) < 1e-12, (ct, path, gaps)
