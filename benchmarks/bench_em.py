@@ -28,7 +28,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.mixture import GaussianMixture as SkGaussianMixture
 
 from dask_emk import GaussianMixture
-from dask_emk.core import mixture
+from dask_emk.core import sparse
 
 
 def make_data(n: int, d: int, k: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -57,10 +57,10 @@ def make_overlap(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 
 
 @contextlib.contextmanager
-def pair_counter(force_dense: bool):
-    """Force the dense E-step or not; yields {rows, pairs} the sparse path evaluated."""
+def pair_counter():
+    """Yields {rows, pairs} the E-step evaluated (all pairs of a dense sub-block)."""
     seen = {"rows": 0, "pairs": 0}
-    real, real_force = mixture.sparse_plan, mixture.FORCE_DENSE
+    real = sparse.sparse_plan
 
     def counting(X, params, *rest):
         plan = real(X, params, *rest)
@@ -68,11 +68,11 @@ def pair_counter(force_dense: bool):
         seen["pairs"] += params.means.shape[0] * X.shape[0] if plan is None else plan.rows.size
         return plan
 
-    mixture.sparse_plan, mixture.FORCE_DENSE = counting, force_dense
+    sparse.sparse_plan = counting
     try:
         yield seen
     finally:
-        mixture.sparse_plan, mixture.FORCE_DENSE = real, real_force
+        sparse.sparse_plan = real
 
 
 def init_kwargs(covariance_type: str, means: np.ndarray) -> dict:
@@ -141,9 +141,12 @@ def main() -> None:
         for ct in types:
             kw = init_kwargs(ct, means)
             for dense in (False, True):
-                with pair_counter(dense) as seen:
+                path = "dense" if dense else "auto"
+                with pair_counter() as seen:
                     ours[ct, dense] = seconds_per_iteration(
-                        lambda m, kw=kw: GaussianMixture(k, max_iter=m, **kw),
+                        lambda m, kw=kw, path=path: GaussianMixture(
+                            k, max_iter=m, estep=path, **kw
+                        ),
                         Xd,
                         args.iters,
                         args.repeat,

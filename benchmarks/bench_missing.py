@@ -34,7 +34,6 @@ from scipy.special import expit
 from sklearn.exceptions import ConvergenceWarning
 
 from dask_emk import GaussianMixture
-from dask_emk.core import mixture
 
 FRACTIONS = (0.0, 0.1, 0.3, 0.5)
 
@@ -148,16 +147,14 @@ def speed(args) -> None:
                                           ("dense", X, "raise", True),
                                           ("gaps", gaps, "marginalize", False)):  # fmt: skip
             lazy = da.from_array(data, chunks=(args.chunk_rows, -1))
-            mixture.FORCE_DENSE = dense
             times[name] = seconds_per_iteration(
-                lambda m, callback, p=policy, c=ct: GaussianMixture(
-                    args.k, covariance_type=c, max_iter=m, tol=0, nan_policy=p,
+                lambda m, callback, p=policy, c=ct, e="dense" if dense else "auto": GaussianMixture(
+                    args.k, covariance_type=c, max_iter=m, tol=0, nan_policy=p, estep=e,
                     means_init=truth + 0.5, weights_init=np.full(args.k, 1 / args.k),
                     callback=callback,
                 ),
                 lazy, args.iters, args.repeat,
             )  # fmt: skip
-            mixture.FORCE_DENSE = False
         ratio, dense = times["gaps"] / times["complete"], times["gaps"] / times["dense"]
         print(f"{ct:5s} {times['complete']:15.3f}  {times['dense']:7.3f}  {times['gaps']:18.3f}  "
               f"{ratio:5.2f}  {dense:10.2f}  (<= {target})")  # fmt: skip

@@ -193,9 +193,8 @@ def chunk_overhead(n: int, group: bool) -> dict:
     rng = np.random.default_rng(0)
     centers = rng.normal(size=(K, D))
     times = {}
-    saved = reduction.MIN_TASK_BYTES
-    reduction.MIN_TASK_BYTES = saved if group else 0
-    try:
+    grouping = {} if group else {reduction.MIN_TASK_BYTES_KEY: 0}
+    with dask.config.set(grouping):
         for rows in (100_000, 1_000):
             X = da.random.default_rng(1).standard_normal((n, D), chunks=(rows, D))
             X = X.astype(np.float32).persist()
@@ -203,8 +202,6 @@ def chunk_overhead(n: int, group: bool) -> dict:
             # 10 timed iterations: a 1M-row iteration is only tens of ms.
             times[rows] = min(kmeans_iteration(X, centers, 10) for _ in range(3))
             del X
-    finally:
-        reduction.MIN_TASK_BYTES = saved
     extra = n // 1_000 - n // 100_000
     return dict(times=times, per_chunk=(times[1_000] - times[100_000]) / extra)
 

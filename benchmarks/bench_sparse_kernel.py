@@ -4,7 +4,7 @@ For each data set and covariance type, parameters come from fits of
 dask_emk's own GaussianMixture from random rows as means (identity
 precisions): ``early`` after 2 EM iterations (components still broad: many
 candidates per row), ``conv`` after 60. ``estep_stats`` then runs on the
-same block with the sparse path and with ``FORCE_DENSE``, interleaved, and
+same block with the sparse path and with ``estep='dense'``, interleaved, and
 the dense/sparse ratio of the median and of the best times is printed with
 the fraction of (row, component) pairs the sparse run evaluated (sub-blocks
 that fell back to dense count all their pairs) and the share of rows that
@@ -17,6 +17,7 @@ went dense.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import time
@@ -28,7 +29,7 @@ from sklearn.datasets import load_digits
 from threadpoolctl import threadpool_limits
 
 from dask_emk import GaussianMixture
-from dask_emk.core import mixture
+from dask_emk.core import candidates, estep, mixture, sparse
 
 sys.path.insert(0, os.path.dirname(__file__))
 from bench_em import make_data, make_grid, make_overlap  # noqa: E402
@@ -73,10 +74,10 @@ def fitted_params(X, means, covariance_type: str, iters: int) -> mixture.Mixture
     return gm._kernel_params(gm._state64)
 
 
-def counted_estep(X, params, force_dense: bool) -> tuple[float, float, float]:
+def counted_estep(X, params) -> tuple[float, float, float]:
     """(seconds, fraction of pairs evaluated, fraction of rows on the dense path)."""
     seen = {"rows": 0, "pairs": 0, "dense": 0}
-    real = mixture.sparse_plan
+    real = sparse.sparse_plan
 
     def counting(Xs, p, *rest):
         plan = real(Xs, p, *rest)
@@ -88,13 +89,13 @@ def counted_estep(X, params, force_dense: bool) -> tuple[float, float, float]:
             seen["pairs"] += plan.rows.size
         return plan
 
-    mixture.sparse_plan, mixture.FORCE_DENSE = counting, force_dense
+    sparse.sparse_plan = counting
     try:
         start = time.thread_time()
-        mixture.estep_stats(X, None, params)
+        estep.estep_stats(X, None, params)
         seconds = time.thread_time() - start
     finally:
-        mixture.sparse_plan, mixture.FORCE_DENSE = real, False
+        sparse.sparse_plan = real
     K = params.means.shape[0]
     rows = max(seen["rows"], 1)
     return seconds, seen["pairs"] / (rows * K), seen["dense"] / rows
@@ -116,9 +117,8 @@ def main() -> None:
     )
     args = parser.parse_args()
     if args.exact:
-        mixture.EXACT_FEATURES = 10**9
-    if args.no_fallback:
-        mixture.DENSE_FRACTION = dict.fromkeys(mixture.DENSE_FRACTION, 1.0)
+        candidates.EXACT_FEATURES = 10**9
+    sparse_path = "sparse" if args.no_fallback else "auto"
     with open("/proc/loadavg") as f:
         print(f"load {f.read().split()[:3]}, one BLAS thread, block of {args.n} rows")
     print(f"{'data':8s} {'type':9s} {'stage':5s} {'pairs':>6s} {'dense rows':>10s} "
@@ -129,12 +129,18 @@ def main() -> None:
             for ct in args.types.split(","):
                 for stage in args.stages.split(","):
                     iters = {"early": 2, "conv": 60}[stage]
-                    params = fitted_params(X[: args.fit_rows], means, ct, iters)
-                    counted_estep(X, params, False)  # compile, warm the buffers
+                    fitted = fitted_params(X[: args.fit_rows], means, ct, iters)
+                    by_path = {
+                        dense: dataclasses.replace(
+                            fitted, estep=mixture.EStepOptions("dense" if dense else sparse_path)
+                        )
+                        for dense in (False, True)
+                    }
+                    counted_estep(X, by_path[False])  # compile, warm the buffers
                     times = {False: [], True: []}
                     for _ in range(args.repeat):
                         for dense in (False, True):
-                            seconds, pairs, went_dense = counted_estep(X, params, dense)
+                            seconds, pairs, went_dense = counted_estep(X, by_path[dense])
                             times[dense].append(seconds)
                             if not dense:
                                 frac, dense_rows = pairs, went_dense

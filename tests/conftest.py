@@ -1,5 +1,6 @@
 """Suite-wide settings."""
 
+import dask
 import pytest
 
 from dask_emk.engine import reduction
@@ -11,9 +12,9 @@ def ungrouped_chunks():
 
     Most tests use small, awkward chunks on purpose, to exercise block
     boundaries and the tree reduction; the engine would otherwise merge them
-    into one task. Session scope, so module-scoped reference fits see it too.
+    into one task. Through the engine's own Dask config key, as a user would;
+    session scope, so module-scoped reference fits see it too.
     tests/test_engine.py checks the grouping itself.
     """
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(reduction, "MIN_TASK_BYTES", 0)
+    with dask.config.set({reduction.MIN_TASK_BYTES_KEY: 0}):
         yield

@@ -22,9 +22,9 @@ from dask_emk.pipeline.cli import main
 ROOT = Path(__file__).resolve().parents[1]
 PIPELINES = ROOT / "pipelines"
 VENV_BIN = Path(sys.executable).parent
-#: The engine's chunk grouping as `dask-emk` subprocesses see it (read at
-#: collection, before conftest turns it off for the in-process tests).
-DEFAULT_MIN_TASK_BYTES = reduction.MIN_TASK_BYTES
+#: The engine's chunk grouping as `dask-emk` subprocesses see it (conftest
+#: turns it off for the in-process tests).
+DEFAULT_MIN_TASK_BYTES = reduction.DEFAULT_MIN_TASK_BYTES
 
 
 def to_toml(cfg: dict) -> str:

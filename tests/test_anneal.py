@@ -13,10 +13,10 @@ from helpers import CountComputes, blobs, fit_quiet
 from sklearn.cluster import KMeans as SkKMeans
 
 from dask_emk import AnnealedGaussianMixture, GaussianMixture, KMeans
-from dask_emk.core import anneal_rules as rules
+from dask_emk.core import hartigan as moves
 from dask_emk.core.anneal_rules import HARD_SOFTNESS, ward_merge
 from dask_emk.engine import reduction
-from dask_emk.models import anneal
+from dask_emk.models.hartigan import hartigan_polish
 
 
 def grid_blobs(side=5, n_per=100, spread=0.3, seed=0):
@@ -177,7 +177,7 @@ def test_hartigan_polish_leaves_a_lloyd_fixed_point(weights, chunks):
     win = None if weights is None else (w if chunks is None else da.from_array(w, chunks=chunks))
     km = KMeans(2, init=start, n_init=1, tol=0.0).fit(Xin, sample_weight=win)
     np.testing.assert_allclose(km.cluster_centers_, start, atol=1e-12)  # a Lloyd fixed point
-    polished, passes, n_iter, rounds = anneal.hartigan_polish(
+    polished, passes, n_iter, rounds = hartigan_polish(
         Xin, Xin, win, km, max_passes=20, max_iter=300, split_every=None
     )
     assert rounds[0]["candidates"] == 1 and rounds[0]["moved"] == 1 and rounds[0]["accepted"]
@@ -204,15 +204,15 @@ def test_moved_cost_change_matches_bruteforce():
     new[[0, 5, 6, 13]] = [1, 3, 0, 2]  # moves sharing clusters
     dN = np.bincount(new, weights=w, minlength=K) - N
     S_new = np.stack([(w[new == k, None] * (X[new == k] - c)).sum(0) for k in range(K)])
-    change = rules.moved_cost_change(N, S, C - c, dN, S_new - S)
+    change = moves.moved_cost_change(N, S, C - c, dN, S_new - S)
     np.testing.assert_allclose(change, sse(X, w, new, K) - inertia, rtol=1e-10)
-    M2 = rules.moved_centers(N, S, C - c, dN, S_new - S) + c
+    M2 = moves.moved_centers(N, S, C - c, dN, S_new - S) + c
     np.testing.assert_allclose(M2[1], np.average(X[new == 1], axis=0, weights=w[new == 1]))
     # Emptying a cluster is never chosen.
     empty = np.where(labels == 2, 0, labels)
     dN = np.bincount(empty, weights=w, minlength=K) - N
     S_e = np.stack([(w[empty == k, None] * (X[empty == k] - c)).sum(0) for k in range(K)])
-    assert rules.moved_cost_change(N, S, C - c, dN, S_e - S) == np.inf
+    assert moves.moved_cost_change(N, S, C - c, dN, S_e - S) == np.inf
 
 
 @pytest.mark.parametrize("seed", range(6))
@@ -222,7 +222,7 @@ def test_hartigan_polish_never_raises_inertia(seed):
     w = rng.uniform(0.5, 2.0, X.shape[0]) if seed % 2 else None
     start = X[rng.choice(X.shape[0], 6, replace=False)]
     km = KMeans(6, init=start, n_init=1, tol=0.0).fit(X, sample_weight=w)
-    polished, passes, _, rounds = anneal.hartigan_polish(X, X, w, km, 20, 300, None)
+    polished, passes, _, rounds = hartigan_polish(X, X, w, km, 20, 300, None)
     inertia = [r["inertia"] for r in rounds] + [polished.inertia_]
     assert np.all(np.diff(inertia) <= 1e-12 * inertia[0])
     assert polished.inertia_ <= km.inertia_
@@ -240,7 +240,7 @@ def test_hartigan_polish_moves_rows_on_random_sets():
         rng = np.random.default_rng(seed)
         start = X[rng.choice(X.shape[0], 6, replace=False)]
         km = KMeans(6, init=start, n_init=1, tol=0.0).fit(X)
-        polished, _, _, rounds = anneal.hartigan_polish(X, X, None, km, 20, 300, None)
+        polished, _, _, rounds = hartigan_polish(X, X, None, km, 20, 300, None)
         moved += sum(r["moved"] for r in rounds)
         if any(r["moved"] for r in rounds):
             assert polished.inertia_ < km.inertia_
@@ -252,9 +252,9 @@ def test_hartigan_polish_rejects_a_move_that_raises_inertia(monkeypatch):
     start = X[np.random.default_rng(0).choice(400, 6, replace=False)]
     km = KMeans(6, init=start, n_init=1, tol=0.0).fit(X)
     # A broken move rule: every candidate batch lands the centres far off.
-    monkeypatch.setattr(rules, "moved_centers", lambda N, S, M, dN, dS: M + 3.0)
-    monkeypatch.setattr(rules, "hartigan_moves", lambda *a: (1, -1.0))
-    polished, passes, _, rounds = anneal.hartigan_polish(X, X, None, km, 20, 300, None)
+    monkeypatch.setattr(moves, "moved_centers", lambda N, S, M, dN, dS: M + 3.0)
+    monkeypatch.setattr(moves, "hartigan_moves", lambda *a: (1, -1.0))
+    polished, passes, _, rounds = hartigan_polish(X, X, None, km, 20, 300, None)
     assert rounds[0]["accepted"] is False and len(rounds) == 1
     np.testing.assert_array_equal(polished.cluster_centers_, km.cluster_centers_)
     assert polished.inertia_ == km.inertia_
@@ -266,9 +266,9 @@ def test_hartigan_budget_bounds_the_passes():
     X, _ = grid_blobs(n_per=40, seed=2)
     start = X[np.random.default_rng(0).choice(X.shape[0], 25, replace=False)]
     km = KMeans(25, init=start, n_init=1, tol=0.0).fit(X)
-    full = anneal.hartigan_polish(X, X, None, km, 20, 300, None)
+    full = hartigan_polish(X, X, None, km, 20, 300, None)
     assert len(full[3]) >= 3  # several rounds when unbounded
-    polished, passes, _, rounds = anneal.hartigan_polish(X, X, None, km, 2, 300, None)
+    polished, passes, _, rounds = hartigan_polish(X, X, None, km, 2, 300, None)
     assert len(rounds) == 2
     assert passes == 2 + polished.n_iter_ + (polished.inertia_history_[-1] != polished.inertia_)
     assert polished.inertia_ <= km.inertia_

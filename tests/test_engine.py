@@ -13,7 +13,7 @@ from helpers import SK_TYPES, CountComputes, assert_params_close, blobs, fit_qui
 from sklearn.mixture import GaussianMixture as SKGM
 
 from dask_emk import GaussianMixture
-from dask_emk.core import mixture
+from dask_emk.core import estep, mixture
 from dask_emk.core.layout import StatsLayout
 from dask_emk.engine import reduction
 from dask_emk.engine.inputs import as_input
@@ -93,7 +93,7 @@ def test_large_precision_enters_graph_once():
     assert sum(sizes.values()) < 2 * big
     # and the pass still computes the right numbers
     total = reduction.reduce_pass(Xb[:50], None, mixture_block, layout.size, params, layout)
-    want = layout.pack(mixture.estep_stats(np.asarray(Xb[:50]), None, params))[0]
+    want = layout.pack(estep.estep_stats(np.asarray(Xb[:50]), None, params))[0]
     np.testing.assert_allclose(total, want, rtol=1e-10, atol=1e-12 * np.abs(want).max())
 
 
@@ -128,22 +128,22 @@ def test_reduce_pass_dask_equals_numpy(X, split_every):
 
 
 # ------------------------------------------------------------- grouped small chunks
-def test_group_small_chunks_merges_runs_up_to_the_target(monkeypatch):
-    monkeypatch.setattr(reduction, "MIN_TASK_BYTES", 100 * 3 * 8)  # 100 rows of 3 float64
+def test_group_small_chunks_merges_runs_up_to_the_target():
     X = da.zeros((3210, 3), chunks=((30,) * 107, 3))
     w = da.ones(3210, chunks=((30,) * 107,))
-    gX, gw = reduction.group_small_chunks(X, w)
+    with dask.config.set({reduction.MIN_TASK_BYTES_KEY: 100 * 3 * 8}):  # 100 rows of 3 float64
+        gX, gw = reduction.group_small_chunks(X, w)
+        # Never fewer than 16 tasks: 600 rows stay in runs of 2 (60 >= 600 / 16).
+        small = reduction.group_small_chunks(da.zeros((600, 3), chunks=(30, 3)), None)[0]
+        big = da.zeros((1000, 3), chunks=(500, 3))
+        assert reduction.group_small_chunks(big, None)[0] is big  # large chunks untouched
     assert gX.chunks[0] == (120,) * 26 + (90,)  # runs of 4 chunks, the rest last
     assert gw.chunks == (gX.chunks[0],)
-    # Never fewer than MIN_TASKS tasks: 600 rows stay in runs of 2 (60 >= 600 / 16).
-    small = reduction.group_small_chunks(da.zeros((600, 3), chunks=(30, 3)), None)[0]
     assert small.chunks[0] == (60,) * 10
-    big = da.zeros((1000, 3), chunks=(500, 3))
-    assert reduction.group_small_chunks(big, None)[0] is big  # large chunks untouched
 
 
 @pytest.mark.parametrize("model", ["gmm-full", "kmeans"])
-def test_grouped_chunks_give_the_ungrouped_result(X, model, monkeypatch):
+def test_grouped_chunks_give_the_ungrouped_result(X, model):
     """Grouping (97-row chunks merged into two tasks) vs none, with weights."""
     from dask_emk import KMeans
 
@@ -158,10 +158,10 @@ def test_grouped_chunks_give_the_ungrouped_result(X, model, monkeypatch):
         return fit_quiet(est, dX, sample_weight=dw)
 
     ungrouped = fit()
-    monkeypatch.setattr(reduction, "MIN_TASK_BYTES", 4 * 2**20)
-    monkeypatch.setattr(reduction, "MIN_TASKS", 2)  # 11 chunks of 97 rows -> 2 tasks
-    assert reduction.group_small_chunks(dX, dw)[0].numblocks[0] == 2
-    grouped = fit()
+    # 11 chunks of 97 rows -> 2 tasks
+    with dask.config.set({reduction.MIN_TASK_BYTES_KEY: 4 * 2**20, reduction.MIN_TASKS_KEY: 2}):
+        assert reduction.group_small_chunks(dX, dw)[0].numblocks[0] == 2
+        grouped = fit()
     if model == "kmeans":
         np.testing.assert_allclose(grouped.cluster_centers_, ungrouped.cluster_centers_, rtol=1e-12)
         assert grouped.inertia_ == pytest.approx(ungrouped.inertia_, rel=1e-12)
@@ -240,15 +240,15 @@ def test_distributed_cluster_agrees(X, reference_fits, cluster, ct):
 
 
 @pytest.mark.slow
-def test_grouped_chunks_on_distributed_cluster(X, reference_fits, cluster, monkeypatch):
+def test_grouped_chunks_on_distributed_cluster(X, reference_fits, cluster):
     from distributed import Client
 
-    monkeypatch.setattr(reduction, "MIN_TASK_BYTES", 4096)  # ~170-row tasks of 97-row chunks
-    monkeypatch.setattr(reduction, "MIN_TASKS", 1)
-    grouped = reduction.group_small_chunks(da.from_array(X, chunks=(97, -1)), None)[0]
-    assert grouped.numblocks[0] == 6
-    with Client(cluster):
-        gm = _scheduler_fit(X, "full")
+    # ~170-row tasks of 97-row chunks
+    with dask.config.set({reduction.MIN_TASK_BYTES_KEY: 4096, reduction.MIN_TASKS_KEY: 1}):
+        grouped = reduction.group_small_chunks(da.from_array(X, chunks=(97, -1)), None)[0]
+        assert grouped.numblocks[0] == 6
+        with Client(cluster):
+            gm = _scheduler_fit(X, "full")
     assert_params_close(gm, reference_fits["full"], rtol=1e-10)
 
 

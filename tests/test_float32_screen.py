@@ -1,8 +1,10 @@
-"""The screen of the sparse E-step's exact candidates (mixture._screened_bounds)
+"""The screen of the sparse E-step's exact candidates (candidates._screened_bounds)
 in float32: its proven error bound holds pair by pair on adversarial data, no
 pair it skips is within the margin, and fits through it equal dense fits."""
 
 from __future__ import annotations
+
+import dataclasses
 
 import numpy as np
 import pytest
@@ -16,14 +18,14 @@ from test_sparse_estep import (
     margin_violations,
 )
 
-from dask_emk.core import loops, mixture
+from dask_emk.core import candidate_loops, candidates, mixture
 from dask_emk.core.covariance import COVARIANCE_TYPES
 
 # The fixtures of the sparse E-step's tests: the sync scheduler (autouse)
 # and the count of sparse sub-blocks' rows and pairs.
 sync_scheduler, pair_count = base.sync_scheduler, base.pair_count
 
-#: The types screened by mixture._screened_bounds, with the d of the test parameters.
+#: The types screened by candidates._screened_bounds, with the d of the test parameters.
 SCREENED = [("diag", 6), ("spherical", 6), ("shared", 6), ("full", 2)]
 
 
@@ -31,8 +33,8 @@ SCREENED = [("diag", 6), ("spherical", 6), ("shared", 6), ("full", 2)]
 def always_float32(monkeypatch):
     """Every sub-block of the screen in float32, whatever its bound (valid,
     only looser: the margin tests below then test the float32 arithmetic)."""
-    monkeypatch.setattr(mixture, "SCREEN_SLACK", np.inf)
-    monkeypatch.setattr(mixture, "SCREEN_FLOAT32_WORK", 0)
+    monkeypatch.setattr(candidates, "SCREEN_SLACK", np.inf)
+    return mixture.EStepOptions("sparse", screen_float32="always")
 
 
 def offset_params(ct, d, rng, offset=1e4):
@@ -46,15 +48,16 @@ def offset_params(ct, d, rng, offset=1e4):
 
 def float32_log_densities(params, X):
     """(ℓ̃, e), both (n, K): the float32 log-densities of the screen
-    (loops.screen_features, a float32 GEMM, the float64 bias) and the bound
-    on |ℓ̃ − ℓ| that loops.select_exact allows with mixture._float32_scale."""
+    (candidate_loops.screen_features, a float32 GEMM, the float64 bias) and the bound
+    on |ℓ̃ − ℓ| that candidate_loops.select_exact allows with candidates._float32_scale."""
     A, bias = params.log_prob_coefficients
-    A32, scale = mixture._float32_scale(params)
+    A32, scale = candidates._float32_scale(params)
     assert A32.shape == A.shape  # the coefficients' range allows float32
     n = X.shape[0]
     phi, ny = np.empty((n, A.shape[0]), np.float32), np.empty(n)
     block = COVARIANCE_TYPES[params.covariance_type].block
-    loops.screen_features(X, params.origin, loops.BLOCK_CODES[block], 0, phi, ny)
+    code = candidate_loops.BLOCK_CODES[block]
+    candidate_loops.screen_features(X, params.origin, code, 0, phi, ny)
     v = np.minimum((phi @ A32).astype(np.float64) + bias, params.log_peak)
     rel = 4 * np.finfo(np.float64).eps
     e = scale[0] * (ny[:, None] + scale[1]) ** 2 + rel * scale[2] + rel * np.abs(v)
@@ -74,7 +77,7 @@ def test_float32_bound_holds_for_every_pair(ct, d):
         Y = np.subtract(X, params.origin, dtype=np.float64)
         exact = mixture.weighted_log_prob(Y, params)[0].T
         nm = np.sqrt((params.shifted_means**2).sum(axis=1))
-        s64 = mixture._float64_scale(params, nm)
+        s64 = candidates._float64_scale(params, nm)
         e64 = s64[0] * (np.sqrt((Y**2).sum(axis=1))[:, None] + s64[1]) ** 2
         e64 = e64 + 4 * np.finfo(np.float64).eps * (s64[2] + np.abs(exact))
         gap = np.abs(v - exact)
@@ -89,7 +92,7 @@ def test_float32_bound_holds_for_every_pair(ct, d):
 def test_float32_screen_skips_no_pair_within_the_margin(ct, d, always_float32):
     rng = np.random.default_rng(7)
     for _ in range(3):
-        params = adversarial_params(ct, rng, d=d)
+        params = dataclasses.replace(adversarial_params(ct, rng, d=d), estep=always_float32)
         Y = adversarial_rows(params, rng)
         bad, skipped = margin_violations(params, Y, exact=True)
         assert bad == 0 and skipped > 0.3 * Y.shape[0], (bad, skipped)
@@ -100,23 +103,24 @@ def test_float32_margin_check_catches_a_cut_margin(ct, seed, always_float32, mon
     """The check above has teeth for the float32 screen too."""
     rng = np.random.default_rng(seed)
     params = adversarial_params(ct, rng, d=6 if ct == "diag" else 2)
+    params = dataclasses.replace(params, estep=always_float32)
     Y = adversarial_rows(params, rng)
-    monkeypatch.setattr(mixture, "PRUNE_NATS", 20.0)
+    monkeypatch.setattr(candidates, "PRUNE_NATS", 20.0)
     assert margin_violations(params, Y, exact=True)[0] > 0
 
 
-def test_the_screen_takes_float32_only_where_its_bound_is_small(monkeypatch):
+def test_the_screen_takes_float32_only_where_its_bound_is_small():
     """A sub-block goes float32 by its own bound: near rows do, the same rows
     moved 1e4 away from the origin do not (their pairs' float64 log-densities
     are then kept, identical to the dense E-step's)."""
     rng = np.random.default_rng(0)
     params = adversarial_params("diag", rng, d=16)
     params = mixture.MixtureParams(params.means, np.log(np.full(12, 1 / 12)),
-                                   np.ones((12, 16)), "diag", params.origin)  # fmt: skip
+                                   np.ones((12, 16)), "diag", params.origin,
+                                   mixture.EStepOptions(screen_float32="always"))  # fmt: skip
     Y = params.shifted_means[rng.integers(0, 12, 500)] + rng.normal(size=(500, 16))
-    monkeypatch.setattr(mixture, "SCREEN_FLOAT32_WORK", 0)
-    near = mixture.candidate_pairs(Y, params)
-    far = mixture.candidate_pairs(Y + 1e4, params)
+    near = candidates.candidate_pairs(Y, params)
+    far = candidates.candidate_pairs(Y + 1e4, params)
     assert near.pair_log_dens is None  # float32: recomputed later
     assert far.pair_log_dens is not None
     dense = mixture.weighted_log_prob(Y + 1e4, params)[0]
@@ -132,7 +136,7 @@ FITS = [(name, ct) for name in ("grid", "offset_float32", "elongated")
 def test_fits_through_the_float32_screen_equal_dense_fits(name, ct, always_float32, pair_count):
     """Every sub-block screened in float32 (full: d = 2, the grid's)."""
     X, labels, var = DATASETS[name](np.random.default_rng(0))
-    sparse, dense = fit_both(ct, X, labels, var)
-    gaps = fit_gaps(sparse, dense)
+    sparse_fit, dense_fit = fit_both(ct, X, labels, var, estep=always_float32)
+    gaps = fit_gaps(sparse_fit, dense_fit)
     assert max(gaps.values()) < 1e-12, gaps
     assert pair_count["rows"] > 0

@@ -16,7 +16,7 @@ from sklearn.mixture import GaussianMixture as SKGM
 
 import dask_emk
 from dask_emk import GaussianMixture
-from dask_emk.core import blocks
+from dask_emk.core.mixture import EStepOptions
 
 K = 3
 
@@ -44,10 +44,10 @@ def copy_params_to_sklearn(ours, sk):
 # ------------------------------------------------------------------ EM vs sklearn
 @pytest.mark.parametrize("ct", SK_TYPES)
 @pytest.mark.parametrize("kind", ["numpy", "dask97", "numpy-64-row-sub-blocks"])
-def test_em_matches_sklearn(X, ct, kind, monkeypatch):
-    if kind == "numpy-64-row-sub-blocks":  # statistics added up over many sub-blocks
-        monkeypatch.setattr(blocks, "SUB_BLOCK_BYTES", 64)
+def test_em_matches_sklearn(X, ct, kind):
     ours, sk = both(ct, X)
+    if kind == "numpy-64-row-sub-blocks":  # statistics added up over many sub-blocks
+        ours.set_params(estep=EStepOptions("dense", sub_block_bytes=64))
     data = da.from_array(X, chunks=(97, -1)) if kind == "dask97" else X
     with pytest.warns(ConvergenceWarning):
         ours.fit(data)
@@ -144,10 +144,10 @@ def test_fit_predict_equals_fit_then_predict(X, kind):
 
 @pytest.mark.parametrize("ct", SK_TYPES)
 @pytest.mark.parametrize("kind", ["numpy", "dask", "numpy-64-row-sub-blocks"])
-def test_predictions_match_sklearn_for_same_parameters(X, ct, kind, monkeypatch):
-    if kind == "numpy-64-row-sub-blocks":  # per-row outputs assembled from 5 sub-blocks
-        monkeypatch.setattr(blocks, "SUB_BLOCK_BYTES", 64)
+def test_predictions_match_sklearn_for_same_parameters(X, ct, kind):
     ours, sk = both(ct, X, max_iter=5)
+    if kind == "numpy-64-row-sub-blocks":  # per-row outputs assembled from 5 sub-blocks
+        ours.set_params(estep=EStepOptions("dense", sub_block_bytes=64))
     fit_quiet(ours, X)
     fit_quiet(sk, X)
     copy_params_to_sklearn(ours, sk)

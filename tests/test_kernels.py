@@ -3,12 +3,14 @@ responsibilities explicitly (scipy densities + logsumexp)."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 from scipy.special import logsumexp
 from scipy.stats import multivariate_normal
 
-from dask_emk.core import blocks, hartigan, mixture
+from dask_emk.core import blocks, estep, hartigan, mixture
 from dask_emk.core.mstep import precision_cholesky
 
 TYPES = ("full", "tied", "diag", "spherical", "shared")
@@ -101,21 +103,22 @@ def sample_block(rng, n, d, params, dense_cov, weights):
 @pytest.mark.parametrize("ct", TYPES)
 @pytest.mark.parametrize("weighted", [False, True])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-@pytest.mark.parametrize("sub_block_bytes", [None, 64])  # 64: sub-blocks of 64 rows
+@pytest.mark.parametrize("sub_block_bytes", [None, 64])  # 64: dense sub-blocks of 64 rows
 @pytest.mark.parametrize("row_major_gemm", [False, True])
 def test_estep_stats_matches_reference(
     ct, weighted, dtype, sub_block_bytes, row_major_gemm, monkeypatch
 ):
-    if sub_block_bytes:
-        monkeypatch.setattr(blocks, "SUB_BLOCK_BYTES", sub_block_bytes)
     # Both orientations of the E-step GEMM (chosen by the number of features).
     monkeypatch.setattr(mixture, "WIDE_FEATURES", 0 if row_major_gemm else 10**9)
     rng = np.random.default_rng(hash((ct, weighted, str(dtype))) % 2**32)
     K, d, n = 3, 4, 400
     params, dense, weights = make_params(ct, K, d, rng)
+    if sub_block_bytes:
+        options = mixture.EStepOptions("dense", sub_block_bytes=sub_block_bytes)
+        params = dataclasses.replace(params, estep=options)
     X = sample_block(rng, n, d, params, dense, weights).astype(dtype)
     w = rng.uniform(0, 3, size=n) if weighted else None
-    got = mixture.estep_stats(X, w, params)
+    got = estep.estep_stats(X, w, params)
     want, _ = reference_stats(X, w, params.means, weights, dense, ct)
     assert_stats_close(got, want)
     assert got["nonfinite"] == 0
@@ -125,15 +128,14 @@ def test_estep_stats_matches_reference(
 
 @pytest.mark.parametrize("ct", TYPES)
 @pytest.mark.parametrize("sub_block_bytes", [None, 64])
-def test_resp_stats_are_moments_about_the_center(ct, sub_block_bytes, monkeypatch):
+def test_resp_stats_are_moments_about_the_center(ct, sub_block_bytes):
     """Initialisation statistics for given responsibilities vs plain numpy."""
-    if sub_block_bytes:
-        monkeypatch.setattr(blocks, "SUB_BLOCK_BYTES", sub_block_bytes)
+    options = mixture.EStepOptions(sub_block_bytes=sub_block_bytes or blocks.SUB_BLOCK_BYTES)
     rng = np.random.default_rng(4)
     X, w = rng.normal(size=(300, 3)) + 5.0, rng.uniform(0, 2, 300)
     resp = rng.dirichlet(np.ones(4), size=300)
     origin = X[:10].mean(axis=0)
-    got = mixture.resp_stats(X, w, resp, origin, ct)
+    got = estep.resp_stats(X, w, resp, origin, ct, options)
     Y, wr = X - origin, resp * w[:, None]
     second = np.einsum("nk,ni,nj->kij", wr, Y, Y)
     Q = {
@@ -154,11 +156,11 @@ def test_estep_stats_independent_of_center(ct):
     rng = np.random.default_rng(1)
     params, dense, weights = make_params(ct, 3, 3, rng)
     X = sample_block(rng, 200, 3, params, dense, weights)
-    a = mixture.estep_stats(X, None, params)
+    a = estep.estep_stats(X, None, params)
     moved = mixture.MixtureParams(
         params.means, params.log_weights, params.precisions_cholesky, ct, params.origin + 7.5
     )
-    b = mixture.estep_stats(X, None, moved)
+    b = estep.estep_stats(X, None, moved)
     assert_stats_close(b, a)
 
 
@@ -167,8 +169,8 @@ def test_integer_weights_equal_repeated_rows():
     params, dense, weights = make_params("full", 3, 3, rng)
     X = sample_block(rng, 150, 3, params, dense, weights)
     reps = rng.integers(0, 4, size=150)
-    a = mixture.estep_stats(X, reps.astype(float), params)
-    b = mixture.estep_stats(np.repeat(X, reps, axis=0), None, params)
+    a = estep.estep_stats(X, reps.astype(float), params)
+    b = estep.estep_stats(np.repeat(X, reps, axis=0), None, params)
     assert_stats_close(a, b)
 
 
@@ -178,7 +180,7 @@ def test_large_offset_float32_keeps_precision(ct):
     K, d = 2, 3
     params, dense, weights = make_params(ct, K, d, rng, offset=1e4)
     X = sample_block(rng, 500, d, params, dense, weights).astype(np.float32)
-    got = mixture.estep_stats(X, None, params)
+    got = estep.estep_stats(X, None, params)
     # Reference in float64 on the exact float32 values, with the offset removed first
     # (exact in float64), so the reference itself loses nothing.
     want, _ = reference_stats(
@@ -201,7 +203,7 @@ def test_tiny_shared_variance_gives_hard_finite_responsibilities():
         covariance_type="shared",
         origin=means.mean(axis=0),
     )
-    got = mixture.estep_stats(X, None, params)
+    got = estep.estep_stats(X, None, params)
     for name in ("loglik", "N", "S", "Q"):
         assert np.all(np.isfinite(got[name])), name
     dist = ((X[:, None, :] - means[None]) ** 2).sum(axis=2)
@@ -230,7 +232,7 @@ def test_nonfinite_rows_counted_and_excluded(ct, weighted):
     Xbad[17, 2] = np.inf
     Xbad[150, 1] = -np.inf
     Xbad[199, :] = np.nan
-    got = mixture.estep_stats(Xbad, w, params)
+    got = estep.estep_stats(Xbad, w, params)
     assert got["nonfinite"] == 4
     keep = np.setdiff1d(np.arange(200), bad)
     want, _ = reference_stats(
@@ -245,7 +247,7 @@ def test_empty_block(ct):
     K, d = 3, 2
     params, _, _ = make_params(ct, K, d, rng)
     for w in (None, np.empty(0)):
-        got = mixture.estep_stats(np.empty((0, d), dtype=np.float32), w, params)
+        got = estep.estep_stats(np.empty((0, d), dtype=np.float32), w, params)
         assert got["n"] == 0 and got["loglik"] == 0 and got["nonfinite"] == 0
         np.testing.assert_array_equal(got["N"], np.zeros(K))
         np.testing.assert_array_equal(got["S"], np.zeros((K, d)))
@@ -276,7 +278,7 @@ def test_block_larger_than_one_sub_block(ct):
     X = sample_block(rng, n, d, params, dense, weights)
     X[n // 2, 0] = np.nan
     w = rng.uniform(0, 2, size=n)
-    got = mixture.estep_stats(X, w, params)
+    got = estep.estep_stats(X, w, params)
     keep = np.isfinite(X).all(axis=1)
     want, _ = reference_stats(X[keep], w[keep], params.means, weights, dense, ct)
     assert got["nonfinite"] == 1

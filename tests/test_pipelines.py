@@ -14,6 +14,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import dask
 import numpy as np
 import pytest
 import zarr
@@ -174,11 +175,15 @@ RESUME = {
 
 
 @pytest.mark.slow
-def test_resume_after_kill_equals_uninterrupted(tmp_path, monkeypatch):
+def test_resume_after_kill_equals_uninterrupted(tmp_path):
     # The killed run is a subprocess with the engine's default chunk grouping
     # (which shapes k-means|| seeding): the in-process runs must use it too.
     assert DEFAULT_MIN_TASK_BYTES > 0
-    monkeypatch.setattr(reduction, "MIN_TASK_BYTES", DEFAULT_MIN_TASK_BYTES)
+    with dask.config.set({reduction.MIN_TASK_BYTES_KEY: DEFAULT_MIN_TASK_BYTES}):
+        _resume_after_kill(tmp_path)
+
+
+def _resume_after_kill(tmp_path) -> None:
     (tmp_path / "full").mkdir(), (tmp_path / "killed").mkdir()
     toml = scaled_pipeline("quickstart", tmp_path / "killed", drop=["anneal"], **RESUME)
     proc = subprocess.Popen(

@@ -3,6 +3,7 @@ dense one: same fits to 1e-12 relative, and a cut margin visibly breaks that."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
 
@@ -13,7 +14,7 @@ import pytest
 from sklearn.exceptions import ConvergenceWarning
 
 from dask_emk import GaussianMixture
-from dask_emk.core import mixture
+from dask_emk.core import candidates, estep, mixture, pair_loops, sparse
 from dask_emk.core.covariance import COVARIANCE_TYPES
 
 TYPES = ("full", "tied", "diag", "spherical", "shared")
@@ -29,11 +30,11 @@ def sync_scheduler():
 @pytest.fixture
 def pair_count(monkeypatch):
     """Counts (rows, candidate pairs) of the sub-blocks that took the sparse
-    path, which every sub-block takes that has no NaN (no dense fallback by
-    cost: the comparisons test the sparse arithmetic, not the tuning)."""
-    monkeypatch.setattr(mixture, "DENSE_FRACTION", dict.fromkeys(mixture.DENSE_FRACTION, 1.0))
+    path. Fits with ``estep='sparse'`` (:func:`fit_both`) send every sub-block
+    there that has no NaN (no dense fallback by cost: the comparisons test the
+    sparse arithmetic, not the tuning)."""
     seen = {"rows": 0, "pairs": 0}
-    real = mixture.sparse_plan
+    real = sparse.sparse_plan
 
     def counting(X, params, *rest):
         plan = real(X, params, *rest)
@@ -42,7 +43,7 @@ def pair_count(monkeypatch):
             seen["pairs"] += plan.rows.shape[0]
         return plan
 
-    monkeypatch.setattr(mixture, "sparse_plan", counting)
+    monkeypatch.setattr(sparse, "sparse_plan", counting)
     return seen
 
 
@@ -98,16 +99,15 @@ def start(ct, X, labels, var, rng):
     return dict(weights_init=np.full(k, 1.0 / k), means_init=means, precisions_init=precision)
 
 
-def fit_both(ct, X, labels, var, weight=None, iters=20, seed=1):
+def fit_both(ct, X, labels, var, weight=None, iters=20, seed=1, estep="sparse"):
+    """Fits with the E-step ``estep`` (the estimator's parameter) and 'dense'."""
     init = start(ct, X, labels, var, np.random.default_rng(seed))
     k = len(init["weights_init"])
     Xd = da.from_array(X, chunks=(X.shape[0] // 3 + 1, -1))
     fits = []
-    for dense in (False, True):
-        with pytest.MonkeyPatch.context() as patch:
-            patch.setattr(mixture, "FORCE_DENSE", dense)
-            gm = GaussianMixture(k, covariance_type=ct, max_iter=iters, tol=0.0, **init)
-            fits.append(gm.fit(Xd, sample_weight=weight))
+    for path in (estep, "dense"):
+        gm = GaussianMixture(k, covariance_type=ct, max_iter=iters, tol=0.0, estep=path, **init)
+        fits.append(gm.fit(Xd, sample_weight=weight))
     return fits
 
 
@@ -116,11 +116,11 @@ def relative_gap(a, b) -> float:
     return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-300))
 
 
-def fit_gaps(sparse, dense) -> dict:
-    s, t = sparse._state64, dense._state64
+def fit_gaps(sparse_fit, dense_fit) -> dict:
+    s, t = sparse_fit._state64, dense_fit._state64
     gaps = {f: relative_gap(getattr(s, f), getattr(t, f)) for f in ("weights", "means")}
     gaps["covariances"] = relative_gap(s.covariances, t.covariances)
-    gaps["lower_bound"] = relative_gap(sparse.lower_bound_, dense.lower_bound_)
+    gaps["lower_bound"] = relative_gap(sparse_fit.lower_bound_, dense_fit.lower_bound_)
     return gaps
 
 
@@ -137,9 +137,9 @@ DATASETS = {
 @pytest.mark.parametrize("name", DATASETS)
 def test_sparse_fit_equals_dense_fit(name, ct, pair_count):
     X, labels, var = DATASETS[name](np.random.default_rng(0))
-    sparse, dense = fit_both(ct, X, labels, var)
-    assert sparse.n_iter_ == dense.n_iter_ == 20
-    gaps = fit_gaps(sparse, dense)
+    sparse_fit, dense_fit = fit_both(ct, X, labels, var)
+    assert sparse_fit.n_iter_ == dense_fit.n_iter_ == 20
+    gaps = fit_gaps(sparse_fit, dense_fit)
     assert max(gaps.values()) < 1e-12, gaps
     if name in ("benchmark_like", "grid", "offset_float32"):
         # the sparse path really ran, on few pairs per row
@@ -162,21 +162,21 @@ def test_per_row_outputs_sparse_equal_dense(ct, monkeypatch, pair_count):
     X, labels, var = grid(np.random.default_rng(5), n=3000)
     gm, _ = fit_both(ct, X, labels, var, iters=10)
     Xd = da.from_array(X, chunks=(1000, -1))
-    sparse = [gm.score_samples(Xd), gm.predict_proba(Xd), gm.predict(Xd)]
+    by_pairs = [gm.score_samples(Xd), gm.predict_proba(Xd), gm.predict(Xd)]
     assert pair_count["rows"] > 0
-    monkeypatch.setattr(mixture, "FORCE_DENSE", True)
+    gm.set_params(estep="dense")
     dense = [gm.score_samples(Xd), gm.predict_proba(Xd), gm.predict(Xd)]
-    assert relative_gap(sparse[0], dense[0]) < 1e-12
-    assert np.max(np.abs(sparse[1] - dense[1])) < 1e-12
-    assert np.mean(sparse[2] == dense[2]) > 0.999  # labels may differ only on rounding ties
+    assert relative_gap(by_pairs[0], dense[0]) < 1e-12
+    assert np.max(np.abs(by_pairs[1] - dense[1])) < 1e-12
+    assert np.mean(by_pairs[2] == dense[2]) > 0.999  # labels may differ only on rounding ties
 
 
 def test_default_tuning_takes_the_sparse_path_on_separated_data(monkeypatch):
     rng = np.random.default_rng(0)
     X, labels, var = benchmark_like(rng)
     seen = []
-    real = mixture.sparse_plan
-    monkeypatch.setattr(mixture, "sparse_plan", lambda *a: seen.append(real(*a)) or seen[-1])
+    real = sparse.sparse_plan
+    monkeypatch.setattr(sparse, "sparse_plan", lambda *a: seen.append(real(*a)) or seen[-1])
 
     def fit(X, labels, var):
         init = start("full", X, labels, var, np.random.default_rng(1))
@@ -195,31 +195,31 @@ def test_parameters_that_keep_going_dense_probe_less(monkeypatch):
     gm = GaussianMixture(4, max_iter=2, tol=0.0, **init).fit(X)
     params = gm._kernel_params(gm._state64)
     probes = []
-    real = mixture.candidate_pairs
+    real = candidates.candidate_pairs
     counting = lambda *a, **k: probes.append(1) or real(*a, **k)  # noqa: E731
-    monkeypatch.setattr(mixture, "candidate_pairs", counting)
-    monkeypatch.setattr(mixture, "FORCE_DENSE", True)
-    dense = mixture.estep_stats(X, None, params)
-    monkeypatch.setattr(mixture, "FORCE_DENSE", False)
+    monkeypatch.setattr(sparse, "candidate_pairs", counting)
+    dense_params = dataclasses.replace(params, estep=mixture.EStepOptions("dense"))
+    dense = estep.estep_stats(X, None, dense_params)
     for _ in range(20):
-        stats = mixture.estep_stats(X, None, params)
-    assert params.probe_record == [20, 0]
-    assert len(probes) == mixture.PROBE_TRUST + 1  # and once more at the PROBE_EVERY-th
+        stats = estep.estep_stats(X, None, params)
+    state = sparse.sparse_state(params)
+    assert (state.dense, state.sparse) == (20, 0)
+    assert len(probes) == sparse.PROBE_TRUST + 1  # and once more at the PROBE_EVERY-th
     assert all(np.array_equal(stats[name], dense[name]) for name in dense)
 
 
 def test_a_cut_margin_changes_the_fit(monkeypatch):
     """With the margin cut to e^-5 the fits differ: the equality tests have teeth."""
     X, labels, var = grid(np.random.default_rng(0))
-    monkeypatch.setattr(mixture, "PRUNE_NATS", 4.0 - math.log(100))  # margin = 5 nats
-    gaps = fit_gaps(*fit_both("full", X, labels, var))
+    monkeypatch.setattr(candidates, "PRUNE_NATS", 4.0 - math.log(100))  # margin = 5 nats
+    gaps = fit_gaps(*fit_both("full", X, labels, var, estep="auto"))
     assert max(gaps.values()) > 1e-9, gaps
 
 
 def test_full_from_exact_log_densities_equals_dense(monkeypatch, pair_count):
     """Full covariance with d > 3 finds its candidates from the exact
     log-densities when its bounds leave too many (early iterations)."""
-    monkeypatch.setattr(mixture, "EXACT_FEATURES", 10**9)
+    monkeypatch.setattr(candidates, "EXACT_FEATURES", 10**9)
     X, labels, var = benchmark_like(np.random.default_rng(4))
     gaps = fit_gaps(*fit_both("full", X, labels, var))
     assert max(gaps.values()) < 1e-12, gaps
@@ -256,14 +256,14 @@ def adversarial_rows(params, rng, n=3000):
     return near - params.origin
 
 
-NATS = mixture.PRUNE_NATS
+NATS = candidates.PRUNE_NATS
 
 
 def margin_violations(params, Y, exact: bool) -> tuple[int, int]:
     """(skipped pairs whose dense log-density is within PRUNE_NATS + ln K of
     their row's best, skipped pairs)."""
     K = params.means.shape[0]
-    found = mixture.candidate_pairs(Y, params, exact=exact)
+    found = candidates.candidate_pairs(Y, params, exact=exact)
     kept = np.zeros((K, Y.shape[0]), dtype=bool)
     for k in range(K):
         kept[k, found.rows[found.offsets[k] : found.offsets[k + 1]]] = True
@@ -295,7 +295,7 @@ def test_the_margin_check_catches_a_cut_margin(ct, exact, seed, monkeypatch):
     rng = np.random.default_rng(seed)
     params = adversarial_params(ct, rng)
     Y = adversarial_rows(params, rng)
-    monkeypatch.setattr(mixture, "PRUNE_NATS", 20.0)
+    monkeypatch.setattr(candidates, "PRUNE_NATS", 20.0)
     assert margin_violations(params, Y, exact)[0] > 0
 
 
@@ -324,19 +324,19 @@ def test_bounds_of_components_spread_over_several_clusters(monkeypatch):
     Y = X - params.origin
     log_dens = mixture.weighted_log_prob(Y, params)[0]
     needed = int((log_dens >= log_dens.max(axis=0) - (NATS + math.log(K))).sum())
-    metric = params.bound_metric
+    metric = candidates.bound_metric(params)
     assert np.any(np.diff(metric.starts) > 0)  # some components are spread
-    found = mixture.candidate_pairs(Y, params, exact=False)
+    found = candidates.candidate_pairs(Y, params, exact=False)
     assert needed <= found.offsets[-1] <= 1.1 * needed, (needed, found.offsets[-1])
     assert margin_violations(params, Y, exact=False)[0] == 0
-    monkeypatch.setattr(mixture, "MAX_DIRECTIONS", 0)
+    monkeypatch.setattr(candidates, "MAX_DIRECTIONS", 0)
     plain = mixture.MixtureParams(params.means, params.log_weights, params.precisions_cholesky,
                                   "full", params.origin)  # fmt: skip
-    assert mixture.candidate_pairs(Y, plain, exact=False).offsets[-1] > 1.5 * needed
+    assert candidates.candidate_pairs(Y, plain, exact=False).offsets[-1] > 1.5 * needed
 
 
 def random_pairs(rng, n, K, per_row=1.5):
-    """A candidate layout (offsets, rows) as :func:`loops.select_pairs` makes
+    """A candidate layout (offsets, rows) as :func:`candidate_loops.select_pairs` makes
     it: each component's rows ascending; one component left empty."""
     comp = rng.integers(1, K, int(per_row * n))  # component 0 gets no pair
     row = rng.integers(0, n, comp.size)
@@ -352,7 +352,6 @@ def test_matrix_pair_loops_equal_numpy(d, dtype):
     in 4 × 4 blocks, the next rows prefetched) against plain numpy: d below,
     at and past the blocks' width, chunks of several sizes, an empty
     component, a factor with non-zeros below its diagonal."""
-    from dask_emk.core import loops
 
     rng = np.random.default_rng(d)
     n, K = 700, 4
@@ -368,7 +367,7 @@ def test_matrix_pair_loops_equal_numpy(d, dtype):
     Y = X.astype(np.float64) - origin
     out = np.empty(rows.size)
     for factors in (U, U[1:2]):  # per component, and pooled (tied)
-        loops.pair_log_densities_matrix(X, origin, offsets, rows, M, factors, peak, out)
+        pair_loops.pair_log_densities_matrix(X, origin, offsets, rows, M, factors, peak, out)
         for k in range(K):
             pairs = slice(offsets[k], offsets[k + 1])
             z = (Y[rows[pairs]] - M[k]) @ factors[k % factors.shape[0]]
@@ -379,7 +378,7 @@ def test_matrix_pair_loops_equal_numpy(d, dtype):
     upper = np.triu_indices(d)
     for columns in (upper[0].size, 0):  # with second moments, and without (tied)
         N, SY, second = np.zeros(K), np.zeros((K, d)), np.zeros((K, columns))
-        loops.pair_moments_matrix(X, origin, offsets, rows, wr, N, SY, second)
+        pair_loops.pair_moments_matrix(X, origin, offsets, rows, wr, N, SY, second)
         for k in range(K):
             pairs = slice(offsets[k], offsets[k + 1])
             Yk, w = Y[rows[pairs]], wr[pairs]

@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from dask_emk.core import blocks, mixture
+from dask_emk.core import blocks, estep, mixture
 
 TYPES = ("full", "tied", "diag", "spherical")
 
@@ -39,8 +39,8 @@ def fresh_kernel(X, params, kind=None):
     blocks._THREAD_SCRATCH.__dict__.clear()
     try:
         if kind is None:
-            return mixture.estep_stats(X, None, params)
-        return mixture.mixture_rows(X, params, kind)
+            return estep.estep_stats(X, None, params)
+        return estep.mixture_rows(X, params, kind)
     finally:
         blocks._THREAD_SCRATCH.__dict__.clear()
         blocks._THREAD_SCRATCH.__dict__.update(saved)
@@ -50,12 +50,12 @@ def fresh_kernel(X, params, kind=None):
 def test_a_later_call_leaves_earlier_results_alone(covariance_type):
     X1, params1 = block_and_params(covariance_type, seed=1)
     X2, params2 = block_and_params(covariance_type, seed=2, n=5000)
-    first = mixture.estep_stats(X1, None, params1)
+    first = estep.estep_stats(X1, None, params1)
     kept = snapshot(first)
-    resp = mixture.mixture_rows(X1, params1, "resp")
+    resp = estep.mixture_rows(X1, params1, "resp")
     kept_resp = resp.copy()
-    second = mixture.estep_stats(X2, None, params2)
-    mixture.mixture_rows(X2, params2, "resp")
+    second = estep.estep_stats(X2, None, params2)
+    estep.mixture_rows(X2, params2, "resp")
     for name in kept:
         np.testing.assert_array_equal(first[name], kept[name], err_msg=name)
     np.testing.assert_array_equal(resp, kept_resp)
@@ -82,6 +82,6 @@ def test_concurrent_calls_equal_sequential_ones():
     expected = [fresh_kernel(X, params, "log_prob") for X, params in cases]
     with ThreadPoolExecutor(2) as pool:
         for _ in range(3):
-            got = list(pool.map(lambda case: mixture.mixture_rows(*case, "log_prob"), cases))
+            got = list(pool.map(lambda case: estep.mixture_rows(*case, "log_prob"), cases))
             for g, e in zip(got, expected, strict=True):
                 np.testing.assert_allclose(g, e, rtol=1e-13, atol=0)

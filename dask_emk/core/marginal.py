@@ -420,7 +420,7 @@ def _add_conditional_moments(raw, mass, T, C, M, N, S, Q) -> None:
 
 # ------------------------------------------------------------- the kernels
 def estep_stats(X: np.ndarray, weight: np.ndarray | None, params: MixtureParams) -> dict:
-    """E-step statistics of one block with gaps (:func:`dask_emk.core.mixture.estep_stats`).
+    """E-step statistics of one block with gaps (:func:`dask_emk.core.estep.estep_stats`).
 
     Returns
     -------
@@ -487,7 +487,7 @@ def resp_stats(X, weight, resp, origin, covariance_type: str) -> dict:
 
 def mixture_rows(X: np.ndarray, params: MixtureParams, kind: str) -> np.ndarray:
     """Per-row outputs of one block given its observed features
-    (:func:`dask_emk.core.mixture.mixture_rows`): log p(x_o), responsibilities
+    (:func:`dask_emk.core.estep.mixture_rows`): log p(x_o), responsibilities
     or label; NaN (label :data:`LABEL_FILL`) on rows with no observed feature.
     """
     n, K = X.shape[0], params.means.shape[0]

@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from dask_emk.core import assign, blocks, marginal, mixture
+from dask_emk.core import assign, blocks, estep, marginal, mixture
 from dask_emk.core.layout import StatsLayout
 
 
 def kernels(gaps: bool):
     """The block kernels: :mod:`~dask_emk.core.marginal` with gaps
-    (``nan_policy='marginalize'``), else :mod:`~dask_emk.core.mixture`."""
-    return marginal if gaps else mixture
+    (``nan_policy='marginalize'``), else :mod:`~dask_emk.core.estep`."""
+    return marginal if gaps else estep
 
 
 def mixture_block(X, weight, params: mixture.MixtureParams, layout: StatsLayout, gaps=False):
@@ -58,7 +58,7 @@ def resp_rows(X, params: mixture.MixtureParams, gaps=False) -> np.ndarray:
     return kernels(gaps).mixture_rows(X, params, "resp")
 
 
-def label_rows(X, params: mixture.MixtureParams, gaps=False) -> np.ndarray:
+def most_probable_rows(X, params: mixture.MixtureParams, gaps=False) -> np.ndarray:
     """Most probable component per row, shape (n,)."""
     return kernels(gaps).mixture_rows(X, params, "label")
 
@@ -68,9 +68,9 @@ def moments_block(X, weight, origin: np.ndarray, layout: StatsLayout) -> np.ndar
     """Packed n, Σ(x−c), Σ(x−c)(x−c)ᵀ of one block (a K=1 full E-step)."""
     d = X.shape[1]
     params = mixture.MixtureParams(origin[None, :], np.zeros(1), np.eye(d)[None], "full", origin)
-    return layout.pack(mixture.estep_stats(X, weight, params))
+    return layout.pack(estep.estep_stats(X, weight, params))
 
 
 def anneal_block(X, weight, params: mixture.MixtureParams, layout: StatsLayout) -> np.ndarray:
-    """Packed :func:`dask_emk.core.mixture.anneal_stats` of one block."""
-    return layout.pack(mixture.anneal_stats(X, weight, params))
+    """Packed :func:`dask_emk.core.estep.anneal_stats` of one block."""
+    return layout.pack(estep.anneal_stats(X, weight, params))

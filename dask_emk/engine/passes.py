@@ -208,7 +208,7 @@ def hartigan_pass(
 
 
 # ------------------------------------------------- k-means rows (predict, transform)
-def label_rows(X, centers: np.ndarray, origin: np.ndarray, gaps=False) -> np.ndarray:
+def nearest_center_rows(X, centers: np.ndarray, origin: np.ndarray, gaps=False) -> np.ndarray:
     """Nearest centre per row, shape (n,) int32 (as in the Lloyd passes).
 
     With ``gaps``, by the distance over observed coordinates; rows with no

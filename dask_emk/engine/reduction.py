@@ -46,15 +46,25 @@ if TYPE_CHECKING:
 #: third more tasks than blocks (each costs ~1 ms on a distributed cluster).
 DEFAULT_SPLIT_EVERY = 32
 
-#: Smallest input a kernel task should get: runs of smaller row chunks are
+#: Smallest input a kernel task should get, unless the Dask config key
+#: :data:`MIN_TASK_BYTES_KEY` says otherwise: runs of smaller row chunks are
 #: grouped up to this. A task costs ~1 ms on a distributed cluster, about
 #: what the k-means kernel takes for 1 MiB of rows; grouping copies the rows,
 #: so chunks this size or larger are left alone.
-MIN_TASK_BYTES = 4 * 2**20
+DEFAULT_MIN_TASK_BYTES = 4 * 2**20
 
-#: Grouping never leaves fewer tasks than this (small data keep their
-#: parallelism: one 400 KB task made a k-means fit 2x slower on 2 threads).
-MIN_TASKS = 16
+#: The Dask config key of the smallest task input in bytes, e.g.
+#: ``dask.config.set({"dask_emk.min_task_bytes": 0})`` keeps every chunk a
+#: task of its own. Read on the client when a pass is built.
+MIN_TASK_BYTES_KEY = "dask_emk.min_task_bytes"
+
+#: Grouping never leaves fewer tasks than this, unless the Dask config key
+#: :data:`MIN_TASKS_KEY` says otherwise (small data keep their parallelism:
+#: one 400 KB task made a k-means fit 2x slower on 2 threads).
+DEFAULT_MIN_TASKS = 16
+
+#: The Dask config key of the fewest tasks grouping may leave.
+MIN_TASKS_KEY = "dask_emk.min_tasks"
 
 #: Rows per block when the input is an in-memory numpy array.
 NUMPY_BLOCK_BYTES = 8 * 2**20
@@ -296,16 +306,24 @@ def _add_rows(rows: np.ndarray) -> np.ndarray:
     return rows.sum(axis=0, keepdims=True)
 
 
-def group_small_chunks(X: da.Array, weight: da.Array | None):
-    """Merge runs of consecutive row chunks smaller than :data:`MIN_TASK_BYTES`.
+def min_task_bytes() -> int:
+    """The smallest task input in bytes: Dask's config :data:`MIN_TASK_BYTES_KEY`,
+    default :data:`DEFAULT_MIN_TASK_BYTES`."""
+    return int(dask.config.get(MIN_TASK_BYTES_KEY, DEFAULT_MIN_TASK_BYTES))
 
-    Runs stop at that size or at 1/:data:`MIN_TASKS` of the rows, whichever
-    is smaller. Only merges (a pure concatenation, never a split), so data in
+
+def group_small_chunks(X: da.Array, weight: da.Array | None):
+    """Merge runs of consecutive row chunks smaller than :func:`min_task_bytes`.
+
+    Runs stop at that size or at 1/``min_tasks`` (:data:`MIN_TASKS_KEY`,
+    default :data:`DEFAULT_MIN_TASKS`) of the rows, whichever is smaller.
+    Only merges (a pure concatenation, never a split), so data in
     1,000-row chunks costs one task per ~4 MiB instead of one per chunk.
     Results do not depend on it beyond the order of float64 additions.
     """
     row_bytes = max(X.shape[1] * X.dtype.itemsize, 1)
-    target = max(1, min(MIN_TASK_BYTES // row_bytes, X.shape[0] // MIN_TASKS))
+    min_tasks = int(dask.config.get(MIN_TASKS_KEY, DEFAULT_MIN_TASKS))
+    target = max(1, min(min_task_bytes() // row_bytes, X.shape[0] // min_tasks))
     sizes = X.chunks[0]
     if len(sizes) < 2 or max(sizes) >= target:
         return X, weight

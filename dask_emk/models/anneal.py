@@ -28,7 +28,6 @@ and every annealing iteration is a full pass (counted as such).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from functools import partial
 
 import numpy as np
 import xarray as xr
@@ -40,14 +39,14 @@ from dask_emk.core import anneal_rules as rules
 from dask_emk.core import assign, mixture
 from dask_emk.core.blocks import rows_without_nan, without_nan_rows
 from dask_emk.core.layout import StatsLayout
+from dask_emk.core.mixture import DEFAULT_ESTEP, EStepOptions
 from dask_emk.core.mstep import m_step
 from dask_emk.engine import reduction
 from dask_emk.engine.inputs import InputData
 from dask_emk.engine.mixture_passes import anneal_block, moments_block, resp_rows
-from dask_emk.engine.passes import hartigan_pass
 from dask_emk.models.base import ChunkedEstimator
-from dask_emk.models.export import PATH, anneal_dataset, schema_attrs, schema_dataset
-from dask_emk.models.kmeans import KMeans
+from dask_emk.models.export import anneal_dataset, path_dataset
+from dask_emk.models.hartigan import hartigan_polish, lloyd_from, lloyd_passes
 from dask_emk.models.params import ANNEALED_GAUSSIAN_MIXTURE, POSITIVE_FINITE
 from dask_emk.models.validation import NoTrainingDataInPickle, validate_features
 
@@ -140,8 +139,9 @@ class AnnealPath:
     """Recorder of the annealing path; components keep stable slot numbers.
 
     A split keeps the parent's slot for one child and opens a new slot for
-    the other; a merge closes the absorbed slot. ``to_dataset`` lays the
-    path out on (step, component=slot, feature), NaN where a slot is closed.
+    the other; a merge closes the absorbed slot.
+    :func:`dask_emk.models.export.path_dataset` lays the path out on (step,
+    component=slot, feature), NaN where a slot is closed.
     """
 
     slots: list = field(default_factory=list)
@@ -174,45 +174,6 @@ class AnnealPath:
         self.events.append((len(self.steps) - 1, -1, self.slots[a], self.slots[b], sigma2))
         del self.slots[b]
 
-    def to_dataset(self, features: np.ndarray, data_mean: np.ndarray) -> xr.Dataset:
-        """The path as an ``xarray.Dataset`` (see AnnealedGaussianMixture.path_)."""
-        S, C, d = len(self.steps), self.n_slots, features.shape[0]
-        means = np.full((S, C, d), np.nan)
-        weights = np.full((S, C), np.nan)
-        for s, step in enumerate(self.steps):
-            means[s, step["slots"]] = step["means"]
-            weights[s, step["slots"]] = step["weights"]
-        scalars = ("sigma2", "lower_bound", "softness", "n_iter")
-        col = {name: np.array([step[name] for step in self.steps]) for name in scalars}
-        ev = np.array(self.events, dtype=np.float64).reshape(-1, 5)
-        ds = schema_dataset(
-            PATH,
-            {
-                "sigma2": col["sigma2"].astype(np.float64),
-                "means": means,
-                "weights": weights,
-                "lower_bound": col["lower_bound"].astype(np.float64),
-                "n_distinct": np.array([len(s["slots"]) for s in self.steps]),
-                "softness": col["softness"].astype(np.float64),
-                "n_iter": col["n_iter"].astype(np.int64),
-                "event_step": ev[:, 0].astype(np.int64),
-                "event_kind": ev[:, 1].astype(np.int64),
-                "event_component": ev[:, 2].astype(np.int64),
-                "event_partner": ev[:, 3].astype(np.int64),
-                "event_sigma2": ev[:, 4],
-                "data_mean": data_mean,
-            },
-            {"step": np.arange(S), "component": np.arange(C), "feature": features},
-        )
-        return ds.assign_attrs(
-            schema_attrs(
-                PATH,
-                description="Deterministic annealing path of a shared-variance mixture",
-                event_kind="1 = split (component -> component + partner), "
-                "-1 = merge (partner absorbed into component)",
-            )
-        )
-
 
 # ------------------------------------------------------------ the anneal
 @dataclass
@@ -235,13 +196,14 @@ class Annealer:
         Maximum number of distinct means (``max_split_factor × K``).
     cooling, sigma2_stop, max_iter_per_step, tol, split_every, verbose
         As the estimator's parameters.
+    estep : EStepOptions
     """
 
     def __init__(self, sample, budget, cooling, sigma2_stop, max_iter_per_step, tol,
-                 split_every=None, verbose=0):  # fmt: skip
+                 split_every=None, verbose=0, estep=DEFAULT_ESTEP):  # fmt: skip
         self.sample, self.budget, self.cooling = sample, budget, cooling
         self.sigma2_stop, self.max_iter, self.tol = sigma2_stop, max_iter_per_step, tol
-        self.split_every, self.verbose = split_every, verbose
+        self.split_every, self.verbose, self.estep = split_every, verbose, estep
         self.eps = 10 * np.finfo(np.float64).eps
         self.origin = sample.mean
 
@@ -254,6 +216,7 @@ class Annealer:
             np.full(m, 1.0 / np.sqrt(sigma2)),
             "shared",
             self.origin,
+            self.estep,
         )
         layout = anneal_layout(m, d)
         return reduction.run_pass(
@@ -334,139 +297,6 @@ class Annealer:
 
 
 # -------------------------------------------------------------- estimator
-def _lloyd(
-    X, weight, centers: np.ndarray, max_iter: int, tol: float, split_every, callback=None
-) -> KMeans:
-    """Lloyd iterations from ``centers`` on the dask_emk KMeans engine."""
-    km = KMeans(centers.shape[0], init=centers, n_init=1, max_iter=max_iter, tol=tol,
-                split_every=split_every, callback=callback)  # fmt: skip
-    return km.fit(X, sample_weight=weight)
-
-
-def _lloyd_passes(km: KMeans) -> int:
-    """Full passes of a KMeans fit: its iterations, plus the final assignment
-    pass it runs unless it stopped on an exact fixed point (then the last
-    iteration's inertia is the final one)."""
-    exact = km.inertia_history_ and km.inertia_history_[-1] == km.inertia_
-    return km.n_iter_ + (0 if exact else 1)
-
-
-class _NotLower(Exception):
-    """Raised from the KMeans callback to stop a Lloyd run whose first pass
-    (the inertia at its starting centres) is not below ``bound``."""
-
-
-def _stop_unless_lower(model, info, bound: float) -> None:
-    if info["iteration"] == 1 and not info["inertia"] < bound:
-        raise _NotLower
-
-
-def hartigan_polish(
-    X, array, weight, km: KMeans, max_passes: int, max_iter: int, split_every, omit_nan=False
-):
-    """Lloyd + batch Hartigan passes from a Lloyd fixed point, on the full data.
-
-    Every pass is one Hartigan pass (:func:`dask_emk.engine.passes.hartigan_pass`)
-    at the current centres: the nearest-centre (Lloyd) sums, the inertia, and
-    the single-row moves that would lower the cost, binned by gain. From its
-    sums alone (no pass) :func:`dask_emk.core.anneal_rules.hartigan_moves` picks
-    Lloyd's update or Lloyd's update plus the top bins of moves, whichever
-    gives the lowest exact cost; the new centres are that partition's means,
-    and the next pass is both the evaluation of a move and the next round.
-
-    * A move is ACCEPTED only if the next pass's inertia (the true cost at the
-      moved centres, every row to its nearest) is strictly below the inertia
-      of the pass that made it. Otherwise the centres go back to those
-      before the move and the polish stops.
-    * The polish stops when a pass finds no candidate row, or no move that
-      lowers the exact cost at Lloyd's fixed point (no Lloyd shift either),
-      or after ``max_passes`` passes.
-    * It ends with :class:`dask_emk.KMeans` (tol 0) from the last centres, to
-      Lloyd's exact fixed point and for the fitted Lloyd object: usually 2
-      passes (the centres made from the pass's sums differ from the
-      KMeans run's own in the last bit), at most ``max_iter``. After an
-      unevaluated move (the budget ran out) its first pass is the evaluation.
-
-    Why: Lloyd stops where every row is nearest its centre, but moving a
-    boundary row also moves both centres, by w/(N ± w) of its offset, and
-    that can lower the cost although the row is nearer its own centre.
-    Hartigan's fixed points are a subset of Lloyd's (Telgarsky & Vattani
-    2010), so this leaves a Lloyd fixed point only for a strictly lower one.
-
-    Parameters
-    ----------
-    X : the input as given to :class:`dask_emk.KMeans` (or its InputData)
-    array : ndarray or dask array of shape (n, d), the same data
-    weight : ndarray, dask array or None
-    km : KMeans, fitted to its exact fixed point
-    max_passes : int
-        Hartigan passes at most (the final Lloyd run not included).
-    max_iter : int
-        Iterations of the final Lloyd run at most.
-    split_every : int or None
-    omit_nan : bool
-        Leave out rows holding NaN (``nan_policy='omit'``).
-
-    Returns
-    -------
-    km : KMeans, at the polished centres (``km`` itself when nothing moved)
-    passes : int, passes over the data used, the final Lloyd run's included
-    n_iter : int, Hartigan passes plus the final Lloyd run's iterations
-    rounds : list of dict, one per Hartigan pass: ``inertia`` at its centres,
-        ``candidates`` (rows with a lowering move), ``moved`` (rows moved),
-        ``predicted`` (Σ Δ of the moved rows), ``change`` (exact change from
-        ``inertia`` to the cost of the chosen partition at its means),
-        ``accepted`` (for a move: whether the next pass confirmed it).
-    """
-    K, rounds = km.n_clusters, []
-    centers = np.asarray(km.cluster_centers_, dtype=np.float64)
-    mass = np.asarray(km.cluster_weights_, dtype=np.float64)
-    start = kept = centers
-    bound, moved_any = None, False  # bound: inertia before a pending move
-    # One reference point for all passes, as in a KMeans run: an unchanged
-    # partition then gives bit-identical sums and centres, so the fixed point
-    # is seen exactly (a new reference per pass made the centres wander in
-    # the last bit and the loop never stopped).
-    origin = centers.mean(axis=0)
-    edges = rules.hartigan_edges(float(km.inertia_), float(mass.sum()), K)
-    while len(rounds) < max_passes:
-        st = hartigan_pass(array, weight, centers, mass, origin, edges, split_every, omit_nan)
-        if bound is not None:
-            rounds[-1]["accepted"] = bool(st["inertia"] < bound)
-            if not rounds[-1]["accepted"]:
-                centers, bound = kept, None
-                rounds.append(None)  # counted as a pass, recorded in the move's round
-                break
-        M = centers - origin
-        p, change = rules.hartigan_moves(st["N"], st["S"], M, st["dN"], st["dS"], st["moved"])
-        dN, dS = st["dN"][:p].sum(axis=0), st["dS"][:p].sum(axis=0)
-        new = origin + rules.moved_centers(st["N"], st["S"], M, dN, dS)
-        rounds.append(dict(inertia=float(st["inertia"]), candidates=int(st["moved"].sum()),
-                           moved=int(st["moved"][:p].sum()),
-                           predicted=float(st["gain"][:p].sum()), change=change))  # fmt: skip
-        if p == 0 and (rounds[-1]["candidates"] == 0 or np.array_equal(new, centers)):
-            # Nothing for Hartigan; what Lloyd has left, the final KMeans does.
-            centers = new
-            break
-        kept, bound = (centers, float(st["inertia"])) if p else (new, None)
-        moved_any |= p > 0
-        centers, mass = new, st["N"] + dN
-    passes, n_iter = len(rounds), len(rounds)
-    rounds = [r for r in rounds if r is not None]
-    if not moved_any or np.array_equal(centers, start):
-        # Only Lloyd steps (rounding at most), or the first move was rejected:
-        # km is still the fit.
-        return km, passes, n_iter, rounds
-    check = None if bound is None else partial(_stop_unless_lower, bound=bound)
-    try:
-        final = _lloyd(X, weight, centers, max_iter, 0.0, split_every, callback=check)
-    except _NotLower:  # the last move, made as the budget ran out, did not help
-        rounds[-1]["accepted"] = False
-        passes += 1
-        final = _lloyd(X, weight, kept, max_iter, 0.0, split_every)
-    return final, passes + _lloyd_passes(final), n_iter + final.n_iter_, rounds
-
-
 class AnnealedGaussianMixture(
     NoTrainingDataInPickle, TransformerMixin, ClusterMixin, ChunkedEstimator
 ):
@@ -538,6 +368,9 @@ class AnnealedGaussianMixture(
     sample_dims : str or list of str, optional
         The dimensions of xarray input that hold samples; see
         :class:`dask_emk.GaussianMixture`.
+    estep : {'auto', 'dense', 'sparse'} or EStepOptions, default='auto'
+        The E-step of the annealing's EM on its sample and of
+        :meth:`predict_proba`; see :class:`dask_emk.GaussianMixture`.
 
     Attributes
     ----------
@@ -619,6 +452,7 @@ class AnnealedGaussianMixture(
         nan_policy="raise",
         feature_dim=None,
         sample_dims=None,
+        estep="auto",
     ):
         self.n_components = n_components
         self.cooling = cooling
@@ -636,6 +470,7 @@ class AnnealedGaussianMixture(
         self.nan_policy = nan_policy
         self.feature_dim = feature_dim
         self.sample_dims = sample_dims
+        self.estep = estep
 
     # ------------------------------------------------------------ checks
     def _check_parameters(self, data: InputData) -> None:
@@ -671,17 +506,18 @@ class AnnealedGaussianMixture(
         stop = self.sigma2_stop if self.sigma2_stop is not None else 1e-6 * sigma2
         K = self.n_components
         budget = max(K, int(np.ceil(self.max_split_factor * K)))
+        estep = EStepOptions.of(self.estep)
         annealer = Annealer(sample, budget, self.cooling, stop, self.max_iter_per_step, self.tol,
-                            self.split_every, self.verbose)  # fmt: skip
+                            self.split_every, self.verbose, estep)  # fmt: skip
         result = annealer.run(sigma2)
         centers, n_sample_iter = self._reduce_to_k(sample, result, annealer)
         # The Hartigan moves are those of complete rows: no polish with gaps.
         polish = self.hartigan_max_passes > 0 and not data.marginal
         # The polish starts from Lloyd's exact fixed point (tol 0): a Hartigan
         # pass at unconverged centres would mostly find Lloyd's own moves.
-        km = _lloyd(data, weight, centers, self.n_lloyd_max_iter,
+        km = lloyd_from(data, weight, centers, self.n_lloyd_max_iter,
                     0.0 if polish else self.tol, self.split_every)  # fmt: skip
-        passes = 1 + _lloyd_passes(km)
+        passes = 1 + lloyd_passes(km)
         n_lloyd_iter, rounds = km.n_iter_, []
         if polish:
             km, polish_passes, polish_iter, rounds = hartigan_polish(
@@ -703,7 +539,8 @@ class AnnealedGaussianMixture(
         anneal after the merge; its steps are appended to ``result.path``).
         """
         K = self.n_components
-        km = _lloyd(sample.X, sample.weight, result.means, self.n_lloyd_max_iter, self.tol, None)
+        km = lloyd_from(sample.X, sample.weight, result.means, self.n_lloyd_max_iter, self.tol,
+                        None)  # fmt: skip
         centers, mass, n_iter = km.cluster_centers_, km.cluster_weights_, km.n_iter_
         if centers.shape[0] > K:
             centers, mass, merges = rules.ward_merge(centers, mass, K)
@@ -714,7 +551,7 @@ class AnnealedGaussianMixture(
             n_iter += it
         while centers.shape[0] < K:  # annealing ended early: split the widest
             centers = self._split_widest(sample, centers, K - centers.shape[0])
-        km = _lloyd(sample.X, sample.weight, centers, self.n_lloyd_max_iter, self.tol, None)
+        km = lloyd_from(sample.X, sample.weight, centers, self.n_lloyd_max_iter, self.tol, None)
         return km.cluster_centers_, n_iter + km.n_iter_
 
     @staticmethod
@@ -758,7 +595,7 @@ class AnnealedGaussianMixture(
             if hasattr(self, "feature_names_in_")
             else np.arange(data.n_features)
         )
-        self.path_ = result.path.to_dataset(features, sample.mean)
+        self.path_ = path_dataset(result.path, features, sample.mean)
 
     # -------------------------------------------------------- prediction
     def predict(self, X):
@@ -873,7 +710,7 @@ class AnnealedGaussianMixture(
             log_w = np.log(weights)
         params = mixture.MixtureParams(
             means, log_w, np.full(means.shape[0], 1.0 / np.sqrt(sigma2)), "shared",
-            weights @ means,
+            weights @ means, EStepOptions.of(self.estep),
         )  # fmt: skip
         out = reduction.map_rows(
             data.array, resp_rows, params, data.marginal, n_out=means.shape[0],

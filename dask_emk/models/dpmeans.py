@@ -138,8 +138,8 @@ from sklearn.base import ClusterMixin, TransformerMixin
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils.validation import check_is_fitted
 
-from dask_emk.core.anneal_rules import EMPTIED_FRACTION
 from dask_emk.core.assign import opening_key
+from dask_emk.core.hartigan import EMPTIED_FRACTION
 from dask_emk.core.mstep import weighted_means
 from dask_emk.engine.inputs import InputData
 from dask_emk.engine.passes import assign_pass, costliest_pass

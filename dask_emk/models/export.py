@@ -466,6 +466,47 @@ Where a name occurs (column *in*):
 """
 
 
+def path_dataset(path, features: np.ndarray, data_mean: np.ndarray) -> xr.Dataset:
+    """The annealing path (:class:`dask_emk.models.anneal.AnnealPath`) as an
+    ``xarray.Dataset`` (see AnnealedGaussianMixture.path_)."""
+    S, C, d = len(path.steps), path.n_slots, features.shape[0]
+    means = np.full((S, C, d), np.nan)
+    weights = np.full((S, C), np.nan)
+    for s, step in enumerate(path.steps):
+        means[s, step["slots"]] = step["means"]
+        weights[s, step["slots"]] = step["weights"]
+    scalars = ("sigma2", "lower_bound", "softness", "n_iter")
+    col = {name: np.array([step[name] for step in path.steps]) for name in scalars}
+    ev = np.array(path.events, dtype=np.float64).reshape(-1, 5)
+    ds = schema_dataset(
+        PATH,
+        {
+            "sigma2": col["sigma2"].astype(np.float64),
+            "means": means,
+            "weights": weights,
+            "lower_bound": col["lower_bound"].astype(np.float64),
+            "n_distinct": np.array([len(s["slots"]) for s in path.steps]),
+            "softness": col["softness"].astype(np.float64),
+            "n_iter": col["n_iter"].astype(np.int64),
+            "event_step": ev[:, 0].astype(np.int64),
+            "event_kind": ev[:, 1].astype(np.int64),
+            "event_component": ev[:, 2].astype(np.int64),
+            "event_partner": ev[:, 3].astype(np.int64),
+            "event_sigma2": ev[:, 4],
+            "data_mean": data_mean,
+        },
+        {"step": np.arange(S), "component": np.arange(C), "feature": features},
+    )
+    return ds.assign_attrs(
+        schema_attrs(
+            PATH,
+            description="Deterministic annealing path of a shared-variance mixture",
+            event_kind="1 = split (component -> component + partner), "
+            "-1 = merge (partner absorbed into component)",
+        )
+    )
+
+
 def schema_markdown() -> str:
     """docs/SCHEMA.md: the intro, the places and one table per kind of name."""
     lines = [SCHEMA_INTRO]

@@ -21,9 +21,9 @@ from dask_emk.engine import reduction
 from dask_emk.engine.batch import Batch, Pass, Steps
 from dask_emk.engine.inputs import InputData, as_input
 from dask_emk.engine.mixture_passes import (
-    label_rows,
     log_prob_rows,
     mixture_block,
+    most_probable_rows,
     resp_block,
     resp_rows,
 )
@@ -204,6 +204,15 @@ class GaussianMixture(DensityMixin, ChunkedEstimator):
         The dimensions of xarray input that hold samples (default: every
         dimension but the feature dimension; for a Dataset those all its
         data variables have). Outputs come back on them.
+    estep : {'auto', 'dense', 'sparse'} or EStepOptions, default='auto'
+        How the E-step is computed; every choice gives the same statistics to
+        rounding (docs/NUMERICS.md), only the speed differs. ``'auto'``: each
+        sub-block of rows takes the sparse E-step (only the (row, component)
+        pairs whose responsibility can be non-zero in float64) where a probe
+        of its first rows says that pays, else the dense one (all pairs, two
+        GEMMs); ``'dense'`` and ``'sparse'`` force one path.
+        :class:`dask_emk.core.mixture.EStepOptions` sets the finer options.
+        The choice travels with the parameters to every Dask worker.
 
     Attributes
     ----------
@@ -271,6 +280,7 @@ class GaussianMixture(DensityMixin, ChunkedEstimator):
         nan_policy="raise",
         feature_dim=None,
         sample_dims=None,
+        estep="auto",
     ):
         self.n_components = n_components
         self.covariance_type = covariance_type
@@ -293,6 +303,7 @@ class GaussianMixture(DensityMixin, ChunkedEstimator):
         self.nan_policy = nan_policy
         self.feature_dim = feature_dim
         self.sample_dims = sample_dims
+        self.estep = estep
 
     # ------------------------------------------------------------------ checks
     def _check_parameters(self, data: InputData) -> None:
@@ -567,6 +578,7 @@ class GaussianMixture(DensityMixin, ChunkedEstimator):
             precisions_cholesky=chol,
             covariance_type=ct,
             origin=state.weights @ state.means,
+            estep=mixture.EStepOptions.of(self.estep),
         )
 
     def _set_state(self, state: GaussianState, dtype) -> None:
@@ -656,7 +668,7 @@ class GaussianMixture(DensityMixin, ChunkedEstimator):
             a lazy dask array for dask or zarr input; for xarray input a lazy DataArray on its
             sample dims.
         """
-        return self._rows(X, label_rows, dtype=LABEL_DTYPE)
+        return self._rows(X, most_probable_rows, dtype=LABEL_DTYPE)
 
     def predict_proba(self, X):
         """Return the responsibilities of the components for each sample.

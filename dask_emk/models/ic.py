@@ -28,7 +28,7 @@ from dask_emk.models.validation import check_features
 #: The parameters every candidate takes from the GaussianMixtureIC.
 SHARED = ("tol", "reg_covar", "max_iter", "n_init", "init_params", "random_state", "verbose",
           "verbose_interval", "split_every", "callback", "accelerate", "nan_policy", "feature_dim",
-          "sample_dims")  # fmt: skip
+          "sample_dims", "estep")  # fmt: skip
 
 
 def information_criterion(criterion: str, loglik: float, n: float, n_parameters: int) -> float:
@@ -75,6 +75,8 @@ class GaussianMixtureIC(DensityMixin, ChunkedEstimator):
         NaN in X, as GaussianMixture's.
     feature_dim, sample_dims : optional
         The layout of xarray input, as GaussianMixture's.
+    estep : {'auto', 'dense', 'sparse'} or EStepOptions, default='auto'
+        The E-step of every candidate, see GaussianMixture.
 
     Attributes
     ----------
@@ -122,6 +124,7 @@ class GaussianMixtureIC(DensityMixin, ChunkedEstimator):
         nan_policy="raise",
         feature_dim=None,
         sample_dims=None,
+        estep="auto",
     ):
         self.min_components = min_components
         self.max_components = max_components
@@ -141,6 +144,7 @@ class GaussianMixtureIC(DensityMixin, ChunkedEstimator):
         self.nan_policy = nan_policy
         self.feature_dim = feature_dim
         self.sample_dims = sample_dims
+        self.estep = estep
 
     def _covariance_types(self) -> tuple[str, ...]:
         if self.covariance_type == "all":

@@ -22,7 +22,7 @@ from dask_emk.core.mstep import weighted_means
 from dask_emk.engine import reduction
 from dask_emk.engine.batch import Batch, Steps
 from dask_emk.engine.inputs import InputData, as_sample_weight
-from dask_emk.engine.passes import assign_pass, assign_request, distance_rows, label_rows
+from dask_emk.engine.passes import assign_pass, assign_request, distance_rows, nearest_center_rows
 from dask_emk.models.base import LABEL_DTYPE, CentreDistancesOut, ChunkedEstimator
 from dask_emk.models.params import KMEANS, KMEANS_INITS
 from dask_emk.models.seeding import (
@@ -488,7 +488,7 @@ class KMeans(
     def _labels(self, data: InputData):
         centers, origin = self._centers64()
         labels = reduction.map_rows(
-            data.array, label_rows, centers, origin, data.marginal, dtype=LABEL_DTYPE,
+            data.array, nearest_center_rows, centers, origin, data.marginal, dtype=LABEL_DTYPE,
             nan_policy=data.nan_policy,
         )  # fmt: skip
         return data.wrap_rows(labels)

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from dask_emk.core.covariance import COVARIANCE_TYPES
+from dask_emk.core.estep_options import ESTEP_PATHS, EStepOptions
 from dask_emk.engine.options import NAN_POLICIES
 
 
@@ -182,6 +183,20 @@ class Function(Spec):
 
 
 @dataclass(frozen=True)
+class Instance(Spec):
+    """An instance of ``kind``, described as ``text``."""
+
+    kind: type
+    text: str
+
+    def _accepts(self, value) -> bool:
+        return isinstance(value, self.kind)
+
+    def _text(self) -> str:
+        return self.text
+
+
+@dataclass(frozen=True)
 class RandomState(Spec):
     """What :func:`sklearn.utils.check_random_state` takes, but not a bool."""
 
@@ -313,6 +328,7 @@ GAUSSIAN_MIXTURE: dict[str, Spec] = {
     "callback": CALLBACK,
     "accelerate": Boolean(),
     **INPUT_OPTIONS,
+    "estep": Either((Options(ESTEP_PATHS), Instance(EStepOptions, "an EStepOptions"))),
 }
 
 KMEANS: dict[str, Spec] = {
@@ -349,6 +365,7 @@ GAUSSIAN_MIXTURE_IC: dict[str, Spec] = {
                      "verbose", "verbose_interval", "split_every", "callback", "accelerate")
     },  # fmt: skip
     **INPUT_OPTIONS,
+    "estep": GAUSSIAN_MIXTURE["estep"],
 }
 
 ANNEALED_GAUSSIAN_MIXTURE: dict[str, Spec] = {
@@ -366,6 +383,7 @@ ANNEALED_GAUSSIAN_MIXTURE: dict[str, Spec] = {
     "split_every": SPLIT_EVERY,
     "verbose": VERBOSE,
     **INPUT_OPTIONS,
+    "estep": GAUSSIAN_MIXTURE["estep"],
 }
 
 DPMEANS: dict[str, Spec] = {
