@@ -96,29 +96,31 @@ def _indexed_sum(x, w, rows):
 
 
 @pytest.mark.parametrize("chunks", [100, 777, N])
-def test_blocks_get_their_global_rows_also_grouped_and_with_rows_left_out(chunks, monkeypatch):
+def test_blocks_get_their_global_rows_also_grouped_and_with_rows_left_out(chunks):
     A = X.copy()
     A[[0, 5, 101, 2999]] = np.nan  # left out under nan_policy='omit'
     kept = np.flatnonzero(~np.isnan(A).any(axis=1))
     expect = [kept.size, kept.sum(), row_uniforms(kept, 3, 1).sum()]
-    monkeypatch.setattr(reduction, "MIN_TASK_BYTES", 4 * 2**20)  # group small chunks
-    monkeypatch.setattr(reduction, "MIN_TASKS", 3)
     keyed = reduction.RowKeyed(_indexed_sum)
-    for data in (A, chunked(A, chunks)):
-        got = reduction.reduce_pass(data, None, keyed, 3, omit_nan=True)
-        np.testing.assert_allclose(got, expect, rtol=1e-12)
-    assert reduction.group_small_chunks(chunked(A, 100), None)[0].numblocks[0] == 3
+    with dask.config.set(GROUPED):  # small chunks grouped into 3 tasks
+        for data in (A, chunked(A, chunks)):
+            got = reduction.reduce_pass(data, None, keyed, 3, omit_nan=True)
+            np.testing.assert_allclose(got, expect, rtol=1e-12)
+        assert reduction.group_small_chunks(chunked(A, 100), None)[0].numblocks[0] == 3
+
+
+#: Dask config that groups the 100-row chunks of X into 3 tasks.
+GROUPED = {reduction.MIN_TASK_BYTES_KEY: 4 * 2**20, reduction.MIN_TASKS_KEY: 3}
 
 
 # ------------------------------------------------------------- the same model
 @pytest.mark.parametrize("chunks", ["100", "777", "100-grouped"])
 @pytest.mark.parametrize("name", MODELS)
-def test_same_model_whatever_the_chunking(reference, name, chunks, monkeypatch):
-    if chunks.endswith("grouped"):  # 30 chunks of 100 rows run as 3 tasks
-        monkeypatch.setattr(reduction, "MIN_TASK_BYTES", 4 * 2**20)
-        monkeypatch.setattr(reduction, "MIN_TASKS", 3)
+def test_same_model_whatever_the_chunking(reference, name, chunks):
+    grouped = GROUPED if chunks.endswith("grouped") else {}  # 30 chunks of 100 rows: 3 tasks
     data = chunked(X, int(chunks.split("-")[0]))
-    assert_same_model(outputs(fit(name, data), X), reference[name])
+    with dask.config.set(grouped):
+        assert_same_model(outputs(fit(name, data), X), reference[name])
 
 
 @pytest.mark.parametrize("kind", ["numpy", "zarr", "xarray"])
