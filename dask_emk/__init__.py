@@ -21,6 +21,8 @@ _EXPORTS = {
     "GaussianMixtureIC": "dask_emk.models.ic",
     "KMeans": "dask_emk.models.kmeans",
     "StandardScaler": "dask_emk.models.preprocess",
+    "load": "dask_emk.models.persist",
+    "save": "dask_emk.models.persist",
 }
 
 __all__ = [*sorted(_EXPORTS), "__version__"]
@@ -31,6 +33,8 @@ if TYPE_CHECKING:
     from dask_emk.models.gmm import GaussianMixture as GaussianMixture
     from dask_emk.models.ic import GaussianMixtureIC as GaussianMixtureIC
     from dask_emk.models.kmeans import KMeans as KMeans
+    from dask_emk.models.persist import load as load
+    from dask_emk.models.persist import save as save
     from dask_emk.models.preprocess import StandardScaler as StandardScaler
 
 

@@ -25,6 +25,7 @@ GMM, KMEANS, ANNEAL = "GaussianMixture", "KMeans", "AnnealedGaussianMixture"
 DPMEANS = "DPMeans"
 MODELS = (GMM, KMEANS, ANNEAL, DPMEANS)
 PATH, RESULTS, TRUTH, GENERATED = "path", "results", "truth", "generated"
+MODEL_FILE = "model file"
 GRID = "grid"
 
 #: Where names occur: the short label used in the table, and what it is.
@@ -44,6 +45,9 @@ PLACES = {
         "`lower_bound` or `inertia`, is replaced by `history_*`)",
     ),
     TRUTH: ("truth", "the results group `truth` (generated input only)"),
+    MODEL_FILE: ("file", "a model file (`model.save(path)`, read by `dask_emk.load`): the "
+                 "model's export at the root, its parameters and fitted state in the group "
+                 "`model` (`dask_emk.models.persist`); a results store is one too"),
     GENERATED: ("generated", "a store written by `dask-emk generate` (or `[input.generate]`)"),
     GRID: ("grid", "a gridded store written by `dask-emk generate --grid` (the variables and "
            "the truth on time, lat, lon) or by a pipeline's `[input.photo]` (`image`)"),
@@ -197,8 +201,11 @@ SCHEMA: tuple[Name, ...] = (
     Name("image", VARIABLE, (GRID,),
          "the photograph, 0 … 255 as float32; NaN at the clouds", ("y", "x", "band")),
     # attributes
-    Name("model", ATTRIBUTE, MODELS, "the estimator's class name"),
-    Name("dask_emk_version", ATTRIBUTE, MODELS, "the version that wrote it"),
+    Name("model", ATTRIBUTE, (*MODELS, MODEL_FILE), "the estimator's class name"),
+    Name("dask_emk_version", ATTRIBUTE, (*MODELS, MODEL_FILE), "the version that wrote it"),
+    Name("dask_emk_model_format", ATTRIBUTE, (MODEL_FILE,),
+         "format version of the model file (1); `dask_emk.load` reads every version up to "
+         "its own"),
     Name("<each constructor parameter>", ATTRIBUTE, MODELS,
          "`get_params()` under its own name: numbers and strings as they are, None as "
          "'None', booleans as 'True'/'False', arrays as JSON, other objects as repr"),
