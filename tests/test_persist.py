@@ -24,6 +24,7 @@ import pytest
 import xarray as xr
 import zarr
 from helpers import blobs
+from pipeline_helpers import invoke, to_toml
 from s3_helpers import s3_server
 from sklearn.pipeline import make_pipeline
 
@@ -37,6 +38,7 @@ from dask_emk import (
     StandardScaler,
 )
 from dask_emk.models.persist import FORMAT_ATTR, MODEL_GROUP
+from dask_emk.pipeline.generate import random_mixture, write_grid_zarr
 
 FIXTURE = Path(__file__).parent / "data" / "model_v1.zarr"
 K = 3
@@ -322,3 +324,45 @@ def test_a_model_file_on_s3_predicts_bit_for_bit(name, bucket):
     with pytest.raises(ValueError, match="exists"):
         dask_emk.save(model, f"{bucket}/theirs.zarr")
     assert fs.cat_file(f"{bucket.removeprefix('s3://')}/theirs.zarr/zarr.json") == b"{}"
+
+
+# ------------------------------------------------------------- results stores
+@pytest.fixture(scope="module")
+def grid_store(tmp_path_factory) -> Path:
+    """A generated grid: 3 regimes, 30% land, 5% gaps."""
+    path = tmp_path_factory.mktemp("grid") / "grid.zarr"
+    truth = random_mixture(3, K, separation=8.0, seed=3)
+    write_grid_zarr(path, (4, 16, 24), truth, chunks=(2, 8, 12), land=0.3, gaps=0.05, seed=3)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("model", "preprocess"),
+    [
+        ({"type": "gmm", "n_components": K, "max_iter": 5}, {"standardize": True}),
+        ({"type": "kmeans", "n_components": K, "init": "k-means++"}, {}),
+        ({"type": "gmm-ic", "n_components": K, "max_iter": 5}, {}),
+    ],
+    ids=["gmm-standardized", "kmeans", "gmm-ic"],
+)
+def test_a_results_store_is_a_model_file(model, preprocess, tmp_path, grid_store):
+    """``dask_emk.load`` of a run's results gives the fitted model: its labels on the
+    input are the labels the run stored (a standardised fit: behind its scaler)."""
+    cfg = {
+        "input": {"store": str(grid_store), "nan_policy": "omit"},
+        "model": model,
+        "preprocess": preprocess,
+        "scheduler": {"address": "sync"},
+        "output": {"results": str(tmp_path / "r.zarr"), "plots": False},
+    }
+    (tmp_path / "p.toml").write_text(to_toml(cfg))
+    result = invoke("run", tmp_path / "p.toml", "--quiet")
+    assert result.exit_code == 0, result.output
+    loaded = dask_emk.load(tmp_path / "r.zarr")
+    want = {"gmm": "Pipeline", "kmeans": "KMeans", "gmm-ic": "GaussianMixtureIC"}
+    assert type(loaded).__name__ == want[model["type"]]
+    stored = xr.open_zarr(tmp_path / "r.zarr", consolidated=False)
+    data = xr.open_zarr(grid_store, consolidated=False)[["x0", "x1", "x2"]]
+    labels = loaded.predict(data)
+    np.testing.assert_array_equal(labels.where(labels >= 0).values, stored["labels"].values)
+    assert stored.attrs[FORMAT_ATTR] == 1 and stored.attrs["model"] != "Pipeline"

@@ -203,7 +203,7 @@ SCHEMA: tuple[Name, ...] = (
     # attributes
     Name("model", ATTRIBUTE, (*MODELS, MODEL_FILE), "the estimator's class name"),
     Name("dask_emk_version", ATTRIBUTE, (*MODELS, MODEL_FILE), "the version that wrote it"),
-    Name("dask_emk_model_format", ATTRIBUTE, (MODEL_FILE,),
+    Name("dask_emk_model_format", ATTRIBUTE, (MODEL_FILE, RESULTS),
          "format version of the model file (1); `dask_emk.load` reads every version up to "
          "its own"),
     Name("<each constructor parameter>", ATTRIBUTE, MODELS,

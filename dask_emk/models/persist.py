@@ -188,20 +188,31 @@ def _portable(ds: xr.Dataset) -> xr.Dataset:
 
 
 # ------------------------------------------------------------------- writing
-def write_model(model: BaseEstimator, store, *, node: _Node | None = None) -> None:
-    """Write ``model``'s group :data:`MODEL_GROUP` (and subgroups) into zarr ``store``.
+def model_group(model: BaseEstimator) -> _Node:
+    """``model``'s group, encoded in memory: what cannot be saved raises TypeError here."""
+    return _Node(model)
 
-    The caller writes the root and its :func:`root_attrs`.
+
+def write_model(group: _Node, store) -> None:
+    """Write a :func:`model_group` as :data:`MODEL_GROUP` (and subgroups) into zarr ``store``.
+
+    The caller writes the root, with :func:`root_attrs` (a model file) or
+    :func:`format_attrs` (a store that is a model file beside other things).
     """
-    _write_node(_Node(model) if node is None else node, store, MODEL_GROUP)
+    _write_node(group, store, MODEL_GROUP)
+
+
+def format_attrs(place: str = MODEL_FILE) -> dict:
+    """The root attribute that makes a store (of ``place`` in the export schema) a model file."""
+    return schema_attrs(place, **{FORMAT_ATTR: FORMAT})
 
 
 def root_attrs(model: BaseEstimator) -> dict:
-    """The root attributes that make a store a model file of ``model``."""
-    return schema_attrs(
-        MODEL_FILE, **{FORMAT_ATTR: FORMAT}, dask_emk_version=__version__,
-        model=type(model).__name__,
-    )  # fmt: skip
+    """The root attributes of a model file of ``model``."""
+    return {
+        **format_attrs(),
+        **schema_attrs(MODEL_FILE, dask_emk_version=__version__, model=type(model).__name__),
+    }
 
 
 def _write_node(node: _Node, store, path: str) -> None:
@@ -253,7 +264,7 @@ def save(model: BaseEstimator, path: str | os.PathLike) -> None:
 
     check_is_fitted(model)
     location = normalize_location(path)
-    node = _Node(model)  # everything checked before storage is touched
+    group = model_group(model)  # everything checked before storage is touched
     if location_exists(location):
         raise ValueError(
             f"{location} exists; a model is saved only to a new path: choose another path, "
@@ -262,7 +273,7 @@ def save(model: BaseEstimator, path: str | os.PathLike) -> None:
     memory: dict = {}
     store = zarr.storage.MemoryStore(memory)
     _to_zarr(model_root(model), store, None)
-    write_model(model, store, node=node)
+    write_model(group, store)
     _publish({key: buf.to_bytes() for key, buf in memory.items()}, location)
 
 

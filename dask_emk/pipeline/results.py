@@ -9,7 +9,10 @@ Layout (``xr.open_zarr(path)`` opens the root; groups with ``group=``):
   came from a file), the package version, convergence;
 - ``anneal``: the annealed model (``to_xarray()``), ``anneal_path``: its
   ``path_`` (when the pipeline anneals);
-- ``truth``: the generator's true parameters (generated input only).
+- ``truth``: the generator's true parameters (generated input only);
+- ``model``: the fitted estimator (:func:`fitted_model`), so that the store
+  is a model file (root attribute ``dask_emk_model_format``):
+  ``dask_emk.load(path)`` gives the model (:mod:`dask_emk.models.persist`).
 
 The root carries the attribute ``dask_emk_results = {"format": 1, "version": ...}``:
 that marker, not the name, is what lets a later run replace the store
@@ -38,10 +41,11 @@ from pathlib import Path
 
 import numpy as np
 import xarray as xr
+from sklearn.pipeline import Pipeline, make_pipeline
 from zarr.codecs import BloscCodec
 
 from dask_emk.engine.locations import is_url
-from dask_emk.models import export
+from dask_emk.models import export, persist
 from dask_emk.pipeline.fits import FitOutcome
 from dask_emk.pipeline.outputs import RESULTS, building_store, output_location, store_marker
 
@@ -125,29 +129,47 @@ def truth_dataset(truth) -> xr.Dataset:
     )
 
 
+def fitted_model(outcome: FitOutcome, scaler=None) -> object:
+    """The estimator a results store keeps as its model file.
+
+    The fit's model (the model search of a gmm-ic run), behind the ``scaler``
+    it was fitted behind as a scikit-learn Pipeline, so that it predicts from
+    the data as the run's per-sample outputs did.
+    """
+    model = outcome.search if outcome.search is not None else outcome.model
+    return model if scaler is None else make_pipeline(scaler, model)
+
+
 def write_results(
     path: str | os.PathLike,
     root: xr.Dataset,
     groups: dict[str, xr.Dataset],
     per_sample: xr.Dataset | None,
+    model: object | Pipeline = None,
 ) -> Path | str:
     """Write the results store so that it appears complete or not at all (see above).
 
     An existing store at ``path`` (a local path or an object-store URL) is
     replaced only if dask-emk wrote it. Per-sample outputs are lazy:
     ``to_zarr`` computes and writes them chunk by chunk on the active
-    scheduler, never whole in memory.
+    scheduler, never whole in memory. ``model`` (:func:`fitted_model`) is
+    written as the group ``model``, which makes the store a model file.
     """
     final = output_location(path)
     final = final if is_url(final) else final.absolute()
+    group = None if model is None else persist.model_group(model)  # checked before writing
     with building_store(final, RESULTS) as store:
         root = portable_strings(root).assign_attrs(store_marker(RESULTS))
+        if group is not None:
+            root = root.assign_attrs(persist.format_attrs(export.RESULTS))
         # Every chunk gets its file, also one of only the fill value (an
         # all-land chunk of labels): a missing file is what the read checks refuse.
         every_chunk = {"consolidated": False, "write_empty_chunks": True}
         root.to_zarr(store, mode="a", zarr_format=3, **every_chunk)
         for name, ds in groups.items():
             portable_strings(ds).to_zarr(store, group=name, mode="w-", zarr_format=3, **every_chunk)
+        if group is not None:
+            persist.write_model(group, store)
         if per_sample is not None:
             # Appending rewrites the group's attributes: keep the root's.
             per_sample = per_sample.assign_attrs(root.attrs)
