@@ -37,10 +37,12 @@ that marker, not the name, is what lets a later run replace the store
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
 import xarray as xr
+import zarr
 from sklearn.pipeline import Pipeline, make_pipeline
 from zarr.codecs import BloscCodec
 
@@ -146,6 +148,7 @@ def write_results(
     groups: dict[str, xr.Dataset],
     per_sample: xr.Dataset | None,
     model: object | Pipeline = None,
+    consolidated: bool = False,
 ) -> Path | str:
     """Write the results store so that it appears complete or not at all (see above).
 
@@ -154,6 +157,8 @@ def write_results(
     ``to_zarr`` computes and writes them chunk by chunk on the active
     scheduler, never whole in memory. ``model`` (:func:`fitted_model`) is
     written as the group ``model``, which makes the store a model file.
+    ``consolidated``: write zarr's consolidated metadata last, so that a
+    plain ``xarray.open_zarr(path)`` reads it without a warning.
     """
     final = output_location(path)
     final = final if is_url(final) else final.absolute()
@@ -175,6 +180,12 @@ def write_results(
             per_sample = per_sample.assign_attrs(root.attrs)
             encoding = {name: {"compressors": (_compressor(),)} for name in per_sample.data_vars}
             per_sample.to_zarr(store, mode="a", encoding=encoding, **every_chunk)
+        if consolidated:
+            with warnings.catch_warnings():
+                # Not in the zarr 3 specification yet, zarr says; xarray reads it, and
+                # warns on every open of a store without it.
+                warnings.filterwarnings("ignore", "Consolidated metadata", UserWarning)
+                zarr.consolidate_metadata(store)
     return final
 
 
