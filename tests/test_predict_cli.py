@@ -159,7 +159,7 @@ def test_the_output_follows_runs_rules(tmp_path, grid_store, gmm_file):
     ("model", "option", "fragments"),
     [
         ("kmeans", "--responsibility", ("KMeans gives no responsibility", "drop --responsibility")),
-        ("kmeans", "--impute", ("KMeans gives no imputed",)),
+        ("kmeans", "--impute", ("KMeans gives no imputed", "drop --impute")),
         ("data", "--log-density", ("not a dask-emk model file",)),
     ],
 )

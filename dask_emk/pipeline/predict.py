@@ -32,13 +32,19 @@ from dask_emk.pipeline.results import portable_strings, write_results
 from dask_emk.pipeline.scheduler import parse_scheduler, use_scheduler
 from dask_emk.pipeline.sources import open_array
 
-#: Output variable -> (the model's method that gives it, CF long_name).
+#: Output variable -> (the model's method that gives it, CF long_name, the CLI option).
 OUTPUTS = {
-    "label": ("predict", "most probable component (nearest centre for k-means)"),
-    "responsibility": ("predict_proba", "probability of each component given the sample"),
-    "log_density": ("score_samples", "log probability density of the sample under the model"),
-    "imputed": ("impute", "input with each missing value replaced by its conditional mean"),
-}
+    "label": ("predict", "most probable component (nearest centre for k-means)", None),
+    "responsibility": (
+        "predict_proba", "probability of each component given the sample", "--responsibility"
+    ),
+    "log_density": (
+        "score_samples", "log probability density of the sample under the model", "--log-density"
+    ),
+    "imputed": (
+        "impute", "input with each missing value replaced by its conditional mean", "--impute"
+    ),
+}  # fmt: skip
 #: The label of a sample the model's ``nan_policy='omit'`` leaves out.
 LABEL_FILL = -1
 
@@ -74,9 +80,12 @@ def predict_store(
     parse_scheduler(scheduler)
     root = xr.Dataset(
         attrs=export.schema_attrs(
-            export.PREDICTED, model=_name(model), model_file=str(model_path),
-            input=description, dask_emk_version=__version__,
-        )  # fmt: skip
+            export.PREDICTED,
+            model=_name(model),
+            model_file=str(model_path),
+            input=description,
+            dask_emk_version=__version__,
+        )
     )
     with claim(target, RESULTS, where="--out") as notes, use_scheduler(scheduler, echo):
         for note in notes:
@@ -114,7 +123,7 @@ def _check_outputs(model, outputs: tuple[str, ...]) -> None:
         if not hasattr(owner, method):
             raise ValueError(
                 f"{_name(model)} gives no {name} (it has no {method}); drop "
-                f"--{name.replace('_', '-')}, or predict with a Gaussian mixture model."
+                f"{OUTPUTS[name][2]}, or predict with a Gaussian mixture model."
             )
 
 
