@@ -39,6 +39,7 @@ from dask_emk import (
 )
 from dask_emk.models.persist import FORMAT_ATTR, MODEL_GROUP
 from dask_emk.pipeline.generate import random_mixture, write_grid_zarr
+from dask_emk.pipeline.outputs import UnsafeOutputError
 
 FIXTURE = Path(__file__).parent / "data" / "model_v1.zarr"
 K = 3
@@ -226,11 +227,36 @@ def test_an_existing_path_is_never_replaced(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.zarr", "notes"]
 
 
+def test_dask_emk_save_follows_the_output_rule(tmp_path):
+    """dask_emk.save replaces only a store it (or a run) wrote, and only with overwrite=True."""
+    model, X = fitted("KMeans", "numpy")
+    other, _ = fitted("DPMeans", "numpy")
+    foreign = tmp_path / "notes"
+    foreign.mkdir()
+    (foreign / "keep.txt").write_text("mine")
+    with pytest.raises(UnsafeOutputError, match="is not a dask-emk results store"):
+        dask_emk.save(model, foreign)
+    assert os.listdir(foreign) == ["keep.txt"]
+    path = tmp_path / "m.zarr"
+    dask_emk.save(model, path)
+    with pytest.raises(UnsafeOutputError, match="overwrite=True"):
+        dask_emk.save(other, path)
+    dask_emk.save(other, path, overwrite=True)
+    assert isinstance(dask_emk.load(path), DPMeans)
+    model.save(tmp_path / "new.zarr")  # unmarked: nothing replaces it
+    with pytest.raises(UnsafeOutputError, match="is not a dask-emk results store"):
+        dask_emk.save(other, tmp_path / "new.zarr", overwrite=True)
+    assert isinstance(dask_emk.load(tmp_path / "new.zarr"), KMeans)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.zarr", "new.zarr", "notes"]
+
+
 def test_what_cannot_be_saved_is_refused_before_anything_is_written(tmp_path):
     quiet = GaussianMixture(K, max_iter=5, random_state=0, callback=lambda model, info: None)
     model = quiet.fit(ROWS)
     with pytest.raises(TypeError, match="callback"):
         model.save(tmp_path / "m.zarr")
+    with pytest.raises(TypeError, match="callback"):
+        dask_emk.save(model, tmp_path / "m.zarr")
     assert not os.listdir(tmp_path)
     with pytest.raises(ValueError, match="not fitted"):
         KMeans(K).save(tmp_path / "m.zarr")

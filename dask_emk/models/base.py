@@ -27,11 +27,12 @@ class SavesModelFile:
         ----------
         path : str or os.PathLike
             A local path or an object-store URL (``s3://``, ``gs://``) where
-            nothing exists yet: a model is saved only to a new path.
+            nothing exists yet: this writes only new paths
+            (``dask_emk.save(model, path, overwrite=True)`` replaces one it wrote).
         """
-        from dask_emk.models.persist import save
+        from dask_emk.models.persist import save_new
 
-        save(self, path)
+        save_new(self, path)
 
 
 class ChunkedEstimator(SavesModelFile, BaseEstimator):

@@ -241,16 +241,17 @@ def model_root(model: BaseEstimator) -> xr.Dataset:
     return _portable(ds).assign_attrs(root_attrs(model))
 
 
-def save(model: BaseEstimator, path: str | os.PathLike) -> None:
+def save_new(model: BaseEstimator, path: str | os.PathLike) -> None:
     """Write ``model`` to a new model file at a local path or object-store URL.
 
     The store is built in memory (a model is small), then published: locally
     in a fresh folder beside ``path`` renamed into place, on an object store
     with the root ``zarr.json`` put last (a store without it does not open).
     A path that exists is never replaced: this writes only new paths, so it
-    cannot overwrite anything dask-emk did not write (replacing one of its
-    own stores is :mod:`dask_emk.pipeline.outputs`' rule, which a model
-    does not reach).
+    cannot overwrite anything dask-emk did not write. Replacing one of its
+    own stores is :mod:`dask_emk.pipeline.outputs`' rule, which the models
+    layer does not import: ``dask_emk.save(model, path, overwrite=True)``
+    (:func:`dask_emk.pipeline.results.save_model`) writes through it.
 
     Raises
     ------
@@ -267,8 +268,9 @@ def save(model: BaseEstimator, path: str | os.PathLike) -> None:
     group = model_group(model)  # everything checked before storage is touched
     if location_exists(location):
         raise ValueError(
-            f"{location} exists; a model is saved only to a new path: choose another path, "
-            "or remove the old one yourself."
+            f"{location} exists; model.save writes only new paths: choose another path, or "
+            "use dask_emk.save(model, path, overwrite=True), which replaces a model file or "
+            "results store that dask_emk.save or dask-emk wrote."
         )
     memory: dict = {}
     store = zarr.storage.MemoryStore(memory)

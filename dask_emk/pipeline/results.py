@@ -49,7 +49,14 @@ from zarr.codecs import BloscCodec
 from dask_emk.engine.locations import is_url
 from dask_emk.models import export, persist
 from dask_emk.pipeline.fits import FitOutcome
-from dask_emk.pipeline.outputs import RESULTS, building_store, output_location, store_marker
+from dask_emk.pipeline.outputs import (
+    RESULTS,
+    building_store,
+    check_output,
+    claim,
+    output_location,
+    store_marker,
+)
 
 #: History variables the estimators' own exports hold (replaced by the pipeline's).
 ESTIMATOR_HISTORY = ("lower_bound", "inertia")
@@ -187,6 +194,36 @@ def write_results(
                 warnings.filterwarnings("ignore", "Consolidated metadata", UserWarning)
                 zarr.consolidate_metadata(store)
     return final
+
+
+def save_model(model, path: str | os.PathLike, *, overwrite: bool = False) -> Path | str:
+    """Write a model file of ``model`` at ``path`` through the output-safety rule.
+
+    As :meth:`model.save <dask_emk.models.base.SavesModelFile.save>` (the same
+    store), but a results-kind store: locked while written, built aside and
+    published whole (:func:`dask_emk.pipeline.outputs.building_store`), and
+    with ``overwrite`` it replaces a model file or results store dask-emk
+    wrote this way (never anything else).
+
+    Parameters
+    ----------
+    model : a fitted dask_emk estimator, or a scikit-learn Pipeline of them
+    path : local path or object-store URL
+    overwrite : bool, default=False
+
+    Returns
+    -------
+    The path (a URL: str).
+    """
+    target = check_output(path, RESULTS, where="path", replace=overwrite,
+                          replace_hint="overwrite=True")  # fmt: skip
+    root = persist.model_root(model)  # raises if not fitted
+    group = persist.model_group(model)  # raises on what cannot be saved, before writing
+    with claim(target, RESULTS, where="path"), building_store(target, RESULTS) as store:
+        root = root.assign_attrs(store_marker(RESULTS))
+        root.to_zarr(store, mode="a", zarr_format=3, consolidated=False, write_empty_chunks=True)
+        persist.write_model(group, store)
+    return target
 
 
 def portable_strings(ds: xr.Dataset) -> xr.Dataset:
