@@ -324,10 +324,16 @@ def test_the_committed_format_1_file_loads_and_predicts_as_a_fresh_fit():
 # ------------------------------------------------------------- object storage
 @pytest.fixture(scope="module")
 def s3():
+    """The moto server's environment, set for this process (and its subprocesses)."""
+    # fsspec caches S3 file systems by their arguments, not by the endpoint of the
+    # environment: none made for another module's server is reused, nor this one later.
+    s3fs = fsspec.get_filesystem_class("s3")
+    s3fs.clear_instance_cache()
     with s3_server() as env, pytest.MonkeyPatch.context() as patch:
         for key, value in env.items():
             patch.setenv(key, value)
         yield env
+    s3fs.clear_instance_cache()
 
 
 @pytest.fixture
