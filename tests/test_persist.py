@@ -270,6 +270,15 @@ def test_load_refuses_what_is_not_a_model_file(tmp_path):
         dask_emk.load(tmp_path / "nothing.zarr")
 
 
+def test_load_builds_no_class_but_its_own(tmp_path):
+    model, _ = fitted("KMeans", "numpy")
+    model.save(tmp_path / "m.zarr")
+    group = zarr.open_group(tmp_path / "m.zarr", path=MODEL_GROUP, mode="r+")
+    group.attrs["estimator"] = "Popen"
+    with pytest.raises(ValueError, match="class 'Popen', which dask-emk does not load"):
+        dask_emk.load(tmp_path / "m.zarr")
+
+
 def test_a_newer_format_is_refused_naming_the_upgrade(tmp_path):
     model, _ = fitted("KMeans", "numpy")
     model.save(tmp_path / "m.zarr")

@@ -80,6 +80,12 @@ _ROOT_METADATA = "zarr.json"
 
 
 def _class(name: str) -> type:
+    """The class of :data:`CLASSES` named ``name``; a ValueError for any other name."""
+    if name not in CLASSES:
+        raise ValueError(
+            f"the model file names the class {name!r}, which dask-emk does not load (it "
+            f"loads {', '.join(CLASSES)}); was it written by another program?"
+        )
     module, attr = CLASSES[name]
     return getattr(importlib.import_module(module), attr)
 
@@ -342,8 +348,6 @@ def load(path) -> BaseEstimator:
 def _read_estimator(store, path: str) -> BaseEstimator:
     ds = xr.open_zarr(store, group=path, consolidated=False).load()
     name = ds.attrs["estimator"]
-    if name not in CLASSES:
-        raise ValueError(f"model file group {path!r} holds an unknown estimator {name!r}.")
 
     def decode(value):
         return _decode(value, ds, store, path)
