@@ -118,6 +118,26 @@ def test_predict_imputes_under_marginalize(tmp_path, grid_store):
     np.testing.assert_array_equal(got["label"].values, labels.where(labels >= 0).values)
 
 
+def test_predict_on_a_store_of_one_nd_variable(tmp_path, grid_store):
+    """A model fitted on an N-D DataArray (features along feature_dim) reads it back so."""
+    cube = inputs(grid_store).to_dataarray("var").transpose("time", "lat", "lon", "var")
+    cube = cube.rename("fields").chunk({"time": 2, "lat": 8, "lon": 12, "var": -1})
+    cube.to_dataset().to_zarr(tmp_path / "cube.zarr", zarr_format=3, consolidated=False)
+    stored = xr.open_zarr(tmp_path / "cube.zarr", consolidated=False)["fields"]
+    model = KMeans(K, nan_policy="omit", feature_dim="var", random_state=0).fit(stored)
+    model.save(tmp_path / "km.zarr")
+    loaded = dask_emk.load(tmp_path / "km.zarr")  # labels read from zarr: numpy's StringDType
+    assert loaded._feature_labels.dtype == model._feature_labels.dtype
+    np.testing.assert_array_equal(loaded._feature_labels, model._feature_labels)
+    result = invoke("predict", tmp_path / "km.zarr", tmp_path / "cube.zarr", "--out",
+                    tmp_path / "p.zarr", "--scheduler", "sync")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    labels = model.predict(stored)
+    got = read(tmp_path / "p.zarr")["label"]
+    assert got.dims == ("time", "lat", "lon")
+    np.testing.assert_array_equal(got.values, labels.where(labels >= 0).values)
+
+
 def test_predict_with_a_results_store_on_a_row_array(tmp_path):
     """A run's results are the model; a 2-D array in, outputs along ``sample``."""
     rows = tmp_path / "rows.zarr"

@@ -159,8 +159,10 @@ class _Node:
             name = self._name(hint)
             self.arrays[name] = value
             return {"__array__": name}
-        if value.dtype.kind in "OU" and all(isinstance(v, str) for v in value.ravel().tolist()):
-            return {"__strings__": value.tolist(), "dtype": value.dtype.str}
+        if value.dtype.kind in "OUT" and all(isinstance(v, str) for v in value.ravel().tolist()):
+            # numpy's variable-width StringDType (kind T) has no dtype.str to parse back
+            dtype = "StringDType" if value.dtype.kind == "T" else value.dtype.str
+            return {"__strings__": value.tolist(), "dtype": dtype}
         raise TypeError(f"cannot save the array {hint!r} of dtype {value.dtype} in a model file.")
 
     def _child(self, value, hint: str):
@@ -370,7 +372,9 @@ def _decode(value, ds: xr.Dataset, store, path: str):
     if "__scalar__" in value:
         return np.dtype(value["__scalar__"]).type(value["value"])
     if "__strings__" in value:
-        return np.array(value["__strings__"], dtype=np.dtype(value["dtype"]))
+        dtype = value["dtype"]
+        dtype = np.dtypes.StringDType() if dtype == "StringDType" else np.dtype(dtype)
+        return np.array(value["__strings__"], dtype=dtype)
     if "__tuple__" in value:
         return tuple(_decode(v, ds, store, path) for v in value["__tuple__"])
     if "__dict__" in value:
