@@ -318,14 +318,22 @@ def write_fixture() -> None:
 
 
 def test_the_committed_format_1_file_loads_and_predicts_as_a_fresh_fit():
+    """Today's fit of the same settings finds the same mixture; its components may come
+    in another order (a later seeding draws otherwise), so they are matched by their means."""
     loaded = dask_emk.load(FIXTURE)
     fresh, ds = fixture_model()
     assert zarr.open_group(FIXTURE, mode="r").attrs[FORMAT_ATTR] == 1
-    np.testing.assert_array_equal(loaded.predict(ds).values, fresh.predict(ds).values)
-    np.testing.assert_allclose(loaded.means_, fresh.means_, rtol=1e-12)
+    distances = np.linalg.norm(loaded.means_[:, None] - fresh.means_[None], axis=-1)
+    order = distances.argmin(axis=1)  # fresh component of each loaded one
+    assert sorted(order) == list(range(fresh.n_components))
+    np.testing.assert_allclose(loaded.means_, fresh.means_[order], rtol=1e-6)
+    got, want = loaded.predict(ds).values, fresh.predict(ds).values
+    np.testing.assert_array_equal(np.where(got >= 0, order[got], got), want)
     np.testing.assert_allclose(
-        loaded.predict_proba(ds).values, fresh.predict_proba(ds).values, rtol=1e-9, atol=1e-12
-    )
+        loaded.predict_proba(ds).values, fresh.predict_proba(ds).values[..., order],
+        rtol=1e-6, atol=1e-12,
+    )  # fmt: skip
+    assert list(loaded.feature_names_in_) == ["u", "v"] and loaded.nan_policy == "omit"
     size = sum(p.stat().st_size for p in FIXTURE.rglob("*") if p.is_file())
     assert size < 20_000
 
