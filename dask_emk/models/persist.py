@@ -261,6 +261,12 @@ def save_new(model: BaseEstimator, path: str | os.PathLike) -> None:
     layer does not import: ``dask_emk.save(model, path, overwrite=True)``
     (:func:`dask_emk.pipeline.results.save_model`) writes through it.
 
+    Parameters
+    ----------
+    model : a fitted estimator of :data:`CLASSES`, or a scikit-learn Pipeline of them
+    path : str or os.PathLike
+        A local path or object-store URL where nothing exists.
+
     Raises
     ------
     TypeError

@@ -67,6 +67,27 @@ def predict_store(
     written: the output path (:func:`dask_emk.pipeline.outputs.check_output`),
     the model file, that the model gives each output, the input's features.
 
+    Parameters
+    ----------
+    model_path : str or os.PathLike
+        A model file, or a results store of ``dask-emk fit``/``run``.
+    store : str
+        The input store (path or URL).
+    out : str or os.PathLike
+        Where the outputs go (replaced only if dask-emk wrote it).
+    array : str, optional
+        The 2-D array of ``store`` to read (rows × features).
+    outputs : tuple of str
+        Names of :data:`OUTPUTS` to write.
+    variables : list of str, optional
+        The xarray store's variables to read (default: the model's).
+    missing_chunks : {'raise', 'fill'}
+        A missing chunk file of the input: an error, or read as the fill value.
+    scheduler : str
+        As ``dask-emk run --scheduler``.
+    echo : callable
+        Prints a progress line.
+
     Returns
     -------
     The output location (a Path, or a URL).
