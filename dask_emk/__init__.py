@@ -21,6 +21,8 @@ _EXPORTS = {
     "GaussianMixtureIC": "dask_emk.models.ic",
     "KMeans": "dask_emk.models.kmeans",
     "StandardScaler": "dask_emk.models.preprocess",
+    "load": "dask_emk.models.persist",
+    "save": "dask_emk.pipeline.results",
 }
 
 __all__ = [*sorted(_EXPORTS), "__version__"]
@@ -31,13 +33,19 @@ if TYPE_CHECKING:
     from dask_emk.models.gmm import GaussianMixture as GaussianMixture
     from dask_emk.models.ic import GaussianMixtureIC as GaussianMixtureIC
     from dask_emk.models.kmeans import KMeans as KMeans
+    from dask_emk.models.persist import load as load
     from dask_emk.models.preprocess import StandardScaler as StandardScaler
+    from dask_emk.pipeline.results import save_model as save  # noqa: F401 (in __all__)
+
+
+#: Public names defined under another name in their module.
+_RENAMED = {"save": "save_model"}
 
 
 def __getattr__(name: str):
     if name not in _EXPORTS:
         raise AttributeError(f"module 'dask_emk' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    value = getattr(importlib.import_module(_EXPORTS[name]), _RENAMED.get(name, name))
     globals()[name] = value  # later look-ups skip this function
     return value
 

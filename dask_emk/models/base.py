@@ -23,7 +23,28 @@ from dask_emk.models.validation import validate_features
 LABEL_DTYPE = np.dtype(np.int32)
 
 
-class ChunkedEstimator(BaseEstimator):
+class SavesModelFile:
+    """Mixin: :meth:`save` to a model file, which :func:`dask_emk.load` reads back."""
+
+    def save(self, path) -> None:
+        """Write the fitted model to a new model file (a zarr store) at ``path``.
+
+        ``dask_emk.load(path)`` gives it back, predicting bit for bit as this
+        one (:mod:`dask_emk.models.persist` says what the file holds).
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+            A local path or an object-store URL (``s3://``, ``gs://``) where
+            nothing exists yet: this writes only new paths
+            (``dask_emk.save(model, path, overwrite=True)`` replaces one it wrote).
+        """
+        from dask_emk.models.persist import save_new
+
+        save_new(self, path)
+
+
+class ChunkedEstimator(SavesModelFile, BaseEstimator):
     """Base of the estimators: ``fit`` checks everything, then ``_fit`` works.
 
     A subclass sets ``_parameter_specs`` (its table in

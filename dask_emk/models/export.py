@@ -25,6 +25,8 @@ GMM, KMEANS, ANNEAL = "GaussianMixture", "KMeans", "AnnealedGaussianMixture"
 DPMEANS = "DPMeans"
 MODELS = (GMM, KMEANS, ANNEAL, DPMEANS)
 PATH, RESULTS, TRUTH, GENERATED = "path", "results", "truth", "generated"
+MODEL_FILE = "model file"
+PREDICTED = "predicted"
 GRID = "grid"
 
 #: Where names occur: the short label used in the table, and what it is.
@@ -44,6 +46,11 @@ PLACES = {
         "`lower_bound` or `inertia`, is replaced by `history_*`)",
     ),
     TRUTH: ("truth", "the results group `truth` (generated input only)"),
+    MODEL_FILE: ("file", "a model file (`model.save(path)`, read by `dask_emk.load`): the "
+                 "model's export at the root, its parameters and fitted state in the group "
+                 "`model` (`dask_emk.models.persist`); a results store is one too"),
+    PREDICTED: ("predicted", "a store written by `dask-emk predict`: per-sample outputs on the "
+                "input's grid, with CF attributes"),
     GENERATED: ("generated", "a store written by `dask-emk generate` (or `[input.generate]`)"),
     GRID: ("grid", "a gridded store written by `dask-emk generate --grid` (the variables and "
            "the truth on time, lat, lon) or by a pipeline's `[input.photo]` (`image`)"),
@@ -81,10 +88,10 @@ def _covariance_dims_text() -> str:
 #: Every name dask_emk writes: one row per name and meaning.
 SCHEMA: tuple[Name, ...] = (
     # dimensions
-    Name("component", DIMENSION, (*MODELS, PATH, RESULTS, TRUTH, GENERATED, GRID),
+    Name("component", DIMENSION, (*MODELS, PATH, RESULTS, PREDICTED, TRUTH, GENERATED, GRID),
          "mixture components and k-means clusters alike, 0 … K−1; in `path` a slot per "
          "mean the anneal ever made (a split opens one, a merge closes one)"),
-    Name("feature", DIMENSION, (*MODELS, PATH, RESULTS, TRUTH, GENERATED, GRID),
+    Name("feature", DIMENSION, (*MODELS, PATH, RESULTS, PREDICTED, TRUTH, GENERATED, GRID),
          "the input's feature labels (xarray or pandas input), else 0 … d−1"),
     Name("feature_row", DIMENSION, (GMM, TRUTH, GENERATED, GRID),
          "the feature labels again, for the rows of covariance matrices"),
@@ -94,7 +101,7 @@ SCHEMA: tuple[Name, ...] = (
          "iterations of the fit, 1 … n_iter"),
     Name("step", DIMENSION, (PATH,), "annealing steps, σ² decreasing, 0 … n_steps−1"),
     Name("event", DIMENSION, (PATH,), "split and merge events in order (no coordinate)"),
-    Name("sample", DIMENSION, (RESULTS, GENERATED),
+    Name("sample", DIMENSION, (RESULTS, PREDICTED, GENERATED),
          "rows of the input, in its chunks; per-sample results of gridded (xarray) input "
          "have the input's sample dims (e.g. time, lat, lon) and coordinates instead"),
     Name("time", DIMENSION, (GRID,), "time steps, 0 … T−1"),
@@ -184,6 +191,20 @@ SCHEMA: tuple[Name, ...] = (
          "`predict_proba` (`output.responsibilities`; gmm, anneal)", ("sample", "component")),
     Name("log_density", VARIABLE, (RESULTS,),
          "`score_samples`: log p(x) (`output.log_density`; gmm)", ("sample",)),
+    # written by dask-emk predict
+    Name("label", VARIABLE, (PREDICTED,),
+         "`predict`: most probable component, or nearest centre; −1 (`_FillValue`, NaN when "
+         "decoded) where a sample is omitted; `flag_values`/`flag_meanings` name the "
+         "components", ("sample",)),
+    Name("responsibility", VARIABLE, (PREDICTED,),
+         "`predict_proba`: probability of each component given the sample (`--responsibility`)",
+         ("sample", "component")),
+    Name("log_density", VARIABLE, (PREDICTED,),
+         "`score_samples`: log p(x), in the data's units also behind a StandardScaler "
+         "(`--log-density`)", ("sample",)),
+    Name("imputed", VARIABLE, (PREDICTED,),
+         "`GaussianMixture.impute`: the input with each NaN replaced by its conditional "
+         "expectation (`--impute`)", ("sample", "feature")),
     # the generator
     Name("X", VARIABLE, (GENERATED,), "the data", ("sample", "feature")),
     Name("labels", VARIABLE, (GENERATED,), "true component of each row", ("sample",)),
@@ -197,8 +218,13 @@ SCHEMA: tuple[Name, ...] = (
     Name("image", VARIABLE, (GRID,),
          "the photograph, 0 … 255 as float32; NaN at the clouds", ("y", "x", "band")),
     # attributes
-    Name("model", ATTRIBUTE, MODELS, "the estimator's class name"),
-    Name("dask_emk_version", ATTRIBUTE, MODELS, "the version that wrote it"),
+    Name("model", ATTRIBUTE, (*MODELS, MODEL_FILE, PREDICTED), "the estimator's class name"),
+    Name("dask_emk_version", ATTRIBUTE, (*MODELS, MODEL_FILE, PREDICTED),
+         "the version that wrote it"),
+    Name("model_file", ATTRIBUTE, (PREDICTED,), "the model file the outputs come from"),
+    Name("dask_emk_model_format", ATTRIBUTE, (MODEL_FILE, RESULTS),
+         "format version of the model file (1); `dask_emk.load` reads every version up to "
+         "its own"),
     Name("<each constructor parameter>", ATTRIBUTE, MODELS,
          "`get_params()` under its own name: numbers and strings as they are, None as "
          "'None', booleans as 'True'/'False', arrays as JSON, other objects as repr"),
@@ -218,10 +244,10 @@ SCHEMA: tuple[Name, ...] = (
     Name("event_kind", ATTRIBUTE, (PATH,), "what the values of `event_kind` mean"),
     Name("pipeline_json", ATTRIBUTE, (RESULTS,), "the validated pipeline config as JSON"),
     Name("pipeline_toml", ATTRIBUTE, (RESULTS,), "the pipeline file's text ('' without one)"),
-    Name("input", ATTRIBUTE, (RESULTS,), "description of the input"),
+    Name("input", ATTRIBUTE, (RESULTS, PREDICTED), "description of the input"),
     Name("n_samples", ATTRIBUTE, (RESULTS, GENERATED), "rows of the input"),
     Name("fit_seconds", ATTRIBUTE, (RESULTS,), "wall time of the fit"),
-    Name("dask_emk_results", ATTRIBUTE, (RESULTS,),
+    Name("dask_emk_results", ATTRIBUTE, (RESULTS, PREDICTED),
          "marker {format, version}: the store may be replaced by a later run"),
     Name("dask_emk_generated", ATTRIBUTE, (GENERATED,),
          "marker {format, version}: the store may be replaced by a later generate"),

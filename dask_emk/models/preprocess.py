@@ -30,6 +30,7 @@ from dask_emk.engine.inputs import (
     float_dtype,
 )
 from dask_emk.engine.reduction import reduce_pass
+from dask_emk.models.base import SavesModelFile
 from dask_emk.models.params import INPUT_OPTIONS, SPLIT_EVERY, Boolean, Spec, validate_params
 from dask_emk.models.validation import check_features
 
@@ -37,8 +38,9 @@ from dask_emk.models.validation import check_features
 # auto_wrap_output_keys=None: no set_output. Output follows the input (numpy,
 # dask, xarray); scikit-learn's pandas wrapping failed inside xarray on a Dataset.
 class StandardScaler(
-    OneToOneFeatureMixin, TransformerMixin, BaseEstimator, auto_wrap_output_keys=None
-):
+    OneToOneFeatureMixin, TransformerMixin, SavesModelFile, BaseEstimator,
+    auto_wrap_output_keys=None,
+):  # fmt: skip
     """Standardise features to zero mean and unit variance, NaN-aware and out of core.
 
     As scikit-learn's ``StandardScaler`` (population variance, near-constant

@@ -270,6 +270,50 @@ def fit(input_path, model, n_components, out, scheduler, resume, quiet, no_plots
 
 
 @main.command()
+@click.argument("model_path", metavar="MODEL")
+@click.argument("input_path", metavar="INPUT")
+@click.option(
+    "--out", required=True,
+    help="OUT.zarr for the outputs, a path or URL (replaced only if dask-emk wrote it).",
+)  # fmt: skip
+@click.option("--responsibility", is_flag=True,
+              help="Also the probability of each component (mixtures).")  # fmt: skip
+@click.option("--log-density", is_flag=True, help="Also log p(x) (Gaussian mixtures).")
+@click.option("--impute", is_flag=True,
+              help="Also the input with its NaN replaced by their conditional mean "
+              "(a GaussianMixture).")  # fmt: skip
+@click.option("--variables", default=None, metavar="V1,V2,...",
+              help="The xarray store's variables to read (default: those the model was "
+              "fitted on).")  # fmt: skip
+@click.option("--missing-chunks", type=click.Choice(["raise", "fill"]), default="raise",
+              show_default=True,
+              help="A missing chunk file: an error, or read as fill values.")  # fmt: skip
+@click.option("--scheduler", default="local", show_default=True, help=SCHEDULER_HELP)
+@_fail_cleanly
+def predict(model_path, input_path, out, responsibility, log_density, impute, variables,
+            missing_chunks, scheduler) -> None:  # fmt: skip
+    """Apply MODEL (a model file, or the results of fit/run) to INPUT, writing OUT.zarr.
+
+    INPUT is what fit reads: store.zarr/ARRAY (rows × features) or an xarray
+    store of the model's variables (on a grid, with gaps as the model's
+    nan_policy allows); a path or URL. OUT holds `label` (and the options'
+    outputs) on INPUT's grid, chunk by chunk.
+    """
+    from dask_emk.pipeline.predict import predict_store
+
+    section = _input_section(input_path)
+    if "csv" in section:
+        raise ValueError("dask-emk predict reads zarr stores; write the CSV to a zarr store first.")
+    flags = {"responsibility": responsibility, "log_density": log_density, "imputed": impute}
+    predict_store(
+        model_path, section["store"], out, array=section.get("array"),
+        outputs=("label", *(name for name, on in flags.items() if on)),
+        variables=variables.split(",") if variables else None,
+        missing_chunks=missing_chunks, scheduler=scheduler, echo=click.echo,
+    )  # fmt: skip
+
+
+@main.command()
 @click.argument("results")
 @_fail_cleanly
 def show(results) -> None:

@@ -9,7 +9,10 @@ Layout (``xr.open_zarr(path)`` opens the root; groups with ``group=``):
   came from a file), the package version, convergence;
 - ``anneal``: the annealed model (``to_xarray()``), ``anneal_path``: its
   ``path_`` (when the pipeline anneals);
-- ``truth``: the generator's true parameters (generated input only).
+- ``truth``: the generator's true parameters (generated input only);
+- ``model``: the fitted estimator (:func:`fitted_model`), so that the store
+  is a model file (root attribute ``dask_emk_model_format``):
+  ``dask_emk.load(path)`` gives the model (:mod:`dask_emk.models.persist`).
 
 The root carries the attribute ``dask_emk_results = {"format": 1, "version": ...}``:
 that marker, not the name, is what lets a later run replace the store
@@ -34,16 +37,26 @@ that marker, not the name, is what lets a later run replace the store
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
 import xarray as xr
+import zarr
+from sklearn.pipeline import Pipeline, make_pipeline
 from zarr.codecs import BloscCodec
 
 from dask_emk.engine.locations import is_url
-from dask_emk.models import export
+from dask_emk.models import export, persist
 from dask_emk.pipeline.fits import FitOutcome
-from dask_emk.pipeline.outputs import RESULTS, building_store, output_location, store_marker
+from dask_emk.pipeline.outputs import (
+    RESULTS,
+    building_store,
+    check_output,
+    claim,
+    output_location,
+    store_marker,
+)
 
 #: History variables the estimators' own exports hold (replaced by the pipeline's).
 ESTIMATOR_HISTORY = ("lower_bound", "inertia")
@@ -125,35 +138,92 @@ def truth_dataset(truth) -> xr.Dataset:
     )
 
 
+def fitted_model(outcome: FitOutcome, scaler=None) -> object:
+    """The estimator a results store keeps as its model file.
+
+    The fit's model (the model search of a gmm-ic run), behind the ``scaler``
+    it was fitted behind as a scikit-learn Pipeline, so that it predicts from
+    the data as the run's per-sample outputs did.
+    """
+    model = outcome.search if outcome.search is not None else outcome.model
+    return model if scaler is None else make_pipeline(scaler, model)
+
+
 def write_results(
     path: str | os.PathLike,
     root: xr.Dataset,
     groups: dict[str, xr.Dataset],
     per_sample: xr.Dataset | None,
+    model: object | Pipeline = None,
+    consolidated: bool = False,
 ) -> Path | str:
     """Write the results store so that it appears complete or not at all (see above).
 
     An existing store at ``path`` (a local path or an object-store URL) is
     replaced only if dask-emk wrote it. Per-sample outputs are lazy:
     ``to_zarr`` computes and writes them chunk by chunk on the active
-    scheduler, never whole in memory.
+    scheduler, never whole in memory. ``model`` (:func:`fitted_model`) is
+    written as the group ``model``, which makes the store a model file.
+    ``consolidated``: write zarr's consolidated metadata last, so that a
+    plain ``xarray.open_zarr(path)`` reads it without a warning.
     """
     final = output_location(path)
     final = final if is_url(final) else final.absolute()
+    group = None if model is None else persist.model_group(model)  # checked before writing
     with building_store(final, RESULTS) as store:
         root = portable_strings(root).assign_attrs(store_marker(RESULTS))
+        if group is not None:
+            root = root.assign_attrs(persist.format_attrs(export.RESULTS))
         # Every chunk gets its file, also one of only the fill value (an
         # all-land chunk of labels): a missing file is what the read checks refuse.
         every_chunk = {"consolidated": False, "write_empty_chunks": True}
         root.to_zarr(store, mode="a", zarr_format=3, **every_chunk)
         for name, ds in groups.items():
             portable_strings(ds).to_zarr(store, group=name, mode="w-", zarr_format=3, **every_chunk)
+        if group is not None:
+            persist.write_model(group, store)
         if per_sample is not None:
             # Appending rewrites the group's attributes: keep the root's.
             per_sample = per_sample.assign_attrs(root.attrs)
             encoding = {name: {"compressors": (_compressor(),)} for name in per_sample.data_vars}
             per_sample.to_zarr(store, mode="a", encoding=encoding, **every_chunk)
+        if consolidated:
+            with warnings.catch_warnings():
+                # Not in the zarr 3 specification yet, zarr says; xarray reads it, and
+                # warns on every open of a store without it.
+                warnings.filterwarnings("ignore", "Consolidated metadata", UserWarning)
+                zarr.consolidate_metadata(store)
     return final
+
+
+def save_model(model, path: str | os.PathLike, *, overwrite: bool = False) -> Path | str:
+    """Write a model file of ``model`` at ``path`` through the output-safety rule.
+
+    As :meth:`model.save <dask_emk.models.base.SavesModelFile.save>` (the same
+    store), but a results-kind store: locked while written, built aside and
+    published whole (:func:`dask_emk.pipeline.outputs.building_store`), and
+    with ``overwrite`` it replaces a model file or results store dask-emk
+    wrote this way (never anything else).
+
+    Parameters
+    ----------
+    model : a fitted dask_emk estimator, or a scikit-learn Pipeline of them
+    path : local path or object-store URL
+    overwrite : bool, default=False
+
+    Returns
+    -------
+    The path (a URL: str).
+    """
+    target = check_output(path, RESULTS, where="path", replace=overwrite,
+                          replace_hint="overwrite=True")  # fmt: skip
+    root = persist.model_root(model)  # raises if not fitted
+    group = persist.model_group(model)  # raises on what cannot be saved, before writing
+    with claim(target, RESULTS, where="path"), building_store(target, RESULTS) as store:
+        root = root.assign_attrs(store_marker(RESULTS))
+        root.to_zarr(store, mode="a", zarr_format=3, consolidated=False, write_empty_chunks=True)
+        persist.write_model(group, store)
+    return target
 
 
 def portable_strings(ds: xr.Dataset) -> xr.Dataset:

@@ -49,6 +49,7 @@ from dask_emk.pipeline.fits import (
 )
 from dask_emk.pipeline.outputs import CHECKPOINT, GENERATED, PLOT, RESULTS, check_output, claim
 from dask_emk.pipeline.results import (
+    fitted_model,
     model_dataset,
     per_sample_dataset,
     truth_dataset,
@@ -155,7 +156,7 @@ def _run_pipeline(cfg, toml_text, resume, echo, verbose, results_name) -> Path |
             outcome.model, source.X, out, source.data.grid.dims, scaler
         )
         with _progress_bar(verbose):
-            write_results(results, root, groups, per_sample)
+            write_results(results, root, groups, per_sample, fitted_model(outcome, scaler))
         echo(f"results: {results} ({', '.join(['root', *groups])})")
         if out["plots"]:
             for path in draw_figures(results, outcome, anneal, source, map_slice, scaler):

@@ -1,0 +1,280 @@
+"""`dask-emk predict MODEL INPUT --out OUT`: a model file applied to a store, outputs on its grid.
+
+The input: a ``generate --grid`` store (3 regimes, land, scattered gaps) and
+a generated row store (``store.zarr/X``). The outputs are read back with a
+plain ``xarray.open_zarr`` (consolidated metadata: no warning) and compared
+with the loaded model's own ``predict``/``predict_proba``/``score_samples``/
+``impute`` on the same data: equal bit for bit, NaN where the model omits a
+sample, on the input's dims, coordinates and chunks, with CF attributes.
+The output path follows ``run``'s rules; a predict killed while it writes
+leaves nothing that opens, and its rerun writes the same store.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import signal
+import subprocess
+import time
+import warnings
+
+import fsspec
+import numpy as np
+import pytest
+import xarray as xr
+from pipeline_helpers import VENV_BIN, assert_one_line_error, invoke, wait_for
+from s3_helpers import s3_server
+
+import dask_emk
+from dask_emk import GaussianMixture, KMeans
+from dask_emk.pipeline.generate import random_mixture, write_grid_zarr, write_mixture_zarr
+from dask_emk.pipeline.outputs import lock_path, partial_path
+
+K, D = 3, 3
+SHAPE, CHUNKS = (4, 16, 24), (2, 8, 12)
+VARIABLES = ["x0", "x1", "x2"]
+
+
+def grid(path, shape=SHAPE, chunks=CHUNKS):
+    write_grid_zarr(path, shape, random_mixture(D, K, separation=8.0, seed=3), chunks=chunks,
+                    land=0.3, gaps=0.05, seed=3)  # fmt: skip
+    return path
+
+
+@pytest.fixture(scope="module")
+def grid_store(tmp_path_factory):
+    return grid(tmp_path_factory.mktemp("grid") / "grid.zarr")
+
+
+@pytest.fixture(scope="module")
+def gmm_file(grid_store, tmp_path_factory):
+    """A GaussianMixture fitted on the grid (gaps omitted), saved."""
+    path = tmp_path_factory.mktemp("model") / "gmm.zarr"
+    data = xr.open_zarr(grid_store, consolidated=False)[VARIABLES]
+    GaussianMixture(K, nan_policy="omit", max_iter=20, random_state=0).fit(data).save(path)
+    return path
+
+
+def read(path) -> xr.Dataset:
+    """The outputs as a user opens them: plain open_zarr, any warning an error."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        return xr.open_zarr(path)
+
+
+def inputs(store) -> xr.Dataset:
+    return xr.open_zarr(store, consolidated=False)[VARIABLES]
+
+
+def assert_on_the_grid(out: xr.DataArray, data: xr.Dataset) -> None:
+    assert out.dims[:3] == ("time", "lat", "lon")
+    for dim in ("time", "lat", "lon"):
+        np.testing.assert_array_equal(out[dim].values, data[dim].values)
+    assert out.encoding["chunks"][:3] == CHUNKS
+
+
+def test_predict_writes_labels_and_outputs_on_the_input_grid(tmp_path, grid_store, gmm_file):
+    out = tmp_path / "p.zarr"
+    result = invoke("predict", gmm_file, grid_store, "--out", out, "--responsibility",
+                    "--log-density", "--scheduler", "sync")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    got, data = read(out), inputs(grid_store)
+    model = dask_emk.load(gmm_file)
+    labels = model.predict(data)
+    omitted = ~np.isfinite(data.to_dataarray().values).all(axis=0)
+    assert omitted.any() and not omitted.all()
+    want = {"label": labels.where(labels >= 0), "responsibility": model.predict_proba(data),
+            "log_density": model.score_samples(data)}  # fmt: skip
+    assert set(got.data_vars) == set(want)
+    for name, value in want.items():
+        assert_on_the_grid(got[name], data)
+        np.testing.assert_array_equal(got[name].values, value.values, name)
+        assert np.isnan(got[name].values[omitted]).all() and got[name].attrs["long_name"]
+    assert set(np.unique(got["label"].values[~omitted])) <= set(range(K))
+    assert got["label"].attrs["flag_values"] == [0, 1, 2]
+    assert got["label"].attrs["flag_meanings"] == "component_0 component_1 component_2"
+    assert got["label"].encoding["_FillValue"] == -1 and got["label"].encoding["dtype"] == "int32"
+    assert got["responsibility"].attrs["units"] == "1"
+    np.testing.assert_array_equal(got["component"].values, np.arange(K))
+    assert got.attrs["model"] == "GaussianMixture" and got.attrs["model_file"] == str(gmm_file)
+
+
+def test_predict_imputes_under_marginalize(tmp_path, grid_store):
+    data = inputs(grid_store)
+    model = GaussianMixture(K, nan_policy="marginalize", max_iter=10, random_state=0).fit(data)
+    model.save(tmp_path / "m.zarr")
+    result = invoke("predict", tmp_path / "m.zarr", grid_store, "--out", tmp_path / "p.zarr",
+                    "--impute", "--scheduler", "sync")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    got = read(tmp_path / "p.zarr")
+    want = model.impute(data)
+    assert got["imputed"].dims == ("time", "lat", "lon", "feature")
+    assert list(got["feature"].values) == VARIABLES
+    np.testing.assert_array_equal(got["imputed"].values, want.values)
+    land = np.isnan(data.to_dataarray().values).all(axis=0)
+    gaps = np.isnan(data.to_dataarray().values).any(axis=0) & ~land
+    assert np.isfinite(got["imputed"].values[gaps]).all()  # a gap is filled
+    labels = model.predict(data)  # -1 where no feature is observed (land)
+    np.testing.assert_array_equal(got["label"].values, labels.where(labels >= 0).values)
+
+
+def test_predict_on_a_store_of_one_nd_variable(tmp_path, grid_store):
+    """A model fitted on an N-D DataArray (features along feature_dim) reads it back so."""
+    cube = inputs(grid_store).to_dataarray("var").transpose("time", "lat", "lon", "var")
+    cube = cube.rename("fields").chunk({"time": 2, "lat": 8, "lon": 12, "var": -1})
+    cube.to_dataset().to_zarr(tmp_path / "cube.zarr", zarr_format=3, consolidated=False)
+    stored = xr.open_zarr(tmp_path / "cube.zarr", consolidated=False)["fields"]
+    model = KMeans(K, nan_policy="omit", feature_dim="var", random_state=0).fit(stored)
+    model.save(tmp_path / "km.zarr")
+    loaded = dask_emk.load(tmp_path / "km.zarr")  # labels read from zarr: numpy's StringDType
+    assert loaded._feature_labels.dtype == model._feature_labels.dtype
+    np.testing.assert_array_equal(loaded._feature_labels, model._feature_labels)
+    result = invoke("predict", tmp_path / "km.zarr", tmp_path / "cube.zarr", "--out",
+                    tmp_path / "p.zarr", "--scheduler", "sync")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    labels = model.predict(stored)
+    got = read(tmp_path / "p.zarr")["label"]
+    assert got.dims == ("time", "lat", "lon")
+    np.testing.assert_array_equal(got.values, labels.where(labels >= 0).values)
+
+
+def test_predict_with_a_results_store_on_a_row_array(tmp_path):
+    """A run's results are the model; a 2-D array in, outputs along ``sample``."""
+    rows = tmp_path / "rows.zarr"
+    write_mixture_zarr(rows, 3_000, random_mixture(D, K, seed=1), chunk_rows=700, seed=1)
+    result = invoke("fit", f"{rows}/X", "--model", "kmeans", "--k", K, "--out",
+                    tmp_path / "r.zarr", "--scheduler", "sync", "-q", "--no-plots")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    result = invoke("predict", tmp_path / "r.zarr", f"{rows}/X", "--out", tmp_path / "p.zarr",
+                    "--scheduler", "sync")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    got = read(tmp_path / "p.zarr")
+    X = xr.open_zarr(rows, consolidated=False)["X"].values
+    model = dask_emk.load(tmp_path / "r.zarr")
+    assert isinstance(model, KMeans)
+    np.testing.assert_array_equal(got["label"].values, model.predict(X))
+    stored = xr.open_zarr(tmp_path / "r.zarr", consolidated=False)["labels"].values
+    np.testing.assert_array_equal(got["label"].values, stored)
+    assert got["label"].dims == ("sample",) and got["label"].encoding["chunks"] == (700,)
+
+
+# ------------------------------------------------------------------ rules and errors
+def test_the_output_follows_runs_rules(tmp_path, grid_store, gmm_file):
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("keep")
+    args = ("--scheduler", "sync")
+    result = invoke("predict", gmm_file, grid_store, "--out", foreign, *args)
+    assert_one_line_error(result, "is not a dask-emk results store")
+    assert [p.name for p in foreign.iterdir()] == ["notes.txt"]
+    result = invoke("predict", gmm_file, grid_store, "--out", grid_store / "p.zarr", *args)
+    assert result.exit_code == 1 and "Error:" in result.output
+    out = tmp_path / "p.zarr"
+    for _ in range(2):  # the second replaces the first: dask-emk wrote it
+        assert invoke("predict", gmm_file, grid_store, "--out", out, *args).exit_code == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine", "p.zarr"]
+
+
+@pytest.mark.parametrize(
+    ("model", "option", "fragments"),
+    [
+        ("kmeans", "--responsibility", ("KMeans gives no responsibility", "drop --responsibility")),
+        ("kmeans", "--impute", ("KMeans gives no imputed", "drop --impute")),
+        ("data", "--log-density", ("not a dask-emk model file",)),
+    ],
+)
+def test_what_cannot_be_predicted_fails_before_anything_is_written(
+    model, option, fragments, tmp_path, grid_store
+):
+    path = grid_store
+    if model == "kmeans":
+        path = tmp_path / "km.zarr"
+        KMeans(K, nan_policy="omit", random_state=0).fit(inputs(grid_store)).save(path)
+    out = tmp_path / "p.zarr"
+    result = invoke("predict", path, grid_store, "--out", out, option, "--scheduler", "sync")
+    assert_one_line_error(result, *fragments)
+    assert not out.exists() and not lock_path(out).exists()
+
+
+def test_a_store_of_other_variables_is_refused_naming_the_fix(tmp_path, gmm_file):
+    other = xr.Dataset({"sst": (("time", "lat"), np.zeros((2, 3)))})
+    other.to_zarr(tmp_path / "other.zarr", zarr_format=3, consolidated=False)
+    result = invoke("predict", gmm_file, tmp_path / "other.zarr", "--out", tmp_path / "p.zarr")
+    assert_one_line_error(result, "--variables")
+    result = invoke("predict", gmm_file, tmp_path / "other.zarr", "--out", tmp_path / "p.zarr",
+                    "--variables", "sst", "--scheduler", "sync")  # fmt: skip
+    assert_one_line_error(result, "other feature labels", "['x0', 'x1', 'x2'] missing")
+
+
+# ------------------------------------------------------------------ kill and rerun
+def _begun_since(path, start_ns: int) -> bool:
+    """``path`` exists and was made or changed since ``start_ns`` (not a leftover)."""
+    try:
+        return path.stat().st_mtime_ns >= start_ns
+    except FileNotFoundError:
+        return False
+
+
+def kill_while_building(args, out, sig) -> None:
+    """Start ``args``, signal it once it has begun a new ``<out>.partial``, wait for its end."""
+    start = time.time_ns()  # a leftover of the previous kill is older; this run removes it
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    wait_for(lambda: _begun_since(partial_path(out), start), 120, "a store being built")
+    proc.send_signal(sig)
+    proc.wait(timeout=60)
+    assert proc.returncode == 128 + sig if sig != signal.SIGKILL else proc.returncode == -sig
+
+
+@pytest.mark.slow
+def test_a_killed_predict_leaves_the_previous_outputs_and_reruns(tmp_path):
+    store = grid(tmp_path / "big.zarr", shape=(64, 48, 64), chunks=(2, 48, 64))
+    data = inputs(store)
+    model = GaussianMixture(K, nan_policy="omit", max_iter=3, random_state=0).fit(data)
+    model.save(tmp_path / "m.zarr")
+    labels = model.predict(data)
+    out = tmp_path / "p.zarr"
+    args = [str(VENV_BIN / "dask-emk"), "predict", str(tmp_path / "m.zarr"), str(store), "--out",
+            str(out), "--responsibility", "--log-density", "--scheduler", "sync"]  # fmt: skip
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        kill_while_building(args, out, sig)
+        assert not out.exists()  # nothing half-written at the path
+    rerun = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert not partial_path(out).exists() and not lock_path(out).exists()
+    np.testing.assert_array_equal(read(out)["label"].values, labels.where(labels >= 0).values)
+    kill_while_building(args, out, signal.SIGKILL)  # over complete outputs: they stay
+    np.testing.assert_array_equal(read(out)["label"].values, labels.where(labels >= 0).values)
+
+
+# ------------------------------------------------------------------ object storage
+@pytest.fixture(scope="module")
+def s3():
+    """The moto server's environment, set for this process (and its subprocesses)."""
+    # fsspec caches S3 file systems by their arguments, not by the endpoint of the
+    # environment: none made for another module's server is reused, nor this one later.
+    s3fs = fsspec.get_filesystem_class("s3")
+    s3fs.clear_instance_cache()
+    with s3_server() as env, pytest.MonkeyPatch.context() as patch:
+        for key, value in env.items():
+            patch.setenv(key, value)
+        yield env
+    s3fs.clear_instance_cache()
+
+
+@pytest.mark.slow
+def test_predict_on_s3_on_a_local_cluster(s3, tmp_path, gmm_file, grid_store):
+    """Model, input and output on the S3 server; the workers of a LocalCluster read and write."""
+    bucket = "s3://pr-" + hashlib.sha1(str(tmp_path).encode()).hexdigest()[:12]
+    fs = fsspec.filesystem("s3")
+    fs.mkdir(bucket.removeprefix("s3://"))
+    grid(f"{bucket}/grid.zarr")
+    dask_emk.save(dask_emk.load(gmm_file), f"{bucket}/m.zarr")
+    result = invoke("predict", f"{bucket}/m.zarr", f"{bucket}/grid.zarr", "--out",
+                    f"{bucket}/p.zarr", "--log-density", "--scheduler", "local:2")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    got, data = read(f"{bucket}/p.zarr"), inputs(grid_store)
+    model = dask_emk.load(gmm_file)
+    labels = model.predict(data)
+    np.testing.assert_array_equal(got["label"].values, labels.where(labels >= 0).values)
+    np.testing.assert_array_equal(got["log_density"].values, model.score_samples(data).values)
+    assert_on_the_grid(got["label"], data)
