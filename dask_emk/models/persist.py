@@ -335,6 +335,17 @@ def load(path) -> BaseEstimator:
     ------
     ValueError
         Not a zarr store, not a model file, or written by a newer dask-emk.
+
+    Examples
+    --------
+    >>> import tempfile, numpy as np
+    >>> from dask_emk import KMeans, load
+    >>> X = np.array([[0.0, 0.0], [0.1, 0.0], [5.0, 5.0], [5.1, 5.0]])
+    >>> path = tempfile.mkdtemp() + "/km.zarr"
+    >>> KMeans(2, random_state=0).fit(X).save(path)
+    >>> model = load(path)
+    >>> bool((model.predict(X) == KMeans(2, random_state=0).fit(X).labels_).all())
+    True
     """
     location = normalize_location(path)
     root = open_node(location)

@@ -214,6 +214,17 @@ def save_model(model, path: str | os.PathLike, *, overwrite: bool = False) -> Pa
     Returns
     -------
     The path (a URL: str).
+
+    Examples
+    --------
+    >>> import tempfile, numpy as np
+    >>> from dask_emk import GaussianMixture, load, save
+    >>> X = np.array([[0.0, 0.0], [0.1, 0.2], [5.0, 5.0], [5.1, 4.9], [0.2, 0.1], [4.9, 5.2]])
+    >>> gm = GaussianMixture(2, random_state=0).fit(X)
+    >>> path = save(gm, tempfile.mkdtemp() + "/gm.zarr")
+    >>> path = save(gm, path, overwrite=True)  # replaces only a file dask-emk wrote
+    >>> bool((load(path).predict(X) == gm.predict(X)).all())
+    True
     """
     target = check_output(path, RESULTS, where="path", replace=overwrite,
                           replace_hint="overwrite=True")  # fmt: skip
