@@ -328,8 +328,9 @@ def load(path) -> BaseEstimator:
 
     Returns
     -------
-    The estimator, built by its constructor with the saved parameters and
-    given the saved fitted state: it predicts as the saved one did, bit for bit.
+    BaseEstimator
+        The estimator, built by its constructor with the saved parameters and
+        given the saved fitted state: it predicts as the saved one did, bit for bit.
 
     Raises
     ------

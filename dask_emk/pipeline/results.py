@@ -207,13 +207,18 @@ def save_model(model, path: str | os.PathLike, *, overwrite: bool = False) -> Pa
 
     Parameters
     ----------
-    model : a fitted dask_emk estimator, or a scikit-learn Pipeline of them
-    path : local path or object-store URL
+    model : estimator
+        A fitted dask_emk estimator, or a scikit-learn Pipeline of them.
+    path : str or os.PathLike
+        Local path or object-store URL.
     overwrite : bool, default=False
+        Replace a model file or results store that dask-emk wrote at ``path``
+        (anything else there is refused).
 
     Returns
     -------
-    The path (a URL: str).
+    Path or str
+        The path written (a URL as str).
 
     Examples
     --------
