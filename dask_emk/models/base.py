@@ -3,7 +3,7 @@ and the named outputs of a transform to distances (``set_output``)."""
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar, Self
 
 import dask.array as da
 import numpy as np
@@ -44,7 +44,7 @@ class ChunkedEstimator(BaseEstimator):
     #: scaling the weights scales λ), so the weights are used as passed.
     _weights_are_ratios: ClassVar[bool] = True
 
-    def fit(self, X, y=None, sample_weight=None):
+    def fit(self, X: Any, y: object = None, sample_weight: Any = None) -> Self:
         """Fit the model to X (the class docstring says how).
 
         Parameters, input and weights are checked before any pass over the data.
