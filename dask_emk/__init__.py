@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from dask_emk.models.preprocess import StandardScaler as StandardScaler
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> type:
     if name not in _EXPORTS:
         raise AttributeError(f"module 'dask_emk' has no attribute {name!r}")
     value = getattr(importlib.import_module(_EXPORTS[name]), name)
