@@ -381,7 +381,9 @@ class GaussianMixture(DensityMixin, ChunkedEstimator):
         rng = check_random_state(self.random_state)
         self.keep_best(batch.run(self.fit_steps(data, weight, rng, batch)), data.array.dtype)
 
-    def fit_steps(self, data: InputData, weight, rng, batch: Batch | None = None) -> list[Steps]:
+    def fit_steps(
+        self, data: InputData, weight: Any, rng: np.random.RandomState, batch: Batch | None = None
+    ) -> list[Steps]:
         """One step generator per initialisation (:mod:`dask_emk.engine.batch`), each
         returning an :class:`EMRun`; the initialisations draw from ``rng`` now."""
         eps = M_STEP_EPS
@@ -393,7 +395,7 @@ class GaussianMixture(DensityMixin, ChunkedEstimator):
             for init in range(self.n_init)
         ]
 
-    def keep_best(self, runs: list[EMRun], dtype) -> None:
+    def keep_best(self, runs: list[EMRun], dtype: np.dtype) -> None:
         """Set the fitted attributes from the run of highest lower bound (the first of ties)."""
         best = runs[0]
         for run in runs[1:]:

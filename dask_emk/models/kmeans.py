@@ -394,7 +394,8 @@ class KMeans(
             )
 
     def run_steps(
-        self, data: InputData, weight, rng, user=None, init: int = 0, batch: Batch | None = None
+        self, data: InputData, weight: Any, rng: np.random.RandomState, user: Any = None,
+        init: int = 0, batch: Batch | None = None,
     ) -> Steps:
         """One seeding and Lloyd run as a step generator (:mod:`dask_emk.engine.batch`).
 

@@ -268,7 +268,7 @@ class StandardScaler(
         return pd.Index(fitted).get_indexer(data.feature_labels)
 
     # ------------------------------------------------------- original units
-    def original_units(self, model) -> xr.Dataset:
+    def original_units(self, model: BaseEstimator) -> xr.Dataset:
         """``model.to_xarray()`` in the data's units, for a model fitted on ``transform``'s output.
 
         Means and centres become ``means · scale_ + mean_``; covariances
