@@ -95,14 +95,14 @@ class ChunkedEstimator(BaseEstimator):
                 owner = getattr(owner, step)
             setattr(owner, name, _times_power_of_two(getattr(owner, name), exponent))
 
-    def _fit_input(self, X) -> InputData:
+    def _fit_input(self, X: Any) -> InputData:
         """X converted, its features recorded (a warm start keeps the fitted ones)."""
         return validate_features(self, X, reset=True)
 
     def _check_parameters(self, data: InputData) -> None:
         raise NotImplementedError
 
-    def _fit(self, X, data: InputData, weight) -> None:
+    def _fit(self, X: Any, data: InputData, weight: Any) -> None:
         raise NotImplementedError
 
     def _check_n_samples(self, data: InputData, name: str) -> None:
@@ -127,7 +127,7 @@ class CentreDistancesOut(ClassNamePrefixFeaturesOutMixin):
     def _n_features_out(self) -> int:
         return self.cluster_centers_.shape[0]
 
-    def _in_memory_output(self, out):
+    def _in_memory_output(self, out: Any) -> Any:
         """``out`` unchanged, or a ValueError when the output setting asks for a
         table (pandas, polars) and ``out`` is not a numpy array."""
         # The estimator's own set_output, else the global setting (scikit-learn's rule).
@@ -143,7 +143,7 @@ class CentreDistancesOut(ClassNamePrefixFeaturesOutMixin):
         )
 
 
-def _times_power_of_two(value, exponent: int):
+def _times_power_of_two(value: Any, exponent: int) -> Any:
     """``value`` (float, list or array) times 2**exponent, exactly, in its own type."""
     scaled = np.ldexp(np.asarray(value, dtype=np.float64), exponent)
     if isinstance(value, list):
@@ -151,7 +151,7 @@ def _times_power_of_two(value, exponent: int):
     return float(scaled) if isinstance(value, float) else scaled.astype(np.asarray(value).dtype)
 
 
-def ratio_weights(weight, n_samples: int):
+def ratio_weights(weight: Any, n_samples: int) -> Any:
     """Sample weights as ratios: ``weight`` times 2**-e, with the mean brought into [1, 2).
 
     Only the weights' proportions may change a fit: weights that sum to
