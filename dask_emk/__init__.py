@@ -42,7 +42,7 @@ if TYPE_CHECKING:
 _RENAMED = {"save": "save_model"}
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> type:
     if name not in _EXPORTS:
         raise AttributeError(f"module 'dask_emk' has no attribute {name!r}")
     value = getattr(importlib.import_module(_EXPORTS[name]), _RENAMED.get(name, name))

@@ -30,7 +30,9 @@ extensions = [
 ]
 
 source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
-exclude_patterns = ["_build", "README_front.md", "ARCHITECTURE.md", "NUMERICS.md", "SCHEMA.md", "examples"]
+exclude_patterns = [
+    "_build", "README_front.md", "ARCHITECTURE.md", "NUMERICS.md", "SCHEMA.md", "examples",
+]
 myst_enable_extensions = ["dollarmath", "amsmath", "colon_fence"]
 myst_heading_anchors = 3
 # Markdown pages included from the repository (ARCHITECTURE.md, SCHEMA.md, RESULTS.md,

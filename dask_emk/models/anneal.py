@@ -28,6 +28,7 @@ and every annealing iteration is a full pass (counted as such).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import xarray as xr
@@ -598,7 +599,7 @@ class AnnealedGaussianMixture(
         self.path_ = path_dataset(result.path, features, sample.mean)
 
     # -------------------------------------------------------- prediction
-    def predict(self, X):
+    def predict(self, X: Any) -> Any:
         """Index of the nearest centre of each sample.
 
         Parameters
@@ -617,7 +618,7 @@ class AnnealedGaussianMixture(
         data = validate_features(self, X, reset=False)  # NotFittedError before kmeans_
         return self.kmeans_._labels(data)
 
-    def transform(self, X):
+    def transform(self, X: Any) -> Any:
         """Euclidean distances of the samples to the centres.
 
         Parameters
@@ -635,7 +636,7 @@ class AnnealedGaussianMixture(
         data = validate_features(self, X, reset=False)
         return self.kmeans_._distances(data)
 
-    def score(self, X, y=None, sample_weight=None) -> float:
+    def score(self, X: Any, y: object = None, sample_weight: Any = None) -> float:
         """Opposite of the inertia of X at the centres (one pass).
 
         Parameters
@@ -657,7 +658,7 @@ class AnnealedGaussianMixture(
         data = validate_features(self, X, reset=False)
         return self.kmeans_._score(data, sample_weight)
 
-    def fit_predict(self, X, y=None, sample_weight=None):
+    def fit_predict(self, X: Any, y: object = None, sample_weight: Any = None) -> Any:
         """Fit, then return ``labels_``.
 
         Parameters
@@ -680,7 +681,7 @@ class AnnealedGaussianMixture(
         """
         return self.fit(X, sample_weight=sample_weight).labels_
 
-    def predict_proba(self, X, sigma2: float | None = None):
+    def predict_proba(self, X: Any, sigma2: float | None = None) -> Any:
         """Return the responsibilities of the shared-σ² mixture at ``sigma2``.
 
         r_ik ∝ π_k exp(−‖x_i − μ_k‖² / (2σ²)) with the fitted ``means_`` and

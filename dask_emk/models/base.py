@@ -3,7 +3,7 @@ and the named outputs of a transform to distances (``set_output``)."""
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar, Self
 
 import dask.array as da
 import numpy as np
@@ -65,7 +65,7 @@ class ChunkedEstimator(SavesModelFile, BaseEstimator):
     #: scaling the weights scales λ), so the weights are used as passed.
     _weights_are_ratios: ClassVar[bool] = True
 
-    def fit(self, X, y=None, sample_weight=None):
+    def fit(self, X: Any, y: object = None, sample_weight: Any = None) -> Self:
         """Fit the model to X (the class docstring says how).
 
         Parameters, input and weights are checked before any pass over the data.
@@ -116,14 +116,14 @@ class ChunkedEstimator(SavesModelFile, BaseEstimator):
                 owner = getattr(owner, step)
             setattr(owner, name, _times_power_of_two(getattr(owner, name), exponent))
 
-    def _fit_input(self, X) -> InputData:
+    def _fit_input(self, X: Any) -> InputData:
         """X converted, its features recorded (a warm start keeps the fitted ones)."""
         return validate_features(self, X, reset=True)
 
     def _check_parameters(self, data: InputData) -> None:
         raise NotImplementedError
 
-    def _fit(self, X, data: InputData, weight) -> None:
+    def _fit(self, X: Any, data: InputData, weight: Any) -> None:
         raise NotImplementedError
 
     def _check_n_samples(self, data: InputData, name: str) -> None:
@@ -148,7 +148,7 @@ class CentreDistancesOut(ClassNamePrefixFeaturesOutMixin):
     def _n_features_out(self) -> int:
         return self.cluster_centers_.shape[0]
 
-    def _in_memory_output(self, out):
+    def _in_memory_output(self, out: Any) -> Any:
         """``out`` unchanged, or a ValueError when the output setting asks for a
         table (pandas, polars) and ``out`` is not a numpy array."""
         # The estimator's own set_output, else the global setting (scikit-learn's rule).
@@ -164,7 +164,7 @@ class CentreDistancesOut(ClassNamePrefixFeaturesOutMixin):
         )
 
 
-def _times_power_of_two(value, exponent: int):
+def _times_power_of_two(value: Any, exponent: int) -> Any:
     """``value`` (float, list or array) times 2**exponent, exactly, in its own type."""
     scaled = np.ldexp(np.asarray(value, dtype=np.float64), exponent)
     if isinstance(value, list):
@@ -172,7 +172,7 @@ def _times_power_of_two(value, exponent: int):
     return float(scaled) if isinstance(value, float) else scaled.astype(np.asarray(value).dtype)
 
 
-def ratio_weights(weight, n_samples: int):
+def ratio_weights(weight: Any, n_samples: int) -> Any:
     """Sample weights as ratios: ``weight`` times 2**-e, with the mean brought into [1, 2).
 
     Only the weights' proportions may change a fit: weights that sum to

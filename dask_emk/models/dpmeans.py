@@ -132,6 +132,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from sklearn.base import ClusterMixin, TransformerMixin
@@ -148,6 +149,9 @@ from dask_emk.models.base import CentreDistancesOut, ChunkedEstimator
 from dask_emk.models.kmeans import KMeans, relative_tolerance
 from dask_emk.models.params import DPMEANS
 from dask_emk.models.validation import NoTrainingDataInPickle
+
+if TYPE_CHECKING:
+    import xarray as xr
 
 #: Rows kept per pass as candidates for new centres (the farthest-rows list).
 #: Checking them on the client costs microseconds each; more rows above λ
@@ -655,7 +659,7 @@ class DPMeans(
     _distances = KMeans._distances
     _transform = KMeans._transform
 
-    def transform(self, X):
+    def transform(self, X: Any) -> Any:
         """Euclidean distance of each sample to each centre.
 
         As :meth:`KMeans.transform`: columns ``dpmeans0``, ``dpmeans1``, ...
@@ -677,7 +681,7 @@ class DPMeans(
         """
         return self._transform(X)
 
-    def fit_predict(self, X, y=None, sample_weight=None):
+    def fit_predict(self, X: Any, y: object = None, sample_weight: Any = None) -> Any:
         """Fit, then return ``labels_``.
 
         Parameters
@@ -700,7 +704,7 @@ class DPMeans(
         """
         return self.fit(X, sample_weight=sample_weight).labels_
 
-    def to_xarray(self):
+    def to_xarray(self) -> xr.Dataset:
         """The fitted model as an ``xarray.Dataset`` (see :func:`export.dpmeans_dataset`).
 
         Returns

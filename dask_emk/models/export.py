@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import xarray as xr
@@ -317,7 +318,7 @@ def schema_dataset(
     return ds.assign_coords({dim: c for dim, c in coords.items() if dim in ds.dims})
 
 
-def schema_attrs(place: str, **attrs) -> dict:
+def schema_attrs(place: str, **attrs: Any) -> dict:
     """``attrs`` after checking that :data:`SCHEMA` lists each in ``place``."""
     for name in attrs:
         _lookup(place, ATTRIBUTE, name)
@@ -325,7 +326,7 @@ def schema_attrs(place: str, **attrs) -> dict:
 
 
 # ---------------------------------------------------------------- exports
-def fit_attributes(estimator) -> dict:
+def fit_attributes(estimator: Any) -> dict:
     """``model``, ``dask_emk_version`` and every constructor parameter, netCDF/zarr-safe.
 
     Scalars stay scalars; arrays and other objects are stored as JSON text so
@@ -347,7 +348,7 @@ def fit_attributes(estimator) -> dict:
     return attrs
 
 
-def feature_coords(estimator) -> np.ndarray:
+def feature_coords(estimator: Any) -> np.ndarray:
     """Feature labels seen in fit (xarray input) or 0..d-1."""
     names = getattr(estimator, "feature_names_in_", None)
     return (
@@ -365,7 +366,7 @@ def parameter_coords(n_components: int, features: np.ndarray, n_iterations: int 
     }
 
 
-def mixture_dataset(gm) -> xr.Dataset:
+def mixture_dataset(gm: Any) -> xr.Dataset:
     """Dataset of a fitted GaussianMixture (the GM names of :data:`SCHEMA`)."""
     cov_dims = COVARIANCE_TYPES[gm.covariance_type].dims
     lower_bounds = np.asarray(gm.lower_bounds_, dtype=np.float64)
@@ -391,7 +392,7 @@ def mixture_dataset(gm) -> xr.Dataset:
     return ds
 
 
-def _clusters_dataset(model, place: str, n_clusters: int, history: dict) -> xr.Dataset:
+def _clusters_dataset(model: Any, place: str, n_clusters: int, history: dict) -> xr.Dataset:
     """Weights, centres and sizes of a fitted k-means-like model, with its ``history``.
 
     ``history`` maps one or more per-iteration names of :data:`SCHEMA` to their
@@ -413,7 +414,7 @@ def _clusters_dataset(model, place: str, n_clusters: int, history: dict) -> xr.D
     return ds
 
 
-def kmeans_dataset(km) -> xr.Dataset:
+def kmeans_dataset(km: Any) -> xr.Dataset:
     """Dataset of a fitted KMeans (the KM names of :data:`SCHEMA`)."""
     inertia = np.asarray(km.inertia_history_, dtype=np.float64)
     ds = _clusters_dataset(km, KMEANS, km.n_clusters, {"inertia": inertia})
@@ -421,7 +422,7 @@ def kmeans_dataset(km) -> xr.Dataset:
     return ds
 
 
-def dpmeans_dataset(dp) -> xr.Dataset:
+def dpmeans_dataset(dp: Any) -> xr.Dataset:
     """Dataset of a fitted DPMeans (the DP names of :data:`SCHEMA`: KMeans's, plus λ)."""
     history = {
         "objective": np.asarray(dp.objective_history_, dtype=np.float64),
@@ -440,7 +441,7 @@ def dpmeans_dataset(dp) -> xr.Dataset:
     return ds
 
 
-def anneal_dataset(model) -> xr.Dataset:
+def anneal_dataset(model: Any) -> xr.Dataset:
     """Dataset of a fitted AnnealedGaussianMixture (the AGM names of :data:`SCHEMA`).
 
     The final model only: its annealing path is ``model.path_``, a Dataset of

@@ -6,6 +6,7 @@ import math
 import time
 import warnings
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from sklearn.base import DensityMixin
@@ -32,6 +33,9 @@ from dask_emk.models.params import GAUSSIAN_MIXTURE, Integer
 from dask_emk.models.seeding import done, kmeans_plusplus_steps, random_rows_steps
 from dask_emk.models.squarem import squarem_steps
 from dask_emk.models.validation import check_features, input_options, validate_features
+
+if TYPE_CHECKING:
+    import xarray as xr
 
 #: Added to each component's weight in the M-step (scikit-learn's 10 eps), that
 #: of float64 whatever the data's dtype: the statistics are float64, and float32
@@ -353,7 +357,7 @@ class GaussianMixture(DensityMixin, ChunkedEstimator):
                 f"{', '.join(changed)}; set warm_start=False to start a new fit."
             )
 
-    def fit_predict(self, X, y=None, sample_weight=None):
+    def fit_predict(self, X: Any, y: object = None, sample_weight: Any = None) -> Any:
         """Fit, then return the most probable component of each sample.
 
         Parameters
@@ -388,7 +392,9 @@ class GaussianMixture(DensityMixin, ChunkedEstimator):
         rng = check_random_state(self.random_state)
         self.keep_best(batch.run(self.fit_steps(data, weight, rng, batch)), data.array.dtype)
 
-    def fit_steps(self, data: InputData, weight, rng, batch: Batch | None = None) -> list[Steps]:
+    def fit_steps(
+        self, data: InputData, weight: Any, rng: np.random.RandomState, batch: Batch | None = None
+    ) -> list[Steps]:
         """One step generator per initialisation (:mod:`dask_emk.engine.batch`), each
         returning an :class:`EMRun`; the initialisations draw from ``rng`` now."""
         eps = M_STEP_EPS
@@ -400,7 +406,7 @@ class GaussianMixture(DensityMixin, ChunkedEstimator):
             for init in range(self.n_init)
         ]
 
-    def keep_best(self, runs: list[EMRun], dtype) -> None:
+    def keep_best(self, runs: list[EMRun], dtype: np.dtype) -> None:
         """Set the fitted attributes from the run of highest lower bound (the first of ties)."""
         best = runs[0]
         for run in runs[1:]:
@@ -631,7 +637,7 @@ class GaussianMixture(DensityMixin, ChunkedEstimator):
         )  # fmt: skip
         return data.wrap_rows(out, extra_dim)
 
-    def score_samples(self, X):
+    def score_samples(self, X: Any) -> Any:
         """Log-likelihood of each sample.
 
         Gridded xarray input gives a DataArray on its sample dims.
@@ -652,7 +658,7 @@ class GaussianMixture(DensityMixin, ChunkedEstimator):
         """
         return self._rows(X, log_prob_rows)
 
-    def predict(self, X):
+    def predict(self, X: Any) -> Any:
         """Most probable component of each sample.
 
         Parameters
@@ -670,7 +676,7 @@ class GaussianMixture(DensityMixin, ChunkedEstimator):
         """
         return self._rows(X, most_probable_rows, dtype=LABEL_DTYPE)
 
-    def predict_proba(self, X):
+    def predict_proba(self, X: Any) -> Any:
         """Return the responsibilities of the components for each sample.
 
         Parameters
@@ -688,7 +694,7 @@ class GaussianMixture(DensityMixin, ChunkedEstimator):
         """
         return self._rows(X, resp_rows, n_out=self.n_components, extra_dim="component")
 
-    def impute(self, X):
+    def impute(self, X: Any) -> Any:
         """X with each missing (NaN) entry replaced by its conditional expectation.
 
         E[x_m | x_o] under the fitted mixture: Σ_k p(k | x_o) E_k[x_m | x_o]
@@ -722,7 +728,7 @@ class GaussianMixture(DensityMixin, ChunkedEstimator):
             out = out.assign_coords(feature=data.feature_labels)
         return out
 
-    def score(self, X, y=None):
+    def score(self, X: Any, y: object = None) -> float:
         """Mean log-likelihood of the samples in X.
 
         Parameters
@@ -755,7 +761,7 @@ class GaussianMixture(DensityMixin, ChunkedEstimator):
         cov_params = 0 if self.variance is not None else ctype.n_parameters(K, d)
         return int(cov_params + K * d + K - 1)
 
-    def bic(self, X) -> float:
+    def bic(self, X: Any) -> float:
         """Bayesian information criterion on X (lower is better).
 
         Parameters
@@ -772,7 +778,7 @@ class GaussianMixture(DensityMixin, ChunkedEstimator):
         score, n = self._mean_log_likelihood(X)
         return -2 * score * n + self._n_parameters() * math.log(n)
 
-    def aic(self, X) -> float:
+    def aic(self, X: Any) -> float:
         """Akaike information criterion on X (lower is better).
 
         Parameters
@@ -789,7 +795,7 @@ class GaussianMixture(DensityMixin, ChunkedEstimator):
         score, n = self._mean_log_likelihood(X)
         return -2 * score * n + 2 * self._n_parameters()
 
-    def sample(self, n_samples=1):
+    def sample(self, n_samples: int = 1) -> tuple[np.ndarray, np.ndarray]:
         """Draw samples from the fitted mixture (in memory).
 
         Parameters
@@ -817,7 +823,7 @@ class GaussianMixture(DensityMixin, ChunkedEstimator):
         labels = np.repeat(np.arange(self.n_components, dtype=LABEL_DTYPE), counts)
         return np.vstack(parts), labels
 
-    def to_xarray(self):
+    def to_xarray(self) -> xr.Dataset:
         """Parameters, lower bound history and fit settings as an xarray.Dataset.
 
         Returns

@@ -10,6 +10,7 @@ After scikit-learn's proposed ``GaussianMixtureIC`` and mclust.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import xarray as xr
@@ -217,7 +218,7 @@ class GaussianMixtureIC(DensityMixin, ChunkedEstimator):
         check_is_fitted(self, "best_estimator_")
         return self.best_estimator_
 
-    def predict(self, X):
+    def predict(self, X: Any) -> Any:
         """Most probable component of each sample under the best model.
 
         Parameters
@@ -235,7 +236,7 @@ class GaussianMixtureIC(DensityMixin, ChunkedEstimator):
         """
         return self._best().predict(X)
 
-    def predict_proba(self, X):
+    def predict_proba(self, X: Any) -> Any:
         """Return the responsibilities under the best model.
 
         Parameters
@@ -253,7 +254,7 @@ class GaussianMixtureIC(DensityMixin, ChunkedEstimator):
         """
         return self._best().predict_proba(X)
 
-    def score_samples(self, X):
+    def score_samples(self, X: Any) -> Any:
         """Log-likelihood of each sample under the best model.
 
         Parameters
@@ -270,7 +271,7 @@ class GaussianMixtureIC(DensityMixin, ChunkedEstimator):
         """
         return self._best().score_samples(X)
 
-    def score(self, X, y=None):
+    def score(self, X: Any, y: object = None) -> float:
         """Mean log-likelihood of X under the best model.
 
         Parameters
@@ -288,7 +289,7 @@ class GaussianMixtureIC(DensityMixin, ChunkedEstimator):
         """
         return self._best().score(X)
 
-    def bic(self, X) -> float:
+    def bic(self, X: Any) -> float:
         """BIC of the best model on X.
 
         Parameters
@@ -304,7 +305,7 @@ class GaussianMixtureIC(DensityMixin, ChunkedEstimator):
         """
         return self._best().bic(X)
 
-    def aic(self, X) -> float:
+    def aic(self, X: Any) -> float:
         """AIC of the best model on X.
 
         Parameters
@@ -320,7 +321,7 @@ class GaussianMixtureIC(DensityMixin, ChunkedEstimator):
         """
         return self._best().aic(X)
 
-    def to_xarray(self):
+    def to_xarray(self) -> xr.Dataset:
         """The best model's :meth:`GaussianMixture.to_xarray`.
 
         Returns

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from sklearn.base import ClusterMixin, TransformerMixin
@@ -32,6 +33,9 @@ from dask_emk.models.seeding import (
     random_rows_steps,
 )
 from dask_emk.models.validation import NoTrainingDataInPickle, validate_features
+
+if TYPE_CHECKING:
+    import xarray as xr
 
 
 def update_centers(
@@ -390,7 +394,8 @@ class KMeans(
             )
 
     def run_steps(
-        self, data: InputData, weight, rng, user=None, init: int = 0, batch: Batch | None = None
+        self, data: InputData, weight: Any, rng: np.random.RandomState, user: Any = None,
+        init: int = 0, batch: Batch | None = None,
     ) -> Steps:
         """One seeding and Lloyd run as a step generator (:mod:`dask_emk.engine.batch`).
 
@@ -493,7 +498,7 @@ class KMeans(
         )  # fmt: skip
         return data.wrap_rows(labels)
 
-    def predict(self, X):
+    def predict(self, X: Any) -> Any:
         """Index of the nearest centre of each sample.
 
         Parameters
@@ -511,7 +516,7 @@ class KMeans(
         """
         return self._labels(validate_features(self, X, reset=False))
 
-    def transform(self, X):
+    def transform(self, X: Any) -> Any:
         """Euclidean distance of each sample to each centre.
 
         Parameters
@@ -547,7 +552,7 @@ class KMeans(
         )
         return data.wrap_rows(dist, extra_dim="component")
 
-    def score(self, X, y=None, sample_weight=None) -> float:
+    def score(self, X: Any, y: object = None, sample_weight: Any = None) -> float:
         """Opposite of the inertia of X at the fitted centres (one pass).
 
         Parameters
@@ -576,7 +581,7 @@ class KMeans(
         )
         return -float(stats["inertia"])
 
-    def fit_predict(self, X, y=None, sample_weight=None):
+    def fit_predict(self, X: Any, y: object = None, sample_weight: Any = None) -> Any:
         """Fit, then return ``labels_``.
 
         Parameters
@@ -599,7 +604,7 @@ class KMeans(
         """
         return self.fit(X, sample_weight=sample_weight).labels_
 
-    def fit_transform(self, X, y=None, sample_weight=None):
+    def fit_transform(self, X: Any, y: object = None, sample_weight: Any = None) -> Any:
         """Fit, then return the distances of X to the centres.
 
         Parameters
@@ -621,7 +626,7 @@ class KMeans(
         """
         return self.fit(X, sample_weight=sample_weight)._transform(X)
 
-    def to_xarray(self):
+    def to_xarray(self) -> xr.Dataset:
         """The fitted model as an ``xarray.Dataset`` (see :func:`export.kmeans_dataset`).
 
         Returns

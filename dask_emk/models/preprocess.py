@@ -12,7 +12,7 @@ in the data's own units.
 from __future__ import annotations
 
 from functools import partial
-from typing import ClassVar
+from typing import Any, ClassVar, Self
 
 import numpy as np
 import pandas as pd
@@ -142,7 +142,7 @@ class StandardScaler(
             X, nan_policy="omit", feature_dim=self.feature_dim, sample_dims=self.sample_dims
         )
 
-    def fit(self, X, y=None, sample_weight=None):
+    def fit(self, X: Any, y: object = None, sample_weight: Any = None) -> Self:
         """Compute each feature's mean and standard deviation in one pass.
 
         Parameters
@@ -206,7 +206,7 @@ class StandardScaler(
             self.scale_ = np.where(constant, 1.0, np.sqrt(self.var_))
 
     # ------------------------------------------------------------ transforms
-    def transform(self, X):
+    def transform(self, X: Any) -> Any:
         """Standardise X: ``(x − mean_) / scale_``, NaN staying NaN.
 
         Parameters
@@ -223,7 +223,7 @@ class StandardScaler(
         """
         return self._apply(X, inverse=False)
 
-    def inverse_transform(self, X):
+    def inverse_transform(self, X: Any) -> Any:
         """Scale back to the data's units: ``x · scale_ + mean_`` (same kinds as :meth:`transform`).
 
         Also turns fitted means or centres (n_components, n_features) into
@@ -270,7 +270,7 @@ class StandardScaler(
         return pd.Index(fitted).get_indexer(data.feature_labels)
 
     # ------------------------------------------------------- original units
-    def original_units(self, model) -> xr.Dataset:
+    def original_units(self, model: BaseEstimator) -> xr.Dataset:
         """``model.to_xarray()`` in the data's units, for a model fitted on ``transform``'s output.
 
         Means and centres become ``means · scale_ + mean_``; covariances
@@ -311,7 +311,7 @@ class StandardScaler(
             ds.attrs["final_lower_bound"] = self.original_log_density(ds.attrs["final_lower_bound"])
         return ds.assign(scaler_mean=("feature", offset), scaler_scale=("feature", factor))
 
-    def original_log_density(self, values):
+    def original_log_density(self, values: Any) -> Any:
         """Log densities of standardised data as densities in the data's units.
 
         A density of ``z = (x − mean_) / scale_`` is one of x times

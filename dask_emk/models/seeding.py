@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import copy
 import math
+from typing import Any
 
 import numpy as np
 import sklearn.cluster
@@ -45,13 +46,15 @@ DEFAULT_ROUNDS = 5
 CANDIDATE_LLOYD_ITER = 30
 
 
-def done(value) -> Steps:
+def done(value: Any) -> Steps:
     """Step generator of a value known already (it asks nothing of the data)."""
     return value
     yield  # a generator function that never yields
 
 
-def random_rows(X, n: int, random_state, sample_weight=None, omit_nan=False) -> np.ndarray:
+def random_rows(
+    X: Any, n: int, random_state: Any, sample_weight: Any = None, omit_nan: bool = False
+) -> np.ndarray:
     """n distinct rows chosen at random, with probability ∝ ``sample_weight``.
 
     Weighted sampling without replacement (Efraimidis–Spirakis keys
@@ -63,7 +66,9 @@ def random_rows(X, n: int, random_state, sample_weight=None, omit_nan=False) -> 
     return run_one(X, sample_weight, steps, omit_nan=omit_nan)
 
 
-def random_rows_steps(X, n: int, rng, sample_weight=None, omit_nan=False) -> Steps:
+def random_rows_steps(
+    X: Any, n: int, rng: np.random.RandomState, sample_weight: Any = None, omit_nan: bool = False
+) -> Steps:
     """:func:`random_rows` as a step generator (:mod:`dask_emk.engine.batch`).
 
     Draws from ``rng`` now, before the generator runs, as every ``*_steps``
@@ -93,7 +98,7 @@ def _check_enough_rows(n_rows: int, n: int) -> None:
         )
 
 
-def _seed(rng) -> int:
+def _seed(rng: np.random.RandomState) -> int:
     return int(rng.randint(2**31 - 1))
 
 
@@ -103,10 +108,10 @@ def _sampled(stats: dict, stream: int) -> np.ndarray:
 
 
 def kmeans_parallel(
-    X,
+    X: Any,
     n_clusters: int,
-    random_state,
-    sample_weight=None,
+    random_state: Any,
+    sample_weight: Any = None,
     oversampling_factor: float = 2,
     n_rounds: int | None = None,
     omit_nan: bool = False,
@@ -140,7 +145,13 @@ def kmeans_parallel(
 
 
 def kmeans_parallel_steps(
-    X, n_clusters, rng, sample_weight=None, oversampling_factor=2, n_rounds=None, omit_nan=False
+    X: Any,
+    n_clusters: int,
+    rng: np.random.RandomState,
+    sample_weight: Any = None,
+    oversampling_factor: float = 2,
+    n_rounds: int | None = None,
+    omit_nan: bool = False,
 ) -> Steps:
     """:func:`kmeans_parallel` as a step generator; draws from ``rng`` now.
 
@@ -159,13 +170,16 @@ def kmeans_parallel_steps(
     return _kmeans_parallel(X, n_clusters, first, seeds, reduce_rng, ell, sample_weight, omit_nan)
 
 
-def _skip_reduction(rng, n_clusters: int) -> None:
+def _skip_reduction(rng: np.random.RandomState, n_clusters: int) -> None:
     """Move ``rng`` past the draws of :func:`sklearn.cluster.kmeans_plusplus`:
     one uniform for the first centre, then 2 + ⌊ln K⌋ per further centre."""
     rng.random_sample(1 + (n_clusters - 1) * (2 + int(np.log(n_clusters))))
 
 
-def _kmeans_parallel(X, n_clusters, first, seeds, reduce_rng, ell, sample_weight, omit_nan):
+def _kmeans_parallel(
+    X: Any, n_clusters: int, first: Steps, seeds: list[int], reduce_rng: np.random.RandomState,
+    ell: float, sample_weight: Any, omit_nan: bool,
+) -> Steps:
     candidates = yield from first
     origin = candidates[0]
     # Room for the sample: its size has mean <= ℓ and sd <= sqrt(ℓ).
@@ -187,7 +201,8 @@ def _kmeans_parallel(X, n_clusters, first, seeds, reduce_rng, ell, sample_weight
 
 
 def reduce_candidates(
-    candidates, weights, n_clusters: int, rng, X, sample_weight, omit_nan=False
+    candidates: np.ndarray, weights: np.ndarray, n_clusters: int, rng: np.random.RandomState,
+    X: Any, sample_weight: Any, omit_nan: bool = False,
 ) -> Steps:
     """Weighted k-means++ then weighted Lloyd on the candidates, in memory (a step generator).
 
@@ -216,7 +231,7 @@ def reduce_candidates(
 
 
 def kmeans_plusplus(
-    X, n_clusters: int, random_state, sample_weight=None, omit_nan=False
+    X: Any, n_clusters: int, random_state: Any, sample_weight: Any = None, omit_nan: bool = False
 ) -> np.ndarray:
     """Greedy k-means++ seeding with 2 + ⌊ln K⌋ local trials, as scikit-learn.
 
@@ -236,14 +251,19 @@ def kmeans_plusplus(
     return run_one(X, sample_weight, steps, omit_nan=omit_nan)
 
 
-def kmeans_plusplus_steps(X, n_clusters: int, rng, sample_weight=None, omit_nan=False) -> Steps:
+def kmeans_plusplus_steps(
+    X: Any, n_clusters: int, rng: np.random.RandomState, sample_weight: Any = None,
+    omit_nan: bool = False,
+) -> Steps:
     """:func:`kmeans_plusplus` as a step generator; draws from ``rng`` now (one seed per pass)."""
     first = random_rows_steps(X, 1, rng, sample_weight, omit_nan)
     seeds = [_seed(rng) for _ in range(n_clusters)]
     return _kmeans_plusplus(X.shape[1], n_clusters, first, seeds, omit_nan)
 
 
-def _kmeans_plusplus(d: int, n_clusters: int, first: Steps, seeds: list, omit_nan) -> Steps:
+def _kmeans_plusplus(
+    d: int, n_clusters: int, first: Steps, seeds: list, omit_nan: bool
+) -> Steps:
     n_trials = 2 + int(np.log(n_clusters))
     centers = yield from first
     origin = centers[0]

@@ -18,13 +18,24 @@ in the SQUAREM package (``step.max0 = 1``, ``mstep = 4``).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from dask_emk.core.squarem import STEP_FACTOR, extrapolate, from_vector, to_vector
 from dask_emk.engine.batch import Steps
 
+if TYPE_CHECKING:
+    from dask_emk.core.layout import StatsLayout
+    from dask_emk.core.mstep import GaussianState
+    from dask_emk.engine.inputs import InputData
+    from dask_emk.models.gmm import GaussianMixture, _Progress
 
-def squarem_steps(gm, data, state, layout, progress) -> Steps:
+
+def squarem_steps(
+    gm: GaussianMixture, data: InputData, state: GaussianState, layout: StatsLayout,
+    progress: _Progress,
+) -> Steps:
     """Accelerated EM iterations from ``state``; returns the last M-step's state.
 
     ``gm`` is the GaussianMixture (its ``_em_request`` and ``_m_step``),
@@ -67,7 +78,9 @@ def squarem_steps(gm, data, state, layout, progress) -> Steps:
     return step
 
 
-def _state_or_none(vector: np.ndarray, like, gm):
+def _state_or_none(
+    vector: np.ndarray, like: GaussianState, gm: GaussianMixture
+) -> GaussianState | None:
     """The jump as a GaussianState, or None if it is not a usable mixture."""
     if not np.all(np.isfinite(vector)):
         return None
@@ -77,7 +90,9 @@ def _state_or_none(vector: np.ndarray, like, gm):
         return None
 
 
-def _kept_jump(gm, trial, jumped: dict, plain: dict, data):
+def _kept_jump(
+    gm: GaussianMixture, trial: GaussianState, jumped: dict, plain: dict, data: InputData
+) -> tuple[GaussianState, GaussianState] | None:
     """(jump, its EM step) if the safeguard keeps the jump, else None."""
     if not _better(jumped, plain):
         return None

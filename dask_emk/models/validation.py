@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -15,12 +16,12 @@ from dask_emk.engine.inputs import InputData, as_input
 logger = logging.getLogger("dask_emk")
 
 
-def validate_features(estimator, X, *, reset: bool) -> InputData:
+def validate_features(estimator: Any, X: Any, *, reset: bool) -> InputData:
     """Convert X (:func:`dask_emk.engine.inputs.as_input`) and :func:`check_features`."""
     return check_features(estimator, as_input(X, **input_options(estimator)), reset=reset)
 
 
-def input_options(estimator) -> dict:
+def input_options(estimator: Any) -> dict:
     """The estimator's ``nan_policy``, ``feature_dim`` and ``sample_dims`` for
     :func:`dask_emk.engine.inputs.as_input` (which validates them)."""
     return {
@@ -30,7 +31,7 @@ def input_options(estimator) -> dict:
     }
 
 
-def check_features(estimator, data: InputData, *, reset: bool) -> InputData:
+def check_features(estimator: Any, data: InputData, *, reset: bool) -> InputData:
     """Record the features of ``data`` (``reset``, in ``fit``) or check it against them.
 
     With ``reset`` record ``n_features_in_``, the feature labels of xarray or
@@ -72,7 +73,7 @@ def check_features(estimator, data: InputData, *, reset: bool) -> InputData:
     return dataclasses.replace(data, array=data.array[:, order], feature_labels=fitted)
 
 
-def _fitted_order(estimator, labels: np.ndarray, fitted: np.ndarray) -> np.ndarray:
+def _fitted_order(estimator: Any, labels: np.ndarray, fitted: np.ndarray) -> np.ndarray:
     """Where each fitted feature is among ``labels``; raises naming the missing and the new.
 
     Checked before the count, so that a Dataset lacking a fitted variable or
@@ -103,14 +104,14 @@ class NoTrainingDataInPickle:
     gives the labels again. numpy ``labels_`` (numpy input) are kept.
     """
 
-    def __getstate__(self):
+    def __getstate__(self) -> object:
         state = super().__getstate__()
         if not isinstance(state.get("labels_", None), (np.ndarray, type(None))):
             state = {key: value for key, value in state.items() if key != "labels_"}
             state["_labels_left_out"] = True
         return state
 
-    def __getattr__(self, name):
+    def __getattr__(self, name: str) -> Any:
         # Only reached when normal lookup fails: say why labels_ is missing.
         if name == "labels_" and self.__dict__.get("_labels_left_out"):
             raise AttributeError(

@@ -17,6 +17,7 @@ import json
 import tomllib
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 from dask_emk.engine.options import MISSING_CHUNKS, NAN_POLICIES
 from dask_emk.models import params
@@ -24,6 +25,8 @@ from dask_emk.models.params import Boolean, Either, Integer, Options, RandomStat
 
 #: What a field may hold: a type name, or a tuple of allowed strings.
 INT, FLOAT, STR, BOOL, STR_LIST, TABLE = "integer", "number", "string", "boolean", "list", "table"
+#: A field's kind: one of the names above, its named options, or None (any scalar).
+Kind = str | tuple[str, ...] | None
 
 GENERATE_FIELDS = {
     "path": (STR, None),
@@ -83,7 +86,7 @@ class LazyEstimator:
         """The estimator class itself (``dask_emk.<name>``)."""
         return getattr(importlib.import_module("dask_emk"), self.__name__)
 
-    def __call__(self, **kwargs):
+    def __call__(self, **kwargs: Any) -> Any:
         return self.load()(**kwargs)
 
 
@@ -127,7 +130,7 @@ MODELS = {
 }  # fmt: skip
 #: Fields of every model type; a pipeline names n_components (dpmeans: it or
 #: penalty) and seeds with 0.
-COMMON_MODEL = {
+COMMON_MODEL: dict[str, tuple[Kind, Any]] = {
     "type": (tuple(MODELS), "gmm"),
     "n_components": (INT, None),
     "random_state": (INT, 0),
@@ -158,7 +161,7 @@ def model_fields(kind: str, defaults: bool = True) -> dict:
     return {key: value for key, value in fields.items() if key not in COMMON_MODEL}
 
 
-def field_specs(estimator, names: dict) -> dict[str, Spec]:
+def field_specs(estimator: Any, names: dict) -> dict[str, Spec]:
     """What each field may hold: the estimator's spec of its parameter (or the pipeline's)."""
     return {
         field: PIPELINE_SPECS.get(field, estimator._parameter_specs[param])
@@ -171,7 +174,7 @@ def estimator_params(model: dict) -> dict:
     return {param: model[field] for field, param in MODELS[model["type"]][1].items()}
 
 
-def _estimator_fields(estimator, names: dict, defaults: bool = True) -> dict:
+def _estimator_fields(estimator: Any, names: dict, defaults: bool = True) -> dict:
     """Fields named after ``names`` (field -> parameter) with the estimator's kinds
     and defaults (numbers as TOML floats where the parameter is a real number;
     None without ``defaults``, which only the estimator's constructor knows)."""
@@ -184,7 +187,7 @@ def _estimator_fields(estimator, names: dict, defaults: bool = True) -> dict:
     return fields
 
 
-def _toml_kind(spec: Spec):
+def _toml_kind(spec: Spec) -> Kind:
     """The TOML kind of a parameter: its named options, integer, number or boolean
     (None, any scalar, for a parameter TOML cannot spell: the estimator checks it)."""
     if isinstance(spec, Either):  # e.g. KMeans init: names or an array (not in TOML)
@@ -196,7 +199,7 @@ def _toml_kind(spec: Spec):
 
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> dict[str, dict]:
     # MODEL_FIELDS holds the estimators' defaults: computed (imported) on first use
     if name == "MODEL_FIELDS":
         return {kind: model_fields(kind) for kind in MODELS}
@@ -290,7 +293,7 @@ def packaged_pipelines() -> dict[str, Path]:
     return {f.stem: f for f in sorted(files)}
 
 
-def _packaged_inputs(inputs) -> None:
+def _packaged_inputs(inputs: object) -> None:
     """Point a packaged pipeline's relative input files at the package's copies
     (``data/faithful.csv``); outputs stay relative to the current directory."""
     if not isinstance(inputs, dict):
@@ -542,7 +545,7 @@ def _check_keys(raw: dict, fields: dict, where: str, source: str) -> None:
             )
 
 
-def _check_value(value, kind, name: str, source: str) -> None:
+def _check_value(value: object, kind: Kind, name: str, source: str) -> None:
     if kind is None:
         ok = isinstance(value, (bool, int, float, str))
         expected = "a string, number or boolean"
@@ -570,8 +573,9 @@ def _require(cfg: dict, key: str, section: str, source: str) -> None:
         raise PipelineError(f"{source}: [{section}] needs {key}; add it.")
 
 
-def _toml_type(value) -> str:
+def _toml_type(value: object) -> str:
     for kind, name in ((bool, "boolean"), (int, "integer"), (float, "float"), (str, "string")):
         if isinstance(value, kind):
             return name
-    return {list: "array", dict: "table"}.get(type(value), type(value).__name__)
+    kinds: dict[type, str] = {list: "array", dict: "table"}
+    return kinds.get(type(value), type(value).__name__)
