@@ -3,6 +3,7 @@ and the named outputs of a transform to distances (``set_output``)."""
 
 from __future__ import annotations
 
+import os
 from typing import Any, ClassVar, Self
 
 import dask.array as da
@@ -26,7 +27,7 @@ LABEL_DTYPE = np.dtype(np.int32)
 class SavesModelFile:
     """Mixin: :meth:`save` to a model file, which :func:`dask_emk.load` reads back."""
 
-    def save(self, path) -> None:
+    def save(self, path: str | os.PathLike) -> None:
         """Write the fitted model to a new model file (a zarr store) at ``path``.
 
         ``dask_emk.load(path)`` gives it back, predicting bit for bit as this

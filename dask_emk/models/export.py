@@ -493,7 +493,7 @@ Where a name occurs (column *in*):
 """
 
 
-def path_dataset(path, features: np.ndarray, data_mean: np.ndarray) -> xr.Dataset:
+def path_dataset(path: Any, features: np.ndarray, data_mean: np.ndarray) -> xr.Dataset:
     """The annealing path (:class:`dask_emk.models.anneal.AnnealPath`) as an
     ``xarray.Dataset`` (see AnnealedGaussianMixture.path_)."""
     S, C, d = len(path.steps), path.n_slots, features.shape[0]

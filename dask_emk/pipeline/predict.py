@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import xarray as xr
@@ -113,7 +114,7 @@ def predict_store(
             echo(f"predict: {note}")
         echo(f"input: {description}")
         written = write_results(target, root, {}, per_sample, consolidated=True)
-    echo(f"predictions: {written} ({', '.join(per_sample.data_vars)})")
+    echo(f"predictions: {written} ({', '.join(map(str, per_sample.data_vars))})")
     return written
 
 
@@ -213,8 +214,8 @@ def predictions(model, X, outputs: tuple[str, ...]) -> xr.Dataset:
     """The lazy outputs on X's grid, named and described as :data:`export.SCHEMA` says."""
     K = _n_components(_final(model))
     values = {name: _output(model, X, name) for name in outputs}
-    sample_dims = next(iter(values.values())).dims
-    sample_dims = tuple(d for d in sample_dims if d not in ("component", "feature"))
+    dims = next(iter(values.values())).dims
+    sample_dims = tuple(str(d) for d in dims if d not in ("component", "feature"))
     features = _feature_names(model)
     coords = {"component": np.arange(K)} | ({"feature": features} if features else {})
     ds = portable_strings(export.schema_dataset(export.PREDICTED, values, coords, sample_dims))
@@ -248,7 +249,7 @@ def _n_components(final) -> int:
     for name in ("n_components_", "n_clusters_"):
         if hasattr(final, name):
             return int(getattr(final, name))
-    centres = getattr(final, "means_", getattr(final, "cluster_centers_", None))
+    centres: Any = getattr(final, "means_", getattr(final, "cluster_centers_", None))
     return int(np.shape(centres)[0])
 
 
