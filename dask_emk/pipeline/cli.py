@@ -24,6 +24,7 @@ import click
 # Only light modules at the top (the config reads the parameter tables, not the
 # estimators): --help, --version and a pipeline error answer without loading
 # numba, scikit-learn, xarray or Dask's arrays (issue 26; benchmarks/bench_startup.py).
+from dask_emk import STEPS_LOGGER
 from dask_emk._version import __version__
 from dask_emk.pipeline.config import MODELS, load_pipeline, model_fields, validate
 
@@ -129,18 +130,33 @@ def main() -> None:
 
 
 class _EchoHandler(logging.Handler):
-    """Log records as lines on the current stderr (click's, under its test runner too)."""
+    """Log records as lines on the current stderr (click's, under its test runner too),
+    each after the time of day; ``quiet`` drops the per-step lines (``-q``)."""
+
+    quiet = False
+
+    def __init__(self):
+        super().__init__()
+        self.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        steps = record.name == STEPS_LOGGER or record.name.startswith(STEPS_LOGGER + ".")
+        return not (self.quiet and steps) and bool(super().filter(record))
 
     def emit(self, record: logging.LogRecord) -> None:
         click.echo(self.format(record), err=True)
 
 
-def _show_log() -> None:
-    """Show the ``dask_emk`` logger's INFO lines (e.g. "compiling kernels …"), once."""
+def _show_log(quiet: bool = False) -> None:
+    """Show the ``dask_emk`` logger's INFO lines (e.g. "compiling kernels …") through one
+    handler; ``quiet``: not those of the ``dask_emk.steps`` logger."""
     logger = logging.getLogger("dask_emk")
-    if not any(isinstance(handler, _EchoHandler) for handler in logger.handlers):
-        logger.addHandler(_EchoHandler())
+    handler = next((h for h in logger.handlers if isinstance(h, _EchoHandler)), None)
+    if handler is None:
+        handler = _EchoHandler()
+        logger.addHandler(handler)
         logger.setLevel(logging.INFO)
+    handler.quiet = quiet
 
 
 @main.command()
@@ -205,7 +221,12 @@ def generate(out, n, d, k, chunk_rows, seed, dtype, separation, grid, grid_chunk
 @click.argument("pipeline", type=click.Path(path_type=Path))
 @click.option("--scheduler", default=None, help=SCHEDULER_HELP)
 @click.option("--resume", is_flag=True, help="Continue from the checkpoint beside the results.")
-@click.option("--quiet", "-q", is_flag=True, help="No per-iteration progress lines.")
+@click.option(
+    "--quiet",
+    "-q",
+    is_flag=True,
+    help="No per-step lines (annealing steps, iterations); the stages still show.",
+)
 @click.option("--no-plots", is_flag=True, help="Skip the PNG figures.")
 @_fail_cleanly
 def run(pipeline, scheduler, resume, quiet, no_plots) -> None:
@@ -283,14 +304,12 @@ def show(results) -> None:
 def _run(cfg, text, scheduler, resume, quiet, no_plots, results_name) -> None:
     from dask_emk.pipeline.run import run_pipeline
 
+    _show_log(quiet)
     if scheduler is not None:
         cfg["scheduler"]["address"] = scheduler
     if no_plots:
         cfg["output"]["plots"] = False
-    run_pipeline(
-        cfg, toml_text=text, resume=resume, echo=click.echo, verbose=not quiet,
-        results_name=results_name,
-    )  # fmt: skip
+    run_pipeline(cfg, toml_text=text, resume=resume, echo=click.echo, results_name=results_name)
 
 
 #: ``dask-emk fit`` options that set a [model] field of the same name.

@@ -85,15 +85,37 @@ def use_scheduler(spec: str, echo: Callable[[str], None] = print) -> Iterator[No
             Client(cluster),
         ):
             n = len(cluster.scheduler_info["workers"])
-            echo(f"scheduler: LocalCluster, {n} workers, dashboard {cluster.dashboard_link}")
+            echo(f"scheduler: LocalCluster, {n} workers, {dashboard(cluster.dashboard_link)}")
             yield
         return
     client = connect(arg)
     try:
-        echo(f"scheduler: {arg}, dashboard {client.dashboard_link}")
+        echo(f"scheduler: {arg}, {dashboard(client.dashboard_link, remote=True)}")
         yield
     finally:
         client.close()
+
+
+#: The oldest bokeh Dask's dashboard serves pages with (distributed's own check).
+BOKEH_MIN = (3, 1)
+
+
+def dashboard(link: str, remote: bool = False) -> str:
+    """The dashboard's link, where it shows something: Dask serves its pages only with
+    bokeh >= 3.1 installed (else the link answers "Dask needs bokeh"). bokeh is not a
+    dependency (~40 MB more for a view the progress lines replace); a remote
+    scheduler's own bokeh is not known here, so its link is given."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    if remote:
+        return f"dashboard {link}"
+    try:
+        found = tuple(int(part) for part in version("bokeh").split(".")[:2])
+    except (PackageNotFoundError, ValueError):
+        found = None
+    if found is None or found < BOKEH_MIN:
+        return "no dashboard (pip install 'bokeh>=3.1' for one)"
+    return f"dashboard {link}"
 
 
 def connect(address: str):
