@@ -278,18 +278,27 @@ def draw_figures(
     paths = figures.figure_paths(results)
     drawn = [
         figures.plot_convergence(
-            outcome.history, outcome.objective, paths["convergence"], outcome.n_clusters
-        )
+            outcome.history,
+            outcome.objective,
+            paths["convergence"],
+            outcome.n_clusters,
+            type(outcome.model).__name__,
+            getattr(outcome.model, "tol", None),
+        )  # fmt: skip
     ]
+    model = outcome.model
     if anneal is not None:
-        drawn.append(figures.plot_anneal_path(anneal.path_, paths["path"]))
+        # The path in the fitted units, coloured by the final model's means in them.
+        fitted_means = fitted_parameters(model, None)[1]
+        drawn.append(figures.plot_anneal_path(anneal.path_, paths["path"], fitted_means))
     if outcome.search is not None:
         drawn.append(figures.plot_criteria(outcome.search.criteria_, paths["criterion"]))
-    model = outcome.model
     _, means, covariances = fitted_parameters(model, scaler)
     if map_slice is not None:
         labels = figures.read_labels(results)
-        drawn.append(figures.plot_label_map(labels.isel(map_slice), paths["labels"]))
+        land = figures.missing_everywhere(source.X, source.options.get("feature_dim"))
+        drawn.append(figures.plot_label_map(labels.isel(map_slice), paths["labels"],
+                                            land.isel(map_slice)))  # fmt: skip
         if source.photo:
             drawn.append(figures.save_quantised(labels, means, paths["quantised"]))
     if source.data.n_features == 2:
