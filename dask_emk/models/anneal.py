@@ -736,7 +736,8 @@ class AnnealedGaussianMixture(
             passes += polish_passes
             n_lloyd_iter += polish_iter
             moved = sum(r["moved"] for r in rounds if r and r.get("accepted"))
-            _say(f"hartigan polish: {len(rounds)} passes, {moved:,} rows moved, inertia "
+            rows = "row" if moved == 1 else "rows"
+            _say(f"hartigan polish: {len(rounds)} passes, {moved:,} {rows} moved, inertia "
                  f"{km.inertia_:.8g}", self.verbose)  # fmt: skip
         if sample.is_full:  # every pass over the sample was a pass over the data
             passes += n_sample_iter + result.n_iter + len(result.path.steps)

@@ -292,11 +292,17 @@ def fit(input_path, model, n_components, out, scheduler, resume, quiet, no_plots
 
 @main.command()
 @click.argument("results")
+@click.option("--json", "as_json", is_flag=True, help="Print it as one JSON object.")
 @_fail_cleanly
-def show(results) -> None:
+def show(results, as_json) -> None:
     """Print a summary of a RESULTS.zarr store (a path or an s3:// URL)."""
-    from dask_emk.pipeline.show import summary
+    from dask_emk.pipeline.show import describe, summary
 
+    if as_json:
+        import json
+
+        click.echo(json.dumps(describe(results), indent=2))
+        return
     for line in summary(results):
         click.echo(line)
 

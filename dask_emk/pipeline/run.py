@@ -148,11 +148,11 @@ def _run_pipeline(cfg, toml_text, resume, echo, results_name) -> Path | str:
         with checkpoint.watch_content() as watch:  # the first pass fingerprints the input
             scaler = fit_scaler(cfg, source)
             fitted = source if scaler is None else replace(source, X=scaler.transform(source.X))
-            outcome, anneal = fit_model(cfg, fitted, checkpoint)
+            outcome, anneal = fit_model(cfg, fitted, checkpoint, scaler)
             if watch.fingerprint is None and checkpoint.expected_fingerprint is not None:
                 fingerprint_pass(source.data.array)  # resumed with the fit done: no pass made
         fit_seconds = time.perf_counter() - start
-        log.info(_summary(outcome, fit_seconds))
+        log.info(_summary(outcome, fit_seconds, scaler))
         start = time.perf_counter()
         groups = _groups(anneal, source, scaler)
         root = _root_dataset(cfg, outcome, source, toml_text, fit_seconds, scaler)
@@ -197,8 +197,9 @@ def check_outputs(cfg: dict, resume: bool, results_name: str) -> tuple[Path | st
     return results, companions
 
 
-def fit_model(cfg: dict, source: Source, checkpoint: Checkpoint) -> tuple:
-    """The pipeline's fit: optional annealing stage, then the model, resumable.
+def fit_model(cfg: dict, source: Source, checkpoint: Checkpoint, scaler=None) -> tuple:
+    """The pipeline's fit: optional annealing stage, then the model, resumable;
+    its lines give lower bounds in the data's units (``scaler``: see :func:`shown`).
 
     Returns
     -------
@@ -209,7 +210,7 @@ def fit_model(cfg: dict, source: Source, checkpoint: Checkpoint) -> tuple:
 
     def progress(stage, it):
         objective = {"kmeans": "inertia", "dpmeans": "objective"}.get(stage, "lower_bound")
-        steps_log.info(format_iteration(stage, objective, it))
+        steps_log.info(format_iteration(stage, objective, shown(it, objective, scaler)))
 
     anneal = None
     if cfg["anneal"] is not None:
@@ -276,15 +277,11 @@ def draw_figures(
     map of gridded input at ``map_slice`` (and a photograph's quantised image); the
     clusters in the data's units (labels of the model fitted behind ``scaler``)."""
     paths = figures.figure_paths(results)
+    history = [shown(it, outcome.objective, scaler) for it in outcome.history]
+    model_name, tol = type(outcome.model).__name__, getattr(outcome.model, "tol", None)
     drawn = [
-        figures.plot_convergence(
-            outcome.history,
-            outcome.objective,
-            paths["convergence"],
-            outcome.n_clusters,
-            type(outcome.model).__name__,
-            getattr(outcome.model, "tol", None),
-        )  # fmt: skip
+        figures.plot_convergence(history, outcome.objective, paths["convergence"],
+                                 outcome.n_clusters, model_name, tol)  # fmt: skip
     ]
     model = outcome.model
     if anneal is not None:
@@ -388,8 +385,25 @@ def _groups(anneal, source: Source, scaler=None) -> dict[str, xr.Dataset]:
     return groups
 
 
-def _summary(outcome: FitOutcome, seconds: float) -> str:
+def shown(it, objective: str, scaler=None):
+    """The iteration ``it`` as every output shows it: a lower bound of a model fitted
+    behind ``scaler`` (standardised data) as the mean log density in the data's
+    units, like the results store (:func:`dask_emk.pipeline.results.model_dataset`),
+    ``show`` and the plots; other objectives as fitted."""
+    if scaler is None or objective != "lower_bound":
+        return it
+    return replace(it, value=float(scaler.original_log_density(it.value)))
+
+
+#: What the objectives are, after their value in the summary line.
+UNITS = {"lower_bound": "mean log density per row, data units"}
+
+
+def _summary(outcome: FitOutcome, seconds: float, scaler=None) -> str:
     last = outcome.history[-1] if outcome.history else None
+    last = last and shown(last, outcome.objective, scaler)
+    units = UNITS.get(outcome.objective)
     value = f", {outcome.objective.replace('_', ' ')} {last.value:.8g}" if last else ""
+    value += f" ({units})" if last and units else ""
     state = "converged" if outcome.converged else "NOT converged (raise max_iter or tol)"
     return f"fit: {len(outcome.history)} iterations in {seconds:.1f} s, {state}{value}"
