@@ -155,6 +155,7 @@ def _show_log(quiet: bool = False) -> None:
     if handler is None:
         handler = _EchoHandler()
         logger.addHandler(handler)
+    if logger.getEffectiveLevel() > logging.INFO:  # each command: a test may have reset it
         logger.setLevel(logging.INFO)
     handler.quiet = quiet
 
