@@ -165,11 +165,15 @@ def plot_clusters(X2, labels, means, covariances, path: Path, names=("x0", "x1")
             width, height = 2 * scale * np.sqrt(values[::-1])
             ax.add_patch(Ellipse(means[k], width, height, angle=angle, fill=False, ls=style,
                                  color="k", lw=1))  # fmt: skip
-    handles, _ = ax.get_legend_handles_labels()
-    if covariances is not None:  # one legend entry per ellipse kind, not per component
+    # Legend markers of one size, opaque, whatever the points' size and alpha;
+    # one entry per ellipse kind, not per component.
+    handles = [Line2D([], [], ls="", marker="o", ms=5, color=colour(k), label=label)
+               for k, label in enumerate(ax.get_legend_handles_labels()[1][:-1])]  # fmt: skip
+    handles.append(Line2D([], [], ls="", marker="+", ms=9, mew=2, color="k", label="means"))
+    if covariances is not None:
         handles += [Line2D([], [], color="k", lw=1, ls=ls, label=f"{s}σ ellipses")
                     for s, ls in ((1, "-"), (2, "--"))]  # fmt: skip
-    ax.legend(handles=handles, fontsize=7, markerscale=max(1.0, 16 / size) ** 0.5)
+    ax.legend(handles=handles, fontsize=7)
     ax.set_aspect("equal", adjustable="datalim")
     suffix = f" ({units})" if units else ""
     ax.set_xlabel(f"{names[0]}{suffix}")
