@@ -24,7 +24,6 @@ import click
 # Only light modules at the top (the config reads the parameter tables, not the
 # estimators): --help, --version and a pipeline error answer without loading
 # numba, scikit-learn, xarray or Dask's arrays (issue 26; benchmarks/bench_startup.py).
-from dask_emk import STEPS_LOGGER
 from dask_emk._version import __version__
 from dask_emk.pipeline.config import MODELS, load_pipeline, model_fields, validate
 
@@ -131,7 +130,7 @@ def main() -> None:
 
 class _EchoHandler(logging.Handler):
     """Log records as lines on the current stderr (click's, under its test runner too),
-    each after the time of day; ``quiet`` drops the per-step lines (``-q``)."""
+    each after the time of day; ``quiet`` (``-q``): warnings and errors only."""
 
     quiet = False
 
@@ -140,8 +139,9 @@ class _EchoHandler(logging.Handler):
         self.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
 
     def filter(self, record: logging.LogRecord) -> bool:
-        steps = record.name == STEPS_LOGGER or record.name.startswith(STEPS_LOGGER + ".")
-        return not (self.quiet and steps) and bool(super().filter(record))
+        return (not self.quiet or record.levelno >= logging.WARNING) and bool(
+            super().filter(record)
+        )
 
     def emit(self, record: logging.LogRecord) -> None:
         click.echo(self.format(record), err=True)
@@ -149,7 +149,7 @@ class _EchoHandler(logging.Handler):
 
 def _show_log(quiet: bool = False) -> None:
     """Show the ``dask_emk`` logger's INFO lines (e.g. "compiling kernels …") through one
-    handler; ``quiet``: not those of the ``dask_emk.steps`` logger."""
+    handler; ``quiet``: its warnings only."""
     logger = logging.getLogger("dask_emk")
     handler = next((h for h in logger.handlers if isinstance(h, _EchoHandler)), None)
     if handler is None:
@@ -226,7 +226,7 @@ def generate(out, n, d, k, chunk_rows, seed, dtype, separation, grid, grid_chunk
     "--quiet",
     "-q",
     is_flag=True,
-    help="No per-step lines (annealing steps, iterations); the stages still show.",
+    help="No progress lines (warnings and errors only).",
 )
 @click.option("--no-plots", is_flag=True, help="Skip the PNG figures.")
 @_fail_cleanly

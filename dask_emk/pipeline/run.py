@@ -85,7 +85,7 @@ def run_pipeline(
         Where the comparison with the truth goes (the run's answer, stdout).
         Progress is logged: the stages with their times on the ``dask_emk``
         logger, every iteration on ``dask_emk.steps`` (the CLI shows both,
-        ``-q`` neither).
+        ``-q`` only warnings).
     results_name : str
         How the user named the results path (``--out`` for ``dask-emk fit``),
         for the messages that refuse it.
@@ -138,8 +138,8 @@ def _run_pipeline(cfg, toml_text, resume, echo, results_name) -> Path | str:
         claim(results, RESULTS, where=results_name, companions=companions) as notes,
         use_scheduler(cfg["scheduler"]["address"], log.info),
     ):
-        for note in notes:
-            log.info("results: %s", note)
+        for note in notes:  # what an earlier run left, taken over or restored
+            log.warning("results: %s", note)
         source = open_source(cfg["input"], log.info)
         log.info("input: %s", source.description)
         map_slice = _map_slice(out, source)
