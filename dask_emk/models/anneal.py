@@ -564,7 +564,8 @@ class AnnealedGaussianMixture(
     split_every : int, optional
         Fan-in of the Dask tree reduction (32 when None).
     verbose : int, default=0
-        Print one line per annealing step.
+        Print one line per annealing step and full-data pass. The same lines
+        are always logged (INFO, logger ``dask_emk.steps``).
     nan_policy : {'raise', 'omit', 'marginalize'}, default='raise'
         NaN in X: ``'raise'`` an error; ``'omit'`` leaves every row (grid
         point) holding a NaN out of the sample and of every pass, and gives it

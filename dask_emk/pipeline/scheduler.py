@@ -129,8 +129,9 @@ BOKEH_MIN = (3, 1)
 def dashboard(link: str, remote: bool = False) -> str:
     """The dashboard's link, where it shows something: Dask serves its pages only with
     bokeh >= 3.1 installed (else the link answers "Dask needs bokeh"). bokeh is not a
-    dependency (~40 MB more for a view the progress lines replace); a remote
-    scheduler's own bokeh is not known here, so its link is given."""
+    dependency (a large package, with its own, for a view the logged progress
+    lines replace); a remote scheduler's own bokeh is not known here, so its
+    link is given."""
     from importlib.metadata import PackageNotFoundError, version
 
     if remote:
