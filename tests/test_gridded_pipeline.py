@@ -37,8 +37,10 @@ def grid_store(tmp_path_factory):
     return path
 
 
-def run(tmp_path, inputs: dict, output: dict | None = None, model: dict | None = None):
-    """``dask-emk run`` of a pipeline on the sync scheduler; the click Result."""
+def run(tmp_path, inputs: dict, output: dict | None = None, model: dict | None = None,
+        quiet: bool = True):  # fmt: skip
+    """``dask-emk run`` of a pipeline on the sync scheduler (``-q``: no progress lines);
+    the click Result."""
     cfg = {
         "input": inputs,
         "model": model or {"type": "kmeans", "n_components": K, "init": "k-means++"},
@@ -47,7 +49,7 @@ def run(tmp_path, inputs: dict, output: dict | None = None, model: dict | None =
     }
     path = tmp_path / "p.toml"
     path.write_text(to_toml(cfg))
-    return invoke("run", path, "--quiet")
+    return invoke("run", path, *(["--quiet"] if quiet else []))
 
 
 def fitted_model(results):
@@ -96,14 +98,14 @@ def test_pipeline_generates_a_grid_once_and_compares_with_its_truth(tmp_path):
     gen = {"path": str(tmp_path / "g.zarr"), "grid": "2x12x16", "grid_chunks": "1x6x8",
            "d": 2, "k": 2, "separation": 10.0, "gaps": 0.1}  # fmt: skip
     inputs = {"generate": gen, "nan_policy": "omit"}
-    first = run(tmp_path, inputs, {"plots": False})
+    first = run(tmp_path, inputs, {"plots": False}, quiet=False)
     assert first.exit_code == 0, first.output
     assert "generated a 2x12x16 grid" in first.output and "fitted vs truth" in first.output
     truth = open_results(tmp_path / "r.zarr", "truth")
     stored = xr.open_zarr(gen["path"], consolidated=False)
     np.testing.assert_array_equal(truth["means"].values, stored["means"].values)
     assert open_results(tmp_path / "r.zarr")["labels"].dims == ("time", "lat", "lon")
-    again = run(tmp_path, inputs, {"plots": False})
+    again = run(tmp_path, inputs, {"plots": False}, quiet=False)
     assert "reusing generated" in again.output
     bad = run(tmp_path, {**inputs, "generate": {**gen, "grid": "2x12"}})
     assert_one_line_error(bad, "input.generate.grid must be TIMExLATxLON")

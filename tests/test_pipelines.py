@@ -152,7 +152,7 @@ def dask_cluster(tmp_path):
 @pytest.mark.slow
 def test_tcp_cluster_equals_sync(tmp_path, dask_cluster, quickstart_sync):
     toml = scaled_pipeline("quickstart", tmp_path, **QUICK)
-    out = run_cli("run", toml, "-q", "--no-plots", "--scheduler", dask_cluster)
+    out = run_cli("run", toml, "--no-plots", "--scheduler", dask_cluster)  # not -q: the line
     assert f"scheduler: {dask_cluster}" in out
     assert_same_parameters(quickstart_sync[0], tmp_path / "quickstart.zarr")
 

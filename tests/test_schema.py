@@ -4,6 +4,7 @@ docs/SCHEMA.md is that table."""
 
 from __future__ import annotations
 
+import json
 import re
 
 import numpy as np
@@ -241,22 +242,25 @@ def test_generated_store_follows_the_schema_and_matches_the_truth_group(run):
     assert set(generated.attrs) == set(schema_names(export.GENERATED, ATTRIBUTE))
 
 
-def printed(values: xr.DataArray) -> str:
-    """An array as `dask-emk show` prints it (indented lines)."""
-    text = np.array2string(values.values, precision=4, suppress_small=True)
-    return "\n".join("  " + line for line in text.splitlines())
+def shown_json(path) -> dict:
+    """`dask-emk show --json PATH`, parsed."""
+    shown = invoke("show", path, "--json")
+    assert shown.exit_code == 0, shown.output
+    return json.loads(shown.output)
 
 
 def test_show_lists_the_same_names_for_every_model(run):
     kind, folder = run
-    shown = invoke("show", folder / "r.zarr")
-    assert shown.exit_code == 0, shown.output
+    info = shown_json(folder / "r.zarr")
     root = open_results(folder / "r.zarr")
-    assert f"weights {{'component': {K}}}:" in shown.output
-    assert f"means {{'component': {K}, 'feature': 2}}:" in shown.output
-    assert ("sizes {" in shown.output) == (kind != "gmm")
-    assert printed(root["means"]) in shown.output and printed(root["weights"]) in shown.output
-    assert "earlier dask_emk" not in shown.output
+    rows = info["components"]
+    np.testing.assert_allclose([r["mean"] for r in rows], root["means"].values, rtol=1e-6)
+    np.testing.assert_allclose([r["weight"] for r in rows], root["weights"].values, rtol=1e-6)
+    assert ("size" in rows[0]) == (kind != "gmm") and not info["earlier_names"]
+    text = invoke("show", folder / "r.zarr").output
+    header = next(line.split() for line in text.splitlines() if line.startswith("component"))
+    columns = ["component", "weight", *(["size"] if kind != "gmm" else []), "mean", "0", "mean"]
+    assert header[:-1] == columns and "{" not in text  # a table, no dict reprs
 
 
 @pytest.mark.parametrize("run", ["kmeans", "anneal"], indirect=True)  # GM names did not change
@@ -276,10 +280,9 @@ def test_show_reads_a_store_of_the_earlier_names(run, tmp_path):
         old = xr.merge([path, final], combine_attrs="drop").assign_attrs(root.attrs)
         stored = ["cluster_weights", "cluster_centers"]
     old.to_zarr(tmp_path / "old.zarr", consolidated=False, zarr_format=3)
-    shown = invoke("show", tmp_path / "old.zarr")
-    assert shown.exit_code == 0, shown.output
-    for name in stored:
-        assert f"{name} {{'cluster': {K}" in shown.output
-    assert "'step'" not in shown.output  # not the path's means
-    assert "names of an earlier dask_emk" in shown.output
-    assert printed(root["means"]) in shown.output
+    info = shown_json(tmp_path / "old.zarr")
+    assert [name.split()[0] for name in info["earlier_names"]] == stored
+    # The final means (along `cluster`), not the path's (along `step`).
+    np.testing.assert_allclose([r["mean"] for r in info["components"]], root["means"].values,
+                               rtol=1e-6)  # fmt: skip
+    assert "names of an earlier dask_emk" in invoke("show", tmp_path / "old.zarr").output

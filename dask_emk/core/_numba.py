@@ -132,7 +132,9 @@ def announce_compilation() -> None:
 
 @functools.cache
 def _say_compiling() -> None:
-    logger.info(
+    # A warning: shown under ``dask-emk -q`` and, with no logging set up, by
+    # Python's last-resort handler to a library user (an INFO line would not be).
+    logger.warning(
         "compiling kernels (first run only, ~%d s on 2 idle cores; cached in %s)",
         COMPILE_SECONDS, cache_dir() or "no folder: every process compiles",
     )  # fmt: skip

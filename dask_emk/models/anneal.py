@@ -27,6 +27,8 @@ and every annealing iteration is a full pass (counted as such).
 
 from __future__ import annotations
 
+import logging
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,6 +38,7 @@ from sklearn.base import ClusterMixin, TransformerMixin
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 
+from dask_emk import STEPS_LOGGER
 from dask_emk.core import anneal_rules as rules
 from dask_emk.core import assign, mixture
 from dask_emk.core.blocks import rows_without_nan, without_nan_rows
@@ -69,6 +72,17 @@ class Sample:
     mean: np.ndarray
     cov: np.ndarray
     total_weight: float
+
+
+#: One line per annealing step and full-data pass (the CLI shows them, ``-q`` hides them).
+steps_log = logging.getLogger(STEPS_LOGGER)
+
+
+def _say(line: str, verbose) -> None:
+    """A progress line: logged; printed too with ``verbose`` (scikit-learn's meaning)."""
+    steps_log.info(line)
+    if verbose:
+        print(line)
 
 
 def draw_sample(data: InputData, weight, size: int, rng, split_every) -> Sample:
@@ -250,11 +264,14 @@ class Annealer:
         path = AnnealPath(slots=[0])
         n_iter, stop = 0, None
         while stop is None:
+            start = time.perf_counter()
             means, weights, stats, it = self.settle(means, weights, sigma2)
             n_iter += it
             softness = float(stats["soft"] / stats["n"])
             path.record(sigma2, means, weights, float(stats["loglik"] / stats["n"]), softness, it)
+            settled = means.shape[0]
             means, weights, stats = self._coalesce(means, weights, stats, sigma2, path)
+            merged = settled - means.shape[0]
             lam, axes = rules.critical_variances(stats["N"], stats["S"], stats["Q"], self.eps)
             idx = rules.components_to_split(lam, stats["N"], sigma2, self.budget)
             if idx.size:
@@ -265,8 +282,14 @@ class Annealer:
             stop = rules.stop_reason(
                 means.shape[0], self.budget, idx.size > 0, sigma2_next, self.sigma2_stop
             )
-            if self.verbose:
-                print(f"σ²={sigma2:.4g} means={len(path.slots)} iters={it} split={idx.size}")
+            changes = [f"{n} {word}" for n, word in ((idx.size, "split"), (merged, "merged")) if n]
+            _say(
+                f"anneal step {len(path.steps):3d}: σ² {sigma2:<8.4g} {means.shape[0]:3d} means"
+                f"{' (' + ', '.join(changes) + ')' if changes else ''}, "
+                f"EM settled in {it} iterations on the {self.sample.X.shape[0]:,}-row sample, "
+                f"{time.perf_counter() - start:.2f} s",
+                self.verbose,
+            )
             if stop is None:
                 sigma2 = sigma2_next
         return AnnealResult(means, weights, sigma2, n_iter, path, stop)
@@ -276,12 +299,17 @@ class Annealer:
         are hard (:func:`rules.is_hard`); returns means, iterations, steps."""
         n_iter, steps = 0, 0
         while True:
+            start = time.perf_counter()
             means, weights, stats, it = self.settle(means, weights, sigma2)
             n_iter, steps = n_iter + it, steps + 1
             softness = float(stats["soft"] / stats["n"])
             path.record(sigma2, means, weights, float(stats["loglik"] / stats["n"]), softness, it)
-            if self.verbose:
-                print(f"σ²={sigma2:.4g} means={means.shape[0]} iters={it} softness={softness:.2g}")
+            _say(
+                f"harden step {len(path.steps):3d}: σ² {sigma2:<8.4g} {means.shape[0]:3d} means, "
+                f"assignments {softness:.2%} soft (hard below {rules.HARD_SOFTNESS:.2%}), "
+                f"{it} iterations, {time.perf_counter() - start:.2f} s",
+                self.verbose,
+            )
             if rules.is_hard(softness, sigma2, self.sigma2_stop):
                 return means, n_iter, steps
             sigma2 *= self.cooling
@@ -298,6 +326,20 @@ class Annealer:
 
 
 # -------------------------------------------------------------- estimator
+class _LloydLines:
+    """The KMeans callback of the full-data Lloyd run: one line per iteration (pass)."""
+
+    def __init__(self, n_samples: int, verbose):
+        self.n_samples, self.verbose, self.clock = n_samples, verbose, time.perf_counter()
+
+    def __call__(self, _model, info) -> None:
+        now = time.perf_counter()
+        seconds, self.clock = now - self.clock, now
+        _say(f"lloyd iter {info['iteration']:3d}: inertia {info['inertia']:.8g} over "
+             f"{self.n_samples:,} rows, {seconds:.2f} s",
+             self.verbose)  # fmt: skip
+
+
 class AnnealedGaussianMixture(
     NoTrainingDataInPickle, TransformerMixin, ClusterMixin, ChunkedEstimator
 ):
@@ -353,7 +395,8 @@ class AnnealedGaussianMixture(
     split_every : int, optional
         Fan-in of the Dask tree reduction (32 when None).
     verbose : int, default=0
-        Print one line per annealing step.
+        Print one line per annealing step and full-data pass. The same lines
+        are always logged (INFO, logger ``dask_emk.steps``).
     nan_policy : {'raise', 'omit', 'marginalize'}, default='raise'
         NaN in X: ``'raise'`` an error; ``'omit'`` leaves every row (grid
         point) holding a NaN out of the sample and of every pass, and gives it
@@ -494,7 +537,10 @@ class AnnealedGaussianMixture(
     def _fit(self, X, data: InputData, weight) -> None:
         """Anneal on a sample, merge to K, finish with Lloyd on the full data."""
         rng = check_random_state(self.random_state)
+        start = time.perf_counter()
         sample = draw_sample(data, weight, self.sample_size, rng, self.split_every)
+        _say(f"anneal sample: {sample.X.shape[0]:,} of {data.n_samples:,} rows drawn in one pass, "
+             f"{time.perf_counter() - start:.2f} s", self.verbose)  # fmt: skip
         if sample.X.shape[0] < self.n_components:
             raise ValueError(
                 f"The sample holds {sample.X.shape[0]} row(s) without NaN (nan_policy="
@@ -516,8 +562,8 @@ class AnnealedGaussianMixture(
         polish = self.hartigan_max_passes > 0 and not data.marginal
         # The polish starts from Lloyd's exact fixed point (tol 0): a Hartigan
         # pass at unconverged centres would mostly find Lloyd's own moves.
-        km = lloyd_from(data, weight, centers, self.n_lloyd_max_iter,
-                    0.0 if polish else self.tol, self.split_every)  # fmt: skip
+        km = lloyd_from(data, weight, centers, self.n_lloyd_max_iter, 0.0 if polish else self.tol,
+                        self.split_every, _LloydLines(data.n_samples, self.verbose))  # fmt: skip
         passes = 1 + lloyd_passes(km)
         n_lloyd_iter, rounds = km.n_iter_, []
         if polish:
@@ -527,6 +573,10 @@ class AnnealedGaussianMixture(
             )  # fmt: skip
             passes += polish_passes
             n_lloyd_iter += polish_iter
+            moved = sum(r["moved"] for r in rounds if r and r.get("accepted"))
+            rows = "row" if moved == 1 else "rows"
+            _say(f"hartigan polish: {len(rounds)} passes, {moved:,} {rows} moved, inertia "
+                 f"{km.inertia_:.8g}", self.verbose)  # fmt: skip
         if sample.is_full:  # every pass over the sample was a pass over the data
             passes += n_sample_iter + result.n_iter + len(result.path.steps)
         self.polish_history_ = rounds
@@ -544,6 +594,8 @@ class AnnealedGaussianMixture(
                         None)  # fmt: skip
         centers, mass, n_iter = km.cluster_centers_, km.cluster_weights_, km.n_iter_
         if centers.shape[0] > K:
+            _say(f"merge: {centers.shape[0]} means merged to {K} (Ward), then annealed until "
+                 "the assignments are hard", self.verbose)  # fmt: skip
             centers, mass, merges = rules.ward_merge(centers, mass, K)
             self._record_merges(result.path, merges, result.sigma2)
             # Anneal on from the next σ² of the schedule (rules.is_hard).

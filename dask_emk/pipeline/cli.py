@@ -129,18 +129,35 @@ def main() -> None:
 
 
 class _EchoHandler(logging.Handler):
-    """Log records as lines on the current stderr (click's, under its test runner too)."""
+    """Log records as lines on the current stderr (click's, under its test runner too),
+    each after the time of day; ``quiet`` (``-q``): warnings and errors only."""
+
+    quiet = False
+
+    def __init__(self):
+        super().__init__()
+        self.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return (not self.quiet or record.levelno >= logging.WARNING) and bool(
+            super().filter(record)
+        )
 
     def emit(self, record: logging.LogRecord) -> None:
         click.echo(self.format(record), err=True)
 
 
-def _show_log() -> None:
-    """Show the ``dask_emk`` logger's INFO lines (e.g. "compiling kernels …"), once."""
+def _show_log(quiet: bool = False) -> None:
+    """Show the ``dask_emk`` logger's INFO lines (e.g. "compiling kernels …") through one
+    handler; ``quiet``: its warnings only."""
     logger = logging.getLogger("dask_emk")
-    if not any(isinstance(handler, _EchoHandler) for handler in logger.handlers):
-        logger.addHandler(_EchoHandler())
+    handler = next((h for h in logger.handlers if isinstance(h, _EchoHandler)), None)
+    if handler is None:
+        handler = _EchoHandler()
+        logger.addHandler(handler)
+    if logger.getEffectiveLevel() > logging.INFO:  # each command: a test may have reset it
         logger.setLevel(logging.INFO)
+    handler.quiet = quiet
 
 
 @main.command()
@@ -205,7 +222,12 @@ def generate(out, n, d, k, chunk_rows, seed, dtype, separation, grid, grid_chunk
 @click.argument("pipeline", type=click.Path(path_type=Path))
 @click.option("--scheduler", default=None, help=SCHEDULER_HELP)
 @click.option("--resume", is_flag=True, help="Continue from the checkpoint beside the results.")
-@click.option("--quiet", "-q", is_flag=True, help="No per-iteration progress lines.")
+@click.option(
+    "--quiet",
+    "-q",
+    is_flag=True,
+    help="No progress lines (warnings and errors only).",
+)
 @click.option("--no-plots", is_flag=True, help="Skip the PNG figures.")
 @_fail_cleanly
 def run(pipeline, scheduler, resume, quiet, no_plots) -> None:
@@ -315,11 +337,17 @@ def predict(model_path, input_path, out, responsibility, log_density, impute, va
 
 @main.command()
 @click.argument("results")
+@click.option("--json", "as_json", is_flag=True, help="Print it as one JSON object.")
 @_fail_cleanly
-def show(results) -> None:
+def show(results, as_json) -> None:
     """Print a summary of a RESULTS.zarr store (a path or an s3:// URL)."""
-    from dask_emk.pipeline.show import summary
+    from dask_emk.pipeline.show import describe, summary
 
+    if as_json:
+        import json
+
+        click.echo(json.dumps(describe(results), indent=2))
+        return
     for line in summary(results):
         click.echo(line)
 
@@ -327,14 +355,12 @@ def show(results) -> None:
 def _run(cfg, text, scheduler, resume, quiet, no_plots, results_name) -> None:
     from dask_emk.pipeline.run import run_pipeline
 
+    _show_log(quiet)
     if scheduler is not None:
         cfg["scheduler"]["address"] = scheduler
     if no_plots:
         cfg["output"]["plots"] = False
-    run_pipeline(
-        cfg, toml_text=text, resume=resume, echo=click.echo, verbose=not quiet,
-        results_name=results_name,
-    )  # fmt: skip
+    run_pipeline(cfg, toml_text=text, resume=resume, echo=click.echo, results_name=results_name)
 
 
 #: ``dask-emk fit`` options that set a [model] field of the same name.

@@ -24,7 +24,8 @@ from dask_emk.pipeline.outputs import (
     write_file_atomically,
 )
 
-#: Points drawn in the 2-D scatter at most.
+#: Points drawn in the 2-D scatter at most. Every ``plot_*`` function writes its
+#: PNG to ``path`` and returns it; given ``path=None`` it returns the figure.
 SCATTER_POINTS = 20_000
 
 
@@ -54,10 +55,27 @@ def figure_paths(results: str | os.PathLike) -> dict[str, Path | str]:
     return {name: beside(results, f"{stem}.{name}.png") for name in names}
 
 
-def plot_convergence(history, objective: str, path: Path, n_clusters=()) -> Path:
-    """Objective (lower bound, inertia, DP-means objective) against iteration,
-    and below it the number of clusters per iteration when given (dpmeans)."""
+#: Components drawn in the same colour in every figure: component k is ``colour(k)``.
+COMPONENT_CMAP = "tab10"
+
+
+def colour(k: int):
+    """The colour of component ``k`` in the clusters plot, the annealing path and the map."""
+    import matplotlib
+
+    cmap = matplotlib.colormaps[COMPONENT_CMAP]
+    return cmap(k % cmap.N)
+
+
+def plot_convergence(history, objective: str, path: Path, n_clusters=(), model: str = "",
+                     tol: float | None = None) -> Path:  # fmt: skip
+    """|change| of the objective (lower bound, inertia, DP-means objective) per
+    iteration on a log scale, and below it the number of clusters per iteration
+    when given (dpmeans). The title names ``model`` and ``tol``; ``tol`` is drawn
+    as a line for the lower bound only (the others' tol is not on the objective)."""
     plt = require_matplotlib()
+    from matplotlib.ticker import MaxNLocator
+
     iterations = [h.iteration for h in history]
     if len(n_clusters):
         fig, (ax, below) = plt.subplots(2, 1, figsize=(5, 5), sharex=True)
@@ -66,10 +84,20 @@ def plot_convergence(history, objective: str, path: Path, n_clusters=()) -> Path
         below.grid(alpha=0.3)
     else:
         fig, ax = plt.subplots(figsize=(5, 3.2))
-    ax.plot(iterations, [h.value for h in history], "o-", ms=3)
+    change = np.abs([h.change for h in history], dtype=np.float64)
+    shown = np.isfinite(change) & (change > 0)  # the first has no change; log: no zeros
+    label = objective.replace("_", " ")
+    ax.plot(np.asarray(iterations)[shown], change[shown], "o-", ms=3, label=f"|change of {label}|")
+    if tol and objective == "lower_bound":
+        ax.axhline(tol, color="k", ls="--", lw=1, label=f"tol = {tol:g}")
+    ax.set_yscale("log")
     (below if len(n_clusters) else ax).set_xlabel("iteration")
-    ax.set_ylabel(objective.replace("_", " "))
-    ax.set_title("convergence")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_ylabel(f"|change of {label}|")
+    last = f", final {label} {history[-1].value:.6g}" if history else ""
+    tolerance = f", tol {tol:g}" if tol is not None else ""
+    ax.set_title(f"{model or 'fit'} convergence{tolerance}{last}", fontsize=9)
+    ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
     return _save(fig, path)
 
@@ -92,14 +120,23 @@ def plot_criteria(criteria: xr.DataArray, path: Path) -> Path:
     return _save(fig, path)
 
 
-def plot_anneal_path(path_ds, path: Path) -> Path:
-    """The annealing path (:func:`plot_path`) as a PNG."""
+def plot_anneal_path(path_ds, path: Path, final_means=None) -> Path:
+    """The annealing path (:func:`plot_path`) as a PNG, each line in the colour of
+    the ``final_means`` (the model's, in the path's units) it ends nearest."""
     require_matplotlib()
-    return _save(plot_path(path_ds).figure, path)
+    return _save(plot_path(path_ds, final_means=final_means).figure, path)
 
 
-def plot_clusters(X2, labels, means, covariances, path: Path, names=("x0", "x1")) -> Path:
-    """2-D scatter coloured by cluster with 1σ and 2σ ellipses of each component.
+def point_style(n: int) -> tuple[float, float]:
+    """Marker area (pt²) and alpha for ``n`` points: a few hundred stand out (area
+    ~15, nearly opaque), tens of thousands show their density (area 1, alpha ~0.3)."""
+    return float(np.clip(4000 / max(n, 1), 1, 16)), float(np.clip(np.sqrt(2000 / max(n, 1)),
+                                                                    0.15, 0.9))  # fmt: skip
+
+
+def plot_clusters(X2, labels, means, covariances, path: Path, names=("x0", "x1"), units="") -> Path:
+    """2-D scatter in each component's colour, its mean and its 1σ and 2σ ellipses,
+    on equal axes, with a legend.
 
     Parameters
     ----------
@@ -107,22 +144,41 @@ def plot_clusters(X2, labels, means, covariances, path: Path, names=("x0", "x1")
     labels : ndarray (m,)
     means : ndarray (K, 2)
     covariances : ndarray (K, 2, 2) or None (k-means: centres only)
+    units : str
+        Appended to the axis labels (e.g. "data units").
     """
     plt = require_matplotlib()
+    from matplotlib.lines import Line2D
     from matplotlib.patches import Ellipse
 
-    fig, ax = plt.subplots(figsize=(5, 4.5))
-    ax.scatter(X2[:, 0], X2[:, 1], c=labels, s=2, cmap="tab10", alpha=0.4, linewidths=0)
-    ax.plot(means[:, 0], means[:, 1], "k+", ms=12, mew=2)
+    fig, ax = plt.subplots(figsize=(5.6, 4.8))
+    size, alpha = point_style(X2.shape[0])
+    for k in range(means.shape[0]):
+        mine = labels == k
+        ax.scatter(X2[mine, 0], X2[mine, 1], s=size, alpha=alpha, color=colour(k),
+                   linewidths=0, label=f"component {k} ({mine.sum():,} points)")  # fmt: skip
+    ax.plot(means[:, 0], means[:, 1], "k+", ms=12, mew=2, label="means")
     for k in range(means.shape[0]) if covariances is not None else ():
         values, vectors = np.linalg.eigh(covariances[k])
         angle = np.degrees(np.arctan2(vectors[1, -1], vectors[0, -1]))
-        for scale in (1, 2):
+        for scale, style in ((1, "-"), (2, "--")):
             width, height = 2 * scale * np.sqrt(values[::-1])
-            ax.add_patch(Ellipse(means[k], width, height, angle=angle, fill=False, color="k", lw=1))
-    ax.set_xlabel(str(names[0]))
-    ax.set_ylabel(str(names[1]))
-    ax.set_title(f"{means.shape[0]} clusters ({X2.shape[0]:,} points shown)")
+            ax.add_patch(Ellipse(means[k], width, height, angle=angle, fill=False, ls=style,
+                                 color="k", lw=1))  # fmt: skip
+    # Legend markers of one size, opaque, whatever the points' size and alpha;
+    # one entry per ellipse kind, not per component.
+    handles = [Line2D([], [], ls="", marker="o", ms=5, color=colour(k), label=label)
+               for k, label in enumerate(ax.get_legend_handles_labels()[1][:-1])]  # fmt: skip
+    handles.append(Line2D([], [], ls="", marker="+", ms=9, mew=2, color="k", label="means"))
+    if covariances is not None:
+        handles += [Line2D([], [], color="k", lw=1, ls=ls, label=f"{s}σ ellipses")
+                    for s, ls in ((1, "-"), (2, "--"))]  # fmt: skip
+    ax.legend(handles=handles, fontsize=7)
+    ax.set_aspect("equal", adjustable="datalim")
+    suffix = f" ({units})" if units else ""
+    ax.set_xlabel(f"{names[0]}{suffix}")
+    ax.set_ylabel(f"{names[1]}{suffix}")
+    ax.set_title(f"{means.shape[0]} clusters ({X2.shape[0]:,} points shown)", fontsize=9)
     return _save(fig, path)
 
 
@@ -174,22 +230,53 @@ def read_labels(results) -> xr.DataArray:
     return xr.open_zarr(open_store(results), consolidated=False)["labels"]
 
 
-def plot_label_map(labels: xr.DataArray, path) -> Path:
-    """A 2-D slice of gridded labels as a map: one colour per component, NaN blank.
+#: Axis labels of the map for dims named like latitude and longitude (degrees).
+DEGREES = {"lat": "latitude (°N)", "latitude": "latitude (°N)", "lon": "longitude (°E)",
+           "longitude": "longitude (°E)"}  # fmt: skip
+#: The map's colours for points without a label: no data at all, and left out.
+LAND_COLOUR, OMITTED_COLOUR = "0.55", "white"
+
+
+def missing_everywhere(X, feature_dim: str | None) -> xr.DataArray:
+    """Grid points where every variable (feature) is NaN, e.g. land in ocean data.
+
+    ``X`` is the gridded input: a Dataset of variables, or a DataArray whose
+    ``feature_dim`` holds the features (None: one feature)."""
+    if isinstance(X, xr.Dataset):
+        return X.to_dataarray("variable").isnull().all("variable")
+    return X.isnull().all(feature_dim) if feature_dim else X.isnull()
+
+
+def plot_label_map(labels: xr.DataArray, path, land: xr.DataArray | None = None) -> Path:
+    """A 2-D slice of gridded labels as a map: components in their colours (:func:`colour`),
+    ``land`` (points with no data) grey, other unlabelled (omitted) points white, with
+    a legend; latitude and longitude in degrees.
 
     An axis without coordinates is drawn as an image (first row at the top).
     """
     plt = require_matplotlib()
+    from matplotlib.colors import ListedColormap
+    from matplotlib.patches import Patch
+
     labels = labels.squeeze(drop=False)
     n = int(np.nanmax(labels.values)) + 1 if np.isfinite(labels.values).any() else 1
     row_dim = labels.dims[0]
-    colours = max(n, 2)
-    cmap = plt.get_cmap("tab10" if colours <= 10 else "tab20", colours)
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    labels.plot.imshow(
-        ax=ax, cmap=cmap, vmin=-0.5, vmax=colours - 0.5, yincrease=row_dim in labels.coords,
-        cbar_kwargs={"label": "component", "ticks": range(n)},
-    )  # fmt: skip
+    ax.set_facecolor(OMITTED_COLOUR)
+    options = {"ax": ax, "add_colorbar": False, "yincrease": row_dim in labels.coords}
+    cmap = ListedColormap([colour(k) for k in range(n)])
+    labels.plot.imshow(cmap=cmap, vmin=-0.5, vmax=n - 0.5, **options)
+    handles = [Patch(color=colour(k), label=f"component {k}") for k in range(n)]
+    if land is not None:
+        land = land.squeeze(drop=False).transpose(*labels.dims)
+        land.where(land).plot.imshow(cmap=ListedColormap([LAND_COLOUR]), **options)
+        handles.append(Patch(color=LAND_COLOUR, label="no data (land)"))
+    omitted = np.isnan(labels.values) & ~(False if land is None else land.values)
+    if omitted.any():
+        handles.append(Patch(facecolor=OMITTED_COLOUR, edgecolor="k", label="omitted (NaN)"))
+    ax.legend(handles=handles, fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    ax.set_xlabel(DEGREES.get(str(labels.dims[1]), str(labels.dims[1])))
+    ax.set_ylabel(DEGREES.get(str(row_dim), str(row_dim)))
     scalars = [d for d in labels.coords if labels[d].ndim == 0]
     where = ", ".join(f"{d} = {labels[d].values.item()}" for d in scalars)
     ax.set_title(f"labels{f' at {where}' if where else ''}")
@@ -238,14 +325,18 @@ def full_covariances(model) -> np.ndarray | None:
     return COVARIANCE_TYPES[ct].to_full(cov, *model.means_.shape)
 
 
-def _save(fig, path: Path) -> Path:
-    """Write the PNG with the ``Software: dask-emk`` text chunk that marks it as ours.
+def _save(fig, path: Path | None):
+    """Write the PNG with the ``Software: dask-emk`` text chunk that marks it as ours,
+    and return ``path``; with ``path`` None return the open figure instead (to look at
+    or test it).
 
     Only a PNG carrying that chunk is ever replaced (:mod:`dask_emk.pipeline.outputs`).
     """
     import matplotlib.pyplot as plt
 
     fig.tight_layout()
+    if path is None:
+        return fig
     png = io.BytesIO()
     fig.savefig(png, format="png", dpi=100, metadata={"Software": PNG_SOFTWARE})
     plt.close(fig)
@@ -266,7 +357,7 @@ def _path_of(model_or_dataset) -> xr.Dataset:
     return path
 
 
-def plot_path(model_or_dataset, ax=None):
+def plot_path(model_or_dataset, ax=None, final_means=None):
     """Distance of each mean from the data mean against σ² (log axis).
 
     Each component slot is one line, drawn from the step it was born at;
@@ -279,6 +370,11 @@ def plot_path(model_or_dataset, ax=None):
         A fitted model or its ``path_`` (the results group ``anneal_path``).
     ax : matplotlib Axes, optional
         Where to draw (default: a new figure's).
+    final_means : ndarray (K, d), optional
+        The final model's means in the path's units: each line takes the
+        colour (:func:`colour`) of the one its last position is nearest, as
+        in the clusters plot. Default: the fitted model's, else the path's
+        last step.
 
     Returns
     -------
@@ -292,7 +388,10 @@ def plot_path(model_or_dataset, ax=None):
     sigma2 = path["sigma2"].values
     offset = path["means"].values - path["data_mean"].values[None, None, :]
     dist = np.sqrt((offset**2).sum(axis=-1))  # (step, component), NaN when closed
-    ax.plot(sigma2, dist, lw=1)
+    if final_means is None:
+        final_means = getattr(model_or_dataset, "means_", None)
+    for j, k in enumerate(_nearest_final(path["means"].values, final_means)):
+        ax.plot(sigma2, dist[:, j], lw=1, color=colour(k))
     for kind, marker, label in ((1, "^", "split"), (-1, "x", "merge")):
         sel = path["event_kind"].values == kind
         steps, comps = path["event_step"].values[sel], path["event_component"].values[sel]
@@ -300,7 +399,20 @@ def plot_path(model_or_dataset, ax=None):
                    color="k", zorder=3, label=label)  # fmt: skip
     ax.set_xscale("log")
     ax.invert_xaxis()
-    ax.set_xlabel("σ² (shared variance)")
+    ax.set_xlabel("σ² (shared variance, fitted units²)")
     ax.set_ylabel("distance of mean from data mean")
+    ax.set_title(f"annealing path: {dist.shape[1]} means from σ² {sigma2[0]:.3g} to "
+                 f"{sigma2[-1]:.3g}", fontsize=9)  # fmt: skip
     ax.legend()
     return ax
+
+
+def _nearest_final(means: np.ndarray, final_means) -> np.ndarray:
+    """For each path slot (column of ``means`` (step, slot, d)), the index of the
+    final mean nearest its last position (the last step's slot order without
+    ``final_means``)."""
+    last_step = np.where(np.isfinite(means).all(axis=-1), np.arange(means.shape[0])[:, None], -1)
+    last = means[last_step.max(axis=0), np.arange(means.shape[1])]  # (slot, d)
+    final = last[np.isfinite(last).all(axis=1)] if final_means is None else final_means
+    final = np.asarray(final, np.float64)
+    return ((last[:, None, :] - final[None]) ** 2).sum(axis=-1).argmin(axis=1)

@@ -214,8 +214,8 @@ def _recorder(stage: str, outcome: FitOutcome, checkpoint, progress):
     return record
 
 
-def fit_anneal(X, params: dict, checkpoint: Checkpoint, verbose: bool) -> object:
-    """AnnealedGaussianMixture fitted once (its own lines report progress).
+def fit_anneal(X, params: dict, checkpoint: Checkpoint) -> object:
+    """AnnealedGaussianMixture fitted once (it logs its steps on ``dask_emk.steps``).
 
     The checkpoint holds the fitted model; an interrupted anneal restarts
     from its beginning, which gives the same result (it is deterministic for
@@ -226,8 +226,6 @@ def fit_anneal(X, params: dict, checkpoint: Checkpoint, verbose: bool) -> object
         return saved
     from dask_emk.models.anneal import AnnealedGaussianMixture
 
-    params = dict(params)
-    params.setdefault("verbose", int(verbose))
     model = checkpointable(AnnealedGaussianMixture(**params).fit(X))
     checkpoint.save("anneal", model)
     return model

@@ -13,16 +13,16 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import xarray as xr
-from dask.diagnostics import ProgressBar
 
+from dask_emk import STEPS_LOGGER
 from dask_emk.engine.locations import bucket_of, is_url, normalize_location, storage_options
 from dask_emk.models import export
 from dask_emk.models.preprocess import StandardScaler
@@ -58,6 +58,11 @@ from dask_emk.pipeline.results import (
 from dask_emk.pipeline.scheduler import parse_scheduler, use_scheduler
 from dask_emk.pipeline.sources import Source, check_input, open_source
 
+#: The run's stages (scheduler, input, fit, export, plots), each with its time.
+log = logging.getLogger("dask_emk")
+#: One line per iteration (pass) of the fit.
+steps_log = logging.getLogger(STEPS_LOGGER)
+
 
 def run_pipeline(
     cfg: dict,
@@ -65,7 +70,6 @@ def run_pipeline(
     toml_text: str | None = None,
     resume: bool = False,
     echo: Callable[[str], None] = print,
-    verbose: bool = True,
     results_name: str = "output.results",
 ) -> Path | str:
     """Run ``cfg`` (from :func:`dask_emk.pipeline.config.validate`); return the results path.
@@ -79,10 +83,10 @@ def run_pipeline(
     resume : bool
         Continue from the checkpoint beside the results, if there is one.
     echo : callable
-        Where progress lines go.
-    verbose : bool
-        Per-iteration lines (``--quiet`` turns them off; ``echo`` still gets
-        the summary).
+        Where the comparison with the truth goes (the run's answer, stdout).
+        Progress is logged: the stages with their times on the ``dask_emk``
+        logger, every iteration on ``dask_emk.steps`` (the CLI shows both,
+        ``-q`` only warnings).
     results_name : str
         How the user named the results path (``--out`` for ``dask-emk fit``),
         for the messages that refuse it.
@@ -93,7 +97,7 @@ def run_pipeline(
         The results store's path (or URL).
     """
     with storage_options(locations_options(cfg)):
-        return _run_pipeline(cfg, toml_text, resume, echo, verbose, results_name)
+        return _run_pipeline(cfg, toml_text, resume, echo, results_name)
 
 
 def locations_options(cfg: dict) -> dict[str, dict | None]:
@@ -115,13 +119,13 @@ def locations_options(cfg: dict) -> dict[str, dict | None]:
     return options
 
 
-def _run_pipeline(cfg, toml_text, resume, echo, verbose, results_name) -> Path | str:
+def _run_pipeline(cfg, toml_text, resume, echo, results_name) -> Path | str:
     out = cfg["output"]
     if out["plots"]:
         try:
             figures.require_matplotlib()
         except figures.MissingMatplotlib as exc:  # plots are extras: the fit still runs
-            echo(f"warning: skipping the plots: {exc}")
+            log.warning("warning: skipping the plots: %s", exc)
             out = {**out, "plots": False}
             cfg = {**cfg, "output": out}
     checked = check_input(cfg["input"])
@@ -133,34 +137,34 @@ def _run_pipeline(cfg, toml_text, resume, echo, verbose, results_name) -> Path |
     checkpoint = Checkpoint(results, config_key(cfg), resume, out["checkpoint"], store)
     with (
         claim(results, RESULTS, where=results_name, companions=companions) as notes,
-        use_scheduler(cfg["scheduler"]["address"], echo),
+        use_scheduler(cfg["scheduler"]["address"], log.info),
     ):
-        for note in notes:
-            echo(f"results: {note}")
-        source = open_source(cfg["input"], echo)
-        echo(f"input: {source.description}")
+        for note in notes:  # what an earlier run left, taken over or restored
+            log.warning("results: %s", note)
+        source = open_source(cfg["input"], log.info)
+        log.info("input: %s", source.description)
         map_slice = _map_slice(out, source)
         checkpoint.check_input(InputRecord.of(store, source.data.array))
         start = time.perf_counter()
         with checkpoint.watch_content() as watch:  # the first pass fingerprints the input
-            scaler = fit_scaler(cfg, source, echo)
+            scaler = fit_scaler(cfg, source)
             fitted = source if scaler is None else replace(source, X=scaler.transform(source.X))
-            outcome, anneal = fit_model(cfg, fitted, checkpoint, echo if verbose else _silent)
+            outcome, anneal = fit_model(cfg, fitted, checkpoint, scaler)
             if watch.fingerprint is None and checkpoint.expected_fingerprint is not None:
                 fingerprint_pass(source.data.array)  # resumed with the fit done: no pass made
         fit_seconds = time.perf_counter() - start
-        echo(_summary(outcome, fit_seconds))
+        log.info(_summary(outcome, fit_seconds, scaler))
+        start = time.perf_counter()
         groups = _groups(anneal, source, scaler)
         root = _root_dataset(cfg, outcome, source, toml_text, fit_seconds, scaler)
-        per_sample = per_sample_dataset(
-            outcome.model, source.X, out, source.data.grid.dims, scaler
-        )
-        with _progress_bar(verbose):
-            write_results(results, root, groups, per_sample, fitted_model(outcome, scaler))
-        echo(f"results: {results} ({', '.join(['root', *groups])})")
+        per_sample = per_sample_dataset(outcome.model, source.X, out, source.data.grid.dims, scaler)
+        write_results(results, root, groups, per_sample, fitted_model(outcome, scaler))
+        outputs = ", ".join(["root", *groups, *(per_sample or {})])
+        log.info("export: %s (%s) in %.1f s", results, outputs, time.perf_counter() - start)
         if out["plots"]:
-            for path in draw_figures(results, outcome, anneal, source, map_slice, scaler):
-                echo(f"plot: {path}")
+            start = time.perf_counter()
+            drawn = draw_figures(results, outcome, anneal, source, map_slice, scaler)
+            log.info("plots: %s in %.1f s", ", ".join(map(str, drawn)), time.perf_counter() - start)
     if source.truth is not None:
         lines, _ = truth_table(outcome.model, source.truth, scaler)
         echo("fitted vs truth:")
@@ -194,22 +198,9 @@ def check_outputs(cfg: dict, resume: bool, results_name: str) -> tuple[Path | st
     return results, companions
 
 
-#: Dask's progress bar shows only for computes longer than this.
-PROGRESS_MIN_SECONDS = 5.0
-
-
-def _progress_bar(verbose: bool):
-    """Dask's progress bar on the local schedulers (the dashboard serves distributed).
-
-    Used for the export only: every compute under a ProgressBar waits for its
-    timer thread (~0.1 s), which would cost more than a short EM iteration;
-    the fit reports itself with one line per iteration instead.
-    """
-    return ProgressBar(minimum=PROGRESS_MIN_SECONDS) if verbose else nullcontext()
-
-
-def fit_model(cfg: dict, source: Source, checkpoint: Checkpoint, echo) -> tuple:
-    """The pipeline's fit: optional annealing stage, then the model, resumable.
+def fit_model(cfg: dict, source: Source, checkpoint: Checkpoint, scaler=None) -> tuple:
+    """The pipeline's fit: optional annealing stage, then the model, resumable;
+    its lines give lower bounds in the data's units (``scaler``: see :func:`shown`).
 
     Returns
     -------
@@ -220,12 +211,15 @@ def fit_model(cfg: dict, source: Source, checkpoint: Checkpoint, echo) -> tuple:
 
     def progress(stage, it):
         objective = {"kmeans": "inertia", "dpmeans": "objective"}.get(stage, "lower_bound")
-        echo(format_iteration(stage, objective, it))
+        steps_log.info(format_iteration(stage, objective, shown(it, objective, scaler)))
 
     anneal = None
     if cfg["anneal"] is not None:
         params = {**cfg["anneal"], **source.options}
-        anneal = fit_anneal(X, params, checkpoint, verbose=echo is not _silent)
+        start = time.perf_counter()
+        anneal = fit_anneal(X, params, checkpoint)
+        log.info("anneal: %d means, %d passes over the data, %.1f s", anneal.means_.shape[0],
+                 anneal.n_full_passes_, time.perf_counter() - start)  # fmt: skip
     if kind == "anneal":
         return anneal_outcome(anneal), anneal
     params = {**estimator_params(model_cfg), **source.options}
@@ -246,7 +240,7 @@ def fit_model(cfg: dict, source: Source, checkpoint: Checkpoint, echo) -> tuple:
     return fit_gmm(X, params, checkpoint, progress), anneal
 
 
-def fit_scaler(cfg: dict, source: Source, echo) -> StandardScaler | None:
+def fit_scaler(cfg: dict, source: Source) -> StandardScaler | None:
     """The StandardScaler of ``[preprocess] standardize``, fitted in one pass (else None).
 
     Not checkpointed: refitting it on resume costs one pass and gives the
@@ -255,10 +249,12 @@ def fit_scaler(cfg: dict, source: Source, echo) -> StandardScaler | None:
     if not cfg["preprocess"]["standardize"]:
         return None
     dims = {key: source.options[key] for key in ("feature_dim", "sample_dims")}
+    start = time.perf_counter()
     scaler = StandardScaler(**dims).fit(source.X)
     stats = zip(scaler.mean_, scaler.scale_, strict=True)
     scales = ", ".join(f"{m:.4g} ± {s:.4g}" for m, s in stats)
-    echo(f"standardize: mean ± scale per feature: {scales}")
+    log.info("standardize: mean ± scale per feature: %s (%.1f s)", scales,
+             time.perf_counter() - start)  # fmt: skip
     return scaler
 
 
@@ -282,20 +278,25 @@ def draw_figures(
     map of gridded input at ``map_slice`` (and a photograph's quantised image); the
     clusters in the data's units (labels of the model fitted behind ``scaler``)."""
     paths = figures.figure_paths(results)
+    history = [shown(it, outcome.objective, scaler) for it in outcome.history]
+    model_name, tol = type(outcome.model).__name__, getattr(outcome.model, "tol", None)
     drawn = [
-        figures.plot_convergence(
-            outcome.history, outcome.objective, paths["convergence"], outcome.n_clusters
-        )
+        figures.plot_convergence(history, outcome.objective, paths["convergence"],
+                                 outcome.n_clusters, model_name, tol)  # fmt: skip
     ]
+    model = outcome.model
     if anneal is not None:
-        drawn.append(figures.plot_anneal_path(anneal.path_, paths["path"]))
+        # The path in the fitted units, coloured by the final model's means in them.
+        fitted_means = fitted_parameters(model, None)[1]
+        drawn.append(figures.plot_anneal_path(anneal.path_, paths["path"], fitted_means))
     if outcome.search is not None:
         drawn.append(figures.plot_criteria(outcome.search.criteria_, paths["criterion"]))
-    model = outcome.model
     _, means, covariances = fitted_parameters(model, scaler)
     if map_slice is not None:
         labels = figures.read_labels(results)
-        drawn.append(figures.plot_label_map(labels.isel(map_slice), paths["labels"]))
+        land = figures.missing_everywhere(source.X, source.options.get("feature_dim"))
+        drawn.append(figures.plot_label_map(labels.isel(map_slice), paths["labels"],
+                                            land.isel(map_slice)))  # fmt: skip
         if source.photo:
             drawn.append(figures.save_quantised(labels, means, paths["quantised"]))
     if source.data.n_features == 2:
@@ -385,12 +386,25 @@ def _groups(anneal, source: Source, scaler=None) -> dict[str, xr.Dataset]:
     return groups
 
 
-def _summary(outcome: FitOutcome, seconds: float) -> str:
+def shown(it, objective: str, scaler=None):
+    """The iteration ``it`` as every output shows it: a lower bound of a model fitted
+    behind ``scaler`` (standardised data) as the mean log density in the data's
+    units, like the results store (:func:`dask_emk.pipeline.results.model_dataset`),
+    ``show`` and the plots; other objectives as fitted."""
+    if scaler is None or objective != "lower_bound":
+        return it
+    return replace(it, value=float(scaler.original_log_density(it.value)))
+
+
+#: What the objectives are, after their value in the summary line.
+UNITS = {"lower_bound": "mean log density per row, data units"}
+
+
+def _summary(outcome: FitOutcome, seconds: float, scaler=None) -> str:
     last = outcome.history[-1] if outcome.history else None
+    last = last and shown(last, outcome.objective, scaler)
+    units = UNITS.get(outcome.objective)
     value = f", {outcome.objective.replace('_', ' ')} {last.value:.8g}" if last else ""
+    value += f" ({units})" if last and units else ""
     state = "converged" if outcome.converged else "NOT converged (raise max_iter or tol)"
     return f"fit: {len(outcome.history)} iterations in {seconds:.1f} s, {state}{value}"
-
-
-def _silent(line: str) -> None:
-    return None

@@ -8,6 +8,7 @@ sized to the machine without N) and ``tcp://HOST:PORT`` (an existing cluster).
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
 from collections.abc import Callable, Iterator
@@ -80,20 +81,68 @@ def use_scheduler(spec: str, echo: Callable[[str], None] = print) -> Iterator[No
         # Single-threaded workers: the block kernels call BLAS, and one
         # thread per core avoids oversubscribing it.
         cluster_kwargs = {"threads_per_worker": 1} if arg is not None else {}
-        with (
-            LocalCluster(n_workers=arg, dashboard_address=":0", **cluster_kwargs) as cluster,
-            Client(cluster),
-        ):
-            n = len(cluster.scheduler_info["workers"])
-            echo(f"scheduler: LocalCluster, {n} workers, dashboard {cluster.dashboard_link}")
-            yield
+        cluster = LocalCluster(n_workers=arg, dashboard_address=":0", **cluster_kwargs)
+        try:
+            with Client(cluster):  # closed first: the cluster's workers then stop
+                n = len(cluster.scheduler_info["workers"])
+                echo(f"scheduler: LocalCluster, {n} workers, {dashboard(cluster.dashboard_link)}")
+                yield
+        finally:
+            with _no_kill_warning():
+                cluster.close()
         return
     client = connect(arg)
     try:
-        echo(f"scheduler: {arg}, dashboard {client.dashboard_link}")
+        echo(f"scheduler: {arg}, {dashboard(client.dashboard_link, remote=True)}")
         yield
     finally:
         client.close()
+
+
+class _KillWarning(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "still alive after" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _no_kill_warning() -> Iterator[None]:
+    """Without the nanny's "Worker process still alive after 4.0 seconds, killing".
+
+    At a LocalCluster's close every nanny gives its worker process 4 s (its
+    close timeout 5 s × 0.8) to exit, then kills it; a loaded machine's
+    workers, their work done and the results written, took longer (one
+    warning per worker at the end of every run on 2 busy cores). It is noise
+    there; during the run a worker that dies still warns.
+    """
+    nanny, quiet = logging.getLogger("distributed.nanny"), _KillWarning()
+    nanny.addFilter(quiet)
+    try:
+        yield
+    finally:
+        nanny.removeFilter(quiet)
+
+
+#: The oldest bokeh Dask's dashboard serves pages with (distributed's own check).
+BOKEH_MIN = (3, 1)
+
+
+def dashboard(link: str, remote: bool = False) -> str:
+    """The dashboard's link, where it shows something: Dask serves its pages only with
+    bokeh >= 3.1 installed (else the link answers "Dask needs bokeh"). bokeh is not a
+    dependency (a large package, with its own, for a view the logged progress
+    lines replace); a remote scheduler's own bokeh is not known here, so its
+    link is given."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    if remote:
+        return f"dashboard {link}"
+    try:
+        found = tuple(int(part) for part in version("bokeh").split(".")[:2])
+    except (PackageNotFoundError, ValueError):
+        found = None
+    if found is None or found < BOKEH_MIN:
+        return "no dashboard (pip install 'bokeh>=3.1' for one)"
+    return f"dashboard {link}"
 
 
 def connect(address: str):
