@@ -31,7 +31,7 @@ extensions = [
 
 source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
 exclude_patterns = [
-    "_build", "README_front.md", "ARCHITECTURE.md", "NUMERICS.md", "SCHEMA.md", "examples",
+    "_build", "ARCHITECTURE.md", "NUMERICS.md", "SCHEMA.md", "examples",
 ]
 myst_enable_extensions = ["dollarmath", "amsmath", "colon_fence"]
 myst_heading_anchors = 3

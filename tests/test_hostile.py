@@ -7,7 +7,7 @@ dask or zarr; a few rows expect the type scikit-learn raises), or a one-line
 ``Error: ...`` from the CLI, in both cases matching a pattern that names the
 problem — or it is a fit, which checks its own result against scikit-learn or
 an equivalent well-formed input, and must give finite parameters. A SIGALRM
-guard turns a hang into a failure. README.md "Troubleshooting" documents
+guard turns a hang into a failure. docs/troubleshooting.md documents
 every row. Below the table: a pickled model does not carry its training data.
 """
 

@@ -105,11 +105,12 @@ def test_schema_doc_is_the_table():
 
 
 def test_readmes_name_variables_as_the_table_does():
-    """Every `name(dims)` the READMEs write with a documented dim is a row of the table."""
+    """Every `name(dims)` the docs write with a documented dim is a row of the table."""
     rows = {(row.name, row.dims) for row in SCHEMA if row.kind == VARIABLE}
     dims = {row.name for row in SCHEMA if row.kind == DIMENSION}
     found = []
-    for readme in (ROOT / "README.md", ROOT / "pipelines" / "README.md"):
+    pages = [ROOT / "README.md", ROOT / "pipelines" / "README.md", *(ROOT / "docs").rglob("*.md")]
+    for readme in pages:
         for name, inside in re.findall(r"`(\w+)\(([\w,\s]*)\)`", readme.read_text()):
             named = tuple(part.strip() for part in inside.split(",") if part.strip())
             if set(named) & dims:

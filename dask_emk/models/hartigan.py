@@ -18,10 +18,14 @@ from dask_emk.models.kmeans import KMeans
 def lloyd_from(
     X, weight, centers: np.ndarray, max_iter: int, tol: float, split_every, callback=None
 ) -> KMeans:
-    """Lloyd iterations from ``centers`` on the dask_emk KMeans engine."""
+    """Lloyd iterations from ``centers`` on the dask_emk KMeans engine.
+
+    ``callback`` watches this run only: the fitted KMeans keeps none, so it
+    can be saved in a model file with the estimator that holds it.
+    """
     km = KMeans(centers.shape[0], init=centers, n_init=1, max_iter=max_iter, tol=tol,
                 split_every=split_every, callback=callback)  # fmt: skip
-    return km.fit(X, sample_weight=weight)
+    return km.fit(X, sample_weight=weight).set_params(callback=None)
 
 
 def lloyd_passes(km: KMeans) -> int:
