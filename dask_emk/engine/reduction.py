@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import threading
+import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -75,6 +76,17 @@ class RowKeyed:
     """
 
     fn: Callable[..., np.ndarray]
+
+
+def is_kept(X) -> bool:
+    """Whether X is a fit's rows kept in memory (:class:`dask_emk.engine.cache.CachedRows`),
+    which a pass takes as it takes X (read by blocks through its ``stats_parts``)."""
+    return hasattr(X, "stats_parts")
+
+
+def stored_source(X):
+    """What X reads from: the array a kept X was read from, else X."""
+    return X.source if is_kept(X) else X
 
 
 def apply_block(block_fn, x, w, rows: np.ndarray, args: tuple) -> np.ndarray:
@@ -214,7 +226,7 @@ def run_pass(
     )  # fmt: skip
     vector, values = out if also is not None else (out, None)
     stats = layout.unpack(vector)
-    raise_on_nonfinite(stats["nonfinite"], X, omit_nan or marginal)
+    raise_on_nonfinite(stats["nonfinite"], stored_source(X), omit_nan or marginal)
     return stats if also is None else (stats, values)
 
 
@@ -255,6 +267,13 @@ def reduce_pass(
     omit_nan : bool
         See :func:`run_pass`.
     """
+    if is_kept(X):
+        parts = X.stats_parts(weight, block_fn, size, args, omit_nan)
+        total = combine_parts(parts, combine or _add_rows, split_every or DEFAULT_SPLIT_EVERY)
+        if also is None:
+            return np.asarray(compute_one(total, source=X.source)).reshape(size)
+        total, *values = compute_one((total, *also), source=X.source)
+        return np.asarray(total).reshape(size), tuple(values)
     if not isinstance(X, da.Array):
         w = None if weight is None else np.asarray(weight)
         rows = local_map(
@@ -402,12 +421,21 @@ def combine_tree(
     more per pass in building, hashing and optimising its layers.
     """
     parts = blocks.to_delayed(optimize_graph=optimize_graph).ravel().tolist()
+    return combine_parts(parts, combine, split_every, blocks.name)
+
+
+def combine_parts(
+    parts: list, combine: Callable[[np.ndarray], np.ndarray], split_every: int, name=None
+) -> Delayed:
+    """:func:`combine_tree` of the blocks' delayed (1, size) rows, in block order;
+    ``name`` makes the keys (default: a random one)."""
+    name = name or uuid.uuid4().hex
     level = 0
     while True:
         parts = [
             dask.delayed(_combine_rows, pure=False)(
                 combine, *parts[i : i + split_every],
-                dask_key_name=f"combine-{level}-{i // split_every}-{blocks.name}",
+                dask_key_name=f"combine-{level}-{i // split_every}-{name}",
             )
             for i in range(0, len(parts), split_every)
         ]  # fmt: skip

@@ -538,6 +538,9 @@ class AnnealedGaussianMixture(
     sample_dims : str or list of str, optional
         The dimensions of xarray input that hold samples; see
         :class:`dask_emk.GaussianMixture`.
+    cache : {'auto', True, False}, default='auto'
+        Keep the rows of a lazy X in memory between the fit's passes; see
+        :class:`dask_emk.GaussianMixture`.
 
     Attributes
     ----------
@@ -606,6 +609,7 @@ class AnnealedGaussianMixture(
         nan_policy="raise",
         feature_dim=None,
         sample_dims=None,
+        cache="auto",
     ):
         self.n_components = n_components
         self.cooling = cooling
@@ -623,6 +627,7 @@ class AnnealedGaussianMixture(
         self.nan_policy = nan_policy
         self.feature_dim = feature_dim
         self.sample_dims = sample_dims
+        self.cache = cache
 
     # ------------------------------------------------------------ checks
     def _check_parameters(self, data: InputData) -> None:

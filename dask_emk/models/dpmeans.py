@@ -347,6 +347,9 @@ class DPMeans(
     sample_dims : str or list of str, optional
         The dimensions of xarray input that hold samples; see
         :class:`dask_emk.GaussianMixture`.
+    cache : {'auto', True, False}, default='auto'
+        Keep the rows of a lazy X in memory between the fit's passes; see
+        :class:`dask_emk.GaussianMixture`.
 
     Attributes
     ----------
@@ -400,6 +403,7 @@ class DPMeans(
         nan_policy="raise",
         feature_dim=None,
         sample_dims=None,
+        cache="auto",
     ):
         self.penalty = penalty
         self.n_clusters = n_clusters
@@ -413,6 +417,7 @@ class DPMeans(
         self.nan_policy = nan_policy
         self.feature_dim = feature_dim
         self.sample_dims = sample_dims
+        self.cache = cache
 
     # ------------------------------------------------------------------ checks
     def _check_parameters(self, data: InputData) -> None:

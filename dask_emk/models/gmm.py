@@ -195,6 +195,15 @@ class GaussianMixture(DensityMixin, ChunkedEstimator):
         The dimensions of xarray input that hold samples (default: every
         dimension but the feature dimension; for a Dataset those all its
         data variables have). Outputs come back on them.
+    cache : {'auto', True, False}, default='auto'
+        Keep the rows read from a lazy X in memory for the fit's later passes
+        (seeding included): the first pass reads the store, the others read
+        the kept rows (on a distributed cluster, on the workers that read
+        them). 'auto' keeps the first blocks that fit in half the free memory
+        (:data:`dask_emk.engine.cache.AUTO_SHARE`) and reads the rest on
+        every pass; True keeps all or refuses before reading; False reads
+        the store on every pass. The results are the same bit for bit; the
+        rows are released when the fit ends and never kept by the model.
 
     Attributes
     ----------
@@ -238,6 +247,7 @@ class GaussianMixture(DensityMixin, ChunkedEstimator):
         nan_policy="raise",
         feature_dim=None,
         sample_dims=None,
+        cache="auto",
     ):
         self.n_components = n_components
         self.covariance_type = covariance_type
@@ -260,6 +270,7 @@ class GaussianMixture(DensityMixin, ChunkedEstimator):
         self.nan_policy = nan_policy
         self.feature_dim = feature_dim
         self.sample_dims = sample_dims
+        self.cache = cache
 
     # ------------------------------------------------------------------ checks
     def _check_parameters(self, data: InputData) -> None:
@@ -324,7 +335,7 @@ class GaussianMixture(DensityMixin, ChunkedEstimator):
         (:meth:`fit_steps`), in order, so the ``n_init`` runs of one batch are
         those of ``n_init`` fits one after the other on the same ``RandomState``.
         """
-        batch = Batch(data.array, weight, self.split_every, data.omit_nan, data.marginal)
+        batch = self._batch(data, weight)
         rng = check_random_state(self.random_state)
         self.keep_best(batch.run(self.fit_steps(data, weight, rng, batch)), data.array.dtype)
 

@@ -18,7 +18,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 
 from dask_emk.core.layout import StatsLayout
-from dask_emk.engine.batch import Batch, Pass, batch_pass
+from dask_emk.engine.batch import Pass, batch_pass
 from dask_emk.engine.inputs import InputData
 from dask_emk.models.base import ChunkedEstimator
 from dask_emk.models.gmm import GaussianMixture, mixture_block
@@ -68,6 +68,8 @@ class GaussianMixtureIC(DensityMixin, ChunkedEstimator):
         SQUAREM-accelerated EM for every candidate, see GaussianMixture.
     nan_policy : see GaussianMixture
     feature_dim, sample_dims : optional, see GaussianMixture
+    cache : {'auto', True, False}, default='auto'
+        The fit's rows kept in memory between passes, see GaussianMixture.
 
     Attributes
     ----------
@@ -103,6 +105,7 @@ class GaussianMixtureIC(DensityMixin, ChunkedEstimator):
         nan_policy="raise",
         feature_dim=None,
         sample_dims=None,
+        cache="auto",
     ):
         self.min_components = min_components
         self.max_components = max_components
@@ -122,6 +125,7 @@ class GaussianMixtureIC(DensityMixin, ChunkedEstimator):
         self.nan_policy = nan_policy
         self.feature_dim = feature_dim
         self.sample_dims = sample_dims
+        self.cache = cache
 
     def _covariance_types(self) -> tuple[str, ...]:
         if self.covariance_type == "all":
@@ -145,7 +149,7 @@ class GaussianMixtureIC(DensityMixin, ChunkedEstimator):
         candidates = [GaussianMixture(int(k), covariance_type=ct, **shared)
                       for ct in types for k in ks]  # fmt: skip
         rng = check_random_state(self.random_state)
-        batch = Batch(data.array, weight, self.split_every, data.omit_nan, data.marginal)
+        batch = self._batch(data, weight)
         fits, owner = [], []
         for i, model in enumerate(candidates):
             check_features(model, data, reset=True)

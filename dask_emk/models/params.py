@@ -283,6 +283,8 @@ OPTIONAL_POSITIVE_FINITE = Real(gt=0, lt=np.inf, allow_none=True)
 SPLIT_EVERY = Integer(2, allow_none=True)  # 1 never reduces: dask loops forever
 VERBOSE = Integer(0)
 CALLBACK = Function(allow_none=True)
+#: ``cache``: keep the fit's rows in memory between passes (dask_emk.engine.cache).
+CACHE = Either((Options(("auto",)), Boolean()))
 INPUT_OPTION_DEFAULTS = {"nan_policy": "raise", "feature_dim": None, "sample_dims": None}
 INPUT_OPTIONS = {name: InputOption(name) for name in INPUT_OPTION_DEFAULTS}
 
@@ -306,6 +308,7 @@ GAUSSIAN_MIXTURE: dict[str, Spec] = {
     "callback": CALLBACK,
     "accelerate": Boolean(),
     **INPUT_OPTIONS,
+    "cache": CACHE,
 }
 
 KMEANS: dict[str, Spec] = {
@@ -323,6 +326,7 @@ KMEANS: dict[str, Spec] = {
     "verbose": VERBOSE,
     "callback": CALLBACK,
     **INPUT_OPTIONS,
+    "cache": CACHE,
 }
 
 #: GaussianMixtureIC: ``covariance_type='all'`` means these, scikit-learn's four.
@@ -342,6 +346,7 @@ GAUSSIAN_MIXTURE_IC: dict[str, Spec] = {
                      "verbose", "verbose_interval", "split_every", "callback", "accelerate")
     },  # fmt: skip
     **INPUT_OPTIONS,
+    "cache": CACHE,
 }
 
 ANNEALED_GAUSSIAN_MIXTURE: dict[str, Spec] = {
@@ -359,6 +364,7 @@ ANNEALED_GAUSSIAN_MIXTURE: dict[str, Spec] = {
     "split_every": SPLIT_EVERY,
     "verbose": VERBOSE,
     **INPUT_OPTIONS,
+    "cache": CACHE,
 }
 
 DPMEANS: dict[str, Spec] = {
@@ -372,4 +378,5 @@ DPMEANS: dict[str, Spec] = {
     "verbose": VERBOSE,
     "callback": CALLBACK,
     **INPUT_OPTIONS,
+    "cache": CACHE,
 }
