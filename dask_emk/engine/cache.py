@@ -39,10 +39,6 @@ import numpy as np
 from dask_emk.core.blocks import rows_without_nan
 from dask_emk.engine import reduction
 
-#: The values of ``cache=``: 'auto' keeps what fits in :data:`AUTO_SHARE`
-#: of the free memory, True keeps all or refuses, False reads every pass.
-CACHE_MODES = ("auto", True, False)
-
 #: Share of the free memory (memory limit minus what the process holds now,
 #: per worker; on the local schedulers the machine's available memory) that
 #: ``cache='auto'`` fills. Half: a distributed worker starts spilling at 60%
@@ -70,17 +66,8 @@ class TinyChunksWarning(UserWarning):
     (as dask's ``PerformanceWarning``)."""
 
 
-def check_cache(value) -> None:
-    """Raise a ValueError unless ``value`` is one of :data:`CACHE_MODES`."""
-    if not (value == "auto" or value is True or value is False or isinstance(value, np.bool_)):
-        raise ValueError(
-            f"cache must be 'auto', True or False, got {value!r}: 'auto' keeps the rows "
-            "that fit in memory, True all of them, False reads the store on every pass."
-        )
-
-
 @contextmanager
-def kept_rows(X, cache, omit_nan: bool = False) -> Iterator:
+def kept_rows(X, cache, omit_nan: bool = False, free: int | None = None) -> Iterator:
     """The input of a fit's passes: ``X``, or its rows kept in memory, until the ``with`` ends.
 
     Parameters
@@ -88,9 +75,12 @@ def kept_rows(X, cache, omit_nan: bool = False) -> Iterator:
     X : ndarray or dask array of shape (n, d)
         In-memory input is yielded as it is (nothing to keep).
     cache : {'auto', True, False}
-        See :data:`CACHE_MODES`.
+        'auto' keeps the first blocks that fit in :data:`AUTO_SHARE` of the
+        free memory, True keeps all or refuses, False keeps none.
     omit_nan : bool
         Keep only the rows without NaN (``nan_policy='omit'``).
+    free : int, optional
+        Bytes free for the rows (default: measured, :func:`free_memory`).
 
     Yields
     ------
@@ -110,7 +100,7 @@ def kept_rows(X, cache, omit_nan: bool = False) -> Iterator:
         return
     held: list[CachedRows] = []
     try:
-        cached = CachedRows.read(X, cache, omit_nan, held)
+        cached = CachedRows.read(X, cache, omit_nan, held, free)
         yield X if cached is None else cached
     finally:
         for rows in held:
@@ -124,7 +114,7 @@ def warn_tiny_chunks(X: da.Array) -> None:
     typical = int(np.median(sizes)) * row_bytes if sizes else 0
     if len(sizes) < TINY_CHUNK_COUNT or typical >= TINY_CHUNK_BYTES:
         return
-    rows = max(1, SUGGESTED_CHUNK_BYTES // max(row_bytes, 1))
+    rows = min(max(1, SUGGESTED_CHUNK_BYTES // max(row_bytes, 1)), X.shape[0])
     warnings.warn(
         f"X is read in {len(sizes)} chunks of about {int(np.median(sizes))} rows "
         f"({_size(typical)}): at ~1 ms of overhead per chunk, a pass costs more in "
@@ -162,19 +152,23 @@ class CachedRows:
     offsets: np.ndarray
     omit_nan: bool
     client: object = None
+    #: On the local schedulers, until the first pass: the kept blocks are not read yet.
+    unread: bool = False
 
     @classmethod
-    def read(cls, X: da.Array, cache, omit_nan: bool, held: list) -> CachedRows | None:
+    def read(cls, X: da.Array, cache, omit_nan: bool, held: list, free=None) -> CachedRows | None:
         """Choose the blocks to keep and start reading them (None: none is kept).
 
-        On the local schedulers the kept blocks are read here (one compute);
-        on a cluster they are persisted and the first pass waits for them.
+        On the local schedulers the kept blocks are read by the first pass,
+        in its compute (:meth:`first_read`, :meth:`hold`); on a cluster they
+        are persisted now and the first pass waits for them.
         The object is appended to ``held`` as soon as it holds anything.
         """
         grouped, _ = reduction.group_small_chunks(X, None)
         offsets = np.concatenate([[0], np.cumsum(grouped.chunks[0])]).astype(np.int64)
         client = _client_of(X)
-        kept = choose_blocks(np.diff(offsets), _kept_row_bytes(X, omit_nan), cache, client)
+        free, where = free_memory(client) if free is None else (free, "there is")
+        kept = choose_blocks(np.diff(offsets), _kept_row_bytes(X, omit_nan), cache, free, where)
         if not kept.any():
             return None
         blocks = grouped.to_delayed(optimize_graph=True).ravel().tolist()
@@ -186,11 +180,28 @@ class CachedRows:
         held.append(rows)
         if client is not None:
             keep = client.persist(keep, optimize_graph=False)
-        else:
-            keep = reduction.compute_one(keep, source=X)
-        parts = iter(keep)
-        rows.parts = [next(parts) if k else block for k, block in zip(kept, blocks, strict=True)]
+        rows._set_kept(keep)
+        rows.unread = client is None
         return rows
+
+    def _set_kept(self, keep: list) -> None:
+        """The kept blocks' parts: their (x, rows), or delayed ones still to be read."""
+        kept = iter(keep)
+        pairs = zip(self.kept, self.parts, strict=True)
+        self.parts = [next(kept) if k else part for k, part in pairs]
+
+    def first_read(self) -> list:
+        """The kept blocks' delayed (x, rows) still to be read (local schedulers: computed
+        with the first pass, in its one compute), else an empty list."""
+        if not self.unread:
+            return []
+        return [part for part, k in zip(self.parts, self.kept, strict=True) if k]
+
+    def hold(self, kept: list) -> None:
+        """Keep the (x, rows) of :meth:`first_read`, computed (nothing to do if it was empty)."""
+        if self.unread and kept:
+            self._set_kept(kept)
+            self.unread = False
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -264,8 +275,11 @@ def block_stats(part, w, offset, kept, keyed, block_fn, args, omit_nan) -> np.nd
     return reduction.call_block(x, w, rows, block_fn, args, False)
 
 
-def choose_blocks(sizes: np.ndarray, row_bytes: int, cache, client) -> np.ndarray:
+def choose_blocks(sizes, row_bytes: int, cache, free: int, where: str = "there is") -> np.ndarray:
     """Which blocks to keep (bool (m,)): all, the first that fit, or none.
+
+    ``sizes``: the blocks' row counts (m,); ``free``: bytes free, ``where``
+    says whose, in the words of :func:`free_memory`.
 
     Raises
     ------
@@ -273,7 +287,6 @@ def choose_blocks(sizes: np.ndarray, row_bytes: int, cache, client) -> np.ndarra
         ``cache=True`` and all the blocks take more than the free memory.
     """
     need = np.cumsum(np.asarray(sizes, dtype=np.int64) * row_bytes)
-    free, where = free_memory(client)
     if cache is True or isinstance(cache, np.bool_):
         if need.size and need[-1] > free:
             raise ValueError(

@@ -270,10 +270,11 @@ def reduce_pass(
     if is_kept(X):
         parts = X.stats_parts(weight, block_fn, size, args, omit_nan)
         total = combine_parts(parts, combine or _add_rows, split_every or DEFAULT_SPLIT_EVERY)
-        if also is None:
-            return np.asarray(compute_one(total, source=X.source)).reshape(size)
-        total, *values = compute_one((total, *also), source=X.source)
-        return np.asarray(total).reshape(size), tuple(values)
+        # The first pass also reads the blocks to keep, in the same compute.
+        total, kept, *values = compute_one((total, X.first_read(), *(also or ())), source=X.source)
+        X.hold(kept)
+        vector = np.asarray(total).reshape(size)
+        return vector if also is None else (vector, tuple(values))
     if not isinstance(X, da.Array):
         w = None if weight is None else np.asarray(weight)
         rows = local_map(
