@@ -219,10 +219,13 @@ class CachedRows:
         weights = self._weight_blocks(weight)
         packed_args = dask.delayed(args, pure=False, traverse=False)
         keyed = isinstance(block_fn, reduction.RowKeyed)
+        # Keys in block order under one name: the schedulers run the blocks in
+        # the order they run a plain pass's (random keys per block ran them in random order).
+        name = f"kept-stats-{packed_args.key}"
         return [
             dask.delayed(block_stats, pure=False)(
                 part, w, int(self.offsets[i]), bool(self.kept[i]), keyed, block_fn, packed_args,
-                omit_nan,
+                omit_nan, dask_key_name=(name, i),
             )
             for i, (part, w) in enumerate(zip(self.parts, weights, strict=True))
         ]  # fmt: skip
@@ -255,10 +258,10 @@ def keep_block(x: np.ndarray, offset: int, omit_nan: bool) -> tuple:
     """What a block keeps: ``(x, None)``, or under ``omit_nan`` its rows
     without NaN and their global indices (as :func:`dask_emk.core.blocks.without_nan_rows`)."""
     keep = rows_without_nan(x) if omit_nan else None
-    if keep is None:
-        return x, None
-    rows = np.flatnonzero(keep)
-    return np.take(x, rows, axis=0), rows + offset
+    rows = None if keep is None else np.flatnonzero(keep)
+    x = x if rows is None else np.take(x, rows, axis=0)
+    x.flags.writeable = False  # every later pass reads these rows: none may change them
+    return x, None if rows is None else rows + offset
 
 
 def block_stats(part, w, offset, kept, keyed, block_fn, args, omit_nan) -> np.ndarray:

@@ -42,6 +42,7 @@ from dask_emk.core.blocks import rows_without_nan, without_nan_rows
 from dask_emk.core.layout import StatsLayout
 from dask_emk.core.mstep import m_step
 from dask_emk.engine import reduction
+from dask_emk.engine.cache import kept_rows
 from dask_emk.engine.inputs import InputData
 from dask_emk.engine.mixture_passes import anneal_block, moments_block, resp_rows
 from dask_emk.engine.passes import hartigan_pass
@@ -335,11 +336,12 @@ class Annealer:
 
 # -------------------------------------------------------------- estimator
 def _lloyd(
-    X, weight, centers: np.ndarray, max_iter: int, tol: float, split_every, callback=None
+    X, weight, centers: np.ndarray, max_iter: int, tol: float, split_every, callback=None,
+    cache="auto",
 ) -> KMeans:
     """Lloyd iterations from ``centers`` on the dask_emk KMeans engine."""
     km = KMeans(centers.shape[0], init=centers, n_init=1, max_iter=max_iter, tol=tol,
-                split_every=split_every, callback=callback)  # fmt: skip
+                split_every=split_every, callback=callback, cache=cache)  # fmt: skip
     return km.fit(X, sample_weight=weight)
 
 
@@ -459,11 +461,11 @@ def hartigan_polish(
         return km, passes, n_iter, rounds
     check = None if bound is None else partial(_stop_unless_lower, bound=bound)
     try:
-        final = _lloyd(X, weight, centers, max_iter, 0.0, split_every, callback=check)
+        final = _lloyd(X, weight, centers, max_iter, 0.0, split_every, check, km.cache)
     except _NotLower:  # the last move, made as the budget ran out, did not help
         rounds[-1]["accepted"] = False
         passes += 1
-        final = _lloyd(X, weight, kept, max_iter, 0.0, split_every)
+        final = _lloyd(X, weight, kept, max_iter, 0.0, split_every, cache=km.cache)
     return final, passes + _lloyd_passes(final), n_iter + final.n_iter_, rounds
 
 
@@ -672,14 +674,15 @@ class AnnealedGaussianMixture(
         # The polish starts from Lloyd's exact fixed point (tol 0): a Hartigan
         # pass at unconverged centres would mostly find Lloyd's own moves.
         km = _lloyd(data, weight, centers, self.n_lloyd_max_iter,
-                    0.0 if polish else self.tol, self.split_every)  # fmt: skip
+                    0.0 if polish else self.tol, self.split_every, cache=self.cache)  # fmt: skip
         passes = 1 + _lloyd_passes(km)
         n_lloyd_iter, rounds = km.n_iter_, []
-        if polish:
-            km, polish_passes, polish_iter, rounds = hartigan_polish(
-                data, data.array, weight, km, self.hartigan_max_passes,
-                self.n_lloyd_max_iter, self.split_every, data.omit_nan,
-            )  # fmt: skip
+        if polish:  # the Hartigan passes read the rows kept for them (``cache``)
+            with kept_rows(data.array, self.cache, data.omit_nan) as rows:
+                km, polish_passes, polish_iter, rounds = hartigan_polish(
+                    data, rows, weight, km, self.hartigan_max_passes,
+                    self.n_lloyd_max_iter, self.split_every, data.omit_nan,
+                )  # fmt: skip
             passes += polish_passes
             n_lloyd_iter += polish_iter
         if sample.is_full:  # every pass over the sample was a pass over the data

@@ -141,6 +141,7 @@ from sklearn.utils.validation import check_is_fitted
 from dask_emk.core.anneal_rules import EMPTIED_FRACTION
 from dask_emk.core.assign import opening_key
 from dask_emk.core.mstep import weighted_means
+from dask_emk.engine.cache import kept_rows
 from dask_emk.engine.inputs import InputData
 from dask_emk.engine.passes import assign_pass, costliest_pass
 from dask_emk.models.anneal import reference_row
@@ -456,6 +457,14 @@ class DPMeans(
 
     # --------------------------------------------------------------- fitting
     def _fit(self, X, data: InputData, weight) -> None:
+        # Every pass reads the rows kept for the fit (``cache``), released when it ends.
+        with kept_rows(data.array, self.cache, data.omit_nan) as self._rows:
+            try:
+                self._fit_kept(X, data, weight)
+            finally:
+                del self._rows
+
+    def _fit_kept(self, X, data: InputData, weight) -> None:
         self._runs, self.n_passes_ = [], 0
         start = self._start(data, weight)
         if self.n_clusters is not None:
@@ -505,7 +514,7 @@ class DPMeans(
     def _pass(self, data, weight, centers, origin, n_far, moments, kind=costliest_pass) -> dict:
         self.n_passes_ += 1
         return kind(
-            data.array, weight, centers, origin, n_far, moments, split_every=self.split_every,
+            self._rows, weight, centers, origin, n_far, moments, split_every=self.split_every,
             omit_nan=data.omit_nan,
         )  # fmt: skip
 
