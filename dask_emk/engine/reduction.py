@@ -250,6 +250,8 @@ def reduce_pass(
     Parameters
     ----------
     X : ndarray or dask array of shape (n, d), rows chunked only
+        Or a fit's rows kept in memory (:func:`is_kept`): the same blocks,
+        from memory; the first such pass also reads the blocks to keep.
     weight : ndarray or dask array of shape (n,), or None
     block_fn : callable ``(x, w, *args) -> ndarray (1, size)``
     size : int
