@@ -306,7 +306,9 @@ def free_memory(client) -> tuple[int, str]:
     """Bytes free for kept rows, and where, in words.
 
     On a cluster: the sum over workers of memory limit minus the memory the
-    worker process holds now; on the local schedulers: the machine's available memory.
+    worker process holds now (a worker started without a limit counts for
+    nothing: dask's default limit is its share of the machine); on the local
+    schedulers: the machine's available memory.
     """
     if client is None:
         import psutil
