@@ -67,10 +67,19 @@ FITTED = ("cluster_centers_", "inertia_", "n_iter_", "means_", "covariances_", "
           "criteria_", "penalty_", "n_passes_", "polish_history_")  # fmt: skip
 
 
-def assert_identical(a, b) -> None:
+def assert_identical(a, b, likelihood_rtol: float = 0.0) -> None:
+    """The fitted parameters equal bit for bit; the likelihood sums (``lower_bound_``,
+    ``criteria_``) to ``likelihood_rtol`` (see the cluster test)."""
+    if hasattr(a, "best_estimator_"):
+        assert_identical(a.best_estimator_, b.best_estimator_, likelihood_rtol)
     for name in FITTED:
-        if hasattr(a, name):
-            np.testing.assert_array_equal(getattr(a, name), getattr(b, name), err_msg=name)
+        if not hasattr(a, name):
+            continue
+        got, want = np.asarray(getattr(a, name)), np.asarray(getattr(b, name))
+        if name in ("lower_bound_", "criteria_") and likelihood_rtol:
+            np.testing.assert_allclose(got, want, rtol=likelihood_rtol, atol=0, err_msg=name)
+        else:
+            np.testing.assert_array_equal(got, want, err_msg=name)
 
 
 def fit(name, X, cache_mode, policy="omit", scheduler="sync"):
@@ -248,7 +257,13 @@ def test_cache_on_a_local_cluster_bit_for_bit(store, n_workers):
     ):
         for name in MODELS:
             for mode in (False, "auto", True):
-                assert_identical(fit(name, store, mode, scheduler=client), reference[name])
+                # On 3 workers GaussianMixtureIC's criteria_ once (1 run in 3) differed
+                # from the sync fit's by 4.6e-16 (relative), a pass that reads the store
+                # with or without the cache; 8 fits of it alone on 3 workers, 4 with and 4
+                # without the cache, gave the sync values exactly. The parameters are
+                # compared bit for bit; the cross-scheduler tests allow 1e-10.
+                got = fit(name, store, mode, scheduler=client)
+                assert_identical(got, reference[name], likelihood_rtol=1e-14)
             wait_for(lambda: not workers_keys(client))  # the kept blocks are released
 
 
