@@ -21,6 +21,7 @@ batch gives bit for bit the result it gives alone.
 from __future__ import annotations
 
 from collections.abc import Callable, Generator
+from contextlib import ExitStack
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -31,6 +32,7 @@ import numpy as np
 from dask_emk.core.blocks import without_nan_rows
 from dask_emk.core.layout import StatsLayout
 from dask_emk.engine import reduction
+from dask_emk.engine.cache import kept_rows
 
 #: A fit as the engine runs it: yields requests, receives their answers, returns its result.
 Steps = Generator[Any, Any, Any]
@@ -184,6 +186,10 @@ class Batch:
         Rows holding NaN take part in no pass (``nan_policy='omit'``).
     marginal : bool
         NaN entries are gaps the kernels marginalise (``nan_policy='marginalize'``).
+    cache : {'auto', True, False}, default False
+        Keep the rows in memory during :meth:`run` (:func:`dask_emk.engine.cache.kept_rows`):
+        the first pass reads them, every later pass of the run reads them
+        from there; released when the run ends.
 
     Attributes
     ----------
@@ -192,10 +198,15 @@ class Batch:
         batch; a fit may read it while it reports progress.
     """
 
-    def __init__(self, X, weight=None, split_every=None, omit_nan=False, marginal=False):
+    def __init__(
+        self, X, weight=None, split_every=None, omit_nan=False, marginal=False, cache=False
+    ):
         self.X, self.weight = X, weight
         self.split_every, self.omit_nan, self.marginal = split_every, omit_nan, marginal
+        self.cache = cache
         self.running: tuple[int, ...] = ()
+        # The pass input of the run (X or its kept rows), opened by the first pass.
+        self._rows, self._held = None, None
 
     def run(self, fits: list[Steps]) -> list:
         """Run ``fits`` to their end; returns their return values, in order.
@@ -211,16 +222,31 @@ class Batch:
         # are K d × d, and a second OpenBLAS thread woken by them spins on a
         # core while the next pass runs (full covariance, 1M × 32, K = 16, 2
         # cores: 0.69 against 0.83–0.89 s an iteration, under load).
-        with reduction.single_blas_thread():
-            for i, fit in enumerate(fits):
-                self._advance(i, fit, None, pending, results, first=True)
-            while pending:
-                self.running = tuple(sorted(pending))
-                answers = self._answer(pending)
-                for i in sorted(answers):
-                    self._advance(i, fits[i], answers[i], pending, results)
+        with reduction.single_blas_thread(), ExitStack() as held:
+            self._held = held
+            try:
+                for i, fit in enumerate(fits):
+                    self._advance(i, fit, None, pending, results, first=True)
+                while pending:
+                    self.running = tuple(sorted(pending))
+                    answers = self._answer(pending)
+                    for i in sorted(answers):
+                        self._advance(i, fits[i], answers[i], pending, results)
+            finally:
+                # The kept rows go with the run (ExitStack releases them), also on errors.
+                self._rows, self._held = None, None
         self.running = ()
         return results
+
+    def _pass_input(self):
+        """X, or its rows kept for this run (read by the first pass that asks)."""
+        if self._rows is None:
+            if self._held is None:  # a pass outside run(): nothing is kept
+                return self.X
+            self._rows = self._held.enter_context(
+                kept_rows(self.X, self.cache, self.omit_nan)
+            )
+        return self._rows
 
     def _advance(self, i, fit, answer, pending, results, first=False) -> None:
         try:
@@ -248,7 +274,8 @@ class Batch:
         if passes:
             requests = [request for _, some in passes for request in some]
             stats = iter(batch_pass(
-                self.X, self.weight, requests, self.split_every, self.omit_nan, self.marginal
+                self._pass_input(), self.weight, requests, self.split_every, self.omit_nan,
+                self.marginal,
             ))  # fmt: skip
             for i, some in passes:
                 got = [next(stats) for _ in some]

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import threading
+import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -87,6 +88,17 @@ class RowKeyed:
     """
 
     fn: Callable[..., np.ndarray]
+
+
+def is_kept(X) -> bool:
+    """Whether X is a fit's rows kept in memory (:class:`dask_emk.engine.cache.CachedRows`),
+    which a pass takes as it takes X (read by blocks through its ``stats_parts``)."""
+    return hasattr(X, "stats_parts")
+
+
+def stored_source(X):
+    """What X reads from: the array a kept X was read from, else X."""
+    return X.source if is_kept(X) else X
 
 
 def apply_block(block_fn, x, w, rows: np.ndarray, args: tuple) -> np.ndarray:
@@ -226,7 +238,7 @@ def run_pass(
     )  # fmt: skip
     vector, values = out if also is not None else (out, None)
     stats = layout.unpack(vector)
-    raise_on_nonfinite(stats["nonfinite"], X, omit_nan or marginal)
+    raise_on_nonfinite(stats["nonfinite"], stored_source(X), omit_nan or marginal)
     return stats if also is None else (stats, values)
 
 
@@ -250,6 +262,8 @@ def reduce_pass(
     Parameters
     ----------
     X : ndarray or dask array of shape (n, d), rows chunked only
+        Or a fit's rows kept in memory (:func:`is_kept`): the same blocks,
+        from memory; the first such pass also reads the blocks to keep.
     weight : ndarray or dask array of shape (n,), or None
     block_fn : callable ``(x, w, *args) -> ndarray (1, size)``
     size : int
@@ -270,10 +284,20 @@ def reduce_pass(
     announce_compilation()  # the first pass after an install compiles: say it first
     watch = take_watch()  # a pipeline's content check: the first pass also hashes the rows
     if watch is not None:
+        # The rows as read (kept rows are past the NaN rule): the fingerprint
+        # does not depend on the cache.
         return watch.run(
-            reduce_pass, call_block, X, weight, block_fn, size, *args, split_every=split_every,
-            combine=combine, also=also, omit_nan=omit_nan, wrap=RowKeyed,
+            reduce_pass, call_block, stored_source(X), weight, block_fn, size, *args,
+            split_every=split_every, combine=combine, also=also, omit_nan=omit_nan, wrap=RowKeyed,
         )  # fmt: skip
+    if is_kept(X):
+        parts = X.stats_parts(weight, block_fn, size, args, omit_nan)
+        total = combine_parts(parts, combine or _add_rows, split_every or DEFAULT_SPLIT_EVERY)
+        # The first pass also reads the blocks to keep, in the same compute.
+        total, kept, *values = compute_one((total, X.first_read(), *(also or ())), source=X.source)
+        X.hold(kept)
+        vector = np.asarray(total).reshape(size)
+        return vector if also is None else (vector, tuple(values))
     if not isinstance(X, da.Array):
         w = None if weight is None else np.asarray(weight)
         rows = local_map(
@@ -429,12 +453,21 @@ def combine_tree(
     more per pass in building, hashing and optimising its layers.
     """
     parts = blocks.to_delayed(optimize_graph=optimize_graph).ravel().tolist()
+    return combine_parts(parts, combine, split_every, blocks.name)
+
+
+def combine_parts(
+    parts: list, combine: Callable[[np.ndarray], np.ndarray], split_every: int, name=None
+) -> Delayed:
+    """:func:`combine_tree` of the blocks' delayed (1, size) rows, in block order;
+    ``name`` makes the keys (default: a random one)."""
+    name = name or uuid.uuid4().hex
     level = 0
     while True:
         parts = [
             dask.delayed(_combine_rows, pure=False)(
                 combine, *parts[i : i + split_every],
-                dask_key_name=f"combine-{level}-{i // split_every}-{blocks.name}",
+                dask_key_name=f"combine-{level}-{i // split_every}-{name}",
             )
             for i in range(0, len(parts), split_every)
         ]  # fmt: skip

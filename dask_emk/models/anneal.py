@@ -46,6 +46,7 @@ from dask_emk.core.layout import StatsLayout
 from dask_emk.core.mixture import DEFAULT_ESTEP, EStepOptions
 from dask_emk.core.mstep import m_step
 from dask_emk.engine import reduction
+from dask_emk.engine.cache import kept_rows
 from dask_emk.engine.inputs import InputData
 from dask_emk.engine.mixture_passes import anneal_block, moments_block, resp_rows
 from dask_emk.models.base import ChunkedEstimator
@@ -415,6 +416,9 @@ class AnnealedGaussianMixture(
     estep : {'auto', 'dense', 'sparse'} or EStepOptions, default='auto'
         The E-step of the annealing's EM on its sample and of
         :meth:`predict_proba`; see :class:`dask_emk.GaussianMixture`.
+    cache : {'auto', True, False}, default='auto'
+        Keep the rows of a lazy X in memory between the fit's passes; see
+        :class:`dask_emk.GaussianMixture`.
 
     Attributes
     ----------
@@ -497,6 +501,7 @@ class AnnealedGaussianMixture(
         feature_dim=None,
         sample_dims=None,
         estep="auto",
+        cache="auto",
     ):
         self.n_components = n_components
         self.cooling = cooling
@@ -515,6 +520,7 @@ class AnnealedGaussianMixture(
         self.feature_dim = feature_dim
         self.sample_dims = sample_dims
         self.estep = estep
+        self.cache = cache
 
     # ------------------------------------------------------------ checks
     def _check_parameters(self, data: InputData) -> None:
@@ -563,14 +569,16 @@ class AnnealedGaussianMixture(
         # The polish starts from Lloyd's exact fixed point (tol 0): a Hartigan
         # pass at unconverged centres would mostly find Lloyd's own moves.
         km = lloyd_from(data, weight, centers, self.n_lloyd_max_iter, 0.0 if polish else self.tol,
-                        self.split_every, _LloydLines(data.n_samples, self.verbose))  # fmt: skip
+                        self.split_every, _LloydLines(data.n_samples, self.verbose),
+                        cache=self.cache)  # fmt: skip
         passes = 1 + lloyd_passes(km)
         n_lloyd_iter, rounds = km.n_iter_, []
-        if polish:
-            km, polish_passes, polish_iter, rounds = hartigan_polish(
-                data, data.array, weight, km, self.hartigan_max_passes,
-                self.n_lloyd_max_iter, self.split_every, data.omit_nan,
-            )  # fmt: skip
+        if polish:  # the Hartigan passes read the rows kept for them (``cache``)
+            with kept_rows(data.array, self.cache, data.omit_nan) as rows:
+                km, polish_passes, polish_iter, rounds = hartigan_polish(
+                    data, rows, weight, km, self.hartigan_max_passes,
+                    self.n_lloyd_max_iter, self.split_every, data.omit_nan,
+                )  # fmt: skip
             passes += polish_passes
             n_lloyd_iter += polish_iter
             moved = sum(r["moved"] for r in rounds if r and r.get("accepted"))

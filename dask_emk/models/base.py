@@ -11,6 +11,7 @@ import numpy as np
 from sklearn import get_config
 from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin
 
+from dask_emk.engine.batch import Batch
 from dask_emk.engine.inputs import InputData, as_sample_weight
 from dask_emk.engine.reduction import compute_one
 from dask_emk.models.params import Spec, validate_params
@@ -120,6 +121,13 @@ class ChunkedEstimator(SavesModelFile, BaseEstimator):
     def _fit_input(self, X: Any) -> InputData:
         """X converted, its features recorded (a warm start keeps the fitted ones)."""
         return validate_features(self, X, reset=True)
+
+    def _batch(self, data: InputData, weight: Any) -> Batch:
+        """The batch that runs the fit's passes over ``data``, reading it
+        through the fit's cache (``cache``: the rows kept during the run)."""
+        return Batch(
+            data.array, weight, self.split_every, data.omit_nan, data.marginal, cache=self.cache
+        )
 
     def _check_parameters(self, data: InputData) -> None:
         raise NotImplementedError

@@ -142,6 +142,7 @@ from sklearn.utils.validation import check_is_fitted
 from dask_emk.core.assign import opening_key
 from dask_emk.core.hartigan import EMPTIED_FRACTION
 from dask_emk.core.mstep import weighted_means
+from dask_emk.engine.cache import kept_rows
 from dask_emk.engine.inputs import InputData
 from dask_emk.engine.passes import assign_pass, costliest_pass
 from dask_emk.models.anneal import reference_row
@@ -352,6 +353,9 @@ class DPMeans(
     sample_dims : str or list of str, optional
         The dimensions of xarray input that hold samples; see
         :class:`dask_emk.GaussianMixture`.
+    cache : {'auto', True, False}, default='auto'
+        Keep the rows of a lazy X in memory between the fit's passes; see
+        :class:`dask_emk.GaussianMixture`.
 
     Attributes
     ----------
@@ -418,6 +422,7 @@ class DPMeans(
         nan_policy="raise",
         feature_dim=None,
         sample_dims=None,
+        cache="auto",
     ):
         self.penalty = penalty
         self.n_clusters = n_clusters
@@ -431,6 +436,7 @@ class DPMeans(
         self.nan_policy = nan_policy
         self.feature_dim = feature_dim
         self.sample_dims = sample_dims
+        self.cache = cache
 
     # ------------------------------------------------------------------ checks
     def _check_parameters(self, data: InputData) -> None:
@@ -469,6 +475,14 @@ class DPMeans(
 
     # --------------------------------------------------------------- fitting
     def _fit(self, X, data: InputData, weight) -> None:
+        # Every pass reads the rows kept for the fit (``cache``), released when it ends.
+        with kept_rows(data.array, self.cache, data.omit_nan) as self._rows:
+            try:
+                self._fit_kept(X, data, weight)
+            finally:
+                del self._rows
+
+    def _fit_kept(self, X, data: InputData, weight) -> None:
         self._runs, self.n_passes_ = [], 0
         start = self._start(data, weight)
         if self.n_clusters is not None:
@@ -518,7 +532,7 @@ class DPMeans(
     def _pass(self, data, weight, centers, origin, n_far, moments, kind=costliest_pass) -> dict:
         self.n_passes_ += 1
         return kind(
-            data.array, weight, centers, origin, n_far, moments, split_every=self.split_every,
+            self._rows, weight, centers, origin, n_far, moments, split_every=self.split_every,
             omit_nan=data.omit_nan,
         )  # fmt: skip
 

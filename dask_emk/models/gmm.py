@@ -217,6 +217,15 @@ class GaussianMixture(DensityMixin, ChunkedEstimator):
         GEMMs); ``'dense'`` and ``'sparse'`` force one path.
         :class:`dask_emk.core.mixture.EStepOptions` sets the finer options.
         The choice travels with the parameters to every Dask worker.
+    cache : {'auto', True, False}, default='auto'
+        Keep the rows read from a lazy X in memory for the fit's later passes
+        (seeding included): the first pass reads the store, the others read
+        the kept rows (on a distributed cluster, on the workers that read
+        them). 'auto' keeps the first blocks that fit in half the free memory
+        (:data:`dask_emk.engine.cache.AUTO_SHARE`) and reads the rest on
+        every pass; True keeps all or refuses before reading; False reads
+        the store on every pass. The results are the same bit for bit; the
+        rows are released when the fit ends and never kept by the model.
 
     Attributes
     ----------
@@ -285,6 +294,7 @@ class GaussianMixture(DensityMixin, ChunkedEstimator):
         feature_dim=None,
         sample_dims=None,
         estep="auto",
+        cache="auto",
     ):
         self.n_components = n_components
         self.covariance_type = covariance_type
@@ -308,6 +318,7 @@ class GaussianMixture(DensityMixin, ChunkedEstimator):
         self.feature_dim = feature_dim
         self.sample_dims = sample_dims
         self.estep = estep
+        self.cache = cache
 
     # ------------------------------------------------------------------ checks
     def _check_parameters(self, data: InputData) -> None:
@@ -388,7 +399,7 @@ class GaussianMixture(DensityMixin, ChunkedEstimator):
         (:meth:`fit_steps`), in order, so the ``n_init`` runs of one batch are
         those of ``n_init`` fits one after the other on the same ``RandomState``.
         """
-        batch = Batch(data.array, weight, self.split_every, data.omit_nan, data.marginal)
+        batch = self._batch(data, weight)
         rng = check_random_state(self.random_state)
         self.keep_best(batch.run(self.fit_steps(data, weight, rng, batch)), data.array.dtype)
 

@@ -16,7 +16,8 @@ from dask_emk.models.kmeans import KMeans
 
 
 def lloyd_from(
-    X, weight, centers: np.ndarray, max_iter: int, tol: float, split_every, callback=None
+    X, weight, centers: np.ndarray, max_iter: int, tol: float, split_every, callback=None,
+    cache="auto",
 ) -> KMeans:
     """Lloyd iterations from ``centers`` on the dask_emk KMeans engine.
 
@@ -24,7 +25,7 @@ def lloyd_from(
     can be saved in a model file with the estimator that holds it.
     """
     km = KMeans(centers.shape[0], init=centers, n_init=1, max_iter=max_iter, tol=tol,
-                split_every=split_every, callback=callback)  # fmt: skip
+                split_every=split_every, callback=callback, cache=cache)  # fmt: skip
     return km.fit(X, sample_weight=weight).set_params(callback=None)
 
 
@@ -144,9 +145,9 @@ def hartigan_polish(
         return km, passes, n_iter, rounds
     check = None if bound is None else partial(_stop_unless_lower, bound=bound)
     try:
-        final = lloyd_from(X, weight, centers, max_iter, 0.0, split_every, callback=check)
+        final = lloyd_from(X, weight, centers, max_iter, 0.0, split_every, check, km.cache)
     except _NotLower:  # the last move, made as the budget ran out, did not help
         rounds[-1]["accepted"] = False
         passes += 1
-        final = lloyd_from(X, weight, kept, max_iter, 0.0, split_every)
+        final = lloyd_from(X, weight, kept, max_iter, 0.0, split_every, cache=km.cache)
     return final, passes + lloyd_passes(final), n_iter + final.n_iter_, rounds

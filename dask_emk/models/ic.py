@@ -19,7 +19,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 
 from dask_emk.core.layout import StatsLayout
-from dask_emk.engine.batch import Batch, Pass, batch_pass
+from dask_emk.engine.batch import Pass, batch_pass
 from dask_emk.engine.inputs import InputData
 from dask_emk.models.base import ChunkedEstimator
 from dask_emk.models.gmm import GaussianMixture, mixture_block
@@ -78,6 +78,8 @@ class GaussianMixtureIC(DensityMixin, ChunkedEstimator):
         The layout of xarray input, as GaussianMixture's.
     estep : {'auto', 'dense', 'sparse'} or EStepOptions, default='auto'
         The E-step of every candidate, see GaussianMixture.
+    cache : {'auto', True, False}, default='auto'
+        The fit's rows kept in memory between passes, as GaussianMixture's.
 
     Attributes
     ----------
@@ -126,6 +128,7 @@ class GaussianMixtureIC(DensityMixin, ChunkedEstimator):
         feature_dim=None,
         sample_dims=None,
         estep="auto",
+        cache="auto",
     ):
         self.min_components = min_components
         self.max_components = max_components
@@ -146,6 +149,7 @@ class GaussianMixtureIC(DensityMixin, ChunkedEstimator):
         self.feature_dim = feature_dim
         self.sample_dims = sample_dims
         self.estep = estep
+        self.cache = cache
 
     def _covariance_types(self) -> tuple[str, ...]:
         if self.covariance_type == "all":
@@ -169,7 +173,7 @@ class GaussianMixtureIC(DensityMixin, ChunkedEstimator):
         candidates = [GaussianMixture(int(k), covariance_type=ct, **shared)
                       for ct in types for k in ks]  # fmt: skip
         rng = check_random_state(self.random_state)
-        batch = Batch(data.array, weight, self.split_every, data.omit_nan, data.marginal)
+        batch = self._batch(data, weight)
         fits, owner = [], []
         for i, model in enumerate(candidates):
             check_features(model, data, reset=True)

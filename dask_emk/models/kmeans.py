@@ -209,6 +209,9 @@ class KMeans(
     sample_dims : str or list of str, optional
         The dimensions of xarray input that hold samples; see
         :class:`dask_emk.GaussianMixture`.
+    cache : {'auto', True, False}, default='auto'
+        Keep the rows of a lazy X in memory between the fit's passes; see
+        :class:`dask_emk.GaussianMixture`.
 
     Attributes
     ----------
@@ -266,6 +269,7 @@ class KMeans(
         nan_policy="raise",
         feature_dim=None,
         sample_dims=None,
+        cache="auto",
     ):
         self.n_clusters = n_clusters
         self.init = init
@@ -283,6 +287,7 @@ class KMeans(
         self.nan_policy = nan_policy
         self.feature_dim = feature_dim
         self.sample_dims = sample_dims
+        self.cache = cache
 
     # ------------------------------------------------------------------ checks
     def _check_parameters(self, data: InputData) -> None:
@@ -360,7 +365,7 @@ class KMeans(
         """
         user = self._user_centers(data.n_features)
         rng = check_random_state(self.random_state)
-        batch = Batch(data.array, weight, self.split_every, data.omit_nan, data.marginal)
+        batch = self._batch(data, weight)
         fits = [self.run_steps(data, weight, rng, user, i, batch)
                 for i in range(self._resolve_n_init())]  # fmt: skip
         self._n_init = len(fits)  # scikit-learn's name for the resolved n_init

@@ -305,6 +305,8 @@ OPTIONAL_POSITIVE_FINITE = Real(gt=0, lt=np.inf, allow_none=True)
 SPLIT_EVERY = Integer(2, allow_none=True)  # 1 never reduces: dask loops forever
 VERBOSE = Integer(0)
 CALLBACK = Function(allow_none=True)
+#: ``cache``: keep the fit's rows in memory between passes (dask_emk.engine.cache).
+CACHE = Either((Options(("auto",)), Boolean()))
 INPUT_OPTION_DEFAULTS = {"nan_policy": "raise", "feature_dim": None, "sample_dims": None}
 INPUT_OPTIONS = {name: InputOption(name) for name in INPUT_OPTION_DEFAULTS}
 
@@ -329,6 +331,7 @@ GAUSSIAN_MIXTURE: dict[str, Spec] = {
     "accelerate": Boolean(),
     **INPUT_OPTIONS,
     "estep": Either((Options(ESTEP_PATHS), Instance(EStepOptions, "an EStepOptions"))),
+    "cache": CACHE,
 }
 
 KMEANS: dict[str, Spec] = {
@@ -346,6 +349,7 @@ KMEANS: dict[str, Spec] = {
     "verbose": VERBOSE,
     "callback": CALLBACK,
     **INPUT_OPTIONS,
+    "cache": CACHE,
 }
 
 #: GaussianMixtureIC: ``covariance_type='all'`` means these, scikit-learn's four.
@@ -366,6 +370,7 @@ GAUSSIAN_MIXTURE_IC: dict[str, Spec] = {
     },  # fmt: skip
     **INPUT_OPTIONS,
     "estep": GAUSSIAN_MIXTURE["estep"],
+    "cache": CACHE,
 }
 
 ANNEALED_GAUSSIAN_MIXTURE: dict[str, Spec] = {
@@ -384,6 +389,7 @@ ANNEALED_GAUSSIAN_MIXTURE: dict[str, Spec] = {
     "verbose": VERBOSE,
     **INPUT_OPTIONS,
     "estep": GAUSSIAN_MIXTURE["estep"],
+    "cache": CACHE,
 }
 
 DPMEANS: dict[str, Spec] = {
@@ -397,4 +403,5 @@ DPMEANS: dict[str, Spec] = {
     "verbose": VERBOSE,
     "callback": CALLBACK,
     **INPUT_OPTIONS,
+    "cache": CACHE,
 }
