@@ -11,11 +11,8 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
+from dask_emk._logging import STEPS_LOGGER  # noqa: F401 (public)
 from dask_emk._version import __version__
-
-#: The logger of the per-step progress lines (annealing steps, EM and Lloyd
-#: iterations), a child of the ``dask_emk`` logger; ``dask-emk -q`` hides it.
-STEPS_LOGGER = "dask_emk.steps"
 
 #: Public name -> module that defines it.
 _EXPORTS = {

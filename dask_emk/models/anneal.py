@@ -38,7 +38,7 @@ from sklearn.base import ClusterMixin, TransformerMixin
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 
-from dask_emk import STEPS_LOGGER
+from dask_emk._logging import STEPS_LOGGER
 from dask_emk.core import anneal_rules as rules
 from dask_emk.core import assign, mixture
 from dask_emk.core.blocks import rows_without_nan, without_nan_rows

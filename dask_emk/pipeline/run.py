@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from dask_emk import STEPS_LOGGER
+from dask_emk._logging import STEPS_LOGGER
 from dask_emk.engine.locations import bucket_of, is_url, normalize_location, storage_options
 from dask_emk.models import export
 from dask_emk.models.preprocess import StandardScaler
