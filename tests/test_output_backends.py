@@ -33,10 +33,14 @@ OLD, NEW = CHECKPOINT_MAGIC + b" old\n", CHECKPOINT_MAGIC + b" new\n" + b"x" * 1
 
 @pytest.fixture(scope="module")
 def s3():
+    """The server's environment; fsspec's cached file systems (which keep the endpoint
+    of an earlier module's server) are dropped before and after."""
+    fsspec.get_filesystem_class("s3").clear_instance_cache()
     with s3_server() as env, pytest.MonkeyPatch.context() as patch:
         for key, value in env.items():
             patch.setenv(key, value)
         yield env
+    fsspec.get_filesystem_class("s3").clear_instance_cache()
 
 
 @pytest.fixture

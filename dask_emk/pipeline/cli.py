@@ -17,6 +17,7 @@ import os
 import signal
 import sys
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 import click
@@ -284,9 +285,9 @@ def _run(cfg, text, scheduler, resume, quiet, no_plots, results_name) -> None:
     from dask_emk.pipeline.run import run_pipeline
 
     if scheduler is not None:
-        cfg["scheduler"]["address"] = scheduler
+        cfg = replace(cfg, scheduler=replace(cfg.scheduler, address=scheduler))
     if no_plots:
-        cfg["output"]["plots"] = False
+        cfg = replace(cfg, output=replace(cfg.output, plots=False))
     run_pipeline(
         cfg, toml_text=text, resume=resume, echo=click.echo, verbose=not quiet,
         results_name=results_name,
