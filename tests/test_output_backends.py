@@ -9,8 +9,12 @@ refused, naming the path), which is free again once released.
 from __future__ import annotations
 
 import hashlib
+import os
 import resource
 import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import fsspec
 import pytest
@@ -28,6 +32,7 @@ from dask_emk.pipeline.outputs import (
 from dask_emk.pipeline.outputs.local import LocalFiles
 from dask_emk.pipeline.outputs.objects import ObjectStore
 
+ROOT = Path(__file__).resolve().parents[1]
 OLD, NEW = CHECKPOINT_MAGIC + b" old\n", CHECKPOINT_MAGIC + b" new\n" + b"x" * 100_000
 
 
@@ -115,3 +120,23 @@ def test_object_lock_refuses_a_second_holder(bucket):
     assert read_location(f"{url}.lock") is None
     release, _ = backend.lock(url, "output.results")  # free again
     release()
+
+
+def test_without_fcntl_the_cli_imports_and_a_local_lock_says_why(tmp_path):
+    """Where there is no fcntl (Windows) the CLI still imports; taking a local lock is
+    one clear error, and the folders it would have created are not left behind."""
+    code = (
+        "import sys; sys.modules['fcntl'] = None\n"  # import fcntl -> ImportError
+        "from pathlib import Path\n"
+        "from dask_emk.pipeline import cli\n"
+        "from dask_emk.pipeline.outputs import RESULTS, UnsafeOutputError, claim\n"
+        "try:\n"
+        f"    with claim(Path({str(tmp_path / 'sub' / 'r.zarr')!r}), RESULTS, where='--out'):\n"
+        "        pass\n"
+        "except UnsafeOutputError as exc:\n"
+        "    print(exc)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True, env={**os.environ, "PYTHONPATH": str(ROOT)})  # fmt: skip
+    assert "locks a local output with flock, which this system lacks" in done.stdout
+    assert not (tmp_path / "sub").exists()
