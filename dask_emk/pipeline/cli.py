@@ -17,7 +17,6 @@ import os
 import signal
 import sys
 import threading
-from dataclasses import replace
 from pathlib import Path
 
 import click
@@ -285,9 +284,9 @@ def _run(cfg, text, scheduler, resume, quiet, no_plots, results_name) -> None:
     from dask_emk.pipeline.run import run_pipeline
 
     if scheduler is not None:
-        cfg = replace(cfg, scheduler=replace(cfg.scheduler, address=scheduler))
+        cfg = cfg.replace(scheduler=cfg.scheduler.replace(address=scheduler))
     if no_plots:
-        cfg = replace(cfg, output=replace(cfg.output, plots=False))
+        cfg = cfg.replace(output=cfg.output.replace(plots=False))
     run_pipeline(
         cfg, toml_text=text, resume=resume, echo=click.echo, verbose=not quiet,
         results_name=results_name,

@@ -21,9 +21,10 @@ import hashlib
 import importlib
 import json
 import tomllib
+from collections.abc import Iterable
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from dask_emk.engine.options import MISSING_CHUNKS, NAN_POLICIES
 from dask_emk.models import params
@@ -233,19 +234,30 @@ RESULT_SECTIONS = ("input", "preprocess", "anneal", "model")
 class Section:
     """A validated pipeline section: its fields are attributes (frozen)."""
 
+    if TYPE_CHECKING:  # the fields are made from the tables at import: any name, to mypy
+
+        def __getattr__(self, name: str) -> Any: ...
+
     def as_dict(self) -> dict:
         """The section as the plain dict it was validated as (nested sections too)."""
-        return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
+        fields = dataclasses.fields(cast(Any, self))  # a dataclass made by section_class
+        return {f.name: _plain(getattr(self, f.name)) for f in fields}
+
+    def replace(self, **changes: Any) -> Any:
+        """A copy with ``changes`` (field: value)."""
+        return dataclasses.replace(cast(Any, self), **changes)
 
 
-def _plain(value):
+def _plain(value: Any) -> Any:
     return value.as_dict() if isinstance(value, Section) else value
 
 
-def section_class(name: str, fields, default=dataclasses.MISSING, base=Section) -> type:
+def section_class(
+    name: str, fields: Iterable[str], default: Any = dataclasses.MISSING, base: type = Section
+) -> type[Section]:
     """A frozen dataclass with one attribute per key of the field table ``fields``."""
     spec = [(key, Any, dataclasses.field(default=default)) for key in fields]
-    return dataclasses.make_dataclass(name, spec, bases=(base,), frozen=True)
+    return cast(type[Section], dataclasses.make_dataclass(name, spec, bases=(base,), frozen=True))
 
 
 InputSection = section_class("InputSection", INPUT_FIELDS)
@@ -272,7 +284,7 @@ AnnealSection = section_class("AnnealSection", ANNEAL_PARAMETERS, default=None, 
 
 
 @functools.cache
-def model_section(kind: str) -> type:
+def model_section(kind: str) -> type[Section]:
     """The [model] section class of a model type: its fields and the common ones."""
     name = "".join(part.capitalize() for part in kind.split("-")) + "ModelSection"
     return section_class(name, COMMON_MODEL | model_fields(kind, defaults=False))
@@ -283,16 +295,20 @@ class Pipeline:
     """A validated pipeline: one attribute per section (:data:`TOP_FIELDS`)."""
 
     description: str
-    input: Any  # InputSection
-    preprocess: Any  # PreprocessSection
-    model: Any  # model_section(type)
-    anneal: Any  # AnnealSection or None
-    scheduler: Any  # SchedulerSection
-    output: Any  # OutputSection
+    input: Section
+    preprocess: Section
+    model: Section  # of model_section(type)
+    anneal: Section | None
+    scheduler: Section
+    output: Section
 
     def as_dict(self) -> dict:
         """The pipeline as the nested dict it was validated as (for hashing and JSON)."""
         return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+    def replace(self, **changes: Any) -> Pipeline:
+        """A copy with ``changes`` (section: new section)."""
+        return dataclasses.replace(self, **changes)
 
 
 def _typed(cfg: dict) -> Pipeline:

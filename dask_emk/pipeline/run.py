@@ -35,7 +35,7 @@ from dask_emk.pipeline.checkpoint import (
     input_identity,
 )
 from dask_emk.pipeline.compare import fitted_parameters, truth_table
-from dask_emk.pipeline.config import OutputSection, Pipeline, config_key, estimator_params
+from dask_emk.pipeline.config import Pipeline, Section, config_key, estimator_params
 from dask_emk.pipeline.fits import (
     FitOutcome,
     anneal_outcome,
@@ -122,8 +122,8 @@ def _run_pipeline(cfg, toml_text, resume, echo, verbose, results_name) -> Path |
             figures.require_matplotlib()
         except figures.MissingMatplotlib as exc:  # plots are extras: the fit still runs
             echo(f"warning: skipping the plots: {exc}")
-            out = replace(out, plots=False)
-            cfg = replace(cfg, output=out)
+            out = out.replace(plots=False)
+            cfg = cfg.replace(output=out)
     checked = check_input(cfg.input)
     if checked is not None:
         _map_slice(out, checked)
@@ -261,7 +261,7 @@ def fit_scaler(cfg: Pipeline, source: Source, echo) -> StandardScaler | None:
     return scaler
 
 
-def _map_slice(out: OutputSection, source: Source) -> dict | None:
+def _map_slice(out: Section, source: Source) -> dict | None:
     """Where the label map of gridded labels is drawn (checked now, before the fit);
     None when there is none to draw."""
     if not (out.plots and out.labels and source.gridded):

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import dask.array as da
 import numpy as np
@@ -24,14 +24,7 @@ import zarr
 from dask_emk.engine.inputs import InputData, as_input
 from dask_emk.engine.locations import is_url, normalize_location, open_node, open_store
 from dask_emk.engine.storage import checked_xarray, read_zarr
-from dask_emk.pipeline.config import (
-    XARRAY_KEYS,
-    GenerateSection,
-    InputSection,
-    PhotoSection,
-    PipelineError,
-    not_utf8,
-)
+from dask_emk.pipeline.config import XARRAY_KEYS, PipelineError, Section, not_utf8
 from dask_emk.pipeline.generate import (
     GRID_ATTRS,
     PHOTO_VARIABLE,
@@ -79,7 +72,7 @@ class Source:
         return self.data.grid is not None and self.data.grid.dims != ("sample",)
 
 
-def check_input(cfg: InputSection) -> Source | None:
+def check_input(cfg: Section) -> Source | None:
     """Fail early (before a scheduler starts or anything is written) on bad input.
 
     Returns the opened input store (lazily), None for input made by the run.
@@ -91,17 +84,17 @@ def check_input(cfg: InputSection) -> Source | None:
     return None
 
 
-def estimator_options(cfg: InputSection) -> dict:
+def estimator_options(cfg: Section) -> dict:
     """The estimator parameters [input] sets: nan_policy, feature_dim, sample_dims."""
     return {"nan_policy": cfg.nan_policy, "feature_dim": cfg.feature_dim,
             "sample_dims": cfg.sample_dims}  # fmt: skip
 
 
-def open_source(cfg: InputSection, echo=print) -> Source:
+def open_source(cfg: Section, echo=print) -> Source:
     """The pipeline's input as a :class:`Source`; generates the data if asked to."""
     if cfg.photo is not None:
         store = ensure_photo(cfg.photo, echo)
-        return _xarray_source(store, replace(cfg, variables=[PHOTO_VARIABLE], feature_dim="band"),
+        return _xarray_source(store, cfg.replace(variables=[PHOTO_VARIABLE], feature_dim="band"),
                               photo=True)  # fmt: skip
     if cfg.generate is not None:
         store, array = ensure_generated(cfg.generate, echo), "X"
@@ -125,7 +118,7 @@ def open_source(cfg: InputSection, echo=print) -> Source:
     return Source(X, store_truth(store), description, data, estimator_options(cfg))
 
 
-def _as_input(X, cfg: InputSection, name: str) -> InputData:
+def _as_input(X, cfg: Section, name: str) -> InputData:
     """``X`` as the estimators will see it (metadata checks only), or a PipelineError."""
     try:
         return as_input(X, name=name, **estimator_options(cfg))
@@ -133,7 +126,7 @@ def _as_input(X, cfg: InputSection, name: str) -> InputData:
         raise PipelineError(str(exc)) from None
 
 
-def _is_xarray_store(store: str, cfg: InputSection) -> bool:
+def _is_xarray_store(store: str, cfg: Section) -> bool:
     """An xarray store: named as one by [input] keys, or a gridded store of ``generate``."""
     if any(getattr(cfg, key) is not None for key in XARRAY_KEYS):
         return True
@@ -144,7 +137,7 @@ def _is_generated_grid(node) -> bool:
     return isinstance(node, zarr.Group) and all(key in node.attrs for key in GRID_ATTRS)
 
 
-def _xarray_source(store: str, cfg: InputSection, photo: bool = False) -> Source:
+def _xarray_source(store: str, cfg: Section, photo: bool = False) -> Source:
     """An xarray store, opened lazily with checked reads, as the estimators will fit it.
 
     ``input.variables`` picks data variables (default all, sorted by name),
@@ -257,7 +250,7 @@ def store_truth(store: str) -> MixtureTruth | None:
     return None
 
 
-def ensure_generated(gen: GenerateSection, echo=print) -> str:
+def ensure_generated(gen: Section, echo=print) -> str:
     """Write the generated store (rows, or a grid) unless an identical one exists; its path.
 
     A different store at the path is replaced only if ``generate`` wrote it
@@ -289,7 +282,7 @@ def ensure_generated(gen: GenerateSection, echo=print) -> str:
     return path
 
 
-def ensure_photo(photo: PhotoSection, echo=print) -> str:
+def ensure_photo(photo: Section, echo=print) -> str:
     """Write the photograph store of ``[input.photo]`` unless an identical one exists; its path."""
     path = photo.path
     settings = {"image": photo.image, "clouds": photo.clouds, "seed": photo.seed}
@@ -310,11 +303,11 @@ def _stored_attrs(path: str, wanted: dict) -> dict:
     return {key: attrs.get(key) for key in wanted}
 
 
-def _generated_truth(gen: GenerateSection) -> MixtureTruth:
+def _generated_truth(gen: Section) -> MixtureTruth:
     return random_mixture(gen.d, gen.k, separation=gen.separation, seed=gen.seed)
 
 
-def _generated_matches(path: str, gen: GenerateSection) -> bool:
+def _generated_matches(path: str, gen: Section) -> bool:
     """True if ``path`` is a store ``generate`` wrote with exactly these settings."""
     if not written_by_dask_emk(path, GENERATED):
         return False

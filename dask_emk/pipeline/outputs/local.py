@@ -91,7 +91,7 @@ class LocalFiles:
     def being_built(self, path, kind: str) -> bool:
         return False  # a local store is built beside its path, never at it
 
-    def temporaries(self, path, kind: str) -> list[tuple[Path, str]]:
+    def temporaries(self, path, kind: str) -> list[tuple[Path | str, str]]:
         """The temporary names a writer of ``kind`` uses beside ``path``, with their kinds."""
         if kind in STORE_MARKERS:
             return [(partial_path(path), kind), (moved_aside_path(path), kind),

@@ -35,7 +35,7 @@ import os
 import socket
 import uuid
 from collections.abc import Callable, Iterator
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 
 import zarr
 
@@ -94,7 +94,7 @@ class ObjectStore:
         """Whether dask-emk is building (or was building) a store at ``path``."""
         return kind in STORE_MARKERS and self.is_own_leftover(partial_path(path), PARTIAL)
 
-    def temporaries(self, path: str, kind: str) -> list[tuple[str, str]]:
+    def temporaries(self, path: str, kind: str) -> list[tuple[Path | str, str]]:
         """The note and lock objects beside a store (a file has none: a put is atomic)."""
         if kind in STORE_MARKERS:
             return [(partial_path(path), PARTIAL), (lock_path(path), LOCK)]
