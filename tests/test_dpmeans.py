@@ -308,7 +308,7 @@ def test_cli_and_pipeline_runs(tmp_path):
 def test_pipeline_model_section():
     raw = {"input": {"store": "x.zarr"}, "output": {"results": "r.zarr"}}
     cfg = config.validate(dict(raw, model={"type": "dpmeans", "penalty": 4}))
-    params = config.estimator_params(cfg["model"])
+    params = config.estimator_params(cfg.model)
     assert params["penalty"] == 4.0 and params["n_clusters"] is None
     with pytest.raises(PipelineError, match=r"needs exactly one of penalty .* or n_components"):
         config.validate(dict(raw, model={"type": "dpmeans"}))

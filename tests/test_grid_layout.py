@@ -226,11 +226,11 @@ def test_pipeline_features_in_sorted_or_listed_order(tmp_path):
     }
     path = tmp_path / "p.toml"
     path.write_text(to_toml(cfg))
-    opened = [open_source(load_pipeline(path)[0]["input"]) for _ in range(6)]
+    opened = [open_source(load_pipeline(path)[0].input) for _ in range(6)]
     assert all(list(s.data.feature_labels) == sorted(names) for s in opened)
     result = invoke("run", path, "--quiet")
     assert result.exit_code == 0, result.output
     assert list(open_results(tmp_path / "r.zarr")["feature"].values) == sorted(names)
     cfg["input"]["variables"] = ["z", "u"]
     path.write_text(to_toml(cfg))
-    assert list(open_source(load_pipeline(path)[0]["input"]).data.feature_labels) == ["z", "u"]
+    assert list(open_source(load_pipeline(path)[0].input).data.feature_labels) == ["z", "u"]

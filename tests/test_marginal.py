@@ -276,12 +276,12 @@ def test_pipeline_nan_policy_is_one_for_the_run():
 
     base = {"input": {"store": "x.zarr"}, "output": {"results": "r.zarr"}}
     cfg = validate(base | {"model": {"n_components": 2, "nan_policy": "marginalize"}})
-    assert cfg["input"]["nan_policy"] == cfg["model"]["nan_policy"] == "marginalize"
+    assert cfg.input.nan_policy == cfg.model.nan_policy == "marginalize"
     cfg = validate(base | {"model": {"n_components": 2, "init": "anneal"},
                            "anneal": {"nan_policy": "omit"}})
-    assert cfg["input"]["nan_policy"] == cfg["model"]["nan_policy"] == "omit"
-    assert cfg["anneal"]["nan_policy"] == "omit"
-    assert validate(base | {"model": {"n_components": 2}})["model"]["nan_policy"] == "raise"
+    assert cfg.input.nan_policy == cfg.model.nan_policy == "omit"
+    assert cfg.anneal.nan_policy == "omit"
+    assert validate(base | {"model": {"n_components": 2}}).model.nan_policy == "raise"
     bad = base | {"model": {"n_components": 2, "nan_policy": "omit"}}
     bad["input"] = {"store": "x.zarr", "nan_policy": "marginalize"}
     with pytest.raises(PipelineError, match=r"nan_policy differs between sections .*\[input\] "

@@ -34,15 +34,15 @@ def test_packaged_pipeline_by_name(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     cfg, text = load_pipeline("faithful")
     assert text == (PIPELINES / "faithful.toml").read_text(encoding="utf-8")
-    assert Path(cfg["input"]["csv"]) == Path(dask_emk.__file__).parent / "data" / "faithful.csv"
-    assert cfg["output"]["results"] == "out/faithful.zarr"
+    assert Path(cfg.input.csv) == Path(dask_emk.__file__).parent / "data" / "faithful.csv"
+    assert cfg.output.results == "out/faithful.zarr"
     quick, _ = load_pipeline("quickstart")
-    assert quick["input"]["generate"]["path"] == "out/quickstart-data.zarr"
+    assert quick.input.generate.path == "out/quickstart-data.zarr"
     # A file of that name in the current directory wins over the packaged pipeline.
     (tmp_path / "quickstart").write_text(
         (PIPELINES / "quickstart.toml").read_text(encoding="utf-8").replace("= 1_000_000", "= 5")
     )
-    assert load_pipeline("quickstart")[0]["input"]["generate"]["n"] == 5
+    assert load_pipeline("quickstart")[0].input.generate.n == 5
 
 
 def test_unknown_pipeline_names_the_packaged_ones(tmp_path, monkeypatch):

@@ -162,12 +162,12 @@ def test_pipeline_fields_build_valid_estimators():
     model, anneal = {"n_components": 3, "init": "anneal"}, {"max_split_factor": 1}
     raw = dict(PIPELINE, model=model, anneal=anneal)
     cfg = config.validate(raw)
-    assert cfg["anneal"] == {"max_split_factor": 1.0, "n_components": 3, "random_state": 0}
-    validate_params(AnnealedGaussianMixture(**cfg["anneal"]))
+    assert cfg.anneal.given() == {"max_split_factor": 1.0, "n_components": 3, "random_state": 0}
+    validate_params(AnnealedGaussianMixture(**cfg.anneal.given()))
     cfg = config.validate(dict(PIPELINE, model={"n_components": 3, "init": "random_from_data"}))
-    assert config.estimator_params(cfg["model"])["init_params"] == "random_from_data"
+    assert config.estimator_params(cfg.model)["init_params"] == "random_from_data"
     for kind in config.MODELS:
         cfg = config.validate(dict(PIPELINE, model={"type": kind, "n_components": 3}))
-        estimator = config.MODELS[kind][0](**config.estimator_params(cfg["model"]))
+        estimator = config.MODELS[kind][0](**config.estimator_params(cfg.model))
         validate_params(estimator)
         assert estimator.get_params()["random_state"] == 0

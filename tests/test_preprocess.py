@@ -335,7 +335,7 @@ def test_pipeline_standardize_reports_original_units(tmp_path):
     assert result.exit_code == 0, result.output
     assert "standardize: mean ± scale per feature" in result.output
     ds = open_results(tmp_path / "r.zarr")
-    X = open_source(load_pipeline(path)[0]["input"]).X
+    X = open_source(load_pipeline(path)[0].input).X
     scaler = StandardScaler().fit(X)
     z = scaler.transform(X)
     gm = GaussianMixture(3, covariance_type="spherical", init_params="k-means||",

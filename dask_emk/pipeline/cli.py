@@ -357,9 +357,9 @@ def _run(cfg, text, scheduler, resume, quiet, no_plots, results_name) -> None:
 
     _show_log(quiet)
     if scheduler is not None:
-        cfg["scheduler"]["address"] = scheduler
+        cfg = cfg.replace(scheduler=cfg.scheduler.replace(address=scheduler))
     if no_plots:
-        cfg["output"]["plots"] = False
+        cfg = cfg.replace(output=cfg.output.replace(plots=False))
     run_pipeline(cfg, toml_text=text, resume=resume, echo=click.echo, results_name=results_name)
 
 

@@ -1,23 +1,30 @@
 """Pipeline definitions: read a TOML file, check every key and type, fill defaults.
 
-A pipeline is a plain nested dict with the sections ``input``, ``preprocess``
-and ``anneal`` (optional), ``model``, ``scheduler`` and ``output``; see ``pipelines/README.md``
-for the fields. Validation happens before anything runs or is written, and
-every error names the file, the section and the key, and says what to do.
+A validated pipeline is a frozen :class:`Pipeline` of frozen sections
+``input``, ``preprocess``, ``anneal`` (optional), ``model``, ``scheduler`` and
+``output``, whose attributes are the section's fields (a misspelt field is an
+AttributeError where it is read, whatever the pipeline holds); see
+``pipelines/README.md`` for the fields. Each section's class is made from the
+same field table that checks it (``INPUT_FIELDS``, ..., the estimators' tables
+for ``[model]`` and ``[anneal]``), so a field is named in one place.
+Validation happens before anything runs or is written, and every error names
+the file, the section and the key, and says what to do.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import difflib
 import functools
 import hashlib
 import importlib
 import json
 import tomllib
+from collections.abc import Iterable
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from dask_emk.engine.options import MISSING_CHUNKS, NAN_POLICIES
 from dask_emk.models import params
@@ -169,9 +176,9 @@ def field_specs(estimator: Any, names: dict) -> dict[str, Spec]:
     }
 
 
-def estimator_params(model: dict) -> dict:
+def estimator_params(model: Section) -> dict:
     """The estimator parameters a validated [model] section sets (init as given)."""
-    return {param: model[field] for field, param in MODELS[model["type"]][1].items()}
+    return {param: getattr(model, field) for field, param in MODELS[model.type][1].items()}
 
 
 def _estimator_fields(estimator: Any, names: dict, defaults: bool = True) -> dict:
@@ -226,6 +233,104 @@ TOP_FIELDS |= {"scheduler": TABLE, "output": TABLE, "preprocess": TABLE}
 RESULT_SECTIONS = ("input", "preprocess", "anneal", "model")
 
 
+class Section:
+    """A validated pipeline section: its fields are attributes (frozen)."""
+
+    if TYPE_CHECKING:  # the fields are made from the tables at import: any name, to mypy
+
+        def __getattr__(self, name: str) -> Any: ...
+
+    def as_dict(self) -> dict:
+        """The section as the plain dict it was validated as (nested sections too)."""
+        fields = dataclasses.fields(cast(Any, self))  # a dataclass made by section_class
+        return {f.name: _plain(getattr(self, f.name)) for f in fields}
+
+    def replace(self, **changes: Any) -> Any:
+        """A copy with ``changes`` (field: value)."""
+        return dataclasses.replace(cast(Any, self), **changes)
+
+
+def _plain(value: Any) -> Any:
+    return value.as_dict() if isinstance(value, Section) else value
+
+
+def section_class(
+    name: str, fields: Iterable[str], default: Any = dataclasses.MISSING, base: type = Section
+) -> type[Section]:
+    """A frozen dataclass with one attribute per key of the field table ``fields``."""
+    spec = [(key, Any, dataclasses.field(default=default)) for key in fields]
+    return cast(type[Section], dataclasses.make_dataclass(name, spec, bases=(base,), frozen=True))
+
+
+InputSection = section_class("InputSection", INPUT_FIELDS)
+GenerateSection = section_class("GenerateSection", GENERATE_FIELDS)
+PhotoSection = section_class("PhotoSection", PHOTO_FIELDS)
+PreprocessSection = section_class("PreprocessSection", PREPROCESS_FIELDS)
+SchedulerSection = section_class("SchedulerSection", SCHEDULER_FIELDS)
+OutputSection = section_class("OutputSection", OUTPUT_FIELDS)
+
+
+class _Given(Section):
+    def as_dict(self) -> dict:
+        """The fields the pipeline set (the others are the estimator's defaults)."""
+        return {key: value for key, value in super().as_dict().items() if value is not None}
+
+    def given(self) -> dict:
+        """The estimator parameters the section sets: AnnealedGaussianMixture(**given())."""
+        return self.as_dict()
+
+
+#: [anneal]: every AnnealedGaussianMixture parameter, None where the pipeline
+#: leaves the estimator's default (TOML has no null, so None means not given).
+AnnealSection = section_class("AnnealSection", ANNEAL_PARAMETERS, default=None, base=_Given)
+
+
+@functools.cache
+def model_section(kind: str) -> type[Section]:
+    """The [model] section class of a model type: its fields and the common ones."""
+    name = "".join(part.capitalize() for part in kind.split("-")) + "ModelSection"
+    return section_class(name, COMMON_MODEL | model_fields(kind, defaults=False))
+
+
+@dataclasses.dataclass(frozen=True)
+class Pipeline:
+    """A validated pipeline: one attribute per section (:data:`TOP_FIELDS`)."""
+
+    description: str
+    input: Section
+    preprocess: Section
+    model: Section  # of model_section(type)
+    anneal: Section | None
+    scheduler: Section
+    output: Section
+
+    def as_dict(self) -> dict:
+        """The pipeline as the nested dict it was validated as (for hashing and JSON)."""
+        return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+    def replace(self, **changes: Any) -> Pipeline:
+        """A copy with ``changes`` (section: new section)."""
+        return dataclasses.replace(self, **changes)
+
+
+def _typed(cfg: dict) -> Pipeline:
+    """The validated dict as a :class:`Pipeline`."""
+    inputs = dict(cfg["input"])
+    for key, section in (("generate", GenerateSection), ("photo", PhotoSection)):
+        if inputs[key] is not None:
+            inputs[key] = section(**inputs[key])
+    anneal = cfg["anneal"]
+    return Pipeline(
+        description=cfg["description"],
+        input=InputSection(**inputs),
+        preprocess=PreprocessSection(**cfg["preprocess"]),
+        model=model_section(cfg["model"]["type"])(**cfg["model"]),
+        anneal=None if anneal is None else AnnealSection(**anneal),
+        scheduler=SchedulerSection(**cfg["scheduler"]),
+        output=OutputSection(**cfg["output"]),
+    )
+
+
 #: Folder of the example pipelines inside the package (``dask-emk run quickstart``).
 PACKAGED_PIPELINES = "pipelines"
 
@@ -234,7 +339,7 @@ class PipelineError(ValueError):
     """A pipeline definition that cannot run; the message says what to fix."""
 
 
-def load_pipeline(path: str | Path) -> tuple[dict, str]:
+def load_pipeline(path: str | Path) -> tuple[Pipeline, str]:
     """Read and validate a pipeline TOML file, or a packaged pipeline by name.
 
     ``path`` may name a pipeline shipped with dask-emk (``quickstart``,
@@ -249,7 +354,7 @@ def load_pipeline(path: str | Path) -> tuple[dict, str]:
 
     Returns
     -------
-    config : dict
+    config : Pipeline
         Validated, with defaults filled in.
     text : str
         The file's text, kept verbatim in the results' attributes.
@@ -313,7 +418,7 @@ def not_utf8(what: str, exc: UnicodeDecodeError) -> PipelineError:
     )
 
 
-def validate(raw: dict, source: str = "pipeline") -> dict:
+def validate(raw: dict, source: str = "pipeline") -> Pipeline:
     """Check a pipeline dict and return a copy with defaults filled in.
 
     Parameters
@@ -325,7 +430,7 @@ def validate(raw: dict, source: str = "pipeline") -> dict:
 
     Returns
     -------
-    dict
+    Pipeline
         Every section and field, defaults filled in.
 
     Raises
@@ -373,7 +478,7 @@ def validate(raw: dict, source: str = "pipeline") -> dict:
     # last, as they import the estimator (and so scikit-learn): every cheaper check first
     _check_ranges(cfg["model"], field_specs(*MODELS[cfg["model"]["type"]]), "model", source)
     _fill_model_defaults(cfg["model"], raw["model"])
-    return cfg
+    return _typed(cfg)
 
 
 def _fill_model_defaults(model: dict, raw: dict) -> None:
@@ -384,9 +489,10 @@ def _fill_model_defaults(model: dict, raw: dict) -> None:
             model[key] = copy.deepcopy(default)
 
 
-def config_key(cfg: dict) -> str:
+def config_key(cfg: Pipeline) -> str:
     """Hash of the sections that decide the fitted result (checkpoints match on it)."""
-    decisive = {name: cfg.get(name) for name in RESULT_SECTIONS}
+    plain = cfg.as_dict()
+    decisive = {name: plain[name] for name in RESULT_SECTIONS}
     return hashlib.sha256(json.dumps(decisive, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -35,7 +35,7 @@ from dask_emk.pipeline.checkpoint import (
     input_identity,
 )
 from dask_emk.pipeline.compare import fitted_parameters, truth_table
-from dask_emk.pipeline.config import config_key, estimator_params
+from dask_emk.pipeline.config import Pipeline, Section, config_key, estimator_params
 from dask_emk.pipeline.fits import (
     FitOutcome,
     anneal_outcome,
@@ -65,7 +65,7 @@ steps_log = logging.getLogger(STEPS_LOGGER)
 
 
 def run_pipeline(
-    cfg: dict,
+    cfg: Pipeline,
     *,
     toml_text: str | None = None,
     resume: bool = False,
@@ -76,7 +76,7 @@ def run_pipeline(
 
     Parameters
     ----------
-    cfg : dict
+    cfg : Pipeline
         The validated pipeline.
     toml_text : str, optional
         The pipeline file's text, stored verbatim in the results' attributes.
@@ -100,7 +100,7 @@ def run_pipeline(
         return _run_pipeline(cfg, toml_text, resume, echo, results_name)
 
 
-def locations_options(cfg: dict) -> dict[str, dict | None]:
+def locations_options(cfg: Pipeline) -> dict[str, dict | None]:
     """The ``storage_options`` of [input] and [output], keyed by the locations they serve.
 
     The results' key is their name without ``.zarr``: it prefixes the store,
@@ -108,10 +108,11 @@ def locations_options(cfg: dict) -> dict[str, dict | None]:
     table also serves its bucket (checked before writing); the output's, when
     input and output share one.
     """
-    inputs, out = cfg["input"], cfg["output"]
-    source = inputs["store"] or (inputs["generate"] or inputs["photo"] or {}).get("path")
-    results = normalize_location(out["results"]).removesuffix(".zarr")
-    places = [(source, inputs["storage_options"]), (results, out["storage_options"])]
+    inputs, out = cfg.input, cfg.output
+    made = inputs.generate or inputs.photo
+    source = inputs.store or (made.path if made is not None else None)
+    results = normalize_location(out.results).removesuffix(".zarr")
+    places = [(source, inputs.storage_options), (results, out.storage_options)]
     options = {}
     for place, table in places:
         if place and is_url(place):
@@ -120,28 +121,28 @@ def locations_options(cfg: dict) -> dict[str, dict | None]:
 
 
 def _run_pipeline(cfg, toml_text, resume, echo, results_name) -> Path | str:
-    out = cfg["output"]
-    if out["plots"]:
+    out = cfg.output
+    if out.plots:
         try:
             figures.require_matplotlib()
         except figures.MissingMatplotlib as exc:  # plots are extras: the fit still runs
             log.warning("warning: skipping the plots: %s", exc)
-            out = {**out, "plots": False}
-            cfg = {**cfg, "output": out}
-    checked = check_input(cfg["input"])
+            out = out.replace(plots=False)
+            cfg = cfg.replace(output=out)
+    checked = check_input(cfg.input)
     if checked is not None:
         _map_slice(out, checked)
-    parse_scheduler(cfg["scheduler"]["address"])
+    parse_scheduler(cfg.scheduler.address)
     results, companions = check_outputs(cfg, resume, results_name)
-    store = input_identity(cfg["input"])
-    checkpoint = Checkpoint(results, config_key(cfg), resume, out["checkpoint"], store)
+    store = input_identity(cfg.input.as_dict())
+    checkpoint = Checkpoint(results, config_key(cfg), resume, out.checkpoint, store)
     with (
         claim(results, RESULTS, where=results_name, companions=companions) as notes,
-        use_scheduler(cfg["scheduler"]["address"], log.info),
+        use_scheduler(cfg.scheduler.address, log.info),
     ):
         for note in notes:  # what an earlier run left, taken over or restored
             log.warning("results: %s", note)
-        source = open_source(cfg["input"], log.info)
+        source = open_source(cfg.input, log.info)
         log.info("input: %s", source.description)
         map_slice = _map_slice(out, source)
         checkpoint.check_input(InputRecord.of(store, source.data.array))
@@ -157,11 +158,13 @@ def _run_pipeline(cfg, toml_text, resume, echo, results_name) -> Path | str:
         start = time.perf_counter()
         groups = _groups(anneal, source, scaler)
         root = _root_dataset(cfg, outcome, source, toml_text, fit_seconds, scaler)
-        per_sample = per_sample_dataset(outcome.model, source.X, out, source.data.grid.dims, scaler)
+        per_sample = per_sample_dataset(
+            outcome.model, source.X, out.as_dict(), source.data.grid.dims, scaler
+        )
         write_results(results, root, groups, per_sample, fitted_model(outcome, scaler))
         outputs = ", ".join(["root", *groups, *(per_sample or {})])
         log.info("export: %s (%s) in %.1f s", results, outputs, time.perf_counter() - start)
-        if out["plots"]:
+        if out.plots:
             start = time.perf_counter()
             drawn = draw_figures(results, outcome, anneal, source, map_slice, scaler)
             log.info("plots: %s in %.1f s", ", ".join(map(str, drawn)), time.perf_counter() - start)
@@ -173,32 +176,31 @@ def _run_pipeline(cfg, toml_text, resume, echo, results_name) -> Path | str:
     return results
 
 
-def check_outputs(cfg: dict, resume: bool, results_name: str) -> tuple[Path | str, list]:
+def check_outputs(cfg: Pipeline, resume: bool, results_name: str) -> tuple[Path | str, list]:
     """Check every path the run writes against the output rule, before any work.
 
     Returns
     -------
     (results path, [(checkpoint or plot path, kind), ...] written beside it)
     """
-    inputs = [cfg["input"][key] for key in ("store", "csv") if cfg["input"][key] is not None]
-    for key in ("generate", "photo"):
-        gen = cfg["input"][key]
-        if gen is not None:
-            check_output(gen["path"], GENERATED, where=f"input.{key}.path")
-            inputs.append(gen["path"])
-    out = cfg["output"]
-    results = check_output(out["results"], RESULTS, where=results_name, inputs=inputs)
+    inputs = [path for path in (cfg.input.store, cfg.input.csv) if path is not None]
+    for key, made in (("generate", cfg.input.generate), ("photo", cfg.input.photo)):
+        if made is not None:
+            check_output(made.path, GENERATED, where=f"input.{key}.path")
+            inputs.append(made.path)
+    out = cfg.output
+    results = check_output(out.results, RESULTS, where=results_name, inputs=inputs)
     companions = []
-    if out["checkpoint"] or resume:
+    if out.checkpoint or resume:
         companions.append((checkpoint_path(results), CHECKPOINT))
-    if out["plots"]:
+    if out.plots:
         companions += [(path, PLOT) for path in figures.figure_paths(results).values()]
     for path, kind in companions:
         check_output(path, kind, where=results_name, inputs=inputs)
     return results, companions
 
 
-def fit_model(cfg: dict, source: Source, checkpoint: Checkpoint, scaler=None) -> tuple:
+def fit_model(cfg: Pipeline, source: Source, checkpoint: Checkpoint, scaler=None) -> tuple:
     """The pipeline's fit: optional annealing stage, then the model, resumable;
     its lines give lower bounds in the data's units (``scaler``: see :func:`shown`).
 
@@ -206,16 +208,16 @@ def fit_model(cfg: dict, source: Source, checkpoint: Checkpoint, scaler=None) ->
     -------
     (FitOutcome of the final model, fitted AnnealedGaussianMixture or None)
     """
-    model_cfg = cfg["model"]
-    X, kind = source.X, model_cfg["type"]
+    model_cfg = cfg.model
+    X, kind = source.X, model_cfg.type
 
     def progress(stage, it):
         objective = {"kmeans": "inertia", "dpmeans": "objective"}.get(stage, "lower_bound")
         steps_log.info(format_iteration(stage, objective, shown(it, objective, scaler)))
 
     anneal = None
-    if cfg["anneal"] is not None:
-        params = {**cfg["anneal"], **source.options}
+    if cfg.anneal is not None:
+        params = {**cfg.anneal.given(), **source.options}
         start = time.perf_counter()
         anneal = fit_anneal(X, params, checkpoint)
         log.info("anneal: %d means, %d passes over the data, %.1f s", anneal.means_.shape[0],
@@ -234,19 +236,19 @@ def fit_model(cfg: dict, source: Source, checkpoint: Checkpoint, scaler=None) ->
     init = params.pop("init_params")
     if init == "anneal":
         n = source.data.n_samples
-        params.update(gmm_init_from_anneal(anneal, model_cfg["covariance_type"], n))
+        params.update(gmm_init_from_anneal(anneal, model_cfg.covariance_type, n))
     else:
         params["init_params"] = "k-means||" if init == "kmeans" else init
     return fit_gmm(X, params, checkpoint, progress), anneal
 
 
-def fit_scaler(cfg: dict, source: Source) -> StandardScaler | None:
+def fit_scaler(cfg: Pipeline, source: Source) -> StandardScaler | None:
     """The StandardScaler of ``[preprocess] standardize``, fitted in one pass (else None).
 
     Not checkpointed: refitting it on resume costs one pass and gives the
     same statistics.
     """
-    if not cfg["preprocess"]["standardize"]:
+    if not cfg.preprocess.standardize:
         return None
     dims = {key: source.options[key] for key in ("feature_dim", "sample_dims")}
     start = time.perf_counter()
@@ -258,12 +260,12 @@ def fit_scaler(cfg: dict, source: Source) -> StandardScaler | None:
     return scaler
 
 
-def _map_slice(out: dict, source: Source) -> dict | None:
+def _map_slice(out: Section, source: Source) -> dict | None:
     """Where the label map of gridded labels is drawn (checked now, before the fit);
     None when there is none to draw."""
-    if not (out["plots"] and out["labels"] and source.gridded):
+    if not (out.plots and out.labels and source.gridded):
         return None
-    return figures.label_map_slice(source.data.grid, out["map_slice"])
+    return figures.label_map_slice(source.data.grid, out.map_slice)
 
 
 def draw_figures(
@@ -316,8 +318,8 @@ def _root_dataset(cfg, outcome, source, toml_text, fit_seconds, scaler=None) -> 
     root.attrs.update(
         export.schema_attrs(
             export.RESULTS,
-            pipeline_json=json.dumps(redacted(cfg), sort_keys=True),
-            pipeline_toml=redact_text(toml_text or "", cfg),
+            pipeline_json=json.dumps(redacted(cfg.as_dict()), sort_keys=True),
+            pipeline_toml=redact_text(toml_text or "", cfg.as_dict()),
             input=source.description,
             n_samples=source.data.n_samples,
             fit_seconds=float(fit_seconds),

@@ -24,7 +24,7 @@ import zarr
 from dask_emk.engine.inputs import InputData, as_input
 from dask_emk.engine.locations import is_url, normalize_location, open_node, open_store
 from dask_emk.engine.storage import checked_xarray, read_zarr
-from dask_emk.pipeline.config import XARRAY_KEYS, PipelineError, not_utf8
+from dask_emk.pipeline.config import XARRAY_KEYS, PipelineError, Section, not_utf8
 from dask_emk.pipeline.generate import (
     GRID_ATTRS,
     PHOTO_VARIABLE,
@@ -72,52 +72,53 @@ class Source:
         return self.data.grid is not None and self.data.grid.dims != ("sample",)
 
 
-def check_input(cfg: dict) -> Source | None:
+def check_input(cfg: Section) -> Source | None:
     """Fail early (before a scheduler starts or anything is written) on bad input.
 
     Returns the opened input store (lazily), None for input made by the run.
     """
-    if cfg["store"] is not None:
+    if cfg.store is not None:
         return open_source(cfg)
-    if cfg["csv"] is not None:
-        read_csv(cfg["csv"], cfg["columns"])
+    if cfg.csv is not None:
+        read_csv(cfg.csv, cfg.columns)
     return None
 
 
-def estimator_options(cfg: dict) -> dict:
+def estimator_options(cfg: Section) -> dict:
     """The estimator parameters [input] sets: nan_policy, feature_dim, sample_dims."""
-    return {key: cfg[key] for key in ("nan_policy", "feature_dim", "sample_dims")}
+    return {"nan_policy": cfg.nan_policy, "feature_dim": cfg.feature_dim,
+            "sample_dims": cfg.sample_dims}  # fmt: skip
 
 
-def open_source(cfg: dict, echo=print) -> Source:
+def open_source(cfg: Section, echo=print) -> Source:
     """The pipeline's input as a :class:`Source`; generates the data if asked to."""
-    if cfg["photo"] is not None:
-        store = ensure_photo(cfg["photo"], echo)
-        return _xarray_source(store, dict(cfg, variables=[PHOTO_VARIABLE], feature_dim="band"),
+    if cfg.photo is not None:
+        store = ensure_photo(cfg.photo, echo)
+        return _xarray_source(store, cfg.replace(variables=[PHOTO_VARIABLE], feature_dim="band"),
                               photo=True)  # fmt: skip
-    if cfg["generate"] is not None:
-        store, array = ensure_generated(cfg["generate"], echo), "X"
-        if cfg["generate"]["grid"]:
+    if cfg.generate is not None:
+        store, array = ensure_generated(cfg.generate, echo), "X"
+        if cfg.generate.grid:
             return _xarray_source(store, cfg)
-    elif cfg["csv"] is not None:
-        values, names = read_csv(cfg["csv"], cfg["columns"])
+    elif cfg.csv is not None:
+        values, names = read_csv(cfg.csv, cfg.columns)
         X = xr.DataArray(da.from_array(values, chunks=(-1, -1)), dims=("sample", "feature"))
         X = X.assign_coords(feature=np.asarray(names, dtype=str))
-        description = f"{cfg['csv']} ({values.shape[0]} rows, columns {names})"
-        return Source(X, None, description, _as_input(X, cfg, cfg["csv"]), estimator_options(cfg))
+        description = f"{cfg.csv} ({values.shape[0]} rows, columns {names})"
+        return Source(X, None, description, _as_input(X, cfg, cfg.csv), estimator_options(cfg))
     else:
-        store, array = cfg["store"], cfg["array"]
+        store, array = cfg.store, cfg.array
         if array is None and _is_xarray_store(store, cfg):
             return _xarray_source(store, cfg)
     arr = open_array(store, array)
     _as_input(arr, cfg, f"input {store}/{arr.path}")
-    X = xr.DataArray(read_zarr(arr, cfg["missing_chunks"]), dims=("sample", "feature"))
+    X = xr.DataArray(read_zarr(arr, cfg.missing_chunks), dims=("sample", "feature"))
     description = f"{store}/{arr.path} {arr.shape} {arr.dtype}, chunks {arr.chunks}"
     data = _as_input(X, cfg, f"input {store}")
     return Source(X, store_truth(store), description, data, estimator_options(cfg))
 
 
-def _as_input(X, cfg: dict, name: str) -> InputData:
+def _as_input(X, cfg: Section, name: str) -> InputData:
     """``X`` as the estimators will see it (metadata checks only), or a PipelineError."""
     try:
         return as_input(X, name=name, **estimator_options(cfg))
@@ -125,9 +126,9 @@ def _as_input(X, cfg: dict, name: str) -> InputData:
         raise PipelineError(str(exc)) from None
 
 
-def _is_xarray_store(store: str, cfg: dict) -> bool:
+def _is_xarray_store(store: str, cfg: Section) -> bool:
     """An xarray store: named as one by [input] keys, or a gridded store of ``generate``."""
-    if any(cfg[key] is not None for key in XARRAY_KEYS):
+    if any(getattr(cfg, key) is not None for key in XARRAY_KEYS):
         return True
     return _is_generated_grid(_open_node(store))
 
@@ -136,7 +137,7 @@ def _is_generated_grid(node) -> bool:
     return isinstance(node, zarr.Group) and all(key in node.attrs for key in GRID_ATTRS)
 
 
-def _xarray_source(store: str, cfg: dict, photo: bool = False) -> Source:
+def _xarray_source(store: str, cfg: Section, photo: bool = False) -> Source:
     """An xarray store, opened lazily with checked reads, as the estimators will fit it.
 
     ``input.variables`` picks data variables (default all, sorted by name),
@@ -156,21 +157,21 @@ def _xarray_source(store: str, cfg: dict, photo: bool = False) -> Source:
     names = sorted(map(str, ds.data_vars))
     if _is_generated_grid(node):  # its variables, in order, without the truth
         names = [str(name) for name in ds["feature"].values]
-    chosen = cfg["variables"] or names
+    chosen = cfg.variables or names
     unknown = [v for v in chosen if v not in names]
     if unknown:
         raise PipelineError(
             f"input.variables {unknown} are not data variables of {store!r}, which holds "
             f"{names}; fix input.variables."
         )
-    if cfg["feature_dim"] is not None and len(chosen) != 1:
+    if cfg.feature_dim is not None and len(chosen) != 1:
         raise PipelineError(
             f"input.feature_dim applies to one variable (an N-D array), but {store!r} "
             f"gives {chosen}; name one with input.variables = [{chosen[0]!r}], or drop "
             "input.feature_dim to fit the variables as features."
         )
-    X = checked_xarray(ds[chosen], cfg["missing_chunks"])
-    if cfg["feature_dim"] is not None:
+    X = checked_xarray(ds[chosen], cfg.missing_chunks)
+    if cfg.feature_dim is not None:
         X = X[chosen[0]]
     data = _as_input(X, cfg, f"input {store}")
     grid = data.grid
@@ -249,13 +250,13 @@ def store_truth(store: str) -> MixtureTruth | None:
     return None
 
 
-def ensure_generated(gen: dict, echo=print) -> str:
+def ensure_generated(gen: Section, echo=print) -> str:
     """Write the generated store (rows, or a grid) unless an identical one exists; its path.
 
     A different store at the path is replaced only if ``generate`` wrote it
     (:mod:`dask_emk.pipeline.outputs`); the path is locked while it is checked and written.
     """
-    path = gen["path"]
+    path = gen.path
     with claim(path, GENERATED, where="input.generate.path") as notes:
         for note in notes:
             echo(f"input: {note}")
@@ -263,28 +264,28 @@ def ensure_generated(gen: dict, echo=print) -> str:
             echo(f"input: reusing generated {path}")
             return path
         start = time.perf_counter()
-        if gen["grid"]:
+        if gen.grid:
             write_grid_zarr(
-                path, parse_grid(gen["grid"]), _generated_truth(gen),
-                chunks=parse_grid(gen["grid_chunks"]) if gen["grid_chunks"] else None,
-                land=gen["land"], gaps=gen["gaps"], dtype=gen["dtype"], seed=gen["seed"],
+                path, parse_grid(gen.grid), _generated_truth(gen),
+                chunks=parse_grid(gen.grid_chunks) if gen.grid_chunks else None,
+                land=gen.land, gaps=gen.gaps, dtype=gen.dtype, seed=gen.seed,
                 overwrite=True,
             )  # fmt: skip
-            size = f"a {gen['grid']} grid"
+            size = f"a {gen.grid} grid"
         else:
             write_mixture_zarr(
-                path, gen["n"], _generated_truth(gen), chunk_rows=gen["chunk_rows"],
-                dtype=gen["dtype"], seed=gen["seed"], overwrite=True,
+                path, gen.n, _generated_truth(gen), chunk_rows=gen.chunk_rows,
+                dtype=gen.dtype, seed=gen.seed, overwrite=True,
             )  # fmt: skip
-            size = f"{gen['n']:,} rows"
+            size = f"{gen.n:,} rows"
     echo(f"input: generated {size} to {path} in {time.perf_counter() - start:.1f} s")
     return path
 
 
-def ensure_photo(photo: dict, echo=print) -> str:
+def ensure_photo(photo: Section, echo=print) -> str:
     """Write the photograph store of ``[input.photo]`` unless an identical one exists; its path."""
-    path = photo["path"]
-    settings = {key: photo[key] for key in ("image", "clouds", "seed")}
+    path = photo.path
+    settings = {"image": photo.image, "clouds": photo.clouds, "seed": photo.seed}
     with claim(path, GENERATED, where="input.photo.path") as notes:
         for note in notes:
             echo(f"input: {note}")
@@ -292,7 +293,7 @@ def ensure_photo(photo: dict, echo=print) -> str:
             echo(f"input: reusing {path}")
             return path
         write_photo_zarr(path, **settings, overwrite=True)
-    echo(f"input: wrote {photo['image']} with {photo['clouds']:.0%} clouds to {path}")
+    echo(f"input: wrote {photo.image} with {photo.clouds:.0%} clouds to {path}")
     return path
 
 
@@ -302,42 +303,42 @@ def _stored_attrs(path: str, wanted: dict) -> dict:
     return {key: attrs.get(key) for key in wanted}
 
 
-def _generated_truth(gen: dict) -> MixtureTruth:
-    return random_mixture(gen["d"], gen["k"], separation=gen["separation"], seed=gen["seed"])
+def _generated_truth(gen: Section) -> MixtureTruth:
+    return random_mixture(gen.d, gen.k, separation=gen.separation, seed=gen.seed)
 
 
-def _generated_matches(path: str, gen: dict) -> bool:
+def _generated_matches(path: str, gen: Section) -> bool:
     """True if ``path`` is a store ``generate`` wrote with exactly these settings."""
     if not written_by_dask_emk(path, GENERATED):
         return False
     try:
         group = open_node(path)
-        data = group["x0"] if gen["grid"] else group["X"]
+        data = group["x0"] if gen.grid else group["X"]
         attrs, stored = dict(group.attrs), truth_of(group)
     except Exception:  # arrays missing or unreadable: regenerate
         return False
     truth = _generated_truth(gen)
-    if gen["grid"]:
-        shape = parse_grid(gen["grid"])
-        chunks = parse_grid(gen["grid_chunks"]) if gen["grid_chunks"] else (1, *shape[1:])
+    if gen.grid:
+        shape = parse_grid(gen.grid)
+        chunks = parse_grid(gen.grid_chunks) if gen.grid_chunks else (1, *shape[1:])
         layout = (
             data.shape == shape
             and data.chunks == chunks
-            and attrs.get("land_fraction") == gen["land"]
-            and attrs.get("gap_fraction") == gen["gaps"]
+            and attrs.get("land_fraction") == gen.land
+            and attrs.get("gap_fraction") == gen.gaps
         )
     else:
-        layout = attrs.get("n_samples") == gen["n"] and data.chunks[0] == gen["chunk_rows"]
+        layout = attrs.get("n_samples") == gen.n and data.chunks[0] == gen.chunk_rows
     return (
         layout
-        and attrs.get("seed") == gen["seed"]
-        and str(data.dtype) == gen["dtype"]
+        and attrs.get("seed") == gen.seed
+        and str(data.dtype) == gen.dtype
         # The truth follows from d, k, separation and seed: compare it, not settings.
         and all(
             np.array_equal(getattr(stored, name), getattr(truth, name))
             for name in ("means", "covariances")
         )
-        and (gen["grid"] or np.array_equal(stored.weights, truth.weights))
+        and (gen.grid or np.array_equal(stored.weights, truth.weights))
     )
 
 
