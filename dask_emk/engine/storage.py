@@ -712,6 +712,25 @@ def storage_errors(collection) -> Iterator[None]:
         ) from exc
 
 
+@contextlib.contextmanager
+def endpoint_errors(collection) -> Iterator[None]:
+    """Name the endpoint when a remote store read by ``collection`` stops answering.
+
+    Only connection failures: a computation that also writes (the results'
+    export) must not blame the input for a failed write, as
+    :func:`storage_errors` would for any error raised in zarr's frames.
+    """
+    try:
+        yield
+    except Exception as exc:
+        lost = connection_failure(exc)
+        remote = [zarr_label(a) for a in zarr_arrays(collection)] if lost is not None else []
+        remote = [label for label in remote if is_url(label)]
+        if lost is None or not remote:
+            raise
+        raise unreachable_error(remote[0], ", ".join(remote), lost) from exc
+
+
 def unreachable_error(url: str, names: str, exc: BaseException) -> ValueError:
     """The error for a store whose endpoint stopped answering while ``names`` were read:
     the store is not known to be damaged, so it is not blamed."""

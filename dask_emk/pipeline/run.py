@@ -24,6 +24,7 @@ import xarray as xr
 
 from dask_emk._logging import STEPS_LOGGER
 from dask_emk.engine.locations import bucket_of, is_url, normalize_location, storage_options
+from dask_emk.engine.storage import endpoint_errors
 from dask_emk.models import export
 from dask_emk.models.preprocess import StandardScaler
 from dask_emk.pipeline import figures
@@ -161,7 +162,8 @@ def _run_pipeline(cfg, toml_text, resume, echo, results_name) -> Path | str:
         per_sample = per_sample_dataset(
             outcome.model, source.X, out.as_dict(), source.data.grid.dims, scaler
         )
-        write_results(results, root, groups, per_sample, fitted_model(outcome, scaler))
+        with endpoint_errors(source.X):  # the export reads the input again (labels, ...)
+            write_results(results, root, groups, per_sample, fitted_model(outcome, scaler))
         outputs = ", ".join(["root", *groups, *(per_sample or {})])
         log.info("export: %s (%s) in %.1f s", results, outputs, time.perf_counter() - start)
         if out.plots:
