@@ -12,6 +12,7 @@ import contextlib
 import logging
 from collections.abc import Iterator
 
+import fsspec
 import zarr
 
 
@@ -24,6 +25,10 @@ def s3_server() -> Iterator[dict[str, str]]:
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
+    # fsspec caches file systems by their arguments, and an endpoint taken from
+    # AWS_ENDPOINT_URL is not one of them: drop those of an earlier server.
+    s3 = fsspec.get_filesystem_class("s3")
+    s3.clear_instance_cache()
     try:
         yield {
             "AWS_ENDPOINT_URL": f"http://{host}:{port}",
@@ -35,6 +40,7 @@ def s3_server() -> Iterator[dict[str, str]]:
         }
     finally:
         server.stop()
+        s3.clear_instance_cache()
 
 
 def write_zarr(location: str, X, chunk_rows: int, name: str = "X") -> zarr.Array:
