@@ -55,7 +55,8 @@ def test_docs_build(tmp_path):
     ]  # fmt: skip
     missing = [page for page in pages if not (out / page).is_file()]
     assert not missing
-    figures = ["quickstart", "colour_quantisation", "gridded_regimes", "bic", "dpmeans"]
+    figures = ["quickstart", "colour_quantisation", "gridded_regimes", "bic", "dpmeans",
+               "missing_values", "annealing"]  # fmt: skip
     for figure in figures:
         assert (out / "_images" / f"sphx_glr_plot_{figure}_001.png").stat().st_size > 10_000
     # The math is rendered, the parameter tables generated, the API has its Parameters.
