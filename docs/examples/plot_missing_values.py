@@ -102,7 +102,7 @@ fits = {"truth": (true_means, true_covs), "marginalize": (marg.means_, marg.cova
 for name, (means, covs) in fits.items():
     for mean, cov in zip(means, covs, strict=True):
         ellipse(ax, mean, cov, **styles[name])
-    label = name if name == "truth" else f"{name}: mean error {errors[name].max():.2f}"
+    label = name if name == "truth" else f"{name}: means off by ≤ {errors[name].max():.2f}"
     ax.plot([], [], label=label, **styles[name])
 ax.axvline(4.0, color="tab:orange", lw=0.8, ls="--")
 ax.set(xlabel="x0", ylabel="x1", title="2σ ellipses; x1 missing right of the dashed line")
