@@ -36,6 +36,7 @@ from threadpoolctl import ThreadpoolController
 
 from dask_emk.core._numba import announce_compilation
 from dask_emk.core.blocks import LABEL_FILL, rows_without_nan, without_nan_rows
+from dask_emk.core.nan_policy import NanPolicy
 from dask_emk.engine.fingerprint import take_watch
 from dask_emk.engine.storage import check_stored_files, storage_errors
 
@@ -200,8 +201,8 @@ def run_pass(
     split_every: int | None = None,
     combine: Callable[[np.ndarray], np.ndarray] | None = None,
     also: tuple | None = None,
-    omit_nan: bool = False,
-    marginal: bool = False,
+    nan_policy: NanPolicy = NanPolicy.RAISE,
+    complete_rows: bool = False,
 ):
     """One pass over the data, unpacked: every pass of the package runs here.
 
@@ -216,11 +217,13 @@ def run_pass(
     also : tuple, optional
         Other arrays (numpy, or dask from the same data) computed with the
         pass, in its one compute, each chunk read once.
-    omit_nan : bool
-        Leave out the rows holding NaN (``nan_policy='omit'``, :func:`call_block`).
-    marginal : bool
-        ``block_fn`` takes NaN as missing values (``nan_policy='marginalize'``):
+    nan_policy : NanPolicy
+        'omit' leaves out the rows holding NaN (:func:`call_block`);
+        'marginalize': ``block_fn`` takes NaN as missing values. Under both
         only ±inf is an error.
+    complete_rows : bool
+        Leave out the rows holding NaN whatever ``nan_policy`` (a pass that
+        draws complete rows under 'marginalize').
 
     Returns
     -------
@@ -232,13 +235,14 @@ def run_pass(
     ValueError
         If the data holds NaN or infinity (:func:`raise_on_nonfinite`).
     """
+    omit_nan = nan_policy.omits_rows or complete_rows
     out = reduce_pass(
         X, weight, block_fn, layout.size, *args, split_every=split_every, combine=combine,
         also=also, omit_nan=omit_nan,
     )  # fmt: skip
     vector, values = out if also is not None else (out, None)
     stats = layout.unpack(vector)
-    raise_on_nonfinite(stats["nonfinite"], stored_source(X), omit_nan or marginal)
+    raise_on_nonfinite(stats["nonfinite"], stored_source(X), omit_nan or nan_policy.allows_nan)
     return stats if also is None else (stats, values)
 
 
@@ -279,7 +283,7 @@ def reduce_pass(
     also : tuple, optional
         See :func:`run_pass`; then returns (the vector, the values of ``also``).
     omit_nan : bool
-        See :func:`run_pass`.
+        Leave out the rows holding NaN (:func:`call_block`; set by :func:`run_pass`).
     """
     announce_compilation()  # the first pass after an install compiles: say it first
     watch = take_watch()  # a pipeline's content check: the first pass also hashes the rows
@@ -486,7 +490,7 @@ def map_rows(
     *args: Any,
     n_out: int | None = None,
     dtype=np.float64,
-    nan_policy: str = "raise",
+    nan_policy: NanPolicy = NanPolicy.RAISE,
 ) -> np.ndarray | da.Array:
     """Apply ``row_fn(x_block, *args)`` per block of rows.
 
@@ -500,10 +504,10 @@ def map_rows(
     row_fn : callable returning (n_block,) if ``n_out`` is None else (n_block, n_out)
     n_out : int, optional
         Width of the per-row output; None for one value per row.
-    nan_policy : {'raise', 'omit', 'marginalize'}
-        'raise': a row holding NaN is an error; 'omit': such rows are not
+    nan_policy : NanPolicy
+        RAISE: a row holding NaN is an error; OMIT: such rows are not
         passed to ``row_fn`` and their outputs are NaN (:data:`LABEL_FILL`
-        for integer ``dtype``); 'marginalize': ``row_fn`` takes NaN as
+        for integer ``dtype``); MARGINALIZE: ``row_fn`` takes NaN as
         missing. ±inf is an error under every policy.
     """
     options = (dtype, nan_policy, n_out)
@@ -519,9 +523,9 @@ def map_rows(
     )  # fmt: skip
 
 
-def _call_rows(x, row_fn, args, dtype, nan_policy="raise", n_out=None):
+def _call_rows(x, row_fn, args, dtype, nan_policy=NanPolicy.RAISE, n_out=None):
     check_rows(x, nan_policy)
-    keep = rows_without_nan(x) if nan_policy == "omit" else None
+    keep = rows_without_nan(x) if nan_policy.omits_rows else None
     if keep is None:
         # The declared dtype of a dask array is not a cast: make the blocks match it.
         return np.asarray(row_fn(x, *args)).astype(dtype, copy=False)
@@ -532,7 +536,7 @@ def _call_rows(x, row_fn, args, dtype, nan_policy="raise", n_out=None):
     return out
 
 
-def check_rows(x: np.ndarray, nan_policy: str) -> None:
+def check_rows(x: np.ndarray, nan_policy: NanPolicy) -> None:
     """Raise :func:`nonfinite_error` for the rows of block ``x`` that ``nan_policy`` refuses.
 
     NaN under 'raise', ±inf always: what numpy input is refused for up front,
@@ -541,7 +545,7 @@ def check_rows(x: np.ndarray, nan_policy: str) -> None:
     with np.errstate(over="ignore", invalid="ignore"):
         if np.isfinite(x.sum()):  # one cheap reduction; overflow only sends us on
             return
-    allow_nan = nan_policy != "raise"
+    allow_nan = nan_policy.allows_nan
     bad = np.isinf(x) if allow_nan else ~np.isfinite(x)
     count = int(bad.any(axis=1).sum())
     if count:
