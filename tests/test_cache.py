@@ -127,7 +127,7 @@ def test_grouped_small_chunks_are_kept_grouped(tmp_path, data):
         path = write_store(tmp_path / "X.zarr", data, 100)
         reference = fit("kmeans||", path, False)
         X = da.from_zarr(path)
-        with cache.kept_rows(X, True, omit_nan=True) as rows:
+        with cache.kept_rows(X, True, drop_nan_rows=True) as rows:
             assert rows.kept.size == reduction.group_small_chunks(X, None)[0].numblocks[0] < 60
         assert_identical(fit("kmeans||", path, True), reference)
 
@@ -337,7 +337,7 @@ def test_gridded_store_keeps_only_its_valid_rows(tmp_path):
     ds.to_zarr(tmp_path / "grid.zarr", zarr_format=3, consolidated=False)
     grid = xr.open_zarr(tmp_path / "grid.zarr", consolidated=False)[["v0", "v1"]]
     X = as_input(grid, nan_policy="omit").array
-    with dask.config.set(scheduler="sync"), cache.kept_rows(X, True, omit_nan=True) as rows:
+    with dask.config.set(scheduler="sync"), cache.kept_rows(X, True, drop_nan_rows=True) as rows:
         fit_input = as_input(grid, nan_policy="omit")
         assert rows.kept.size == X.numblocks[0] > 1
         batch_pass(rows, None, [assign_request(np.zeros((1, 2)), np.zeros(2))],
