@@ -32,7 +32,7 @@ import zarr
 from dask.array.core import normalize_chunks
 
 from dask_emk.core.blocks import LABEL_FILL
-from dask_emk.engine.options import NAN_POLICIES
+from dask_emk.core.nan_policy import NanPolicy
 from dask_emk.engine.reduction import compute_one, nonfinite_error, numpy_block_rows
 from dask_emk.engine.storage import (
     check_zarr_chunks,
@@ -45,19 +45,20 @@ from dask_emk.engine.storage import (
 )
 
 
-def check_input_options(nan_policy, feature_dim, sample_dims) -> tuple[str, ...] | None:
+def check_input_options(
+    nan_policy, feature_dim, sample_dims
+) -> tuple[NanPolicy, tuple[str, ...] | None]:
     """Validate the estimators' ``nan_policy``, ``feature_dim`` and ``sample_dims``.
 
     Returns
     -------
-    sample_dims as a tuple of names, or None.
+    The :class:`NanPolicy`, and sample_dims as a tuple of names or None.
     """
-    if not isinstance(nan_policy, str) or nan_policy not in NAN_POLICIES:
-        raise ValueError(f"nan_policy must be one of {NAN_POLICIES}, got {nan_policy!r}.")
+    policy = NanPolicy.parse(nan_policy)
     if feature_dim is not None and not isinstance(feature_dim, str):
         raise ValueError(f"feature_dim must be None or a dimension name, got {feature_dim!r}.")
     if sample_dims is None:
-        return None
+        return policy, None
     dims = (sample_dims,) if isinstance(sample_dims, str) else sample_dims
     try:
         dims = tuple(dims)
@@ -68,7 +69,7 @@ def check_input_options(nan_policy, feature_dim, sample_dims) -> tuple[str, ...]
             "sample_dims must be None, a dimension name or a list of distinct dimension "
             f"names, got {sample_dims!r}."
         )
-    return dims
+    return policy, dims
 
 
 @dataclass(frozen=True)
@@ -178,15 +179,15 @@ class InputData:
         parameters and matched at predict.
     grid : Grid or None
         For xarray input: where the rows sit.
-    nan_policy : str
-        One of :data:`NAN_POLICIES`.
+    nan_policy : NanPolicy
+        How NaN in ``array`` is read.
     """
 
     array: np.ndarray | da.Array
     kind: str
     feature_labels: np.ndarray | None = None
     grid: Grid | None = None
-    nan_policy: str = "raise"
+    nan_policy: NanPolicy = NanPolicy.RAISE
 
     @property
     def n_samples(self) -> int:
@@ -199,16 +200,6 @@ class InputData:
     @property
     def is_lazy(self) -> bool:
         return isinstance(self.array, da.Array)
-
-    @property
-    def omit_nan(self) -> bool:
-        """Rows holding NaN take no part in any statistic (``nan_policy='omit'``)."""
-        return self.nan_policy == "omit"
-
-    @property
-    def marginal(self) -> bool:
-        """NaN entries are missing features, marginalised (``nan_policy='marginalize'``)."""
-        return self.nan_policy == "marginalize"
 
     def describe(self) -> str:
         """The layout in a line: samples × features, and from which dims and variables."""
@@ -242,7 +233,7 @@ class InputData:
         if self.grid is None:
             return values
         integer = np.dtype(values.dtype).kind in "iu"
-        attrs = {"_FillValue": LABEL_FILL} if integer and self.nan_policy != "raise" else {}
+        attrs = {"_FillValue": LABEL_FILL} if integer and self.nan_policy.allows_nan else {}
         return self.grid.from_rows(values, extra_dim, attrs)
 
 
@@ -250,7 +241,7 @@ def as_input(
     X,
     *,
     name: str = "X",
-    nan_policy: str = "raise",
+    nan_policy: str | NanPolicy = "raise",
     feature_dim: str | None = None,
     sample_dims=None,
 ) -> InputData:
@@ -301,9 +292,9 @@ def as_input(
         return X
     if feature_dim is None and sample_dims is None:
         sample_dims = recorded_sample_dims(X)
-    sample_dims = check_input_options(nan_policy, feature_dim, sample_dims)
-    data = _convert(X, name, nan_policy != "raise", feature_dim, sample_dims)
-    data.nan_policy = nan_policy
+    policy, sample_dims = check_input_options(nan_policy, feature_dim, sample_dims)
+    data = _convert(X, name, policy.allows_nan, feature_dim, sample_dims)
+    data.nan_policy = policy
     return data
 
 
