@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import doctest
 import importlib.util
+import inspect
+import re
 import subprocess
 import sys
 import time
@@ -14,6 +16,7 @@ import pytest
 from pipeline_helpers import ROOT
 
 import dask_emk
+from dask_emk.models._docs import SECTIONS, fill_doc
 
 ESTIMATORS = [name for name in dask_emk.__all__ if name != "__version__"]
 
@@ -29,6 +32,36 @@ def test_docstring_examples_run(name):
     result = runner.summarize(verbose=False)
     assert result.failed == 0
     assert sum(len(t.examples) for t in tests if t.name == name) >= 4  # the class's own
+
+
+PREDICTORS = [name for name in ESTIMATORS if hasattr(getattr(dask_emk, name), "predict")]
+
+
+@pytest.mark.parametrize("name", PREDICTORS)
+def test_shared_sections_filled(name):
+    """Every public method's docstring as help() shows it: no placeholder left, and
+    predict's X and lazy/eager rule in the one text of models/_docs.py."""
+    cls = getattr(dask_emk, name)
+    methods = [getattr(cls, m) for m in dir(cls) if not m.startswith("_")]
+    docs = [inspect.getdoc(m) or "" for m in methods if inspect.isfunction(m)]
+    assert not [doc for doc in docs if re.search(r"^\s*\{\w+\}\s*$", doc, re.MULTILINE)]
+    predict = inspect.getdoc(cls.predict)
+    assert SECTIONS["X"] in predict
+    assert SECTIONS["per_sample"].splitlines()[0] in predict
+
+
+def test_fill_doc_names_an_unknown_section():
+    def method():
+        """Summary.
+
+        Parameters
+        ----------
+        {X}
+        {not_a_section}
+        """
+
+    with pytest.raises(KeyError, match="not_a_section"):
+        fill_doc(method)
 
 
 @pytest.mark.slow
@@ -55,7 +88,8 @@ def test_docs_build(tmp_path):
     ]  # fmt: skip
     missing = [page for page in pages if not (out / page).is_file()]
     assert not missing
-    figures = ["quickstart", "colour_quantisation", "gridded_regimes", "bic", "dpmeans"]
+    figures = ["quickstart", "colour_quantisation", "gridded_regimes", "bic", "dpmeans",
+               "missing_values", "annealing"]  # fmt: skip
     for figure in figures:
         assert (out / "_images" / f"sphx_glr_plot_{figure}_001.png").stat().st_size > 10_000
     # The math is rendered, the parameter tables generated, the API has its Parameters.

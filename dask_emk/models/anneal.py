@@ -50,6 +50,7 @@ from dask_emk.engine import reduction
 from dask_emk.engine.cache import kept_rows
 from dask_emk.engine.inputs import InputData
 from dask_emk.engine.mixture_passes import anneal_block, moments_block, resp_rows
+from dask_emk.models._docs import fill_doc
 from dask_emk.models.base import ChunkedEstimator
 from dask_emk.models.export import anneal_dataset, path_dataset
 from dask_emk.models.hartigan import hartigan_polish, lloyd_from, lloyd_passes
@@ -660,88 +661,77 @@ class AnnealedGaussianMixture(
         self.path_ = path_dataset(result.path, features, sample.mean)
 
     # -------------------------------------------------------- prediction
+    @fill_doc
     def predict(self, X: Any) -> Any:
         """Index of the nearest centre of each sample.
 
         Parameters
         ----------
-        X : array-like, dask array, xarray Dataset or DataArray, zarr array or store path
-            Samples of the fitted features, shape (n_samples, n_features), or
-            gridded xarray data laid out as at fit.
+        {X}
 
         Returns
         -------
         ndarray or dask array of shape (n_samples,)
-            The nearest centre's index (-1 for omitted rows): numpy for numpy or pandas input; a
-            lazy dask array for dask or zarr input; for xarray input a lazy DataArray on its
-            sample dims.
+            The nearest centre's index (-1 for omitted rows).
+            {per_sample}
         """
         data = validate_features(self, X, reset=False)  # NotFittedError before kmeans_
         return self.kmeans_._labels(data)
 
+    @fill_doc
     def transform(self, X: Any) -> Any:
         """Euclidean distances of the samples to the centres.
 
         Parameters
         ----------
-        X : array-like, dask array, xarray Dataset or DataArray, zarr array or store path
-            Samples of the fitted features, shape (n_samples, n_features), or
-            gridded xarray data laid out as at fit.
+        {X}
 
         Returns
         -------
         ndarray or dask array of shape (n_samples, n_components)
-            Of the input's kind: numpy for numpy or pandas input; a lazy dask array for dask or zarr
-            input; for xarray input a lazy DataArray on its sample dims (with a ``component`` dim).
+            {per_sample_component}
         """
         data = validate_features(self, X, reset=False)
         return self.kmeans_._distances(data)
 
+    @fill_doc
     def score(self, X: Any, y: object = None, sample_weight: Any = None) -> float:
         """Opposite of the inertia of X at the centres (one pass).
 
         Parameters
         ----------
-        X : array-like, dask array, xarray Dataset or DataArray, zarr array or store path
-            Samples of the fitted features, shape (n_samples, n_features), or
-            gridded xarray data laid out as at fit.
-        y : None
-            Ignored (scikit-learn's signature).
-        sample_weight : array-like of shape (n_samples,), optional
-            Non-negative weights of the samples (gridded X: a DataArray on some of
-            its sample dims).
+        {X}
+        {y}
+        {sample_weight}
 
         Returns
         -------
         float
-            −Σ w ‖x − μ‖² over the samples, computed (lazy input too).
+            −Σ w ‖x − μ‖² over the samples.
+            {computed}
         """
         data = validate_features(self, X, reset=False)
         return self.kmeans_._score(data, sample_weight)
 
+    @fill_doc
     def fit_predict(self, X: Any, y: object = None, sample_weight: Any = None) -> Any:
         """Fit, then return ``labels_``.
 
         Parameters
         ----------
-        X : array-like, dask array, xarray Dataset or DataArray, zarr array or store path
-            Samples of the fitted features, shape (n_samples, n_features), or
-            gridded xarray data laid out as at fit.
-        y : None
-            Ignored (scikit-learn's signature).
-        sample_weight : array-like of shape (n_samples,), optional
-            Non-negative weights of the samples (gridded X: a DataArray on some of
-            its sample dims).
+        {X}
+        {y}
+        {sample_weight}
 
         Returns
         -------
         ndarray or dask array of shape (n_samples,)
-            The nearest centre's index of each training sample (-1 for omitted rows): numpy for
-            numpy or pandas input; a lazy dask array for dask or zarr input; for xarray input a
-            lazy DataArray on its sample dims.
+            The nearest centre's index of each training sample (-1 for omitted rows).
+            {per_sample}
         """
         return self.fit(X, sample_weight=sample_weight).labels_
 
+    @fill_doc
     def predict_proba(self, X: Any, sigma2: float | None = None) -> Any:
         """Return the responsibilities of the shared-σ² mixture at ``sigma2``.
 
@@ -750,18 +740,14 @@ class AnnealedGaussianMixture(
 
         Parameters
         ----------
-        X : array-like, dask array, xarray Dataset or DataArray, zarr array or store path
-            Samples of the fitted features, shape (n_samples, n_features), or
-            gridded xarray data laid out as at fit.
+        {X}
         sigma2 : float, optional
             Default ``sigma2_``; small values give near one-hot rows.
 
         Returns
         -------
         ndarray or dask array of shape (n_samples, n_components)
-            Of the input's kind: numpy for numpy or pandas input; a lazy dask
-            array for dask or zarr input; for xarray input a lazy DataArray on
-            its sample dims.
+            {per_sample_component}
         """
         data = validate_features(self, X, reset=False)
         sigma2 = self.sigma2_ if sigma2 is None else sigma2

@@ -145,6 +145,7 @@ from dask_emk.core.mstep import weighted_means
 from dask_emk.engine.cache import kept_rows
 from dask_emk.engine.inputs import InputData
 from dask_emk.engine.passes import assign_pass, costliest_pass
+from dask_emk.models._docs import fill_doc
 from dask_emk.models.anneal import reference_row
 from dask_emk.models.base import CentreDistancesOut, ChunkedEstimator
 from dask_emk.models.kmeans import KMeans, relative_tolerance
@@ -673,6 +674,7 @@ class DPMeans(
     _distances = KMeans._distances
     _transform = KMeans._transform
 
+    @fill_doc
     def transform(self, X: Any) -> Any:
         """Euclidean distance of each sample to each centre.
 
@@ -682,39 +684,30 @@ class DPMeans(
 
         Parameters
         ----------
-        X : array-like, dask array, xarray Dataset or DataArray, zarr array or store path
-            Samples of the fitted features, shape (n_samples, n_features), or
-            gridded xarray data laid out as at fit.
+        {X}
 
         Returns
         -------
         ndarray or dask array of shape (n_samples, ``n_clusters_``)
-            Of the input's kind: numpy for numpy or pandas input; a lazy dask array
-            for dask or zarr input; for xarray input a lazy DataArray on its sample
-            dims (with a ``component`` dim).
+            {per_sample_component}
         """
         return self._transform(X)
 
+    @fill_doc
     def fit_predict(self, X: Any, y: object = None, sample_weight: Any = None) -> Any:
         """Fit, then return ``labels_``.
 
         Parameters
         ----------
-        X : array-like, dask array, xarray Dataset or DataArray, zarr array or store path
-            Samples of the fitted features, shape (n_samples, n_features), or
-            gridded xarray data laid out as at fit.
-        y : None
-            Ignored (scikit-learn's signature).
-        sample_weight : array-like of shape (n_samples,), optional
-            Non-negative weights of the samples (gridded X: a DataArray on some of
-            its sample dims).
+        {X}
+        {y}
+        {sample_weight}
 
         Returns
         -------
         ndarray or dask array of shape (n_samples,)
-            The nearest centre's index of each training sample (-1 for omitted rows): numpy for
-            numpy or pandas input; a lazy dask array for dask or zarr input; for xarray input a
-            lazy DataArray on its sample dims.
+            The nearest centre's index of each training sample (-1 for omitted rows).
+            {per_sample}
         """
         return self.fit(X, sample_weight=sample_weight).labels_
 

@@ -30,6 +30,7 @@ from dask_emk.engine.mixture_passes import (
     resp_block,
     resp_rows,
 )
+from dask_emk.models._docs import fill_doc
 from dask_emk.models.base import LABEL_DTYPE, ChunkedEstimator
 from dask_emk.models.params import GAUSSIAN_MIXTURE, Integer
 from dask_emk.models.seeding import done, kmeans_plusplus_steps, random_rows_steps
@@ -370,26 +371,21 @@ class GaussianMixture(DensityMixin, ChunkedEstimator):
                 f"{', '.join(changed)}; set warm_start=False to start a new fit."
             )
 
+    @fill_doc
     def fit_predict(self, X: Any, y: object = None, sample_weight: Any = None) -> Any:
         """Fit, then return the most probable component of each sample.
 
         Parameters
         ----------
-        X : array-like, dask array, xarray Dataset or DataArray, zarr array or store path
-            Samples of the fitted features, shape (n_samples, n_features), or
-            gridded xarray data laid out as at fit.
-        y : None
-            Ignored (scikit-learn's signature).
-        sample_weight : array-like of shape (n_samples,), optional
-            Non-negative weights of the samples (gridded X: a DataArray on some of
-            its sample dims).
+        {X}
+        {y}
+        {sample_weight}
 
         Returns
         -------
         ndarray or dask array of shape (n_samples,)
-            The most probable component of each training sample (-1 for omitted rows): numpy for
-            numpy or pandas input; a lazy dask array for dask or zarr input; for xarray input a
-            lazy DataArray on its sample dims.
+            The most probable component of each training sample (-1 for omitted rows).
+            {per_sample}
         """
         self.fit(X, sample_weight=sample_weight)
         return self.predict(X)
@@ -654,6 +650,7 @@ class GaussianMixture(DensityMixin, ChunkedEstimator):
         )  # fmt: skip
         return data.wrap_rows(out, extra_dim)
 
+    @fill_doc
     def score_samples(self, X: Any) -> Any:
         """Log-likelihood of each sample.
 
@@ -661,53 +658,46 @@ class GaussianMixture(DensityMixin, ChunkedEstimator):
 
         Parameters
         ----------
-        X : array-like, dask array, xarray Dataset or DataArray, zarr array or store path
-            Samples of the fitted features, shape (n_samples, n_features), or
-            gridded xarray data laid out as at fit.
+        {X}
 
         Returns
         -------
         ndarray or dask array of shape (n_samples,)
             The log density log p(x) under the fitted mixture (NaN for omitted rows; with
-            ``nan_policy='marginalize'`` the density of the observed features);
-            numpy for numpy or pandas input; a lazy dask array for dask or zarr
-            input; for xarray input a lazy DataArray on its sample dims.
+            ``nan_policy='marginalize'`` the density of the observed features).
+            {per_sample}
         """
         return self._rows(X, log_prob_rows)
 
+    @fill_doc
     def predict(self, X: Any) -> Any:
         """Most probable component of each sample.
 
         Parameters
         ----------
-        X : array-like, dask array, xarray Dataset or DataArray, zarr array or store path
-            Samples of the fitted features, shape (n_samples, n_features), or
-            gridded xarray data laid out as at fit.
+        {X}
 
         Returns
         -------
         ndarray or dask array of shape (n_samples,)
-            The most probable component (-1 for omitted rows): numpy for numpy or pandas input;
-            a lazy dask array for dask or zarr input; for xarray input a lazy DataArray on its
-            sample dims.
+            The most probable component (-1 for omitted rows).
+            {per_sample}
         """
         return self._rows(X, most_probable_rows, dtype=LABEL_DTYPE)
 
+    @fill_doc
     def predict_proba(self, X: Any) -> Any:
         """Return the responsibilities of the components for each sample.
 
         Parameters
         ----------
-        X : array-like, dask array, xarray Dataset or DataArray, zarr array or store path
-            Samples of the fitted features, shape (n_samples, n_features), or
-            gridded xarray data laid out as at fit.
+        {X}
 
         Returns
         -------
         ndarray or dask array of shape (n_samples, n_components)
-            The responsibilities p(k | x), rows summing to 1 (NaN for omitted rows): numpy
-            for numpy or pandas input; a lazy dask array for dask or zarr input; for xarray
-            input a lazy DataArray on its sample dims (with a ``component`` dim).
+            The responsibilities p(k | x), rows summing to 1 (NaN for omitted rows).
+            {per_sample_component}
         """
         return self._rows(X, resp_rows, n_out=self.n_components, extra_dim="component")
 
@@ -745,21 +735,20 @@ class GaussianMixture(DensityMixin, ChunkedEstimator):
             out = out.assign_coords(feature=data.feature_labels)
         return out
 
+    @fill_doc
     def score(self, X: Any, y: object = None) -> float:
         """Mean log-likelihood of the samples in X.
 
         Parameters
         ----------
-        X : array-like, dask array, xarray Dataset or DataArray, zarr array or store path
-            Samples of the fitted features, shape (n_samples, n_features), or
-            gridded xarray data laid out as at fit.
-        y : None
-            Ignored (scikit-learn's signature).
+        {X}
+        {y}
 
         Returns
         -------
         float
-            The mean of :meth:`score_samples`, computed (lazy input too).
+            The mean of :meth:`score_samples`.
+            {computed}
         """
         return self._mean_log_likelihood(X)[0]
 
@@ -778,14 +767,13 @@ class GaussianMixture(DensityMixin, ChunkedEstimator):
         cov_params = 0 if self.variance is not None else ctype.n_parameters(K, d)
         return int(cov_params + K * d + K - 1)
 
+    @fill_doc
     def bic(self, X: Any) -> float:
         """Bayesian information criterion on X (lower is better).
 
         Parameters
         ----------
-        X : array-like, dask array, xarray Dataset or DataArray, zarr array or store path
-            Samples of the fitted features, shape (n_samples, n_features), or
-            gridded xarray data laid out as at fit.
+        {X}
 
         Returns
         -------
@@ -795,14 +783,13 @@ class GaussianMixture(DensityMixin, ChunkedEstimator):
         score, n = self._mean_log_likelihood(X)
         return -2 * score * n + self._n_parameters() * math.log(n)
 
+    @fill_doc
     def aic(self, X: Any) -> float:
         """Akaike information criterion on X (lower is better).
 
         Parameters
         ----------
-        X : array-like, dask array, xarray Dataset or DataArray, zarr array or store path
-            Samples of the fitted features, shape (n_samples, n_features), or
-            gridded xarray data laid out as at fit.
+        {X}
 
         Returns
         -------

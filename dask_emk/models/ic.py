@@ -22,6 +22,7 @@ from dask_emk.core.kernels import block_kernels
 from dask_emk.core.layout import StatsLayout
 from dask_emk.engine.batch import Pass, batch_pass
 from dask_emk.engine.inputs import InputData
+from dask_emk.models._docs import fill_doc
 from dask_emk.models.base import ChunkedEstimator
 from dask_emk.models.gmm import GaussianMixture, mixture_block
 from dask_emk.models.params import GAUSSIAN_MIXTURE_IC, SKLEARN_COVARIANCE_TYPES
@@ -225,85 +226,77 @@ class GaussianMixtureIC(DensityMixin, ChunkedEstimator):
         check_is_fitted(self, "best_estimator_")
         return self.best_estimator_
 
+    @fill_doc
     def predict(self, X: Any) -> Any:
         """Most probable component of each sample under the best model.
 
         Parameters
         ----------
-        X : array-like, dask array, xarray Dataset or DataArray, zarr array or store path
-            Samples of the fitted features, shape (n_samples, n_features), or
-            gridded xarray data laid out as at fit.
+        {X}
 
         Returns
         -------
         ndarray or dask array of shape (n_samples,)
-            The most probable component (-1 for omitted rows): numpy for numpy or pandas input;
-            a lazy dask array for dask or zarr input; for xarray input a lazy DataArray on its
-            sample dims.
+            The most probable component (-1 for omitted rows).
+            {per_sample}
         """
         return self._best().predict(X)
 
+    @fill_doc
     def predict_proba(self, X: Any) -> Any:
         """Return the responsibilities under the best model.
 
         Parameters
         ----------
-        X : array-like, dask array, xarray Dataset or DataArray, zarr array or store path
-            Samples of the fitted features, shape (n_samples, n_features), or
-            gridded xarray data laid out as at fit.
+        {X}
 
         Returns
         -------
         ndarray or dask array of shape (n_samples, ``n_components_``)
-            The responsibilities p(k | x) under ``best_estimator_``: numpy for numpy or
-            pandas input; a lazy dask array for dask or zarr input; for xarray input a lazy
-            DataArray on its sample dims.
+            The responsibilities p(k | x) under ``best_estimator_``.
+            {per_sample_component}
         """
         return self._best().predict_proba(X)
 
+    @fill_doc
     def score_samples(self, X: Any) -> Any:
         """Log-likelihood of each sample under the best model.
 
         Parameters
         ----------
-        X : array-like, dask array, xarray Dataset or DataArray, zarr array or store path
-            Samples of the fitted features, shape (n_samples, n_features), or
-            gridded xarray data laid out as at fit.
+        {X}
 
         Returns
         -------
         ndarray or dask array of shape (n_samples,)
-            Of the input's kind: numpy for numpy or pandas input; a lazy dask array for dask or zarr
-            input; for xarray input a lazy DataArray on its sample dims.
+            {per_sample}
         """
         return self._best().score_samples(X)
 
+    @fill_doc
     def score(self, X: Any, y: object = None) -> float:
         """Mean log-likelihood of X under the best model.
 
         Parameters
         ----------
-        X : array-like, dask array, xarray Dataset or DataArray, zarr array or store path
-            Samples of the fitted features, shape (n_samples, n_features), or
-            gridded xarray data laid out as at fit.
-        y : None
-            Ignored (scikit-learn's signature).
+        {X}
+        {y}
 
         Returns
         -------
         float
-            Computed (lazy input too).
+            The best model's :meth:`GaussianMixture.score`.
+            {computed}
         """
         return self._best().score(X)
 
+    @fill_doc
     def bic(self, X: Any) -> float:
         """BIC of the best model on X.
 
         Parameters
         ----------
-        X : array-like, dask array, xarray Dataset or DataArray, zarr array or store path
-            Samples of the fitted features, shape (n_samples, n_features), or
-            gridded xarray data laid out as at fit.
+        {X}
 
         Returns
         -------
@@ -312,14 +305,13 @@ class GaussianMixtureIC(DensityMixin, ChunkedEstimator):
         """
         return self._best().bic(X)
 
+    @fill_doc
     def aic(self, X: Any) -> float:
         """AIC of the best model on X.
 
         Parameters
         ----------
-        X : array-like, dask array, xarray Dataset or DataArray, zarr array or store path
-            Samples of the fitted features, shape (n_samples, n_features), or
-            gridded xarray data laid out as at fit.
+        {X}
 
         Returns
         -------

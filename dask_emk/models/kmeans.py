@@ -25,6 +25,7 @@ from dask_emk.engine import reduction
 from dask_emk.engine.batch import Batch, Steps
 from dask_emk.engine.inputs import InputData, as_sample_weight
 from dask_emk.engine.passes import assign_pass, assign_request, distance_rows, nearest_center_rows
+from dask_emk.models._docs import fill_doc
 from dask_emk.models.base import LABEL_DTYPE, CentreDistancesOut, ChunkedEstimator
 from dask_emk.models.params import KMEANS, KMEANS_INITS
 from dask_emk.models.seeding import (
@@ -508,39 +509,35 @@ class KMeans(
         )  # fmt: skip
         return data.wrap_rows(labels)
 
+    @fill_doc
     def predict(self, X: Any) -> Any:
         """Index of the nearest centre of each sample.
 
         Parameters
         ----------
-        X : array-like, dask array, xarray Dataset or DataArray, zarr array or store path
-            Samples of the fitted features, shape (n_samples, n_features), or
-            gridded xarray data laid out as at fit.
+        {X}
 
         Returns
         -------
         ndarray or dask array of shape (n_samples,)
-            The nearest centre's index (-1 for omitted rows): numpy for numpy or pandas input; a
-            lazy dask array for dask or zarr input; for xarray input a lazy DataArray on its
-            sample dims.
+            The nearest centre's index (-1 for omitted rows).
+            {per_sample}
         """
         return self._labels(validate_features(self, X, reset=False))
 
+    @fill_doc
     def transform(self, X: Any) -> Any:
         """Euclidean distance of each sample to each centre.
 
         Parameters
         ----------
-        X : array-like, dask array, xarray Dataset or DataArray, zarr array or store path
-            Samples of the fitted features, shape (n_samples, n_features), or
-            gridded xarray data laid out as at fit.
+        {X}
 
         Returns
         -------
         ndarray or dask array of shape (n_samples, n_clusters)
-            Of the input's kind: numpy for numpy or pandas input (a table under
-            ``set_output``); a lazy dask array for dask or zarr input; for xarray
-            input a lazy DataArray on its sample dims (with a ``component`` dim).
+            {per_sample_component}
+            A table under ``set_output`` for numpy or pandas input.
         """
         return self._transform(X)
 
@@ -562,24 +559,21 @@ class KMeans(
         )
         return data.wrap_rows(dist, extra_dim="component")
 
+    @fill_doc
     def score(self, X: Any, y: object = None, sample_weight: Any = None) -> float:
         """Opposite of the inertia of X at the fitted centres (one pass).
 
         Parameters
         ----------
-        X : array-like, dask array, xarray Dataset or DataArray, zarr array or store path
-            Samples of the fitted features, shape (n_samples, n_features), or
-            gridded xarray data laid out as at fit.
-        y : None
-            Ignored (scikit-learn's signature).
-        sample_weight : array-like of shape (n_samples,), optional
-            Non-negative weights of the samples (gridded X: a DataArray on some of
-            its sample dims).
+        {X}
+        {y}
+        {sample_weight}
 
         Returns
         -------
         float
-            −Σ w ‖x − μ‖², computed (lazy input too).
+            −Σ w ‖x − μ‖².
+            {computed}
         """
         return self._score(validate_features(self, X, reset=False), sample_weight)
 
@@ -589,48 +583,38 @@ class KMeans(
         stats = assign_pass(data.array, weight, centers, origin, nan_policy=data.nan_policy)
         return -float(stats["inertia"])
 
+    @fill_doc
     def fit_predict(self, X: Any, y: object = None, sample_weight: Any = None) -> Any:
         """Fit, then return ``labels_``.
 
         Parameters
         ----------
-        X : array-like, dask array, xarray Dataset or DataArray, zarr array or store path
-            Samples of the fitted features, shape (n_samples, n_features), or
-            gridded xarray data laid out as at fit.
-        y : None
-            Ignored (scikit-learn's signature).
-        sample_weight : array-like of shape (n_samples,), optional
-            Non-negative weights of the samples (gridded X: a DataArray on some of
-            its sample dims).
+        {X}
+        {y}
+        {sample_weight}
 
         Returns
         -------
         ndarray or dask array of shape (n_samples,)
-            The nearest centre's index of each training sample (-1 for omitted rows): numpy for
-            numpy or pandas input; a lazy dask array for dask or zarr input; for xarray input a
-            lazy DataArray on its sample dims.
+            The nearest centre's index of each training sample (-1 for omitted rows).
+            {per_sample}
         """
         return self.fit(X, sample_weight=sample_weight).labels_
 
+    @fill_doc
     def fit_transform(self, X: Any, y: object = None, sample_weight: Any = None) -> Any:
         """Fit, then return the distances of X to the centres.
 
         Parameters
         ----------
-        X : array-like, dask array, xarray Dataset or DataArray, zarr array or store path
-            Samples of the fitted features, shape (n_samples, n_features), or
-            gridded xarray data laid out as at fit.
-        y : None
-            Ignored (scikit-learn's signature).
-        sample_weight : array-like of shape (n_samples,), optional
-            Non-negative weights of the samples (gridded X: a DataArray on some of
-            its sample dims).
+        {X}
+        {y}
+        {sample_weight}
 
         Returns
         -------
         ndarray or dask array of shape (n_samples, n_clusters)
-            Of the input's kind: numpy for numpy or pandas input; a lazy dask array for dask or zarr
-            input; for xarray input a lazy DataArray on its sample dims.
+            {per_sample_component}
         """
         return self.fit(X, sample_weight=sample_weight)._transform(X)
 
