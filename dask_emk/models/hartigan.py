@@ -48,7 +48,8 @@ def _stop_unless_lower(model, info, bound: float) -> None:
 
 
 def hartigan_polish(
-    X, array, weight, km: KMeans, max_passes: int, max_iter: int, split_every, omit_nan=False
+    X, array, weight, km: KMeans, max_passes: int, max_iter: int, split_every, omit_nan=False,
+    moves=rules,
 ):
     """Lloyd + batch Hartigan passes from a Lloyd fixed point, on the full data.
 
@@ -92,6 +93,9 @@ def hartigan_polish(
     split_every : int or None
     omit_nan : bool
         Leave out rows holding NaN (``nan_policy='omit'``).
+    moves : the moves' arithmetic, ``hartigan_moves`` and ``moved_centers``
+        (default :mod:`dask_emk.core.hartigan`); the tests give a broken one
+        to see a move that raises the inertia rejected.
 
     Returns
     -------
@@ -124,9 +128,9 @@ def hartigan_polish(
                 rounds.append(None)  # counted as a pass, recorded in the move's round
                 break
         M = centers - origin
-        p, change = rules.hartigan_moves(st["N"], st["S"], M, st["dN"], st["dS"], st["moved"])
+        p, change = moves.hartigan_moves(st["N"], st["S"], M, st["dN"], st["dS"], st["moved"])
         dN, dS = st["dN"][:p].sum(axis=0), st["dS"][:p].sum(axis=0)
-        new = origin + rules.moved_centers(st["N"], st["S"], M, dN, dS)
+        new = origin + moves.moved_centers(st["N"], st["S"], M, dN, dS)
         rounds.append(dict(inertia=float(st["inertia"]), candidates=int(st["moved"].sum()),
                            moved=int(st["moved"][:p].sum()),
                            predicted=float(st["gain"][:p].sum()), change=change))  # fmt: skip
