@@ -171,22 +171,24 @@ def test_per_row_outputs_sparse_equal_dense(ct, pair_count):
     assert np.mean(by_pairs[2] == dense[2]) > 0.999  # labels may differ only on rounding ties
 
 
-def test_default_tuning_takes_the_sparse_path_on_separated_data(monkeypatch):
-    rng = np.random.default_rng(0)
-    X, labels, var = benchmark_like(rng)
-    seen = []
-    real = sparse.sparse_plan
-    monkeypatch.setattr(sparse, "sparse_plan", lambda *a: seen.append(real(*a)) or seen[-1])
+def test_default_tuning_takes_the_sparse_path_on_separated_data():
+    """With estep='auto', a pass at the fitted parameters goes sparse on
+    separated data and dense on overlapping data (the probe's per-pass
+    record, :func:`sparse.sparse_state`, counts the sub-blocks' verdicts)."""
 
-    def fit(X, labels, var):
+    def verdicts(X, labels, var):
         init = start("full", X, labels, var, np.random.default_rng(1))
-        GaussianMixture(len(init["weights_init"]), max_iter=20, tol=0.0, **init).fit(X)
+        gm = GaussianMixture(len(init["weights_init"]), max_iter=20, tol=0.0, **init).fit(X)
+        params = gm._kernel_params(gm._state64)
+        estep.estep_stats(X, None, params)
+        state = sparse.sparse_state(params)
+        return state.sparse, state.dense
 
-    fit(X, labels, var)
-    assert seen and all(plan is not None for plan in seen[-3:])  # sparse once separated
-    seen.clear()
-    fit(*overlapping(rng))  # four candidates per row: dense pays
-    assert seen and all(plan is None for plan in seen)
+    rng = np.random.default_rng(0)
+    went_sparse, went_dense = verdicts(*benchmark_like(rng))
+    assert went_sparse > 0 and went_dense == 0  # sparse once separated
+    went_sparse, went_dense = verdicts(*overlapping(rng))  # four candidates per row: dense pays
+    assert went_sparse == 0 and went_dense > 0
 
 
 def test_parameters_that_keep_going_dense_probe_less(monkeypatch):
