@@ -29,7 +29,7 @@ from sklearn.datasets import load_digits
 from threadpoolctl import threadpool_limits
 
 from dask_emk import GaussianMixture
-from dask_emk.core import candidates, estep, mixture, sparse
+from dask_emk.core import estep, mixture, sparse
 
 sys.path.insert(0, os.path.dirname(__file__))
 from bench_em import make_data, make_grid, make_overlap  # noqa: E402
@@ -116,8 +116,7 @@ def main() -> None:
         "--exact", action="store_true", help="candidates from exact log-densities also for full"
     )
     args = parser.parse_args()
-    if args.exact:
-        candidates.EXACT_FEATURES = 10**9
+    exact = {"exact_features": 10**9} if args.exact else {}
     sparse_path = "sparse" if args.no_fallback else "auto"
     with open("/proc/loadavg") as f:
         print(f"load {f.read().split()[:3]}, one BLAS thread, block of {args.n} rows")
@@ -132,7 +131,8 @@ def main() -> None:
                     fitted = fitted_params(X[: args.fit_rows], means, ct, iters)
                     by_path = {
                         dense: dataclasses.replace(
-                            fitted, estep=mixture.EStepOptions("dense" if dense else sparse_path)
+                            fitted,
+                            estep=mixture.EStepOptions("dense" if dense else sparse_path, **exact),
                         )
                         for dense in (False, True)
                     }

@@ -4,6 +4,7 @@ scikit-learn's k-means++, dask = numpy, responsibilities, errors, export."""
 from __future__ import annotations
 
 import itertools
+from types import SimpleNamespace
 
 import dask.array as da
 import numpy as np
@@ -247,14 +248,14 @@ def test_hartigan_polish_moves_rows_on_random_sets():
     assert moved > 0
 
 
-def test_hartigan_polish_rejects_a_move_that_raises_inertia(monkeypatch):
+def test_hartigan_polish_rejects_a_move_that_raises_inertia():
     X = blobs(n=400, d=2, K=6, seed=0, spread=1.5)
     start = X[np.random.default_rng(0).choice(400, 6, replace=False)]
     km = KMeans(6, init=start, n_init=1, tol=0.0).fit(X)
     # A broken move rule: every candidate batch lands the centres far off.
-    monkeypatch.setattr(moves, "moved_centers", lambda N, S, M, dN, dS: M + 3.0)
-    monkeypatch.setattr(moves, "hartigan_moves", lambda *a: (1, -1.0))
-    polished, passes, _, rounds = hartigan_polish(X, X, None, km, 20, 300, None)
+    broken = SimpleNamespace(moved_centers=lambda N, S, M, dN, dS: M + 3.0,
+                             hartigan_moves=lambda *a: (1, -1.0))  # fmt: skip
+    polished, passes, _, rounds = hartigan_polish(X, X, None, km, 20, 300, None, moves=broken)
     assert rounds[0]["accepted"] is False and len(rounds) == 1
     np.testing.assert_array_equal(polished.cluster_centers_, km.cluster_centers_)
     assert polished.inertia_ == km.inertia_

@@ -1,24 +1,17 @@
 """The E-step options as a value (``GaussianMixture(estep=...)``): they travel
-with the parameters to distributed workers, and the sparse and dense E-steps
-give the same fits to rounding, bit for bit the same on threads and on a
-LocalCluster, for every covariance type."""
+with the parameters (pickled, as a worker receives them) and force the path
+in the kernel. The fits on threads and on a LocalCluster, for every
+covariance type and path: tests/test_estep_identity.py."""
 
 from __future__ import annotations
 
 import pickle
-import warnings
 
-import dask
-import dask.array as da
 import numpy as np
 import pytest
-from sklearn.exceptions import ConvergenceWarning
 
 from dask_emk import AnnealedGaussianMixture, GaussianMixture, GaussianMixtureIC
 from dask_emk.core import estep, mixture, sparse
-from dask_emk.core.covariance import COVARIANCE_TYPES
-
-FIELDS = ("weights", "means", "covariances", "precisions_cholesky")
 
 
 def separated(n=12_000, d=12, k=8, seed=2):
@@ -30,21 +23,6 @@ def separated(n=12_000, d=12, k=8, seed=2):
     X = centers[labels] + rng.normal(size=(n, d)) * rng.uniform(0.5, 1.5, d)
     means = np.stack([X[np.flatnonzero(labels == j)[0]] for j in range(k)])
     return X, means
-
-
-def fit(X, means, ct, path):
-    gm = GaussianMixture(means.shape[0], covariance_type=ct, max_iter=20, tol=0.0,
-                         means_init=means, estep=path)  # fmt: skip
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        gm.fit(da.from_array(X, chunks=(3000, -1)))
-    assert gm.n_iter_ == 20
-    return gm._state64
-
-
-def relative_gap(a, b) -> float:
-    a, b = np.asarray(a), np.asarray(b)
-    return float(np.max(np.abs(a - b)) / np.max(np.abs(b)))
 
 
 def test_options_travel_with_the_parameters():
@@ -83,44 +61,11 @@ def test_a_wrong_estep_is_named_before_any_work(make):
         make("fast").fit(np.zeros((10, 2)))
 
 
-@pytest.fixture(scope="module")
-def cluster():
-    from distributed import LocalCluster
-
-    with LocalCluster(
-        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
-    ) as lc:
-        yield lc
-
-
-@pytest.mark.slow
-def test_estep_reaches_the_workers_and_fits_agree(cluster):
-    """For every covariance type, 20 EM iterations with estep='sparse' and
-    'dense' on the threaded scheduler and on a LocalCluster of two worker
-    processes. On each scheduler the sparse fit equals the dense one to 1e-12
-    relative but not to the bit, so each cluster fit shows which path its
-    workers took: were the option lost on the way (a module global set on the
-    client), the workers would run the same default E-step for both cluster
-    fits and they would be equal. Threads and cluster agree to 1e-12 (not to
-    the bit here: full covariance differs in the last bit, dense included)."""
-    from distributed import Client
-
-    X, means = separated()
-    fits = {}
-    with dask.config.set(scheduler="threads"):
-        for ct in COVARIANCE_TYPES:
-            for path in ("sparse", "dense"):
-                fits["threads", ct, path] = fit(X, means, ct, path)
-    with Client(cluster):
-        for ct in COVARIANCE_TYPES:
-            for path in ("sparse", "dense"):
-                fits["cluster", ct, path] = fit(X, means, ct, path)
-    for ct in COVARIANCE_TYPES:
-        for where in ("threads", "cluster"):
-            by_pairs, dense = fits[where, ct, "sparse"], fits[where, ct, "dense"]
-            gaps = [relative_gap(getattr(by_pairs, f), getattr(dense, f)) for f in FIELDS]
-            assert 0 < max(gaps) < 1e-12, (where, ct, gaps)
-        for path in ("sparse", "dense"):
-            here, there = fits["threads", ct, path], fits["cluster", ct, path]
-            gaps = [relative_gap(getattr(here, f), getattr(there, f)) for f in FIELDS]
-            assert max(gaps) < 1e-12, (ct, path, gaps)
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("prune_nats", float("nan")), ("screen_slack", -1.0), ("max_directions", 1.5),
+     ("exact_features", -1), ("wide_features", True)],
+)  # fmt: skip
+def test_a_wrong_option_is_named(field, value):
+    with pytest.raises(ValueError, match=f"^{field} must be"):
+        mixture.EStepOptions(**{field: value})

@@ -30,11 +30,10 @@ SCREENED = [("diag", 6), ("spherical", 6), ("shared", 6), ("full", 2)]
 
 
 @pytest.fixture
-def always_float32(monkeypatch):
+def always_float32():
     """Every sub-block of the screen in float32, whatever its bound (valid,
     only looser: the margin tests below then test the float32 arithmetic)."""
-    monkeypatch.setattr(candidates, "SCREEN_SLACK", np.inf)
-    return mixture.EStepOptions("sparse", screen_float32="always")
+    return mixture.EStepOptions("sparse", screen_float32="always", screen_slack=np.inf)
 
 
 def offset_params(ct, d, rng, offset=1e4):
@@ -99,13 +98,13 @@ def test_float32_screen_skips_no_pair_within_the_margin(ct, d, always_float32):
 
 
 @pytest.mark.parametrize(("ct", "seed"), [("diag", 7), ("full", 7)])
-def test_float32_margin_check_catches_a_cut_margin(ct, seed, always_float32, monkeypatch):
+def test_float32_margin_check_catches_a_cut_margin(ct, seed, always_float32):
     """The check above has teeth for the float32 screen too."""
     rng = np.random.default_rng(seed)
     params = adversarial_params(ct, rng, d=6 if ct == "diag" else 2)
-    params = dataclasses.replace(params, estep=always_float32)
+    cut = dataclasses.replace(always_float32, prune_nats=20.0)
+    params = dataclasses.replace(params, estep=cut)
     Y = adversarial_rows(params, rng)
-    monkeypatch.setattr(candidates, "PRUNE_NATS", 20.0)
     assert margin_violations(params, Y, exact=True)[0] > 0
 
 

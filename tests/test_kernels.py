@@ -105,17 +105,15 @@ def sample_block(rng, n, d, params, dense_cov, weights):
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("sub_block_bytes", [None, 64])  # 64: dense sub-blocks of 64 rows
 @pytest.mark.parametrize("row_major_gemm", [False, True])
-def test_estep_stats_matches_reference(
-    ct, weighted, dtype, sub_block_bytes, row_major_gemm, monkeypatch
-):
-    # Both orientations of the E-step GEMM (chosen by the number of features).
-    monkeypatch.setattr(mixture, "WIDE_FEATURES", 0 if row_major_gemm else 10**9)
+def test_estep_stats_matches_reference(ct, weighted, dtype, sub_block_bytes, row_major_gemm):
     rng = np.random.default_rng(hash((ct, weighted, str(dtype))) % 2**32)
     K, d, n = 3, 4, 400
     params, dense, weights = make_params(ct, K, d, rng)
+    # Both orientations of the E-step GEMM (chosen by the number of features).
+    options = dataclasses.replace(params.estep, wide_features=0 if row_major_gemm else 10**9)
     if sub_block_bytes:
-        options = mixture.EStepOptions("dense", sub_block_bytes=sub_block_bytes)
-        params = dataclasses.replace(params, estep=options)
+        options = dataclasses.replace(options, path="dense", sub_block_bytes=sub_block_bytes)
+    params = dataclasses.replace(params, estep=options)
     X = sample_block(rng, n, d, params, dense, weights).astype(dtype)
     w = rng.uniform(0, 3, size=n) if weighted else None
     got = estep.estep_stats(X, w, params)

@@ -158,7 +158,7 @@ def test_sparse_fit_equals_dense_fit_with_sample_weights(ct, pair_count):
 
 
 @pytest.mark.parametrize("ct", TYPES)
-def test_per_row_outputs_sparse_equal_dense(ct, monkeypatch, pair_count):
+def test_per_row_outputs_sparse_equal_dense(ct, pair_count):
     X, labels, var = grid(np.random.default_rng(5), n=3000)
     gm, _ = fit_both(ct, X, labels, var, iters=10)
     Xd = da.from_array(X, chunks=(1000, -1))
@@ -171,22 +171,24 @@ def test_per_row_outputs_sparse_equal_dense(ct, monkeypatch, pair_count):
     assert np.mean(by_pairs[2] == dense[2]) > 0.999  # labels may differ only on rounding ties
 
 
-def test_default_tuning_takes_the_sparse_path_on_separated_data(monkeypatch):
-    rng = np.random.default_rng(0)
-    X, labels, var = benchmark_like(rng)
-    seen = []
-    real = sparse.sparse_plan
-    monkeypatch.setattr(sparse, "sparse_plan", lambda *a: seen.append(real(*a)) or seen[-1])
+def test_default_tuning_takes_the_sparse_path_on_separated_data():
+    """With estep='auto', a pass at the fitted parameters goes sparse on
+    separated data and dense on overlapping data (the probe's per-pass
+    record, :func:`sparse.sparse_state`, counts the sub-blocks' verdicts)."""
 
-    def fit(X, labels, var):
+    def verdicts(X, labels, var):
         init = start("full", X, labels, var, np.random.default_rng(1))
-        GaussianMixture(len(init["weights_init"]), max_iter=20, tol=0.0, **init).fit(X)
+        gm = GaussianMixture(len(init["weights_init"]), max_iter=20, tol=0.0, **init).fit(X)
+        params = gm._kernel_params(gm._state64)
+        estep.estep_stats(X, None, params)
+        state = sparse.sparse_state(params)
+        return state.sparse, state.dense
 
-    fit(X, labels, var)
-    assert seen and all(plan is not None for plan in seen[-3:])  # sparse once separated
-    seen.clear()
-    fit(*overlapping(rng))  # four candidates per row: dense pays
-    assert seen and all(plan is None for plan in seen)
+    rng = np.random.default_rng(0)
+    went_sparse, went_dense = verdicts(*benchmark_like(rng))
+    assert went_sparse > 0 and went_dense == 0  # sparse once separated
+    went_sparse, went_dense = verdicts(*overlapping(rng))  # four candidates per row: dense pays
+    assert went_sparse == 0 and went_dense > 0
 
 
 def test_parameters_that_keep_going_dense_probe_less(monkeypatch):
@@ -208,20 +210,20 @@ def test_parameters_that_keep_going_dense_probe_less(monkeypatch):
     assert all(np.array_equal(stats[name], dense[name]) for name in dense)
 
 
-def test_a_cut_margin_changes_the_fit(monkeypatch):
+def test_a_cut_margin_changes_the_fit():
     """With the margin cut to e^-5 the fits differ: the equality tests have teeth."""
     X, labels, var = grid(np.random.default_rng(0))
-    monkeypatch.setattr(candidates, "PRUNE_NATS", 4.0 - math.log(100))  # margin = 5 nats
-    gaps = fit_gaps(*fit_both("full", X, labels, var, estep="auto"))
+    cut = mixture.EStepOptions(prune_nats=4.0 - math.log(100))  # margin = 5 nats
+    gaps = fit_gaps(*fit_both("full", X, labels, var, estep=cut))
     assert max(gaps.values()) > 1e-9, gaps
 
 
-def test_full_from_exact_log_densities_equals_dense(monkeypatch, pair_count):
+def test_full_from_exact_log_densities_equals_dense(pair_count):
     """Full covariance with d > 3 finds its candidates from the exact
     log-densities when its bounds leave too many (early iterations)."""
-    monkeypatch.setattr(candidates, "EXACT_FEATURES", 10**9)
+    exact = mixture.EStepOptions("sparse", exact_features=10**9)
     X, labels, var = benchmark_like(np.random.default_rng(4))
-    gaps = fit_gaps(*fit_both("full", X, labels, var))
+    gaps = fit_gaps(*fit_both("full", X, labels, var, estep=exact))
     assert max(gaps.values()) < 1e-12, gaps
     assert 0 < pair_count["pairs"] < 0.5 * 8 * pair_count["rows"]
 
@@ -256,12 +258,12 @@ def adversarial_rows(params, rng, n=3000):
     return near - params.origin
 
 
-NATS = candidates.PRUNE_NATS
+NATS = mixture.DEFAULT_ESTEP.prune_nats
 
 
 def margin_violations(params, Y, exact: bool) -> tuple[int, int]:
-    """(skipped pairs whose dense log-density is within PRUNE_NATS + ln K of
-    their row's best, skipped pairs)."""
+    """(skipped pairs whose dense log-density is within the default
+    prune_nats (37) + ln K of their row's best, skipped pairs)."""
     K = params.means.shape[0]
     found = candidates.candidate_pairs(Y, params, exact=exact)
     kept = np.zeros((K, Y.shape[0]), dtype=bool)
@@ -289,13 +291,13 @@ def test_no_skipped_pair_within_the_margin(ct):
 @pytest.mark.parametrize(
     ("ct", "exact", "seed"), [("full", False, 8), ("full", True, 7), ("diag", True, 7)]
 )
-def test_the_margin_check_catches_a_cut_margin(ct, exact, seed, monkeypatch):
+def test_the_margin_check_catches_a_cut_margin(ct, exact, seed):
     """The check above has teeth: with the margin cut from 37 to 20 nats
     (the check still asks 37) skipped pairs are found within it."""
     rng = np.random.default_rng(seed)
     params = adversarial_params(ct, rng)
     Y = adversarial_rows(params, rng)
-    monkeypatch.setattr(candidates, "PRUNE_NATS", 20.0)
+    params = dataclasses.replace(params, estep=mixture.EStepOptions(prune_nats=20.0))
     assert margin_violations(params, Y, exact)[0] > 0
 
 
@@ -314,7 +316,7 @@ def early_params(max_directions=None):
     return X, gm._kernel_params(gm._state64)
 
 
-def test_bounds_of_components_spread_over_several_clusters(monkeypatch):
+def test_bounds_of_components_spread_over_several_clusters():
     """The bounds corrected along a component's directions of small
     eigenvalue keep close to the pairs really needed (the exact
     log-densities within the margin) and skip none of those; without the
@@ -329,9 +331,7 @@ def test_bounds_of_components_spread_over_several_clusters(monkeypatch):
     found = candidates.candidate_pairs(Y, params, exact=False)
     assert needed <= found.offsets[-1] <= 1.1 * needed, (needed, found.offsets[-1])
     assert margin_violations(params, Y, exact=False)[0] == 0
-    monkeypatch.setattr(candidates, "MAX_DIRECTIONS", 0)
-    plain = mixture.MixtureParams(params.means, params.log_weights, params.precisions_cholesky,
-                                  "full", params.origin)  # fmt: skip
+    plain = dataclasses.replace(params, estep=mixture.EStepOptions(max_directions=0))
     assert candidates.candidate_pairs(Y, plain, exact=False).offsets[-1] > 1.5 * needed
 
 

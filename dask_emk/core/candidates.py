@@ -25,30 +25,24 @@ from dask_emk.core import candidate_loops, pair_loops
 from dask_emk.core.blocks import Scratch
 from dask_emk.core.covariance import COVARIANCE_TYPES
 from dask_emk.core.mixture import (
+    EStepOptions,
     MixtureParams,
     mixture_sub_blocks,
     n_quadratic,
     weighted_log_prob,
 )
 
-#: A skipped component is below e^-PRUNE_NATS / K of its row's best, so all
-#: skipped ones together stay below e^-37 ≈ 0.4 ε of the row's total.
-PRUNE_NATS = 37.0
 
-#: Candidates come from the dense log-densities of all pairs where the
-#: features Φ number at most this many times d (:func:`exact_candidates`).
-EXACT_FEATURES = 3
-
-
-def exact_candidates(covariance_type: str, d: int) -> bool:
+def exact_candidates(covariance_type: str, d: int, estep: EStepOptions) -> bool:
     """Whether candidates come from the exact log-densities of all pairs: where
     the dense E-step's GEMM of features Φ ((q + d) columns) costs at most
-    EXACT_FEATURES times a distance GEMM (d columns): every type but full
-    covariance with d > 3. Elsewhere the bounds of :class:`BoundMetric`.
+    ``estep.exact_features`` times a distance GEMM (d columns): at the
+    default 3, every type but full covariance with d > 3. Elsewhere the
+    bounds of :class:`BoundMetric`.
 
     Measured both ways for diag: benchmarks/RESULTS.md, session 7.
     """
-    return n_quadratic(d, covariance_type) + d <= EXACT_FEATURES * d
+    return n_quadratic(d, covariance_type) + d <= estep.exact_features * d
 
 
 @dataclass(frozen=True)
@@ -65,8 +59,8 @@ class BoundMetric:
     A component spread along a few directions (one that covers several
     clusters, in early iterations) has a tiny λ_min(A_k), which makes its
     lower bound useless on every row. For such a component the r ≤
-    MAX_DIRECTIONS eigenvectors v_i of its eigenvalues below a quarter of the
-    median are also kept, with a_i = λ_(r+1) − λ_i ≥ 0: if
+    ``max_directions`` (:class:`EStepOptions`) eigenvectors v_i of its
+    eigenvalues below a quarter of the median are also kept, with a_i = λ_(r+1) − λ_i ≥ 0: if
     C_k = A_k + Σ a_i v_i v_iᵀ ⪰ low2_k I then
     xᵀ A_k x ≥ low2_k ‖x‖² − Σ a_i (v_iᵀ x)² (:func:`candidate_loops.pair_bounds`),
     for any vectors v_i, so only the eigenvalues of C_k need to be proven.
@@ -125,7 +119,8 @@ class BoundMetric:
         low, high = np.maximum(eig[:, 0] - slack, 0.0), eig[:, -1] + slack
         eta = (d + 2) * eps * float(np.linalg.norm(w))
         means = M * w
-        picked = [_soft_directions(A[k], eig[k], vectors[k]) for k in range(M.shape[0])]
+        most = params.estep.max_directions
+        picked = [_soft_directions(A[k], eig[k], vectors[k], most) for k in range(M.shape[0])]
         V = np.concatenate([v for v, _, _ in picked], axis=1)
         owner = np.repeat(np.arange(M.shape[0]), [v.shape[1] for v, _, _ in picked])
         starts = np.concatenate([[0], np.cumsum([v.shape[1] for v, _, _ in picked])])
@@ -139,16 +134,12 @@ class BoundMetric:
         )  # fmt: skip
 
 
-#: Most directions of small eigenvalue a component's bound corrects for (:class:`BoundMetric`).
-MAX_DIRECTIONS = 3
-
-
-def _soft_directions(A: np.ndarray, eig: np.ndarray, vectors: np.ndarray):
+def _soft_directions(A: np.ndarray, eig: np.ndarray, vectors: np.ndarray, most: int):
     """(V (d, r), a (r,), low2) of one component for :class:`BoundMetric`:
     its eigenvectors of eigenvalues below a quarter of the median (at most
-    MAX_DIRECTIONS), a_i = λ_(r+1) − λ_i, and the proven λ_min of C."""
+    ``most``), a_i = λ_(r+1) − λ_i, and the proven λ_min of C."""
     d = A.shape[0]
-    r = min(int(np.sum(eig < eig[d // 2] / 4)), MAX_DIRECTIONS, d - 1)
+    r = min(int(np.sum(eig < eig[d // 2] / 4)), most, d - 1)
     if r == 0:
         return np.zeros((d, 0)), np.zeros(0), 0.0
     V, a = vectors[:, :r], eig[r] - eig[:r]
@@ -201,9 +192,10 @@ def candidate_pairs(
     Rows are X − ``origin`` (None: X holds shifted rows).
 
     A pair is skipped when an upper bound on its log-density is more than
-    PRUNE_NATS + ln K + 1 nats below a lower bound on its row's best: its
-    responsibility is then below e^-PRUNE_NATS / K of the row's largest, and
-    all skipped ones together below e^-PRUNE_NATS ≈ 0.4 ε of the row's total.
+    P + ln K + 1 nats below a lower bound on its row's best, P the options'
+    ``prune_nats`` (:class:`EStepOptions`, 37): its responsibility is then
+    below e^-P / K of the row's largest, and all skipped ones together below
+    e^-P ≈ 0.4 ε of the row's total.
     The last nat covers the rounding of the bounds' own few operations (with
     a relative allowance for huge values, :func:`candidate_loops.select_pairs`).
     Bounds: :func:`_screened_bounds` where :func:`screened`, else
@@ -212,15 +204,15 @@ def candidate_pairs(
     """
     K, d = params.means.shape
     scratch = Scratch() if scratch is None else scratch
-    margin = PRUNE_NATS + math.log(K) + 1.0
+    margin = params.estep.prune_nats + math.log(K) + 1.0
     # NaN/inf rows turn into NaN bounds by design: they send the sub-block to
     # the dense path, which counts and drops them.
     with np.errstate(invalid="ignore", over="ignore"):
         nm = np.sqrt(np.einsum("ij,ij->i", params.shifted_means, params.shifted_means))
-        if screened(params.covariance_type, d):
+        if screened(params.covariance_type, d, params.estep):
             origin = np.zeros(d) if origin is None else origin
             return _screened_bounds(X, origin, params, nm, margin, scratch)
-        if exact or exact_candidates(params.covariance_type, d):
+        if exact or exact_candidates(params.covariance_type, d, params.estep):
             Y = X if origin is None else np.subtract(X, origin, dtype=np.float64)
             ny = np.sqrt(np.einsum("ij,ij->i", Y, Y))
             return _exact_bounds(Y, params, ny, nm, margin, scratch)
@@ -286,18 +278,13 @@ SCREEN_FLOAT32_WORK = 2048
 #: log-densities stay in cache between the GEMM and the selection).
 SCREEN_ROWS = 2048
 
-#: Largest error, in nats, a float32 sub-block's log-densities may carry
-#: (:func:`_float32_scale`); above it the sub-block is screened in float64.
-#: Each nat widens the candidates' window by two.
-SCREEN_SLACK = 0.5
 
-
-def screened(covariance_type: str, d: int) -> bool:
+def screened(covariance_type: str, d: int, estep: EStepOptions) -> bool:
     """Whether :func:`_screened_bounds` finds the candidates: every
     :func:`exact_candidates` type but the whitened one (tied, whose
     log-densities are distances of whitened rows)."""
     whitened = COVARIANCE_TYPES[covariance_type].whitened
-    return exact_candidates(covariance_type, d) and not whitened
+    return exact_candidates(covariance_type, d, estep) and not whitened
 
 
 def _screened_bounds(
@@ -306,7 +293,8 @@ def _screened_bounds(
     """Candidates from the log-densities ℓ̂ = Φ(y) · A + b of all pairs, y = X
     − origin, computed and selected in sub-blocks of SCREEN_ROWS rows
     (:func:`candidate_loops.screen_pairs`): in float32 where the sub-block's error
-    bound (:func:`_float32_scale`) is at most SCREEN_SLACK nats, else in
+    bound (:func:`_float32_scale`) is at most ``screen_slack`` nats
+    (:class:`EStepOptions`), else in
     float64 with the bound of :func:`_exact_bounds`. Each pair is kept as
     :func:`candidate_loops.select_exact` keeps it, so a skipped pair's exact
     log-density is below its row's best minus ``margin`` in both cases.
@@ -326,7 +314,7 @@ def _screened_bounds(
     wide = choice == "always" or (choice == "auto" and A.size >= SCREEN_FLOAT32_WORK)
     A32, scale32 = _float32_scale(params) if wide else (np.zeros((0, K), np.float32), np.zeros(3))
     eps = np.finfo(np.float64).eps
-    bounds = (scale32, _float64_scale(params, nm), 4 * eps, SCREEN_SLACK)
+    bounds = (scale32, _float64_scale(params, nm), 4 * eps, float(params.estep.screen_slack))
     buffers = (
         _float32_buffer(scratch, "phi32", m * A.shape[0]), scratch.get("phi64", (m * A.shape[0],)),
         _float32_buffer(scratch, "G32", m * K), scratch.get("G64", (m * K,)),

@@ -186,7 +186,7 @@ def weighted_log_prob(
     phi = quadratic_features(Y, params.covariance_type, scratch)
     A, b = params.log_prob_coefficients
     weighted = buffer(scratch, "weighted", (A.shape[1], Y.shape[0])) if out is None else out
-    if A.shape[0] >= WIDE_FEATURES:
+    if A.shape[0] >= params.estep.wide_features:
         # (n, K) is BLAS's fast output orientation for many features (~25% on
         # the full GEMM); one transposed copy then gives the component-major
         # layout. With few features the copy costs more than it saves.
@@ -316,10 +316,6 @@ def central_moments(raw: dict, M: np.ndarray, covariance_type: str) -> dict:
         Q = A[:, 0] - 2.0 * (M * SY).sum(axis=1) + N * (M * M).sum(axis=1)
     np.maximum(Q, 0.0, out=Q)
     return {"N": N, "S": S, "Q": Q}
-
-
-#: Feature count (q + d) from which the E-step GEMM is written row-major.
-WIDE_FEATURES = 64
 
 
 def mixture_sub_blocks(

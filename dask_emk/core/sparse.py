@@ -42,7 +42,7 @@ from dask_emk.core.mixture import MixtureParams, n_quadratic
 #: pair loops beat only for few pairs, or for many with full covariance and
 #: d > 3 (its moments GEMM is half the dense work); tied's dense moments are
 #: one GEMM for all components.
-#: "small full": full covariance with EXACT_FEATURES < d <= SMALL_MATRIX (bounds
+#: "small full": full covariance with exact_features < d <= SMALL_MATRIX (bounds
 #: only, :func:`_probed_plan`): the dense E-step is cheap there, ~11 ns a row and
 #: component (d = 8, K = 16: 11 ms a 65,536-row block), and with 3-4 candidates
 #: a row the sparse one took 20 ms (the pair loops ~26 ns a pair).
@@ -197,7 +197,7 @@ def _probed_plan(X: np.ndarray, params: MixtureParams, scratch: Scratch) -> Spar
     """:func:`sparse_plan` after its shortcuts: the probe, then the sub-block."""
     (n, d), K = X.shape, params.means.shape[0]
     ct = params.covariance_type
-    if exact_candidates(ct, d):
+    if exact_candidates(ct, d, params.estep):
         modes = ["exact tied" if COVARIANCE_TYPES[ct].whitened else "exact"]
     elif d <= SMALL_MATRIX:
         # Up to d = 8 the exact log-densities of all pairs are most of the
@@ -219,7 +219,8 @@ def _probed_plan(X: np.ndarray, params: MixtureParams, scratch: Scratch) -> Spar
     exact = mode != "bounds"
     # The bounds and the screens read X itself; tied's exact log-densities
     # (and "exact full"'s) need the shifted rows.
-    Y = shift_block(X, params.origin, scratch) if exact and not screened(ct, d) else None
+    shifted = exact and not screened(ct, d, params.estep)
+    Y = shift_block(X, params.origin, scratch) if shifted else None
     found = candidate_pairs(X, params, scratch, exact, params.origin) if Y is None else (
         candidate_pairs(Y, params, scratch, exact))  # fmt: skip
     # Near the break-even going dense now would waste the candidates' work:
@@ -235,7 +236,7 @@ def _probed_plan(X: np.ndarray, params: MixtureParams, scratch: Scratch) -> Spar
 def _most_candidates(mode: str, K: int, d: int, path: str) -> float:
     """The most candidates a row may have on average for ``mode`` to go sparse
     (DENSE_FRACTION; "bounds" and "exact full" are the modes of full
-    covariance with d > EXACT_FEATURES, where up to SMALL_MATRIX "bounds"
+    covariance with d > ``exact_features``, where up to SMALL_MATRIX "bounds"
     is tuned as "small full", the only mode there); K with ``path='sparse'``."""
     if path == "sparse":
         return float(K)

@@ -50,7 +50,7 @@ def _stop_unless_lower(model, info, bound: float) -> None:
 
 def hartigan_polish(
     X, array, weight, km: KMeans, max_passes: int, max_iter: int, split_every,
-    nan_policy=NanPolicy.RAISE,
+    nan_policy=NanPolicy.RAISE, moves=rules,
 ):  # fmt: skip
     """Lloyd + batch Hartigan passes from a Lloyd fixed point, on the full data.
 
@@ -94,6 +94,9 @@ def hartigan_polish(
     split_every : int or None
     nan_policy : NanPolicy
         'omit' leaves out rows holding NaN (the polish never runs with gaps).
+    moves : the moves' arithmetic, ``hartigan_moves`` and ``moved_centers``
+        (default :mod:`dask_emk.core.hartigan`); the tests give a broken one
+        to see a move that raises the inertia rejected.
 
     Returns
     -------
@@ -126,9 +129,9 @@ def hartigan_polish(
                 rounds.append(None)  # counted as a pass, recorded in the move's round
                 break
         M = centers - origin
-        p, change = rules.hartigan_moves(st["N"], st["S"], M, st["dN"], st["dS"], st["moved"])
+        p, change = moves.hartigan_moves(st["N"], st["S"], M, st["dN"], st["dS"], st["moved"])
         dN, dS = st["dN"][:p].sum(axis=0), st["dS"][:p].sum(axis=0)
-        new = origin + rules.moved_centers(st["N"], st["S"], M, dN, dS)
+        new = origin + moves.moved_centers(st["N"], st["S"], M, dN, dS)
         rounds.append(dict(inertia=float(st["inertia"]), candidates=int(st["moved"].sum()),
                            moved=int(st["moved"][:p].sum()),
                            predicted=float(st["gain"][:p].sum()), change=change))  # fmt: skip
