@@ -11,8 +11,9 @@ How the tasks are counted: on Dask's local schedulers (sync, threads,
 processes) by a callback passed to that compute (dask.diagnostics' format); on a
 distributed cluster by polling the scheduler's task stream
 (:meth:`distributed.Client.get_task_stream`) from a thread while the compute
-runs, only once the pass has lasted ``interval`` seconds (a short pass costs
-nothing). The same records show which worker is slow (:func:`slow_workers`).
+runs: one call as the pass starts (it makes the scheduler record tasks), then
+one every :data:`POLL_SECONDS`, so a short pass costs one call on the side.
+The same records show which worker is slow (:func:`slow_workers`).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from contextvars import ContextVar
 from typing import Any, Protocol
 
 import dask
+from dask.utils import key_split
 
 #: Seconds between two looks at a distributed scheduler's task stream.
 POLL_SECONDS = 0.5
@@ -122,6 +124,7 @@ def _polling(client, result, progress: PassProgress) -> Iterator[None]:
     records: list = []
 
     def poll():
+        client.get_task_stream(start=began)  # the scheduler records from now on, if not yet
         while not stop.wait(POLL_SECONDS):
             records[:] = _records(client, began, keys)
             progress.tasks_done(len(records), len(keys))
@@ -159,23 +162,32 @@ def _records(client, since: float, keys: set) -> list[dict]:
 
 
 def slow_workers(records: list[dict]) -> list[tuple[str, str]]:
-    """(address, what was seen) of each worker whose median task time is over
-    :data:`SLOW_RATIO` times the median of all tasks and :data:`SLOW_FLOOR_SECONDS`.
+    """(address, what was seen) of each worker whose median time on one kind of task
+    (its key's name: reads, kernels, sums) is over :data:`SLOW_RATIO` times that
+    kind's median over all workers, and over :data:`SLOW_FLOOR_SECONDS`.
 
-    ``records``: task stream records (``worker``, ``startstops`` with the
-    ``compute`` action's ``start`` and ``stop``) of one pass.
+    ``records``: task stream records (``key``, ``worker``, ``startstops`` with
+    the ``compute`` action's ``start`` and ``stop``) of one pass.
     """
-    times: dict[str, list[float]] = {}
+    kinds: dict[str, dict[str, list[float]]] = {}
     for record in records:
         took = sum(s["stop"] - s["start"] for s in record["startstops"] if s["action"] == "compute")
-        times.setdefault(record["worker"], []).append(took)
-    if len(times) < 2:
-        return []
-    overall = statistics.median(t for ts in times.values() for t in ts)
-    slow = []
-    for address, ts in sorted(times.items()):
-        mine = statistics.median(ts)
-        if mine > max(SLOW_RATIO * overall, SLOW_FLOOR_SECONDS):
-            slow.append((address, f"its {len(ts)} tasks took {mine:.2f} s each (median) "
-                                  f"against {overall:.2f} s over all workers"))  # fmt: skip
-    return slow
+        kind = kinds.setdefault(_kind(record["key"]), {})
+        kind.setdefault(record["worker"], []).append(took)
+    slow = {}
+    for name, times in kinds.items():
+        if len(times) < 2:
+            continue
+        overall = statistics.median(t for ts in times.values() for t in ts)
+        for address, ts in times.items():
+            mine = statistics.median(ts)
+            if mine > max(SLOW_RATIO * overall, SLOW_FLOOR_SECONDS) and address not in slow:
+                slow[address] = (f"its {len(ts)} {name} tasks took {mine:.2f} s each (median) "
+                                 f"against {overall:.2f} s over all workers")  # fmt: skip
+    return sorted(slow.items())
+
+
+def _kind(key: Any) -> str:
+    """What a task does, in a word: a pass's blocks ("block-stats-…") are "block" tasks."""
+    name = key_split(_key(key))
+    return "block" if name.startswith("block-stats") else name
