@@ -18,6 +18,7 @@ The same records show which worker is slow (:func:`slow_workers`).
 
 from __future__ import annotations
 
+import contextlib
 import statistics
 import sys
 import threading
@@ -124,10 +125,13 @@ def _polling(client, result, progress: PassProgress) -> Iterator[None]:
     records: list = []
 
     def poll():
-        client.get_task_stream(start=began)  # the scheduler records from now on, if not yet
-        while not stop.wait(POLL_SECONDS):
-            records[:] = _records(client, began, keys)
-            progress.tasks_done(len(records), len(keys))
+        # A display must not fail the fit: a scheduler that stops answering
+        # (a killed cluster) ends the polling; the compute reports the failure.
+        with contextlib.suppress(Exception):
+            client.get_task_stream(start=began)  # the scheduler records from now on, if not yet
+            while not stop.wait(POLL_SECONDS):
+                records[:] = _records(client, began, keys)
+                progress.tasks_done(len(records), len(keys))
 
     thread = threading.Thread(target=poll, name="dask-emk-pass-progress", daemon=True)
     thread.start()
@@ -135,15 +139,17 @@ def _polling(client, result, progress: PassProgress) -> Iterator[None]:
         yield
     finally:
         stop.set()
-        thread.join()
-    if records:  # the pass lasted a poll: look at its workers
-        for address, seen in slow_workers(_records(client, began, keys)):
+        thread.join(timeout=2 * POLL_SECONDS)  # a call in flight to a dead scheduler is left
+    if records:  # the pass succeeded and lasted a poll: look at its workers
+        with contextlib.suppress(Exception):
+            records[:] = _records(client, began, keys)
+        for address, seen in slow_workers(records):
             progress.slow_worker(address, seen)
 
 
 def _graph_keys(result: Any) -> set:
     parts = result if isinstance(result, tuple) else (result,)
-    keys = set()
+    keys: set = set()
     for part in parts:
         if dask.is_dask_collection(part):
             keys.update(_key(k) for k in part.__dask_graph__().keys())

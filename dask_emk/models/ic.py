@@ -195,7 +195,8 @@ class GaussianMixtureIC(DensityMixin, ChunkedEstimator):
                       for ct in types for k in ks]  # fmt: skip
         rng = check_random_state(self.random_state)
         batch = self._batch(data, weight)
-        fits, owner, finished = [], [], {}
+        fits, owner = [], []
+        finished: dict[int, float] = {}  # when each candidate's last run ended
         start = time.perf_counter()
         for i, model in enumerate(candidates):
             check_features(model, data, reset=True, announce=False)  # this fit announced it

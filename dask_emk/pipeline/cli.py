@@ -166,13 +166,14 @@ class _PassBar:
     def __init__(self, quiet: bool, delay: float = 2.0, every: float = 10.0):
         self.quiet, self.delay, self.every = quiet, delay, every
         self.tty = sys.stderr.isatty()
-        self.n_pass, self.began, self.pass_began, self.drawn = 0, None, 0.0, None
-        self.shown, self.warned, self.lock = False, set(), threading.Lock()
+        self.n_pass, self.began, self.pass_began = 0, 0.0, 0.0
+        self.drawn: float | None = None
+        self.shown, self.warned, self.lock = False, set[str](), threading.Lock()
 
     def pass_started(self) -> None:
         now = time.perf_counter()
         with self.lock:
-            self.began = now if self.began is None else self.began
+            self.began = self.began if self.n_pass else now
             self.n_pass, self.pass_began, self.drawn = self.n_pass + 1, now, None
 
     def tasks_done(self, done: int, total: int) -> None:
