@@ -117,3 +117,195 @@ def test_no_dashboard_link_without_bokeh():
     line = dashboard("http://127.0.0.1:8787/status")
     assert "http" not in line and "bokeh" in line
     assert dashboard("http://x:8787/status", remote=True) == "dashboard http://x:8787/status"
+
+
+# ---------------------------------------------------------------- issue 26, item 3 (the rest)
+def steps_lines(caplog, prefix: str) -> list[str]:
+    return [r.getMessage() for r in caplog.records
+            if r.name == STEPS_LOGGER and r.getMessage().startswith(prefix)]  # fmt: skip
+
+
+def candidates_requested(X, K: int, seed: int) -> list[int]:
+    """The k-means|| candidates each pass of the seeding was asked to use, read from
+    its requests (driven here pass by pass): the first row's draw, the rounds, then
+    the weighting pass."""
+    from dask_emk.engine.batch import batch_pass
+    from dask_emk.models.seeding import kmeans_parallel_steps
+
+    steps = kmeans_parallel_steps(X, K, np.random.RandomState(seed))
+    counts, request = [], next(steps)
+    while True:
+        counts.append(request.args[0].shape[0])  # the candidates (seed and assign passes)
+        try:
+            request = steps.send(batch_pass(X, None, [request])[0])
+        except StopIteration:
+            return counts
+
+
+def test_kmeans_parallel_logs_each_round_with_its_candidates(caplog):
+    import dask.array as da
+
+    from dask_emk import KMeans
+
+    X = da.from_array(three_blobs(2_000), chunks=500)
+    with caplog.at_level(logging.INFO, logger="dask_emk"):
+        model = KMeans(3, init="k-means||", n_init=1, random_state=0).fit(X)
+    rounds = steps_lines(caplog, "seeding k-means|| round")
+    (summary,) = steps_lines(caplog, "seeding k-means||:")
+    # What each round's line says it drew equals what the seeding's next pass used.
+    # 0 (the draw of the first row), 1 (it), then the candidates after each round.
+    requested = candidates_requested(X, 3, 0)
+    assert len(rounds) == len(requested) - 2 == 5 and requested[:2] == [0, 1]
+    for i, line in enumerate(rounds):
+        got = re.fullmatch(r"seeding k-means\|\| round (\d)/5: (\d+) candidates? drawn "
+                           r"\((\d+) in all\), \d+\.\d\d s", line)  # fmt: skip
+        assert got, line
+        assert int(got[1]) == i + 1 and int(got[3]) == requested[i + 2]
+        assert int(got[2]) == requested[i + 2] - requested[i + 1]
+    assert summary.startswith(f"seeding k-means||: {requested[-1]} candidates weighted")
+    assert f"reduced to {model.cluster_centers_.shape[0]} centres, 7 passes over" in summary
+
+
+def test_kmeans_plusplus_and_random_seedings_say_what_they_drew(caplog):
+    from dask_emk import GaussianMixture, KMeans
+
+    X = three_blobs(2_000)
+    with caplog.at_level(logging.INFO, logger="dask_emk"):
+        KMeans(3, init="k-means++", n_init=1, random_state=0).fit(X)
+        GaussianMixture(3, init_params="random_from_data", random_state=0).fit(X)
+    (plusplus,) = steps_lines(caplog, "seeding k-means++")
+    assert re.fullmatch(r"seeding k-means\+\+: 3 centres, each the best of 3 rows drawn "
+                        r"∝ distance², 4 passes over the data, \d+\.\d\d s", plusplus)  # fmt: skip
+    (drawn,) = steps_lines(caplog, "seeding random rows")
+    assert re.fullmatch(r"seeding random rows: 3 rows drawn, 1 pass over the data, \d+\.\d\d s",
+                        drawn)  # fmt: skip
+
+
+def test_gmm_ic_logs_one_line_per_candidate_with_its_criterion(caplog):
+    from dask_emk import GaussianMixtureIC
+
+    with caplog.at_level(logging.INFO, logger="dask_emk"):
+        ic = GaussianMixtureIC(2, 3, covariance_type=["full", "diag"], random_state=0).fit(
+            three_blobs(1_500)
+        )
+    lines = steps_lines(caplog, "gmm-ic candidate")
+    assert len(lines) == ic.criteria_.size == 4
+    for line in lines:
+        got = re.fullmatch(r"gmm-ic candidate K=(\d) (\w+): BIC (\S+), (\d+) EM iterations, "
+                           r"converged, done after \d+\.\d\d s \(candidates share passes\)",
+                           line)  # fmt: skip
+        assert got, line
+        value = float(ic.criteria_.sel(n_components=int(got[1]), covariance_type=got[2]))
+        assert float(got[3]) == pytest.approx(value, rel=1e-7)
+    best = f"K={ic.n_components_} {ic.covariance_type_}: BIC"
+    (line,) = [line for line in lines if best in line]
+    assert f", {ic.best_estimator_.n_iter_} EM iterations" in line
+    # The candidates' fits do not announce the input again: the search did, once.
+    announced = [r.getMessage() for r in caplog.records if "fitted on" in r.getMessage()]
+    assert announced == ["GaussianMixtureIC fitted on 1500 samples × 2 features"]
+
+
+def test_dpmeans_logs_each_run_of_its_search(caplog):
+    from dask_emk import DPMeans
+
+    with caplog.at_level(logging.INFO, logger="dask_emk"):
+        model = DPMeans(n_clusters=3).fit(three_blobs(1_500))
+    lines = steps_lines(caplog, "dpmeans run at λ")
+    assert len(lines) == len(model.penalty_search_) >= 2
+    for line, run in zip(lines, model.penalty_search_, strict=True):
+        assert line.startswith(f"dpmeans run at λ {run['penalty']:.6g}"), line
+        assert f": {run['n_clusters']} clusters after {run['n_iter']} passes (" in line
+
+
+def test_annealing_in_a_pipeline_announces_its_input_once(tmp_path, caplog):
+    cfg = {
+        "input": {"generate": {"path": str(tmp_path / "d.zarr"), "n": 3000, "d": 2, "k": 3,
+                               "chunk_rows": 1000, "seed": 2}},
+        "anneal": {"sample_size": 1000},
+        "model": {"type": "anneal", "n_components": 3},
+        "scheduler": {"address": "sync"},
+        "output": {"results": str(tmp_path / "r.zarr"), "plots": False},
+    }  # fmt: skip
+    path = tmp_path / "p.toml"
+    path.write_text(to_toml(cfg))
+    with caplog.at_level(logging.INFO, logger="dask_emk"):
+        result = CliRunner().invoke(main, ["run", str(path)], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    # Its inner KMeans runs (on the sample, then on the data) say nothing of their input.
+    announced = [r.getMessage() for r in caplog.records if "fitted on" in r.getMessage()]
+    assert len(announced) == 1 and announced[0].startswith("AnnealedGaussianMixture"), announced
+    assert steps_lines(caplog, "lloyd iter")  # while the Lloyd passes ran
+
+
+def slow_rows(n_blocks: int, seconds: float, on_worker: str | None = None):
+    """Rows whose every block takes ``seconds`` to make (a real task of the graph);
+    ``on_worker``: only on that distributed worker (the others take 10 ms)."""
+    import time
+
+    import dask.array as da
+
+    def make(block):
+        if on_worker is not None:
+            from distributed import get_worker
+
+            time.sleep(seconds if get_worker().address == on_worker else 0.01)
+        else:
+            time.sleep(seconds)
+        return block
+
+    X = da.from_array(three_blobs(250 * n_blocks), chunks=250)
+    return X.map_blocks(make, dtype=X.dtype, meta=np.empty((0, 0)))
+
+
+def fit_watched(X, bar) -> None:
+    """Two passes (one Lloyd iteration, the final assignment) watched by ``bar``."""
+    from dask_emk import KMeans
+    from dask_emk.engine.progress import watch_passes
+
+    start = np.array([[0.0, 0.0], [8.0, 0.0], [0.0, 8.0]])
+    with watch_passes(bar):
+        KMeans(3, init=start, n_init=1, max_iter=1, cache=False).fit(X)
+
+
+def test_a_long_pass_shows_one_bar_line_and_a_short_or_quiet_one_none(capsys):
+    import dask
+
+    from dask_emk.pipeline.cli import _PassBar
+
+    def bar_lines() -> list[str]:  # (a CLI test before may have left its log handler)
+        return [line for line in capsys.readouterr().err.splitlines() if " pass " in line]
+
+    slow = slow_rows(8, 0.1)  # passes of ~0.8 s on one thread
+    with dask.config.set(scheduler="sync"):
+        fit_watched(slow, _PassBar(quiet=False, delay=0.4, every=0.2))
+        shown = bar_lines()
+        fit_watched(slow, _PassBar(quiet=True, delay=0.4, every=0.2))
+        assert bar_lines() == []  # -q
+        fit_watched(slow_rows(8, 0.0), _PassBar(quiet=False, delay=0.4, every=0.2))
+        assert bar_lines() == []  # passes under the delay
+    passes = [re.fullmatch(r"\d\d:\d\d:\d\d pass (\d): (\d+)/(\d+) tasks, \d+\.\d s \(fit \d+ s\)",
+                           line) for line in shown]  # fmt: skip
+    assert shown and all(passes), shown
+    # One bar for the fit: its pass number goes on (1, then 2), the count grows to its total.
+    assert sorted({int(p[1]) for p in passes}) == [1, 2]
+    assert all(int(p[2]) <= int(p[3]) for p in passes)
+
+
+@pytest.mark.slow
+def test_a_slow_worker_is_named_once(caplog, capsys):
+    from distributed import Client, LocalCluster
+
+    from dask_emk.pipeline.cli import _PassBar
+
+    with (
+        LocalCluster(n_workers=2, threads_per_worker=1, processes=False,
+                     dashboard_address=None) as cluster,
+        Client(cluster) as client,
+    ):  # fmt: skip
+        workers = sorted(client.scheduler_info()["workers"])
+        with caplog.at_level(logging.INFO, logger="dask_emk"):
+            fit_watched(slow_rows(12, 0.6, on_worker=workers[0]), _PassBar(False, delay=0.4))
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warned) == 1 and warned[0].startswith(f"slow worker {workers[0]}: its "), warned
+    assert "s each (median) against" in warned[0] and workers[1] not in warned[0]
+    assert re.search(r"pass \d: \d+/\d+ tasks", capsys.readouterr().err)  # the bar, polled

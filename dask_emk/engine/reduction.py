@@ -38,6 +38,7 @@ from dask_emk.core._numba import announce_compilation
 from dask_emk.core.blocks import LABEL_FILL, rows_without_nan, without_nan_rows
 from dask_emk.core.nan_policy import NanPolicy
 from dask_emk.engine.fingerprint import take_watch
+from dask_emk.engine.progress import PassProgress, pass_progress, reporting
 from dask_emk.engine.storage import check_stored_files, storage_errors
 
 if TYPE_CHECKING:
@@ -299,7 +300,9 @@ def reduce_pass(
         parts = X.stats_parts(weight, block_fn, size, args, drop_nan_rows)
         total = combine_parts(parts, combine or _add_rows, split_every or DEFAULT_SPLIT_EVERY)
         # The first pass also reads the blocks to keep, in the same compute.
-        total, kept, *values = compute_one((total, X.first_read(), *(also or ())), source=X.source)
+        total, kept, *values = compute_one(
+            (total, X.first_read(), *(also or ())), source=X.source, progress=pass_progress()
+        )
         X.hold(kept)
         vector = np.asarray(total).reshape(size)
         return vector if also is None else (vector, tuple(values))
@@ -325,9 +328,10 @@ def reduce_pass(
     total = combine_tree(
         blocks, combine or _add_rows, split_every or DEFAULT_SPLIT_EVERY, optimize_graph=fused
     )
+    progress = pass_progress()  # a caller watching the passes (the CLI's bar), else None
     if fused:
-        return np.asarray(compute_one(total, source=blocks)).reshape(size)
-    total, *values = compute_one((total, *also), source=blocks)
+        return np.asarray(compute_one(total, source=blocks, progress=progress)).reshape(size)
+    total, *values = compute_one((total, *also), source=blocks, progress=progress)
     return np.asarray(total).reshape(size), tuple(values)
 
 
@@ -388,7 +392,12 @@ def _local_pool() -> ThreadPoolExecutor:
     return ThreadPoolExecutor(os.cpu_count() or 1, thread_name_prefix="dask-emk")
 
 
-def compute_one(result, source: da.Array | None = None, optimize_graph: bool = False):
+def compute_one(
+    result,
+    source: da.Array | None = None,
+    optimize_graph: bool = False,
+    progress: PassProgress | None = None,
+):
     """``dask.compute`` of one result with one BLAS thread per task.
 
     Every compute of the package goes through here. Dask already runs one
@@ -405,9 +414,15 @@ def compute_one(result, source: da.Array | None = None, optimize_graph: bool = F
     optimize_graph : bool, default False
         Passes come optimised (:func:`combine_tree`); a plain slice of the
         data needs optimising, or every chunk of the data would be read.
+    progress : PassProgress, optional
+        Told of the tasks done as they finish (:func:`dask_emk.engine.progress.reporting`).
     """
-    with single_blas_thread(), storage_errors(result if source is None else source):
-        (value,) = dask.compute(result, optimize_graph=optimize_graph)
+    with (
+        single_blas_thread(),
+        storage_errors(result if source is None else source),
+        reporting(progress, result) as extra,
+    ):
+        (value,) = dask.compute(result, optimize_graph=optimize_graph, **extra)
     return value
 
 

@@ -130,6 +130,8 @@ chosen K directly.
 
 from __future__ import annotations
 
+import logging
+import time
 import warnings
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -139,6 +141,7 @@ from sklearn.base import ClusterMixin, TransformerMixin
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils.validation import check_is_fitted
 
+from dask_emk._logging import STEPS_LOGGER
 from dask_emk.core.assign import opening_key
 from dask_emk.core.hartigan import EMPTIED_FRACTION
 from dask_emk.core.mstep import weighted_means
@@ -154,6 +157,9 @@ from dask_emk.models.validation import NoTrainingDataInPickle
 
 if TYPE_CHECKING:
     import xarray as xr
+
+#: One line per run at a λ: its clusters, passes, time (the CLI shows it, ``-q`` hides it).
+steps_log = logging.getLogger(STEPS_LOGGER)
 
 #: Rows kept per pass as candidates for new centres (the farthest-rows list).
 #: Checking them on the client costs microseconds each; more rows above λ
@@ -198,6 +204,16 @@ def next_penalty(target: int, hi, lo, runs: list, n_features: int) -> float:
         slope = np.log(hi.n_clusters / prev.n_clusters) / np.log(prev.penalty / hi.penalty)
     factor = np.exp(np.log(target / hi.n_clusters) / slope)
     return float(hi.penalty / min(max(factor, LOWER_MIN), LOWER_MAX))
+
+
+def _log_run(run: DPRun, cap: int | None, seconds: float) -> None:
+    """What a run at one λ ended with: clusters, passes, why it stopped, its time."""
+    end = "fixed point" if run.converged else "max_iter reached"
+    if run.converged and run.tol_abs > 0:
+        end = "within tolerance"
+    capped = f", opening at most {cap} clusters" if cap is not None else ""
+    steps_log.info("dpmeans run at λ %.6g%s: %d clusters after %d passes (%s), %.2f s",
+                   run.penalty, capped, run.n_clusters, run.n_iter, end, seconds)  # fmt: skip
 
 
 def dp_objective(inertia: float, penalty: float, n_clusters: int) -> float:
@@ -543,7 +559,7 @@ class DPMeans(
         the fixed point), or max_iter; opening up to ``cap`` clusters only
         (None: no limit)."""
         objectives, counts = [], []
-        new, lowest = centers, np.inf
+        new, lowest, began = centers, np.inf, time.perf_counter()
         for i in range(self.max_iter):
             centers = new
             stats = self._pass(data, weight, centers, start.origin, CANDIDATES, False)
@@ -566,6 +582,7 @@ class DPMeans(
             counts, tol_abs, new, float(stats["far_dist"][0]), lowest,
         )  # fmt: skip
         self._runs.append(run)
+        _log_run(run, cap, time.perf_counter() - began)
         return run
 
     def _report(self, i, penalty, objective, n_clusters, opened, closed, shift, new, converged):

@@ -12,6 +12,7 @@ import numpy as np
 
 from dask_emk.core import hartigan as rules
 from dask_emk.core.nan_policy import NanPolicy
+from dask_emk.engine.inputs import as_input
 from dask_emk.engine.passes import hartigan_pass
 from dask_emk.models.kmeans import KMeans
 
@@ -23,11 +24,13 @@ def lloyd_from(
     """Lloyd iterations from ``centers`` on the dask_emk KMeans engine.
 
     ``callback`` watches this run only: the fitted KMeans keeps none, so it
-    can be saved in a model file with the estimator that holds it.
+    can be saved in a model file with the estimator that holds it. X is
+    passed converted (:func:`as_input`): a run inside another fit does not
+    announce its input again (:func:`dask_emk.models.validation.validate_features`).
     """
     km = KMeans(centers.shape[0], init=centers, n_init=1, max_iter=max_iter, tol=tol,
                 split_every=split_every, callback=callback, cache=cache)  # fmt: skip
-    return km.fit(X, sample_weight=weight).set_params(callback=None)
+    return km.fit(as_input(X), sample_weight=weight).set_params(callback=None)
 
 
 def lloyd_passes(km: KMeans) -> int:

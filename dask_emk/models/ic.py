@@ -9,7 +9,9 @@ After scikit-learn's proposed ``GaussianMixtureIC`` and mclust.
 
 from __future__ import annotations
 
+import logging
 import math
+import time
 from typing import Any
 
 import numpy as np
@@ -18,9 +20,10 @@ from sklearn.base import DensityMixin
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 
+from dask_emk._logging import STEPS_LOGGER
 from dask_emk.core.kernels import block_kernels
 from dask_emk.core.layout import StatsLayout
-from dask_emk.engine.batch import Pass, batch_pass
+from dask_emk.engine.batch import Pass, Steps, batch_pass
 from dask_emk.engine.inputs import InputData
 from dask_emk.models._docs import fill_doc
 from dask_emk.models.base import ChunkedEstimator
@@ -33,11 +36,29 @@ SHARED = ("tol", "reg_covar", "max_iter", "n_init", "init_params", "random_state
           "verbose_interval", "split_every", "callback", "accelerate", "nan_policy", "feature_dim",
           "sample_dims", "estep")  # fmt: skip
 
+#: One line per candidate: K, covariance type, criterion, time (the CLI shows it).
+steps_log = logging.getLogger(STEPS_LOGGER)
+
 
 def information_criterion(criterion: str, loglik: float, n: float, n_parameters: int) -> float:
     """BIC (−2 log L + p ln n) or AIC (−2 log L + 2 p); lower is better."""
     penalty = n_parameters * (math.log(n) if criterion == "bic" else 2.0)
     return -2.0 * loglik + penalty
+
+
+def _timed(steps: Steps, finished: dict, i: int) -> Steps:
+    """``steps`` run as they are; ``finished[i]`` is the time the last of candidate
+    ``i``'s runs ended (candidates share passes: each runs until it converges)."""
+    result = yield from steps
+    finished[i] = time.perf_counter()
+    return result
+
+
+def _log_candidate(model: GaussianMixture, criterion: str, value: float, seconds: float) -> None:
+    state = "converged" if model.converged_ else "NOT converged"
+    steps_log.info("gmm-ic candidate K=%d %s: %s %.8g, %d EM iterations, %s, done after "
+                   "%.2f s (candidates share passes)", model.n_components, model.covariance_type,
+                   criterion.upper(), value, model.n_iter_, state, seconds)  # fmt: skip
 
 
 class GaussianMixtureIC(DensityMixin, ChunkedEstimator):
@@ -177,16 +198,20 @@ class GaussianMixtureIC(DensityMixin, ChunkedEstimator):
         rng = check_random_state(self.random_state)
         batch = self._batch(data, weight)
         fits, owner = [], []
+        finished: dict[int, float] = {}  # when each candidate's last run ended
+        start = time.perf_counter()
         for i, model in enumerate(candidates):
-            check_features(model, data, reset=True)
+            check_features(model, data, reset=True, announce=False)  # this fit announced it
             steps = model.fit_steps(data, weight, rng, batch)
-            fits += steps
+            fits += [_timed(step, finished, i) for step in steps]
             owner += [i] * len(steps)
         runs = batch.run(fits)
         for i, model in enumerate(candidates):
             mine = [run for run, o in zip(runs, owner, strict=True) if o == i]
             model.keep_best(mine, data.array.dtype)
         values = self._criteria(data, candidates)
+        for i, model in enumerate(candidates):
+            _log_candidate(model, self.criterion, values[i], finished[i] - start)
         self.criteria_ = xr.DataArray(
             values.reshape(len(types), ks.size).T,
             dims=("n_components", "covariance_type"),

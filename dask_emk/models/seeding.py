@@ -29,13 +29,16 @@ weight 0 is never drawn.
 from __future__ import annotations
 
 import copy
+import logging
 import math
+import time
 from typing import Any
 
 import numpy as np
 import sklearn.cluster
 from sklearn.utils import check_random_state
 
+from dask_emk._logging import STEPS_LOGGER
 from dask_emk.core.nan_policy import NanPolicy
 from dask_emk.engine.batch import Steps, run_one
 from dask_emk.engine.passes import assign_request, seed_request
@@ -45,6 +48,9 @@ from dask_emk.engine.reduction import single_blas_thread
 DEFAULT_ROUNDS = 5
 #: Weighted Lloyd iterations on the k-means|| candidates (in memory).
 CANDIDATE_LLOYD_ITER = 30
+
+#: What each seeding drew and how long it took (INFO; the CLI shows it, ``-q`` hides it).
+steps_log = logging.getLogger(STEPS_LOGGER)
 
 
 def done(value: Any) -> Steps:
@@ -86,13 +92,36 @@ def random_rows_steps(
     return _drawn_rows(X.shape[1], n, _seed(rng), omit_nan)
 
 
-def _drawn_rows(d: int, n: int, seed: int, omit_nan: bool) -> Steps:
+def _drawn_rows(d: int, n: int, seed: int, omit_nan: bool, say: bool = True) -> Steps:
+    """``say``: log the draw (not when it is a step of another seeding)."""
+    start = time.perf_counter()
     empty = np.zeros((0, d))
     stats = yield seed_request(empty, empty, np.zeros(d), n, seed, complete_rows=omit_nan)
     rows = _sampled(stats, 0)
     if omit_nan:
         _check_enough_rows(rows.shape[0], n)
+    if say:
+        _log_seeding("random rows", _count(rows.shape[0], "row") + " drawn", 1, start)
     return rows
+
+
+def _log_seeding(name: str, what: str, passes: int, start: float) -> None:
+    """One line per seeding: what it gave, its passes over the data, its time
+    (wall clock since its first request: fits batched together share passes)."""
+    took = time.perf_counter() - start
+    steps_log.info("seeding %s: %s, %d %s over the data, %.2f s", name, what, passes,
+                   "pass" if passes == 1 else "passes", took)  # fmt: skip
+
+
+def _log_round(round_: int, n_rounds: int, drawn: int, total: int, start: float) -> None:
+    """One line per k-means|| round: the rows it drew as candidates, and its time."""
+    took = time.perf_counter() - start
+    steps_log.info("seeding k-means|| round %d/%d: %s drawn (%d in all), %.2f s", round_,
+                   n_rounds, _count(drawn, "candidate"), total, took)  # fmt: skip
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
 
 
 def _check_enough_rows(n_rows: int, n: int) -> None:
@@ -168,7 +197,7 @@ def kmeans_parallel_steps(
     drawing as the work goes, and nothing is drawn after the passes.
     """
     n_rounds = DEFAULT_ROUNDS if n_rounds is None else n_rounds
-    first = random_rows_steps(X, 1, rng, sample_weight, omit_nan)
+    first = _drawn_rows(X.shape[1], 1, _seed(rng), omit_nan, say=False)
     seeds = [_seed(rng) for _ in range(n_rounds)]
     reduce_rng = copy.deepcopy(rng)
     _skip_reduction(rng, n_clusters)
@@ -186,24 +215,32 @@ def _kmeans_parallel(
     X: Any, n_clusters: int, first: Steps, seeds: list[int], reduce_rng: np.random.RandomState,
     ell: float, sample_weight: Any, omit_nan: bool,
 ) -> Steps:
+    start = time.perf_counter()
     candidates = yield from first
     origin = candidates[0]
     # Room for the sample: its size has mean <= ℓ and sd <= sqrt(ℓ).
     n_keep = int(math.ceil(ell + 6 * math.sqrt(ell) + 10))
     none = np.zeros((0, X.shape[1]))
-    for seed in seeds:
+    passes = 1
+    for round_, seed in enumerate(seeds, 1):
+        began = time.perf_counter()
         stats = yield seed_request(
             candidates, none, origin, n_keep, seed, ell, complete_rows=omit_nan
         )
+        passes += 1
         phi = stats["potential"][0]
         if not phi > 0:  # every row sits on a candidate
             break
         chosen = stats["x"][0][stats["key"][0] > phi]
         candidates = np.concatenate([candidates, chosen])
+        _log_round(round_, len(seeds), chosen.shape[0], candidates.shape[0], began)
     counts = (yield assign_request(candidates, origin, complete_rows=omit_nan))["N"]
-    return (yield from reduce_candidates(
+    centers = yield from reduce_candidates(
         candidates, counts, n_clusters, reduce_rng, X, sample_weight, omit_nan
-    ))  # fmt: skip
+    )
+    what = f"{candidates.shape[0]} candidates weighted by their nearest rows, reduced to "
+    _log_seeding("k-means||", what + _count(centers.shape[0], "centre"), passes + 1, start)
+    return centers
 
 
 def reduce_candidates(
@@ -262,7 +299,7 @@ def kmeans_plusplus_steps(
     omit_nan: bool = False,
 ) -> Steps:
     """:func:`kmeans_plusplus` as a step generator; draws from ``rng`` now (one seed per pass)."""
-    first = random_rows_steps(X, 1, rng, sample_weight, omit_nan)
+    first = _drawn_rows(X.shape[1], 1, _seed(rng), omit_nan, say=False)
     seeds = [_seed(rng) for _ in range(n_clusters)]
     return _kmeans_plusplus(X.shape[1], n_clusters, first, seeds, omit_nan)
 
@@ -271,19 +308,31 @@ def _kmeans_plusplus(
     d: int, n_clusters: int, first: Steps, seeds: list, omit_nan: bool
 ) -> Steps:
     n_trials = 2 + int(np.log(n_clusters))
+    start = time.perf_counter()
     centers = yield from first
     origin = centers[0]
     none = np.zeros((0, d))
     stats = yield seed_request(centers, none, origin, n_trials, seeds[0], complete_rows=omit_nan)
     trials = _sampled(stats, 0)
+    passes = 2
     for seed in seeds[1:]:
         if trials.shape[0] == 0:  # fewer distinct rows than clusters
             fill = np.repeat(centers[:1], n_clusters - centers.shape[0], axis=0)
+            _log_plusplus(centers.shape[0], n_clusters, n_trials, passes, start)
             return np.concatenate([centers, fill])
         last = centers.shape[0] == n_clusters - 1
         n_keep = 0 if last else n_trials
         stats = yield seed_request(centers, trials, origin, n_keep, seed, complete_rows=omit_nan)
+        passes += 1
         best = int(np.argmin(stats["potential"]))
         centers = np.concatenate([centers, trials[best : best + 1]])
         trials = _sampled(stats, best)
+    _log_plusplus(centers.shape[0], n_clusters, n_trials, passes, start)
     return centers
+
+
+def _log_plusplus(found: int, n_clusters: int, n_trials: int, passes: int, start: float) -> None:
+    what = f"{_count(found, 'centre')}, each the best of {n_trials} rows drawn ∝ distance²"
+    if found < n_clusters:
+        what += f" (the data has fewer distinct rows: the first repeated up to {n_clusters})"
+    _log_seeding("k-means++", what, passes, start)

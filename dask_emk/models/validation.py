@@ -17,8 +17,15 @@ logger = logging.getLogger("dask_emk")
 
 
 def validate_features(estimator: Any, X: Any, *, reset: bool) -> InputData:
-    """Convert X (:func:`dask_emk.engine.inputs.as_input`) and :func:`check_features`."""
-    return check_features(estimator, as_input(X, **input_options(estimator)), reset=reset)
+    """Convert X (:func:`dask_emk.engine.inputs.as_input`) and :func:`check_features`.
+
+    A fit announces its input only when given the user's data: an
+    :class:`InputData` comes from an outer fit (the annealing's or DP-means'
+    inner KMeans runs), which announced it already.
+    """
+    announce = not isinstance(X, InputData)
+    data = as_input(X, **input_options(estimator))
+    return check_features(estimator, data, reset=reset, announce=announce)
 
 
 def input_options(estimator: Any) -> dict:
@@ -31,7 +38,9 @@ def input_options(estimator: Any) -> dict:
     }
 
 
-def check_features(estimator: Any, data: InputData, *, reset: bool) -> InputData:
+def check_features(
+    estimator: Any, data: InputData, *, reset: bool, announce: bool = True
+) -> InputData:
     """Record the features of ``data`` (``reset``, in ``fit``) or check it against them.
 
     With ``reset`` record ``n_features_in_``, the feature labels of xarray or
@@ -40,6 +49,9 @@ def check_features(estimator: Any, data: InputData, *, reset: bool) -> InputData
     same number of features; when both the fit and X have feature labels, the
     columns of X are put in the fitted order by label.
 
+    With ``reset`` and ``announce`` the fit logs its input's layout (INFO);
+    an outer fit passes ``announce=False`` for the estimators it runs inside.
+
     Raises
     ------
     ValueError
@@ -47,7 +59,8 @@ def check_features(estimator: Any, data: InputData, *, reset: bool) -> InputData
         the data seen in fit.
     """
     if reset:
-        logger.info("%s fitted on %s", type(estimator).__name__, data.describe())
+        if announce:
+            logger.info("%s fitted on %s", type(estimator).__name__, data.describe())
         estimator.n_features_in_ = data.n_features
         labels = data.feature_labels
         estimator._feature_labels = labels

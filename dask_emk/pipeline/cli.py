@@ -17,6 +17,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 
 import click
@@ -133,6 +134,8 @@ class _EchoHandler(logging.Handler):
     each after the time of day; ``quiet`` (``-q``): warnings and errors only."""
 
     quiet = False
+    #: The progress bar drawn on the line below the log (erased before a log line).
+    bar: _PassBar | None = None
 
     def __init__(self):
         super().__init__()
@@ -144,12 +147,68 @@ class _EchoHandler(logging.Handler):
         )
 
     def emit(self, record: logging.LogRecord) -> None:
+        if self.bar is not None:
+            self.bar.erase()
         click.echo(self.format(record), err=True)
 
 
-def _show_log(quiet: bool = False) -> None:
+class _PassBar:
+    """Progress within the passes of a run, on stderr: one line, redrawn on a terminal.
+
+    A pass shows nothing for its first ``delay`` seconds; then "HH:MM:SS pass N:
+    done/total tasks, its time (the fit's)", redrawn in place on a terminal at most every
+    0.2 s and erased when the pass ends (log lines go above it), or written
+    as a line every ``every`` seconds when stderr is a file. ``quiet`` (``-q``)
+    draws nothing. A slow worker is a warning, once per worker and run
+    (:class:`dask_emk.engine.progress.PassProgress`).
+    """
+
+    def __init__(self, quiet: bool, delay: float = 2.0, every: float = 10.0):
+        self.quiet, self.delay, self.every = quiet, delay, every
+        self.tty = sys.stderr.isatty()
+        self.n_pass, self.began, self.pass_began = 0, 0.0, 0.0
+        self.drawn: float | None = None
+        self.shown, self.warned, self.lock = False, set[str](), threading.Lock()
+
+    def pass_started(self) -> None:
+        now = time.perf_counter()
+        with self.lock:
+            self.began = self.began if self.n_pass else now
+            self.n_pass, self.pass_began, self.drawn = self.n_pass + 1, now, None
+
+    def tasks_done(self, done: int, total: int) -> None:
+        now = time.perf_counter()
+        if self.quiet or now - self.pass_began < self.delay:
+            return
+        gap = 0.2 if self.tty else self.every
+        with self.lock:
+            if self.drawn is not None and now - self.drawn < gap:
+                return
+            self.drawn = now
+            took, fit = now - self.pass_began, now - self.began
+            line = (f"{time.strftime('%H:%M:%S')} pass {self.n_pass}: {min(done, total)}/"
+                    f"{total} tasks, {took:.1f} s (fit {fit:.0f} s)")  # fmt: skip
+            click.echo(f"\r{line}\x1b[K" if self.tty else line, err=True, nl=not self.tty)
+            self.shown = self.tty
+
+    def pass_ended(self) -> None:
+        self.erase()
+
+    def erase(self) -> None:
+        with self.lock:
+            if self.shown:
+                click.echo("\r\x1b[K", err=True, nl=False)
+                self.shown = False
+
+    def slow_worker(self, address: str, seen: str) -> None:
+        if address not in self.warned:
+            self.warned.add(address)
+            logging.getLogger("dask_emk").warning("slow worker %s: %s", address, seen)
+
+
+def _show_log(quiet: bool = False, bar: _PassBar | None = None) -> None:
     """Show the ``dask_emk`` logger's INFO lines (e.g. "compiling kernels …") through one
-    handler; ``quiet``: its warnings only."""
+    handler; ``quiet``: its warnings only; ``bar``: the progress line drawn below them."""
     logger = logging.getLogger("dask_emk")
     handler = next((h for h in logger.handlers if isinstance(h, _EchoHandler)), None)
     if handler is None:
@@ -157,7 +216,7 @@ def _show_log(quiet: bool = False) -> None:
         logger.addHandler(handler)
     if logger.getEffectiveLevel() > logging.INFO:  # each command: a test may have reset it
         logger.setLevel(logging.INFO)
-    handler.quiet = quiet
+    handler.quiet, handler.bar = quiet, bar
 
 
 @main.command()
@@ -355,12 +414,17 @@ def show(results, as_json) -> None:
 def _run(cfg, text, scheduler, resume, quiet, no_plots, results_name) -> None:
     from dask_emk.pipeline.run import run_pipeline
 
-    _show_log(quiet)
+    bar = _PassBar(quiet)
+    _show_log(quiet, bar)
     if scheduler is not None:
         cfg = cfg.replace(scheduler=cfg.scheduler.replace(address=scheduler))
     if no_plots:
         cfg = cfg.replace(output=cfg.output.replace(plots=False))
-    run_pipeline(cfg, toml_text=text, resume=resume, echo=click.echo, results_name=results_name)
+    try:
+        run_pipeline(cfg, toml_text=text, resume=resume, echo=click.echo,
+                     results_name=results_name, passes=bar)  # fmt: skip
+    finally:
+        _show_log(quiet)  # the bar goes with its run
 
 
 #: ``dask-emk fit`` options that set a [model] field of the same name.

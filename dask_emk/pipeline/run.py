@@ -24,6 +24,7 @@ import xarray as xr
 
 from dask_emk._logging import STEPS_LOGGER
 from dask_emk.engine.locations import bucket_of, is_url, normalize_location, storage_options
+from dask_emk.engine.progress import PassProgress, watch_passes
 from dask_emk.engine.storage import endpoint_errors
 from dask_emk.models import export
 from dask_emk.models.preprocess import StandardScaler
@@ -72,6 +73,7 @@ def run_pipeline(
     resume: bool = False,
     echo: Callable[[str], None] = print,
     results_name: str = "output.results",
+    passes: PassProgress | None = None,
 ) -> Path | str:
     """Run ``cfg`` (from :func:`dask_emk.pipeline.config.validate`); return the results path.
 
@@ -91,6 +93,9 @@ def run_pipeline(
     results_name : str
         How the user named the results path (``--out`` for ``dask-emk fit``),
         for the messages that refuse it.
+    passes : PassProgress, optional
+        Told of the tasks of every pass of the fit as they finish (the CLI's
+        progress bar, :mod:`dask_emk.engine.progress`); None says nothing.
 
     Returns
     -------
@@ -98,7 +103,7 @@ def run_pipeline(
         The results store's path (or URL).
     """
     with storage_options(locations_options(cfg)):
-        return _run_pipeline(cfg, toml_text, resume, echo, results_name)
+        return _run_pipeline(cfg, toml_text, resume, echo, results_name, passes)
 
 
 def locations_options(cfg: Pipeline) -> dict[str, dict | None]:
@@ -121,7 +126,7 @@ def locations_options(cfg: Pipeline) -> dict[str, dict | None]:
     return options
 
 
-def _run_pipeline(cfg, toml_text, resume, echo, results_name) -> Path | str:
+def _run_pipeline(cfg, toml_text, resume, echo, results_name, passes) -> Path | str:
     out = cfg.output
     if out.plots:
         try:
@@ -148,7 +153,10 @@ def _run_pipeline(cfg, toml_text, resume, echo, results_name) -> Path | str:
         map_slice = _map_slice(out, source)
         checkpoint.check_input(InputRecord.of(store, source.data.array))
         start = time.perf_counter()
-        with checkpoint.watch_content() as watch:  # the first pass fingerprints the input
+        with (
+            checkpoint.watch_content() as watch,  # the first pass fingerprints the input
+            watch_passes(passes),
+        ):
             scaler = fit_scaler(cfg, source)
             fitted = source if scaler is None else replace(source, X=scaler.transform(source.X))
             outcome, anneal = fit_model(cfg, fitted, checkpoint, scaler)
