@@ -111,7 +111,8 @@ def test_seeding_reuses_its_buffers_without_touching_earlier_results(with_trials
         centers, trials = rng.normal(size=(7, 5)), rng.normal(size=(3 if with_trials else 0, 5))
         scale = None if with_trials else 14.0
         got = seeding.seed_stats(X, weight, rows, centers, trials, X[0].astype(float), 20, 9, scale)
-        calls.append((got, snapshot(got), (X.astype(float), weight, rows, centers, trials, 9, scale)))
+        reference_args = (X.astype(float), weight, rows, centers, trials, 9, scale)
+        calls.append((got, snapshot(got), reference_args))
     for got, kept, args in calls:
         for name in kept:
             np.testing.assert_array_equal(got[name], kept[name], err_msg=name)
