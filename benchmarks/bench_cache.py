@@ -16,12 +16,17 @@ times each:
   caller (``client.persist(da.from_array(X))``, ``cache=False``): the
   cluster's own cost of a pass over rows in memory, without the cache.
 
-It prints each time (best of the repeats), the number of passes, the
-ratios ``auto / (numpy + read)`` (target <= 1.3), ``auto / (persisted +
+It prints each time (best of the repeats; with the CPU seconds of this
+process and the workers, which other jobs on a shared machine change less),
+the number of passes, the ratios ``auto / (numpy + read)`` (target <= 1.3), ``auto / (persisted +
 read)`` and ``False / auto``, the load average, and the command line.
 ``--scheduler threads`` runs the store fits on the threaded scheduler instead
 (kept rows in this process; no ``persisted``). ``--model gmm`` runs a full-covariance
 ``GaussianMixture(16)`` instead (tol 1e-3, at most 100 iterations).
+``--fits`` picks some of the fits (comma-separated names above), and
+``--n-init 1,10`` runs each store fit (False, auto, persisted) once per
+``n_init`` and prints ``n_init=10 / n_init=1`` per fit (issue 28: target <= 3
+on cached rows).
 
     python benchmarks/bench_cache.py --dir /tmp/bench-cache
 
@@ -63,18 +68,34 @@ def make_store(path: Path, n: int, chunk_rows: int) -> Path:
     return path
 
 
-def model(kind: str, cache):
+def model(kind: str, cache, n_init: int = 1):
     from dask_emk import GaussianMixture, KMeans
 
     if kind == "kmeans":
-        return KMeans(K, random_state=0, cache=cache)
-    return GaussianMixture(K, covariance_type="full", random_state=0, tol=1e-3, cache=cache)
+        return KMeans(K, random_state=0, cache=cache, n_init=n_init)
+    return GaussianMixture(
+        K, covariance_type="full", random_state=0, tol=1e-3, cache=cache, n_init=n_init
+    )
 
 
-def timed(fn) -> tuple[float, object]:
-    start = time.perf_counter()
+def _process_cpu() -> float:
+    import psutil
+
+    times = psutil.Process().cpu_times()
+    return times.user + times.system
+
+
+def cpu_seconds(client) -> float:
+    """CPU seconds used so far by this process and the cluster's workers: unlike
+    wall time, hardly changed by other jobs on a shared machine."""
+    return time.process_time() + sum(client.run(_process_cpu).values())
+
+
+def timed(fn, client) -> tuple[float, float, object]:
+    """Wall and CPU seconds of ``fn()`` (see :func:`cpu_seconds`), and its value."""
+    start, cpu = time.perf_counter(), cpu_seconds(client)
     out = fn()
-    return time.perf_counter() - start, out
+    return time.perf_counter() - start, cpu_seconds(client) - cpu, out
 
 
 def main(argv=None) -> None:
@@ -85,7 +106,10 @@ def main(argv=None) -> None:
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--model", choices=("kmeans", "gmm"), default="kmeans")
     parser.add_argument("--scheduler", choices=("cluster", "threads"), default="cluster")
+    parser.add_argument("--fits", default="False,auto,numpy,read,persisted")
+    parser.add_argument("--n-init", default="1", help="comma-separated, e.g. 1,10")
     args = parser.parse_args(argv)
+    n_inits = [int(v) for v in args.n_init.split(",")]
 
     import dask
     import dask.array as da
@@ -100,9 +124,12 @@ def main(argv=None) -> None:
     X = zarr.open_array(str(store), mode="r")[:]
     print(f"store {store}: {args.n} x {D} float32, {args.chunk_rows}-row chunks, "
           f"{X.nbytes / 2**20:.0f} MiB; model {args.model}")  # fmt: skip
-    names = ["False", "auto", "numpy", "read"]
-    names += ["persisted"] if args.scheduler == "cluster" else []
-    times: dict[str, list[float]] = {name: [] for name in names}
+    names = [name for name in args.fits.split(",")
+             if name != "persisted" or args.scheduler == "cluster"]  # fmt: skip
+    runs = [(name, n_init) for name in names
+            for n_init in (n_inits if name in ("False", "auto", "persisted") else [1])]  # fmt: skip
+    times: dict[tuple, list[float]] = {run: [] for run in runs}
+    cpus: dict[tuple, list[float]] = {run: [] for run in runs}
     fitted = {}
     with (
         LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None) as cluster,
@@ -114,21 +141,39 @@ def main(argv=None) -> None:
         model(args.model, "auto").set_params(max_iter=2).fit(str(store))
         model(args.model, False).set_params(max_iter=2).fit(X[:100_000])
         for r in range(args.repeat):
-            for name in names:
+            for name, n_init in runs:
                 if name == "numpy":  # in memory: local threads, no Dask
-                    t, out = timed(lambda: model(args.model, False).fit(X))
+                    t, c, out = timed(lambda: model(args.model, False).fit(X), client)
                 elif name == "read":
-                    t, out = timed(lambda: compute_one(da.from_zarr(str(store)).sum(axis=0)))
+                    t, c, out = timed(
+                        lambda: compute_one(da.from_zarr(str(store)).sum(axis=0)), client
+                    )
                 elif name == "persisted":
-                    t, out = timed(lambda: model(args.model, False).fit(persisted))
+                    t, c, out = timed(
+                        lambda i=n_init: model(args.model, False, i).fit(persisted), client
+                    )
                 else:
                     cache = name if name == "auto" else False
-                    t, out = timed(lambda c=cache: model(args.model, c).fit(str(store)))
-                times[name].append(t)
-                fitted[name] = out
-                print(f"  round {r}: {name:9s} {t:7.2f} s  ({load()})", flush=True)
-    best = {name: min(ts) for name, ts in times.items()}
+                    t, c, out = timed(
+                        lambda c=cache, i=n_init: model(args.model, c, i).fit(str(store)), client
+                    )
+                times[name, n_init].append(t)
+                cpus[name, n_init].append(c)
+                fitted[name, n_init] = out
+                print(f"  round {r}: {name:9s} n_init={n_init:<3d} {t:7.2f} s, "
+                      f"CPU {c:7.2f} s  ({load()})", flush=True)  # fmt: skip
+    for name, n_init in runs:
+        if n_init != n_inits[0]:
+            first = (name, n_inits[0])
+            print(f"{name}: n_init={n_init} / n_init={n_inits[0]}: wall "
+                  f"{min(times[name, n_init]) / min(times[first]):.2f}x, CPU "
+                  f"{min(cpus[name, n_init]) / min(cpus[first]):.2f}x")  # fmt: skip
+    best = {name: min(ts) for (name, n_init), ts in times.items() if n_init == n_inits[0]}
+    fitted = {name: out for (name, n_init), out in fitted.items() if n_init == n_inits[0]}
     attr = "cluster_centers_" if args.model == "kmeans" else "means_"
+    if not {"False", "auto", "numpy", "read"} <= set(best):
+        print(f"({load()}) command: python {shlex.join(sys.argv)}")
+        return
     same = np.array_equal(getattr(fitted["False"], attr), getattr(fitted["auto"], attr))
     floor = best["numpy"] + best["read"]
     print(f"\niterations: store {fitted['auto'].n_iter_}, numpy {fitted['numpy'].n_iter_}; "

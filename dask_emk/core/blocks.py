@@ -88,7 +88,9 @@ def sub_blocks(n: int, width: int, nbytes: int = SUB_BLOCK_BYTES):
 ROW_GROUP = 4096
 
 
-def row_uniforms(rows: np.ndarray, seed: int, n_streams: int) -> np.ndarray:
+def row_uniforms(
+    rows: np.ndarray, seed: int, n_streams: int, out: np.ndarray | None = None
+) -> np.ndarray:
     """Uniform draws in (0, 1], shape (n_streams, n), keyed by global row index.
 
     The draw of row r in stream s is a function of (``seed``, s, r) only: a
@@ -105,9 +107,11 @@ def row_uniforms(rows: np.ndarray, seed: int, n_streams: int) -> np.ndarray:
         Key of the generator (drawn from ``random_state``).
     n_streams : int
         Independent draws per row.
+    out : ndarray of shape (n_streams, n), float64, optional
+        Written and returned (a kernel's scratch buffer).
     """
     rows = np.asarray(rows, dtype=np.int64)
-    out = np.empty((n_streams, rows.shape[0]))
+    out = np.empty((n_streams, rows.shape[0])) if out is None else out
     groups = rows // ROW_GROUP
     cuts = np.flatnonzero(np.diff(groups)) + 1
     bit_generator = np.random.Philox(key=seed)
@@ -122,7 +126,7 @@ def row_uniforms(rows: np.ndarray, seed: int, n_streams: int) -> np.ndarray:
             state["buffer_pos"] = 4  # no draws buffered from another counter
             bit_generator.state = state
             out[s, a:b] = generator.random(int(at[-1]) + 1)[at]
-    return 1.0 - out
+    return np.subtract(1.0, out, out=out)
 
 
 #: Integer per-row outputs (labels) of rows left out by ``nan_policy='omit'``;
