@@ -85,7 +85,10 @@ def seed_stats(
             **_top_keys(keys, X, n_keep)}  # fmt: skip
 
 
-def _masses(Y, yy, weight, centers, trials, origin, scratch: Scratch) -> np.ndarray:
+def _masses(
+    Y: np.ndarray, yy: np.ndarray, weight: np.ndarray | None, centers: np.ndarray,
+    trials: np.ndarray, origin: np.ndarray, scratch: Scratch,
+) -> np.ndarray:
     """w D_s (s, n) of :func:`seed_stats`, in scratch.
 
     With trials the array is (n, s) in memory, seen transposed: the layout
