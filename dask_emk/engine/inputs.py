@@ -35,8 +35,10 @@ from dask_emk.core.blocks import LABEL_FILL
 from dask_emk.engine.options import NAN_POLICIES
 from dask_emk.engine.reduction import compute_one, nonfinite_error, numpy_block_rows
 from dask_emk.engine.storage import (
+    check_missing_chunks,
     check_zarr_chunks,
     checked_reads,
+    checked_xarray,
     chunked_if_stored,
     open_zarr_array,
     read_zarr,
@@ -253,6 +255,7 @@ def as_input(
     nan_policy: str = "raise",
     feature_dim: str | None = None,
     sample_dims=None,
+    missing_chunks: str = "raise",
 ) -> InputData:
     """Validate X and convert it to :class:`InputData`.
 
@@ -288,6 +291,10 @@ def as_input(
         (:mod:`dask_emk.core.marginal`); ±inf is always an error.
     feature_dim : str, optional
     sample_dims : str or sequence of str, optional
+    missing_chunks : {'raise', 'fill'}
+        A missing chunk file of zarr-backed X: an error, or read as the fill
+        value (:func:`dask_emk.engine.storage.checked_xarray`); reads X already
+        wraps keep their own choice.
 
     Raises
     ------
@@ -302,6 +309,7 @@ def as_input(
     if feature_dim is None and sample_dims is None:
         sample_dims = recorded_sample_dims(X)
     sample_dims = check_input_options(nan_policy, feature_dim, sample_dims)
+    X = _with_missing_chunks(X, check_missing_chunks(missing_chunks), name)
     data = _convert(X, name, nan_policy != "raise", feature_dim, sample_dims)
     data.nan_policy = nan_policy
     return data
@@ -324,6 +332,23 @@ def recorded_sample_dims(X) -> list | None:
     dims = [str(d) for d in dims]
     # Data cut since (a dim dropped) no longer has the recorded layout: infer it again.
     return dims if set(dims) <= set(map(str, X.dims)) else None
+
+
+def _with_missing_chunks(X, missing_chunks: str, name: str):
+    """X whose zarr reads fill missing chunk files (``missing_chunks='fill'``), else X;
+    what is not zarr-backed is returned as is."""
+    if missing_chunks == "raise":
+        return X  # the reads below check with 'raise' (read_zarr, _as_float_dask)
+    if isinstance(X, (str, os.PathLike)):
+        X = open_zarr_array(X)
+    if isinstance(X, zarr.Array):
+        _check_shape_dtype(X.shape, np.dtype(X.dtype), name)
+        return read_zarr(X, missing_chunks)
+    if isinstance(X, (xr.Dataset, xr.DataArray)):
+        return checked_xarray(X, missing_chunks)
+    if isinstance(X, da.Array):
+        return checked_reads(X, missing_chunks)[0]
+    return X
 
 
 def _convert(X, name: str, allow_nan: bool, feature_dim, sample_dims) -> InputData:
