@@ -12,17 +12,21 @@ CLI ran (the run is a function of it; the first case runs all three).
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
+import fsspec
 import numpy as np
 import pandas as pd
 import pytest
 import xarray as xr
 from pipeline_helpers import assert_one_line_error, invoke, open_results, to_toml
+from s3_helpers import s3_server
 
 import dask_emk
 from dask_emk import DPMeans, GaussianMixture, GaussianMixtureIC, KMeans, StandardScaler
+from dask_emk.engine.locations import storage_options
 from dask_emk.pipeline.config import RESULT_SECTIONS, load_pipeline
 
 FITTED = ("weights_", "means_", "covariances_", "cluster_centers_", "mean_", "scale_")
@@ -274,3 +278,41 @@ def test_every_option_has_help_and_every_model_field_an_option():
     assert {"n_init", "accelerate", "cache", "nan_policy", "weights", "missing_chunks"} <= fields
     version = invoke("--version")
     assert version.exit_code == 0 and dask_emk.__version__ in version.output
+
+
+@pytest.mark.slow  # an S3 server and four passes over it: ~7 s
+def test_storage_options_reach_an_object_store(store, tmp_path):
+    """--storage-options (JSON) names the endpoint of an S3 input and output: the
+    environment does not; the model is the API's on the local copy."""
+    case = CASES["nan-policy,variables,weights=coslat"]
+    with s3_server() as env, pytest.MonkeyPatch.context() as patch:
+        for key, value in env.items():
+            patch.setenv(key, value)
+        table = {"endpoint_url": env["AWS_ENDPOINT_URL"]}
+        fsspec.filesystem("s3").mkdir("grid")
+        xr.open_zarr(store, consolidated=False).to_zarr(
+            "s3://grid/grid.zarr", zarr_format=3, consolidated=False, storage_options=table
+        )
+        patch.delenv("AWS_ENDPOINT_URL")
+        out = "s3://grid/results.zarr"
+        args = [*case[0].split(), "--k", 2, "--storage-options", json.dumps(table)]
+        result = invoke("fit", "s3://grid/grid.zarr", *args, "--out", out, "--scheduler",
+                        "sync", "--no-plots", "-q")  # fmt: skip
+        assert result.exit_code == 0, result.output
+        assert "AWS_ENDPOINT_URL" not in os.environ
+        with storage_options({"s3://grid": table}):
+            model = dask_emk.load(out)
+    assert_same_model(model, api_fit(store, case))
+
+
+def test_weights_are_part_of_the_checkpoint_key(store):
+    """A run resumed with other weights is another fit: its checkpoint does not match."""
+    from dask_emk.pipeline.config import config_key, validate
+
+    raw = {"input": {"store": str(store), "nan_policy": "omit"}, "model": {"n_components": 2},
+           "output": {"results": "r.zarr"}}  # fmt: skip
+    keys = {
+        config_key(validate({**raw, "input": raw["input"] | extra}))
+        for extra in ({}, {"weights": "coslat"}, {"weights": "cell_area"})
+    }
+    assert len(keys) == 3

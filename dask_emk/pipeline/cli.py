@@ -339,7 +339,11 @@ def _click_type(option: FitOption) -> click.ParamType:
         return _Names()
     if kind == TABLE:
         return _JsonTable()
-    spec = option.specs[0] if len(set(option.specs)) == 1 else None
+    # one range for every model type (n_components: None too for dpmeans, not an option value)
+    ranges = {
+        (type(s), *(getattr(s, k, None) for k in ("min", "ge", "gt", "lt"))) for s in option.specs
+    }
+    spec = option.specs[0] if len(ranges) == 1 else None
     if kind == INT:
         return click.IntRange(min=spec.min) if isinstance(spec, Integer) else click.INT
     if kind == FLOAT and isinstance(spec, Real):
@@ -349,9 +353,13 @@ def _click_type(option: FitOption) -> click.ParamType:
     return click.FLOAT if kind == FLOAT else click.STRING
 
 
-def _field_options(func):
-    """The options of :func:`fit_options`, in their order."""
+def _field_options(func=None, *, only: tuple[str, ...] = ()):
+    """The options of :func:`fit_options` (``only`` those keys), in their order."""
+    if func is None:
+        return functools.partial(_field_options, only=only)
     for option in reversed(fit_options()):
+        if only and option.key not in only:
+            continue
         flag = option.flag
         if option.kind == BOOL or (option.models and set(option.kind) == {BOOL}):
             flag = f"{flag}/--no-{flag[2:]}"
@@ -413,13 +421,11 @@ def fit(input_path, out, labels, responsibilities, log_density, scheduler, resum
 @click.option("--variables", default=None, metavar="V1,V2,...",
               help="The xarray store's variables to read (default: those the model was "
               "fitted on).")  # fmt: skip
-@click.option("--missing-chunks", type=click.Choice(["raise", "fill"]), default="raise",
-              show_default=True,
-              help="A missing chunk file: an error, or read as fill values.")  # fmt: skip
+@_field_options(only=("missing_chunks", "storage_options"))
 @click.option("--scheduler", default="local", show_default=True, help=SCHEDULER_HELP)
 @_fail_cleanly
 def predict(model_path, input_path, out, responsibility, log_density, impute, variables,
-            missing_chunks, scheduler) -> None:  # fmt: skip
+            missing_chunks, storage_options, scheduler) -> None:  # fmt: skip
     """Apply MODEL (a model file, or the results of fit/run) to INPUT, writing OUT.zarr.
 
     INPUT is what fit reads: store.zarr/ARRAY (rows × features) or an xarray
@@ -429,16 +435,19 @@ def predict(model_path, input_path, out, responsibility, log_density, impute, va
     """
     from dask_emk.pipeline.predict import predict_store
 
-    section = _input_section(input_path)
-    if "csv" in section:
-        raise ValueError("dask-emk predict reads zarr stores; write the CSV to a zarr store first.")
-    flags = {"responsibility": responsibility, "log_density": log_density, "imputed": impute}
-    predict_store(
-        model_path, section["store"], out, array=section.get("array"),
-        outputs=("label", *(name for name, on in flags.items() if on)),
-        variables=variables.split(",") if variables else None,
-        missing_chunks=missing_chunks, scheduler=scheduler, echo=click.echo,
-    )  # fmt: skip
+    with _storage_options((model_path, input_path, str(out)), storage_options):
+        section = _input_section(input_path)
+        if "csv" in section:
+            raise ValueError(
+                "dask-emk predict reads zarr stores; write the CSV to a zarr store first."
+            )
+        flags = {"responsibility": responsibility, "log_density": log_density, "imputed": impute}
+        predict_store(
+            model_path, section["store"], out, array=section.get("array"),
+            outputs=("label", *(name for name, on in flags.items() if on)),
+            variables=variables.split(",") if variables else None,
+            missing_chunks=missing_chunks or "raise", scheduler=scheduler, echo=click.echo,
+        )  # fmt: skip
 
 
 @main.command()
@@ -481,7 +490,7 @@ def fit_sections(input_path: str, given: dict) -> dict:
     if given["k"] is None and model != "dpmeans":
         raise ValueError(f"--model {model} needs --k (the number of components); add it.")
     options = fit_options()
-    with _input_storage_options(input_path, given["storage_options"]):
+    with _storage_options((input_path,), given["storage_options"]):
         raw: dict = {"input": _input_section(input_path), "preprocess": {}, "model": {}}
     for option in options:
         value = given[option.name]
@@ -503,13 +512,15 @@ def _in_cli_terms(message: str) -> str:
     return message
 
 
-def _input_storage_options(path: str, table: dict | None):
-    """fsspec options for reaching INPUT while it is looked at (before the run sets them)."""
+def _storage_options(locations: tuple[str, ...], table: dict | None):
+    """``--storage-options`` (``table``) for the ``locations`` that are URLs and their
+    buckets, while the body runs (fit: INPUT while it is looked at; the run sets its own)."""
     from dask_emk.engine.locations import bucket_of, is_url, storage_options
 
-    if not table or not is_url(path):
+    urls = [location for location in locations if is_url(location)]
+    if not table or not urls:
         return contextlib.nullcontext()
-    return storage_options({bucket_of(path): table, path: table})
+    return storage_options({key: table for url in urls for key in (bucket_of(url), url)})
 
 
 def _input_section(path: str) -> dict:

@@ -263,8 +263,8 @@ RESULT_SECTIONS = ("input", "preprocess", "anneal", "model")
 FIELD_HELP = {
     ("input", "columns"): "CSV input: the columns to fit, in this order (default: all).",
     ("input", "storage_options"): (
-        "fsspec options of an object-store location (endpoint, credentials, ...), as a "
-        "table; dask-emk fit: a JSON object, for INPUT and --out."
+        "fsspec options of an object-store location (endpoint, credentials, ...): a table; "
+        "on the command line a JSON object, for every URL the command reads or writes."
     ),
     ("input", "variables"): (
         "An xarray store's data variables to fit, the features in this order (default: "
@@ -348,7 +348,9 @@ def fit_options() -> list[FitOption]:
         if key not in INPUT_NOT_OPTIONS
     ]
     options += [FitOption("preprocess", key, kind) for key, (kind, _) in PREPROCESS_FIELDS.items()]
-    options += [FitOption("model", key, kind, param=key) for key, (kind, _) in COMMON_MODEL.items()]
+    for key, (kind, _) in COMMON_MODEL.items():  # the estimators' rules, where they have one
+        specs = [field_specs(estimator, names).get(key) for estimator, names in MODELS.values()]
+        options.append(FitOption("model", key, kind, tuple(filter(None, specs)), param=key))
     taken = {option.key for option in options}
     by_key: dict[str, list] = {}
     for kind, (estimator, names) in MODELS.items():
@@ -648,10 +650,27 @@ def _fill_model_defaults(model: dict, raw: dict) -> None:
             model[key] = copy.deepcopy(default)
 
 
+#: Fields added since checkpoints were first keyed, by section (and model type):
+#: :func:`config_key` leaves them out at their defaults, so that a checkpoint
+#: written before them still matches its pipeline.
+ADDED_FIELDS = {
+    ("input", None): ("weights",),
+    ("model", None): ("n_init", "accelerate", "variance", "estep", "cache", "split_every",
+                      "init_max_iter", "algorithm"),
+    ("model", "gmm-ic"): ("init",),
+}  # fmt: skip
+
+
 def config_key(cfg: Pipeline) -> str:
     """Hash of the sections that decide the fitted result (checkpoints match on it)."""
     plain = cfg.as_dict()
     decisive = {name: plain[name] for name in RESULT_SECTIONS}
+    kind = decisive["model"]["type"]
+    for (section, only), keys in ADDED_FIELDS.items():
+        fields = INPUT_FIELDS if section == "input" else model_fields(kind)
+        for key in keys if only in (None, kind) else ():
+            if key in decisive[section] and decisive[section][key] == fields[key][1]:
+                del decisive[section][key]
     return hashlib.sha256(json.dumps(decisive, sort_keys=True).encode()).hexdigest()[:16]
 
 
