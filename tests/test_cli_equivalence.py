@@ -249,12 +249,45 @@ def test_missing_chunks_fill_is_an_estimator_parameter(store, tmp_path):
     assert not np.array_equal(api.means_, whole.means_)
 
 
+def test_an_xarray_dataset_store_fits_its_variables(store, tmp_path):
+    """`dask-emk fit STORE` on a Dataset store (no array path, no --variables): its
+    data variables are the features, sorted by name, as the API fits them."""
+    plain = tmp_path / "plain.zarr"
+    xr.open_zarr(store, consolidated=False)[["t", "q"]].to_zarr(plain, consolidated=False)
+    case = (None, None, GaussianMixture, {"nan_policy": "omit"}, ["q", "t"], None, False)
+    cli = cli_fit(plain, "--nan-policy omit", tmp_path / "r.zarr")
+    assert_same_model(cli, api_fit(plain, case))
+    assert list(cli.feature_names_in_) == ["q", "t"]
+
+
+def test_missing_chunks_fill_reads_a_store_path_as_the_fill_value(tmp_path):
+    """The estimator parameter on a 2-D zarr array named by its path: the rows of a
+    missing chunk read as NaN (the fill value) and are omitted."""
+    import dask.array as da
+    import zarr
+
+    X = np.random.default_rng(1).normal(size=(40, 2))
+    array = zarr.create_array(tmp_path / "x.zarr", shape=X.shape, chunks=(10, 2), dtype="f8",
+                              fill_value=np.nan)  # fmt: skip
+    array[:] = X
+    (tmp_path / "x.zarr" / "c" / "1" / "0").unlink()
+    with pytest.raises(ValueError, match="missing"):
+        KMeans(2, random_state=0, nan_policy="omit").fit(str(tmp_path / "x.zarr"))
+    filled = KMeans(2, random_state=0, nan_policy="omit", missing_chunks="fill")
+    holed = X.copy()
+    holed[10:20] = np.nan
+    expected = KMeans(2, random_state=0, nan_policy="omit").fit(da.from_array(holed, (10, 2)))
+    np.testing.assert_array_equal(
+        filled.fit(str(tmp_path / "x.zarr")).cluster_centers_, expected.cluster_centers_
+    )
+
+
 def test_option_errors_name_the_option(store, tmp_path):
     base = ("fit", store, "--k", 2, "--out", tmp_path / "r.zarr", "--scheduler", "sync")
     assert_one_line_error(invoke(*base, "--cache", "maybe"),
                           "--cache must be 'auto' or True or False, got 'maybe'")  # fmt: skip
     assert_one_line_error(invoke(*base, "--weights", "nope", "--nan-policy", "omit"),
-                          "input.weights 'nope' is not a data variable", "'cell_area'")  # fmt: skip
+                          "--weights 'nope' is not a data variable", "'cell_area'")  # fmt: skip
     assert_one_line_error(invoke(*base, "--model", "dpmeans", "--n-init", 2),
                           "--n-init does not apply to --model dpmeans")  # fmt: skip
     assert not (tmp_path / "r.zarr").exists()

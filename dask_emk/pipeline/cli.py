@@ -390,19 +390,20 @@ def fit(input_path, out, labels, responsibilities, log_density, scheduler, resum
     """One-off fit of INPUT (store.zarr/ARRAY, an xarray store.zarr, or a .csv file;
     paths or URLs), as a pipeline of the same settings would fit it.
 
-    Every option but --out and those below it sets the pipeline field of its name
-    ([input], [preprocess], [model]; see pipelines/README.md).
+    The options before --out set the pipeline fields of their names ([input],
+    [preprocess], [model]; --model sets type, --k n_components): see
+    pipelines/README.md.
     """
     outputs = {"results": str(out), "labels": labels, "responsibilities": responsibilities,
                "log_density": log_density}  # fmt: skip
     if given["storage_options"] is not None:  # one table for INPUT and --out
         outputs["storage_options"] = given["storage_options"]
-    raw = fit_sections(input_path, given) | {"output": outputs}
     try:
+        raw = fit_sections(input_path, given) | {"output": outputs}
         cfg = validate(raw, source="dask-emk fit")
-    except PipelineError as exc:
+        _run(cfg, None, scheduler, resume, quiet, no_plots, "--out")
+    except PipelineError as exc:  # a field's error, named as its option
         raise PipelineError(_in_cli_terms(str(exc))) from None
-    _run(cfg, None, scheduler, resume, quiet, no_plots, "--out")
 
 
 @main.command()
