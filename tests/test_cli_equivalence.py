@@ -309,6 +309,13 @@ def test_every_option_has_help_and_every_model_field_an_option():
                                                              "photo"}  # fmt: skip
     assert fields <= set(helps)
     assert {"n_init", "accelerate", "cache", "nan_policy", "weights", "missing_chunks"} <= fields
+    from dask_emk.pipeline.cli import main
+
+    for name, command in main.commands.items():  # every option of every command
+        context = click.Context(command)
+        for param in command.params:
+            if isinstance(param, click.Option) and not param.hidden:
+                assert param.get_help_record(context)[1].strip(), (name, param.name)
     version = invoke("--version")
     assert version.exit_code == 0 and dask_emk.__version__ in version.output
 
@@ -349,3 +356,12 @@ def test_weights_are_part_of_the_checkpoint_key(store):
         for extra in ({}, {"weights": "coslat"}, {"weights": "cell_area"})
     }
     assert len(keys) == 3
+
+
+def test_run_out_places_relative_results_and_refuses_absolute_ones(store, tmp_path):
+    toml = pipeline_file(
+        store, CASES["n-init,covariance-type"][1], tmp_path, str(tmp_path / "a.zarr")
+    )
+    failed = invoke("run", toml, "--out", tmp_path / "placed")
+    assert_one_line_error(failed, "--out", "names its own place", "make results relative")
+    assert not (tmp_path / "placed").exists() and not (tmp_path / "a.zarr").exists()

@@ -179,10 +179,14 @@ def _show_log(quiet: bool = False) -> None:
 @click.option("--n", "n", type=click.IntRange(min=1), default=None, help="Rows (not with --grid).")
 @click.option("--d", "d", type=click.IntRange(min=1), required=True, help="Features.")
 @click.option("--k", "k", type=click.IntRange(min=1), required=True, help="Components.")
-@click.option("--chunk-rows", type=click.IntRange(min=1), default=100_000, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--dtype", type=click.Choice(["float32", "float64"]), default="float32")
-@click.option("--separation", type=float, default=6.0, show_default=True)
+@click.option("--chunk-rows", type=click.IntRange(min=1), default=100_000, show_default=True,
+              help="Rows per chunk of X (not with --grid).")  # fmt: skip
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seed of the mixture and the draws (the same store every time).")  # fmt: skip
+@click.option("--dtype", type=click.Choice(["float32", "float64"]), default="float32",
+              show_default=True, help="The stored values' type.")  # fmt: skip
+@click.option("--separation", type=float, default=6.0, show_default=True,
+              help="Spread of the true means, in units of the components' scale.")  # fmt: skip
 @click.option(
     "--grid", default=None, metavar="TxLATxLON",
     help="Gridded data instead of rows: variables x0 … on (time, lat, lon), e.g. 12x90x180.",
