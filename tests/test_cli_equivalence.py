@@ -26,7 +26,14 @@ from s3_helpers import s3_server
 from sklearn.pipeline import Pipeline
 
 import dask_emk
-from dask_emk import DPMeans, GaussianMixture, GaussianMixtureIC, KMeans, StandardScaler
+from dask_emk import (
+    AnnealedGaussianMixture,
+    DPMeans,
+    GaussianMixture,
+    GaussianMixtureIC,
+    KMeans,
+    StandardScaler,
+)
 from dask_emk.engine.locations import storage_options
 from dask_emk.pipeline.config import RESULT_SECTIONS, load_pipeline
 
@@ -121,6 +128,14 @@ CASES = {
          "model": {"type": "kmeans", "n_init": 2, "init_max_iter": 2, "algorithm": "elkan"}},
         KMeans, {"nan_policy": "omit", "n_init": 2, "init_max_iter": 2, "algorithm": "elkan"},
         ["q", "t"], coslat, False,
+    ),
+    "anneal:anneal-cooling,anneal-sample-size": (
+        "--model anneal --anneal-cooling 0.8 --anneal-sample-size 500 --nan-policy omit "
+        "--variables q,t",
+        {"input": OMIT, "model": {"type": "anneal"},
+         "anneal": {"cooling": 0.8, "sample_size": 500}},
+        AnnealedGaussianMixture, {"nan_policy": "omit", "cooling": 0.8, "sample_size": 500},
+        ["q", "t"], None, False,
     ),
     "dpmeans:cache": (
         "--model dpmeans --penalty 8 --nan-policy omit --variables q,t --cache true",
@@ -292,6 +307,8 @@ def test_option_errors_name_the_option(store, tmp_path):
                           "--weights 'nope' is not a data variable", "'cell_area'")  # fmt: skip
     assert_one_line_error(invoke(*base, "--model", "dpmeans", "--n-init", 2),
                           "--n-init does not apply to --model dpmeans")  # fmt: skip
+    assert_one_line_error(invoke(*base, "--anneal-cooling", 0.5),
+                          "--anneal-cooling sets the annealing", "--init anneal")  # fmt: skip
     assert not (tmp_path / "r.zarr").exists()
 
 

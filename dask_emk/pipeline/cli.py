@@ -495,16 +495,24 @@ def fit_sections(input_path: str, given: dict) -> dict:
     if given["k"] is None and model != "dpmeans":
         raise ValueError(f"--model {model} needs --k (the number of components); add it.")
     options = fit_options()
+    annealed = model == "anneal" or given["init"] == "anneal"
     with _storage_options((input_path,), given["storage_options"]):
         raw: dict = {"input": _input_section(input_path), "preprocess": {}, "model": {}}
+    if annealed:
+        raw["anneal"] = {}
     for option in options:
         value = given[option.name]
         if value is None:
             continue
         if option.models and model not in option.models:
             takes = [o.flag for o in options if model in o.models]
-            hint = f"it takes {', '.join(takes)}" if takes else "set it in a pipeline's [anneal]"
+            hint = f"it takes {', '.join(takes)}" if takes else "it takes the --anneal-... options"
             raise ValueError(f"{option.flag} does not apply to --model {model} ({hint}); drop it.")
+        if option.section == "anneal" and not annealed:
+            raise ValueError(
+                f"{option.flag} sets the annealing, which runs with --model anneal or "
+                "--init anneal; add one, or drop it."
+            )
         raw[option.section][option.key] = value
     return raw
 

@@ -279,16 +279,22 @@ FIELD_HELP = {
         "Fit a StandardScaler (with the sample weights) on the input and the model on its "
         "output; results are reported in the data's units."
     ),
-    ("model", "type"): "The estimator: " + ", ".join(
-        f"{kind} ({estimator.__name__})" for kind, (estimator, _) in MODELS.items()
-    ) + ".",
+    ("model", "type"): (
+        "The estimator: "
+        + ", ".join(f"{kind} ({est.__name__})" for kind, (est, _) in MODELS.items())
+        + "."
+    ),
     ("model", "n_components"): (
         "Components (clusters); gmm-ic: the largest number tried; dpmeans: a target K, "
         "instead of penalty. Required otherwise."
     ),
 }
-#: CLI names of fields (``--model gmm``, ``--k 3``); others are ``--field-name``.
+#: CLI names of fields (``--model gmm``, ``--k 3``); others are ``--field-name``, and
+#: [anneal] fields ``--anneal-field-name``.
 CLI_NAMES = {"type": "model", "n_components": "k"}
+#: [anneal] fields that are no option: the run takes them from [model] and [input]
+#: (n_components, random_state, how X is read) or shows progress itself (verbose).
+ANNEAL_NOT_OPTIONS = ("n_components", "random_state", "verbose", *params.INPUT_OPTIONS)
 #: [input] fields that are INPUT itself, or tables of their own: no option.
 INPUT_NOT_OPTIONS = ("store", "array", "csv", "generate", "photo")
 
@@ -322,7 +328,8 @@ class FitOption:
     @property
     def name(self) -> str:
         """The option's name without dashes, as click passes it (``max_iter``)."""
-        return CLI_NAMES.get(self.key, self.key)
+        prefix = "anneal_" if self.section == "anneal" else ""
+        return prefix + CLI_NAMES.get(self.key, self.key)
 
     @property
     def flag(self) -> str:
@@ -333,6 +340,7 @@ class FitOption:
         text = FIELD_HELP.get((self.section, self.key))
         if text is None:
             estimator = MODELS[self.models[0]][0] if self.models else GaussianMixture
+            estimator = AnnealedGaussianMixture if self.section == "anneal" else estimator
             text = parameter_docs(estimator).get(self.param or self.key, "")
         if self.models and len(self.models) < len(MODELS):
             text = f"{', '.join(self.models)}: {text}"
@@ -341,7 +349,7 @@ class FitOption:
 
 def fit_options() -> list[FitOption]:
     """Every ``dask-emk fit`` option that sets a pipeline field, from the field
-    tables: [input] (but INPUT itself), [preprocess], [model] of every type."""
+    tables: [input] (but INPUT itself), [preprocess], [model] of every type, [anneal]."""
     options = [
         FitOption("input", key, kind, param=key if key in params.INPUT_OPTIONS else None)
         for key, (kind, _) in INPUT_FIELDS.items()
@@ -361,6 +369,12 @@ def fit_options() -> list[FitOption]:
     for key, rows in by_key.items():
         kinds, field_kinds, specs, names = zip(*rows, strict=True)
         options.append(FitOption("model", key, field_kinds, specs, kinds, names[0]))
+    specs = field_specs(AnnealedGaussianMixture, ANNEAL_PARAMETERS)
+    options += [
+        FitOption("anneal", key, kind, (specs[key],), param=key)
+        for key, (kind, _) in anneal_fields(defaults=False).items()
+        if key not in ANNEAL_NOT_OPTIONS
+    ]
     return options
 
 
