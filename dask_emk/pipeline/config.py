@@ -6,7 +6,9 @@ A validated pipeline is a frozen :class:`Pipeline` of frozen sections
 AttributeError where it is read, whatever the pipeline holds); see
 ``pipelines/README.md`` for the fields. Each section's class is made from the
 same field table that checks it (``INPUT_FIELDS``, ..., the estimators' tables
-for ``[model]`` and ``[anneal]``), so a field is named in one place.
+for ``[model]`` and ``[anneal]``), so a field is named in one place; the same
+tables make the ``dask-emk fit`` options (:func:`fit_options`), so the command
+line, a pipeline and the estimators take the same settings.
 Validation happens before anything runs or is written, and every error names
 the file, the section and the key, and says what to do.
 """
@@ -73,7 +75,7 @@ INPUT_FIELDS = {
     "sample_dims": (STR_LIST, None),
     "nan_policy": (NAN_POLICIES, "raise"),
     "missing_chunks": (MISSING_CHUNKS, "raise"),
-    # sample weights: a variable (array) of the store, or cos(latitude) (COSLAT)
+    # xarray stores: sample weights, a variable of the store or cos(latitude) (COSLAT)
     "weights": (STR, None),
 }
 #: ``[input] weights`` that asks for area weights cos(latitude) of gridded data.
@@ -271,9 +273,9 @@ FIELD_HELP = {
         "all but the weights variable, by name)."
     ),
     ("input", "weights"): (
-        f"Sample weights: a variable of the store on (some of) its sample dims (for a 2-D "
-        f"array: a 1-D array of the store, one weight per row), or {COSLAT!r}: "
-        "cos(latitude) of gridded data's latitude dim (found by CF attributes or name)."
+        "Sample weights of an xarray store: one of its variables on (some of) its sample "
+        f"dims, or {COSLAT!r}: cos(latitude) of its latitude dim (found by CF attributes "
+        "or name)."
     ),
     ("preprocess", "standardize"): (
         "Fit a StandardScaler (with the sample weights) on the input and the model on its "
