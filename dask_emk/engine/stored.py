@@ -15,6 +15,9 @@ storage again:
   are recorded, so a grid whose layout allows it is read straight from zarr
   into rows (:meth:`StoredInput.stacked_rows`).
 
+Checked reads raise on a missing chunk file, or read the fill value with the
+estimators' ``missing_chunks='fill'`` (given to :func:`resolve_storage`).
+
 :mod:`dask_emk.engine.storage` says which check each kind of input gets and why.
 """
 
