@@ -114,7 +114,7 @@ def test_toml_unknown_key(tmp_path):
 
 def test_toml_wrong_type(tmp_path):
     toml = scaled_pipeline("faithful", tmp_path, model={"n_components": "two"})
-    assert_one_line_error(invoke("run", toml), "model.n_components must be a integer", "'two'")
+    assert_one_line_error(invoke("run", toml), "model.n_components must be an integer", "'two'")
     assert_nothing_written(tmp_path)
 
 

@@ -96,6 +96,7 @@ def test_docs_build(tmp_path):
     assert "\\sigma^2 \\to 0" in (out / "user_guide/mixtures.html").read_text(encoding="utf-8")
     fields = (out / "user_guide/pipeline_fields.html").read_text(encoding="utf-8")
     assert "oversampling_factor" in fields and "sample_size" in fields
+    assert "--n-init" in fields and "--weights" in fields  # the dask-emk fit options
     api = (out / "generated/dask_emk.GaussianMixture.html").read_text(encoding="utf-8")
     assert "The number of mixture components K." in api
     print(f"docs built in {seconds:.0f} s")

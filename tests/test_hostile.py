@@ -1003,7 +1003,7 @@ CASES = [  # fmt: off
     Case(
         "cli-tol-for-anneal",
         lambda p: cli_fit(p, write_store(p, X), "--model", "anneal", "--tol", 0.1),
-        r"Error: --tol does not apply to --model anneal \(set it in a pipeline's \[anneal\]\)",
+        r"Error: --tol does not apply to --model anneal \(it takes the --anneal-\.\.\. options\)",
     ),
     Case(
         "cli-store-several-arrays",

@@ -119,4 +119,4 @@ def test_cli_fit_gmm_ic_writes_the_best_model_and_the_criterion_plot(tmp_path):
     bad = invoke("fit", f"{store}/X", "--k", 3, "--min-components", 2, "--out", tmp_path / "x")
     assert_one_line_error(bad, "--min-components does not apply to --model gmm")
     bad = invoke("fit", f"{store}/X", "--k", 3, "--covariance-type", "all", "--out", tmp_path / "y")
-    assert_one_line_error(bad, "covariance_type")
+    assert_one_line_error(bad, "--covariance-type must be one of")

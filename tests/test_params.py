@@ -123,7 +123,8 @@ def test_pipeline_fields_are_the_estimators(kind):
         spec = estimator._parameter_specs[names[field]]
         if field == "init":  # the estimator's options and the pipeline's own 'anneal'
             options = spec.values if hasattr(spec, "values") else spec.choices[0].values
-            assert toml_kind == ("anneal", *options)
+            anneal = ("anneal",) if kind in config.ANNEAL_INIT_MODELS else ()
+            assert toml_kind == (*anneal, *options)
     assert config.MODEL_FIELDS["gmm"]["init"][0][1:] == GMM_INITS  # random_from_data too
 
 
@@ -145,6 +146,9 @@ def test_anneal_fields_are_the_estimators():
         ({"tol": -1.0}, None, r"\[model\] tol must be >= 0, got -1\.0\."),
         ({"random_state": -1}, None, r"\[model\] random_state must be in \[0, 2\*\*32 - 1\]"),
         ({"type": "kmeans", "oversampling_factor": -2}, None, r"\[model\] oversampling_fac"),
+        ({"cache": "yes"}, None, r"\[model\] cache must be 'auto' or True or False, got 'yes'"),
+        ({"type": "kmeans", "n_init": 0}, None, r"\[model\] n_init must be 'auto' or an int"),
+        ({"type": "gmm-ic", "init": "anneal"}, None, r"model\.init must be one of 'kmeans'"),
         ({"init": "anneal"}, {"cooling": 1.5}, r"\[anneal\] cooling must be > 0 and < 1, got 1\.5"),
         ({"init": "anneal"}, {"sigma2_stop": 0}, r"\[anneal\] sigma2_stop must be > 0 and finite"),
         ({"init": "anneal"}, {"cooling": True}, r"anneal\.cooling must be a number, got True"),

@@ -107,7 +107,8 @@ def test_cli_start_up_imports_no_numeric_stack(tmp_path, args):
         assert done.stderr.splitlines() == [
             f"Error: {pipeline}: unknown key 'n_componets' in [model]; did you mean "
             "'n_components'? allowed: type, n_components, random_state, covariance_type, "
-            "init, tol, reg_covar, max_iter, nan_policy."
+            "init, tol, reg_covar, max_iter, n_init, accelerate, variance, estep, cache, "
+            "split_every, nan_policy."
         ]
 
 

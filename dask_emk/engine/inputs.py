@@ -42,6 +42,7 @@ from dask_emk.engine.gridded import (  # noqa: F401 (Grid, dim_role: public here
     recorded_sample_dims,
 )
 from dask_emk.engine.reduction import compute_one
+from dask_emk.engine.storage import check_missing_chunks
 from dask_emk.engine.stored import StoredInput, resolve_storage
 
 
@@ -153,6 +154,7 @@ def as_input(
     nan_policy: str | NanPolicy = "raise",
     feature_dim: str | None = None,
     sample_dims=None,
+    missing_chunks: str = "raise",
 ) -> InputData:
     """Validate X and convert it to :class:`InputData`.
 
@@ -188,6 +190,10 @@ def as_input(
         (:mod:`dask_emk.core.marginal`); ±inf is always an error.
     feature_dim : str, optional
     sample_dims : str or sequence of str, optional
+    missing_chunks : {'raise', 'fill'}
+        A missing chunk file of zarr-backed X: an error, or read as the fill
+        value (:func:`dask_emk.engine.stored.resolve_storage`); reads X already
+        wraps keep their own choice.
 
     Raises
     ------
@@ -202,7 +208,7 @@ def as_input(
     if feature_dim is None and sample_dims is None:
         sample_dims = recorded_sample_dims(X)
     policy, sample_dims = check_input_options(nan_policy, feature_dim, sample_dims)
-    stored = resolve_storage(X, name)
+    stored = resolve_storage(X, name, check_missing_chunks(missing_chunks))
     data = _convert(stored, name, policy.allows_nan, feature_dim, sample_dims)
     data.nan_policy = policy
     return data

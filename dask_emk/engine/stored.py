@@ -15,6 +15,9 @@ storage again:
   are recorded, so a grid whose layout allows it is read straight from zarr
   into rows (:meth:`StoredInput.stacked_rows`).
 
+Checked reads raise on a missing chunk file, or read the fill value with the
+estimators' ``missing_chunks='fill'`` (given to :func:`resolve_storage`).
+
 :mod:`dask_emk.engine.storage` says which check each kind of input gets and why.
 """
 
@@ -33,6 +36,7 @@ from dask_emk.engine.arrays import check_shape_dtype
 from dask_emk.engine.storage import (
     check_zarr_chunks,
     checked_reads,
+    checked_xarray,
     chunked_if_stored,
     open_zarr_array,
     read_zarr,
@@ -89,8 +93,11 @@ class StoredInput:
         return stacked_rows([array for array, _ in self.sources], chunks, self.sources[0][1])
 
 
-def resolve_storage(X, name: str) -> StoredInput:
+def resolve_storage(X, name: str, missing_chunks: str = "raise") -> StoredInput:
     """Open, chunk and check X's zarr reads (see the module docstring); reads no values.
+
+    ``missing_chunks='fill'``: a missing chunk file reads as the fill value
+    (the estimators' ``missing_chunks``); reads X already checks keep their own choice.
 
     Raises ValueError for a zarr or dask array that is not 2-D or not
     numeric (before any store is listed), and
@@ -101,10 +108,12 @@ def resolve_storage(X, name: str) -> StoredInput:
         X = open_zarr_array(X)
     if isinstance(X, zarr.Array):
         check_shape_dtype(X.shape, np.dtype(X.dtype), name)
-        return StoredInput(read_zarr(X))
+        return StoredInput(read_zarr(X, missing_chunks))
     if isinstance(X, da.Array):
         check_shape_dtype(X.shape, np.dtype(X.dtype), name)
-        return StoredInput(_checked(X))
+        return StoredInput(_checked(X, missing_chunks))
+    if missing_chunks != "raise" and isinstance(X, (xr.Dataset, xr.DataArray)):
+        X = checked_xarray(X, missing_chunks)  # before _sources: the rows keep the choice
     variables: tuple[xr.DataArray, ...]
     if isinstance(X, xr.DataArray):
         variables = (chunked_if_stored(X),)
@@ -126,10 +135,10 @@ def _sources(variables: tuple) -> tuple | None:
     return tuple(known)
 
 
-def _checked(X: da.Array) -> da.Array:
+def _checked(X: da.Array, missing_chunks: str = "raise") -> da.Array:
     """X with its zarr reads checked as they go; arrays whose reads cannot be
     swapped are listed here, once."""
-    X, unchecked = checked_reads(X)
+    X, unchecked = checked_reads(X, missing_chunks)
     for array in unchecked:
         check_zarr_chunks(array)
     return X

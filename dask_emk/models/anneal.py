@@ -415,6 +415,10 @@ class AnnealedGaussianMixture(
     sample_dims : str or list of str, optional
         The dimensions of xarray input that hold samples; see
         :class:`dask_emk.GaussianMixture`.
+    missing_chunks : {'raise', 'fill'}, default='raise'
+        What reading X from a zarr store does with a missing chunk or shard
+        file: raise an error naming it (``'raise'``) or read the array's fill
+        value (``'fill'``, for stores written without empty chunks).
     estep : {'auto', 'dense', 'sparse'} or EStepOptions, default='auto'
         The E-step of the annealing's EM on its sample and of
         :meth:`predict_proba`; see :class:`dask_emk.GaussianMixture`.
@@ -502,6 +506,7 @@ class AnnealedGaussianMixture(
         nan_policy="raise",
         feature_dim=None,
         sample_dims=None,
+        missing_chunks="raise",
         estep="auto",
         cache="auto",
     ):
@@ -521,6 +526,7 @@ class AnnealedGaussianMixture(
         self.nan_policy = nan_policy
         self.feature_dim = feature_dim
         self.sample_dims = sample_dims
+        self.missing_chunks = missing_chunks
         self.estep = estep
         self.cache = cache
 

@@ -211,6 +211,10 @@ class GaussianMixture(DensityMixin, ChunkedEstimator):
         The dimensions of xarray input that hold samples (default: every
         dimension but the feature dimension; for a Dataset those all its
         data variables have). Outputs come back on them.
+    missing_chunks : {'raise', 'fill'}, default='raise'
+        What reading X from a zarr store does with a missing chunk or shard
+        file: raise an error naming it (``'raise'``) or read the array's fill
+        value (``'fill'``, for stores written without empty chunks).
     estep : {'auto', 'dense', 'sparse'} or EStepOptions, default='auto'
         How the E-step is computed; every choice gives the same statistics to
         rounding (docs/NUMERICS.md), only the speed differs. ``'auto'``: each
@@ -296,6 +300,7 @@ class GaussianMixture(DensityMixin, ChunkedEstimator):
         nan_policy="raise",
         feature_dim=None,
         sample_dims=None,
+        missing_chunks="raise",
         estep="auto",
         cache="auto",
     ):
@@ -320,6 +325,7 @@ class GaussianMixture(DensityMixin, ChunkedEstimator):
         self.nan_policy = nan_policy
         self.feature_dim = feature_dim
         self.sample_dims = sample_dims
+        self.missing_chunks = missing_chunks
         self.estep = estep
         self.cache = cache
 

@@ -34,7 +34,7 @@ from dask_emk.models.validation import check_features
 #: The parameters every candidate takes from the GaussianMixtureIC.
 SHARED = ("tol", "reg_covar", "max_iter", "n_init", "init_params", "random_state", "verbose",
           "verbose_interval", "split_every", "callback", "accelerate", "nan_policy", "feature_dim",
-          "sample_dims", "estep")  # fmt: skip
+          "sample_dims", "missing_chunks", "estep")  # fmt: skip
 
 #: One line per candidate: K, covariance type, criterion, time (the CLI shows it).
 steps_log = logging.getLogger(STEPS_LOGGER)
@@ -83,6 +83,7 @@ class GaussianMixtureIC(DensityMixin, ChunkedEstimator):
         One type, a list of types, or ``'all'``: scikit-learn's four
         ('full', 'tied', 'diag', 'spherical').
     criterion : {'bic', 'aic'}, default='bic'
+        The information criterion that picks the model (lower is better).
     tol, reg_covar, max_iter, n_init, init_params : see GaussianMixture
         Given to every candidate.
     random_state : int, RandomState or None
@@ -99,6 +100,10 @@ class GaussianMixtureIC(DensityMixin, ChunkedEstimator):
         NaN in X, as GaussianMixture's.
     feature_dim, sample_dims : optional
         The layout of xarray input, as GaussianMixture's.
+    missing_chunks : {'raise', 'fill'}, default='raise'
+        What reading X from a zarr store does with a missing chunk or shard
+        file: raise an error naming it (``'raise'``) or read the array's fill
+        value (``'fill'``, for stores written without empty chunks).
     estep : {'auto', 'dense', 'sparse'} or EStepOptions, default='auto'
         The E-step of every candidate, see GaussianMixture.
     cache : {'auto', True, False}, default='auto'
@@ -150,6 +155,7 @@ class GaussianMixtureIC(DensityMixin, ChunkedEstimator):
         nan_policy="raise",
         feature_dim=None,
         sample_dims=None,
+        missing_chunks="raise",
         estep="auto",
         cache="auto",
     ):
@@ -171,6 +177,7 @@ class GaussianMixtureIC(DensityMixin, ChunkedEstimator):
         self.nan_policy = nan_policy
         self.feature_dim = feature_dim
         self.sample_dims = sample_dims
+        self.missing_chunks = missing_chunks
         self.estep = estep
         self.cache = cache
 

@@ -211,6 +211,10 @@ class KMeans(
     sample_dims : str or list of str, optional
         The dimensions of xarray input that hold samples; see
         :class:`dask_emk.GaussianMixture`.
+    missing_chunks : {'raise', 'fill'}, default='raise'
+        What reading X from a zarr store does with a missing chunk or shard
+        file: raise an error naming it (``'raise'``) or read the array's fill
+        value (``'fill'``, for stores written without empty chunks).
     cache : {'auto', True, False}, default='auto'
         Keep the rows of a lazy X in memory between the fit's passes; see
         :class:`dask_emk.GaussianMixture`.
@@ -271,6 +275,7 @@ class KMeans(
         nan_policy="raise",
         feature_dim=None,
         sample_dims=None,
+        missing_chunks="raise",
         cache="auto",
     ):
         self.n_clusters = n_clusters
@@ -289,6 +294,7 @@ class KMeans(
         self.nan_policy = nan_policy
         self.feature_dim = feature_dim
         self.sample_dims = sample_dims
+        self.missing_chunks = missing_chunks
         self.cache = cache
 
     # ------------------------------------------------------------------ checks

@@ -23,7 +23,7 @@ import numpy as np
 
 from dask_emk.core.covariance import COVARIANCE_TYPES
 from dask_emk.core.estep_options import ESTEP_PATHS, EStepOptions
-from dask_emk.engine.options import NAN_POLICIES
+from dask_emk.engine.options import MISSING_CHUNKS, NAN_POLICIES
 
 
 class Spec:
@@ -308,7 +308,9 @@ CALLBACK = Function(allow_none=True)
 #: ``cache``: keep the fit's rows in memory between passes (dask_emk.engine.cache).
 CACHE = Either((Options(("auto",)), Boolean()))
 INPUT_OPTION_DEFAULTS = {"nan_policy": "raise", "feature_dim": None, "sample_dims": None}
-INPUT_OPTIONS = {name: InputOption(name) for name in INPUT_OPTION_DEFAULTS}
+#: How X is read: its layout and NaN (the input layer's rule), a missing chunk file.
+INPUT_OPTIONS: dict[str, Spec] = {name: InputOption(name) for name in INPUT_OPTION_DEFAULTS}
+INPUT_OPTIONS["missing_chunks"] = Options(MISSING_CHUNKS)
 
 GAUSSIAN_MIXTURE: dict[str, Spec] = {
     "n_components": Integer(1),

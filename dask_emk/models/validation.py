@@ -29,12 +29,13 @@ def validate_features(estimator: Any, X: Any, *, reset: bool) -> InputData:
 
 
 def input_options(estimator: Any) -> dict:
-    """The estimator's ``nan_policy``, ``feature_dim`` and ``sample_dims`` for
-    :func:`dask_emk.engine.inputs.as_input` (which validates them)."""
+    """The estimator's ``nan_policy``, ``feature_dim``, ``sample_dims`` and
+    ``missing_chunks`` for :func:`dask_emk.engine.inputs.as_input` (which validates them)."""
     return {
         "nan_policy": getattr(estimator, "nan_policy", "raise"),
         "feature_dim": getattr(estimator, "feature_dim", None),
         "sample_dims": getattr(estimator, "sample_dims", None),
+        "missing_chunks": getattr(estimator, "missing_chunks", "raise"),
     }
 
 

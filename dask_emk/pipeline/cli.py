@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import logging
 import os
+import re
 import signal
 import sys
 import threading
@@ -26,7 +28,19 @@ import click
 # estimators): --help, --version and a pipeline error answer without loading
 # numba, scikit-learn, xarray or Dask's arrays (issue 26; benchmarks/bench_startup.py).
 from dask_emk._version import __version__
-from dask_emk.pipeline.config import MODELS, load_pipeline, model_fields, validate
+from dask_emk.models.params import Integer, Real
+from dask_emk.pipeline.config import (
+    BOOL,
+    FLOAT,
+    INT,
+    STR_LIST,
+    TABLE,
+    FitOption,
+    PipelineError,
+    fit_options,
+    load_pipeline,
+    validate,
+)
 
 SCHEDULER_HELP = (
     "sync, threads, processes, local, local:N (LocalCluster with N workers) or "
@@ -224,10 +238,14 @@ def _show_log(quiet: bool = False, bar: _PassBar | None = None) -> None:
 @click.option("--n", "n", type=click.IntRange(min=1), default=None, help="Rows (not with --grid).")
 @click.option("--d", "d", type=click.IntRange(min=1), required=True, help="Features.")
 @click.option("--k", "k", type=click.IntRange(min=1), required=True, help="Components.")
-@click.option("--chunk-rows", type=click.IntRange(min=1), default=100_000, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--dtype", type=click.Choice(["float32", "float64"]), default="float32")
-@click.option("--separation", type=float, default=6.0, show_default=True)
+@click.option("--chunk-rows", type=click.IntRange(min=1), default=100_000, show_default=True,
+              help="Rows per chunk of X (not with --grid).")  # fmt: skip
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seed of the mixture and the draws (the same store every time).")  # fmt: skip
+@click.option("--dtype", type=click.Choice(["float32", "float64"]), default="float32",
+              show_default=True, help="The stored values' type.")  # fmt: skip
+@click.option("--separation", type=float, default=6.0, show_default=True,
+              help="Spread of the true means, in units of the components' scale.")  # fmt: skip
 @click.option(
     "--grid", default=None, metavar="TxLATxLON",
     help="Gridded data instead of rows: variables x0 … on (time, lat, lon), e.g. 12x90x180.",
@@ -288,66 +306,167 @@ def generate(out, n, d, k, chunk_rows, seed, dtype, separation, grid, grid_chunk
     help="No progress lines (warnings and errors only).",
 )
 @click.option("--no-plots", is_flag=True, help="Skip the PNG figures.")
+@click.option(
+    "--out", "out", default=None, metavar="DIR",
+    help="A folder (path or URL) for the results, their checkpoint and figures: the "
+    "pipeline's relative [output] results is taken relative to DIR instead of the "
+    "current directory.",
+)  # fmt: skip
 @_fail_cleanly
-def run(pipeline, scheduler, resume, quiet, no_plots) -> None:
+def run(pipeline, scheduler, resume, quiet, no_plots, out) -> None:
     """Run a PIPELINE.toml (see pipelines/README.md), or an example shipped with
     dask-emk by name: quickstart, faithful, photo, large."""
     cfg, text = load_pipeline(pipeline)
-    _run(cfg, text, scheduler, resume, quiet, no_plots, "output.results")
+    name = "output.results"
+    if out is not None:
+        from dask_emk.pipeline.run import results_under
+
+        cfg, name = results_under(cfg, out), f"--out {out} (output.results)"
+    _run(cfg, text, scheduler, resume, quiet, no_plots, name)
+
+
+class _FieldOption(click.Option):
+    """An option that sets a pipeline field (:class:`FitOption`); its help is read
+    from the estimators' docstrings only when shown (``--help`` stays fast)."""
+
+    def __init__(self, *args, field: FitOption, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.field = field
+
+    def get_help_record(self, ctx: click.Context):
+        if self.help is None:
+            self.help = _plain(self.field.help())
+        return super().get_help_record(ctx)
+
+
+def _plain(text: str) -> str:
+    """reST markup (``code``, :class:`~x.Y`) as plain text for the terminal."""
+    text = re.sub(r":\w+:`~?(?:[\w.]+\.)?([^`]+)`", r"\1", text)
+    return text.replace("``", "")
+
+
+class _Scalar(click.ParamType):
+    """A value of mixed kinds (cache: 'auto' | true | false; n_init: 'auto' | 3), as
+    TOML would give it; the estimator's table checks it (:func:`validate`)."""
+
+    name = "value"
+
+    def convert(self, value, param, ctx):
+        if not isinstance(value, str):
+            return value
+        if value.lower() in ("true", "false"):
+            return value.lower() == "true"
+        for kind in (int, float):
+            with contextlib.suppress(ValueError):
+                return kind(value)
+        return value
+
+
+class _Names(click.ParamType):
+    """A list of names: ``A,B,C``."""
+
+    name = "a,b,..."
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, list):
+            return value
+        return [name.strip() for name in value.split(",") if name.strip()]
+
+
+class _JsonTable(click.ParamType):
+    """A table given as a JSON object."""
+
+    name = "json"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, dict):
+            return value
+        try:
+            table = json.loads(value)
+        except json.JSONDecodeError as exc:
+            self.fail(f"not JSON ({exc}); give an object, e.g. '{{\"anon\": true}}'.", param, ctx)
+        if not isinstance(table, dict):
+            self.fail(f"must be a JSON object, got {value!r}.", param, ctx)
+        return table
+
+
+def _click_type(option: FitOption) -> click.ParamType:
+    """The option's type from the field's kind(s) and the estimators' ranges."""
+    kinds = option.kind if option.models else (option.kind,)
+    if all(isinstance(kind, tuple) for kind in kinds):  # named options: their union
+        return click.Choice(list(dict.fromkeys(value for kind in kinds for value in kind)))
+    if len(set(kinds)) > 1 or kinds[0] is None:
+        return _Scalar()
+    kind = kinds[0]
+    if kind == STR_LIST:
+        return _Names()
+    if kind == TABLE:
+        return _JsonTable()
+    # one range for every model type (n_components: None too for dpmeans, not an option value)
+    ranges = {
+        (type(s), *(getattr(s, k, None) for k in ("min", "ge", "gt", "lt"))) for s in option.specs
+    }
+    spec = option.specs[0] if len(ranges) == 1 else None
+    if kind == INT:
+        return click.IntRange(min=spec.min) if isinstance(spec, Integer) else click.INT
+    if kind == FLOAT and isinstance(spec, Real):
+        low = spec.gt if spec.gt is not None else spec.ge
+        high = spec.lt if spec.lt is not None and spec.lt != float("inf") else None
+        return click.FloatRange(min=low, max=high, min_open=spec.gt is not None, max_open=True)
+    return click.FLOAT if kind == FLOAT else click.STRING
+
+
+def _field_options(func=None, *, only: tuple[str, ...] = ()):
+    """The options of :func:`fit_options` (``only`` those keys), in their order."""
+    if func is None:
+        return functools.partial(_field_options, only=only)
+    for option in reversed(fit_options()):
+        if only and option.key not in only:
+            continue
+        flag = option.flag
+        if option.kind == BOOL or (option.models and set(option.kind) == {BOOL}):
+            flag = f"{flag}/--no-{flag[2:]}"
+        func = click.option(flag, option.name, type=None if "/" in flag else _click_type(option),
+                            default=None, cls=_FieldOption, field=option)(func)  # fmt: skip
+    return func
 
 
 @main.command()
 @click.argument("input_path", metavar="INPUT")
-@click.option("--model", type=click.Choice(list(MODELS)), default="gmm")
+@_field_options
 @click.option(
-    "--k", "n_components", type=click.IntRange(min=1), default=None,
-    help="Components (clusters); gmm-ic: the largest number tried. Required, except "
-    "for dpmeans given --penalty.",
-)  # fmt: skip
-@click.option(
-    "--min-components", type=click.IntRange(min=1), default=None,
-    help="gmm-ic only: the smallest number of components tried. Default: 1.",
-)  # fmt: skip
-@click.option(
-    "--penalty", type=click.FloatRange(min=0, min_open=True), default=None,
-    help="dpmeans only: λ, the price of a cluster in squared data units (rows farther "
-    "than √λ from every centre open one); instead of --k, which makes it find λ.",
-)  # fmt: skip
-@click.option(
-    "--out", required=True, help="RESULTS.zarr, a path or URL (replaced only if dask-emk wrote it)"
+    "--out", required=True, help="RESULTS.zarr, a path or URL (replaced only if dask-emk wrote it)."
 )
-@click.option(
-    "--covariance-type",
-    type=click.Choice(model_fields("gmm-ic", defaults=False)["covariance_type"][0]),
-    default=None,
-    help="gmm and gmm-ic ('all': gmm-ic only, the four scikit-learn types). Default: full.",
-)
-@click.option("--init", default=None, help="Seeding / init (model-specific; 'anneal' too).")
-@click.option("--tol", type=click.FloatRange(min=0), default=None)
-@click.option("--max-iter", type=click.IntRange(min=1), default=None)
-@click.option("--random-state", type=int, default=0, show_default=True)
-@click.option("--labels/--no-labels", default=True, show_default=True)
-@click.option("--responsibilities", is_flag=True)
-@click.option("--log-density", is_flag=True)
+@click.option("--labels/--no-labels", default=True, show_default=True,
+              help="Write each sample's label.")  # fmt: skip
+@click.option("--responsibilities", is_flag=True,
+              help="Also write each sample's component probabilities (mixtures).")  # fmt: skip
+@click.option("--log-density", is_flag=True,
+              help="Also write each sample's log density (Gaussian mixtures).")  # fmt: skip
 @click.option("--scheduler", default=None, help=SCHEDULER_HELP)
-@click.option("--resume", is_flag=True)
-@click.option("--quiet", "-q", is_flag=True)
-@click.option("--no-plots", is_flag=True)
+@click.option("--resume", is_flag=True, help="Continue from the checkpoint beside --out.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress lines (warnings and errors only).")
+@click.option("--no-plots", is_flag=True, help="Skip the PNG figures.")
 @_fail_cleanly
-def fit(input_path, model, n_components, out, scheduler, resume, quiet, no_plots, **opts) -> None:
-    """One-off fit of INPUT (store.zarr/ARRAY, store.zarr or a .csv file; paths or URLs)."""
-    raw = {
-        "input": _input_section(input_path),
-        "model": _model_section(model, n_components, opts),
-        "output": {
-            "results": str(out),
-            "labels": opts["labels"],
-            "responsibilities": opts["responsibilities"],
-            "log_density": opts["log_density"],
-        },
-    }
-    cfg = validate(raw, source="dask-emk fit")
-    _run(cfg, None, scheduler, resume, quiet, no_plots, "--out")
+def fit(input_path, out, labels, responsibilities, log_density, scheduler, resume, quiet,
+        no_plots, **given) -> None:  # fmt: skip
+    """One-off fit of INPUT (store.zarr/ARRAY, an xarray store.zarr, or a .csv file;
+    paths or URLs), as a pipeline of the same settings would fit it.
+
+    The options before --out set the pipeline fields of their names ([input],
+    [preprocess], [model]; --model sets type, --k n_components): see
+    pipelines/README.md.
+    """
+    outputs = {"results": str(out), "labels": labels, "responsibilities": responsibilities,
+               "log_density": log_density}  # fmt: skip
+    if given["storage_options"] is not None:  # one table for INPUT and --out
+        outputs["storage_options"] = given["storage_options"]
+    try:
+        raw = fit_sections(input_path, given) | {"output": outputs}
+        cfg = validate(raw, source="dask-emk fit")
+        _run(cfg, None, scheduler, resume, quiet, no_plots, "--out")
+    except PipelineError as exc:  # a field's error, named as its option
+        raise PipelineError(_in_cli_terms(str(exc))) from None
 
 
 @main.command()
@@ -366,13 +485,11 @@ def fit(input_path, model, n_components, out, scheduler, resume, quiet, no_plots
 @click.option("--variables", default=None, metavar="V1,V2,...",
               help="The xarray store's variables to read (default: those the model was "
               "fitted on).")  # fmt: skip
-@click.option("--missing-chunks", type=click.Choice(["raise", "fill"]), default="raise",
-              show_default=True,
-              help="A missing chunk file: an error, or read as fill values.")  # fmt: skip
+@_field_options(only=("missing_chunks", "storage_options"))
 @click.option("--scheduler", default="local", show_default=True, help=SCHEDULER_HELP)
 @_fail_cleanly
 def predict(model_path, input_path, out, responsibility, log_density, impute, variables,
-            missing_chunks, scheduler) -> None:  # fmt: skip
+            missing_chunks, storage_options, scheduler) -> None:  # fmt: skip
     """Apply MODEL (a model file, or the results of fit/run) to INPUT, writing OUT.zarr.
 
     INPUT is what fit reads: store.zarr/ARRAY (rows × features) or an xarray
@@ -382,16 +499,19 @@ def predict(model_path, input_path, out, responsibility, log_density, impute, va
     """
     from dask_emk.pipeline.predict import predict_store
 
-    section = _input_section(input_path)
-    if "csv" in section:
-        raise ValueError("dask-emk predict reads zarr stores; write the CSV to a zarr store first.")
-    flags = {"responsibility": responsibility, "log_density": log_density, "imputed": impute}
-    predict_store(
-        model_path, section["store"], out, array=section.get("array"),
-        outputs=("label", *(name for name, on in flags.items() if on)),
-        variables=variables.split(",") if variables else None,
-        missing_chunks=missing_chunks, scheduler=scheduler, echo=click.echo,
-    )  # fmt: skip
+    with _storage_options((model_path, input_path, str(out)), storage_options):
+        section = _input_section(input_path)
+        if "csv" in section:
+            raise ValueError(
+                "dask-emk predict reads zarr stores; write the CSV to a zarr store first."
+            )
+        flags = {"responsibility": responsibility, "log_density": log_density, "imputed": impute}
+        predict_store(
+            model_path, section["store"], out, array=section.get("array"),
+            outputs=("label", *(name for name, on in flags.items() if on)),
+            variables=variables.split(",") if variables else None,
+            missing_chunks=missing_chunks or "raise", scheduler=scheduler, echo=click.echo,
+        )  # fmt: skip
 
 
 @main.command()
@@ -427,31 +547,57 @@ def _run(cfg, text, scheduler, resume, quiet, no_plots, results_name) -> None:
         _show_log(quiet)  # the bar goes with its run
 
 
-#: ``dask-emk fit`` options that set a [model] field of the same name.
-MODEL_OPTIONS = ("init", "tol", "max_iter", "covariance_type", "penalty", "min_components")
+def fit_sections(input_path: str, given: dict) -> dict:
+    """The [input], [preprocess] and [model] sections ``dask-emk fit INPUT`` with
+    the options ``given`` (option name -> value, None where not given) stands for.
 
-
-def _model_section(model: str, n_components: int | None, opts: dict) -> dict:
-    """[model] for ``dask-emk fit``; an option the model does not take is an error."""
-    if model == "dpmeans" and (n_components is None) == (opts["penalty"] is None):
+    An option the model type does not take is an error naming those it takes.
+    """
+    model = given["model"] or "gmm"
+    if model == "dpmeans" and (given["k"] is None) == (given["penalty"] is None):
         raise ValueError("--model dpmeans needs exactly one of --penalty (λ) or --k; give one.")
-    if n_components is None and model != "dpmeans":
+    if given["k"] is None and model != "dpmeans":
         raise ValueError(f"--model {model} needs --k (the number of components); add it.")
-    raw = {"type": model, "random_state": opts["random_state"]}
-    if n_components is not None:
-        raw["n_components"] = n_components
-    for key in MODEL_OPTIONS:
-        if opts[key] is None:
+    options = fit_options()
+    annealed = model == "anneal" or given["init"] == "anneal"
+    with _storage_options((input_path,), given["storage_options"]):
+        raw: dict = {"input": _input_section(input_path), "preprocess": {}, "model": {}}
+    if annealed:
+        raw["anneal"] = {}
+    for option in options:
+        value = given[option.name]
+        if value is None:
             continue
-        fields = model_fields(model, defaults=False)
-        if key not in fields:
-            takes = [f"--{k.replace('_', '-')}" for k in MODEL_OPTIONS if k in fields]
-            hint = f"it takes {', '.join(takes)}" if takes else "set it in a pipeline's [anneal]"
+        if option.models and model not in option.models:
+            takes = [o.flag for o in options if model in o.models]
+            hint = f"it takes {', '.join(takes)}" if takes else "it takes the --anneal-... options"
+            raise ValueError(f"{option.flag} does not apply to --model {model} ({hint}); drop it.")
+        if option.section == "anneal" and not annealed:
             raise ValueError(
-                f"--{key.replace('_', '-')} does not apply to --model {model} ({hint}); drop it."
+                f"{option.flag} sets the annealing, which runs with --model anneal or "
+                "--init anneal; add one, or drop it."
             )
-        raw[key] = opts[key]
+        raw[option.section][option.key] = value
     return raw
+
+
+def _in_cli_terms(message: str) -> str:
+    """A pipeline error about a field, in the terms of the option that sets it."""
+    for option in fit_options():
+        for spelling in (f"[{option.section}] {option.key} ", f"{option.section}.{option.key} "):
+            message = message.replace(spelling, f"{option.flag} ")
+    return message
+
+
+def _storage_options(locations: tuple[str, ...], table: dict | None):
+    """``--storage-options`` (``table``) for the ``locations`` that are URLs and their
+    buckets, while the body runs (fit: INPUT while it is looked at; the run sets its own)."""
+    from dask_emk.engine.locations import bucket_of, is_url, storage_options
+
+    urls = [location for location in locations if is_url(location)]
+    if not table or not urls:
+        return contextlib.nullcontext()
+    return storage_options({key: table for url in urls for key in (bucket_of(url), url)})
 
 
 def _input_section(path: str) -> dict:

@@ -6,13 +6,16 @@ A validated pipeline is a frozen :class:`Pipeline` of frozen sections
 AttributeError where it is read, whatever the pipeline holds); see
 ``pipelines/README.md`` for the fields. Each section's class is made from the
 same field table that checks it (``INPUT_FIELDS``, ..., the estimators' tables
-for ``[model]`` and ``[anneal]``), so a field is named in one place.
+for ``[model]`` and ``[anneal]``), so a field is named in one place; the same
+tables make the ``dask-emk fit`` options (:func:`fit_options`), so the command
+line, a pipeline and the estimators take the same settings.
 Validation happens before anything runs or is written, and every error names
 the file, the section and the key, and says what to do.
 """
 
 from __future__ import annotations
 
+import ast
 import copy
 import dataclasses
 import difflib
@@ -20,6 +23,7 @@ import functools
 import hashlib
 import importlib
 import json
+import re
 import tomllib
 from collections.abc import Iterable
 from importlib import resources
@@ -71,7 +75,11 @@ INPUT_FIELDS = {
     "sample_dims": (STR_LIST, None),
     "nan_policy": (NAN_POLICIES, "raise"),
     "missing_chunks": (MISSING_CHUNKS, "raise"),
+    # xarray stores: sample weights, a variable of the store or cos(latitude) (COSLAT)
+    "weights": (STR, None),
 }
+#: ``[input] weights`` that asks for area weights cos(latitude) of gridded data.
+COSLAT = "coslat"
 #: Keys that make [input] store an xarray store (a Dataset, or an N-D DataArray).
 XARRAY_KEYS = ("variables", "feature_dim", "sample_dims")
 
@@ -85,9 +93,10 @@ class LazyEstimator:
     the class's own table (tests/test_params.py checks it).
     """
 
-    def __init__(self, name: str, specs: dict[str, Spec]):
+    def __init__(self, name: str, specs: dict[str, Spec], module: str):
         self.__name__ = name
         self._parameter_specs = specs
+        self.module = module  # dask_emk.models.<module>, whose docstring describes them
 
     def load(self) -> type:
         """The estimator class itself (``dask_emk.<name>``)."""
@@ -97,26 +106,34 @@ class LazyEstimator:
         return self.load()(**kwargs)
 
 
-GaussianMixture = LazyEstimator("GaussianMixture", params.GAUSSIAN_MIXTURE)
-KMeans = LazyEstimator("KMeans", params.KMEANS)
+GaussianMixture = LazyEstimator("GaussianMixture", params.GAUSSIAN_MIXTURE, "gmm")
+KMeans = LazyEstimator("KMeans", params.KMEANS, "kmeans")
 AnnealedGaussianMixture = LazyEstimator(
-    "AnnealedGaussianMixture", params.ANNEALED_GAUSSIAN_MIXTURE
+    "AnnealedGaussianMixture", params.ANNEALED_GAUSSIAN_MIXTURE, "anneal"
 )
-DPMeans = LazyEstimator("DPMeans", params.DPMEANS)
-GaussianMixtureIC = LazyEstimator("GaussianMixtureIC", params.GAUSSIAN_MIXTURE_IC)
+DPMeans = LazyEstimator("DPMeans", params.DPMEANS, "dpmeans")
+GaussianMixtureIC = LazyEstimator("GaussianMixtureIC", params.GAUSSIAN_MIXTURE_IC, "ic")
 
 #: The estimator of each model type and the parameter each [model] field sets.
 #: A field's kind, allowed values, range and default are the estimator's
-#: (its parameter table and constructor), see :func:`model_fields`.
+#: (its parameter table and constructor), see :func:`model_fields`. Every
+#: parameter a pipeline can spell is a field, but those the run sets itself
+#: (callback, verbose, warm_start, initial arrays, copy_x), those of the input
+#: layout ([input] feature_dim, sample_dims, missing_chunks: the run passes them
+#: on) and AnnealedGaussianMixture's ([anneal]).
 MODELS = {
     "gmm": (GaussianMixture, {
         "n_components": "n_components", "random_state": "random_state",
         "covariance_type": "covariance_type", "init": "init_params", "tol": "tol",
-        "reg_covar": "reg_covar", "max_iter": "max_iter", "nan_policy": "nan_policy",
+        "reg_covar": "reg_covar", "max_iter": "max_iter", "n_init": "n_init",
+        "accelerate": "accelerate", "variance": "variance", "estep": "estep", "cache": "cache",
+        "split_every": "split_every", "nan_policy": "nan_policy",
     }),
     "kmeans": (KMeans, {
         "n_components": "n_clusters", "random_state": "random_state", "init": "init",
-        "tol": "tol", "max_iter": "max_iter", "oversampling_factor": "oversampling_factor",
+        "n_init": "n_init", "tol": "tol", "max_iter": "max_iter",
+        "oversampling_factor": "oversampling_factor", "init_max_iter": "init_max_iter",
+        "algorithm": "algorithm", "cache": "cache", "split_every": "split_every",
         "nan_policy": "nan_policy",
     }),
     "anneal": (AnnealedGaussianMixture, {
@@ -125,14 +142,16 @@ MODELS = {
     }),
     "dpmeans": (DPMeans, {
         "n_components": "n_clusters", "random_state": "random_state", "penalty": "penalty",
-        "tol": "tol", "max_iter": "max_iter", "nan_policy": "nan_policy",
+        "tol": "tol", "max_iter": "max_iter", "cache": "cache", "split_every": "split_every",
+        "nan_policy": "nan_policy",
     }),
     # A search: n_components is the largest K tried.
     "gmm-ic": (GaussianMixtureIC, {
         "n_components": "max_components", "min_components": "min_components",
         "random_state": "random_state", "covariance_type": "covariance_type",
-        "criterion": "criterion", "tol": "tol", "reg_covar": "reg_covar", "max_iter": "max_iter",
-        "nan_policy": "nan_policy",
+        "criterion": "criterion", "init": "init_params", "tol": "tol", "reg_covar": "reg_covar",
+        "max_iter": "max_iter", "n_init": "n_init", "accelerate": "accelerate", "estep": "estep",
+        "cache": "cache", "split_every": "split_every", "nan_policy": "nan_policy",
     }),
 }  # fmt: skip
 #: Fields of every model type; a pipeline names n_components (dpmeans: it or
@@ -145,6 +164,8 @@ COMMON_MODEL: dict[str, tuple[Kind, Any]] = {
 #: The pipeline's own rules on top of the estimators': init from the [anneal]
 #: stage, and at least one iteration (a run's history and checkpoints count them).
 PIPELINE_INIT = "anneal"
+#: The model types whose init may be PIPELINE_INIT (run.fit_model starts them from it).
+ANNEAL_INIT_MODELS = ("gmm", "kmeans")
 PIPELINE_SPECS = {"max_iter": Integer(1)}
 #: [anneal] takes every AnnealedGaussianMixture parameter, under its own name.
 ANNEAL_PARAMETERS = {name: name for name in AnnealedGaussianMixture._parameter_specs}
@@ -162,7 +183,7 @@ def model_fields(kind: str, defaults: bool = True) -> dict:
     (defaults None without ``defaults``: the estimator is not imported)."""
     estimator, names = MODELS[kind]
     fields = _estimator_fields(estimator, names, defaults)
-    if "init" in fields:
+    if "init" in fields and kind in ANNEAL_INIT_MODELS:
         options, default = fields["init"]
         fields["init"] = ((PIPELINE_INIT, *options), default)
     return {key: value for key, value in fields.items() if key not in COMMON_MODEL}
@@ -196,11 +217,15 @@ def _estimator_fields(estimator: Any, names: dict, defaults: bool = True) -> dic
 
 def _toml_kind(spec: Spec) -> Kind:
     """The TOML kind of a parameter: its named options, integer, number or boolean
-    (None, any scalar, for a parameter TOML cannot spell: the estimator checks it)."""
+    (None, any scalar, for a parameter TOML cannot spell or that mixes kinds, as
+    cache = "auto" | true: :func:`_check_ranges` checks it against the spec)."""
     if isinstance(spec, Either):  # e.g. KMeans init: names or an array (not in TOML)
-        spec = next((choice for choice in spec.choices if isinstance(choice, Options)), spec)
+        kinds = {_toml_kind(choice) for choice in spec.choices} - {None}
+        return kinds.pop() if len(kinds) == 1 else None
     if isinstance(spec, Options):
         return spec.values
+    if isinstance(spec, params.InputOption) and spec.name == "nan_policy":
+        return NAN_POLICIES
     return {Integer: INT, RandomState: INT, Real: FLOAT, Boolean: BOOL}.get(type(spec))
 
 
@@ -231,6 +256,158 @@ TOP_FIELDS = {"description": STR, "input": TABLE, "anneal": TABLE, "model": TABL
 TOP_FIELDS |= {"scheduler": TABLE, "output": TABLE, "preprocess": TABLE}
 #: Sections whose content decides the fitted result (the checkpoint key).
 RESULT_SECTIONS = ("input", "preprocess", "anneal", "model")
+
+
+# ------------------------------------------------------- the command line
+#: One sentence for each field that no estimator parameter describes (a
+#: parameter's is the first sentence of the estimator's docstring entry):
+#: ``dask-emk fit --help`` and the docs' tables show them.
+FIELD_HELP = {
+    ("input", "columns"): "CSV input: the columns to fit, in this order (default: all).",
+    ("input", "storage_options"): (
+        "fsspec options of an object-store location (endpoint, credentials, ...): a table; "
+        "on the command line a JSON object, for every URL the command reads or writes."
+    ),
+    ("input", "variables"): (
+        "An xarray store's data variables to fit, the features in this order (default: "
+        "all but the weights variable, by name)."
+    ),
+    ("input", "weights"): (
+        "Sample weights of an xarray store: one of its variables on (some of) its sample "
+        f"dims, or {COSLAT!r}: cos(latitude) of its latitude dim (found by CF attributes "
+        "or name)."
+    ),
+    ("preprocess", "standardize"): (
+        "Fit a StandardScaler (with the sample weights) on the input and the model on its "
+        "output; results are reported in the data's units."
+    ),
+    ("model", "type"): (
+        "The estimator: "
+        + ", ".join(f"{kind} ({est.__name__})" for kind, (est, _) in MODELS.items())
+        + "."
+    ),
+    ("model", "n_components"): (
+        "Components (clusters); gmm-ic: the largest number tried; dpmeans: a target K, "
+        "instead of penalty. Required otherwise."
+    ),
+}
+#: CLI names of fields (``--model gmm``, ``--k 3``); others are ``--field-name``, and
+#: [anneal] fields ``--anneal-field-name``.
+CLI_NAMES = {"type": "model", "n_components": "k"}
+#: [anneal] fields that are no option: the run takes them from [model] and [input]
+#: (n_components, random_state, how X is read) or shows progress itself (verbose).
+ANNEAL_NOT_OPTIONS = ("n_components", "random_state", "verbose", *params.INPUT_OPTIONS)
+#: [input] fields that are INPUT itself, or tables of their own: no option.
+INPUT_NOT_OPTIONS = ("store", "array", "csv", "generate", "photo")
+
+
+@dataclasses.dataclass(frozen=True)
+class FitOption:
+    """A ``dask-emk fit`` option: the pipeline field it sets and what it may hold.
+
+    Attributes
+    ----------
+    section, key : str
+        The field: ``[section] key``.
+    kind : Kind or tuple of Kind
+        The field's kind; of a [model] field, one per model type in ``models``.
+    specs : tuple of Spec
+        The estimators' rules for it, one per model type in ``models`` (empty
+        for fields that set no parameter).
+    models : tuple of str
+        The model types that take it ([model] fields beyond the common ones).
+    param : str or None
+        The estimator parameter whose docstring describes it.
+    """
+
+    section: str
+    key: str
+    kind: Any
+    specs: tuple = ()
+    models: tuple = ()
+    param: str | None = None
+
+    @property
+    def name(self) -> str:
+        """The option's name without dashes, as click passes it (``max_iter``)."""
+        prefix = "anneal_" if self.section == "anneal" else ""
+        return prefix + CLI_NAMES.get(self.key, self.key)
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    def help(self) -> str:
+        """One sentence: the field's own, else its parameter's (reads docstrings)."""
+        text = FIELD_HELP.get((self.section, self.key))
+        if text is None:
+            estimator = MODELS[self.models[0]][0] if self.models else GaussianMixture
+            estimator = AnnealedGaussianMixture if self.section == "anneal" else estimator
+            text = parameter_docs(estimator).get(self.param or self.key, "")
+        if self.models and len(self.models) < len(MODELS):
+            text = f"{', '.join(self.models)}: {text}"
+        return text
+
+
+def fit_options() -> list[FitOption]:
+    """Every ``dask-emk fit`` option that sets a pipeline field, from the field
+    tables: [input] (but INPUT itself), [preprocess], [model] of every type, [anneal]."""
+    options = [
+        FitOption("input", key, kind, param=key if key in params.INPUT_OPTIONS else None)
+        for key, (kind, _) in INPUT_FIELDS.items()
+        if key not in INPUT_NOT_OPTIONS
+    ]
+    options += [FitOption("preprocess", key, kind) for key, (kind, _) in PREPROCESS_FIELDS.items()]
+    for key, (kind, _) in COMMON_MODEL.items():  # the estimators' rules, where they have one
+        specs = [field_specs(estimator, names).get(key) for estimator, names in MODELS.values()]
+        options.append(FitOption("model", key, kind, tuple(filter(None, specs)), param=key))
+    taken = {option.key for option in options}
+    by_key: dict[str, list] = {}
+    for kind, (estimator, names) in MODELS.items():
+        specs = field_specs(estimator, names)
+        for key, (field_kind, _) in model_fields(kind, defaults=False).items():
+            if key not in taken:
+                by_key.setdefault(key, []).append((kind, field_kind, specs[key], names[key]))
+    for key, rows in by_key.items():
+        kinds, field_kinds, specs, names = zip(*rows, strict=True)
+        options.append(FitOption("model", key, field_kinds, specs, kinds, names[0]))
+    specs = field_specs(AnnealedGaussianMixture, ANNEAL_PARAMETERS)
+    options += [
+        FitOption("anneal", key, kind, (specs[key],), param=key)
+        for key, (kind, _) in anneal_fields(defaults=False).items()
+        if key not in ANNEAL_NOT_OPTIONS
+    ]
+    return options
+
+
+@functools.cache
+def parameter_docs(estimator: LazyEstimator) -> dict[str, str]:
+    """Parameter name -> the first sentence of its entry in the estimator's numpydoc
+    "Parameters", read from the source (the estimator is not imported)."""
+    source = Path(params.__file__).with_name(f"{estimator.module}.py").read_text(encoding="utf-8")
+    node = next(
+        node for node in ast.parse(source).body
+        if isinstance(node, ast.ClassDef) and node.name == estimator.__name__
+    )  # fmt: skip
+    doc = ast.get_docstring(node) or ""
+    section = doc.partition("Parameters\n----------\n")[2]
+    section = re.split(r"\n\S[^\n]*\n-{3,}\n", section)[0]  # up to the next heading
+    docs: dict[str, list[str]] = {}
+    names: list[str] = []
+    for line in section.splitlines():
+        if line and not line[0].isspace():  # "name : type" or "a, b : type"
+            names = [name.strip() for name in line.partition(" : ")[0].split(",")]
+            docs.update({name: [] for name in names})
+        else:
+            for name in names:
+                docs[name].append(line.strip())
+    return {name: _first_sentence(" ".join(lines)) for name, lines in docs.items()}
+
+
+def _first_sentence(text: str) -> str:
+    """The first sentence that says more than the default (numpydoc's type line does)."""
+    text = re.sub(r"^Default [^.]*\.\s*", "", " ".join(text.split()))
+    return text.split(". ")[0].rstrip(".") + "." if text else ""
 
 
 class Section:
@@ -489,10 +666,27 @@ def _fill_model_defaults(model: dict, raw: dict) -> None:
             model[key] = copy.deepcopy(default)
 
 
+#: Fields added since checkpoints were first keyed, by section (and model type):
+#: :func:`config_key` leaves them out at their defaults, so that a checkpoint
+#: written before them still matches its pipeline.
+ADDED_FIELDS = {
+    ("input", None): ("weights",),
+    ("model", None): ("n_init", "accelerate", "variance", "estep", "cache", "split_every",
+                      "init_max_iter", "algorithm"),
+    ("model", "gmm-ic"): ("init",),
+}  # fmt: skip
+
+
 def config_key(cfg: Pipeline) -> str:
     """Hash of the sections that decide the fitted result (checkpoints match on it)."""
     plain = cfg.as_dict()
     decisive = {name: plain[name] for name in RESULT_SECTIONS}
+    kind = decisive["model"]["type"]
+    for (section, only), keys in ADDED_FIELDS.items():
+        fields = INPUT_FIELDS if section == "input" else model_fields(kind)
+        for key in keys if only in (None, kind) else ():
+            if key in decisive[section] and decisive[section][key] == fields[key][1]:
+                del decisive[section][key]
     return hashlib.sha256(json.dumps(decisive, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -619,13 +813,15 @@ def _validate_anneal(raw: dict | None, model: dict, source: str) -> dict | None:
 
 
 def _check_ranges(cfg: dict, specs: dict[str, Spec], section: str, source: str) -> None:
-    """Numbers inside the estimator's range (named options are checked by kind)."""
+    """Numbers inside the estimator's range, values of mixed kinds (cache = "auto" |
+    true) allowed by the spec; named options are checked by kind."""
     for key, spec in specs.items():
         value = cfg.get(key)
-        if value is not None and hasattr(spec, "bounds") and not spec.accepts(value):
-            raise PipelineError(
-                f"{source}: [{section}] {key} must be {spec.bounds()}, got {value}."
-            )
+        mixed = isinstance(spec, Either) and _toml_kind(spec) is None
+        if value is None or not (hasattr(spec, "bounds") or mixed) or spec.accepts(value):
+            continue
+        allowed, got = (spec.describe(), repr(value)) if mixed else (spec.bounds(), value)
+        raise PipelineError(f"{source}: [{section}] {key} must be {allowed}, got {got}.")
 
 
 def _fill(raw: dict, fields: dict, section: str, source: str) -> dict:
@@ -667,7 +863,9 @@ def _check_value(value: object, kind: Kind, name: str, source: str) -> None:
             STR_LIST: isinstance(value, list) and all(isinstance(v, str) for v in value),
             TABLE: isinstance(value, dict),
         }[kind]
-        expected = {STR_LIST: "a list of strings", TABLE: "a table"}.get(kind, f"a {kind}")
+        expected = {STR_LIST: "a list of strings", TABLE: "a table", INT: "an integer"}.get(
+            kind, f"a {kind}"
+        )
     if not ok:
         raise PipelineError(
             f"{source}: {name} must be {expected}, got {value!r} ({_toml_type(value)})."

@@ -62,7 +62,9 @@ def format_iteration(stage: str, objective: str, it: Iteration) -> str:
     )
 
 
-def fit_gmm(X, params: dict, checkpoint: Checkpoint, progress: Progress) -> FitOutcome:
+def fit_gmm(
+    X, params: dict, checkpoint: Checkpoint, progress: Progress, sample_weight=None
+) -> FitOutcome:
     """GaussianMixture fitted with a checkpoint after every EM iteration.
 
     Parameters
@@ -88,13 +90,15 @@ def fit_gmm(X, params: dict, checkpoint: Checkpoint, progress: Progress) -> FitO
     with warnings.catch_warnings():
         # The pipeline reports convergence itself (summary line and results).
         warnings.simplefilter("ignore", ConvergenceWarning)
-        model.fit(X)
+        model.fit(X, sample_weight=sample_weight)
     outcome.model = checkpointable(model)
     checkpoint.save("model", outcome)
     return outcome
 
 
-def fit_kmeans(X, params: dict, checkpoint: Checkpoint, progress: Progress) -> FitOutcome:
+def fit_kmeans(
+    X, params: dict, checkpoint: Checkpoint, progress: Progress, sample_weight=None
+) -> FitOutcome:
     """KMeans fitted with a checkpoint (the centres) after every Lloyd iteration.
 
     ``params['init']`` is a seeding name or an array of centres; a resumed
@@ -119,13 +123,15 @@ def fit_kmeans(X, params: dict, checkpoint: Checkpoint, progress: Progress) -> F
     start = dict(params, max_iter=remaining, callback=on_iteration)
     if outcome.history:
         start.update(init=outcome.model, n_init=1)
-    outcome.model = checkpointable(KMeans(**start).fit(X))
+    outcome.model = checkpointable(KMeans(**start).fit(X, sample_weight=sample_weight))
     outcome.converged = bool(last["converged"])
     checkpoint.save("model", outcome)
     return outcome
 
 
-def fit_dpmeans(X, params: dict, checkpoint: Checkpoint, progress: Progress) -> FitOutcome:
+def fit_dpmeans(
+    X, params: dict, checkpoint: Checkpoint, progress: Progress, sample_weight=None
+) -> FitOutcome:
     """DPMeans fitted once, with a progress line per iteration (pass).
 
     The checkpoint holds the fitted model; an interrupted fit restarts from
@@ -150,7 +156,7 @@ def fit_dpmeans(X, params: dict, checkpoint: Checkpoint, progress: Progress) -> 
         runs[-1].append(it)
         progress("dpmeans", it)
 
-    model = DPMeans(**params, callback=on_iteration).fit(X)
+    model = DPMeans(**params, callback=on_iteration).fit(X, sample_weight=sample_weight)
     search = model.penalty_search_
     # The last at its λ: a search run taken on to its fixed point is listed again after it.
     kept = max(i for i, run in enumerate(search) if run["penalty"] == model.penalty_)
@@ -162,7 +168,9 @@ def fit_dpmeans(X, params: dict, checkpoint: Checkpoint, progress: Progress) -> 
     return outcome
 
 
-def fit_gmm_ic(X, params: dict, checkpoint: Checkpoint, progress: Progress) -> FitOutcome:
+def fit_gmm_ic(
+    X, params: dict, checkpoint: Checkpoint, progress: Progress, sample_weight=None
+) -> FitOutcome:
     """GaussianMixtureIC fitted once; the outcome's model is its best GaussianMixture.
 
     Every candidate reports its iterations (stage ``K/type``); the checkpoint
@@ -184,7 +192,9 @@ def fit_gmm_ic(X, params: dict, checkpoint: Checkpoint, progress: Progress) -> F
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
-        search = GaussianMixtureIC(**params, callback=on_iteration).fit(X)
+        search = GaussianMixtureIC(**params, callback=on_iteration).fit(
+            X, sample_weight=sample_weight
+        )
     best = search.best_estimator_.set_params(callback=None)  # a closure: not picklable
     bounds = [float(v) for v in best.lower_bounds_]
     history = [Iteration(i + 1, v, v - bounds[i - 1] if i else np.inf, np.nan)
@@ -214,7 +224,7 @@ def _recorder(stage: str, outcome: FitOutcome, checkpoint, progress):
     return record
 
 
-def fit_anneal(X, params: dict, checkpoint: Checkpoint) -> object:
+def fit_anneal(X, params: dict, checkpoint: Checkpoint, sample_weight=None) -> object:
     """AnnealedGaussianMixture fitted once (it logs its steps on ``dask_emk.steps``).
 
     The checkpoint holds the fitted model; an interrupted anneal restarts
@@ -226,7 +236,7 @@ def fit_anneal(X, params: dict, checkpoint: Checkpoint) -> object:
         return saved
     from dask_emk.models.anneal import AnnealedGaussianMixture
 
-    model = checkpointable(AnnealedGaussianMixture(**params).fit(X))
+    model = checkpointable(AnnealedGaussianMixture(**params).fit(X, sample_weight=sample_weight))
     checkpoint.save("anneal", model)
     return model
 

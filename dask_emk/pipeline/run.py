@@ -37,7 +37,13 @@ from dask_emk.pipeline.checkpoint import (
     input_identity,
 )
 from dask_emk.pipeline.compare import fitted_parameters, truth_table
-from dask_emk.pipeline.config import Pipeline, Section, config_key, estimator_params
+from dask_emk.pipeline.config import (
+    Pipeline,
+    PipelineError,
+    Section,
+    config_key,
+    estimator_params,
+)
 from dask_emk.pipeline.fits import (
     FitOutcome,
     anneal_outcome,
@@ -104,6 +110,29 @@ def run_pipeline(
     """
     with storage_options(locations_options(cfg)):
         return _run_pipeline(cfg, toml_text, resume, echo, results_name, passes)
+
+
+def results_under(cfg: Pipeline, out: str) -> Pipeline:
+    """``cfg`` writing under the folder ``out`` (``dask-emk run --out DIR``).
+
+    The pipeline's ``[output] results``, a relative path, is taken relative to
+    ``out`` (a local folder or an object-store URL) instead of the current
+    directory; the checkpoint and the figures follow, as they are written beside
+    the results. Inputs (``[input.generate] path`` too) stay where they are.
+
+    Raises
+    ------
+    PipelineError
+        ``[output] results`` is absolute or a URL: it names its place already.
+    """
+    results = cfg.output.results
+    if is_url(results) or Path(results).is_absolute():
+        raise PipelineError(
+            f"--out {out} places the pipeline's relative [output] results, but results = "
+            f"{results!r} names its own place; drop --out, or make results relative."
+        )
+    placed = f"{out.rstrip('/')}/{results}" if is_url(out) else str(Path(out) / results)
+    return cfg.replace(output=cfg.output.replace(results=placed))
 
 
 def locations_options(cfg: Pipeline) -> dict[str, dict | None]:
@@ -229,27 +258,27 @@ def fit_model(cfg: Pipeline, source: Source, checkpoint: Checkpoint, scaler=None
     if cfg.anneal is not None:
         params = {**cfg.anneal.given(), **source.options}
         start = time.perf_counter()
-        anneal = fit_anneal(X, params, checkpoint)
+        anneal = fit_anneal(X, params, checkpoint, source.weights)
         log.info("anneal: %d means, %d passes over the data, %.1f s", anneal.means_.shape[0],
                  anneal.n_full_passes_, time.perf_counter() - start)  # fmt: skip
     if kind == "anneal":
         return anneal_outcome(anneal), anneal
     params = {**estimator_params(model_cfg), **source.options}
     if kind == "dpmeans":
-        return fit_dpmeans(X, params, checkpoint, progress), anneal
+        return fit_dpmeans(X, params, checkpoint, progress, source.weights), anneal
     if kind == "gmm-ic":
-        return fit_gmm_ic(X, params, checkpoint, progress), anneal
+        return fit_gmm_ic(X, params, checkpoint, progress, source.weights), anneal
     if kind == "kmeans":
         if params["init"] == "anneal":
             params["init"] = np.asarray(anneal.means_, np.float64)
-        return fit_kmeans(X, params, checkpoint, progress), anneal
+        return fit_kmeans(X, params, checkpoint, progress, source.weights), anneal
     init = params.pop("init_params")
     if init == "anneal":
         n = source.data.n_samples
         params.update(gmm_init_from_anneal(anneal, model_cfg.covariance_type, n))
     else:
         params["init_params"] = "k-means||" if init == "kmeans" else init
-    return fit_gmm(X, params, checkpoint, progress), anneal
+    return fit_gmm(X, params, checkpoint, progress, source.weights), anneal
 
 
 def fit_scaler(cfg: Pipeline, source: Source) -> StandardScaler | None:
@@ -262,7 +291,7 @@ def fit_scaler(cfg: Pipeline, source: Source) -> StandardScaler | None:
         return None
     dims = {key: source.options[key] for key in ("feature_dim", "sample_dims")}
     start = time.perf_counter()
-    scaler = StandardScaler(**dims).fit(source.X)
+    scaler = StandardScaler(**dims).fit(source.X, sample_weight=source.weights)
     stats = zip(scaler.mean_, scaler.scale_, strict=True)
     scales = ", ".join(f"{m:.4g} ± {s:.4g}" for m, s in stats)
     log.info("standardize: mean ± scale per feature: %s (%.1f s)", scales,

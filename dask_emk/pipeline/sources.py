@@ -21,10 +21,10 @@ import numpy as np
 import xarray as xr
 import zarr
 
-from dask_emk.engine.inputs import InputData, as_input
+from dask_emk.engine.inputs import InputData, as_input, as_sample_weight
 from dask_emk.engine.locations import is_url, normalize_location, open_node, open_store
 from dask_emk.engine.storage import checked_xarray, read_zarr
-from dask_emk.pipeline.config import XARRAY_KEYS, PipelineError, Section, not_utf8
+from dask_emk.pipeline.config import COSLAT, XARRAY_KEYS, PipelineError, Section, not_utf8
 from dask_emk.pipeline.generate import (
     GRID_ATTRS,
     PHOTO_VARIABLE,
@@ -57,6 +57,9 @@ class Source:
         The estimator parameters that read ``X`` (:func:`estimator_options`).
     photo : bool
         The input is a colour image (y, x, band): its quantised image is drawn.
+    weights : xarray.DataArray or None
+        The sample weights of ``[input] weights``, on (some of) the sample dims
+        (the estimators align them with X as they align a DataArray).
     """
 
     X: xr.DataArray | xr.Dataset
@@ -65,6 +68,7 @@ class Source:
     data: InputData
     options: dict
     photo: bool = False
+    weights: xr.DataArray | None = None
 
     @property
     def gridded(self) -> bool:
@@ -85,9 +89,10 @@ def check_input(cfg: Section) -> Source | None:
 
 
 def estimator_options(cfg: Section) -> dict:
-    """The estimator parameters [input] sets: nan_policy, feature_dim, sample_dims."""
+    """The estimator parameters [input] sets: nan_policy, feature_dim, sample_dims,
+    missing_chunks."""
     return {"nan_policy": cfg.nan_policy, "feature_dim": cfg.feature_dim,
-            "sample_dims": cfg.sample_dims}  # fmt: skip
+            "sample_dims": cfg.sample_dims, "missing_chunks": cfg.missing_chunks}  # fmt: skip
 
 
 def open_source(cfg: Section, echo=print) -> Source:
@@ -110,6 +115,11 @@ def open_source(cfg: Section, echo=print) -> Source:
         store, array = cfg.store, cfg.array
         if array is None and _is_xarray_store(store, cfg):
             return _xarray_source(store, cfg)
+    if cfg.weights is not None:
+        raise PipelineError(
+            f"input.weights applies to an xarray store (variables on a grid), not to "
+            f"{'a CSV file' if cfg.csv else 'a 2-D array'}; remove it, or fit an xarray store."
+        )
     arr = open_array(store, array)
     _as_input(arr, cfg, f"input {store}/{arr.path}")
     X = xr.DataArray(read_zarr(arr, cfg.missing_chunks), dims=("sample", "feature"))
@@ -127,10 +137,25 @@ def _as_input(X, cfg: Section, name: str) -> InputData:
 
 
 def _is_xarray_store(store: str, cfg: Section) -> bool:
-    """An xarray store: named as one by [input] keys, or a gridded store of ``generate``."""
-    if any(getattr(cfg, key) is not None for key in XARRAY_KEYS):
+    """An xarray store: named as one by [input] keys, a gridded store of ``generate``,
+    or a group of several arrays that all name their dims (as xarray writes them)
+    but for the row stores of ``generate`` (X beside its truth)."""
+    if any(getattr(cfg, key) is not None for key in XARRAY_KEYS + ("weights",)):
         return True
-    return _is_generated_grid(_open_node(store))
+    node = _open_node(store)
+    if _is_generated_grid(node):
+        return True
+    if not isinstance(node, zarr.Group) or all(name in node for name in TRUTH_ARRAYS):
+        return False
+    arrays = [member for _, member in node.members(max_depth=None)
+              if isinstance(member, zarr.Array)]  # fmt: skip
+    return len(arrays) > 1 and all(_dimension_names(array) for array in arrays)
+
+
+def _dimension_names(array: zarr.Array) -> list | None:
+    """The dims an array names: zarr 3's dimension_names, or xarray's zarr 2 attribute."""
+    names = getattr(array.metadata, "dimension_names", None)
+    return names or array.attrs.get("_ARRAY_DIMENSIONS")
 
 
 def _is_generated_grid(node) -> bool:
@@ -155,9 +180,10 @@ def _xarray_source(store: str, cfg: Section, photo: bool = False) -> Source:
     # A store opened without consolidated metadata lists its variables in any
     # order; features in that order would change the fit from run to run.
     names = sorted(map(str, ds.data_vars))
+    weights = _weights_variable(cfg, names, store)
     if _is_generated_grid(node):  # its variables, in order, without the truth
         names = [str(name) for name in ds["feature"].values]
-    chosen = cfg.variables or names
+    chosen = cfg.variables or [name for name in names if name != weights]
     unknown = [v for v in chosen if v not in names]
     if unknown:
         raise PipelineError(
@@ -174,11 +200,67 @@ def _xarray_source(store: str, cfg: Section, photo: bool = False) -> Source:
     if cfg.feature_dim is not None:
         X = X[chosen[0]]
     data = _as_input(X, cfg, f"input {store}")
+    if cfg.weights is not None:
+        weights = (coslat_weights(ds, data.grid.dims) if weights is None
+                   else checked_xarray(ds[weights], cfg.missing_chunks))  # fmt: skip
+        try:
+            as_sample_weight(weights, data)  # dims and sizes now; values in the fit's passes
+        except ValueError as exc:
+            raise PipelineError(f"input.weights = {cfg.weights!r}: {exc}") from None
     grid = data.grid
     shape = ", ".join(f"{d}: {n}" for d, n in zip(grid.dims, grid.shape, strict=True))
     features = ", ".join(map(str, data.feature_labels)) if data.feature_labels is not None else ""
     description = f"{store} ({shape}) × {data.n_features} features [{features}]"
-    return Source(X, store_truth(store), description, data, estimator_options(cfg), photo)
+    return Source(X, store_truth(store), description, data, estimator_options(cfg), photo,
+                  weights)  # fmt: skip
+
+
+def _weights_variable(cfg: Section, names: list[str], store: str) -> str | None:
+    """The variable of ``[input] weights`` (None for none, or cos(latitude))."""
+    if cfg.weights in (None, COSLAT):
+        return None
+    if cfg.weights not in names:
+        raise PipelineError(
+            f"input.weights {cfg.weights!r} is not a data variable of {store!r}, which holds "
+            f"{names}; name one, or use weights = {COSLAT!r} for area weights."
+        )
+    if cfg.variables and cfg.weights in cfg.variables:
+        raise PipelineError(
+            f"input.weights {cfg.weights!r} is also in input.variables; a variable is a "
+            "feature or the weights: remove it from one."
+        )
+    return cfg.weights
+
+
+#: How a latitude coordinate is told (CF ``standard_name`` and ``units``, else the name).
+LATITUDE_UNITS = ("degrees_north", "degree_north", "degrees_n", "degree_n")
+LATITUDE_NAMES = ("lat", "latitude")
+
+
+def coslat_weights(ds: xr.Dataset, sample_dims: tuple) -> xr.DataArray:
+    """Area weights cos(latitude) of the grid (in float64) on its latitude dim.
+
+    The latitude dim is the sample dim whose coordinate says so by CF
+    (``standard_name = 'latitude'`` or ``units = 'degrees_north'``), else the
+    one named ``lat`` or ``latitude``.
+    """
+    found = [dim for dim in sample_dims if dim in ds.coords and _is_latitude(ds[dim])]
+    found = found or [dim for dim in sample_dims if str(dim).lower() in LATITUDE_NAMES]
+    if len(found) != 1 or found[0] not in ds.coords:
+        raise PipelineError(
+            f"input.weights = {COSLAT!r} needs one latitude dim with a coordinate among the "
+            f"sample dims {list(sample_dims)} (told by standard_name 'latitude', units "
+            f"'degrees_north' or the name lat/latitude), found {found or 'none'}; "
+            "name a weights variable instead."
+        )
+    latitude = ds[found[0]]
+    return np.cos(np.deg2rad(latitude.astype(np.float64)))
+
+
+def _is_latitude(coord: xr.DataArray) -> bool:
+    attrs = coord.attrs
+    units = str(attrs.get("units", "")).strip().lower()
+    return str(attrs.get("standard_name", "")).lower() == "latitude" or units in LATITUDE_UNITS
 
 
 def _open_node(store: str):
@@ -222,7 +304,8 @@ def open_array(store: str, array: str | None) -> zarr.Array:
     paths = [prefix + p for p in paths]
     raise PipelineError(
         f"store {where!r} holds several arrays, {paths}; {_name_one(store, paths)} For an "
-        "xarray Dataset, name its variables instead (input.variables = [...])."
+        "xarray Dataset, name its variables instead (`dask-emk fit "
+        f"{store} --variables A,B`; in a pipeline: input.variables = [...])."
     )
 
 

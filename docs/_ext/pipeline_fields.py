@@ -1,5 +1,7 @@
-"""Sphinx directive ``pipeline-fields``: the pipeline TOML fields, from the tables
-:mod:`dask_emk.pipeline.config` validates with, so the page cannot drift from the code.
+"""Sphinx directives ``pipeline-fields``: the pipeline TOML fields, from the tables
+:mod:`dask_emk.pipeline.config` validates with, so the page cannot drift from the code;
+and ``fit-options``: the ``dask-emk fit`` options made from the same tables
+(:func:`dask_emk.pipeline.config.fit_options`), with the help ``--help`` shows.
 
 Model and ``[anneal]`` fields take their kinds, allowed values and defaults
 from the estimators' parameter tables (:mod:`dask_emk.models.params`) and their
@@ -106,6 +108,30 @@ def model_tables() -> list[str]:
     return lines
 
 
+def fit_options_table() -> list[str]:
+    """The ``dask-emk fit`` options: the field each sets, what it takes, its help."""
+    rows = []
+    for option in config.fit_options():
+        kinds = option.kind if option.models else (option.kind,)
+        kind = " | ".join(dict.fromkeys(kind_text(k) for k in kinds))
+        if option.models and len(set(kinds)) > 1:
+            kind = "(per model type, see the fields)"
+        models = ", ".join(option.models) if option.models else "all"
+        rows.append((f"``{option.flag}``", f"``[{option.section}] {option.key}``", kind,
+                     models, option.help()))  # fmt: skip
+    return table("dask-emk fit", rows, ("option", "sets", "kind", "model types", "help"))
+
+
+class FitOptions(SphinxDirective):
+    """Every ``dask-emk fit`` option that sets a pipeline field: ``.. fit-options::``."""
+
+    def run(self) -> list[nodes.Node]:
+        container = nodes.container()
+        lines = StringList(fit_options_table(), source="fit-options")
+        self.state.nested_parse(lines, self.content_offset, container)
+        return container.children
+
+
 def unmentioned(readme: Path) -> list[str]:
     """Fields of the tables that the annotated example never names."""
     text = readme.read_text(encoding="utf-8")
@@ -130,4 +156,5 @@ class PipelineFields(SphinxDirective):
 
 def setup(app):
     app.add_directive("pipeline-fields", PipelineFields)
+    app.add_directive("fit-options", FitOptions)
     return {"parallel_read_safe": True, "version": "1"}
