@@ -359,21 +359,21 @@ def fit_options() -> list[FitOption]:
     ]
     options += [FitOption("preprocess", key, kind) for key, (kind, _) in PREPROCESS_FIELDS.items()]
     for key, (kind, _) in COMMON_MODEL.items():  # the estimators' rules, where they have one
-        specs = [field_specs(estimator, names).get(key) for estimator, names in MODELS.values()]
-        options.append(FitOption("model", key, kind, tuple(filter(None, specs)), param=key))
+        rules = [field_specs(estimator, names).get(key) for estimator, names in MODELS.values()]
+        options.append(FitOption("model", key, kind, tuple(filter(None, rules)), param=key))
     taken = {option.key for option in options}
     by_key: dict[str, list] = {}
     for kind, (estimator, names) in MODELS.items():
-        specs = field_specs(estimator, names)
+        kind_specs = field_specs(estimator, names)
         for key, (field_kind, _) in model_fields(kind, defaults=False).items():
             if key not in taken:
-                by_key.setdefault(key, []).append((kind, field_kind, specs[key], names[key]))
+                by_key.setdefault(key, []).append((kind, field_kind, kind_specs[key], names[key]))
     for key, rows in by_key.items():
-        kinds, field_kinds, specs, names = zip(*rows, strict=True)
-        options.append(FitOption("model", key, field_kinds, specs, kinds, names[0]))
-    specs = field_specs(AnnealedGaussianMixture, ANNEAL_PARAMETERS)
+        kinds, field_kinds, key_specs, params_named = zip(*rows, strict=True)
+        options.append(FitOption("model", key, field_kinds, key_specs, kinds, params_named[0]))
+    anneal_specs = field_specs(AnnealedGaussianMixture, ANNEAL_PARAMETERS)
     options += [
-        FitOption("anneal", key, kind, (specs[key],), param=key)
+        FitOption("anneal", key, kind, (anneal_specs[key],), param=key)
         for key, (kind, _) in anneal_fields(defaults=False).items()
         if key not in ANNEAL_NOT_OPTIONS
     ]
@@ -818,9 +818,11 @@ def _check_ranges(cfg: dict, specs: dict[str, Spec], section: str, source: str) 
     for key, spec in specs.items():
         value = cfg.get(key)
         mixed = isinstance(spec, Either) and _toml_kind(spec) is None
-        if value is None or not (hasattr(spec, "bounds") or mixed) or spec.accepts(value):
+        bounds = getattr(spec, "bounds", None)
+        if value is None or not (bounds or mixed) or spec.accepts(value):
             continue
-        allowed, got = (spec.describe(), repr(value)) if mixed else (spec.bounds(), value)
+        named = mixed or bounds is None
+        allowed, got = (spec.describe(), repr(value)) if named else (bounds(), value)
         raise PipelineError(f"{source}: [{section}] {key} must be {allowed}, got {got}.")
 
 

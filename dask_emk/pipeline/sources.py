@@ -155,7 +155,10 @@ def _is_xarray_store(store: str, cfg: Section) -> bool:
 def _dimension_names(array: zarr.Array) -> list | None:
     """The dims an array names: zarr 3's dimension_names, or xarray's zarr 2 attribute."""
     names = getattr(array.metadata, "dimension_names", None)
-    return names or array.attrs.get("_ARRAY_DIMENSIONS")
+    if names:
+        return list(names)
+    legacy = array.attrs.get("_ARRAY_DIMENSIONS")
+    return list(legacy) if isinstance(legacy, list) else None
 
 
 def _is_generated_grid(node) -> bool:
@@ -180,10 +183,10 @@ def _xarray_source(store: str, cfg: Section, photo: bool = False) -> Source:
     # A store opened without consolidated metadata lists its variables in any
     # order; features in that order would change the fit from run to run.
     names = sorted(map(str, ds.data_vars))
-    weights = _weights_variable(cfg, names, store)
+    weight_name = _weights_variable(cfg, names, store)
     if _is_generated_grid(node):  # its variables, in order, without the truth
         names = [str(name) for name in ds["feature"].values]
-    chosen = cfg.variables or [name for name in names if name != weights]
+    chosen = cfg.variables or [name for name in names if name != weight_name]
     unknown = [v for v in chosen if v not in names]
     if unknown:
         raise PipelineError(
@@ -200,9 +203,10 @@ def _xarray_source(store: str, cfg: Section, photo: bool = False) -> Source:
     if cfg.feature_dim is not None:
         X = X[chosen[0]]
     data = _as_input(X, cfg, f"input {store}")
+    weights = None
     if cfg.weights is not None:
-        weights = (coslat_weights(ds, data.grid.dims) if weights is None
-                   else checked_xarray(ds[weights], cfg.missing_chunks))  # fmt: skip
+        weights = (coslat_weights(ds, data.grid.dims) if weight_name is None
+                   else checked_xarray(ds[weight_name], cfg.missing_chunks))  # fmt: skip
         try:
             as_sample_weight(weights, data)  # dims and sizes now; values in the fit's passes
         except ValueError as exc:
