@@ -821,8 +821,10 @@ def _check_ranges(cfg: dict, specs: dict[str, Spec], section: str, source: str) 
         bounds = getattr(spec, "bounds", None)
         if value is None or not (bounds or mixed) or spec.accepts(value):
             continue
-        named = mixed or bounds is None
-        allowed, got = (spec.describe(), repr(value)) if named else (bounds(), value)
+        if mixed or bounds is None:
+            allowed, got = spec.describe(), repr(value)
+        else:
+            allowed, got = bounds(), value
         raise PipelineError(f"{source}: [{section}] {key} must be {allowed}, got {got}.")
 
 
