@@ -153,7 +153,7 @@ def test_predict_with_a_results_store_on_a_row_array(tmp_path):
     model = dask_emk.load(tmp_path / "r.zarr")
     assert isinstance(model, KMeans)
     np.testing.assert_array_equal(got["label"].values, model.predict(X))
-    stored = xr.open_zarr(tmp_path / "r.zarr", consolidated=False)["labels"].values
+    stored = xr.open_zarr(tmp_path / "r.zarr", consolidated=False)["label"].values
     np.testing.assert_array_equal(got["label"].values, stored)
     assert got["label"].dims == ("sample",) and got["label"].encoding["chunks"] == (700,)
 

@@ -29,6 +29,7 @@ from dask_emk.engine.mixture_passes import (
     resp_rows,
 )
 from dask_emk.models.base import LABEL_DTYPE, ChunkedEstimator
+from dask_emk.models.export import named_output
 from dask_emk.models.params import GAUSSIAN_MIXTURE, Integer
 from dask_emk.models.seeding import done, kmeans_plusplus_steps, random_rows_steps
 from dask_emk.models.squarem import squarem_steps
@@ -667,7 +668,7 @@ class GaussianMixture(DensityMixin, ChunkedEstimator):
             numpy for numpy or pandas input; a lazy dask array for dask or zarr
             input; for xarray input a lazy DataArray on its sample dims.
         """
-        return self._rows(X, log_prob_rows)
+        return named_output(self._rows(X, log_prob_rows), "log_density", self.n_components)
 
     def predict(self, X: Any) -> Any:
         """Most probable component of each sample.
@@ -685,7 +686,8 @@ class GaussianMixture(DensityMixin, ChunkedEstimator):
             a lazy dask array for dask or zarr input; for xarray input a lazy DataArray on its
             sample dims.
         """
-        return self._rows(X, most_probable_rows, dtype=LABEL_DTYPE)
+        labels = self._rows(X, most_probable_rows, dtype=LABEL_DTYPE)
+        return named_output(labels, "label", self.n_components)
 
     def predict_proba(self, X: Any) -> Any:
         """Return the responsibilities of the components for each sample.
@@ -703,7 +705,8 @@ class GaussianMixture(DensityMixin, ChunkedEstimator):
             for numpy or pandas input; a lazy dask array for dask or zarr input; for xarray
             input a lazy DataArray on its sample dims (with a ``component`` dim).
         """
-        return self._rows(X, resp_rows, n_out=self.n_components, extra_dim="component")
+        resp = self._rows(X, resp_rows, n_out=self.n_components, extra_dim="component")
+        return named_output(resp, "responsibility", self.n_components)
 
     def impute(self, X: Any) -> Any:
         """X with each missing (NaN) entry replaced by its conditional expectation.
@@ -737,7 +740,7 @@ class GaussianMixture(DensityMixin, ChunkedEstimator):
         out = data.wrap_rows(out, "feature")
         if data.grid is not None and data.feature_labels is not None:
             out = out.assign_coords(feature=data.feature_labels)
-        return out
+        return named_output(out, "imputed", self.n_components)
 
     def score(self, X: Any, y: object = None) -> float:
         """Mean log-likelihood of the samples in X.

@@ -25,6 +25,7 @@ from dask_emk.engine.batch import Batch, Steps
 from dask_emk.engine.inputs import InputData, as_sample_weight
 from dask_emk.engine.passes import assign_pass, assign_request, distance_rows, nearest_center_rows
 from dask_emk.models.base import LABEL_DTYPE, CentreDistancesOut, ChunkedEstimator
+from dask_emk.models.export import named_output
 from dask_emk.models.params import KMEANS, KMEANS_INITS
 from dask_emk.models.seeding import (
     done,
@@ -501,7 +502,7 @@ class KMeans(
             data.array, nearest_center_rows, centers, origin, data.marginal, dtype=LABEL_DTYPE,
             nan_policy=data.nan_policy,
         )  # fmt: skip
-        return data.wrap_rows(labels)
+        return named_output(data.wrap_rows(labels), "label", centers.shape[0])
 
     def predict(self, X: Any) -> Any:
         """Index of the nearest centre of each sample.

@@ -227,7 +227,7 @@ def label_map_slice(grid, chosen: dict | None) -> dict:
 
 def read_labels(results) -> xr.DataArray:
     """The labels of a results store, lazily (NaN where they were left out)."""
-    return xr.open_zarr(open_store(results), consolidated=False)["labels"]
+    return xr.open_zarr(open_store(results), consolidated=False)["label"]
 
 
 #: Axis labels of the map for dims named like latitude and longitude (degrees).

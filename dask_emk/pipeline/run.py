@@ -53,6 +53,7 @@ from dask_emk.pipeline.results import (
     fitted_model,
     model_dataset,
     per_sample_dataset,
+    requested_outputs,
     truth_dataset,
     write_results,
 )
@@ -159,11 +160,10 @@ def _run_pipeline(cfg, toml_text, resume, echo, results_name) -> Path | str:
         start = time.perf_counter()
         groups = _groups(anneal, source, scaler)
         root = _root_dataset(cfg, outcome, source, toml_text, fit_seconds, scaler)
-        per_sample = per_sample_dataset(
-            outcome.model, source.X, out.as_dict(), source.data.grid.dims, scaler
-        )
+        model = fitted_model(outcome, scaler)
+        per_sample = per_sample_dataset(model, source.X, requested_outputs(out.as_dict()))
         with endpoint_errors(source.X):  # the export reads the input again (labels, ...)
-            write_results(results, root, groups, per_sample, fitted_model(outcome, scaler))
+            write_results(results, root, groups, per_sample, model)
         outputs = ", ".join(["root", *groups, *(per_sample or {})])
         log.info("export: %s (%s) in %.1f s", results, outputs, time.perf_counter() - start)
         if out.plots:

@@ -30,8 +30,10 @@ GROUPS = ("anneal", "anneal_path", "truth")
 SHOWN = {"weights": ("cluster_weights",), "means": ("centers", "cluster_centers"), "sizes": ()}
 
 
-#: The per-sample outputs a results store may hold.
-PER_SAMPLE = ("labels", "responsibilities", "log_density")
+#: The per-sample outputs a results store may hold (dask_emk.models.export.OUTPUTS), and
+#: the names stores of earlier versions gave them.
+PER_SAMPLE = {"label": ("labels",), "responsibility": ("responsibilities",),
+              "log_density": (), "imputed": ()}  # fmt: skip
 
 
 def describe(results: str | os.PathLike) -> dict:
@@ -65,7 +67,13 @@ def describe(results: str | os.PathLike) -> dict:
             }  # fmt: skip
     info.update(parameters(ds))
     # Per-sample outputs lie along `sample`, or on the grid of xarray input.
-    info["per_sample"] = {v: dict(ds[v].sizes) for v in PER_SAMPLE if v in ds.data_vars}
+    info["per_sample"] = {}
+    for name, old_names in PER_SAMPLE.items():
+        stored = next((n for n in (name, *old_names) if n in ds.data_vars), None)
+        if stored is not None:
+            info["per_sample"][name] = dict(ds[stored].sizes)
+            if stored != name:
+                info["earlier_names"].append(f"{stored} ({name})")
     info["groups"] = [g for g in GROUPS if location_exists(f"{results}/{g}/zarr.json")]
     info["model_config"] = config.get("model", {})
     return info
