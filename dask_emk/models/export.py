@@ -536,10 +536,13 @@ and the generator's truth use the same names for the same things: one dim
 means and centres, `weights` for mixing weights and cluster fractions (both
 sum to 1; `sizes` holds the unnormalised cluster weights where a model has
 them), `feature`, `feature_row`/`feature_col` for covariance matrices,
-`iteration` for histories. scikit-learn's attribute names stay as they are in
-Python (`cluster_centers_`, `means_`, ...); the meanings say which one each
-variable holds. Open a results store with
-`xarray.open_zarr(path, consolidated=False)`, its groups with `group=`.
+`iteration` for histories; per-sample outputs are `label`, `responsibility`,
+`log_density`, `imputed` wherever they are written (a results store, `dask-emk
+predict`, the estimators' xarray results), with CF attributes. scikit-learn's
+attribute names stay as they are in Python (`cluster_centers_`, `means_`,
+...); the meanings say which one each variable holds. Open a results store
+with `xarray.open_zarr(path)` (its metadata is consolidated), its groups with
+`group=`.
 
 Where a name occurs (column *in*):
 """
