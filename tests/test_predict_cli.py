@@ -191,6 +191,11 @@ def test_a_pipeline_predicts_on_another_store_with_the_model_it_fitted(tmp_path,
     assert_on_the_grid(got["label"], data)
     assert got["label"].attrs["flag_values"] == [0, 1, 2] and got["label"].attrs["long_name"]
     assert got.attrs["model_file"] == str(tmp_path / "r.zarr")
+    # The results store: the same names and attributes for its own per-sample outputs.
+    results, fitted = read(tmp_path / "r.zarr"), model.predict(inputs(grid_store))
+    np.testing.assert_array_equal(results["label"].values, fitted.where(fitted >= 0).values)
+    for name in ("flag_values", "flag_meanings", "long_name"):
+        assert results["label"].attrs[name] == got["label"].attrs[name]
 
 
 def test_a_predict_only_pipeline_applies_a_model_file(tmp_path, grid_store, gmm_file):
