@@ -137,6 +137,10 @@ def test_a_standardised_fit_shows_one_lower_bound_everywhere(tmp_path):
     assert attribute == history == shown["last"] == pytest.approx(in_data_units, rel=1e-12)
     assert console == pytest.approx(history, rel=1e-7, abs=0)  # printed with 8 digits
     assert abs(pipe[-1].lower_bound_ - history) > 1.0  # the standardised value is another number
+    # Labelled with the same units where it is stored and shown.
+    units = "mean log density per row, data units"
+    assert shown["units"] == units
+    assert root["history_lower_bound"].attrs["long_name"] == f"lower bound: {units}"
 
 
 def test_the_truth_table_numbers_components_as_the_model_does():

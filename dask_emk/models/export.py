@@ -319,6 +319,21 @@ def schema_attrs(place: str, **attrs: Any) -> dict:
     return attrs
 
 
+#: What the values of each objective's history are (the lower bound of a model fitted
+#: behind a StandardScaler is given in the data's units too): the console, ``show``, the
+#: plots and the results' ``history_*`` attribute ``long_name`` say it so.
+OBJECTIVE_UNITS = {"lower_bound": "mean log density per row, data units",
+                   "inertia": "sum of squared distances", "objective": "DP-means cost"}  # fmt: skip
+
+
+def objective_units(objective: str, standardized: bool = False) -> str:
+    """:data:`OBJECTIVE_UNITS` of ``objective``; other than the lower bound, a fit on
+    standardised data (``standardized``) has its values in the standardised units."""
+    units = OBJECTIVE_UNITS.get(objective, "")
+    return units + (", fitted on standardised data" if standardized and
+                    objective != "lower_bound" else "")  # fmt: skip
+
+
 # -------------------------------------------------------- per-sample outputs
 #: Per-sample outputs: variable name -> (the estimator method that gives it, CF
 #: ``long_name``, CF ``units`` or None where there are none). The one spelling

@@ -93,6 +93,11 @@ def model_dataset(outcome: FitOutcome, scaler=None) -> xr.Dataset:
         },
         {"iteration": np.arange(1, len(hist) + 1)},
     )
+    objective = f"history_{outcome.objective}"
+    history[objective].attrs["long_name"] = (
+        f"{outcome.objective.replace('_', ' ')}: "
+        f"{export.objective_units(outcome.objective, scaler is not None)}"
+    )
     ds = ds.merge(history, combine_attrs="override")
     ds.attrs.update(
         export.schema_attrs(

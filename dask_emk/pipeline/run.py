@@ -474,7 +474,7 @@ def shown(it, objective: str, scaler=None):
 
 
 #: What the objectives are, after their value in the summary line.
-UNITS = {"lower_bound": "mean log density per row, data units"}
+UNITS = {"lower_bound": export.OBJECTIVE_UNITS["lower_bound"]}
 
 
 def _summary(outcome: FitOutcome, seconds: float, scaler=None) -> str:

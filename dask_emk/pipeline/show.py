@@ -18,6 +18,7 @@ from dask_emk.engine.locations import (
     open_node,
     open_store,
 )
+from dask_emk.models import export
 from dask_emk.pipeline.config import PipelineError
 
 GROUPS = ("anneal", "anneal_path", "truth")
@@ -61,9 +62,7 @@ def describe(results: str | os.PathLike) -> dict:
             standardized = bool(config.get("preprocess", {}).get("standardize"))
             info["objective"] = {
                 "name": name[8:], "first": float(values[0]), "last": float(values[-1]),
-                "units": OBJECTIVE_UNITS.get(name[8:], "")
-                + (", fitted on standardised data" if standardized and name[8:] != "lower_bound"
-                   else ""),
+                "units": export.objective_units(name[8:], standardized),
             }  # fmt: skip
     info.update(parameters(ds))
     # Per-sample outputs lie along `sample`, or on the grid of xarray input.
@@ -77,12 +76,6 @@ def describe(results: str | os.PathLike) -> dict:
     info["groups"] = [g for g in GROUPS if location_exists(f"{results}/{g}/zarr.json")]
     info["model_config"] = config.get("model", {})
     return info
-
-
-#: The units each objective is stored in (the lower bound of a standardised fit is
-#: stored in the data's units too: dask_emk.pipeline.results.model_dataset).
-OBJECTIVE_UNITS = {"lower_bound": "mean log density per row, data units",
-                   "inertia": "sum of squared distances", "objective": "DP-means cost"}  # fmt: skip
 
 
 def summary(results: str | os.PathLike) -> list[str]:
