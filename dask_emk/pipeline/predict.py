@@ -111,7 +111,10 @@ def predict_store(
     planned = plan(model, str(model_path), store, array=array, outputs=outputs,
                    variables=variables, missing_chunks=missing_chunks)  # fmt: skip
     parse_scheduler(scheduler)
-    with use_scheduler(scheduler, echo):
+    # Locked before the scheduler starts, as run does (write_planned's claim shares this one).
+    with claim(target, RESULTS, where="--out") as notes, use_scheduler(scheduler, echo):
+        for note in notes:
+            echo(f"predict: {note}")
         return write_planned(target, "--out", planned, echo)
 
 
