@@ -357,9 +357,10 @@ def draw_figures(
     paths = figures.figure_paths(results)
     history = [shown(it, outcome.objective, scaler) for it in outcome.history]
     model_name, tol = type(outcome.model).__name__, getattr(outcome.model, "tol", None)
+    units = export.objective_units(outcome.objective, scaler is not None)
     drawn = [
         figures.plot_convergence(history, outcome.objective, paths["convergence"],
-                                 outcome.n_clusters, model_name, tol)  # fmt: skip
+                                 outcome.n_clusters, model_name, tol, units)  # fmt: skip
     ]
     model = outcome.model
     if anneal is not None:
