@@ -137,6 +137,8 @@ def plan(
     check_outputs(model, outputs)
     X, description = open_input(store, array, model, variables, missing_chunks)
     per_sample = per_sample_dataset(model, X, outputs, export.PREDICTED)
+    if per_sample is None:
+        raise ValueError("no output asked for; name at least one (label, ...).")
     root = xr.Dataset(
         attrs=export.schema_attrs(
             export.PREDICTED,

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import xarray as xr
@@ -183,7 +184,7 @@ def n_components(final) -> int:
     for name in ("n_components_", "n_clusters_"):
         if hasattr(final, name):
             return int(getattr(final, name))
-    centres = getattr(final, "means_", getattr(final, "cluster_centers_", None))
+    centres: Any = getattr(final, "means_", getattr(final, "cluster_centers_", None))
     return int(np.shape(centres)[0])
 
 
