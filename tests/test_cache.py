@@ -27,6 +27,7 @@ import zarr
 from helpers import blobs
 
 from dask_emk import AnnealedGaussianMixture, DPMeans, GaussianMixture, GaussianMixtureIC, KMeans
+from dask_emk.core.nan_policy import NanPolicy
 from dask_emk.engine import cache, reduction
 from dask_emk.engine.batch import batch_pass
 from dask_emk.engine.passes import assign_request, seed_request
@@ -126,7 +127,7 @@ def test_grouped_small_chunks_are_kept_grouped(tmp_path, data):
         path = write_store(tmp_path / "X.zarr", data, 100)
         reference = fit("kmeans||", path, False)
         X = da.from_zarr(path)
-        with cache.kept_rows(X, True, omit_nan=True) as rows:
+        with cache.kept_rows(X, True, drop_nan_rows=True) as rows:
             assert rows.kept.size == reduction.group_small_chunks(X, None)[0].numblocks[0] < 60
         assert_identical(fit("kmeans||", path, True), reference)
 
@@ -140,12 +141,12 @@ def test_some_blocks_kept_some_read(data):
     requests = [assign_request(centers, origin, K - 1, True),
                 seed_request(centers[:1], np.zeros((0, D)), origin, 5, 7, 2.0)]  # fmt: skip
     w = da.from_array(np.linspace(0.5, 2.0, N), chunks=(1_000,))
-    plain = batch_pass(X, w, requests, omit_nan=True)
+    plain = batch_pass(X, w, requests, nan_policy=NanPolicy.OMIT)
     room = int(N * (D * 4 + 8) / cache.AUTO_SHARE / 2)  # half of the rows fit
     with dask.config.set(scheduler="sync"), cache.kept_rows(X, "auto", True, free=room) as rows:
         assert rows.kept.tolist() == [True] * 3 + [False] * 3
         for _ in range(2):  # the first pass reads and keeps, the second reads the kept rows
-            kept = batch_pass(rows, w, requests, omit_nan=True)
+            kept = batch_pass(rows, w, requests, nan_policy=NanPolicy.OMIT)
             for a, b in zip(plain, kept, strict=True):
                 for key in a:
                     np.testing.assert_array_equal(a[key], b[key], err_msg=str(key))
@@ -336,10 +337,11 @@ def test_gridded_store_keeps_only_its_valid_rows(tmp_path):
     ds.to_zarr(tmp_path / "grid.zarr", zarr_format=3, consolidated=False)
     grid = xr.open_zarr(tmp_path / "grid.zarr", consolidated=False)[["v0", "v1"]]
     X = as_input(grid, nan_policy="omit").array
-    with dask.config.set(scheduler="sync"), cache.kept_rows(X, True, omit_nan=True) as rows:
+    with dask.config.set(scheduler="sync"), cache.kept_rows(X, True, drop_nan_rows=True) as rows:
         fit_input = as_input(grid, nan_policy="omit")
         assert rows.kept.size == X.numblocks[0] > 1
-        batch_pass(rows, None, [assign_request(np.zeros((1, 2)), np.zeros(2))], omit_nan=True)
+        batch_pass(rows, None, [assign_request(np.zeros((1, 2)), np.zeros(2))],
+                   nan_policy=NanPolicy.OMIT)
         kept = [part[0].shape[0] for part in rows.parts]
         sea = int((~np.isnan(values[..., 0])).sum())
         assert sum(kept) == sea and fit_input.n_samples == values[..., 0].size

@@ -18,6 +18,8 @@ from scipy.stats import multivariate_normal
 
 from dask_emk import GaussianMixture, KMeans
 from dask_emk.core.covariance import COVARIANCE_TYPES
+from dask_emk.core.kernels import WITH_GAPS
+from dask_emk.core.nan_policy import NanPolicy
 from tests.helpers import blobs, init_params
 
 TYPES = tuple(COVARIANCE_TYPES)
@@ -408,11 +410,11 @@ def test_one_batch_pass_serves_complete_row_and_gap_requests():
     centers = blobs(3, 3, 3, seed=6)
     origin = centers.mean(axis=0)
     requests = [assign_request(centers, origin, 2, complete_rows=True),
-                assign_request(centers, origin, 2, gaps=True)]  # fmt: skip
-    complete, gaps = batch_pass(Xd, None, requests, marginal=True)
+                assign_request(centers, origin, 2, kernels=WITH_GAPS)]  # fmt: skip
+    complete, gaps = batch_pass(Xd, None, requests, nan_policy=NanPolicy.MARGINALIZE)
     assert complete["count"] == np.count_nonzero(~np.isnan(X).any(axis=1))
-    for got, alone in ((complete, assign_pass(Xd, None, centers, origin, 2, omit_nan=True)),
-                       (gaps, assign_pass(Xd, None, centers, origin, 2, gaps=True))):  # fmt: skip
+    for got, policy in ((complete, NanPolicy.OMIT), (gaps, NanPolicy.MARGINALIZE)):
+        alone = assign_pass(Xd, None, centers, origin, 2, nan_policy=policy)
         assert got.keys() == alone.keys()
         for name in got:
             np.testing.assert_array_equal(got[name], alone[name])

@@ -104,7 +104,7 @@ def test_blocks_get_their_global_rows_also_grouped_and_with_rows_left_out(chunks
     keyed = reduction.RowKeyed(_indexed_sum)
     with dask.config.set(GROUPED):  # small chunks grouped into 3 tasks
         for data in (A, chunked(A, chunks)):
-            got = reduction.reduce_pass(data, None, keyed, 3, omit_nan=True)
+            got = reduction.reduce_pass(data, None, keyed, 3, drop_nan_rows=True)
             np.testing.assert_allclose(got, expect, rtol=1e-12)
         assert reduction.group_small_chunks(chunked(A, 100), None)[0].numblocks[0] == 3
 

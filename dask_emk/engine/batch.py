@@ -31,6 +31,7 @@ import numpy as np
 
 from dask_emk.core.blocks import without_nan_rows
 from dask_emk.core.layout import StatsLayout
+from dask_emk.core.nan_policy import NanPolicy
 from dask_emk.engine import reduction
 from dask_emk.engine.cache import kept_rows
 
@@ -125,19 +126,20 @@ def combine_batch(rows: np.ndarray, slices: tuple, combines: tuple) -> np.ndarra
 
 
 def batch_pass(
-    X, weight, requests: list[Pass], split_every=None, omit_nan=False, marginal=False
+    X, weight, requests: list[Pass], split_every=None, nan_policy=NanPolicy.RAISE
 ) -> list[dict]:
     """One pass over the data (one compute) answering every request; raises on NaN/inf rows.
 
-    ``omit_nan`` and ``marginal`` as in :func:`dask_emk.engine.reduction.run_pass`.
+    ``nan_policy`` as in :func:`dask_emk.engine.reduction.run_pass`.
     """
     layouts = [r.layout for r in requests]
     layout = concatenate_layouts(layouts)
-    # Under omit_nan the pass itself leaves the rows holding NaN out.
+    # Under 'omit' the pass itself leaves the rows holding NaN out.
     members = tuple(
-        (r.block_fn, r.args, _column(r.layout, "nonfinite"), r.complete_rows and not omit_nan)
+        (r.block_fn, r.args, _column(r.layout, "nonfinite"),
+         r.complete_rows and not nan_policy.omits_rows)
         for r in requests
-    )
+    )  # fmt: skip
     combine = None
     if any(r.combine is not None for r in requests):
         starts = np.cumsum([1] + [lay.size for lay in layouts])
@@ -148,7 +150,7 @@ def batch_pass(
     block_fn = reduction.RowKeyed(keyed_batch_block) if keyed else batch_block
     stats = reduction.run_pass(
         X, weight, layout, block_fn, members, split_every=split_every, combine=combine,
-        omit_nan=omit_nan, marginal=marginal,
+        nan_policy=nan_policy,
     )  # fmt: skip
     return split_stats(stats, len(requests))
 
@@ -182,10 +184,8 @@ class Batch:
     X : ndarray or dask array of shape (n, d)
     weight : ndarray or dask array of shape (n,), or None
     split_every : int, optional
-    omit_nan : bool
-        Rows holding NaN take part in no pass (``nan_policy='omit'``).
-    marginal : bool
-        NaN entries are gaps the kernels marginalise (``nan_policy='marginalize'``).
+    nan_policy : NanPolicy
+        How the passes read NaN (:class:`~dask_emk.core.nan_policy.NanPolicy`).
     cache : {'auto', True, False}, default False
         Keep the rows in memory during :meth:`run` (:func:`dask_emk.engine.cache.kept_rows`):
         the first pass reads them, every later pass of the run reads them
@@ -199,10 +199,10 @@ class Batch:
     """
 
     def __init__(
-        self, X, weight=None, split_every=None, omit_nan=False, marginal=False, cache=False
+        self, X, weight=None, split_every=None, nan_policy=NanPolicy.RAISE, cache=False
     ):
         self.X, self.weight = X, weight
-        self.split_every, self.omit_nan, self.marginal = split_every, omit_nan, marginal
+        self.split_every, self.nan_policy = split_every, nan_policy
         self.cache = cache
         self.running: tuple[int, ...] = ()
         # The pass input of the run (X or its kept rows), opened by the first pass.
@@ -244,7 +244,7 @@ class Batch:
             if self._held is None:  # a pass outside run(): nothing is kept
                 return self.X
             self._rows = self._held.enter_context(
-                kept_rows(self.X, self.cache, self.omit_nan)
+                kept_rows(self.X, self.cache, self.nan_policy.omits_rows)
             )
         return self._rows
 
@@ -274,8 +274,8 @@ class Batch:
         if passes:
             requests = [request for _, some in passes for request in some]
             stats = iter(batch_pass(
-                self._pass_input(), self.weight, requests, self.split_every, self.omit_nan,
-                self.marginal,
+                self._pass_input(), self.weight, requests, self.split_every,
+                nan_policy=self.nan_policy,
             ))  # fmt: skip
             for i, some in passes:
                 got = [next(stats) for _ in some]
@@ -283,6 +283,6 @@ class Batch:
         return answers
 
 
-def run_one(X, weight, fit: Steps, split_every=None, omit_nan=False):
+def run_one(X, weight, fit: Steps, split_every=None, nan_policy=NanPolicy.RAISE):
     """Run one step generator alone (a batch of one); returns its result."""
-    return Batch(X, weight, split_every, omit_nan).run([fit])[0]
+    return Batch(X, weight, split_every, nan_policy=nan_policy).run([fit])[0]

@@ -67,7 +67,7 @@ class TinyChunksWarning(UserWarning):
 
 
 @contextmanager
-def kept_rows(X, cache, omit_nan: bool = False, free: int | None = None) -> Iterator:
+def kept_rows(X, cache, drop_nan_rows: bool = False, free: int | None = None) -> Iterator:
     """The input of a fit's passes: ``X``, or its rows kept in memory, until the ``with`` ends.
 
     Parameters
@@ -77,7 +77,7 @@ def kept_rows(X, cache, omit_nan: bool = False, free: int | None = None) -> Iter
     cache : {'auto', True, False}
         'auto' keeps the first blocks that fit in :data:`AUTO_SHARE` of the
         free memory, True keeps all or refuses, False keeps none.
-    omit_nan : bool
+    drop_nan_rows : bool
         Keep only the rows without NaN (``nan_policy='omit'``).
     free : int, optional
         Bytes free for the rows (default: measured, :func:`free_memory`).
@@ -100,7 +100,7 @@ def kept_rows(X, cache, omit_nan: bool = False, free: int | None = None) -> Iter
         return
     held: list[CachedRows] = []
     try:
-        cached = CachedRows.read(X, cache, omit_nan, held, free)
+        cached = CachedRows.read(X, cache, drop_nan_rows, held, free)
         yield X if cached is None else cached
     finally:
         for rows in held:
@@ -142,7 +142,7 @@ class CachedRows:
         Whether block i is kept.
     offsets : ndarray of int64, shape (m + 1,)
         First global row of each block, then n.
-    omit_nan : bool
+    drop_nan_rows : bool
         Rows holding NaN are left out of every pass.
     """
 
@@ -150,13 +150,15 @@ class CachedRows:
     parts: list
     kept: np.ndarray
     offsets: np.ndarray
-    omit_nan: bool
+    drop_nan_rows: bool
     client: object = None
     #: On the local schedulers, until the first pass: the kept blocks are not read yet.
     unread: bool = False
 
     @classmethod
-    def read(cls, X: da.Array, cache, omit_nan: bool, held: list, free=None) -> CachedRows | None:
+    def read(
+        cls, X: da.Array, cache, drop_nan_rows: bool, held: list, free=None
+    ) -> CachedRows | None:
         """Choose the blocks to keep and start reading them (None: none is kept).
 
         On the local schedulers the kept blocks are read by the first pass,
@@ -168,15 +170,16 @@ class CachedRows:
         offsets = np.concatenate([[0], np.cumsum(grouped.chunks[0])]).astype(np.int64)
         client = _client_of(X)
         free, where = free_memory(client) if free is None else (free, "there is")
-        kept = choose_blocks(np.diff(offsets), _kept_row_bytes(X, omit_nan), cache, free, where)
+        row_bytes = _kept_row_bytes(X, drop_nan_rows)
+        kept = choose_blocks(np.diff(offsets), row_bytes, cache, free, where)
         if not kept.any():
             return None
         blocks = grouped.to_delayed(optimize_graph=True).ravel().tolist()
         keep = [
-            dask.delayed(keep_block, pure=False)(block, offsets[i], omit_nan)
+            dask.delayed(keep_block, pure=False)(block, offsets[i], drop_nan_rows)
             for i, block in enumerate(blocks) if kept[i]
         ]  # fmt: skip
-        rows = cls(X, blocks, kept, offsets, omit_nan, client)
+        rows = cls(X, blocks, kept, offsets, drop_nan_rows, client)
         held.append(rows)
         if client is not None:
             keep = client.persist(keep, optimize_graph=False)
@@ -211,10 +214,10 @@ class CachedRows:
     def dtype(self) -> np.dtype:
         return self.source.dtype
 
-    def stats_parts(self, weight, block_fn, size: int, args: tuple, omit_nan: bool) -> list:
+    def stats_parts(self, weight, block_fn, size: int, args: tuple, drop_nan_rows: bool) -> list:
         """Delayed (1, size) statistics of each block, in block order, as
         :func:`dask_emk.engine.reduction.block_stats_array` gives them."""
-        if omit_nan and not self.omit_nan:
+        if drop_nan_rows and not self.drop_nan_rows:
             raise ValueError("rows were kept without omitting NaN: a pass cannot omit them now")
         weights = self._weight_blocks(weight)
         packed_args = dask.delayed(args, pure=False, traverse=False)
@@ -225,7 +228,7 @@ class CachedRows:
         return [
             dask.delayed(block_stats, pure=False)(
                 part, w, int(self.offsets[i]), bool(self.kept[i]), keyed, block_fn, packed_args,
-                omit_nan, dask_key_name=(name, i),
+                drop_nan_rows, dask_key_name=(name, i),
             )
             for i, (part, w) in enumerate(zip(self.parts, weights, strict=True))
         ]  # fmt: skip
@@ -254,22 +257,22 @@ class CachedRows:
         self.parts, self.kept = [], np.zeros(0, bool)
 
 
-def keep_block(x: np.ndarray, offset: int, omit_nan: bool) -> tuple:
-    """What a block keeps: ``(x, None)``, or under ``omit_nan`` its rows
+def keep_block(x: np.ndarray, offset: int, drop_nan_rows: bool) -> tuple:
+    """What a block keeps: ``(x, None)``, or under ``drop_nan_rows`` its rows
     without NaN and their global indices (as :func:`dask_emk.core.blocks.without_nan_rows`)."""
-    keep = rows_without_nan(x) if omit_nan else None
+    keep = rows_without_nan(x) if drop_nan_rows else None
     rows = None if keep is None else np.flatnonzero(keep)
     x = x if rows is None else np.take(x, rows, axis=0)
     x.flags.writeable = False  # every later pass reads these rows: none may change them
     return x, None if rows is None else rows + offset
 
 
-def block_stats(part, w, offset, kept, keyed, block_fn, args, omit_nan) -> np.ndarray:
+def block_stats(part, w, offset, kept, keyed, block_fn, args, drop_nan_rows) -> np.ndarray:
     """A block's statistics row from its kept rows or from its read
     (:func:`dask_emk.engine.reduction.call_block` on the same rows, weights and indices)."""
     if not kept:
         rows = np.arange(offset, offset + part.shape[0]) if keyed else None
-        return reduction.call_block(part, w, rows, block_fn, args, omit_nan)
+        return reduction.call_block(part, w, rows, block_fn, args, drop_nan_rows)
     x, rows = part
     if rows is not None and w is not None:
         w = np.take(w, rows - offset)
@@ -320,9 +323,9 @@ def free_memory(client) -> tuple[int, str]:
     return free, f"the {len(workers)} worker(s) have"
 
 
-def _kept_row_bytes(X: da.Array, omit_nan: bool) -> int:
+def _kept_row_bytes(X: da.Array, drop_nan_rows: bool) -> int:
     """Bytes a kept row takes at most: its values (and its global index under omit)."""
-    return X.shape[1] * X.dtype.itemsize + (8 if omit_nan else 0)
+    return X.shape[1] * X.dtype.itemsize + (8 if drop_nan_rows else 0)
 
 
 def _client_of(X: da.Array):

@@ -58,19 +58,19 @@ class ContentWatch:
         self.armed = True
 
     def run(self, reduce_pass, call_block, X, weight, block_fn, size, *args, combine=None,
-            omit_nan=False, also=None, wrap=None, **options):  # fmt: skip
+            drop_nan_rows=False, also=None, wrap=None, **options):  # fmt: skip
         """``reduce_pass`` of ``block_fn`` with the fingerprint columns added, then removed.
 
         The rows are hashed as read; the engine's ``call_block`` then runs
-        ``block_fn`` on them (leaving out rows for ``omit_nan`` there), so
+        ``block_fn`` on them (leaving out rows for ``drop_nan_rows`` there), so
         every kind of pass hashes the same bytes. ``wrap`` marks the wrapper
         as the engine must see it (e.g. a block function given row indices).
         """
-        inner = partial(call_block, block_fn=block_fn, args=args, omit_nan=omit_nan)
+        inner = partial(call_block, block_fn=block_fn, args=args, drop_nan_rows=drop_nan_rows)
         merge = partial(combine_fingerprinted, combine=combine, size=size)
         fn = fingerprinted_block if wrap is None else wrap(fingerprinted_block)
         out = reduce_pass(
-            X, weight, fn, size + WIDTH, inner, combine=merge, also=also, omit_nan=False,
+            X, weight, fn, size + WIDTH, inner, combine=merge, also=also, drop_nan_rows=False,
             **options,
         )  # fmt: skip
         vector, values = out if also is not None else (out, None)

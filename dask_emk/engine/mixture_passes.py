@@ -12,23 +12,21 @@ from __future__ import annotations
 import numpy as np
 
 from dask_emk.core import assign, blocks, estep, marginal, mixture
+from dask_emk.core.kernels import COMPLETE, BlockKernels
 from dask_emk.core.layout import StatsLayout
 
 
-def kernels(gaps: bool):
-    """The block kernels: :mod:`~dask_emk.core.marginal` with gaps
-    (``nan_policy='marginalize'``), else :mod:`~dask_emk.core.estep`."""
-    return marginal if gaps else estep
-
-
-def mixture_block(X, weight, params: mixture.MixtureParams, layout: StatsLayout, gaps=False):
+def mixture_block(
+    X, weight, params: mixture.MixtureParams, layout: StatsLayout, kernels: BlockKernels = COMPLETE
+):
     """Packed E-step statistics of one block (the engine's block function)."""
-    return layout.pack(kernels(gaps).estep_stats(X, weight, params))
+    return layout.pack(kernels.estep_stats(X, weight, params))
 
 
 def resp_block(
-    X, weight, rows, rule: tuple, origin, covariance_type, layout: StatsLayout, gaps=False
-):
+    X, weight, rows, rule: tuple, origin, covariance_type, layout: StatsLayout,
+    kernels: BlockKernels = COMPLETE,
+):  # fmt: skip
     """Packed statistics for initial responsibilities given by ``rule`` (a
     row-keyed block function: ``rows`` are the block's global row indices).
 
@@ -36,7 +34,7 @@ def resp_block(
     ``("random", seed, K)`` for uniform random responsibilities, drawn per
     row (:func:`dask_emk.core.blocks.row_uniforms`).
     """
-    if rule[0] == "nearest" and gaps:
+    if rule[0] == "nearest" and kernels.gaps:
         labels, _ = marginal.nearest(X, rule[1], origin)
         resp = assign.one_hot(labels, rule[1].shape[0])
     elif rule[0] == "nearest":
@@ -45,22 +43,28 @@ def resp_block(
     else:
         resp = np.ascontiguousarray(blocks.row_uniforms(rows, rule[1], rule[2]).T)
         resp /= resp.sum(axis=1, keepdims=True)
-    return layout.pack(kernels(gaps).resp_stats(X, weight, resp, origin, covariance_type))
+    return layout.pack(kernels.resp_stats(X, weight, resp, origin, covariance_type))
 
 
-def log_prob_rows(X, params: mixture.MixtureParams, gaps=False) -> np.ndarray:
+def log_prob_rows(
+    X, params: mixture.MixtureParams, kernels: BlockKernels = COMPLETE
+) -> np.ndarray:
     """log p(x) per row (of the observed features, with gaps), shape (n,)."""
-    return kernels(gaps).mixture_rows(X, params, "log_prob")
+    return kernels.mixture_rows(X, params, "log_prob")
 
 
-def resp_rows(X, params: mixture.MixtureParams, gaps=False) -> np.ndarray:
+def resp_rows(
+    X, params: mixture.MixtureParams, kernels: BlockKernels = COMPLETE
+) -> np.ndarray:
     """Responsibilities per row, shape (n, K)."""
-    return kernels(gaps).mixture_rows(X, params, "resp")
+    return kernels.mixture_rows(X, params, "resp")
 
 
-def most_probable_rows(X, params: mixture.MixtureParams, gaps=False) -> np.ndarray:
+def most_probable_rows(
+    X, params: mixture.MixtureParams, kernels: BlockKernels = COMPLETE
+) -> np.ndarray:
     """Most probable component per row, shape (n,)."""
-    return kernels(gaps).mixture_rows(X, params, "label")
+    return kernels.mixture_rows(X, params, "label")
 
 
 # ------------------------------------------------- the annealing's passes

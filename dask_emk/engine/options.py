@@ -1,4 +1,4 @@
-"""The names of the input options, in a module that imports nothing.
+"""The names of the input options, in a module that imports nothing heavy.
 
 The pipeline's configuration and the parameter tables check these values;
 they live apart from :mod:`dask_emk.engine.inputs` and
@@ -7,10 +7,7 @@ they live apart from :mod:`dask_emk.engine.inputs` and
 numeric stack (issue 26: 2-3 s and 400 MB before).
 """
 
-#: Values of the estimators' ``nan_policy`` (after scipy's): 'raise' on NaN,
-#: 'omit' rows holding NaN from every statistic (NaN outputs there);
-#: 'marginalize' uses the features each row has.
-NAN_POLICIES = ("raise", "omit", "marginalize")
+from dask_emk.core.nan_policy import NAN_POLICIES  # noqa: F401 (the names of NanPolicy)
 
 #: What a read does with a missing chunk or shard file: raise, or read the
 #: fill value (for stores written without empty chunks; an explicit choice).

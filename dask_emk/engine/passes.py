@@ -17,7 +17,9 @@ import numpy as np
 
 from dask_emk.core import assign, blocks, hartigan, marginal, seeding
 from dask_emk.core.assign import merge_top
+from dask_emk.core.kernels import COMPLETE, BlockKernels, block_kernels
 from dask_emk.core.layout import StatsLayout
+from dask_emk.core.nan_policy import NanPolicy
 from dask_emk.engine import reduction
 from dask_emk.engine.batch import Pass
 
@@ -70,27 +72,30 @@ def assign_layout(
     return StatsLayout(shapes)
 
 
-def assign_block(X, weight, centers, origin, n_far, moments, layout, gaps=False) -> np.ndarray:
+def assign_block(
+    X, weight, centers, origin, n_far, moments, layout, kernels: BlockKernels = COMPLETE
+) -> np.ndarray:
     """Packed Lloyd statistics of one block (the engine's block function)."""
-    kernel = marginal.assign_stats if gaps else assign.assign_stats
-    return layout.pack(kernel(X, weight, centers, origin, n_far, moments))
+    return layout.pack(kernels.assign_stats(X, weight, centers, origin, n_far, moments))
 
 
 def assign_request(
-    centers, origin, n_far=0, moments=False, gaps=False, complete_rows=False
-) -> Pass:
+    centers, origin, n_far=0, moments=False, kernels: BlockKernels = COMPLETE,
+    complete_rows=False,
+) -> Pass:  # fmt: skip
     """The request of a Lloyd pass at ``centers`` (arguments as :func:`assign_pass`;
+    ``kernels`` as :func:`dask_emk.core.kernels.block_kernels` gives them,
     ``complete_rows`` as :class:`dask_emk.engine.batch.Pass`)."""
-    layout = assign_layout(centers.shape[0], centers.shape[1], n_far, moments, gaps)
+    layout = assign_layout(centers.shape[0], centers.shape[1], n_far, moments, kernels.gaps)
     combine = partial(merge_packed, layout=layout, tops=FAR_LIST)
-    args = (centers, origin, n_far, moments, layout, gaps)
+    args = (centers, origin, n_far, moments, layout, kernels)
     return Pass(layout, assign_block, args, combine, complete_rows)
 
 
 def assign_pass(
-    X, weight, centers, origin, n_far=0, moments=False, split_every=None, omit_nan=False,
-    gaps=False,
-) -> dict:
+    X, weight, centers, origin, n_far=0, moments=False, split_every=None,
+    nan_policy=NanPolicy.RAISE,
+) -> dict:  # fmt: skip
     """One pass: summed Lloyd statistics with merged farthest rows (one compute).
 
     Parameters
@@ -101,24 +106,23 @@ def assign_pass(
     origin : ndarray of shape (d,), the fixed reference point
     n_far : int
     moments : bool
-    omit_nan : bool
-        Leave out rows holding NaN (``nan_policy='omit'``).
-    gaps : bool
-        NaN entries are missing coordinates (``nan_policy='marginalize'``).
+    nan_policy : NanPolicy
+        'omit' leaves out rows holding NaN; 'marginalize' takes NaN entries
+        as missing coordinates.
 
     Returns
     -------
     dict, see :func:`dask_emk.core.assign.assign_stats`; raises ValueError when
     the data holds NaN or infinity.
     """
-    request = assign_request(centers, origin, n_far, moments, gaps)
-    return _run(X, weight, request, split_every, omit_nan, marginal=gaps)
+    request = assign_request(centers, origin, n_far, moments, block_kernels(nan_policy))
+    return _run(X, weight, request, split_every, nan_policy)
 
 
-def _run(X, weight, request: Pass, split_every, omit_nan, marginal=False) -> dict:
+def _run(X, weight, request: Pass, split_every, nan_policy: NanPolicy) -> dict:
     return reduction.run_pass(
         X, weight, request.layout, request.block_fn, *request.args, split_every=split_every,
-        combine=request.combine, omit_nan=omit_nan or request.complete_rows, marginal=marginal,
+        combine=request.combine, nan_policy=nan_policy, complete_rows=request.complete_rows,
     )  # fmt: skip
 
 
@@ -128,8 +132,9 @@ def costliest_block(X, weight, centers, origin, n_far, moments, layout) -> np.nd
 
 
 def costliest_pass(
-    X, weight, centers, origin, n_far, moments=False, split_every=None, omit_nan=False
-) -> dict:
+    X, weight, centers, origin, n_far, moments=False, split_every=None,
+    nan_policy=NanPolicy.RAISE,
+) -> dict:  # fmt: skip
     """:func:`assign_pass` keeping the rows that DP-means would open first (one compute).
 
     The kept rows are ranked by :func:`dask_emk.core.assign.opening_key`,
@@ -140,7 +145,7 @@ def costliest_pass(
     return reduction.run_pass(
         X, weight, layout, costliest_block, centers, origin, n_far, moments, layout,
         split_every=split_every, combine=partial(merge_packed, layout=layout, tops=FAR_LIST),
-        omit_nan=omit_nan,
+        nan_policy=nan_policy,
     )  # fmt: skip
 
 
@@ -164,17 +169,19 @@ def seed_request(centers, trials, origin, n_keep, seed, scale=None, complete_row
 
 def seed_pass(
     X, weight, centers, trials, origin, n_keep, seed, scale=None, split_every=None,
-    omit_nan=False,
+    nan_policy=NanPolicy.RAISE,
 ) -> dict:
     """One seeding pass (one compute): potentials and sampled rows per stream.
 
     See :func:`dask_emk.core.seeding.seed_stats` for the arguments; returns
     ``potential`` (s,), ``key`` (s, n_keep) descending and ``x`` (s, n_keep, d)
-    merged over all blocks; rows holding NaN are never drawn with ``omit_nan``.
-    Raises ValueError when the data holds NaN/inf (inf only, with ``omit_nan``).
+    merged over all blocks; rows holding NaN are never drawn when ``nan_policy``
+    allows NaN. Raises ValueError when the data holds NaN/inf (inf only, then).
     """
-    request = seed_request(centers, trials, origin, n_keep, seed, scale)
-    return _run(X, weight, request, split_every, omit_nan)
+    request = seed_request(
+        centers, trials, origin, n_keep, seed, scale, complete_rows=nan_policy.allows_nan
+    )
+    return _run(X, weight, request, split_every, nan_policy)
 
 
 def hartigan_layout(n_clusters: int, n_features: int, n_bins: int) -> StatsLayout:
@@ -192,7 +199,7 @@ def hartigan_block(X, weight, centers, mass, origin, edges, layout) -> np.ndarra
 
 
 def hartigan_pass(
-    X, weight, centers, mass, origin, edges, split_every=None, omit_nan=False
+    X, weight, centers, mass, origin, edges, split_every=None, nan_policy=NanPolicy.RAISE
 ) -> dict:
     """One pass (one compute): Lloyd sums at ``centers`` and the binned Hartigan moves.
 
@@ -203,26 +210,30 @@ def hartigan_pass(
     layout = hartigan_layout(centers.shape[0], centers.shape[1], edges.shape[0] + 1)
     return reduction.run_pass(
         X, weight, layout, hartigan_block, centers, mass, origin, edges, layout,
-        split_every=split_every, omit_nan=omit_nan,
+        split_every=split_every, nan_policy=nan_policy,
     )  # fmt: skip
 
 
 # ------------------------------------------------- k-means rows (predict, transform)
-def nearest_center_rows(X, centers: np.ndarray, origin: np.ndarray, gaps=False) -> np.ndarray:
+def nearest_center_rows(
+    X, centers: np.ndarray, origin: np.ndarray, kernels: BlockKernels = COMPLETE
+) -> np.ndarray:
     """Nearest centre per row, shape (n,) int32 (as in the Lloyd passes).
 
-    With ``gaps``, by the distance over observed coordinates; rows with no
+    With ``kernels.gaps``, by the distance over observed coordinates; rows with no
     observed coordinate get :data:`dask_emk.core.blocks.LABEL_FILL`.
     """
-    if gaps:
+    if kernels.gaps:
         return _with_gaps(X, lambda Xk: marginal.nearest(Xk, centers, origin)[0], np.int32)
     return assign.lloyd_assign(X, None, centers, origin)[1].astype(np.int32)
 
 
-def distance_rows(X, centers: np.ndarray, origin: np.ndarray, gaps=False) -> np.ndarray:
+def distance_rows(
+    X, centers: np.ndarray, origin: np.ndarray, kernels: BlockKernels = COMPLETE
+) -> np.ndarray:
     """Euclidean distance of each row to each centre, shape (n, K) (over
-    observed coordinates with ``gaps``; NaN for rows with none)."""
-    if gaps:
+    observed coordinates with ``kernels.gaps``; NaN for rows with none)."""
+    if kernels.gaps:
         def distances(Xk):
             Y, seen = marginal.shifted_observed(Xk, origin)
             return np.sqrt(marginal.masked_distances(Y, seen, centers - origin))

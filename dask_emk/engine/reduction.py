@@ -36,6 +36,7 @@ from threadpoolctl import ThreadpoolController
 
 from dask_emk.core._numba import announce_compilation
 from dask_emk.core.blocks import LABEL_FILL, rows_without_nan, without_nan_rows
+from dask_emk.core.nan_policy import NanPolicy
 from dask_emk.engine.fingerprint import take_watch
 from dask_emk.engine.storage import check_stored_files, storage_errors
 
@@ -138,14 +139,14 @@ def block_stats_array(
     block_fn: Callable[..., np.ndarray],
     size: int,
     *args: Any,
-    omit_nan: bool = False,
+    drop_nan_rows: bool = False,
 ) -> da.Array:
     """Lazy (n_blocks, size) array: ``block_fn(x_block, w_block, *args)`` per block.
 
     ``args`` are wrapped in one ``dask.delayed`` so they enter the graph once,
     under a random key: hashing them (pure=True) cost ~1.5 ms a pass. The
     layer is named from that key, which saves hashing its arguments too.
-    With ``omit_nan`` each block's rows holding NaN are dropped first
+    With ``drop_nan_rows`` each block's rows holding NaN are dropped first
     (:func:`call_block`). A :class:`RowKeyed` ``block_fn`` also gets its
     rows' indices, a blockwise argument (:func:`row_index`) of X's chunks.
     """
@@ -163,7 +164,7 @@ def block_stats_array(
         None,
         packed_args,
         None,
-        omit_nan,
+        drop_nan_rows,
         None,
         adjust_chunks={"i": 1, "j": size},
         dtype=np.float64,
@@ -173,8 +174,8 @@ def block_stats_array(
     )
 
 
-def call_block(x, w, rows, block_fn, args, omit_nan: bool = False):
-    """``block_fn(x, w, *args)``; with ``omit_nan`` on the rows without NaN only.
+def call_block(x, w, rows, block_fn, args, drop_nan_rows: bool = False):
+    """``block_fn(x, w, *args)``; with ``drop_nan_rows`` on the rows without NaN only.
 
     ``nan_policy='omit'`` lives here, in the pass the fit makes anyway: no
     mask is computed ahead, and the kernels never see a NaN row, so such a
@@ -186,7 +187,7 @@ def call_block(x, w, rows, block_fn, args, omit_nan: bool = False):
     """
     if w is None:
         w = np.ones(x.shape[0])
-    if omit_nan:
+    if drop_nan_rows:
         x, w, rows = without_nan_rows(x, w, rows)
     return apply_block(block_fn, x, w, rows, args)
 
@@ -200,8 +201,8 @@ def run_pass(
     split_every: int | None = None,
     combine: Callable[[np.ndarray], np.ndarray] | None = None,
     also: tuple | None = None,
-    omit_nan: bool = False,
-    marginal: bool = False,
+    nan_policy: NanPolicy = NanPolicy.RAISE,
+    complete_rows: bool = False,
 ):
     """One pass over the data, unpacked: every pass of the package runs here.
 
@@ -216,11 +217,13 @@ def run_pass(
     also : tuple, optional
         Other arrays (numpy, or dask from the same data) computed with the
         pass, in its one compute, each chunk read once.
-    omit_nan : bool
-        Leave out the rows holding NaN (``nan_policy='omit'``, :func:`call_block`).
-    marginal : bool
-        ``block_fn`` takes NaN as missing values (``nan_policy='marginalize'``):
+    nan_policy : NanPolicy
+        'omit' leaves out the rows holding NaN (:func:`call_block`);
+        'marginalize': ``block_fn`` takes NaN as missing values. Under both
         only ±inf is an error.
+    complete_rows : bool
+        Leave out the rows holding NaN whatever ``nan_policy`` (a pass that
+        draws complete rows under 'marginalize').
 
     Returns
     -------
@@ -232,13 +235,14 @@ def run_pass(
     ValueError
         If the data holds NaN or infinity (:func:`raise_on_nonfinite`).
     """
+    drop_nan_rows = nan_policy.omits_rows or complete_rows
     out = reduce_pass(
         X, weight, block_fn, layout.size, *args, split_every=split_every, combine=combine,
-        also=also, omit_nan=omit_nan,
+        also=also, drop_nan_rows=drop_nan_rows,
     )  # fmt: skip
     vector, values = out if also is not None else (out, None)
     stats = layout.unpack(vector)
-    raise_on_nonfinite(stats["nonfinite"], stored_source(X), omit_nan or marginal)
+    raise_on_nonfinite(stats["nonfinite"], stored_source(X), drop_nan_rows or nan_policy.allows_nan)
     return stats if also is None else (stats, values)
 
 
@@ -251,7 +255,7 @@ def reduce_pass(
     split_every: int | None = None,
     combine: Callable[[np.ndarray], np.ndarray] | None = None,
     also: tuple | None = None,
-    omit_nan: bool = False,
+    drop_nan_rows: bool = False,
 ):
     """One pass over the data: sum of ``block_fn`` over all blocks, shape (size,).
 
@@ -278,8 +282,8 @@ def reduce_pass(
         block order.
     also : tuple, optional
         See :func:`run_pass`; then returns (the vector, the values of ``also``).
-    omit_nan : bool
-        See :func:`run_pass`.
+    drop_nan_rows : bool
+        Leave out the rows holding NaN (:func:`call_block`; set by :func:`run_pass`).
     """
     announce_compilation()  # the first pass after an install compiles: say it first
     watch = take_watch()  # a pipeline's content check: the first pass also hashes the rows
@@ -288,10 +292,11 @@ def reduce_pass(
         # does not depend on the cache.
         return watch.run(
             reduce_pass, call_block, stored_source(X), weight, block_fn, size, *args,
-            split_every=split_every, combine=combine, also=also, omit_nan=omit_nan, wrap=RowKeyed,
+            split_every=split_every, combine=combine, also=also, drop_nan_rows=drop_nan_rows,
+            wrap=RowKeyed,
         )  # fmt: skip
     if is_kept(X):
-        parts = X.stats_parts(weight, block_fn, size, args, omit_nan)
+        parts = X.stats_parts(weight, block_fn, size, args, drop_nan_rows)
         total = combine_parts(parts, combine or _add_rows, split_every or DEFAULT_SPLIT_EVERY)
         # The first pass also reads the blocks to keep, in the same compute.
         total, kept, *values = compute_one((total, X.first_read(), *(also or ())), source=X.source)
@@ -303,7 +308,7 @@ def reduce_pass(
         rows = local_map(
             lambda sl: call_block(
                 X[sl], None if w is None else w[sl], np.arange(*sl.indices(X.shape[0])),
-                block_fn, args, omit_nan,
+                block_fn, args, drop_nan_rows,
             ),
             X.shape[0],
             X.shape[1],
@@ -313,7 +318,7 @@ def reduce_pass(
         vector = (combine or _add_rows)(stacked).reshape(size)
         return vector if also is None else (vector, also)
     X, weight = group_small_chunks(X, weight)
-    blocks = block_stats_array(X, weight, block_fn, size, *args, omit_nan=omit_nan)
+    blocks = block_stats_array(X, weight, block_fn, size, *args, drop_nan_rows=drop_nan_rows)
     # With ``also`` nothing is optimised: the chunk reads stay tasks of their
     # own, shared by the pass and ``also`` (fused into either they were read twice).
     fused = also is None
@@ -486,7 +491,7 @@ def map_rows(
     *args: Any,
     n_out: int | None = None,
     dtype=np.float64,
-    nan_policy: str = "raise",
+    nan_policy: NanPolicy = NanPolicy.RAISE,
 ) -> np.ndarray | da.Array:
     """Apply ``row_fn(x_block, *args)`` per block of rows.
 
@@ -500,10 +505,10 @@ def map_rows(
     row_fn : callable returning (n_block,) if ``n_out`` is None else (n_block, n_out)
     n_out : int, optional
         Width of the per-row output; None for one value per row.
-    nan_policy : {'raise', 'omit', 'marginalize'}
-        'raise': a row holding NaN is an error; 'omit': such rows are not
+    nan_policy : NanPolicy
+        RAISE: a row holding NaN is an error; OMIT: such rows are not
         passed to ``row_fn`` and their outputs are NaN (:data:`LABEL_FILL`
-        for integer ``dtype``); 'marginalize': ``row_fn`` takes NaN as
+        for integer ``dtype``); MARGINALIZE: ``row_fn`` takes NaN as
         missing. ±inf is an error under every policy.
     """
     options = (dtype, nan_policy, n_out)
@@ -519,9 +524,9 @@ def map_rows(
     )  # fmt: skip
 
 
-def _call_rows(x, row_fn, args, dtype, nan_policy="raise", n_out=None):
+def _call_rows(x, row_fn, args, dtype, nan_policy=NanPolicy.RAISE, n_out=None):
     check_rows(x, nan_policy)
-    keep = rows_without_nan(x) if nan_policy == "omit" else None
+    keep = rows_without_nan(x) if nan_policy.omits_rows else None
     if keep is None:
         # The declared dtype of a dask array is not a cast: make the blocks match it.
         return np.asarray(row_fn(x, *args)).astype(dtype, copy=False)
@@ -532,7 +537,7 @@ def _call_rows(x, row_fn, args, dtype, nan_policy="raise", n_out=None):
     return out
 
 
-def check_rows(x: np.ndarray, nan_policy: str) -> None:
+def check_rows(x: np.ndarray, nan_policy: NanPolicy) -> None:
     """Raise :func:`nonfinite_error` for the rows of block ``x`` that ``nan_policy`` refuses.
 
     NaN under 'raise', ±inf always: what numpy input is refused for up front,
@@ -541,7 +546,7 @@ def check_rows(x: np.ndarray, nan_policy: str) -> None:
     with np.errstate(over="ignore", invalid="ignore"):
         if np.isfinite(x.sum()):  # one cheap reduction; overflow only sends us on
             return
-    allow_nan = nan_policy != "raise"
+    allow_nan = nan_policy.allows_nan
     bad = np.isinf(x) if allow_nan else ~np.isfinite(x)
     count = int(bad.any(axis=1).sum())
     if count:
@@ -549,7 +554,7 @@ def check_rows(x: np.ndarray, nan_policy: str) -> None:
         raise nonfinite_error("X", where, allow_nan, "X[da.isfinite(X).all(axis=1)]")
 
 
-def raise_on_nonfinite(count: float, source=None, omit_nan: bool = False) -> None:
+def raise_on_nonfinite(count: float, source=None, allow_nan: bool = False) -> None:
     """Raise the error for NaN/inf rows that a pass over the data counted.
 
     The kernels count rows whose statistics are not finite in the pass they
@@ -557,24 +562,24 @@ def raise_on_nonfinite(count: float, source=None, omit_nan: bool = False) -> Non
     Missing zarr chunk files read as the fill value (NaN in stores written
     by xarray), so the zarr arrays of ``source`` (the data passed over) are
     first checked for missing files, which are reported instead. With
-    ``omit_nan`` the rows counted hold ±inf (rows with NaN were left out, or
+    ``allow_nan`` the rows counted hold ±inf (rows with NaN were left out, or
     their NaN marginalised).
     """
     if count <= 0:
         return
     check_stored_files(source)
     where = f" in {int(count)} row(s) (or values too large for float64 arithmetic)"
-    raise nonfinite_error("Input", where, omit_nan, "X[da.isfinite(X).all(axis=1)]")
+    raise nonfinite_error("Input", where, allow_nan, "X[da.isfinite(X).all(axis=1)]")
 
 
-def nonfinite_error(name: str, where: str, omit_nan: bool, example: str) -> ValueError:
+def nonfinite_error(name: str, where: str, allow_nan: bool, example: str) -> ValueError:
     """The error for non-finite input, one wording for every check.
 
     ``name`` and ``where`` say what holds the values ("X", " in 3 row(s)"),
-    ``omit_nan`` whether NaN is already taken as missing (then only infinity
+    ``allow_nan`` whether NaN is already taken as missing (then only infinity
     is wrong), ``example`` how to drop the rows with the input's own library.
     """
-    if omit_nan:
+    if allow_nan:
         return ValueError(
             f"{name} contains infinity{where}; nan_policy='omit' and 'marginalize' take "
             "NaN as missing, never infinity: remove or clip the infinite values."

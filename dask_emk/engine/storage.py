@@ -173,7 +173,7 @@ class StackedZarrRows:
     the grid's dimensions, one feature, or with one more dimension last,
     one feature per point of it. Row blocks are the grid's blocks one after
     the other in C order, each block's points in C order (the layout of
-    :meth:`dask_emk.engine.inputs.Grid.to_rows`). A block is read in one
+    :meth:`dask_emk.engine.gridded.Grid.to_rows`). A block is read in one
     round trip to zarr's event loop: the arrays' reads run concurrently and
     each decodes straight into its columns of one (block, n_features)
     buffer, so the rows are made in one copy; the chunk or shard files the

@@ -42,6 +42,7 @@ from dask_emk._logging import STEPS_LOGGER
 from dask_emk.core import anneal_rules as rules
 from dask_emk.core import assign, mixture
 from dask_emk.core.blocks import rows_without_nan, without_nan_rows
+from dask_emk.core.kernels import block_kernels
 from dask_emk.core.layout import StatsLayout
 from dask_emk.core.mixture import DEFAULT_ESTEP, EStepOptions
 from dask_emk.core.mstep import m_step
@@ -104,7 +105,7 @@ def draw_sample(data: InputData, weight, size: int, rng, split_every) -> Sample:
     w_rows = weight if weight is None or idx is None else weight[idx]
     stats, (rows, w_rows) = reduction.run_pass(
         X, weight, layout, moments_block, origin, layout, split_every=split_every,
-        also=(rows, w_rows), omit_nan=complete_rows_only(data),
+        also=(rows, w_rows), nan_policy=data.nan_policy, complete_rows=complete_rows_only(data),
     )  # fmt: skip
     mean_shift = stats["S"][0] / stats["n"]
     cov = stats["Q"][0] / stats["n"] - np.outer(mean_shift, mean_shift)
@@ -120,7 +121,7 @@ def complete_rows_only(data: InputData) -> bool:
     omitted (``nan_policy='omit'``) or have gaps ('marginalize'). A gap has
     no value to split along or to place a mean on; the Lloyd runs on the
     full data then use every row's observed coordinates."""
-    return data.omit_nan or data.marginal
+    return data.nan_policy.allows_nan
 
 
 def reference_row(data: InputData, start: int) -> np.ndarray:
@@ -550,7 +551,7 @@ class AnnealedGaussianMixture(
         if sample.X.shape[0] < self.n_components:
             raise ValueError(
                 f"The sample holds {sample.X.shape[0]} row(s) without NaN (nan_policy="
-                f"{data.nan_policy!r} anneals on complete rows), fewer than n_components="
+                f"{data.nan_policy.value!r} anneals on complete rows), fewer than n_components="
                 f"{self.n_components}; "
                 "raise sample_size or lower n_components."
             )
@@ -565,7 +566,7 @@ class AnnealedGaussianMixture(
         result = annealer.run(sigma2)
         centers, n_sample_iter = self._reduce_to_k(sample, result, annealer)
         # The Hartigan moves are those of complete rows: no polish with gaps.
-        polish = self.hartigan_max_passes > 0 and not data.marginal
+        polish = self.hartigan_max_passes > 0 and not data.nan_policy.marginalizes
         # The polish starts from Lloyd's exact fixed point (tol 0): a Hartigan
         # pass at unconverged centres would mostly find Lloyd's own moves.
         km = lloyd_from(data, weight, centers, self.n_lloyd_max_iter, 0.0 if polish else self.tol,
@@ -574,10 +575,10 @@ class AnnealedGaussianMixture(
         passes = 1 + lloyd_passes(km)
         n_lloyd_iter, rounds = km.n_iter_, []
         if polish:  # the Hartigan passes read the rows kept for them (``cache``)
-            with kept_rows(data.array, self.cache, data.omit_nan) as rows:
+            with kept_rows(data.array, self.cache, data.nan_policy.omits_rows) as rows:
                 km, polish_passes, polish_iter, rounds = hartigan_polish(
                     data, rows, weight, km, self.hartigan_max_passes,
-                    self.n_lloyd_max_iter, self.split_every, data.omit_nan,
+                    self.n_lloyd_max_iter, self.split_every, data.nan_policy,
                 )  # fmt: skip
             passes += polish_passes
             n_lloyd_iter += polish_iter
@@ -774,7 +775,7 @@ class AnnealedGaussianMixture(
             weights @ means, EStepOptions.of(self.estep),
         )  # fmt: skip
         out = reduction.map_rows(
-            data.array, resp_rows, params, data.marginal, n_out=means.shape[0],
+            data.array, resp_rows, params, block_kernels(data.nan_policy), n_out=means.shape[0],
             dtype=data.array.dtype, nan_policy=data.nan_policy,
         )  # fmt: skip
         return named_output(data.wrap_rows(out, extra_dim="component"), "responsibility",

@@ -126,7 +126,7 @@ class ChunkedEstimator(SavesModelFile, BaseEstimator):
         """The batch that runs the fit's passes over ``data``, reading it
         through the fit's cache (``cache``: the rows kept during the run)."""
         return Batch(
-            data.array, weight, self.split_every, data.omit_nan, data.marginal, cache=self.cache
+            data.array, weight, self.split_every, nan_policy=data.nan_policy, cache=self.cache
         )
 
     def _check_parameters(self, data: InputData) -> None:
@@ -233,7 +233,7 @@ def check_observed_features(data: InputData) -> None:
     ValueError
         Naming the features (index, and label where X has them).
     """
-    if data.nan_policy == "raise":
+    if not data.nan_policy.allows_nan:
         return
     X = data.array
     empty = da.isnan(X).all(axis=0) if data.is_lazy else np.isnan(X).all(axis=0)
@@ -243,9 +243,9 @@ def check_observed_features(data: InputData) -> None:
     labels = data.feature_labels
     named = [f"{j} ({labels[j]!r})" if labels is not None else str(j) for j in never.tolist()]
     consequence = (
-        "leaves out every row" if data.nan_policy == "omit" else "has no value to fit them from"
+        "leaves out every row" if data.nan_policy.omits_rows else "has no value to fit them from"
     )
     raise ValueError(
-        f"Feature(s) {', '.join(named)} of X hold only NaN: nan_policy={data.nan_policy!r} "
+        f"Feature(s) {', '.join(named)} of X hold only NaN: nan_policy={data.nan_policy.value!r} "
         f"{consequence}; drop them from X (or give them values)."
     )

@@ -440,7 +440,7 @@ class DPMeans(
 
     # ------------------------------------------------------------------ checks
     def _check_parameters(self, data: InputData) -> None:
-        if data.marginal:
+        if data.nan_policy.marginalizes:
             raise ValueError(
                 "DPMeans has no nan_policy='marginalize' (it opens clusters at whole rows, "
                 "which a gap leaves undefined); use nan_policy='omit' to leave out the rows "
@@ -476,7 +476,7 @@ class DPMeans(
     # --------------------------------------------------------------- fitting
     def _fit(self, X, data: InputData, weight) -> None:
         # Every pass reads the rows kept for the fit (``cache``), released when it ends.
-        with kept_rows(data.array, self.cache, data.omit_nan) as self._rows:
+        with kept_rows(data.array, self.cache, data.nan_policy.omits_rows) as self._rows:
             try:
                 self._fit_kept(X, data, weight)
             finally:
@@ -533,7 +533,7 @@ class DPMeans(
         self.n_passes_ += 1
         return kind(
             self._rows, weight, centers, origin, n_far, moments, split_every=self.split_every,
-            omit_nan=data.omit_nan,
+            nan_policy=data.nan_policy,
         )  # fmt: skip
 
     def _run(self, data, weight, penalty, start: Start, centers, tol_abs, cap=None) -> DPRun:

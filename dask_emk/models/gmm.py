@@ -16,8 +16,10 @@ from sklearn.utils.validation import check_is_fitted
 
 from dask_emk.core import marginal, mixture
 from dask_emk.core.covariance import COVARIANCE_TYPES
+from dask_emk.core.kernels import BlockKernels, block_kernels
 from dask_emk.core.layout import StatsLayout
 from dask_emk.core.mstep import GaussianState, m_step, precision_cholesky
+from dask_emk.core.nan_policy import NanPolicy
 from dask_emk.engine import reduction
 from dask_emk.engine.batch import Batch, Pass, Steps
 from dask_emk.engine.inputs import InputData, as_input
@@ -443,8 +445,9 @@ class GaussianMixture(DensityMixin, ChunkedEstimator):
         With ``accelerate`` the iterations are SQUAREM's
         (:func:`dask_emk.models.squarem.squarem_steps`).
         """
+        kernels = block_kernels(data.nan_policy)
         layout = StatsLayout.mixture(
-            self.n_components, data.n_features, self.covariance_type, data.marginal
+            self.n_components, data.n_features, self.covariance_type, kernels.gaps
         )
         progress = _Progress(self, data, init, batch, bound)
         state = yield from start
@@ -452,7 +455,7 @@ class GaussianMixture(DensityMixin, ChunkedEstimator):
             state = yield from squarem_steps(self, data, state, layout, progress)
         else:
             while progress.n_iter < self.max_iter:
-                stats = yield self._em_request(state, layout, data.marginal)
+                stats = yield self._em_request(state, layout, kernels)
                 state = self._m_step(stats, state, data)
                 if progress.record(stats, state):
                     break
@@ -486,9 +489,11 @@ class GaussianMixture(DensityMixin, ChunkedEstimator):
         }
         self.callback(self, info)
 
-    def _em_request(self, state: GaussianState, layout: StatsLayout, gaps: bool) -> Pass:
+    def _em_request(
+        self, state: GaussianState, layout: StatsLayout, kernels: BlockKernels
+    ) -> Pass:
         params = self._kernel_params(state)
-        return Pass(layout, mixture_block, (params, layout, gaps))
+        return Pass(layout, mixture_block, (params, layout, kernels))
 
     # -------------------------------------------------------- initialisation
     def _initial_steps(self, data: InputData, weight, rng, eps: float) -> Steps:
@@ -520,7 +525,7 @@ class GaussianMixture(DensityMixin, ChunkedEstimator):
 
     def _seed_steps(self, data, weight, rng) -> Steps:
         # With gaps, centres are drawn from complete rows only (models.seeding).
-        omit = data.omit_nan or data.marginal
+        omit = data.nan_policy.allows_nan
         if self.init_params == "k-means++":
             return kmeans_plusplus_steps(data.array, self.n_components, rng, weight, omit)
         return random_rows_steps(data.array, self.n_components, rng, weight, omit)
@@ -542,9 +547,10 @@ class GaussianMixture(DensityMixin, ChunkedEstimator):
         ctype = COVARIANCE_TYPES[self.covariance_type]
         # With gaps, matrix types start from diagonal covariances: the gaps'
         # conditional moments need a covariance to start from.
-        start_type = "diag" if data.marginal and ctype.block == "matrix" else ctype.name
-        layout = StatsLayout.mixture(K, d, start_type, data.marginal)
-        args = (rule, origin, start_type, layout, data.marginal)
+        kernels = block_kernels(data.nan_policy)
+        start_type = "diag" if kernels.gaps and ctype.block == "matrix" else ctype.name
+        layout = StatsLayout.mixture(K, d, start_type, kernels.gaps)
+        args = (rule, origin, start_type, layout, kernels)
         stats = yield Pass(layout, reduction.RowKeyed(resp_block), args)
         centers = np.broadcast_to(origin, (K, d))
         state = m_step(stats, centers, start_type, self.reg_covar, eps=eps, variance=self.variance)
@@ -643,7 +649,7 @@ class GaussianMixture(DensityMixin, ChunkedEstimator):
         data = validate_features(self, X, reset=False)
         params = self._kernel_params(self._state_from_attributes())
         out = reduction.map_rows(
-            data.array, row_fn, params, data.marginal, n_out=n_out,
+            data.array, row_fn, params, block_kernels(data.nan_policy), n_out=n_out,
             dtype=data.array.dtype if dtype is None else dtype,
             nan_policy=data.nan_policy,
         )  # fmt: skip
@@ -735,7 +741,7 @@ class GaussianMixture(DensityMixin, ChunkedEstimator):
         params = self._kernel_params(self._state_from_attributes())
         out = reduction.map_rows(
             data.array, marginal.impute_rows, params, n_out=data.n_features,
-            dtype=data.array.dtype, nan_policy="marginalize",
+            dtype=data.array.dtype, nan_policy=data.nan_policy,
         )  # fmt: skip
         out = data.wrap_rows(out, "feature")
         if data.grid is not None and data.feature_labels is not None:
@@ -873,9 +879,11 @@ def _nearest_rule(km, run: Steps) -> Steps:
     return ("nearest", run.centers)
 
 
-def _check_mass(stats: dict, nan_policy: str) -> None:
+def _check_mass(stats: dict, nan_policy: NanPolicy) -> None:
     if stats["n"] <= 0:
-        omitted = f" or no row is left (nan_policy={nan_policy!r})" if nan_policy != "raise" else ""
+        omitted = (
+            f" or no row is left (nan_policy={nan_policy.value!r})" if nan_policy.allows_nan else ""
+        )
         raise ValueError(
             f"sample_weight sums to zero{omitted}; at least one row must have a "
             "positive weight."

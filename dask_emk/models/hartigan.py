@@ -11,6 +11,7 @@ from functools import partial
 import numpy as np
 
 from dask_emk.core import hartigan as rules
+from dask_emk.core.nan_policy import NanPolicy
 from dask_emk.engine.passes import hartigan_pass
 from dask_emk.models.kmeans import KMeans
 
@@ -48,8 +49,9 @@ def _stop_unless_lower(model, info, bound: float) -> None:
 
 
 def hartigan_polish(
-    X, array, weight, km: KMeans, max_passes: int, max_iter: int, split_every, omit_nan=False
-):
+    X, array, weight, km: KMeans, max_passes: int, max_iter: int, split_every,
+    nan_policy=NanPolicy.RAISE,
+):  # fmt: skip
     """Lloyd + batch Hartigan passes from a Lloyd fixed point, on the full data.
 
     Every pass is one Hartigan pass (:func:`dask_emk.engine.passes.hartigan_pass`)
@@ -90,8 +92,8 @@ def hartigan_polish(
     max_iter : int
         Iterations of the final Lloyd run at most.
     split_every : int or None
-    omit_nan : bool
-        Leave out rows holding NaN (``nan_policy='omit'``).
+    nan_policy : NanPolicy
+        'omit' leaves out rows holding NaN (the polish never runs with gaps).
 
     Returns
     -------
@@ -116,7 +118,7 @@ def hartigan_polish(
     origin = centers.mean(axis=0)
     edges = rules.hartigan_edges(float(km.inertia_), float(mass.sum()), K)
     while len(rounds) < max_passes:
-        st = hartigan_pass(array, weight, centers, mass, origin, edges, split_every, omit_nan)
+        st = hartigan_pass(array, weight, centers, mass, origin, edges, split_every, nan_policy)
         if bound is not None:
             rounds[-1]["accepted"] = bool(st["inertia"] < bound)
             if not rounds[-1]["accepted"]:

@@ -18,6 +18,7 @@ from sklearn.base import DensityMixin
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 
+from dask_emk.core.kernels import block_kernels
 from dask_emk.core.layout import StatsLayout
 from dask_emk.engine.batch import Pass, batch_pass
 from dask_emk.engine.inputs import InputData
@@ -204,14 +205,16 @@ class GaussianMixtureIC(DensityMixin, ChunkedEstimator):
         ``nan_policy='omit'`` are not, nor those with no observed feature under
         'marginalize', whose log-likelihood is that of the observed features).
         """
-        requests, gaps = [], data.marginal
+        requests, kernels = [], block_kernels(data.nan_policy)
         for model in candidates:
             layout = StatsLayout.mixture(
-                model.n_components, data.n_features, model.covariance_type, gaps
+                model.n_components, data.n_features, model.covariance_type, kernels.gaps
             )
             params = model._kernel_params(model._state64)
-            requests.append(Pass(layout, mixture_block, (params, layout, gaps)))
-        stats = batch_pass(data.array, None, requests, self.split_every, data.omit_nan, gaps)
+            requests.append(Pass(layout, mixture_block, (params, layout, kernels)))
+        stats = batch_pass(
+            data.array, None, requests, self.split_every, nan_policy=data.nan_policy
+        )
         return np.array([
             information_criterion(self.criterion, s["loglik"], s["n"], m._n_parameters())
             for s, m in zip(stats, candidates, strict=True)

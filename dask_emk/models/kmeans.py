@@ -19,6 +19,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 
+from dask_emk.core.kernels import BlockKernels, block_kernels
 from dask_emk.core.mstep import weighted_means
 from dask_emk.engine import reduction
 from dask_emk.engine.batch import Batch, Steps
@@ -410,11 +411,11 @@ class KMeans(
         and ``batch`` (whose ``running`` fits are reported) are for the callback.
         """
         start = done(user) if user is not None else self._seed_steps(data, weight, rng)
-        return self._lloyd(start, data.marginal, init, batch)
+        return self._lloyd(start, block_kernels(data.nan_policy), init, batch)
 
     def _seed_steps(self, data: InputData, weight, rng) -> Steps:
         # With gaps, centres are drawn from complete rows only (models.seeding).
-        K, omit = self.n_clusters, data.omit_nan or data.marginal
+        K, omit = self.n_clusters, data.nan_policy.allows_nan
         if callable(self.init):
             return done(self._called_centers(data, rng))
         if self.init == "k-means++":
@@ -431,10 +432,13 @@ class KMeans(
             omit_nan=omit,
         )
 
-    def _lloyd(self, start: Steps, gaps: bool, init: int, batch: Batch | None) -> Steps:
+    def _lloyd(
+        self, start: Steps, kernels: BlockKernels, init: int, batch: Batch | None
+    ) -> Steps:
         """One Lloyd run from the centres ``start`` gives; returns a LloydRun.
 
-        ``gaps``: NaN entries are missing coordinates (``nan_policy='marginalize'``).
+        ``kernels``: those of the fit's ``nan_policy``
+        (:func:`dask_emk.core.kernels.block_kernels`).
         """
         centers = yield from start
         if self.verbose:
@@ -444,7 +448,7 @@ class KMeans(
         history, strict, tol_abs = [], False, None
         for i in range(self.max_iter):
             moments = tol_abs is None and self.tol > 0
-            stats = yield assign_request(centers, origin, n_far, moments, gaps)
+            stats = yield assign_request(centers, origin, n_far, moments, kernels)
             if tol_abs is None:
                 tol_abs = self._tolerance(stats) if moments else 0.0
             history.append(float(stats["inertia"]))
@@ -474,7 +478,7 @@ class KMeans(
         if strict:
             return LloydRun(centers, stats["inertia"], i + 1, weights, history)
         # Final assignment so that inertia (and labels_) match the centres.
-        final = yield assign_request(centers, origin, gaps=gaps)
+        final = yield assign_request(centers, origin, kernels=kernels)
         return LloydRun(centers, final["inertia"], i + 1, final["N"], history)
 
     def _print_converged(self, i: int, strict: bool, shift, tol_abs, init, batch) -> None:
@@ -499,7 +503,8 @@ class KMeans(
     def _labels(self, data: InputData):
         centers, origin = self._centers64()
         labels = reduction.map_rows(
-            data.array, nearest_center_rows, centers, origin, data.marginal, dtype=LABEL_DTYPE,
+            data.array, nearest_center_rows, centers, origin, block_kernels(data.nan_policy),
+            dtype=LABEL_DTYPE,
             nan_policy=data.nan_policy,
         )  # fmt: skip
         return named_output(data.wrap_rows(labels), "label", centers.shape[0])
@@ -551,7 +556,7 @@ class KMeans(
             distance_rows,
             centers,
             origin,
-            data.marginal,
+            block_kernels(data.nan_policy),
             n_out=centers.shape[0],
             dtype=data.array.dtype,
             nan_policy=data.nan_policy,
@@ -582,9 +587,7 @@ class KMeans(
     def _score(self, data: InputData, sample_weight) -> float:
         weight = as_sample_weight(sample_weight, data)
         centers, origin = self._centers64()
-        stats = assign_pass(
-            data.array, weight, centers, origin, omit_nan=data.omit_nan, gaps=data.marginal
-        )
+        stats = assign_pass(data.array, weight, centers, origin, nan_policy=data.nan_policy)
         return -float(stats["inertia"])
 
     def fit_predict(self, X: Any, y: object = None, sample_weight: Any = None) -> Any:

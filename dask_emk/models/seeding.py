@@ -36,6 +36,7 @@ import numpy as np
 import sklearn.cluster
 from sklearn.utils import check_random_state
 
+from dask_emk.core.nan_policy import NanPolicy
 from dask_emk.engine.batch import Steps, run_one
 from dask_emk.engine.passes import assign_request, seed_request
 from dask_emk.engine.reduction import single_blas_thread
@@ -63,7 +64,12 @@ def random_rows(
     said in the module docstring.
     """
     steps = random_rows_steps(X, n, check_random_state(random_state), sample_weight, omit_nan)
-    return run_one(X, sample_weight, steps, omit_nan=omit_nan)
+    return run_one(X, sample_weight, steps, nan_policy=_alone(omit_nan))
+
+
+def _alone(omit_nan: bool) -> NanPolicy:
+    """The policy of a seeding run alone: with ``omit_nan`` its pass leaves out NaN rows."""
+    return NanPolicy.OMIT if omit_nan else NanPolicy.RAISE
 
 
 def random_rows_steps(
@@ -141,7 +147,7 @@ def kmeans_parallel(
         X, n_clusters, check_random_state(random_state), sample_weight, oversampling_factor,
         n_rounds, omit_nan,
     )  # fmt: skip
-    return run_one(X, sample_weight, steps, omit_nan=omit_nan)
+    return run_one(X, sample_weight, steps, nan_policy=_alone(omit_nan))
 
 
 def kmeans_parallel_steps(
@@ -248,7 +254,7 @@ def kmeans_plusplus(
     steps = kmeans_plusplus_steps(
         X, n_clusters, check_random_state(random_state), sample_weight, omit_nan
     )
-    return run_one(X, sample_weight, steps, omit_nan=omit_nan)
+    return run_one(X, sample_weight, steps, nan_policy=_alone(omit_nan))
 
 
 def kmeans_plusplus_steps(

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from dask_emk.core.kernels import block_kernels
 from dask_emk.core.squarem import STEP_FACTOR, extrapolate, from_vector, to_vector
 from dask_emk.engine.batch import Steps
 
@@ -41,16 +42,16 @@ def squarem_steps(
     ``gm`` is the GaussianMixture (its ``_em_request`` and ``_m_step``),
     ``progress`` records each pass (``_Progress`` of :mod:`dask_emk.models.gmm`).
     """
-    ct, max_iter, gaps = gm.covariance_type, gm.max_iter, data.marginal
+    ct, max_iter, kernels = gm.covariance_type, gm.max_iter, block_kernels(data.nan_policy)
     if max_iter == 0:
         return state
-    stats = yield gm._em_request(state, layout, gaps)
+    stats = yield gm._em_request(state, layout, kernels)
     point, step = state, gm._m_step(stats, state, data)  # p and F(p)
     if progress.record(stats, step):
         return step
     step_max = 1.0
     while progress.n_iter < max_iter:
-        stats = yield gm._em_request(step, layout, gaps)
+        stats = yield gm._em_request(step, layout, kernels)
         step2 = gm._m_step(stats, step, data)  # F(F(p))
         if progress.record(stats, step2) or progress.n_iter >= max_iter:
             return step2
@@ -61,7 +62,7 @@ def squarem_steps(
             point, step = step, step2  # a plain EM step: F(F(p)) needs its pass next
         else:
             plain, jumped = yield [
-                gm._em_request(step2, layout, gaps), gm._em_request(trial, layout, gaps)
+                gm._em_request(step2, layout, kernels), gm._em_request(trial, layout, kernels)
             ]
             kept = _kept_jump(gm, trial, jumped, plain, data)
             if kept is None:
