@@ -50,7 +50,7 @@ def test_fit_kmeans_and_show(store, tmp_path):
     mean_err, weight_err, _ = matched_errors(out)
     assert mean_err < 0.05 and weight_err < 0.01
     ds = open_results(out)
-    assert ds["labels"].shape == (30_000,) and ds.attrs["model"] == "KMeans"
+    assert ds["label"].shape == (30_000,) and ds.attrs["model"] == "KMeans"
     shown = invoke("show", out)
     assert shown.exit_code == 0 and "KMeans" in shown.output and "means" in shown.output
 
@@ -62,7 +62,7 @@ def test_fit_gmm_quiet_threads(store, tmp_path):
     assert result.exit_code == 0, result.output
     assert "gmm iter" not in result.output  # --quiet silences per-iteration lines
     assert matched_errors(out)[0] < 0.05
-    assert open_results(out)["responsibilities"].shape == (30_000, 3)
+    assert open_results(out)["responsibility"].shape == (30_000, 3)
 
 
 def test_python_dash_m():

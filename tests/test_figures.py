@@ -62,10 +62,13 @@ def test_convergence_plot_is_log_scale_with_model_and_tol_in_the_title():
     history = [Iteration(i + 1, v, v - values[i - 1] if i else np.inf, 0.1)
                for i, v in enumerate(values)]  # fmt: skip
     fig = figures.plot_convergence(history, "lower_bound", None, model="GaussianMixture",
-                                   tol=1e-3)  # fmt: skip
+                                   tol=1e-3, units="data units")  # fmt: skip
     ax = fig.axes[0]
     assert ax.get_yscale() == "log" and ax.get_xlabel() == "iteration"
-    assert ax.get_title().startswith("GaussianMixture convergence, tol 0.001")
+    # The final value as the console prints it (8 digits), with its units.
+    assert ax.get_title() == (
+        "GaussianMixture convergence, tol 0.001, final lower bound -4.0099\n(data units)"
+    )
     assert legend_labels(ax) == ["|change of lower bound|", "tol = 0.001"]
     x, y = ax.lines[0].get_data()
     np.testing.assert_allclose(x, [2, 3, 4, 5])  # the first iteration has no change

@@ -126,7 +126,10 @@ def test_gaussian_mixture_equals_sklearn_on_the_valid_rows(make, sk_gmm):
     assert_on_grid(labels)
     assert_on_grid(proba, ("component",))
     assert_on_grid(log_prob)
-    assert labels.attrs == {"_FillValue": -1}
+    # Named and described as every output of ours (export.OUTPUTS): to_netcdf/to_zarr keep it.
+    assert (labels.name, proba.name, log_prob.name) == ("label", "responsibility", "log_density")
+    assert labels.attrs["_FillValue"] == -1 and list(labels.attrs["flag_values"]) == [0, 1, 2]
+    assert proba.attrs["units"] == "1" and "units" not in log_prob.attrs
     assert_omitted(labels.values, -1)
     assert_omitted(proba.values, np.nan)
     assert_omitted(log_prob.values, np.nan)

@@ -104,7 +104,7 @@ def test_pipeline_generates_a_grid_once_and_compares_with_its_truth(tmp_path):
     truth = open_results(tmp_path / "r.zarr", "truth")
     stored = xr.open_zarr(gen["path"], consolidated=False)
     np.testing.assert_array_equal(truth["means"].values, stored["means"].values)
-    assert open_results(tmp_path / "r.zarr")["labels"].dims == ("time", "lat", "lon")
+    assert open_results(tmp_path / "r.zarr")["label"].dims == ("time", "lat", "lon")
     again = run(tmp_path, inputs, {"plots": False}, quiet=False)
     assert "reusing generated" in again.output
     bad = run(tmp_path, {**inputs, "generate": {**gen, "grid": "2x12"}})
@@ -144,20 +144,20 @@ def test_pipeline_writes_outputs_on_the_grid(tmp_path, grid_store):
     X = data[VARIABLES]
     labels = gm.predict(X)
     assert labels.attrs["_FillValue"] == -1
-    for name, want in (("labels", labels.where(labels >= 0)),
-                       ("responsibilities", gm.predict_proba(X)),
+    for name, want in (("label", labels.where(labels >= 0)),
+                       ("responsibility", gm.predict_proba(X)),
                        ("log_density", gm.score_samples(X))):  # fmt: skip
         assert out[name].dims == want.dims and out[name].dims[:3] == ("time", "lat", "lon")
         for dim in ("time", "lat", "lon"):
             np.testing.assert_array_equal(out[name][dim].values, data[dim].values)
         np.testing.assert_array_equal(out[name].values, want.values)
     omitted = ~valid_points(grid_store)
-    np.testing.assert_array_equal(np.isnan(out["labels"].values), omitted)
+    np.testing.assert_array_equal(np.isnan(out["label"].values), omitted)
     np.testing.assert_array_equal(np.isnan(out["log_density"].values), omitted)
-    stored = zarr.open_group(str(results))["labels"]
-    assert stored.dtype == np.int32 and out["labels"].encoding["_FillValue"] == -1
+    stored = zarr.open_group(str(results))["label"]
+    assert stored.dtype == np.int32 and out["label"].encoding["_FillValue"] == -1
     assert (stored[...][omitted] == -1).all() and (stored[...][~omitted] >= 0).all()
-    assert out["labels"].encoding["chunks"] == CHUNKS
+    assert out["label"].encoding["chunks"] == CHUNKS
 
     text = out.attrs["pipeline_json"] + out.attrs["pipeline_toml"]
     for secret in ("AKIAEXAMPLEKEY", "s3cr3t-value", "token-value"):
@@ -224,7 +224,7 @@ def test_missing_chunks_raise_names_the_opt_in_and_fill_reads_nan(tmp_path, spar
                  {"plots": False, "log_density": True}, gmm)  # fmt: skip
     assert result.exit_code == 0, result.output
     out = open_results(tmp_path / "r.zarr")
-    for name in ("labels", "log_density"):
+    for name in ("label", "log_density"):
         np.testing.assert_array_equal(np.isnan(out[name].values), np.isnan(values).any(axis=-1))
     # The results' all-NaN chunks of log density are written (the read checks pass).
     check_zarr_chunks(zarr.open_group(str(tmp_path / "r.zarr"))["log_density"])
@@ -255,7 +255,7 @@ def test_photo_pipeline_quantises_the_image(tmp_path):
     path.write_text(to_toml(cfg))
     result = invoke("run", path, "--quiet")
     assert result.exit_code == 0, result.output
-    labels = open_results(tmp_path / "photo.zarr")["labels"]
+    labels = open_results(tmp_path / "photo.zarr")["label"]
     assert labels.dims == ("y", "x") and labels.shape == (427, 640)
     clouds = np.isnan(labels.values)
     assert clouds.sum() == round(0.05 * 427 * 640)

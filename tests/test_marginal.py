@@ -267,7 +267,7 @@ def test_pipeline_nan_policy_marginalize(tmp_path, section):
     np.testing.assert_allclose(ds["means"].values, gm.means_, rtol=1e-8)
     labels = gm.predict(X)
     assert labels[5] == -1  # stored with _FillValue -1: read back as NaN
-    np.testing.assert_array_equal(ds["labels"].values, np.where(labels < 0, np.nan, labels))
+    np.testing.assert_array_equal(ds["label"].values, np.where(labels < 0, np.nan, labels))
     np.testing.assert_allclose(ds["log_density"].values, gm.score_samples(X), rtol=1e-8)
 
 

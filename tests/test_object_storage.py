@@ -363,5 +363,5 @@ def test_run_killed_while_publishing_leaves_no_store_that_opens(s3, bucket, tmp_
     assert result.exit_code == 0, result.output
     assert f"took over {out}.lock left by pid {proc.pid}" in result.output
     assert written_by_dask_emk(out, RESULTS)
-    assert xr.open_zarr(out, consolidated=False)["labels"].shape == (len(X),)
+    assert xr.open_zarr(out, consolidated=False)["label"].shape == (len(X),)
     assert not fs.exists(f"{out[5:]}.partial") and not fs.exists(f"{out[5:]}.lock")

@@ -413,5 +413,5 @@ def test_a_results_store_is_a_model_file(model, preprocess, tmp_path, grid_store
     stored = xr.open_zarr(tmp_path / "r.zarr", consolidated=False)
     data = xr.open_zarr(grid_store, consolidated=False)[["x0", "x1", "x2"]]
     labels = loaded.predict(data)
-    np.testing.assert_array_equal(labels.where(labels >= 0).values, stored["labels"].values)
+    np.testing.assert_array_equal(labels.where(labels >= 0).values, stored["label"].values)
     assert stored.attrs[FORMAT_ATTR] == 1 and stored.attrs["model"] != "Pipeline"

@@ -48,7 +48,7 @@ def assert_same_parameters(a: Path, b: Path, rtol: float = 1e-10) -> None:
     da_, db = open_results(a), open_results(b)
     for name in ("weights", "means", "covariances", "history_lower_bound"):
         np.testing.assert_allclose(da_[name].values, db[name].values, rtol=rtol, atol=0)
-    np.testing.assert_array_equal(da_["labels"].values, db["labels"].values)
+    np.testing.assert_array_equal(da_["label"].values, db["label"].values)
 
 
 @pytest.fixture(scope="module")
@@ -77,12 +77,12 @@ def test_quickstart_sync_matches_truth(quickstart_sync):
     ds = open_results(results)
     # Per-sample outputs along the input's sample axis, in the input's chunks.
     n = 60_000
-    assert ds["labels"].shape == (n,) and ds["responsibilities"].shape == (n, 4)
-    assert ds["labels"].encoding["chunks"] == (10_000,)
-    np.testing.assert_allclose(ds["responsibilities"].sum("component").values, 1.0, atol=1e-6)
+    assert ds["label"].shape == (n,) and ds["responsibility"].shape == (n, 4)
+    assert ds["label"].encoding["chunks"] == (10_000,)
+    np.testing.assert_allclose(ds["responsibility"].sum("component").values, 1.0, atol=1e-6)
     assert np.isfinite(ds["log_density"].values).all()
     true_labels = zarr.open_array(tmp_path / "quickstart-data.zarr" / "labels", mode="r")[:]
-    agree = np.mean(ds["labels"].values == order[true_labels])
+    agree = np.mean(ds["label"].values == order[true_labels])
     assert agree > 0.9
     # History, config and version travel with the results.
     assert ds.sizes["iteration"] == ds.attrs["n_iter"] and ds.attrs["converged"] == "True"

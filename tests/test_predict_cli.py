@@ -153,9 +153,87 @@ def test_predict_with_a_results_store_on_a_row_array(tmp_path):
     model = dask_emk.load(tmp_path / "r.zarr")
     assert isinstance(model, KMeans)
     np.testing.assert_array_equal(got["label"].values, model.predict(X))
-    stored = xr.open_zarr(tmp_path / "r.zarr", consolidated=False)["labels"].values
+    stored = xr.open_zarr(tmp_path / "r.zarr", consolidated=False)["label"].values
     np.testing.assert_array_equal(got["label"].values, stored)
     assert got["label"].dims == ("sample",) and got["label"].encoding["chunks"] == (700,)
+
+
+# ------------------------------------------------------------------ [[predict]] in pipelines
+def predict_toml(entries: list[dict], fit: str = "") -> str:
+    """A pipeline's text: ``fit`` (its [input], [model], ... sections) and one
+    [[predict]] table per entry."""
+    def value(v):
+        return "[" + ", ".join(f'"{x}"' for x in v) + "]" if isinstance(v, list) else f'"{v}"'
+
+    tables = ["[[predict]]\n" + "".join(f"{k} = {value(v)}\n" for k, v in e.items())
+              for e in entries]  # fmt: skip
+    return fit + '[scheduler]\naddress = "sync"\n' + "".join(tables)
+
+
+def test_a_pipeline_predicts_on_another_store_with_the_model_it_fitted(tmp_path, grid_store):
+    """[[predict]] after the fit: the second store's outputs equal the results store's
+    model applied to it, named and described as dask-emk predict writes them."""
+    other = grid(tmp_path / "other.zarr", shape=(2, 16, 24))
+    fit = (f'[input]\nstore = "{grid_store}"\nnan_policy = "omit"\n'
+           f'[model]\ntype = "gmm"\nn_components = {K}\nmax_iter = 5\n'
+           f'[output]\nresults = "{tmp_path / "r.zarr"}"\nplots = false\n')  # fmt: skip
+    entry = {"store": str(other), "out": str(tmp_path / "p.zarr"),
+             "outputs": ["label", "responsibility"]}  # fmt: skip
+    (tmp_path / "p.toml").write_text(predict_toml([entry], fit))
+    for _ in range(2):  # the rerun replaces both stores: dask-emk wrote them
+        result = invoke("run", tmp_path / "p.toml", "-q")
+        assert result.exit_code == 0, result.output
+    got, data = read(tmp_path / "p.zarr"), inputs(other)
+    model = dask_emk.load(tmp_path / "r.zarr")
+    labels, proba = model.predict(data), model.predict_proba(data)
+    np.testing.assert_array_equal(got["label"].values, labels.where(labels >= 0).values)
+    np.testing.assert_array_equal(got["responsibility"].values, proba.values)
+    assert_on_the_grid(got["label"], data)
+    assert got["label"].attrs["flag_values"] == [0, 1, 2] and got["label"].attrs["long_name"]
+    assert got.attrs["model_file"] == str(tmp_path / "r.zarr")
+    # The results store: the same names and attributes for its own per-sample outputs.
+    results, fitted = read(tmp_path / "r.zarr"), model.predict(inputs(grid_store))
+    np.testing.assert_array_equal(results["label"].values, fitted.where(fitted >= 0).values)
+    for name in ("flag_values", "flag_meanings", "long_name"):
+        assert results["label"].attrs[name] == got["label"].attrs[name]
+
+
+def test_a_predict_only_pipeline_applies_a_model_file(tmp_path, grid_store, gmm_file):
+    entry = {"model": str(gmm_file), "store": str(grid_store), "out": str(tmp_path / "p.zarr")}
+    (tmp_path / "p.toml").write_text(predict_toml([entry]))
+    result = invoke("run", tmp_path / "p.toml", "-q", "--no-plots")
+    assert result.exit_code == 0, result.output
+    labels = dask_emk.load(gmm_file).predict(inputs(grid_store))
+    got = read(tmp_path / "p.zarr")
+    assert list(got.data_vars) == ["label"]
+    np.testing.assert_array_equal(got["label"].values, labels.where(labels >= 0).values)
+
+
+@pytest.mark.parametrize(
+    ("entry", "fit", "fragments"),
+    [
+        ({}, False, ("[predict #1] needs model", "add [model]")),
+        ({"model": "MODEL", "outputs": ["labels"]}, False,
+         ("must name at least one of label, responsibility",)),
+        ({"outputs": ["responsibility"]}, True,
+         ("outputs 'responsibility' is not available for model.type = 'kmeans'",)),
+        ({"model": "MODEL", "out": "GRID/p.zarr"}, False, ("[[predict]] out",)),
+    ],
+)  # fmt: skip
+def test_a_predict_step_that_cannot_run_fails_before_anything_is_written(
+    entry, fit, fragments, tmp_path, grid_store, gmm_file
+):
+    def place(value):
+        return value.replace("MODEL", str(gmm_file)).replace("GRID", str(grid_store))
+
+    entry = {"store": str(grid_store), "out": str(tmp_path / "p.zarr")} | {
+        key: place(value) if isinstance(value, str) else value for key, value in entry.items()
+    }
+    text = (f'[input]\nstore = "{grid_store}"\nnan_policy = "omit"\n[model]\ntype = "kmeans"\n'
+            f'n_components = {K}\n[output]\nresults = "{tmp_path / "r.zarr"}"\n') if fit else ""
+    (tmp_path / "p.toml").write_text(predict_toml([entry], text))
+    assert_one_line_error(invoke("run", tmp_path / "p.toml", "-q"), *fragments)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.toml"]
 
 
 # ------------------------------------------------------------------ rules and errors

@@ -349,7 +349,7 @@ def test_pipeline_standardize_reports_original_units(tmp_path):
     np.testing.assert_allclose(
         ds["history_lower_bound"].values[-1], expected.attrs["final_lower_bound"], rtol=1e-10
     )
-    np.testing.assert_array_equal(ds["labels"].values, gm.predict(z).values)
+    np.testing.assert_array_equal(ds["label"].values, gm.predict(z).values)
     density = gm.score_samples(z).values - np.log(scaler.scale_).sum()
     # The stored data are float32, so are their scores (as scikit-learn's): one rounding.
     assert ds["log_density"].dtype == np.float32

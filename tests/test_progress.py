@@ -80,7 +80,7 @@ def test_run_logs_every_iteration_and_stage_with_times(pipeline, tmp_path, caplo
     assert len(iterations) == int(open_results(tmp_path / "r.zarr").attrs["n_iter"]) == 6
     stages = [r.getMessage() for r in caplog.records if r.name == "dask_emk"]
     assert any(re.fullmatch(r"fit: 6 iterations in \d+\.\d s, .*", s) for s in stages), stages
-    assert any(re.fullmatch(r"export: .*r\.zarr \(root, truth, labels\) in \d+\.\d s", s)
+    assert any(re.fullmatch(r"export: .*r\.zarr \(root, truth, label\) in \d+\.\d s", s)
                for s in stages), stages  # fmt: skip
     # On the terminal (stderr): every log line after the time of day; stdout the truth table.
     logged = [line for line in result.stderr.splitlines() if line]

@@ -218,7 +218,7 @@ def test_results_store_uses_the_schema(run):
     assert model_names <= set(root.data_vars)
     assert_follows_schema(root[sorted(model_names)], place, exact=False)
     assert_follows_schema(root.drop_vars(model_names), export.RESULTS, exact=False)
-    assert {"labels", "history_change", "history_seconds"} <= set(root.data_vars)
+    assert {"label", "history_change", "history_seconds"} <= set(root.data_vars)
     assert root.sizes["iteration"] == root.attrs["n_iter"] and root.attrs["model"] == place
     assert set(schema_names(export.RESULTS, ATTRIBUTE)) <= set(root.attrs)
     anneal, path = open_results(results, "anneal"), open_results(results, "anneal_path")

@@ -52,7 +52,7 @@ from dask_emk.engine.inputs import InputData
 from dask_emk.engine.mixture_passes import anneal_block, moments_block, resp_rows
 from dask_emk.models._docs import fill_doc
 from dask_emk.models.base import ChunkedEstimator
-from dask_emk.models.export import anneal_dataset, path_dataset
+from dask_emk.models.export import anneal_dataset, named_output, path_dataset
 from dask_emk.models.hartigan import hartigan_polish, lloyd_from, lloyd_passes
 from dask_emk.models.params import ANNEALED_GAUSSIAN_MIXTURE, POSITIVE_FINITE
 from dask_emk.models.validation import NoTrainingDataInPickle, validate_features
@@ -770,7 +770,8 @@ class AnnealedGaussianMixture(
             data.array, resp_rows, params, block_kernels(data.nan_policy), n_out=means.shape[0],
             dtype=data.array.dtype, nan_policy=data.nan_policy,
         )  # fmt: skip
-        return data.wrap_rows(out, extra_dim="component")
+        return named_output(data.wrap_rows(out, extra_dim="component"), "responsibility",
+                            means.shape[0])  # fmt: skip
 
     def to_xarray(self) -> xr.Dataset:
         """Final means, weights, sizes and fit settings (the path is ``path_``).

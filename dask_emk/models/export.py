@@ -19,6 +19,7 @@ import numpy as np
 import xarray as xr
 
 from dask_emk._version import __version__
+from dask_emk.core.blocks import LABEL_FILL
 from dask_emk.core.covariance import COVARIANCE_TYPES, MATRIX_DIMS
 
 # ----------------------------------------------------------------- places
@@ -185,24 +186,17 @@ SCHEMA: tuple[Name, ...] = (
     Name("scaler_scale", VARIABLE, (RESULTS,),
          "`StandardScaler.scale_` (1 with `with_std=False`), beside `scaler_mean`",
          ("feature",)),
-    Name("labels", VARIABLE, (RESULTS,),
-         "`predict`: most probable component, or nearest centre (`output.labels`)",
-         ("sample",)),
-    Name("responsibilities", VARIABLE, (RESULTS,),
-         "`predict_proba` (`output.responsibilities`; gmm, anneal)", ("sample", "component")),
-    Name("log_density", VARIABLE, (RESULTS,),
-         "`score_samples`: log p(x) (`output.log_density`; gmm)", ("sample",)),
-    # written by dask-emk predict
-    Name("label", VARIABLE, (PREDICTED,),
-         "`predict`: most probable component, or nearest centre; −1 (`_FillValue`, NaN when "
-         "decoded) where a sample is omitted; `flag_values`/`flag_meanings` name the "
-         "components", ("sample",)),
-    Name("responsibility", VARIABLE, (PREDICTED,),
-         "`predict_proba`: probability of each component given the sample (`--responsibility`)",
-         ("sample", "component")),
-    Name("log_density", VARIABLE, (PREDICTED,),
+    # per-sample outputs (OUTPUTS): a results store's, dask-emk predict's, the xarray API's
+    Name("label", VARIABLE, (RESULTS, PREDICTED),
+         "`predict`: most probable component, or nearest centre (`output.labels`); −1 "
+         "(`_FillValue`, NaN when decoded) where a sample is omitted; `flag_values`/"
+         "`flag_meanings` name the components", ("sample",)),
+    Name("responsibility", VARIABLE, (RESULTS, PREDICTED),
+         "`predict_proba`: probability of each component given the sample "
+         "(`output.responsibilities`, `--responsibility`; gmm, anneal)", ("sample", "component")),
+    Name("log_density", VARIABLE, (RESULTS, PREDICTED),
          "`score_samples`: log p(x), in the data's units also behind a StandardScaler "
-         "(`--log-density`)", ("sample",)),
+         "(`output.log_density`, `--log-density`; gmm)", ("sample",)),
     Name("imputed", VARIABLE, (PREDICTED,),
          "`GaussianMixture.impute`: the input with each NaN replaced by its conditional "
          "expectation (`--impute`)", ("sample", "feature")),
@@ -325,6 +319,75 @@ def schema_attrs(place: str, **attrs: Any) -> dict:
     return attrs
 
 
+#: What the values of each objective's history are (the lower bound of a model fitted
+#: behind a StandardScaler is given in the data's units too): the console, ``show``, the
+#: plots and the results' ``history_*`` attribute ``long_name`` say it so.
+OBJECTIVE_UNITS = {"lower_bound": "mean log density per row, data units",
+                   "inertia": "sum of squared distances", "objective": "DP-means cost"}  # fmt: skip
+
+
+def objective_units(objective: str, standardized: bool = False) -> str:
+    """:data:`OBJECTIVE_UNITS` of ``objective``; other than the lower bound, a fit on
+    standardised data (``standardized``) has its values in the standardised units."""
+    units = OBJECTIVE_UNITS.get(objective, "")
+    return units + (", fitted on standardised data" if standardized and
+                    objective != "lower_bound" else "")  # fmt: skip
+
+
+# -------------------------------------------------------- per-sample outputs
+#: Per-sample outputs: variable name -> (the estimator method that gives it, CF
+#: ``long_name``, CF ``units`` or None where there are none). The one spelling
+#: used by the estimators' xarray outputs, a results store and ``dask-emk predict``.
+OUTPUTS = {
+    "label": ("predict", "most probable component (nearest centre for k-means)", None),
+    "responsibility": ("predict_proba", "probability of each component given the sample", "1"),
+    "log_density": ("score_samples", "log probability density of the sample under the model",
+                    None),
+    "imputed": ("impute", "input with each missing value replaced by its conditional mean",
+                None),
+}  # fmt: skip
+
+
+def output_attrs(name: str, n_components: int) -> dict:
+    """CF attributes of the per-sample output ``name`` (:data:`OUTPUTS`) of a K-component model.
+
+    Labels get ``flag_values``/``flag_meanings`` (one per component) and
+    ``_FillValue`` (−1, so omitted samples read back as NaN). No output takes
+    the data's ``units``: a density or a standardised value is not in them.
+    """
+    _lookup(PREDICTED, VARIABLE, name)
+    _, long_name, units = OUTPUTS[name]
+    attrs: dict[str, Any] = {"long_name": long_name}
+    if units is not None:
+        attrs["units"] = units
+    if name == "label":
+        attrs["flag_values"] = np.arange(n_components, dtype=np.int32)
+        attrs["flag_meanings"] = " ".join(f"component_{k}" for k in range(n_components))
+        attrs["_FillValue"] = LABEL_FILL
+    return attrs
+
+
+def named_output(values: Any, name: str, n_components: int) -> Any:
+    """A per-sample output as the estimators return it: an xarray result named
+    ``name`` with :func:`output_attrs` (so ``to_netcdf``/``to_zarr`` write it so);
+    numpy and dask results as they are.
+
+    Parameters
+    ----------
+    values : ndarray, dask array or DataArray of shape (n_samples, ...) or on a grid
+    name : str
+        A key of :data:`OUTPUTS`.
+    n_components : int
+        K of the model (the labels' flag values).
+    """
+    if not isinstance(values, xr.DataArray):
+        return values
+    attrs = {k: v for k, v in values.attrs.items() if k != "units"} | output_attrs(
+        name, n_components
+    )
+    return values.rename(name).assign_attrs(attrs)
+
+
 # ---------------------------------------------------------------- exports
 def fit_attributes(estimator: Any) -> dict:
     """``model``, ``dask_emk_version`` and every constructor parameter, netCDF/zarr-safe.
@@ -349,11 +412,15 @@ def fit_attributes(estimator: Any) -> dict:
 
 
 def feature_coords(estimator: Any) -> np.ndarray:
-    """Feature labels seen in fit (xarray input) or 0..d-1."""
+    """Feature labels seen in fit (xarray input) or 0..d-1.
+
+    Labels are object strings: zarr 3 writes those as its specified string
+    type, numpy's fixed-width ``<U`` with an "unstable specification" warning.
+    """
     names = getattr(estimator, "feature_names_in_", None)
-    return (
-        np.asarray(names, dtype=str) if names is not None else np.arange(estimator.n_features_in_)
-    )
+    if names is None:
+        return np.arange(estimator.n_features_in_)
+    return np.array([str(n) for n in names], dtype=object)
 
 
 def parameter_coords(n_components: int, features: np.ndarray, n_iterations: int = 0) -> dict:
@@ -484,10 +551,13 @@ and the generator's truth use the same names for the same things: one dim
 means and centres, `weights` for mixing weights and cluster fractions (both
 sum to 1; `sizes` holds the unnormalised cluster weights where a model has
 them), `feature`, `feature_row`/`feature_col` for covariance matrices,
-`iteration` for histories. scikit-learn's attribute names stay as they are in
-Python (`cluster_centers_`, `means_`, ...); the meanings say which one each
-variable holds. Open a results store with
-`xarray.open_zarr(path, consolidated=False)`, its groups with `group=`.
+`iteration` for histories; per-sample outputs are `label`, `responsibility`,
+`log_density`, `imputed` wherever they are written (a results store, `dask-emk
+predict`, the estimators' xarray results), with CF attributes. scikit-learn's
+attribute names stay as they are in Python (`cluster_centers_`, `means_`,
+...); the meanings say which one each variable holds. Open a results store
+with `xarray.open_zarr(path)` (its metadata is consolidated), its groups with
+`group=`.
 
 Where a name occurs (column *in*):
 """

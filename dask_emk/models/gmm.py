@@ -32,6 +32,7 @@ from dask_emk.engine.mixture_passes import (
 )
 from dask_emk.models._docs import fill_doc
 from dask_emk.models.base import LABEL_DTYPE, ChunkedEstimator
+from dask_emk.models.export import named_output
 from dask_emk.models.params import GAUSSIAN_MIXTURE, Integer
 from dask_emk.models.seeding import done, kmeans_plusplus_steps, random_rows_steps
 from dask_emk.models.squarem import squarem_steps
@@ -673,7 +674,7 @@ class GaussianMixture(DensityMixin, ChunkedEstimator):
             ``nan_policy='marginalize'`` the density of the observed features).
             {per_sample}
         """
-        return self._rows(X, log_prob_rows)
+        return named_output(self._rows(X, log_prob_rows), "log_density", self.n_components)
 
     @fill_doc
     def predict(self, X: Any) -> Any:
@@ -689,7 +690,8 @@ class GaussianMixture(DensityMixin, ChunkedEstimator):
             The most probable component (-1 for omitted rows).
             {per_sample}
         """
-        return self._rows(X, most_probable_rows, dtype=LABEL_DTYPE)
+        labels = self._rows(X, most_probable_rows, dtype=LABEL_DTYPE)
+        return named_output(labels, "label", self.n_components)
 
     @fill_doc
     def predict_proba(self, X: Any) -> Any:
@@ -705,7 +707,8 @@ class GaussianMixture(DensityMixin, ChunkedEstimator):
             The responsibilities p(k | x), rows summing to 1 (NaN for omitted rows).
             {per_sample_component}
         """
-        return self._rows(X, resp_rows, n_out=self.n_components, extra_dim="component")
+        resp = self._rows(X, resp_rows, n_out=self.n_components, extra_dim="component")
+        return named_output(resp, "responsibility", self.n_components)
 
     def impute(self, X: Any) -> Any:
         """X with each missing (NaN) entry replaced by its conditional expectation.
@@ -739,7 +742,7 @@ class GaussianMixture(DensityMixin, ChunkedEstimator):
         out = data.wrap_rows(out, "feature")
         if data.grid is not None and data.feature_labels is not None:
             out = out.assign_coords(feature=data.feature_labels)
-        return out
+        return named_output(out, "imputed", self.n_components)
 
     @fill_doc
     def score(self, X: Any, y: object = None) -> float:

@@ -27,6 +27,7 @@ from dask_emk.engine.inputs import InputData, as_sample_weight
 from dask_emk.engine.passes import assign_pass, assign_request, distance_rows, nearest_center_rows
 from dask_emk.models._docs import fill_doc
 from dask_emk.models.base import LABEL_DTYPE, CentreDistancesOut, ChunkedEstimator
+from dask_emk.models.export import named_output
 from dask_emk.models.params import KMEANS, KMEANS_INITS
 from dask_emk.models.seeding import (
     done,
@@ -513,7 +514,7 @@ class KMeans(
             dtype=LABEL_DTYPE,
             nan_policy=data.nan_policy,
         )  # fmt: skip
-        return data.wrap_rows(labels)
+        return named_output(data.wrap_rows(labels), "label", centers.shape[0])
 
     @fill_doc
     def predict(self, X: Any) -> Any:

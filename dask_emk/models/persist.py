@@ -39,6 +39,7 @@ import json
 import os
 import shutil
 import tempfile
+import warnings
 
 import numpy as np
 import xarray as xr
@@ -235,6 +236,18 @@ def _write_node(node: _Node, store, path: str) -> None:
             _to_zarr(_portable(child), store, f"{path}/{name}")
 
 
+def consolidate(store) -> None:
+    """Write zarr's consolidated metadata of ``store`` (last, once every group is written).
+
+    A plain ``xarray.open_zarr(path)`` then opens the store without its
+    "failed to open with consolidated metadata" warning, and in one read.
+    """
+    with warnings.catch_warnings():
+        # Not in the zarr 3 specification yet, zarr says; xarray reads it.
+        warnings.filterwarnings("ignore", "Consolidated metadata", UserWarning)
+        zarr.consolidate_metadata(store)
+
+
 def _to_zarr(ds: xr.Dataset, store, group: str | None) -> None:
     # Every chunk gets its file, also one of only the fill value: read back as written.
     ds.to_zarr(
@@ -290,6 +303,7 @@ def save_new(model: BaseEstimator, path: str | os.PathLike) -> None:
     store = zarr.storage.MemoryStore(memory)
     _to_zarr(model_root(model), store, None)
     write_model(group, store)
+    consolidate(store)
     _publish({key: buf.to_bytes() for key, buf in memory.items()}, location)
 
 

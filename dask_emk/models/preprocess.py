@@ -363,7 +363,13 @@ def _scale_variable(var: xr.DataArray, samples: tuple, offset, factor, inverse: 
     def stat(values):
         return xr.DataArray(values.reshape(shape).astype(dtype), dims=levels)
 
-    return _affine(var, stat(offset), stat(factor), inverse)
+    out = _affine(var, stat(offset), stat(factor), inverse)
+    if inverse:
+        return out
+    # A standardised field is not in the data's units: it must not claim them.
+    return out.copy(deep=False, data=None).drop_attrs(deep=False).assign_attrs(
+        {k: v for k, v in var.attrs.items() if k not in ("units", "standard_name")}
+    )
 
 
 def _rescaled_covariances(ds: xr.Dataset, model, factor: np.ndarray) -> xr.Dataset:

@@ -538,7 +538,7 @@ def _run(cfg, text, scheduler, resume, quiet, no_plots, results_name) -> None:
     _show_log(quiet, bar)
     if scheduler is not None:
         cfg = cfg.replace(scheduler=cfg.scheduler.replace(address=scheduler))
-    if no_plots:
+    if no_plots and cfg.output is not None:  # a predict-only pipeline draws none
         cfg = cfg.replace(output=cfg.output.replace(plots=False))
     try:
         run_pipeline(cfg, toml_text=text, resume=resume, echo=click.echo,

@@ -39,20 +39,26 @@ def fitted_parameters(model, scaler=None) -> tuple[np.ndarray, np.ndarray, np.nd
 
 def truth_table(model, truth, scaler=None) -> tuple[list[str], float]:
     """Lines comparing fitted and true parameters, and the largest mean error
-    in units of the true standard deviation (``scaler``: see :func:`fitted_parameters`)."""
+    in units of the true standard deviation (``scaler``: see :func:`fitted_parameters`).
+
+    One row per fitted component, numbered as the model numbers it (the
+    labels' values), beside the true component it matches; ``max|Δcov|``
+    only for a model with covariances (not k-means).
+    """
     weights, means, cov = fitted_parameters(model, scaler)
     if means.shape != truth.means.shape:
         return [f"(fitted {means.shape[0]} components, truth has {truth.means.shape[0]})"], np.inf
-    order = match_components(means, truth.means)
-    lines = [f"{'k':>2} {'weight fitted / true':>20}  {'mean fitted / true':<48} {'max|Δcov|':>9}"]
+    order = match_components(means, truth.means)  # true k ↔ fitted order[k]
+    head = f"{'k':>2} {'true':>4} {'weight fitted / true':>20}  {'mean fitted / true':<48}"
+    lines = [head + (f" {'max|Δcov|':>9}" if cov is not None else "")]
     worst = 0.0
-    for k, j in enumerate(order):
+    for k, j in sorted(enumerate(order), key=lambda pair: pair[1]):
         scale = np.sqrt(np.diag(truth.covariances[k]))
         worst = max(worst, float(np.max(np.abs(means[j] - truth.means[k]) / scale)))
-        cov_err = "" if cov is None else f"{np.max(np.abs(cov[j] - truth.covariances[k])):9.4f}"
+        cov_err = "" if cov is None else f" {np.max(np.abs(cov[j] - truth.covariances[k])):9.4f}"
         fitted, true = _short(means[j]), _short(truth.means[k])
         weight = f"{weights[j]:9.3f} / {truth.weights[k]:.3f}"
-        lines.append(f"{k:>2} {weight}  {fitted:>22} / {true:<23} {cov_err}")
+        lines.append(f"{j:>2} {k:>4} {weight}  {fitted:>22} / {true:<23}{cov_err}")
     lines.append(f"largest mean error: {worst:.4f} true standard deviations")
     return lines, worst
 

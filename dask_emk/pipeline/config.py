@@ -36,6 +36,7 @@ from dask_emk.models.params import Boolean, Either, Integer, Options, RandomStat
 
 #: What a field may hold: a type name, or a tuple of allowed strings.
 INT, FLOAT, STR, BOOL, STR_LIST, TABLE = "integer", "number", "string", "boolean", "list", "table"
+TABLES = "array of tables"
 #: A field's kind: one of the names above, its named options, or None (any scalar).
 Kind = str | tuple[str, ...] | None
 
@@ -252,8 +253,22 @@ OUTPUT_FIELDS = {
 #: [preprocess]: standardize fits a StandardScaler on the input and the model on its
 #: output; results are reported in the data's units.
 PREPROCESS_FIELDS = {"standardize": (BOOL, False)}
+#: [[predict]]: apply the fitted model (or a model file) to another store after the
+#: fit, writing ``out`` as ``dask-emk predict`` does; a pipeline without [model]
+#: only predicts (every entry names its model file).
+PREDICT_FIELDS = {
+    "store": (STR, None),
+    "array": (STR, None),
+    "variables": (STR_LIST, None),
+    "out": (STR, None),
+    "outputs": (STR_LIST, ["label"]),
+    "model": (STR, None),
+    "missing_chunks": (MISSING_CHUNKS, "raise"),
+}
+#: Sections a predict-only pipeline (no [model]) cannot have: they describe a fit.
+FIT_SECTIONS = ("input", "preprocess", "anneal", "output")
 TOP_FIELDS = {"description": STR, "input": TABLE, "anneal": TABLE, "model": TABLE}
-TOP_FIELDS |= {"scheduler": TABLE, "output": TABLE, "preprocess": TABLE}
+TOP_FIELDS |= {"scheduler": TABLE, "output": TABLE, "preprocess": TABLE, "predict": TABLES}
 #: Sections whose content decides the fitted result (the checkpoint key).
 RESULT_SECTIONS = ("input", "preprocess", "anneal", "model")
 
@@ -428,6 +443,8 @@ class Section:
 
 
 def _plain(value: Any) -> Any:
+    if isinstance(value, tuple):  # [[predict]]
+        return [_plain(v) for v in value]
     return value.as_dict() if isinstance(value, Section) else value
 
 
@@ -445,6 +462,7 @@ PhotoSection = section_class("PhotoSection", PHOTO_FIELDS)
 PreprocessSection = section_class("PreprocessSection", PREPROCESS_FIELDS)
 SchedulerSection = section_class("SchedulerSection", SCHEDULER_FIELDS)
 OutputSection = section_class("OutputSection", OUTPUT_FIELDS)
+PredictSection = section_class("PredictSection", PREDICT_FIELDS)
 
 
 class _Given(Section):
@@ -471,15 +489,20 @@ def model_section(kind: str) -> type[Section]:
 
 @dataclasses.dataclass(frozen=True)
 class Pipeline:
-    """A validated pipeline: one attribute per section (:data:`TOP_FIELDS`)."""
+    """A validated pipeline: one attribute per section (:data:`TOP_FIELDS`).
+
+    A predict-only pipeline (no [model]) has ``input``, ``preprocess``,
+    ``model`` and ``output`` None and its ``predict`` entries name their model.
+    """
 
     description: str
-    input: Section
-    preprocess: Section
-    model: Section  # of model_section(type)
+    input: Section | None
+    preprocess: Section | None
+    model: Section | None  # of model_section(type)
     anneal: Section | None
     scheduler: Section
-    output: Section
+    output: Section | None
+    predict: tuple[Section, ...] = ()
 
     def as_dict(self) -> dict:
         """The pipeline as the nested dict it was validated as (for hashing and JSON)."""
@@ -492,6 +515,10 @@ class Pipeline:
 
 def _typed(cfg: dict) -> Pipeline:
     """The validated dict as a :class:`Pipeline`."""
+    predict = tuple(PredictSection(**entry) for entry in cfg["predict"])
+    if cfg["model"] is None:
+        return Pipeline(cfg["description"], None, None, None, None,
+                        SchedulerSection(**cfg["scheduler"]), None, predict)  # fmt: skip
     inputs = dict(cfg["input"])
     for key, section in (("generate", GenerateSection), ("photo", PhotoSection)):
         if inputs[key] is not None:
@@ -505,6 +532,7 @@ def _typed(cfg: dict) -> Pipeline:
         anneal=None if anneal is None else AnnealSection(**anneal),
         scheduler=SchedulerSection(**cfg["scheduler"]),
         output=OutputSection(**cfg["output"]),
+        predict=predict,
     )
 
 
@@ -620,6 +648,8 @@ def validate(raw: dict, source: str = "pipeline") -> Pipeline:
     for key, kind in TOP_FIELDS.items():
         if key in raw:
             _check_value(raw[key], kind, f"{key}", source)
+    if "model" not in raw and "predict" in raw:
+        return _typed(_validate_predict_only(raw, source))
     for name in ("input", "model", "output"):
         if name not in raw:
             raise PipelineError(
@@ -652,6 +682,7 @@ def validate(raw: dict, source: str = "pipeline") -> Pipeline:
                 f"{source}: [output] {key} is not available for model.type = "
                 f"{cfg['model']['type']!r}; set {key} = false or model.type = 'gmm'."
             )
+    cfg["predict"] = _validate_predict(raw.get("predict", []), source, cfg)
     # last, as they import the estimator (and so scikit-learn): every cheaper check first
     _check_ranges(cfg["model"], field_specs(*MODELS[cfg["model"]["type"]]), "model", source)
     _fill_model_defaults(cfg["model"], raw["model"])
@@ -812,6 +843,82 @@ def _validate_anneal(raw: dict | None, model: dict, source: str) -> dict | None:
     return cfg
 
 
+#: Per-sample outputs each model type's fitted model cannot give (their names:
+#: dask_emk.models.export.OUTPUTS); ``imputed`` is a GaussianMixture's alone.
+NOT_GIVEN = {"kmeans": ("responsibility", "log_density", "imputed"),
+             "dpmeans": ("responsibility", "log_density", "imputed"),
+             "anneal": ("log_density", "imputed"), "gmm-ic": ("imputed",)}  # fmt: skip
+
+
+def _validate_predict(entries: list, source: str, cfg: dict | None) -> list[dict]:
+    """[[predict]] entries: store and out given, outs distinct, outputs the model gives
+    (the fitted model's type decides for an entry without a model file); ``cfg`` is
+    the validated pipeline, None for a predict-only one."""
+    from dask_emk.models.export import OUTPUTS  # imports xarray: after the cheap checks
+
+    checked: list[dict] = []
+    for i, raw in enumerate(entries, 1):
+        where = f"predict #{i}"
+        entry = _fill(raw, PREDICT_FIELDS, where, source)
+        for key in ("store", "out"):
+            _require(entry, key, where, source)
+        if entry["model"] is None and cfg is None:
+            raise PipelineError(
+                f"{source}: [{where}] needs model (a model file or results store): a "
+                "pipeline without [model] fits none to predict with; add it, or add [model]."
+            )
+        unknown = [name for name in entry["outputs"] if name not in OUTPUTS]
+        if unknown or not entry["outputs"]:
+            raise PipelineError(
+                f"{source}: [{where}] outputs {entry['outputs']} must name at least one of "
+                f"{', '.join(OUTPUTS)}; fix outputs."
+            )
+        if entry["variables"] is not None and entry["array"] is not None:
+            raise PipelineError(
+                f"{source}: [{where}] variables applies to an xarray store (store without "
+                "array); remove it, or drop array."
+            )
+        if entry["out"] in [e["out"] for e in checked]:
+            raise PipelineError(
+                f"{source}: [{where}] out {entry['out']!r} is the out of an earlier "
+                "[[predict]]; give each its own."
+            )
+        if entry["model"] is None and cfg is not None:
+            _check_fitted_outputs(entry["outputs"], cfg, where, source)
+        checked.append(entry)
+    return checked
+
+
+def _check_fitted_outputs(outputs: list[str], cfg: dict, where: str, source: str) -> None:
+    """The outputs the pipeline's fitted model gives (behind a StandardScaler: no imputed)."""
+    kind = cfg["model"]["type"]
+    cannot = NOT_GIVEN.get(kind, ()) + (("imputed",) if cfg["preprocess"]["standardize"] else ())
+    for name in outputs:
+        if name in cannot:
+            raise PipelineError(
+                f"{source}: [{where}] outputs {name!r} is not available for model.type = "
+                f"{kind!r}{' with standardize' if kind == 'gmm' else ''}; remove it."
+            )
+
+
+def _validate_predict_only(raw: dict, source: str) -> dict:
+    """A pipeline of [[predict]] entries only (no [model]): every entry names its model."""
+    unused = [f"[{name}]" for name in FIT_SECTIONS if name in raw]
+    if unused:
+        raise PipelineError(
+            f"{source}: {', '.join(unused)} without [model]: a pipeline without [model] only "
+            "predicts; add [model] to fit, or remove them."
+        )
+    if not raw["predict"]:
+        raise PipelineError(f"{source}: missing section [model]; add it (see pipelines/README.md).")
+    return {
+        "description": raw.get("description", ""),
+        "model": None,
+        "scheduler": _fill(raw.get("scheduler", {}), SCHEDULER_FIELDS, "scheduler", source),
+        "predict": _validate_predict(raw["predict"], source, None),
+    }
+
+
 def _check_ranges(cfg: dict, specs: dict[str, Spec], section: str, source: str) -> None:
     """Numbers inside the estimator's range, values of mixed kinds (cache = "auto" |
     true) allowed by the spec; named options are checked by kind."""
@@ -866,10 +973,10 @@ def _check_value(value: object, kind: Kind, name: str, source: str) -> None:
             BOOL: isinstance(value, bool),
             STR_LIST: isinstance(value, list) and all(isinstance(v, str) for v in value),
             TABLE: isinstance(value, dict),
+            TABLES: isinstance(value, list) and all(isinstance(v, dict) for v in value),
         }[kind]
-        expected = {STR_LIST: "a list of strings", TABLE: "a table", INT: "an integer"}.get(
-            kind, f"a {kind}"
-        )
+        expected = {STR_LIST: "a list of strings", TABLE: "a table", INT: "an integer",
+                    TABLES: "an array of tables ([[predict]])"}.get(kind, f"a {kind}")  # fmt: skip
     if not ok:
         raise PipelineError(
             f"{source}: {name} must be {expected}, got {value!r} ({_toml_type(value)})."

@@ -68,10 +68,11 @@ def colour(k: int):
 
 
 def plot_convergence(history, objective: str, path: Path, n_clusters=(), model: str = "",
-                     tol: float | None = None) -> Path:  # fmt: skip
+                     tol: float | None = None, units: str = "") -> Path:  # fmt: skip
     """|change| of the objective (lower bound, inertia, DP-means objective) per
     iteration on a log scale, and below it the number of clusters per iteration
-    when given (dpmeans). The title names ``model`` and ``tol``; ``tol`` is drawn
+    when given (dpmeans). The title names ``model``, ``tol`` and the final value
+    with its ``units`` (as the console and ``show`` give them); ``tol`` is drawn
     as a line for the lower bound only (the others' tol is not on the objective)."""
     plt = require_matplotlib()
     from matplotlib.ticker import MaxNLocator
@@ -94,7 +95,8 @@ def plot_convergence(history, objective: str, path: Path, n_clusters=(), model: 
     (below if len(n_clusters) else ax).set_xlabel("iteration")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel(f"|change of {label}|")
-    last = f", final {label} {history[-1].value:.6g}" if history else ""
+    last = f", final {label} {history[-1].value:.8g}" if history else ""
+    last += f"\n({units})" if history and units else ""
     tolerance = f", tol {tol:g}" if tol is not None else ""
     ax.set_title(f"{model or 'fit'} convergence{tolerance}{last}", fontsize=9)
     ax.legend(fontsize=7)
@@ -227,7 +229,7 @@ def label_map_slice(grid, chosen: dict | None) -> dict:
 
 def read_labels(results) -> xr.DataArray:
     """The labels of a results store, lazily (NaN where they were left out)."""
-    return xr.open_zarr(open_store(results), consolidated=False)["labels"]
+    return xr.open_zarr(open_store(results), consolidated=False)["label"]
 
 
 #: Axis labels of the map for dims named like latitude and longitude (degrees).

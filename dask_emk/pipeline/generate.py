@@ -26,6 +26,7 @@ from zarr.codecs import BloscCodec
 from dask_emk.engine.locations import open_node
 from dask_emk.engine.reduction import compute_one
 from dask_emk.models import export
+from dask_emk.models.persist import consolidate
 from dask_emk.pipeline.outputs import (
     GENERATED,
     building_store,
@@ -134,6 +135,7 @@ def write_mixture_zarr(
         with building_store(final, GENERATED) as store:
             group = zarr.open_group(store=store, mode="r+")
             _write_mixture(group, n_samples, truth, chunk_rows=chunk_rows, dtype=dtype, seed=seed)
+            consolidate(store)  # a plain xr.open_zarr reads it without a warning
     return final
 
 
@@ -279,6 +281,7 @@ def write_grid_zarr(
             ds = ds.assign_attrs(store_marker(GENERATED))
             ds.to_zarr(store, mode="a", consolidated=False, zarr_format=3,
                        write_empty_chunks=True)  # fmt: skip
+            consolidate(store)
     return final
 
 
@@ -445,4 +448,5 @@ def write_photo_zarr(
                 store, mode="a", consolidated=False, zarr_format=3, encoding=encoding,
                 write_empty_chunks=True,
             )  # fmt: skip
+            consolidate(store)
     return final

@@ -3,7 +3,7 @@
 The input is what a fit accepts: a 2-D zarr array (``store.zarr/X``), or an
 xarray store whose variables are the model's features (on a grid, with gaps
 under the model's ``nan_policy``), at a path or an object-store URL. The
-outputs (:data:`OUTPUTS`) are lazy until they are written: ``to_zarr``
+outputs (:data:`dask_emk.models.export.OUTPUTS`) are lazy until they are written: ``to_zarr``
 computes them chunk by chunk on the chosen scheduler, on the input's chunks.
 They are written as ``run`` writes its results
 (:func:`dask_emk.pipeline.results.write_results`: checked and locked by
@@ -14,10 +14,9 @@ only a store dask-emk wrote), with consolidated metadata and CF attributes.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 import xarray as xr
 import zarr
 from sklearn.pipeline import Pipeline
@@ -27,27 +26,40 @@ from dask_emk.engine.locations import open_node, open_store
 from dask_emk.engine.storage import checked_xarray, read_zarr
 from dask_emk.models import export
 from dask_emk.models.persist import load
-from dask_emk.models.preprocess import StandardScaler
 from dask_emk.pipeline.outputs import RESULTS, check_output, claim
-from dask_emk.pipeline.results import portable_strings, write_results
+from dask_emk.pipeline.results import (
+    feature_names,
+    final_estimator,
+    per_sample_dataset,
+    write_results,
+)
 from dask_emk.pipeline.scheduler import parse_scheduler, use_scheduler
 from dask_emk.pipeline.sources import open_array
 
-#: Output variable -> (the model's method that gives it, CF long_name, the CLI option).
-OUTPUTS = {
-    "label": ("predict", "most probable component (nearest centre for k-means)", None),
-    "responsibility": (
-        "predict_proba", "probability of each component given the sample", "--responsibility"
-    ),
-    "log_density": (
-        "score_samples", "log probability density of the sample under the model", "--log-density"
-    ),
-    "imputed": (
-        "impute", "input with each missing value replaced by its conditional mean", "--impute"
-    ),
-}  # fmt: skip
-#: The label of a sample the model's ``nan_policy='omit'`` leaves out.
-LABEL_FILL = -1
+#: The ``dask-emk predict`` option that asks for each output beyond the labels
+#: (names, methods and attributes: :data:`dask_emk.models.export.OUTPUTS`).
+OPTIONS = {"label": None, "responsibility": "--responsibility", "log_density": "--log-density",
+           "imputed": "--impute"}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Planned:
+    """One predict output store, checked and lazy: what :func:`write_planned` writes.
+
+    Attributes
+    ----------
+    root : xarray.Dataset
+        The root's attributes (model, model file, input, version).
+    per_sample : xarray.Dataset
+        The lazy outputs on the input's grid
+        (:func:`~dask_emk.pipeline.results.per_sample_dataset`).
+    description : str
+        The input, for the progress line.
+    """
+
+    root: xr.Dataset
+    per_sample: xr.Dataset
+    description: str
 
 
 def predict_store(
@@ -79,7 +91,7 @@ def predict_store(
     array : str, optional
         The 2-D array of ``store`` to read (rows × features).
     outputs : tuple of str
-        Names of :data:`OUTPUTS` to write.
+        Names of :data:`dask_emk.models.export.OUTPUTS` to write.
     variables : list of str, optional
         The xarray store's variables to read (default: the model's).
     missing_chunks : {'raise', 'fill'}
@@ -96,25 +108,61 @@ def predict_store(
     inputs = [str(model_path), store if array is None else f"{store}/{array}"]
     target = check_output(out, RESULTS, where="--out", inputs=inputs)
     model = load(model_path)
-    _check_outputs(model, outputs)
-    X, description = open_input(store, array, model, variables, missing_chunks)
-    per_sample = predictions(model, X, outputs)  # lazy: metadata checks only
+    planned = plan(model, str(model_path), store, array=array, outputs=outputs,
+                   variables=variables, missing_chunks=missing_chunks)  # fmt: skip
     parse_scheduler(scheduler)
+    # Locked before the scheduler starts, as run does (write_planned's claim shares this one).
+    with claim(target, RESULTS, where="--out") as notes, use_scheduler(scheduler, echo):
+        for note in notes:
+            echo(f"predict: {note}")
+        return write_planned(target, "--out", planned, echo)
+
+
+def plan(
+    model,
+    model_file: str,
+    store: str,
+    *,
+    array: str | None = None,
+    outputs: tuple[str, ...] = ("label",),
+    variables: list[str] | None = None,
+    missing_chunks: str = "raise",
+) -> Planned:
+    """The lazy outputs of a fitted ``model`` for the input at ``store``: metadata checks only
+    (the outputs the model gives, the input's features), nothing computed or written.
+
+    ``model_file`` is recorded in the root's attributes (the results store
+    of a pipeline that predicts with the model it fitted).
+    """
+    check_outputs(model, outputs)
+    X, description = open_input(store, array, model, variables, missing_chunks)
+    per_sample = per_sample_dataset(model, X, outputs, export.PREDICTED)
+    if per_sample is None:
+        raise ValueError("no output asked for; name at least one (label, ...).")
     root = xr.Dataset(
         attrs=export.schema_attrs(
             export.PREDICTED,
             model=_name(model),
-            model_file=str(model_path),
+            model_file=model_file,
             input=description,
             dask_emk_version=__version__,
         )
     )
-    with claim(target, RESULTS, where="--out") as notes, use_scheduler(scheduler, echo):
+    return Planned(root, per_sample, description)
+
+
+def write_planned(target: Path | str, where: str, planned: Planned, echo=print) -> Path | str:
+    """Write a :class:`Planned` store at the checked ``target`` as ``run`` writes its results:
+    locked, built aside and published whole, on the active scheduler.
+
+    ``where`` names the path in messages (``--out``, ``[[predict]] out``).
+    """
+    with claim(target, RESULTS, where=where) as notes:
         for note in notes:
             echo(f"predict: {note}")
-        echo(f"input: {description}")
-        written = write_results(target, root, {}, per_sample, consolidated=True)
-    echo(f"predictions: {written} ({', '.join(map(str, per_sample.data_vars))})")
+        echo(f"input: {planned.description}")
+        written = write_results(target, planned.root, {}, planned.per_sample)
+    echo(f"predictions: {written} ({', '.join(map(str, planned.per_sample.data_vars))})")
     return written
 
 
@@ -124,28 +172,27 @@ def _name(model) -> str:
     return type(model).__name__
 
 
-def _final(model):
-    """The estimator that predicts: a Pipeline's last step, a model search's best."""
-    final = model[-1] if isinstance(model, Pipeline) else model
-    return getattr(final, "best_estimator_", final)
-
-
 def _first(model):
     """The estimator that reads the input: a Pipeline's first step."""
     return model[0] if isinstance(model, Pipeline) else model
 
 
-def _check_outputs(model, outputs: tuple[str, ...]) -> None:
+def check_outputs(model, outputs: tuple[str, ...]) -> None:
     """A ValueError naming the output the model cannot give, before any work."""
     for name in outputs:
-        method = OUTPUTS[name][0]
-        owner = _final(model) if name == "imputed" else model
+        if name not in export.OUTPUTS:
+            raise ValueError(
+                f"{name!r} is not a per-sample output; choose from {', '.join(export.OUTPUTS)}."
+            )
+        method = export.OUTPUTS[name][0]
+        owner = final_estimator(model) if name == "imputed" else model
         if name == "imputed" and isinstance(model, Pipeline):
             owner = None
         if not hasattr(owner, method):
+            drop = OPTIONS[name] or name
             raise ValueError(
                 f"{_name(model)} gives no {name} (it has no {method}); drop "
-                f"{OUTPUTS[name][2]}, or predict with a Gaussian mixture model."
+                f"{drop}, or predict with a Gaussian mixture model."
             )
 
 
@@ -166,7 +213,7 @@ def open_input(store: str, array, model, variables, missing_chunks: str) -> tupl
     ds = xr.open_zarr(open_store(store), consolidated=False, chunks={})
     names = [str(v) for v in ds.data_vars]
     chosen = variables or _fitted_variables(_first(model), names)
-    named_by_variables = getattr(_first(model), "feature_dim", None) is None and _feature_names(
+    named_by_variables = getattr(_first(model), "feature_dim", None) is None and feature_names(
         model
     )
     if chosen is None and len(names) == 1 and not named_by_variables:
@@ -176,7 +223,7 @@ def open_input(store: str, array, model, variables, missing_chunks: str) -> tupl
             open_array(store, None)
         raise ValueError(
             f"input store {store!r} holds {names}, which are not the variables of the "
-            f"model's features {_feature_names(model)}; name the variables to read with "
+            f"model's features {feature_names(model)}; name the variables to read with "
             "--variables."
         )
     unknown = [v for v in chosen if v not in names]
@@ -192,75 +239,13 @@ def open_input(store: str, array, model, variables, missing_chunks: str) -> tupl
     return X, f"{store} ({shape}), variables {chosen}"
 
 
-def _feature_names(model) -> list[str] | None:
-    names = getattr(_first(model), "feature_names_in_", None)
-    return None if names is None else [str(n) for n in names]
-
-
 def _fitted_variables(model, names: list[str]) -> list[str] | None:
     """The data variables the model's feature names come from, in their order (None if not all)."""
     chosen = []
-    for label in _feature_names(model) or []:
+    for label in feature_names(model) or []:
         var = label.split("[", 1)[0] if label.endswith("]") else label
         if var not in names:
             return None
         if var not in chosen:
             chosen.append(var)
     return chosen or None
-
-
-# ------------------------------------------------------------------ outputs
-def predictions(model, X, outputs: tuple[str, ...]) -> xr.Dataset:
-    """The lazy outputs on X's grid, named and described as :data:`export.SCHEMA` says."""
-    K = _n_components(_final(model))
-    values = {name: _output(model, X, name) for name in outputs}
-    dims = next(iter(values.values())).dims
-    sample_dims = tuple(str(d) for d in dims if d not in ("component", "feature"))
-    features = _feature_names(model)
-    coords = {"component": np.arange(K)} | ({"feature": features} if features else {})
-    ds = portable_strings(export.schema_dataset(export.PREDICTED, values, coords, sample_dims))
-    for name in outputs:
-        ds[name].attrs = {"long_name": OUTPUTS[name][1], **_cf_attrs(name, K)}
-    return ds
-
-
-def _output(model, X, name: str) -> xr.DataArray:
-    if name == "label":
-        return model.predict(X).astype(np.int32)
-    if name == "log_density":
-        return _log_density(model, X)
-    if name == "imputed":
-        return _final(model).impute(X)
-    return getattr(model, OUTPUTS[name][0])(X)
-
-
-def _log_density(model, X):
-    """``score_samples`` as a density in the data's units, also behind StandardScalers."""
-    if not isinstance(model, Pipeline):
-        return model.score_samples(X)
-    density = model[-1].score_samples(model[:-1].transform(X))
-    for _, step in reversed(model.steps[:-1]):
-        if isinstance(step, StandardScaler):
-            density = step.original_log_density(density)
-    return density
-
-
-def _n_components(final) -> int:
-    for name in ("n_components_", "n_clusters_"):
-        if hasattr(final, name):
-            return int(getattr(final, name))
-    centres: Any = getattr(final, "means_", getattr(final, "cluster_centers_", None))
-    return int(np.shape(centres)[0])
-
-
-def _cf_attrs(name: str, K: int) -> dict:
-    """CF attributes: the labels' flags and fill value, the probabilities' units."""
-    if name == "label":
-        return {
-            "flag_values": list(range(K)),
-            "flag_meanings": " ".join(f"component_{k}" for k in range(K)),
-            "_FillValue": LABEL_FILL,
-        }
-    if name == "responsibility":
-        return {"units": "1"}
-    return {}

@@ -3,10 +3,13 @@
 Layout (``xr.open_zarr(path)`` opens the root; groups with ``group=``):
 
 - root: the final model's parameters (named dims), the per-iteration
-  ``history_*`` of the pipeline's fit, per-sample outputs (``labels``,
-  ``responsibilities``, ``log_density`` along ``sample``, chunked like the
-  input) and attributes: the pipeline config (JSON, and the TOML text when it
-  came from a file), the package version, convergence;
+  ``history_*`` of the pipeline's fit, per-sample outputs (``label``,
+  ``responsibility``, ``log_density`` along ``sample`` or on the input's grid,
+  chunked like the input, with the CF attributes of
+  :func:`dask_emk.models.export.output_attrs`; earlier versions named them
+  ``labels``, ``responsibilities``) and attributes: the pipeline config
+  (JSON, and the TOML text when it came from a file), the package version,
+  convergence;
 - ``anneal``: the annealed model (``to_xarray()``), ``anneal_path``: its
   ``path_`` (when the pipeline anneals);
 - ``truth``: the generator's true parameters (generated input only);
@@ -37,17 +40,17 @@ that marker, not the name, is what lets a later run replace the store
 from __future__ import annotations
 
 import os
-import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import xarray as xr
-import zarr
 from sklearn.pipeline import Pipeline, make_pipeline
 from zarr.codecs import BloscCodec
 
 from dask_emk.engine.locations import is_url
 from dask_emk.models import export, persist
+from dask_emk.models.preprocess import StandardScaler
 from dask_emk.pipeline.fits import FitOutcome
 from dask_emk.pipeline.outputs import (
     RESULTS,
@@ -91,6 +94,11 @@ def model_dataset(outcome: FitOutcome, scaler=None) -> xr.Dataset:
         },
         {"iteration": np.arange(1, len(hist) + 1)},
     )
+    objective = f"history_{outcome.objective}"
+    history[objective].attrs["long_name"] = (
+        f"{outcome.objective.replace('_', ' ')}: "
+        f"{export.objective_units(outcome.objective, scaler is not None)}"
+    )
     ds = ds.merge(history, combine_attrs="override")
     ds.attrs.update(
         export.schema_attrs(
@@ -100,32 +108,84 @@ def model_dataset(outcome: FitOutcome, scaler=None) -> xr.Dataset:
     return ds
 
 
+#: The [output] flag that asks a run for each per-sample output (:data:`export.OUTPUTS`).
+OUTPUT_FLAGS = {"label": "labels", "responsibility": "responsibilities",
+                "log_density": "log_density"}  # fmt: skip
+
+
+def requested_outputs(output: dict) -> tuple[str, ...]:
+    """The per-sample outputs an [output] section asks for, by their variable names."""
+    return tuple(name for name, flag in OUTPUT_FLAGS.items() if output.get(flag))
+
+
 def per_sample_dataset(
-    model, X, output: dict, sample_dims: tuple[str, ...] = ("sample",), scaler=None
+    model, X, outputs: tuple[str, ...], place: str = export.RESULTS
 ) -> xr.Dataset | None:
-    """Lazy per-sample outputs the pipeline asks for (None if none).
+    """The lazy per-sample ``outputs`` of ``model`` for X, named and described as
+    :data:`export.OUTPUTS` says (None if none are asked for).
 
-    ``X`` is the lazy xarray input, so each output is a dask-backed
-    DataArray chunked like the input's sample axis, or on its grid (dims
-    ``sample_dims`` and coordinates) for gridded input. Labels of points
-    that ``nan_policy='omit'`` leaves out are -1, recorded as ``_FillValue``
-    (NaN when read back with xarray). A model fitted behind a ``scaler``
-    sees ``scaler.transform(X)``; its log densities are given in the data's
-    units.
+    ``X`` is lazy xarray input, so each output is a dask-backed DataArray
+    chunked like the input's sample axis, or on its grid (its sample dims and
+    coordinates). ``model`` may be a scikit-learn Pipeline (a model fitted
+    behind a StandardScaler: :func:`fitted_model`); its log densities are
+    then in the data's units. Labels of samples that ``nan_policy='omit'``
+    leaves out are −1, recorded as ``_FillValue`` (NaN when decoded).
     """
-    Xm = X if scaler is None else scaler.transform(X)
-    wanted = {
-        "labels": lambda: model.predict(Xm).astype(np.int32),
-        "responsibilities": lambda: model.predict_proba(Xm),
-        "log_density": lambda: _log_density(model, Xm, scaler),
-    }
-    out = {name: make() for name, make in wanted.items() if output.get(name)}
-    return export.schema_dataset(export.RESULTS, out, {}, sample_dims) if out else None
+    if not outputs:
+        return None
+    K = n_components(final_estimator(model))
+    values = {name: _output(model, X, name) for name in outputs}
+    dims = next(iter(values.values())).dims
+    sample_dims = tuple(str(d) for d in dims if d not in ("component", "feature"))
+    features = feature_names(model)
+    coords = {"component": np.arange(K)} | ({"feature": features} if features else {})
+    ds = portable_strings(export.schema_dataset(place, values, coords, sample_dims))
+    for name in outputs:
+        ds[name].attrs = export.output_attrs(name, K)
+    return ds
 
 
-def _log_density(model, X, scaler):
-    density = model.score_samples(X)
-    return density if scaler is None else scaler.original_log_density(density)
+def _output(model, X, name: str) -> xr.DataArray:
+    if name == "label":
+        return model.predict(X).astype(np.int32)
+    if name == "log_density":
+        return _log_density(model, X)
+    if name == "imputed":
+        return final_estimator(model).impute(X)
+    return getattr(model, export.OUTPUTS[name][0])(X)
+
+
+def _log_density(model, X):
+    """``score_samples`` as a density in the data's units, also behind StandardScalers."""
+    if not isinstance(model, Pipeline):
+        return model.score_samples(X)
+    density = model[-1].score_samples(model[:-1].transform(X))
+    for _, step in reversed(model.steps[:-1]):
+        if isinstance(step, StandardScaler):
+            density = step.original_log_density(density)
+    return density
+
+
+def final_estimator(model):
+    """The estimator that predicts: a Pipeline's last step, a model search's best."""
+    final = model[-1] if isinstance(model, Pipeline) else model
+    return getattr(final, "best_estimator_", final)
+
+
+def feature_names(model) -> list[str] | None:
+    """The feature labels the model (a Pipeline's first step) was fitted on, if any."""
+    first = model[0] if isinstance(model, Pipeline) else model
+    names = getattr(first, "feature_names_in_", None)
+    return None if names is None else [str(n) for n in names]
+
+
+def n_components(final) -> int:
+    """K of a fitted model: components, clusters or centres."""
+    for name in ("n_components_", "n_clusters_"):
+        if hasattr(final, name):
+            return int(getattr(final, name))
+    centres: Any = getattr(final, "means_", getattr(final, "cluster_centers_", None))
+    return int(np.shape(centres)[0])
 
 
 def truth_dataset(truth) -> xr.Dataset:
@@ -155,7 +215,6 @@ def write_results(
     groups: dict[str, xr.Dataset],
     per_sample: xr.Dataset | None,
     model: object | Pipeline = None,
-    consolidated: bool = False,
 ) -> Path | str:
     """Write the results store so that it appears complete or not at all (see above).
 
@@ -164,8 +223,8 @@ def write_results(
     ``to_zarr`` computes and writes them chunk by chunk on the active
     scheduler, never whole in memory. ``model`` (:func:`fitted_model`) is
     written as the group ``model``, which makes the store a model file.
-    ``consolidated``: write zarr's consolidated metadata last, so that a
-    plain ``xarray.open_zarr(path)`` reads it without a warning.
+    zarr's consolidated metadata is written last, so that a plain
+    ``xarray.open_zarr(path)`` reads the store without a warning.
     """
     final = output_location(path)
     final = final if is_url(final) else final.absolute()
@@ -187,12 +246,7 @@ def write_results(
             per_sample = per_sample.assign_attrs(root.attrs)
             encoding = {name: {"compressors": (_compressor(),)} for name in per_sample.data_vars}
             per_sample.to_zarr(store, mode="a", encoding=encoding, **every_chunk)
-        if consolidated:
-            with warnings.catch_warnings():
-                # Not in the zarr 3 specification yet, zarr says; xarray reads it, and
-                # warns on every open of a store without it.
-                warnings.filterwarnings("ignore", "Consolidated metadata", UserWarning)
-                zarr.consolidate_metadata(store)
+        persist.consolidate(store)
     return final
 
 
@@ -239,6 +293,7 @@ def save_model(model, path: str | os.PathLike, *, overwrite: bool = False) -> Pa
         root = root.assign_attrs(store_marker(RESULTS))
         root.to_zarr(store, mode="a", zarr_format=3, consolidated=False, write_empty_chunks=True)
         persist.write_model(group, store)
+        persist.consolidate(store)
     return target
 
 

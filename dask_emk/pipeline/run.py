@@ -15,7 +15,8 @@ import copy
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from dask_emk.engine.locations import bucket_of, is_url, normalize_location, sto
 from dask_emk.engine.progress import PassProgress, watch_passes
 from dask_emk.engine.storage import endpoint_errors
 from dask_emk.models import export
+from dask_emk.models.persist import load
 from dask_emk.models.preprocess import StandardScaler
 from dask_emk.pipeline import figures
 from dask_emk.pipeline.checkpoint import (
@@ -56,10 +58,12 @@ from dask_emk.pipeline.fits import (
     gmm_init_from_anneal,
 )
 from dask_emk.pipeline.outputs import CHECKPOINT, GENERATED, PLOT, RESULTS, check_output, claim
+from dask_emk.pipeline.predict import Planned, plan, write_planned
 from dask_emk.pipeline.results import (
     fitted_model,
     model_dataset,
     per_sample_dataset,
+    requested_outputs,
     truth_dataset,
     write_results,
 )
@@ -109,6 +113,8 @@ def run_pipeline(
         The results store's path (or URL).
     """
     with storage_options(locations_options(cfg)):
+        if cfg.model is None:
+            return run_predictions(cfg)
         return _run_pipeline(cfg, toml_text, resume, echo, results_name, passes)
 
 
@@ -125,6 +131,11 @@ def results_under(cfg: Pipeline, out: str) -> Pipeline:
     PipelineError
         ``[output] results`` is absolute or a URL: it names its place already.
     """
+    if cfg.output is None:
+        raise PipelineError(
+            f"--out {out} places a fit's results, but this pipeline only predicts (no "
+            "[model]); drop --out, and give each [[predict]] its out."
+        )
     results = cfg.output.results
     if is_url(results) or Path(results).is_absolute():
         raise PipelineError(
@@ -144,6 +155,8 @@ def locations_options(cfg: Pipeline) -> dict[str, dict | None]:
     input and output share one.
     """
     inputs, out = cfg.input, cfg.output
+    if inputs is None:  # predict-only: its stores take the environment's options
+        return {}
     made = inputs.generate or inputs.photo
     source = inputs.store or (made.path if made is not None else None)
     results = normalize_location(out.results).removesuffix(".zarr")
@@ -169,13 +182,15 @@ def _run_pipeline(cfg, toml_text, resume, echo, results_name, passes) -> Path | 
         _map_slice(out, checked)
     parse_scheduler(cfg.scheduler.address)
     results, companions = check_outputs(cfg, resume, results_name)
+    predicted = check_predictions(cfg, results)
     store = input_identity(cfg.input.as_dict())
     checkpoint = Checkpoint(results, config_key(cfg), resume, out.checkpoint, store)
     with (
         claim(results, RESULTS, where=results_name, companions=companions) as notes,
+        claim_all(predicted) as predict_notes,
         use_scheduler(cfg.scheduler.address, log.info),
     ):
-        for note in notes:  # what an earlier run left, taken over or restored
+        for note in notes + predict_notes:  # what an earlier run left, taken over or restored
             log.warning("results: %s", note)
         source = open_source(cfg.input, log.info)
         log.info("input: %s", source.description)
@@ -196,13 +211,16 @@ def _run_pipeline(cfg, toml_text, resume, echo, results_name, passes) -> Path | 
         start = time.perf_counter()
         groups = _groups(anneal, source, scaler)
         root = _root_dataset(cfg, outcome, source, toml_text, fit_seconds, scaler)
-        per_sample = per_sample_dataset(
-            outcome.model, source.X, out.as_dict(), source.data.grid.dims, scaler
-        )
+        model = fitted_model(outcome, scaler)
+        per_sample = per_sample_dataset(model, source.X, requested_outputs(out.as_dict()))
+        # The other stores' inputs checked against the model before anything is written.
+        planned = [(target, plan_entry(entry, model, results))
+                   for target, entry in zip(predicted, cfg.predict, strict=True)]  # fmt: skip
         with endpoint_errors(source.X):  # the export reads the input again (labels, ...)
-            write_results(results, root, groups, per_sample, fitted_model(outcome, scaler))
+            write_results(results, root, groups, per_sample, model)
         outputs = ", ".join(["root", *groups, *(per_sample or {})])
         log.info("export: %s (%s) in %.1f s", results, outputs, time.perf_counter() - start)
+        write_predictions(planned)
         if out.plots:
             start = time.perf_counter()
             drawn = draw_figures(results, outcome, anneal, source, map_slice, scaler)
@@ -213,6 +231,66 @@ def _run_pipeline(cfg, toml_text, resume, echo, results_name, passes) -> Path | 
         for line in lines:
             echo("  " + line)
     return results
+
+
+# ------------------------------------------------------------------ [[predict]]
+#: How messages name the output of a [[predict]] entry.
+PREDICT_OUT = "[[predict]] out"
+
+
+def check_predictions(cfg: Pipeline, results: Path | str | None = None) -> list[Path | str]:
+    """Check each [[predict]] out against the output rule, before any work; its model file
+    too (loaded). The out may not be (or hold) a store the run reads, nor its results."""
+    given = (cfg.input.store, cfg.input.csv) if cfg.input is not None else ()
+    reads = [path for path in given if path is not None]
+    targets = []
+    for entry in cfg.predict:
+        inputs = [*reads, entry.store, *(p for p in (entry.model, results) if p is not None)]
+        targets.append(check_output(entry.out, RESULTS, where=PREDICT_OUT, inputs=inputs))
+        if entry.model is not None:
+            load(entry.model)  # a file that does not load fails now, not after the fit
+    return targets
+
+
+@contextmanager
+def claim_all(targets: list[Path | str]) -> Iterator[list[str]]:
+    """Hold the locks of every [[predict]] out (:func:`claim`); the notes of all."""
+    with ExitStack() as stack:
+        notes = []
+        for target in targets:
+            notes += stack.enter_context(claim(target, RESULTS, where=PREDICT_OUT))
+        yield notes
+
+
+def plan_entry(entry: Section, fitted, results: Path | str | None) -> Planned:
+    """The lazy outputs of one [[predict]] entry: with its model file, or the ``fitted``
+    model (the one written to ``results``, which the root's ``model_file`` names)."""
+    model = fitted if entry.model is None else load(entry.model)
+    return plan(model, str(results if entry.model is None else entry.model), entry.store,
+                array=entry.array, outputs=tuple(entry.outputs), variables=entry.variables,
+                missing_chunks=entry.missing_chunks)  # fmt: skip
+
+
+def write_predictions(planned: list[tuple[Path | str, Planned]]) -> None:
+    """Write each planned [[predict]] store in turn, timed like the run's other stages."""
+    for target, one in planned:
+        start = time.perf_counter()
+        write_planned(target, PREDICT_OUT, one, echo=log.info)
+        log.info("predict: %s in %.1f s", target, time.perf_counter() - start)
+
+
+def run_predictions(cfg: Pipeline) -> Path | str:
+    """A predict-only pipeline: each [[predict]] store written with its model file; the
+    last one's path. Every out and model file is checked before the scheduler starts."""
+    targets = check_predictions(cfg)
+    parse_scheduler(cfg.scheduler.address)
+    with claim_all(targets) as notes, use_scheduler(cfg.scheduler.address, log.info):
+        for note in notes:
+            log.warning("predict: %s", note)
+        planned = [(target, plan_entry(entry, None, None))
+                   for target, entry in zip(targets, cfg.predict, strict=True)]  # fmt: skip
+        write_predictions(planned)
+    return targets[-1]
 
 
 def check_outputs(cfg: Pipeline, resume: bool, results_name: str) -> tuple[Path | str, list]:
@@ -321,9 +399,10 @@ def draw_figures(
     paths = figures.figure_paths(results)
     history = [shown(it, outcome.objective, scaler) for it in outcome.history]
     model_name, tol = type(outcome.model).__name__, getattr(outcome.model, "tol", None)
+    units = export.objective_units(outcome.objective, scaler is not None)
     drawn = [
         figures.plot_convergence(history, outcome.objective, paths["convergence"],
-                                 outcome.n_clusters, model_name, tol)  # fmt: skip
+                                 outcome.n_clusters, model_name, tol, units)  # fmt: skip
     ]
     model = outcome.model
     if anneal is not None:
@@ -438,7 +517,7 @@ def shown(it, objective: str, scaler=None):
 
 
 #: What the objectives are, after their value in the summary line.
-UNITS = {"lower_bound": "mean log density per row, data units"}
+UNITS = {"lower_bound": export.OBJECTIVE_UNITS["lower_bound"]}
 
 
 def _summary(outcome: FitOutcome, seconds: float, scaler=None) -> str:

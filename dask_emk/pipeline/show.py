@@ -18,6 +18,7 @@ from dask_emk.engine.locations import (
     open_node,
     open_store,
 )
+from dask_emk.models import export
 from dask_emk.pipeline.config import PipelineError
 
 GROUPS = ("anneal", "anneal_path", "truth")
@@ -30,8 +31,10 @@ GROUPS = ("anneal", "anneal_path", "truth")
 SHOWN = {"weights": ("cluster_weights",), "means": ("centers", "cluster_centers"), "sizes": ()}
 
 
-#: The per-sample outputs a results store may hold.
-PER_SAMPLE = ("labels", "responsibilities", "log_density")
+#: The per-sample outputs a results store may hold (dask_emk.models.export.OUTPUTS), and
+#: the names stores of earlier versions gave them.
+PER_SAMPLE = {"label": ("labels",), "responsibility": ("responsibilities",),
+              "log_density": (), "imputed": ()}  # fmt: skip
 
 
 def describe(results: str | os.PathLike) -> dict:
@@ -59,22 +62,20 @@ def describe(results: str | os.PathLike) -> dict:
             standardized = bool(config.get("preprocess", {}).get("standardize"))
             info["objective"] = {
                 "name": name[8:], "first": float(values[0]), "last": float(values[-1]),
-                "units": OBJECTIVE_UNITS.get(name[8:], "")
-                + (", fitted on standardised data" if standardized and name[8:] != "lower_bound"
-                   else ""),
+                "units": export.objective_units(name[8:], standardized),
             }  # fmt: skip
     info.update(parameters(ds))
     # Per-sample outputs lie along `sample`, or on the grid of xarray input.
-    info["per_sample"] = {v: dict(ds[v].sizes) for v in PER_SAMPLE if v in ds.data_vars}
+    info["per_sample"] = {}
+    for name, old_names in PER_SAMPLE.items():
+        stored = next((n for n in (name, *old_names) if n in ds.data_vars), None)
+        if stored is not None:
+            info["per_sample"][name] = dict(ds[stored].sizes)
+            if stored != name:
+                info["earlier_names"].append(f"{stored} ({name})")
     info["groups"] = [g for g in GROUPS if location_exists(f"{results}/{g}/zarr.json")]
     info["model_config"] = config.get("model", {})
     return info
-
-
-#: The units each objective is stored in (the lower bound of a standardised fit is
-#: stored in the data's units too: dask_emk.pipeline.results.model_dataset).
-OBJECTIVE_UNITS = {"lower_bound": "mean log density per row, data units",
-                   "inertia": "sum of squared distances", "objective": "DP-means cost"}  # fmt: skip
 
 
 def summary(results: str | os.PathLike) -> list[str]:

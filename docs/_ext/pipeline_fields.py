@@ -32,6 +32,7 @@ PLAIN = [
     ("preprocess", config.PREPROCESS_FIELDS),
     ("scheduler", config.SCHEDULER_FIELDS),
     ("output", config.OUTPUT_FIELDS),
+    ("[predict]", config.PREDICT_FIELDS),  # an array of tables: [[predict]]
 ]
 
 

@@ -173,6 +173,9 @@ class ObjectStore:
         fs, key = filesystem(path)
         with remote_errors(path):
             fs.pipe_file(f"{key}/{ROOT_METADATA}", store.held_root())
+        # zarr's reads go through another (async) file system, whose listings made while
+        # the root was held (consolidating lists the store) would hide the root now put.
+        open_store(path).fs.invalidate_cache()
         _delete_objects(partial_path(path))
 
 
