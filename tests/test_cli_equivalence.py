@@ -238,7 +238,7 @@ def test_gridded_store_with_gaps_three_ways_read_back(store, tmp_path):
     api = api_fit(store, case)
     assert_same_model(cli, api)
     assert_same_model(dask_emk.load(placed), api)
-    labels = open_results(placed)["labels"]  # its fill value -1 read as NaN
+    labels = open_results(placed)["label"]  # its fill value -1 read as NaN
     assert labels.dims == ("time", "lat", "lon")
     expected = api.predict(xr.open_zarr(store, consolidated=False)[["t", "q"]]).values
     assert (expected == -1).any() and set(np.unique(expected)) == {-1, 0, 1}
