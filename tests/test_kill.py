@@ -142,9 +142,13 @@ def kill_and_rerun(folder: Path, aims: list, reference: dict, window: float, see
             returncode, err, _ = signalled_run(toml, resume, delay, sig, AIMS[aim](folder))
             resume = ("--resume",)
             # Finished before the signal, or SIGINT/SIGTERM hit the interpreter's
-            # shutdown (Python restores the default action there: killed, silently).
+            # shutdown (Python restores the default action there: killed, silently;
+            # under -q the only line such a run wrote is that it took over the lock a
+            # killed run left, before the handler was removed at the command's end).
             handled = sig != signal.SIGKILL
-            if not (returncode == 0 or (handled and returncode == -sig and not err)):
+            at_shutdown = handled and returncode == -sig and all(
+                "took over" in line for line in err.splitlines())
+            if not (returncode == 0 or at_shutdown):
                 break
             check_complete(results, reference)
             resume = ()  # fit afresh, so that the aimed-at phase comes again
