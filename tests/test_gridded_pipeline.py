@@ -193,6 +193,7 @@ def test_gaps_without_nan_policy_stop_in_the_first_pass(tmp_path, grid_store):
     result = run(tmp_path, {"store": str(grid_store)}, {"plots": False})
     assert result.exit_code == 1
     assert "Error: Input contains NaN" in result.output and "nan_policy='omit'" in result.output
+    assert "`--nan-policy` on the command line" in result.output
     assert not (tmp_path / "r.zarr").exists()
 
 

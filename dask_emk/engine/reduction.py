@@ -602,5 +602,6 @@ def nonfinite_error(name: str, where: str, allow_nan: bool, example: str) -> Val
     return ValueError(
         f"{name} contains NaN or infinity{where}; pass nan_policy='omit' to leave out "
         "the rows holding NaN or nan_policy='marginalize' to use the features each row "
-        f"has, or remove or impute them, e.g. {example}."
+        "has (`--nan-policy` on the command line, nan_policy in a pipeline), "
+        f"or remove or impute them, e.g. {example}."
     )
