@@ -82,13 +82,17 @@ def _assign_rows(  # pragma: no cover - compiled
         for k in range(K):
             close += np.int64(m_norms[k] + np.float64(G[i, k]) <= threshold) * (k != label)
         if overflow or close:
-            label, squared = _recheck(Y[i], means, m_norms, G[i], label, threshold)
-        else:
-            squared = _distance(Y[i], means[label])
+            label = _recheck(Y[i], means, m_norms, G[i], label, threshold)
         wi = w[start + i] if w.shape[0] else 1.0
+        dot = 0.0
         for j in range(d):
             S[label, j] += wi * Y[i, j]
+            dot += Y[i, j] * means[label, j]
         N[label] += wi
+        # ‖y‖² − 2 y·m + ‖m‖² from float64 values only (as precise as a float64
+        # GEMM): the same bits for either dtype, ~d flops where ‖y − m‖² in a
+        # fixed order cost ~5x more (measured in the commit).
+        squared = max(yy - 2.0 * dot + m_norms[label], 0.0)
         for j in range(ysum.shape[0]):
             ysum[j] += Y[i, j]
             ysq[j] += Y[i, j] * Y[i, j]
@@ -145,8 +149,6 @@ def _recheck(y, means, m_norms, g, label, threshold):  # pragma: no cover - comp
     """Nearest centre by :func:`_distance` among ``label`` and the centres whose
     screened value m_norms[k] + g[k] is not above ``threshold`` (all of them
     when it is inf or a value is NaN); ties go to the lowest k.
-
-    Returns (label, ‖y − m_label‖²).
     """
     best_label = -1
     best = np.inf
@@ -155,7 +157,7 @@ def _recheck(y, means, m_norms, g, label, threshold):  # pragma: no cover - comp
             acc = _distance(y, means[k])
             if best_label < 0 or acc < best:
                 best, best_label = acc, k
-    return best_label, best
+    return best_label
 
 
 @compiled(fastmath=SAFE_FAST_MATH)
