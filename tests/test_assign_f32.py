@@ -18,10 +18,10 @@ def numpy_nearest(X, centers, origin):
 
 def assert_dtype_invariant(X32, centers, origin, weight=None):
     """float32 rows and their float64 copy: one result, numpy's argmin."""
-    _, lab32, dist32, st32 = assign.lloyd_assign(X32, weight, centers, origin, moments=True, n_far=7)
-    _, lab64, dist64, st64 = assign.lloyd_assign(
-        X32.astype(np.float64), weight, centers, origin, moments=True, n_far=7
-    )
+    kw = {"moments": True, "n_far": 7}
+    _, lab32, dist32, st32 = assign.lloyd_assign(X32, weight, centers, origin, **kw)
+    X64 = X32.astype(np.float64)
+    _, lab64, dist64, st64 = assign.lloyd_assign(X64, weight, centers, origin, **kw)
     np.testing.assert_array_equal(lab32, lab64)
     np.testing.assert_array_equal(dist32, dist64)
     for name in ("N", "S", "inertia", "ysum", "ysq", "far_dist", "far_label", "far_row"):

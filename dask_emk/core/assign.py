@@ -116,7 +116,8 @@ def lloyd_assign(
     rechecked with exact float64 distances (:func:`screen_margin`). So every
     label is the nearest centre by the float64 ‖y − m‖² (numpy's sum, first
     on ties) and float32 storage of values gives the float64 fit, bit for
-    bit; everything is summed in float64.
+    bit; distances are ‖y‖² − 2 y·m + ‖m‖² in float64, everything is summed in
+    float64.
 
     Parameters
     ----------

@@ -125,19 +125,17 @@ def _keep_far(far_dist, far_label, far_row, squared, label, row):  # pragma: no 
 @compiled(fastmath=False)  # explicit: a callee inherits its caller's flags otherwise
 def _distance(y, m):  # pragma: no cover - compiled
     """‖y − m‖² in float64, in one fixed order (no fast-math: the same bits on
-    every call, whatever the caller's flags): the exact distance of a row's
-    label, which decides near ties. Eight partial sums, so it pipelines; the
-    order is numpy's pairwise sum of a row of d ≤ 128 squares, so the result
-    is ``((y - m) ** 2).sum()`` to the bit."""
+    every call, whatever the caller's flags): the distance that decides a
+    row's near ties. Eight partial sums in the order of numpy's pairwise sum
+    of d ≤ 128 squares: ``((y - m) ** 2).sum()`` to the bit."""
     d = y.shape[0]
-    a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = 0.0
     full = d - d % 8
-    for j in range(0, full, 8):
-        e0, e1, e2, e3 = y[j] - m[j], y[j + 1] - m[j + 1], y[j + 2] - m[j + 2], y[j + 3] - m[j + 3]
-        e4, e5, e6, e7 = y[j + 4] - m[j + 4], y[j + 5] - m[j + 5], y[j + 6] - m[j + 6], y[j + 7] - m[j + 7]
-        a0, a1, a2, a3 = a0 + e0 * e0, a1 + e1 * e1, a2 + e2 * e2, a3 + e3 * e3
-        a4, a5, a6, a7 = a4 + e4 * e4, a5 + e5 * e5, a6 + e6 * e6, a7 + e7 * e7
-    total = ((a0 + a1) + (a2 + a3)) + ((a4 + a5) + (a6 + a7))
+    lanes = np.zeros(8)
+    for j in range(full):
+        e = y[j] - m[j]
+        lanes[j % 8] += e * e
+    total = ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3])) + (
+        (lanes[4] + lanes[5]) + (lanes[6] + lanes[7]))
     for j in range(full, d):
         e = y[j] - m[j]
         total += e * e
@@ -170,7 +168,8 @@ def lloyd_rows(X, origin, means, margin, w, rows, N, S, moments, far, buffers): 
     another by ``margin`` is rechecked with exact float64 distances; so the
     label is always the nearest centre by :func:`_distance` (first on ties),
     whatever the dtype (bound: docs/NUMERICS.md, "The k-means screen").
-    Everything accumulates in float64. Outputs a caller does not need are
+    Distances are ‖y‖² − 2 y·m + ‖m‖² from float64 values; everything
+    accumulates in float64. Outputs a caller does not need are
     passed empty and skipped.
 
     Parameters
