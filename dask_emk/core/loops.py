@@ -90,8 +90,8 @@ def _assign_rows(  # pragma: no cover - compiled
             dot += Y[i, j] * means[label, j]
         N[label] += wi
         # ‖y‖² − 2 y·m + ‖m‖² from float64 values only (as precise as a float64
-        # GEMM): the same bits for either dtype, ~d flops where ‖y − m‖² in a
-        # fixed order cost ~5x more (measured in the commit).
+        # GEMM): the same bits for either dtype; ‖y − m‖² in a fixed order for
+        # every row made the kernel slower than main's (benchmarks/RESULTS.md).
         squared = max(yy - 2.0 * dot + m_norms[label], 0.0)
         for j in range(ysum.shape[0]):
             ysum[j] += Y[i, j]
