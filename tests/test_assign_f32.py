@@ -6,7 +6,7 @@ values stored as float64, and the labels numpy's float64 argmin."""
 import numpy as np
 import pytest
 
-from dask_emk.core import assign
+from dask_emk.core import assign, loops
 
 
 def numpy_nearest(X, centers, origin):
@@ -109,3 +109,15 @@ def test_float32_screen_overflow_is_rechecked():
     centers = rng.uniform(-1, 1, (4, 3)) * 2e19
     X = (centers[rng.integers(0, 4, 500)] * (1 + 1e-3 * rng.standard_normal((500, 3))))
     assert_dtype_invariant(X.astype(np.float32), centers, np.zeros(3))
+
+
+def test_exact_distance_is_numpys_sum_after_the_lloyd_loop_compiled_it():
+    # The recheck's distance is compiled as a callee of fast-math loops; it
+    # must keep its own fixed order (numba lets a callee inherit the caller's
+    # flags unless set), or two workers could break a near tie differently.
+    rng = np.random.default_rng(2)
+    assert_dtype_invariant(*near_ties(rng, 9, 200, 0.0, gap=2e-7), np.zeros(9))
+    for d in (3, 9, 33):
+        Y, m = rng.standard_normal((300, d)), rng.standard_normal(d)
+        got = np.array([loops._distance(y, m) for y in Y])
+        np.testing.assert_array_equal(got, ((Y - m) ** 2).sum(axis=1))
