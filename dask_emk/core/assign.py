@@ -75,6 +75,30 @@ def assign_stats(
     return out
 
 
+def screen_margin(means: np.ndarray, dtype: type[np.floating] | np.dtype) -> tuple[float, float, float, float]:
+    """Coefficients of the margin by which a row's best screened centre must
+    lead every other one for its label to be proven (:func:`loops.lloyd_rows`).
+
+    The margin of a row y is a ‖y‖ + b (‖y‖ + R)² + t (1 + ‖y‖ + R): twice
+    the screen's error plus twice the exact distance's, with room for the
+    threshold's own rounding. Derivation: docs/NUMERICS.md, "The k-means screen".
+
+    Parameters
+    ----------
+    means : ndarray of shape (K, d), float64
+        Centres minus ``origin``.
+    dtype : the GEMM's dtype (float32 or float64)
+
+    Returns
+    -------
+    (a, b, t, R) : floats, R ≥ max_k ‖m_k‖
+    """
+    d = means.shape[1]
+    u_screen, u = np.finfo(dtype).eps / 2, np.finfo(np.float64).eps / 2
+    R = float(np.sqrt(np.max(np.einsum("kj,kj->k", means, means), initial=0.0))) * (1 + 2**-40)
+    return (8 * (d + 3) * u_screen * R, (6 * d + 26) * u, 16 * d * float(np.finfo(dtype).tiny), R)
+
+
 def lloyd_assign(
     X: np.ndarray,
     weight: np.ndarray | None,
@@ -86,12 +110,14 @@ def lloyd_assign(
 ):
     """Nearest centre of every row and the per-cluster sums (compiled loop).
 
-    Rows are taken in float64 (float32 ones converted exactly), shifted by
-    ``origin`` and assigned by a float64 distance GEMM, so float32 storage of
-    values gives the float64 fit (scikit-learn's float32 GEMM gave other
-    labels near ties and sums off by ~1e-7; the kernel costs 1.3-2.8x a
-    float32 one, d = 3-32, benchmarks in the commit); everything is summed
-    in float64.
+    Rows are shifted by ``origin`` in float64 and screened by a distance GEMM
+    in their own dtype (float32 rows: a float32 GEMM, half the bytes and
+    flops of float64); a row whose nearest centre the screen cannot prove is
+    rechecked with exact float64 distances (:func:`screen_margin`). So every
+    label is the nearest centre by the float64 ‖y − m‖² (numpy's sum, first
+    on ties) and float32 storage of values gives the float64 fit, bit for
+    bit; distances are ‖y‖² − 2 y·m + ‖m‖² in float64, everything is summed in
+    float64.
 
     Parameters
     ----------
@@ -104,7 +130,7 @@ def lloyd_assign(
 
     Returns
     -------
-    X : ndarray of shape (n, d), the block as float64, C-ordered
+    X : ndarray of shape (n, d), the block, C-ordered, float32 or float64
     labels : ndarray of shape (n,), intp, or None without ``rows``
     min_dist : ndarray of shape (n,), ‖x − c‖² (NaN on non-finite rows), or None
     stats : dict with ``N`` (K,), ``S`` (K, d) about ``origin``, ``inertia``
@@ -116,9 +142,10 @@ def lloyd_assign(
         ``far_dist = -inf`` and ``far_label = far_row = -1``
     """
     n, K, d = X.shape[0], centers.shape[0], X.shape[1]
-    X = np.ascontiguousarray(X, dtype=np.float64)
-    center_x = origin.astype(X.dtype)
-    shift = center_x.astype(np.float64)
+    dtype = np.float32 if X.dtype == np.float32 else np.float64
+    X = np.ascontiguousarray(X, dtype=dtype)
+    origin = np.asarray(origin, dtype=np.float64)
+    means = np.ascontiguousarray(centers - origin, dtype=np.float64)
     w = np.empty(0) if weight is None else np.ascontiguousarray(weight, dtype=np.float64)
     per_row = n if rows else 0
     labels, min_dist = np.empty(per_row, dtype=np.intp), np.empty(per_row)
@@ -129,16 +156,17 @@ def lloyd_assign(
         np.full(n_far, -1, dtype=np.intp),
         np.full(n_far, -1, dtype=np.intp),
     )
-    sub_rows = max(64, blocks.SUB_BLOCK_BYTES // (8 * max(d, K)))
+    sub_rows = min(max(64, blocks.SUB_BLOCK_BYTES // (8 * max(d, K))), max(n, 1))
+    Y = np.empty((sub_rows, d))
+    buffers = (Y, Y if dtype == np.float64 else np.empty((sub_rows, d), dtype),
+               np.empty((sub_rows, K), dtype))  # fmt: skip
     inertia, nonfinite = loops.lloyd_rows(
-        X, center_x, centers - shift, w, (labels, min_dist), N, S, (ysum, ysq), far, sub_rows
-    )
-    delta = shift - origin  # re-centre the sums from the dtype-rounded reference
-    S += N[:, None] * delta
+        X, origin, means, screen_margin(means, dtype), w, (labels, min_dist), N, S,
+        (ysum, ysq), far, buffers,
+    )  # fmt: skip
     stats = {"N": N, "S": S, "inertia": inertia, "nonfinite": nonfinite}
     if moments:
-        count = n - nonfinite
-        stats.update(ysum=ysum + count * delta, ysq=ysq + 2 * delta * ysum + count * delta**2)
+        stats.update(ysum=ysum, ysq=ysq)
     stats.update(far_dist=far[0][::-1], far_label=far[1][::-1], far_row=far[2][::-1])
     return (X, labels, min_dist, stats) if rows else (X, None, None, stats)
 
