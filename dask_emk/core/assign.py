@@ -75,7 +75,9 @@ def assign_stats(
     return out
 
 
-def screen_margin(means: np.ndarray, dtype: type[np.floating] | np.dtype) -> tuple[float, float, float, float]:
+def screen_margin(
+    means: np.ndarray, dtype: type[np.floating] | np.dtype
+) -> tuple[float, float, float, float]:
     """Coefficients of the margin by which a row's best screened centre must
     lead every other one for its label to be proven (:func:`loops.lloyd_rows`).
 
