@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import uuid
 from pathlib import Path
 
 import fsspec
@@ -348,18 +349,20 @@ def test_storage_options_reach_an_object_store(store, tmp_path):
         for key, value in env.items():
             patch.setenv(key, value)
         table = {"endpoint_url": env["AWS_ENDPOINT_URL"]}
-        fsspec.filesystem("s3").mkdir("grid")
+        # moto's servers in one process share their buckets: a name of this test's own
+        bucket = f"grid-{uuid.uuid4().hex[:8]}"
+        fsspec.filesystem("s3").mkdir(bucket)
         xr.open_zarr(store, consolidated=False).to_zarr(
-            "s3://grid/grid.zarr", zarr_format=3, consolidated=False, storage_options=table
+            f"s3://{bucket}/grid.zarr", zarr_format=3, consolidated=False, storage_options=table
         )
         patch.delenv("AWS_ENDPOINT_URL")
-        out = "s3://grid/results.zarr"
+        out = f"s3://{bucket}/results.zarr"
         args = [*case[0].split(), "--k", 2, "--storage-options", json.dumps(table)]
-        result = invoke("fit", "s3://grid/grid.zarr", *args, "--out", out, "--scheduler",
+        result = invoke("fit", f"s3://{bucket}/grid.zarr", *args, "--out", out, "--scheduler",
                         "sync", "--no-plots", "-q")  # fmt: skip
         assert result.exit_code == 0, result.output
         assert "AWS_ENDPOINT_URL" not in os.environ
-        with storage_options({"s3://grid": table}):
+        with storage_options({f"s3://{bucket}": table}):
             model = dask_emk.load(out)
     assert_same_model(model, api_fit(store, case))
 

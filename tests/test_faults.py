@@ -181,7 +181,7 @@ def test_kill_during_export_leaves_previous_results_or_none(tmp_path):
     # 2. --resume continues from the checkpoint (the fit is done) and exports.
     run_cli("run", three, "-q", "--resume")
     first = snapshot(results)
-    assert first["attrs"]["n_iter"] == 3 and first["responsibilities"].shape == (400_000, 4)
+    assert first["attrs"]["n_iter"] == 3 and first["responsibility"].shape == (400_000, 4)
     assert not partial_path(results).exists()
 
     # 3. A different run over the same results, killed in export: the previous
