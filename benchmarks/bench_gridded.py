@@ -106,7 +106,10 @@ def write_stores(
     codecs = CODECS[codec]
     encoding = {v: codecs for v in VARIABLES}
     ds.to_zarr(gridded, zarr_format=3, consolidated=False, encoding=encoding)
-    rows = as_input(ds, nan_policy="omit").array.compute()
+    # The rows as a fit of the store reads them: a store lists its variables in
+    # its own order (here not the order written), and that order is the features'.
+    stored = xr.open_zarr(gridded, consolidated=False)
+    rows = as_input(stored, nan_policy="omit").array.compute()
     rows = rows[~np.isnan(rows).any(axis=1)]
     n_chunks = np.prod([len(c) for c in ds.chunks.values()])
     per_chunk = -(-rows.shape[0] // n_chunks)  # about the valid points of a grid chunk
