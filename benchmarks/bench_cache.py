@@ -43,7 +43,8 @@ on cached rows).
   ``auto``: <= 1.1).
 
 ``--iters N`` starts every fit from the same given centres (K rows of the
-data) and runs N iterations at tol 0, so that fits whose rows carry other
+data; a GaussianMixture also from equal weights and identity precisions) and
+runs N iterations at tol 0, so that fits whose rows carry other
 indices (a grid's rows count its masked points: k-means|| draws other
 candidates) still do the same passes.
 
@@ -93,6 +94,8 @@ def make_store(path: Path, n: int, chunk_rows: int) -> Path:
 
 def model(kind: str, cache, n_init: int = 1, init=None, iters: int = 0, nan_policy="raise"):
     """The fit; with ``init`` (K x d centres): from them, ``iters`` iterations at tol 0."""
+    import numpy as np
+
     from dask_emk import GaussianMixture, KMeans
 
     given = {} if init is None else {"max_iter": iters, "tol": 0.0}
@@ -101,8 +104,10 @@ def model(kind: str, cache, n_init: int = 1, init=None, iters: int = 0, nan_poli
             given["init"] = init
         return KMeans(K, random_state=0, cache=cache, n_init=n_init, nan_policy=nan_policy,
                       **given)  # fmt: skip
-    if init is not None:
-        given["means_init"] = init
+    if init is not None:  # all three given: no k-means start, whose draws depend on row indices
+        K_, d = init.shape
+        given.update(means_init=init, weights_init=np.full(K_, 1 / K_),
+                     precisions_init=np.broadcast_to(np.eye(d), (K_, d, d)))  # fmt: skip
     given = {"tol": 1e-3, **given}
     return GaussianMixture(K, covariance_type="full", random_state=0, cache=cache,
                            n_init=n_init, nan_policy=nan_policy, **given)  # fmt: skip
@@ -118,13 +123,12 @@ def open_source(source: str, folder: Path, n: int, chunk_rows: int, grid: tuple)
     import zarr
 
     if source == "gridded":
-        import xarray as xr
-        from bench_gridded import make_cube, write_stores
+        from bench_gridded import make_cube, open_gridded, write_stores
 
         cube = make_cube(grid, 0.30)
         gridded, dense, X = write_stores(cube, (grid[0] // 6, grid[1], grid[2]), folder, "zstd")
-        opened = lambda: xr.open_zarr(gridded, consolidated=False)  # noqa: E731
-        inputs = {"dense": (lambda: dense, "raise"), "gridded": (opened, "omit")}
+        inputs = {"dense": (lambda: dense, "raise"),
+                  "gridded": (lambda: open_gridded(gridded), "omit")}  # fmt: skip
         return inputs, X, Path(dense), lambda: None
     store = make_store(folder / f"X-{n}-{chunk_rows}.zarr", n, chunk_rows)
     X = zarr.open_array(str(store), mode="r")[:]
