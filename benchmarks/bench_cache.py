@@ -28,7 +28,29 @@ read)`` and ``False / auto``, the load average, and the command line.
 ``n_init`` and prints ``n_init=10 / n_init=1`` per fit (issue 28: target <= 3
 on cached rows).
 
+``--source`` picks the data and the stores the fits read:
+
+- ``local`` (default): the store above, in a local folder;
+- ``s3``: the same store also written to a bucket of moto's S3 server (a
+  process on 127.0.0.1, started here): the store fits (False, auto) run on
+  both, interleaved, and ``s3 / local`` is printed per fit (target for
+  ``auto``: <= 1.2);
+- ``gridded``: a (time, lat, lon) Dataset store of 4 float32 variables with
+  30% of its points masked (``bench_gridded.make_cube``: land and gaps),
+  fitted with ``nan_policy='omit'``, and its valid rows stored dense (the
+  reference store of ``numpy``, ``read`` and ``persisted``): the store
+  fits run on both, and ``gridded / dense`` is printed (target for
+  ``auto``: <= 1.1).
+
+``--iters N`` starts every fit from the same given centres (K rows of the
+data; a GaussianMixture also from equal weights and identity precisions) and
+runs N iterations at tol 0, so that fits whose rows carry other
+indices (a grid's rows count its masked points: k-means|| draws other
+candidates) still do the same passes.
+
     python benchmarks/bench_cache.py --dir /tmp/bench-cache
+    python benchmarks/bench_cache.py --dir /tmp/bench-cache --source s3 --fits False,auto
+    python benchmarks/bench_cache.py --dir /tmp/bench-cache --source gridded --iters 20
 
 Heavy imports live inside the functions: the workers are spawned processes
 that re-import this module.
@@ -37,10 +59,12 @@ that re-import this module.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import shlex
 import sys
 import time
+import warnings
 from pathlib import Path
 
 K, D = 16, 8
@@ -68,14 +92,60 @@ def make_store(path: Path, n: int, chunk_rows: int) -> Path:
     return path
 
 
-def model(kind: str, cache, n_init: int = 1):
+def model(kind: str, cache, n_init: int = 1, init=None, iters: int = 0, nan_policy="raise"):
+    """The fit; with ``init`` (K x d centres): from them, ``iters`` iterations at tol 0."""
+    import numpy as np
+
     from dask_emk import GaussianMixture, KMeans
 
+    given = {} if init is None else {"max_iter": iters, "tol": 0.0}
     if kind == "kmeans":
-        return KMeans(K, random_state=0, cache=cache, n_init=n_init)
-    return GaussianMixture(
-        K, covariance_type="full", random_state=0, tol=1e-3, cache=cache, n_init=n_init
-    )
+        if init is not None:
+            given["init"] = init
+        return KMeans(K, random_state=0, cache=cache, n_init=n_init, nan_policy=nan_policy,
+                      **given)  # fmt: skip
+    if init is not None:  # all three given: no k-means start, whose draws depend on row indices
+        K_, d = init.shape
+        given.update(means_init=init, weights_init=np.full(K_, 1 / K_),
+                     precisions_init=np.broadcast_to(np.eye(d), (K_, d, d)))  # fmt: skip
+    given = {"tol": 1e-3, **given}
+    return GaussianMixture(K, covariance_type="full", random_state=0, cache=cache,
+                           n_init=n_init, nan_policy=nan_policy, **given)  # fmt: skip
+
+
+def open_source(source: str, folder: Path, n: int, chunk_rows: int, grid: tuple) -> tuple:
+    """The stores the fits read: (inputs, X, store, stop).
+
+    ``inputs``: {name: (opener of the fit input, nan_policy)}, the reference
+    first; ``X``: the reference's rows in memory; ``store``: the reference
+    store's path (what ``read`` reads); ``stop``: call it at the end.
+    """
+    import zarr
+
+    if source == "gridded":
+        from bench_gridded import make_cube, open_gridded, write_stores
+
+        cube = make_cube(grid, 0.30)
+        gridded, dense, X = write_stores(cube, (grid[0] // 6, grid[1], grid[2]), folder, "zstd")
+        inputs = {"dense": (lambda: dense, "raise"),
+                  "gridded": (lambda: open_gridded(gridded), "omit")}  # fmt: skip
+        return inputs, X, Path(dense), lambda: None
+    store = make_store(folder / f"X-{n}-{chunk_rows}.zarr", n, chunk_rows)
+    X = zarr.open_array(str(store), mode="r")[:]
+    inputs = {"local": (lambda: str(store), "raise")}
+    if source == "local":
+        return inputs, X, store, lambda: None
+    import fsspec
+    from bench_object_storage import start_server  # sets AWS_*: before the cluster starts
+
+    server, _ = start_server()
+    url = f"s3://bench/{store.name}"
+    fsspec.filesystem("s3").mkdir("bench")
+    z = zarr.create_array(store=zarr.storage.FsspecStore.from_url(url), shape=X.shape,
+                          chunks=(chunk_rows, X.shape[1]), dtype=X.dtype)  # fmt: skip
+    z[:] = X
+    inputs["s3"] = (lambda: url, "raise")
+    return inputs, X, store, lambda: (server.terminate(), server.wait())
 
 
 def _process_cpu() -> float:
@@ -108,6 +178,11 @@ def main(argv=None) -> None:
     parser.add_argument("--scheduler", choices=("cluster", "threads"), default="cluster")
     parser.add_argument("--fits", default="False,auto,numpy,read,persisted")
     parser.add_argument("--n-init", default="1", help="comma-separated, e.g. 1,10")
+    parser.add_argument("--source", choices=("local", "s3", "gridded"), default="local")
+    parser.add_argument("--grid", type=int, nargs=3, default=(48, 180, 360),
+                        metavar=("T", "Y", "X"), help="gridded: its shape")  # fmt: skip
+    parser.add_argument("--iters", type=int, default=0,
+                        help="from given centres, this many iterations at tol 0")  # fmt: skip
     args = parser.parse_args(argv)
     n_inits = [int(v) for v in args.n_init.split(",")]
 
@@ -116,18 +191,33 @@ def main(argv=None) -> None:
     import numpy as np
     import zarr
     from distributed import Client, LocalCluster
+    from sklearn.exceptions import ConvergenceWarning
 
     from dask_emk.engine.reduction import compute_one
 
     args.dir.mkdir(parents=True, exist_ok=True)
-    store = make_store(args.dir / f"X-{args.n}-{args.chunk_rows}.zarr", args.n, args.chunk_rows)
-    X = zarr.open_array(str(store), mode="r")[:]
-    print(f"store {store}: {args.n} x {D} float32, {args.chunk_rows}-row chunks, "
+    sys.path.insert(0, str(Path(__file__).parent))  # bench_gridded, bench_object_storage
+    inputs, X, store, stop = open_source(args.source, args.dir, args.n, args.chunk_rows,
+                                         tuple(args.grid))  # fmt: skip
+    first = next(iter(inputs))
+    print(f"store {store}: {X.shape[0]} x {X.shape[1]} float32, "
+          f"{zarr.open_array(str(store), mode='r').chunks[0]}-row chunks, "
           f"{X.nbytes / 2**20:.0f} MiB; model {args.model}")  # fmt: skip
+    if len(inputs) > 1:
+        print(f"store fits also on: {', '.join(list(inputs)[1:])} ({args.source})")
+    init = None
+    if args.iters:  # tol 0 stops at max_iter by design: not a warning
+        warnings.filterwarnings("ignore", category=ConvergenceWarning)
+        init = X[np.random.default_rng(1).choice(X.shape[0], K, replace=False)].astype(np.float64)
+        print(f"every fit from the same {K} centres, {args.iters} iterations at tol 0")
     names = [name for name in args.fits.split(",")
              if name != "persisted" or args.scheduler == "cluster"]  # fmt: skip
+    # Each store fit on the other stores right after the reference's: A/B interleaved.
+    names = [f"{name}@{src}" if src != first else name for name in names
+             for src in (inputs if name in ("False", "auto") else [first])]  # fmt: skip
     runs = [(name, n_init) for name in names
-            for n_init in (n_inits if name in ("False", "auto", "persisted") else [1])]  # fmt: skip
+            for n_init in (n_inits if name.split("@")[0] in ("False", "auto", "persisted")
+                           else [1])]  # fmt: skip
     times: dict[tuple, list[float]] = {run: [] for run in runs}
     cpus: dict[tuple, list[float]] = {run: [] for run in runs}
     fitted = {}
@@ -136,38 +226,45 @@ def main(argv=None) -> None:
         Client(cluster) as client,
         dask.config.set(scheduler="threads" if args.scheduler == "threads" else client),
     ):
-        persisted = client.persist(da.from_array(X, chunks=(args.chunk_rows, D)))
+        persisted = client.persist(da.from_array(X, chunks=(args.chunk_rows, X.shape[1])))
         # Warm-up: numba compiles in every process, the page cache holds the store.
-        model(args.model, "auto").set_params(max_iter=2).fit(str(store))
+        for opened, policy in inputs.values():
+            model(args.model, "auto", nan_policy=policy).set_params(max_iter=2).fit(opened())
         model(args.model, False).set_params(max_iter=2).fit(X[:100_000])
+        fit = functools.partial(model, args.model, init=init, iters=args.iters)
         for r in range(args.repeat):
             for name, n_init in runs:
                 if name == "numpy":  # in memory: local threads, no Dask
-                    t, c, out = timed(lambda: model(args.model, False).fit(X), client)
+                    t, c, out = timed(lambda: fit(False).fit(X), client)
                 elif name == "read":
                     t, c, out = timed(
                         lambda: compute_one(da.from_zarr(str(store)).sum(axis=0)), client
                     )
                 elif name == "persisted":
-                    t, c, out = timed(
-                        lambda i=n_init: model(args.model, False, i).fit(persisted), client
-                    )
+                    t, c, out = timed(lambda i=n_init: fit(False, i).fit(persisted), client)
                 else:
-                    cache = name if name == "auto" else False
+                    cache, _, src = name.partition("@")
+                    opened, policy = inputs[src or first]
+                    cache = cache if cache == "auto" else False
                     t, c, out = timed(
-                        lambda c=cache, i=n_init: model(args.model, c, i).fit(str(store)), client
+                        lambda c=cache, i=n_init, o=opened, p=policy: fit(c, i, nan_policy=p).fit(
+                            o()
+                        ),
+                        client,
                     )
                 times[name, n_init].append(t)
                 cpus[name, n_init].append(c)
                 fitted[name, n_init] = out
                 print(f"  round {r}: {name:9s} n_init={n_init:<3d} {t:7.2f} s, "
                       f"CPU {c:7.2f} s  ({load()})", flush=True)  # fmt: skip
+    stop()
+    print_sources(inputs, times, cpus, fitted, n_inits[0], args.model)
     for name, n_init in runs:
         if n_init != n_inits[0]:
-            first = (name, n_inits[0])
+            one = (name, n_inits[0])
             print(f"{name}: n_init={n_init} / n_init={n_inits[0]}: wall "
-                  f"{min(times[name, n_init]) / min(times[first]):.2f}x, CPU "
-                  f"{min(cpus[name, n_init]) / min(cpus[first]):.2f}x")  # fmt: skip
+                  f"{min(times[name, n_init]) / min(times[one]):.2f}x, CPU "
+                  f"{min(cpus[name, n_init]) / min(cpus[one]):.2f}x")  # fmt: skip
     best = {name: min(ts) for (name, n_init), ts in times.items() if n_init == n_inits[0]}
     fitted = {name: out for (name, n_init), out in fitted.items() if n_init == n_inits[0]}
     attr = "cluster_centers_" if args.model == "kmeans" else "means_"
@@ -192,6 +289,28 @@ def main(argv=None) -> None:
     cells = [f"{t:.2f} s" for _, t in rows] + [f"{x:.2f}x" for _, x in ratios]
     print("| " + " | ".join(cells) + " |")
     print(f"({load()}) command: python {shlex.join(sys.argv)}")
+
+
+def print_sources(inputs: dict, times: dict, cpus: dict, fitted: dict, n_init: int, kind: str):
+    """Each store fit on each other store against the same fit on the reference store:
+    best and median wall time, CPU, iterations, and the ratios (nothing with one store)."""
+    import statistics
+
+    import numpy as np
+
+    first, *others = inputs
+    attr = "cluster_centers_" if kind == "kmeans" else "means_"
+    for src in others:
+        for cache in ("False", "auto"):
+            a, b = (cache, n_init), (f"{cache}@{src}", n_init)
+            if a not in times or b not in times:
+                continue
+            diff = np.abs(getattr(fitted[a], attr) - getattr(fitted[b], attr)).max()
+            print(f"{src} / {first}, cache={cache}: best {min(times[b]):.2f} / "
+                  f"{min(times[a]):.2f} s = {min(times[b]) / min(times[a]):.2f}x, median "
+                  f"{statistics.median(times[b]) / statistics.median(times[a]):.2f}x, CPU "
+                  f"{min(cpus[b]) / min(cpus[a]):.2f}x; iterations {fitted[b].n_iter_} / "
+                  f"{fitted[a].n_iter_}; {attr} differ by {diff:.2g} at most")  # fmt: skip
 
 
 if __name__ == "__main__":
