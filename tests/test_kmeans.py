@@ -82,8 +82,9 @@ def test_assign_stats_matches_naive(data):
 def test_float32_assignment_is_the_float64_assignment():
     # float32 rows far from the origin (1e4) and two finite rows whose
     # single-precision distance GEMM would overflow. The block is assigned as
-    # float64 would assign it (a float32 screen, rechecked in float64): exactly the result of the same values stored as float64 (so
-    # float32 storage fits as float64 does), every row to its nearest centre
+    # float64 would assign it (a float32 screen, rechecked in float64): exactly
+    # the result of the same values stored as float64 (so float32 storage fits
+    # as float64 does), every row to its nearest centre
     # (unless the float64 gap is a near-tie), the huge rows too, and counts,
     # sums and distances float64-exact for those labels.
     rng = np.random.default_rng(5)
