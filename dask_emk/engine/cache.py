@@ -39,13 +39,10 @@ import numpy as np
 from dask_emk.core.blocks import rows_without_nan
 from dask_emk.engine import reduction
 
-#: Share of the free memory (memory limit minus what the process holds now,
-#: per worker; on the local schedulers the machine's available memory) that
-#: ``cache='auto'`` fills. Half: a distributed worker starts spilling at 60%
-#: of its limit and pauses at 80%, and the kernels need their own
-#: temporaries (a few blocks per thread) next to the kept rows; with half of
-#: what is free kept, a worker holding less than a fifth of its limit before
-#: the fit stays below the spill threshold.
+#: Share of the free memory (per worker, the memory below its spill threshold
+#: minus what the process holds now; on the local schedulers the machine's
+#: available memory) that ``cache='auto'`` fills. Half: the kernels need their
+#: own temporaries (a few blocks per thread) next to the kept rows.
 AUTO_SHARE = 0.5
 
 #: A chunk smaller than this costs more in per-chunk overhead (~1 ms of
@@ -308,8 +305,9 @@ def choose_blocks(sizes, row_bytes: int, cache, free: int, where: str = "there i
 def free_memory(client) -> tuple[int, str]:
     """Bytes free for kept rows, and where, in words.
 
-    On a cluster: the sum over workers of memory limit minus the memory the
-    worker process holds now (a worker started without a limit counts for
+    On a cluster: the sum over workers of the memory below the spill threshold
+    (``distributed.worker.memory.spill`` of the limit) minus what the worker
+    process holds now (a worker started without a limit counts for
     nothing: dask's default limit is its share of the machine); on the local
     schedulers: the machine's available memory.
     """
@@ -318,9 +316,12 @@ def free_memory(client) -> tuple[int, str]:
 
         return int(psutil.virtual_memory().available), "this machine has"
     workers = client.scheduler_info(n_workers=-1)["workers"].values()
-    free = sum(max(0, int(w.get("memory_limit") or 0) - int(w["metrics"]["memory"]))
+    # Up to the spill threshold, not the limit: a worker that already holds half
+    # its limit would otherwise spill the kept rows to disk (bench_cache_budget).
+    spill = dask.config.get("distributed.worker.memory.spill", 0.7) or 1.0
+    free = sum(max(0, int(spill * int(w.get("memory_limit") or 0)) - int(w["metrics"]["memory"]))
                for w in workers)  # fmt: skip
-    return free, f"the {len(workers)} worker(s) have"
+    return free, f"the {len(workers)} worker(s) have, below their spill threshold,"
 
 
 def _kept_row_bytes(X: da.Array, drop_nan_rows: bool) -> int:
