@@ -35,12 +35,11 @@ from dask_emk.pipeline.config import (
     INT,
     STR_LIST,
     TABLE,
-    FitOption,
     PipelineError,
-    fit_options,
     load_pipeline,
     validate,
 )
+from dask_emk.pipeline.fit_options import FitOption, fit_options
 
 SCHEDULER_HELP = (
     "sync, threads, processes, local, local:N (LocalCluster with N workers) or "

@@ -1,7 +1,7 @@
 """Sphinx directives ``pipeline-fields``: the pipeline TOML fields, from the tables
 :mod:`dask_emk.pipeline.config` validates with, so the page cannot drift from the code;
 and ``fit-options``: the ``dask-emk fit`` options made from the same tables
-(:func:`dask_emk.pipeline.config.fit_options`), with the help ``--help`` shows.
+(:func:`dask_emk.pipeline.fit_options.fit_options`), with the help ``--help`` shows.
 
 Model and ``[anneal]`` fields take their kinds, allowed values and defaults
 from the estimators' parameter tables (:mod:`dask_emk.models.params`) and their
@@ -20,7 +20,7 @@ from numpydoc.docscrape import ClassDoc
 from sphinx.util import logging
 from sphinx.util.docutils import SphinxDirective
 
-from dask_emk.pipeline import config
+from dask_emk.pipeline import config, fit_options
 
 logger = logging.getLogger(__name__)
 
@@ -112,7 +112,7 @@ def model_tables() -> list[str]:
 def fit_options_table() -> list[str]:
     """The ``dask-emk fit`` options: the field each sets, what it takes, its help."""
     rows = []
-    for option in config.fit_options():
+    for option in fit_options.fit_options():
         kinds = option.kind if option.models else (option.kind,)
         kind = " | ".join(dict.fromkeys(kind_text(k) for k in kinds))
         if option.models and len(set(kinds)) > 1:
