@@ -43,7 +43,7 @@ import threading
 import time
 from pathlib import Path
 
-K, D = 16, 8
+from bench_cache import D, K, make_store  # the same mixture store as bench_cache's fits
 
 
 class Sampler:
@@ -86,24 +86,6 @@ class Sampler:
     def __exit__(self, *exc):
         self._stop.set()
         self._thread.join()
-
-
-def make_store(path: Path, n: int, chunk_rows: int) -> Path:
-    """n x D float32 rows of a K-component mixture, written chunk by chunk (once, then reused)."""
-    import numpy as np
-    import zarr
-
-    if path.exists():
-        return path
-    rng = np.random.default_rng(0)
-    centres = rng.normal(scale=1.5, size=(K, D))
-    z = zarr.create_array(store=str(path), shape=(n, D), chunks=(chunk_rows, D), dtype="f4")
-    for start in range(0, n, chunk_rows):
-        m = min(chunk_rows, n - start)
-        z[start : start + m] = (centres[rng.integers(K, size=m)] + rng.normal(size=(m, D))).astype(
-            np.float32
-        )
-    return path
 
 
 def iteration_seconds(X, init, iters: int, cache) -> list[float]:
