@@ -164,8 +164,9 @@ def as_input(
     zarr-backed input raise when chunk files are missing
     (:mod:`dask_emk.engine.storage` says how, for each kind of input).
 
-    xarray input: a Dataset's data variables are the features, in the
-    Dataset's order. Of the dims that all of them have, one alone is the
+    xarray input: a Dataset's data variables are the features, in name
+    order whatever the Dataset's order
+    (:func:`~dask_emk.engine.stored.feature_variables`). Of the dims that all of them have, one alone is the
     sample dim; of several, time and horizontal dims (T, X, Y) are sample
     dims and vertical ones (Z) are not, told by :func:`dim_role` from CF
     metadata (``axis``, ``positive``, ``standard_name``, ``units``) or the
