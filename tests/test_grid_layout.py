@@ -25,12 +25,14 @@ from dask_emk.engine.inputs import dim_role
 K = 3
 SHAPE = (12, 3, 19, 8)  # month, level, latitude (±90 included), longitude
 DIMS = ("month", "level", "latitude", "longitude")
-NAMES = ["z", "u", "v"]
+NAMES = ["z", "u", "v"]  # the Dataset's order; its features are in name order
+VARIABLES = sorted(NAMES)
 LEVELS = [300, 500, 850]
 LAT = np.linspace(-90, 90, SHAPE[2], dtype=np.float32)
-ROWS = blobs(n=12 * 19 * 8, d=9, K=K, seed=5)  # (month, lat, lon) × (variable, level)
-CUBE = ROWS.reshape(12, 19, 8, 3, 3).transpose(0, 4, 1, 2, 3)  # (*DIMS, variable)
-FEATURES = [f"{v}[level={p}]" for v in NAMES for p in LEVELS]
+ROWS = blobs(n=12 * 19 * 8, d=9, K=K, seed=5)  # (month, lat, lon) × (variable by name, level)
+ORDER = [VARIABLES.index(v) for v in NAMES]  # the Dataset's variables among the features'
+CUBE = ROWS.reshape(12, 19, 8, 3, 3)[..., ORDER, :].transpose(0, 4, 1, 2, 3)  # (*DIMS, NAMES)
+FEATURES = [f"{v}[level={p}]" for v in VARIABLES for p in LEVELS]
 INIT = ROWS[[0, 500, 1000]]
 
 
@@ -45,8 +47,8 @@ def kmeans(**kw) -> KMeans:
     return KMeans(K, init=INIT, n_init=1, **kw)
 
 
-#: One level only: (month, latitude, longitude) × (z, u, v), whatever the layout rules.
-SINGLE = CUBE[:, 0].reshape(-1, 3)
+#: One level only: (month, latitude, longitude) × (u, v, z), whatever the layout rules.
+SINGLE = ROWS.reshape(-1, 3, 3)[..., 0]
 
 
 def single_level(chunks=None) -> xr.Dataset:
@@ -75,7 +77,7 @@ def test_a_level_dim_gives_features_and_the_layout_is_logged(caplog):
     np.testing.assert_array_equal(model.labels_.values.reshape(-1), ref.labels_)
     assert (
         "KMeans fitted on 1824 samples × 9 features; samples from dims "
-        "(month 12 × latitude 19 × longitude 8); features ['z[level=300]'" in caplog.text
+        "(month 12 × latitude 19 × longitude 8); features ['u[level=300]'" in caplog.text
     )
 
 
@@ -123,7 +125,7 @@ def test_an_unknown_shared_dim_is_refused_naming_sample_dims():
 def test_a_dataarray_with_a_level_dim_is_the_dataset_fit():
     """The same data as one DataArray (var, month, level, lat, lon): the same 9
     features in the same order, alone and after the scaler in a Pipeline."""
-    X = era({"month": 4}).to_dataarray("var")
+    X = era({"month": 4})[VARIABLES].to_dataarray("var")  # a DataArray's features: its order
     model = kmeans(feature_dim="var").fit(X)
     ref = SkKMeans(K, init=INIT, n_init=1).fit(ROWS)
     assert list(model.feature_names_in_) == FEATURES
@@ -209,7 +211,7 @@ def test_predict_names_a_missing_or_extra_variable():
 # -------------------------------------------------------- feature order
 def test_pipeline_features_in_sorted_or_listed_order(tmp_path):
     """An xarray store opened without consolidated metadata lists its variables in
-    any order; the pipeline fits them sorted by name (or as listed), every time."""
+    any order; the pipeline fits them sorted by name (listed ones too), every time."""
     from dask_emk.pipeline.config import load_pipeline
     from dask_emk.pipeline.sources import open_source
 
@@ -233,4 +235,4 @@ def test_pipeline_features_in_sorted_or_listed_order(tmp_path):
     assert list(open_results(tmp_path / "r.zarr")["feature"].values) == sorted(names)
     cfg["input"]["variables"] = ["z", "u"]
     path.write_text(to_toml(cfg))
-    assert list(open_source(load_pipeline(path)[0].input).data.feature_labels) == ["z", "u"]
+    assert list(open_source(load_pipeline(path)[0].input).data.feature_labels) == ["u", "z"]

@@ -27,7 +27,8 @@ K = 3
 DIMS = ("time", "lat", "lon")
 SHAPE = (24, 16, 20)
 CHUNKS = {"time": 6, "lat": 4}
-NAMES = ["temp", "salt", "oxygen"]
+NAMES = ["temp", "salt", "oxygen"]  # the Dataset's order, not its features' (name order)
+FEATURES = sorted(NAMES)
 
 
 def make_cube() -> np.ndarray:
@@ -43,7 +44,8 @@ def make_cube() -> np.ndarray:
 
 
 CUBE = make_cube()
-ROWS = CUBE.reshape(-1, 3)  # the stacked array, C order of (time, lat, lon)
+# The stacked array: C order of (time, lat, lon), the variables in name order.
+ROWS = CUBE[..., [NAMES.index(name) for name in FEATURES]].reshape(-1, 3)
 VALID = ~np.isnan(ROWS).any(axis=1)
 START = init_params(ROWS[VALID], K, "full", seed=2)
 COORDS = {
@@ -62,8 +64,8 @@ def dataset(chunks=CHUNKS) -> xr.Dataset:
 
 
 def dataarray() -> xr.DataArray:
-    """The same data as one DataArray, features FIRST along a dim named 'var'."""
-    return dataset().to_dataarray("var").transpose("var", *DIMS)
+    """The same data as one DataArray, features FIRST along a dim named 'var' (name order)."""
+    return dataset()[FEATURES].to_dataarray("var").transpose("var", *DIMS)
 
 
 @pytest.fixture(autouse=True)
@@ -118,7 +120,7 @@ def test_gaussian_mixture_equals_sklearn_on_the_valid_rows(make, sk_gmm):
     X = make()
     model = fit_quiet(gmm(feature_dim="var" if isinstance(X, xr.DataArray) else None), X)
     assert_same_mixture(model, sk_gmm)
-    assert list(model.feature_names_in_) == NAMES
+    assert list(model.feature_names_in_) == FEATURES
 
     with CountComputes() as counter:
         labels, proba, log_prob = model.predict(X), model.predict_proba(X), model.score_samples(X)
@@ -292,12 +294,14 @@ def test_a_variable_with_depth_gives_one_feature_per_level():
         {"temp": (("time", "depth", "lat", "lon"), temp), "salt": (DIMS, CUBE[..., 1])},
         coords={**COORDS, "depth": [10.0, 50.0]},
     ).chunk({"time": 6, "lat": 4, "depth": 1})
-    model = kmeans(init=START["means_init"][:, [0, 0, 1]]).fit(ds)
-    names = ["temp[depth=10.0]", "temp[depth=50.0]", "salt"]
+    init = START["means_init"][:, [1, 2, 2]]  # salt, then temp at each depth: name order
+    model = kmeans(init=init).fit(ds)
+    names = ["salt", "temp[depth=10.0]", "temp[depth=50.0]"]
     assert list(model.feature_names_in_) == names
-    rows = np.concatenate([temp.transpose(0, 2, 3, 1).reshape(-1, 2), ROWS[:, 1:2]], axis=1)
+    salt = CUBE[..., NAMES.index("salt")].reshape(-1, 1)
+    rows = np.concatenate([salt, temp.transpose(0, 2, 3, 1).reshape(-1, 2)], axis=1)
     valid = ~np.isnan(rows).any(axis=1)
-    ref = SkKMeans(K, init=START["means_init"][:, [0, 0, 1]], n_init=1).fit(rows[valid])
+    ref = SkKMeans(K, init=init, n_init=1).fit(rows[valid])
     np.testing.assert_allclose(model.cluster_centers_, ref.cluster_centers_, rtol=1e-6)
     exported = model.to_xarray()
     assert list(exported["feature"].values) == names

@@ -289,7 +289,7 @@ def test_a_feature_never_observed_is_named(policy, kind, make):
     data = {
         "numpy": bad,
         "dask": _lazy(bad),
-        "xarray": xr.Dataset({v: ("time", bad[:, j]) for j, v in enumerate("zuv")}).chunk(time=100),
+        "xarray": xr.Dataset({v: ("time", bad[:, j]) for j, v in enumerate("tuv")}).chunk(time=100),
     }[kind]
     name = r" \('u'\)" if kind == "xarray" else ""
     with pytest.raises(ValueError, match=rf"Feature\(s\) 1{name} of X hold only NaN: "

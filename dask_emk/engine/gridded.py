@@ -229,6 +229,10 @@ def _dataarray_dims(X: xr.DataArray, name: str, feature_dim, sample_dims):
 def from_dataset(stored: StoredInput, name: str, feature_dim, sample_dims) -> tuple:
     """(rows, feature labels, :class:`Grid`) of a Dataset whose data variables are the features.
 
+    The features are the variables in name order
+    (:func:`~dask_emk.engine.stored.feature_variables`), as ``stored`` holds
+    them, whatever the Dataset's order.
+
     ``stored``: the Dataset with its storage resolved
     (:func:`dask_emk.engine.stored.resolve_storage`); variables read as
     stored from one zarr grid are stacked straight from zarr
@@ -260,7 +264,11 @@ def from_dataset(stored: StoredInput, name: str, feature_dim, sample_dims) -> tu
 
 
 def _dataset_sample_dims(variables: list, name: str, sample_dims) -> tuple[str, ...]:
-    """The sample dims (in the first variable's order): given, or those all variables have."""
+    """The sample dims: given, or those all variables have.
+
+    In the order of the first variable in name order (``variables`` are in
+    that order), so that a Dataset's variable order does not change the rows.
+    """
     first = [str(d) for d in variables[0].dims]
     if sample_dims is None:
         shared = tuple(d for d in first if all(d in var.dims for var in variables))

@@ -164,22 +164,24 @@ def as_input(
     zarr-backed input raise when chunk files are missing
     (:mod:`dask_emk.engine.storage` says how, for each kind of input).
 
-    xarray input: a Dataset's data variables are the features, in the
-    Dataset's order. Of the dims that all of them have, one alone is the
-    sample dim; of several, time and horizontal dims (T, X, Y) are sample
-    dims and vertical ones (Z) are not, told by :func:`dim_role` from CF
-    metadata (``axis``, ``positive``, ``standard_name``, ``units``) or the
-    dim's name; a shared dim of unknown role is refused, naming
-    ``sample_dims=``. A variable with dims beyond the sample dims gives one
-    feature per point of those (named like ``z[level=850]``): ERA-Interim's
-    ``z``, ``u``, ``v`` on (month, level, latitude, longitude) are 3 × n_level
-    features on (month, latitude, longitude). An N-D DataArray has its
-    features along ``feature_dim`` (default: a dim named ``feature``, or the
-    second of two dims), its other dims sorted by the same rules (a vertical
-    dim gives one feature per feature label and level, ``z[level=850]``).
-    ``sample_dims`` names the sample dims instead; without it and
-    ``feature_dim``, the sample dims recorded by a transform's xarray output
-    (:data:`LAYOUT_ATTR`) are used. A dim of length 0 is refused.
+    xarray input: a Dataset's data variables are the features, in name order
+    whatever the Dataset's order
+    (:func:`~dask_emk.engine.stored.feature_variables`). Of the dims that all
+    of them have, one alone is the sample dim; of several, time and horizontal
+    dims (T, X, Y) are sample dims and vertical ones (Z) are not, told by
+    :func:`dim_role` from CF metadata (``axis``, ``positive``,
+    ``standard_name``, ``units``) or the dim's name; a shared dim of unknown
+    role is refused, naming ``sample_dims=``. A variable with dims beyond the
+    sample dims gives one feature per point of those (named like
+    ``z[level=850]``): ERA-Interim's ``z``, ``u``, ``v`` on (month, level,
+    latitude, longitude) are 3 × n_level features on (month, latitude,
+    longitude). An N-D DataArray has its features along ``feature_dim``
+    (default: a dim named ``feature``, or the second of two dims), its other
+    dims sorted by the same rules (a vertical dim gives one feature per
+    feature label and level, ``z[level=850]``). ``sample_dims`` names the
+    sample dims instead; without it and ``feature_dim``, the sample dims
+    recorded by a transform's xarray output (:data:`LAYOUT_ATTR`) are used. A
+    dim of length 0 is refused.
 
     Parameters
     ----------

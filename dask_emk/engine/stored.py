@@ -56,8 +56,9 @@ class StoredInput:
         array; xarray input as given (a DataArray: its resolved variable);
         anything else as given.
     variables : tuple of xarray.DataArray
-        xarray input's data variables (a DataArray: itself), in stored
-        chunks, with checked reads.
+        xarray input's data variables in feature order
+        (:func:`feature_variables`; a DataArray: itself), in stored chunks,
+        with checked reads.
     sources : tuple of (zarr.Array, str) or None
         Per variable, the zarr array whose values it holds as stored and its
         ``missing_chunks``; None unless every variable is such a read, with
@@ -118,12 +119,34 @@ def resolve_storage(X, name: str, missing_chunks: str = "raise") -> StoredInput:
     if isinstance(X, xr.DataArray):
         variables = (chunked_if_stored(X),)
     elif isinstance(X, xr.Dataset):
-        variables = tuple(chunked_if_stored(X[v]) for v in X.data_vars)
+        variables = tuple(chunked_if_stored(X[v]) for v in feature_variables(X))
     else:
         return StoredInput(X)
     sources = _sources(variables)
     variables = tuple(_checked_variable(var) for var in variables)
     return StoredInput(variables[0] if isinstance(X, xr.DataArray) else X, variables, sources)
+
+
+def feature_variables(ds: xr.Dataset) -> list:
+    """A Dataset's data variables in the order they are features: sorted by name.
+
+    Not the Dataset's own order, which the data do not fix: xarray finds
+    ``ds[["t", "q"]]`` and ``ds[["q", "t"]]`` equal, and a zarr 3 store
+    opened without consolidated metadata lists its variables in a different
+    order from open to open. The features, their names and the sample dims
+    (the first variable's order, :mod:`dask_emk.engine.gridded`) follow from
+    this order, so the same data give the same model.
+
+    Parameters
+    ----------
+    ds : xarray.Dataset
+
+    Returns
+    -------
+    list
+        The names of ``ds``'s data variables, sorted by their text.
+    """
+    return sorted(ds.data_vars, key=str)
 
 
 def _sources(variables: tuple) -> tuple | None:

@@ -21,7 +21,8 @@ SECTIONS = {
     "X": (
         "X : array-like, dask array, xarray Dataset or DataArray, zarr array or store path\n"
         "    Samples of the fitted features, shape (n_samples, n_features), or\n"
-        "    gridded xarray data laid out as at fit."
+        "    gridded xarray data laid out as at fit. A Dataset's variables are\n"
+        "    taken by the fitted feature names (``feature_names_in_``), in any order."
     ),
     "y": "y : None\n    Ignored (scikit-learn's signature).",
     "sample_weight": (

@@ -30,6 +30,7 @@ from dask_emk.engine.inputs import (
     float_dtype,
 )
 from dask_emk.engine.reduction import reduce_pass
+from dask_emk.engine.stored import feature_variables
 from dask_emk.models.base import SavesModelFile
 from dask_emk.models.params import INPUT_OPTIONS, SPLIT_EVERY, Boolean, Spec, validate_params
 from dask_emk.models.validation import check_features
@@ -346,7 +347,8 @@ def _on_grid(X, samples: tuple, offset: np.ndarray, factor: np.ndarray, inverse:
     if isinstance(X, xr.DataArray):
         return _scale_variable(X, samples, offset, factor, inverse)
     scaled, start = {}, 0
-    for name, var in X.data_vars.items():
+    for name in feature_variables(X):  # the features' order, as the rows were read
+        var = X[name]
         size = int(np.prod([n for d, n in var.sizes.items() if d not in samples]))
         part = slice(start, start + size)
         scaled[name] = _scale_variable(var, samples, offset[part], factor[part], inverse)

@@ -42,8 +42,8 @@ FIELD_HELP = {
         "on the command line a JSON object, for every URL the command reads or writes."
     ),
     ("input", "variables"): (
-        "An xarray store's data variables to fit, the features in this order (default: "
-        "all but the weights variable, by name)."
+        "An xarray store's data variables to fit, the features in name order (default: "
+        "all but the weights variable)."
     ),
     ("input", "weights"): (
         "Sample weights of an xarray store: one of its variables on (some of) its sample "

@@ -24,6 +24,7 @@ from sklearn.pipeline import Pipeline
 from dask_emk._version import __version__
 from dask_emk.engine.locations import open_node, open_store
 from dask_emk.engine.storage import checked_xarray, read_zarr
+from dask_emk.engine.stored import feature_variables
 from dask_emk.models import export
 from dask_emk.models.persist import load
 from dask_emk.pipeline.outputs import RESULTS, check_output, claim
@@ -211,7 +212,7 @@ def open_input(store: str, array, model, variables, missing_chunks: str) -> tupl
         X = xr.DataArray(read_zarr(arr, missing_chunks), dims=("sample", "feature"))
         return X, f"{store}/{arr.path} {arr.shape} {arr.dtype}"
     ds = xr.open_zarr(open_store(store), consolidated=False, chunks={})
-    names = [str(v) for v in ds.data_vars]
+    names = [str(v) for v in feature_variables(ds)]
     chosen = variables or _fitted_variables(_first(model), names)
     named_by_variables = getattr(_first(model), "feature_dim", None) is None and feature_names(
         model
@@ -221,9 +222,12 @@ def open_input(store: str, array, model, variables, missing_chunks: str) -> tupl
     if chosen is None:
         if not any(ds[v].ndim > 1 for v in names):  # rows × features arrays: name one
             open_array(store, None)
+        lacking = _lacking_variables(_first(model), names) if named_by_variables else []
         raise ValueError(
             f"input store {store!r} holds {names}, which are not the variables of the "
-            f"model's features {feature_names(model)}; name the variables to read with "
+            f"model's features {feature_names(model)}"
+            + (f" (it lacks {lacking})" if lacking else "")
+            + "; predict on a store holding them, or name the variables to read with "
             "--variables."
         )
     unknown = [v for v in chosen if v not in names]
@@ -241,11 +245,20 @@ def open_input(store: str, array, model, variables, missing_chunks: str) -> tupl
 
 def _fitted_variables(model, names: list[str]) -> list[str] | None:
     """The data variables the model's feature names come from, in their order (None if not all)."""
+    chosen = _model_variables(model)
+    return chosen if chosen and not set(chosen) - set(names) else None
+
+
+def _lacking_variables(model, names: list[str]) -> list[str]:
+    """The variables of the model's features that are not among ``names``."""
+    return [var for var in _model_variables(model) if var not in names]
+
+
+def _model_variables(model) -> list[str]:
+    """The data variables the model's feature names come from (``z`` of ``z[level=850]``)."""
     chosen = []
     for label in feature_names(model) or []:
         var = label.split("[", 1)[0] if label.endswith("]") else label
-        if var not in names:
-            return None
         if var not in chosen:
             chosen.append(var)
-    return chosen or None
+    return chosen

@@ -24,6 +24,7 @@ import zarr
 from dask_emk.engine.inputs import InputData, as_input, as_sample_weight
 from dask_emk.engine.locations import is_url, normalize_location, open_node, open_store
 from dask_emk.engine.storage import checked_xarray, read_zarr
+from dask_emk.engine.stored import feature_variables
 from dask_emk.pipeline.config import COSLAT, XARRAY_KEYS, PipelineError, Section, not_utf8
 from dask_emk.pipeline.generate import (
     GRID_ATTRS,
@@ -168,9 +169,11 @@ def _is_generated_grid(node) -> bool:
 def _xarray_source(store: str, cfg: Section, photo: bool = False) -> Source:
     """An xarray store, opened lazily with checked reads, as the estimators will fit it.
 
-    ``input.variables`` picks data variables (default all, sorted by name),
-    which are the features in that order (recorded as ``feature`` in the
-    results); with ``feature_dim`` they must be one, fitted as an N-D DataArray.
+    ``input.variables`` picks data variables (default all), which are the
+    features in name order, as for the estimators
+    (:func:`~dask_emk.engine.stored.feature_variables`; recorded as
+    ``feature`` in the results); with ``feature_dim`` they must be one,
+    fitted as an N-D DataArray.
     """
     node = _open_node(store)  # a missing store or an unreachable bucket: one clear line
     try:
@@ -180,9 +183,7 @@ def _xarray_source(store: str, cfg: Section, photo: bool = False) -> Source:
             f"input store {store!r} is not an xarray store ({type(exc).__name__}: {exc}); "
             "write it with xarray's to_zarr, or name a 2-D array with input.array."
         ) from None
-    # A store opened without consolidated metadata lists its variables in any
-    # order; features in that order would change the fit from run to run.
-    names = sorted(map(str, ds.data_vars))
+    names = [str(name) for name in feature_variables(ds)]
     weight_name = _weights_variable(cfg, names, store)
     if _is_generated_grid(node):  # its variables, in order, without the truth
         names = [str(name) for name in ds["feature"].values]
@@ -215,8 +216,20 @@ def _xarray_source(store: str, cfg: Section, photo: bool = False) -> Source:
     shape = ", ".join(f"{d}: {n}" for d, n in zip(grid.dims, grid.shape, strict=True))
     features = ", ".join(map(str, data.feature_labels)) if data.feature_labels is not None else ""
     description = f"{store} ({shape}) × {data.n_features} features [{features}]"
-    return Source(X, store_truth(store), description, data, estimator_options(cfg), photo,
-                  weights)  # fmt: skip
+    truth = _truth_by_feature(store_truth(store), names, data.feature_labels)
+    return Source(X, truth, description, data, estimator_options(cfg), photo, weights)
+
+
+def _truth_by_feature(truth: MixtureTruth | None, names: list[str], labels) -> MixtureTruth | None:
+    """The generator's truth, its features in ``names``' order, in the fit's order ``labels``.
+
+    A generated grid's variables ``x0`` … ``x10`` are features in name order
+    (``x10`` before ``x2``); the truth is compared with the fit position by position.
+    """
+    if truth is None or labels is None or sorted(map(str, labels)) != sorted(names):
+        return truth
+    at = [names.index(str(label)) for label in labels]
+    return MixtureTruth(truth.weights, truth.means[:, at], truth.covariances[:, at][:, :, at])
 
 
 def _weights_variable(cfg: Section, names: list[str], store: str) -> str | None:
