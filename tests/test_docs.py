@@ -17,6 +17,7 @@ from pipeline_helpers import ROOT
 
 import dask_emk
 from dask_emk.models._docs import SECTIONS, fill_doc
+from dask_emk.pipeline import config, fit_options
 
 ESTIMATORS = [name for name in dask_emk.__all__ if name != "__version__"]
 
@@ -48,6 +49,24 @@ def test_shared_sections_filled(name):
     predict = inspect.getdoc(cls.predict)
     assert SECTIONS["X"] in predict
     assert SECTIONS["per_sample"].splitlines()[0] in predict
+
+
+#: The class-docstring Parameters entries every estimator shares (models/_docs.py).
+SHARED_PARAMETERS = ("feature_dim", "sample_dims", "missing_chunks", "cache")
+
+
+@pytest.mark.parametrize("kind", sorted(config.MODELS))
+def test_shared_parameter_entries_in_help_and_fit_help(kind):
+    """The shared entries, spelled once, are filled in the class docstring help()
+    shows, and ``dask-emk fit --help`` (which reads the source without importing
+    the estimator) takes the same first sentence of every parameter."""
+    estimator = config.MODELS[kind][0]
+    doc = inspect.getdoc(estimator.load())
+    for name in SHARED_PARAMETERS:
+        assert SECTIONS[name] in doc
+    assert fit_options.parameter_docs(estimator) == fit_options.parameter_sentences(doc)
+    cache = fit_options.parameter_docs(estimator)["cache"]
+    assert cache.startswith("Keep the rows read from a lazy X in memory for the fit's later")
 
 
 def test_fill_doc_names_an_unknown_section():

@@ -69,12 +69,18 @@ COMPILE_SECONDS = 7
 def compiled(**options):
     """``numba.njit(nogil=True)``, cached on disk in :func:`cache_dir` where it is writable.
 
+    ``fastmath`` is ``False`` unless given: numba compiles a loop that sets no
+    flags with those of the first compiled caller that calls it, and keeps
+    (and caches) that code for every later call, so its bits would depend on
+    which caller ran first.
+
     numba raises at decoration when it finds no writable cache location; the
     loops are then compiled once per process instead (about a second). When
     the cache holds nothing for a loop's source file yet (the first run after
     an install or an upgrade), :func:`announce_compilation` logs it.
     """
     cache = cache_dir() is not None
+    options.setdefault("fastmath", False)
     import numba
 
     def decorate(function):

@@ -343,6 +343,7 @@ class _LloydLines:
              self.verbose)  # fmt: skip
 
 
+@fill_doc
 class AnnealedGaussianMixture(
     NoTrainingDataInPickle, TransformerMixin, ClusterMixin, ChunkedEstimator
 ):
@@ -410,21 +411,13 @@ class AnnealedGaussianMixture(
         (:class:`dask_emk.KMeans`), there is no Hartigan polish, and
         predictions use the observed features (a row with none gets label
         -1). ±inf is always an error.
-    feature_dim : str, optional
-        The dimension of an N-D DataArray that holds the features.
-    sample_dims : str or list of str, optional
-        The dimensions of xarray input that hold samples; see
-        :class:`dask_emk.GaussianMixture`.
-    missing_chunks : {'raise', 'fill'}, default='raise'
-        What reading X from a zarr store does with a missing chunk or shard
-        file: raise an error naming it (``'raise'``) or read the array's fill
-        value (``'fill'``, for stores written without empty chunks).
+    {feature_dim}
+    {sample_dims}
+    {missing_chunks}
     estep : {'auto', 'dense', 'sparse'} or EStepOptions, default='auto'
         The E-step of the annealing's EM on its sample and of
         :meth:`predict_proba`; see :class:`dask_emk.GaussianMixture`.
-    cache : {'auto', True, False}, default='auto'
-        Keep the rows of a lazy X in memory between the fit's passes; see
-        :class:`dask_emk.GaussianMixture`.
+    {cache}
 
     Attributes
     ----------

@@ -315,6 +315,7 @@ class Start:
     spread: float
 
 
+@fill_doc
 class DPMeans(
     NoTrainingDataInPickle, CentreDistancesOut, TransformerMixin, ClusterMixin, ChunkedEstimator
 ):
@@ -365,18 +366,10 @@ class DPMeans(
         As :class:`dask_emk.KMeans`: ``'omit'`` leaves rows holding NaN out of
         every statistic (label -1). ``'marginalize'`` is not supported (a
         ValueError): use :class:`dask_emk.KMeans` with it, or ``'omit'``.
-    feature_dim : str, optional
-        The dimension of an N-D DataArray that holds the features.
-    sample_dims : str or list of str, optional
-        The dimensions of xarray input that hold samples; see
-        :class:`dask_emk.GaussianMixture`.
-    missing_chunks : {'raise', 'fill'}, default='raise'
-        What reading X from a zarr store does with a missing chunk or shard
-        file: raise an error naming it (``'raise'``) or read the array's fill
-        value (``'fill'``, for stores written without empty chunks).
-    cache : {'auto', True, False}, default='auto'
-        Keep the rows of a lazy X in memory between the fit's passes; see
-        :class:`dask_emk.GaussianMixture`.
+    {feature_dim}
+    {sample_dims}
+    {missing_chunks}
+    {cache}
 
     Attributes
     ----------

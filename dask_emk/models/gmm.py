@@ -121,6 +121,7 @@ class EMRun:
     converged: bool
 
 
+@fill_doc
 class GaussianMixture(DensityMixin, ChunkedEstimator):
     """Gaussian mixture fitted by EM over chunked data.
 
@@ -205,17 +206,9 @@ class GaussianMixture(DensityMixin, ChunkedEstimator):
         observed features, the M-step is exact), and :meth:`impute` fills
         the gaps; a row with no observed feature takes no part and gets NaN
         outputs. ±inf is always an error.
-    feature_dim : str, optional
-        The dimension of an N-D DataArray that holds the features (default:
-        one named ``feature``; for 2-D input the second dimension).
-    sample_dims : str or list of str, optional
-        The dimensions of xarray input that hold samples (default: every
-        dimension but the feature dimension; for a Dataset those all its
-        data variables have). Outputs come back on them.
-    missing_chunks : {'raise', 'fill'}, default='raise'
-        What reading X from a zarr store does with a missing chunk or shard
-        file: raise an error naming it (``'raise'``) or read the array's fill
-        value (``'fill'``, for stores written without empty chunks).
+    {feature_dim}
+    {sample_dims}
+    {missing_chunks}
     estep : {'auto', 'dense', 'sparse'} or EStepOptions, default='auto'
         How the E-step is computed; every choice gives the same statistics to
         rounding (docs/NUMERICS.md), only the speed differs. ``'auto'``: each
@@ -225,15 +218,7 @@ class GaussianMixture(DensityMixin, ChunkedEstimator):
         GEMMs); ``'dense'`` and ``'sparse'`` force one path.
         :class:`dask_emk.core.mixture.EStepOptions` sets the finer options.
         The choice travels with the parameters to every Dask worker.
-    cache : {'auto', True, False}, default='auto'
-        Keep the rows read from a lazy X in memory for the fit's later passes
-        (seeding included): the first pass reads the store, the others read
-        the kept rows (on a distributed cluster, on the workers that read
-        them). 'auto' keeps the first blocks that fit in half the free memory
-        (:data:`dask_emk.engine.cache.AUTO_SHARE`) and reads the rest on
-        every pass; True keeps all or refuses before reading; False reads
-        the store on every pass. The results are the same bit for bit; the
-        rows are released when the fit ends and never kept by the model.
+    {cache}
 
     Attributes
     ----------

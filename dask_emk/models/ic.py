@@ -61,6 +61,7 @@ def _log_candidate(model: GaussianMixture, criterion: str, value: float, seconds
                    criterion.upper(), value, model.n_iter_, state, seconds)  # fmt: skip
 
 
+@fill_doc
 class GaussianMixtureIC(DensityMixin, ChunkedEstimator):
     """Gaussian mixtures over a range of K and covariance types, the best by BIC or AIC.
 
@@ -98,16 +99,12 @@ class GaussianMixtureIC(DensityMixin, ChunkedEstimator):
         SQUAREM-accelerated EM for every candidate, see GaussianMixture.
     nan_policy : {'raise', 'omit', 'marginalize'}, default='raise'
         NaN in X, as GaussianMixture's.
-    feature_dim, sample_dims : optional
-        The layout of xarray input, as GaussianMixture's.
-    missing_chunks : {'raise', 'fill'}, default='raise'
-        What reading X from a zarr store does with a missing chunk or shard
-        file: raise an error naming it (``'raise'``) or read the array's fill
-        value (``'fill'``, for stores written without empty chunks).
+    {feature_dim}
+    {sample_dims}
+    {missing_chunks}
     estep : {'auto', 'dense', 'sparse'} or EStepOptions, default='auto'
         The E-step of every candidate, see GaussianMixture.
-    cache : {'auto', True, False}, default='auto'
-        The fit's rows kept in memory between passes, as GaussianMixture's.
+    {cache}
 
     Attributes
     ----------

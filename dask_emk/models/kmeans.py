@@ -131,6 +131,7 @@ def _running(init: int, batch) -> str:
     return f" (init {init}; running: {', '.join(map(str, batch.running))})"
 
 
+@fill_doc
 class KMeans(
     NoTrainingDataInPickle, CentreDistancesOut, TransformerMixin, ClusterMixin, ChunkedEstimator
 ):
@@ -207,18 +208,10 @@ class KMeans(
         draws complete rows only, and the farthest rows that refill empty
         clusters are complete rows. A row with no observed coordinate takes
         no part (label -1). ±inf is always an error.
-    feature_dim : str, optional
-        The dimension of an N-D DataArray that holds the features.
-    sample_dims : str or list of str, optional
-        The dimensions of xarray input that hold samples; see
-        :class:`dask_emk.GaussianMixture`.
-    missing_chunks : {'raise', 'fill'}, default='raise'
-        What reading X from a zarr store does with a missing chunk or shard
-        file: raise an error naming it (``'raise'``) or read the array's fill
-        value (``'fill'``, for stores written without empty chunks).
-    cache : {'auto', True, False}, default='auto'
-        Keep the rows of a lazy X in memory between the fit's passes; see
-        :class:`dask_emk.GaussianMixture`.
+    {feature_dim}
+    {sample_dims}
+    {missing_chunks}
+    {cache}
 
     Attributes
     ----------

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from dask_emk.models import params
+from dask_emk.models._docs import fill_text
 from dask_emk.pipeline.config import (
     ANNEAL_PARAMETERS,
     COMMON_MODEL,
@@ -156,13 +157,19 @@ def fit_options() -> list[FitOption]:
 @functools.cache
 def parameter_docs(estimator: LazyEstimator) -> dict[str, str]:
     """Parameter name -> the first sentence of its entry in the estimator's numpydoc
-    "Parameters", read from the source (the estimator is not imported)."""
+    "Parameters", read from the source (the estimator is not imported) with its
+    shared entries filled in, as ``help()`` shows them (:mod:`dask_emk.models._docs`)."""
     source = Path(params.__file__).with_name(f"{estimator.module}.py").read_text(encoding="utf-8")
     node = next(
         node for node in ast.parse(source).body
         if isinstance(node, ast.ClassDef) and node.name == estimator.__name__
     )  # fmt: skip
-    doc = ast.get_docstring(node) or ""
+    return parameter_sentences(fill_text(ast.get_docstring(node) or ""))
+
+
+def parameter_sentences(doc: str) -> dict[str, str]:
+    """Parameter name -> the first sentence of its entry in the numpydoc
+    "Parameters" of ``doc``, a cleaned docstring (:func:`inspect.getdoc`)."""
     section = doc.partition("Parameters\n----------\n")[2]
     section = re.split(r"\n\S[^\n]*\n-{3,}\n", section)[0]  # up to the next heading
     docs: dict[str, list[str]] = {}
