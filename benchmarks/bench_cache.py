@@ -249,6 +249,10 @@ def main(argv=None) -> None:
         parser.error("--model gmmic runs on the local store only: drop --source, --iters "
                      "and --n-init")  # fmt: skip
     fits = args.fits or (GMMIC_FITS if args.model == "gmmic" else "False,auto,numpy,read,persisted")
+    unknown = set(fits.split(",")) - {*GMMIC_FITS.split(","), "ic-False"}
+    if args.model == "gmmic" and unknown:
+        parser.error(f"--model gmmic: unknown fits {sorted(unknown)}; pick from "
+                     f"{GMMIC_FITS},ic-False")  # fmt: skip
 
     import dask.array as da
     import numpy as np
