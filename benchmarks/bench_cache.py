@@ -48,9 +48,40 @@ runs N iterations at tol 0, so that fits whose rows carry other
 indices (a grid's rows count its masked points: k-means|| draws other
 candidates) still do the same passes.
 
+``--model gmmic`` measures ``GaussianMixtureIC(1..10, covariance_type='full')``
+(issue 28: target <= 1.1) on the local store, interleaved, ``--repeat``
+times each:
+
+- ``ic``: ``GaussianMixtureIC(1, 10, covariance_type='full', cache='auto',
+  random_state=0)`` at its default criterion (BIC) and tol (1e-3), on the
+  store. It fits its ten candidates batched, not one after the other: each
+  round of passes serves every candidate still running (its k-means||
+  seeding, Lloyd, the initial responsibilities, EM) with one pass over the
+  kept rows, and a candidate that converges leaves the batch; then one more
+  pass gives every candidate's log-likelihood for the criterion (that pass
+  runs after the batch, so it reads the store again, uncached);
+- ``candidates``: the reference kernels, each candidate
+  ``GaussianMixture(k, covariance_type='full')`` fitted alone on the numpy
+  array in memory (local threads), with the settings the IC gives it
+  (``dask_emk.models.ic.SHARED``: tol, max_iter, init_params, n_init, ...)
+  and the IC's draws (one ``RandomState(0)`` for k = 1, 2, ..., 10 in
+  order, as the IC draws its candidates' starts), times summed;
+- ``read``: one plain read pass of the store (as above);
+- ``ic-numpy``: the IC on the numpy array (checks that it fits exactly the
+  separate candidates; its time over theirs is the batching's own cost);
+- ``ic-False``: the IC on the store with ``cache=False`` (not by default).
+
+It prints the best wall and CPU seconds, ``ic / (candidates + read)``, and
+per K the iterations and how far each IC's candidate is from the separate
+fit (lower bound, BIC): the IC on the numpy array runs the same blocks as
+the separate fits and must give them bit for bit (the script fails after
+printing otherwise); the IC on the store sums other blocks (its chunks), so
+it agrees to rounding.
+
     python benchmarks/bench_cache.py --dir /tmp/bench-cache
     python benchmarks/bench_cache.py --dir /tmp/bench-cache --source s3 --fits False,auto
     python benchmarks/bench_cache.py --dir /tmp/bench-cache --source gridded --iters 20
+    python benchmarks/bench_cache.py --dir /tmp/bench-cache --model gmmic --scheduler threads
 
 Heavy imports live inside the functions: the workers are spawned processes
 that re-import this module.
@@ -59,6 +90,7 @@ that re-import this module.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import os
 import shlex
@@ -68,6 +100,9 @@ import warnings
 from pathlib import Path
 
 K, D = 16, 8
+#: ``--model gmmic``: its fits (see the module docstring) and its range of K.
+GMMIC_FITS = "ic,candidates,read,ic-numpy"
+IC_RANGE = (1, 10)
 
 
 def load() -> str:
@@ -148,6 +183,30 @@ def open_source(source: str, folder: Path, n: int, chunk_rows: int, grid: tuple)
     return inputs, X, store, lambda: (server.terminate(), server.wait())
 
 
+@contextlib.contextmanager
+def cluster_client(scheduler: str):
+    """A LocalCluster of 2 single-threaded workers and its client; the store fits
+    run on it, or on the threaded scheduler (the client then only counts CPU)."""
+    import dask
+    from distributed import Client, LocalCluster
+
+    with (
+        LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None) as cluster,
+        Client(cluster) as client,
+        dask.config.set(scheduler="threads" if scheduler == "threads" else client),
+    ):
+        yield client
+
+
+def read_pass(store: Path):
+    """One plain read pass of the store (``X.sum(axis=0)``): the floor of a fit that reads once."""
+    import dask.array as da
+
+    from dask_emk.engine.reduction import compute_one
+
+    return compute_one(da.from_zarr(str(store)).sum(axis=0))
+
+
 def _process_cpu() -> float:
     import psutil
 
@@ -174,9 +233,10 @@ def main(argv=None) -> None:
     parser.add_argument("--n", type=int, default=2_000_000)
     parser.add_argument("--chunk-rows", type=int, default=125_000)
     parser.add_argument("--repeat", type=int, default=2)
-    parser.add_argument("--model", choices=("kmeans", "gmm"), default="kmeans")
+    parser.add_argument("--model", choices=("kmeans", "gmm", "gmmic"), default="kmeans")
     parser.add_argument("--scheduler", choices=("cluster", "threads"), default="cluster")
-    parser.add_argument("--fits", default="False,auto,numpy,read,persisted")
+    parser.add_argument("--fits", help="default: False,auto,numpy,read,persisted; "
+                        f"gmmic: {GMMIC_FITS}")  # fmt: skip
     parser.add_argument("--n-init", default="1", help="comma-separated, e.g. 1,10")
     parser.add_argument("--source", choices=("local", "s3", "gridded"), default="local")
     parser.add_argument("--grid", type=int, nargs=3, default=(48, 180, 360),
@@ -185,15 +245,19 @@ def main(argv=None) -> None:
                         help="from given centres, this many iterations at tol 0")  # fmt: skip
     args = parser.parse_args(argv)
     n_inits = [int(v) for v in args.n_init.split(",")]
+    if args.model == "gmmic" and (args.source != "local" or args.iters or n_inits != [1]):
+        parser.error("--model gmmic runs on the local store only: drop --source, --iters "
+                     "and --n-init")  # fmt: skip
+    fits = args.fits or (GMMIC_FITS if args.model == "gmmic" else "False,auto,numpy,read,persisted")
+    unknown = set(fits.split(",")) - {*GMMIC_FITS.split(","), "ic-False"}
+    if args.model == "gmmic" and unknown:
+        parser.error(f"--model gmmic: unknown fits {sorted(unknown)}; pick from "
+                     f"{GMMIC_FITS},ic-False")  # fmt: skip
 
-    import dask
     import dask.array as da
     import numpy as np
     import zarr
-    from distributed import Client, LocalCluster
     from sklearn.exceptions import ConvergenceWarning
-
-    from dask_emk.engine.reduction import compute_one
 
     args.dir.mkdir(parents=True, exist_ok=True)
     sys.path.insert(0, str(Path(__file__).parent))  # bench_gridded, bench_object_storage
@@ -205,12 +269,14 @@ def main(argv=None) -> None:
           f"{X.nbytes / 2**20:.0f} MiB; model {args.model}")  # fmt: skip
     if len(inputs) > 1:
         print(f"store fits also on: {', '.join(list(inputs)[1:])} ({args.source})")
+    if args.model == "gmmic":
+        return run_gmmic(fits.split(","), X, store, args)
     init = None
     if args.iters:  # tol 0 stops at max_iter by design: not a warning
         warnings.filterwarnings("ignore", category=ConvergenceWarning)
         init = X[np.random.default_rng(1).choice(X.shape[0], K, replace=False)].astype(np.float64)
         print(f"every fit from the same {K} centres, {args.iters} iterations at tol 0")
-    names = [name for name in args.fits.split(",")
+    names = [name for name in fits.split(",")
              if name != "persisted" or args.scheduler == "cluster"]  # fmt: skip
     # Each store fit on the other stores right after the reference's: A/B interleaved.
     names = [f"{name}@{src}" if src != first else name for name in names
@@ -221,11 +287,7 @@ def main(argv=None) -> None:
     times: dict[tuple, list[float]] = {run: [] for run in runs}
     cpus: dict[tuple, list[float]] = {run: [] for run in runs}
     fitted = {}
-    with (
-        LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None) as cluster,
-        Client(cluster) as client,
-        dask.config.set(scheduler="threads" if args.scheduler == "threads" else client),
-    ):
+    with cluster_client(args.scheduler) as client:
         persisted = client.persist(da.from_array(X, chunks=(args.chunk_rows, X.shape[1])))
         # Warm-up: numba compiles in every process, the page cache holds the store.
         for opened, policy in inputs.values():
@@ -237,9 +299,7 @@ def main(argv=None) -> None:
                 if name == "numpy":  # in memory: local threads, no Dask
                     t, c, out = timed(lambda: fit(False).fit(X), client)
                 elif name == "read":
-                    t, c, out = timed(
-                        lambda: compute_one(da.from_zarr(str(store)).sum(axis=0)), client
-                    )
+                    t, c, out = timed(lambda: read_pass(store), client)
                 elif name == "persisted":
                     t, c, out = timed(lambda i=n_init: fit(False, i).fit(persisted), client)
                 else:
@@ -289,6 +349,145 @@ def main(argv=None) -> None:
     cells = [f"{t:.2f} s" for _, t in rows] + [f"{x:.2f}x" for _, x in ratios]
     print("| " + " | ".join(cells) + " |")
     print(f"({load()}) command: python {shlex.join(sys.argv)}")
+
+
+class Candidates:
+    """A GaussianMixtureIC ``callback`` keeping its candidates: {K: the candidate}
+    (the IC keeps only the best; each candidate holds its fitted attributes)."""
+
+    def __init__(self):
+        self.models = {}
+
+    def __call__(self, model, info) -> None:
+        self.models[model.n_components] = model
+
+
+def ic_model(cache, callback=None):
+    """The fit of ``--model gmmic`` (defaults: BIC, tol 1e-3, k-means starts)."""
+    from dask_emk import GaussianMixtureIC
+
+    return GaussianMixtureIC(*IC_RANGE, covariance_type="full", random_state=0, cache=cache,
+                             callback=callback)  # fmt: skip
+
+
+def separate_candidates(ic) -> list:
+    """The IC's candidates as separate GaussianMixture fits: the settings the IC
+    gives each (``SHARED``), and its draws: one random state, K in order."""
+    from sklearn.utils import check_random_state
+
+    from dask_emk import GaussianMixture
+    from dask_emk.models.ic import SHARED
+
+    rng = check_random_state(ic.random_state)  # the IC's: a fresh RandomState(0)
+    shared = {name: getattr(ic, name) for name in SHARED}
+    return [GaussianMixture(k, covariance_type=ic.covariance_type,
+                            **{**shared, "random_state": rng, "callback": None})
+            for k in range(ic.min_components, ic.max_components + 1)]  # fmt: skip
+
+
+def fit_candidates(X, client) -> tuple[float, float, dict]:
+    """Each candidate fitted alone on ``X`` in order: summed wall and CPU seconds,
+    and {K: (fitted model, wall seconds)}."""
+    wall, cpu, out = 0.0, 0.0, {}
+    for model in separate_candidates(ic_model(False)):
+        t, c, fitted = timed(lambda m=model: m.fit(X), client)
+        wall, cpu, out[model.n_components] = wall + t, cpu + c, (fitted, t)
+    return wall, cpu, out
+
+
+def run_gmmic(names: list[str], X, store: Path, args) -> None:
+    """``--model gmmic``: the fits ``names`` interleaved, then the figures and checks."""
+    times = {name: [] for name in names}
+    cpus = {name: [] for name in names}
+    fitted = {}
+    with cluster_client(args.scheduler) as client:
+        # Warm-up: numba compiles in every process, the page cache holds the store.
+        with warnings.catch_warnings(action="ignore"):  # 2 iterations: not converged
+            ic_model("auto").set_params(max_components=2, max_iter=2).fit(str(store))
+            ic_model(False).set_params(max_components=2, max_iter=2).fit(X[:100_000])
+        for r in range(args.repeat):
+            for name in names:
+                if name == "candidates":
+                    t, c, out = fit_candidates(X, client)
+                elif name == "read":
+                    t, c, out = timed(lambda: read_pass(store), client)
+                else:
+                    kept = Candidates()
+                    model = ic_model(False if name == "ic-False" else "auto", kept)
+                    data = X if name == "ic-numpy" else str(store)
+                    t, c, out = timed(lambda m=model, d=data: m.fit(d), client)
+                    out = (out, kept.models)
+                times[name].append(t)
+                cpus[name].append(c)
+                fitted[name] = out
+                print(f"  round {r}: {name:10s} {t:7.2f} s, CPU {c:7.2f} s  ({load()})",
+                      flush=True)  # fmt: skip
+    identical = print_candidates(fitted, X) if "candidates" in fitted else None
+    print_gmmic_ratios(times, cpus)
+    print(f"({load()}) command: python {shlex.join(sys.argv)}")
+    if identical is False:
+        raise SystemExit("the IC on the numpy array did not fit its candidates bit for bit")
+
+
+def print_candidates(fitted: dict, X) -> bool | None:
+    """Per K: the separate fit against each IC's candidate (iterations, relative
+    differences of the lower bound and of the criterion), and each IC's choice.
+
+    Returns whether the IC on the numpy array fitted every separate candidate
+    bit for bit (None when it did not run).
+    """
+    alone = {k: model for k, (model, _) in fitted["candidates"].items()}
+    start = time.perf_counter()
+    bics = {k: model.bic(X) for k, model in alone.items()}  # the IC's default criterion
+    print(f"\nthe separate fits' BIC on X, one pass each: {time.perf_counter() - start:.2f} s "
+          "(the IC's criterion pass: this E-step again, beyond the fits)")  # fmt: skip
+    ics = {name: out for name, out in fitted.items() if name.startswith("ic")}
+    same = {name: True for name in ics}
+    print("| K | alone: iterations, s | " + " | ".join(
+        f"{name}: iterations, rel. Δ lower bound, rel. Δ BIC" for name in ics) + " |")  # fmt: skip
+    print("|---|---|" + "---|" * len(ics))
+    for k, model in alone.items():
+        cells = [f"{k}", f"{model.n_iter_}, {fitted['candidates'][k][1]:.2f}"]
+        for name, (ic, candidates) in ics.items():
+            cand, bound = candidates[k], model.lower_bound_
+            bic = float(ic.criteria_.sel(n_components=k, covariance_type="full"))
+            cells.append(f"{cand.n_iter_}, {abs(cand.lower_bound_ - bound) / abs(bound):.1e}, "
+                         f"{abs(bic - bics[k]) / abs(bics[k]):.1e}")  # fmt: skip
+            same[name] = same[name] and same_fit(cand, model)
+        print("| " + " | ".join(cells) + " |")
+    lowest = min(bics, key=bics.get)
+    for name, (ic, _) in ics.items():
+        print(f"{name}: chose K={ic.n_components_} (the separate fits' lowest BIC: K={lowest}); "
+              f"every candidate bit-identical to its separate fit: {same[name]}")  # fmt: skip
+    return same.get("ic-numpy")
+
+
+def print_gmmic_ratios(times: dict, cpus: dict) -> None:
+    """Best wall (and CPU) seconds of each fit, and ``ic / (candidates + read)``."""
+    best = {name: min(ts) for name, ts in times.items()}
+    cpu = {name: min(cs) for name, cs in cpus.items()}
+    names = [name for name in ("ic", "ic-False", "ic-numpy", "candidates", "read") if name in best]
+    cells = [f"{best[name]:.2f} s (CPU {cpu[name]:.2f} s)" for name in names]
+    if {"ic", "candidates", "read"} <= set(best):
+        names.append("ic / (candidates + read)")
+        floor, cpu_floor = best["candidates"] + best["read"], cpu["candidates"] + cpu["read"]
+        cells.append(f"{best['ic'] / floor:.2f}x (CPU {cpu['ic'] / cpu_floor:.2f}x)")
+    if {"ic-numpy", "candidates"} <= set(best):
+        names.append("ic-numpy / candidates")
+        cells.append(f"{best['ic-numpy'] / best['candidates']:.2f}x")
+    print("\n| " + " | ".join(names) + " |")
+    print("|" + "---|" * len(names))
+    print("| " + " | ".join(cells) + " |")
+
+
+def same_fit(a, b) -> bool:
+    """Bit for bit the same fitted mixture (parameters in the data's dtype, iterations,
+    and the float64 lower bound)."""
+    import numpy as np
+
+    arrays = ("weights_", "means_", "covariances_", "precisions_cholesky_")
+    same = all(np.array_equal(getattr(a, attr), getattr(b, attr)) for attr in arrays)
+    return same and a.n_iter_ == b.n_iter_ and a.lower_bound_ == b.lower_bound_
 
 
 def print_sources(inputs: dict, times: dict, cpus: dict, fitted: dict, n_init: int, kind: str):
