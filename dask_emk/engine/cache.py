@@ -172,7 +172,7 @@ class CachedRows:
     workers: list = field(default_factory=list)
     #: On the local schedulers, until the first pass: the kept blocks are not read yet.
     unread: bool = False
-    _weight: tuple = (None, None)  # (the weights last passed, their token)
+    _weight: tuple = (None, None, None)  # the weights last passed, their token, their blocks
 
     @classmethod
     def read(
@@ -253,10 +253,19 @@ class CachedRows:
             got, *values = reduction.compute_one((parts, *also), source=self.source)
             for i, row in zip(read, got, strict=True):
                 rows[i] = row
-        with storage_errors(self.source):
-            for k, call in enumerate(calls):
-                for i, row in self._collect(k, call, request).items():
-                    rows[i] = row
+        progress = pass_progress()  # the keepers' blocks, as the tasks of a pass count
+        if progress is not None:
+            progress.pass_started()
+        try:
+            with storage_errors(self.source):
+                for k, call in enumerate(calls):
+                    for i, row in self._collect(k, call, request).items():
+                        rows[i] = row
+                    if progress is not None:
+                        progress.tasks_done(sum(r is not None for r in rows), len(rows))
+        finally:
+            if progress is not None:
+                progress.pass_ended()
         return rows, tuple(values)
 
     def _stats_parts(self, blocks, weight, block_fn, args, drop_nan_rows) -> list:
@@ -293,7 +302,7 @@ class CachedRows:
             return None
         if self._weight[0] is not weight:
             token = weight.name if isinstance(weight, da.Array) else uuid.uuid4().hex
-            self._weight = (weight, token)
+            self._weight = (weight, token, self._weight_blocks(weight))
         return self._weight[1]
 
     def _start_keeper(self, address: str, blocks: list) -> WorkerRows:
@@ -312,7 +321,7 @@ class CachedRows:
         if token is not None:
             blocks = None
             if worker.weights != token:
-                every = self._weight_blocks(self._weight[0])
+                every = self._weight[2]
                 blocks, worker.weights = {i: every[i] for i in worker.blocks}, token
             weights = (token, blocks)
         return worker.keeper.stats(block_fn, args, drop_nan_rows, weights)
