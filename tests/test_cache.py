@@ -133,6 +133,11 @@ def test_grouped_small_chunks_are_kept_grouped(tmp_path, data):
 
 
 def test_some_blocks_kept_some_read(data):
+    with dask.config.set(scheduler="sync"):
+        check_some_blocks_kept_some_read(data, lazy_weights=True)
+
+
+def check_some_blocks_kept_some_read(data, lazy_weights: bool) -> None:
     """'auto' with room for half the rows keeps the first blocks and reads the rest every
     pass; the statistics of a Lloyd and a (row-keyed) seeding pass are those without a cache."""
     X = da.from_array(data, chunks=(1_000, D))
@@ -140,10 +145,11 @@ def test_some_blocks_kept_some_read(data):
     origin = centers[0]
     requests = [assign_request(centers, origin, K - 1, True),
                 seed_request(centers[:1], np.zeros((0, D)), origin, 5, 7, 2.0)]  # fmt: skip
-    w = da.from_array(np.linspace(0.5, 2.0, N), chunks=(1_000,))
+    w = np.linspace(0.5, 2.0, N)
+    w = da.from_array(w, chunks=(1_000,)) if lazy_weights else w
     plain = batch_pass(X, w, requests, nan_policy=NanPolicy.OMIT)
     room = int(N * (D * 4 + 8) / cache.AUTO_SHARE / 2)  # half of the rows fit
-    with dask.config.set(scheduler="sync"), cache.kept_rows(X, "auto", True, free=room) as rows:
+    with cache.kept_rows(X, "auto", True, free=room) as rows:
         assert rows.kept.tolist() == [True] * 3 + [False] * 3
         for _ in range(2):  # the first pass reads and keeps, the second reads the kept rows
             kept = batch_pass(rows, w, requests, nan_policy=NanPolicy.OMIT)
@@ -241,6 +247,14 @@ def workers_keys(client) -> list:
     return sum(client.run(lambda dask_worker: list(dask_worker.data)).values(), [])
 
 
+def keepers_alive() -> int:
+    """Keepers of kept blocks in this (worker) process."""
+    from dask_emk.engine.keepers import RowKeeper
+
+    gc.collect()
+    return sum(issubclass(type(o), RowKeeper) for o in gc.get_objects())
+
+
 def wait_for(condition, seconds=30.0):
     deadline = time.monotonic() + seconds
     while not condition():
@@ -267,7 +281,10 @@ def test_cache_on_a_local_cluster_bit_for_bit(store, n_workers):
                 # compared bit for bit; the cross-scheduler tests allow 1e-10.
                 got = fit(name, store, mode, scheduler=client)
                 assert_identical(got, reference[name], likelihood_rtol=1e-14)
-            wait_for(lambda: not workers_keys(client))  # the kept blocks are released
+            # the kept blocks are released, with their keepers
+            wait_for(
+                lambda: not workers_keys(client) and not any(client.run(keepers_alive).values())
+            )
 
 
 @pytest.mark.slow
@@ -279,8 +296,8 @@ def test_worker_killed_mid_fit_recomputes_its_kept_blocks(store):
     def kill_a_worker(model, info):
         if info["iteration"] == 3 and not killed:
             pids = client.run(os.getpid)
-            address = next(a for a in pids if client.run(
-                lambda dask_worker: len(dask_worker.data), workers=[a])[a] > 0)  # fmt: skip
+            address = min(pids)  # every worker keeps blocks
+            assert client.run(keepers_alive, workers=[address])[address] == 1
             os.kill(pids[address], signal.SIGKILL)
             killed.append(address)
 
@@ -341,8 +358,9 @@ def test_gridded_store_keeps_only_its_valid_rows(tmp_path):
     with dask.config.set(scheduler="sync"), cache.kept_rows(X, True, drop_nan_rows=True) as rows:
         fit_input = as_input(grid, nan_policy="omit")
         assert rows.kept.size == X.numblocks[0] > 1
-        batch_pass(rows, None, [assign_request(np.zeros((1, 2)), np.zeros(2))],
-                   nan_policy=NanPolicy.OMIT)
+        batch_pass(
+            rows, None, [assign_request(np.zeros((1, 2)), np.zeros(2))], nan_policy=NanPolicy.OMIT
+        )
         kept = [part[0].shape[0] for part in rows.parts]
         sea = int((~np.isnan(values[..., 0])).sum())
         assert sum(kept) == sea and fit_input.n_samples == values[..., 0].size
@@ -356,3 +374,52 @@ def test_gridded_store_keeps_only_its_valid_rows(tmp_path):
     theirs = sklearn.cluster.KMeans(K, init=init, n_init=1).fit(dense.astype(np.float32))
     # Ours stopped at tol=1e-4 (relative); scikit-learn goes on from there by ~1e-3.
     np.testing.assert_allclose(fits[True].cluster_centers_, theirs.cluster_centers_, atol=1e-2)
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """A LocalCluster of 2 single-threaded workers and its client (the default scheduler)."""
+    from distributed import Client, LocalCluster
+
+    with (
+        LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None) as lc,
+        Client(lc) as client,
+    ):
+        yield client
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("lazy_weights", [False, True])
+def test_workers_keep_some_blocks_and_read_the_rest(cluster, data, lazy_weights):
+    """On a cluster the workers' keepers hold the first blocks, tasks read the others:
+    with weights in memory or lazy, the statistics are those without a cache."""
+    check_some_blocks_kept_some_read(data, lazy_weights)
+    wait_for(lambda: not any(cluster.run(keepers_alive).values()))
+
+
+def worker_rss() -> int:
+    import psutil
+
+    return psutil.Process().memory_info().rss
+
+
+@pytest.mark.slow
+def test_keyboard_interrupt_on_a_cluster_gives_the_workers_memory_back(cluster, tmp_path):
+    X = blobs(n=1_000_000, d=8, K=K, seed=5).astype(np.float32)  # 32 MB, 16 MB a worker
+    path = write_store(tmp_path / "big.zarr", X, 62_500)
+    rss = lambda: sum(cluster.run(worker_rss).values())  # noqa: E731
+    # Imports (this module's too, which the workers load to run its functions), kernels,
+    # and the work buffers of the threads the keepers run on (kept for the next fit)
+    KMeans(K, random_state=0, max_iter=2, cache=True).fit(path)
+    assert not any(cluster.run(keepers_alive).values())
+    before, during = rss(), []
+
+    def interrupt(model, info):
+        during.append(rss())
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        KMeans(K, random_state=0, callback=interrupt, cache=True).fit(path)
+    assert during[0] - before > 0.8 * X.nbytes  # the rows were kept on the workers
+    wait_for(lambda: not any(cluster.run(keepers_alive).values()))
+    wait_for(lambda: rss() - before < 0.2 * X.nbytes)  # and are given back

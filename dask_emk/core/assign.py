@@ -159,9 +159,10 @@ def lloyd_assign(
         np.full(n_far, -1, dtype=np.intp),
     )
     sub_rows = min(max(64, blocks.SUB_BLOCK_BYTES // (8 * max(d, K))), max(n, 1))
-    Y = np.empty((sub_rows, d))
-    buffers = (Y, Y if dtype == np.float64 else np.empty((sub_rows, d), dtype),
-               np.empty((sub_rows, K), dtype))  # fmt: skip
+    scratch = blocks.thread_scratch("lloyd")
+    Y = scratch.get("Y", (sub_rows, d))
+    buffers = (Y, Y if dtype == np.float64 else scratch.get("Ys", (sub_rows, d), dtype),
+               scratch.get("G", (sub_rows, K), dtype))  # fmt: skip
     inertia, nonfinite = loops.lloyd_rows(
         X, origin, means, screen_margin(means, dtype), w, (labels, min_dist), N, S,
         (ysum, ysq), far, buffers,

@@ -23,13 +23,15 @@ class Scratch:
     def __init__(self) -> None:
         self._buffers: dict[str, np.ndarray] = {}
 
-    def get(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
-        """A C-contiguous float64 array of ``shape`` (contents undefined)."""
+    def get(self, name: str, shape: tuple[int, ...], dtype=np.float64) -> np.ndarray:
+        """A C-contiguous array of ``shape`` and ``dtype`` (float64 or float32;
+        contents undefined)."""
         size = math.prod(shape)
+        words = -(-size * np.dtype(dtype).itemsize // 8)
         buffer = self._buffers.get(name)
-        if buffer is None or buffer.size < size:
-            buffer = self._buffers[name] = np.empty(size)
-        return buffer[:size].reshape(shape)
+        if buffer is None or buffer.size < words:
+            buffer = self._buffers[name] = np.empty(words)
+        return buffer[:words].view(dtype)[:size].reshape(shape)
 
 
 _THREAD_SCRATCH = threading.local()
@@ -50,6 +52,16 @@ def thread_scratch(role: str) -> Scratch:
     if scratch is None:
         scratch = _THREAD_SCRATCH.__dict__[role] = Scratch()
     return scratch
+
+
+def unit_weights(n: int) -> np.ndarray:
+    """Read-only ones of shape (n,): the weights of a block without ``sample_weight``,
+    kept per thread (a fresh 1 MB of ones per block is page-faulted in every time)."""
+    ones = _THREAD_SCRATCH.__dict__.get("ones")
+    if ones is None or ones.size < n:
+        ones = _THREAD_SCRATCH.__dict__["ones"] = np.ones(n)
+        ones.flags.writeable = False
+    return ones[:n]
 
 
 def buffer(scratch: Scratch | None, name: str, shape: tuple[int, ...]) -> np.ndarray:

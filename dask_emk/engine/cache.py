@@ -27,17 +27,22 @@ an estimator never holds it.
 
 from __future__ import annotations
 
+import time
+import uuid
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import dask
 import dask.array as da
 import numpy as np
 
-from dask_emk.core.blocks import rows_without_nan
 from dask_emk.engine import reduction
+from dask_emk.engine.keepers import RowKeeper, block_stats, keep_block
+from dask_emk.engine.progress import pass_progress
+from dask_emk.engine.storage import storage_errors
 
 #: Share of the free memory (per worker, the memory below its spill threshold
 #: minus what the process holds now; on the local schedulers the machine's
@@ -123,6 +128,18 @@ def warn_tiny_chunks(X: da.Array) -> None:
 
 
 @dataclass
+class WorkerRows:
+    """One worker's share of the kept blocks: its :class:`~dask_emk.engine.keepers.RowKeeper`."""
+
+    address: str
+    blocks: list
+    future: Any  # the actor's future: cancelled, the worker drops the rows
+    keeper: Any  # the Actor handle its passes call
+    reading: Any  # the read's ActorFuture, until a pass has waited for it
+    weights: Any = None  # token of the weights it holds
+
+
+@dataclass
 class CachedRows:
     """The pass input of a fit with a cache: X's pass blocks, the first ones kept in memory.
 
@@ -130,27 +147,32 @@ class CachedRows:
     ----------
     source : dask array of shape (n, d)
         X as given: the store that storage errors and missing files are named from.
-    parts : list
-        Per block: its kept ``(x, rows)`` (a numpy tuple, or a persisted
-        delayed of one on a distributed cluster; ``rows`` None when the block
-        keeps all its rows) or, for a block not kept, the delayed read of
-        its rows (n_i, d).
+    reads : list
+        Per block: the delayed read of its rows (n_i, d).
     kept : ndarray of bool, shape (m,)
         Whether block i is kept.
     offsets : ndarray of int64, shape (m + 1,)
         First global row of each block, then n.
     drop_nan_rows : bool
         Rows holding NaN are left out of every pass.
+    parts : list
+        On the local schedulers, per block: its kept ``(x, rows)`` (``rows``
+        None when the block keeps all its rows) once read, else its read.
+    workers : list of WorkerRows
+        On a distributed cluster: who keeps which blocks.
     """
 
     source: da.Array
-    parts: list
+    reads: list
     kept: np.ndarray
     offsets: np.ndarray
     drop_nan_rows: bool
-    client: object = None
+    client: Any = None
+    parts: list = field(default_factory=list)
+    workers: list = field(default_factory=list)
     #: On the local schedulers, until the first pass: the kept blocks are not read yet.
     unread: bool = False
+    _weight: tuple = (None, None, None)  # the weights last passed, their token, their blocks
 
     @classmethod
     def read(
@@ -159,49 +181,33 @@ class CachedRows:
         """Choose the blocks to keep and start reading them (None: none is kept).
 
         On the local schedulers the kept blocks are read by the first pass,
-        in its compute (:meth:`first_read`, :meth:`hold`); on a cluster they
-        are persisted now and the first pass waits for them.
-        The object is appended to ``held`` as soon as it holds anything.
+        in its compute; on a cluster each worker's keeper starts reading its
+        blocks now and the first pass waits for them. The object is appended
+        to ``held`` as soon as it holds anything.
         """
         grouped, _ = reduction.group_small_chunks(X, None)
         offsets = np.concatenate([[0], np.cumsum(grouped.chunks[0])]).astype(np.int64)
         client = _client_of(X)
         free, where = free_memory(client) if free is None else (free, "there is")
         row_bytes = _kept_row_bytes(X, drop_nan_rows)
-        kept = choose_blocks(np.diff(offsets), row_bytes, cache, free, where)
+        sizes = np.diff(offsets)
+        kept = choose_blocks(sizes, row_bytes, cache, free, where)
         if not kept.any():
             return None
-        blocks = grouped.to_delayed(optimize_graph=True).ravel().tolist()
-        keep = [
-            dask.delayed(keep_block, pure=False)(block, offsets[i], drop_nan_rows)
-            for i, block in enumerate(blocks) if kept[i]
-        ]  # fmt: skip
-        rows = cls(X, blocks, kept, offsets, drop_nan_rows, client)
+        reads = grouped.to_delayed(optimize_graph=True).ravel().tolist()
+        rows = cls(X, reads, kept, offsets, drop_nan_rows, client, parts=list(reads))
         held.append(rows)
-        if client is not None:
-            keep = client.persist(keep, optimize_graph=False)
-        rows._set_kept(keep)
-        rows.unread = client is None
+        if client is None:  # the first pass computes the kept (x, rows) with its statistics
+            rows.parts = [
+                dask.delayed(keep_block, pure=False)(read, offsets[i], drop_nan_rows) if k else read
+                for i, (read, k) in enumerate(zip(reads, kept, strict=True))
+            ]  # fmt: skip
+            rows.unread = True
+            return rows
+        room = worker_room(client)
+        for address, blocks in assign_workers(sizes * row_bytes, kept, room).items():
+            rows.workers.append(rows._start_keeper(address, blocks))
         return rows
-
-    def _set_kept(self, keep: list) -> None:
-        """The kept blocks' parts: their (x, rows), or delayed ones still to be read."""
-        kept = iter(keep)
-        pairs = zip(self.kept, self.parts, strict=True)
-        self.parts = [next(kept) if k else part for k, part in pairs]
-
-    def first_read(self) -> list:
-        """The kept blocks' delayed (x, rows) still to be read (local schedulers: computed
-        with the first pass, in its one compute), else an empty list."""
-        if not self.unread:
-            return []
-        return [part for part, k in zip(self.parts, self.kept, strict=True) if k]
-
-    def hold(self, kept: list) -> None:
-        """Keep the (x, rows) of :meth:`first_read`, computed (nothing to do if it was empty)."""
-        if self.unread and kept:
-            self._set_kept(kept)
-            self.unread = False
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -211,11 +217,59 @@ class CachedRows:
     def dtype(self) -> np.dtype:
         return self.source.dtype
 
-    def stats_parts(self, weight, block_fn, size: int, args: tuple, drop_nan_rows: bool) -> list:
-        """Delayed (1, size) statistics of each block, in block order, as
-        :func:`dask_emk.engine.reduction.block_stats_array` gives them."""
+    def block_rows(self, weight, block_fn, args: tuple, drop_nan_rows: bool, also=()) -> tuple:
+        """One pass's (1, size) statistics row of every block, in block order, and
+        the computed values of ``also`` (see :func:`dask_emk.engine.reduction.run_pass`)."""
         if drop_nan_rows and not self.drop_nan_rows:
             raise ValueError("rows were kept without omitting NaN: a pass cannot omit them now")
+        with reduction.single_blas_thread():
+            if self.client is None:
+                return self._local_rows(weight, block_fn, args, drop_nan_rows, also)
+            return self._cluster_rows(weight, block_fn, args, drop_nan_rows, also)
+
+    def _local_rows(self, weight, block_fn, args, drop_nan_rows, also) -> tuple:
+        """Local schedulers: one compute, which also reads the kept blocks the first time."""
+        parts = self._stats_parts(range(len(self.parts)), weight, block_fn, args, drop_nan_rows)
+        pairs = list(zip(self.parts, self.kept, strict=True))
+        reading = [p for p, k in pairs if k] if self.unread else []
+        rows, kept, *values = reduction.compute_one(
+            (parts, reading, *also), source=self.source, progress=pass_progress()
+        )
+        if self.unread:
+            read = iter(kept)
+            self.parts = [next(read) if k else p for p, k in pairs]
+            self.unread = False
+        return rows, tuple(values)
+
+    def _cluster_rows(self, weight, block_fn, args, drop_nan_rows, also) -> tuple:
+        """A cluster: each worker's keeper called directly, the blocks not kept read by tasks."""
+        request = (block_fn, args, drop_nan_rows, self._weight_token(weight))
+        calls = [self._call(worker, request) for worker in self.workers]
+        rows: list = [None] * self.kept.size
+        read = np.flatnonzero(~self.kept).tolist()
+        values: list = []
+        if read or also:
+            parts = self._stats_parts(read, weight, block_fn, args, drop_nan_rows)
+            got, *values = reduction.compute_one((parts, *also), source=self.source)
+            for i, row in zip(read, got, strict=True):
+                rows[i] = row
+        progress = pass_progress()  # the keepers' blocks, as the tasks of a pass count
+        if progress is not None:
+            progress.pass_started()
+        try:
+            with storage_errors(self.source):
+                for k, call in enumerate(calls):
+                    for i, row in self._collect(k, call, request).items():
+                        rows[i] = row
+                    if progress is not None:
+                        progress.tasks_done(sum(r is not None for r in rows), len(rows))
+        finally:
+            if progress is not None:
+                progress.pass_ended()
+        return rows, tuple(values)
+
+    def _stats_parts(self, blocks, weight, block_fn, args, drop_nan_rows) -> list:
+        """Delayed (1, size) statistics of ``blocks`` (indices) from their parts."""
         weights = self._weight_blocks(weight)
         packed_args = dask.delayed(args, pure=False, traverse=False)
         keyed = isinstance(block_fn, reduction.RowKeyed)
@@ -224,14 +278,14 @@ class CachedRows:
         name = f"kept-stats-{packed_args.key}"
         return [
             dask.delayed(block_stats, pure=False)(
-                part, w, int(self.offsets[i]), bool(self.kept[i]), keyed, block_fn, packed_args,
-                drop_nan_rows, dask_key_name=(name, i),
+                self.parts[i], weights[i], int(self.offsets[i]), bool(self.kept[i]),
+                keyed, block_fn, packed_args, drop_nan_rows, dask_key_name=(name, i),
             )
-            for i, (part, w) in enumerate(zip(self.parts, weights, strict=True))
+            for i in blocks
         ]  # fmt: skip
 
     def _weight_blocks(self, weight) -> list:
-        m = len(self.parts)
+        m = len(self.reads)
         if weight is None:
             return [None] * m
         if not isinstance(weight, da.Array):
@@ -242,40 +296,96 @@ class CachedRows:
             weight = weight.rechunk(chunks)
         return weight.to_delayed(optimize_graph=True).ravel().tolist()
 
+    def _weight_token(self, weight):
+        """A token naming ``weight`` for the keepers (sent to each once), or None."""
+        if weight is None:
+            return None
+        if self._weight[0] is not weight:
+            token = weight.name if isinstance(weight, da.Array) else uuid.uuid4().hex
+            self._weight = (weight, token, self._weight_blocks(weight))
+        return self._weight[1]
+
+    def _start_keeper(self, address: str, blocks: list) -> WorkerRows:
+        """A :class:`~dask_emk.engine.keepers.RowKeeper` on ``address``, reading ``blocks``."""
+        nthreads = self.client.scheduler_info(n_workers=-1)["workers"][address]["nthreads"]
+        future = self.client.submit(RowKeeper, nthreads, workers=[address],
+                                    allow_other_workers=False, actor=True, pure=False)  # fmt: skip
+        keeper = future.result()
+        reads = {i: (self.reads[i], int(self.offsets[i])) for i in blocks}
+        return WorkerRows(address, blocks, future, keeper, keeper.read(reads, self.drop_nan_rows))
+
+    def _call(self, worker: WorkerRows, request: tuple):
+        """Start ``worker``'s pass (an ActorFuture of ``{block: row}``)."""
+        block_fn, args, drop_nan_rows, token = request
+        weights = None
+        if token is not None:
+            blocks = None
+            if worker.weights != token:
+                every = self._weight[2]
+                blocks, worker.weights = {i: every[i] for i in worker.blocks}, token
+            weights = (token, blocks)
+        return worker.keeper.stats(block_fn, args, drop_nan_rows, weights)
+
+    def _collect(self, k: int, call, request: tuple, tries: int = 3) -> dict:
+        """Worker k's rows; a lost worker's blocks are read again on a live one (as the
+        scheduler recomputes a lost task), and passed over there."""
+        worker = self.workers[k]
+        try:
+            if worker.reading is not None:
+                worker.reading.result()
+                worker.reading = None
+            return call.result()
+        except (OSError, RuntimeError) as exc:
+            if tries == 0 or not _lost(worker, exc):
+                raise
+        self.client.cancel([worker.future])
+        self.workers[k] = self._start_keeper(_live_worker(self.client, worker.address),
+                                             worker.blocks)  # fmt: skip
+        return self._collect(k, self._call(self.workers[k], request), request, tries - 1)
+
     def release(self) -> None:
-        """Drop the kept rows (cancel their futures on a cluster)."""
-        if self.client is not None:
-            from distributed import futures_of
-
-            futures = [f for part, k in zip(self.parts, self.kept, strict=True) if k
-                       for f in futures_of(part)]  # fmt: skip
-            if futures:
-                self.client.cancel(futures)
-        self.parts, self.kept = [], np.zeros(0, bool)
+        """Drop the kept rows (on a cluster: the keepers, with their rows)."""
+        if self.workers:
+            self.client.cancel([worker.future for worker in self.workers])
+        self.parts, self.workers, self.kept = [], [], np.zeros(0, bool)
 
 
-def keep_block(x: np.ndarray, offset: int, drop_nan_rows: bool) -> tuple:
-    """What a block keeps: ``(x, None)``, or under ``drop_nan_rows`` its rows
-    without NaN and their global indices (as :func:`dask_emk.core.blocks.without_nan_rows`)."""
-    keep = rows_without_nan(x) if drop_nan_rows else None
-    rows = None if keep is None else np.flatnonzero(keep)
-    x = x if rows is None else np.take(x, rows, axis=0)
-    x.flags.writeable = False  # every later pass reads these rows: none may change them
-    return x, None if rows is None else rows + offset
+def _lost(worker: WorkerRows, exc: BaseException) -> bool:
+    """Whether ``exc`` from ``worker``'s keeper says its worker was lost (not an error
+    of the pass): the actor's future failed, or distributed could not reach it."""
+    return worker.future.status != "finished" or str(exc).startswith(
+        ("Unable to contact Actor's worker", "Worker holding Actor was lost")
+    )
 
 
-def block_stats(part, w, offset, kept, keyed, block_fn, args, drop_nan_rows) -> np.ndarray:
-    """A block's statistics row from its kept rows or from its read
-    (:func:`dask_emk.engine.reduction.call_block` on the same rows, weights and indices)."""
-    if not kept:
-        rows = np.arange(offset, offset + part.shape[0]) if keyed else None
-        return reduction.call_block(part, w, rows, block_fn, args, drop_nan_rows)
-    x, rows = part
-    if rows is not None and w is not None:
-        w = np.take(w, rows - offset)
-    if rows is None and keyed:
-        rows = np.arange(offset, offset + x.shape[0])
-    return reduction.call_block(x, w, rows, block_fn, args, False)
+def _live_worker(client, lost: str, seconds: float = 60.0) -> str:
+    """The worker with the most room other than ``lost`` (waiting for a restarted one)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        room = {a: r for a, r in worker_room(client).items() if a != lost}
+        if room:
+            return max(sorted(room), key=room.__getitem__)
+        if time.monotonic() > deadline:
+            raise RuntimeError(
+                f"worker {lost} was lost with kept rows and no other worker joined in "
+                f"{seconds:.0f} s to read them again"
+            )
+        time.sleep(0.2)
+
+
+def assign_workers(block_bytes, kept, room: dict) -> dict:
+    """The kept blocks by worker: each, in order, to the worker with the most room left.
+
+    ``block_bytes`` (m,): what each block keeps; ``room``: bytes free by
+    worker address. Returns ``{address: [block indices]}`` for the workers given any.
+    """
+    left = dict(room)
+    blocks: dict = {address: [] for address in sorted(left)}
+    for i in np.flatnonzero(kept):
+        address = max(sorted(left), key=left.__getitem__)
+        blocks[address].append(int(i))
+        left[address] -= int(block_bytes[i])
+    return {address: some for address, some in blocks.items() if some}
 
 
 def choose_blocks(sizes, row_bytes: int, cache, free: int, where: str = "there is") -> np.ndarray:
@@ -303,25 +413,27 @@ def choose_blocks(sizes, row_bytes: int, cache, free: int, where: str = "there i
 
 
 def free_memory(client) -> tuple[int, str]:
-    """Bytes free for kept rows, and where, in words.
-
-    On a cluster: the sum over workers of the memory below the spill threshold
-    (``distributed.worker.memory.spill`` of the limit) minus what the worker
-    process holds now (a worker started without a limit counts for
-    nothing: dask's default limit is its share of the machine); on the local
-    schedulers: the machine's available memory.
-    """
+    """Bytes free for kept rows, and where, in words: on a cluster the sum of
+    :func:`worker_room`, on the local schedulers the machine's available memory."""
     if client is None:
         import psutil
 
         return int(psutil.virtual_memory().available), "this machine has"
-    workers = client.scheduler_info(n_workers=-1)["workers"].values()
+    room = worker_room(client)
+    return sum(room.values()), f"the {len(room)} worker(s) have, below their spill threshold,"
+
+
+def worker_room(client) -> dict[str, int]:
+    """Bytes free for kept rows on each worker, by address: the memory below its spill
+    threshold (``distributed.worker.memory.spill`` of its limit) minus what the worker
+    process holds now (a worker started without a limit counts for nothing: dask's
+    default limit is its share of the machine)."""
+    workers = client.scheduler_info(n_workers=-1)["workers"]
     # Up to the spill threshold, not the limit: a worker that already holds half
     # its limit would otherwise spill the kept rows to disk (bench_cache_budget).
     spill = dask.config.get("distributed.worker.memory.spill", 0.7) or 1.0
-    free = sum(max(0, int(spill * int(w.get("memory_limit") or 0)) - int(w["metrics"]["memory"]))
-               for w in workers)  # fmt: skip
-    return free, f"the {len(workers)} worker(s) have, below their spill threshold,"
+    return {a: max(0, int(spill * int(w.get("memory_limit") or 0)) - int(w["metrics"]["memory"]))
+            for a, w in workers.items()}  # fmt: skip
 
 
 def _kept_row_bytes(X: da.Array, drop_nan_rows: bool) -> int:

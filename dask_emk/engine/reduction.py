@@ -35,7 +35,7 @@ from dask.delayed import Delayed
 from threadpoolctl import ThreadpoolController
 
 from dask_emk.core._numba import announce_compilation
-from dask_emk.core.blocks import LABEL_FILL, rows_without_nan, without_nan_rows
+from dask_emk.core.blocks import LABEL_FILL, rows_without_nan, unit_weights, without_nan_rows
 from dask_emk.core.nan_policy import NanPolicy
 from dask_emk.engine.fingerprint import take_watch
 from dask_emk.engine.progress import PassProgress, pass_progress, reporting
@@ -94,8 +94,8 @@ class RowKeyed:
 
 def is_kept(X) -> bool:
     """Whether X is a fit's rows kept in memory (:class:`dask_emk.engine.cache.CachedRows`),
-    which a pass takes as it takes X (read by blocks through its ``stats_parts``)."""
-    return hasattr(X, "stats_parts")
+    which a pass takes as it takes X (its blocks' rows through ``block_rows``)."""
+    return hasattr(X, "block_rows")
 
 
 def stored_source(X):
@@ -187,7 +187,7 @@ def call_block(x, w, rows, block_fn, args, drop_nan_rows: bool = False):
     ``np.ones(n)`` (the kernels' sums without weights round otherwise).
     """
     if w is None:
-        w = np.ones(x.shape[0])
+        w = unit_weights(x.shape[0])
     if drop_nan_rows:
         x, w, rows = without_nan_rows(x, w, rows)
     return apply_block(block_fn, x, w, rows, args)
@@ -297,15 +297,10 @@ def reduce_pass(
             wrap=RowKeyed,
         )  # fmt: skip
     if is_kept(X):
-        parts = X.stats_parts(weight, block_fn, size, args, drop_nan_rows)
-        total = combine_parts(parts, combine or _add_rows, split_every or DEFAULT_SPLIT_EVERY)
-        # The first pass also reads the blocks to keep, in the same compute.
-        total, kept, *values = compute_one(
-            (total, X.first_read(), *(also or ())), source=X.source, progress=pass_progress()
-        )
-        X.hold(kept)
-        vector = np.asarray(total).reshape(size)
-        return vector if also is None else (vector, tuple(values))
+        rows, values = X.block_rows(weight, block_fn, args, drop_nan_rows, also or ())
+        vector = combine_rows(rows, combine or _add_rows, split_every or DEFAULT_SPLIT_EVERY)
+        vector = vector.reshape(size)
+        return vector if also is None else (vector, values)
     if not isinstance(X, da.Array):
         w = None if weight is None else np.asarray(weight)
         rows = local_map(
@@ -494,6 +489,16 @@ def combine_parts(
         if len(parts) == 1:
             return parts[0]
         level += 1
+
+
+def combine_rows(rows: list, combine: Callable[[np.ndarray], np.ndarray], split_every: int):
+    """:func:`combine_parts` in memory: the same steps on the same rows (1, size), in
+    block order, so the same bits as the tree of tasks."""
+    while True:
+        rows = [_combine_rows(combine, *rows[i : i + split_every])
+                for i in range(0, len(rows), split_every)]  # fmt: skip
+        if len(rows) == 1:
+            return np.asarray(rows[0])
 
 
 def _combine_rows(combine, *rows):
