@@ -247,6 +247,10 @@ class CachedRows:
     def _cluster_rows(self, weight, block_fn, args, drop_nan_rows, also) -> tuple:
         """A cluster: each worker's keeper called directly, the blocks not kept read by tasks."""
         request = (block_fn, args, drop_nan_rows, self._weight_token(weight))
+        with storage_errors(self.source):  # the first pass: the keepers' reads (their errors)
+            for k in range(len(self.workers)):
+                self._keeper_ready(k)
+        # A call may overtake an earlier one on its way to the worker: none before the read ends.
         calls = [self._call(worker, request) for worker in self.workers]
         rows: list = [None] * self.kept.size
         read = np.flatnonzero(~self.kept).tolist()
@@ -329,22 +333,41 @@ class CachedRows:
             weights = (token, blocks)
         return worker.keeper.stats(block_fn, args, drop_nan_rows, weights)
 
-    def _collect(self, k: int, call, request: tuple, tries: int = 3) -> dict:
-        """Worker k's rows; a lost worker's blocks are read again on a live one (as the
-        scheduler recomputes a lost task), and passed over there."""
+    def _keeper_ready(self, k: int, tries: int = 3) -> None:
+        """Wait for worker k's keeper to have read its blocks (a lost worker's blocks
+        are read again on a live one, as the scheduler recomputes a lost task)."""
         worker = self.workers[k]
+        if worker.reading is None:
+            return
         try:
-            if worker.reading is not None:
-                worker.reading.result()
-                worker.reading = None
-            return call.result()
+            worker.reading.result()
+            worker.reading = None
+            return
         except (OSError, RuntimeError) as exc:
             if tries == 0 or not _lost(worker, exc):
                 raise
-        self.client.cancel([worker.future])
-        self.workers[k] = self._start_keeper(_live_worker(self.client, worker.address),
-                                             worker.blocks)  # fmt: skip
-        return self._collect(k, self._call(self.workers[k], request), request, tries - 1)
+        self._replace(k)
+        self._keeper_ready(k, tries - 1)
+
+    def _collect(self, k: int, call, request: tuple, tries: int = 3) -> dict:
+        """Worker k's ``{block: row}``; a lost worker's pass is run again on a live one."""
+        try:
+            got = call.result()
+        except (OSError, RuntimeError) as exc:
+            if tries == 0 or not _lost(self.workers[k], exc):
+                raise
+            self._replace(k)
+            self._keeper_ready(k)
+            return self._collect(k, self._call(self.workers[k], request), request, tries - 1)
+        if sorted(got) != self.workers[k].blocks:  # never a sum over fewer blocks
+            raise RuntimeError(f"the keeper on {self.workers[k].address} lost kept blocks")
+        return got
+
+    def _replace(self, k: int) -> None:
+        """A keeper on a live worker reading the blocks of lost worker k."""
+        lost = self.workers[k]
+        self.client.cancel([lost.future])
+        self.workers[k] = self._start_keeper(_live_worker(self.client, lost.address), lost.blocks)
 
     def release(self) -> None:
         """Drop the kept rows (on a cluster: the keepers, with their rows)."""
