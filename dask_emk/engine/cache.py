@@ -454,12 +454,22 @@ def worker_room(client) -> dict[str, int]:
     threshold (``distributed.worker.memory.spill`` of its limit) minus what the worker
     process holds now (a worker started without a limit counts for nothing: dask's
     default limit is its share of the machine)."""
-    workers = client.scheduler_info(n_workers=-1)["workers"]
+    limits = {a: int(w.get("memory_limit") or 0)
+              for a, w in client.scheduler_info(n_workers=-1)["workers"].items()}  # fmt: skip
+    # Asked now: the scheduler's figure is the last heartbeat's, which right after
+    # a fit still counts that fit's rows (bench_cache_budget's second fit).
+    held = client.run(_process_memory, workers=list(limits))
     # Up to the spill threshold, not the limit: a worker that already holds half
     # its limit would otherwise spill the kept rows to disk (bench_cache_budget).
     spill = dask.config.get("distributed.worker.memory.spill", 0.7) or 1.0
-    return {a: max(0, int(spill * int(w.get("memory_limit") or 0)) - int(w["metrics"]["memory"]))
-            for a, w in workers.items()}  # fmt: skip
+    return {a: max(0, int(spill * limit) - int(held.get(a, limit))) for a, limit in limits.items()}
+
+
+def _process_memory() -> int:
+    """This process's resident memory in bytes (what a worker's memory limit counts)."""
+    import psutil
+
+    return int(psutil.Process().memory_info().rss)
 
 
 def _kept_row_bytes(X: da.Array, drop_nan_rows: bool) -> int:
