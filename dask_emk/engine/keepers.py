@@ -16,7 +16,6 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 
-import dask
 import numpy as np
 
 from dask_emk.core.blocks import rows_without_nan
@@ -69,7 +68,7 @@ class RowKeeper:
 
         def read_one(item):
             i, (block, offset) = item
-            (x,) = dask.compute(block, scheduler="sync")
+            x = reduction.compute_one(block, scheduler="sync")  # this thread reads it
             return i, offset, keep_block(np.asarray(x), offset, drop_nan_rows)
 
         for i, offset, kept in self._map(read_one, list(reads.items())):
@@ -98,7 +97,7 @@ class RowKeeper:
             return {}
         token, blocks = weights
         if token != self.weights[0]:
-            values = dask.compute(blocks, scheduler="sync")[0]
+            values = reduction.compute_one(blocks, scheduler="sync")
             self.weights = (token, {i: np.asarray(w) for i, w in values.items()})
         return self.weights[1]
 

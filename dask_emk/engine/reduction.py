@@ -392,6 +392,7 @@ def compute_one(
     source: da.Array | None = None,
     optimize_graph: bool = False,
     progress: PassProgress | None = None,
+    scheduler: str | None = None,
 ):
     """``dask.compute`` of one result with one BLAS thread per task.
 
@@ -411,13 +412,17 @@ def compute_one(
         data needs optimising, or every chunk of the data would be read.
     progress : PassProgress, optional
         Told of the tasks done as they finish (:func:`dask_emk.engine.progress.reporting`).
+    scheduler : str, optional
+        Dask's scheduler to use instead of the one in effect (``'sync'``: a
+        keeper reading its blocks on a worker, :mod:`dask_emk.engine.keepers`).
     """
+    chosen = {} if scheduler is None else {"scheduler": scheduler}
     with (
         single_blas_thread(),
         storage_errors(result if source is None else source),
         reporting(progress, result) as extra,
     ):
-        (value,) = dask.compute(result, optimize_graph=optimize_graph, **extra)
+        (value,) = dask.compute(result, optimize_graph=optimize_graph, **extra, **chosen)
     return value
 
 
