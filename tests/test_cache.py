@@ -423,3 +423,23 @@ def test_keyboard_interrupt_on_a_cluster_gives_the_workers_memory_back(cluster, 
     assert during[0] - before > 0.8 * X.nbytes  # the rows were kept on the workers
     wait_for(lambda: not any(cluster.run(keepers_alive).values()))
     wait_for(lambda: rss() - before < 0.2 * X.nbytes)  # and are given back
+
+
+def process_id() -> int:
+    return os.getpid()
+
+
+def test_processes_scheduler_keeps_its_pool_between_passes_and_no_rows(store, data):
+    """dask's multiprocessing scheduler would start a pool per compute: passes share one
+    (the same worker processes), and cache='auto' keeps no rows in this process (they
+    would travel to the workers on every pass); the fit is the sync fit."""
+    with dask.config.set(scheduler="processes"):
+        computes = (os.cpu_count() or 1) + 2  # a pool per compute: as many processes
+        pids = [reduction.compute_one(dask.delayed(process_id, pure=False)())
+                for _ in range(computes)]  # fmt: skip
+        assert os.getpid() not in pids
+        assert len(set(pids)) <= (os.cpu_count() or 1) < computes
+        with cache.kept_rows(da.from_zarr(store), "auto") as rows:
+            assert not reduction.is_kept(rows)
+    assert_identical(fit("kmeans||", store, "auto", scheduler="processes"),
+                     fit("kmeans||", store, False))  # fmt: skip

@@ -100,7 +100,9 @@ def kept_rows(X, cache, drop_nan_rows: bool = False, free: int | None = None) ->
         yield X
         return
     warn_tiny_chunks(X)
-    if cache is False or not cache:
+    # On dask's multiprocessing scheduler rows kept in this process travel to the
+    # workers on every pass: slower than reading them there (10.6 against 7.5 s).
+    if cache is False or not cache or (cache == "auto" and reduction.runs_in_fresh_processes()):
         yield X
         return
     held: list[CachedRows] = []
