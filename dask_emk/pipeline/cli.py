@@ -484,17 +484,20 @@ def fit(input_path, out, labels, responsibilities, log_density, scheduler, resum
 @click.option("--variables", default=None, metavar="V1,V2,...",
               help="The xarray store's variables to read (default: those the model was "
               "fitted on).")  # fmt: skip
-@_field_options(only=("missing_chunks", "storage_options"))
+@_field_options(only=("missing_chunks", "storage_options", "feature_dim", "sample_dims"))
 @click.option("--scheduler", default="local", show_default=True, help=SCHEDULER_HELP)
 @_fail_cleanly
 def predict(model_path, input_path, out, responsibility, log_density, impute, variables,
-            missing_chunks, storage_options, scheduler) -> None:  # fmt: skip
+            missing_chunks, storage_options, feature_dim, sample_dims,
+            scheduler) -> None:  # fmt: skip
     """Apply MODEL (a model file, or the results of fit/run) to INPUT, writing OUT.zarr.
 
     INPUT is what fit reads: store.zarr/ARRAY (rows × features) or an xarray
     store of the model's variables (on a grid, with gaps as the model's
     nan_policy allows); a path or URL. OUT holds `label` (and the options'
-    outputs) on INPUT's grid, chunk by chunk.
+    outputs) on INPUT's grid, chunk by chunk. --feature-dim and --sample-dims
+    default to the dims the model was fitted with: give them when INPUT names
+    its dims otherwise.
     """
     from dask_emk.pipeline.predict import predict_store
 
@@ -510,6 +513,7 @@ def predict(model_path, input_path, out, responsibility, log_density, impute, va
             outputs=("label", *(name for name, on in flags.items() if on)),
             variables=variables.split(",") if variables else None,
             missing_chunks=missing_chunks or "raise", scheduler=scheduler, echo=click.echo,
+            layout={"feature_dim": feature_dim, "sample_dims": sample_dims},
         )  # fmt: skip
 
 
