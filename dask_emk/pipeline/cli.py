@@ -137,9 +137,10 @@ def _signals_interrupt():
 
 @click.group()
 @click.version_option(__version__, prog_name="dask-emk")
-def main() -> None:
+@click.pass_context
+def main(ctx: click.Context) -> None:
     """Gaussian mixtures and k-means on out-of-core zarr data with Dask."""
-    _show_log()
+    ctx.with_resource(_log_shown())
 
 
 class _EchoHandler(logging.Handler):
@@ -219,17 +220,29 @@ class _PassBar:
             logging.getLogger("dask_emk").warning("slow worker %s: %s", address, seen)
 
 
-def _show_log(quiet: bool = False, bar: _PassBar | None = None) -> None:
+@contextlib.contextmanager
+def _log_shown():
     """Show the ``dask_emk`` logger's INFO lines (e.g. "compiling kernels …") through one
-    handler; ``quiet``: its warnings only; ``bar``: the progress line drawn below them."""
+    handler while a command runs. It goes, and the logger's level is restored, when the
+    command ends: run in-process (a test, a notebook), it would print later lines twice."""
     logger = logging.getLogger("dask_emk")
-    handler = next((h for h in logger.handlers if isinstance(h, _EchoHandler)), None)
-    if handler is None:
-        handler = _EchoHandler()
-        logger.addHandler(handler)
-    if logger.getEffectiveLevel() > logging.INFO:  # each command: a test may have reset it
+    handler, level = _EchoHandler(), logger.level
+    logger.addHandler(handler)
+    if logger.getEffectiveLevel() > logging.INFO:
         logger.setLevel(logging.INFO)
-    handler.quiet, handler.bar = quiet, bar
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
+def _show_log(quiet: bool = False, bar: _PassBar | None = None) -> None:
+    """The command's log handler (:func:`_log_shown`): ``quiet``, its warnings only;
+    ``bar``, the progress line drawn below its lines."""
+    for handler in logging.getLogger("dask_emk").handlers:
+        if isinstance(handler, _EchoHandler):
+            handler.quiet, handler.bar = quiet, bar
 
 
 @main.command()
