@@ -203,6 +203,7 @@ def test_predict_reads_a_store_whose_dims_are_named_otherwise(
                                          "has dims ['time', 'latitude', 'longitude']")),
         (["--feature-dim", "band"], ("--feature-dim", "names ['band']", "has dims")),
         (["--feature-dim", "band", "ROWS"], ("apply to an xarray store",)),
+        (["--feature-dim", "time"], ("applies to one N-D variable", "['x0', 'x1', 'x2']")),
     ],
 )  # fmt: skip
 def test_layout_options_naming_no_dim_of_the_store_fail_before_anything_is_written(

@@ -32,6 +32,7 @@ import copy
 import logging
 import math
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -40,7 +41,7 @@ from sklearn.utils import check_random_state
 
 from dask_emk._logging import STEPS_LOGGER
 from dask_emk.core.nan_policy import NanPolicy
-from dask_emk.engine.batch import Steps, run_one
+from dask_emk.engine.batch import Batch, Steps, run_one
 from dask_emk.engine.passes import assign_request, seed_request
 from dask_emk.engine.reduction import single_blas_thread
 
@@ -128,7 +129,7 @@ def _count(n: int, noun: str) -> str:
     return f"{n} {noun}" + ("" if n == 1 else "s")
 
 
-def _span(values: list[int]) -> str:
+def _span(values: Sequence[float]) -> str:
     """``7``, or ``5–10`` for values that differ."""
     low, high = min(values), max(values)
     return f"{low}" if low == high else f"{low}–{high}"
@@ -145,7 +146,7 @@ class SeedingLog:
     A seeding joins when it is made, before the batch runs.
     """
 
-    def __init__(self):
+    def __init__(self) -> None:
         self._reset()
 
     def _reset(self) -> None:
@@ -202,16 +203,16 @@ class SeedingLog:
         if len(self.ends) < len(self.last):
             return
         if not self.alone:
-            candidates, centres, passes, start = zip(*self.ends, strict=True)
+            sizes, ks, counts, starts = zip(*self.ends, strict=True)
             steps_log.info(
                 "seeding k-means|| (%d seedings): %s candidates weighted by their nearest rows, "
                 "reduced to %s centres, %s passes over the data, %.2f s", len(self.ends),
-                _span(candidates), _span(centres), _span(passes), time.perf_counter() - min(start),
+                _span(sizes), _span(ks), _span(counts), time.perf_counter() - min(starts),
             )  # fmt: skip
         self._reset()  # all done: a later seeding of the batch starts afresh
 
 
-def seeding_log(batch=None) -> SeedingLog:
+def seeding_log(batch: Batch | None = None) -> SeedingLog:
     """The :class:`SeedingLog` of the seedings of ``batch`` (one of its own without one)."""
     return SeedingLog() if batch is None else batch.shared.setdefault(__name__, SeedingLog())
 
@@ -279,7 +280,7 @@ def kmeans_parallel_steps(
     oversampling_factor: float = 2,
     n_rounds: int | None = None,
     omit_nan: bool = False,
-    batch=None,
+    batch: Batch | None = None,
 ) -> Steps:
     """:func:`kmeans_parallel` as a step generator; draws from ``rng`` now.
 
