@@ -13,9 +13,11 @@ leaves nothing that opens, and its rerun writes the same store.
 from __future__ import annotations
 
 import hashlib
+import json
 import signal
 import subprocess
 import time
+import uuid
 import warnings
 
 import fsspec
@@ -136,6 +138,84 @@ def test_predict_on_a_store_of_one_nd_variable(tmp_path, grid_store):
     got = read(tmp_path / "p.zarr")["label"]
     assert got.dims == ("time", "lat", "lon")
     np.testing.assert_array_equal(got.values, labels.where(labels >= 0).values)
+
+
+def renamed(data: xr.Dataset | xr.DataArray, path, **names):
+    """``data`` written to a new store at ``path`` with its dims renamed (``old=new``)."""
+    data = data.rename(names)
+    data = data.to_dataset() if isinstance(data, xr.DataArray) else data
+    for variable in data.variables.values():
+        variable.encoding = {}  # the source's chunk encoding names the old dims' sizes
+    data.to_zarr(path, zarr_format=3, consolidated=False)
+    return path
+
+
+def cube(store) -> xr.DataArray:
+    """The grid's variables as one N-D variable ``fields`` on (time, lat, lon, var)."""
+    fields = inputs(store).to_dataarray("var").transpose("time", "lat", "lon", "var")
+    return fields.rename("fields").chunk({"time": 2, "lat": 8, "lon": 12, "var": -1})
+
+
+@pytest.mark.parametrize(
+    ("layout", "entry_point"),
+    [("sample_dims", "cli"), ("feature_dim", "cli"), ("sample_dims", "pipeline")],
+)
+def test_predict_reads_a_store_whose_dims_are_named_otherwise(
+    tmp_path, grid_store, layout, entry_point
+):
+    """--sample-dims / --feature-dim ([[predict]] sample_dims / feature_dim) name the
+    store's dims where they differ from the model's recorded layout: the labels are the
+    model's on the store it was fitted on."""
+    if layout == "sample_dims":
+        data = inputs(grid_store)
+        model = GaussianMixture(K, nan_policy="omit", max_iter=5, random_state=0,
+                                sample_dims=["time", "lat", "lon"]).fit(data)  # fmt: skip
+        store = renamed(data, tmp_path / "renamed.zarr", lat="latitude", lon="longitude")
+        options = ["--sample-dims", "time,latitude,longitude"]
+    else:
+        data = cube(grid_store)
+        model = KMeans(K, nan_policy="omit", feature_dim="var", random_state=0).fit(data)
+        store = renamed(data, tmp_path / "renamed.zarr", var="band", lat="latitude",
+                        lon="longitude")  # fmt: skip
+        options = ["--feature-dim", "band"]
+    model.save(tmp_path / "m.zarr")
+    args = ("predict", tmp_path / "m.zarr", store, "--out", tmp_path / "p.zarr")
+    if entry_point == "cli":
+        assert_one_line_error(invoke(*args), f"fitted with {layout}", options[0])  # as recorded
+        result = invoke(*args, *options, "--scheduler", "sync")
+    else:
+        entry = {"model": str(tmp_path / "m.zarr"), "store": str(store),
+                 "out": str(tmp_path / "p.zarr"), layout: options[1].split(",")}  # fmt: skip
+        (tmp_path / "p.toml").write_text(predict_toml([entry]))
+        result = invoke("run", tmp_path / "p.toml", "-q")
+    assert result.exit_code == 0, result.output
+    got = read(tmp_path / "p.zarr")["label"]
+    labels = model.predict(data)
+    assert got.dims == ("time", "latitude", "longitude")
+    assert (labels >= 0).any() and (labels < 0).any()  # land is omitted
+    np.testing.assert_array_equal(got.values, labels.where(labels >= 0).values)
+
+
+@pytest.mark.parametrize(
+    ("options", "fragments"),
+    [
+        (["--sample-dims", "time,lat"], ("--sample-dims", "names ['lat']",
+                                         "has dims ['time', 'latitude', 'longitude']")),
+        (["--feature-dim", "band"], ("--feature-dim", "names ['band']", "has dims")),
+        (["--feature-dim", "band", "ROWS"], ("apply to an xarray store",)),
+        (["--feature-dim", "time"], ("applies to one N-D variable", "['x0', 'x1', 'x2']")),
+    ],
+)  # fmt: skip
+def test_layout_options_naming_no_dim_of_the_store_fail_before_anything_is_written(
+    tmp_path, grid_store, gmm_file, options, fragments
+):
+    store = renamed(inputs(grid_store), tmp_path / "renamed.zarr", lat="latitude", lon="longitude")
+    if options[-1] == "ROWS":
+        write_mixture_zarr(tmp_path / "rows.zarr", 100, random_mixture(D, K, seed=1), seed=1)
+        store, options = tmp_path / "rows.zarr/X", options[:-1]
+    out = tmp_path / "p.zarr"
+    assert_one_line_error(invoke("predict", gmm_file, store, "--out", out, *options), *fragments)
+    assert not out.exists() and not lock_path(out).exists()
 
 
 def test_predict_with_a_results_store_on_a_row_array(tmp_path):
@@ -356,3 +436,37 @@ def test_predict_on_s3_on_a_local_cluster(s3, tmp_path, gmm_file, grid_store):
     np.testing.assert_array_equal(got["label"].values, labels.where(labels >= 0).values)
     np.testing.assert_array_equal(got["log_density"].values, model.score_samples(data).values)
     assert_on_the_grid(got["label"], data)
+
+
+def test_a_predict_entry_reads_s3_with_its_own_storage_options(s3, tmp_path, grid_store):
+    """Only the [[predict]] entry's storage_options name the S3 endpoint (and a key and
+    secret): its store is read from there, predicted as its local copy; the results'
+    pipeline attributes hold no secret of it."""
+    bucket = f"pr-{uuid.uuid4().hex[:12]}"  # moto's servers in one process share buckets
+    table = {"endpoint_url": s3["AWS_ENDPOINT_URL"], "key": "AKIAPREDICTONLY",
+             "secret": "predict-s3cr3t"}  # fmt: skip
+    fsspec.filesystem("s3").mkdir(bucket)
+    inputs(grid_store).to_zarr(f"s3://{bucket}/grid.zarr", zarr_format=3, consolidated=False,
+                               storage_options=table)  # fmt: skip
+    fit = (f'[input]\nstore = "{grid_store}"\nnan_policy = "omit"\n'
+           f'[model]\ntype = "kmeans"\nn_components = {K}\nmax_iter = 5\n'
+           f'[output]\nresults = "{tmp_path / "r.zarr"}"\nplots = false\n')  # fmt: skip
+    entry = {"store": f"s3://{bucket}/grid.zarr", "out": str(tmp_path / "p.zarr")}
+    text = predict_toml([entry], fit) + "[predict.storage_options]\n" + "".join(
+        f'{key} = "{value}"\n' for key, value in table.items()
+    )
+    (tmp_path / "p.toml").write_text(text)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.delenv("AWS_ENDPOINT_URL")  # the entry's table alone reaches the server
+        result = invoke("run", tmp_path / "p.toml", "-q")
+    assert result.exit_code == 0, result.output
+    labels = dask_emk.load(tmp_path / "r.zarr").predict(inputs(grid_store))
+    got = read(tmp_path / "p.zarr")["label"]
+    assert (labels < 0).any() and set(np.unique(labels)) == {-1, 0, 1, 2}
+    np.testing.assert_array_equal(got.values, labels.where(labels >= 0).values)
+    attrs = read(tmp_path / "r.zarr").attrs
+    for secret in ("AKIAPREDICTONLY", "predict-s3cr3t"):
+        assert secret not in attrs["pipeline_json"] + attrs["pipeline_toml"]
+    assert json.loads(attrs["pipeline_json"])["predict"][0]["storage_options"]["key"] == (
+        "<redacted>"
+    )

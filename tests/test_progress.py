@@ -181,6 +181,74 @@ def test_kmeans_plusplus_and_random_seedings_say_what_they_drew(caplog):
                         drawn)  # fmt: skip
 
 
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")  # max_iter=3
+@pytest.mark.parametrize("model", ["gmm-ic", "n_init"])
+def test_batched_kmeans_parallel_seedings_log_one_line_per_round(caplog, model):
+    """Seedings sharing their passes (6 GaussianMixtureIC candidates, 3 n_init runs) say
+    each round once for all, with the spread of what they drew; each one's lines are at
+    DEBUG, the same lines it logs alone."""
+    from dask_emk import GaussianMixtureIC, KMeans
+    from dask_emk.models.seeding import kmeans_parallel
+
+    X = three_blobs(900)
+    fit, n = (lambda: GaussianMixtureIC(1, 6, max_iter=3, random_state=0).fit(X), 6)
+    if model == "n_init":
+        fit, n = (lambda: KMeans(3, n_init=3, max_iter=3, random_state=0).fit(X), 3)
+    with caplog.at_level(logging.DEBUG, logger="dask_emk"):
+        fit()
+    info = [r.getMessage() for r in caplog.records
+            if r.name == STEPS_LOGGER and r.levelno == logging.INFO]  # fmt: skip
+    rounds = [line for line in info if line.startswith("seeding k-means|| round")]
+    assert len(rounds) == 5, info
+    own = [r.getMessage() for r in caplog.records if r.levelno == logging.DEBUG]
+    own_rounds = [line for line in own if line.startswith("seeding k-means|| round")]
+    assert len(own_rounds) == 5 * n
+    for i, line in enumerate(rounds, 1):
+        got = re.fullmatch(rf"seeding k-means\|\| round {i}/5 \({n} seedings in one pass\): "
+                           r"(\d+)(?:–(\d+))? candidates drawn each \((\d+)(?:–(\d+))? in all\), "
+                           r"\d+\.\d\d s", line)  # fmt: skip
+        assert got, line
+        drawn = [int(re.search(r": (\d+) candidates? drawn", own)[1])
+                 for own in own_rounds if f"round {i}/5:" in own]  # fmt: skip
+        assert (int(got[1]), int(got[2] or got[1])) == (min(drawn), max(drawn))
+    (summary,) = [line for line in info if line.startswith("seeding k-means|| (")]
+    assert summary.startswith(f"seeding k-means|| ({n} seedings): ") and "7 passes" in summary
+    # The first candidate's own lines are those of its seeding alone (the same draws).
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="dask_emk"):
+        kmeans_parallel(X, 1 if model == "gmm-ic" else 3, np.random.RandomState(0))
+    alone = steps_lines(caplog, "seeding k-means|| round")
+    strip = re.compile(r", \d+\.\d\d s$")
+    assert [strip.sub("", line) for line in alone] == [strip.sub("", line) for line in
+                                                        own_rounds[::n]]  # fmt: skip
+
+
+def test_an_in_process_command_leaves_no_log_handler_behind(tmp_path, capsys):
+    """After dask-emk runs in-process (CliRunner, a notebook), the dask_emk logger has
+    the handlers and level it had: a later fit's lines are printed once, by the user's."""
+    from dask_emk import KMeans
+
+    logger = logging.getLogger("dask_emk")
+    before = (list(logger.handlers), logger.level)
+    mine = logging.StreamHandler()  # the user's own, on the (captured) stderr
+    logger.addHandler(mine)
+    try:
+        logger.setLevel(logging.INFO)
+        for _ in range(2):
+            result = CliRunner().invoke(main, ["generate", str(tmp_path / "d.zarr"), "--n",
+                                               "500", "--d", "2", "--k", "2", "--overwrite"])
+            assert result.exit_code == 0, result.output
+        assert (logger.handlers, logger.level) == (before[0] + [mine], logging.INFO)
+        capsys.readouterr()
+        KMeans(3, n_init=1, random_state=0).fit(three_blobs(500))
+        err = capsys.readouterr().err
+        assert err.count("seeding k-means|| round 1/5") == 1, err
+    finally:
+        logger.removeHandler(mine)
+        logger.setLevel(before[1])
+    assert (logger.handlers, logger.level) == before
+
+
 def test_gmm_ic_logs_one_line_per_candidate_with_its_criterion(caplog):
     from dask_emk import GaussianMixtureIC
 

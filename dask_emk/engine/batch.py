@@ -196,6 +196,9 @@ class Batch:
     running : tuple of int
         Indices (in the list given to :meth:`run`) of the fits still in the
         batch; a fit may read it while it reports progress.
+    shared : dict
+        What the fits of the batch share, by the module that keeps it (the
+        seedings' joint log lines, :class:`dask_emk.models.seeding.SeedingLog`).
     """
 
     def __init__(
@@ -205,6 +208,7 @@ class Batch:
         self.split_every, self.nan_policy = split_every, nan_policy
         self.cache = cache
         self.running: tuple[int, ...] = ()
+        self.shared: dict = {}
         # The pass input of the run (X or its kept rows), opened by the first pass.
         self._rows, self._held = None, None
 

@@ -403,7 +403,8 @@ class GaussianMixture(DensityMixin, ChunkedEstimator):
             start = done(self._state_from_attributes())
             return [self._em_steps(data, start, self.lower_bound_, 0, batch)]
         return [
-            self._em_steps(data, self._initial_steps(data, weight, rng, eps), -np.inf, init, batch)
+            self._em_steps(data, self._initial_steps(data, weight, rng, eps, batch), -np.inf,
+                           init, batch)  # fmt: skip
             for init in range(self.n_init)
         ]
 
@@ -483,8 +484,9 @@ class GaussianMixture(DensityMixin, ChunkedEstimator):
         return Pass(layout, mixture_block, (params, layout, kernels))
 
     # -------------------------------------------------------- initialisation
-    def _initial_steps(self, data: InputData, weight, rng, eps: float) -> Steps:
-        """Step generator of the initial GaussianState; draws from ``rng`` now."""
+    def _initial_steps(self, data: InputData, weight, rng, eps: float, batch=None) -> Steps:
+        """Step generator of the initial GaussianState; draws from ``rng`` now (a k-means
+        start logs its seeding with the others of ``batch``)."""
         K, d = self.n_components, data.n_features
         user = self._user_init(d)
         if all(v is not None for v in user.values()):
@@ -492,7 +494,7 @@ class GaussianMixture(DensityMixin, ChunkedEstimator):
         if self.init_params in ("k-means++", "random_from_data"):
             guess = self._state_from_centers(self._seed_steps(data, weight, rng), K, d)
         else:
-            guess = self._state_from_resp(data, weight, rng, eps)
+            guess = self._state_from_resp(data, weight, rng, eps, batch)
         return self._with_user(user, guess)
 
     def _with_user(self, user: dict, guess: Steps) -> Steps:
@@ -517,14 +519,15 @@ class GaussianMixture(DensityMixin, ChunkedEstimator):
             return kmeans_plusplus_steps(data.array, self.n_components, rng, weight, omit)
         return random_rows_steps(data.array, self.n_components, rng, weight, omit)
 
-    def _state_from_resp(self, data, weight, rng, eps) -> Steps:
+    def _state_from_resp(self, data, weight, rng, eps, batch=None) -> Steps:
         K = self.n_components
         if self.init_params == "random":
             return self._resp_state(data, done(("random", int(rng.randint(2**31)), K)), eps)
         from dask_emk.models.kmeans import KMeans
 
         km = KMeans(K, init="k-means||", n_init=1, random_state=rng)
-        return self._resp_state(data, _nearest_rule(km, km.run_steps(data, weight, rng)), eps)
+        steps = km.run_steps(data, weight, rng, batch=batch)
+        return self._resp_state(data, _nearest_rule(km, steps), eps)
 
     def _resp_state(self, data, rule: Steps, eps) -> Steps:
         """The M-step of the initial responsibilities that ``rule`` gives (see resp_block)."""

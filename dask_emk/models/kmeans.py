@@ -408,12 +408,13 @@ class KMeans(
 
         The seeding draws from ``rng`` now; the generator returns a
         :class:`LloydRun`. ``user`` centres replace the seeding; ``init``
-        and ``batch`` (whose ``running`` fits are reported) are for the callback.
+        and ``batch`` (whose ``running`` fits are reported) are for the callback,
+        ``batch`` also for the seeding's log lines (:class:`~dask_emk.models.seeding.SeedingLog`).
         """
-        start = done(user) if user is not None else self._seed_steps(data, weight, rng)
+        start = done(user) if user is not None else self._seed_steps(data, weight, rng, batch)
         return self._lloyd(start, block_kernels(data.nan_policy), init, batch)
 
-    def _seed_steps(self, data: InputData, weight, rng) -> Steps:
+    def _seed_steps(self, data: InputData, weight, rng, batch: Batch | None = None) -> Steps:
         # With gaps, centres are drawn from complete rows only (models.seeding).
         K, omit = self.n_clusters, data.nan_policy.allows_nan
         if callable(self.init):
@@ -430,6 +431,7 @@ class KMeans(
             oversampling_factor=self.oversampling_factor,
             n_rounds=self.init_max_iter,
             omit_nan=omit,
+            batch=batch,
         )
 
     def _lloyd(

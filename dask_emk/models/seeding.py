@@ -32,6 +32,7 @@ import copy
 import logging
 import math
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -40,7 +41,7 @@ from sklearn.utils import check_random_state
 
 from dask_emk._logging import STEPS_LOGGER
 from dask_emk.core.nan_policy import NanPolicy
-from dask_emk.engine.batch import Steps, run_one
+from dask_emk.engine.batch import Batch, Steps, run_one
 from dask_emk.engine.passes import assign_request, seed_request
 from dask_emk.engine.reduction import single_blas_thread
 
@@ -105,23 +106,115 @@ def _drawn_rows(d: int, n: int, seed: int, omit_nan: bool, say: bool = True) -> 
     return rows
 
 
-def _log_seeding(name: str, what: str, passes: int, start: float) -> None:
+def _log_seeding(
+    name: str, what: str, passes: int, start: float, level: int = logging.INFO
+) -> None:
     """One line per seeding: what it gave, its passes over the data, its time
     (wall clock since its first request: fits batched together share passes)."""
     took = time.perf_counter() - start
-    steps_log.info("seeding %s: %s, %d %s over the data, %.2f s", name, what, passes,
-                   "pass" if passes == 1 else "passes", took)  # fmt: skip
+    steps_log.log(level, "seeding %s: %s, %d %s over the data, %.2f s", name, what, passes,
+                  "pass" if passes == 1 else "passes", took)  # fmt: skip
 
 
-def _log_round(round_: int, n_rounds: int, drawn: int, total: int, start: float) -> None:
+def _log_round(
+    round_: int, n_rounds: int, drawn: int, total: int, start: float, level: int = logging.INFO
+) -> None:
     """One line per k-means|| round: the rows it drew as candidates, and its time."""
     took = time.perf_counter() - start
-    steps_log.info("seeding k-means|| round %d/%d: %s drawn (%d in all), %.2f s", round_,
-                   n_rounds, _count(drawn, "candidate"), total, took)  # fmt: skip
+    steps_log.log(level, "seeding k-means|| round %d/%d: %s drawn (%d in all), %.2f s", round_,
+                  n_rounds, _count(drawn, "candidate"), total, took)  # fmt: skip
 
 
 def _count(n: int, noun: str) -> str:
     return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
+def _span(values: Sequence[float]) -> str:
+    """``7``, or ``5–10`` for values that differ."""
+    low, high = min(values), max(values)
+    return f"{low}" if low == high else f"{low}–{high}"
+
+
+class SeedingLog:
+    """The lines of the k-means|| seedings of one batch (:class:`dask_emk.engine.batch.Batch`).
+
+    A seeding alone says what each round drew and what it gave. Seedings
+    batched together (``n_init`` runs, the candidates of GaussianMixtureIC)
+    share their passes, so they say it once for all: one line per round, when
+    every seeding has drawn its candidates of the round (or stopped before
+    it), and one when all are done; each seeding's own lines go to DEBUG.
+    A seeding joins when it is made, before the batch runs.
+    """
+
+    def __init__(self) -> None:
+        self._reset()
+
+    def _reset(self) -> None:
+        self.last: dict[int, int] = {}  # seeding -> the last round it reported
+        self.left: set[int] = set()  # seedings past their rounds
+        self.rounds: dict[int, list] = {}  # round -> [(drawn, total, began, n_rounds)]
+        self.ends: list[tuple] = []  # (candidates, centres, passes, start)
+
+    @property
+    def alone(self) -> bool:
+        return len(self.last) == 1
+
+    @property
+    def own_level(self) -> int:
+        """The level of a seeding's own lines: INFO alone, DEBUG in company."""
+        return logging.INFO if self.alone else logging.DEBUG
+
+    def join(self) -> int:
+        """A new seeding's number."""
+        member = len(self.last)
+        self.last[member] = 0
+        return member
+
+    def round(self, member: int, round_: int, n_rounds: int, drawn: int, total: int,
+              began: float) -> None:  # fmt: skip
+        _log_round(round_, n_rounds, drawn, total, began, self.own_level)
+        self.last[member] = round_
+        self.rounds.setdefault(round_, []).append((drawn, total, began, n_rounds))
+        self._say_rounds()
+
+    def rounds_over(self, member: int) -> None:
+        self.left.add(member)
+        self._say_rounds()
+
+    def _say_rounds(self) -> None:
+        """The batch's line of each round every seeding has drawn in or stopped before."""
+        if self.alone:
+            return
+        for round_ in sorted(self.rounds):
+            if any(last < round_ and m not in self.left for m, last in self.last.items()):
+                return  # a seeding has yet to draw in it
+            drawn, total, began, n_rounds = zip(*self.rounds.pop(round_), strict=True)
+            steps_log.info(
+                "seeding k-means|| round %d/%d (%d seedings in one pass): %s candidates drawn "
+                "each (%s in all), %.2f s", round_, max(n_rounds), len(drawn), _span(drawn),
+                _span(total), time.perf_counter() - min(began),
+            )  # fmt: skip
+
+    def done(self, member: int, candidates: int, centres: int, passes: int,
+             start: float) -> None:  # fmt: skip
+        what = f"{candidates} candidates weighted by their nearest rows, reduced to "
+        _log_seeding("k-means||", what + _count(centres, "centre"), passes, start, self.own_level)
+        self.ends.append((candidates, centres, passes, start))
+        if len(self.ends) < len(self.last):
+            return
+        if not self.alone:
+            sizes, ks, counts, starts = zip(*self.ends, strict=True)
+            steps_log.info(
+                "seeding k-means|| (%d seedings): %s candidates weighted by their nearest rows, "
+                "reduced to %s centres, %s passes over the data, %.2f s", len(self.ends),
+                _span(sizes), _span(ks), _span(counts), time.perf_counter() - min(starts),
+            )  # fmt: skip
+        self._reset()  # all done: a later seeding of the batch starts afresh
+
+
+def seeding_log(batch: Batch | None = None) -> SeedingLog:
+    """The :class:`SeedingLog` of the seedings of ``batch`` (one of its own without one)."""
+    return SeedingLog() if batch is None else batch.shared.setdefault(__name__, SeedingLog())
 
 
 def _check_enough_rows(n_rows: int, n: int) -> None:
@@ -187,6 +280,7 @@ def kmeans_parallel_steps(
     oversampling_factor: float = 2,
     n_rounds: int | None = None,
     omit_nan: bool = False,
+    batch: Batch | None = None,
 ) -> Steps:
     """:func:`kmeans_parallel` as a step generator; draws from ``rng`` now.
 
@@ -195,6 +289,7 @@ def kmeans_parallel_steps(
     taken then, and ``rng`` moves past as many draws as that reduction
     makes (:func:`_skip_reduction`), so the random stream is the one of
     drawing as the work goes, and nothing is drawn after the passes.
+    The seedings of one ``batch`` log their rounds together (:class:`SeedingLog`).
     """
     n_rounds = DEFAULT_ROUNDS if n_rounds is None else n_rounds
     first = _drawn_rows(X.shape[1], 1, _seed(rng), omit_nan, say=False)
@@ -202,7 +297,9 @@ def kmeans_parallel_steps(
     reduce_rng = copy.deepcopy(rng)
     _skip_reduction(rng, n_clusters)
     ell = oversampling_factor * n_clusters
-    return _kmeans_parallel(X, n_clusters, first, seeds, reduce_rng, ell, sample_weight, omit_nan)
+    log = seeding_log(batch)
+    return _kmeans_parallel(X, n_clusters, first, seeds, reduce_rng, ell, sample_weight, omit_nan,
+                            log, log.join())  # fmt: skip
 
 
 def _skip_reduction(rng: np.random.RandomState, n_clusters: int) -> None:
@@ -213,7 +310,7 @@ def _skip_reduction(rng: np.random.RandomState, n_clusters: int) -> None:
 
 def _kmeans_parallel(
     X: Any, n_clusters: int, first: Steps, seeds: list[int], reduce_rng: np.random.RandomState,
-    ell: float, sample_weight: Any, omit_nan: bool,
+    ell: float, sample_weight: Any, omit_nan: bool, log: SeedingLog, member: int,
 ) -> Steps:
     start = time.perf_counter()
     candidates = yield from first
@@ -233,13 +330,13 @@ def _kmeans_parallel(
             break
         chosen = stats["x"][0][stats["key"][0] > phi]
         candidates = np.concatenate([candidates, chosen])
-        _log_round(round_, len(seeds), chosen.shape[0], candidates.shape[0], began)
+        log.round(member, round_, len(seeds), chosen.shape[0], candidates.shape[0], began)
+    log.rounds_over(member)
     counts = (yield assign_request(candidates, origin, complete_rows=omit_nan))["N"]
     centers = yield from reduce_candidates(
         candidates, counts, n_clusters, reduce_rng, X, sample_weight, omit_nan
     )
-    what = f"{candidates.shape[0]} candidates weighted by their nearest rows, reduced to "
-    _log_seeding("k-means||", what + _count(centers.shape[0], "centre"), passes + 1, start)
+    log.done(member, candidates.shape[0], centers.shape[0], passes + 1, start)
     return centers
 
 

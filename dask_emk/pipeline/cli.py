@@ -137,9 +137,10 @@ def _signals_interrupt():
 
 @click.group()
 @click.version_option(__version__, prog_name="dask-emk")
-def main() -> None:
+@click.pass_context
+def main(ctx: click.Context) -> None:
     """Gaussian mixtures and k-means on out-of-core zarr data with Dask."""
-    _show_log()
+    ctx.with_resource(_log_shown())
 
 
 class _EchoHandler(logging.Handler):
@@ -219,17 +220,29 @@ class _PassBar:
             logging.getLogger("dask_emk").warning("slow worker %s: %s", address, seen)
 
 
-def _show_log(quiet: bool = False, bar: _PassBar | None = None) -> None:
+@contextlib.contextmanager
+def _log_shown():
     """Show the ``dask_emk`` logger's INFO lines (e.g. "compiling kernels …") through one
-    handler; ``quiet``: its warnings only; ``bar``: the progress line drawn below them."""
+    handler while a command runs. It goes, and the logger's level is restored, when the
+    command ends: run in-process (a test, a notebook), it would print later lines twice."""
     logger = logging.getLogger("dask_emk")
-    handler = next((h for h in logger.handlers if isinstance(h, _EchoHandler)), None)
-    if handler is None:
-        handler = _EchoHandler()
-        logger.addHandler(handler)
-    if logger.getEffectiveLevel() > logging.INFO:  # each command: a test may have reset it
+    handler, level = _EchoHandler(), logger.level
+    logger.addHandler(handler)
+    if logger.getEffectiveLevel() > logging.INFO:
         logger.setLevel(logging.INFO)
-    handler.quiet, handler.bar = quiet, bar
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
+def _show_log(quiet: bool = False, bar: _PassBar | None = None) -> None:
+    """The command's log handler (:func:`_log_shown`): ``quiet``, its warnings only;
+    ``bar``, the progress line drawn below its lines."""
+    for handler in logging.getLogger("dask_emk").handlers:
+        if isinstance(handler, _EchoHandler):
+            handler.quiet, handler.bar = quiet, bar
 
 
 @main.command()
@@ -484,17 +497,20 @@ def fit(input_path, out, labels, responsibilities, log_density, scheduler, resum
 @click.option("--variables", default=None, metavar="V1,V2,...",
               help="The xarray store's variables to read (default: those the model was "
               "fitted on).")  # fmt: skip
-@_field_options(only=("missing_chunks", "storage_options"))
+@_field_options(only=("missing_chunks", "storage_options", "feature_dim", "sample_dims"))
 @click.option("--scheduler", default="local", show_default=True, help=SCHEDULER_HELP)
 @_fail_cleanly
 def predict(model_path, input_path, out, responsibility, log_density, impute, variables,
-            missing_chunks, storage_options, scheduler) -> None:  # fmt: skip
+            missing_chunks, storage_options, feature_dim, sample_dims,
+            scheduler) -> None:  # fmt: skip
     """Apply MODEL (a model file, or the results of fit/run) to INPUT, writing OUT.zarr.
 
     INPUT is what fit reads: store.zarr/ARRAY (rows × features) or an xarray
     store of the model's variables (on a grid, with gaps as the model's
     nan_policy allows); a path or URL. OUT holds `label` (and the options'
-    outputs) on INPUT's grid, chunk by chunk.
+    outputs) on INPUT's grid, chunk by chunk. --feature-dim and --sample-dims
+    default to the dims the model was fitted with: give them when INPUT names
+    its dims otherwise.
     """
     from dask_emk.pipeline.predict import predict_store
 
@@ -510,6 +526,7 @@ def predict(model_path, input_path, out, responsibility, log_density, impute, va
             outputs=("label", *(name for name, on in flags.items() if on)),
             variables=variables.split(",") if variables else None,
             missing_chunks=missing_chunks or "raise", scheduler=scheduler, echo=click.echo,
+            layout={"feature_dim": feature_dim, "sample_dims": sample_dims},
         )  # fmt: skip
 
 

@@ -253,7 +253,8 @@ OUTPUT_FIELDS = {
 PREPROCESS_FIELDS = {"standardize": (BOOL, False)}
 #: [[predict]]: apply the fitted model (or a model file) to another store after the
 #: fit, writing ``out`` as ``dask-emk predict`` does; a pipeline without [model]
-#: only predicts (every entry names its model file).
+#: only predicts (every entry names its model file). feature_dim and sample_dims
+#: default to the model's; storage_options open the entry's store.
 PREDICT_FIELDS = {
     "store": (STR, None),
     "array": (STR, None),
@@ -262,6 +263,7 @@ PREDICT_FIELDS = {
     "outputs": (STR_LIST, ["label"]),
     "model": (STR, None),
     "missing_chunks": (MISSING_CHUNKS, "raise"),
+    **{key: INPUT_FIELDS[key] for key in ("feature_dim", "sample_dims", "storage_options")},
 }
 #: Sections a predict-only pipeline (no [model]) cannot have: they describe a fit.
 FIT_SECTIONS = ("input", "preprocess", "anneal", "output")
@@ -719,11 +721,12 @@ def _validate_predict(entries: list, source: str, cfg: dict | None) -> list[dict
                 f"{source}: [{where}] outputs {entry['outputs']} must name at least one of "
                 f"{', '.join(OUTPUTS)}; fix outputs."
             )
-        if entry["variables"] is not None and entry["array"] is not None:
-            raise PipelineError(
-                f"{source}: [{where}] variables applies to an xarray store (store without "
-                "array); remove it, or drop array."
-            )
+        for key in XARRAY_KEYS:
+            if entry[key] is not None and entry["array"] is not None:
+                raise PipelineError(
+                    f"{source}: [{where}] {key} applies to an xarray store (store without "
+                    "array); remove it, or drop array."
+                )
         if entry["out"] in [e["out"] for e in checked]:
             raise PipelineError(
                 f"{source}: [{where}] out {entry['out']!r} is the out of an earlier "

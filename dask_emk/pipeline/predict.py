@@ -13,6 +13,7 @@ only a store dask-emk wrote), with consolidated metadata and CF attributes.
 
 from __future__ import annotations
 
+import copy
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,6 +73,7 @@ def predict_store(
     outputs: tuple[str, ...] = ("label",),
     variables: list[str] | None = None,
     missing_chunks: str = "raise",
+    layout: dict | None = None,
     scheduler: str = "local",
     echo=print,
 ) -> Path | str:
@@ -97,6 +99,10 @@ def predict_store(
         The xarray store's variables to read (default: the model's).
     missing_chunks : {'raise', 'fill'}
         A missing chunk file of the input: an error, or read as the fill value.
+    layout : dict, optional
+        ``feature_dim`` and/or ``sample_dims`` of the xarray store, where its
+        dims are named otherwise than the model's (:func:`with_layout`;
+        default: the layout the model was fitted with).
     scheduler : str
         As ``dask-emk run --scheduler``.
     echo : callable
@@ -110,7 +116,7 @@ def predict_store(
     target = check_output(out, RESULTS, where="--out", inputs=inputs)
     model = load(model_path)
     planned = plan(model, str(model_path), store, array=array, outputs=outputs,
-                   variables=variables, missing_chunks=missing_chunks)  # fmt: skip
+                   variables=variables, missing_chunks=missing_chunks, layout=layout)  # fmt: skip
     parse_scheduler(scheduler)
     # Locked before the scheduler starts, as run does (write_planned's claim shares this one).
     with claim(target, RESULTS, where="--out") as notes, use_scheduler(scheduler, echo):
@@ -128,15 +134,19 @@ def plan(
     outputs: tuple[str, ...] = ("label",),
     variables: list[str] | None = None,
     missing_chunks: str = "raise",
+    layout: dict | None = None,
 ) -> Planned:
     """The lazy outputs of a fitted ``model`` for the input at ``store``: metadata checks only
-    (the outputs the model gives, the input's features), nothing computed or written.
+    (the outputs the model gives, the input's features and dims), nothing computed or written.
 
     ``model_file`` is recorded in the root's attributes (the results store
-    of a pipeline that predicts with the model it fitted).
+    of a pipeline that predicts with the model it fitted); ``layout`` is as
+    :func:`predict_store`'s.
     """
     check_outputs(model, outputs)
-    X, description = open_input(store, array, model, variables, missing_chunks)
+    layout = {key: value for key, value in (layout or {}).items() if value is not None}
+    model = with_layout(model, layout)
+    X, description = open_input(store, array, model, variables, missing_chunks, layout)
     per_sample = per_sample_dataset(model, X, outputs, export.PREDICTED)
     if per_sample is None:
         raise ValueError("no output asked for; name at least one (label, ...).")
@@ -198,19 +208,19 @@ def check_outputs(model, outputs: tuple[str, ...]) -> None:
 
 
 # ------------------------------------------------------------------ input
-def open_input(store: str, array, model, variables, missing_chunks: str) -> tuple:
+def open_input(store: str, array, model, variables, missing_chunks: str, layout=None) -> tuple:
     """The input, lazily and with checked reads, as the model was fitted on it; and its description.
 
     A 2-D array (named, or the store itself) is rows × features; a group is
     an xarray store, of which the model's features are taken: ``variables``,
     else the variables its fitted feature names come from (a variable on
-    levels gives ``z[level=850]``), else its only variable.
+    levels gives ``z[level=850]``), else its only variable. Its dims must
+    hold the model's layout (``layout``: the dims the user named for it,
+    already set on the model by :func:`with_layout`).
     """
     node = open_node(store)
     if array is not None or isinstance(node, zarr.Array):
-        arr = open_array(store, array)
-        X = xr.DataArray(read_zarr(arr, missing_chunks), dims=("sample", "feature"))
-        return X, f"{store}/{arr.path} {arr.shape} {arr.dtype}"
+        return _open_rows(store, array, missing_chunks, layout)
     ds = xr.open_zarr(open_store(store), consolidated=False, chunks={})
     names = [str(v) for v in feature_variables(ds)]
     chosen = variables or _fitted_variables(_first(model), names)
@@ -236,11 +246,24 @@ def open_input(store: str, array, model, variables, missing_chunks: str) -> tupl
             f"--variables {unknown} are not variables of {store!r}, which holds {names}; "
             "fix --variables."
         )
+    check_layout(model, ds[chosen], store, layout or {})
     X = checked_xarray(ds[chosen], missing_chunks)
     if getattr(_first(model), "feature_dim", None) is not None:
         X = X[chosen[0]]  # an N-D DataArray, features along feature_dim
     shape = ", ".join(f"{d}: {n}" for d, n in ds[chosen[0]].sizes.items())
     return X, f"{store} ({shape}), variables {chosen}"
+
+
+def _open_rows(store: str, array, missing_chunks: str, layout) -> tuple:
+    """A 2-D array of ``store`` as rows × features, and its description."""
+    if layout:
+        raise ValueError(
+            f"{_spell(*layout)} apply to an xarray store, but {store!r} is read as a "
+            "2-D array (rows × features); drop them, or give the store's group."
+        )
+    arr = open_array(store, array)
+    X = xr.DataArray(read_zarr(arr, missing_chunks), dims=("sample", "feature"))
+    return X, f"{store}/{arr.path} {arr.shape} {arr.dtype}"
 
 
 def _fitted_variables(model, names: list[str]) -> list[str] | None:
@@ -262,3 +285,56 @@ def _model_variables(model) -> list[str]:
         if var not in chosen:
             chosen.append(var)
     return chosen
+
+
+# ------------------------------------------------------------------ layout
+#: The estimators' parameters that say how xarray input is laid out.
+LAYOUT_KEYS = ("feature_dim", "sample_dims")
+
+
+def with_layout(model, layout: dict):
+    """A copy of ``model`` reading xarray input with ``layout`` (``feature_dim``,
+    ``sample_dims``: those given; the others as fitted), or ``model`` itself if none is.
+
+    Every estimator that reads the input is told: a Pipeline's steps (each
+    was fitted with the layout) and the best candidate a model search
+    delegates to.
+    """
+    if not layout:
+        return model
+    model = copy.deepcopy(model)  # the caller's model (a pipeline's fitted one) stays as it is
+    steps = [step for _, step in model.steps] if isinstance(model, Pipeline) else [model]
+    for step in steps + [s.best_estimator_ for s in steps if hasattr(s, "best_estimator_")]:
+        step.set_params(**layout)
+    return model
+
+
+def check_layout(model, data: xr.Dataset, store: str, layout: dict) -> None:
+    """A ValueError naming ``store``'s dims when the model's layout names others, or when
+    a feature_dim (an N-D variable's) is given for several variables."""
+    first = _first(model)
+    dims = [str(d) for d in data.dims]
+    for key in LAYOUT_KEYS:
+        value = getattr(first, key, None)
+        names = [value] if isinstance(value, str) else list(value or [])
+        missing = [d for d in names if d not in dims]
+        if not missing:
+            continue
+        if key in layout:
+            raise ValueError(f"{_spell(key)} names {missing}, not dims of {store!r}, which "
+                             f"has dims {dims}; give dims it has.")  # fmt: skip
+        raise ValueError(
+            f"the model was fitted with {key} {value!r}, but {store!r} has dims {dims} "
+            f"(no {missing}); give the store's with {_spell(key)}."
+        )
+    if "feature_dim" in layout and len(data.data_vars) != 1:
+        raise ValueError(
+            f"{_spell('feature_dim')} applies to one N-D variable, but {store!r} is read as "
+            f"the variables {list(map(str, data.data_vars))}; drop it, or name one variable."
+        )
+
+
+def _spell(*keys: str) -> str:
+    """The options that set ``keys``, as the command line and a [[predict]] entry spell them."""
+    flags = " and ".join("--" + key.replace("_", "-") for key in keys)
+    return f"{flags} ([[predict]] {' and '.join(keys)})"

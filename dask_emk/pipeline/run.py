@@ -147,24 +147,28 @@ def results_under(cfg: Pipeline, out: str) -> Pipeline:
 
 
 def locations_options(cfg: Pipeline) -> dict[str, dict | None]:
-    """The ``storage_options`` of [input] and [output], keyed by the locations they serve.
+    """The ``storage_options`` of [input], [output] and each [[predict]] store, keyed by
+    the locations they serve.
 
     The results' key is their name without ``.zarr``: it prefixes the store,
-    its lock and checkpoint (``r.zarr.*``) and its plots (``r.*.png``). Each
-    table also serves its bucket (checked before writing); the output's, when
-    input and output share one.
+    its lock and checkpoint (``r.zarr.*``) and its plots (``r.*.png``). The
+    tables of [input] and [output] also serve their bucket (checked before
+    writing); the output's, when input and output share one. A [[predict]]
+    entry's serves its store alone: its out and model file, often in
+    another bucket, take the environment's (or the results' bucket's).
     """
     inputs, out = cfg.input, cfg.output
-    if inputs is None:  # predict-only: its stores take the environment's options
-        return {}
-    made = inputs.generate or inputs.photo
-    source = inputs.store or (made.path if made is not None else None)
-    results = normalize_location(out.results).removesuffix(".zarr")
-    places = [(source, inputs.storage_options), (results, out.storage_options)]
     options = {}
-    for place, table in places:
-        if place and is_url(place):
-            options.update({bucket_of(place): table, place: table})
+    if inputs is not None:  # predict-only: no [input], no [output]
+        made = inputs.generate or inputs.photo
+        source = inputs.store or (made.path if made is not None else None)
+        results = normalize_location(out.results).removesuffix(".zarr")
+        for place, table in [(source, inputs.storage_options), (results, out.storage_options)]:
+            if place and is_url(place):
+                options.update({bucket_of(place): table, place: table})
+    for entry in cfg.predict:
+        if is_url(entry.store):
+            options[entry.store] = entry.storage_options
     return options
 
 
@@ -266,9 +270,10 @@ def plan_entry(entry: Section, fitted, results: Path | str | None) -> Planned:
     """The lazy outputs of one [[predict]] entry: with its model file, or the ``fitted``
     model (the one written to ``results``, which the root's ``model_file`` names)."""
     model = fitted if entry.model is None else load(entry.model)
+    layout = {"feature_dim": entry.feature_dim, "sample_dims": entry.sample_dims}
     return plan(model, str(results if entry.model is None else entry.model), entry.store,
                 array=entry.array, outputs=tuple(entry.outputs), variables=entry.variables,
-                missing_chunks=entry.missing_chunks)  # fmt: skip
+                missing_chunks=entry.missing_chunks, layout=layout)  # fmt: skip
 
 
 def write_predictions(planned: list[tuple[Path | str, Planned]]) -> None:
@@ -464,9 +469,9 @@ def redacted(cfg: dict) -> dict:
         return REDACTED if secret else value
 
     out = copy.deepcopy(cfg)
-    for section in ("input", "output"):
-        if out[section].get("storage_options"):
-            out[section]["storage_options"] = scrub(out[section]["storage_options"])
+    for section in [out.get("input"), out.get("output"), *out.get("predict", [])]:
+        if section and section.get("storage_options"):
+            section["storage_options"] = scrub(section["storage_options"])
     return out
 
 
