@@ -215,6 +215,20 @@ def test_auto_keeps_the_first_blocks_that_fit():
     assert not cache.choose_blocks(sizes, 8, "auto", 100).any()
 
 
+def test_kept_blocks_are_spread_over_the_workers_for_the_passes_work():
+    sizes = np.full(6, 10)
+    kept = np.ones(6, bool)
+    # One worker with far more room gets no more blocks: the passes' work is spread.
+    assert cache.assign_workers(sizes, kept, {"a": 10**9, "b": 100}, {"a": 1, "b": 1}) == {
+        "a": [0, 2, 4], "b": [1, 3, 5]}  # fmt: skip
+    # ... by threads, and never past a worker's room while another has some.
+    by_threads = cache.assign_workers(sizes, kept, {"a": 100, "b": 100}, {"a": 2, "b": 1})
+    assert (len(by_threads["a"]), len(by_threads["b"])) == (4, 2)
+    assert sorted(by_threads["a"] + by_threads["b"]) == list(range(6))
+    assert cache.assign_workers(sizes, kept, {"a": 20, "b": 100}, {"a": 1, "b": 1}) == {
+        "a": [0, 2], "b": [1, 3, 4, 5]}  # fmt: skip
+
+
 def test_true_refuses_with_the_numbers_before_reading(store):
     with pytest.raises(ValueError, match=r"cache=True: the rows to keep take 3.5 KiB but there "
                        r"is 1000 B free; pass cache='auto'.* or cache=False"):  # fmt: skip

@@ -102,7 +102,7 @@ def kept_rows(X, cache, drop_nan_rows: bool = False, free: int | None = None) ->
     warn_tiny_chunks(X)
     # On dask's multiprocessing scheduler rows kept in this process travel to the
     # workers on every pass: slower than reading them there (10.6 against 7.5 s).
-    if cache is False or not cache or (cache == "auto" and reduction.runs_in_fresh_processes()):
+    if cache is False or not cache or (cache == "auto" and reduction.on_multiprocessing()):
         yield X
         return
     held: list[CachedRows] = []
@@ -210,7 +210,10 @@ class CachedRows:
             rows.unread = True
             return rows
         room = worker_room(client)
-        for address, blocks in assign_workers(sizes * row_bytes, kept, room).items():
+        threads = {
+            a: w["nthreads"] for a, w in client.scheduler_info(n_workers=-1)["workers"].items()
+        }
+        for address, blocks in assign_workers(sizes * row_bytes, kept, room, threads).items():
             rows.workers.append(rows._start_keeper(address, blocks))
         return rows
 
@@ -401,18 +404,23 @@ def _live_worker(client, lost: str, seconds: float = 60.0) -> str:
         time.sleep(0.2)
 
 
-def assign_workers(block_bytes, kept, room: dict) -> dict:
-    """The kept blocks by worker: each, in order, to the worker with the most room left.
+def assign_workers(block_bytes, kept, room: dict, threads: dict) -> dict:
+    """The kept blocks by worker, spread for the passes' work: each, in order, to the
+    worker with the fewest bytes per thread so far among those with room left for it.
 
-    ``block_bytes`` (m,): what each block keeps; ``room``: bytes free by
-    worker address. Returns ``{address: [block indices]}`` for the workers given any.
+    ``block_bytes`` (m,): what each block keeps; ``room`` and ``threads``: bytes free
+    and threads by worker address. Returns ``{address: [block indices]}`` for the
+    workers given any. (Filling the roomiest worker first put a small input's every
+    block on one worker: the other idled through every pass.)
     """
-    left = dict(room)
-    blocks: dict = {address: [] for address in sorted(left)}
+    load = dict.fromkeys(sorted(room), 0)
+    blocks: dict = {address: [] for address in load}
     for i in np.flatnonzero(kept):
-        address = max(sorted(left), key=left.__getitem__)
+        size = int(block_bytes[i])
+        fits = [a for a in load if load[a] + size <= room[a]] or list(load)
+        address = min(fits, key=lambda a: load[a] / max(int(threads.get(a, 1)), 1))
         blocks[address].append(int(i))
-        left[address] -= int(block_bytes[i])
+        load[address] += size
     return {address: some for address, some in blocks.items() if some}
 
 
@@ -460,7 +468,8 @@ def worker_room(client) -> dict[str, int]:
               for a, w in client.scheduler_info(n_workers=-1)["workers"].items()}  # fmt: skip
     # Asked now: the scheduler's figure is the last heartbeat's, which right after
     # a fit still counts that fit's rows (bench_cache_budget's second fit).
-    held = client.run(_process_memory, workers=list(limits))
+    # A worker that does not answer (lost a moment ago) counts as full.
+    held = client.run(_process_memory, workers=list(limits), on_error="ignore")
     # Up to the spill threshold, not the limit: a worker that already holds half
     # its limit would otherwise spill the kept rows to disk (bench_cache_budget).
     spill = dask.config.get("distributed.worker.memory.spill", 0.7) or 1.0

@@ -417,8 +417,8 @@ def compute_one(
         keeper reading its blocks on a worker, :mod:`dask_emk.engine.keepers`).
     """
     chosen: dict[str, Any] = {} if scheduler is None else {"scheduler": scheduler}
-    if scheduler is None and runs_in_fresh_processes():
-        chosen["pool"] = process_pool()
+    if scheduler is None and on_multiprocessing() and dask.config.get("pool", None) is None:
+        chosen["pool"] = process_pool()  # dask would start a pool for this compute
     with (
         single_blas_thread(),
         storage_errors(result if source is None else source),
@@ -428,13 +428,11 @@ def compute_one(
     return value
 
 
-def runs_in_fresh_processes() -> bool:
-    """Whether a compute here runs on dask's multiprocessing scheduler without a
-    ``pool`` in Dask's config: dask would start a new pool for it."""
+def on_multiprocessing() -> bool:
+    """Whether a compute here runs on dask's multiprocessing scheduler."""
     import dask.multiprocessing
 
-    scheduler = dask.base.get_scheduler()
-    return scheduler is dask.multiprocessing.get and dask.config.get("pool", None) is None
+    return dask.base.get_scheduler() is dask.multiprocessing.get
 
 
 @lru_cache(maxsize=1)
