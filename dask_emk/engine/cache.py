@@ -193,7 +193,8 @@ class CachedRows:
         grouped, _ = reduction.group_small_chunks(X, None)
         offsets = np.concatenate([[0], np.cumsum(grouped.chunks[0])]).astype(np.int64)
         client = _client_of(X)
-        free, where = free_memory(client) if free is None else (free, "there is")
+        room = {} if client is None else worker_room(client)  # asked once, used twice
+        free, where = free_memory(client, room) if free is None else (free, "there is")
         row_bytes = _kept_row_bytes(X, drop_nan_rows)
         sizes = np.diff(offsets)
         kept = choose_blocks(sizes, row_bytes, cache, free, where)
@@ -209,7 +210,6 @@ class CachedRows:
             ]  # fmt: skip
             rows.unread = True
             return rows
-        room = worker_room(client)
         threads = {
             a: w["nthreads"] for a, w in client.scheduler_info(n_workers=-1)["workers"].items()
         }
@@ -448,14 +448,15 @@ def choose_blocks(sizes, row_bytes: int, cache, free: int, where: str = "there i
     return need <= AUTO_SHARE * free
 
 
-def free_memory(client) -> tuple[int, str]:
+def free_memory(client, room: dict | None = None) -> tuple[int, str]:
     """Bytes free for kept rows, and where, in words: on a cluster the sum of
-    :func:`worker_room`, on the local schedulers the machine's available memory."""
+    :func:`worker_room` (``room``, if already asked), on the local schedulers the
+    machine's available memory."""
     if client is None:
         import psutil
 
         return int(psutil.virtual_memory().available), "this machine has"
-    room = worker_room(client)
+    room = worker_room(client) if room is None else room
     return sum(room.values()), f"the {len(room)} worker(s) have, below their spill threshold,"
 
 
