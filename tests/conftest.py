@@ -18,3 +18,14 @@ def ungrouped_chunks():
     """
     with dask.config.set({reduction.MIN_TASK_BYTES_KEY: 0}):
         yield
+
+
+@pytest.fixture(scope="module")
+def local_cluster():
+    """A LocalCluster of 2 single-threaded worker processes, one per test module."""
+    from distributed import LocalCluster
+
+    with LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+    ) as lc:
+        yield lc

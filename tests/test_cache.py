@@ -391,14 +391,11 @@ def test_gridded_store_keeps_only_its_valid_rows(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def cluster():
-    """A LocalCluster of 2 single-threaded workers and its client (the default scheduler)."""
-    from distributed import Client, LocalCluster
+def cluster(local_cluster):
+    """A client of the module's LocalCluster (the default scheduler)."""
+    from distributed import Client
 
-    with (
-        LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None) as lc,
-        Client(lc) as client,
-    ):
+    with Client(local_cluster) as client:
         yield client
 
 

@@ -215,22 +215,12 @@ def test_process_scheduler_agrees(X, reference_fits, process_pool, ct):
     assert_params_close(gm, reference_fits[ct], rtol=1e-10)
 
 
-@pytest.fixture(scope="module")
-def cluster():
-    from distributed import LocalCluster
-
-    with LocalCluster(
-        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
-    ) as lc:
-        yield lc
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("ct", SK_TYPES)
-def test_distributed_cluster_agrees(X, reference_fits, cluster, ct):
+def test_distributed_cluster_agrees(X, reference_fits, local_cluster, ct):
     from distributed import Client
 
-    with Client(cluster) as client:
+    with Client(local_cluster) as client:
         gm = _scheduler_fit(X, ct)
         # the work really ran on the cluster's workers
         assert len(client.scheduler_info()["workers"]) == 2
@@ -240,14 +230,14 @@ def test_distributed_cluster_agrees(X, reference_fits, cluster, ct):
 
 
 @pytest.mark.slow
-def test_grouped_chunks_on_distributed_cluster(X, reference_fits, cluster):
+def test_grouped_chunks_on_distributed_cluster(X, reference_fits, local_cluster):
     from distributed import Client
 
     # ~170-row tasks of 97-row chunks
     with dask.config.set({reduction.MIN_TASK_BYTES_KEY: 4096, reduction.MIN_TASKS_KEY: 1}):
         grouped = reduction.group_small_chunks(da.from_array(X, chunks=(97, -1)), None)[0]
         assert grouped.numblocks[0] == 6
-        with Client(cluster):
+        with Client(local_cluster):
             gm = _scheduler_fit(X, "full")
     assert_params_close(gm, reference_fits["full"], rtol=1e-10)
 

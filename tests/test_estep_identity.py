@@ -32,16 +32,6 @@ PATHS = {"threads": ("dense", "sparse"), "cluster": ("dense", "sparse", "auto")}
 
 
 @pytest.fixture(scope="module")
-def cluster():
-    from distributed import LocalCluster
-
-    with LocalCluster(
-        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
-    ) as lc:
-        yield lc
-
-
-@pytest.fixture(scope="module")
 def data():
     """Separated clusters (n = 3000, d = 12, K = 6, features on different
     scales), so the sparse E-step evaluates few pairs per row; four chunks,
@@ -75,7 +65,7 @@ def gap(a, b) -> float:
 
 
 @pytest.mark.slow
-def test_parameters_after_20_iterations_bit_for_bit(cluster, data):
+def test_parameters_after_20_iterations_bit_for_bit(local_cluster, data):
     """Threads and cluster give the same parameters to the bit for the forced
     paths: each block's statistics do not depend on the process that
     computes them, the tree adds the blocks in block order, and the M-step
@@ -91,7 +81,7 @@ def test_parameters_after_20_iterations_bit_for_bit(cluster, data):
         for ct in COVARIANCE_TYPES:
             for path in PATHS["threads"]:
                 fits["threads", ct, path] = fit(data, ct, path)
-    with Client(cluster):
+    with Client(local_cluster):
         for ct in COVARIANCE_TYPES:
             for path in PATHS["cluster"]:
                 fits["cluster", ct, path] = fit(data, ct, path)
